@@ -1,0 +1,54 @@
+# Two commands matter: `make demo` and `make test`. Both set themselves up.
+# The venv (torch is ~5 GB) and the broker jars live outside the clone, in
+# ~/.cache/stream-app, so a second run does not reinstall them.
+
+CACHE   ?= $(HOME)/.cache/stream-app
+VENV    ?= $(CACHE)/venv
+PY      := $(VENV)/bin/python
+APP     := $(VENV)/bin/stream-app
+STAMP   := $(VENV)/.stream-app-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+DATA    ?= ../shared/data/movielens-1m
+
+.PHONY: venv test test-unit test-integration test-long demo broker broker-stop topics bench bench-quick lint clean
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	bash scripts/bootstrap.sh "$(VENV)"
+	touch $@
+
+test: venv
+	$(PY) -m pytest -q
+
+test-unit: venv
+	$(PY) -m pytest -q tests/unit stream_app
+
+test-integration: venv
+	$(PY) -m pytest -q tests/integration
+
+test-long: venv
+	$(PY) -m pytest -q --run-slow tests/reliability
+
+demo: venv
+	$(APP) demo --data "$(DATA)"
+
+broker: venv
+	$(APP) broker start
+
+broker-stop: venv
+	$(APP) broker stop
+
+topics: venv
+	$(APP) topics create
+
+bench: venv
+	$(PY) -m bench.run --out bench/results
+
+bench-quick: venv
+	$(PY) -m bench.run --quick --out bench/results
+
+lint: venv
+	$(VENV)/bin/ruff check stream_app tests bench
+	$(VENV)/bin/mypy stream_app
+
+clean:
+	rm -rf .pytest_cache build *.egg-info

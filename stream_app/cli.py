@@ -1,0 +1,179 @@
+"""`stream-app` command line: argument parsing only; each command lives in its module.
+
+Exit codes: 0 ok, 1 runtime failure, 2 configuration error (with what to fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from stream_app import __version__
+from stream_app.config import (
+    ConfigError,
+    KafkaConfig,
+    environment,
+    load_kafka,
+    parse_kv,
+    read_file,
+    read_properties,
+)
+
+log = logging.getLogger("stream_app")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _kafka_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("kafka")
+    g.add_argument("--config", type=Path, help="TOML config file ([kafka], [trainer], ...)")
+    g.add_argument("--bootstrap-servers", help="HOST:PORT list (env STREAM_APP_BOOTSTRAP_SERVERS; "
+                   "default 127.0.0.1:9092)")
+    g.add_argument("--topic-prefix", help="prefix of every topic name (env STREAM_APP_TOPIC_PREFIX)")
+    g.add_argument("--kafka-config", type=Path, help="librdkafka settings file (key=value lines)")
+    g.add_argument("-X", dest="kafka_settings", action="append", metavar="KEY=VALUE",
+                   help="librdkafka setting passed through, e.g. -X security.protocol=SASL_SSL")
+
+
+def kafka_config(args: argparse.Namespace) -> KafkaConfig:
+    """The shared Kafka settings from file < env < flags (used by every command)."""
+    client = read_properties(args.kafka_config) if args.kafka_config else {}
+    client.update(parse_kv(args.kafka_settings))
+    flags = {"bootstrap_servers": args.bootstrap_servers, "topic_prefix": args.topic_prefix}
+    return load_kafka(read_file(args.config), environment(), flags, client)
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from stream_app.kafka import broker
+    from stream_app.kafka.admin import wait_for_broker
+
+    flags: dict[str, Any] = {"port": args.port, "state_dir": args.state_dir,
+                             "cache_dir": args.cache_dir}
+    env = environment()
+    values = {k: v for k, v in flags.items() if v is not None}
+    if env.get("KAFKA_HOME"):
+        values["kafka_home"] = Path(env["KAFKA_HOME"])
+    settings = broker.BrokerSettings(**values)
+    given = args.bootstrap_servers or env.get("STREAM_APP_BOOTSTRAP_SERVERS")
+    if args.action == "start":
+        if given:
+            wait_for_broker(given, timeout_s=10)
+            print(f"reusing the running broker at {given}")
+            return 0
+        b = broker.start(settings)
+        print(f"broker running: bootstrap={b.bootstrap_servers} pid={b.pid} log={b.log_file}")
+    elif args.action == "stop":
+        print("broker stopped" if broker.stop(settings) else "no broker was running")
+    else:
+        b = broker.running(settings)
+        if b is None:
+            print(f"no broker running from {settings.state_dir}")
+            return 1
+        print(f"broker running: bootstrap={b.bootstrap_servers} pid={b.pid} log={b.log_file}")
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from stream_app.kafka.admin import TopicPlan, create_topics
+
+    plan = TopicPlan(event_partitions=args.partitions, embeddings_partitions=args.partitions,
+                     request_partitions=args.partitions,
+                     replication_factor=args.replication_factor)
+    for topic, outcome in create_topics(kafka_config(args), plan).items():
+        print(f"{topic}: {outcome}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from stream_app.replay import replay_file
+
+    return replay_file(kafka_config(args), args.path, fmt=args.format, limit=args.limit,
+                       rate=args.rate, progress=not args.quiet)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from stream_app.replay import replay_generated
+
+    return replay_generated(kafka_config(args), n_events=args.events, n_users=args.users,
+                            n_items=args.items, seed=args.seed,
+                            malformed_share=args.malformed_share, drift=args.drift,
+                            rate=args.rate, progress=not args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stream-app", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"stream-app {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="run a local single-node Kafka broker (KRaft)")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--port", type=int, help="listener port on 127.0.0.1 (default 9092, 0 = free)")
+    p.add_argument("--state-dir", type=Path, help="data, pid and log (~/.cache/stream-app/broker)")
+    p.add_argument("--cache-dir", type=Path, help="where the broker jars are cached")
+    p.add_argument("--bootstrap-servers", help="reuse this running broker instead of starting one")
+    p.set_defaults(handler=_broker)
+
+    p = sub.add_parser("topics", help="create the product's topics (idempotent)")
+    p.add_argument("action", choices=["create"])
+    p.add_argument("--partitions", type=int, default=3, help="partitions per topic (default 3)")
+    p.add_argument("--replication-factor", type=int, default=1, help="default 1")
+    _kafka_args(p)
+    p.set_defaults(handler=_topics)
+
+    p = sub.add_parser("replay", help="produce events from a file to clicks/purchases")
+    p.add_argument("path", type=Path, help="ratings.dat(.gz), u.data, .jsonl or .csv")
+    p.add_argument("--format", choices=["movielens", "jsonl", "csv"], default="movielens")
+    p.add_argument("--limit", type=int, help="stop after this many events")
+    p.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _kafka_args(p)
+    p.set_defaults(handler=_replay)
+
+    p = sub.add_parser("generate", help="produce a synthetic event stream")
+    p.add_argument("--events", type=int, default=100_000, help="number of events")
+    p.add_argument("--users", type=int, default=5_000, help="distinct users")
+    p.add_argument("--items", type=int, default=2_000, help="distinct items")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--malformed-share", type=float, default=0.0, help="share of bad records")
+    p.add_argument("--drift", action="store_true", help="user tastes drift over time")
+    p.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _kafka_args(p)
+    p.set_defaults(handler=_generate)
+
+    for register in _LATER:
+        register(sub)
+    return parser
+
+
+# Commands defined in their own modules register themselves here (trainer, scorer...).
+_LATER: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from stream_app.kafka.exceptions import BrokerError, ConfigConflictError, TopicError
+
+    try:
+        handler: Handler = args.handler
+        return handler(args)
+    except (ConfigError, ConfigConflictError) as exc:
+        print(f"stream-app: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (BrokerError, TopicError) as exc:
+        print(f"stream-app: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

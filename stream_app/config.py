@@ -1,0 +1,209 @@
+"""Typed, frozen configuration and the one loader that reads file, env and flags.
+
+Precedence, lowest first: dataclass defaults < TOML file < `STREAM_APP_*`
+environment < command-line flags. Nothing else in stream_app reads the
+environment. Every field is checked in `__post_init__`, and the message names
+the field and the fix, so a bad value fails before any client is created.
+
+Environment names are `STREAM_APP_<FIELD>` for the shared Kafka settings
+(`STREAM_APP_BOOTSTRAP_SERVERS`, `STREAM_APP_TOPIC_PREFIX`) and
+`STREAM_APP_<SECTION>_<FIELD>` for the rest (`STREAM_APP_TRAINER_BATCH_MAX`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+SECRET_PATTERN = re.compile(r"password|secret|sasl\.oauthbearer\.|\.key$|key\.pem", re.I)
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]*$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message says which and how to fix it."""
+
+
+def redact(settings: Mapping[str, str]) -> dict[str, str]:
+    """Copy of librdkafka settings safe to log: secrets replaced by `***`."""
+    return {k: ("***" if SECRET_PATTERN.search(k) else v) for k, v in settings.items()}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopicNames:
+    """The six topics of the product; `prefix` namespaces them (tests, tenants).
+
+    >>> TopicNames(prefix="t1.").clicks
+    't1.clicks'
+    """
+
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if not _TOPIC_RE.match(self.prefix) or len(self.prefix) > 200:
+            raise ConfigError(
+                f"topic_prefix may only hold letters, digits, '.', '_' and '-' "
+                f"(at most 200), got {self.prefix!r}"
+            )
+
+    @property
+    def clicks(self) -> str:
+        return f"{self.prefix}clicks"
+
+    @property
+    def purchases(self) -> str:
+        return f"{self.prefix}purchases"
+
+    @property
+    def embeddings(self) -> str:
+        return f"{self.prefix}embeddings"
+
+    @property
+    def score_requests(self) -> str:
+        return f"{self.prefix}score-requests"
+
+    @property
+    def predictions(self) -> str:
+        return f"{self.prefix}predictions"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}events-dlq"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.clicks, self.purchases, self.embeddings, self.score_requests,
+                self.predictions, self.dlq)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaConfig:
+    """Where the cluster is and how to talk to it.
+
+    `client` is handed to librdkafka unchanged (SASL/SSL and tuning), merged as
+    defaults < user < enforced; see `stream_app.kafka.clients`.
+    """
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    client: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers.strip():
+            raise ConfigError("bootstrap_servers is empty: pass --bootstrap-servers HOST:PORT "
+                              "or set STREAM_APP_BOOTSTRAP_SERVERS")
+        for server in self.bootstrap_servers.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(f"bootstrap_servers entries must be HOST:PORT, got {server!r}")
+        object.__setattr__(self, "client", types.MappingProxyType(dict(self.client)))
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(prefix=self.topic_prefix)
+
+    def __repr__(self) -> str:
+        return (f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, "
+                f"topic_prefix={self.topic_prefix!r}, client={redact(self.client)!r})")
+
+
+def parse_kv(pairs: list[str] | None, what: str = "-X") -> dict[str, str]:
+    """`["a=1", "b=2"]` -> `{"a": "1", "b": "2"}` (kcat's `-X key=value` habit)."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} expects key=value, got {pair!r}")
+        out[key.strip()] = value
+    return out
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """A librdkafka settings file (`key=value` lines, `#` comments), like kcat -F."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --kafka-config {path}: {exc.strerror}") from exc
+    lines = [ln.strip() for ln in text.splitlines()]
+    return parse_kv([ln for ln in lines if ln and not ln.startswith("#")], str(path))
+
+
+def read_file(path: Path | None) -> dict[str, Any]:
+    """The TOML config file as a dict of sections (empty when no file is given)."""
+    if path is None:
+        return {}
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read --config {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path} is not valid TOML: {exc}") from exc
+
+
+C = TypeVar("C")
+
+
+def build(cls: type[C], section: str, file_values: Mapping[str, Any],
+          env: Mapping[str, str], flags: Mapping[str, Any], env_prefix: str | None = None) -> C:
+    """Build a frozen config `cls` from one file section, the env and the flags.
+
+    Unknown keys in the file are errors (a typo must not be silently ignored);
+    env strings are converted to the field's type; flags that are None are unset.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(file_values) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{section}]: {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(sorted(names))}")
+    values: dict[str, Any] = dict(file_values)
+    prefix = f"STREAM_APP_{section.upper()}_" if env_prefix is None else env_prefix
+    for name in names:
+        raw = env.get(prefix + name.upper())
+        if raw is not None:
+            values[name] = _from_env(raw, hints[name], prefix + name.upper())
+    values.update({k: v for k, v in flags.items() if v is not None and k in names})
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"[{section}]: {exc}") from exc
+
+
+def _from_env(raw: str, hint: Any, var: str) -> Any:
+    base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    target = base[0] if isinstance(base[0], type) else str
+    try:
+        if target is bool:
+            if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"1", "true", "yes"}
+        if target in (int, float, str):
+            return target(raw)
+        if target is Path:
+            return Path(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{var}={raw!r} is not a valid {target.__name__}") from exc
+    return raw
+
+
+def load_kafka(file_values: Mapping[str, Any], env: Mapping[str, str],
+               flags: Mapping[str, Any], client: Mapping[str, str]) -> KafkaConfig:
+    """The shared `[kafka]` section; librdkafka settings from `[kafka.client]`, file, -X."""
+    section = dict(file_values.get("kafka", {}))
+    merged_client = {str(k): str(v) for k, v in section.pop("client", {}).items()}
+    merged_client.update(client)
+    kafka = build(KafkaConfig, "kafka", section, env, flags, env_prefix="STREAM_APP_")
+    return dataclasses.replace(kafka, client=merged_client)
+
+
+
+def environment() -> dict[str, str]:
+    """The only read of the process environment: `STREAM_APP_*` and `KAFKA_HOME`."""
+    return {k: v for k, v in os.environ.items() if k.startswith("STREAM_APP_") or k == "KAFKA_HOME"}

@@ -1,0 +1,96 @@
+"""Typed, frozen messages that flow between the Kafka edges and the pure core.
+
+Only `stream_app.kafka` ever sees a `confluent_kafka.Message`; everything else
+gets these plain values, which keep the Kafka coordinates of the record they
+came from so a bad one can always be sent to the dead-letter topic with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+
+class EventKind(StrEnum):
+    """Which input topic an event belongs on; purchases weigh more in training."""
+
+    CLICK = "click"
+    PURCHASE = "purchase"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One user-item interaction (`click.v1.json` / `purchase.v1.json`).
+
+    Ids are always strings: integer ids on the wire are normalised on decode.
+    `ts` is event time in ms since the epoch; all time logic in the core runs
+    on it, so a fast replay of old data behaves like live traffic.
+
+    >>> Event(event_id="e1", user_id="u1", item_id="i9", ts=1_700_000_000_000,
+    ...       kind=EventKind.CLICK).kind
+    <EventKind.CLICK: 'click'>
+    """
+
+    event_id: str
+    user_id: str
+    item_id: str
+    ts: int
+    kind: EventKind
+    quantity: int | None = None
+    price: float | None = None
+    context: dict[str, Any] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Coordinates:
+    """Where a record was read from: enough to find it again or dead-letter it."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+Entity = Literal["user", "item"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmbeddingRow:
+    """The latest state of one user or item row (`embedding.v1.json`).
+
+    It is both what the scorer serves and the trainer's changelog entry, so it
+    carries everything needed to restore the row exactly:
+
+    - `vector`: (dim,) float32, the *serving* vector. For users it already mixes
+      in the items they just touched, so the scorer needs nothing else.
+    - `bias`: additive score term. For items, ranking by `bias` alone is the
+      time-decayed popularity ranking (the scorer's fallback); 0.0 for users.
+      Score(user, item) = user.vector . item.vector + item.bias.
+    - `recent_items`: user rows only, most recent first, bounded; the scorer
+      uses it for `exclude_seen` and `explain`.
+    - `state`: learner-private state for exact restore (id vector, optimizer
+      accumulators, decayed counters...). Arrays are float32 numpy arrays,
+      everything else JSON-able. Consumers other than the trainer ignore it.
+    """
+
+    entity: Entity
+    id: str
+    vector: npt.NDArray[np.float32] = field(compare=False)
+    bias: float
+    model_version: str
+    updates: int
+    updated_at: int
+    last_event_ts: int
+    recent_items: tuple[str, ...] = ()
+    state: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def key(self) -> str:
+        """Kafka key on the compacted `embeddings` topic: `user:<id>` / `item:<id>`."""
+        return f"{self.entity}:{self.id}"

@@ -1,0 +1,19 @@
+"""The only package that imports confluent_kafka: clients, admin, transactions, broker."""
+
+from __future__ import annotations
+
+from stream_app.kafka.exceptions import (
+    BrokerError,
+    ConfigConflictError,
+    FatalTransactionError,
+    KafkaEdgeError,
+    TopicError,
+)
+
+__all__ = [
+    "BrokerError",
+    "ConfigConflictError",
+    "FatalTransactionError",
+    "KafkaEdgeError",
+    "TopicError",
+]

@@ -1,0 +1,140 @@
+"""Topics and reachability: create the product's topics, check they exist.
+
+`embeddings` is compacted: it holds the latest state of every row and is the
+trainer's changelog, so it must never be deleted by retention.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream_app.config import KafkaConfig, TopicNames
+from stream_app.kafka.clients import merge
+from stream_app.kafka.exceptions import BrokerError, TopicError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopicPlan:
+    """How many partitions each topic gets. Events are keyed by user, so the
+    event topics' partition count bounds how many trainers can share the work."""
+
+    event_partitions: int = 3
+    embeddings_partitions: int = 3
+    request_partitions: int = 3
+    replication_factor: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("event_partitions", "embeddings_partitions", "request_partitions",
+                     "replication_factor"):
+            if getattr(self, name) < 1:
+                raise TopicError(f"topics.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def admin_client(kafka: KafkaConfig) -> AdminClient:
+    return AdminClient(merge({}, kafka.client, {"bootstrap.servers": kafka.bootstrap_servers}))
+
+
+def wait_for_broker(bootstrap: str, timeout_s: float = 10.0, *, raise_on_timeout: bool = True,
+                    client: dict[str, str] | None = None) -> bool:
+    """True once the cluster answers a metadata request within `timeout_s`."""
+    conf: dict[str, Any] = {**(client or {}), "bootstrap.servers": bootstrap}
+    # Quiet: an unreachable broker is the expected answer while we wait.
+    conf.setdefault("log_level", 0)
+    deadline = time.monotonic() + timeout_s
+    admin = AdminClient(conf)
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+            return True
+        except KafkaException as exc:
+            last = exc
+            time.sleep(0.2)
+    if raise_on_timeout:
+        raise BrokerError(
+            f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f}s ({last}); "
+            "start one with `stream-app broker start` or pass --bootstrap-servers"
+        )
+    return False
+
+
+def topic_specs(names: TopicNames, plan: TopicPlan) -> list[NewTopic]:
+    rf = plan.replication_factor
+    compact = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
+               "segment.ms": "600000"}
+    dlq = {"retention.ms": str(30 * 24 * 3600 * 1000)}
+    return [
+        NewTopic(names.clicks, plan.event_partitions, rf),
+        NewTopic(names.purchases, plan.event_partitions, rf),
+        NewTopic(names.embeddings, plan.embeddings_partitions, rf, config=compact),
+        NewTopic(names.score_requests, plan.request_partitions, rf),
+        NewTopic(names.predictions, plan.request_partitions, rf),
+        NewTopic(names.dlq, 1, rf, config=dlq),
+    ]
+
+
+def create_topics(kafka: KafkaConfig, plan: TopicPlan | None = None,
+                  timeout_s: float = 30.0) -> dict[str, str]:
+    """Create the product's topics; existing ones are left as they are (idempotent).
+
+    Returns topic -> "created" | "exists".
+    """
+    wait_for_broker(kafka.bootstrap_servers, min(timeout_s, 10.0), client=dict(kafka.client))
+    admin = admin_client(kafka)
+    futures = admin.create_topics(topic_specs(kafka.topics, plan or TopicPlan()),
+                                  request_timeout=timeout_s)
+    result: dict[str, str] = {}
+    for topic, fut in futures.items():
+        try:
+            fut.result()
+            result[topic] = "created"
+        except KafkaException as exc:
+            err = exc.args[0]
+            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                result[topic] = "exists"
+            else:
+                raise TopicError(f"could not create topic {topic}: {err}") from exc
+    _wait_visible(admin, list(result), timeout_s)
+    return result
+
+
+def _wait_visible(admin: AdminClient, topics: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        meta = admin.list_topics(timeout=5)
+        if all(t in meta.topics and not meta.topics[t].error for t in topics):
+            return
+        time.sleep(0.1)
+    raise TopicError(f"topics {topics} were created but did not appear within {timeout_s}s")
+
+
+def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.0) -> None:
+    """Fail fast, before the first poll, when a topic we need does not exist."""
+    wait_for_broker(kafka.bootstrap_servers, timeout_s, client=dict(kafka.client))
+    try:
+        meta = admin_client(kafka).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot list topics at {kafka.bootstrap_servers}: {exc}") from exc
+    missing = [t for t in topics if t not in meta.topics]
+    if missing:
+        raise TopicError(
+            f"missing topic(s): {', '.join(missing)} (topic prefix {kafka.topic_prefix!r}); "
+            "create them with `stream-app topics create` or fix --topic-prefix"
+        )
+
+
+def delete_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 30.0) -> None:
+    futures = admin_client(kafka).delete_topics(topics, request_timeout=timeout_s)
+    for topic, fut in futures.items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            log.warning("could not delete topic=%s: %s", topic, exc)

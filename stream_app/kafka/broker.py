@@ -1,0 +1,292 @@
+"""A real single-node Apache Kafka broker (KRaft) on 127.0.0.1, for laptops and CI.
+
+No Docker and no download outside Maven Central: the official broker jars
+(`org.apache.kafka:kafka_2.13`) are resolved once with `mvn
+dependency:copy-dependencies` into a cache outside the clone, then the broker
+runs as `java -cp 'libs/*' kafka.Kafka server.properties` after a KRaft storage
+format. `KAFKA_HOME` (a Kafka distribution) is used instead of Maven when set.
+
+The state folder holds `server.properties`, the data, `broker.pid` and
+`broker.log`, so `stop` and `status` work from another process.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stream_app.kafka.exceptions import BrokerError
+
+log = logging.getLogger(__name__)
+
+KAFKA_VERSION = "3.9.1"
+POM = Path(__file__).with_name("broker-pom.xml")
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "stream-app"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerSettings:
+    """Where the local broker keeps its jars and state, and how it listens.
+
+    `port=0` picks a free port (tests). `extra_properties` are appended to the
+    generated server.properties (e.g. SASL listeners).
+    """
+
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    state_dir: Path = field(default_factory=lambda: default_cache_dir() / "broker")
+    port: int = 9092
+    kafka_home: Path | None = None
+    heap: str = "768m"
+    start_timeout_s: float = 90.0
+    extra_properties: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise BrokerError(f"broker.port must be in 0..65535, got {self.port}")
+        if self.kafka_home is not None and not (self.kafka_home / "libs").is_dir():
+            raise BrokerError(
+                f"KAFKA_HOME={self.kafka_home} has no libs/ folder: point it at an "
+                "unpacked Apache Kafka distribution, or unset it to use the Maven jars"
+            )
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "broker.log"
+
+    @property
+    def bootstrap_file(self) -> Path:
+        return self.state_dir / "bootstrap"
+
+
+@dataclass(frozen=True, slots=True)
+class RunningBroker:
+    pid: int
+    bootstrap_servers: str
+    log_file: Path
+
+
+def ensure_jars(settings: BrokerSettings) -> Path:
+    """Return the folder of broker jars, resolving them from Maven Central once."""
+    if settings.kafka_home is not None:
+        return settings.kafka_home / "libs"
+    libs = settings.cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
+    if (libs / ".complete").exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError(
+            "Maven (mvn) is not on PATH; it fetches the Kafka broker jars from Maven "
+            "Central. Install it (apt-get install maven), or set KAFKA_HOME to a Kafka "
+            "distribution, or pass --bootstrap-servers of a running broker"
+        )
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
+    log.info("resolving Kafka %s broker jars with Maven into %s", KAFKA_VERSION, libs)
+    cmd = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+           f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
+    if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BrokerError(f"mvn could not resolve the Kafka jars:\n{proc.stdout[-2000:]}"
+                          f"{proc.stderr[-2000:]}")
+    (tmp / ".complete").touch()
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    return libs
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError(
+            "java is not on PATH; the local Kafka broker needs Java 17+ "
+            "(apt-get install openjdk-17-jre-headless), or pass --bootstrap-servers "
+            "of a running broker"
+        )
+    return java
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == 0
+
+
+def server_properties(settings: BrokerSettings, port: int, controller_port: int) -> str:
+    """Single-node KRaft settings; replication 1 everywhere so transactions work."""
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(settings.state_dir / "data"),
+        "num.partitions": "3",
+        "auto.create.topics.enable": "false",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "10",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "10",
+        "group.initial.rebalance.delay.ms": "0",
+        "log.cleaner.min.compaction.lag.ms": "0",
+        "delete.topic.enable": "true",
+    }
+    props.update(dict(settings.extra_properties))
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+LOG4J = """log4j.rootLogger=INFO, stdout
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.state.change.logger=WARN
+log4j.logger.org.apache.kafka.controller=WARN
+"""
+
+
+def running(settings: BrokerSettings) -> RunningBroker | None:
+    """The broker this state folder started, if its process is still alive."""
+    try:
+        pid = int(settings.pid_file.read_text().strip())
+        bootstrap = settings.bootstrap_file.read_text().strip()
+    except (FileNotFoundError, ValueError):
+        return None
+    if not _pid_alive(pid):
+        return None
+    return RunningBroker(pid=pid, bootstrap_servers=bootstrap, log_file=settings.log_file)
+
+
+def start(settings: BrokerSettings) -> RunningBroker:
+    """Start the broker (or return the one already running from this state folder)."""
+    existing = running(settings)
+    if existing is not None:
+        return existing
+    java = _java()
+    libs = ensure_jars(settings)
+    port = settings.port or _free_port()
+    if _port_in_use(port):
+        raise BrokerError(
+            f"port {port} on 127.0.0.1 is already in use: stop what listens there "
+            f"(`ss -ltnp | grep {port}`), choose another with --port, or reuse that "
+            f"broker with --bootstrap-servers 127.0.0.1:{port}"
+        )
+    controller_port = _free_port()
+    state = settings.state_dir
+    shutil.rmtree(state / "data", ignore_errors=True)
+    state.mkdir(parents=True, exist_ok=True)
+    props = state / "server.properties"
+    props.write_text(server_properties(settings, port, controller_port))
+    (state / "log4j.properties").write_text(LOG4J)
+    classpath = f"{libs}/*"
+    jvm = [java, f"-Xmx{settings.heap}", "-Xms128m", "-XX:+UseG1GC",
+           f"-Dlog4j.configuration=file:{state / 'log4j.properties'}",
+           f"-Dkafka.logs.dir={state}", "-cp", classpath]
+    # Step 1. Format KRaft storage with a fresh cluster id (base64url of a UUID).
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    fmt = subprocess.run(  # noqa: S603
+        [*jvm, STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
+        capture_output=True, text=True, check=False,
+    )
+    if fmt.returncode != 0:
+        raise BrokerError(f"kafka storage format failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
+    # Step 2. Start the broker detached, so it outlives this CLI call.
+    with settings.log_file.open("ab") as out:
+        proc = subprocess.Popen(  # noqa: S603
+            [*jvm, MAIN_CLASS, str(props)], stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    bootstrap = f"127.0.0.1:{port}"
+    settings.pid_file.write_text(f"{proc.pid}\n")
+    settings.bootstrap_file.write_text(f"{bootstrap}\n")
+    # Step 3. Ready means it answers metadata, not merely that the port is open.
+    try:
+        _wait_ready(proc, bootstrap, settings)
+    except BrokerError:
+        stop(settings)
+        raise
+    return RunningBroker(pid=proc.pid, bootstrap_servers=bootstrap, log_file=settings.log_file)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], bootstrap: str, settings: BrokerSettings) -> None:
+    from stream_app.kafka.admin import wait_for_broker
+
+    deadline = time.monotonic() + settings.start_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = settings.log_file.read_text(errors="replace")[-3000:]
+            raise BrokerError(f"the Kafka broker exited with {proc.returncode}; "
+                              f"log {settings.log_file}:\n{tail}")
+        if wait_for_broker(bootstrap, timeout_s=2.0, raise_on_timeout=False):
+            return
+    raise BrokerError(f"the Kafka broker did not answer within {settings.start_timeout_s:.0f}s; "
+                      f"see {settings.log_file}")
+
+
+def stop(settings: BrokerSettings, timeout_s: float = 30.0) -> bool:
+    """SIGTERM the broker (clean shutdown), SIGKILL after `timeout_s`. True if one ran."""
+    try:
+        pid = int(settings.pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return False
+    stopped = False
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _pid_alive(pid):
+            log.warning("broker pid=%d ignored SIGTERM for %.0fs; killing it", pid, timeout_s)
+            os.kill(pid, signal.SIGKILL)
+        stopped = True
+    settings.pid_file.unlink(missing_ok=True)
+    settings.bootstrap_file.unlink(missing_ok=True)
+    return stopped

@@ -1,0 +1,91 @@
+"""librdkafka settings for our clients, merged defaults < user < enforced.
+
+A user setting that conflicts with one we enforce (e.g. `enable.auto.commit`
+for the exactly-once trainer) is an error, never silently overridden: the
+guarantees in DESIGN.md depend on them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Producer
+
+from stream_app.config import KafkaConfig, redact
+from stream_app.kafka.exceptions import ConfigConflictError
+
+log = logging.getLogger(__name__)
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "linger.ms": 5,
+    "compression.type": "lz4",
+    "enable.idempotence": True,
+    "acks": "all",
+}
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "auto.offset.reset": "earliest",
+    "partition.assignment.strategy": "cooperative-sticky",
+    "fetch.wait.max.ms": 50,
+    "session.timeout.ms": 10_000,
+    "heartbeat.interval.ms": 1_000,
+}
+
+
+def merge(defaults: Mapping[str, Any], user: Mapping[str, str],
+          enforced: Mapping[str, Any]) -> dict[str, Any]:
+    """defaults < user < enforced; a conflicting user value raises.
+
+    >>> merge({"a": 1}, {"a": "2"}, {"b": True})
+    {'a': '2', 'b': True}
+    """
+    for key, value in enforced.items():
+        if key in user and str(user[key]).lower() != str(value).lower():
+            raise ConfigConflictError(
+                f"librdkafka setting {key}={user[key]!r} conflicts with {key}={value!r}, "
+                "which stream_app needs for its guarantees; remove it from -X/--kafka-config"
+            )
+    return {**defaults, **user, **enforced}
+
+
+def _base(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:
+    return {"bootstrap.servers": kafka.bootstrap_servers, "client.id": client_id,
+            "error_cb": _log_error}
+
+
+def _log_error(err: KafkaError) -> None:
+    # Transient broker-down errors are retried by librdkafka; log them once each.
+    log.warning("kafka error code=%s fatal=%s reason=%s", err.name(), err.fatal(), err.str())
+
+
+def producer_config(kafka: KafkaConfig, client_id: str, *,
+                    transactional_id: str | None = None) -> dict[str, Any]:
+    enforced: dict[str, Any] = _base(kafka, client_id)
+    if transactional_id is not None:
+        enforced |= {"transactional.id": transactional_id, "enable.idempotence": True}
+    return merge(PRODUCER_DEFAULTS, kafka.client, enforced)
+
+
+def consumer_config(kafka: KafkaConfig, client_id: str, group_id: str, *,
+                    read_committed: bool = True, **extra: Any) -> dict[str, Any]:
+    enforced = _base(kafka, client_id) | {
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+    }
+    return merge(CONSUMER_DEFAULTS | extra, kafka.client, enforced)
+
+
+def make_producer(kafka: KafkaConfig, client_id: str, *,
+                  transactional_id: str | None = None) -> Producer:
+    conf = producer_config(kafka, client_id, transactional_id=transactional_id)
+    log.debug("producer config %s", redact({k: str(v) for k, v in conf.items()}))
+    return Producer(conf)
+
+
+def make_consumer(kafka: KafkaConfig, client_id: str, group_id: str, *,
+                  read_committed: bool = True, **extra: Any) -> Consumer:
+    conf = consumer_config(kafka, client_id, group_id, read_committed=read_committed, **extra)
+    log.debug("consumer config %s", redact({k: str(v) for k, v in conf.items()}))
+    return Consumer(conf)

@@ -1,0 +1,71 @@
+"""The local broker and the topic layout, through the CLI a user would run."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import ConfigResource, ResourceType
+
+from stream_app.cli import main
+from stream_app.config import KafkaConfig
+from stream_app.kafka.admin import admin_client, create_topics
+
+
+def test_topics_create_is_idempotent_and_embeddings_compacted(
+        bootstrap: str, capsys: pytest.CaptureFixture[str]) -> None:
+    prefix = "idem."
+    argv = ["topics", "create", "--bootstrap-servers", bootstrap, "--topic-prefix", prefix]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert main(argv) == 0
+    second = capsys.readouterr().out
+    assert first.count(": created") == 6
+    assert second.count(": exists") == 6
+
+    admin = admin_client(KafkaConfig(bootstrap_servers=bootstrap))
+    res = ConfigResource(ResourceType.TOPIC, f"{prefix}embeddings")
+    configs = admin.describe_configs([res])[res].result()
+    assert configs["cleanup.policy"].value == "compact"
+    meta = admin.list_topics(timeout=10)
+    assert len(meta.topics[f"{prefix}clicks"].partitions) == 3
+
+
+def test_broker_start_on_a_taken_port_fails_with_a_fix(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code = main(["broker", "start", "--port", str(port), "--state-dir", str(tmp_path)])
+    assert code == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in capsys.readouterr().err
+
+
+def test_unreachable_broker_fails_fast(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # bound but not listening: nothing answers
+    code = main(["topics", "create", "--bootstrap-servers", f"127.0.0.1:{dead}"])
+    assert code == 2
+    assert "no Kafka broker answered" in capsys.readouterr().err
+
+
+def test_broker_start_reuses_a_given_broker(bootstrap: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["broker", "start", "--bootstrap-servers", bootstrap]) == 0
+    assert f"reusing the running broker at {bootstrap}" in capsys.readouterr().out
+
+
+def test_topic_prefix_with_bad_characters_is_a_config_error(
+        bootstrap: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["topics", "create", "--bootstrap-servers", bootstrap, "--topic-prefix", "a b/"])
+    assert code == 2
+    assert "topic_prefix may only hold" in capsys.readouterr().err
+
+
+def test_create_topics_api_reports_outcomes(make_kafka: object, bootstrap: str) -> None:
+    kafka = KafkaConfig(bootstrap_servers=bootstrap, topic_prefix="api.")
+    assert set(create_topics(kafka).values()) == {"created"}
+    assert set(create_topics(kafka).values()) == {"exists"}
