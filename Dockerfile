@@ -1,0 +1,26 @@
+# stream_app image: one image, the role is chosen by the command
+# (`stream-app trainer ...`, `stream-app scorer ...`, `stream-app topics create ...`).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# CPU-only torch first, in its own layer: the default wheel pulls ~3 GB of CUDA
+# libraries, and this layer stays cached while the app code changes. For a GPU
+# image build with --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN pip install --index-url "${TORCH_INDEX_URL}" torch
+
+# The whole repo goes to /app because the app reads schemas/ from the repo root
+# at runtime; the editable install keeps that layout.
+WORKDIR /app
+COPY . /app
+RUN pip install -e /app \
+    && useradd --system --uid 10001 --home-dir /app --no-create-home stream-app
+
+USER stream-app
+# Metrics/health ports: trainer 9464, scorer 9465 (see deploy/prometheus/prometheus.yml).
+EXPOSE 9464 9465
+CMD ["stream-app", "--help"]

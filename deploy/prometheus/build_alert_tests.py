@@ -1,0 +1,171 @@
+"""Write alerts_test.yml (promtool rule unit tests) from the cases below and alerts.yml.
+
+Why generated: promtool compares annotations exactly, so a hand-written test
+file repeats every description and runbook of alerts.yml and drifts from it.
+Here each case states only what matters — input series, when, which labels
+fire, and the rendered summary — and description/runbook are copied from
+alerts.yml. tests/unit/test_deploy.py checks alerts_test.yml is current and
+runs `promtool test rules` on it.
+
+    python deploy/prometheus/build_alert_tests.py          # rewrite alerts_test.yml
+    python deploy/prometheus/build_alert_tests.py --check  # exit 1 if stale
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+RULES = HERE / "alerts.yml"
+OUTPUT = HERE / "alerts_test.yml"
+T = 'job="stream-app-trainer",instance="trainer:9464"'
+S = 'job="stream-app-scorer",instance="scorer:9465"'
+TRAINER = {"job": "stream-app-trainer", "instance": "trainer:9464"}
+SCORER = {"job": "stream-app-scorer", "instance": "scorer:9465"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Case:
+    """One promtool test group: `series` (1 sample/min) evaluated at `eval_time`.
+
+    `fires` lists the expected alerts as (labels without alertname/severity,
+    rendered summary); empty means the alert must NOT fire.
+    """
+
+    alert: str
+    eval_time: str
+    series: dict[str, str]
+    fires: list[tuple[dict[str, str], str]] = field(default_factory=list)
+
+
+def _hist(metric: str, labels: str, buckets: dict[str, str]) -> dict[str, str]:
+    return {f'{metric}_bucket{{{labels},le="{le}"}}': v for le, v in buckets.items()}
+
+
+_SLOW_FRESH = {"0.5": "0+90x30", "1": "0+95x30", "2": "0+100x30", "+Inf": "0+100x30"}
+_FAST_FRESH = {"0.5": "0+100x30", "1": "0+100x30", "2": "0+100x30", "+Inf": "0+100x30"}
+_SLOW_SCORE = {"0.01": "0+90x30", "0.02": "0+95x30", "0.05": "0+100x30", "+Inf": "0+100x30"}
+_FAST_SCORE = {"0.01": "0+100x30", "0.02": "0+100x30", "0.05": "0+100x30", "+Inf": "0+100x30"}
+_APPLIED = f'stream_app_events_total{{{T},topic="clicks",outcome="applied"}}'
+_LAG = f'stream_app_consumer_lag_messages{{{T},topic="clicks",partition="0"}}'
+_FB = f'stream_app_scorer_fallbacks_total{{{S},reason="unknown_user"}}'
+_REQ = f'stream_app_scorer_request_seconds_count{{{S},phase="total"}}'
+
+CASES: list[Case] = [
+    Case(alert="TrainerDown", eval_time="6m", series={f"up{{{T}}}": "1 1 0x10"},
+         fires=[(TRAINER, "Trainer is down or not scraped")]),
+    Case(alert="TrainerDown", eval_time="5m", series={f"up{{{S}}}": "1x10"},
+         fires=[({"job": "stream-app-trainer"}, "Trainer is down or not scraped")]),
+    Case(alert="TrainerDown", eval_time="6m", series={f"up{{{T}}}": "1x10"}),
+    Case(alert="TrainerDown", eval_time="6m", series={f"up{{{T}}}": "1x5 0x5"}),
+    Case(alert="ScorerDown", eval_time="6m", series={f"up{{{S}}}": "1 1 0x10"},
+         fires=[(SCORER, "A scorer is down or not scraped")]),
+    Case(alert="ScorerDown", eval_time="6m", series={f"up{{{S}}}": "1x10"}),
+    Case(alert="ScorerNotReady", eval_time="12m",
+         series={f"stream_app_scorer_ready{{{S}}}": "0x15"},
+         fires=[(SCORER, "Scorer scorer:9465 has not been ready for 10 minutes")]),
+    Case(alert="ScorerNotReady", eval_time="12m",
+         series={f"stream_app_scorer_ready{{{S}}}": "0x5 1x10"}),
+    Case(alert="ConsumerLagGrowing", eval_time="25m", series={_LAG: "0+200x30"},
+         fires=[({"job": "stream-app-trainer", "topic": "clicks"},
+                 "stream-app-trainer lag on clicks is 5k and growing")]),
+    Case(alert="ConsumerLagGrowing", eval_time="25m", series={_LAG: "5000x30"}),
+    Case(alert="DlqRateHigh", eval_time="25m", series={
+        _APPLIED: "0+95x30",
+        f'stream_app_events_total{{{T},topic="clicks",outcome="dlq"}}': "0+5x30",
+        f'stream_app_dlq_records_total{{{T},reason="schema"}}': "0+5x30"},
+         fires=[({"job": "stream-app-trainer"}, "5% of trainer input goes to the DLQ")]),
+    Case(alert="DlqRateHigh", eval_time="25m", series={
+        _APPLIED: "0+100x30", f'stream_app_dlq_records_total{{{T},reason="schema"}}': "0x30"}),
+    Case(alert="TrainingLossNotFinite", eval_time="5m",
+         series={f"stream_app_training_loss{{{T}}}": "0.5 0.5 NaN NaN NaN NaN NaN"},
+         fires=[(TRAINER, "Training loss is NaN or infinite on trainer:9464")]),
+    Case(alert="TrainingLossNotFinite", eval_time="5m",
+         series={f"stream_app_training_loss{{{T}}}": "0.5 0.5 Inf Inf Inf Inf Inf"},
+         fires=[(TRAINER, "Training loss is NaN or infinite on trainer:9464")]),
+    Case(alert="TrainingLossNotFinite", eval_time="5m",
+         series={f"stream_app_training_loss{{{T}}}": "0.5+0.1x10"}),
+    Case(alert="TrainingLossRising", eval_time="210m",
+         series={f"stream_app_training_loss{{{T}}}": "1x150 3x90"},
+         fires=[(TRAINER, "Training loss is 50% above its previous 2 h average")]),
+    Case(alert="TrainingLossRising", eval_time="210m",
+         series={f"stream_app_training_loss{{{T}}}": "1x240"}),
+    Case(alert="FreshnessP99High", eval_time="25m", series=_hist(
+        "stream_app_freshness_seconds", f'{T},since="produce_time"', _SLOW_FRESH),
+         fires=[({"job": "stream-app-trainer"},
+                 "Embedding freshness p99 is 1.8s (target 1s)")]),
+    Case(alert="FreshnessP99High", eval_time="25m", series=_hist(
+        "stream_app_freshness_seconds", f'{T},since="produce_time"', _FAST_FRESH)),
+    Case(alert="TransactionAbortsHigh", eval_time="25m",
+         series={f"stream_app_transaction_aborts_total{{{T}}}": "0+1x30"},
+         fires=[({"job": "stream-app-trainer"},
+                 "15 trainer transactions aborted in 15 minutes")]),
+    Case(alert="TransactionAbortsHigh", eval_time="25m",
+         series={f"stream_app_transaction_aborts_total{{{T}}}": "0+0.1x30"}),
+    Case(alert="ScorerP99High", eval_time="25m", series=_hist(
+        "stream_app_scorer_request_seconds", f'{S},phase="total"', _SLOW_SCORE),
+         fires=[({"job": "stream-app-scorer"}, "Scorer p99 latency is 44ms (target 20ms)")]),
+    Case(alert="ScorerP99High", eval_time="25m", series=_hist(
+        "stream_app_scorer_request_seconds", f'{S},phase="total"', _FAST_SCORE)),
+    Case(alert="ScorerMostlyFallback", eval_time="25m",
+         series={_FB: "0+80x30", _REQ: "0+100x30"},
+         fires=[({"job": "stream-app-scorer"},
+                 "80% of score requests get the popularity fallback")]),
+    Case(alert="ScorerMostlyFallback", eval_time="25m",
+         series={_FB: "0+10x30", _REQ: "0+100x30"}),
+    Case(alert="ScorerStale", eval_time="15m", series={
+        f"stream_app_scorer_staleness_seconds{{{S}}}": "400+60x20", _APPLIED: "0+100x20"},
+         fires=[(SCORER, "Scorer scorer:9465 serves embeddings 21m 40s old")]),
+    # Nothing to learn from (idle traffic): old embeddings are expected, no alert.
+    Case(alert="ScorerStale", eval_time="15m", series={
+        f"stream_app_scorer_staleness_seconds{{{S}}}": "400+60x20", _APPLIED: "100x20"}),
+]
+
+
+def _rules() -> dict[str, dict[str, Any]]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
+
+
+def _group(case: Case, rule: dict[str, Any]) -> dict[str, Any]:
+    exp = [{"exp_labels": {**labels, **rule.get("labels", {})},
+            "exp_annotations": {**rule["annotations"], "summary": summary}}
+           for labels, summary in case.fires]
+    return {
+        "name": f"{case.alert} {'fires' if case.fires else 'stays quiet'} at {case.eval_time}",
+        "interval": "1m",
+        "input_series": [{"series": s, "values": v} for s, v in case.series.items()],
+        "alert_rule_test": [{"eval_time": case.eval_time, "alertname": case.alert,
+                             "exp_alerts": exp}],
+    }
+
+
+def build() -> str:
+    """The full text of alerts_test.yml."""
+    rules = _rules()
+    doc = {"rule_files": [RULES.name], "evaluation_interval": "1m",
+           "tests": [_group(c, rules[c.alert]) for c in CASES]}
+    header = ("# GENERATED by build_alert_tests.py from its cases and alerts.yml; edit those.\n"
+              "# Run: promtool test rules deploy/prometheus/alerts_test.yml\n")
+    return header + str(yaml.safe_dump(doc, sort_keys=False, width=100, allow_unicode=True))
+
+
+def main(argv: list[str]) -> int:
+    text = build()
+    if "--check" in argv:
+        current = OUTPUT.read_text() if OUTPUT.exists() else ""
+        if current != text:
+            print(f"{OUTPUT} is stale: run python {Path(__file__).name}")
+            return 1
+        return 0
+    OUTPUT.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,331 @@
+"""Every Prometheus metric of stream_app, one class per process, never module globals.
+
+Each class creates its metrics on the `CollectorRegistry` it is given, so a test
+builds a fresh registry and two processes' metrics never clash. Components get
+the object injected and touch only its attributes and helpers.
+
+Naming: `stream_app_` prefix, a unit suffix (`_seconds`, `_total`, `_events`,
+`_rows`, `_messages`), and only bounded labels (topic, partition, outcome,
+reason, table, model, since, phase) — never a user or item id, which would
+make one time series per user.
+
+Buckets follow the targets in DESIGN.md: embedding freshness p99 <= 1 s and
+scorer latency p99 <= 20 ms, so both histograms are fine-grained around those
+thresholds and coarse elsewhere (a quantile is only as good as its buckets).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from enum import StrEnum
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics import MetricWrapperBase
+
+from stream_app import __version__
+
+PREFIX = "stream_app_"
+TABLES: tuple[str, ...] = ("user", "item")
+#: Scorer latency: fine between 1 and 50 ms around the 20 ms p99 target.
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175,
+    0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
+)
+#: Freshness: fine up to 2 s around the 1 s p99 target; the tail catches replays.
+FRESHNESS_BUCKETS_S: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.25, 1.5,
+    2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+)
+#: Trainer loop phases (step, transaction, whole batch): sub-ms to seconds.
+STEP_BUCKETS_S: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+BATCH_EVENTS_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(0, 16))
+BATCH_REQUESTS_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(0, 12))
+
+
+class EventOutcome(StrEnum):
+    """What happened to one input event; every event read gets exactly one."""
+
+    APPLIED = "applied"
+    DLQ = "dlq"
+    DUPLICATE = "duplicate"
+    RATE_LIMITED = "rate_limited"
+
+
+class EvalModel(StrEnum):
+    """Prequential evaluation compares the model with the popularity baseline."""
+
+    MODEL = "model"
+    POPULARITY = "popularity"
+
+
+class FreshnessSince(StrEnum):
+    """Start of the freshness clock: producer's event time or broker append time."""
+
+    EVENT_TIME = "event_time"
+    PRODUCE_TIME = "produce_time"
+
+
+class RequestPhase(StrEnum):
+    """Scorer latency split: waiting in the micro-batch, top-K compute, end to end."""
+
+    QUEUE = "queue"
+    COMPUTE = "compute"
+    TOTAL = "total"
+
+
+class FallbackReason(StrEnum):
+    """Why the scorer answered from popularity instead of the user's vector."""
+
+    UNKNOWN_USER = "unknown_user"
+    COLD_USER = "cold_user"
+    NOT_LOADED = "not_loaded"
+
+
+class _ProcessMetrics:
+    """Metrics every Kafka process has: lag per partition, DLQ records, build info."""
+
+    def __init__(self, registry: CollectorRegistry, *, role: str, version: str,
+                 dlq_reasons: Sequence[str]) -> None:
+        self.registry = registry
+        self.consumer_lag = Gauge(
+            "stream_app_consumer_lag_messages",
+            "High watermark minus committed/position offset, per assigned partition.",
+            ["topic", "partition"], registry=registry)
+        self.dlq_records = Counter(
+            "stream_app_dlq_records_total",
+            "Records sent to the dead-letter topic, by reason (nothing is dropped silently).",
+            ["reason"], registry=registry)
+        self.build_info = Info(
+            "stream_app_build", "Version and role of this process (value is always 1).",
+            registry=registry)
+        self.build_info.info({"version": version, "role": role})
+        for reason in dlq_reasons:
+            self.dlq_records.labels(reason=reason)
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        """Record lag of one assigned partition (labels bounded by partition count)."""
+        self.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(lag, 0))
+
+    def forget_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Drop lag series of revoked partitions, so a stale lag never lingers."""
+        for topic, partition in partitions:
+            try:
+                self.consumer_lag.remove(topic, str(partition))
+            except KeyError:
+                continue  # never reported for this partition: nothing to forget
+
+    def count_dlq(self, reason: str, n: int = 1) -> None:
+        """Count `n` records sent to the DLQ with one reason (a `DlqReason` value)."""
+        self.dlq_records.labels(reason=reason).inc(n)
+
+
+class TrainerMetrics(_ProcessMetrics):
+    """The trainer's metrics on `registry`.
+
+    `k` is the cut-off of the prequential metrics and becomes the `k` label;
+    `input_topics`, `tables` and `dlq_reasons` pre-create counter series at 0,
+    so `rate()` and the alert rules see them before the first event.
+
+    >>> m = TrainerMetrics(CollectorRegistry(), k=10, input_topics=["clicks"])
+    >>> m.count_events("clicks", EventOutcome.APPLIED, 3)
+    >>> m.registry.get_sample_value(
+    ...     "stream_app_events_total", {"topic": "clicks", "outcome": "applied"})
+    3.0
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, k: int,
+                 input_topics: Sequence[str] = (), tables: Sequence[str] = TABLES,
+                 dlq_reasons: Sequence[str] = (), version: str = __version__) -> None:
+        super().__init__(registry, role="trainer", version=version, dlq_reasons=dlq_reasons)
+        self.k = str(k)
+        r = registry
+        self.events = Counter(
+            "stream_app_events_total", "Input events read, by topic and outcome.",
+            ["topic", "outcome"], registry=r)
+        self.batch_size_events = Histogram(
+            "stream_app_batch_size_events", "Events per polled micro-batch.",
+            buckets=BATCH_EVENTS_BUCKETS, registry=r)
+        self.step_seconds = Histogram(
+            "stream_app_step_seconds", "Duration of one incremental learning step.",
+            buckets=STEP_BUCKETS_S, registry=r)
+        self.transaction_seconds = Histogram(
+            "stream_app_transaction_seconds",
+            "Duration of publish + send_offsets + commit of one Kafka transaction.",
+            buckets=STEP_BUCKETS_S, registry=r)
+        self.batch_seconds = Histogram(
+            "stream_app_batch_seconds", "Duration of one whole loop iteration (poll to commit).",
+            buckets=STEP_BUCKETS_S, registry=r)
+        self.training_loss = Gauge(
+            "stream_app_training_loss", "Loss of the latest learning step.", registry=r)
+        self.prequential_hit_rate = Gauge(
+            "stream_app_prequential_hit_rate",
+            "Share of events whose item was in the top-k before learning from them.",
+            ["model", "k"], registry=r)
+        self.prequential_recall = Gauge(
+            "stream_app_prequential_recall", "Prequential recall at k of the latest batch.",
+            ["model", "k"], registry=r)
+        self.prequential_mrr = Gauge(
+            "stream_app_prequential_mrr", "Prequential mean reciprocal rank (cut at k).",
+            ["model", "k"], registry=r)
+        self.freshness_seconds = Histogram(
+            "stream_app_freshness_seconds",
+            "Time from an event (event time or produce time) until its rows are published.",
+            ["since"], buckets=FRESHNESS_BUCKETS_S, registry=r)
+        self.table_rows = Gauge(
+            "stream_app_table_rows", "Live rows per embedding table.", ["table"], registry=r)
+        self.admissions = Counter(
+            "stream_app_admissions_total", "Ids given their own row.", ["table"], registry=r)
+        self.evictions = Counter(
+            "stream_app_evictions_total", "Rows evicted after being unseen too long.",
+            ["table"], registry=r)
+        self.rows_published = Counter(
+            "stream_app_rows_published_total", "Rows published to the embeddings topic.",
+            ["table"], registry=r)
+        self.transaction_aborts = Counter(
+            "stream_app_transaction_aborts_total",
+            "Aborted transactions (the batch is rewound and re-read).", registry=r)
+        self.restore_seconds = Gauge(
+            "stream_app_restore_seconds",
+            "Duration of the last restore from snapshot + changelog.", registry=r)
+        self.restored_rows = Gauge(
+            "stream_app_restored_rows", "Rows restored at start-up, per table.",
+            ["table"], registry=r)
+        self._precreate(input_topics, tables)
+
+    def _precreate(self, input_topics: Sequence[str], tables: Sequence[str]) -> None:
+        for topic in input_topics:
+            for outcome in EventOutcome:
+                self.events.labels(topic=topic, outcome=outcome)
+        for table in tables:
+            for counter in (self.admissions, self.evictions, self.rows_published):
+                counter.labels(table=table)
+        for since in FreshnessSince:
+            self.freshness_seconds.labels(since=since)
+
+    def count_events(self, topic: str, outcome: EventOutcome, n: int = 1) -> None:
+        """Count `n` events of one topic with one outcome."""
+        self.events.labels(topic=topic, outcome=outcome).inc(n)
+
+    def set_prequential(self, model: EvalModel, *, hit_rate: float, recall: float,
+                        mrr: float) -> None:
+        """Publish one batch's test-then-train scores for the model or the baseline."""
+        self.prequential_hit_rate.labels(model=model, k=self.k).set(hit_rate)
+        self.prequential_recall.labels(model=model, k=self.k).set(recall)
+        self.prequential_mrr.labels(model=model, k=self.k).set(mrr)
+
+    def observe_freshness(self, since: FreshnessSince, seconds: Iterable[float]) -> None:
+        """One observation per published event; negative skew (clock drift) counts as 0."""
+        child = self.freshness_seconds.labels(since=since)
+        for value in seconds:
+            child.observe(max(float(value), 0.0))
+
+
+class ScorerMetrics(_ProcessMetrics):
+    """The scorer's metrics on `registry`.
+
+    Staleness is computed at scrape time from the newest row's `updated_at`, so
+    it keeps growing when the trainer stops publishing.
+
+    >>> m = ScorerMetrics(CollectorRegistry())
+    >>> m.observe_request(queue_s=0.001, compute_s=0.002, total_s=0.004)
+    >>> m.registry.get_sample_value(
+    ...     "stream_app_scorer_request_seconds_count", {"phase": "total"})
+    1.0
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, tables: Sequence[str] = TABLES,
+                 dlq_reasons: Sequence[str] = (), error_reasons: Sequence[str] = (),
+                 version: str = __version__) -> None:
+        super().__init__(registry, role="scorer", version=version, dlq_reasons=dlq_reasons)
+        r = registry
+        self.request_seconds = Histogram(
+            "stream_app_scorer_request_seconds",
+            "Request latency by phase: queue (wait for batch), compute (top-k), total.",
+            ["phase"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.batch_size_requests = Histogram(
+            "stream_app_scorer_batch_size_requests", "Requests per scored micro-batch.",
+            buckets=BATCH_REQUESTS_BUCKETS, registry=r)
+        self.fallbacks = Counter(
+            "stream_app_scorer_fallbacks_total",
+            "Requests answered from popularity instead of the user's vector.",
+            ["reason"], registry=r)
+        self.errors = Counter(
+            "stream_app_scorer_errors_total", "Requests that could not be answered, by reason.",
+            ["reason"], registry=r)
+        self.table_rows = Gauge(
+            "stream_app_scorer_table_rows", "Rows materialised per table.", ["table"],
+            registry=r)
+        self.staleness_seconds = Gauge(
+            "stream_app_scorer_staleness_seconds",
+            "Now minus the newest loaded row's updated_at (NaN before the first row).",
+            registry=r)
+        self.ready = Gauge(
+            "stream_app_scorer_ready", "1 once the embeddings table is fully loaded.",
+            registry=r)
+        self._newest_row_s = math.nan
+        self.staleness_seconds.set_function(self._staleness)
+        for phase in RequestPhase:
+            self.request_seconds.labels(phase=phase)
+        for fallback in FallbackReason:
+            self.fallbacks.labels(reason=fallback)
+        for error in error_reasons:
+            self.errors.labels(reason=error)
+        for table in tables:
+            self.table_rows.labels(table=table)
+
+    def _staleness(self) -> float:
+        return time.time() - self._newest_row_s
+
+    def observe_request(self, *, queue_s: float, compute_s: float, total_s: float) -> None:
+        """Observe one answered request; `total` counts every answer, so it is the rate base."""
+        self.request_seconds.labels(phase=RequestPhase.QUEUE).observe(queue_s)
+        self.request_seconds.labels(phase=RequestPhase.COMPUTE).observe(compute_s)
+        self.request_seconds.labels(phase=RequestPhase.TOTAL).observe(total_s)
+
+    def set_newest_row_time(self, updated_at_s: float) -> None:
+        """Remember the newest loaded row's `updated_at` (epoch seconds); only moves forward."""
+        if math.isnan(self._newest_row_s) or updated_at_s > self._newest_row_s:
+            self._newest_row_s = updated_at_s
+
+    def set_ready(self, ready: bool) -> None:
+        """Flip the readiness gauge (mirrors what /readyz answers)."""
+        self.ready.set(1.0 if ready else 0.0)
+
+
+_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("_count", "_sum", "_created"),
+    "info": ("_info",),
+    "gauge": ("",),
+}
+
+
+def exposed_names(registry: CollectorRegistry) -> frozenset[str]:
+    """Every sample name the registry can expose, labelled children or not.
+
+    Alert rules and the dashboard may use only these; checking against this set
+    catches a renamed metric before Prometheus silently returns no data.
+    """
+    names: set[str] = set()
+    for family in registry.collect():
+        names.update(family.name + s for s in _SUFFIXES.get(family.type, ("",)))
+        names.update(sample.name for sample in family.samples)
+    return frozenset(names)
+
+
+def declared_metric_names() -> frozenset[str]:
+    """Names exposed by the trainer and scorer classes (built on throwaway registries)."""
+    trainer, scorer = CollectorRegistry(), CollectorRegistry()
+    TrainerMetrics(trainer, k=10)
+    ScorerMetrics(scorer)
+    return exposed_names(trainer) | exposed_names(scorer)
+
+
+def metric_objects(metrics: _ProcessMetrics) -> dict[str, MetricWrapperBase]:
+    """Attribute name -> metric object of one metrics class (for docs and tests)."""
+    return {k: v for k, v in vars(metrics).items() if isinstance(v, MetricWrapperBase)}

@@ -1,0 +1,239 @@
+"""Metrics classes, the /metrics + health server, and the JSONL recorder.
+
+Every test builds its own `CollectorRegistry`: that is the point of having no
+module-global metrics, and it keeps these tests independent of each other.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from stream_app.observability import (
+    EvalModel,
+    EventOutcome,
+    FallbackReason,
+    FreshnessSince,
+    MetricsRecorder,
+    MetricsServer,
+    ScorerMetrics,
+    TrainerMetrics,
+    declared_metric_names,
+    exposed_names,
+)
+from stream_app.observability.metrics import (
+    FRESHNESS_BUCKETS_S,
+    LATENCY_BUCKETS_S,
+    metric_objects,
+)
+
+BOUNDED_LABELS = {"topic", "partition", "outcome", "reason", "table", "model", "k", "since",
+                  "phase"}
+UNIT_SUFFIXES = ("_total", "_seconds", "_events", "_requests", "_rows", "_messages", "_info",
+                 "_loss", "_hit_rate", "_recall", "_mrr", "_ready")
+
+
+def _trainer(**kwargs: object) -> TrainerMetrics:
+    return TrainerMetrics(CollectorRegistry(), k=10, **kwargs)  # type: ignore[arg-type]
+
+
+def _value(reg: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return reg.get_sample_value(name, labels)
+
+
+def test_both_classes_register_on_fresh_registries_without_clashes() -> None:
+    for _ in range(2):  # twice: nothing global leaks between instances
+        _trainer(input_topics=["clicks", "purchases"], dlq_reasons=["schema"])
+        ScorerMetrics(CollectorRegistry(), dlq_reasons=["schema"], error_reasons=["bad_k"])
+
+
+def test_same_registry_twice_is_a_clash() -> None:
+    registry = CollectorRegistry()
+    TrainerMetrics(registry, k=10)
+    with pytest.raises(ValueError, match="Duplicated"):
+        TrainerMetrics(registry, k=10)
+
+
+def test_names_prefixed_with_units_and_labels_bounded() -> None:
+    for metrics in (_trainer(), ScorerMetrics(CollectorRegistry())):
+        objects = metric_objects(metrics)
+        assert len(objects) >= 10
+        for attr, metric in objects.items():
+            name = metric._name  # noqa: SLF001 (no public accessor in prometheus_client)
+            assert name.startswith("stream_app_"), attr
+            kind = metric._type  # noqa: SLF001
+            full = name + ("_total" if kind == "counter" else "_info" if kind == "info" else "")
+            assert full.endswith(UNIT_SUFFIXES), f"{attr}: {full} has no unit suffix"
+            assert set(metric._labelnames) <= BOUNDED_LABELS, attr  # noqa: SLF001
+
+
+def test_required_names_are_declared() -> None:
+    names = declared_metric_names()
+    for required in (
+        "stream_app_events_total", "stream_app_batch_size_events_bucket",
+        "stream_app_step_seconds_bucket", "stream_app_transaction_seconds_bucket",
+        "stream_app_batch_seconds_bucket", "stream_app_training_loss",
+        "stream_app_prequential_hit_rate", "stream_app_prequential_recall",
+        "stream_app_prequential_mrr", "stream_app_freshness_seconds_bucket",
+        "stream_app_table_rows", "stream_app_admissions_total", "stream_app_evictions_total",
+        "stream_app_dlq_records_total", "stream_app_consumer_lag_messages",
+        "stream_app_transaction_aborts_total", "stream_app_restore_seconds",
+        "stream_app_restored_rows", "stream_app_rows_published_total",
+        "stream_app_build_info", "stream_app_scorer_request_seconds_bucket",
+        "stream_app_scorer_batch_size_requests_bucket", "stream_app_scorer_fallbacks_total",
+        "stream_app_scorer_errors_total", "stream_app_scorer_table_rows",
+        "stream_app_scorer_staleness_seconds", "stream_app_scorer_ready",
+    ):
+        assert required in names, required
+
+
+def test_buckets_resolve_the_targets() -> None:
+    # A quantile is interpolated inside a bucket: the targets must be bucket edges,
+    # with several edges below them.
+    assert 1.0 in FRESHNESS_BUCKETS_S and sum(b < 1.0 for b in FRESHNESS_BUCKETS_S) >= 8
+    assert 0.02 in LATENCY_BUCKETS_S
+    assert sum(0.001 <= b <= 0.05 for b in LATENCY_BUCKETS_S) >= 12
+
+
+def test_trainer_counters_exist_at_zero_and_count() -> None:
+    m = _trainer(input_topics=["clicks"], dlq_reasons=["schema"])
+    reg = m.registry
+    for outcome in EventOutcome:
+        assert _value(reg, "stream_app_events_total", topic="clicks", outcome=outcome) == 0.0
+    assert _value(reg, "stream_app_dlq_records_total", reason="schema") == 0.0
+    assert _value(reg, "stream_app_rows_published_total", table="item") == 0.0
+    m.count_events("clicks", EventOutcome.DUPLICATE, 2)
+    m.count_dlq("schema")
+    assert _value(reg, "stream_app_events_total", topic="clicks", outcome="duplicate") == 2.0
+    assert _value(reg, "stream_app_dlq_records_total", reason="schema") == 1.0
+    assert _value(reg, "stream_app_build_info", version="0.1.0", role="trainer") == 1.0
+
+
+def test_prequential_gauges_carry_model_and_k() -> None:
+    m = _trainer()
+    m.set_prequential(EvalModel.MODEL, hit_rate=0.3, recall=0.25, mrr=0.1)
+    m.set_prequential(EvalModel.POPULARITY, hit_rate=0.2, recall=0.15, mrr=0.05)
+    reg = m.registry
+    assert _value(reg, "stream_app_prequential_hit_rate", model="model", k="10") == 0.3
+    assert _value(reg, "stream_app_prequential_recall", model="popularity", k="10") == 0.15
+    assert _value(reg, "stream_app_prequential_mrr", model="model", k="10") == 0.1
+
+
+def test_freshness_clamps_clock_skew_to_zero() -> None:
+    m = _trainer()
+    m.observe_freshness(FreshnessSince.PRODUCE_TIME, [-0.5, 0.2, 0.8, 1.5])
+    reg = m.registry
+    assert _value(reg, "stream_app_freshness_seconds_count", since="produce_time") == 4.0
+    assert _value(reg, "stream_app_freshness_seconds_bucket", since="produce_time",
+                  le="0.01") == 1.0
+    assert _value(reg, "stream_app_freshness_seconds_bucket", since="produce_time",
+                  le="1.0") == 3.0
+    assert _value(reg, "stream_app_freshness_seconds_count", since="event_time") == 0.0
+
+
+def test_lag_is_set_and_forgotten_on_revoke() -> None:
+    m = _trainer()
+    m.set_lag("clicks", 0, 42)
+    m.set_lag("clicks", 1, -3)  # a racing watermark read never shows negative lag
+    reg = m.registry
+    assert _value(reg, "stream_app_consumer_lag_messages", topic="clicks", partition="0") == 42
+    assert _value(reg, "stream_app_consumer_lag_messages", topic="clicks", partition="1") == 0
+    m.forget_partitions([("clicks", 0), ("clicks", 7)])
+    assert _value(reg, "stream_app_consumer_lag_messages", topic="clicks", partition="0") is None
+
+
+def test_scorer_requests_fallbacks_staleness_and_ready() -> None:
+    m = ScorerMetrics(CollectorRegistry())
+    reg = m.registry
+    for phase in ("queue", "compute", "total"):
+        assert _value(reg, "stream_app_scorer_request_seconds_count", phase=phase) == 0.0
+    m.observe_request(queue_s=0.001, compute_s=0.003, total_s=0.005)
+    m.fallbacks.labels(reason=FallbackReason.UNKNOWN_USER).inc()
+    assert _value(reg, "stream_app_scorer_request_seconds_bucket", phase="total",
+                  le="0.005") == 1.0
+    assert _value(reg, "stream_app_scorer_fallbacks_total", reason="unknown_user") == 1.0
+    staleness = _value(reg, "stream_app_scorer_staleness_seconds")
+    assert staleness is not None and math.isnan(staleness)
+    now = time.time()
+    m.set_newest_row_time(now - 30)
+    m.set_newest_row_time(now - 100)  # an older row loaded later does not move it back
+    staleness = _value(reg, "stream_app_scorer_staleness_seconds")
+    assert staleness is not None and 29 <= staleness < 60
+    m.set_ready(True)
+    assert _value(reg, "stream_app_scorer_ready") == 1.0
+
+
+def test_exposed_names_include_unlabelled_children() -> None:
+    names = exposed_names(ScorerMetrics(CollectorRegistry()).registry)
+    assert "stream_app_scorer_errors_total" in names  # no reason pre-created, still declared
+    assert "stream_app_scorer_request_seconds_sum" in names
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (http on localhost)
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_server_serves_metrics_health_and_readiness() -> None:
+    m = _trainer(input_topics=["clicks"])
+    state = {"ready": False}
+
+    def ready() -> tuple[bool, str]:
+        return (True, "ok") if state["ready"] else (False, "restoring from changelog")
+
+    with MetricsServer(m.registry, host="127.0.0.1", port=0, ready=ready) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        status, body = _get(f"{base}/metrics")
+        assert status == 200
+        assert 'stream_app_events_total{outcome="applied",topic="clicks"} 0.0' in body
+        assert _get(f"{base}/healthz") == (200, "ok\n")
+        assert _get(f"{base}/readyz") == (503, "restoring from changelog\n")
+        state["ready"] = True
+        assert _get(f"{base}/readyz") == (200, "ok\n")
+        assert _get(f"{base}/nope")[0] == 404
+        port = server.port
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
+
+
+def test_server_start_returns_port_and_close_is_idempotent() -> None:
+    server = MetricsServer(CollectorRegistry(), port=0)
+    with pytest.raises(RuntimeError):
+        _ = server.port
+    port = server.start()
+    assert port == server.port > 0
+    with pytest.raises(RuntimeError, match="already started"):
+        server.start()
+    server.close()
+    server.close()
+
+
+def test_server_rejects_bad_port() -> None:
+    with pytest.raises(ValueError, match="0..65535"):
+        MetricsServer(CollectorRegistry(), port=70000)
+
+
+def test_recorder_writes_jsonl_snapshots(tmp_path: Path) -> None:
+    m = _trainer(input_topics=["clicks"])
+    path = tmp_path / "runs" / "metrics.jsonl"
+    names = {"stream_app_events_total", "stream_app_training_loss"}
+    with MetricsRecorder(m.registry, path, interval_s=0.05, names=names) as recorder:
+        m.training_loss.set(0.7)
+        recorder.record()
+    lines = [orjson.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) >= 2
+    last = lines[-1]
+    assert {s["name"] for s in last["samples"]} == names
+    loss = [s["value"] for s in last["samples"] if s["name"] == "stream_app_training_loss"]
+    assert loss == [0.7]
