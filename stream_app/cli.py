@@ -91,17 +91,21 @@ def _topics(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from stream_app.replay import replay_file
 
-    return replay_file(kafka_config(args), args.path, fmt=args.format, limit=args.limit,
-                       rate=args.rate, progress=not args.quiet)
+    acked = replay_file(kafka_config(args), args.path, fmt=args.format, limit=args.limit,
+                        rate=args.rate, progress=not args.quiet)
+    print(f"replayed {acked} events from {args.path}")
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
     from stream_app.replay import replay_generated
 
-    return replay_generated(kafka_config(args), n_events=args.events, n_users=args.users,
-                            n_items=args.items, seed=args.seed,
-                            malformed_share=args.malformed_share, drift=args.drift,
-                            rate=args.rate, progress=not args.quiet)
+    acked = replay_generated(kafka_config(args), n_events=args.events, n_users=args.users,
+                             n_items=args.items, seed=args.seed,
+                             malformed_share=args.malformed_share, drift=args.drift,
+                             rate=args.rate, progress=not args.quiet)
+    print(f"generated {acked} records")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,13 +150,78 @@ def build_parser() -> argparse.ArgumentParser:
     _kafka_args(p)
     p.set_defaults(handler=_generate)
 
-    for register in _LATER:
-        register(sub)
+    _add_trainer_commands(sub)
+    _add_scorer_commands(sub)
     return parser
 
 
-# Commands defined in their own modules register themselves here (trainer, scorer...).
-_LATER: list[Callable[[Any], None]] = []
+def _component_args(p: argparse.ArgumentParser, metrics_port: int) -> None:
+    """Flags every long-running process shares (trainer, scorer)."""
+    p.add_argument("--group-id", help="consumer group id")
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--metrics-host", help="bind address of /metrics (default 127.0.0.1)")
+    p.add_argument("--metrics-port", type=int,
+                   help=f"port of /metrics, /healthz, /readyz (default {metrics_port}, 0 = free)")
+    p.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
+                   help="exit after this long without input (tests, demo, benchmarks)")
+    _kafka_args(p)
+
+
+# --- trainer commands (owned by the trainer wiring) ---
+def _add_trainer_commands(sub: Any) -> None:
+    p = sub.add_parser("trainer", help="learn embeddings from clicks/purchases (exactly-once)")
+    _component_args(p, 9464)
+    p.add_argument("--instance-id", help="stable id of this trainer; names its transactional.id")
+    p.add_argument("--batch-max", type=int, help="max events per micro-batch (default 2000)")
+    p.add_argument("--batch-wait-ms", type=int, help="max wait to fill a micro-batch (200)")
+    p.add_argument("--no-restore", dest="restore", action="store_const", const=False,
+                   help="start from an empty model instead of the embeddings changelog")
+    p.add_argument("-L", dest="learner_settings", action="append", metavar="KEY=VALUE",
+                   help="learner setting, e.g. -L dim=32 -L optimizer=adam")
+    p.set_defaults(handler=_trainer)
+
+    p = sub.add_parser("forget", help="delete a user from the model (tombstone published)")
+    p.add_argument("user", help="user id")
+    _kafka_args(p)
+    p.set_defaults(handler=_forget)
+
+
+def _trainer(args: argparse.Namespace) -> int:
+    from stream_app.config import build
+    from stream_app.core import LearnerConfig
+    from stream_app.trainer import TrainerConfig, run_trainer
+
+    file = read_file(args.config)
+    flags = {k: getattr(args, k, None) for k in (
+        "group_id", "device", "metrics_host", "metrics_port", "exit_when_idle", "instance_id",
+        "batch_max", "batch_wait_ms", "restore")}
+    cfg = build(TrainerConfig, "trainer", file.get("trainer", {}), environment(), flags)
+    learner_flags = _typed(LearnerConfig, parse_kv(args.learner_settings, "-L"))
+    learner = build(LearnerConfig, "learner", file.get("learner", {}), environment(),
+                    learner_flags)
+    return run_trainer(kafka_config(args), cfg, learner)
+
+
+def _typed(cls: Any, raw: dict[str, str]) -> dict[str, Any]:
+    """Convert `-L key=value` strings with the same rules as the environment."""
+    from stream_app.config import from_text
+
+    return {k: from_text(cls, k, v, f"-L {k}") for k, v in raw.items()}
+
+
+def _forget(args: argparse.Namespace) -> int:
+    from stream_app.trainer.control import send_forget
+
+    send_forget(kafka_config(args), args.user)
+    print(f"forget request for user {args.user!r} sent; the trainer publishes a tombstone")
+    return 0
+# --- end trainer commands ---
+
+
+# --- scorer commands (owned by the scorer wiring) ---
+def _add_scorer_commands(sub: Any) -> None:
+    pass
+# --- end scorer commands ---
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -170,10 +170,23 @@ def build(cls: type[C], section: str, file_values: Mapping[str, Any],
         if raw is not None:
             values[name] = _from_env(raw, hints[name], prefix + name.upper())
     values.update({k: v for k, v in flags.items() if v is not None and k in names})
+    unknown_flags = {k for k, v in flags.items() if v is not None} - names
+    if unknown_flags:
+        raise ConfigError(f"unknown {section} setting(s): {', '.join(sorted(unknown_flags))}")
     try:
         return cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"[{section}]: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"[{section}] {exc}") from exc
+
+
+def from_text(cls: type[Any], name: str, raw: str, where: str) -> Any:
+    """A setting given as text (env, `-L key=value`) converted to the field's type."""
+    hints = typing.get_type_hints(cls)
+    if name not in hints:
+        return raw  # build() reports the unknown name with the list of known ones
+    return _from_env(raw, hints[name], where)
 
 
 def _from_env(raw: str, hint: Any, var: str) -> Any:

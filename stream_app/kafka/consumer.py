@@ -1,0 +1,195 @@
+"""Group consumption in micro-batches, and reading a topic to its end.
+
+Only this module turns `confluent_kafka.Message` into our frozen `RawRecord`,
+which keeps the record's coordinates so a bad one can be dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import TopicPartition as _TP
+
+from stream_app.config import KafkaConfig
+from stream_app.events import Coordinates
+from stream_app.kafka.clients import make_consumer
+from stream_app.kafka.exceptions import KafkaEdgeError
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One consumed record, detached from librdkafka. `timestamp_ms` is the produce time."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def coords(self) -> Coordinates:
+        return Coordinates(topic=self.topic, partition=self.partition, offset=self.offset)
+
+    def header(self, name: str) -> bytes | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+
+def to_record(msg: Message) -> RawRecord:
+    ts_type, ts = msg.timestamp()
+    return RawRecord(topic=msg.topic() or "", partition=msg.partition() or 0,
+                     offset=msg.offset() or 0, key=msg.key(), value=msg.value(),
+                     timestamp_ms=ts if ts_type else 0,
+                     headers=tuple((k, v or b"") for k, v in (msg.headers() or ())))
+
+
+def next_offsets(records: Sequence[RawRecord]) -> dict[Partition, int]:
+    """Per partition, the offset to commit after these records (last offset + 1)."""
+    out: dict[Partition, int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        out[key] = max(out.get(key, 0), r.offset + 1)
+    return out
+
+
+class GroupConsumer:
+    """A consumer group member that hands out micro-batches bounded by count and wait.
+
+    Rebalance safety: records of partitions revoked while a batch is being
+    gathered are dropped from it (they were neither applied nor committed, so
+    the new owner reads them from the committed offset).
+    """
+
+    def __init__(self, kafka: KafkaConfig, *, client_id: str, group_id: str,
+                 topics: Sequence[str],
+                 on_assign: Callable[[list[Partition]], None] | None = None,
+                 on_revoke: Callable[[list[Partition]], None] | None = None) -> None:
+        self._consumer: Consumer = make_consumer(kafka, client_id, group_id)
+        self._revoked: set[Partition] = set()
+        self._assigned: set[Partition] = set()
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._consumer.subscribe(list(topics), on_assign=self._assign, on_revoke=self._revoke,
+                                 on_lost=self._revoke)
+
+    @property
+    def raw(self) -> Consumer:
+        """The librdkafka consumer, for the transaction function only."""
+        return self._consumer
+
+    @property
+    def assignment(self) -> set[Partition]:
+        return set(self._assigned)
+
+    def _assign(self, _c: Consumer, parts: list[_TP]) -> None:
+        got = [(tp.topic, tp.partition) for tp in parts]
+        self._assigned.update(got)
+        self._revoked.difference_update(got)
+        log.info("assigned partitions=%s", got)
+        if self._on_assign:
+            self._on_assign(got)
+
+    def _revoke(self, _c: Consumer, parts: list[_TP]) -> None:
+        gone = [(tp.topic, tp.partition) for tp in parts]
+        self._assigned.difference_update(gone)
+        self._revoked.update(gone)
+        log.info("revoked partitions=%s", gone)
+        if self._on_revoke:
+            self._on_revoke(gone)
+
+    def poll_batch(self, max_records: int, max_wait_s: float) -> list[RawRecord]:
+        """Up to `max_records` records, waiting at most `max_wait_s` for them."""
+        batch: list[RawRecord] = []
+        deadline = time.monotonic() + max_wait_s
+        self._revoked.clear()
+        while len(batch) < max_records:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for msg in self._consumer.consume(max_records - len(batch), timeout=min(left, 0.1)):
+                err = msg.error()
+                if err is None:
+                    batch.append(to_record(msg))
+                elif err.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
+                    _raise_if_fatal(err)
+            if batch and self._revoked:
+                batch = [r for r in batch if (r.topic, r.partition) not in self._revoked]
+        return batch
+
+    def lag(self) -> dict[Partition, int]:
+        """Messages behind the high watermark per assigned partition (from cached stats)."""
+        out: dict[Partition, int] = {}
+        parts = [_TP(t, p) for t, p in self._assigned]
+        if not parts:
+            return out
+        for tp in self._consumer.position(parts):
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
+            if tp.offset >= 0 and high >= 0:
+                out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        return out
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _raise_if_fatal(err: KafkaError) -> None:
+    if err.fatal():
+        raise KafkaEdgeError(f"consumer failed fatally: {err.str()}")
+    log.warning("consumer error code=%s reason=%s", err.name(), err.str())
+
+
+def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
+                batch: int = 5000, timeout_s: float = 600.0) -> Iterator[list[RawRecord]]:
+    """Every committed record of `topic`, in chunks, up to the end offsets seen at start.
+
+    Used to restore the trainer from the compacted changelog: read_committed
+    and no group, so it never disturbs anyone's committed offsets.
+    """
+    consumer = make_consumer(kafka, client_id, f"{client_id}-reader",
+                             **{"enable.partition.eof": True})
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            raise KafkaEdgeError(f"topic {topic} does not exist")
+        parts = sorted(meta.topics[topic].partitions)
+        ends = {p: consumer.get_watermark_offsets(_TP(topic, p), timeout=10)[1] for p in parts}
+        pending = {p for p, end in ends.items() if end > 0}
+        consumer.assign([_TP(topic, p, OFFSET_BEGINNING) for p in pending])
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise KafkaEdgeError(f"reading {topic} to its end took over {timeout_s}s")
+            chunk: list[RawRecord] = []
+            for msg in consumer.consume(batch, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
+                        pending.discard(msg.partition() or 0)
+                    else:
+                        _raise_if_fatal(err)
+                    continue
+                rec = to_record(msg)
+                if rec.offset < ends[rec.partition]:
+                    chunk.append(rec)
+                if rec.offset + 1 >= ends[rec.partition]:
+                    pending.discard(rec.partition)
+            # Transaction markers occupy offsets without being delivered: the
+            # position, not the last record, says whether a partition is done.
+            for tp in consumer.position([_TP(topic, p) for p in pending]):
+                if tp.offset >= ends[tp.partition]:
+                    pending.discard(tp.partition)
+            if chunk:
+                yield chunk
+    except KafkaException as exc:
+        raise KafkaEdgeError(f"reading {topic} failed: {exc}") from exc
+    finally:
+        consumer.close()

@@ -1,0 +1,94 @@
+"""Plain (non-transactional, idempotent) producing of events and requests.
+
+Used by `replay`, `generate` and the request client: each record is keyed so
+one user's events stay ordered in one partition.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from stream_app.config import KafkaConfig
+from stream_app.kafka.clients import make_producer
+from stream_app.kafka.exceptions import KafkaEdgeError
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class Pacer:
+    """Spaces sends to `rate` per second (0 = unpaced), without drifting."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._start = time.monotonic()
+        self._sent = 0
+
+    def wait(self) -> None:
+        self._sent += 1
+        if self.rate <= 0:
+            return
+        ahead = self._sent / self.rate - (time.monotonic() - self._start)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+class DeliveryError(KafkaEdgeError):
+    """At least one record was not acknowledged by the broker."""
+
+
+class EventProducer:
+    """Produce records and count broker acknowledgements; `close()` flushes."""
+
+    def __init__(self, kafka: KafkaConfig, client_id: str = "stream-app-producer") -> None:
+        self._producer: Producer = make_producer(kafka, client_id)
+        self.acked = 0
+        self.failed: list[str] = []
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is None:
+            self.acked += 1
+        elif len(self.failed) < 10:
+            self.failed.append(err.str())
+
+    def send(self, rec: Outgoing) -> None:
+        while True:
+            try:
+                self._producer.produce(rec.topic, key=rec.key, value=rec.value,
+                                       headers=list(rec.headers) or None,
+                                       on_delivery=self._on_delivery)
+                self._producer.poll(0)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                raise DeliveryError(f"produce to {rec.topic} failed: {exc}") from exc
+
+    def send_all(self, records: Iterable[Outgoing], rate: float = 0.0) -> Iterator[int]:
+        """Send every record, paced; yields the running count for progress display."""
+        pacer = Pacer(rate)
+        for n, rec in enumerate(records, 1):
+            pacer.wait()
+            self.send(rec)
+            yield n
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        left = self._producer.flush(timeout_s)
+        if left or self.failed:
+            raise DeliveryError(f"{left} record(s) undelivered after {timeout_s}s; "
+                                f"errors: {self.failed}")
+
+    def __enter__(self) -> EventProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,162 @@
+"""The one transaction function: publish a batch's output and its input offsets atomically.
+
+This is what "nothing lost, nothing applied twice" rests on (DESIGN.md,
+Semantics): the rows a batch changed, its dead-letter records and the consumed
+offsets become visible to `read_committed` readers together, or not at all.
+
+Error branches, all here (confluent-kafka docs, "Transactional producer API"):
+- retriable (`err.retriable()`): the same call is retried until the deadline;
+- abortable (`err.txn_requires_abort()`): abort, rewind the consumer to its
+  committed offsets, and tell the caller, who must roll its own state back;
+- anything else (fenced by a newer instance with our transactional.id, fatal
+  producer error): `FatalTransactionError`; the process must stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from stream_app.config import KafkaConfig
+from stream_app.kafka.clients import make_producer
+from stream_app.kafka.consumer import GroupConsumer, Partition
+from stream_app.kafka.exceptions import FatalTransactionError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class TxnOutcome(StrEnum):
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """One record to produce inside the transaction. `value=None` is a tombstone."""
+
+    topic: str
+    key: bytes
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class AbortRequired(Exception):  # noqa: N818 - a signal inside this module, not an error
+    """Raised internally when librdkafka says the transaction must be aborted."""
+
+
+def _call(step: str, fn: Callable[[], T], deadline: float) -> T:
+    """Run one transactional API call, retrying retriable errors until `deadline`."""
+    while True:
+        try:
+            return fn()
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if err.retriable() and time.monotonic() < deadline:
+                log.warning("transaction step=%s retriable error=%s; retrying", step, err.str())
+                time.sleep(0.1)
+                continue
+            if err.txn_requires_abort():
+                raise AbortRequired(f"{step}: {err.str()}") from exc
+            raise FatalTransactionError(
+                f"transaction step {step} failed fatally ({err.name()}: {err.str()}); "
+                "another instance with the same transactional.id may have fenced this one"
+            ) from exc
+
+
+def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRecord],
+                 offsets: list[TopicPartition], *, timeout_s: float = 60.0) -> TxnOutcome:
+    """Produce `records` and commit `offsets` (next offset to read) in one transaction."""
+    deadline = time.monotonic() + timeout_s
+    # Step 1. Begin. Only one transaction is open at a time per producer.
+    _call("begin", producer.begin_transaction, deadline)
+    try:
+        # Step 2. Produce. poll(0) serves delivery reports so the local queue
+        # never fills; on BufferError we flush and retry that one record.
+        for rec in records:
+            _produce(producer, rec)
+        # Step 3. Send the input offsets inside the transaction, so they commit
+        # exactly when the output does. Group metadata makes a zombie fenced.
+        meta = consumer.consumer_group_metadata()
+        _call("send_offsets", lambda: producer.send_offsets_to_transaction(
+            offsets, meta, max(1.0, deadline - time.monotonic())), deadline)
+        # Step 4. Commit: flushes outstanding records first, then marks the
+        # transaction committed on every partition it touched.
+        _call("commit", lambda: producer.commit_transaction(
+            max(1.0, deadline - time.monotonic())), deadline)
+        return TxnOutcome.COMMITTED
+    except AbortRequired as exc:
+        log.warning("transaction aborted: %s; rewinding to committed offsets", exc)
+        # Abort path. Nothing of this batch becomes visible; the consumer goes
+        # back to the last committed offsets so the batch is read again.
+        _call("abort", lambda: producer.abort_transaction(timeout_s), time.monotonic() + timeout_s)
+        rewind_to_committed(consumer, offsets)
+        return TxnOutcome.ABORTED
+
+
+def _produce(producer: Producer, rec: OutRecord) -> None:
+    while True:
+        try:
+            producer.produce(rec.topic, key=rec.key, value=rec.value,
+                             headers=list(rec.headers) or None)
+            producer.poll(0)
+            return
+        except BufferError:
+            producer.poll(0.05)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if err.txn_requires_abort():
+                raise AbortRequired(f"produce: {err.str()}") from exc
+            raise FatalTransactionError(f"produce to {rec.topic} failed: {err.str()}") from exc
+
+
+def rewind_to_committed(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    """Seek each partition back to its committed offset (or the beginning if none)."""
+    if not partitions:
+        return
+    committed = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in partitions],
+                                   timeout=30)
+    for tp in committed:
+        offset = tp.offset if tp.offset >= 0 else 0
+        try:
+            consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        except KafkaException as exc:
+            # The partition may have been revoked meanwhile; its new owner
+            # starts from the committed offset anyway.
+            log.warning("seek %s[%d] failed: %s", tp.topic, tp.partition, exc)
+
+
+class TransactionalPublisher:
+    """The trainer's producer: one stable `transactional.id` per instance.
+
+    `init_transactions` fences any zombie with the same id and aborts what it
+    left open, so a restarted trainer never sees half a batch.
+    """
+
+    def __init__(self, kafka: KafkaConfig, *, transactional_id: str, client_id: str,
+                 timeout_s: float = 60.0) -> None:
+        self._producer = make_producer(kafka, client_id, transactional_id=transactional_id)
+        self._timeout_s = timeout_s
+        try:
+            self._producer.init_transactions(timeout_s)
+        except KafkaException as exc:
+            raise FatalTransactionError(
+                f"init_transactions for transactional.id={transactional_id} failed: "
+                f"{exc.args[0].str()}; check the broker is reachable and the credentials "
+                "allow transactions"
+            ) from exc
+
+    def commit(self, consumer: GroupConsumer, records: Iterable[OutRecord],
+               offsets: dict[Partition, int]) -> TxnOutcome:
+        tps = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
+        return commit_batch(self._producer, consumer.raw, records, tps, timeout_s=self._timeout_s)
+
+    def close(self) -> None:
+        self._producer.flush(self._timeout_s)

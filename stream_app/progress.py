@@ -1,0 +1,62 @@
+"""A small terminal progress line: count, rate, and a bar when the total is known.
+
+Written to a stream the caller passes (stderr from the CLI), redrawn at most
+`hz` times a second so it costs nothing on the hot path.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TextIO
+
+
+class Progress:
+    """Redraws `label  n/total  [#####.....]  rate/s  extra` in place.
+
+    >>> import io
+    >>> out = io.StringIO()
+    >>> p = Progress("replay", total=10, stream=out, hz=0)
+    >>> p.advance(10); p.close()
+    >>> "10/10" in out.getvalue()
+    True
+    """
+
+    def __init__(self, label: str, *, total: int | None = None, stream: TextIO | None = None,
+                 hz: float = 4.0) -> None:
+        self.label = label
+        self.total = total
+        self.count = 0
+        self.extra = ""
+        self._stream = stream
+        self._interval = 1.0 / hz if hz > 0 else 0.0
+        self._start = time.monotonic()
+        self._last_draw = 0.0
+
+    def advance(self, n: int = 1, extra: str | None = None) -> None:
+        self.count += n
+        if extra is not None:
+            self.extra = extra
+        now = time.monotonic()
+        if now - self._last_draw >= self._interval:
+            self._last_draw = now
+            self._draw(now)
+
+    def rate(self) -> float:
+        return self.count / max(time.monotonic() - self._start, 1e-9)
+
+    def _draw(self, now: float, end: str = "\r") -> None:
+        if self._stream is None:
+            return
+        rate = self.count / max(now - self._start, 1e-9)
+        if self.total:
+            done = min(self.count / self.total, 1.0)
+            bar = "#" * int(done * 30) + "." * (30 - int(done * 30))
+            head = f"{self.label}  {self.count:,}/{self.total:,}  [{bar}] {done:4.0%}"
+        else:
+            head = f"{self.label}  {self.count:,}"
+        line = f"{head}  {rate:,.0f}/s  {self.extra}"
+        self._stream.write(f"\x1b[2K{line}{end}")
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._draw(time.monotonic(), end="\n")
