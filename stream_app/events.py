@@ -94,3 +94,79 @@ class EmbeddingRow:
     def key(self) -> str:
         """Kafka key on the compacted `embeddings` topic: `user:<id>` / `item:<id>`."""
         return f"{self.entity}:{self.id}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScoreRequest:
+    """Ask the scorer for the top-`k` items of one user (`score-request.v1.json`).
+
+    `candidates` is None when every item may be ranked; otherwise only those
+    items are (possibly none). Ids are strings, as for `Event`.
+
+    >>> ScoreRequest(request_id="r1", user_id="u1", k=10).exclude_seen
+    True
+    """
+
+    request_id: str
+    user_id: str
+    k: int
+    candidates: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    exclude_seen: bool = True
+    explain: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PredictedItem:
+    """One ranked item; `because` holds the user's recent items that support it (explain)."""
+
+    item_id: str
+    score: float
+    because: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Prediction:
+    """The scorer's answer to one `ScoreRequest` (`prediction.v1.json`), keyed by request id.
+
+    `fallback` says the popularity ranking was served (unknown or cold user);
+    `ready` is False while the scorer is still loading `embeddings`, so a
+    client never mistakes a half-loaded table for the real answer. `error` is
+    set (and `items` empty) when the request was malformed but had a request id.
+    """
+
+    request_id: str
+    user_id: str
+    items: tuple[PredictedItem, ...]
+    model_version: str
+    fallback: bool
+    latency_ms: float
+    error: str | None = None
+    ready: bool = True
+
+
+DlqStage = Literal["decode", "train", "score"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DlqRecord:
+    """A record that could not be used (`dlq-record.v1.json`): nothing is dropped silently.
+
+    `key` / `value` are the raw bytes as read (the value already cut to the
+    DLQ bound, see `value_truncated`; `value_size` is the original length).
+    `reason` is a `stream_app.codec.DlqReason` value, kept as `str` here so
+    this module does not depend on the codec. `ts` is when it was dead-lettered
+    (wall-clock ms); `partition` / `offset` are -1 when unknown.
+    """
+
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    detail: str
+    key: bytes | None
+    value: bytes | None
+    value_truncated: bool
+    value_size: int
+    ts: int
+    stage: DlqStage

@@ -1,0 +1,201 @@
+"""Embedding rows and the trainer meta record on the compacted `embeddings` topic.
+
+`embedding.v1.json`: the vector is base64 of little-endian float32, exactly
+dim*4 bytes. Learner state arrays travel as {"b64f32", "shape"} so the trainer
+restores its model bit-exactly from this topic (it is the model's changelog).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import fastjsonschema
+import numpy as np
+import orjson
+
+from stream_app.codec.exceptions import DecodeError, DlqReason, EncodeError
+from stream_app.codec.schemas import Schema, error_for, schema
+from stream_app.codec.wire import (
+    MESSAGE_MAX_BYTES,
+    b64decode,
+    b64encode,
+    check_value,
+    decode_key,
+    parse_object,
+)
+from stream_app.events import EmbeddingRow, Entity
+
+META_KEY = b"meta:trainer"
+"""Key of the trainer's global-state record (trainer-meta.v1.json) on `embeddings`."""
+_ENTITIES: dict[str, Entity] = {"user": "user", "item": "item"}
+_ARRAY_KEYS = frozenset({"b64f32", "shape"})
+_F32 = np.dtype("<f4")
+_ROW = schema("embedding")
+_META = schema("trainer-meta")
+
+
+def is_meta_key(key: bytes | None) -> bool:
+    """True for `meta:trainer`, the one key on `embeddings` that is not a row."""
+    return key == META_KEY
+
+
+def encode_embedding(row: EmbeddingRow) -> bytes:
+    """The JSON value of a row (its key is `row.key.encode()`); refuses non-finite values."""
+    vector = np.asarray(row.vector)
+    if vector.ndim != 1 or vector.dtype != np.float32:
+        raise EncodeError(
+            f"{row.key}: vector must be 1-D float32, got {vector.dtype}{vector.shape}"
+        )
+    if not np.isfinite(vector).all() or not math.isfinite(row.bias):
+        raise EncodeError(f"{row.key}: vector and bias must be finite")
+    obj: dict[str, Any] = {
+        "entity": row.entity,
+        "id": row.id,
+        "dim": int(vector.shape[0]),
+        "vector": b64encode(vector.astype(_F32, copy=False).tobytes()),
+        "bias": float(row.bias),
+        "model_version": row.model_version,
+        "updates": row.updates,
+        "updated_at": row.updated_at,
+        "last_event_ts": row.last_event_ts,
+    }
+    if row.recent_items:
+        obj["recent_items"] = row.recent_items
+    if row.state:
+        obj["state"] = encode_state(row.state, row.key)
+    return _dumps(obj, row.key)
+
+
+def decode_embedding(
+    key: bytes | None, value: bytes | None, *, with_state: bool = True
+) -> EmbeddingRow | None:
+    """Decode one `embeddings` record; None for a tombstone (null value).
+
+    `with_state=False` leaves `state` empty (about a sixth faster): the scorer
+    never reads it, only the trainer restoring its model does.
+
+    The key must be `user:<id>` / `item:<id>` matching the value's entity and id;
+    `meta:trainer` is refused with reason bad_key (check `is_meta_key` first).
+    """
+    entity, ident = _split_key(decode_key(key))
+    if value is None:
+        return None
+    obj = _validated(_ROW, check_value(value, MESSAGE_MAX_BYTES))
+    if obj["entity"] != entity or obj["id"] != ident:
+        raise DecodeError(
+            DlqReason.KEY_MISMATCH,
+            f"key {entity}:{ident[:64]} != value {obj['entity']}:{obj['id'][:64]}",
+        )
+    dim: int = obj["dim"]
+    raw = b64decode(obj["vector"], DlqReason.BAD_VECTOR, "vector")
+    if len(raw) != 4 * dim:
+        raise DecodeError(
+            DlqReason.BAD_VECTOR, f"vector has {len(raw)} bytes, dim {dim} needs {4 * dim}"
+        )
+    vector = np.frombuffer(raw, dtype=_F32).astype(np.float32)
+    if not np.isfinite(vector).all():
+        raise DecodeError(DlqReason.NON_FINITE, "vector holds NaN or Infinity")
+    return EmbeddingRow(
+        entity=entity,
+        id=ident,
+        vector=vector,
+        bias=float(obj["bias"]),
+        model_version=obj["model_version"],
+        updates=obj["updates"],
+        updated_at=int(obj["updated_at"]),
+        last_event_ts=int(obj["last_event_ts"]),
+        recent_items=tuple(obj.get("recent_items", ())),
+        state=decode_state(obj.get("state", {})) if with_state else {},
+    )
+
+
+def encode_meta(meta: dict[str, Any]) -> bytes:
+    """The `meta:trainer` value; validated against trainer-meta.v1.json (it is rare)."""
+    obj = encode_state(meta, "meta:trainer")
+    try:
+        _META.validate(obj)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise EncodeError(f"meta:trainer: {exc.message}") from exc
+    return _dumps(obj, "meta:trainer")
+
+
+def decode_meta(value: bytes | None) -> dict[str, Any]:
+    """The trainer's global state, with float32 arrays restored."""
+    state: dict[str, Any] = decode_state(_validated(_META, check_value(value, MESSAGE_MAX_BYTES)))
+    return state
+
+
+def encode_state(state: Any, where: str) -> Any:
+    """JSON-able copy of `state`: float32 arrays become {"b64f32", "shape"}, anywhere inside."""
+    if isinstance(state, np.ndarray):
+        if state.dtype != np.float32:
+            raise EncodeError(f"{where}: state arrays must be float32, got {state.dtype}")
+        raw = np.ascontiguousarray(state, dtype=_F32).tobytes()
+        return {"b64f32": b64encode(raw), "shape": list(state.shape)}
+    if isinstance(state, dict):
+        if state.keys() == _ARRAY_KEYS:
+            raise EncodeError(
+                f"{where}: an object with exactly b64f32/shape is reserved for arrays"
+            )
+        return {str(k): encode_state(v, where) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return [encode_state(v, where) for v in state]
+    if isinstance(state, np.generic):
+        state = state.item()
+    if isinstance(state, float) and not math.isfinite(state):
+        raise EncodeError(f"{where}: state floats must be finite (JSON has no NaN)")
+    return state
+
+
+def decode_state(obj: Any) -> Any:
+    """Inverse of `encode_state`: {"b64f32", "shape"} objects become writable float32 arrays."""
+    if isinstance(obj, dict):
+        if obj.keys() == _ARRAY_KEYS:
+            return _decode_array(obj)
+        return {k: decode_state(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode_state(v) for v in obj]
+    return obj
+
+
+def _decode_array(obj: dict[str, Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
+    shape = obj["shape"]
+    if (
+        not isinstance(obj["b64f32"], str)
+        or not isinstance(shape, list)
+        or not all(type(n) is int and n >= 0 for n in shape)
+    ):
+        raise DecodeError(
+            DlqReason.BAD_STATE, "state array needs b64f32: str and shape: [int >= 0]"
+        )
+    raw = b64decode(obj["b64f32"], DlqReason.BAD_STATE, "state array")
+    if len(raw) != 4 * math.prod(shape):
+        raise DecodeError(DlqReason.BAD_STATE, f"state array: {len(raw)} bytes for shape {shape}")
+    return np.frombuffer(raw, dtype=_F32).astype(np.float32).reshape(shape)
+
+
+def _split_key(key: str) -> tuple[Entity, str]:
+    prefix, sep, ident = key.partition(":")
+    entity = _ENTITIES.get(prefix)
+    if not sep or entity is None or not ident:
+        raise DecodeError(
+            DlqReason.BAD_KEY, f"embeddings key {key[:80]!r} is not user:<id> / item:<id>"
+        )
+    return entity, ident
+
+
+def _validated(s: Schema, value: bytes) -> Any:
+    obj = parse_object(value)
+    try:
+        s.validate(obj)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise error_for(exc, s.name) from exc
+    return obj
+
+
+def _dumps(obj: dict[str, Any], where: str) -> bytes:
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError as exc:
+        raise EncodeError(f"{where}: {exc}") from exc

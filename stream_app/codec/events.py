@@ -1,0 +1,162 @@
+"""Click / purchase values <-> `Event` (schemas click.v1.json, purchase.v1.json).
+
+Two equivalent validators: the compiled schema, and a hand-written fast check
+whose bounds and id pattern are read from the same schema files. The fast
+check only ever *accepts*; anything it does not accept goes through the schema,
+which gives the precise reason. tests/unit/test_codec_fastpath.py checks that
+both accept exactly the same values; bench/codec_speed.py measures both.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import fastjsonschema
+import orjson
+
+from stream_app.codec.exceptions import EncodeError, SchemaError
+from stream_app.codec.fastcheck import fast_id, fast_int, fast_str_ids
+from stream_app.codec.schemas import Schema, error_for, schema
+from stream_app.codec.wire import (
+    EVENT_MAX_BYTES,
+    check_key_matches,
+    check_value,
+    decode_key,
+    id_str,
+    parse_object,
+)
+from stream_app.events import Event, EventKind
+
+_SCHEMAS: dict[EventKind, Schema] = {
+    EventKind.CLICK: schema("click"),
+    EventKind.PURCHASE: schema("purchase"),
+}
+_FIELDS = {k: frozenset(s.definition["properties"]) for k, s in _SCHEMAS.items()}
+_REQUIRED = frozenset(_SCHEMAS[EventKind.CLICK].definition["required"])
+_TS = _SCHEMAS[EventKind.CLICK].subschema("ts")
+_QTY = _SCHEMAS[EventKind.PURCHASE].definition["properties"]["quantity"]
+_PRICE = _SCHEMAS[EventKind.PURCHASE].definition["properties"]["price"]
+_TS_RANGE = (_TS["minimum"], _TS["exclusiveMaximum"])
+if _REQUIRED != {"event_id", "user_id", "item_id", "ts"}:
+    raise SchemaError(f"click.v1.json requires {sorted(_REQUIRED)}: update codec/events.py")
+
+
+def decode_event(value: bytes | None, key: bytes | None, kind: EventKind) -> Event:
+    """Decode and validate one record of the `kind` topic; the key must be the user id.
+
+    Raises `DecodeError` (never anything else) with the DLQ reason.
+    """
+    value = check_value(value, EVENT_MAX_BYTES)
+    key_text = decode_key(key)
+    event = event_from_object(parse_object(value), kind)
+    check_key_matches(key_text, event.user_id, "user_id")
+    return event
+
+
+def parse_event(value: bytes | None, kind: EventKind) -> Event:
+    """Like `decode_event` but without a Kafka key (files, replays)."""
+    return event_from_object(parse_object(check_value(value, EVENT_MAX_BYTES)), kind)
+
+
+def event_from_object(obj: Any, kind: EventKind, *, fast: bool = True) -> Event:
+    """Validate an already-parsed value; `fast=False` forces the schema validator."""
+    if fast:
+        event = fast_event(obj, kind)
+        if event is not None:
+            return event
+    return schema_event(obj, kind)
+
+
+def schema_event(obj: Any, kind: EventKind) -> Event:
+    """Validate with the compiled schema, mapping its failure to a `DecodeError`."""
+    s = _SCHEMAS[kind]
+    try:
+        s.validate(obj)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise error_for(exc, s.name) from exc
+    quantity, price = obj.get("quantity"), obj.get("price")
+    return Event(
+        event_id=id_str(obj["event_id"]),
+        user_id=id_str(obj["user_id"]),
+        item_id=id_str(obj["item_id"]),
+        ts=int(obj["ts"]),
+        kind=kind,
+        quantity=None if quantity is None else int(quantity),
+        price=None if price is None else float(price),
+        context=obj.get("context"),
+    )
+
+
+def fast_event(obj: Any, kind: EventKind) -> Event | None:
+    """The hand-written check: an `Event` if the schema would accept `obj`, else None."""
+    if type(obj) is not dict or not obj.keys() <= _FIELDS[kind]:
+        return None
+    get = obj.get  # a missing field reads as None, which no check accepts
+    event_id, user_id, item_id, ts = get("event_id"), get("user_id"), get("item_id"), get("ts")
+    if type(event_id) is str and type(user_id) is str and type(item_id) is str:
+        if not fast_str_ids(event_id, user_id, item_id):
+            return None
+    else:
+        event_id, user_id, item_id = fast_id(event_id), fast_id(user_id), fast_id(item_id)
+        if event_id is None or user_id is None or item_id is None:
+            return None
+    if type(ts) is not int or not _TS_RANGE[0] <= ts < _TS_RANGE[1]:
+        ts = fast_int(ts, *_TS_RANGE, hi_exclusive=True)
+        if ts is None:
+            return None
+    if len(obj) == 4:
+        return Event(event_id=event_id, user_id=user_id, item_id=item_id, ts=ts, kind=kind)
+    return _fast_optional(obj, kind, event_id, user_id, item_id, ts)
+
+
+def _fast_optional(
+    obj: dict[str, Any], kind: EventKind, event_id: str, user_id: str, item_id: str, ts: int
+) -> Event | None:
+    context = obj.get("context")
+    if "context" in obj and type(context) is not dict:
+        return None
+    quantity = price = None
+    if "quantity" in obj:
+        quantity = fast_int(obj["quantity"], _QTY["minimum"], _QTY["maximum"])
+        if quantity is None:
+            return None
+    if "price" in obj:
+        raw = obj["price"]
+        if type(raw) not in (int, float) or not _PRICE["minimum"] <= raw <= _PRICE["maximum"]:
+            return None
+        price = float(raw)
+    return Event(
+        event_id=event_id, user_id=user_id, item_id=item_id, ts=ts, kind=kind,
+        quantity=quantity, price=price, context=context,
+    )  # fmt: skip
+
+
+def encode_event(event: Event) -> bytes:
+    """The JSON value for `event`'s topic (its key is `event.user_id.encode()`)."""
+    obj: dict[str, Any] = {
+        "event_id": event.event_id,
+        "user_id": event.user_id,
+        "item_id": event.item_id,
+        "ts": event.ts,
+    }
+    if event.quantity is not None or event.price is not None:
+        if event.kind is not EventKind.PURCHASE:
+            raise EncodeError(f"event {event.event_id!r}: only purchases carry quantity/price")
+        if event.quantity is not None:
+            obj["quantity"] = event.quantity
+        if event.price is not None:
+            if not math.isfinite(event.price):
+                raise EncodeError(f"event {event.event_id!r}: price must be finite")
+            obj["price"] = event.price
+    if event.context is not None:
+        obj["context"] = event.context
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError as exc:
+        raise EncodeError(f"event {event.event_id!r}: {exc}") from exc
+
+
+def event_key(event: Event) -> bytes:
+    """Kafka key of an event: the user id, so one user's events stay in one partition."""
+    return event.user_id.encode("utf-8")

@@ -1,0 +1,72 @@
+"""Why a record was refused, and the errors the codec raises.
+
+Every library error met while decoding (orjson, fastjsonschema, base64,
+UTF-8) is re-raised as `DecodeError` with the most specific `DlqReason`, so the
+loop has exactly one thing to catch and the DLQ can be counted by reason.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+DETAIL_MAX_CHARS = 1024
+"""`detail` is cut to this length: it may quote producer-controlled field names."""
+
+
+class DlqReason(StrEnum):
+    """Bounded set of dead-letter reasons (a metric label, so never free text)."""
+
+    # Before parsing.
+    MISSING_VALUE = "missing_value"  # null value (tombstone) or empty bytes on an input topic
+    TOO_LARGE = "too_large"  # value over the size bound; checked before parsing
+    MISSING_KEY = "missing_key"  # the Kafka key is absent or empty
+    BAD_UTF8 = "bad_utf8"  # key or value is not valid UTF-8
+    # Parsing.
+    NOT_JSON = "not_json"  # not parseable JSON (truncated, garbage...)
+    NON_FINITE = "non_finite"  # NaN / Infinity / a number that overflows a double
+    NOT_OBJECT = "not_object"  # valid JSON but not an object (array, number, null...)
+    # Schema.
+    MISSING_FIELD = "missing_field"
+    UNKNOWN_FIELD = "unknown_field"  # additionalProperties: false
+    WRONG_TOPIC = "wrong_topic"  # a purchase-only field (quantity/price) on the clicks topic
+    WRONG_TYPE = "wrong_type"
+    EMPTY_ID = "empty_id"
+    ID_TOO_LONG = "id_too_long"  # over 256 characters, or an integer id out of int64
+    BAD_ID_CHARS = "bad_id_chars"  # control characters / separators in an id
+    BAD_TIMESTAMP = "bad_timestamp"  # not an integer, negative, or not before year 3000
+    OUT_OF_RANGE = "out_of_range"  # any other minimum / maximum (quantity, price, dim...)
+    BAD_K = "bad_k"
+    TOO_MANY_CANDIDATES = "too_many_candidates"
+    TOO_MANY_EXCLUSIONS = "too_many_exclusions"
+    SCHEMA = "schema"  # any other schema rule; `detail` names the field
+    # After the schema.
+    KEY_MISMATCH = "key_mismatch"  # key differs from the id it must carry
+    BAD_KEY = "bad_key"  # embeddings key not `user:<id>` / `item:<id>`
+    BAD_VECTOR = "bad_vector"  # bad base64, wrong byte length for dim, non-finite values
+    BAD_STATE = "bad_state"  # a {"b64f32", "shape"} state array that does not decode
+    # Later stages (set by the trainer / scorer, not by the codec).
+    DUPLICATE = "duplicate"
+    RATE_LIMITED = "rate_limited"
+    NON_FINITE_LOSS = "non_finite_loss"
+
+
+class DecodeError(Exception):
+    """A record cannot be used; `.reason` is its DLQ reason, `.detail` says where.
+
+    `request_id` is set by `decode_score_request` when the request was bad but
+    still carried a usable request id, so the scorer can answer with an error.
+    """
+
+    def __init__(self, reason: DlqReason, detail: str, *, request_id: str | None = None) -> None:
+        self.reason = reason
+        self.detail = detail[:DETAIL_MAX_CHARS]
+        self.request_id = request_id
+        super().__init__(f"{reason}: {self.detail}")
+
+
+class EncodeError(ValueError):
+    """Our own code tried to publish a value the schema would refuse (a bug, not bad input)."""
+
+
+class SchemaError(Exception):
+    """A schema file is missing, does not compile, or its examples fail: fail at start-up."""

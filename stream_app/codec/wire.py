@@ -1,0 +1,100 @@
+"""Steps every decoder shares: size bound, key, JSON parse, id normalisation.
+
+Order of checks (so a record gets one reason, the same one every time):
+missing value -> too large (before parsing) -> key missing / not UTF-8 ->
+value not UTF-8 / not JSON / non-finite -> not an object -> schema -> key mismatch.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+import orjson
+
+from stream_app.codec.exceptions import DecodeError, DlqReason
+
+KIB = 1024
+EVENT_MAX_BYTES = 64 * KIB
+"""Clicks and purchases are small; anything bigger is refused before parsing."""
+MESSAGE_MAX_BYTES = 1024 * KIB
+"""Score requests (up to 10000 candidates), predictions and embedding rows."""
+
+_NON_FINITE = re.compile(rb"NaN|Infinity")
+
+
+def check_value(value: bytes | None, limit: int) -> bytes:
+    """Refuse a null / empty value and a value over `limit` bytes, without parsing it."""
+    if not value:
+        raise DecodeError(DlqReason.MISSING_VALUE, "value is null or empty")
+    if len(value) > limit:
+        raise DecodeError(DlqReason.TOO_LARGE, f"value is {len(value)} bytes, limit {limit}")
+    return value
+
+
+def decode_key(key: bytes | None) -> str:
+    """The Kafka key as text; absent, empty or non-UTF-8 keys are refused."""
+    if not key:
+        raise DecodeError(DlqReason.MISSING_KEY, "record has no key")
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(DlqReason.BAD_UTF8, f"key: {exc}") from exc
+
+
+def parse_object(value: bytes) -> Any:
+    """`orjson.loads`, with its failures mapped to bad_utf8 / non_finite / not_json.
+
+    Returns whatever JSON it was; the schema (or the fast path) checks it is an object.
+    """
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise parse_error(value, exc) from exc
+
+
+def parse_error(value: bytes, exc: orjson.JSONDecodeError) -> DecodeError:
+    """Classify a parse failure; runs only on the error path, so it may be slow."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as utf8_exc:
+        return DecodeError(DlqReason.BAD_UTF8, f"value: {utf8_exc}")
+    if "surrogate" in exc.msg:  # "\ud800" escapes: valid JSON syntax, not valid Unicode
+        return DecodeError(DlqReason.BAD_UTF8, f"value: {exc}")
+    near = value[max(0, exc.pos - 1) : exc.pos + 9]
+    if "infinity" in exc.msg or _NON_FINITE.search(near):
+        return DecodeError(DlqReason.NON_FINITE, f"NaN/Infinity are not JSON: {exc}")
+    return DecodeError(DlqReason.NOT_JSON, str(exc))
+
+
+def check_key_matches(key: str, expected: str, what: str) -> None:
+    """The key routes the record to a partition, so it must be the id it claims to be."""
+    if key != expected:
+        raise DecodeError(DlqReason.KEY_MISMATCH, f"key {key[:64]!r} != {what} {expected[:64]!r}")
+
+
+def id_str(value: Any) -> str:
+    """An id the schema accepted, as a string: integers (also 3.0) become decimal text."""
+    if type(value) is str:
+        return value
+    return str(int(value))
+
+
+def ids_tuple(values: Any) -> tuple[str, ...]:
+    """A list of schema-valid ids as a tuple of strings."""
+    return tuple(id_str(v) for v in values)
+
+
+def b64encode(raw: bytes) -> str:
+    """Standard base64 with padding, as text."""
+    return base64.b64encode(raw).decode("ascii")
+
+
+def b64decode(text: str, reason: DlqReason, what: str) -> bytes:
+    """Strict base64 (no stray characters); failures become `reason`."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise DecodeError(reason, f"{what}: bad base64: {exc}") from exc

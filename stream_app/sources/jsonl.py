@@ -1,0 +1,81 @@
+"""Events from JSON Lines files: one event value per line, validated by the codec.
+
+A line may carry `"kind": "click" | "purchase"` (removed before validation,
+since the topic, not the value, says the kind on Kafka); lines without it use
+the reader's `kind`. Blank lines are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+from stream_app.codec import DecodeError, DlqReason, encode_event, event_key
+from stream_app.codec.events import event_from_object
+from stream_app.codec.wire import EVENT_MAX_BYTES, check_value, parse_object
+from stream_app.events import Event, EventKind
+from stream_app.sources.records import RawRecord, SourceError
+
+
+def read_jsonl(path: Path | str, *, kind: EventKind | None = None) -> Iterator[Event]:
+    """Validated events; the first bad line raises `SourceError` (file, line, reason)."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield _event(line, kind)
+            except DecodeError as err:
+                raise SourceError(path, number, err) from err
+
+
+def read_jsonl_records(path: Path | str, *, kind: EventKind | None = None) -> Iterator[RawRecord]:
+    """Records to produce as they are, bad lines included (the trainer dead-letters them).
+
+    Valid lines are re-encoded canonically (without `kind`); a bad line is sent
+    as its raw bytes with no key, on the reader's `kind` topic (clicks by default).
+    """
+    path = Path(path)
+    default = kind or EventKind.CLICK
+    with path.open("rb") as handle:
+        for line in handle:
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            try:
+                event = _event(line, kind)
+            except DecodeError as err:
+                yield RawRecord(kind=default, key=None, value=line, expected_reason=err.reason)
+                continue
+            yield RawRecord(
+                kind=event.kind, key=event_key(event), value=encode_event(event), event=event
+            )
+
+
+def write_jsonl(path: Path | str, events: Iterator[Event] | list[Event]) -> int:
+    """Write events with their kind, one per line; returns how many were written."""
+    count = 0
+    with Path(path).open("wb") as handle:
+        for event in events:
+            obj = orjson.loads(encode_event(event))
+            handle.write(orjson.dumps({"kind": event.kind.value, **obj}) + b"\n")
+            count += 1
+    return count
+
+
+def _event(line: bytes, kind: EventKind | None) -> Event:
+    obj = parse_object(check_value(line, EVENT_MAX_BYTES))
+    if isinstance(obj, dict) and "kind" in obj:
+        raw_kind = obj.pop("kind")
+        try:
+            kind = EventKind(raw_kind)
+        except ValueError as exc:
+            raise DecodeError(
+                DlqReason.WRONG_TYPE, f"kind {raw_kind!r} is not click/purchase"
+            ) from exc
+    if kind is None:
+        raise DecodeError(DlqReason.MISSING_FIELD, "line has no kind and the reader no default")
+    return event_from_object(obj, kind)

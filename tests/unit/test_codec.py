@@ -1,0 +1,291 @@
+"""Round trips and edge cases of the codec; bad inputs live in test_codec_bad_inputs.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from stream_app.codec import (
+    DLQ_BYTES_MAX,
+    EVENT_MAX_BYTES,
+    META_KEY,
+    DecodeError,
+    DlqReason,
+    EncodeError,
+    decode_dlq,
+    decode_embedding,
+    decode_event,
+    decode_meta,
+    decode_prediction,
+    decode_score_request,
+    dlq_record,
+    encode_dlq,
+    encode_embedding,
+    encode_event,
+    encode_meta,
+    encode_prediction,
+    encode_score_request,
+    is_meta_key,
+    load_schemas,
+)
+from stream_app.events import (
+    Coordinates,
+    EmbeddingRow,
+    Event,
+    EventKind,
+    PredictedItem,
+    Prediction,
+    ScoreRequest,
+)
+
+SCHEMAS = load_schemas()
+
+
+def _ids_as_text(obj: dict[str, Any], *fields: str) -> dict[str, Any]:
+    out = dict(obj)
+    for field in fields:
+        if field in out:
+            value = out[field]
+            out[field] = [str(v) for v in value] if isinstance(value, list) else str(value)
+    return out
+
+
+# --- every schema example round-trips (the README shows these examples) ---
+
+
+@pytest.mark.parametrize("kind", list(EventKind))
+def test_event_examples_round_trip(kind: EventKind) -> None:
+    for example in SCHEMAS[kind.value].examples:
+        key = str(example["user_id"]).encode()
+        event = decode_event(orjson.dumps(example), key, kind)
+        assert decode_event(encode_event(event), key, kind) == event
+        normalised = _ids_as_text(example, "event_id", "user_id", "item_id")
+        assert orjson.loads(encode_event(event)) == normalised
+
+
+def test_score_request_examples_round_trip() -> None:
+    for example in SCHEMAS["score-request"].examples:
+        key = str(example["user_id"]).encode()
+        request = decode_score_request(orjson.dumps(example), key)
+        assert decode_score_request(encode_score_request(request), key) == request
+        expected = {"exclude_seen": True, "explain": False}
+        expected.update(_ids_as_text(example, "request_id", "user_id", "candidates", "exclude"))
+        assert orjson.loads(encode_score_request(request)) == expected
+
+
+def test_prediction_examples_round_trip() -> None:
+    for example in SCHEMAS["prediction"].examples:
+        prediction = decode_prediction(orjson.dumps(example))
+        assert decode_prediction(encode_prediction(prediction)) == prediction
+        assert orjson.loads(encode_prediction(prediction)) == {"ready": True, **example}
+
+
+def test_embedding_examples_round_trip() -> None:
+    for example in SCHEMAS["embedding"].examples:
+        key = f"{example['entity']}:{example['id']}".encode()
+        row = decode_embedding(key, orjson.dumps(example))
+        assert row is not None and row.key.encode() == key
+        assert orjson.loads(encode_embedding(row)) == example
+
+
+def test_meta_and_dlq_examples_round_trip() -> None:
+    for example in SCHEMAS["trainer-meta"].examples:
+        assert orjson.loads(encode_meta(decode_meta(orjson.dumps(example)))) == example
+    for example in SCHEMAS["dlq-record"].examples:
+        assert orjson.loads(encode_dlq(decode_dlq(orjson.dumps(example)))) == example
+
+
+# --- events ---
+
+
+def test_integer_ids_are_normalised_and_key_compared_as_text() -> None:
+    value = b'{"event_id":1,"user_id":42,"item_id":7.0,"ts":1700000000000}'
+    event = decode_event(value, b"42", EventKind.CLICK)
+    assert (event.event_id, event.user_id, event.item_id) == ("1", "42", "7")
+
+
+def test_purchase_fields_and_context_survive() -> None:
+    event = Event(
+        event_id="p1", user_id="ü-ser", item_id="i 1", ts=0, kind=EventKind.PURCHASE,
+        quantity=3, price=0.0, context={"nested": {"a": [1, None]}},
+    )  # fmt: skip
+    back = decode_event(encode_event(event), "ü-ser".encode(), EventKind.PURCHASE)
+    assert back == event and back.context == event.context
+    assert isinstance(back.price, float)
+
+
+def test_size_bound_is_inclusive_and_checked_before_parsing() -> None:
+    body = b'{"event_id":"e","user_id":"u","item_id":"i","ts":1}'
+    at_bound = body + b" " * (EVENT_MAX_BYTES - len(body))
+    assert decode_event(at_bound, b"u", EventKind.CLICK).user_id == "u"
+    with pytest.raises(DecodeError) as caught:
+        decode_event(b"\xff" * (EVENT_MAX_BYTES + 1), None, EventKind.CLICK)
+    assert caught.value.reason is DlqReason.TOO_LARGE
+
+
+def test_library_errors_are_chained() -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_event(b"{nope", b"u", EventKind.CLICK)
+    assert caught.value.__cause__ is not None
+    with pytest.raises(DecodeError) as caught:
+        decode_event(b'{"event_id":""}', b"u", EventKind.CLICK)
+    assert type(caught.value.__cause__).__name__ == "JsonSchemaValueException"
+
+
+def test_encode_refuses_what_the_schema_would_refuse() -> None:
+    click = Event(event_id="e", user_id="u", item_id="i", ts=1, kind=EventKind.CLICK, price=1.0)
+    with pytest.raises(EncodeError):
+        encode_event(click)
+    purchase = Event(
+        event_id="e", user_id="u", item_id="i", ts=1, kind=EventKind.PURCHASE, price=float("nan")
+    )
+    with pytest.raises(EncodeError):
+        encode_event(purchase)
+
+
+def test_detail_is_bounded() -> None:
+    many = {f"field_{i}_{'x' * 50}": 1 for i in range(100)}
+    value = orjson.dumps({"event_id": "e", "user_id": "u", "item_id": "i", "ts": 1, **many})
+    with pytest.raises(DecodeError) as caught:
+        decode_event(value, b"u", EventKind.CLICK)
+    assert caught.value.reason is DlqReason.UNKNOWN_FIELD
+    assert len(caught.value.detail) <= 1024
+
+
+# --- score requests and predictions ---
+
+
+def test_bad_request_with_usable_request_id_carries_it() -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_score_request(b'{"request_id":7,"user_id":"u","k":0}', b"u")
+    assert caught.value.reason is DlqReason.BAD_K and caught.value.request_id == "7"
+    with pytest.raises(DecodeError) as caught:
+        decode_score_request(b'{"request_id":"","user_id":"u","k":1}', b"u")
+    assert caught.value.request_id is None
+    with pytest.raises(DecodeError) as caught:
+        decode_score_request(b'{"request_id":"r","user_id":"u","k":1}', None)
+    assert caught.value.reason is DlqReason.MISSING_KEY and caught.value.request_id == "r"
+
+
+def test_request_defaults_and_candidates() -> None:
+    request = decode_score_request(b'{"request_id":"r","user_id":"u","k":5}', b"u")
+    assert request == ScoreRequest(request_id="r", user_id="u", k=5)
+    assert request.candidates is None
+    empty = decode_score_request(b'{"request_id":"r","user_id":"u","k":5,"candidates":[]}', b"u")
+    assert empty.candidates == ()
+
+
+def test_prediction_refuses_non_finite_scores() -> None:
+    bad = Prediction(
+        request_id="r", user_id="u", items=(PredictedItem(item_id="i", score=float("inf")),),
+        model_version="m", fallback=False, latency_ms=1.0,
+    )  # fmt: skip
+    with pytest.raises(EncodeError):
+        encode_prediction(bad)
+
+
+# --- embeddings ---
+
+
+def _row(**changes: Any) -> EmbeddingRow:
+    rng = np.random.default_rng(0)
+    fields: dict[str, Any] = {
+        "entity": "user", "id": "u:1", "vector": rng.standard_normal(16).astype(np.float32),
+        "bias": 0.0, "model_version": "m1", "updates": 2, "updated_at": 5, "last_event_ts": 4,
+        "recent_items": ("i1", "i2"),
+    }  # fmt: skip
+    fields.update(changes)
+    return EmbeddingRow(**fields)
+
+
+def test_embedding_state_round_trip_is_bit_exact() -> None:
+    rng = np.random.default_rng(1)
+    weird = np.array([np.nan, -0.0, np.inf, 1e-45, -3.4e38], dtype=np.float32)
+    weird_bits = weird.view(np.uint32).copy()
+    weird_bits[0] = 0x7FC01234  # a NaN with a payload
+    state: dict[str, Any] = {
+        "id_vector": rng.standard_normal(16).astype(np.float32),
+        "adagrad": rng.random((2, 3, 4)).astype(np.float32),
+        "weird": weird_bits.view(np.float32),
+        "empty": np.zeros((0, 3), dtype=np.float32),
+        "fortran": np.asfortranarray(rng.random((3, 5)).astype(np.float32)),
+        "counters": {"events": 7, "decayed": 0.25, "nested": [np.ones(2, np.float32), "x"]},
+    }
+    row = _row(state=state)
+    back = decode_embedding(row.key.encode(), encode_embedding(row))
+    assert back is not None and back == row
+    assert back.vector.dtype == np.float32 and np.array_equal(back.vector, row.vector)
+    for name in ("id_vector", "adagrad", "weird", "empty", "fortran"):
+        got, want = back.state[name], state[name]
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert got.tobytes() == np.ascontiguousarray(want).tobytes()
+        assert got.flags.writeable
+    assert back.state["counters"]["events"] == 7
+    assert np.array_equal(back.state["counters"]["nested"][0], np.ones(2, np.float32))
+
+
+def test_scorer_can_skip_state() -> None:
+    row = _row(state={"acc": np.ones(3, dtype=np.float32)})
+    back = decode_embedding(row.key.encode(), encode_embedding(row), with_state=False)
+    assert back is not None and back.state == {} and back.recent_items == ("i1", "i2")
+
+
+def test_tombstone_decodes_to_none_but_the_key_is_still_checked() -> None:
+    assert decode_embedding(b"item:i1", None) is None
+    with pytest.raises(DecodeError) as caught:
+        decode_embedding(b"bogus", None)
+    assert caught.value.reason is DlqReason.BAD_KEY
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        _row(vector=np.ones(4, dtype=np.float64)),
+        _row(vector=np.ones((2, 2), dtype=np.float32)),
+        _row(vector=np.array([1.0, np.nan], dtype=np.float32)),
+        _row(bias=float("nan")),
+        _row(state={"acc": np.ones(3, dtype=np.float64)}),
+        _row(state={"x": float("inf")}),
+        _row(state={"fake": {"b64f32": "", "shape": [0]}}),
+    ],
+)
+def test_encode_embedding_refuses_unrestorable_rows(row: EmbeddingRow) -> None:
+    with pytest.raises(EncodeError):
+        encode_embedding(row)
+
+
+def test_meta_record_round_trip() -> None:
+    meta: dict[str, Any] = {
+        "model_version": "m1",
+        "updated_at": 9,
+        "steps": 3,
+        "pop": np.arange(3, dtype=np.float32),
+    }
+    back = decode_meta(encode_meta(meta))
+    assert back["steps"] == 3 and np.array_equal(back["pop"], meta["pop"])
+    assert is_meta_key(META_KEY) and not is_meta_key(b"user:meta")
+    with pytest.raises(EncodeError):
+        encode_meta({"steps": 1})
+
+
+# --- DLQ ---
+
+
+def test_dlq_record_truncates_and_round_trips() -> None:
+    big = b"x" * (DLQ_BYTES_MAX + 10)
+    error = DecodeError(DlqReason.TOO_LARGE, "value is big")
+    record = dlq_record(Coordinates(topic="clicks", partition=2, offset=9), b"k", big, error, ts=5)
+    assert record.value_truncated and record.value_size == len(big)
+    assert record.value is not None and len(record.value) == DLQ_BYTES_MAX
+    back = decode_dlq(encode_dlq(record))
+    assert back == record and back.reason == "too_large" and back.stage == "decode"
+
+
+def test_dlq_of_a_keyless_tombstone() -> None:
+    error = DecodeError(DlqReason.MISSING_VALUE, "null")
+    record = dlq_record(Coordinates(topic="clicks", partition=0, offset=0), None, None, error, ts=1)
+    back = decode_dlq(encode_dlq(record))
+    assert back.key is None and back.value is None and back.value_size == 0

@@ -1,0 +1,80 @@
+"""Every line of tests/data/bad_inputs.jsonl must be refused with its expected reason.
+
+Line format: {"name", "topic", "key", "value", "reason"}. `topic` picks the
+decoder (click, purchase, score_request, embedding, prediction, dlq, meta).
+`key` / `value` are text (UTF-8), null, {"b64": ...} for raw bytes,
+{"text": t, "repeat": n} for t*n, or {"text": t, "pad_to": n} for t followed
+by spaces up to n bytes (JSON allows trailing whitespace).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from stream_app.codec import (
+    DecodeError,
+    DlqReason,
+    decode_dlq,
+    decode_embedding,
+    decode_event,
+    decode_meta,
+    decode_prediction,
+    decode_score_request,
+)
+from stream_app.events import EventKind
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_inputs.jsonl"
+Decoder = Callable[[bytes | None, bytes | None], object]
+DECODERS: dict[str, Decoder] = {
+    "click": lambda v, k: decode_event(v, k, EventKind.CLICK),
+    "purchase": lambda v, k: decode_event(v, k, EventKind.PURCHASE),
+    "score_request": decode_score_request,
+    "embedding": lambda v, k: decode_embedding(k, v),
+    "prediction": lambda v, k: decode_prediction(v),
+    "dlq": lambda v, k: decode_dlq(v),
+    "meta": lambda v, k: decode_meta(v),
+}
+
+
+def raw(spec: Any) -> bytes | None:
+    """Bytes described by a corpus field (see the module docstring)."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        return spec.encode("utf-8")
+    if "b64" in spec:
+        return base64.b64decode(str(spec["b64"]))
+    text: bytes = spec["text"].encode("utf-8")
+    if "repeat" in spec:
+        return text * int(spec["repeat"])
+    return text + b" " * (int(spec["pad_to"]) - len(text))
+
+
+def load_corpus() -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in CORPUS.read_bytes().splitlines() if line.strip()]
+
+
+CASES = load_corpus()
+
+
+def test_corpus_is_broad() -> None:
+    reasons = {case["reason"] for case in CASES}
+    assert len(CASES) >= 30
+    assert len({case["name"] for case in CASES}) == len(CASES), "names must be unique"
+    assert reasons <= {r.value for r in DlqReason}
+    assert len(reasons) >= 20
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
+def test_bad_input_is_refused_with_its_reason(case: dict[str, Any]) -> None:
+    decoder = DECODERS[case["topic"]]
+    with pytest.raises(DecodeError) as caught:
+        decoder(raw(case["value"]), raw(case["key"]))
+    assert caught.value.reason == case["reason"], caught.value.detail
+    assert caught.value.detail

@@ -1,0 +1,170 @@
+"""Property tests: decoders raise nothing but DecodeError; the fast path agrees with the schema."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream_app.codec import (
+    DecodeError,
+    decode_dlq,
+    decode_embedding,
+    decode_event,
+    decode_meta,
+    decode_prediction,
+    decode_score_request,
+    load_schemas,
+)
+from stream_app.codec.events import fast_event, schema_event
+from stream_app.events import Event, EventKind
+from stream_app.sources.generate import generate
+from tests.unit.test_codec_bad_inputs import CASES, raw
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+odd_text = st.text(
+    alphabet=st.sampled_from(
+        ["a", "7", " ", "\n", "\x00", "\x7f", "\x85", "\u2028", "\ufeff", "é"]
+    ),
+    max_size=6,
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0, 1, -1, 1.0, 1.5, 32503680000000, 32503679999999, 2**63 - 1, 2**63, 1e19]),
+    odd_text,
+    st.text(max_size=3),
+    st.just("x" * 256),
+    st.just("x" * 257),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+FIELDS = ["event_id", "user_id", "item_id", "ts", "quantity", "price", "context", "extra"]
+
+
+@st.composite
+def event_like(draw: st.DrawFn) -> Any:
+    """Mostly-valid event objects with a few fields replaced by odd values."""
+    obj: dict[str, Any] = {"event_id": "e1", "user_id": "u1", "item_id": 5, "ts": 1700000000000}
+    for field in draw(st.lists(st.sampled_from(FIELDS), max_size=3)):
+        if draw(st.booleans()) and field in obj:
+            del obj[field]
+        else:
+            obj[field] = draw(json_values)
+    return obj if draw(st.integers(0, 9)) else draw(json_values)
+
+
+def _schema_or_none(obj: Any, kind: EventKind) -> Event | None:
+    try:
+        return schema_event(obj, kind)
+    except DecodeError:
+        return None
+
+
+def _agree(obj: Any, kind: EventKind) -> None:
+    fast, slow = fast_event(obj, kind), _schema_or_none(obj, kind)
+    assert fast == slow, (obj, fast, slow)
+    if fast is not None and slow is not None:
+        assert fast.context == slow.context
+        assert (type(fast.price), type(fast.quantity)) == (type(slow.price), type(slow.quantity))
+
+
+@FUZZ
+@given(obj=event_like(), kind=st.sampled_from(list(EventKind)))
+def test_fast_path_agrees_with_schema(obj: Any, kind: EventKind) -> None:
+    _agree(obj, kind)
+
+
+def _corpus() -> list[Any]:
+    objs: list[Any] = []
+    for case in CASES:
+        value = raw(case["value"])
+        try:
+            objs.append(orjson.loads(value or b""))
+        except orjson.JSONDecodeError:
+            continue
+    objs += load_schemas()["click"].examples + load_schemas()["purchase"].examples
+    for record in generate(300, 20, 50, seed=5, malformed_share=0.5):
+        try:
+            objs.append(orjson.loads(record.value or b""))
+        except orjson.JSONDecodeError:
+            continue
+    return objs
+
+
+@pytest.mark.parametrize("kind", list(EventKind))
+def test_fast_path_agrees_with_schema_on_the_corpus(kind: EventKind) -> None:
+    corpus = _corpus()
+    assert len(corpus) > 150
+    for obj in corpus:
+        _agree(obj, kind)
+
+
+DECODERS: list[Callable[[bytes | None, bytes | None], object]] = [
+    lambda v, k: decode_event(v, k, EventKind.CLICK),
+    lambda v, k: decode_event(v, k, EventKind.PURCHASE),
+    decode_score_request,
+    lambda v, k: decode_embedding(k, v),
+    lambda v, k: decode_prediction(v),
+    lambda v, k: decode_dlq(v),
+    lambda v, k: decode_meta(v),
+]
+
+
+def _only_decode_errors(value: bytes | None, key: bytes | None) -> None:
+    for decoder in DECODERS:
+        try:
+            decoder(value, key)
+        except DecodeError as err:
+            assert err.reason and isinstance(err.detail, str)
+
+
+@FUZZ
+@given(
+    value=st.one_of(st.none(), st.binary(max_size=200)),
+    key=st.one_of(st.none(), st.binary(max_size=12)),
+)
+def test_random_bytes_raise_only_decode_error(value: bytes | None, key: bytes | None) -> None:
+    _only_decode_errors(value, key)
+
+
+@FUZZ
+@given(
+    obj=st.one_of(event_like(), json_values),
+    key=st.sampled_from([b"u1", b"item:i1", b"user:u1", None]),
+)
+def test_random_json_raises_only_decode_error(obj: Any, key: bytes | None) -> None:
+    _only_decode_errors(_dumps(obj), key)
+
+
+EXAMPLES = [example for s in load_schemas().values() for example in s.examples]
+
+
+@FUZZ
+@given(data=st.data(), base=st.sampled_from(EXAMPLES), value=json_values)
+def test_mutated_examples_raise_only_decode_error(
+    data: st.DataObject, base: dict[str, Any], value: Any
+) -> None:
+    """Each schema example with one field set to an odd value, on every decoder."""
+    field = data.draw(st.sampled_from(sorted(base)))
+    mutated = {**base, field: value}
+    for key in (b"u42", b"item:sku-981", b"user:u42", b"r-1"):
+        _only_decode_errors(_dumps(mutated), key)
+
+
+def _dumps(obj: Any) -> bytes:
+    """stdlib json: unlike orjson it writes integers beyond 64 bits, which producers may send."""
+    return json.dumps(obj).encode()

@@ -1,0 +1,198 @@
+"""The pure sources parse small files correctly and the generator is deterministic."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_app.codec import DecodeError, DlqReason, decode_event
+from stream_app.events import Event, EventKind
+from stream_app.sources import SourceError
+from stream_app.sources.corrupt import CORRUPTIONS, corrupt, corrupt_click
+from stream_app.sources.csv import read_csv
+from stream_app.sources.generate import generate, make_world
+from stream_app.sources.jsonl import read_jsonl, read_jsonl_records, write_jsonl
+from stream_app.sources.movielens import read_movies, read_ratings
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def test_movielens_ratings_split_mapping() -> None:
+    events = list(read_ratings(DATA / "ratings_small.dat"))
+    assert [(e.event_id, e.user_id, e.item_id, e.kind) for e in events] == [
+        ("ml-1-1193-978300760", "1", "1193", EventKind.PURCHASE),
+        ("ml-1-661-978302109", "1", "661", EventKind.CLICK),
+        ("ml-2-1193-978300000", "2", "1193", EventKind.PURCHASE),
+        ("ml-2-3408-978300100", "2", "3408", EventKind.CLICK),
+    ]
+    assert events[0].ts == 978300760000
+
+
+def test_movielens_threshold_both_mode_and_time_order() -> None:
+    events = list(read_ratings(DATA / "ratings_small.dat", purchase_threshold=5, mode="both"))
+    kinds = Counter(e.kind for e in events)
+    assert kinds == {EventKind.CLICK: 4, EventKind.PURCHASE: 1}
+    assert len({e.event_id for e in events}) == len(events)
+    ordered = list(read_ratings(DATA / "ratings_small.dat", sort_by_time=True))
+    assert [e.ts for e in ordered] == sorted(e.ts for e in ordered)
+
+
+def test_movielens_tab_variant_and_gzip(tmp_path: Path) -> None:
+    assert [e.event_id for e in read_ratings(DATA / "u_small.data")] == [
+        "ml-196-242-881250949",
+        "ml-186-302-891717742",
+    ]
+    packed = tmp_path / "ratings.dat.gz"
+    with (DATA / "ratings_small.dat").open("rb") as src, gzip.open(packed, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    assert list(read_ratings(packed)) == list(read_ratings(DATA / "ratings_small.dat"))
+
+
+def test_movielens_bad_line_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.dat"
+    path.write_text("1::2::3::4\n1::2::three::4\n")
+    with pytest.raises(SourceError, match=r"ratings.dat:2"):
+        list(read_ratings(path))
+
+
+def test_read_movies_latin1_and_titles_with_separator() -> None:
+    titles = read_movies(DATA / "movies_small.dat")
+    assert titles == {"1": "Toy Story (1995)", "2": "Café Society (1995)", "3": "A::B::C (1999)"}
+
+
+def test_real_movielens_if_present() -> None:
+    """Reads the shared data in place (never copied into the repo); cheap: movies only."""
+    movies = Path(__file__).resolve().parents[3] / "shared/data/movielens-1m/movies.dat.gz"
+    if not movies.exists():
+        pytest.skip("shared MovieLens data not present")
+    assert len(read_movies(movies)) == 3883
+
+
+def test_jsonl_events_kinds_and_normalisation() -> None:
+    events = list(read_jsonl(DATA / "events_small.jsonl", kind=EventKind.CLICK))
+    assert [(e.event_id, e.kind, e.user_id) for e in events] == [
+        ("c1", EventKind.CLICK, "u1"),
+        ("p1", EventKind.PURCHASE, "u1"),
+        ("c2", EventKind.CLICK, "7"),
+    ]
+    assert events[1].quantity == 2 and events[1].price == 9.5
+    assert events[2].context == {"page": "home"}
+
+
+def test_jsonl_without_default_kind_refuses_kindless_lines() -> None:
+    with pytest.raises(SourceError) as caught:
+        list(read_jsonl(DATA / "events_small.jsonl"))
+    assert caught.value.line == 4 and caught.value.reason is DlqReason.MISSING_FIELD
+
+
+def test_jsonl_records_keep_bad_lines_with_their_reason() -> None:
+    records = list(read_jsonl_records(DATA / "events_bad.jsonl"))
+    assert [r.expected_reason for r in records] == [None, DlqReason.EMPTY_ID, DlqReason.NOT_JSON]
+    good = records[0]
+    assert good.event is not None
+    assert decode_event(good.value, good.key, good.kind) == good.event
+    with pytest.raises(SourceError) as caught:
+        list(read_jsonl(DATA / "events_bad.jsonl"))
+    assert caught.value.line == 2 and caught.value.reason is DlqReason.EMPTY_ID
+
+
+def test_jsonl_write_read_round_trip(tmp_path: Path) -> None:
+    events = [r.event for r in generate(50, 5, 20, seed=2) if r.event is not None]
+    assert write_jsonl(tmp_path / "out.jsonl", events) == 50
+    assert list(read_jsonl(tmp_path / "out.jsonl")) == events
+
+
+def test_csv_events() -> None:
+    events = list(read_csv(DATA / "events_small.csv"))
+    assert events == [
+        Event(event_id="c1", user_id="u1", item_id="i1", ts=1700000000000, kind=EventKind.CLICK),
+        Event(
+            event_id="p1", user_id="u1", item_id="i2", ts=1700000001000,
+            kind=EventKind.PURCHASE, quantity=2, price=9.5,
+        ),
+        Event(event_id="p2", user_id="u2", item_id="i2", ts=1700000002000, kind=EventKind.PURCHASE),
+    ]  # fmt: skip
+
+
+def test_csv_bad_row_and_bad_header(tmp_path: Path) -> None:
+    with pytest.raises(SourceError) as caught:
+        list(read_csv(DATA / "events_bad.csv"))
+    assert caught.value.line == 3 and caught.value.reason is DlqReason.BAD_TIMESTAMP
+    header = tmp_path / "h.csv"
+    header.write_text("event_id,user_id,item_id,ts,kind,rating\n")
+    with pytest.raises(SourceError, match="rating"):
+        list(read_csv(header))
+    click_price = tmp_path / "c.csv"
+    click_price.write_text("event_id,user_id,item_id,ts,kind,price\ne,u,i,1,click,2.5\n")
+    with pytest.raises(SourceError) as caught:
+        list(read_csv(click_price))
+    assert caught.value.reason is DlqReason.WRONG_TOPIC
+
+
+def test_generate_is_deterministic_by_seed() -> None:
+    first = list(generate(500, 30, 100, seed=11, malformed_share=0.1, drift=True))
+    again = list(generate(500, 30, 100, seed=11, malformed_share=0.1, drift=True))
+    other = list(generate(500, 30, 100, seed=12, malformed_share=0.1, drift=True))
+    assert [(r.key, r.value) for r in first] == [(r.key, r.value) for r in again]
+    assert [(r.key, r.value) for r in first] != [(r.key, r.value) for r in other]
+
+
+def test_generated_records_decode_as_promised() -> None:
+    records = list(generate(2000, 50, 300, seed=3, malformed_share=0.2, events_per_second=10))
+    bad = [r for r in records if r.event is None]
+    assert 300 < len(bad) < 500
+    assert {r.expected_reason for r in bad} == {c.reason for c in CORRUPTIONS}
+    for record in records:
+        try:
+            event = decode_event(record.value, record.key, record.kind)
+        except DecodeError as err:
+            assert err.reason is record.expected_reason
+        else:
+            assert record.expected_reason is None and event == record.event
+    times = [r.event.ts for r in records if r.event is not None]
+    assert times == sorted(times)
+    span_s = (times[-1] - times[0]) / 1000
+    assert 150 < span_s < 250  # 2000 events at 10/s of event time
+    kinds = Counter(r.kind for r in records)
+    assert 100 < kinds[EventKind.PURCHASE] < 300
+
+
+def test_generated_users_prefer_their_planted_cluster() -> None:
+    n_users, n_items, seed = 40, 400, 7
+    world = make_world(n_users, n_items, np.random.default_rng(seed), n_clusters=8, zipf=1.1)
+    events = [r.event for r in generate(4000, n_users, n_items, seed=seed) if r.event]
+    same = sum(
+        world.item_cluster[int(e.item_id[1:])] == world.user_cluster[int(e.user_id[1:])]
+        for e in events
+    )
+    assert same / len(events) > 0.7  # taste=0.8 plus chance hits, versus 1/8 without tastes
+
+
+def test_drift_moves_tastes_in_the_second_half() -> None:
+    n_users, n_items, seed = 40, 400, 7
+    world = make_world(n_users, n_items, np.random.default_rng(seed), n_clusters=8, zipf=1.1)
+    events = [r.event for r in generate(4000, n_users, n_items, seed=seed, drift=True) if r.event]
+    late = events[2000:]
+    moved = sum(
+        world.item_cluster[int(e.item_id[1:])] == (world.user_cluster[int(e.user_id[1:])] + 1) % 8
+        for e in late
+    )
+    assert moved / len(late) > 0.7
+
+
+def test_wrong_topic_corruption_and_each_corruption() -> None:
+    click = Event(event_id="e", user_id="u", item_id="i", ts=1, kind=EventKind.CLICK)
+    record = corrupt_click(click)
+    with pytest.raises(DecodeError) as caught:
+        decode_event(record.value, record.key, record.kind)
+    assert caught.value.reason is DlqReason.WRONG_TOPIC
+    for how in CORRUPTIONS:
+        record = corrupt(click, how)
+        with pytest.raises(DecodeError) as caught:
+            decode_event(record.value, record.key, record.kind)
+        assert caught.value.reason is how.reason, how.name
