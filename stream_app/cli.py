@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_trainer_commands(sub)
     _add_scorer_commands(sub)
+    _add_demo_commands(sub)
     return parser
 
 
@@ -176,6 +177,7 @@ def _add_trainer_commands(sub: Any) -> None:
     p.add_argument("--batch-wait-ms", type=int, help="max wait to fill a micro-batch (200)")
     p.add_argument("--no-restore", dest="restore", action="store_const", const=False,
                    help="start from an empty model instead of the embeddings changelog")
+    p.add_argument("--stats-file", help="append one JSON line per batch (for `stream-app report`)")
     p.add_argument("-L", dest="learner_settings", action="append", metavar="KEY=VALUE",
                    help="learner setting, e.g. -L dim=32 -L optimizer=adam")
     p.set_defaults(handler=_trainer)
@@ -194,7 +196,7 @@ def _trainer(args: argparse.Namespace) -> int:
     file = read_file(args.config)
     flags = {k: getattr(args, k, None) for k in (
         "group_id", "device", "metrics_host", "metrics_port", "exit_when_idle", "instance_id",
-        "batch_max", "batch_wait_ms", "restore")}
+        "batch_max", "batch_wait_ms", "restore", "stats_file")}
     cfg = build(TrainerConfig, "trainer", file.get("trainer", {}), environment(), flags)
     learner_flags = _typed(LearnerConfig, parse_kv(args.learner_settings, "-L"))
     learner = build(LearnerConfig, "learner", file.get("learner", {}), environment(),
@@ -220,7 +222,52 @@ def _forget(args: argparse.Namespace) -> int:
 
 # --- scorer commands (owned by the scorer wiring) ---
 def _add_scorer_commands(sub: Any) -> None:
-    pass
+    p = sub.add_parser("scorer", help="answer score-requests with top-K items on predictions")
+    _component_args(p, 9465)
+    p.add_argument("--batch-max", type=int, help="most requests per micro-batch (default 256)")
+    p.add_argument("--batch-wait-ms", type=float,
+                   help="longest wait to fill a micro-batch, in ms (default 2)")
+    p.set_defaults(handler=_scorer)
+
+    p = sub.add_parser("request", help="ask the running scorer for a user's top-K items")
+    p.add_argument("user", help="user id")
+    p.add_argument("--k", type=int, default=20, help="how many items (default 20)")
+    p.add_argument("--candidates", help="comma-separated item ids to re-rank (default: all)")
+    p.add_argument("--exclude", help="comma-separated item ids never to return")
+    p.add_argument("--explain", action="store_true",
+                   help="show which recent items of the user support each item")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for the answer (default 10; exit 1 after)")
+    _kafka_args(p)
+    p.set_defaults(handler=_request)
+
+
+def _ids(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(i.strip() for i in text.split(",") if i.strip())
+
+
+def _scorer(args: argparse.Namespace) -> int:
+    from stream_app.scorer import run_scorer
+    from stream_app.serving import ScorerConfig
+
+    flags = {"group_id": args.group_id, "device": args.device, "metrics_host": args.metrics_host,
+             "metrics_port": args.metrics_port, "exit_when_idle": args.exit_when_idle,
+             "batch_max": args.batch_max, "batch_wait_ms": args.batch_wait_ms}
+    file_values = read_file(args.config).get("scorer", {})
+    from stream_app.config import build
+
+    cfg = build(ScorerConfig, "scorer", file_values, environment(), flags)
+    return run_scorer(kafka_config(args), cfg)
+
+
+def _request(args: argparse.Namespace) -> int:
+    from stream_app.client import request_command
+
+    if args.k < 1 or args.k > 1000:
+        raise ConfigError(f"--k must be in 1..1000, got {args.k}")
+    return request_command(kafka_config(args), args.user, k=args.k,
+                           candidates=_ids(args.candidates), exclude=_ids(args.exclude) or (),
+                           explain=args.explain, timeout_s=args.timeout)
 # --- end scorer commands ---
 
 
@@ -242,6 +289,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+# --- demo commands (owned by the demo/report wiring) ---
+def _add_demo_commands(sub: Any) -> None:
+    pass
+# --- end demo commands ---
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""The trainer process: Kafka in, learning core in the middle, changelog out."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+
+import orjson
+
+from prometheus_client import CollectorRegistry
+
+from stream_app.codec import DlqReason
+from stream_app.config import KafkaConfig
+from stream_app.core import LearnerConfig
+from stream_app.observability import MetricsServer, TrainerMetrics
+from stream_app.signals import stop_on_signals
+from stream_app.trainer.config import TrainerConfig
+from stream_app.trainer.loop import BatchResult, Trainer
+
+__all__ = ["BatchResult", "Trainer", "TrainerConfig", "make_trainer", "run_trainer"]
+
+
+def make_trainer(kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConfig, *,
+                 registry: CollectorRegistry | None = None,
+                 stop: threading.Event | None = None) -> Trainer:
+    topics = kafka.topics
+    metrics = TrainerMetrics(registry or CollectorRegistry(), k=learner_cfg.eval_k,
+                             input_topics=[topics.clicks, topics.purchases],
+                             dlq_reasons=[r.value for r in DlqReason])
+    return Trainer(kafka, cfg, learner_cfg, metrics=metrics, stop=stop)
+
+
+def run_trainer(kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConfig) -> int:
+    """The `stream-app trainer` process: metrics server, signals, then the loop."""
+    stop = threading.Event()
+    stop_on_signals(stop)
+    trainer = make_trainer(kafka, cfg, learner_cfg, stop=stop)
+
+    def ready() -> tuple[bool, str]:
+        return (True, "ready") if trainer.ready else (False, "restoring from the changelog")
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(MetricsServer(trainer.metrics.registry, cfg.metrics_host,
+                                          cfg.metrics_port, ready=ready))
+        if cfg.stats_file:
+            out = stack.enter_context(open(cfg.stats_file, "ab"))  # noqa: SIM115
+
+            def write(result: BatchResult) -> None:
+                out.write(orjson.dumps(dataclasses.asdict(result)) + b"\n")
+                out.flush()
+
+            trainer.on_batch = write
+        return trainer.run()

@@ -1,0 +1,94 @@
+"""Turn one polled micro-batch into learner input, and learner output into records.
+
+Pure functions: no Kafka client, no clock (the caller passes `now_ms`), so the
+trainer loop reads as wiring and these rules are unit-tested on their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from stream_app.codec import (
+    META_KEY,
+    DecodeError,
+    DlqReason,
+    decode_event,
+    dlq_record,
+    encode_dlq,
+    encode_embedding,
+    encode_meta,
+)
+from stream_app.config import TopicNames
+from stream_app.events import DlqRecord, EmbeddingRow, Event, EventKind
+from stream_app.kafka.consumer import RawRecord
+from stream_app.kafka.transaction import OutRecord
+
+CONTROL_HEADER = "stream-app-control"
+"""Header of control records on the event topics; value `forget` deletes the key's user.
+
+They travel on the user's own partition, so a forget is ordered after every
+earlier event of that user and is applied in the same transaction as them.
+"""
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A micro-batch split into segments of events, separated by forget requests.
+
+    `segments[i]` is learned before `forgets[i]` is applied; `records[i]` holds
+    the raw record of each event in `segments[i]` (same order) for dead-lettering.
+    """
+
+    segments: list[list[Event]] = field(default_factory=lambda: [[]])
+    records: list[list[RawRecord]] = field(default_factory=lambda: [[]])
+    forgets: list[str] = field(default_factory=list)
+    dlq: list[DlqRecord] = field(default_factory=list)
+
+
+def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
+                 max_future_ms: int) -> Decoded:
+    """Decode and validate; bad records become DLQ records with their coordinates."""
+    kinds = {topics.clicks: EventKind.CLICK, topics.purchases: EventKind.PURCHASE}
+    out = Decoded()
+    for rec in batch:
+        if rec.header(CONTROL_HEADER) == b"forget":
+            user = (rec.key or b"").decode("utf-8", "replace")
+            if user:
+                out.forgets.append(user)
+                out.segments.append([])
+                out.records.append([])
+                continue
+        try:
+            event = decode_event(rec.value, rec.key, kinds[rec.topic])
+            if event.ts > now_ms + max_future_ms:
+                raise DecodeError(DlqReason.BAD_TIMESTAMP,
+                                  f"ts={event.ts} is {(event.ts - now_ms) / 1000:.0f}s in the "
+                                  "future (over trainer.max_future_ms)")
+        except DecodeError as err:
+            out.dlq.append(dlq_record(rec.coords, rec.key, rec.value, err, ts=now_ms))
+            continue
+        out.segments[-1].append(event)
+        out.records[-1].append(rec)
+    return out
+
+
+def train_dlq(rec: RawRecord, reason: DlqReason, detail: str, now_ms: int) -> DlqRecord:
+    """A DLQ record for an event the learner refused (rate-limited, non-finite loss)."""
+    return dlq_record(rec.coords, rec.key, rec.value, DecodeError(reason, detail),
+                      ts=now_ms, stage="train")
+
+
+def output_records(topics: TopicNames, rows: Iterable[EmbeddingRow],
+                   tombstones: Iterable[str], meta: dict[str, object],
+                   dlq: Iterable[DlqRecord]) -> list[OutRecord]:
+    """Everything one transaction publishes: rows, tombstones, the meta row, DLQ records.
+
+    `tombstones` are embeddings keys (`user:<id>` / `item:<id>`).
+    """
+    out = [OutRecord(topics.embeddings, row.key.encode(), encode_embedding(row)) for row in rows]
+    out += [OutRecord(topics.embeddings, key.encode(), None) for key in tombstones]
+    out.append(OutRecord(topics.embeddings, META_KEY, encode_meta(meta)))
+    out += [OutRecord(topics.dlq, f"{d.source_topic}:{d.partition}:{d.offset}".encode(),
+                      encode_dlq(d)) for d in dlq]
+    return out

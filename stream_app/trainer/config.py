@@ -1,0 +1,56 @@
+"""The trainer's own settings (the learner's live in `stream_app.core.LearnerConfig`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from stream_app.config import ConfigError
+
+_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainerConfig:
+    """How the trainer consumes, batches, publishes and reports.
+
+    `instance_id` must be stable across restarts of the same instance: the
+    transactional id is derived from it, which is what fences a zombie.
+    """
+
+    group_id: str = "stream-app-trainer"
+    instance_id: str = "trainer-0"
+    batch_max: int = 2000
+    batch_wait_ms: int = 200
+    device: str = "auto"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    exit_when_idle: float | None = None
+    max_future_ms: int = 24 * 3600 * 1000
+    dlq_value_max_bytes: int = 64 * 1024
+    restore: bool = True
+    stats_file: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("group_id", "instance_id"):
+            if not _ID_RE.match(getattr(self, name)):
+                raise ConfigError(f"trainer.{name} must be 1-200 of [A-Za-z0-9._-], "
+                                  f"got {getattr(self, name)!r}")
+        if self.batch_max <= 0:
+            raise ConfigError(f"trainer.batch_max must be > 0, got {self.batch_max}")
+        if self.batch_wait_ms < 0:
+            raise ConfigError(f"trainer.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"trainer.metrics_port must be in 0..65535, got {self.metrics_port}")
+        if self.exit_when_idle is not None and self.exit_when_idle <= 0:
+            raise ConfigError(f"trainer.exit_when_idle must be > 0 seconds, got "
+                              f"{self.exit_when_idle}")
+        if self.max_future_ms < 0:
+            raise ConfigError(f"trainer.max_future_ms must be >= 0, got {self.max_future_ms}")
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
+            raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got "
+                              f"{self.device!r}")
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.group_id}.{self.instance_id}"

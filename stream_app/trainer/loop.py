@@ -1,0 +1,276 @@
+"""The trainer: poll → decode → evaluate → learn → publish rows + offsets atomically.
+
+One consumer group member. Each loop iteration is one Kafka transaction, so
+every event read is either applied once (its rows and its offset commit
+together) or dead-lettered with a reason inside the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from stream_app.codec import DlqReason
+from stream_app.config import KafkaConfig
+from stream_app.core import EvalStats, Learner, LearnerConfig
+from stream_app.events import DlqRecord, EmbeddingRow, Event
+from stream_app.kafka.admin import require_topics
+from stream_app.kafka.consumer import GroupConsumer, Partition, RawRecord, next_offsets
+from stream_app.kafka.transaction import TransactionalPublisher, TxnOutcome
+from stream_app.observability.metrics import EvalModel, EventOutcome, FreshnessSince, TrainerMetrics
+from stream_app.trainer.batch import Decoded, decode_batch, output_records, train_dlq
+from stream_app.trainer.config import TrainerConfig
+from stream_app.trainer.restore import restore
+
+log = logging.getLogger(__name__)
+
+_OUTCOMES = {"applied": EventOutcome.APPLIED, "duplicate": EventOutcome.DUPLICATE,
+             "rate_limited": EventOutcome.RATE_LIMITED}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchResult:
+    """What one iteration did: the stats file (`--stats-file`), the demo and tests read it.
+
+    Prequential figures are event-weighted over the batch's segments (NaN when
+    nothing was evaluated); freshness is produce time → published, in seconds.
+    """
+
+    wall_ms: int
+    event_ts_max: int
+    events: int
+    applied: int
+    dlq: int
+    rows: int
+    loss: float
+    hit_rate: float
+    hit_rate_popularity: float
+    recall: float
+    recall_popularity: float
+    mrr: float
+    mrr_popularity: float
+    freshness_p50_s: float
+    freshness_p99_s: float
+    outcome: TxnOutcome
+
+
+class Trainer:
+    """Wiring of Kafka edges and the learning core; see the module docstring."""
+
+    def __init__(self, kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConfig, *,
+                 metrics: TrainerMetrics, stop: threading.Event | None = None,
+                 on_batch: Callable[[BatchResult], None] | None = None) -> None:
+        self.kafka, self.cfg, self.learner_cfg = kafka, cfg, learner_cfg
+        self.topics = kafka.topics
+        self.metrics = metrics
+        self.stop = stop or threading.Event()
+        self.on_batch = on_batch
+        self.device = resolve_device(cfg.device)
+        self.learner = Learner(learner_cfg, device=self.device)
+        self.ready = False
+        self._evals: list[EvalStats] = []
+
+    def _client_id(self, role: str) -> str:
+        return f"{self.cfg.transactional_id}-{role}"
+
+    def _restore(self) -> None:
+        self.learner = Learner(self.learner_cfg, device=self.device)
+        stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"))
+        self.metrics.restore_seconds.set(stats.seconds)
+        self.metrics.restored_rows.labels(table="user").set(stats.users)
+        self.metrics.restored_rows.labels(table="item").set(stats.items)
+
+    def run(self) -> int:
+        """Run until stopped (SIGTERM/SIGINT set `stop`) or idle too long. Returns 0."""
+        require_topics(self.kafka, [self.topics.clicks, self.topics.purchases,
+                                    self.topics.embeddings, self.topics.dlq])
+        # Step 0. init_transactions fences a zombie and aborts its open
+        # transaction before we read the changelog, so restore sees only
+        # committed rows that match the committed input offsets.
+        publisher = TransactionalPublisher(self.kafka, transactional_id=self.cfg.transactional_id,
+                                           client_id=self._client_id("producer"))
+        consumer: GroupConsumer | None = None
+        try:
+            if self.cfg.restore:
+                self._restore()
+            consumer = GroupConsumer(self.kafka, client_id=self._client_id("consumer"),
+                                     group_id=self.cfg.group_id,
+                                     topics=[self.topics.clicks, self.topics.purchases],
+                                     on_revoke=self.metrics.forget_partitions)
+            self.ready = True
+            self._loop(consumer, publisher)
+        finally:
+            self.ready = False
+            if consumer is not None:
+                consumer.close()
+            publisher.close()
+        return 0
+
+    def _loop(self, consumer: GroupConsumer, publisher: TransactionalPublisher) -> None:
+        idle_since = time.monotonic()
+        while not self.stop.is_set():
+            batch = consumer.poll_batch(self.cfg.batch_max, self.cfg.batch_wait_ms / 1000)
+            self._report_lag(consumer)
+            if not consumer.assignment:
+                idle_since = time.monotonic()  # idle counts from the first assignment
+            if not batch:
+                idle = time.monotonic() - idle_since
+                if self.cfg.exit_when_idle is not None and idle >= self.cfg.exit_when_idle:
+                    log.info("no input for %.1fs: exiting (exit_when_idle)", idle)
+                    return
+                continue
+            idle_since = time.monotonic()
+            result = self.process(batch, consumer, publisher)
+            if self.on_batch is not None:
+                self.on_batch(result)
+
+    def process(self, batch: list[RawRecord], consumer: GroupConsumer,
+                publisher: TransactionalPublisher) -> BatchResult:
+        """One transaction: learn from `batch` and publish what changed with its offsets."""
+        started = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        decoded = decode_batch(batch, self.topics, now_ms=now_ms,
+                               max_future_ms=self.cfg.max_future_ms)
+        self._evals = []
+        changed_users: set[str] = set()
+        changed_items: set[str] = set()
+        tombstones: list[str] = []
+        dlq: list[DlqRecord] = list(decoded.dlq)
+        applied, losses = self._learn(decoded, changed_users, changed_items, tombstones, dlq,
+                                      now_ms)
+        rows = self.learner.rows(user_ids=sorted(changed_users), item_ids=sorted(changed_items),
+                                 model_version=self.model_version, now_ms=now_ms)
+        meta = {**self.learner.global_state(), "model_version": self.model_version,
+                "updated_at": now_ms}
+        records = output_records(self.topics, rows, tombstones, meta, dlq)
+        txn_start = time.monotonic()
+        outcome = publisher.commit(consumer, records, next_offsets(batch))
+        published_ms = int(time.time() * 1000)
+        self.metrics.transaction_seconds.observe(time.monotonic() - txn_start)
+        if outcome is TxnOutcome.ABORTED:
+            # The learner already moved; the batch will be read again, so go back
+            # to exactly the committed state (the changelog) to apply it once.
+            self.metrics.transaction_aborts.inc()
+            self._restore()
+        else:
+            self._observe(batch, decoded, rows, dlq, applied, published_ms)
+        self.metrics.batch_seconds.observe(time.monotonic() - started)
+        return self._result(batch, decoded, applied, losses, len(dlq), len(rows), outcome,
+                            published_ms)
+
+    def _result(self, batch: list[RawRecord], decoded: Decoded, applied: int,
+                losses: list[float], dlq: int, rows: int, outcome: TxnOutcome,
+                published_ms: int) -> BatchResult:
+        fresh = sorted((published_ms - r.timestamp_ms) / 1000 for r in batch)
+        evals = self._evals
+        n = sum(e.n_events for e in evals)
+
+        def avg(get: Callable[[EvalStats], float]) -> float:
+            return sum(get(e) * e.n_events for e in evals) / n if n else float("nan")
+
+        events = [e for seg in decoded.segments for e in seg]
+        return BatchResult(
+            wall_ms=published_ms, event_ts_max=max((e.ts for e in events), default=0),
+            events=len(batch), applied=applied, dlq=dlq, rows=rows,
+            loss=sum(losses) / len(losses) if losses else float("nan"),
+            hit_rate=avg(lambda e: e.model.hit_rate),
+            hit_rate_popularity=avg(lambda e: e.popularity.hit_rate),
+            recall=avg(lambda e: e.model.recall),
+            recall_popularity=avg(lambda e: e.popularity.recall),
+            mrr=avg(lambda e: e.model.mrr), mrr_popularity=avg(lambda e: e.popularity.mrr),
+            freshness_p50_s=fresh[len(fresh) // 2],
+            freshness_p99_s=fresh[min(len(fresh) - 1, int(len(fresh) * 0.99))],
+            outcome=outcome)
+
+    @property
+    def model_version(self) -> str:
+        return f"{self.cfg.instance_id}-{self.learner.global_state()['step']}"
+
+    def _learn(self, decoded: Decoded, changed_users: set[str], changed_items: set[str],
+               tombstones: list[str], dlq: list[DlqRecord], now_ms: int) -> tuple[int, list[float]]:
+        """Evaluate then learn each segment; apply forgets in order between segments."""
+        applied = 0
+        losses: list[float] = []
+        for i, (events, recs) in enumerate(zip(decoded.segments, decoded.records, strict=True)):
+            if events:
+                applied += self._learn_segment(events, recs, changed_users, changed_items,
+                                               tombstones, dlq, now_ms, losses)
+            if i < len(decoded.forgets):
+                user = decoded.forgets[i]
+                if self.learner.forget_user(user):
+                    tombstones.append(f"user:{user}")
+                    changed_users.discard(user)
+        return applied, losses
+
+    def _learn_segment(self, events: list[Event], recs: list[RawRecord], changed_users: set[str],
+                       changed_items: set[str], tombstones: list[str], dlq: list[DlqRecord],
+                       now_ms: int, losses: list[float]) -> int:
+        step_start = time.monotonic()
+        ev = self.learner.evaluate(events)
+        st = self.learner.learn(events)
+        self.metrics.step_seconds.observe(time.monotonic() - step_start)
+        if ev.n_events:
+            self._evals.append(ev)
+            self.metrics.set_prequential(EvalModel.MODEL, hit_rate=ev.model.hit_rate,
+                                         recall=ev.model.recall, mrr=ev.model.mrr)
+            self.metrics.set_prequential(EvalModel.POPULARITY, hit_rate=ev.popularity.hit_rate,
+                                         recall=ev.popularity.recall, mrr=ev.popularity.mrr)
+        counts: Counter[tuple[str, EventOutcome]] = Counter()
+        for rec, outcome in zip(recs, st.outcomes, strict=True):
+            if outcome == "rate_limited":
+                dlq.append(train_dlq(rec, DlqReason.RATE_LIMITED,
+                                     "user over learner.rate_cap_events in its window", now_ms))
+            elif outcome == "non_finite":
+                dlq.append(train_dlq(rec, DlqReason.NON_FINITE_LOSS,
+                                     "loss or gradient not finite; batch not applied", now_ms))
+            counts[(rec.topic, _OUTCOMES.get(outcome, EventOutcome.DLQ))] += 1
+        for (topic, outcome), n in counts.items():
+            self.metrics.count_events(topic, outcome, n)
+        if st.n_applied and st.loss == st.loss:
+            losses.append(float(st.loss))
+            self.metrics.training_loss.set(float(st.loss))
+        changed_users.update(st.changed_user_ids)
+        changed_items.update(st.changed_item_ids)
+        tombstones.extend(f"user:{u}" for u in st.evicted_user_ids)
+        tombstones.extend(f"item:{i}" for i in st.evicted_item_ids)
+        self.metrics.evictions.labels(table="user").inc(len(st.evicted_user_ids))
+        self.metrics.evictions.labels(table="item").inc(len(st.evicted_item_ids))
+        changed_users.difference_update(st.evicted_user_ids)
+        changed_items.difference_update(st.evicted_item_ids)
+        return sum(n for (_, o), n in counts.items() if o is EventOutcome.APPLIED)
+
+    def _observe(self, batch: list[RawRecord], decoded: Decoded, rows: list[EmbeddingRow],
+                 dlq: list[DlqRecord], applied: int, published_ms: int) -> None:
+        m = self.metrics
+        m.batch_size_events.observe(len(batch))
+        for rec in dlq:
+            m.count_dlq(rec.reason)
+        for topic, n in Counter(d.source_topic for d in decoded.dlq).items():
+            m.count_events(topic, EventOutcome.DLQ, n)
+        for row in rows:
+            m.rows_published.labels(table=row.entity).inc()
+        events = [e for seg in decoded.segments for e in seg]
+        raws = [r for seg in decoded.records for r in seg]
+        m.observe_freshness(FreshnessSince.EVENT_TIME,
+                            ((published_ms - e.ts) / 1000 for e in events))
+        m.observe_freshness(FreshnessSince.PRODUCE_TIME,
+                            ((published_ms - r.timestamp_ms) / 1000 for r in raws))
+        for table, n in self.learner.table_sizes().items():
+            m.table_rows.labels(table=table).set(n)
+
+    def _report_lag(self, consumer: GroupConsumer) -> None:
+        lag: dict[Partition, int] = consumer.lag()
+        for (topic, partition), n in lag.items():
+            self.metrics.set_lag(topic, partition, n)

@@ -1,0 +1,70 @@
+"""Rebuild the learner from the compacted `embeddings` changelog.
+
+The topic holds the latest committed state of every row (and `meta:trainer`
+with the global learner state), so applying it in order to a fresh learner
+gives back the model that published it. Records are read in chunks and each
+chunk keeps only the last value per key, so memory stays at one chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from stream_app.codec import decode_embedding, decode_meta, is_meta_key
+from stream_app.config import KafkaConfig
+from stream_app.core import Learner
+from stream_app.events import EmbeddingRow
+from stream_app.kafka.consumer import read_to_end
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreStats:
+    users: int
+    items: int
+    tombstones: int
+    seconds: float
+
+
+def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str) -> RestoreStats:
+    """Apply every committed row of the changelog to `learner` (which should be fresh)."""
+    start = time.monotonic()
+    users = items = tombstones = 0
+    for chunk in read_to_end(kafka, kafka.topics.embeddings, client_id=client_id):
+        latest: dict[bytes, bytes | None] = {}
+        for rec in chunk:
+            if rec.key is not None:
+                latest.pop(rec.key, None)  # keep log order: re-insert at the end
+                latest[rec.key] = rec.value
+        rows: list[EmbeddingRow] = []
+        for key, value in latest.items():
+            if is_meta_key(key):
+                if value is not None:
+                    learner.apply_global_state(decode_meta(value))
+                continue
+            row = decode_embedding(key, value)
+            if row is None:
+                _flush(learner, rows)
+                rows = []
+                entity, _, ident = key.decode().partition(":")
+                if entity == "user":
+                    learner.forget_user(ident)
+                tombstones += 1
+            else:
+                rows.append(row)
+                users += row.entity == "user"
+                items += row.entity == "item"
+        _flush(learner, rows)
+    stats = RestoreStats(users=users, items=items, tombstones=tombstones,
+                         seconds=time.monotonic() - start)
+    log.info("restored users=%d items=%d tombstones=%d seconds=%.2f", stats.users, stats.items,
+             stats.tombstones, stats.seconds)
+    return stats
+
+
+def _flush(learner: Learner, rows: list[EmbeddingRow]) -> None:
+    if rows:
+        learner.apply_rows(rows)
