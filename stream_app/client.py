@@ -1,0 +1,146 @@
+"""`ScoreClient`: ask the scorer over Kafka and wait for the answers, for applications.
+
+Requests go to `score-requests` keyed by user id; answers come back on
+`predictions` keyed by request id. The scorer is at-least-once, so the same
+request may be answered twice: the client keeps the first answer per
+request_id and ignores the rest.
+
+The client reads every `predictions` partition from the end offsets taken
+when it starts (read_committed, no group, nothing committed), so it only sees
+answers to requests sent after it was created.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from types import TracebackType
+
+from confluent_kafka import Consumer
+from confluent_kafka import TopicPartition as _TP
+
+from stream_app.codec import DecodeError, decode_prediction, encode_score_request
+from stream_app.config import KafkaConfig
+from stream_app.events import Prediction, ScoreRequest
+from stream_app.kafka.clients import make_consumer, make_producer
+
+
+class ScoreClient:
+    """Send score requests and collect their predictions by request id.
+
+    >>> # with ScoreClient(kafka) as client:
+    >>> #     prediction = client.request("u42", k=10, timeout_s=5)
+    """
+
+    def __init__(self, kafka: KafkaConfig, *, client_id: str = "stream-app-client") -> None:
+        self.topics = kafka.topics
+        self._producer = make_producer(kafka, f"{client_id}-producer")
+        self._consumer: Consumer = make_consumer(
+            kafka, f"{client_id}-consumer", f"{client_id}-{uuid.uuid4().hex[:8]}")
+        topic = self.topics.predictions
+        parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        # Exact end offsets now, not OFFSET_END: that is resolved lazily and could
+        # land after an answer to a request we are about to send.
+        ends = [_TP(topic, p, self._consumer.get_watermark_offsets(_TP(topic, p), timeout=10)[1])
+                for p in sorted(parts)]
+        self._consumer.assign(ends)
+        self._answers: dict[str, Prediction] = {}
+        self.duplicates = 0
+
+    def send(self, request: ScoreRequest) -> str:
+        """Produce one request (keyed by user id); returns its request id."""
+        self._producer.produce(self.topics.score_requests, key=request.user_id.encode(),
+                               value=encode_score_request(request))
+        self._producer.poll(0)
+        return request.request_id
+
+    def send_many(self, requests: Iterable[ScoreRequest]) -> list[str]:
+        ids = [self.send(r) for r in requests]
+        self._producer.flush(10)
+        return ids
+
+    def wait(self, request_ids: Iterable[str], timeout_s: float) -> dict[str, Prediction]:
+        """The answers to `request_ids` that arrived within `timeout_s` (maybe fewer)."""
+        wanted = set(request_ids)
+        self._producer.flush(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while not wanted <= self._answers.keys():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._receive(min(left, 0.1))
+        return {r: self._answers[r] for r in wanted if r in self._answers}
+
+    def _receive(self, timeout: float) -> None:
+        for msg in self._consumer.consume(1000, timeout=timeout):
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise RuntimeError(f"prediction consumer failed: {err.str()}")
+                continue
+            if msg.value() is None:
+                continue
+            try:
+                pred = decode_prediction(msg.value())
+            except DecodeError:
+                continue  # not ours to judge: the scorer validated what it wrote
+            if pred.request_id in self._answers:
+                self.duplicates += 1
+            else:
+                self._answers[pred.request_id] = pred
+
+    def request(self, user_id: str, *, k: int = 20, candidates: tuple[str, ...] | None = None,
+                exclude: tuple[str, ...] = (), exclude_seen: bool = True, explain: bool = False,
+                timeout_s: float = 10.0) -> Prediction:
+        """Send one request and wait for its answer; `TimeoutError` if none comes in time."""
+        req = ScoreRequest(request_id=uuid.uuid4().hex, user_id=user_id, k=k,
+                           candidates=candidates, exclude=exclude, exclude_seen=exclude_seen,
+                           explain=explain)
+        self.send(req)
+        got = self.wait([req.request_id], timeout_s)
+        if req.request_id not in got:
+            raise TimeoutError(f"no scorer answered request {req.request_id} within "
+                               f"{timeout_s:g}s; is `stream-app scorer` running on this "
+                               f"topic prefix ({self.topics.prefix!r})?")
+        return got[req.request_id]
+
+    def close(self) -> None:
+        self._producer.flush(10)
+        self._consumer.close()
+
+    def __enter__(self) -> ScoreClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def format_prediction(pred: Prediction) -> str:
+    """Readable text of one answer (the `stream-app request` output)."""
+    if pred.error is not None:
+        return f"request {pred.request_id}: error: {pred.error}"
+    flags = [f for f, on in (("popularity fallback", pred.fallback),
+                             ("scorer still loading: partial table", not pred.ready)) if on]
+    head = (f"user {pred.user_id}: {len(pred.items)} items (model {pred.model_version or '-'}, "
+            f"{pred.latency_ms:.1f} ms{', ' + ', '.join(flags) if flags else ''})")
+    lines = [head]
+    for n, item in enumerate(pred.items, 1):
+        why = f"  because {', '.join(item.because)}" if item.because else ""
+        lines.append(f"{n:>4}. {item.item_id:<24} {item.score:10.4f}{why}")
+    return "\n".join(lines)
+
+
+def request_command(kafka: KafkaConfig, user_id: str, *, k: int, candidates: tuple[str, ...] | None,
+                    exclude: tuple[str, ...], explain: bool, timeout_s: float) -> int:
+    """`stream-app request`: 0 with the answer printed, 1 when no scorer answers in time."""
+    with ScoreClient(kafka) as client:
+        try:
+            pred = client.request(user_id, k=k, candidates=candidates, exclude=exclude,
+                                  explain=explain, timeout_s=timeout_s)
+        except TimeoutError as exc:
+            print(f"stream-app: {exc}")
+            return 1
+    print(format_prediction(pred))
+    return 1 if pred.error is not None else 0

@@ -1,0 +1,141 @@
+"""Turn a micro-batch of raw requests into the records to produce (pure: codec + top-K).
+
+Decoding happens here, not at poll time, so a request's latency clock starts
+when it was read. A malformed request yields a DLQ record (stage "score") and,
+when the codec recovered its request id, an error prediction so the client
+is not left waiting. Embedding rows are applied through `apply_embedding`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import orjson
+
+from stream_app.codec import (
+    DecodeError,
+    decode_embedding,
+    dlq_record,
+    encode_dlq,
+    encode_prediction,
+    is_meta_key,
+)
+from stream_app.codec import decode_score_request as _decode_request
+from stream_app.codec.fastcheck import fast_id
+from stream_app.config import TopicNames
+from stream_app.events import Coordinates, Prediction, ScoreRequest
+from stream_app.serving.batching import Pending
+from stream_app.serving.config import ScorerConfig
+from stream_app.serving.table import EmbeddingTable, TableError
+from stream_app.serving.topk import rank
+
+NOT_LOADED = "not_loaded"
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    """One record to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(slots=True)
+class BatchAnswer:
+    """Records to produce plus what the metrics need: arrivals of the ranked requests
+    (monotonic s), when ranking started and how long it took, fallback and error reasons."""
+
+    records: list[Out] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    started: float = 0.0
+    compute_s: float = 0.0
+    fallbacks: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNames,
+                 cfg: ScorerConfig, ready: bool) -> BatchAnswer:
+    """Decode, rank (one top-K call) and encode the answers of one micro-batch."""
+    out = BatchAnswer()
+    good: list[tuple[Pending, ScoreRequest]] = []
+    for p in batch:
+        try:
+            req = _decode_request(p.value, p.key)
+        except DecodeError as err:
+            out.errors.append(err.reason.value)
+            out.records.extend(_refusal(table, p, err, topics))
+            continue
+        if req.k > cfg.max_k:  # capped, never refused: the schema already bounds k
+            req = ScoreRequest(request_id=req.request_id, user_id=req.user_id, k=cfg.max_k,
+                               candidates=req.candidates, exclude=req.exclude,
+                               exclude_seen=req.exclude_seen, explain=req.explain)
+        good.append((p, req))
+    start = time.monotonic()
+    rankings = rank(table, [r for _, r in good], min_user_updates=cfg.min_user_updates,
+                    explain_max=cfg.explain_max)
+    out.started, out.compute_s = start, time.monotonic() - start
+    for (p, req), ranking in zip(good, rankings, strict=True):
+        fallback = ranking.fallback
+        if fallback is not None and not ready:
+            fallback = NOT_LOADED
+        if fallback is not None:
+            out.fallbacks.append(fallback)
+        out.arrivals.append(p.arrival)
+        pred = Prediction(request_id=req.request_id, user_id=req.user_id, items=ranking.items,
+                          model_version=table.model_version, fallback=fallback is not None,
+                          latency_ms=_ms_since(p.arrival), ready=ready)
+        out.records.append(Out(topics.predictions, req.request_id.encode(),
+                               encode_prediction(pred)))
+    return out
+
+
+def _refusal(table: EmbeddingTable, p: Pending, err: DecodeError,
+             topics: TopicNames) -> list[Out]:
+    where = Coordinates(topic=p.topic, partition=p.partition, offset=p.offset)
+    dlq = dlq_record(where, p.key, p.value, err, ts=int(time.time() * 1000), stage="score")
+    records = [Out(topics.dlq, p.key, encode_dlq(dlq))]
+    if err.request_id is not None:
+        pred = Prediction(request_id=err.request_id, user_id=_user_id(p.value), items=(),
+                          model_version=table.model_version, fallback=False,
+                          latency_ms=_ms_since(p.arrival),
+                          error=f"{err.reason.value}: {err.detail}"[:1024])
+        records.append(Out(topics.predictions, err.request_id.encode(),
+                           encode_prediction(pred)))
+    return records
+
+
+def _user_id(value: bytes | None) -> str:
+    """The user id of a refused request when it is still a usable id, else ""."""
+    try:
+        obj = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return ""
+    return (fast_id(obj.get("user_id")) or "") if isinstance(obj, dict) else ""
+
+
+def _ms_since(arrival: float) -> float:
+    return max(0.0, (time.monotonic() - arrival) * 1000.0)
+
+
+def apply_embedding(table: EmbeddingTable, key: bytes | None, value: bytes | None) -> str | None:
+    """Apply one `embeddings` record; returns a refusal reason, or None when applied/ignored.
+
+    `meta:trainer` is the trainer's own state and is skipped. A null value is a
+    tombstone: the row is removed (an item's slot is freed for reuse).
+    """
+    if is_meta_key(key):
+        return None
+    try:
+        row = decode_embedding(key, value)
+        if row is None:
+            entity, _, ident = (key or b"").decode("utf-8").partition(":")
+            table.delete("user" if entity == "user" else "item", ident)
+        else:
+            table.upsert(row)
+    except DecodeError as err:
+        return err.reason.value
+    except TableError as err:
+        return f"table: {err}"
+    return None

@@ -1,0 +1,86 @@
+"""`ScorerConfig`: every knob of the scorer, frozen and checked before any client exists.
+
+Loaded by `stream_app.config.build(ScorerConfig, "scorer", ...)` from the
+`[scorer]` file section, `STREAM_APP_SCORER_*` env and CLI flags.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from stream_app.config import ConfigError
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScorerConfig:
+    """How the scorer batches, ranks and reports.
+
+    - `batch_max` / `batch_wait_ms`: a micro-batch is scored when it holds
+      `batch_max` requests or its oldest request has waited `batch_wait_ms`
+      (bounded count and wait; one top-K call per batch).
+    - `ready_hold_ms`: while `embeddings` is still being loaded, requests are
+      held up to this long hoping the load finishes; after that they are
+      answered from the partial table with `ready: false` (never silently).
+    - `history_max`: how many of a user's `recent_items` (most recent first)
+      are kept for `exclude_seen` and `explain`; the trainer bounds the list
+      too, so "seen" means "among the newest `history_max` interactions".
+    - `min_user_updates`: user rows with fewer training updates are "cold" and
+      served the popularity ranking (flagged `fallback`).
+    - `max_k`: largest `k` served (the schema allows up to 1000).
+    - `explain_max`: at most this many supporting recent items per returned item.
+    - `exit_when_idle`: stop after this many seconds without any input (tests,
+      demo, benchmarks); None runs until SIGTERM/SIGINT.
+
+    >>> ScorerConfig(batch_max=64).batch_max
+    64
+    """
+
+    group_id: str = "stream-app-scorer"
+    client_id: str = "stream-app-scorer"
+    device: str = "auto"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9465
+    exit_when_idle: float | None = None
+    batch_max: int = 256
+    batch_wait_ms: float = 2.0
+    ready_hold_ms: float = 2000.0
+    load_batch: int = 5000
+    max_k: int = 1000
+    history_max: int = 50
+    explain_max: int = 3
+    min_user_updates: int = 1
+    lag_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_max", "load_batch", "max_k", "explain_max"):
+            _positive(name, getattr(self, name))
+        for name in ("history_max", "min_user_updates"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"scorer.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_wait_ms", "ready_hold_ms"):
+            if not 0 <= getattr(self, name) <= 60_000:
+                raise ConfigError(f"scorer.{name} must be in 0..60000 ms, "
+                                  f"got {getattr(self, name)}")
+        if self.max_k > 1000:
+            raise ConfigError(f"scorer.max_k must be <= 1000 (the schema's bound), "
+                              f"got {self.max_k}")
+        if not self.group_id.strip():
+            raise ConfigError("scorer.group_id is empty: pass --group-id NAME")
+        if not _DEVICE_RE.match(self.device):
+            raise ConfigError(f"scorer.device must be auto, cpu, mps, cuda or cuda:N, "
+                              f"got {self.device!r}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"scorer.metrics_port must be in 0..65535 (0 = free port), "
+                              f"got {self.metrics_port}")
+        if self.exit_when_idle is not None and self.exit_when_idle <= 0:
+            raise ConfigError(f"scorer.exit_when_idle must be > 0 seconds (or unset), "
+                              f"got {self.exit_when_idle}")
+        _positive("lag_interval_s", self.lag_interval_s)
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"scorer.{name} must be > 0, got {value}")

@@ -1,0 +1,212 @@
+"""The scorer against a real broker: exact answers, fallbacks, errors, replicas, kcat."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import pytest
+import torch
+from confluent_kafka.admin import AdminClient
+from prometheus_client import CollectorRegistry
+
+from stream_app.client import ScoreClient
+from stream_app.codec import decode_dlq, decode_prediction, encode_embedding
+from stream_app.config import KafkaConfig
+from stream_app.events import EmbeddingRow, Prediction, ScoreRequest
+from stream_app.kafka.clients import make_producer
+from stream_app.scorer import Scorer
+from stream_app.serving import ScorerConfig
+from tests.integration.kafka_helpers import read_topic, wait_until
+
+torch.set_num_threads(1)
+DIM = 8
+Vecs = dict[str, npt.NDArray[np.float32]]
+
+
+def _row(entity: str, ident: str, vec: npt.NDArray[np.float32], bias: float = 0.0,
+         recent: tuple[str, ...] = ()) -> EmbeddingRow:
+    return EmbeddingRow(entity=entity, id=ident, vector=vec, bias=bias,  # type: ignore[arg-type]
+                        model_version="mf-test-1", updates=4, updated_at=1_700_000_000_000,
+                        last_event_ts=1_700_000_000_000, recent_items=recent)
+
+
+def publish(kafka: KafkaConfig, records: list[tuple[str, bytes | None]], *,
+            transactional: bool = False) -> None:
+    """Write `embeddings` records like the trainer does (optionally in one transaction)."""
+    producer = make_producer(kafka, "test-rows",
+                             transactional_id=f"test-{uuid.uuid4().hex}" if transactional else None)
+    if transactional:
+        producer.init_transactions(30)
+        producer.begin_transaction()
+    for key, value in records:
+        producer.produce(kafka.topics.embeddings, key=key.encode(), value=value)
+    if transactional:
+        producer.commit_transaction(30)
+    assert producer.flush(30) == 0
+
+
+@pytest.fixture
+def world() -> tuple[Vecs, dict[str, float], Vecs]:
+    rng = np.random.default_rng(3)
+    items = {f"i{n}": rng.normal(size=DIM).astype(np.float32) for n in range(40)}
+    bias = {i: float(rng.normal()) for i in items}
+    users = {f"u{n}": rng.normal(size=DIM).astype(np.float32) for n in range(6)}
+    return items, bias, users
+
+
+def rows_of(items: Vecs, bias: dict[str, float], users: Vecs) -> list[tuple[str, bytes | None]]:
+    out = [(f"item:{i}", encode_embedding(_row("item", i, v, bias[i]))) for i, v in items.items()]
+    out += [(f"user:{u}", encode_embedding(_row("user", u, v, recent=("i1", "i2"))))
+            for u, v in users.items()]
+    return out
+
+
+def brute(u: npt.NDArray[np.float32] | None, items: Vecs, bias: dict[str, float], k: int,
+          allowed: set[str] | None = None, banned: frozenset[str] = frozenset()) -> list[str]:
+    ids = [i for i in items if (allowed is None or i in allowed) and i not in banned]
+    scores = np.array([(float(items[i] @ u) if u is not None else 0.0) + bias[i] for i in ids])
+    return [ids[j] for j in np.argsort(-scores, kind="stable")[:k]]
+
+
+@contextmanager
+def running(kafka: KafkaConfig, **overrides: object) -> Iterator[Scorer]:
+    cfg = ScorerConfig(device="cpu", metrics_port=0, batch_wait_ms=1.0,
+                       group_id=f"scorer-{kafka.topic_prefix}", **overrides)  # type: ignore[arg-type]
+    scorer = Scorer(kafka, cfg, registry=CollectorRegistry(), stop=threading.Event())
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(scorer.run()), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: scorer.ready.is_set() or not thread.is_alive(), what="scorer ready")
+        assert thread.is_alive(), "scorer died during start-up"
+        yield scorer
+    finally:
+        scorer.stop.set()
+        thread.join(30)
+        assert result == [0]
+
+
+def ask(client: ScoreClient, reqs: list[ScoreRequest]) -> dict[str, Prediction]:
+    client.send_many(reqs)
+    got = client.wait([r.request_id for r in reqs], timeout_s=30)
+    assert len(got) == len(reqs)
+    return got
+
+
+def ids(p: Prediction) -> list[str]:
+    return [i.item_id for i in p.items]
+
+
+def test_answers_are_the_exact_top_k(kafka: KafkaConfig, world) -> None:  # type: ignore[no-untyped-def]
+    items, bias, users = world
+    publish(kafka, rows_of(items, bias, users), transactional=True)
+    with running(kafka) as scorer, ScoreClient(kafka) as client:
+        port = scorer.metrics_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as resp:  # noqa: S310
+            assert resp.status == 200
+        reqs = [ScoreRequest(request_id=f"full-{u}", user_id=u, k=5) for u in users]
+        reqs += [ScoreRequest(request_id="cand", user_id="u0", k=3, exclude_seen=False,
+                              candidates=("i3", "i4", "i5", "i6", "nope")),
+                 ScoreRequest(request_id="excl", user_id="u1", k=4, exclude=("i7", "i8")),
+                 ScoreRequest(request_id="ghost", user_id="ghost", k=4),
+                 ScoreRequest(request_id="why", user_id="u2", k=2, explain=True)]
+        got = ask(client, reqs)
+        seen = frozenset({"i1", "i2"})
+        for u, v in users.items():
+            assert ids(got[f"full-{u}"]) == brute(v, items, bias, 5, banned=seen)
+            assert not got[f"full-{u}"].fallback and got[f"full-{u}"].ready
+        assert ids(got["cand"]) == brute(users["u0"], items, bias, 3,
+                                         allowed={"i3", "i4", "i5", "i6"})
+        assert ids(got["excl"]) == brute(users["u1"], items, bias, 4,
+                                         banned=seen | {"i7", "i8"})
+        assert got["ghost"].fallback and ids(got["ghost"]) == brute(None, items, bias, 4)
+        assert all(set(i.because) <= seen for i in got["why"].items)
+        assert got["full-u0"].model_version == "mf-test-1"
+
+        # Tombstones: the user falls back to popularity, a deleted item disappears.
+        top = brute(None, items, bias, 1)[0]
+        publish(kafka, [("user:u3", None), (f"item:{top}", None)])
+        del items[top]
+
+        def after() -> Prediction | None:
+            rid = uuid.uuid4().hex
+            p = ask(client, [ScoreRequest(request_id=rid, user_id="u3", k=3)])[rid]
+            return p if p.fallback and top not in ids(p) else None
+        p = wait_until(after, what="tombstone applied")
+        assert ids(p) == brute(None, items, bias, 3)
+
+
+def test_malformed_request_gets_error_and_dlq(kafka: KafkaConfig, world) -> None:  # type: ignore[no-untyped-def]
+    items, bias, users = world
+    publish(kafka, rows_of(items, bias, users))
+    producer = make_producer(kafka, "test-bad")
+    bad = orjson.dumps({"request_id": "bad-1", "user_id": "u0", "k": 0})
+    producer.produce(kafka.topics.score_requests, key=b"u0", value=bad)
+    producer.produce(kafka.topics.score_requests, key=b"u0", value=b"{not json")
+    assert producer.flush(10) == 0
+    with running(kafka), ScoreClient(kafka) as client:
+        dlq = read_topic(kafka.bootstrap_servers, kafka.topics.dlq, expect=2)
+        records = [decode_dlq(m.value()) for m in dlq]
+        assert sorted(r.reason for r in records) == ["bad_k", "not_json"]
+        assert all(r.stage == "score" and r.source_topic == kafka.topics.score_requests
+                   for r in records)
+        preds = [decode_prediction(m.value())
+                 for m in read_topic(kafka.bootstrap_servers, kafka.topics.predictions, expect=1)]
+        assert [(p.request_id, p.items) for p in preds] == [("bad-1", ())]
+        assert preds[0].error is not None and preds[0].error.startswith("bad_k")
+        # ...and the process keeps answering.
+        assert ask(client, [ScoreRequest(request_id="ok", user_id="u0", k=2)])["ok"].items
+
+
+def _members(kafka: KafkaConfig, group: str) -> int:
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    desc = admin.describe_consumer_groups([group])[group].result()
+    return sum(1 for m in desc.members if m.assignment.topic_partitions)
+
+
+def test_two_replicas_split_the_requests(kafka: KafkaConfig, world) -> None:  # type: ignore[no-untyped-def]
+    items, bias, users = world
+    publish(kafka, rows_of(items, bias, users))
+    with running(kafka) as a, running(kafka) as b, ScoreClient(kafka) as client:
+        wait_until(lambda: _members(kafka, a.cfg.group_id) == 2, what="two members assigned")
+        reqs = [ScoreRequest(request_id=f"r{n}", user_id=f"u{n % 6}", k=3, exclude_seen=False)
+                for n in range(60)]
+        got = ask(client, reqs)
+        for r in reqs:
+            assert ids(got[r.request_id]) == brute(users[r.user_id], items, bias, 3)
+
+        def answered(s: Scorer) -> float:
+            v = s.registry.get_sample_value("stream_app_scorer_request_seconds_count",
+                                            {"phase": "total"})
+            return v or 0.0
+        assert answered(a) > 0 and answered(b) > 0
+        assert answered(a) + answered(b) >= 60
+
+
+def test_request_sent_with_kcat_is_answered(kafka: KafkaConfig, world) -> None:  # type: ignore[no-untyped-def]
+    items, bias, users = world
+    publish(kafka, rows_of(items, bias, users))
+    b, t = kafka.bootstrap_servers, kafka.topics
+    with running(kafka):
+        value = b'{"request_id": "kcat-1", "user_id": "u4", "k": 3, "exclude_seen": false}\n'
+        subprocess.run(["kcat", "-P", "-b", b, "-t", t.score_requests, "-k", "u4"],
+                       input=value, check=True, timeout=30)
+
+        def read_back() -> bytes | None:
+            out = subprocess.run(["kcat", "-C", "-b", b, "-t", t.predictions, "-e", "-o",
+                                  "beginning", "-q", "-X", "isolation.level=read_committed"],
+                                 capture_output=True, check=True, timeout=30).stdout
+            return out if b"kcat-1" in out else None
+        out: bytes = wait_until(read_back, what="kcat reads the prediction")
+        pred = decode_prediction(out.strip().splitlines()[-1])
+        assert ids(pred) == brute(users["u4"], items, bias, 3)
+
+
