@@ -21,10 +21,12 @@ import time
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics import MetricWrapperBase
 
 from stream_app import __version__
+from stream_app.observability.bulk import BulkHistogram
 
 PREFIX = "stream_app_"
 TABLES: tuple[str, ...] = ("user", "item")
@@ -171,10 +173,10 @@ class TrainerMetrics(_ProcessMetrics):
         self.prequential_mrr = Gauge(
             "stream_app_prequential_mrr", "Prequential mean reciprocal rank (cut at k).",
             ["model", "k"], registry=r)
-        self.freshness_seconds = Histogram(
+        self.freshness_seconds = BulkHistogram(
             "stream_app_freshness_seconds",
             "Time from an event (event time or produce time) until its rows are published.",
-            ["since"], buckets=FRESHNESS_BUCKETS_S, registry=r)
+            "since", FRESHNESS_BUCKETS_S, registry=r)
         self.table_rows = Gauge(
             "stream_app_table_rows", "Live rows per embedding table.", ["table"], registry=r)
         self.admissions = Counter(
@@ -204,7 +206,7 @@ class TrainerMetrics(_ProcessMetrics):
             for counter in (self.admissions, self.evictions, self.rows_published):
                 counter.labels(table=table)
         for since in FreshnessSince:
-            self.freshness_seconds.labels(since=since)
+            self.freshness_seconds.labels(since)
 
     def count_events(self, topic: str, outcome: EventOutcome, n: int = 1) -> None:
         """Count `n` events of one topic with one outcome."""
@@ -219,9 +221,8 @@ class TrainerMetrics(_ProcessMetrics):
 
     def observe_freshness(self, since: FreshnessSince, seconds: Iterable[float]) -> None:
         """One observation per published event; negative skew (clock drift) counts as 0."""
-        child = self.freshness_seconds.labels(since=since)
-        for value in seconds:
-            child.observe(max(float(value), 0.0))
+        values = np.fromiter(seconds, dtype=np.float64)
+        self.freshness_seconds.observe_many(since, np.maximum(values, 0.0))
 
 
 class ScorerMetrics(_ProcessMetrics):

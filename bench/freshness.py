@@ -1,0 +1,174 @@
+"""Freshness: produce → the user's row readable by a read_committed consumer.
+
+Events are produced at a fixed rate (open loop) to a running trainer process;
+a read_committed consumer tails `embeddings`. An event counts as fresh when a
+row of its user with `last_event_ts >= event.ts` becomes readable, and its
+freshness is that moment minus the event's send time (same clock, one host).
+Reference in the same run: the broker's own produce → read_committed consume
+latency of the input topic, i.e. what any pipeline pays before doing work.
+
+    python -m bench.freshness --rates 5000 20000 --seconds 20 --out bench/results/freshness.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+
+from bench.common import bench_broker, fresh_topics, machine, write_json
+from stream_app.codec import decode_embedding, encode_event, is_meta_key
+from stream_app.config import KafkaConfig
+from stream_app.events import Event, EventKind
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(kafka: KafkaConfig, topic: str) -> Consumer:
+    c = Consumer({"bootstrap.servers": kafka.bootstrap_servers,
+                  "group.id": f"fresh-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                  "isolation.level": "read_committed", "fetch.wait.max.ms": 5})
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    c.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
+    return c
+
+
+def measure(kafka: KafkaConfig, rate: float, seconds: float, users: int,
+            items: int) -> dict[str, Any]:
+    """Open-loop produce at `rate` for `seconds`; returns latency percentiles in ms."""
+    n = int(rate * seconds)
+    rng = np.random.default_rng(int(rate))
+    user_of = rng.integers(0, users, n)
+    item_of = rng.zipf(1.3, n) % items
+    base_ts = int(time.time() * 1000) - 3_600_000
+    sent: dict[str, list[tuple[int, float]]] = defaultdict(list)  # user -> [(ts, send time)]
+    seen_input: list[float] = []
+    fresh: list[float] = []
+    stop = threading.Event()
+    rows = _tail(kafka, kafka.topics.embeddings)
+    raw = _tail(kafka, kafka.topics.clicks)
+
+    def read() -> None:
+        while not stop.is_set():
+            for msg in rows.consume(1000, timeout=0.05):
+                if msg.error() or is_meta_key(msg.key()) or not msg.key().startswith(b"user:"):
+                    continue
+                now = time.monotonic()
+                row = decode_embedding(msg.key(), msg.value(), with_state=False)
+                if row is None:
+                    continue
+                pending = sent.get(row.id, [])
+                while pending and pending[0][0] <= row.last_event_ts:
+                    fresh.append(now - pending.pop(0)[1])
+            for msg in raw.consume(1000, timeout=0):
+                if msg.error() is None:
+                    seen_input.append(time.monotonic() - float(msg.headers()[0][1]))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "linger.ms": 1})
+    start = time.monotonic()
+    for i in range(n):
+        ahead = start + i / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+        user = f"u{user_of[i]}"
+        ev = Event(event_id=f"f{rate}-{i}", user_id=user, item_id=f"i{item_of[i]}",
+                   ts=base_ts + i, kind=EventKind.CLICK)
+        t = time.monotonic()
+        sent[user].append((ev.ts, t))
+        producer.produce(kafka.topics.clicks, key=user.encode(), value=encode_event(ev),
+                         headers=[("sent", repr(t).encode())])
+        producer.poll(0)
+    producer.flush(30)
+    achieved = n / (time.monotonic() - start)
+    deadline = time.monotonic() + 60
+    while sum(len(v) for v in sent.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    reader.join(5)
+    rows.close()
+    raw.close()
+    lost = sum(len(v) for v in sent.values())
+    return {"rate": rate, "achieved_rate": achieved, "events": n, "not_fresh_after_60s": lost,
+            "freshness_ms": _pct(fresh), "reference_input_read_committed_ms": _pct(seen_input)}
+
+
+def _warm_up(kafka: KafkaConfig, timeout_s: float = 90) -> None:
+    """Wait until the trainer has joined its group and published a first row."""
+    rows = _tail(kafka, kafka.topics.embeddings)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    ev = Event(event_id="warmup", user_id="warmup", item_id="i0",
+               ts=int(time.time() * 1000) - 3_600_000, kind=EventKind.CLICK)
+    producer.produce(kafka.topics.clicks, key=b"warmup", value=encode_event(ev),
+                     headers=[("sent", repr(time.monotonic()).encode())])
+    producer.flush(10)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if any(m.error() is None and m.key() == b"user:warmup"
+                   for m in rows.consume(100, timeout=0.2)):
+                return
+        raise RuntimeError("the trainer did not publish the warm-up row in time")
+    finally:
+        rows.close()
+
+
+def _pct(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    a = np.asarray(values) * 1000
+    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
+            "max": float(a.max()), "n": int(a.size)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rates", type=float, nargs="+", default=[5000, 20000])
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--items", type=int, default=5_000)
+    ap.add_argument("--batch-wait-ms", type=int, default=50)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    results = []
+    with bench_broker() as bootstrap:
+        for rate in args.rates:
+            with fresh_topics(bootstrap) as kafka:
+                results.append(_with_trainer(kafka, args, rate))
+    out = {"benchmark": "freshness", "machine": machine(), "params": vars(args) | {"out": None},
+           "results": results}
+    write_json(args.out, out)
+    return out
+
+
+def _with_trainer(kafka: KafkaConfig, args: argparse.Namespace, rate: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "stream_app.cli", "--log-level", "WARNING", "trainer",
+           "--bootstrap-servers", kafka.bootstrap_servers, "--topic-prefix", kafka.topic_prefix,
+           "--metrics-port", str(_free_port()), "--batch-wait-ms", str(args.batch_wait_ms),
+           "--group-id", f"fresh-{uuid.uuid4().hex[:6]}"]
+    proc = subprocess.Popen(cmd)  # noqa: S603
+    try:
+        _warm_up(kafka)
+        return measure(kafka, rate, args.seconds, args.users, args.items)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()

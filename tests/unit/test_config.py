@@ -1,0 +1,77 @@
+"""Configuration: precedence, validation messages, librdkafka merging and redaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stream_app.cli import main
+from stream_app.config import ConfigError, KafkaConfig, TopicNames, build, load_kafka, redact
+from stream_app.kafka.clients import consumer_config, merge, producer_config
+from stream_app.kafka.exceptions import ConfigConflictError
+from stream_app.trainer import TrainerConfig
+
+
+def test_precedence_defaults_file_env_flags() -> None:
+    file = {"batch_max": 10, "batch_wait_ms": 7}
+    env = {"STREAM_APP_TRAINER_BATCH_MAX": "20", "STREAM_APP_TRAINER_DEVICE": "cpu"}
+    cfg = build(TrainerConfig, "trainer", file, env, {"batch_max": 30, "group_id": None})
+    assert (cfg.batch_max, cfg.batch_wait_ms, cfg.device, cfg.group_id) == (
+        30, 7, "cpu", "stream-app-trainer")
+
+
+def test_unknown_file_key_names_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[trainer\]: batchmax"):
+        build(TrainerConfig, "trainer", {"batchmax": 1}, {}, {})
+
+
+def test_bad_values_say_what_to_fix() -> None:
+    with pytest.raises(ConfigError, match="trainer.batch_max must be > 0, got 0"):
+        build(TrainerConfig, "trainer", {}, {}, {"batch_max": 0})
+    with pytest.raises(ConfigError, match="STREAM_APP_TRAINER_BATCH_MAX='x' is not a valid int"):
+        build(TrainerConfig, "trainer", {}, {"STREAM_APP_TRAINER_BATCH_MAX": "x"}, {})
+    with pytest.raises(ConfigError, match="bootstrap_servers entries must be HOST:PORT"):
+        KafkaConfig(bootstrap_servers="localhost")
+    with pytest.raises(ConfigError, match="topic_prefix may only hold"):
+        TopicNames(prefix="bad prefix")
+
+
+def test_kafka_section_client_settings_merge_with_flags() -> None:
+    file = {"kafka": {"bootstrap_servers": "a:1", "client": {"linger.ms": 7}}}
+    kafka = load_kafka(file, {"STREAM_APP_TOPIC_PREFIX": "p."}, {"bootstrap_servers": None},
+                       {"acks": "1"})
+    assert kafka.bootstrap_servers == "a:1" and kafka.topic_prefix == "p."
+    assert dict(kafka.client) == {"linger.ms": "7", "acks": "1"}
+
+
+def test_enforced_settings_cannot_be_overridden() -> None:
+    kafka = KafkaConfig(client={"enable.auto.commit": "true"})
+    with pytest.raises(ConfigConflictError, match="enable.auto.commit"):
+        consumer_config(kafka, "c", "g")
+    kafka = KafkaConfig(client={"isolation.level": "read_committed", "linger.ms": "9"})
+    conf = consumer_config(kafka, "c", "g")
+    assert conf["isolation.level"] == "read_committed" and conf["enable.auto.commit"] is False
+    prod = producer_config(KafkaConfig(client={"linger.ms": "9"}), "p", transactional_id="t")
+    assert prod["transactional.id"] == "t" and prod["linger.ms"] == "9"
+    assert merge({"a": 1}, {"a": "2"}, {}) == {"a": "2"}
+
+
+def test_secrets_are_redacted_in_repr() -> None:
+    kafka = KafkaConfig(client={"sasl.password": "hunter2", "sasl.username": "bob",
+                                "ssl.key.password": "k", "sasl.oauthbearer.client.secret": "s"})
+    text = repr(kafka)
+    assert "hunter2" not in text and "bob" in text and "'s'" not in text
+    assert redact({"x.secret": "1"}) == {"x.secret": "***"}
+
+
+def test_cli_config_error_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "c.toml"
+    bad.write_text("[trainer]\nbatch_max = -1\n")
+    assert main(["trainer", "--config", str(bad), "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "trainer.batch_max must be > 0" in capsys.readouterr().err
+    assert main(["trainer", "-L", "dim=0", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "learner.dim must be > 0" in capsys.readouterr().err
+    bad.write_text("not toml [")
+    assert main(["topics", "create", "--config", str(bad)]) == 2
+    assert "is not valid TOML" in capsys.readouterr().err

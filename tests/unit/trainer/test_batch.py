@@ -1,0 +1,59 @@
+"""The trainer's pure batch rules: decoding into segments, DLQ records, output records."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream_app.codec import META_KEY, decode_dlq, decode_embedding, encode_event
+from stream_app.config import TopicNames
+from stream_app.events import EmbeddingRow, Event, EventKind
+from stream_app.kafka.consumer import RawRecord, next_offsets
+from stream_app.trainer.batch import CONTROL_HEADER, decode_batch, output_records
+
+TOPICS = TopicNames(prefix="t.")
+NOW = 1_700_000_000_000
+
+
+def _rec(offset: int, value: bytes | None, key: bytes | None = b"u1", topic: str = "t.clicks",
+         headers: tuple[tuple[str, bytes], ...] = ()) -> RawRecord:
+    return RawRecord(topic=topic, partition=1, offset=offset, key=key, value=value,
+                     timestamp_ms=NOW, headers=headers)
+
+
+def _event(i: int, ts: int = NOW - 1000, user: str = "u1") -> bytes:
+    return encode_event(Event(event_id=f"e{i}", user_id=user, item_id=f"i{i}", ts=ts,
+                              kind=EventKind.CLICK))
+
+
+def test_bad_records_are_dead_lettered_with_coordinates_and_good_ones_kept_in_order() -> None:
+    batch = [_rec(0, _event(0)), _rec(1, b"{not json"), _rec(2, _event(2)),
+             _rec(3, _event(3, ts=NOW + 10 * 86_400_000)), _rec(4, _event(4), key=b"u2")]
+    out = decode_batch(batch, TOPICS, now_ms=NOW, max_future_ms=86_400_000)
+    assert [e.event_id for e in out.segments[0]] == ["e0", "e2"]
+    assert [r.offset for r in out.records[0]] == [0, 2]
+    assert [(d.offset, d.reason) for d in out.dlq] == [
+        (1, "not_json"), (3, "bad_timestamp"), (4, "key_mismatch")]
+    assert all(d.source_topic == "t.clicks" and d.partition == 1 for d in out.dlq)
+
+
+def test_forget_control_records_split_the_batch_in_order() -> None:
+    forget = _rec(1, b'{"type":"forget"}', headers=((CONTROL_HEADER, b"forget"),))
+    out = decode_batch([_rec(0, _event(0)), forget, _rec(2, _event(2))], TOPICS,
+                       now_ms=NOW, max_future_ms=0)
+    assert out.forgets == ["u1"]
+    assert [[e.event_id for e in seg] for seg in out.segments] == [["e0"], ["e2"]]
+    assert next_offsets([_rec(0, None), forget, _rec(2, None)]) == {("t.clicks", 1): 3}
+
+
+def test_output_records_carry_rows_tombstones_meta_and_dlq() -> None:
+    row = EmbeddingRow(entity="user", id="u1", vector=np.ones(4, dtype=np.float32), bias=0.0,
+                       model_version="m", updates=2, updated_at=NOW, last_event_ts=NOW)
+    dlq = decode_batch([_rec(7, b"[]")], TOPICS, now_ms=NOW, max_future_ms=0).dlq
+    out = output_records(TOPICS, [row], ["item:i9"], {"model_version": "m", "updated_at": NOW},
+                         dlq)
+    assert [(o.topic, o.key) for o in out] == [
+        ("t.embeddings", b"user:u1"), ("t.embeddings", b"item:i9"),
+        ("t.embeddings", META_KEY), ("t.events-dlq", b"t.clicks:1:7")]
+    assert decode_embedding(out[0].key, out[0].value) == row
+    assert out[1].value is None
+    assert decode_dlq(out[3].value).reason == "not_object"
