@@ -1,0 +1,127 @@
+"""`stream-app report`: plots from a run's saved files (no broker, no trainer)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from stream_app.cli import main
+from stream_app.config import ConfigError
+from stream_app.kafka.transaction import TxnOutcome
+from stream_app.observability import FreshnessSince, TrainerMetrics
+from stream_app.report import PLOTS, Stats, build_report, load_stats, rolling, summary, throughput
+from stream_app.trainer.loop import BatchResult
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _batches(n: int = 120) -> list[BatchResult]:
+    """A plausible run: loss falls, the model overtakes popularity, one NaN batch."""
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(n):
+        out.append(BatchResult(
+            wall_ms=1_000_000 + i * 250, event_ts_max=978_300_000_000 + i * 3_600_000,
+            events=2000, applied=1990, dlq=10, rows=800,
+            loss=math.nan if i == 7 else 1.0 / (1 + i / 20) + rng.normal(0, 0.02),
+            hit_rate=min(0.05 + i / 400, 0.3), hit_rate_popularity=0.12,
+            recall=0.1, recall_popularity=0.1, mrr=0.05, mrr_popularity=0.04,
+            freshness_p50_s=0.2, freshness_p99_s=0.4 + (i % 5) / 10,
+            outcome=TxnOutcome.ABORTED if i == 9 else TxnOutcome.COMMITTED))
+    return out
+
+
+def _write_run(run: Path, batches: list[BatchResult], with_metrics: bool = True) -> None:
+    """Exactly what `stream-app trainer --stats-file` writes (orjson of the dataclass)."""
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "trainer-stats.jsonl").write_bytes(
+        b"".join(orjson.dumps(dataclasses.asdict(b)) + b"\n" for b in batches))
+    (run / "run.json").write_bytes(orjson.dumps({"k": 20}))
+    if with_metrics:
+        m = TrainerMetrics(CollectorRegistry(), k=20)
+        m.observe_freshness(FreshnessSince.PRODUCE_TIME, np.linspace(0.01, 3.0, 500))
+        (run / "trainer-metrics.prom").write_bytes(generate_latest(m.registry))
+
+
+def _assert_pngs(folder: Path) -> None:
+    for name in PLOTS:
+        data = (folder / name).read_bytes()
+        assert data.startswith(PNG_MAGIC), name
+        assert len(data) > 10_000, f"{name} looks empty ({len(data)} bytes)"
+
+
+def test_stats_skip_aborted_batches_and_restore_nan(tmp_path: Path) -> None:
+    _write_run(tmp_path, _batches())
+    stats = load_stats(tmp_path / "trainer-stats.jsonl")
+    assert len(stats) == 119
+    assert np.isnan(stats["loss"][7])
+    last = summary(stats)
+    assert last["hit_rate_popularity"] == pytest.approx(0.12)
+    assert 0.25 < last["hit_rate"] <= 0.3
+
+
+def test_build_report_writes_four_pngs(tmp_path: Path) -> None:
+    _write_run(tmp_path / "run", _batches())
+    paths = build_report(tmp_path / "run", tmp_path / "plots")
+    assert [p.name for p in paths] == list(PLOTS)
+    _assert_pngs(tmp_path / "plots")
+
+
+def test_report_without_the_metrics_page_still_plots(tmp_path: Path) -> None:
+    _write_run(tmp_path, _batches(5), with_metrics=False)
+    build_report(tmp_path)
+    _assert_pngs(tmp_path)
+
+
+def test_cli_report_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write_run(tmp_path / "run", _batches(30))
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
+    assert "loss.png" in capsys.readouterr().out
+    _assert_pngs(tmp_path / "out")
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "--stats-file" in capsys.readouterr().err
+
+
+def test_empty_or_broken_stats_are_config_errors(tmp_path: Path) -> None:
+    path = tmp_path / "trainer-stats.jsonl"
+    path.write_text("\n")
+    with pytest.raises(ConfigError, match="no committed batch"):
+        load_stats(path)
+    path.write_text("{not json\n")
+    with pytest.raises(ConfigError, match=":1: not JSON"):
+        load_stats(path)
+
+
+def test_rolling_mean_is_event_weighted_and_skips_nan() -> None:
+    values = np.array([0.0, 1.0, np.nan, 1.0])
+    weights = np.array([1.0, 3.0, 5.0, 1.0])
+    assert rolling(values, weights, 2).tolist() == [0.0, 0.75, 1.0, 1.0]
+    assert np.isnan(rolling(np.array([np.nan]), np.array([1.0]), 3)[0])
+
+
+def test_throughput_bins_events_by_commit_time() -> None:
+    stats = load_stats_from([(0, 100), (400, 100), (2500, 50)])
+    start, rate = throughput(stats)
+    assert start.tolist() == [0.0, 1.0, 2.0]
+    assert rate.tolist() == [200.0, 0.0, 50.0]
+
+
+def load_stats_from(rows: list[tuple[int, int]]) -> Stats:
+    return Stats({"wall_ms": np.array([float(w) for w, _ in rows]),
+                  "events": np.array([float(e) for _, e in rows])})
+
+
+def test_prequential_plots_follow_event_time_not_commit_order() -> None:
+    """Partitions are consumed unevenly: commit order is not event-time order."""
+    stats = Stats({"wall_ms": np.array([1.0, 2.0, 3.0]),
+                   "event_ts_max": np.array([300.0, 0.0, 100.0]),
+                   "hit_rate": np.array([0.3, np.nan, 0.1])})
+    ordered = stats.by_event_time()
+    assert ordered["event_ts_max"].tolist() == [100.0, 300.0]
+    assert ordered["hit_rate"].tolist() == [0.1, 0.3]
