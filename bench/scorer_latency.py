@@ -1,20 +1,32 @@
 """Scorer latency under open-loop load, over a real broker, against a scorer process.
 
-    python bench/scorer_latency.py --out scorer_latency.json          # 100K items, d=64
-    python bench/scorer_latency.py --quick --out /tmp/quick.json       # small and short
+    python -m bench.scorer_latency                      # 100K items, d=64, 500/2000/5000 req/s
+    python -m bench.scorer_latency --quick --threads 1  # 20K items, 3 s per rate, 500/2000
+    python -m bench.scorer_latency --quick --baseline-src /path/to/old/checkout
 
 Publishes `--items` item rows and `--users` user rows, starts `stream-app scorer`
 as a subprocess, waits for /readyz, then sends requests at fixed rates (open
-loop: each request has an intended send time n/rate, latency is measured from
-it, so a stalled generator cannot hide queueing) and reads the predictions
-back. Latency = receive time - intended send time, measured by this client.
-Reference: the same top-K computed in-process by a plain torch brute force.
+loop: each request has an intended send time n/rate and latency is measured
+from it, so a stalled generator cannot hide queueing) and reads the answers.
+
+Every answer is timed four ways (one wall clock, one machine):
+  send_lag   intended send time -> the client's produce() call
+  to_scorer  produce() -> the scorer polled it  (prediction CreateTime - latency_ms)
+  scorer     the scorer's own `latency_ms`: polled -> answer encoded
+  to_client  the answer's CreateTime (scorer produce()) -> the client read it
+`e2e` = read time - intended time. A rate is *sustained* when the generator
+kept the rate, >= 99 % of requests were answered before the run's end (+1 s),
+and the p99 over *all* sent requests (unanswered = infinite) is under
+`--target-p99-ms`. Reference: the same top-K in-process by plain torch brute
+force, with the scorer's thread count. `--baseline-src` runs a second scorer
+from another checkout first, on the same broker, topics and load (A/B).
+CPU use of the scorer, the broker and this client is reported per rate: on a
+small machine they share the cores, which is where much of the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import socket
 import subprocess
@@ -32,12 +44,16 @@ import orjson
 import torch
 from confluent_kafka import TopicPartition
 
+from bench.common import machine, write_json
 from stream_app.codec import encode_embedding, encode_score_request
 from stream_app.config import KafkaConfig
 from stream_app.events import EmbeddingRow, ScoreRequest
 from stream_app.kafka import broker
 from stream_app.kafka.admin import TopicPlan, create_topics
-from stream_app.kafka.clients import make_consumer, make_producer
+from stream_app.kafka.clients import LATENCY_PRODUCER_DEFAULTS, make_consumer, make_producer
+from stream_app.kafka.reply_reader import ReplyReader
+
+RESULTS = Path(__file__).with_name("results")
 
 
 def publish_rows(kafka: KafkaConfig, n_items: int, n_users: int, dim: int) -> None:
@@ -70,19 +86,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_scorer(kafka: KafkaConfig, port: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
+def start_group_at_end(kafka: KafkaConfig, group: str) -> None:
+    """Commit the end of `score-requests` for a new group, so a second scorer (A/B) does
+    not first replay every request sent to the one before it (auto.offset.reset=earliest)."""
+    consumer = make_consumer(kafka, "bench-seek", group)
+    topic = kafka.topics.score_requests
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = [TopicPartition(topic, p, consumer.get_watermark_offsets(
+            TopicPartition(topic, p), timeout=10)[1]) for p in parts]
+        consumer.commit(offsets=ends, asynchronous=False)
+    finally:
+        consumer.close()
+
+
+def start_scorer(kafka: KafkaConfig, args: argparse.Namespace, group: str,
+                 src: Path | None) -> tuple[subprocess.Popen[bytes], int]:
+    """A scorer process (from `src` when given) that is ready; returns it and its metrics port."""
+    port = free_port()
+    start_group_at_end(kafka, group)
     cmd = [sys.executable, "-m", "stream_app.cli", "--log-level", "WARNING", "scorer",
            "--bootstrap-servers", kafka.bootstrap_servers, "--topic-prefix", kafka.topic_prefix,
-           "--metrics-port", str(port), "--device", args.device,
-           "--batch-max", str(args.batch_max), "--batch-wait-ms", str(args.batch_wait_ms)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    proc = subprocess.Popen(cmd, env=env)
+           "--metrics-port", str(port), "--device", args.device, "--group-id", group,
+           "--batch-max", str(args.batch_max)]
+    if args.batch_wait_ms is not None:
+        cmd += ["--batch-wait-ms", str(args.batch_wait_ms)]
+    # Threads go by env so an older checkout without the setting still runs (OMP for it).
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
+           "STREAM_APP_SCORER_THREADS": str(args.threads)}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    proc = subprocess.Popen(cmd, env=env, cwd=src)  # noqa: S603
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:  # noqa: S310
                 if r.status == 200:
-                    return proc
+                    return proc, port
         except OSError:
             pass
         if proc.poll() is not None:
@@ -91,75 +131,137 @@ def start_scorer(kafka: KafkaConfig, port: int, args: argparse.Namespace) -> sub
     raise SystemExit("scorer not ready in 600 s")
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """user + system CPU seconds of a process (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Receiver(threading.Thread):
-    """Reads `predictions` from the current end; records receive time per request id."""
+    """Reads `predictions` from the current end: request id -> (read time, CreateTime ms, value)."""
 
     def __init__(self, kafka: KafkaConfig) -> None:
         super().__init__(daemon=True)
-        self.consumer = make_consumer(kafka, "bench-recv", f"bench-{uuid.uuid4().hex}")
-        topic = kafka.topics.predictions
-        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        self.consumer.assign([TopicPartition(topic, p, self.consumer.get_watermark_offsets(
-            TopicPartition(topic, p), timeout=10)[1]) for p in parts])
-        self.received: dict[str, float] = {}
+        self.reader = ReplyReader(kafka, kafka.topics.predictions, client_id="bench-recv",
+                                  group_id=f"bench-{uuid.uuid4().hex}")
+        self.reader.open()
+        self.received: dict[str, tuple[float, int, bytes]] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            for msg in self.consumer.consume(1000, timeout=0.05):
-                if msg.error() is None and msg.key() is not None:
-                    self.received.setdefault(msg.key().decode(), time.perf_counter())  # type: ignore[union-attr]
+        try:
+            while not self.stop.is_set():
+                for rec in self.reader.poll(5000, 0.05):
+                    if rec.key is not None and rec.value is not None:
+                        self.received.setdefault(rec.key.decode(),
+                                                 (time.time(), rec.timestamp_ms, rec.value))
+        finally:
+            self.reader.close()
 
 
-def run_rate(kafka: KafkaConfig, rate: float, duration: float, n_users: int, k: int,
-             recv: Receiver) -> dict[str, Any]:
-    fast = dataclasses.replace(kafka, client={"linger.ms": "1"})
-    producer = make_producer(fast, "bench-send")
+def send_at_rate(kafka: KafkaConfig, rate: float, duration: float, n_users: int, k: int,
+                 tag: str) -> tuple[dict[str, tuple[float, float]], float, float]:
+    """Open-loop sends; returns id -> (intended, sent) wall times, start and end of sending."""
+    producer = make_producer(kafka, "bench-send", **LATENCY_PRODUCER_DEFAULTS)
     n = int(rate * duration)
-    intended: dict[str, float] = {}
+    sent: dict[str, tuple[float, float]] = {}
     rng = np.random.default_rng(int(rate))
-    t0 = time.perf_counter() + 0.1
+    users = [f"u{int(u)}" for u in rng.integers(0, n_users, n)]
+    t0 = time.time() + 0.1
     for i in range(n):
-        rid = f"{int(rate)}-{i}-{uuid.uuid4().hex[:6]}"
+        rid = f"{tag}-{int(rate)}-{i}"
         at = t0 + i / rate
-        while (now := time.perf_counter()) < at:
+        while (now := time.time()) < at:
             time.sleep(min(at - now, 0.0005))
-        req = ScoreRequest(request_id=rid, user_id=f"u{int(rng.integers(0, n_users))}", k=k)
+        req = ScoreRequest(request_id=rid, user_id=users[i], k=k)
         producer.produce(kafka.topics.score_requests, key=req.user_id.encode(),
                          value=encode_score_request(req))
         producer.poll(0)
-        intended[rid] = at
-    send_end = time.perf_counter()
+        sent[rid] = (at, time.time())
+    end = time.time()
     producer.flush(30)
-    deadline = time.perf_counter() + 10
-    while time.perf_counter() < deadline and not intended.keys() <= recv.received.keys():
+    return sent, t0, end
+
+
+def _pcts(values: list[float] | np.ndarray, qs: tuple[float, ...] = (50, 99)) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    if not arr.size:
+        return {f"p{q:g}": float("nan") for q in qs}
+    return {f"p{q:g}": round(float(np.percentile(arr, q)), 3) for q in qs}
+
+
+def run_rate(kafka: KafkaConfig, rate: float, args: argparse.Namespace, recv: Receiver,
+             tag: str, pids: dict[str, int | None]) -> dict[str, Any]:
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    wall0 = time.time()
+    sent, t0, send_end = send_at_rate(kafka, rate, args.duration, args.users, args.k, tag)
+    window_end = t0 + args.duration + 1.0
+    while time.time() < window_end and not sent.keys() <= recv.received.keys():
+        time.sleep(0.02)
+    cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    wall1 = time.time()
+    drain_end = time.time() + 10  # stragglers: still timed, but they do not count as sustained
+    while time.time() < drain_end and not sent.keys() <= recv.received.keys():
         time.sleep(0.05)
-    lat = np.array([recv.received[r] - t for r, t in intended.items() if r in recv.received])
-    got = len(lat)
-    ms = (lambda q: float(np.percentile(lat, q) * 1000) if got else float("nan"))
-    return {"rate": rate, "sent": n, "answered": got, "send_rate": n / (send_end - t0),
-            "p50_ms": ms(50), "p99_ms": ms(99), "p999_ms": ms(99.9),
-            "max_ms": float(lat.max() * 1000) if got else float("nan"),
-            "sustained": got >= 0.99 * n and got > 0 and ms(99) < 1000}
+    n = len(sent)
+    e2e: list[float] = []
+    in_run = 0
+    parts: dict[str, list[float]] = {"send_lag": [], "to_scorer": [], "scorer": [],
+                                     "to_client": []}
+    for rid, (intended, at) in sent.items():
+        got = recv.received.get(rid)
+        if got is None:
+            continue
+        read, ts_ms, value = got
+        scorer_ms = float(orjson.loads(value)["latency_ms"])
+        e2e.append((read - intended) * 1000)
+        in_run += read <= window_end
+        parts["send_lag"].append((at - intended) * 1000)
+        parts["to_scorer"].append(ts_ms - scorer_ms - at * 1000)
+        parts["scorer"].append(scorer_ms)
+        parts["to_client"].append(read * 1000 - ts_ms)
+    p99_all = (float(np.percentile(np.array(e2e + [np.inf] * (n - len(e2e))), 99,
+                                   method="higher")) if n else float("inf"))
+    send_rate = n / max(send_end - t0, 1e-9)
+    sustained = (send_rate >= 0.98 * rate and in_run >= 0.99 * n
+                 and p99_all <= args.target_p99_ms)
+    span = wall1 - wall0
+    return {"rate": rate, "sent": n, "send_rate": round(send_rate, 1), "answered": len(e2e),
+            "answered_in_run": in_run, "p99_all_ms": round(p99_all, 3),
+            "e2e_ms": {**_pcts(e2e, (50, 90, 99, 99.9)),
+                       "max": round(max(e2e), 3) if e2e else float("nan")},
+            "scorer_ms": _pcts(parts["scorer"], (50, 90, 99)),
+            "breakdown_ms": {name: _pcts(v) for name, v in parts.items()},
+            "cpu_cores": {name: round((cpu1[name] - cpu0[name]) / span, 2) for name in pids},
+            "sustained": sustained}
 
 
 def warm_up(kafka: KafkaConfig, recv: Receiver) -> None:
     """Until the scorer's group join is done, nothing is answered: wait for a first answer."""
-    producer = make_producer(kafka, "bench-warm")
+    producer = make_producer(kafka, "bench-warm", **LATENCY_PRODUCER_DEFAULTS)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         rid = f"warm-{uuid.uuid4().hex}"
-        req = ScoreRequest(request_id=rid, user_id="u0", k=5)
-        producer.produce(kafka.topics.score_requests, key=b"u0", value=encode_score_request(req))
+        producer.produce(kafka.topics.score_requests, key=b"u0",
+                         value=encode_score_request(ScoreRequest(request_id=rid, user_id="u0",
+                                                                 k=5)))
         producer.flush(5)
-        time.sleep(0.5)
+        until = time.monotonic() + 0.5
+        while time.monotonic() < until and rid not in recv.received:
+            time.sleep(0.01)
         if rid in recv.received:
             return
     raise SystemExit("scorer never answered a warm-up request")
 
 
-def reference(n_items: int, dim: int, k: int, device: str) -> dict[str, float]:
+def reference(n_items: int, dim: int, k: int, device: str, threads: int) -> dict[str, float]:
     """Plain torch brute force in-process: per-request time at batch 1 and batch 64."""
+    torch.set_num_threads(threads)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     m = torch.randn(n_items, dim, device=dev)
@@ -174,63 +276,101 @@ def reference(n_items: int, dim: int, k: int, device: str) -> dict[str, float]:
         for _ in range(reps):
             v, _i = torch.topk(torch.addmm(b, u, m.T), k, dim=1)
             v.cpu()
-        out[f"brute_ms_per_request_batch{batch}"] = (time.perf_counter() - start) / reps / batch * 1000
+        per_request = (time.perf_counter() - start) / reps / batch
+        out[f"brute_ms_per_request_batch{batch}"] = per_request * 1000
     return out
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--items", type=int, default=100_000)
-    p.add_argument("--users", type=int, default=10_000)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--k", type=int, default=20)
+def run_scorer(kafka: KafkaConfig, args: argparse.Namespace, label: str, src: Path | None,
+               broker_pid: int | None) -> dict[str, Any]:
+    """One scorer process through every rate; stopped before returning."""
+    t = time.perf_counter()
+    proc, _port = start_scorer(kafka, args, f"bench-{label}-{uuid.uuid4().hex[:6]}", src)
+    load_s = time.perf_counter() - t
+    recv = Receiver(kafka)
+    recv.start()
+    try:
+        warm_up(kafka, recv)
+        pids = {"scorer": proc.pid, "broker": broker_pid, "client": os.getpid()}
+        rates = [run_rate(kafka, float(r), args, recv, label, pids)
+                 for r in args.rates.split(",")]
+    finally:
+        recv.stop.set()
+        proc.terminate()
+        proc.wait(30)
+        recv.join(10)
+    sustained = [r["rate"] for r in rates if r["sustained"]]
+    return {"src": str(src) if src else "this checkout", "load_s": round(load_s, 1),
+            "rates": rates, "max_sustained_rps": max(sustained) if sustained else 0.0}
+
+
+def summarise(run: dict[str, Any], ref: dict[str, float]) -> None:
+    """Overhead vs the in-process brute force, at the lowest rate (least queueing)."""
+    first = run["rates"][0]
+    brute = ref["brute_ms_per_request_batch1"]
+    run["overhead_ratio_e2e_p50_vs_brute_batch1"] = round(first["e2e_ms"]["p50"] / brute, 1)
+    run["overhead_ratio_scorer_p50_vs_brute_batch1"] = round(first["scorer_ms"]["p50"] / brute, 1)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--items", type=int, default=100_000, help="item rows (default 100000)")
+    p.add_argument("--users", type=int, default=10_000, help="user rows (default 10000)")
+    p.add_argument("--dim", type=int, default=64, help="embedding dimension (default 64)")
+    p.add_argument("--k", type=int, default=20, help="top-K per request (default 20)")
     p.add_argument("--rates", default="500,2000,5000", help="comma-separated req/s")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=2, help="torch threads in the scorer")
-    p.add_argument("--batch-max", type=int, default=256)
-    p.add_argument("--batch-wait-ms", type=float, default=2.0)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per rate (default 10)")
+    p.add_argument("--device", default="auto", help="scorer device (default auto)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads in the scorer")
+    p.add_argument("--batch-max", type=int, default=256, help="scorer batch_max (default 256)")
+    p.add_argument("--batch-wait-ms", type=float, help="scorer batch_wait_ms (its default)")
+    p.add_argument("--target-p99-ms", type=float, default=20.0,
+                   help="p99 end-to-end latency a sustained rate must meet (default 20)")
+    p.add_argument("--baseline-src", type=Path,
+                   help="also run the scorer of this checkout first, same load (A/B)")
     p.add_argument("--quick", action="store_true", help="20K items, 3 s per rate, 500,2000")
-    p.add_argument("--out", type=Path, help="write the JSON result here")
+    p.add_argument("--out", type=Path, help="JSON result (default bench/results/...)")
     args = p.parse_args()
     if args.quick:
         args.items, args.users, args.duration, args.rates = 20_000, 2_000, 3.0, "500,2000"
-    torch.set_num_threads(args.threads)
+    if args.out is None:
+        args.out = RESULTS / f"scorer_latency{'_quick' if args.quick else ''}.json"
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     given = os.environ.get("STREAM_APP_BOOTSTRAP_SERVERS")
-    settings = broker.BrokerSettings(port=0, state_dir=Path(tempfile.mkdtemp(prefix="bench-broker-")))
-    bootstrap = given or broker.start(settings).bootstrap_servers
-    proc: subprocess.Popen[bytes] | None = None
+    settings = broker.BrokerSettings(port=0, heap="1g",
+                                     state_dir=Path(tempfile.mkdtemp(prefix="bench-broker-")))
+    running = None if given else broker.start(settings)
+    bootstrap = given or running.bootstrap_servers  # type: ignore[union-attr]
     try:
-        kafka = KafkaConfig(bootstrap_servers=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:6]}.")
+        kafka = KafkaConfig(bootstrap_servers=bootstrap,
+                            topic_prefix=f"bench{uuid.uuid4().hex[:6]}.")
         create_topics(kafka, TopicPlan())
         t = time.perf_counter()
         publish_rows(kafka, args.items, args.users, args.dim)
-        port = free_port()
-        proc = start_scorer(kafka, port, args)
-        load_s = time.perf_counter() - t
-        recv = Receiver(kafka)
-        recv.start()
-        warm_up(kafka, recv)
-        results = [run_rate(kafka, float(r), args.duration, args.users, args.k, recv)
-                   for r in args.rates.split(",")]
-        recv.stop.set()
-        ref = reference(args.items, args.dim, args.k, args.device)
-        sustained = [r["rate"] for r in results if r["sustained"]]
-        p50 = results[0]["p50_ms"]
-        report = {"items": args.items, "dim": args.dim, "k": args.k, "device": args.device,
-                  "cpu_count": os.cpu_count(), "publish_and_load_s": load_s, "rates": results,
-                  "max_sustained_rps": max(sustained) if sustained else 0.0, "reference": ref,
-                  "overhead_ratio_p50_vs_brute_batch1":
-                      p50 / ref["brute_ms_per_request_batch1"]}
-        text = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
-        print(text)
-        if args.out:
-            args.out.write_text(text + "\n")
+        publish_s = time.perf_counter() - t
+        load_before = os.getloadavg()
+        broker_pid = running.pid if running else None
+        runs = {}
+        if args.baseline_src is not None:
+            runs["baseline"] = run_scorer(kafka, args, "base", args.baseline_src.resolve(),
+                                          broker_pid)
+        runs["current"] = run_scorer(kafka, args, "cur", None, broker_pid)
+        ref = reference(args.items, args.dim, args.k, args.device, args.threads)
+        for run in runs.values():
+            summarise(run, ref)
+        report = {"items": args.items, "users": args.users, "dim": args.dim, "k": args.k,
+                  "device": args.device, "threads": args.threads, "batch_max": args.batch_max,
+                  "batch_wait_ms": args.batch_wait_ms, "duration_s": args.duration,
+                  "target_p99_ms": args.target_p99_ms, "machine": machine(),
+                  "loadavg_before_after": [load_before, os.getloadavg()],
+                  "publish_s": round(publish_s, 1), "reference": ref, **runs}
+        write_json(args.out, report)
         return 0
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
         if not given:
             broker.stop(settings)
 

@@ -6,8 +6,10 @@ request may be answered twice: the client keeps the first answer per
 request_id and ignores the rest.
 
 The client reads every `predictions` partition from the end offsets taken
-when it starts (read_committed, no group, nothing committed), so it only sees
-answers to requests sent after it was created.
+when it starts (read_committed, no group, nothing committed; `ReplyReader`),
+so it only sees answers to requests sent after it was created. Requests go
+out with at most 1 ms of batching, and an answer is handed over as soon as it
+is fetched (no waiting for a full batch).
 """
 
 from __future__ import annotations
@@ -17,13 +19,11 @@ import uuid
 from collections.abc import Iterable
 from types import TracebackType
 
-from confluent_kafka import Consumer
-from confluent_kafka import TopicPartition as _TP
-
 from stream_app.codec import DecodeError, decode_prediction, encode_score_request
 from stream_app.config import KafkaConfig
 from stream_app.events import Prediction, ScoreRequest
-from stream_app.kafka.clients import make_consumer, make_producer
+from stream_app.kafka.clients import LATENCY_PRODUCER_DEFAULTS, make_producer
+from stream_app.kafka.reply_reader import ReplyReader
 
 
 class ScoreClient:
@@ -35,16 +35,12 @@ class ScoreClient:
 
     def __init__(self, kafka: KafkaConfig, *, client_id: str = "stream-app-client") -> None:
         self.topics = kafka.topics
-        self._producer = make_producer(kafka, f"{client_id}-producer")
-        self._consumer: Consumer = make_consumer(
-            kafka, f"{client_id}-consumer", f"{client_id}-{uuid.uuid4().hex[:8]}")
-        topic = self.topics.predictions
-        parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        # Exact end offsets now, not OFFSET_END: that is resolved lazily and could
-        # land after an answer to a request we are about to send.
-        ends = [_TP(topic, p, self._consumer.get_watermark_offsets(_TP(topic, p), timeout=10)[1])
-                for p in sorted(parts)]
-        self._consumer.assign(ends)
+        self._producer = make_producer(kafka, f"{client_id}-producer",
+                                       **LATENCY_PRODUCER_DEFAULTS)
+        self._answers_in = ReplyReader(kafka, self.topics.predictions,
+                                       client_id=f"{client_id}-consumer",
+                                       group_id=f"{client_id}-{uuid.uuid4().hex[:8]}")
+        self._answers_in.open()
         self._answers: dict[str, Prediction] = {}
         self.duplicates = 0
 
@@ -73,16 +69,12 @@ class ScoreClient:
         return {r: self._answers[r] for r in wanted if r in self._answers}
 
     def _receive(self, timeout: float) -> None:
-        for msg in self._consumer.consume(1000, timeout=timeout):
-            err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise RuntimeError(f"prediction consumer failed: {err.str()}")
-                continue
-            if msg.value() is None:
+        """Take the answers that are there (blocking at most `timeout` for the first)."""
+        for rec in self._answers_in.poll(1000, timeout):
+            if rec.value is None:
                 continue
             try:
-                pred = decode_prediction(msg.value())
+                pred = decode_prediction(rec.value)
             except DecodeError:
                 continue  # not ours to judge: the scorer validated what it wrote
             if pred.request_id in self._answers:
@@ -107,7 +99,7 @@ class ScoreClient:
 
     def close(self) -> None:
         self._producer.flush(10)
-        self._consumer.close()
+        self._answers_in.close()
 
     def __enter__(self) -> ScoreClient:
         return self

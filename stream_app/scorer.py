@@ -7,34 +7,38 @@ Wiring only (Kafka edges <-> `stream_app.serving`). One loop thread:
    the end offset taken at start. Until then requests are held up to
    `ready_hold_ms`, then answered from the partial table with `ready: false`.
 2. Read `score-requests` in the scorer group (cooperative-sticky,
-   read_committed), micro-batch them (`batch_max` / `batch_wait_ms`), rank the
-   batch with one top-K call and produce one prediction per request, keyed by
-   request id. A malformed request gets an error prediction (when it carries a
-   request id) and a DLQ record on `events-dlq` with its reason.
+   read_committed) with low-latency fetch settings. A poll returns as soon as
+   one request is there, with whatever else is already fetched; that batch
+   (`batch_max`, plus `batch_wait_ms` of waiting, 0 by default) is ranked with
+   one top-K call and one prediction per request is produced, keyed by
+   request id. Under load, requests that arrive while a batch is ranked make
+   up the next batch, so batches grow with the load without a fixed wait.
+   A malformed request gets an error prediction (when it carries a request
+   id) and a DLQ record on `events-dlq` with its reason.
 3. Commit request offsets only after everything produced for them is
-   acknowledged: at-least-once. After a crash or rebalance a request may be
+   acknowledged, at most every `commit_interval_ms` (each commit is a write
+   on the broker): at-least-once. After a crash or rebalance a request may be
    answered twice, so clients dedupe by request_id (`ScoreClient` does).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer
-from confluent_kafka import TopicPartition as _TP
 from prometheus_client import CollectorRegistry
 
 from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.kafka.admin import require_topics
-from stream_app.kafka.clients import make_consumer, make_producer
+from stream_app.kafka.consumer import Partition, RawRecord
 from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.reply_producer import ReplyProducer
+from stream_app.kafka.request_consumer import RequestConsumer
+from stream_app.kafka.tail import TailReader
 from stream_app.observability import MetricsServer, ScorerMetrics
-from stream_app.serving import EmbeddingTable, ScorerConfig, resolve_device
+from stream_app.serving import EmbeddingTable, ScorerConfig, resolve_device, set_threads
 from stream_app.serving.answers import BatchAnswer, answer_batch, apply_embedding
 from stream_app.serving.batching import CommitTracker, Pending, due, next_offsets
 from stream_app.serving.loading import LoadProgress
@@ -42,9 +46,9 @@ from stream_app.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
-PRODUCER_LATENCY_DEFAULTS = {"linger.ms": "1"}
-"""Predictions are latency-bound: a user's -X linger.ms still wins over this."""
 ERROR_REASONS = (*[r.value for r in DlqReason], "bad_embedding", "delivery")
+IDLE_POLL_S = 0.05
+"""Longest block on an empty request topic (bounds how stale the table may get meanwhile)."""
 
 
 class Scorer:
@@ -70,6 +74,7 @@ class Scorer:
         self._tracker = CommitTracker()
         self._last_input = time.monotonic()
         self._last_lag = 0.0
+        self._last_commit = 0.0
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: ready only once the initial `embeddings` load caught up."""
@@ -79,65 +84,54 @@ class Scorer:
 
     def run(self) -> int:
         """Serve until stopped; 0 on a clean stop, 1 if a prediction could not be delivered."""
-        t = self.topics
+        t, cid = self.topics, self.cfg.client_id
         require_topics(self.kafka, [t.embeddings, t.score_requests, t.predictions, t.dlq])
+        if self.cfg.threads is not None:
+            set_threads(self.cfg.threads)
         with MetricsServer(self.registry, self.cfg.metrics_host, self.cfg.metrics_port,
-                           ready=self.readiness) as server:
+                           ready=self.readiness) as server, \
+                TailReader(self.kafka, t.embeddings, client_id=f"{cid}-embeddings") as tail:
             self.metrics_port = server.port
-            fast = dataclasses.replace(
-                self.kafka, client={**PRODUCER_LATENCY_DEFAULTS, **self.kafka.client})
-            producer = make_producer(fast, f"{self.cfg.client_id}-producer")
-            tail = self._open_tail()
-            requests = make_consumer(self.kafka, f"{self.cfg.client_id}-requests",
-                                     self.cfg.group_id)
+            producer = ReplyProducer(self.kafka, client_id=f"{cid}-producer")
+            self._open_tail(tail)
+            requests = RequestConsumer(
+                self.kafka, client_id=f"{cid}-requests", group_id=self.cfg.group_id,
+                topics=[t.score_requests], on_lost=self._forget,
+                on_revoke=lambda parts: self._on_revoke(producer, requests, parts))
             try:
-                requests.subscribe([t.score_requests], on_assign=self._on_assign,
-                                   on_revoke=self._revoker(producer, requests),
-                                   on_lost=self._on_lost)
                 return self._loop(tail, requests, producer)
             finally:
-                self._shutdown(tail, requests, producer)
+                self._shutdown(requests, producer)
 
     # -- embeddings ---------------------------------------------------------------------
-    def _open_tail(self) -> Consumer:
+    def _open_tail(self, tail: TailReader) -> None:
         """Assign every `embeddings` partition from the beginning; note the end offsets."""
-        topic = self.topics.embeddings
-        tail = make_consumer(self.kafka, f"{self.cfg.client_id}-embeddings",
-                             f"{self.cfg.group_id}-embeddings-unused",
-                             **{"enable.partition.eof": True})
-        parts = sorted(tail.list_topics(topic, timeout=10).topics[topic].partitions)
-        ends = {p: tail.get_watermark_offsets(_TP(topic, p), timeout=10)[1] for p in parts}
+        ends = tail.open()
         self._progress = LoadProgress(ends=ends)
-        log.info("loading topic=%s end_offsets=%s", topic, ends)
-        tail.assign([_TP(topic, p, OFFSET_BEGINNING) for p in parts])
+        log.info("loading topic=%s end_offsets=%s", tail.topic, ends)
         self._check_ready()
-        return tail
 
-    def _tail(self, tail: Consumer, timeout: float) -> None:
+    def _tail(self, tail: TailReader, timeout: float) -> None:
         """Apply one poll's worth of embedding rows and tombstones to the table."""
-        msgs = tail.consume(self.cfg.load_batch, timeout=timeout)
-        if not msgs:
+        batch = tail.poll(self.cfg.load_batch, timeout)
+        if not batch.records and not batch.eof:
             return
-        for msg in msgs:
-            err = msg.error()
-            if err is None:
-                self._apply_row(msg)
-                self._progress.read(msg.partition() or 0, msg.offset() or 0)
-            elif err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
-                self._progress.eof(msg.partition() or 0, msg.offset() or 0)
-            else:
-                _check_error(err)
+        for rec in batch.records:
+            self._apply_row(rec)
+            self._progress.read(rec.partition, rec.offset)
+        for partition, offset in batch.eof.items():
+            self._progress.eof(partition, offset)
         self._last_input = time.monotonic()
         self.table.flush()
         self._report_table()
         self._check_ready()
 
-    def _apply_row(self, msg: Message) -> None:
-        reason = apply_embedding(self.table, msg.key(), msg.value())
+    def _apply_row(self, rec: RawRecord) -> None:
+        reason = apply_embedding(self.table, rec.key, rec.value)
         if reason is not None:
             self.metrics.errors.labels(reason="bad_embedding").inc()
             log.warning("bad embedding row partition=%s[%s] offset=%s reason=%s",
-                        msg.topic(), msg.partition(), msg.offset(), reason)
+                        rec.topic, rec.partition, rec.offset, reason)
 
     def _report_table(self) -> None:
         self.metrics.table_rows.labels(table="user").set(self.table.n_users)
@@ -153,23 +147,17 @@ class Scorer:
                      self.table.n_items, self._progress.records)
 
     # -- requests -----------------------------------------------------------------------
-    def _poll_requests(self, requests: Consumer, timeout: float) -> None:
-        """Block up to `timeout` for the first request, then drain what is already fetched."""
+    def _poll_requests(self, requests: RequestConsumer, timeout: float) -> None:
+        """Block up to `timeout` for the first request, then take what is already fetched."""
         room = self.cfg.batch_max - len(self._pending)
         if room <= 0:
             return
-        first = requests.poll(timeout)
-        if first is None:
+        records = requests.poll(room, timeout)
+        if not records:
             return
-        msgs = [first, *requests.consume(room - 1, timeout=0)] if room > 1 else [first]
         now = time.monotonic()
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                _check_error(err)
-                continue
-            self._pending.append(Pending(msg.topic() or "", msg.partition() or 0,
-                                         msg.offset() or 0, now, msg.key(), msg.value()))
+        self._pending.extend(Pending(r.topic, r.partition, r.offset, now, r.key, r.value)
+                             for r in records)
         self._last_input = now
 
     def _request_timeout(self, now: float) -> float:
@@ -177,54 +165,41 @@ class Scorer:
         if not self.ready.is_set():
             return 0.0
         if not self._pending:
-            return 0.05
+            return IDLE_POLL_S
         left = self._pending[0].arrival + self.cfg.batch_wait_ms / 1000.0 - now
         return max(0.0, left)
 
-    def _on_assign(self, _c: Consumer, parts: list[_TP]) -> None:
-        log.info("assigned partitions=%s", [(tp.topic, tp.partition) for tp in parts])
+    def _on_revoke(self, producer: ReplyProducer, requests: RequestConsumer,
+                   parts: list[Partition]) -> None:
+        # Commit what was answered before the partitions move, so the new
+        # owner does not answer it again; unanswered requests are dropped
+        # here and re-read by the new owner from the committed offset.
+        producer.flush(10)
+        self._commit(requests, asynchronous=False)
+        self._forget(parts)
 
-    def _revoker(self, producer: Producer, requests: Consumer) -> Callable[[Consumer, list[_TP]],
-                                                                            None]:
-        def on_revoke(_c: Consumer, parts: list[_TP]) -> None:
-            # Commit what was answered before the partitions move, so the new
-            # owner does not answer it again; unanswered requests are dropped
-            # here and re-read by the new owner from the committed offset.
-            producer.flush(10)
-            self._commit(requests, asynchronous=False)
-            self._forget([(tp.topic, tp.partition) for tp in parts])
-        return on_revoke
-
-    def _on_lost(self, _c: Consumer, parts: list[_TP]) -> None:
-        self._forget([(tp.topic, tp.partition) for tp in parts])
-
-    def _forget(self, gone: list[tuple[str, int]]) -> None:
+    def _forget(self, gone: list[Partition]) -> None:
         lost = set(gone)
         self._pending = [p for p in self._pending if (p.topic, p.partition) not in lost]
         self._tracker.drop(lost)
         self.metrics.forget_partitions(gone)
         log.info("revoked partitions=%s", gone)
 
-    def _commit(self, requests: Consumer, *, asynchronous: bool = True) -> None:
+    def _commit(self, requests: RequestConsumer, *, asynchronous: bool = True) -> None:
         failure = self._tracker.failure()
         if failure is not None:
             raise KafkaEdgeError(f"a prediction was not delivered ({failure}); stopping "
                                  "without committing it, so it is answered after restart")
-        offsets = self._tracker.take()
-        if not offsets:
-            return
-        parts = [_TP(t, p, o) for (t, p), o in offsets.items()]
-        if asynchronous:
-            requests.commit(offsets=parts, asynchronous=True)
-        else:
-            requests.commit(offsets=parts, asynchronous=False)
+        requests.commit(self._tracker.take(), asynchronous=asynchronous)
+        self._last_commit = time.monotonic()
 
     # -- loop ---------------------------------------------------------------------------
-    def _loop(self, tail: Consumer, requests: Consumer, producer: Producer) -> int:
+    def _loop(self, tail: TailReader, requests: RequestConsumer, producer: ReplyProducer) -> int:
         cfg = self.cfg
+        commit_every = cfg.commit_interval_ms / 1000.0
         while not self.stop.is_set():
             ready = self.ready.is_set()
-            self._tail(tail, 0.0 if ready else 0.05)
+            self._tail(tail, 0.0 if ready else IDLE_POLL_S)
             self._poll_requests(requests, self._request_timeout(time.monotonic()))
             now = time.monotonic()
             if due(self._pending, now, ready=self.ready.is_set(), batch_max=cfg.batch_max,
@@ -232,7 +207,8 @@ class Scorer:
                    ready_hold_s=cfg.ready_hold_ms / 1000.0):
                 self._answer(producer)
             producer.poll(0)
-            self._commit(requests)
+            if now - self._last_commit >= commit_every:
+                self._commit(requests)
             if now - self._last_lag >= cfg.lag_interval_s:
                 self._last_lag = now
                 self._report_lag(tail, requests)
@@ -240,22 +216,23 @@ class Scorer:
                 break
         return 0
 
-    def _answer(self, producer: Producer) -> None:
+    def _answer(self, producer: ReplyProducer) -> None:
         """Rank the pending batch, produce its answers, and track them for the commit."""
         batch, self._pending = self._pending, []
         result = answer_batch(self.table, batch, topics=self.topics, cfg=self.cfg,
                               ready=self.ready.is_set())
         tracked = self._tracker.open(next_offsets(batch))
 
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            self._tracker.delivered(tracked, None if err is None else err.str())
-            if err is not None:
+        def on_delivered(error: str | None) -> None:
+            self._tracker.delivered(tracked, error)
+            if error is not None:
                 self.metrics.errors.labels(reason="delivery").inc()
 
         for rec in result.records:
             self._tracker.sent(tracked)
-            _produce(producer, rec.topic, rec.key, rec.value, on_delivery)
+            producer.send(rec.topic, rec.key, rec.value, on_delivered)
         self._tracker.seal(tracked)
+        producer.poll(0)  # hand the answers to the network thread now, not at the next turn
         self._observe(batch, result)
 
     def _observe(self, batch: list[Pending], result: BatchAnswer) -> None:
@@ -279,17 +256,13 @@ class Scorer:
             return True
         return False
 
-    def _report_lag(self, *consumers: Consumer) -> None:
-        for consumer in consumers:
-            parts = consumer.assignment()
-            if not parts:
-                continue
-            for tp in consumer.position(parts):
-                _low, high = consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
-                if tp.offset >= 0 and high >= 0:
-                    self.metrics.set_lag(tp.topic, tp.partition, high - tp.offset)
+    def _report_lag(self, tail: TailReader, requests: RequestConsumer) -> None:
+        for partition, lag in tail.lag().items():
+            self.metrics.set_lag(tail.topic, partition, lag)
+        for (topic, partition), lag in requests.lag().items():
+            self.metrics.set_lag(topic, partition, lag)
 
-    def _shutdown(self, tail: Consumer, requests: Consumer, producer: Producer) -> None:
+    def _shutdown(self, requests: RequestConsumer, producer: ReplyProducer) -> None:
         """Answer what is pending, wait for deliveries, commit them, leave the group."""
         try:
             if self._pending:
@@ -301,24 +274,7 @@ class Scorer:
                 self._commit(requests, asynchronous=False)
         finally:
             requests.close()
-            tail.close()
             log.info("scorer stopped")
-
-
-def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes,
-             on_delivery: Callable[[KafkaError | None, Message], None]) -> None:
-    while True:
-        try:
-            producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
-            return
-        except BufferError:  # local queue full: serve delivery reports, then retry
-            producer.poll(0.05)
-
-
-def _check_error(err: KafkaError) -> None:
-    if err.fatal():
-        raise KafkaEdgeError(f"consumer failed fatally: {err.str()}")
-    log.warning("consumer error code=%s reason=%s", err.name(), err.str())
 
 
 def run_scorer(kafka: KafkaConfig, cfg: ScorerConfig, *, registry: CollectorRegistry | None = None,

@@ -27,6 +27,7 @@ from stream_app.codec.embeddings import (
     encode_embedding,
     encode_meta,
     is_meta_key,
+    split_embedding_key,
 )
 from stream_app.codec.events import decode_event, encode_event, event_key, parse_event
 from stream_app.codec.exceptions import DecodeError, DlqReason, EncodeError, SchemaError
@@ -68,4 +69,5 @@ __all__ = [
     "load_schemas",
     "make_dlq_record",
     "parse_event",
+    "split_embedding_key",
 ]

@@ -78,7 +78,7 @@ def decode_embedding(
     The key must be `user:<id>` / `item:<id>` matching the value's entity and id;
     `meta:trainer` is refused with reason bad_key (check `is_meta_key` first).
     """
-    entity, ident = _split_key(decode_key(key))
+    entity, ident = split_embedding_key(key)
     if value is None:
         return None
     obj = _validated(_ROW, check_value(value, MESSAGE_MAX_BYTES))
@@ -175,12 +175,18 @@ def _decode_array(obj: dict[str, Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
     return np.frombuffer(raw, dtype=_F32).astype(np.float32).reshape(shape)
 
 
-def _split_key(key: str) -> tuple[Entity, str]:
-    prefix, sep, ident = key.partition(":")
+def split_embedding_key(key: bytes | None) -> tuple[Entity, str]:
+    """`b"user:u7"` -> `("user", "u7")`; anything else raises `DecodeError` (bad_key).
+
+    >>> split_embedding_key(b"item:i9")
+    ('item', 'i9')
+    """
+    text = decode_key(key)
+    prefix, sep, ident = text.partition(":")
     entity = _ENTITIES.get(prefix)
     if not sep or entity is None or not ident:
         raise DecodeError(
-            DlqReason.BAD_KEY, f"embeddings key {key[:80]!r} is not user:<id> / item:<id>"
+            DlqReason.BAD_KEY, f"embeddings key {text[:80]!r} is not user:<id> / item:<id>"
         )
     return entity, ident
 

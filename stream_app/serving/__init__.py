@@ -6,7 +6,7 @@ Imports torch, never confluent_kafka; `stream_app.scorer` wires it to Kafka.
 from __future__ import annotations
 
 from stream_app.serving.config import ScorerConfig
-from stream_app.serving.device import resolve_device
+from stream_app.serving.device import resolve_device, set_threads
 from stream_app.serving.table import EmbeddingTable, TableError, UserState
 from stream_app.serving.topk import COLD_USER, UNKNOWN_USER, Ranking, explain, rank
 
@@ -21,4 +21,5 @@ __all__ = [
     "explain",
     "rank",
     "resolve_device",
+    "set_threads",
 ]

@@ -20,6 +20,7 @@ from stream_app.codec import (
     encode_dlq,
     encode_prediction,
     is_meta_key,
+    split_embedding_key,
 )
 from stream_app.codec import decode_score_request as _decode_request
 from stream_app.codec.fastcheck import fast_id
@@ -130,8 +131,7 @@ def apply_embedding(table: EmbeddingTable, key: bytes | None, value: bytes | Non
     try:
         row = decode_embedding(key, value)
         if row is None:
-            entity, _, ident = (key or b"").decode("utf-8").partition(":")
-            table.delete("user" if entity == "user" else "item", ident)
+            table.delete(*split_embedding_key(key))
         else:
             table.upsert(row)
     except DecodeError as err:

@@ -20,7 +20,15 @@ class ScorerConfig:
 
     - `batch_max` / `batch_wait_ms`: a micro-batch is scored when it holds
       `batch_max` requests or its oldest request has waited `batch_wait_ms`
-      (bounded count and wait; one top-K call per batch).
+      (bounded count and wait; one top-K call per batch). The default wait is
+      0: a batch is what arrived while the previous one was ranked, so it
+      grows with the load by itself and a lone request waits for nothing.
+    - `commit_interval_ms`: request offsets (of acknowledged answers only) are
+      committed at most this often; a crash re-answers at most that much
+      (clients dedupe by request_id). Each commit is a broker write.
+    - `threads`: torch intra-op threads (`torch.set_num_threads` at start);
+      None keeps torch's default (one per core). On a small machine shared
+      with the broker, 1 avoids fighting it for the cores.
     - `ready_hold_ms`: while `embeddings` is still being loaded, requests are
       held up to this long hoping the load finishes; after that they are
       answered from the partial table with `ready: false` (never silently).
@@ -45,7 +53,9 @@ class ScorerConfig:
     metrics_port: int = 9465
     exit_when_idle: float | None = None
     batch_max: int = 256
-    batch_wait_ms: float = 2.0
+    batch_wait_ms: float = 0.0
+    commit_interval_ms: float = 200.0
+    threads: int | None = None
     ready_hold_ms: float = 2000.0
     load_batch: int = 5000
     max_k: int = 1000
@@ -60,7 +70,7 @@ class ScorerConfig:
         for name in ("history_max", "min_user_updates"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"scorer.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_wait_ms", "ready_hold_ms"):
+        for name in ("batch_wait_ms", "ready_hold_ms", "commit_interval_ms"):
             if not 0 <= getattr(self, name) <= 60_000:
                 raise ConfigError(f"scorer.{name} must be in 0..60000 ms, "
                                   f"got {getattr(self, name)}")
@@ -79,6 +89,9 @@ class ScorerConfig:
             raise ConfigError(f"scorer.exit_when_idle must be > 0 seconds (or unset), "
                               f"got {self.exit_when_idle}")
         _positive("lag_interval_s", self.lag_interval_s)
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"scorer.threads must be >= 1 (or unset for torch's default), "
+                              f"got {self.threads}")
 
 
 def _positive(name: str, value: float) -> None:

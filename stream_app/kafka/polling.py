@@ -1,0 +1,55 @@
+"""Low-latency polling: wait for the first record only, then take what is already fetched.
+
+`Consumer.consume(n, timeout)` returns when it has `n` messages *or* the
+timeout expired, so on a trickle of requests it always waits the full timeout.
+`poll_available` blocks only until one message is there and then drains the
+local queue without waiting, so a lone request is handed out at once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import Consumer, KafkaError, Message
+
+from stream_app.kafka.consumer import RawRecord, to_record
+from stream_app.kafka.exceptions import KafkaEdgeError
+
+log = logging.getLogger(__name__)
+
+
+def poll_available(consumer: Consumer, max_records: int,
+                   timeout_s: float) -> tuple[list[RawRecord], dict[int, int]]:
+    """Up to `max_records` records, blocking at most `timeout_s` for the first one.
+
+    Returns the records and the partition-EOF positions seen (partition -> offset;
+    only when the consumer has `enable.partition.eof`). Non-fatal errors are
+    logged; a fatal one raises `KafkaEdgeError`.
+    """
+    if max_records <= 0:
+        return [], {}
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return [], {}
+    msgs = [first]
+    if max_records > 1:
+        msgs.extend(consumer.consume(max_records - 1, timeout=0))
+    records: list[RawRecord] = []
+    eof: dict[int, int] = {}
+    for msg in msgs:
+        err = msg.error()
+        if err is None:
+            records.append(to_record(msg))
+        elif err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
+            eof[msg.partition() or 0] = msg.offset() or 0
+        else:
+            raise_if_fatal(err, msg)
+    return records, eof
+
+
+def raise_if_fatal(err: KafkaError, msg: Message | None = None) -> None:
+    """Raise a fatal client error as ours; log the rest (librdkafka retries them)."""
+    if err.fatal():
+        raise KafkaEdgeError(f"consumer failed fatally: {err.str()}")
+    where = f" partition={msg.topic()}[{msg.partition()}]" if msg is not None else ""
+    log.warning("consumer error code=%s%s reason=%s", err.name(), where, err.str())

@@ -1,0 +1,63 @@
+"""`ReplyReader`: read every partition of a reply topic from the end offsets taken at `open()`.
+
+The request client (and the latency bench) reads `predictions` with it: no
+group and nothing committed, read_committed, and only answers produced after
+`open()` are seen. Exact end offsets are taken up front, not OFFSET_END: that
+one is resolved lazily and could land after an answer to a request sent next.
+`poll` returns as soon as one answer is there (low-latency defaults apply).
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import TopicPartition as _TP
+
+from stream_app.config import KafkaConfig
+from stream_app.kafka.clients import LATENCY_CONSUMER_DEFAULTS, make_consumer
+from stream_app.kafka.consumer import RawRecord
+from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.polling import poll_available
+
+
+class ReplyReader:
+    """`open()` assigns `topic` at its current ends; `poll` hands out what arrives after."""
+
+    def __init__(self, kafka: KafkaConfig, topic: str, *, client_id: str, group_id: str) -> None:
+        self.kafka, self.topic, self.client_id, self.group_id = kafka, topic, client_id, group_id
+        self._consumer: Consumer | None = None
+
+    def open(self, timeout_s: float = 10.0) -> None:
+        consumer = make_consumer(self.kafka, self.client_id, self.group_id,
+                                 **LATENCY_CONSUMER_DEFAULTS)
+        self._consumer = consumer
+        try:
+            meta = consumer.list_topics(self.topic, timeout=timeout_s)
+            if self.topic not in meta.topics or meta.topics[self.topic].error is not None:
+                raise KafkaEdgeError(f"topic {self.topic} does not exist")
+            ends = [_TP(self.topic, p,
+                        consumer.get_watermark_offsets(_TP(self.topic, p), timeout=timeout_s)[1])
+                    for p in sorted(meta.topics[self.topic].partitions)]
+            consumer.assign(ends)
+        except KafkaException as exc:
+            raise KafkaEdgeError(f"cannot open {self.topic}: {exc}") from exc
+
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        """Up to `max_records` answers, blocking at most `timeout_s` for the first one."""
+        if self._consumer is None:
+            raise KafkaEdgeError(f"ReplyReader({self.topic}) used before open()")
+        records, _eof = poll_available(self._consumer, max_records, timeout_s)
+        return records
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def __enter__(self) -> ReplyReader:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

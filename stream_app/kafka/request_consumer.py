@@ -1,0 +1,102 @@
+"""`RequestConsumer`: a low-latency group member for request topics, with explicit commits.
+
+Unlike `GroupConsumer.poll_batch` (which waits its whole timeout to fill a
+micro-batch: right for the trainer), `poll` returns as soon as one request is
+there, with whatever else is already fetched. Offsets are committed only when
+the caller says so (`commit`), after its answers are acknowledged:
+at-least-once. Low-latency librdkafka defaults (LATENCY_CONSUMER_DEFAULTS)
+apply to this consumer only; a user's -X still wins.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+
+from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import TopicPartition as _TP
+
+from stream_app.config import KafkaConfig
+from stream_app.kafka.clients import LATENCY_CONSUMER_DEFAULTS, make_consumer
+from stream_app.kafka.consumer import Partition, RawRecord
+from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.polling import poll_available
+
+log = logging.getLogger(__name__)
+
+OnPartitions = Callable[[list[Partition]], None]
+
+
+class RequestConsumer:
+    """Subscribe `topics` in `group_id`; rebalance callbacks get `(topic, partition)` lists.
+
+    `on_revoke` runs inside `poll`, before the partitions move: the place to
+    commit what was answered (`commit(..., asynchronous=False)`). `on_lost`
+    means they already moved: nothing may be committed for them.
+    """
+
+    def __init__(self, kafka: KafkaConfig, *, client_id: str, group_id: str,
+                 topics: Sequence[str], on_assign: OnPartitions | None = None,
+                 on_revoke: OnPartitions | None = None,
+                 on_lost: OnPartitions | None = None) -> None:
+        self._consumer: Consumer = make_consumer(kafka, client_id, group_id,
+                                                 **LATENCY_CONSUMER_DEFAULTS)
+        self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
+        self._consumer.subscribe(list(topics), on_assign=self._assigned,
+                                 on_revoke=self._revoked, on_lost=self._lost)
+
+    def _assigned(self, _c: Consumer, parts: list[_TP]) -> None:
+        got = [(tp.topic, tp.partition) for tp in parts]
+        log.info("assigned partitions=%s", got)
+        if self._on_assign is not None:
+            self._on_assign(got)
+
+    def _revoked(self, _c: Consumer, parts: list[_TP]) -> None:
+        if self._on_revoke is not None:
+            self._on_revoke([(tp.topic, tp.partition) for tp in parts])
+
+    def _lost(self, _c: Consumer, parts: list[_TP]) -> None:
+        if self._on_lost is not None:
+            self._on_lost([(tp.topic, tp.partition) for tp in parts])
+
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        """Up to `max_records` requests, blocking at most `timeout_s` for the first one."""
+        records, _eof = poll_available(self._consumer, max_records, timeout_s)
+        return records
+
+    def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool = True) -> None:
+        """Commit next-offsets per partition (last answered offset + 1)."""
+        if not offsets:
+            return
+        parts = [_TP(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=parts, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=parts, asynchronous=False)
+        except KafkaException as exc:
+            raise KafkaEdgeError(f"offset commit failed: {exc}") from exc
+
+    def lag(self) -> dict[Partition, int]:
+        """Requests behind the high watermark per assigned partition (cached statistics)."""
+        out: dict[Partition, int] = {}
+        parts = self._consumer.assignment()
+        if not parts:
+            return out
+        for tp in self._consumer.position(parts):
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+            if tp.offset >= 0 and high >= 0:
+                out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        return out
+
+    def close(self) -> None:
+        """Leave the group (revoking, so `on_revoke` may commit once more)."""
+        self._consumer.close()
+
+    def __enter__(self) -> RequestConsumer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,90 @@
+"""`TailReader`: follow every partition of a topic from the beginning, with EOF tracking.
+
+The scorer materialises `embeddings` with it: no group (nothing is committed,
+every replica reads everything), read_committed, and `enable.partition.eof`
+so reaching the end of a partition is reported even when the last offsets are
+transaction markers that are never delivered as records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
+from confluent_kafka import TopicPartition as _TP
+
+from stream_app.config import KafkaConfig
+from stream_app.kafka.clients import make_consumer
+from stream_app.kafka.consumer import RawRecord
+from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.polling import poll_available
+
+
+@dataclass(frozen=True, slots=True)
+class TailBatch:
+    """One poll: `records` in order, and `eof` = partition -> offset where its end was reached."""
+
+    records: list[RawRecord] = field(default_factory=list)
+    eof: dict[int, int] = field(default_factory=dict)
+
+
+class TailReader:
+    """Assign all partitions of `topic` from the beginning; `open()` returns the end offsets.
+
+    >>> # with TailReader(kafka, kafka.topics.embeddings, client_id="scorer") as tail:
+    >>> #     ends = tail.open(); batch = tail.poll(5000, timeout_s=0.05)
+    """
+
+    def __init__(self, kafka: KafkaConfig, topic: str, *, client_id: str) -> None:
+        self.kafka, self.topic, self.client_id = kafka, topic, client_id
+        self._consumer: Consumer | None = None
+
+    def open(self, timeout_s: float = 10.0) -> dict[int, int]:
+        """Assign from the beginning; partition -> end offset at this moment (the load target)."""
+        consumer = make_consumer(self.kafka, self.client_id, f"{self.client_id}-unused",
+                                 **{"enable.partition.eof": True})
+        self._consumer = consumer
+        try:
+            meta = consumer.list_topics(self.topic, timeout=timeout_s)
+            if self.topic not in meta.topics or meta.topics[self.topic].error is not None:
+                raise KafkaEdgeError(f"topic {self.topic} does not exist")
+            parts = sorted(meta.topics[self.topic].partitions)
+            ends = {p: consumer.get_watermark_offsets(_TP(self.topic, p), timeout=timeout_s)[1]
+                    for p in parts}
+            consumer.assign([_TP(self.topic, p, OFFSET_BEGINNING) for p in parts])
+        except KafkaException as exc:
+            raise KafkaEdgeError(f"cannot open {self.topic}: {exc}") from exc
+        return ends
+
+    def poll(self, max_records: int, timeout_s: float) -> TailBatch:
+        """What is fetched now (blocking at most `timeout_s` for the first record)."""
+        records, eof = poll_available(self._opened(), max_records, timeout_s)
+        return TailBatch(records, eof)
+
+    def lag(self) -> dict[int, int]:
+        """Records behind the high watermark per partition (cached statistics, no round trip)."""
+        consumer = self._opened()
+        out: dict[int, int] = {}
+        for tp in consumer.position(consumer.assignment()):
+            _low, high = consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+            if tp.offset >= 0 and high >= 0:
+                out[tp.partition] = max(0, high - tp.offset)
+        return out
+
+    def _opened(self) -> Consumer:
+        if self._consumer is None:
+            raise KafkaEdgeError(f"TailReader({self.topic}) used before open()")
+        return self._consumer
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def __enter__(self) -> TailReader:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,22 @@
+"""ScorerConfig: the latency knobs are checked before any client exists."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream_app.config import ConfigError
+from stream_app.serving import ScorerConfig
+
+
+def test_latency_defaults() -> None:
+    cfg = ScorerConfig()
+    assert (cfg.batch_wait_ms, cfg.threads, cfg.commit_interval_ms) == (0.0, None, 200.0)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("threads", 0, "scorer.threads must be >= 1"),
+    ("commit_interval_ms", -1.0, "scorer.commit_interval_ms must be in 0..60000"),
+])
+def test_bad_values_name_the_field(field: str, value: float, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ScorerConfig(**{field: value})  # type: ignore[arg-type]
