@@ -51,9 +51,11 @@ def _broker(args: argparse.Namespace) -> int:
     from stream_app.kafka import broker
     from stream_app.kafka.admin import wait_for_broker
 
-    flags: dict[str, Any] = {"port": args.port, "state_dir": args.state_dir,
-                             "cache_dir": args.cache_dir}
     env = environment()
+    flags: dict[str, Any] = {"port": args.port, "state_dir": args.state_dir,
+                             "cache_dir": args.cache_dir, "sasl_user": args.sasl_user,
+                             "sasl_password": args.sasl_password
+                             or env.get("STREAM_APP_BROKER_SASL_PASSWORD")}
     values = {k: v for k, v in flags.items() if v is not None}
     if env.get("KAFKA_HOME"):
         values["kafka_home"] = Path(env["KAFKA_HOME"])
@@ -120,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, help="data, pid and log (~/.cache/stream-app/broker)")
     p.add_argument("--cache-dir", type=Path, help="where the broker jars are cached")
     p.add_argument("--bootstrap-servers", help="reuse this running broker instead of starting one")
+    p.add_argument("--sasl-user", help="listen with SASL_PLAINTEXT/PLAIN for this one user "
+                   "(clients: -X security.protocol=SASL_PLAINTEXT -X sasl.mechanisms=PLAIN "
+                   "-X sasl.username=U -X sasl.password=P)")
+    p.add_argument("--sasl-password", help="that user's password (prefer the env "
+                   "STREAM_APP_BROKER_SASL_PASSWORD: flags show in `ps`)")
     p.set_defaults(handler=_broker)
 
     p = sub.add_parser("topics", help="create the product's topics (idempotent)")
@@ -226,7 +233,10 @@ def _add_scorer_commands(sub: Any) -> None:
     _component_args(p, 9465)
     p.add_argument("--batch-max", type=int, help="most requests per micro-batch (default 256)")
     p.add_argument("--batch-wait-ms", type=float,
-                   help="longest wait to fill a micro-batch, in ms (default 2)")
+                   help="extra wait to fill a micro-batch, in ms (default 0: rank what "
+                        "arrived while the previous batch was ranked)")
+    p.add_argument("--threads", type=int,
+                   help="torch threads for ranking (default: torch's, one per core)")
     p.set_defaults(handler=_scorer)
 
     p = sub.add_parser("request", help="ask the running scorer for a user's top-K items")
@@ -252,7 +262,8 @@ def _scorer(args: argparse.Namespace) -> int:
 
     flags = {"group_id": args.group_id, "device": args.device, "metrics_host": args.metrics_host,
              "metrics_port": args.metrics_port, "exit_when_idle": args.exit_when_idle,
-             "batch_max": args.batch_max, "batch_wait_ms": args.batch_wait_ms}
+             "batch_max": args.batch_max, "batch_wait_ms": args.batch_wait_ms,
+             "threads": args.threads}
     file_values = read_file(args.config).get("scorer", {})
     from stream_app.config import build
 
@@ -294,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- demo commands (owned by the demo/report wiring) ---
 def _add_demo_commands(sub: Any) -> None:
     p = sub.add_parser("demo", help="the whole product on this machine: replay MovieLens, "
-                       "watch it learn live, ask for predictions, write a report")
+                       "watch it learn live, ask for predictions, write a report",
+                       description="Starts a local broker unless --bootstrap-servers (or "
+                       "STREAM_APP_BOOTSTRAP_SERVERS) names one; every run uses fresh topics.")
     p.add_argument("--data", type=Path, help="folder with ratings.dat.gz + movies.dat.gz "
                    "(MovieLens 1M); the synthetic stream is used when they are absent")
     p.add_argument("--limit", type=int, default=300_000,
@@ -357,6 +370,10 @@ def _demo(args: argparse.Namespace) -> int:
     except DemoError as exc:
         print(f"stream-app demo: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\nstream-app demo: interrupted; the processes it started were stopped",
+              file=sys.stderr)
+        return 130
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stream_app.kafka.exceptions import (
+    AuthenticationError,
     BrokerError,
     ConfigConflictError,
     FatalTransactionError,
@@ -11,6 +12,7 @@ from stream_app.kafka.exceptions import (
 )
 
 __all__ = [
+    "AuthenticationError",
     "BrokerError",
     "ConfigConflictError",
     "FatalTransactionError",

@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream_app.config import KafkaConfig, TopicNames
 from stream_app.kafka.clients import merge
-from stream_app.kafka.exceptions import BrokerError, TopicError
+from stream_app.kafka.exceptions import AuthenticationError, BrokerError, TopicError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,14 @@ def admin_client(kafka: KafkaConfig) -> AdminClient:
 def wait_for_broker(bootstrap: str, timeout_s: float = 10.0, *, raise_on_timeout: bool = True,
                     client: dict[str, str] | None = None) -> bool:
     """True once the cluster answers a metadata request within `timeout_s`."""
-    conf: dict[str, Any] = {**(client or {}), "bootstrap.servers": bootstrap}
+    auth_errors: list[KafkaError] = []
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() == KafkaError._AUTHENTICATION:  # noqa: SLF001
+            auth_errors.append(err)
+
+    conf: dict[str, Any] = {**(client or {}), "bootstrap.servers": bootstrap,
+                            "error_cb": on_error}
     # Quiet: an unreachable broker is the expected answer while we wait.
     conf.setdefault("log_level", 0)
     deadline = time.monotonic() + timeout_s
@@ -53,11 +60,17 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 10.0, *, raise_on_timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+            admin.list_topics(timeout=max(0.5, min(1.0, deadline - time.monotonic())))
             return True
         except KafkaException as exc:
             last = exc
-            time.sleep(0.2)
+        admin.poll(0.2)  # serves error_cb
+        if auth_errors:
+            # Retrying cannot help: fail fast and say what to fix. librdkafka's
+            # message names the mechanism and state, never the password.
+            raise AuthenticationError(
+                f"authentication failed at {bootstrap}: {auth_errors[0].str()}; check "
+                "sasl.username / sasl.password / sasl.mechanisms / security.protocol (-X)")
     if raise_on_timeout:
         raise BrokerError(
             f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f}s ({last}); "
@@ -132,7 +145,8 @@ def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.
 
 
 def delete_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 30.0) -> None:
-    futures = admin_client(kafka).delete_topics(topics, request_timeout=timeout_s)
+    admin = admin_client(kafka)  # keep the client alive until the futures resolve
+    futures = admin.delete_topics(topics, request_timeout=timeout_s)
     for topic, fut in futures.items():
         try:
             fut.result()

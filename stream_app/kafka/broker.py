@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -44,7 +45,16 @@ class BrokerSettings:
     """Where the local broker keeps its jars and state, and how it listens.
 
     `port=0` picks a free port (tests). `extra_properties` are appended to the
-    generated server.properties (e.g. SASL listeners).
+    generated server.properties. `keep_data=True` restarts on the state folder's
+    existing data and ports (same `server.properties`, no format) when there is
+    one, so a stopped or killed broker comes back with its topics, offsets and
+    transactions (reliability tests); by default every start is a fresh cluster.
+
+    `sasl_user`/`sasl_password` make the client listener SASL_PLAINTEXT with the
+    PLAIN mechanism and that one user (the broker talks to itself as that user
+    too): clients need `security.protocol=SASL_PLAINTEXT`,
+    `sasl.mechanisms=PLAIN` and the credentials. The password is written only
+    to `server.properties` (mode 0600); Kafka logs it as `[hidden]`.
     """
 
     cache_dir: Path = field(default_factory=default_cache_dir)
@@ -54,8 +64,22 @@ class BrokerSettings:
     heap: str = "768m"
     start_timeout_s: float = 90.0
     extra_properties: tuple[tuple[str, str], ...] = ()
+    keep_data: bool = False
+    sasl_user: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if (self.sasl_user is None) != (self.sasl_password is None):
+            raise BrokerError("broker SASL needs both a user and a password "
+                              "(--sasl-user and --sasl-password)")
+        if self.sasl_user is not None and not re.match(r"^[A-Za-z0-9._-]{1,100}$",
+                                                       self.sasl_user):
+            raise BrokerError(f"broker sasl_user must be 1-100 of [A-Za-z0-9._-], "
+                              f"got {self.sasl_user!r}")
+        if self.sasl_password is not None and (not self.sasl_password
+                                               or re.search(r'["\\\s;]', self.sasl_password)):
+            raise BrokerError("broker sasl_password must be non-empty, without quotes, "
+                              "backslashes, semicolons or spaces (it goes into a JAAS line)")
         if not 0 <= self.port <= 65535:
             raise BrokerError(f"broker.port must be in 0..65535, got {self.port}")
         if self.kafka_home is not None and not (self.kafka_home / "libs").is_dir():
@@ -75,6 +99,13 @@ class BrokerSettings:
     @property
     def bootstrap_file(self) -> Path:
         return self.state_dir / "bootstrap"
+
+    def client_settings(self) -> dict[str, str]:
+        """librdkafka settings a client needs for this broker (SASL or none)."""
+        if self.sasl_user is None or self.sasl_password is None:
+            return {}
+        return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "PLAIN",
+                "sasl.username": self.sasl_user, "sasl.password": self.sasl_password}
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +210,20 @@ def server_properties(settings: BrokerSettings, port: int, controller_port: int)
         "log.cleaner.min.compaction.lag.ms": "0",
         "delete.topic.enable": "true",
     }
+    if settings.sasl_user is not None:
+        user, password = settings.sasl_user, settings.sasl_password
+        props |= {
+            "listeners": f"SASL_PLAINTEXT://127.0.0.1:{port},"
+                         f"CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{port}",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": "PLAIN",
+            "sasl.mechanism.inter.broker.protocol": "PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config":
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="{user}" password="{password}" user_{user}="{password}";',
+        }
     props.update(dict(settings.extra_properties))
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -212,32 +257,41 @@ def start(settings: BrokerSettings) -> RunningBroker:
         return existing
     java = _java()
     libs = ensure_jars(settings)
-    port = settings.port or _free_port()
+    state = settings.state_dir
+    props = state / "server.properties"
+    reuse = settings.keep_data and props.exists() and (state / "data" / "meta.properties").exists()
+    port = _listener_port(props) if reuse else settings.port or _free_port()
     if _port_in_use(port):
         raise BrokerError(
             f"port {port} on 127.0.0.1 is already in use: stop what listens there "
             f"(`ss -ltnp | grep {port}`), choose another with --port, or reuse that "
             f"broker with --bootstrap-servers 127.0.0.1:{port}"
         )
-    controller_port = _free_port()
-    state = settings.state_dir
-    shutil.rmtree(state / "data", ignore_errors=True)
-    state.mkdir(parents=True, exist_ok=True)
-    props = state / "server.properties"
-    props.write_text(server_properties(settings, port, controller_port))
+    if not reuse:
+        shutil.rmtree(state / "data", ignore_errors=True)
+        state.mkdir(parents=True, exist_ok=True)
+        props.unlink(missing_ok=True)
+        props.touch(mode=0o600)  # it may hold the SASL password
+        props.write_text(server_properties(settings, port, _free_port()))
     (state / "log4j.properties").write_text(LOG4J)
     classpath = f"{libs}/*"
     jvm = [java, f"-Xmx{settings.heap}", "-Xms128m", "-XX:+UseG1GC",
            f"-Dlog4j.configuration=file:{state / 'log4j.properties'}",
            f"-Dkafka.logs.dir={state}", "-cp", classpath]
-    # Step 1. Format KRaft storage with a fresh cluster id (base64url of a UUID).
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    fmt = subprocess.run(  # noqa: S603
-        [*jvm, STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
-        capture_output=True, text=True, check=False,
-    )
-    if fmt.returncode != 0:
-        raise BrokerError(f"kafka storage format failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
+    # Step 1. Format KRaft storage with a fresh cluster id (base64url of a UUID),
+    # unless we restart on kept data (same cluster id, same ports).
+    if not reuse:
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # a leading '-' would be read as a flag by the tool
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        fmt = subprocess.run(  # noqa: S603
+            [*jvm, STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(props),
+             "--ignore-formatted"],
+            capture_output=True, text=True, check=False,
+        )
+        if fmt.returncode != 0:
+            raise BrokerError(f"kafka storage format failed:\n{fmt.stdout[-2000:]}"
+                              f"{fmt.stderr[-2000:]}")
     # Step 2. Start the broker detached, so it outlives this CLI call.
     with settings.log_file.open("ab") as out:
         proc = subprocess.Popen(  # noqa: S603
@@ -256,6 +310,14 @@ def start(settings: BrokerSettings) -> RunningBroker:
     return RunningBroker(pid=proc.pid, bootstrap_servers=bootstrap, log_file=settings.log_file)
 
 
+def _listener_port(props: Path) -> int:
+    """The client listener port of an existing server.properties (restart on kept data)."""
+    for line in props.read_text().splitlines():
+        if line.startswith("advertised.listeners="):
+            return int(line.rsplit(":", 1)[1])
+    raise BrokerError(f"{props} has no advertised.listeners; remove the state folder")
+
+
 def _wait_ready(proc: subprocess.Popen[bytes], bootstrap: str, settings: BrokerSettings) -> None:
     from stream_app.kafka.admin import wait_for_broker
 
@@ -265,7 +327,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], bootstrap: str, settings: BrokerS
             tail = settings.log_file.read_text(errors="replace")[-3000:]
             raise BrokerError(f"the Kafka broker exited with {proc.returncode}; "
                               f"log {settings.log_file}:\n{tail}")
-        if wait_for_broker(bootstrap, timeout_s=2.0, raise_on_timeout=False):
+        if wait_for_broker(bootstrap, timeout_s=2.0, raise_on_timeout=False,
+                           client=settings.client_settings()):
             return
     raise BrokerError(f"the Kafka broker did not answer within {settings.start_timeout_s:.0f}s; "
                       f"see {settings.log_file}")

@@ -24,6 +24,15 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
 }
+TRANSACTIONAL_DEFAULTS: dict[str, Any] = {
+    # A killed trainer leaves its transaction open; read_committed readers of
+    # its partitions (the scorer, a trainer restoring or taking over) stall
+    # until the broker aborts it after this long. librdkafka's default is 60 s.
+    # A restart with the same transactional.id aborts it at once
+    # (init_transactions); this bounds the wait when nobody restarts it.
+    # Our transactions last milliseconds (produce + commit, after learning).
+    "transaction.timeout.ms": 30_000,
+}
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "auto.offset.reset": "earliest",
     "partition.assignment.strategy": "cooperative-sticky",
@@ -31,6 +40,22 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "session.timeout.ms": 10_000,
     "heartbeat.interval.ms": 1_000,
 }
+
+LATENCY_PRODUCER_DEFAULTS: dict[str, Any] = {
+    "linger.ms": 1,
+    "socket.nagle.disable": True,
+}
+"""Request/response producers (scorer answers, client requests): at most 1 ms of batching.
+
+Not for the trainer, which wants throughput. Still defaults: a user -X wins."""
+
+LATENCY_CONSUMER_DEFAULTS: dict[str, Any] = {
+    "fetch.wait.max.ms": 10,
+    "fetch.min.bytes": 1,
+    "socket.nagle.disable": True,
+}
+"""Request/response consumers: the broker answers a fetch as soon as one byte is there,
+and an idle fetch is re-sent every 10 ms. Defaults: a user -X wins."""
 
 
 def merge(defaults: Mapping[str, Any], user: Mapping[str, str],
@@ -60,32 +85,39 @@ def _log_error(err: KafkaError) -> None:
 
 
 def producer_config(kafka: KafkaConfig, client_id: str, *,
-                    transactional_id: str | None = None) -> dict[str, Any]:
+                    transactional_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    """`extra` are more defaults (e.g. LATENCY_PRODUCER_DEFAULTS): a user value still wins."""
     enforced: dict[str, Any] = _base(kafka, client_id)
+    defaults = PRODUCER_DEFAULTS
     if transactional_id is not None:
         enforced |= {"transactional.id": transactional_id, "enable.idempotence": True}
-    return merge(PRODUCER_DEFAULTS, kafka.client, enforced)
+        defaults = PRODUCER_DEFAULTS | TRANSACTIONAL_DEFAULTS
+    return merge(defaults | extra, kafka.client, enforced)
 
 
 def consumer_config(kafka: KafkaConfig, client_id: str, group_id: str, *,
-                    read_committed: bool = True, **extra: Any) -> dict[str, Any]:
+                    read_committed: bool = True, enforce: Mapping[str, Any] | None = None,
+                    **extra: Any) -> dict[str, Any]:
+    """`extra` are defaults a user value overrides; `enforce` are not (a conflict raises)."""
     enforced = _base(kafka, client_id) | {
         "group.id": group_id,
         "enable.auto.commit": False,
         "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-    }
+    } | dict(enforce or {})
     return merge(CONSUMER_DEFAULTS | extra, kafka.client, enforced)
 
 
 def make_producer(kafka: KafkaConfig, client_id: str, *,
-                  transactional_id: str | None = None) -> Producer:
-    conf = producer_config(kafka, client_id, transactional_id=transactional_id)
+                  transactional_id: str | None = None, **extra: Any) -> Producer:
+    conf = producer_config(kafka, client_id, transactional_id=transactional_id, **extra)
     log.debug("producer config %s", redact({k: str(v) for k, v in conf.items()}))
     return Producer(conf)
 
 
 def make_consumer(kafka: KafkaConfig, client_id: str, group_id: str, *,
-                  read_committed: bool = True, **extra: Any) -> Consumer:
-    conf = consumer_config(kafka, client_id, group_id, read_committed=read_committed, **extra)
+                  read_committed: bool = True, enforce: Mapping[str, Any] | None = None,
+                  **extra: Any) -> Consumer:
+    conf = consumer_config(kafka, client_id, group_id, read_committed=read_committed,
+                           enforce=enforce, **extra)
     log.debug("consumer config %s", redact({k: str(v) for k, v in conf.items()}))
     return Consumer(conf)

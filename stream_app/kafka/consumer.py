@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as _TP
@@ -72,8 +73,14 @@ class GroupConsumer:
     def __init__(self, kafka: KafkaConfig, *, client_id: str, group_id: str,
                  topics: Sequence[str],
                  on_assign: Callable[[list[Partition]], None] | None = None,
-                 on_revoke: Callable[[list[Partition]], None] | None = None) -> None:
-        self._consumer: Consumer = make_consumer(kafka, client_id, group_id)
+                 on_revoke: Callable[[list[Partition]], None] | None = None,
+                 co_partitioned: bool = False) -> None:
+        # co_partitioned: partition i of every topic goes to the same member
+        # (the range assignor; rebalances are eager). The trainer needs it: a
+        # user's clicks and purchases share the partition number, and its row
+        # must be learned by one trainer only.
+        enforce = {"partition.assignment.strategy": "range"} if co_partitioned else None
+        self._consumer: Consumer = make_consumer(kafka, client_id, group_id, enforce=enforce)
         self._revoked: set[Partition] = set()
         self._assigned: set[Partition] = set()
         self._on_assign = on_assign
@@ -93,7 +100,6 @@ class GroupConsumer:
     def _assign(self, _c: Consumer, parts: list[_TP]) -> None:
         got = [(tp.topic, tp.partition) for tp in parts]
         self._assigned.update(got)
-        self._revoked.difference_update(got)
         log.info("assigned partitions=%s", got)
         if self._on_assign:
             self._on_assign(got)
@@ -110,20 +116,30 @@ class GroupConsumer:
         """Up to `max_records` records, waiting at most `max_wait_s` for them."""
         batch: list[RawRecord] = []
         deadline = time.monotonic() + max_wait_s
-        self._revoked.clear()
         while len(batch) < max_records:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            for msg in self._consumer.consume(max_records - len(batch), timeout=min(left, 0.1)):
+            self._revoked.clear()
+            msgs = self._consumer.consume(max_records - len(batch), timeout=min(left, 0.1))
+            if self._revoked:
+                # A rebalance ran inside consume(): records gathered before it of
+                # a revoked partition are dropped, even when the partition came
+                # straight back (eager rebalance): its position went back to the
+                # committed offset, so they will be read again. librdkafka drops
+                # their fetched-but-undelivered records itself.
+                batch = [r for r in batch if (r.topic, r.partition) not in self._revoked]
+            for msg in msgs:
                 err = msg.error()
                 if err is None:
                     batch.append(to_record(msg))
                 elif err.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
                     _raise_if_fatal(err)
-            if batch and self._revoked:
-                batch = [r for r in batch if (r.topic, r.partition) not in self._revoked]
         return batch
+
+    def end_offsets(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+        """High watermark of every partition of `topic` (a broker round trip each)."""
+        return end_offsets(self._consumer, topic, timeout_s)
 
     def lag(self) -> dict[Partition, int]:
         """Messages behind the high watermark per assigned partition (from cached stats)."""
@@ -147,21 +163,30 @@ def _raise_if_fatal(err: KafkaError) -> None:
     log.warning("consumer error code=%s reason=%s", err.name(), err.str())
 
 
+def end_offsets(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """High watermark of every partition of `topic`, asked of the broker."""
+    meta = consumer.list_topics(topic, timeout=timeout_s)
+    if topic not in meta.topics or meta.topics[topic].error is not None:
+        raise KafkaEdgeError(f"topic {topic} does not exist")
+    return {p: consumer.get_watermark_offsets(_TP(topic, p), timeout=timeout_s)[1]
+            for p in sorted(meta.topics[topic].partitions)}
+
+
 def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
-                batch: int = 5000, timeout_s: float = 600.0) -> Iterator[list[RawRecord]]:
+                batch: int = 5000, timeout_s: float = 600.0,
+                ends_seen: dict[int, int] | None = None) -> Iterator[list[RawRecord]]:
     """Every committed record of `topic`, in chunks, up to the end offsets seen at start.
 
     Used to restore the trainer from the compacted changelog: read_committed
-    and no group, so it never disturbs anyone's committed offsets.
+    and no group, so it never disturbs anyone's committed offsets. The end
+    offsets it reads up to are copied into `ends_seen` when given.
     """
-    consumer = make_consumer(kafka, client_id, f"{client_id}-reader",
-                             **{"enable.partition.eof": True})
+    eof: dict[str, Any] = {"enable.partition.eof": True}
+    consumer = make_consumer(kafka, client_id, f"{client_id}-reader", **eof)
     try:
-        meta = consumer.list_topics(topic, timeout=10)
-        if topic not in meta.topics or meta.topics[topic].error is not None:
-            raise KafkaEdgeError(f"topic {topic} does not exist")
-        parts = sorted(meta.topics[topic].partitions)
-        ends = {p: consumer.get_watermark_offsets(_TP(topic, p), timeout=10)[1] for p in parts}
+        ends = end_offsets(consumer, topic)
+        if ends_seen is not None:
+            ends_seen.update(ends)
         pending = {p for p, end in ends.items() if end > 0}
         consumer.assign([_TP(topic, p, OFFSET_BEGINNING) for p in pending])
         deadline = time.monotonic() + timeout_s
@@ -172,9 +197,10 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
             for msg in consumer.consume(batch, timeout=0.5):
                 err = msg.error()
                 if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
-                        pending.discard(msg.partition() or 0)
-                    else:
+                    # read_committed reaches "EOF" at the last stable offset: an
+                    # open transaction (another trainer's, or one about to
+                    # commit) is not the end. Only the position says we are done.
+                    if err.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
                         _raise_if_fatal(err)
                     continue
                 rec = to_record(msg)

@@ -52,23 +52,38 @@ class AbortRequired(Exception):  # noqa: N818 - a signal inside this module, not
     """Raised internally when librdkafka says the transaction must be aborted."""
 
 
+_MUST_FINISH = ("commit", "abort")
+"""Steps that are never given up: once a commit or an abort has started, only
+finishing it tells us what the broker did, so they are retried (the broker may
+be away for a while) until they succeed, need an abort, or fail fatally."""
+
+
 def _call(step: str, fn: Callable[[], T], deadline: float) -> T:
-    """Run one transactional API call, retrying retriable errors until `deadline`."""
+    """Run one transactional API call; see the module docstring for the branches.
+
+    A non-fatal error that is not abortable (retriable, or a local timeout while
+    the broker is away) is retried until `deadline`; after it, begin and
+    send_offsets give the batch up (abort path) rather than stop the trainer.
+    """
     while True:
         try:
             return fn()
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
-            if err.retriable() and time.monotonic() < deadline:
-                log.warning("transaction step=%s retriable error=%s; retrying", step, err.str())
-                time.sleep(0.1)
-                continue
-            if err.txn_requires_abort():
+            if err.fatal():
+                raise FatalTransactionError(
+                    f"transaction step {step} failed fatally ({err.name()}: {err.str()}); "
+                    "another instance with the same transactional.id may have fenced this one"
+                ) from exc
+            if err.txn_requires_abort() and step != "abort":
                 raise AbortRequired(f"{step}: {err.str()}") from exc
-            raise FatalTransactionError(
-                f"transaction step {step} failed fatally ({err.name()}: {err.str()}); "
-                "another instance with the same transactional.id may have fenced this one"
-            ) from exc
+            if time.monotonic() < deadline or step in _MUST_FINISH:
+                log.warning("transaction step=%s error=%s retriable=%s; retrying", step,
+                            err.str(), err.retriable())
+                time.sleep(0.5)
+                continue
+            raise AbortRequired(f"{step}: {err.str()} (still failing after the deadline)") \
+                from exc
 
 
 def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRecord],
@@ -159,4 +174,9 @@ class TransactionalPublisher:
         return commit_batch(self._producer, consumer.raw, records, tps, timeout_s=self._timeout_s)
 
     def close(self) -> None:
-        self._producer.flush(self._timeout_s)
+        try:
+            self._producer.flush(self._timeout_s)
+        except KafkaException as exc:
+            # A fenced or failed producer cannot flush; don't let that mask the
+            # error that stopped the loop (this runs in its `finally`).
+            log.warning("producer close: %s", exc.args[0].str())

@@ -81,6 +81,7 @@ class Trainer:
         self.learner = Learner(learner_cfg, device=self.device)
         self.ready = False
         self._evals: list[EvalStats] = []
+        self._restored_ends: dict[int, int] | None = None
 
     def _client_id(self, role: str) -> str:
         return f"{self.cfg.transactional_id}-{role}"
@@ -88,6 +89,7 @@ class Trainer:
     def _restore(self) -> None:
         self.learner = Learner(self.learner_cfg, device=self.device)
         stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"))
+        self._restored_ends = stats.ends
         self.metrics.restore_seconds.set(stats.seconds)
         self.metrics.restored_rows.labels(table="user").set(stats.users)
         self.metrics.restored_rows.labels(table="item").set(stats.items)
@@ -108,7 +110,9 @@ class Trainer:
             consumer = GroupConsumer(self.kafka, client_id=self._client_id("consumer"),
                                      group_id=self.cfg.group_id,
                                      topics=[self.topics.clicks, self.topics.purchases],
-                                     on_revoke=self.metrics.forget_partitions)
+                                     on_assign=lambda parts: self._on_assign(consumer, parts),
+                                     on_revoke=self.metrics.forget_partitions,
+                                     co_partitioned=True)
             self.ready = True
             self._loop(consumer, publisher)
         finally:
@@ -117,6 +121,25 @@ class Trainer:
                 consumer.close()
             publisher.close()
         return 0
+
+    def _on_assign(self, consumer: GroupConsumer | None, parts: list[Partition]) -> None:
+        """Reload the changelog before the first record of newly owned partitions.
+
+        Their previous owner (another trainer, or this one before a rebalance)
+        may have published rows of their users since our last restore, and
+        learning on stale rows would publish them over its work. Runs inside
+        the rebalance callback, so no record of `parts` has been fetched yet;
+        and every batch of ours is committed before we poll again, so the
+        changelog also holds everything this trainer did. Skipped when the
+        changelog has not moved since our last restore (a lone trainer's start).
+        """
+        if not parts or not self.cfg.restore or consumer is None:
+            return
+        ends = consumer.end_offsets(self.topics.embeddings)
+        if ends == self._restored_ends:
+            return
+        log.info("partitions=%s newly assigned and the changelog moved: restoring", parts)
+        self._restore()
 
     def _loop(self, consumer: GroupConsumer, publisher: TransactionalPublisher) -> None:
         idle_since = time.monotonic()
@@ -267,8 +290,9 @@ class Trainer:
                             ((published_ms - e.ts) / 1000 for e in events))
         m.observe_freshness(FreshnessSince.PRODUCE_TIME,
                             ((published_ms - r.timestamp_ms) / 1000 for r in raws))
-        for table, n in self.learner.table_sizes().items():
-            m.table_rows.labels(table=table).set(n)
+        sizes = self.learner.table_sizes()
+        m.table_rows.labels(table="user").set(sizes["users"])
+        m.table_rows.labels(table="item").set(sizes["items"])
 
     def _report_lag(self, consumer: GroupConsumer) -> None:
         lag: dict[Partition, int] = consumer.lag()

@@ -23,17 +23,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class RestoreStats:
+    """`ends`: the changelog's end offset per partition that the restore read up to."""
+
     users: int
     items: int
     tombstones: int
     seconds: float
+    ends: dict[int, int]
 
 
 def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str) -> RestoreStats:
     """Apply every committed row of the changelog to `learner` (which should be fresh)."""
     start = time.monotonic()
     users = items = tombstones = 0
-    for chunk in read_to_end(kafka, kafka.topics.embeddings, client_id=client_id):
+    ends: dict[int, int] = {}
+    for chunk in read_to_end(kafka, kafka.topics.embeddings, client_id=client_id,
+                             ends_seen=ends):
         latest: dict[bytes, bytes | None] = {}
         for rec in chunk:
             if rec.key is not None:
@@ -59,7 +64,7 @@ def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str) -> RestoreS
                 items += row.entity == "item"
         _flush(learner, rows)
     stats = RestoreStats(users=users, items=items, tombstones=tombstones,
-                         seconds=time.monotonic() - start)
+                         seconds=time.monotonic() - start, ends=ends)
     log.info("restored users=%d items=%d tombstones=%d seconds=%.2f", stats.users, stats.items,
              stats.tombstones, stats.seconds)
     return stats
