@@ -1,0 +1,112 @@
+"""Events per second of `Learner.learn` on in-memory batches, by batch size and dim.
+
+No Kafka: batches are pre-built `Event` lists (a Zipf-like stream over
+`--users` x `--items`), so this measures the core alone (screening, vocab,
+gradient step, commit). Works on CPU and CUDA:
+
+    python bench/core_throughput.py --batch 1024 4096 --dim 32 64
+    python bench/core_throughput.py --device cuda --batch 4096 16384 65536 --dim 64 128
+    python bench/core_throughput.py -X replay_ratio=0 -X negatives=sampled   # cheapest step
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stream_app.core import Learner, LearnerConfig
+from stream_app.events import Event, EventKind
+
+
+def make_batches(n_batches: int, batch: int, users: int, items: int,
+                 seed: int) -> list[list[Event]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    ts = 1_700_000_000_000
+    for b in range(n_batches):
+        u = rng.zipf(1.3, batch) % users
+        i = rng.zipf(1.2, batch) % items
+        kinds = rng.random(batch) < 0.2
+        out.append([Event(event_id=f"{b}-{k}", user_id=str(u[k]), item_id=str(i[k]),
+                          ts=ts + b * 1000 + k // 64,
+                          kind=EventKind.PURCHASE if kinds[k] else EventKind.CLICK)
+                    for k in range(batch)])
+    return out
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for p in pairs:
+        key, _, raw = p.partition("=")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(batch: int, dim: int, args: argparse.Namespace) -> dict[str, float]:
+    device = torch.device(args.device)
+    overrides = {"num_sampled_negatives": args.negatives, **parse_overrides(args.X), "dim": dim}
+    config = LearnerConfig(**overrides)
+    learner = Learner(config, device=device)
+    batches = make_batches(args.warmup + args.batches, batch, args.users, args.items, seed=dim)
+    for b in batches[: args.warmup]:
+        learner.learn(b)
+    sync(device)
+    phases: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for b in batches[args.warmup:]:
+        st = learner.learn(b)
+        for k, v in st.timings.items():
+            phases[k] = phases.get(k, 0.0) + v
+    sync(device)
+    secs = time.perf_counter() - t0
+    n = batch * args.batches
+    return {"batch": batch, "dim": dim, "events_per_s": n / secs,
+            "ms_per_batch": 1000 * secs / args.batches,
+            **{f"ms_{k}": 1000 * v / args.batches for k, v in phases.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1024, 4096], help="batch sizes")
+    ap.add_argument("--dim", type=int, nargs="+", default=[64], help="embedding dims")
+    ap.add_argument("--batches", type=int, default=20, help="timed batches per setting")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed batches first")
+    ap.add_argument("--users", type=int, default=100_000, help="distinct users")
+    ap.add_argument("--items", type=int, default=50_000, help="distinct items")
+    ap.add_argument("--negatives", type=int, default=256, help="sampled negatives per batch")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--out", type=Path, default=None, help="write JSON results here")
+    ap.add_argument("-X", action="append", default=[], metavar="KEY=VALUE",
+                    help="LearnerConfig override (JSON value), e.g. -X replay_ratio=0")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = []
+    print(f"device={args.device} users={args.users} items={args.items} overrides={args.X}")
+    print(f"{'batch':>7s} {'dim':>4s} {'events/s':>12s} {'ms/batch':>9s}  phases (ms)")
+    for dim in args.dim:
+        for batch in args.batch:
+            r = measure(batch, dim, args)
+            results.append(r)
+            ph = " ".join(f"{k[3:]}={v:.1f}" for k, v in r.items() if k.startswith("ms_"))
+            print(f"{batch:7d} {dim:4d} {r['events_per_s']:12,.0f} {r['ms_per_batch']:9.1f}  {ph}")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

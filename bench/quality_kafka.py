@@ -1,0 +1,151 @@
+"""Quality through Kafka: MovieLens replayed into the real trainer, answered by the real scorer.
+
+Same split, same `topk_metrics` and the same baselines as `bench/quality_offline.py`
+(whose docstring gives the protocol). The first 80% of the ratings (time
+order) are produced to `clicks`/`purchases`, the trainer learns from them
+exactly as in production (micro-batches, transactions), then the scorer is
+asked, over Kafka, for the top-K of every user with events in both parts,
+excluding the items the user touched in the train part (passed as `exclude`).
+The learning core run offline on the same events shows what Kafka costs
+(batch composition differs: the trainer's micro-batches interleave partitions).
+
+    python -m bench.quality_kafka --out bench/results/quality_kafka.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import bench_broker, fresh_topics, machine, write_json
+from bench.quality_offline import (
+    DATA,
+    DAY_MS,
+    load,
+    parse_overrides,
+    popularity_scores,
+    run_learner,
+    to_events,
+    topk_metrics,
+)
+from stream_app.client import ScoreClient
+from stream_app.config import KafkaConfig
+from stream_app.core import LearnerConfig
+from stream_app.events import Event, ScoreRequest
+from stream_app.replay import produce_records
+from stream_app.scorer import Scorer
+from stream_app.serving.config import ScorerConfig
+from stream_app.sources import to_record
+from stream_app.trainer import TrainerConfig, make_trainer
+
+
+def split(d: dict[str, np.ndarray]) -> tuple[int, dict[str, set[str]], dict[str, set[str]]]:
+    n_train = int(len(d["ts"]) * 0.8)
+    seen: dict[str, set[str]] = {}
+    for u, i in zip(d["user"][:n_train].tolist(), d["item"][:n_train].tolist(), strict=True):
+        seen.setdefault(str(u), set()).add(str(i))
+    test: dict[str, set[str]] = {}
+    for u, i in zip(d["user"][n_train:].tolist(), d["item"][n_train:].tolist(), strict=True):
+        if str(u) in seen:
+            test.setdefault(str(u), set()).add(str(i))
+    return n_train, seen, test
+
+
+def through_kafka(kafka: KafkaConfig, events: list[Event], config: LearnerConfig,
+                  users: list[str], seen: dict[str, set[str]], item_ids: list[str], k: int,
+                  batch_max: int) -> tuple[np.ndarray, dict[str, float]]:
+    t0 = time.perf_counter()
+    produce_records(kafka, (to_record(e) for e in events), total=len(events), rate=0,
+                    progress=False, label="bench-replay")
+    t1 = time.perf_counter()
+    cfg = TrainerConfig(group_id=f"q-{uuid.uuid4().hex[:6]}", batch_max=batch_max,
+                        metrics_port=0, exit_when_idle=5.0, restore=False)
+    make_trainer(kafka, cfg, config).run()
+    t2 = time.perf_counter()
+    stop = threading.Event()
+    scorer = Scorer(kafka, ScorerConfig(metrics_port=0, history_max=50), stop=stop)
+    thread = threading.Thread(target=scorer.run, daemon=True)
+    thread.start()
+    try:
+        with ScoreClient(kafka) as client:
+            ids = client.send_many(ScoreRequest(request_id=f"q-{u}", user_id=u, k=k,
+                                                exclude=tuple(sorted(seen[u])),
+                                                exclude_seen=False) for u in users)
+            answers = client.wait(ids, timeout_s=300)
+    finally:
+        stop.set()
+        thread.join(30)
+    t3 = time.perf_counter()
+    col = {i: c for c, i in enumerate(item_ids)}
+    scores = np.full((len(users), len(item_ids)), -np.inf)
+    fallbacks = 0
+    for r, u in enumerate(users):
+        pred = answers[f"q-{u}"]
+        fallbacks += pred.fallback
+        for rank, item in enumerate(pred.items):
+            if item.item_id in col:
+                scores[r, col[item.item_id]] = 1e6 - rank  # the scorer's order
+    timing = {"produce_s": t1 - t0, "train_s": t2 - t1, "score_s": t3 - t2,
+              "answered": len(answers), "fallbacks": fallbacks}
+    return scores, timing
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--limit", type=int, help="first N ratings only (quick mode)")
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--batch-max", type=int, default=1000, help="trainer micro-batch bound")
+    ap.add_argument("-X", action="append", default=[], metavar="KEY=VALUE",
+                    help="LearnerConfig override (JSON value)")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    d = load(args.data, args.limit)
+    n_train, seen, test = split(d)
+    users = sorted(test)
+    item_ids = sorted({str(i) for i in d["item"][:n_train].tolist()})
+    config = LearnerConfig(**parse_overrides(args.X))
+    events = to_events(d, 0, n_train)
+    methods: dict[str, dict[str, float]] = {}
+    tiled = lambda s: np.tile(s, (len(users), 1))  # noqa: E731
+    methods["popularity"] = topk_metrics(tiled(popularity_scores(d, n_train, item_ids, None)),
+                                         item_ids, users, seen, test, args.k)
+    for days in (1, 3, 7, 14, 30):
+        s = popularity_scores(d, n_train, item_ids, days * DAY_MS)
+        methods[f"decayed_popularity_{days}d"] = topk_metrics(tiled(s), item_ids, users, seen,
+                                                              test, args.k)
+    learner, _, _ = run_learner(config, events, args.batch_max, "cpu")
+    ids, scores = learner.score_all(users)
+    full = np.full((len(users), len(item_ids)), -np.inf)
+    col = {i: c for c, i in enumerate(item_ids)}
+    keep = [(c, col[i]) for c, i in enumerate(ids) if i in col]
+    full[:, [kk for _, kk in keep]] = scores[:, [c for c, _ in keep]]
+    methods["core_offline"] = topk_metrics(full, item_ids, users, seen, test, args.k)
+    with bench_broker() as bootstrap, fresh_topics(bootstrap) as kafka:
+        kscores, timing = through_kafka(kafka, events, config, users, seen, item_ids, args.k,
+                                        args.batch_max)
+    methods["trainer_scorer_kafka"] = topk_metrics(kscores, item_ids, users, seen, test, args.k)
+    best = max((m for n, m in methods.items() if "popularity" in n), key=lambda m: m["recall"])
+    result = {"benchmark": "quality_kafka", "machine": machine(),
+              "params": {"limit": args.limit, "k": args.k, "batch_max": args.batch_max,
+                         "overrides": args.X},
+              "train_events": n_train, "test_users": len(users), "methods": methods,
+              "kafka_timing": timing,
+              "ratio_kafka_vs_best_popularity": methods["trainer_scorer_kafka"]["recall"]
+              / best["recall"],
+              "ratio_kafka_vs_core_offline": methods["trainer_scorer_kafka"]["recall"]
+              / methods["core_offline"]["recall"]}
+    write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

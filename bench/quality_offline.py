@@ -1,0 +1,195 @@
+"""Offline quality of the learning core on MovieLens, against popularity baselines.
+
+Protocol (no Kafka): ratings sorted by time (stable); rating >= 4 is a
+purchase, else a click; event time = timestamp * 1000. The first 80% is the
+train part, streamed once through the learner in micro-batches, evaluate then
+learn (prequential metrics are reported too). The last 20% is the test part.
+For every user with events in both parts each method ranks all items,
+excluding the items the user touched in train, and we take the top K=20:
+
+- Recall@K = |top-K ∩ test items| / min(K, |test items|)   (min-normalised;
+  `recall_full` divides by |test items| instead, also reported)
+- HitRate@K = share of users with at least one test item in their top-K
+- NDCG@K with binary gains, ideal DCG over min(K, |test items|) positions.
+
+The same `topk_metrics` code scores every method. Baselines: all-time
+popularity and time-decayed popularity (half-life tuned on a grid, at the
+train end time).
+
+    python bench/quality_offline.py --out /tmp/q.json
+    python bench/quality_offline.py --limit 100000 -X dim=32   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stream_app.core import Learner, LearnerConfig
+from stream_app.events import Event, EventKind
+
+DATA = Path("/work/shared/data/movielens-1m/ratings.dat.gz")
+DAY_MS = 86_400_000
+
+
+def load(path: Path, limit: int | None) -> dict[str, np.ndarray]:
+    """Ratings sorted by time (stable): user, item, rating, ts_ms arrays."""
+    with gzip.open(path, "rt", encoding="latin-1") as f:
+        rows = [line.split("::") for line in f if line.strip()]
+    arr = np.array(rows, dtype=np.int64)
+    order = np.argsort(arr[:, 3], kind="stable")
+    arr = arr[order]
+    if limit:
+        arr = arr[:limit]
+    return {"user": arr[:, 0], "item": arr[:, 1], "rating": arr[:, 2], "ts": arr[:, 3] * 1000,
+            "eid": order[: len(arr)]}
+
+
+def to_events(d: dict[str, np.ndarray], lo: int, hi: int) -> list[Event]:
+    return [Event(event_id=str(int(d["eid"][k])), user_id=str(int(d["user"][k])),
+                  item_id=str(int(d["item"][k])), ts=int(d["ts"][k]),
+                  kind=EventKind.PURCHASE if d["rating"][k] >= 4 else EventKind.CLICK)
+            for k in range(lo, hi)]
+
+
+def topk_metrics(scores: np.ndarray, item_ids: list[str], users: list[str],
+                 seen: dict[str, set[str]], test: dict[str, set[str]], k: int) -> dict[str, float]:
+    """Recall/HitRate/NDCG@k of a (n_users, n_items) score matrix; the one scorer of all methods."""
+    col = {i: c for c, i in enumerate(item_ids)}
+    scores = scores.astype(np.float64).copy()
+    rec, rec_full, hit, ndcg = [], [], [], []
+    discount = 1.0 / np.log2(np.arange(k) + 2)
+    for r, u in enumerate(users):
+        excl = [col[i] for i in seen[u] if i in col]
+        scores[r, excl] = -np.inf
+        top = np.argpartition(-scores[r], k)[:k]
+        top = top[np.argsort(-scores[r, top], kind="stable")]
+        gains = np.array([1.0 if item_ids[c] in test[u] else 0.0 for c in top])
+        n_rel = len(test[u])
+        hits = gains.sum()
+        rec.append(hits / min(k, n_rel))
+        rec_full.append(hits / n_rel)
+        hit.append(float(hits > 0))
+        ndcg.append(float((gains * discount).sum() / discount[: min(k, n_rel)].sum()))
+    return {"recall": float(np.mean(rec)), "recall_full": float(np.mean(rec_full)),
+            "hit_rate": float(np.mean(hit)), "ndcg": float(np.mean(ndcg)), "users": len(users)}
+
+
+def popularity_scores(d: dict[str, np.ndarray], n_train: int, item_ids: list[str],
+                      half_life_ms: float | None) -> np.ndarray:
+    col = {i: c for c, i in enumerate(item_ids)}
+    cols = np.array([col[str(int(i))] for i in d["item"][:n_train]])
+    if half_life_ms is None:
+        w = np.ones(n_train)
+    else:
+        w = np.exp2((d["ts"][:n_train] - d["ts"][n_train - 1]) / half_life_ms)
+    return np.bincount(cols, weights=w, minlength=len(item_ids)).astype(np.float64)
+
+
+def run_learner(config: LearnerConfig, events: list[Event], batch: int,
+                device: str) -> tuple[Learner, dict[str, float], float]:
+    learner = Learner(config, device=device)
+    sums = {"hit_rate": 0.0, "recall": 0.0, "mrr": 0.0, "pop_hit_rate": 0.0, "pop_recall": 0.0}
+    n = 0
+    t0 = time.perf_counter()
+    for s in range(0, len(events), batch):
+        b = events[s:s + batch]
+        ev = learner.evaluate(b)
+        learner.learn(b)
+        w = len(b)
+        sums["hit_rate"] += ev.model.hit_rate * w
+        sums["recall"] += ev.model.recall * w
+        sums["mrr"] += ev.model.mrr * w
+        sums["pop_hit_rate"] += ev.popularity.hit_rate * w
+        sums["pop_recall"] += ev.popularity.recall * w
+        n += w
+    return learner, {k: v / n for k, v in sums.items()}, time.perf_counter() - t0
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in pairs:
+        key, _, raw = p.partition("=")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DATA, help="ratings.dat.gz path")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N events (quick)")
+    ap.add_argument("--batch", type=int, default=1000, help="micro-batch size of the stream")
+    ap.add_argument("--k", type=int, default=20, help="cut-off K")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--out", type=Path, default=None, help="write results as JSON here")
+    ap.add_argument("-X", action="append", default=[], metavar="KEY=VALUE",
+                    help="LearnerConfig override (JSON value), e.g. -X dim=32")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    d = load(args.data, args.limit)
+    n = len(d["ts"])
+    n_train = int(n * 0.8)
+    train_users = d["user"][:n_train].astype(str)
+    train_items = d["item"][:n_train].astype(str)
+    seen: dict[str, set[str]] = {}
+    for u, i in zip(train_users.tolist(), train_items.tolist(), strict=True):
+        seen.setdefault(u, set()).add(i)
+    test: dict[str, set[str]] = {}
+    for u, i in zip(d["user"][n_train:].astype(str).tolist(),
+                    d["item"][n_train:].astype(str).tolist(), strict=True):
+        if u in seen:
+            test.setdefault(u, set()).add(i)
+    users = sorted(test)
+    item_ids = sorted(set(train_items.tolist()))
+    results: dict[str, Any] = {"events": n, "train_events": n_train, "test_users": len(users)}
+    table = []
+    pop = popularity_scores(d, n_train, item_ids, None)
+    table.append(("popularity", topk_metrics(np.tile(pop, (len(users), 1)), item_ids, users,
+                                             seen, test, args.k)))
+    best_decayed = None
+    for days in (1, 2, 3, 5, 7, 14, 30, 90):
+        s = popularity_scores(d, n_train, item_ids, days * DAY_MS)
+        met = topk_metrics(np.tile(s, (len(users), 1)), item_ids, users, seen, test, args.k)
+        if best_decayed is None or met["recall"] > best_decayed[1]["recall"]:
+            best_decayed = (f"decayed_pop(hl={days}d)", met)
+    assert best_decayed is not None
+    table.append(best_decayed)
+    config = LearnerConfig(**parse_overrides(args.X))
+    learner, preq, secs = run_learner(config, to_events(d, 0, n_train), args.batch, args.device)
+    ids, scores = learner.score_all(users)
+    full = np.full((len(users), len(item_ids)), -np.inf)
+    col = {i: c for c, i in enumerate(item_ids)}
+    keep = [(c, col[i]) for c, i in enumerate(ids) if i in col]
+    full[:, [k for _, k in keep]] = scores[:, [c for c, _ in keep]]
+    table.append(("learner", topk_metrics(full, item_ids, users, seen, test, args.k)))
+    best_base = max(m["recall"] for _, m in table[:2])
+    print(f"events={n} train={n_train} test_users={len(users)} K={args.k} "
+          f"learn_seconds={secs:.1f} ({n_train / secs:.0f} ev/s incl. evaluate)")
+    print(f"{'method':24s} {'Recall@K':>9s} {'RecallFull':>10s} {'HitRate':>8s} {'NDCG':>8s}")
+    for name, met in table:
+        print(f"{name:24s} {met['recall']:9.4f} {met['recall_full']:10.4f} "
+              f"{met['hit_rate']:8.4f} {met['ndcg']:8.4f}")
+    ratio = table[2][1]["recall"] / best_base
+    print(f"learner / best baseline (Recall@K) = {ratio:.3f}")
+    print("prequential (train stream): " + " ".join(f"{k}={v:.4f}" for k, v in preq.items()))
+    results.update({"methods": {name: met for name, met in table}, "ratio": ratio,
+                    "prequential": preq, "config": dataclasses.asdict(config),
+                    "learn_seconds": secs})
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

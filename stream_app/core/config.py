@@ -1,0 +1,125 @@
+"""`LearnerConfig`: every knob of the learning core, frozen and checked once.
+
+Frozen so no component can change a setting another one already read; checked
+in `__post_init__` so a bad value fails before the first event, with a message
+that names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+OptimizerName = Literal["adagrad", "adam"]
+NegativesMode = Literal["in_batch", "sampled", "mixed"]
+
+DAY_MS = 86_400_000
+
+
+def _positive(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"learner.{name} must be > 0, got {value!r}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"learner.{name} must be >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LearnerConfig:
+    """Settings of `Learner`; all times are *event* time in milliseconds.
+
+    Defaults are the values tuned on the MovieLens temporal split
+    (`bench/quality_offline.py`).
+
+    >>> LearnerConfig(dim=32).dim
+    32
+    >>> LearnerConfig(dim=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: learner.dim must be > 0, got 0
+    """
+
+    # Model shape.
+    dim: int = 64
+    init_std: float = 0.05
+    # Optimiser: row-wise Adagrad touches only the rows of the batch.
+    optimizer: OptimizerName = "adagrad"
+    lr: float = 0.05
+    warmup_steps: int = 0
+    lr_decay: float = 0.0  # lr_t = lr * warmup(t) / (1 + lr_decay * t)
+    grad_clip: float = 0.0  # global L2 norm of one applied update; 0 = off
+    accumulate_steps: int = 1  # apply cached gradients every N micro-batches
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    # Loss: weighted sampled softmax with log-Q correction.
+    click_weight: float = 1.0
+    purchase_weight: float = 4.0
+    negatives: NegativesMode = "mixed"
+    num_sampled_negatives: int = 256
+    max_in_batch_negatives: int = 2048  # cap on in-batch negatives: step cost O(B * cap)
+    negative_pop_exponent: float = 0.75  # q_j ∝ popularity_j ** exponent
+    # Serving vector: id vector + decayed mean of recent item vectors.
+    recent_items: int = 20
+    recent_decay: float = 0.9  # weight of the p-th most recent item: decay**p
+    history_weight: float = 1.0
+    # Item bias = pop_weight * log(decayed popularity in event time).
+    popularity_half_life_ms: int = 7 * DAY_MS
+    pop_weight: float = 1.0
+    # Replay against forgetting.
+    replay_ratio: float = 1.0  # replayed events per fresh event in a batch
+    replay_capacity: int = 100_000
+    # Vocabulary.
+    admission_threshold: int = 1  # events before an id gets its own row
+    idle_ttl_ms: int = 0  # evict rows idle this long in event time; 0 = never
+    max_users: int = 1_000_000
+    max_items: int = 1_000_000
+    # Guards.
+    rate_cap_events: int = 0  # max events per user per window; 0 = off
+    rate_cap_window_ms: int = 60_000
+    dedup_window: int = 100_000  # remember this many event ids
+    # Evaluation.
+    eval_k: int = 20
+    eval_max_items: int = 200_000  # rank exactly up to here, else sample this many
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "accumulate_steps", "recent_items", "replay_capacity",
+                     "admission_threshold", "max_users", "max_items", "dedup_window",
+                     "eval_k", "eval_max_items", "rate_cap_window_ms",
+                     "popularity_half_life_ms"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"learner.{name} must be > 0, got {value!r}")
+        for name in ("lr", "init_std", "eps"):
+            _positive(name, getattr(self, name))
+        for name in ("lr_decay", "grad_clip", "click_weight", "purchase_weight",
+                     "negative_pop_exponent", "history_weight", "pop_weight",
+                     "replay_ratio"):
+            _non_negative(name, getattr(self, name))
+        for name in ("warmup_steps", "idle_ttl_ms", "rate_cap_events", "num_sampled_negatives",
+                     "max_in_batch_negatives", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"learner.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.optimizer not in ("adagrad", "adam"):
+            raise ValueError(
+                f"learner.optimizer must be 'adagrad' or 'adam', got {self.optimizer!r}")
+        if self.negatives not in ("in_batch", "sampled", "mixed"):
+            raise ValueError("learner.negatives must be 'in_batch', 'sampled' or 'mixed', "
+                             f"got {self.negatives!r}")
+        if self.negatives != "in_batch" and self.num_sampled_negatives == 0:
+            raise ValueError(f"learner.num_sampled_negatives must be > 0 when "
+                             f"negatives={self.negatives!r}; set it or use 'in_batch'")
+        if self.negatives != "sampled" and self.max_in_batch_negatives == 0:
+            raise ValueError(f"learner.max_in_batch_negatives must be > 0 when "
+                             f"negatives={self.negatives!r}; set it or use 'sampled'")
+        if self.click_weight == 0 and self.purchase_weight == 0:
+            raise ValueError("learner.click_weight and purchase_weight are both 0; "
+                             "set at least one > 0")
+        if not 0.0 <= self.recent_decay <= 1.0:
+            raise ValueError(f"learner.recent_decay must be in [0, 1], got {self.recent_decay!r}")
+        b1, b2 = self.adam_betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"learner.adam_betas must be in [0, 1), got {self.adam_betas!r}")

@@ -1,0 +1,257 @@
+"""`Learner`: the one object the trainer drives (evaluate -> learn -> rows).
+
+Per micro-batch: screen (dedup, rate cap) -> map ids to rows (admission,
+TTL/LRU eviction) -> weighted sampled-softmax step (`loss.py`) on the fresh
+events plus a replayed sample -> finite check -> row-wise optimiser (or
+accumulate) -> decayed popularity and recent items -> report what changed.
+
+Restore: every live row's `EmbeddingRow` (see `rows.py`) plus `global_state()`
+restore the model exactly (`apply_rows`, `apply_global_state`). NOT restored
+from rows: the replay buffer, the dedup window, rate-cap counters, pending
+admission counts, gradients cached by `accumulate_steps > 1` that were not yet
+applied, and the random generator position unless `global_state` is applied.
+`state_dict()` / `load_state_dict()` snapshot everything, including those.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from stream_app.core import model as m
+from stream_app.core.config import LearnerConfig
+from stream_app.core.evaluate import EvalStats
+from stream_app.core.guards import Deduplicator, Outcome, RateLimiter, screen
+from stream_app.core.learner_ops import LearnerOps
+from stream_app.core.learner_state import LearnerState
+from stream_app.core.optim import GradAccumulator
+from stream_app.core.replay_buffer import ReplayBuffer
+from stream_app.core.stats import StepStats
+from stream_app.core.vocab import COLD_ROW, Vocab
+from stream_app.events import Event, EventKind
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU: same code either way."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Learner(LearnerOps, LearnerState):
+    """Incremental recommender over a stream of click/purchase events.
+
+    Exact restore = `apply_rows(all latest rows)` + `apply_global_state(...)`.
+    Not restored that way (see the module docstring): replay buffer, dedup
+    window, rate-cap counters, pending admission counts, un-applied
+    accumulated gradients; `state_dict()` covers everything.
+
+    >>> from stream_app.events import Event, EventKind
+    >>> lr = Learner(LearnerConfig(dim=8, num_sampled_negatives=4), device="cpu")
+    >>> evs = [Event(event_id=f"e{k}", user_id=f"u{k % 3}", item_id=f"i{k % 5}",
+    ...              ts=1_000 * k, kind=EventKind.CLICK) for k in range(12)]
+    >>> lr.learn(evs).n_applied
+    12
+    >>> lr.table_sizes()
+    {'users': 3, 'items': 5}
+    >>> len(lr.recommend(["u0"], k=2).item_ids[0])
+    2
+    """
+
+    def __init__(self, config: LearnerConfig | None = None, *,
+                 device: str | torch.device | None = None, seed: int | None = None) -> None:
+        self.config = config or LearnerConfig()
+        self.device = torch.device(device) if device is not None else default_device()
+        cfg = self.config
+        self.seed = cfg.seed if seed is None else seed
+        self._gen = torch.Generator(device=self.device)
+        self._gen.manual_seed(self.seed)
+        self._user_vocab = Vocab(max_rows=cfg.max_users,
+                                 admission_threshold=cfg.admission_threshold,
+                                 idle_ttl_ms=cfg.idle_ttl_ms)
+        self._item_vocab = Vocab(max_rows=cfg.max_items,
+                                 admission_threshold=cfg.admission_threshold,
+                                 idle_ttl_ms=cfg.idle_ttl_ms)
+        self._users = m.Table(cfg, self.device, items=False)
+        self._items = m.Table(cfg, self.device, items=True)
+        self._sync_tables()
+        self._items.reset_rows(torch.tensor([COLD_ROW], device=self.device), self._gen)
+        self._dedup = Deduplicator(cfg.dedup_window)
+        self._rate = RateLimiter(cfg.rate_cap_events, cfg.rate_cap_window_ms)
+        self._replay = ReplayBuffer(cfg.replay_capacity, self.seed)
+        self._accum = GradAccumulator(cfg.accumulate_steps)
+        self._step = 0  # learn() calls that applied at least one event
+        self._applied_steps = 0  # optimiser updates (drives the LR schedule)
+        self._origin_ms: int | None = None
+        self._watermark_ms: int | None = None
+        self._deferred: dict[int, tuple[str, ...]] = {}  # user row -> recent ids to resolve
+
+    # ------------------------------------------------------------------ learning
+    def learn(self, events: Sequence[Event]) -> StepStats:
+        """Learn from one micro-batch (any order; event time is taken from `ts`).
+
+        Never mutates `events`. See `StepStats` for what to publish and dead-letter.
+        """
+        t0 = time.perf_counter()
+        self._resolve_deferred()
+        outcomes, keep, rate_pending = screen(events, self._dedup, self._rate)
+        if not keep:
+            return StepStats(step=self._step, loss=float("nan"), n_applied=0,
+                             outcomes=tuple(outcomes))
+        kept = [events[i] for i in keep]
+        cfg = self.config
+        uids = [e.user_id for e in kept]
+        iids = [e.item_id for e in kept]
+        ts_np = np.fromiter((e.ts for e in kept), dtype=np.int64, count=len(kept))
+        weights_np = np.fromiter((cfg.purchase_weight if e.kind == EventKind.PURCHASE
+                                  else cfg.click_weight for e in kept),
+                                 dtype=np.float32, count=len(kept))
+        now = int(ts_np.max()) if self._watermark_ms is None \
+            else max(self._watermark_ms, int(ts_np.max()))
+        origin = self._origin_ms if self._origin_ms is not None else int(ts_np.min())
+        t1 = time.perf_counter()
+        u_rows, u_adm = self._assign(self._user_vocab, uids, ts_np, now)
+        i_rows, i_adm = self._assign(self._item_vocab, iids, ts_np, now)
+        self._sync_tables()
+        self._evict_rows(u_adm.evicted_rows, i_adm.evicted_rows)
+        self._users.reset_rows(self._t(u_adm.new_rows), self._gen)
+        self._items.reset_rows(self._t(i_adm.new_rows), self._gen)
+        evicted = (u_adm.evicted_ids, i_adm.evicted_ids)
+        t2 = time.perf_counter()
+
+        # Events whose item is still below the admission threshold have no item
+        # row: they count for admission only, and are not trained on.
+        fresh = i_rows > COLD_ROW
+        u_t, i_t = self._t(u_rows), self._t(i_rows)
+        ts_t = self._t(ts_np)
+        w_t = torch.as_tensor(weights_np, device=self.device)
+        fresh_t = self._t(fresh)
+        contrib = m.decayed_log_weight(cfg, ts_t[fresh_t], w_t[fresh_t], origin)
+        new_logpop = m.add_popularity(self._items.logpop, i_t[fresh_t], contrib)
+        r_u, r_i, r_w = self._replay_sample(int(fresh.sum()))
+        train_u = torch.cat([u_t[fresh_t], r_u])
+        train_i = torch.cat([i_t[fresh_t], r_i])
+        train_w = torch.cat([w_t[fresh_t], r_w])
+        grads = self._gradients(train_u, train_i, train_w, new_logpop)
+        t3 = time.perf_counter()
+        if grads is None:  # non-finite: apply nothing, hand the events back
+            self._rollback(u_adm.new_ids, i_adm.new_ids)
+            self._user_vocab.untouch(u_adm)
+            self._item_vocab.untouch(i_adm)
+            for i in keep:
+                outcomes[i] = Outcome.NON_FINITE
+            return StepStats(step=self._step, loss=float("nan"), n_applied=0,
+                             outcomes=tuple(outcomes), evicted_user_ids=evicted[0],
+                             evicted_item_ids=evicted[1])
+        loss, (g_user_rows, g_user), (g_item_rows, g_item) = grads
+
+        # Commit, in an order that keeps every structure consistent on its own.
+        self._step += 1
+        self._accum.add("user", g_user_rows, g_user)
+        self._accum.add("item", g_item_rows, g_item)
+        self._accum.tick()
+        applied = self._accum.ready()
+        if applied:
+            self._apply(self._accum.pop())
+        self._items.logpop = new_logpop
+        own_user = u_t > COLD_ROW
+        m.push_history(self._users.hist, u_t[fresh_t & own_user], i_t[fresh_t & own_user],
+                       ts_t[fresh_t & own_user])
+        self._users.updates.index_add_(0, u_t, torch.ones_like(u_t))
+        self._items.updates.index_add_(0, i_t[fresh_t], torch.ones_like(i_t[fresh_t]))
+        self._replay.add([u for u, f in zip(uids, fresh, strict=True) if f],
+                         [i for i, f in zip(iids, fresh, strict=True) if f], weights_np[fresh])
+        self._dedup.commit([e.event_id for e in kept])
+        self._rate.commit(rate_pending, now)
+        self._watermark_ms, self._origin_ms = now, origin
+        changed_u = torch.cat([u_t, g_user_rows]) if applied else u_t
+        changed_i = torch.cat([i_t[fresh_t], g_item_rows]) if applied else i_t[fresh_t]
+        t4 = time.perf_counter()
+        return StepStats(
+            step=self._step, loss=loss, n_applied=len(kept), outcomes=tuple(outcomes),
+            changed_user_ids=self._ids(self._user_vocab, changed_u),
+            changed_item_ids=self._ids(self._item_vocab, changed_i),
+            evicted_user_ids=evicted[0], evicted_item_ids=evicted[1],
+            admissions=len(u_adm.new_ids) + len(i_adm.new_ids), applied_update=applied,
+            n_replayed=len(r_u),
+            timings={"screen": t1 - t0, "vocab": t2 - t1, "gradients": t3 - t2,
+                     "commit": t4 - t3, "total": t4 - t0})
+
+    def evaluate(self, events: Sequence[Event]) -> EvalStats:
+        """Prequential metrics of the current model on `events`, before learning them.
+
+        Changes nothing. Users without a row are scored with the cold-start row.
+        """
+        self._resolve_deferred()
+        return self._evaluate(events)
+
+    # ------------------------------------------------------------------ helpers
+    def _t(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=self.device)
+
+    def _assign(self, vocab: Vocab, ids: list[str], ts: np.ndarray,
+                now: int) -> tuple[np.ndarray, Any]:
+        """Per-event rows for `ids`, admitting/evicting in `vocab`."""
+        index: dict[str, int] = {}
+        inverse = np.fromiter((index.setdefault(i, len(index)) for i in ids),
+                              dtype=np.int64, count=len(ids))
+        last = np.full(len(index), np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(last, inverse, ts)
+        counts = np.bincount(inverse, minlength=len(index)).astype(np.int64)
+        adm = vocab.assign(list(index), last, counts, now)
+        return adm.rows[inverse], adm
+
+    def _sync_tables(self) -> None:
+        self._users.ensure(self._user_vocab.allocated)
+        self._items.ensure(self._item_vocab.allocated)
+
+    def _evict_rows(self, user_rows: np.ndarray, item_rows: np.ndarray) -> None:
+        """Clear evicted rows so a reused row starts blank; drop their cached grads."""
+        if len(user_rows):
+            rows = self._t(user_rows)
+            self._users.reset_rows(rows, None)
+            self._accum.discard("user", rows)
+            for r in user_rows.tolist():
+                self._deferred.pop(r, None)
+        if len(item_rows):
+            rows = self._t(item_rows)
+            m.compact_history(self._users.hist, rows)
+            self._items.reset_rows(rows, None)
+            self._accum.discard("item", rows)
+
+    def _rollback(self, user_ids: tuple[str, ...], item_ids: tuple[str, ...]) -> None:
+        for vocab, table, ids in ((self._user_vocab, self._users, user_ids),
+                                  (self._item_vocab, self._items, item_ids)):
+            rows = [r for r in (vocab.remove(i) for i in ids) if r is not None]
+            table.reset_rows(self._t(np.array(rows, dtype=np.int64)), None)
+
+    def _replay_sample(self, n_fresh: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = int(round(self.config.replay_ratio * n_fresh))
+        users, items, weights = self._replay.sample(n)
+        ur = self._user_vocab.lookup(list(users))
+        ir = self._item_vocab.lookup(list(items))
+        ok = (ur >= 0) & (ir > COLD_ROW)
+        return self._t(ur[ok]), self._t(ir[ok]), self._t(weights[ok])
+
+    @staticmethod
+    def _ids(vocab: Vocab, rows: torch.Tensor) -> tuple[str, ...]:
+        out = []
+        for r in torch.unique(rows).tolist():
+            id_ = vocab.ids[r] if r != COLD_ROW else None
+            if id_ is not None:
+                out.append(id_)
+        return tuple(out)
+
+    def _resolve_deferred(self) -> None:
+        """Rebuild restored users' recent items once all rows have been applied."""
+        if not self._deferred:
+            return
+        length = self.config.recent_items
+        for row, recent in self._deferred.items():
+            rows = [r for r in self._item_vocab.lookup(list(recent)).tolist() if r > COLD_ROW]
+            hist = np.full(length, -1, dtype=np.int64)
+            hist[: len(rows[:length])] = rows[:length]
+            self._users.hist[row] = self._t(hist)
+        self._deferred = {}

@@ -1,0 +1,227 @@
+"""Rows, restore and snapshots of `Learner`: everything about state in and out.
+
+`rows()` / `apply_rows()` are the changelog path (per-row, exact);
+`global_state()` / `apply_global_state()` carry what is not per-row;
+`state_dict()` / `load_state_dict()` are a full local snapshot.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from stream_app.core import model as m
+from stream_app.core import rows as codec
+from stream_app.core.config import LearnerConfig
+from stream_app.core.guards import Deduplicator, RateLimiter
+from stream_app.core.optim import GradAccumulator
+from stream_app.core.replay_buffer import ReplayBuffer
+from stream_app.core.vocab import COLD_ROW, Vocab
+from stream_app.events import EmbeddingRow
+
+
+class LearnerState:
+    config: LearnerConfig
+    device: torch.device
+    _gen: torch.Generator
+    _users: m.Table
+    _items: m.Table
+    _user_vocab: Vocab
+    _item_vocab: Vocab
+    _accum: GradAccumulator
+    _dedup: Deduplicator
+    _rate: RateLimiter
+    _replay: ReplayBuffer
+    _step: int
+    _applied_steps: int
+    _origin_ms: int | None
+    _watermark_ms: int | None
+    _deferred: dict[int, tuple[str, ...]]
+
+    def user_ids(self) -> list[str]:
+        """Ids of every user with its own row."""
+        return list(self._user_vocab.index)
+
+    def item_ids(self) -> list[str]:
+        """Ids of every item with its own row."""
+        return list(self._item_vocab.index)
+
+    def table_sizes(self) -> dict[str, int]:
+        """Live rows per table (excluding the shared cold-start rows)."""
+        return {"users": len(self._user_vocab), "items": len(self._item_vocab)}
+
+    def forget_user(self, user_id: str) -> bool:
+        """Delete a user's row and history (GDPR erase); True if it existed."""
+        self._resolve_deferred()
+        row = self._user_vocab.remove(user_id)
+        if row is None:
+            return False
+        rows = torch.tensor([row], device=self.device)
+        self._users.reset_rows(rows, None)
+        self._accum.discard("user", rows)
+        return True
+
+    def rows(self, *, user_ids: Iterable[str] = (), item_ids: Iterable[str] = (),
+             model_version: str, now_ms: int) -> list[EmbeddingRow]:
+        """Current `EmbeddingRow` of each known id (unknown ids are skipped)."""
+        self._resolve_deferred()
+        out = [self._user_row(u, model_version, now_ms) for u in user_ids]
+        out += [self._item_row(i, model_version, now_ms) for i in item_ids]
+        return [r for r in out if r is not None]
+
+    def _user_row(self, uid: str, version: str, now_ms: int) -> EmbeddingRow | None:
+        r = self._user_vocab.row(uid)
+        if r is None:
+            return None
+        rows = torch.tensor([r], device=self.device)
+        serving = m.serving_vectors(self.config, self._users, self._items, rows)[0]
+        hist = [h for h in self._users.hist[r].tolist() if h >= 0]
+        recent = tuple(self._item_vocab.ids[h] or "" for h in hist)
+        return EmbeddingRow(
+            entity="user", id=uid, vector=serving.cpu().numpy().astype(np.float32),
+            bias=0.0, model_version=version, updates=int(self._users.updates[r]),
+            updated_at=now_ms, last_event_ts=int(self._user_vocab.last_ts[r]),
+            recent_items=recent,
+            state={"format": codec.STATE_FORMAT,
+                   "id_vec": self._users.vec[r].cpu().numpy().astype(np.float32).copy(),
+                   "opt": codec.encode_slots(self._users, r)})
+
+    def _item_row(self, iid: str, version: str, now_ms: int) -> EmbeddingRow | None:
+        r = self._item_vocab.row(iid)
+        if r is None:
+            return None
+        logpop = codec.finite_logpop(float(self._items.logpop[r]))
+        return EmbeddingRow(
+            entity="item", id=iid, vector=self._items.vec[r].cpu().numpy().astype(np.float32),
+            bias=self.config.pop_weight * logpop, model_version=version,
+            updates=int(self._items.updates[r]), updated_at=now_ms,
+            last_event_ts=int(self._item_vocab.last_ts[r]),
+            state={"format": codec.STATE_FORMAT, "logpop": logpop,
+                   "opt": codec.encode_slots(self._items, r)})
+
+    def apply_rows(self, rows: Iterable[EmbeddingRow]) -> None:
+        """Restore rows from the changelog (any order; latest row per key wins).
+
+        Users' recent items are resolved against items once the next call needs
+        them, so users may arrive before their items.
+        """
+        for row in rows:
+            if row.entity == "user":
+                self._restore_user(row)
+            else:
+                self._restore_item(row)
+
+    def _claim(self, vocab: Vocab, table: m.Table, id_: str, last_ts: int) -> int:
+        r, _evicted_ids, evicted = vocab.force(id_, last_ts)
+        table.ensure(vocab.allocated)
+        if len(evicted):
+            ev = torch.as_tensor(evicted, device=self.device)
+            if table is self._items:
+                m.compact_history(self._users.hist, ev)
+            table.reset_rows(ev, None)
+        return r
+
+    def _restore_user(self, row: EmbeddingRow) -> None:
+        r = self._claim(self._user_vocab, self._users, row.id, row.last_event_ts)
+        self._users.vec[r] = torch.as_tensor(np.asarray(row.state["id_vec"], dtype=np.float32),
+                                             device=self.device)
+        codec.decode_slots(self._users, r, row.state["opt"])
+        self._users.updates[r] = row.updates
+        self._users.hist[r] = -1
+        self._deferred[r] = tuple(row.recent_items)
+
+    def _restore_item(self, row: EmbeddingRow) -> None:
+        r = self._claim(self._item_vocab, self._items, row.id, row.last_event_ts)
+        self._items.vec[r] = torch.as_tensor(np.asarray(row.vector, dtype=np.float32),
+                                             device=self.device)
+        codec.decode_slots(self._items, r, row.state["opt"])
+        self._items.updates[r] = row.updates
+        self._items.logpop[r] = codec.read_logpop(float(row.state["logpop"]))
+
+    def global_state(self) -> dict[str, Any]:
+        """JSON-able state that is not per row: counters, time origin, cold rows, RNG."""
+        return {
+            "format": codec.STATE_FORMAT, "step": self._step,
+            "applied_steps": self._applied_steps, "origin_ms": self._origin_ms,
+            "watermark_ms": self._watermark_ms,
+            "cold_user": self._cold(self._users), "cold_item": self._cold(self._items),
+            "rng": base64.b64encode(self._gen.get_state().cpu().numpy().tobytes()).decode(),
+        }
+
+    def _cold(self, table: m.Table) -> dict[str, Any]:
+        slots = codec.encode_slots(table, COLD_ROW)
+        return {"vec": table.vec[COLD_ROW].tolist(),
+                "opt": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                        for k, v in slots.items()}}
+
+    def apply_global_state(self, state: dict[str, Any]) -> None:
+        """Inverse of `global_state()`."""
+        self._step = int(state["step"])
+        self._applied_steps = int(state["applied_steps"])
+        self._origin_ms = state["origin_ms"]
+        self._watermark_ms = state["watermark_ms"]
+        for table, cold in ((self._users, state["cold_user"]), (self._items, state["cold_item"])):
+            table.vec[COLD_ROW] = torch.tensor(cold["vec"], dtype=torch.float32,
+                                               device=self.device)
+            codec.decode_slots(table, COLD_ROW, cold["opt"])
+        rng = np.frombuffer(base64.b64decode(state["rng"]), dtype=np.uint8).copy()
+        self._gen.set_state(torch.from_numpy(rng))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Full snapshot (torch.save-able), including what rows do not carry."""
+        self._resolve_deferred()
+        tables = {}
+        for name, t in (("users", self._users), ("items", self._items)):
+            tables[name] = {"vec": t.vec.clone(), "updates": t.updates.clone(),
+                            "logpop": t.logpop.clone(), "hist": t.hist.clone(),
+                            "slots": {k: v.clone() for k, v in t.slots.items()}}
+        vocabs = {name: {"ids": list(v.ids), "last_ts": v.last_ts.copy(), "free": list(v.free),
+                         "pending": list(v.pending.items())}
+                  for name, v in (("users", self._user_vocab), ("items", self._item_vocab))}
+        return {"config": dataclasses.asdict(self.config), "global": self.global_state(),
+                "tables": tables, "vocabs": vocabs,
+                "replay": {"seen": self._replay.seen, "users": self._replay.users.copy(),
+                           "items": self._replay.items.copy(),
+                           "weights": self._replay.weights.copy(),
+                           "rng": copy.deepcopy(self._replay.rng.bit_generator.state)},
+                "dedup": list(self._dedup._order),  # noqa: SLF001 - own component
+                "rate": dict(self._rate._counts)}  # noqa: SLF001
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict()` taken from a learner with the same config."""
+        if state["config"] != dataclasses.asdict(self.config):
+            raise ValueError("state_dict was written with a different LearnerConfig; "
+                             "build the Learner with that config to load it")
+        for name, t in (("users", self._users), ("items", self._items)):
+            src = state["tables"][name]
+            t.vec, t.updates = src["vec"].to(self.device), src["updates"].to(self.device)
+            t.logpop, t.hist = src["logpop"].to(self.device), src["hist"].to(self.device)
+            t.slots = {k: v.to(self.device) for k, v in src["slots"].items()}
+        for name, v in (("users", self._user_vocab), ("items", self._item_vocab)):
+            src = state["vocabs"][name]
+            v.ids = list(src["ids"])
+            v.index = {i: r for r, i in enumerate(v.ids) if i is not None}
+            v.last_ts, v.free = src["last_ts"].copy(), list(src["free"])
+            v.pending.clear()
+            v.pending.update(src["pending"])
+        rep = state["replay"]
+        self._replay.seen = rep["seen"]
+        self._replay.users, self._replay.items = rep["users"].copy(), rep["items"].copy()
+        self._replay.weights = rep["weights"].copy()
+        self._replay.rng.bit_generator.state = copy.deepcopy(rep["rng"])
+        self._dedup = Deduplicator(self.config.dedup_window)
+        self._dedup.commit(state["dedup"])
+        self._rate = RateLimiter(self.config.rate_cap_events, self.config.rate_cap_window_ms)
+        self._rate.commit(state["rate"], self._watermark_ms or 0)
+        self._accum = GradAccumulator(self.config.accumulate_steps)
+        self.apply_global_state(state["global"])
+        self._deferred = {}
+
+    def _resolve_deferred(self) -> None:  # implemented by Learner
+        raise NotImplementedError

@@ -1,0 +1,168 @@
+r"""Embedding tables and the scoring model.
+
+    score(u, j) = x_u . v_j + b_j
+    x_u = p_u + history_weight * sum_p decay^p v_{h_u[p]} / sum_p decay^p   (serving vector)
+    b_j = pop_weight * log sum_k w_k 2^((t_k - origin) / half_life)        (item bias)
+
+- p_u (dim,): the learned id vector of user u.
+- h_u (L,): item rows the user touched, most recent first, -1 padded; valid
+  entries are always a prefix (`compact_history`). It makes a click change the
+  user's recommendations in the very next batch (item-to-item signal).
+- b_j: log of the item's time-decayed popularity (weights w_k of its events),
+  referenced to a fixed `origin` so it needs no update when time passes: decay
+  is the same for every item, so ranking by b_j at any moment is ranking by
+  decayed popularity at that moment. It is kept in float64 (its magnitude grows
+  by ln 2 per half-life since origin).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from stream_app.core.config import LearnerConfig
+from stream_app.core.optim import new_slots
+
+
+class Table:
+    """Rows of one entity: vec (rows, dim), optimiser slots, and entity extras.
+
+    Items also hold `logpop` (rows,) float64; users hold `hist` (rows, L) int64.
+    """
+
+    def __init__(self, config: LearnerConfig, device: torch.device, *, items: bool) -> None:
+        self.config = config
+        self.device = device
+        self.items = items
+        self.vec = torch.zeros(0, config.dim, device=device)
+        self.slots = new_slots(config.optimizer, 0, config.dim, device)
+        self.updates = torch.zeros(0, dtype=torch.int64, device=device)
+        self.logpop = torch.zeros(0, dtype=torch.float64, device=device)
+        self.hist = torch.zeros(0, config.recent_items, dtype=torch.int64, device=device)
+
+    def __len__(self) -> int:
+        return self.vec.shape[0]
+
+    def ensure(self, rows: int) -> None:
+        """Grow every tensor to at least `rows` rows (new rows are blank)."""
+        old = len(self)
+        if rows <= old:
+            return
+        extra = rows - old
+        self.vec = torch.cat([self.vec, torch.zeros(extra, self.config.dim, device=self.device)])
+        fresh = new_slots(self.config.optimizer, extra, self.config.dim, self.device)
+        self.slots = {k: torch.cat([v, fresh[k]]) for k, v in self.slots.items()}
+        self.updates = torch.cat([self.updates, torch.zeros(extra, dtype=torch.int64,
+                                                            device=self.device)])
+        self.logpop = torch.cat([self.logpop, torch.full((extra,), float("-inf"),
+                                                         dtype=torch.float64, device=self.device)])
+        self.hist = torch.cat([self.hist, torch.full((extra, self.config.recent_items), -1,
+                                                     dtype=torch.int64, device=self.device)])
+
+    def reset_rows(self, rows: torch.Tensor, generator: torch.Generator | None) -> None:
+        """Fresh state for (re)used rows: random vec (zero for users), zero slots."""
+        if rows.numel() == 0:
+            return
+        if self.items and generator is not None:
+            init = torch.randn(len(rows), self.config.dim, generator=generator,
+                               device=generator.device) * self.config.init_std
+            self.vec[rows] = init.to(self.device)
+        else:
+            self.vec[rows] = 0.0
+        for v in self.slots.values():
+            v[rows] = 0
+        self.updates[rows] = 0
+        self.logpop[rows] = float("-inf")
+        self.hist[rows] = -1
+
+
+def history_weights(config: LearnerConfig, device: torch.device) -> torch.Tensor:
+    """(L,) positional weights decay**p of the recent items."""
+    return config.recent_decay ** torch.arange(config.recent_items, device=device,
+                                               dtype=torch.float32)
+
+
+def serving(config: LearnerConfig, id_vecs: torch.Tensor, hist_vecs: torch.Tensor,
+            hist_valid: torch.Tensor) -> torch.Tensor:
+    """x_u = p_u + history_weight * decayed mean of recent item vectors.
+
+    id_vecs: (n, d); hist_vecs: (n, L, d); hist_valid: (n, L) bool. Returns (n, d).
+    """
+    w = history_weights(config, id_vecs.device).unsqueeze(0) * hist_valid
+    norm = w.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    mean = (w.unsqueeze(2) * hist_vecs).sum(dim=1) / norm
+    return id_vecs + config.history_weight * mean
+
+
+def serving_vectors(config: LearnerConfig, users: Table, items: Table,
+                    user_rows: torch.Tensor) -> torch.Tensor:
+    """Serving vectors (n, d) of `user_rows` from the current tables (no grad)."""
+    hist = users.hist.index_select(0, user_rows)
+    valid = hist >= 0
+    hist_vecs = items.vec.index_select(0, hist.clamp(min=0).flatten()).view(*hist.shape, -1)
+    return serving(config, users.vec.index_select(0, user_rows), hist_vecs, valid)
+
+
+def decayed_log_weight(config: LearnerConfig, ts: torch.Tensor, weights: torch.Tensor,
+                       origin_ms: int) -> torch.Tensor:
+    """log(w_k) + (t_k - origin) ln2 / half_life, float64 (B,): one event's log contribution."""
+    rate = math.log(2.0) / config.popularity_half_life_ms
+    return weights.to(torch.float64).log() + (ts - origin_ms).to(torch.float64) * rate
+
+
+def add_popularity(logpop: torch.Tensor, rows: torch.Tensor, contrib: torch.Tensor) -> torch.Tensor:
+    """New logpop (copy) after adding the batch's contributions: scatter-logsumexp.
+
+    logpop: (rows,) float64; rows: (B,) item rows; contrib: (B,) float64.
+    """
+    out = logpop.clone()
+    peak = out.scatter_reduce(0, rows, contrib, reduce="amax", include_self=True)
+    m = peak.index_select(0, rows)
+    summed = torch.zeros_like(out)
+    summed.index_add_(0, rows, (contrib - m).exp())
+    touched = torch.unique(rows)
+    base = torch.where(torch.isinf(out[touched]), torch.zeros_like(out[touched]),
+                       (out[touched] - peak[touched]).exp())
+    out[touched] = peak[touched] + (base + summed[touched]).log()
+    return out
+
+
+def push_history(hist: torch.Tensor, user_rows: torch.Tensor, item_rows: torch.Tensor,
+                 order_key: torch.Tensor) -> None:
+    """Prepend each user's new items (newest first) to `hist`, keeping the first L.
+
+    hist: (rows, L) in place; user_rows, item_rows, order_key: (B,) with larger
+    key = more recent (event time, then position in the batch).
+    """
+    if user_rows.numel() == 0:
+        return
+    length = hist.shape[1]
+    order = torch.argsort(order_key, stable=True)
+    order = order[torch.argsort(user_rows[order], stable=True)]
+    u, it = user_rows[order], item_rows[order]
+    uniq, inverse, counts = torch.unique_consecutive(u, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0) - 1
+    from_end = ends[inverse] - torch.arange(len(u), device=u.device)  # 0 = newest
+    new = torch.full((len(uniq), length), -1, dtype=torch.int64, device=hist.device)
+    keep = from_end < length
+    new[inverse[keep], from_end[keep]] = it[keep]
+    old = hist.index_select(0, uniq)
+    pos = torch.arange(length, device=hist.device).unsqueeze(0) - counts.unsqueeze(1)
+    shifted = old.gather(1, pos.clamp(min=0))
+    hist[uniq] = torch.where(pos >= 0, shifted, new)
+
+
+def compact_history(hist: torch.Tensor, removed_items: torch.Tensor) -> None:
+    """Drop `removed_items` from every history, keeping valid entries a prefix (in place)."""
+    if removed_items.numel() == 0:
+        return
+    hit = torch.isin(hist, removed_items)
+    affected = torch.nonzero(hit.any(dim=1)).flatten()
+    if affected.numel() == 0:
+        return
+    sub = torch.where(hit[affected], torch.full_like(hist[affected], -1), hist[affected])
+    length = hist.shape[1]
+    key = (sub < 0).to(torch.int64) * length + torch.arange(length, device=hist.device)
+    hist[affected] = sub.gather(1, torch.argsort(key, dim=1))
+

@@ -1,0 +1,62 @@
+"""Replay buffer against forgetting: a bounded uniform reservoir of past events.
+
+Reservoir sampling (Vitter's algorithm R) keeps every applied event with equal
+probability capacity / seen, so old behaviour keeps a voice in each batch while
+memory stays at `capacity` entries. Entries are ids, not rows: a replayed event
+whose user or item has since been evicted is skipped by the learner.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+
+class ReplayBuffer:
+    """Bounded reservoir of (user id, item id, weight) triples.
+
+    >>> buf = ReplayBuffer(capacity=3, seed=0)
+    >>> buf.add(["u1", "u2"], ["i1", "i2"], np.ones(2, dtype=np.float32)); len(buf)
+    2
+    >>> buf.sample(5)[0].shape
+    (5,)
+    """
+
+    def __init__(self, capacity: int, seed: int) -> None:
+        self.capacity = capacity
+        self.seen = 0
+        self.users = np.empty(capacity, dtype=object)
+        self.items = np.empty(capacity, dtype=object)
+        self.weights = np.zeros(capacity, dtype=np.float32)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return min(self.seen, self.capacity)
+
+    def add(self, users: list[str], items: list[str], weights: npt.NDArray[np.float32]) -> None:
+        n = len(users)
+        fill = max(0, min(n, self.capacity - self.seen))
+        if fill:
+            self.users[self.seen:self.seen + fill] = users[:fill]
+            self.items[self.seen:self.seen + fill] = items[:fill]
+            self.weights[self.seen:self.seen + fill] = weights[:fill]
+        if n > fill:
+            # Event k (0-based overall) replaces a random slot with prob capacity / (k + 1).
+            k = self.seen + np.arange(fill, n)
+            slot = (self.rng.random(len(k)) * (k + 1)).astype(np.int64)
+            keep = slot < self.capacity
+            src = np.arange(fill, n)[keep]
+            self.users[slot[keep]] = np.asarray(users, dtype=object)[src]
+            self.items[slot[keep]] = np.asarray(items, dtype=object)[src]
+            self.weights[slot[keep]] = weights[src]
+        self.seen += n
+
+    def sample(self, n: int) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.object_],
+                                      npt.NDArray[np.float32]]:
+        """`n` entries drawn uniformly with replacement: users, items, weights (n,)."""
+        size = len(self)
+        if size == 0 or n <= 0:
+            empty = np.empty(0, dtype=object)
+            return empty, empty.copy(), np.zeros(0, dtype=np.float32)
+        idx = self.rng.integers(0, size, n)
+        return self.users[idx], self.items[idx], self.weights[idx]

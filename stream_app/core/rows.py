@@ -1,0 +1,51 @@
+"""Encode table rows as `EmbeddingRow`s and decode them back, exactly.
+
+The compacted `embeddings` topic is the trainer's changelog, so a row carries
+everything per-row the learner needs (`EmbeddingRow.state`):
+
+- users: `id_vec` (dim,) float32, optimiser slots, recent items (in the row's
+  `recent_items`, most recent first);
+- items: `logpop` (float, log decayed popularity referenced to the global
+  origin), optimiser slots.
+
+Optimiser slots: Adagrad `acc` (float); Adam `m`, `v` (dim,) float32 and `t`.
+Floats are float32 values held in Python floats, which JSON carries exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from stream_app.core.model import Table
+
+STATE_FORMAT = 1
+_NEG_INF_SUBSTITUTE = -1e30  # JSON has no -inf; an item row always has >= 1 event anyway
+
+
+def encode_slots(table: Table, row: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, t in table.slots.items():
+        value = t[row]
+        out[name] = float(value.item()) if value.dim() == 0 else \
+            value.detach().cpu().numpy().astype(np.float32).copy()
+    return out
+
+
+def decode_slots(table: Table, row: int, slots: dict[str, Any]) -> None:
+    for name, t in table.slots.items():
+        if name not in slots:
+            raise ValueError(f"row state lacks optimiser slot {name!r}: was it written by "
+                             "a learner with a different optimizer?")
+        value = slots[name]
+        t[row] = torch.as_tensor(np.asarray(value, dtype=np.float32), device=t.device)
+
+
+def finite_logpop(value: float) -> float:
+    return value if np.isfinite(value) else _NEG_INF_SUBSTITUTE
+
+
+def read_logpop(value: float) -> float:
+    return float("-inf") if value <= _NEG_INF_SUBSTITUTE else value

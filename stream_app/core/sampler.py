@@ -1,0 +1,81 @@
+"""Candidate sets for the loss: in-batch positives and popularity-sampled negatives.
+
+Negatives are drawn from q_j ∝ exp(exponent * logpop_j), the (smoothed)
+time-decayed popularity, so they are the items the model is most likely to
+wrongly rank high; `loss.py` removes the sampling bias with log Q_j.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class Negatives:
+    """Shared negative rows for a batch and the log-Q of every logit.
+
+    rows: (N,) unique item rows; log_q: (N,); pos_log_q: (B,) for each event's
+    own positive; accidental: (B, N) True where a negative is a positive of the
+    event's user in this batch (its own included), so it is not pushed down.
+    """
+
+    rows: torch.Tensor
+    log_q: torch.Tensor
+    pos_log_q: torch.Tensor
+    accidental: torch.Tensor
+
+
+def sample_negatives(logpop: torch.Tensor, n: int, exponent: float,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw `n` rows with replacement from q ∝ exp(exponent * logpop).
+
+    logpop: (rows,) float64, -inf for rows without an item (never drawn).
+    Returns rows (n,) and log q (rows,) float64.
+    """
+    log_q = torch.log_softmax(exponent * logpop, dim=0)
+    rows = torch.multinomial(log_q.exp().float(), n, replacement=True, generator=generator)
+    return rows, log_q
+
+
+def batch_negatives(pos_rows: torch.Tensor, user_idx: torch.Tensor, n_users: int,
+                    n_in_batch: int, sampled: torch.Tensor | None, log_q_all: torch.Tensor | None,
+                    generator: torch.Generator) -> Negatives:
+    """Negatives = up to `n_in_batch` of the batch's positives ∪ the sampled rows.
+
+    Q_j is the expected number of draws of j: m n_j / B for the in-batch part
+    (m positives drawn uniformly from the B events, all of them when m >= B;
+    n_j = count of j among the positives) plus M q_j for the M popularity
+    samples. Capping m keeps the step O(B * (m + M)) instead of O(B^2).
+    pos_rows, user_idx: (B,); user_idx < n_users.
+    """
+    b = len(pos_rows)
+    parts = []
+    m_b = 0
+    if n_in_batch > 0:
+        m_b = min(n_in_batch, b)
+        parts.append(pos_rows if m_b == b else pos_rows[
+            torch.randint(b, (m_b,), generator=generator, device=generator.device)
+            .to(pos_rows.device)])
+    if sampled is not None:
+        parts.append(sampled)
+    rows = torch.unique(torch.cat(parts))
+    uniq_pos, pos_inv, pos_counts = torch.unique(pos_rows, return_inverse=True,
+                                                 return_counts=True)
+
+    def expected(of: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        e = m_b * n.to(torch.float64) / b
+        if sampled is not None and log_q_all is not None:
+            e = e + len(sampled) * log_q_all.index_select(0, of).exp()
+        return e.log()
+
+    at = torch.searchsorted(uniq_pos, rows).clamp(max=len(uniq_pos) - 1)
+    n_rows = torch.where(uniq_pos[at] == rows, pos_counts[at], torch.zeros_like(at))
+    idx = torch.searchsorted(rows, pos_rows).clamp(max=len(rows) - 1)
+    present = rows[idx] == pos_rows
+    owned = torch.zeros(n_users, len(rows), dtype=torch.bool, device=rows.device)
+    owned[user_idx[present], idx[present]] = True
+    return Negatives(rows=rows, log_q=expected(rows, n_rows),
+                     pos_log_q=expected(pos_rows, pos_counts[pos_inv]),
+                     accidental=owned.index_select(0, user_idx))

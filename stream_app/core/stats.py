@@ -1,0 +1,50 @@
+"""Result types of the core API: `StepStats` (learn) and `TopK` (recommend)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from stream_app.core.guards import Outcome
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepStats:
+    """What one `Learner.learn` call did.
+
+    - `outcomes[i]`: the fate of `events[i]`; only NON_FINITE ones go to the DLQ.
+    - `changed_*_ids`: rows whose published `EmbeddingRow` changed (publish them).
+    - `evicted_*_ids`: rows freed by TTL / cap (publish tombstones).
+    - `applied_update`: False while gradients are being accumulated.
+    - `timings`: seconds per phase (wall clock; not event time).
+    """
+
+    step: int
+    loss: float
+    n_applied: int
+    outcomes: tuple[Outcome, ...]
+    changed_user_ids: tuple[str, ...] = ()
+    changed_item_ids: tuple[str, ...] = ()
+    evicted_user_ids: tuple[str, ...] = ()
+    evicted_item_ids: tuple[str, ...] = ()
+    admissions: int = 0
+    applied_update: bool = False
+    n_replayed: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopK:
+    """Top-k items per requested user, best first.
+
+    `scores`: (n_users, k') float64 with k' = min(k, live items) — padded
+    entries (fewer candidates than k') have score -inf and id "". `fallback[i]`
+    is True when user i has no own row (cold-start row + popularity).
+    """
+
+    user_ids: tuple[str, ...]
+    item_ids: tuple[tuple[str, ...], ...]
+    scores: npt.NDArray[np.float64]
+    fallback: tuple[bool, ...]

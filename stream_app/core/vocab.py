@@ -1,0 +1,200 @@
+"""Dynamic vocabulary: string id <-> table row, with admission, TTL and LRU cap.
+
+Why a dict and not hashing: hashing gives collisions between live ids, and a
+dict of a few million strings is cheap next to the embedding rows themselves.
+Row 0 is the shared *cold-start* row: ids below the admission threshold map to
+it. Freed rows are reused, and `capacity` never exceeds `max_rows + 1`, so
+memory stays bounded by the cap whatever the stream does.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+COLD_ROW = 0
+_NEVER = np.iinfo(np.int64).min
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Result of `Vocab.assign`: rows for the batch's unique ids plus bookkeeping.
+
+    `rows`: (n_unique,) int64, row per unique id (COLD_ROW if not admitted).
+    `new_rows` / `evicted_rows` let the model initialise and clear tensors.
+    """
+
+    rows: npt.NDArray[np.int64]
+    new_ids: tuple[str, ...]
+    new_rows: npt.NDArray[np.int64]
+    evicted_ids: tuple[str, ...]
+    evicted_rows: npt.NDArray[np.int64]
+    touched_rows: npt.NDArray[np.int64]  # known rows whose last_ts was moved ...
+    touched_prev_ts: npt.NDArray[np.int64]  # ... and their previous value (for `untouch`)
+
+
+class Vocab:
+    """Maps ids to rows of one table (users or items).
+
+    >>> v = Vocab(max_rows=2, admission_threshold=1, idle_ttl_ms=0)
+    >>> a = v.assign(["a", "b"], np.array([10, 20]), np.array([1, 1]), now_ms=20)
+    >>> a.rows.tolist(), v.assign(["c"], np.array([30]), np.array([1]), now_ms=30).evicted_ids
+    ([1, 2], ('a',))
+    """
+
+    def __init__(self, *, max_rows: int, admission_threshold: int, idle_ttl_ms: int) -> None:
+        self.max_rows = max_rows
+        self.admission_threshold = admission_threshold
+        self.idle_ttl_ms = idle_ttl_ms
+        self.index: dict[str, int] = {}
+        self.ids: list[str | None] = [None]  # row -> id; row 0 is the cold row
+        self.last_ts = np.full(1, _NEVER, dtype=np.int64)
+        self.free: list[int] = []
+        self.pending: OrderedDict[str, int] = OrderedDict()  # id -> events seen, not admitted
+
+    @property
+    def capacity(self) -> int:
+        """Rows ever allocated (live + free + cold); tensors are at least this long."""
+        return len(self.ids)
+
+    @property
+    def allocated(self) -> int:
+        """Length of the row arrays; grows by doubling, never past `max_rows + 1`."""
+        return len(self.last_ts)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def row(self, id_: str) -> int | None:
+        return self.index.get(id_)
+
+    def lookup(self, ids: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Rows for `ids`, -1 where unknown. Shape (len(ids),)."""
+        get = self.index.get
+        return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+
+    def active_mask(self) -> npt.NDArray[np.bool_]:
+        """(capacity,) True for rows that hold a live id (never the cold row)."""
+        mask: npt.NDArray[np.bool_] = np.not_equal(self.last_ts, _NEVER)
+        mask[COLD_ROW] = False
+        return mask
+
+    def assign(self, ids: Sequence[str], last_ts: npt.NDArray[np.int64],
+               counts: npt.NDArray[np.int64], now_ms: int) -> Admission:
+        """Rows for the unique `ids` of one batch; admits, evicts and touches rows.
+
+        `last_ts`, `counts`: (len(ids),) newest event time and events per id.
+        """
+        rows = self.lookup(ids)
+        known = rows >= 0
+        touched = rows[known]
+        prev = self.last_ts[touched].copy()
+        self.last_ts[touched] = np.maximum(prev, last_ts[known])
+        to_admit: list[int] = []
+        for j in np.flatnonzero(~known).tolist():
+            seen = self.pending.pop(ids[j], 0) + int(counts[j])
+            if seen >= self.admission_threshold:
+                to_admit.append(j)
+            else:
+                self.pending[ids[j]] = seen
+                rows[j] = COLD_ROW
+        while len(self.pending) > self.max_rows:
+            self.pending.popitem(last=False)
+        protect = rows[rows > COLD_ROW]
+        evicted = self._evict_idle(now_ms, protect)
+        evicted_ids = self._release(evicted)
+        need = len(to_admit) - (self.max_rows - len(self.index))
+        if need > 0:
+            lru = self._evict_lru(need, protect)
+            evicted_ids += self._release(lru)
+            evicted = np.concatenate([evicted, lru])
+        room = self.max_rows - len(self.index)
+        new_rows = []
+        for j in to_admit[:room]:
+            r = self._allocate(ids[j], int(last_ts[j]))
+            rows[j] = r
+            new_rows.append(r)
+        for j in to_admit[room:]:
+            rows[j] = COLD_ROW
+        new_ids = tuple(ids[j] for j in to_admit[:room])
+        return Admission(rows=rows, new_ids=new_ids, new_rows=np.array(new_rows, dtype=np.int64),
+                         evicted_ids=tuple(evicted_ids), evicted_rows=evicted,
+                         touched_rows=touched, touched_prev_ts=prev)
+
+    def untouch(self, adm: Admission) -> None:
+        """Undo the recency update of `assign` (a batch that was not applied)."""
+        live = np.array([self.ids[r] is not None for r in adm.touched_rows.tolist()], dtype=bool)
+        self.last_ts[adm.touched_rows[live]] = adm.touched_prev_ts[live]
+
+    def force(self, id_: str, last_ts: int) -> tuple[int, tuple[str, ...], npt.NDArray[np.int64]]:
+        """Row for `id_`, admitting it regardless of threshold (restore path)."""
+        r = self.index.get(id_)
+        if r is not None:
+            self.last_ts[r] = last_ts
+            return r, (), np.zeros(0, dtype=np.int64)
+        evicted = self._evict_lru(1, np.zeros(0, dtype=np.int64)) if len(self) >= self.max_rows \
+            else np.zeros(0, dtype=np.int64)
+        ids = tuple(self._release(evicted))
+        self.pending.pop(id_, None)
+        return self._allocate(id_, last_ts), ids, evicted
+
+    def remove(self, id_: str) -> int | None:
+        """Free the row of `id_` (forget / tombstone); returns the freed row."""
+        r = self.index.get(id_)
+        if r is None:
+            self.pending.pop(id_, None)
+            return None
+        self._release(np.array([r], dtype=np.int64))
+        return r
+
+    def _allocate(self, id_: str, ts: int) -> int:
+        if self.free:
+            r = self.free.pop()
+            self.ids[r] = id_
+        else:
+            r = len(self.ids)
+            self.ids.append(id_)
+            if r >= len(self.last_ts):
+                size = min(max(2 * len(self.last_ts), 16), self.max_rows + 1)
+                grown = np.full(size, _NEVER, dtype=np.int64)
+                grown[: len(self.last_ts)] = self.last_ts
+                self.last_ts = grown
+        self.index[id_] = r
+        self.last_ts[r] = ts
+        return r
+
+    def _release(self, rows: npt.NDArray[np.int64]) -> list[str]:
+        out = []
+        for r in rows.tolist():
+            id_ = self.ids[r]
+            assert id_ is not None  # noqa: S101 - invariant: only live rows are released
+            del self.index[id_]
+            self.ids[r] = None
+            self.last_ts[r] = _NEVER
+            self.free.append(r)
+            out.append(id_)
+        return out
+
+    def _evict_idle(self, now_ms: int, protect: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        if self.idle_ttl_ms <= 0:
+            return np.zeros(0, dtype=np.int64)
+        ts = self.last_ts[: self.capacity]
+        idle = (ts != _NEVER) & (ts < now_ms - self.idle_ttl_ms)
+        idle[COLD_ROW] = False
+        idle[protect] = False
+        return np.flatnonzero(idle).astype(np.int64)
+
+    def _evict_lru(self, n: int, protect: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        ts = self.last_ts[: self.capacity].copy()
+        ts[COLD_ROW] = _NEVER
+        ts[protect] = _NEVER
+        candidates = np.flatnonzero(ts != _NEVER)
+        if len(candidates) == 0:
+            return np.zeros(0, dtype=np.int64)
+        n = min(n, len(candidates))
+        order = np.argsort(ts[candidates], kind="stable")[:n]
+        return candidates[order].astype(np.int64)

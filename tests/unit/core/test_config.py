@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from stream_app.core import LearnerConfig
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"dim": 0}, "learner.dim must be > 0, got 0"),
+    ({"lr": -1.0}, "learner.lr must be > 0, got -1.0"),
+    ({"lr": float("nan")}, "learner.lr must be > 0"),
+    ({"optimizer": "sgd"}, "learner.optimizer must be 'adagrad' or 'adam', got 'sgd'"),
+    ({"accumulate_steps": 0}, "learner.accumulate_steps must be > 0, got 0"),
+    ({"click_weight": -1.0}, "learner.click_weight must be >= 0"),
+    ({"click_weight": 0.0, "purchase_weight": 0.0}, "set at least one > 0"),
+    ({"negatives": "hard"}, "learner.negatives must be"),
+    ({"negatives": "sampled", "num_sampled_negatives": 0}, "learner.num_sampled_negatives"),
+    ({"recent_decay": 1.5}, "learner.recent_decay must be in [0, 1]"),
+    ({"idle_ttl_ms": -5}, "learner.idle_ttl_ms must be >= 0, got -5"),
+    ({"eval_k": 0}, "learner.eval_k must be > 0, got 0"),
+    ({"adam_betas": (1.0, 0.9)}, "learner.adam_betas must be in [0, 1)"),
+])
+def test_invalid_values_name_the_field_and_fix(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        LearnerConfig(**overrides)  # type: ignore[arg-type]
+
+
+def test_config_is_frozen_and_keyword_only() -> None:
+    cfg = LearnerConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.dim = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        LearnerConfig(8)  # type: ignore[misc]
+    assert cfg.eval_k == 20 and cfg.optimizer == "adagrad"

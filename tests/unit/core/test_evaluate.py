@@ -1,0 +1,58 @@
+"""Prequential metrics against values computed by hand on a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stream_app.core import Learner
+from stream_app.events import EmbeddingRow
+from tests.unit.core.streams import ev, small_config
+
+
+def _item(id_: str, vec: list[float], logpop: float) -> EmbeddingRow:
+    return EmbeddingRow(entity="item", id=id_, vector=np.array(vec, dtype=np.float32), bias=logpop,
+                        model_version="t", updates=1, updated_at=0, last_event_ts=0,
+                        state={"logpop": logpop, "opt": {"acc": 0.0}})
+
+
+def test_metrics_equal_hand_computed_values() -> None:
+    learner = Learner(small_config(dim=2, eval_k=2), device="cpu")
+    learner.apply_rows([
+        _item("a", [1, 0], 0.0), _item("b", [0, 1], 1.0), _item("c", [0, 0], 0.5),
+        EmbeddingRow(entity="user", id="u", vector=np.zeros(2, dtype=np.float32), bias=0.0,
+                     model_version="t", updates=1, updated_at=0, last_event_ts=0,
+                     state={"id_vec": np.array([2, 0], dtype=np.float32), "opt": {"acc": 0.0}}),
+    ])
+    # Scores for u: a=2, b=1, c=0.5. Unknown user v (cold row = 0): a=0, b=1, c=0.5.
+    events = [ev("1", "u", "a", 0), ev("2", "u", "c", 0), ev("3", "v", "b", 0),
+              ev("4", "u", "zzz", 0)]
+    stats = learner.evaluate(events)
+    # Model ranks 0, 2, 0, miss -> hits 1, 0, 1, 0 at K=2.
+    assert stats.model.hit_rate == 1.0
+    assert stats.model.recall == pytest.approx((1 / 3 + 1) / 2)
+    assert stats.model.mrr == pytest.approx(2 / 4)
+    # Popularity (bias only: b > c > a) ranks 2, 1, 0, miss.
+    assert stats.popularity.hit_rate == 1.0
+    assert stats.popularity.recall == pytest.approx((1 / 3 + 1) / 2)
+    assert stats.popularity.mrr == pytest.approx((0 + 1 / 2 + 1) / 4)
+    lse_u = math.log(math.exp(2) + math.exp(1) + math.exp(0.5))
+    lse_v = math.log(math.exp(0) + math.exp(1) + math.exp(0.5))
+    expected = ((lse_u - 2) + (lse_u - 0.5) + (lse_v - 1)) / 3
+    assert stats.loss == pytest.approx(expected, rel=1e-5)
+    assert stats.exact and stats.n_events == 4 and stats.k == 2
+
+
+def test_evaluate_changes_nothing() -> None:
+    learner = Learner(small_config(), device="cpu")
+    learner.learn([ev("1", "u", "a", 0), ev("2", "u", "b", 0)])
+    before = learner.state_dict()
+    learner.evaluate([ev("3", "u", "a", 5), ev("4", "w", "x", 5)])
+    after = learner.state_dict()
+    assert before["vocabs"]["users"]["ids"] == after["vocabs"]["users"]["ids"]
+    for name in ("users", "items"):
+        for key in ("vec", "logpop", "hist"):
+            assert np.array_equal(before["tables"][name][key].numpy(),
+                                  after["tables"][name][key].numpy())

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from stream_app.core import Learner, Outcome
+from tests.unit.core.streams import T0, ev, small_config
+
+
+def test_duplicate_event_ids_are_applied_once_within_and_across_batches() -> None:
+    learner = Learner(small_config(), device="cpu")
+    first = learner.learn([ev("e1", "u1", "i1", T0), ev("e1", "u1", "i1", T0)])
+    assert first.outcomes == (Outcome.APPLIED, Outcome.DUPLICATE)
+    second = learner.learn([ev("e1", "u1", "i1", T0), ev("e2", "u1", "i2", T0)])
+    assert second.outcomes == (Outcome.DUPLICATE, Outcome.APPLIED)
+    assert second.n_applied == 1
+
+
+def test_dedup_window_is_bounded() -> None:
+    learner = Learner(small_config(dedup_window=2), device="cpu")
+    learner.learn([ev("a", "u", "i1", T0), ev("b", "u", "i2", T0), ev("c", "u", "i3", T0)])
+    assert learner.learn([ev("a", "u", "i1", T0)]).outcomes == (Outcome.APPLIED,)
+
+
+def test_rate_cap_limits_a_bot_in_event_time() -> None:
+    learner = Learner(small_config(rate_cap_events=3, rate_cap_window_ms=60_000), device="cpu")
+    bot = [ev(f"b{k}", "bot", f"i{k}", T0 + k) for k in range(10)]
+    human = [ev("h1", "human", "i1", T0)]
+    stats = learner.learn(bot + human)
+    assert stats.outcomes.count(Outcome.RATE_LIMITED) == 7
+    assert stats.outcomes[-1] == Outcome.APPLIED
+    assert learner.table_sizes()["items"] == 3  # capped events did not create rows
+    # The next window lets the user in again; the same window still caps.
+    later = learner.learn([ev("b100", "bot", "i1", T0 + 5), ev("b101", "bot", "i2", T0 + 60_000)])
+    assert later.outcomes == (Outcome.RATE_LIMITED, Outcome.APPLIED)

