@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from stream_app.core import model as m
@@ -69,41 +70,63 @@ class LearnerState:
 
     def rows(self, *, user_ids: Iterable[str] = (), item_ids: Iterable[str] = (),
              model_version: str, now_ms: int) -> list[EmbeddingRow]:
-        """Current `EmbeddingRow` of each known id (unknown ids are skipped)."""
+        """Current `EmbeddingRow` of each known id (unknown ids are skipped).
+
+        Vectorised: one gather and one device→host copy per table, whatever
+        the number of rows (the trainer publishes thousands per batch).
+        """
         self._resolve_deferred()
-        out = [self._user_row(u, model_version, now_ms) for u in user_ids]
-        out += [self._item_row(i, model_version, now_ms) for i in item_ids]
-        return [r for r in out if r is not None]
+        return (self._user_rows(list(user_ids), model_version, now_ms)
+                + self._item_rows(list(item_ids), model_version, now_ms))
 
-    def _user_row(self, uid: str, version: str, now_ms: int) -> EmbeddingRow | None:
-        r = self._user_vocab.row(uid)
-        if r is None:
-            return None
-        rows = torch.tensor([r], device=self.device)
-        serving = m.serving_vectors(self.config, self._users, self._items, rows)[0]
-        hist = [h for h in self._users.hist[r].tolist() if h >= 0]
-        recent = tuple(self._item_vocab.ids[h] or "" for h in hist)
-        return EmbeddingRow(
-            entity="user", id=uid, vector=serving.cpu().numpy().astype(np.float32),
-            bias=0.0, model_version=version, updates=int(self._users.updates[r]),
-            updated_at=now_ms, last_event_ts=int(self._user_vocab.last_ts[r]),
-            recent_items=recent,
-            state={"format": codec.STATE_FORMAT,
-                   "id_vec": self._users.vec[r].cpu().numpy().astype(np.float32).copy(),
-                   "opt": codec.encode_slots(self._users, r)})
+    @staticmethod
+    def _known(vocab: Vocab, ids: list[str]) -> tuple[list[str], npt.NDArray[np.int64]]:
+        found = [(i, r) for i in ids if (r := vocab.row(i)) is not None]
+        return [i for i, _ in found], np.array([r for _, r in found], dtype=np.int64)
 
-    def _item_row(self, iid: str, version: str, now_ms: int) -> EmbeddingRow | None:
-        r = self._item_vocab.row(iid)
-        if r is None:
-            return None
-        logpop = codec.finite_logpop(float(self._items.logpop[r]))
-        return EmbeddingRow(
-            entity="item", id=iid, vector=self._items.vec[r].cpu().numpy().astype(np.float32),
-            bias=self.config.pop_weight * logpop, model_version=version,
-            updates=int(self._items.updates[r]), updated_at=now_ms,
-            last_event_ts=int(self._item_vocab.last_ts[r]),
-            state={"format": codec.STATE_FORMAT, "logpop": logpop,
-                   "opt": codec.encode_slots(self._items, r)})
+    def _user_rows(self, uids: list[str], version: str, now_ms: int) -> list[EmbeddingRow]:
+        ids, rows = self._known(self._user_vocab, uids)
+        if not ids:
+            return []
+        idx = torch.from_numpy(rows).to(self.device)
+        serving = m.serving_vectors(self.config, self._users, self._items, idx)
+        serving_np = serving.cpu().numpy().astype(np.float32)
+        id_vecs = self._users.vec.index_select(0, idx).cpu().numpy().astype(np.float32)
+        hist = self._users.hist.index_select(0, idx).cpu().numpy()
+        updates = self._users.updates.index_select(0, idx).cpu().numpy()
+        slots = codec.gather_slots(self._users, idx)
+        item_ids = self._item_vocab.ids
+        out = []
+        for n, (uid, r) in enumerate(zip(ids, rows.tolist(), strict=True)):
+            recent = tuple(item_ids[h] or "" for h in hist[n].tolist() if h >= 0)
+            out.append(EmbeddingRow(
+                entity="user", id=uid, vector=serving_np[n].copy(), bias=0.0,
+                model_version=version, updates=int(updates[n]), updated_at=now_ms,
+                last_event_ts=int(self._user_vocab.last_ts[r]), recent_items=recent,
+                state={"format": codec.STATE_FORMAT, "id_vec": id_vecs[n].copy(),
+                       "opt": codec.slots_of(slots, n)}))
+        return out
+
+    def _item_rows(self, iids: list[str], version: str, now_ms: int) -> list[EmbeddingRow]:
+        ids, rows = self._known(self._item_vocab, iids)
+        if not ids:
+            return []
+        idx = torch.from_numpy(rows).to(self.device)
+        vecs = self._items.vec.index_select(0, idx).cpu().numpy().astype(np.float32)
+        logpops = self._items.logpop.index_select(0, idx).cpu().numpy()
+        updates = self._items.updates.index_select(0, idx).cpu().numpy()
+        slots = codec.gather_slots(self._items, idx)
+        out = []
+        for n, (iid, r) in enumerate(zip(ids, rows.tolist(), strict=True)):
+            logpop = codec.finite_logpop(float(logpops[n]))
+            out.append(EmbeddingRow(
+                entity="item", id=iid, vector=vecs[n].copy(),
+                bias=self.config.pop_weight * logpop, model_version=version,
+                updates=int(updates[n]), updated_at=now_ms,
+                last_event_ts=int(self._item_vocab.last_ts[r]),
+                state={"format": codec.STATE_FORMAT, "logpop": logpop,
+                       "opt": codec.slots_of(slots, n)}))
+        return out
 
     def apply_rows(self, rows: Iterable[EmbeddingRow]) -> None:
         """Restore rows from the changelog (any order; latest row per key wins).

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from stream_app.core.model import Table
@@ -32,6 +33,17 @@ def encode_slots(table: Table, row: int) -> dict[str, Any]:
         out[name] = float(value.item()) if value.dim() == 0 else \
             value.detach().cpu().numpy().astype(np.float32).copy()
     return out
+
+
+def gather_slots(table: Table, rows: torch.Tensor) -> dict[str, npt.NDArray[np.float32]]:
+    """Optimiser slots of many rows in one device→host copy: name -> (n, ...) array."""
+    return {name: t.index_select(0, rows).detach().cpu().numpy().astype(np.float32)
+            for name, t in table.slots.items()}
+
+
+def slots_of(gathered: dict[str, npt.NDArray[np.float32]], n: int) -> dict[str, Any]:
+    """The n-th row of `gather_slots`, shaped exactly like `encode_slots` returns it."""
+    return {name: (float(a[n]) if a.ndim == 1 else a[n].copy()) for name, a in gathered.items()}
 
 
 def decode_slots(table: Table, row: int, slots: dict[str, Any]) -> None:
