@@ -1,9 +1,11 @@
 """Control records for the trainer, sent on the event topics themselves.
 
-A forget request is keyed by the user id and goes to `clicks`, so it lands on
-the same partition as that user's events: the trainer applies it after every
-earlier event of the user, inside the same transaction, and publishes a
-tombstone for `user:<id>` that the scorer honours too.
+A forget request is keyed by the user id and goes to both `clicks` and
+`purchases`, so in each topic it lands on the partition of that user's events
+and is applied after every earlier event of the user there (the two topics
+are not ordered with each other: a purchase read after the clicks forget
+would re-create the row, and the purchases forget then drops it again). The
+trainer publishes a tombstone for `user:<id>`, which the scorer honours too.
 """
 
 from __future__ import annotations
@@ -20,5 +22,6 @@ def send_forget(kafka: KafkaConfig, user_id: str) -> None:
         raise ValueError("forget needs a non-empty user id")
     value = orjson.dumps({"type": "forget", "user_id": user_id})
     with EventProducer(kafka, client_id="stream-app-forget") as producer:
-        producer.send(Outgoing(kafka.topics.clicks, user_id.encode(), value,
-                               headers=((CONTROL_HEADER, b"forget"),)))
+        for topic in (kafka.topics.clicks, kafka.topics.purchases):
+            producer.send(Outgoing(topic, user_id.encode(), value,
+                                   headers=((CONTROL_HEADER, b"forget"),)))
