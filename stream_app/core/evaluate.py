@@ -42,16 +42,20 @@ class EvalStats:
 
 
 def ranks_of_targets(scores: torch.Tensor, target_scores: torch.Tensor,
-                     valid: torch.Tensor) -> torch.Tensor:
+                     valid: torch.Tensor | None) -> torch.Tensor:
     """Rank of each target among valid items; ties count half (average rank).
 
     Items scoring above the target count 1, other items with the same score
     0.5, so a constant scorer does not look perfect. scores: (B, N) with the
-    target among them; target_scores: (B,); valid: (N,) bool. Returns (B,) float64.
+    target among them; target_scores: (B,); valid: (N,) bool or None (all valid).
+    Returns (B,) float64.
     """
     t = target_scores.unsqueeze(1)
-    above = ((scores > t) & valid.unsqueeze(0)).sum(dim=1)
-    ties = ((scores == t) & valid.unsqueeze(0)).sum(dim=1)
+    if valid is None:  # every item counts: skip the (B, N) mask
+        above, ties = (scores > t).sum(dim=1), (scores == t).sum(dim=1)
+    else:
+        above = ((scores > t) & valid.unsqueeze(0)).sum(dim=1)
+        ties = ((scores == t) & valid.unsqueeze(0)).sum(dim=1)
     return above.double() + 0.5 * (ties - 1).clamp(min=0).double()
 
 

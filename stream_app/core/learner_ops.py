@@ -140,7 +140,6 @@ class LearnerOps:
                                      return_inverse=True)
         x = self._serving(uniq_u)
         vecs, cbias = self._items.vec.index_select(0, cand), bias.index_select(0, cand)
-        ones = torch.ones(len(cand), dtype=torch.bool, device=self.device)
         ranks = torch.empty(len(events), dtype=torch.float64, device=self.device)
         lse = torch.empty(len(events), dtype=torch.float64, device=self.device)
         chunk = max(1, _SCORE_BUDGET // max(len(cand), 1))
@@ -154,7 +153,9 @@ class LearnerOps:
             else:
                 t_score = (xs * self._items.vec.index_select(0, target[sl])).sum(1) \
                     + bias[target[sl]]
-            ranks[sl] = ranks_of_targets(scores, t_score, ones) * scale
+            ranks[sl] = ranks_of_targets(scores, t_score, None) * scale
+            # float64: the sum must not depend on the row layout, so a restored
+            # learner reports bit-identical loss (row order differs after restore).
             lse[sl] = torch.logsumexp(scores.double(), dim=1) + float(np.log(scale))
             ranks[sl] = torch.where(known[sl], ranks[sl], torch.full_like(ranks[sl], float("inf")))
             lse[sl] = lse[sl] - torch.where(known[sl], t_score.double(),
