@@ -1,0 +1,151 @@
+"""Render the results tables of BENCHMARKS.md from the JSON files of a `bench.run`.
+
+Only the block between the two markers is rewritten; the prose around it
+(how to reproduce, what limits each number) is kept by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _load(out: Path, name: str) -> dict[str, Any] | list[Any] | None:
+    path = out / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _f(x: float | None, digits: int = 0) -> str:
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def _machine(out: Path) -> str:
+    for name in ("ingest", "freshness", "restore_memory", "quality_kafka"):
+        data = _load(out, name)
+        if isinstance(data, dict) and "machine" in data:
+            m = data["machine"]
+            return (f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python "
+                    f"{m['python']}, torch {m['torch']}, GPU: {m['cuda'] or 'none'}; "
+                    f"measured {m['date']}")
+    return "unknown"
+
+
+def _ingest(out: Path) -> list[str]:
+    d = _load(out, "ingest")
+    if not isinstance(d, dict):
+        return []
+    raw, ours = d["reference_raw_consume"], d["trainer"]
+    return ["### Ingest (trainer end to end vs raw consume + orjson of the same topic)", "",
+            "| events | raw consume ev/s | trainer ev/s | rows published | ratio (target ≥ 0.7) |",
+            "| --- | --- | --- | --- | --- |",
+            f"| {ours['events']:,} | {_f(raw['events_per_s'])} | {_f(ours['events_per_s'])} | "
+            f"{ours['rows_published']:,} | **{d['ratio_trainer_vs_raw']:.3f}** |", ""]
+
+
+def _core(out: Path) -> list[str]:
+    d = _load(out, "core_throughput")
+    if not isinstance(d, list):
+        return []
+    rows = ["### Learning core alone (in-memory batches, CPU, 1 thread)", "",
+            "| batch | dim | events/s | ms/batch | of which gradients ms |",
+            "| --- | --- | --- | --- | --- |"]
+    rows += [f"| {r['batch']} | {r['dim']} | {_f(r['events_per_s'])} | "
+             f"{_f(r['ms_per_batch'], 1)} | {_f(r['ms_gradients'], 1)} |" for r in d]
+    return [*rows, ""]
+
+
+def _codec(out: Path) -> list[str]:
+    d = _load(out, "codec_speed")
+    if not isinstance(d, dict):
+        return []
+    e, r = d["events"], d["events_ratio_vs_orjson"]
+    return ["### Decode + validate (vs `orjson.loads` of the same payloads)", "",
+            "| path | events/s | slower than orjson by |", "| --- | --- | --- |",
+            f"| orjson.loads | {_f(e['orjson_loads'])} | 1× |",
+            f"| decode_event (hand check, in use) | {_f(e['decode_event_fast'])} | "
+            f"{r['decode_event_fast']:.1f}× |",
+            f"| decode_event (schema only) | {_f(e['decode_event_schema'])} | "
+            f"{r['decode_event_schema']:.1f}× |", ""]
+
+
+def _freshness(out: Path) -> list[str]:
+    d = _load(out, "freshness")
+    if not isinstance(d, dict):
+        return []
+    rows = ["### Freshness (produce → row readable with read_committed)", "",
+            "| rate ev/s (achieved) | p50 ms | p99 ms | reference p50/p99 ms (input topic, "
+            "read_committed) | not fresh after 60 s |", "| --- | --- | --- | --- | --- |"]
+    for r in d["results"]:
+        f, ref = r["freshness_ms"], r["reference_input_read_committed_ms"]
+        rows.append(f"| {r['rate']:,.0f} ({r['achieved_rate']:,.0f}) | {_f(f.get('p50'))} | "
+                    f"{_f(f.get('p99'))} | {_f(ref.get('p50'))} / {_f(ref.get('p99'))} | "
+                    f"{r['not_fresh_after_60s']} |")
+    return [*rows, ""]
+
+
+def _scorer(out: Path) -> list[str]:
+    d = _load(out, "scorer_latency")
+    if not isinstance(d, dict):
+        return []
+    cur = d["current"]
+    rows = [f"### Scorer ({d['items']:,} items, d={d['dim']}, k={d['k']}, "
+            f"{d['threads']} torch thread)", "",
+            "| req/s | answered in run | e2e p50 ms | e2e p99 ms | e2e p99.9 ms | scorer p50 ms |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for r in cur["rates"]:
+        e = r["e2e_ms"]
+        rows.append(f"| {r['rate']:,.0f} | {r['answered_in_run']:,}/{r['sent']:,} | "
+                    f"{_f(e['p50'], 1)} | {_f(e['p99'], 1)} | {_f(e['p99.9'], 1)} | "
+                    f"{_f(r['scorer_ms']['p50'], 1)} |")
+    ref = d["reference"]
+    rows += ["", f"Max sustained (p99 ≤ {d['target_p99_ms']:.0f} ms and ≥ 99 % answered): "
+             f"{_f(cur['max_sustained_rps'])} req/s. In-process brute force: "
+             f"{ref['brute_ms_per_request_batch1']:.2f} ms/request (batch 1), "
+             f"{ref['brute_ms_per_request_batch64']:.2f} ms (batch 64); e2e p50 overhead "
+             f"{cur['overhead_ratio_e2e_p50_vs_brute_batch1']}× the batch-1 brute force.", ""]
+    return rows
+
+
+def _restore(out: Path) -> list[str]:
+    d = _load(out, "restore_memory")
+    if not isinstance(d, dict):
+        return []
+    r, raw = d["restore"], d["reference_raw_read"]
+    return ["### Restore and memory", "",
+            "| rows | raw read s | restore s | ratio (target ≤ 2) | table MiB | RSS growth MiB | "
+            "ratio (target ≤ 1.5) |", "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| {d['rows']:,} | {raw['seconds']:.1f} | {r['restore_seconds']:.1f} | "
+            f"**{d['ratio_restore_vs_raw_read']:.2f}** | {r['table_bytes'] / 2**20:.0f} | "
+            f"{r['rss_growth_bytes'] / 2**20:.0f} | "
+            f"**{d['ratio_rss_growth_vs_table_bytes']:.2f}** |",
+            ""]
+
+
+def _quality(out: Path) -> list[str]:
+    rows: list[str] = []
+    for name, title in (("quality_offline", "Quality, learning core offline"),
+                        ("quality_kafka", "Quality through Kafka (trainer + scorer)")):
+        d = _load(out, name)
+        if not isinstance(d, dict):
+            continue
+        rows += [f"### {title} (MovieLens, temporal 80/20, top-20 excluding seen)", "",
+                 "| method | Recall@20 | HitRate@20 | NDCG@20 |", "| --- | --- | --- | --- |"]
+        rows += [f"| {m} | {v['recall']:.4f} | {v['hit_rate']:.4f} | {v['ndcg']:.4f} |"
+                 for m, v in d["methods"].items()]
+        ratios = {k: v for k, v in d.items() if k.startswith("ratio")}
+        rows += ["", "; ".join(f"{k} = **{v:.3f}**" for k, v in ratios.items()), ""]
+    return rows
+
+
+def render(out: Path, doc: Path, mode: str) -> None:
+    lines = [START, "", f"Mode: `{mode}`. Machine: {_machine(out)}.", ""]
+    for part in (_ingest, _core, _codec, _freshness, _scorer, _restore, _quality):
+        lines += part(out)
+    lines.append(END)
+    text = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    doc.write_text(head + "\n".join(lines) + tail)

@@ -1,0 +1,134 @@
+"""Memory and restore: a learner with N rows restored from the `embeddings` changelog.
+
+1. A learner learns one event per id from a generated stream until it holds
+   `--rows` rows (users + items), and every row is published to `embeddings`
+   as the trainer would (encode_embedding, one record per row).
+2. Reference: reading that topic to its end with the same reader (read_committed,
+   no decoding) — the floor of any restore from Kafka.
+3. Ours: `stream_app.trainer.restore.restore` into a fresh learner, in a fresh
+   process, whose RSS growth is compared with the bytes of the live tensors.
+
+    python -m bench.restore_memory --rows 1000000 --out bench/results/restore_memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import bench_broker, fresh_topics, machine, write_json
+from stream_app.codec import encode_embedding
+from stream_app.config import KafkaConfig
+from stream_app.core import Learner, LearnerConfig
+from stream_app.events import Event, EventKind
+from stream_app.kafka.consumer import read_to_end
+from stream_app.kafka.produce import EventProducer, Outgoing
+from stream_app.trainer.restore import restore
+
+CONFIG = LearnerConfig(dim=64, replay_ratio=0.0, max_users=2_000_000, max_items=2_000_000)
+
+
+def build_and_publish(kafka: KafkaConfig, rows: int) -> int:
+    """Learn until `rows` rows exist (90% users, 10% items); publish them all."""
+    learner = Learner(CONFIG, device="cpu")
+    n_items = max(1, rows // 10)
+    n_users = rows - n_items
+    batch = 8192
+    for start in range(0, n_users, batch):
+        users = range(start, min(start + batch, n_users))
+        learner.learn([Event(event_id=f"e{u}", user_id=f"u{u}", item_id=f"i{u % n_items}",
+                             ts=1_700_000_000_000 + u, kind=EventKind.CLICK) for u in users])
+    published = 0
+    with EventProducer(kafka, client_id="bench-rows") as producer:
+        for ids, entity in ((learner.user_ids(), "user"), (learner.item_ids(), "item")):
+            for s in range(0, len(ids), 10_000):
+                chunk = ids[s:s + 10_000]
+                kw = {"user_ids": chunk} if entity == "user" else {"item_ids": chunk}
+                for row in learner.rows(model_version="bench", now_ms=0, **kw):
+                    producer.send(Outgoing(kafka.topics.embeddings, row.key.encode(),
+                                           encode_embedding(row)))
+                    published += 1
+    return published
+
+
+def raw_read(kafka: KafkaConfig) -> dict[str, float]:
+    start = time.perf_counter()
+    n = nbytes = 0
+    for chunk in read_to_end(kafka, kafka.topics.embeddings, client_id="bench-raw"):
+        n += len(chunk)
+        nbytes += sum(len(r.value or b"") for r in chunk)
+    return {"records": n, "bytes": nbytes, "seconds": time.perf_counter() - start}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def table_bytes(learner: Learner) -> int:
+    """Bytes of every live tensor of the learner (vectors, optimiser slots, counters)."""
+    state = learner.state_dict()
+    total = 0
+    stack: list[Any] = [state]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, torch.Tensor):
+            total += obj.element_size() * obj.nelement()
+        elif isinstance(obj, np.ndarray):
+            total += obj.nbytes
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple):
+            stack.extend(o for o in obj if isinstance(o, dict | list | tuple | np.ndarray
+                                                      | torch.Tensor))
+    return total
+
+
+def child(bootstrap: str, prefix: str) -> None:
+    """Runs in a fresh process: RSS before/after restoring, and the tables' bytes."""
+    torch.set_num_threads(1)
+    kafka = KafkaConfig(bootstrap_servers=bootstrap, topic_prefix=prefix)
+    learner = Learner(CONFIG, device="cpu")
+    before = _rss_bytes()
+    stats = restore(learner, kafka, client_id="bench-restore")
+    after = _rss_bytes()
+    print(json.dumps({"restore_seconds": stats.seconds, "users": stats.users,
+                      "items": stats.items, "rss_growth_bytes": after - before,
+                      "rss_bytes": after, "table_bytes": table_bytes(learner)}))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--child", nargs=2, metavar=("BOOTSTRAP", "PREFIX"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(*args.child)
+        return {}
+    torch.set_num_threads(1)
+    with bench_broker() as bootstrap, fresh_topics(bootstrap) as kafka:
+        published = build_and_publish(kafka, args.rows)
+        raw = raw_read(kafka)
+        proc = subprocess.run([sys.executable, "-m", "bench.restore_memory", "--child",  # noqa: S603
+                               bootstrap, kafka.topic_prefix], capture_output=True, text=True,
+                              check=True)
+        ours = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = {"benchmark": "restore_memory", "machine": machine(), "rows": published,
+              "reference_raw_read": raw, "restore": ours,
+              "ratio_restore_vs_raw_read": ours["restore_seconds"] / raw["seconds"],
+              "ratio_rss_growth_vs_table_bytes": ours["rss_growth_bytes"] / ours["table_bytes"]}
+    write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
