@@ -9,7 +9,8 @@ APP     := $(VENV)/bin/stream-app
 STAMP   := $(VENV)/.stream-app-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DATA    ?= ../shared/data/movielens-1m
 
-.PHONY: venv test test-unit test-integration test-long demo broker broker-stop topics bench bench-quick lint clean
+PHONY_BENCH := bench-deps
+.PHONY: $(PHONY_BENCH) venv test test-unit test-integration test-long demo broker broker-stop topics bench bench-quick lint clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -40,10 +41,13 @@ broker-stop: venv
 topics: venv
 	$(APP) topics create
 
-bench: venv
+bench-deps: venv
+	$(VENV)/bin/pip install -q -e ".[test,demo,bench]"
+
+bench: bench-deps
 	$(PY) -m bench.run --out bench/results
 
-bench-quick: venv
+bench-quick: bench-deps
 	$(PY) -m bench.run --quick --out bench/results
 
 lint: venv
