@@ -148,9 +148,12 @@ class GroupConsumer:
         if not parts:
             return out
         for tp in self._consumer.position(parts):
-            _low, high = self._consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
-            if tp.offset >= 0 and high >= 0:
-                out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+            # Before the first fetch the position is invalid: count from the low
+            # watermark, so a fresh backlog shows as lag instead of vanishing.
+            start = tp.offset if tp.offset >= 0 else low
+            if start >= 0 and high >= 0:
+                out[(tp.topic, tp.partition)] = max(0, high - start)
         return out
 
     def close(self) -> None:
