@@ -74,6 +74,10 @@ def through_kafka(kafka: KafkaConfig, events: list[Event], config: LearnerConfig
     thread = threading.Thread(target=scorer.run, daemon=True)
     thread.start()
     try:
+        # Ask only once the table is fully loaded: until then answers say ready=false.
+        if not scorer.ready.wait(600):
+            raise RuntimeError("the scorer did not load embeddings within 600 s")
+        t_ready = time.perf_counter()
         with ScoreClient(kafka) as client:
             ids = client.send_many(ScoreRequest(request_id=f"q-{u}", user_id=u, k=k,
                                                 exclude=tuple(sorted(seen[u])),
@@ -85,15 +89,17 @@ def through_kafka(kafka: KafkaConfig, events: list[Event], config: LearnerConfig
     t3 = time.perf_counter()
     col = {i: c for c, i in enumerate(item_ids)}
     scores = np.full((len(users), len(item_ids)), -np.inf)
-    fallbacks = 0
+    fallbacks = not_ready = 0
     for r, u in enumerate(users):
         pred = answers[f"q-{u}"]
         fallbacks += pred.fallback
+        not_ready += not pred.ready
         for rank, item in enumerate(pred.items):
             if item.item_id in col:
                 scores[r, col[item.item_id]] = 1e6 - rank  # the scorer's order
-    timing = {"produce_s": t1 - t0, "train_s": t2 - t1, "score_s": t3 - t2,
-              "answered": len(answers), "fallbacks": fallbacks}
+    timing = {"produce_s": t1 - t0, "train_s": t2 - t1, "scorer_load_s": t_ready - t2,
+              "score_s": t3 - t_ready, "answered": len(answers), "fallbacks": fallbacks,
+              "not_ready": not_ready}
     return scores, timing
 
 
