@@ -50,7 +50,13 @@ def to_record(msg: Message) -> RawRecord:
     return RawRecord(topic=msg.topic() or "", partition=msg.partition() or 0,
                      offset=msg.offset() or 0, key=msg.key(), value=msg.value(),
                      timestamp_ms=ts if ts_type else 0,
-                     headers=tuple((k, v or b"") for k, v in (msg.headers() or ())))
+                     headers=tuple((str(h[0]), _bytes(h[1])) for h in (msg.headers() or ())))
+
+
+def _bytes(value: str | bytes | None) -> bytes:
+    if value is None:
+        return b""
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def next_offsets(records: Sequence[RawRecord]) -> dict[Partition, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
 from confluent_kafka import TopicPartition as _TP
@@ -42,8 +43,8 @@ class TailReader:
 
     def open(self, timeout_s: float = 10.0) -> dict[int, int]:
         """Assign from the beginning; partition -> end offset at this moment (the load target)."""
-        consumer = make_consumer(self.kafka, self.client_id, f"{self.client_id}-unused",
-                                 **{"enable.partition.eof": True})
+        eof: dict[str, Any] = {"enable.partition.eof": True}
+        consumer = make_consumer(self.kafka, self.client_id, f"{self.client_id}-unused", **eof)
         self._consumer = consumer
         try:
             meta = consumer.list_topics(self.topic, timeout=timeout_s)
