@@ -42,7 +42,38 @@ def _ingest(out: Path) -> list[str]:
             "| events | raw consume ev/s | trainer ev/s | rows published | ratio (target ≥ 0.7) |",
             "| --- | --- | --- | --- | --- |",
             f"| {ours['events']:,} | {_f(raw['events_per_s'])} | {_f(ours['events_per_s'])} | "
-            f"{ours['rows_published']:,} | **{d['ratio_trainer_vs_raw']:.3f}** |", ""]
+            f"{ours['rows_published']:,} | **{d['ratio_trainer_vs_raw']:.3f}** |", "",
+            *_profile(out, ours["events"])]
+
+
+PHASES = {  # cumulative time of these functions, per event, from the ingest profile
+    "poll (consume)": ("consumer.py", "poll_batch"),
+    "decode + validate": ("batch.py", "decode_batch"),
+    "prequential evaluate": ("learner.py", "evaluate"),
+    "learn (vocab + step)": ("learner.py", "learn"),
+    "rows (gather changed rows)": ("learner_state.py", "rows"),
+    "encode rows + DLQ": ("batch.py", "output_records"),
+    "produce + commit transaction": ("transaction.py", "commit_batch"),
+}
+
+
+def _profile(out: Path, events: int) -> list[str]:
+    import pstats
+
+    prof = out / "ingest.prof"
+    if not prof.exists():
+        return []
+    stats = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
+    total = next((ct for (f, _, n), (_, _, _, ct, _) in stats.items()
+                  if f.endswith("loop.py") and n == "_loop"), None)
+    rows = ["Where the trainer's time goes (cProfile of the same run; µs per event):", "",
+            "| phase | µs/event | share of the loop |", "| --- | --- | --- |"]
+    for phase, (file, name) in PHASES.items():
+        ct = sum(c for (f, _, n), (_, _, _, c, _) in stats.items()
+                 if f.endswith(file) and n == name)
+        share = f"{ct / total:.0%}" if total else "–"
+        rows.append(f"| {phase} | {ct / events * 1e6:,.1f} | {share} |")
+    return [*rows, ""]
 
 
 def _core(out: Path) -> list[str]:

@@ -83,12 +83,13 @@ class LearnerConfig:
     # Evaluation.
     eval_k: int = 20
     eval_max_items: int = 200_000  # rank exactly up to here, else sample this many
+    eval_max_events: int = 1024  # evaluate an evenly spaced subset of larger batches
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("dim", "accumulate_steps", "recent_items", "replay_capacity",
                      "admission_threshold", "max_users", "max_items", "dedup_window",
-                     "eval_k", "eval_max_items", "rate_cap_window_ms",
+                     "eval_k", "eval_max_items", "eval_max_events", "rate_cap_window_ms",
                      "popularity_half_life_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

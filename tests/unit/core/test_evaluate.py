@@ -56,3 +56,17 @@ def test_evaluate_changes_nothing() -> None:
         for key in ("vec", "logpop", "hist"):
             assert np.array_equal(before["tables"][name][key].numpy(),
                                   after["tables"][name][key].numpy())
+
+
+def test_large_batches_are_evaluated_on_an_evenly_spaced_subset() -> None:
+    from tests.unit.core.streams import random_events
+
+    learner = Learner(small_config(eval_max_events=10), device="cpu")
+    events = random_events(200)
+    learner.learn(events[:100])
+    batch = events[100:]
+    full = Learner(small_config(eval_max_events=1000), device="cpu")
+    full.learn(events[:100])
+    picked = [batch[int(j * 10.0)] for j in range(10)]  # stride 100 / 10
+    assert learner.evaluate(batch).n_events == 10
+    assert learner.evaluate(batch) == full.evaluate(picked)
