@@ -1,6 +1,7 @@
 """`stream-app` command line: argument parsing only; each command lives in its module.
 
-Exit codes: 0 ok, 1 runtime failure, 2 configuration error (with what to fix).
+Exit codes: 0 ok, 1 runtime failure, 2 configuration error (with what to fix),
+75 the trainer's watchdog saw no progress (restart it: run under a supervisor).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def _kafka_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", type=Path, help="TOML config file ([kafka], [trainer], ...)")
     g.add_argument("--bootstrap-servers", help="HOST:PORT list (env STREAM_APP_BOOTSTRAP_SERVERS; "
                    "default 127.0.0.1:9092)")
-    g.add_argument("--topic-prefix", help="prefix of every topic name (env STREAM_APP_TOPIC_PREFIX)")
+    g.add_argument("--topic-prefix",
+                   help="prefix of every topic name (env STREAM_APP_TOPIC_PREFIX)")
     g.add_argument("--kafka-config", type=Path, help="librdkafka settings file (key=value lines)")
     g.add_argument("-X", dest="kafka_settings", action="append", metavar="KEY=VALUE",
                    help="librdkafka setting passed through, e.g. -X security.protocol=SASL_SSL")
@@ -71,10 +73,11 @@ def _broker(args: argparse.Namespace) -> int:
     elif args.action == "stop":
         print("broker stopped" if broker.stop(settings) else "no broker was running")
     else:
-        b = broker.running(settings)
-        if b is None:
+        found = broker.running(settings)
+        if found is None:
             print(f"no broker running from {settings.state_dir}")
             return 1
+        b = found
         print(f"broker running: bootstrap={b.bootstrap_servers} pid={b.pid} log={b.log_file}")
     return 0
 
@@ -165,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _component_args(p: argparse.ArgumentParser, metrics_port: int) -> None:
     """Flags every long-running process shares (trainer, scorer)."""
-    p.add_argument("--group-id", help="consumer group id")
+    p.add_argument("--group-id", help="consumer group id (default: <topic prefix>stream-app-"
+                   "trainer / -scorer; group and transactional ids are cluster-wide)")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--metrics-host", help="bind address of /metrics (default 127.0.0.1)")
     p.add_argument("--metrics-port", type=int,
@@ -185,6 +189,9 @@ def _add_trainer_commands(sub: Any) -> None:
     p.add_argument("--no-restore", dest="restore", action="store_const", const=False,
                    help="start from an empty model instead of the embeddings changelog")
     p.add_argument("--stats-file", help="append one JSON line per batch (for `stream-app report`)")
+    p.add_argument("--stall-timeout", dest="stall_timeout_s", type=float, metavar="SECONDS",
+                   help="exit with status 75 when the loop makes no progress this long, "
+                        "so a supervisor restarts it (default 120)")
     p.add_argument("-L", dest="learner_settings", action="append", metavar="KEY=VALUE",
                    help="learner setting, e.g. -L dim=32 -L optimizer=adam")
     p.set_defaults(handler=_trainer)
@@ -196,19 +203,21 @@ def _add_trainer_commands(sub: Any) -> None:
 
 
 def _trainer(args: argparse.Namespace) -> int:
-    from stream_app.config import build
+    from stream_app.config import build, default_group_id
     from stream_app.core import LearnerConfig
     from stream_app.trainer import TrainerConfig, run_trainer
 
     file = read_file(args.config)
     flags = {k: getattr(args, k, None) for k in (
         "group_id", "device", "metrics_host", "metrics_port", "exit_when_idle", "instance_id",
-        "batch_max", "batch_wait_ms", "restore", "stats_file")}
-    cfg = build(TrainerConfig, "trainer", file.get("trainer", {}), environment(), flags)
+        "batch_max", "batch_wait_ms", "restore", "stats_file", "stall_timeout_s")}
+    kafka = kafka_config(args)
+    cfg = build(TrainerConfig, "trainer", file.get("trainer", {}), environment(), flags,
+                derived={"group_id": default_group_id(kafka, "trainer")})
     learner_flags = _typed(LearnerConfig, parse_kv(args.learner_settings, "-L"))
     learner = build(LearnerConfig, "learner", file.get("learner", {}), environment(),
                     learner_flags)
-    return run_trainer(kafka_config(args), cfg, learner)
+    return run_trainer(kafka, cfg, learner)
 
 
 def _typed(cls: Any, raw: dict[str, str]) -> dict[str, Any]:
@@ -265,10 +274,12 @@ def _scorer(args: argparse.Namespace) -> int:
              "batch_max": args.batch_max, "batch_wait_ms": args.batch_wait_ms,
              "threads": args.threads}
     file_values = read_file(args.config).get("scorer", {})
-    from stream_app.config import build
+    from stream_app.config import build, default_group_id
 
-    cfg = build(ScorerConfig, "scorer", file_values, environment(), flags)
-    return run_scorer(kafka_config(args), cfg)
+    kafka = kafka_config(args)
+    cfg = build(ScorerConfig, "scorer", file_values, environment(), flags,
+                derived={"group_id": default_group_id(kafka, "scorer")})
+    return run_scorer(kafka, cfg)
 
 
 def _request(args: argparse.Namespace) -> int:

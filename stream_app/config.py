@@ -151,11 +151,14 @@ C = TypeVar("C")
 
 
 def build(cls: type[C], section: str, file_values: Mapping[str, Any],
-          env: Mapping[str, str], flags: Mapping[str, Any], env_prefix: str | None = None) -> C:
+          env: Mapping[str, str], flags: Mapping[str, Any], env_prefix: str | None = None,
+          *, derived: Mapping[str, Any] | None = None) -> C:
     """Build a frozen config `cls` from one file section, the env and the flags.
 
     Unknown keys in the file are errors (a typo must not be silently ignored);
     env strings are converted to the field's type; flags that are None are unset.
+    `derived` are defaults computed from other settings (a group id from the
+    topic prefix): above the dataclass's, below file, env and flags.
     """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -163,7 +166,7 @@ def build(cls: type[C], section: str, file_values: Mapping[str, Any],
     if unknown:
         raise ConfigError(f"unknown key(s) in [{section}]: {', '.join(sorted(unknown))}; "
                           f"known: {', '.join(sorted(names))}")
-    values: dict[str, Any] = dict(file_values)
+    values: dict[str, Any] = {**(derived or {}), **file_values}
     prefix = f"STREAM_APP_{section.upper()}_" if env_prefix is None else env_prefix
     for name in names:
         raw = env.get(prefix + name.upper())
@@ -204,6 +207,16 @@ def _from_env(raw: str, hint: Any, var: str) -> Any:
     except ValueError as exc:
         raise ConfigError(f"{var}={raw!r} is not a valid {target.__name__}") from exc
     return raw
+
+
+def default_group_id(kafka: KafkaConfig, role: str) -> str:
+    """`<topic prefix>stream-app-<role>`: group and transactional ids are cluster-wide,
+    so two deployments with different prefixes on one cluster must not share them.
+
+    >>> default_group_id(KafkaConfig(topic_prefix="shop-eu."), "trainer")
+    'shop-eu.stream-app-trainer'
+    """
+    return f"{kafka.topic_prefix}stream-app-{role}"
 
 
 def load_kafka(file_values: Mapping[str, Any], env: Mapping[str, str],

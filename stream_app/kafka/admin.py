@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from stream_app.config import KafkaConfig, TopicNames
 from stream_app.kafka.clients import merge
@@ -129,8 +130,11 @@ def _wait_visible(admin: AdminClient, topics: list[str], timeout_s: float) -> No
     raise TopicError(f"topics {topics} were created but did not appear within {timeout_s}s")
 
 
-def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.0) -> None:
-    """Fail fast, before the first poll, when a topic we need does not exist."""
+def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.0, *,
+                   co_partitioned: Sequence[str] = ()) -> None:
+    """Fail fast, before the first poll, when a topic we need does not exist, or when
+    the `co_partitioned` topics (the trainer's clicks and purchases) differ in
+    partition count."""
     wait_for_broker(kafka.bootstrap_servers, timeout_s, client=dict(kafka.client))
     try:
         meta = admin_client(kafka).list_topics(timeout=timeout_s)
@@ -141,6 +145,14 @@ def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.
         raise TopicError(
             f"missing topic(s): {', '.join(missing)} (topic prefix {kafka.topic_prefix!r}); "
             "create them with `stream-app topics create` or fix --topic-prefix"
+        )
+    counts = {t: len(meta.topics[t].partitions) for t in co_partitioned}
+    if len(set(counts.values())) > 1:
+        shown = ", ".join(f"{t} has {n}" for t, n in counts.items())
+        raise TopicError(
+            f"topics must have the same partition count to be co-partitioned, but {shown} "
+            "partitions: a user's events are keyed by user id and must land on the same "
+            "partition number in each; recreate them (or add partitions) to the same count"
         )
 
 

@@ -7,7 +7,6 @@ import dataclasses
 import threading
 
 import orjson
-
 from prometheus_client import CollectorRegistry
 
 from stream_app.codec import DlqReason
@@ -17,30 +16,39 @@ from stream_app.observability import MetricsServer, TrainerMetrics
 from stream_app.signals import stop_on_signals
 from stream_app.trainer.config import TrainerConfig
 from stream_app.trainer.loop import BatchResult, Trainer
+from stream_app.trainer.watchdog import EXIT_STALLED, Watchdog
 
-__all__ = ["BatchResult", "Trainer", "TrainerConfig", "make_trainer", "run_trainer"]
+__all__ = ["EXIT_STALLED", "BatchResult", "Trainer", "TrainerConfig", "make_trainer",
+           "run_trainer"]
 
 
 def make_trainer(kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConfig, *,
                  registry: CollectorRegistry | None = None,
-                 stop: threading.Event | None = None) -> Trainer:
+                 stop: threading.Event | None = None,
+                 watchdog: Watchdog | None = None) -> Trainer:
     topics = kafka.topics
     metrics = TrainerMetrics(registry or CollectorRegistry(), k=learner_cfg.eval_k,
                              input_topics=[topics.clicks, topics.purchases],
                              dlq_reasons=[r.value for r in DlqReason])
-    return Trainer(kafka, cfg, learner_cfg, metrics=metrics, stop=stop)
+    return Trainer(kafka, cfg, learner_cfg, metrics=metrics, stop=stop, watchdog=watchdog)
 
 
 def run_trainer(kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConfig) -> int:
-    """The `stream-app trainer` process: metrics server, signals, then the loop."""
+    """The `stream-app trainer` process: metrics server, signals, watchdog, then the loop.
+
+    The watchdog exits the process (status 75) when the loop stalls for
+    `cfg.stall_timeout_s`: run it under a supervisor that restarts it.
+    """
     stop = threading.Event()
     stop_on_signals(stop)
-    trainer = make_trainer(kafka, cfg, learner_cfg, stop=stop)
+    watchdog = Watchdog(cfg.stall_timeout_s)
+    trainer = make_trainer(kafka, cfg, learner_cfg, stop=stop, watchdog=watchdog)
 
     def ready() -> tuple[bool, str]:
         return (True, "ready") if trainer.ready else (False, "restoring from the changelog")
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(watchdog)
         stack.enter_context(MetricsServer(trainer.metrics.registry, cfg.metrics_host,
                                           cfg.metrics_port, ready=ready))
         if cfg.stats_file:

@@ -16,6 +16,12 @@ class TrainerConfig:
 
     `instance_id` must be stable across restarts of the same instance: the
     transactional id is derived from it, which is what fences a zombie.
+
+    `stall_timeout_s`: the process exits with status 75 when the loop makes no
+    progress (an iteration, a transaction, a restored chunk) for this long, so
+    a supervisor restarts it; see `stream_app.trainer.watchdog`. It must exceed
+    the longest legitimate step: a transaction's steps give up after 60 s and
+    an abort may wait for the broker, hence the default of 120 s.
     """
 
     group_id: str = "stream-app-trainer"
@@ -30,6 +36,7 @@ class TrainerConfig:
     dlq_value_max_bytes: int = 64 * 1024
     restore: bool = True
     stats_file: str | None = None
+    stall_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         for name in ("group_id", "instance_id"):
@@ -45,6 +52,9 @@ class TrainerConfig:
         if self.exit_when_idle is not None and self.exit_when_idle <= 0:
             raise ConfigError(f"trainer.exit_when_idle must be > 0 seconds, got "
                               f"{self.exit_when_idle}")
+        if not 1 <= self.stall_timeout_s <= 86_400:
+            raise ConfigError(f"trainer.stall_timeout_s must be in 1..86400 seconds, got "
+                              f"{self.stall_timeout_s}")
         if self.max_future_ms < 0:
             raise ConfigError(f"trainer.max_future_ms must be >= 0, got {self.max_future_ms}")
         if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):

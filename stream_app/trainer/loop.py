@@ -27,8 +27,12 @@ from stream_app.observability.metrics import EvalModel, EventOutcome, FreshnessS
 from stream_app.trainer.batch import Decoded, decode_batch, output_records, train_dlq
 from stream_app.trainer.config import TrainerConfig
 from stream_app.trainer.restore import restore
+from stream_app.trainer.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
+
+ABORT_BACKOFF_CAP_S = 30.0
+"""Longest pause between two tries of a batch whose transaction keeps aborting."""
 
 _OUTCOMES = {"applied": EventOutcome.APPLIED, "duplicate": EventOutcome.DUPLICATE,
              "rate_limited": EventOutcome.RATE_LIMITED}
@@ -71,8 +75,10 @@ class Trainer:
 
     def __init__(self, kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConfig, *,
                  metrics: TrainerMetrics, stop: threading.Event | None = None,
-                 on_batch: Callable[[BatchResult], None] | None = None) -> None:
+                 on_batch: Callable[[BatchResult], None] | None = None,
+                 watchdog: Watchdog | None = None) -> None:
         self.kafka, self.cfg, self.learner_cfg = kafka, cfg, learner_cfg
+        self.watchdog = watchdog
         self.topics = kafka.topics
         self.metrics = metrics
         self.stop = stop or threading.Event()
@@ -82,13 +88,19 @@ class Trainer:
         self.ready = False
         self._evals: list[EvalStats] = []
         self._restored_ends: dict[int, int] | None = None
+        self._aborts_in_a_row = 0
 
     def _client_id(self, role: str) -> str:
         return f"{self.cfg.transactional_id}-{role}"
 
+    def _beat(self, step: str) -> None:
+        if self.watchdog is not None:
+            self.watchdog.beat(step)
+
     def _restore(self) -> None:
         self.learner = Learner(self.learner_cfg, device=self.device)
-        stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"))
+        stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"),
+                        on_chunk=lambda: self._beat("restore"))
         self._restored_ends = stats.ends
         self.metrics.restore_seconds.set(stats.seconds)
         self.metrics.restored_rows.labels(table="user").set(stats.users)
@@ -96,8 +108,11 @@ class Trainer:
 
     def run(self) -> int:
         """Run until stopped (SIGTERM/SIGINT set `stop`) or idle too long. Returns 0."""
-        require_topics(self.kafka, [self.topics.clicks, self.topics.purchases,
-                                    self.topics.embeddings, self.topics.dlq])
+        # Co-partitioning (one trainer owns partition i of both event topics, so
+        # a user's clicks and purchases) needs equal partition counts.
+        inputs = [self.topics.clicks, self.topics.purchases]
+        require_topics(self.kafka, [*inputs, self.topics.embeddings, self.topics.dlq],
+                       co_partitioned=inputs)
         # Step 0. init_transactions fences a zombie and aborts its open
         # transaction before we read the changelog, so restore sees only
         # committed rows that match the committed input offsets.
@@ -144,6 +159,7 @@ class Trainer:
     def _loop(self, consumer: GroupConsumer, publisher: TransactionalPublisher) -> None:
         idle_since = time.monotonic()
         while not self.stop.is_set():
+            self._beat("poll")
             batch = consumer.poll_batch(self.cfg.batch_max, self.cfg.batch_wait_ms / 1000)
             self._report_lag(consumer)
             if not consumer.assignment:
@@ -179,6 +195,7 @@ class Trainer:
                 "updated_at": now_ms}
         records = output_records(self.topics, rows, tombstones, meta, dlq)
         txn_start = time.monotonic()
+        self._beat("transaction")
         outcome = publisher.commit(consumer, records, next_offsets(batch))
         published_ms = int(time.time() * 1000)
         self.metrics.transaction_seconds.observe(time.monotonic() - txn_start)
@@ -186,12 +203,32 @@ class Trainer:
             # The learner already moved; the batch will be read again, so go back
             # to exactly the committed state (the changelog) to apply it once.
             self.metrics.transaction_aborts.inc()
+            self._back_off_after_abort()
+            self._beat("restore after abort")
             self._restore()
         else:
+            self._aborts_in_a_row = 0
             self._observe(batch, decoded, rows, dlq, applied, published_ms)
         self.metrics.batch_seconds.observe(time.monotonic() - started)
         return self._result(batch, decoded, applied, losses, len(dlq), len(rows), outcome,
                             published_ms)
+
+    def _back_off_after_abort(self) -> None:
+        """Wait 0.5 s, 1 s, 2 s ... (capped) between aborts in a row.
+
+        An abort rewinds the batch, so the next iteration tries it again at
+        once; when the output cannot be written (topic unwritable, records
+        refused) every try fails the same way, and without a pause the trainer
+        would spin restoring and re-learning. The cap stays under the stall
+        watchdog's limit; a commit resets the series; SIGTERM cuts it short.
+        """
+        self._aborts_in_a_row += 1
+        cap = min(ABORT_BACKOFF_CAP_S, self.cfg.stall_timeout_s / 2)
+        delay = min(cap, 0.5 * 2 ** (self._aborts_in_a_row - 1))
+        log.warning("transaction aborted %d time(s) in a row: backing off %.1fs before "
+                    "retrying the batch", self._aborts_in_a_row, delay)
+        self._beat("back-off after abort")
+        self.stop.wait(delay)
 
     def _result(self, batch: list[RawRecord], decoded: Decoded, applied: int,
                 losses: list[float], dlq: int, rows: int, outcome: TxnOutcome,
@@ -259,8 +296,8 @@ class Trainer:
                 dlq.append(train_dlq(rec, DlqReason.NON_FINITE_LOSS,
                                      "loss or gradient not finite; batch not applied", now_ms))
             counts[(rec.topic, _OUTCOMES.get(outcome, EventOutcome.DLQ))] += 1
-        for (topic, outcome), n in counts.items():
-            self.metrics.count_events(topic, outcome, n)
+        for (topic, event_outcome), n in counts.items():
+            self.metrics.count_events(topic, event_outcome, n)
         if st.n_applied and st.loss == st.loss:
             losses.append(float(st.loss))
             self.metrics.training_loss.set(float(st.loss))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from stream_app.codec import decode_embedding, decode_meta, is_meta_key
@@ -32,8 +33,12 @@ class RestoreStats:
     ends: dict[int, int]
 
 
-def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str) -> RestoreStats:
-    """Apply every committed row of the changelog to `learner` (which should be fresh)."""
+def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str,
+            on_chunk: Callable[[], None] | None = None) -> RestoreStats:
+    """Apply every committed row of the changelog to `learner` (which should be fresh).
+
+    `on_chunk` is called after each applied chunk (the trainer's watchdog beat).
+    """
     start = time.monotonic()
     users = items = tombstones = 0
     ends: dict[int, int] = {}
@@ -63,6 +68,8 @@ def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str) -> RestoreS
                 users += row.entity == "user"
                 items += row.entity == "item"
         _flush(learner, rows)
+        if on_chunk is not None:
+            on_chunk()
     stats = RestoreStats(users=users, items=items, tombstones=tombstones,
                          seconds=time.monotonic() - start, ends=ends)
     log.info("restored users=%d items=%d tombstones=%d seconds=%.2f", stats.users, stats.items,

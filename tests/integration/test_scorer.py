@@ -210,3 +210,36 @@ def test_request_sent_with_kcat_is_answered(kafka: KafkaConfig, world) -> None: 
         assert ids(pred) == brute(users["u4"], items, bias, 3)
 
 
+
+
+def test_request_bounds_are_enforced_through_the_scorer(kafka: KafkaConfig, world) -> None:  # type: ignore[no-untyped-def]
+    # The schema's bounds (k in 1..1000, at most 10000 candidates/exclusions)
+    # hold end to end: over them an error prediction plus a DLQ record each;
+    # at them, a normal answer.
+    items, bias, users = world
+    publish(kafka, rows_of(items, bias, users))
+    producer = make_producer(kafka, "test-bounds")
+    many = [f"c{n}" for n in range(10_001)]
+    over: dict[str, dict[str, object]] = {
+        "k-1001": {"k": 1001}, "cand-10001": {"k": 5, "candidates": many},
+        "excl-10001": {"k": 5, "exclude": many}}
+    for rid, fields in over.items():
+        producer.produce(kafka.topics.score_requests, key=b"u0",
+                         value=orjson.dumps({"request_id": rid, "user_id": "u0", **fields}))
+    assert producer.flush(10) == 0
+    with running(kafka), ScoreClient(kafka) as client:
+        dlq = [decode_dlq(m.value())
+               for m in read_topic(kafka.bootstrap_servers, kafka.topics.dlq, expect=3)]
+        assert sorted(r.reason for r in dlq) == ["bad_k", "too_many_candidates",
+                                                 "too_many_exclusions"]
+        preds = {p.request_id: p for p in (
+            decode_prediction(m.value()) for m in read_topic(
+                kafka.bootstrap_servers, kafka.topics.predictions, expect=3))}
+        assert set(preds) == set(over)
+        assert all(p.error is not None and p.items == () for p in preds.values())
+        assert preds["k-1001"].error.startswith("bad_k")  # type: ignore[union-attr]
+        at = ask(client, [ScoreRequest(request_id="k-1000", user_id="u0", k=1000),
+                          ScoreRequest(request_id="cand-10000", user_id="u0", k=3,
+                                       candidates=tuple(many[:9_999]) + ("i3",))])
+        assert at["k-1000"].error is None and len(at["k-1000"].items) == len(items) - 2
+        assert at["cand-10000"].error is None and ids(at["cand-10000"]) == ["i3"]

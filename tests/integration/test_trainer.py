@@ -5,17 +5,21 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
+from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
 
 from stream_app.codec import decode_dlq, decode_embedding, is_meta_key
 from stream_app.config import KafkaConfig
 from stream_app.core import LearnerConfig
 from stream_app.events import EmbeddingRow
+from stream_app.kafka.admin import admin_client
+from stream_app.kafka.exceptions import TopicError
 from stream_app.replay import produce_records
 from stream_app.sources import RawRecord
 from stream_app.sources.generate import generate
 from stream_app.trainer import Trainer, TrainerConfig, make_trainer
 from stream_app.trainer.control import send_forget
-from tests.integration.kafka_helpers import read_topic
+from tests.integration.kafka_helpers import read_topic, wait_until
 
 LEARNER = LearnerConfig(dim=8, num_sampled_negatives=16, eval_max_items=1000)
 
@@ -125,3 +129,18 @@ def test_forget_publishes_a_tombstone(kafka: KafkaConfig) -> None:
     assert f"user:{victim}" in rows and rows[f"user:{victim}"] is None
     others = [k for k, r in rows.items() if k.startswith("user:") and r is not None]
     assert others
+
+
+def test_trainer_refuses_event_topics_with_different_partition_counts(
+        kafka: KafkaConfig) -> None:
+    # Co-partitioning (a user's clicks and purchases on the same partition
+    # number, owned by one trainer) needs equal counts: fail before any poll.
+    admin = admin_client(kafka)  # alive until the future resolves
+    admin.create_partitions([NewPartitions(kafka.topics.purchases, 4)])[
+        kafka.topics.purchases].result()
+    wait_until(lambda: len(admin.list_topics(kafka.topics.purchases, timeout=5)
+                           .topics[kafka.topics.purchases].partitions) == 4,
+               what="the new partition in the metadata")
+    with pytest.raises(TopicError, match=r"same partition count.*clicks has 3, "
+                                         r"\S*purchases has 4 partitions"):
+        make_trainer(kafka, _cfg(), LEARNER).run()

@@ -19,7 +19,8 @@ import pytest
 from stream_app.config import KafkaConfig
 from stream_app.kafka import broker
 from stream_app.kafka.admin import TopicPlan, create_topics, delete_topics, wait_for_broker
-from tests.reliability.harness import ControlledBroker, TrainerProc
+from tests.reliability.harness import ControlledBroker
+from tests.reliability.processes import ScorerProc, TrainerProc
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +82,15 @@ def controlled_broker(tmp_path: Path) -> Iterator[Callable[..., ControlledBroker
 def trainers(tmp_path: Path) -> Iterator[list[TrainerProc]]:
     """Every TrainerProc a test appends here is killed at teardown if still running."""
     procs: list[TrainerProc] = []
+    yield procs
+    for proc in procs:
+        proc.stop_quietly()
+
+
+@pytest.fixture
+def scorers() -> Iterator[list[ScorerProc]]:
+    """Every ScorerProc a test appends here is killed at teardown if still running."""
+    procs: list[ScorerProc] = []
     yield procs
     for proc in procs:
         proc.stop_quietly()

@@ -1,7 +1,8 @@
 """Real processes and a broker we can break: the reliability tests' tools.
 
-- `TrainerProc` runs `stream-app trainer` as a child process (real argv, real
-  signals, its own log file) so a test can `kill -9` it at any moment;
+- `processes.TrainerProc` / `ScorerProc` run `stream-app trainer` / `scorer`
+  as child processes (real argv, real signals, own log files) so a test can
+  `kill -9` them at any moment;
 - `ControlledBroker` is a local KRaft broker the test owns: stop it (SIGTERM
   or SIGKILL) and start it again on the same port and data;
 - the audit reads the committed `embeddings` changelog and `events-dlq` back
@@ -11,14 +12,11 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -33,126 +31,9 @@ from stream_app.replay import produce_records
 from stream_app.sources import RawRecord
 from tests.integration.kafka_helpers import wait_until
 
-# Small and fast on 2 shared CPU cores; the same settings go to every trainer
-# process (-L flags) and to the learners the tests restore in-process.
+# Small and fast on 2 shared CPU cores; the same settings go to the learners the
+# tests restore in-process as to every trainer process (processes.LEARNER_FLAGS).
 LEARNER = LearnerConfig(dim=8, num_sampled_negatives=16, eval_max_items=1000)
-LEARNER_FLAGS = ("-L", "dim=8", "-L", "num_sampled_negatives=16", "-L", "eval_max_items=1000")
-_PORT_RE = re.compile(rb"metrics_http listening host=\S+ port=(\d+)")
-
-
-def child_env() -> dict[str, str]:
-    """The test's environment without STREAM_APP_* (flags say everything) and 1 thread."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_APP_")}
-    env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return env
-
-
-def kafka_flags(kafka: KafkaConfig) -> list[str]:
-    out = ["--bootstrap-servers", kafka.bootstrap_servers, "--topic-prefix", kafka.topic_prefix]
-    for key, value in kafka.client.items():
-        out += ["-X", f"{key}={value}"]
-    return out
-
-
-@dataclass
-class TrainerProc:
-    """One `stream-app trainer` child process; every (re)start appends to `log_path`."""
-
-    kafka: KafkaConfig
-    workdir: Path
-    instance_id: str = "trainer-0"
-    group_id: str = "rel-trainer"
-    batch_max: int = 100
-    exit_when_idle: float | None = None
-    extra: Sequence[str] = ()
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    log_offset: int = 0
-    kills: int = field(default=0)
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"{self.instance_id}.log"
-
-    @property
-    def stats_path(self) -> Path:
-        return self.workdir / f"{self.instance_id}-stats.jsonl"
-
-    def argv(self) -> list[str]:
-        # faulthandler on SIGUSR1: `dump_stacks()` shows where a stuck trainer is.
-        boot = ("import faulthandler, runpy, signal; faulthandler.register(signal.SIGUSR1); "
-                "runpy.run_module('stream_app.cli', run_name='__main__')")
-        argv = [sys.executable, "-c", boot, "trainer", *kafka_flags(self.kafka),
-                "--group-id", self.group_id, "--instance-id", self.instance_id,
-                "--metrics-port", "0", "--device", "cpu", "--batch-max", str(self.batch_max),
-                "--batch-wait-ms", "100", "--stats-file", str(self.stats_path), *LEARNER_FLAGS]
-        if self.exit_when_idle is not None:
-            argv += ["--exit-when-idle", str(self.exit_when_idle)]
-        return [*argv, *self.extra]
-
-    def start(self) -> TrainerProc:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as log:
-            log.write(f"\n===== start {self.starts} =====\n".encode())
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
-                                         stdin=subprocess.DEVNULL, env=child_env())
-        self.starts += 1
-        return self
-
-    def log_text(self, since_start: bool = False) -> str:
-        data = self.log_path.read_bytes() if self.log_path.exists() else b""
-        return data[self.log_offset if since_start else 0:].decode(errors="replace")
-
-    def metrics_port(self, timeout: float = 60.0) -> int:
-        def port() -> int | None:
-            found = _PORT_RE.findall(self.log_path.read_bytes()[self.log_offset:])
-            return int(found[-1]) if found else None
-
-        found = wait_until(port, timeout=timeout, what=f"{self.instance_id} metrics port")
-        assert found is not None
-        return found
-
-    def dump_stacks(self) -> str:
-        """Every thread's Python stack, via faulthandler (for failure messages)."""
-        if not self.alive():
-            return ""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGUSR1)
-        time.sleep(1.0)
-        return self.log_text()[-6000:]
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-        self.kills += 1
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def wait(self, timeout: float) -> int:
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
-            raise AssertionError(f"{self.instance_id} did not exit within {timeout}s; log tail:\n"
-                                 f"{self.log_text()[-3000:]}") from None
-
-    def stop_quietly(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait(30)
 
 
 class ControlledBroker:

@@ -24,7 +24,6 @@ from stream_app.events import EventKind
 from stream_app.sources.generate import generate
 from tests.integration.kafka_helpers import wait_until
 from tests.reliability.harness import (
-    TrainerProc,
     audit,
     committed_total,
     dlq_records,
@@ -32,6 +31,7 @@ from tests.reliability.harness import (
     expected_user_updates,
     scrape,
 )
+from tests.reliability.processes import TrainerProc
 from tests.unit.test_codec_bad_inputs import load_corpus, raw
 
 EVENT_CASES = [c for c in load_corpus() if c["topic"] in ("click", "purchase")]

@@ -16,7 +16,6 @@ from stream_app.sources.generate import generate
 from tests.integration.kafka_helpers import wait_until
 from tests.reliability.conftest import new_kafka
 from tests.reliability.harness import (
-    TrainerProc,
     audit,
     committed_total,
     end_total,
@@ -24,6 +23,7 @@ from tests.reliability.harness import (
     produce,
     scrape,
 )
+from tests.reliability.processes import TrainerProc
 
 SECRET = "Zq7-sasl-pw-4f1c9b"  # noqa: S105 - a test credential, grepped for below
 WRONG = "Wr0ng-pw-77aa"  # noqa: S105

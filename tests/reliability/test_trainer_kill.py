@@ -44,13 +44,13 @@ from stream_app.trainer import TrainerConfig, make_trainer
 from tests.integration.kafka_helpers import wait_until
 from tests.reliability.harness import (
     LEARNER,
-    TrainerProc,
     audit,
     committed_total,
     dlq_records,
     expected_user_updates,
     produce,
 )
+from tests.reliability.processes import TrainerProc
 
 N_EVENTS, TAIL = 14_000, 2_000
 GROUP = "rel-kill"

@@ -22,7 +22,6 @@ from stream_app.config import KafkaConfig
 from stream_app.sources.generate import generate
 from tests.integration.kafka_helpers import wait_until
 from tests.reliability.harness import (
-    TrainerProc,
     audit,
     committed_total,
     end_total,
@@ -30,6 +29,7 @@ from tests.reliability.harness import (
     produce,
     row_history,
 )
+from tests.reliability.processes import TrainerProc
 
 GROUP = "rel-two"
 

@@ -75,3 +75,38 @@ def test_cli_config_error_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: 
     bad.write_text("not toml [")
     assert main(["topics", "create", "--config", str(bad)]) == 2
     assert "is not valid TOML" in capsys.readouterr().err
+
+
+def test_default_group_ids_carry_the_topic_prefix_and_explicit_ones_are_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Group and transactional ids are cluster-wide: two deployments with
+    # different prefixes on one cluster must not fence each other by default.
+    import stream_app.scorer
+    import stream_app.trainer
+
+    seen: dict[str, str] = {}
+    monkeypatch.setattr(stream_app.trainer, "run_trainer",
+                        lambda kafka, cfg, learner: seen.update(trainer=cfg.transactional_id) or 0)
+    monkeypatch.setattr(stream_app.scorer, "run_scorer",
+                        lambda kafka, cfg: seen.update(scorer=cfg.group_id) or 0)
+    for var in ("STREAM_APP_TRAINER_GROUP_ID", "STREAM_APP_SCORER_GROUP_ID",
+                "STREAM_APP_TOPIC_PREFIX"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["trainer", "--topic-prefix", "shop-eu."]) == 0
+    assert main(["scorer", "--topic-prefix", "shop-eu."]) == 0
+    assert seen == {"trainer": "shop-eu.stream-app-trainer.trainer-0",
+                    "scorer": "shop-eu.stream-app-scorer"}
+    assert main(["trainer", "--topic-prefix", "shop-eu.", "--group-id", "mine"]) == 0
+    monkeypatch.setenv("STREAM_APP_SCORER_GROUP_ID", "from-env")
+    assert main(["scorer", "--topic-prefix", "shop-eu."]) == 0
+    assert seen == {"trainer": "mine.trainer-0", "scorer": "from-env"}
+    assert main(["trainer"]) == 0  # no prefix: the historical default
+    assert seen["trainer"] == "stream-app-trainer.trainer-0"
+
+
+def test_derived_defaults_sit_below_file_env_and_flags() -> None:
+    derived = {"group_id": "p.stream-app-trainer"}
+    assert build(TrainerConfig, "trainer", {}, {}, {}, derived=derived).group_id == \
+        "p.stream-app-trainer"
+    assert build(TrainerConfig, "trainer", {"group_id": "file"}, {}, {},
+                 derived=derived).group_id == "file"

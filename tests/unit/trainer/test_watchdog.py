@@ -1,0 +1,53 @@
+"""The stall watchdog: fires once when beats stop, never while they come; exits 75 in a process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from stream_app.config import ConfigError, build
+from stream_app.trainer import EXIT_STALLED, TrainerConfig
+from stream_app.trainer.watchdog import Watchdog
+
+
+def test_fires_once_when_beats_stop_and_never_while_they_come() -> None:
+    fired = threading.Event()
+    calls: list[float] = []
+
+    def on_stall() -> None:
+        calls.append(time.monotonic())
+        fired.set()
+
+    with Watchdog(0.4, on_stall=on_stall, dump_stacks=False) as dog:
+        for _ in range(12):  # 1.2 s of steady progress: no stall
+            dog.beat("poll")
+            time.sleep(0.1)
+        assert not calls
+        dog.beat("transaction")
+        assert fired.wait(3.0)
+        time.sleep(0.5)
+    assert len(calls) == 1
+
+
+def test_stall_logs_the_step_and_exits_the_process_with_75() -> None:
+    code = ("import logging, time; logging.basicConfig(); "
+            "from stream_app.trainer.watchdog import Watchdog; "
+            "dog = Watchdog(0.5).__enter__(); dog.beat('transaction'); time.sleep(30)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,  # noqa: S603
+                         check=False)
+    assert out.returncode == EXIT_STALLED
+    err = out.stderr.decode()
+    assert "no progress" in err and "step=transaction" in err
+    assert "stall-watchdog" in err or "Thread" in err  # every thread's stack was dumped
+
+
+def test_stall_timeout_is_configurable_and_checked() -> None:
+    cfg = build(TrainerConfig, "trainer", {}, {"STREAM_APP_TRAINER_STALL_TIMEOUT_S": "45"}, {})
+    assert cfg.stall_timeout_s == 45.0
+    assert TrainerConfig().stall_timeout_s == 120.0
+    with pytest.raises(ConfigError, match="trainer.stall_timeout_s must be in 1..86400"):
+        TrainerConfig(stall_timeout_s=0)
