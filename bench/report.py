@@ -37,13 +37,22 @@ def _ingest(out: Path) -> list[str]:
     d = _load(out, "ingest")
     if not isinstance(d, dict):
         return []
-    raw, ours = d["reference_raw_consume"], d["trainer"]
-    return ["### Ingest (trainer end to end vs raw consume + orjson of the same topic)", "",
-            "| events | raw consume ev/s | trainer ev/s | rows published | ratio (target ≥ 0.7) |",
-            "| --- | --- | --- | --- | --- |",
-            f"| {ours['events']:,} | {_f(raw['events_per_s'])} | {_f(ours['events_per_s'])} | "
-            f"{ours['rows_published']:,} | **{d['ratio_trainer_vs_raw']:.3f}** |", "",
-            *_profile(out, ours["events"])]
+    rows = ["### Ingest (trainer end to end vs raw consume + orjson of the same topic)", "",
+            "| run | events | raw consume ev/s | trainer ev/s | rows published | "
+            "ratio (target ≥ 0.7) |", "| --- | --- | --- | --- | --- | --- |"]
+    before = _load(out, "ingest_before")
+    runs = [("before (full-batch evaluation)", before, "ingest_before"), ("now", d, "ingest")]
+    for label, run, _ in runs:
+        if isinstance(run, dict):
+            raw, ours = run["reference_raw_consume"], run["trainer"]
+            rows.append(f"| {label} | {ours['events']:,} | {_f(raw['events_per_s'])} | "
+                        f"{_f(ours['events_per_s'])} | {ours['rows_published']:,} | "
+                        f"**{run['ratio_trainer_vs_raw']:.3f}** |")
+    rows.append("")
+    for label, run, name in runs:
+        if isinstance(run, dict):
+            rows += [f"Profile, {label}:", "", *_profile(out, run["trainer"]["events"], name)]
+    return rows
 
 
 PHASES = {  # cumulative time of these functions, per event, from the ingest profile
@@ -57,17 +66,17 @@ PHASES = {  # cumulative time of these functions, per event, from the ingest pro
 }
 
 
-def _profile(out: Path, events: int) -> list[str]:
+def _profile(out: Path, events: int, name: str = "ingest") -> list[str]:
     import pstats
 
-    prof = out / "ingest.prof"
+    prof = out / f"{name}.prof"
     if not prof.exists():
         return []
     stats = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
     total = next((ct for (f, _, n), (_, _, _, ct, _) in stats.items()
                   if f.endswith("loop.py") and n == "_loop"), None)
-    rows = ["Where the trainer's time goes (cProfile of the same run; µs per event):", "",
-            "| phase | µs/event | share of the loop |", "| --- | --- | --- |"]
+    rows = ["| phase (cProfile of that run) | µs/event | share of the loop |",
+            "| --- | --- | --- |"]
     for phase, (file, name) in PHASES.items():
         ct = sum(c for (f, _, n), (_, _, _, c, _) in stats.items()
                  if f.endswith(file) and n == name)
