@@ -16,6 +16,7 @@ import orjson
 from stream_app.codec import (
     DecodeError,
     decode_embedding,
+    decode_meta,
     dlq_record,
     encode_dlq,
     encode_prediction,
@@ -28,7 +29,7 @@ from stream_app.config import TopicNames
 from stream_app.events import Coordinates, Prediction, ScoreRequest
 from stream_app.serving.batching import Pending
 from stream_app.serving.config import ScorerConfig
-from stream_app.serving.table import EmbeddingTable, TableError
+from stream_app.serving.table import EmbeddingTable, ServingMix, TableError
 from stream_app.serving.topk import rank
 
 NOT_LOADED = "not_loaded"
@@ -120,6 +121,19 @@ def _ms_since(arrival: float) -> float:
     return max(0.0, (time.monotonic() - arrival) * 1000.0)
 
 
+def serving_mix(value: bytes | None) -> ServingMix | None:
+    """The trainer's serving mix from `meta:trainer` (None when absent or unreadable)."""
+    try:
+        mix = decode_meta(value).get("serving") if value is not None else None
+        if not isinstance(mix, dict):
+            return None
+        return ServingMix(history_weight=float(mix["history_weight"]),
+                          recent_decay=float(mix["recent_decay"]),
+                          recent_items=int(mix["recent_items"]))
+    except (DecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def apply_embedding(table: EmbeddingTable, key: bytes | None, value: bytes | None) -> str | None:
     """Apply one `embeddings` record; returns a refusal reason, or None when applied/ignored.
 
@@ -127,6 +141,7 @@ def apply_embedding(table: EmbeddingTable, key: bytes | None, value: bytes | Non
     tombstone: the row is removed (an item's slot is freed for reuse).
     """
     if is_meta_key(key):
+        table.mix = serving_mix(value)
         return None
     try:
         row = decode_embedding(key, value)

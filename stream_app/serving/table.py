@@ -39,6 +39,22 @@ class UserState:
     vector: npt.NDArray[np.float32]
     recent_items: tuple[str, ...]
     updates: int
+    id_vec: npt.NDArray[np.float32] | None = None
+    recent_mix: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServingMix:
+    """x_u = id_vec + history_weight * sum_p decay**p v_p / sum_p decay**p (trainer's model).
+
+    Published by the trainer in `meta:trainer`; with it the scorer rebuilds a
+    user's vector from the *current* item vectors instead of the ones of the
+    user's last event, exactly as the learner itself would score.
+    """
+
+    history_weight: float
+    recent_decay: float
+    recent_items: int
 
 
 class EmbeddingTable:
@@ -68,6 +84,7 @@ class EmbeddingTable:
         self._staged: dict[int, tuple[npt.NDArray[np.float32], float]] = {}
         self.newest_updated_at: int | None = None
         self.model_version = ""
+        self.mix: ServingMix | None = None
 
     # -- writes -------------------------------------------------------------------------
     def upsert(self, row: EmbeddingRow) -> None:
@@ -76,8 +93,11 @@ class EmbeddingTable:
         self._check_dim(vector, row.key)
         if row.entity == "user":
             recent = tuple(row.recent_items[: self.history_max])
-            self.users[row.id] = UserState(vector=vector, recent_items=recent,
-                                           updates=row.updates)
+            id_vec = row.state.get("id_vec")
+            self.users[row.id] = UserState(
+                vector=vector, recent_items=recent, updates=row.updates,
+                id_vec=id_vec if isinstance(id_vec, np.ndarray) and id_vec.shape == vector.shape
+                else None, recent_mix=tuple(row.recent_items))
         else:
             slot = self.item_slot.get(row.id)
             if slot is None:

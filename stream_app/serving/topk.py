@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from stream_app.events import PredictedItem, ScoreRequest
-from stream_app.serving.table import EmbeddingTable
+from stream_app.serving.table import EmbeddingTable, ServingMix, UserState
 
 NEG_INF = float("-inf")
 SCORE_BUDGET = 1 << 25
@@ -75,10 +75,16 @@ def rank(table: EmbeddingTable, requests: Sequence[ScoreRequest], *,
 
 def user_vectors(table: EmbeddingTable, requests: Sequence[ScoreRequest],
                  min_user_updates: int) -> tuple[torch.Tensor, list[str | None]]:
-    """`(batch, dim)` user vectors on the device (zero = popularity) and fallback reasons."""
+    """`(batch, dim)` user vectors on the device (zero = popularity) and fallback reasons.
+
+    With the trainer's serving mix (from `meta:trainer`) and the user's id
+    vector, the vector is rebuilt from the current item vectors; otherwise the
+    published serving vector is used as it is.
+    """
     dim = table.dim or 0
     out = np.zeros((len(requests), dim), dtype=np.float32)
     reasons: list[str | None] = []
+    fresh: list[int] = []
     for i, req in enumerate(requests):
         user = table.users.get(req.user_id)
         if user is None:
@@ -88,7 +94,35 @@ def user_vectors(table: EmbeddingTable, requests: Sequence[ScoreRequest],
         else:
             out[i] = user.vector
             reasons.append(None)
-    return torch.from_numpy(out).to(table.device), reasons
+            if table.mix is not None and user.id_vec is not None:
+                fresh.append(i)
+    vectors = torch.from_numpy(out).to(table.device)
+    if fresh and table.mix is not None:
+        users = [table.users[requests[i].user_id] for i in fresh]
+        vectors[fresh] = mixed_vectors(table, table.mix, users)
+    return vectors, reasons
+
+
+def mixed_vectors(table: EmbeddingTable, mix: ServingMix,
+                  users: list[UserState]) -> torch.Tensor:
+    """id_vec + w * decayed mean of the current vectors of each user's recent items: (n, dim)."""
+    matrix, _ = table.items()
+    n, length = len(users), mix.recent_items
+    slots = torch.zeros((n, length), dtype=torch.long)
+    valid = torch.zeros((n, length), dtype=torch.bool)
+    for r, user in enumerate(users):
+        for p, item in enumerate(user.recent_mix[:length]):
+            slot = table.item_slot.get(item)
+            if slot is not None:
+                slots[r, p], valid[r, p] = slot, True
+    slots, valid = slots.to(table.device), valid.to(table.device)
+    weights = mix.recent_decay ** torch.arange(length, device=table.device, dtype=torch.float32)
+    w = weights.unsqueeze(0) * valid
+    norm = w.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    hist = matrix.index_select(0, slots.flatten()).view(n, length, -1)
+    mean = (w.unsqueeze(2) * hist).sum(dim=1) / norm
+    ids = torch.from_numpy(np.stack([u.id_vec for u in users if u.id_vec is not None]))
+    return ids.to(table.device) + mix.history_weight * mean
 
 
 def exclusions(table: EmbeddingTable, req: ScoreRequest) -> set[int]:

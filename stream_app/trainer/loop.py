@@ -191,8 +191,14 @@ class Trainer:
                                       now_ms)
         rows = self.learner.rows(user_ids=sorted(changed_users), item_ids=sorted(changed_items),
                                  model_version=self.model_version, now_ms=now_ms)
+        lc = self.learner_cfg
         meta = {**self.learner.global_state(), "model_version": self.model_version,
-                "updated_at": now_ms}
+                "updated_at": now_ms,
+                # How a user's serving vector mixes in recent items, so the scorer
+                # can rebuild it from the current item vectors (see serving.topk).
+                "serving": {"history_weight": lc.history_weight,
+                            "recent_decay": lc.recent_decay,
+                            "recent_items": lc.recent_items}}
         records = output_records(self.topics, rows, tombstones, meta, dlq)
         txn_start = time.monotonic()
         self._beat("transaction")
