@@ -87,6 +87,7 @@ class GroupConsumer:
         # must be learned by one trainer only.
         enforce = {"partition.assignment.strategy": "range"} if co_partitioned else None
         self._consumer: Consumer = make_consumer(kafka, client_id, group_id, enforce=enforce)
+        self._kafka, self._client_id = kafka, client_id
         self._revoked: set[Partition] = set()
         self._assigned: set[Partition] = set()
         self._on_assign = on_assign
@@ -144,8 +145,9 @@ class GroupConsumer:
         return batch
 
     def end_offsets(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
-        """High watermark of every partition of `topic` (a broker round trip each)."""
-        return end_offsets(self._consumer, topic, timeout_s)
+        """True end (high watermark) of every partition of `topic`; see `high_watermarks`."""
+        return high_watermarks(self._kafka, topic, client_id=self._client_id,
+                               timeout_s=timeout_s)
 
     def lag(self) -> dict[Partition, int]:
         """Messages behind the high watermark per assigned partition (from cached stats)."""
@@ -181,6 +183,22 @@ def end_offsets(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> dict
             for p in sorted(meta.topics[topic].partitions)}
 
 
+def high_watermarks(kafka: KafkaConfig, topic: str, *, client_id: str,
+                    timeout_s: float = 10.0) -> dict[int, int]:
+    """The true end of each partition, asked with isolation.level=read_uncommitted.
+
+    A read_committed consumer's watermark query answers the last stable offset:
+    it stops at another producer's open transaction (a killed trainer's, until
+    `transaction.timeout.ms` aborts it) and so hides every committed record
+    after it. Restoring up to that point would lose those records.
+    """
+    consumer = make_consumer(kafka, client_id, f"{client_id}-hwm", read_committed=False)
+    try:
+        return end_offsets(consumer, topic, timeout_s)
+    finally:
+        consumer.close()
+
+
 def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
                 batch: int = 5000, timeout_s: float = 600.0,
                 ends_seen: dict[int, int] | None = None) -> Iterator[list[RawRecord]]:
@@ -193,7 +211,9 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
     eof: dict[str, Any] = {"enable.partition.eof": True}
     consumer = make_consumer(kafka, client_id, f"{client_id}-reader", **eof)
     try:
-        ends = end_offsets(consumer, topic)
+        # Read (committed records) up to the true end: with an open transaction
+        # in the way this waits until it is committed or aborted.
+        ends = high_watermarks(kafka, topic, client_id=client_id)
         if ends_seen is not None:
             ends_seen.update(ends)
         pending = {p for p, end in ends.items() if end > 0}

@@ -52,7 +52,7 @@ from tests.reliability.harness import (
 )
 from tests.reliability.processes import TrainerProc
 
-N_EVENTS, TAIL = 14_000, 2_000
+N_EVENTS, TAIL = 20_000, 2_000
 GROUP = "rel-kill"
 
 

@@ -1,0 +1,35 @@
+"""Reading the changelog to its end must not stop at another producer's open transaction."""
+
+from __future__ import annotations
+
+from confluent_kafka import Producer
+
+from stream_app.config import KafkaConfig
+from stream_app.kafka.consumer import read_to_end
+
+
+def test_read_to_end_waits_out_an_open_transaction_and_sees_what_follows(
+        kafka: KafkaConfig) -> None:
+    topic = kafka.topics.embeddings
+    plain = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    plain.produce(topic, key=b"user:a", value=b"1", partition=0)
+    plain.flush(10)
+    # A "killed trainer": its transaction stays open until the broker aborts it.
+    zombie = Producer({"bootstrap.servers": kafka.bootstrap_servers,
+                       "transactional.id": f"{kafka.topic_prefix}zombie",
+                       "transaction.timeout.ms": 3000})
+    zombie.init_transactions(10)
+    zombie.begin_transaction()
+    zombie.produce(topic, key=b"user:z", value=b"never", partition=0)
+    zombie.flush(10)
+    # Another trainer commits a row after it.
+    live = Producer({"bootstrap.servers": kafka.bootstrap_servers,
+                     "transactional.id": f"{kafka.topic_prefix}live"})
+    live.init_transactions(10)
+    live.begin_transaction()
+    live.produce(topic, key=b"user:b", value=b"2", partition=0)
+    live.commit_transaction(10)
+
+    got = [(r.key, r.value) for chunk in read_to_end(kafka, topic, client_id="t", timeout_s=90)
+           for r in chunk]
+    assert got == [(b"user:a", b"1"), (b"user:b", b"2")]
