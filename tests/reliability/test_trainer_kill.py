@@ -52,7 +52,7 @@ from tests.reliability.harness import (
 )
 from tests.reliability.processes import TrainerProc
 
-N_EVENTS, TAIL = 20_000, 2_000
+N_EVENTS, TAIL = 26_000, 2_000
 GROUP = "rel-kill"
 
 
@@ -88,7 +88,7 @@ def run_with_kills(trainer: TrainerProc, kills: int, total: int, rng: random.Ran
         # moment: while learning, producing, committing or polling.
         progress = _wait_progress(kafka, topics, progress, total, trainer)
         assert progress < total, f"input drained after {trainer.kills} kills: make it longer"
-        time.sleep(rng.uniform(0.0, 0.6))
+        time.sleep(rng.uniform(0.0, 0.3))
         assert trainer.alive(), trainer.log_text()[-3000:]
         trainer.kill9()
         progress = committed_total(kafka, GROUP, topics)  # what it got done before dying
