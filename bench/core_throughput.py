@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.quality_offline import parse_overrides
 from stream_app.core import Learner, LearnerConfig
 from stream_app.events import Event, EventKind
 
@@ -36,17 +37,6 @@ def make_batches(n_batches: int, batch: int, users: int, items: int,
                           ts=ts + b * 1000 + k // 64,
                           kind=EventKind.PURCHASE if kinds[k] else EventKind.CLICK)
                     for k in range(batch)])
-    return out
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for p in pairs:
-        key, _, raw = p.partition("=")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
     return out
 
 

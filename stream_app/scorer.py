@@ -65,7 +65,7 @@ class Scorer:
         self.metrics = ScorerMetrics(self.registry, dlq_reasons=[r.value for r in DlqReason],
                                      error_reasons=ERROR_REASONS)
         self.stop = stop if stop is not None else threading.Event()
-        self.table = EmbeddingTable(device=resolve_device(cfg.device),
+        self.table = EmbeddingTable(device=resolve_device(cfg.device, "scorer.device"),
                                     history_max=cfg.history_max)
         self.ready = threading.Event()
         self.metrics_port: int | None = None

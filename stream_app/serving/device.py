@@ -5,21 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from stream_app.config import ConfigError
+from stream_app.device import resolve_device
 
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda if available else cpu; an explicit CUDA device must exist.
-
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"scorer.device={name!r} but CUDA is not available; use auto or cpu")
-    return device
+__all__ = ["resolve_device", "set_threads"]
 
 
 def set_threads(n: int) -> None:

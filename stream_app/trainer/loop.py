@@ -14,11 +14,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.core import EvalStats, Learner, LearnerConfig
+from stream_app.device import resolve_device
 from stream_app.events import DlqRecord, EmbeddingRow, Event
 from stream_app.kafka.admin import require_topics
 from stream_app.kafka.consumer import GroupConsumer, Partition, RawRecord, next_offsets
@@ -36,12 +35,6 @@ ABORT_BACKOFF_CAP_S = 30.0
 
 _OUTCOMES = {"applied": EventOutcome.APPLIED, "duplicate": EventOutcome.DUPLICATE,
              "rate_limited": EventOutcome.RATE_LIMITED}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,7 +76,7 @@ class Trainer:
         self.metrics = metrics
         self.stop = stop or threading.Event()
         self.on_batch = on_batch
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, "trainer.device")
         self.learner = Learner(learner_cfg, device=self.device)
         self.ready = False
         self._evals: list[EvalStats] = []
