@@ -6,7 +6,10 @@ CACHE   ?= $(HOME)/.cache/stream-app
 VENV    ?= $(CACHE)/venv
 PY      := $(VENV)/bin/python
 APP     := $(VENV)/bin/stream-app
-STAMP   := $(VENV)/.stream-app-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# The editable install points at one clone: the stamp names this clone's path
+# too, so a venv shared by clones (or by CI runs in different folders) is
+# re-pointed at the clone being run instead of testing another one's code.
+STAMP   := $(VENV)/.stream-app-$(shell (cat pyproject.toml; echo "$(CURDIR)") | cksum | cut -d' ' -f1)
 DATA    ?= ../shared/data/movielens-1m
 
 PHONY_BENCH := bench-deps
@@ -15,6 +18,7 @@ PHONY_BENCH := bench-deps
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	bash scripts/bootstrap.sh "$(VENV)"
+	rm -f $(VENV)/.stream-app-*
 	touch $@
 
 test: venv
