@@ -32,8 +32,8 @@ from prometheus_client import CollectorRegistry
 from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.kafka.admin import require_topics
-from stream_app.kafka.consumer import Partition, RawRecord
 from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.records import Partition, RawRecord
 from stream_app.kafka.reply_producer import ReplyProducer
 from stream_app.kafka.request_consumer import RequestConsumer
 from stream_app.kafka.tail import TailReader

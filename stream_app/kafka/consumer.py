@@ -1,95 +1,58 @@
-"""Group consumption in micro-batches, and reading a topic to its end.
-
-Only this module turns `confluent_kafka.Message` into our frozen `RawRecord`,
-which keeps the record's coordinates so a bad one can be dead-lettered.
-"""
+"""Group consumption in micro-batches, and reading a topic to its end."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
-from stream_app.events import Coordinates
 from stream_app.kafka.clients import make_consumer
+from stream_app.kafka.event_time import EventTimeMerger
 from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.records import Partition, RawRecord, to_record
 
 log = logging.getLogger(__name__)
-
-Partition = tuple[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    """One consumed record, detached from librdkafka. `timestamp_ms` is the produce time."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-    @property
-    def coords(self) -> Coordinates:
-        return Coordinates(topic=self.topic, partition=self.partition, offset=self.offset)
-
-    def header(self, name: str) -> bytes | None:
-        return next((v for k, v in self.headers if k == name), None)
-
-
-def to_record(msg: Message) -> RawRecord:
-    ts_type, ts = msg.timestamp()
-    return RawRecord(topic=msg.topic() or "", partition=msg.partition() or 0,
-                     offset=msg.offset() or 0, key=msg.key(), value=msg.value(),
-                     timestamp_ms=ts if ts_type else 0,
-                     headers=tuple((str(h[0]), _bytes(h[1])) for h in (msg.headers() or ())))
-
-
-def _bytes(value: str | bytes | None) -> bytes:
-    if value is None:
-        return b""
-    return value if isinstance(value, bytes) else value.encode()
-
-
-def next_offsets(records: Sequence[RawRecord]) -> dict[Partition, int]:
-    """Per partition, the offset to commit after these records (last offset + 1)."""
-    out: dict[Partition, int] = {}
-    for r in records:
-        key = (r.topic, r.partition)
-        out[key] = max(out.get(key, 0), r.offset + 1)
-    return out
 
 
 class GroupConsumer:
     """A consumer group member that hands out micro-batches bounded by count and wait.
 
+    Records of different partitions come out oldest event time first (see
+    `event_time.EventTimeMerger`); `event_time` reads it from a record, by
+    default the Kafka timestamp. Records of one partition keep their order.
+
     Rebalance safety: records of partitions revoked while a batch is being
-    gathered are dropped from it (they were neither applied nor committed, so
-    the new owner reads them from the committed offset).
+    gathered are dropped from it and from the queues (they were neither applied
+    nor committed, so the new owner reads them from the committed offset).
     """
 
     def __init__(self, kafka: KafkaConfig, *, client_id: str, group_id: str,
                  topics: Sequence[str],
                  on_assign: Callable[[list[Partition]], None] | None = None,
                  on_revoke: Callable[[list[Partition]], None] | None = None,
-                 co_partitioned: bool = False) -> None:
+                 co_partitioned: bool = False,
+                 event_time: Callable[[RawRecord], int] = lambda r: r.timestamp_ms) -> None:
         # co_partitioned: partition i of every topic goes to the same member
         # (the range assignor; rebalances are eager). The trainer needs it: a
         # user's clicks and purchases share the partition number, and its row
         # must be learned by one trainer only.
-        enforce = {"partition.assignment.strategy": "range"} if co_partitioned else None
+        # enable.partition.eof tells a partition that is caught up (nothing to
+        # wait for) from one whose next record is still on the broker.
+        enforce: dict[str, Any] = {"enable.partition.eof": True}
+        if co_partitioned:
+            enforce["partition.assignment.strategy"] = "range"
         self._consumer: Consumer = make_consumer(kafka, client_id, group_id, enforce=enforce)
         self._kafka, self._client_id = kafka, client_id
+        self._merger = EventTimeMerger(event_time)
         self._revoked: set[Partition] = set()
         self._assigned: set[Partition] = set()
+        self._at_end: set[Partition] = set()
+        self._paused: set[Partition] = set()
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._consumer.subscribe(list(topics), on_assign=self._assign, on_revoke=self._revoke,
@@ -115,20 +78,38 @@ class GroupConsumer:
         gone = [(tp.topic, tp.partition) for tp in parts]
         self._assigned.difference_update(gone)
         self._revoked.update(gone)
+        self.discard_queued(gone)
         log.info("revoked partitions=%s", gone)
         if self._on_revoke:
             self._on_revoke(gone)
 
+    def discard_queued(self, partitions: Iterable[Partition]) -> None:
+        """Forget queued records of `partitions`: revoked, or rewound to their committed offset."""
+        parts = set(partitions)
+        self._merger.drop(parts)
+        self._at_end -= parts
+        # A rewound partition still assigned must fetch again.
+        resume = parts & self._paused & self._assigned
+        if resume:
+            self._consumer.resume([_TP(t, p) for t, p in resume])
+        self._paused -= parts
+
     def poll_batch(self, max_records: int, max_wait_s: float) -> list[RawRecord]:
-        """Up to `max_records` records, waiting at most `max_wait_s` for them."""
+        """Up to `max_records` records, oldest event time first, waiting at most `max_wait_s`.
+
+        While a partition with records on the broker has none queued, the batch
+        waits for it (its next record may be the oldest); at `max_wait_s` what
+        is queued goes out anyway.
+        """
         batch: list[RawRecord] = []
         deadline = time.monotonic() + max_wait_s
-        while len(batch) < max_records:
+        while True:
+            batch += self._merger.release(max_records - len(batch), self._behind())
             left = deadline - time.monotonic()
-            if left <= 0:
+            if len(batch) >= max_records or left <= 0:
                 break
             self._revoked.clear()
-            msgs = self._consumer.consume(max_records - len(batch), timeout=min(left, 0.1))
+            msgs = self._consumer.consume(max_records, timeout=min(left, 0.1))
             if self._revoked:
                 # A rebalance ran inside consume(): records gathered before it of
                 # a revoked partition are dropped, even when the partition came
@@ -136,13 +117,39 @@ class GroupConsumer:
                 # committed offset, so they will be read again. librdkafka drops
                 # their fetched-but-undelivered records itself.
                 batch = [r for r in batch if (r.topic, r.partition) not in self._revoked]
-            for msg in msgs:
-                err = msg.error()
-                if err is None:
-                    batch.append(to_record(msg))
-                elif err.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
-                    _raise_if_fatal(err)
+            self._merger.add(self._records(msgs))
+            self._bound_queues(max_records)
+        if len(batch) < max_records:
+            batch += self._merger.release(max_records - len(batch), ())
         return batch
+
+    def _records(self, msgs: list[Message]) -> Iterator[RawRecord]:
+        for msg in msgs:
+            err = msg.error()
+            part = (msg.topic() or "", msg.partition() or 0)
+            if err is None:
+                self._at_end.discard(part)
+                yield to_record(msg)
+            elif err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
+                self._at_end.add(part)
+            else:
+                _raise_if_fatal(err)
+
+    def _behind(self) -> set[Partition]:
+        """Assigned partitions not known to be caught up: the broker may hold more of them."""
+        return self._assigned - self._at_end
+
+    def _bound_queues(self, max_records: int) -> None:
+        """Pause partitions queued far ahead of the others; resume them once half drained."""
+        limit = 2 * max_records
+        pause = [p for p in self._assigned - self._paused if self._merger.queued(p) > limit]
+        resume = [p for p in self._paused if self._merger.queued(p) <= limit // 2]
+        if pause:
+            self._consumer.pause([_TP(t, p) for t, p in pause])
+            self._paused.update(pause)
+        if resume:
+            self._consumer.resume([_TP(t, p) for t, p in resume])
+            self._paused.difference_update(resume)
 
     def end_offsets(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
         """True end (high watermark) of every partition of `topic`; see `high_watermarks`."""
@@ -150,7 +157,10 @@ class GroupConsumer:
                                timeout_s=timeout_s)
 
     def lag(self) -> dict[Partition, int]:
-        """Messages behind the high watermark per assigned partition (from cached stats)."""
+        """Records not handed out yet per assigned partition: queued + behind the high watermark.
+
+        The high watermark is librdkafka's cached one (from fetch responses).
+        """
         out: dict[Partition, int] = {}
         parts = [_TP(t, p) for t, p in self._assigned]
         if not parts:
@@ -161,7 +171,8 @@ class GroupConsumer:
             # watermark, so a fresh backlog shows as lag instead of vanishing.
             start = tp.offset if tp.offset >= 0 else low
             if start >= 0 and high >= 0:
-                out[(tp.topic, tp.partition)] = max(0, high - start)
+                part = (tp.topic, tp.partition)
+                out[part] = max(0, high - start) + self._merger.queued(part)
         return out
 
     def close(self) -> None:

@@ -12,8 +12,8 @@ import logging
 
 from confluent_kafka import Consumer, KafkaError, Message
 
-from stream_app.kafka.consumer import RawRecord, to_record
 from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.records import RawRecord, to_record
 
 log = logging.getLogger(__name__)
 

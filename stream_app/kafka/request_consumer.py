@@ -19,9 +19,9 @@ from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
 from stream_app.kafka.clients import LATENCY_CONSUMER_DEFAULTS, make_consumer
-from stream_app.kafka.consumer import Partition, RawRecord
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.polling import poll_available
+from stream_app.kafka.records import Partition, RawRecord
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from stream_app.config import KafkaConfig
 from stream_app.kafka.clients import make_producer
-from stream_app.kafka.consumer import GroupConsumer, Partition
+from stream_app.kafka.consumer import GroupConsumer
 from stream_app.kafka.exceptions import FatalTransactionError
+from stream_app.kafka.records import Partition
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,13 @@ class TransactionalPublisher:
     def commit(self, consumer: GroupConsumer, records: Iterable[OutRecord],
                offsets: dict[Partition, int]) -> TxnOutcome:
         tps = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
-        return commit_batch(self._producer, consumer.raw, records, tps, timeout_s=self._timeout_s)
+        outcome = commit_batch(self._producer, consumer.raw, records, tps,
+                               timeout_s=self._timeout_s)
+        if outcome is TxnOutcome.ABORTED:
+            # Rewound to the committed offsets: what was queued after the batch
+            # will be fetched again.
+            consumer.discard_queued(offsets)
+        return outcome
 
     def close(self) -> None:
         try:

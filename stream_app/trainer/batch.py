@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import orjson
+
 from stream_app.codec import (
     META_KEY,
     DecodeError,
@@ -21,7 +23,7 @@ from stream_app.codec import (
 )
 from stream_app.config import TopicNames
 from stream_app.events import DlqRecord, EmbeddingRow, Event, EventKind
-from stream_app.kafka.consumer import RawRecord
+from stream_app.kafka.records import RawRecord
 from stream_app.kafka.transaction import OutRecord
 
 CONTROL_HEADER = "stream-app-control"
@@ -30,6 +32,25 @@ CONTROL_HEADER = "stream-app-control"
 They travel on the user's own partition, so a forget is ordered after every
 earlier event of that user and is applied in the same transaction as them.
 """
+
+
+def event_time(rec: RawRecord) -> int:
+    """The record's event time `ts`, the key that orders partitions in the consumer.
+
+    Only an order key, never validated here: a record without a readable
+    integer `ts` (a control record, bad input bound for the DLQ) sorts first,
+    which moves it ahead of other partitions' records, never within its own.
+
+    >>> event_time(RawRecord("clicks", 0, 7, b"u1", b'{"ts": 42}', 0))
+    42
+    >>> event_time(RawRecord("clicks", 0, 8, b"u1", b"not json", 0))
+    -1
+    """
+    try:
+        ts = orjson.loads(rec.value or b"").get("ts")
+    except (orjson.JSONDecodeError, AttributeError):
+        return -1
+    return ts if isinstance(ts, int) and not isinstance(ts, bool) else -1
 
 
 @dataclass(slots=True)

@@ -20,10 +20,17 @@ from stream_app.core import EvalStats, Learner, LearnerConfig
 from stream_app.device import resolve_device
 from stream_app.events import DlqRecord, EmbeddingRow, Event
 from stream_app.kafka.admin import require_topics
-from stream_app.kafka.consumer import GroupConsumer, Partition, RawRecord, next_offsets
+from stream_app.kafka.consumer import GroupConsumer
+from stream_app.kafka.records import Partition, RawRecord, next_offsets
 from stream_app.kafka.transaction import TransactionalPublisher, TxnOutcome
 from stream_app.observability.metrics import EvalModel, EventOutcome, FreshnessSince, TrainerMetrics
-from stream_app.trainer.batch import Decoded, decode_batch, output_records, train_dlq
+from stream_app.trainer.batch import (
+    Decoded,
+    decode_batch,
+    event_time,
+    output_records,
+    train_dlq,
+)
 from stream_app.trainer.config import TrainerConfig
 from stream_app.trainer.restore import restore
 from stream_app.trainer.watchdog import Watchdog
@@ -120,7 +127,7 @@ class Trainer:
                                      topics=[self.topics.clicks, self.topics.purchases],
                                      on_assign=lambda parts: self._on_assign(consumer, parts),
                                      on_revoke=self.metrics.forget_partitions,
-                                     co_partitioned=True)
+                                     co_partitioned=True, event_time=event_time)
             self.ready = True
             self._loop(consumer, publisher)
         finally:

@@ -7,7 +7,7 @@ import numpy as np
 from stream_app.codec import META_KEY, decode_dlq, decode_embedding, encode_event
 from stream_app.config import TopicNames
 from stream_app.events import EmbeddingRow, Event, EventKind
-from stream_app.kafka.consumer import RawRecord, next_offsets
+from stream_app.kafka.records import RawRecord, next_offsets
 from stream_app.trainer.batch import CONTROL_HEADER, decode_batch, output_records
 
 TOPICS = TopicNames(prefix="t.")

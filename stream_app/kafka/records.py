@@ -1,0 +1,60 @@
+"""What a consumed record is, once detached from librdkafka.
+
+Only `to_record` touches a `confluent_kafka.Message`; everything downstream
+(decoding, dead-lettering, offsets to commit) works on the frozen `RawRecord`,
+which keeps the record's coordinates so a bad one can be dead-lettered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import Message
+
+from stream_app.events import Coordinates
+
+Partition = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One consumed record, detached from librdkafka. `timestamp_ms` is the produce time."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def coords(self) -> Coordinates:
+        return Coordinates(topic=self.topic, partition=self.partition, offset=self.offset)
+
+    def header(self, name: str) -> bytes | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+
+def to_record(msg: Message) -> RawRecord:
+    ts_type, ts = msg.timestamp()
+    return RawRecord(topic=msg.topic() or "", partition=msg.partition() or 0,
+                     offset=msg.offset() or 0, key=msg.key(), value=msg.value(),
+                     timestamp_ms=ts if ts_type else 0,
+                     headers=tuple((str(h[0]), _bytes(h[1])) for h in (msg.headers() or ())))
+
+
+def _bytes(value: str | bytes | None) -> bytes:
+    if value is None:
+        return b""
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def next_offsets(records: Sequence[RawRecord]) -> dict[Partition, int]:
+    """Per partition, the offset to commit after these records (last offset + 1)."""
+    out: dict[Partition, int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        out[key] = max(out.get(key, 0), r.offset + 1)
+    return out
