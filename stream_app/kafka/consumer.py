@@ -76,6 +76,14 @@ class GroupConsumer:
 
     def _revoke(self, _c: Consumer, parts: list[_TP]) -> None:
         gone = [(tp.topic, tp.partition) for tp in parts]
+        # librdkafka keeps a partition's pause flag across a rebalance: one that
+        # came straight back would stay paused for good. Resume while still ours.
+        paused = [_TP(t, p) for t, p in self._paused.intersection(gone)]
+        if paused:
+            try:
+                self._consumer.resume(paused)
+            except KafkaException as exc:
+                log.warning("resume of revoked partitions failed: %s", exc)
         self._assigned.difference_update(gone)
         self._revoked.update(gone)
         self.discard_queued(gone)
