@@ -175,8 +175,15 @@ def _quality(out: Path) -> list[str]:
                  "| method | Recall@20 | HitRate@20 | NDCG@20 |", "| --- | --- | --- | --- |"]
         rows += [f"| {m} | {v['recall']:.4f} | {v['hit_rate']:.4f} | {v['ndcg']:.4f} |"
                  for m, v in d["methods"].items()]
-        ratios = {k: v for k, v in d.items() if k.startswith("ratio")}
-        rows += ["", "; ".join(f"{k} = **{v:.3f}**" for k, v in ratios.items()), ""]
+        ratios = [f"{k} = **{v:.3f}**" for k, v in d.items()
+                  if k.startswith("ratio") and isinstance(v, float)]
+        ratios += [f"95% bootstrap interval over users ({k.removesuffix('_interval95')}) "
+                   f"{v[0]:.3f}–{v[1]:.3f}" for k, v in d.items() if k.endswith("_interval95")]
+        rows += ["", "; ".join(ratios), ""]
+        if "oracle_test_popularity" in d:
+            rows += ["Headroom reference, not a baseline (it reads the test part): popularity "
+                     f"over the test part reaches Recall@20 "
+                     f"{d['oracle_test_popularity']['recall']:.4f}.", ""]
     return rows
 
 
