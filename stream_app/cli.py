@@ -185,7 +185,9 @@ def _add_trainer_commands(sub: Any) -> None:
     _component_args(p, 9464)
     p.add_argument("--instance-id", help="stable id of this trainer; names its transactional.id")
     p.add_argument("--batch-max", type=int, help="max events per micro-batch (default 2000)")
-    p.add_argument("--batch-wait-ms", type=int, help="max wait to fill a micro-batch (200)")
+    p.add_argument("--batch-wait-ms", type=int,
+                   help="max wait to fill a micro-batch, and for a partition behind in event "
+                        "time (200)")
     p.add_argument("--no-restore", dest="restore", action="store_const", const=False,
                    help="start from an empty model instead of the embeddings changelog")
     p.add_argument("--stats-file", help="append one JSON line per batch (for `stream-app report`)")
