@@ -14,6 +14,7 @@ from stream_app.config import KafkaConfig
 from stream_app.kafka.clients import make_consumer
 from stream_app.kafka.event_time import EventTimeMerger
 from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.polling import raise_if_fatal
 from stream_app.kafka.records import Partition, RawRecord, to_record
 
 log = logging.getLogger(__name__)
@@ -76,17 +77,9 @@ class GroupConsumer:
 
     def _revoke(self, _c: Consumer, parts: list[_TP]) -> None:
         gone = [(tp.topic, tp.partition) for tp in parts]
-        # librdkafka keeps a partition's pause flag across a rebalance: one that
-        # came straight back would stay paused for good. Resume while still ours.
-        paused = [_TP(t, p) for t, p in self._paused.intersection(gone)]
-        if paused:
-            try:
-                self._consumer.resume(paused)
-            except KafkaException as exc:
-                log.warning("resume of revoked partitions failed: %s", exc)
+        self.discard_queued(gone)  # while still ours, so a paused one can be resumed
         self._assigned.difference_update(gone)
         self._revoked.update(gone)
-        self.discard_queued(gone)
         log.info("revoked partitions=%s", gone)
         if self._on_revoke:
             self._on_revoke(gone)
@@ -96,10 +89,15 @@ class GroupConsumer:
         parts = set(partitions)
         self._merger.drop(parts)
         self._at_end -= parts
-        # A rewound partition still assigned must fetch again.
-        resume = parts & self._paused & self._assigned
+        # A rewound partition must fetch again, and librdkafka keeps a pause
+        # flag across rebalances: a revoked one that came straight back would
+        # stay paused for good.
+        resume = [_TP(t, p) for t, p in parts & self._paused]
         if resume:
-            self._consumer.resume([_TP(t, p) for t, p in resume])
+            try:
+                self._consumer.resume(resume)
+            except KafkaException as exc:
+                log.warning("resume of partitions %s failed: %s", resume, exc)
         self._paused -= parts
 
     def poll_batch(self, max_records: int, max_wait_s: float) -> list[RawRecord]:
@@ -141,7 +139,7 @@ class GroupConsumer:
             elif err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
                 self._at_end.add(part)
             else:
-                _raise_if_fatal(err)
+                raise_if_fatal(err)
 
     def _behind(self) -> set[Partition]:
         """Assigned partitions not known to be caught up: the broker may hold more of them."""
@@ -185,12 +183,6 @@ class GroupConsumer:
 
     def close(self) -> None:
         self._consumer.close()
-
-
-def _raise_if_fatal(err: KafkaError) -> None:
-    if err.fatal():
-        raise KafkaEdgeError(f"consumer failed fatally: {err.str()}")
-    log.warning("consumer error code=%s reason=%s", err.name(), err.str())
 
 
 def end_offsets(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
@@ -249,7 +241,7 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
                     # open transaction (another trainer's, or one about to
                     # commit) is not the end. Only the position says we are done.
                     if err.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
-                        _raise_if_fatal(err)
+                        raise_if_fatal(err)
                     continue
                 rec = to_record(msg)
                 if rec.offset < ends[rec.partition]:
