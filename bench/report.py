@@ -183,7 +183,10 @@ def _quality(out: Path) -> list[str]:
         if "oracle_test_popularity" in d:
             rows += ["Headroom reference, not a baseline (it reads the test part): popularity "
                      f"over the test part reaches Recall@20 "
-                     f"{d['oracle_test_popularity']['recall']:.4f}.", ""]
+                     f"{d['oracle_test_popularity']['recall']:.4f}"
+                     + (f"; the learner's scores plus test-part popularity (best weight) reach "
+                        f"{d['oracle_learner_plus_test_popularity']['recall']:.4f}"
+                        if "oracle_learner_plus_test_popularity" in d else "") + ".", ""]
     return rows
 
 
