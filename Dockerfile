@@ -13,11 +13,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch
 
-# The whole repo goes to /app because the app reads schemas/ from the repo root
-# at runtime; the editable install keeps that layout.
+# A plain install: the wheel carries schemas/ as package data (stream_app/schemas).
 WORKDIR /app
 COPY . /app
-RUN pip install -e /app \
+RUN pip install /app \
     && useradd --system --uid 10001 --home-dir /app --no-create-home stream-app
 
 USER stream-app

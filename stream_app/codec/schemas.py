@@ -19,8 +19,9 @@ import orjson
 
 from stream_app.codec.exceptions import DecodeError, DlqReason, SchemaError
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
-"""`schemas/` at the repository root (the codec package lives two levels below it)."""
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+"""`stream_app/schemas/`: in the repository a link to the top-level `schemas/`, in a
+wheel a copy of it (package data), so an installed package finds them too."""
 
 SCHEMA_NAMES = (
     "click",
