@@ -1,8 +1,22 @@
-"""Options shared by every test folder; broker fixtures live in tests/integration only."""
+"""Options and the broker shared by every test folder.
+
+`bootstrap` (session): one real broker for tests/integration and
+tests/reliability alike. Reuse a running broker with
+STREAM_APP_BOOTSTRAP_SERVERS=HOST:PORT; otherwise a single-node KRaft broker is
+started from the Maven jars on a free port and stopped at the end. There is no
+skip: without a broker those tests fail loudly. Unit tests never ask for it, so
+they start none.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
+
+from stream_app.kafka import broker
+from stream_app.kafka.admin import wait_for_broker
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -16,3 +30,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("STREAM_APP_BOOTSTRAP_SERVERS")
+    if given:
+        wait_for_broker(given, timeout_s=30)
+        yield given
+        return
+    settings = broker.BrokerSettings(port=0, state_dir=tmp_path_factory.mktemp("broker"))
+    try:
+        yield broker.start(settings).bootstrap_servers
+    finally:
+        broker.stop(settings)

@@ -1,7 +1,7 @@
 """Fixtures of the fault tests: a shared broker, and brokers a test may break.
 
-`bootstrap` (session): a local KRaft broker (or STREAM_APP_BOOTSTRAP_SERVERS)
-for tests that break the *clients*; `controlled_broker` (per test): a broker in
+`bootstrap` (session, tests/conftest.py): the shared broker, for tests that
+break the *clients*; `controlled_broker` (per test): a broker in
 the test's own folder that the test stops, kills and restarts on the same port
 and data. Topic names are unique per test (`make_kafka`). No skips: without
 Java and the broker jars these tests fail loudly.
@@ -9,7 +9,6 @@ Java and the broker jars these tests fail loudly.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,24 +16,9 @@ from pathlib import Path
 import pytest
 
 from stream_app.config import KafkaConfig
-from stream_app.kafka import broker
-from stream_app.kafka.admin import TopicPlan, create_topics, delete_topics, wait_for_broker
+from stream_app.kafka.admin import TopicPlan, create_topics, delete_topics
 from tests.reliability.harness import ControlledBroker
 from tests.reliability.processes import ScorerProc, TrainerProc
-
-
-@pytest.fixture(scope="session")
-def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    given = os.environ.get("STREAM_APP_BOOTSTRAP_SERVERS")
-    if given:
-        wait_for_broker(given, timeout_s=30)
-        yield given
-        return
-    settings = broker.BrokerSettings(port=0, state_dir=tmp_path_factory.mktemp("rel-broker"))
-    try:
-        yield broker.start(settings).bootstrap_servers
-    finally:
-        broker.stop(settings)
 
 
 def new_kafka(bootstrap: str, partitions: int = 3, client: dict[str, str] | None = None,
