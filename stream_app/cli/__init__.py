@@ -1,0 +1,53 @@
+"""`stream-app` command line: argument parsing only; each command lives in its module.
+
+Exit codes: 0 ok, 1 runtime failure, 2 configuration error (with what to fix),
+75 the trainer's watchdog saw no progress (restart it: run under a supervisor).
+
+One module per role adds its subcommands: `tools` (broker, topics, replay,
+generate), `trainer` (trainer, forget), `scorer` (scorer, request) and `demo`
+(demo, report); `common` holds the flags they share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from stream_app import __version__
+from stream_app.cli import demo, scorer, tools, trainer
+from stream_app.cli.common import Handler
+from stream_app.config import ConfigError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stream-app", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"stream-app {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (tools, trainer, scorer, demo):
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from stream_app.kafka.exceptions import BrokerError, ConfigConflictError, TopicError
+
+    try:
+        handler: Handler = args.handler
+        return handler(args)
+    except (ConfigError, ConfigConflictError) as exc:
+        print(f"stream-app: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (BrokerError, TopicError) as exc:
+        print(f"stream-app: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,51 @@
+"""Flags shared by several commands, and the Kafka settings they resolve to."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from stream_app.config import (
+    KafkaConfig,
+    environment,
+    load_kafka,
+    parse_kv,
+    read_file,
+    read_properties,
+)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def kafka_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("kafka")
+    g.add_argument("--config", type=Path, help="TOML config file ([kafka], [trainer], ...)")
+    g.add_argument("--bootstrap-servers", help="HOST:PORT list (env STREAM_APP_BOOTSTRAP_SERVERS; "
+                   "default 127.0.0.1:9092)")
+    g.add_argument("--topic-prefix",
+                   help="prefix of every topic name (env STREAM_APP_TOPIC_PREFIX)")
+    g.add_argument("--kafka-config", type=Path, help="librdkafka settings file (key=value lines)")
+    g.add_argument("-X", dest="kafka_settings", action="append", metavar="KEY=VALUE",
+                   help="librdkafka setting passed through, e.g. -X security.protocol=SASL_SSL")
+
+
+def kafka_config(args: argparse.Namespace) -> KafkaConfig:
+    """The shared Kafka settings from file < env < flags (used by every command)."""
+    client = read_properties(args.kafka_config) if args.kafka_config else {}
+    client.update(parse_kv(args.kafka_settings))
+    flags = {"bootstrap_servers": args.bootstrap_servers, "topic_prefix": args.topic_prefix}
+    return load_kafka(read_file(args.config), environment(), flags, client)
+
+
+def component_args(p: argparse.ArgumentParser, metrics_port: int) -> None:
+    """Flags every long-running process shares (trainer, scorer)."""
+    p.add_argument("--group-id", help="consumer group id (default: <topic prefix>stream-app-"
+                   "trainer / -scorer; group and transactional ids are cluster-wide)")
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--metrics-host", help="bind address of /metrics (default 127.0.0.1)")
+    p.add_argument("--metrics-port", type=int,
+                   help=f"port of /metrics, /healthz, /readyz (default {metrics_port}, 0 = free)")
+    p.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
+                   help="exit after this long without input (tests, demo, benchmarks)")
+    kafka_args(p)

@@ -1,0 +1,93 @@
+"""`demo` and `report`: the whole product on one machine, and plots of a run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from stream_app.cli.common import kafka_args, kafka_config
+from stream_app.config import environment, read_file
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("demo", help="the whole product on this machine: replay MovieLens, "
+                       "watch it learn live, ask for predictions, write a report",
+                       description="Starts a local broker unless --bootstrap-servers (or "
+                       "STREAM_APP_BOOTSTRAP_SERVERS) names one; every run uses fresh topics.")
+    p.add_argument("--data", type=Path, help="folder with ratings.dat.gz + movies.dat.gz "
+                   "(MovieLens 1M); the synthetic stream is used when they are absent")
+    p.add_argument("--limit", type=int, default=300_000,
+                   help="events to replay, first by event time (default 300000)")
+    p.add_argument("--report-dir", type=Path, default=Path("demo-report"),
+                   help="where plots, stats, logs and predictions go (default ./demo-report)")
+    p.add_argument("--users", type=int, default=3, help="active users to ask about (default 3)")
+    p.add_argument("--k", type=int, default=10, help="items per prediction (default 10)")
+    p.add_argument("--timeout", type=float, default=480.0,
+                   help="seconds the trainer may take to catch up (default 480)")
+    p.add_argument("--keep-topics", action="store_true",
+                   help="keep the run's topics on a reused broker (deleted by default)")
+    p.add_argument("--device", help="trainer/scorer device: auto, cpu, cuda ...")
+    p.add_argument("-L", dest="learner_settings", action="append", metavar="KEY=VALUE",
+                   help="learner setting passed to the trainer, e.g. -L dim=32")
+    kafka_args(p)
+    p.set_defaults(handler=_demo)
+
+    p = sub.add_parser("report", help="PNG plots of a run (demo report folder or a folder "
+                       "with the trainer's --stats-file output)")
+    p.add_argument("run_dir", type=Path, help="folder holding trainer-stats.jsonl")
+    p.add_argument("--out", type=Path, help="where to write the PNGs (default RUN_DIR)")
+    p.set_defaults(handler=_report)
+
+
+def _forwarded_kafka_args(args: argparse.Namespace) -> list[str]:
+    """The Kafka flags the demo hands on to its trainer and scorer processes."""
+    out: list[str] = []
+    for flag, value in (("--config", args.config), ("--kafka-config", args.kafka_config),
+                        ("--device", args.device)):
+        if value is not None:
+            out += [flag, str(value)]
+    for pair in args.kafka_settings or []:
+        out += ["-X", pair]
+    return out
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import dataclasses
+    import time
+    import uuid
+
+    from stream_app.demo.run import DemoError, DemoOptions, run_demo
+
+    if args.log_level.upper() == "INFO":  # keep library INFO lines out of the live view
+        logging.getLogger().setLevel(logging.WARNING)
+    kafka = kafka_config(args)
+    given = args.bootstrap_servers or environment().get("STREAM_APP_BOOTSTRAP_SERVERS") \
+        or read_file(args.config).get("kafka", {}).get("bootstrap_servers")
+    prefix = args.topic_prefix or \
+        f"{kafka.topic_prefix}demo-{int(time.time())}-{uuid.uuid4().hex[:4]}."
+    opts = DemoOptions(
+        data=args.data, limit=args.limit, report_dir=args.report_dir, show_users=args.users,
+        k=args.k, timeout_s=args.timeout, keep_topics=args.keep_topics,
+        child_args=tuple(_forwarded_kafka_args(args)),
+        trainer_args=tuple(x for kv in args.learner_settings or [] for x in ("-L", kv)))
+    try:
+        return run_demo(opts, dataclasses.replace(kafka, topic_prefix=prefix),
+                        start_broker=not given, stream=sys.stdout)
+    except DemoError as exc:
+        print(f"stream-app demo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstream-app demo: interrupted; the processes it started were stopped",
+              file=sys.stderr)
+        return 130
+
+
+def _report(args: argparse.Namespace) -> int:
+    from stream_app.report import build_report
+
+    for path in build_report(args.run_dir, args.out):
+        print(path)
+    return 0

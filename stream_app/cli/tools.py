@@ -1,0 +1,117 @@
+"""Setup and data-in commands: a local broker, the topics, replaying or generating events."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from stream_app.cli.common import kafka_args, kafka_config
+from stream_app.config import environment
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("broker", help="run a local single-node Kafka broker (KRaft)")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--port", type=int, help="listener port on 127.0.0.1 (default 9092, 0 = free)")
+    p.add_argument("--state-dir", type=Path, help="data, pid and log (~/.cache/stream-app/broker)")
+    p.add_argument("--cache-dir", type=Path, help="where the broker jars are cached")
+    p.add_argument("--bootstrap-servers", help="reuse this running broker instead of starting one")
+    p.add_argument("--sasl-user", help="listen with SASL_PLAINTEXT/PLAIN for this one user "
+                   "(clients: -X security.protocol=SASL_PLAINTEXT -X sasl.mechanisms=PLAIN "
+                   "-X sasl.username=U -X sasl.password=P)")
+    p.add_argument("--sasl-password", help="that user's password (prefer the env "
+                   "STREAM_APP_BROKER_SASL_PASSWORD: flags show in `ps`)")
+    p.set_defaults(handler=_broker)
+
+    p = sub.add_parser("topics", help="create the product's topics (idempotent)")
+    p.add_argument("action", choices=["create"])
+    p.add_argument("--partitions", type=int, default=3, help="partitions per topic (default 3)")
+    p.add_argument("--replication-factor", type=int, default=1, help="default 1")
+    kafka_args(p)
+    p.set_defaults(handler=_topics)
+
+    p = sub.add_parser("replay", help="produce events from a file to clicks/purchases")
+    p.add_argument("path", type=Path, help="ratings.dat(.gz), u.data, .jsonl or .csv")
+    p.add_argument("--format", choices=["movielens", "jsonl", "csv"], default="movielens")
+    p.add_argument("--limit", type=int, help="stop after this many events")
+    p.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    kafka_args(p)
+    p.set_defaults(handler=_replay)
+
+    p = sub.add_parser("generate", help="produce a synthetic event stream")
+    p.add_argument("--events", type=int, default=100_000, help="number of events")
+    p.add_argument("--users", type=int, default=5_000, help="distinct users")
+    p.add_argument("--items", type=int, default=2_000, help="distinct items")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--malformed-share", type=float, default=0.0, help="share of bad records")
+    p.add_argument("--drift", action="store_true", help="user tastes drift over time")
+    p.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    kafka_args(p)
+    p.set_defaults(handler=_generate)
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from stream_app.kafka import broker
+    from stream_app.kafka.admin import wait_for_broker
+
+    env = environment()
+    flags: dict[str, Any] = {"port": args.port, "state_dir": args.state_dir,
+                             "cache_dir": args.cache_dir, "sasl_user": args.sasl_user,
+                             "sasl_password": args.sasl_password
+                             or env.get("STREAM_APP_BROKER_SASL_PASSWORD")}
+    values = {k: v for k, v in flags.items() if v is not None}
+    if env.get("KAFKA_HOME"):
+        values["kafka_home"] = Path(env["KAFKA_HOME"])
+    settings = broker.BrokerSettings(**values)
+    given = args.bootstrap_servers or env.get("STREAM_APP_BOOTSTRAP_SERVERS")
+    if args.action == "start":
+        if given:
+            wait_for_broker(given, timeout_s=10)
+            print(f"reusing the running broker at {given}")
+            return 0
+        b = broker.start(settings)
+        print(f"broker running: bootstrap={b.bootstrap_servers} pid={b.pid} log={b.log_file}")
+    elif args.action == "stop":
+        print("broker stopped" if broker.stop(settings) else "no broker was running")
+    else:
+        found = broker.running(settings)
+        if found is None:
+            print(f"no broker running from {settings.state_dir}")
+            return 1
+        b = found
+        print(f"broker running: bootstrap={b.bootstrap_servers} pid={b.pid} log={b.log_file}")
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from stream_app.kafka.admin import TopicPlan, create_topics
+
+    plan = TopicPlan(event_partitions=args.partitions, embeddings_partitions=args.partitions,
+                     request_partitions=args.partitions,
+                     replication_factor=args.replication_factor)
+    for topic, outcome in create_topics(kafka_config(args), plan).items():
+        print(f"{topic}: {outcome}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from stream_app.replay import replay_file
+
+    acked = replay_file(kafka_config(args), args.path, fmt=args.format, limit=args.limit,
+                        rate=args.rate, progress=not args.quiet)
+    print(f"replayed {acked} events from {args.path}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from stream_app.replay import replay_generated
+
+    acked = replay_generated(kafka_config(args), n_events=args.events, n_users=args.users,
+                             n_items=args.items, seed=args.seed,
+                             malformed_share=args.malformed_share, drift=args.drift,
+                             rate=args.rate, progress=not args.quiet)
+    print(f"generated {acked} records")
+    return 0

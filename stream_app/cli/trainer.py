@@ -1,0 +1,66 @@
+"""`trainer` and `forget`: run a trainer, or ask the running trainers to delete a user."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from stream_app.cli.common import component_args, kafka_args, kafka_config
+from stream_app.config import environment, parse_kv, read_file
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("trainer", help="learn embeddings from clicks/purchases (exactly-once)")
+    component_args(p, 9464)
+    p.add_argument("--instance-id", help="stable id of this trainer; names its transactional.id")
+    p.add_argument("--batch-max", type=int, help="max events per micro-batch (default 2000)")
+    p.add_argument("--batch-wait-ms", type=int,
+                   help="max wait to fill a micro-batch, and for a partition behind in event "
+                        "time (200)")
+    p.add_argument("--no-restore", dest="restore", action="store_const", const=False,
+                   help="start from an empty model instead of the embeddings changelog")
+    p.add_argument("--stats-file", help="append one JSON line per batch (for `stream-app report`)")
+    p.add_argument("--stall-timeout", dest="stall_timeout_s", type=float, metavar="SECONDS",
+                   help="exit with status 75 when the loop makes no progress this long, "
+                        "so a supervisor restarts it (default 120)")
+    p.add_argument("-L", dest="learner_settings", action="append", metavar="KEY=VALUE",
+                   help="learner setting, e.g. -L dim=32 -L optimizer=adam")
+    p.set_defaults(handler=_trainer)
+
+    p = sub.add_parser("forget", help="delete a user from the model (tombstone published)")
+    p.add_argument("user", help="user id")
+    kafka_args(p)
+    p.set_defaults(handler=_forget)
+
+
+def _trainer(args: argparse.Namespace) -> int:
+    from stream_app.config import build, default_group_id
+    from stream_app.core import LearnerConfig
+    from stream_app.trainer import TrainerConfig, run_trainer
+
+    file = read_file(args.config)
+    flags = {k: getattr(args, k, None) for k in (
+        "group_id", "device", "metrics_host", "metrics_port", "exit_when_idle", "instance_id",
+        "batch_max", "batch_wait_ms", "restore", "stats_file", "stall_timeout_s")}
+    kafka = kafka_config(args)
+    cfg = build(TrainerConfig, "trainer", file.get("trainer", {}), environment(), flags,
+                derived={"group_id": default_group_id(kafka, "trainer")})
+    learner_flags = _typed(LearnerConfig, parse_kv(args.learner_settings, "-L"))
+    learner = build(LearnerConfig, "learner", file.get("learner", {}), environment(),
+                    learner_flags)
+    return run_trainer(kafka, cfg, learner)
+
+
+def _typed(cls: Any, raw: dict[str, str]) -> dict[str, Any]:
+    """Convert `-L key=value` strings with the same rules as the environment."""
+    from stream_app.config import from_text
+
+    return {k: from_text(cls, k, v, f"-L {k}") for k, v in raw.items()}
+
+
+def _forget(args: argparse.Namespace) -> int:
+    from stream_app.trainer.control import send_forget
+
+    send_forget(kafka_config(args), args.user)
+    print(f"forget request for user {args.user!r} sent; the trainer publishes a tombstone")
+    return 0
