@@ -23,6 +23,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--stall-timeout", dest="stall_timeout_s", type=float, metavar="SECONDS",
                    help="exit with status 75 when the loop makes no progress this long, "
                         "so a supervisor restarts it (default 120)")
+    p.add_argument("--snapshot-dir", metavar="DIR",
+                   help="keep a local snapshot of the model here, so a restart reads only "
+                        "the changelog written since (default: off)")
+    p.add_argument("--snapshot-interval", dest="snapshot_interval_s", type=float,
+                   metavar="SECONDS", help="seconds between snapshots (default 300)")
     p.add_argument("-L", dest="learner_settings", action="append", metavar="KEY=VALUE",
                    help="learner setting, e.g. -L dim=32 -L optimizer=adam")
     p.set_defaults(handler=_trainer)
@@ -41,7 +46,8 @@ def _trainer(args: argparse.Namespace) -> int:
     file = read_file(args.config)
     flags = {k: getattr(args, k, None) for k in (
         "group_id", "device", "metrics_host", "metrics_port", "exit_when_idle", "instance_id",
-        "batch_max", "batch_wait_ms", "restore", "stats_file", "stall_timeout_s")}
+        "batch_max", "batch_wait_ms", "restore", "stats_file", "stall_timeout_s",
+        "snapshot_dir", "snapshot_interval_s")}
     kafka = kafka_config(args)
     cfg = build(TrainerConfig, "trainer", file.get("trainer", {}), environment(), flags,
                 derived={"group_id": default_group_id(kafka, "trainer")})

@@ -10,7 +10,8 @@ restore the model exactly (`apply_rows`, `apply_global_state`). NOT restored
 from rows: the replay buffer, the dedup window, rate-cap counters, pending
 admission counts, gradients cached by `accumulate_steps > 1` that were not yet
 applied, and the random generator position unless `global_state` is applied.
-`state_dict()` / `load_state_dict()` snapshot everything, including those.
+`state_dict()` / `load_state_dict()` snapshot everything, including those
+(the trainer's `--snapshot-dir` writes them to disk).
 """
 
 from __future__ import annotations

@@ -68,6 +68,22 @@ class LearnerState:
         self._accum.discard("user", rows)
         return True
 
+    def forget_item(self, item_id: str) -> bool:
+        """Delete an item's row and drop it from every history; True if it existed.
+
+        The changelog's item tombstone (an eviction) applied to a learner
+        loaded from a snapshot older than the eviction.
+        """
+        self._resolve_deferred()
+        row = self._item_vocab.remove(item_id)
+        if row is None:
+            return False
+        rows = torch.tensor([row], device=self.device)
+        m.compact_history(self._users.hist, rows)
+        self._items.reset_rows(rows, None)
+        self._accum.discard("item", rows)
+        return True
+
     def rows(self, *, user_ids: Iterable[str] = (), item_ids: Iterable[str] = (),
              model_version: str, now_ms: int) -> list[EmbeddingRow]:
         """Current `EmbeddingRow` of each known id (unknown ids are skipped).

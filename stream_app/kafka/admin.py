@@ -164,3 +164,16 @@ def delete_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 30.0
             fut.result()
         except KafkaException as exc:
             log.warning("could not delete topic=%s: %s", topic, exc)
+
+
+def topic_id(kafka: KafkaConfig, topic: str, timeout_s: float = 10.0) -> str:
+    """The topic's cluster-wide UUID: it changes when a topic is deleted and re-created
+    under the same name, which offsets alone cannot tell."""
+    from confluent_kafka import TopicCollection
+
+    admin = admin_client(kafka)  # keep the client alive until the future resolves
+    try:
+        futures = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s)
+        return str(futures[topic].result().topic_id)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot describe topic {topic}: {exc}") from exc

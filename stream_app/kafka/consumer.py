@@ -68,6 +68,12 @@ class GroupConsumer:
     def assignment(self) -> set[Partition]:
         return set(self._assigned)
 
+    def owns_all(self, topics: Iterable[str], timeout_s: float = 10.0) -> bool:
+        """True when every partition of `topics` is assigned to this member."""
+        meta = self._consumer.list_topics(timeout=timeout_s)
+        wanted = {(t, p) for t in topics if t in meta.topics for p in meta.topics[t].partitions}
+        return bool(wanted) and wanted <= self._assigned
+
     def _assign(self, _c: Consumer, parts: list[_TP]) -> None:
         got = [(tp.topic, tp.partition) for tp in parts]
         self._assigned.update(got)
@@ -212,12 +218,14 @@ def high_watermarks(kafka: KafkaConfig, topic: str, *, client_id: str,
 
 def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
                 batch: int = 5000, timeout_s: float = 600.0,
-                ends_seen: dict[int, int] | None = None) -> Iterator[list[RawRecord]]:
+                ends_seen: dict[int, int] | None = None,
+                start: dict[int, int] | None = None) -> Iterator[list[RawRecord]]:
     """Every committed record of `topic`, in chunks, up to the end offsets seen at start.
 
     Used to restore the trainer from the compacted changelog: read_committed
     and no group, so it never disturbs anyone's committed offsets. The end
-    offsets it reads up to are copied into `ends_seen` when given.
+    offsets it reads up to are copied into `ends_seen` when given. `start`
+    gives the first offset per partition (default: the beginning).
     """
     eof: dict[str, Any] = {"enable.partition.eof": True}
     consumer = make_consumer(kafka, client_id, f"{client_id}-reader", **eof)
@@ -227,8 +235,9 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
         ends = high_watermarks(kafka, topic, client_id=client_id)
         if ends_seen is not None:
             ends_seen.update(ends)
-        pending = {p for p, end in ends.items() if end > 0}
-        consumer.assign([_TP(topic, p, OFFSET_BEGINNING) for p in pending])
+        first = {p: (start or {}).get(p, OFFSET_BEGINNING) for p in ends}
+        pending = {p for p, end in ends.items() if end > max(first[p], 0)}
+        consumer.assign([_TP(topic, p, first[p]) for p in pending])
         deadline = time.monotonic() + timeout_s
         while pending:
             if time.monotonic() > deadline:

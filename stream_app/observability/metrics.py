@@ -196,6 +196,13 @@ class TrainerMetrics(_ProcessMetrics):
         self.restored_rows = Gauge(
             "stream_app_restored_rows", "Rows restored at start-up, per table.",
             ["table"], registry=r)
+        self.restore_snapshot_age = Gauge(
+            "stream_app_restore_snapshot_age_seconds",
+            "Age of the local snapshot the last restore started from; -1 when it read the "
+            "whole changelog.", registry=r)
+        self.snapshot_written = Gauge(
+            "stream_app_snapshot_written_timestamp_seconds",
+            "Unix time of the last local snapshot written (0: none yet).", registry=r)
         self._precreate(input_topics, tables)
 
     def _precreate(self, input_topics: Sequence[str], tables: Sequence[str]) -> None:

@@ -22,6 +22,12 @@ class TrainerConfig:
     a supervisor restarts it; see `stream_app.trainer.watchdog`. It must exceed
     the longest legitimate step: a transaction's steps give up after 60 s and
     an abort may wait for the broker, hence the default of 120 s.
+
+    `snapshot_dir`: where to keep a local snapshot of the learner (off when
+    unset), written every `snapshot_interval_s` and at shutdown; a restore
+    older than `snapshot_max_age_s` ignores it (keep that below the
+    `embeddings` topic's delete.retention.ms, 24 h by default). See
+    `stream_app.trainer.snapshot`.
     """
 
     group_id: str = "stream-app-trainer"
@@ -37,6 +43,9 @@ class TrainerConfig:
     restore: bool = True
     stats_file: str | None = None
     stall_timeout_s: float = 120.0
+    snapshot_dir: str | None = None
+    snapshot_interval_s: float = 300.0
+    snapshot_max_age_s: float = 6 * 3600.0
 
     def __post_init__(self) -> None:
         for name in ("group_id", "instance_id"):
@@ -55,6 +64,16 @@ class TrainerConfig:
         if not 1 <= self.stall_timeout_s <= 86_400:
             raise ConfigError(f"trainer.stall_timeout_s must be in 1..86400 seconds, got "
                               f"{self.stall_timeout_s}")
+        for name in ("snapshot_interval_s", "snapshot_max_age_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"trainer.{name} must be > 0 seconds, got "
+                                  f"{getattr(self, name)}")
+        if self.snapshot_dir is not None and not self.snapshot_dir.strip():
+            raise ConfigError("trainer.snapshot_dir is empty; give a folder or leave it unset")
+        if self.snapshot_dir is not None and not self.restore:
+            raise ConfigError("trainer.snapshot_dir needs restore: without it (--no-restore) the "
+                              "model does not match the changelog a snapshot is tagged with; "
+                              "drop one of the two")
         if self.max_future_ms < 0:
             raise ConfigError(f"trainer.max_future_ms must be >= 0, got {self.max_future_ms}")
         if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):

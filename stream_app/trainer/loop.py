@@ -33,6 +33,7 @@ from stream_app.trainer.batch import (
 )
 from stream_app.trainer.config import TrainerConfig
 from stream_app.trainer.restore import restore
+from stream_app.trainer.snapshot import Snapshots
 from stream_app.trainer.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,10 @@ class Trainer:
         self._evals: list[EvalStats] = []
         self._restored_ends: dict[int, int] | None = None
         self._aborts_in_a_row = 0
+        self._snapshot_at = time.monotonic()
+        self._snapshots = None if cfg.snapshot_dir is None else Snapshots(
+            kafka, folder=cfg.snapshot_dir, transactional_id=cfg.transactional_id,
+            max_age_s=cfg.snapshot_max_age_s)
 
     def _client_id(self, role: str) -> str:
         return f"{self.cfg.transactional_id}-{role}"
@@ -98,13 +103,34 @@ class Trainer:
             self.watchdog.beat(step)
 
     def _restore(self) -> None:
+        started = time.monotonic()
         self.learner = Learner(self.learner_cfg, device=self.device)
+        tag = self._snapshots.load_into(self.learner) if self._snapshots else None
         stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"),
-                        on_chunk=lambda: self._beat("restore"))
+                        on_chunk=lambda: self._beat("restore"),
+                        start=None if tag is None else tag.ends)
         self._restored_ends = stats.ends
-        self.metrics.restore_seconds.set(stats.seconds)
+        self.metrics.restore_snapshot_age.set(
+            -1 if tag is None else time.time() - tag.written_ms / 1000)
+        self.metrics.restore_seconds.set(time.monotonic() - started)
         self.metrics.restored_rows.labels(table="user").set(stats.users)
         self.metrics.restored_rows.labels(table="item").set(stats.items)
+
+    def _snapshot(self, consumer: GroupConsumer, *, due: bool) -> None:
+        """Write the local snapshot when due, and only while we own every input partition.
+
+        Called between transactions, so the learner holds exactly what the
+        changelog holds; owning all inputs means no other trainer published
+        rows it lacks. A failed write costs only restore speed: logged, not fatal.
+        """
+        if self._snapshots is None or not due:
+            return
+        if not consumer.owns_all([self.topics.clicks, self.topics.purchases]):
+            return
+        self._beat("snapshot")
+        if self._snapshots.write(self.learner):
+            self._snapshot_at = time.monotonic()
+            self.metrics.snapshot_written.set(time.time())
 
     def run(self) -> int:
         """Run until stopped (SIGTERM/SIGINT set `stop`) or idle too long. Returns 0."""
@@ -130,6 +156,7 @@ class Trainer:
                                      co_partitioned=True, event_time=event_time)
             self.ready = True
             self._loop(consumer, publisher)
+            self._snapshot(consumer, due=True)  # a clean stop: the next start reads little
         finally:
             self.ready = False
             if consumer is not None:
@@ -174,6 +201,9 @@ class Trainer:
             result = self.process(batch, consumer, publisher)
             if self.on_batch is not None:
                 self.on_batch(result)
+            if result.outcome is not TxnOutcome.ABORTED:
+                self._snapshot(consumer, due=time.monotonic() - self._snapshot_at
+                               >= self.cfg.snapshot_interval_s)
 
     def process(self, batch: list[RawRecord], consumer: GroupConsumer,
                 publisher: TransactionalPublisher) -> BatchResult:

@@ -34,47 +34,66 @@ class RestoreStats:
 
 
 def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str,
-            on_chunk: Callable[[], None] | None = None) -> RestoreStats:
+            on_chunk: Callable[[], None] | None = None,
+            start: dict[int, int] | None = None) -> RestoreStats:
     """Apply every committed row of the changelog to `learner` (which should be fresh).
 
+    With `start` (offsets per partition, from a snapshot's tag) only the
+    records from there on are applied, onto the learner the snapshot loaded.
     `on_chunk` is called after each applied chunk (the trainer's watchdog beat).
     """
-    start = time.monotonic()
+    began = time.monotonic()
     users = items = tombstones = 0
     ends: dict[int, int] = {}
     for chunk in read_to_end(kafka, kafka.topics.embeddings, client_id=client_id,
-                             ends_seen=ends):
-        latest: dict[bytes, bytes | None] = {}
-        for rec in chunk:
-            if rec.key is not None:
-                latest.pop(rec.key, None)  # keep log order: re-insert at the end
-                latest[rec.key] = rec.value
-        rows: list[EmbeddingRow] = []
-        for key, value in latest.items():
-            if is_meta_key(key):
-                if value is not None:
-                    learner.apply_global_state(decode_meta(value))
-                continue
-            row = decode_embedding(key, value)
-            if row is None:
-                _flush(learner, rows)
-                rows = []
-                entity, _, ident = key.decode().partition(":")
-                if entity == "user":
-                    learner.forget_user(ident)
-                tombstones += 1
-            else:
-                rows.append(row)
-                users += row.entity == "user"
-                items += row.entity == "item"
-        _flush(learner, rows)
+                             ends_seen=ends, start=start):
+        u, i, t = apply_changelog(learner, [(rec.key, rec.value) for rec in chunk])
+        users, items, tombstones = users + u, items + i, tombstones + t
         if on_chunk is not None:
             on_chunk()
     stats = RestoreStats(users=users, items=items, tombstones=tombstones,
-                         seconds=time.monotonic() - start, ends=ends)
+                         seconds=time.monotonic() - began, ends=ends)
     log.info("restored users=%d items=%d tombstones=%d seconds=%.2f", stats.users, stats.items,
              stats.tombstones, stats.seconds)
     return stats
+
+
+def apply_changelog(learner: Learner,
+                    records: list[tuple[bytes | None, bytes | None]]) -> tuple[int, int, int]:
+    """Apply changelog records (key, value) in log order; (users, items, tombstones) applied.
+
+    Only the last value per key counts, so a chunk is reduced to its latest
+    records first. A tombstone deletes the row: a forgotten or evicted user,
+    an evicted item.
+    """
+    latest: dict[bytes, bytes | None] = {}
+    for key, value in records:
+        if key is not None:
+            latest.pop(key, None)  # keep log order: re-insert at the end
+            latest[key] = value
+    users = items = tombstones = 0
+    rows: list[EmbeddingRow] = []
+    for key, value in latest.items():
+        if is_meta_key(key):
+            if value is not None:
+                learner.apply_global_state(decode_meta(value))
+            continue
+        row = decode_embedding(key, value)
+        if row is None:
+            _flush(learner, rows)
+            rows = []
+            entity, _, ident = key.decode().partition(":")
+            if entity == "user":
+                learner.forget_user(ident)
+            else:
+                learner.forget_item(ident)
+            tombstones += 1
+        else:
+            rows.append(row)
+            users += row.entity == "user"
+            items += row.entity == "item"
+    _flush(learner, rows)
+    return users, items, tombstones
 
 
 def _flush(learner: Learner, rows: list[EmbeddingRow]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +118,41 @@ def test_restart_restores_published_rows_and_resumes_from_committed_offsets(
     valid = [r.event for r in first + second if r.event is not None]
     # Nothing lost, nothing applied twice across the restart.
     assert sum(r.updates for r in users.values()) == len(valid)
+
+
+def test_snapshot_restore_keeps_the_dedup_window_and_equals_the_changelog_restore(
+        kafka: KafkaConfig, tmp_path: Path) -> None:
+    snap = _cfg(snapshot_dir=str(tmp_path))
+    first = list(generate(300, n_users=25, n_items=20, seed=8))
+    produce(kafka, first)
+    one = run_until_idle(kafka, snap)  # a clean stop writes the snapshot
+    assert one.metrics.snapshot_written._value.get() > 0  # noqa: SLF001
+
+    second = list(generate(200, n_users=25, n_items=20, seed=9))
+    produce(kafka, second + first[:50])  # the last 50: a producer re-sending old events
+    two = run_until_idle(kafka, snap)
+    assert two.metrics.restore_snapshot_age._value.get() >= 0  # noqa: SLF001
+    users = {k: r for k, r in latest_rows(kafka).items() if k.startswith("user:") and r}
+    valid = [r.event for r in first + second if r.event is not None]
+    assert sum(r.updates for r in users.values()) == len(valid)  # re-sent ones not applied
+
+    produce(kafka, list(generate(200, n_users=30, n_items=25, seed=10)))
+    run_until_idle(kafka, _cfg())  # rows after the snapshot: the tail a restore must read
+    from_snapshot, whole = make_trainer(kafka, snap, LEARNER), make_trainer(kafka, _cfg(), LEARNER)
+    from_snapshot._restore()
+    whole._restore()
+    assert whole.metrics.restore_snapshot_age._value.get() == -1  # noqa: SLF001
+    assert from_snapshot.metrics.restore_snapshot_age._value.get() >= 0  # noqa: SLF001
+    ids = {"user_ids": sorted(whole.learner.user_ids()),
+           "item_ids": sorted(whole.learner.item_ids())}
+    assert sorted(from_snapshot.learner.user_ids()) == ids["user_ids"]
+    a = from_snapshot.learner.rows(**ids, model_version="v", now_ms=0)
+    b = whole.learner.rows(**ids, model_version="v", now_ms=0)
+    for x, y in zip(a, b, strict=True):
+        assert x == y, x.key
+        assert x.vector.tobytes() == y.vector.tobytes(), x.key
+        assert _state_bytes(x.state) == _state_bytes(y.state), x.key
+    assert from_snapshot.learner.global_state() == whole.learner.global_state()
 
 
 def test_forget_publishes_a_tombstone(kafka: KafkaConfig) -> None:

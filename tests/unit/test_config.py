@@ -31,6 +31,10 @@ def test_bad_values_say_what_to_fix() -> None:
         build(TrainerConfig, "trainer", {}, {}, {"batch_max": 0})
     with pytest.raises(ConfigError, match="STREAM_APP_TRAINER_BATCH_MAX='x' is not a valid int"):
         build(TrainerConfig, "trainer", {}, {"STREAM_APP_TRAINER_BATCH_MAX": "x"}, {})
+    with pytest.raises(ConfigError, match="snapshot_dir needs restore"):
+        build(TrainerConfig, "trainer", {}, {}, {"snapshot_dir": "snapshots", "restore": False})
+    with pytest.raises(ConfigError, match="snapshot_interval_s must be > 0"):
+        build(TrainerConfig, "trainer", {}, {"STREAM_APP_TRAINER_SNAPSHOT_INTERVAL_S": "0"}, {})
     with pytest.raises(ConfigError, match="bootstrap_servers entries must be HOST:PORT"):
         KafkaConfig(bootstrap_servers="localhost")
     with pytest.raises(ConfigError, match="topic_prefix may only hold"):

@@ -1,0 +1,170 @@
+"""Local snapshots of the learner, tagged with the changelog offsets they match.
+
+Restoring from the changelog alone reads every row ever published. A snapshot
+is the learner's full `state_dict()` written while the changelog held exactly
+that model up to the tagged end offsets; restore then loads it and applies
+only the changelog records after the tag. It also brings back what rows do
+not carry: the dedup window, the replay buffer and rate-cap counters.
+
+A snapshot is only written while this trainer owns every input partition, so
+no other trainer can have published rows the snapshot lacks. It is ignored,
+with the reason logged, when anything says it may not match the changelog:
+another topic (name or id: a re-created topic), offsets past the topic's end,
+another learner configuration, or an age past `snapshot_max_age_s` (compaction
+removes tombstones after the topic's `delete.retention.ms`, and a deleted row
+must not come back).
+
+The file is a pickle (`torch.save`): keep the folder private to the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stream_app.config import ConfigError, KafkaConfig
+from stream_app.core import Learner
+from stream_app.kafka.admin import topic_id
+from stream_app.kafka.consumer import high_watermarks
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotTag:
+    """Which changelog a snapshot matches: topic name and id, end offset per partition."""
+
+    topic: str
+    topic_id: str
+    ends: dict[int, int]
+    written_ms: int
+
+
+def snapshot_path(folder: str | Path, transactional_id: str) -> Path:
+    """One file per trainer instance: instances never share a snapshot."""
+    return Path(folder) / f"{transactional_id}.snapshot"
+
+
+def write_snapshot(path: Path, learner: Learner, tag: SnapshotTag) -> None:
+    """Write atomically (temp file, fsync, rename): a crash leaves the old one intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, "tag": dataclasses.asdict(tag),
+                    "state": learner.state_dict()}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_snapshot(path: Path) -> tuple[SnapshotTag, dict[str, Any]] | None:
+    """(tag, learner state) of the file, or None when there is none.
+
+    Raises ValueError when the file is there but unreadable or of another format.
+    """
+    if not path.exists():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        if obj.get("format") != FORMAT:
+            raise ValueError(f"format {obj.get('format')!r}, expected {FORMAT}")
+        tag = obj["tag"]
+        return SnapshotTag(topic=tag["topic"], topic_id=tag["topic_id"],
+                           ends={int(p): int(o) for p, o in tag["ends"].items()},
+                           written_ms=int(tag["written_ms"])), obj["state"]
+    except Exception as exc:  # a torn or foreign file: say which, restore without it
+        raise ValueError(f"snapshot {path} is unreadable: {exc}") from exc
+
+
+def why_unusable(tag: SnapshotTag, state: dict[str, Any], *, learner: Learner, topic: str,
+                 topic_id: str, ends: dict[int, int], now_ms: int,
+                 max_age_ms: int) -> str | None:
+    """Why the snapshot may not match the changelog as it is now; None when it does.
+
+    >>> t = SnapshotTag(topic="e", topic_id="A", ends={0: 5}, written_ms=0)
+    >>> why_unusable(t, {}, learner=None, topic="e", topic_id="B", ends={0: 5}, now_ms=0,
+    ...              max_age_ms=1)
+    'it was written for another topic (e, id A; now e, id B)'
+    """
+    if (tag.topic, tag.topic_id) != (topic, topic_id):
+        return (f"it was written for another topic ({tag.topic}, id {tag.topic_id}; "
+                f"now {topic}, id {topic_id})")
+    if set(tag.ends) != set(ends) or any(tag.ends[p] > ends[p] for p in ends):
+        return f"its offsets {tag.ends} do not fit the topic's end offsets {ends}"
+    age_ms = now_ms - tag.written_ms
+    if age_ms > max_age_ms:
+        return (f"it is {age_ms / 3.6e6:.1f} h old, over trainer.snapshot_max_age_s; "
+                "tombstones it has not seen may be compacted away")
+    if state.get("config") != dataclasses.asdict(learner.config):
+        return "it was written with another learner configuration"
+    return None
+
+
+class Snapshots:
+    """One trainer instance's snapshot file, checked against the changelog as it is now."""
+
+    def __init__(self, kafka: KafkaConfig, *, folder: str, transactional_id: str,
+                 max_age_s: float) -> None:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"trainer.snapshot_dir {folder!r} cannot be created: {exc}") from exc
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"trainer.snapshot_dir {folder!r} is not writable by this user")
+        self.kafka = kafka
+        self.path = snapshot_path(folder, transactional_id)
+        self.client_id = f"{transactional_id}-snapshot"
+        self.max_age_ms = int(max_age_s * 1000)
+
+    def changelog_tag(self) -> SnapshotTag:
+        """The changelog now: what a snapshot written now matches."""
+        topic = self.kafka.topics.embeddings
+        return SnapshotTag(topic=topic, topic_id=topic_id(self.kafka, topic),
+                           ends=high_watermarks(self.kafka, topic, client_id=self.client_id),
+                           written_ms=int(time.time() * 1000))
+
+    def load_into(self, learner: Learner) -> SnapshotTag | None:
+        """Load the snapshot into the fresh `learner`; its tag (the offsets to go on from).
+
+        None (restore from the changelog's beginning) when there is none yet
+        or it may not match the changelog (the reason is logged).
+        """
+        try:
+            found = read_snapshot(self.path)
+        except ValueError as exc:
+            log.warning("%s; restoring from the whole changelog", exc)
+            return None
+        if found is None:
+            return None
+        tag, state = found
+        now = self.changelog_tag()
+        reason = why_unusable(tag, state, learner=learner, topic=now.topic,
+                              topic_id=now.topic_id, ends=now.ends, now_ms=now.written_ms,
+                              max_age_ms=self.max_age_ms)
+        if reason is not None:
+            log.warning("snapshot %s not used: %s; restoring from the whole changelog",
+                        self.path, reason)
+            return None
+        learner.load_state_dict(state)
+        log.info("loaded snapshot %s; reading the changelog from offsets %s", self.path,
+                 tag.ends)
+        return tag
+
+    def write(self, learner: Learner) -> bool:
+        """Write the snapshot; False (logged) when the disk refuses: it costs only restore speed."""
+        try:
+            write_snapshot(self.path, learner, self.changelog_tag())
+        except OSError as exc:
+            log.warning("could not write snapshot %s: %s", self.path, exc)
+            return False
+        log.info("wrote snapshot %s", self.path)
+        return True

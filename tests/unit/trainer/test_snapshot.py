@@ -1,0 +1,154 @@
+"""A snapshot plus the changelog after its tag restores the model the whole changelog does.
+
+No broker: the changelog is the list of records the trainer's own
+`output_records` makes per batch, applied with the restore's `apply_changelog`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_app.config import ConfigError, KafkaConfig, TopicNames
+from stream_app.core import Learner
+from stream_app.events import EmbeddingRow, Event
+from stream_app.trainer.batch import output_records
+from stream_app.trainer.restore import apply_changelog
+from stream_app.trainer.snapshot import (
+    Snapshots,
+    SnapshotTag,
+    read_snapshot,
+    why_unusable,
+    write_snapshot,
+)
+from tests.unit.core.streams import random_events, small_config
+
+TOPICS = TopicNames(prefix="t.")
+CONFIG = small_config(idle_ttl_ms=40_000)  # items idle 40 s of event time are evicted
+Log = list[tuple[bytes | None, bytes | None]]
+
+
+def _publish(learner: Learner, events: list[Event], forget: tuple[str, ...] = ()) -> Log:
+    """What one trainer transaction appends to the changelog (rows, tombstones, meta)."""
+    st = learner.learn(events)
+    gone = {f"user:{u}" for u in st.evicted_user_ids} | {f"item:{i}" for i in st.evicted_item_ids}
+    gone |= {f"user:{u}" for u in forget if learner.forget_user(u)}
+    users = sorted(set(st.changed_user_ids) - {g[5:] for g in gone if g.startswith("user:")})
+    items = sorted(set(st.changed_item_ids) - {g[5:] for g in gone if g.startswith("item:")})
+    rows = learner.rows(user_ids=users, item_ids=items, model_version="v", now_ms=0)
+    meta = {**learner.global_state(), "model_version": "v", "updated_at": 0}
+    return [(r.key, r.value) for r in output_records(TOPICS, rows, sorted(gone), meta, [])]
+
+
+def _all_rows(learner: Learner) -> list[EmbeddingRow]:
+    return learner.rows(user_ids=sorted(learner.user_ids()), item_ids=sorted(learner.item_ids()),
+                        model_version="v", now_ms=0)
+
+
+def _same(a: list[EmbeddingRow], b: list[EmbeddingRow]) -> None:
+    assert [r.key for r in a] == [r.key for r in b]
+    for x, y in zip(a, b, strict=True):
+        assert x == y, x.key
+        assert x.vector.tobytes() == y.vector.tobytes(), x.key
+        assert x.state["opt"].keys() == y.state["opt"].keys(), x.key
+        for k, v in x.state["opt"].items():
+            assert np.asarray(v).tobytes() == np.asarray(y.state["opt"][k]).tobytes(), x.key
+
+
+def _run(tmp_path: Path) -> tuple[Learner, Log, int, Path]:
+    """Train in 6 batches; snapshot after batch 2. Returns (learner, changelog, tag, file)."""
+    live = Learner(CONFIG, device="cpu")
+    log: Log = []
+    path = tmp_path / "t.snapshot"
+    for b in range(6):
+        events = random_events(100, users=15, items=40 if b < 2 else 8, seed=b, start=100 * b)
+        log += _publish(live, events, forget=("u3",) if b == 4 else ())
+        if b == 1:
+            tag = SnapshotTag(topic="t.embeddings", topic_id="id", ends={0: len(log)},
+                              written_ms=0)
+            write_snapshot(path, live, tag)
+    return live, log, tag.ends[0], path
+
+
+def test_snapshot_plus_tail_equals_the_whole_changelog_and_the_live_model(
+        tmp_path: Path) -> None:
+    live, log, at, path = _run(tmp_path)
+    tail = log[at:]
+    assert any(k and k.startswith(b"item:") and v is None for k, v in tail), \
+        "the tail should evict items the snapshot still holds"
+    assert (b"user:u3", None) in tail
+
+    found = read_snapshot(path)
+    assert found is not None
+    from_snapshot = Learner(CONFIG, device="cpu")
+    from_snapshot.load_state_dict(found[1])
+    apply_changelog(from_snapshot, tail)
+    whole = Learner(CONFIG, device="cpu")
+    apply_changelog(whole, log)
+
+    _same(_all_rows(from_snapshot), _all_rows(live))
+    _same(_all_rows(whole), _all_rows(live))
+    assert from_snapshot.global_state() == live.global_state() == whole.global_state()
+
+
+def test_only_the_snapshot_brings_back_the_dedup_window(tmp_path: Path) -> None:
+    _, log, at, path = _run(tmp_path)
+    replayed = random_events(5, users=15, items=40, seed=0, start=0)  # ids from batch 0
+    found = read_snapshot(path)
+    assert found is not None
+    from_snapshot = Learner(CONFIG, device="cpu")
+    from_snapshot.load_state_dict(found[1])
+    apply_changelog(from_snapshot, log[at:])
+    whole = Learner(CONFIG, device="cpu")
+    apply_changelog(whole, log)
+    assert from_snapshot.learn(replayed).n_applied == 0
+    assert whole.learn(replayed).n_applied == 5  # the compromise a snapshot removes
+
+
+def _tag(**kw: object) -> SnapshotTag:
+    base: dict[str, object] = {"topic": "t.embeddings", "topic_id": "A", "ends": {0: 5, 1: 7},
+                               "written_ms": 1_000}
+    base.update(kw)
+    return SnapshotTag(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("now", "expected"), [
+    ({}, None),
+    ({"topic_id": "B"}, "another topic"),
+    ({"topic": "u.embeddings"}, "another topic"),
+    ({"ends": {0: 4, 1: 7}}, "do not fit"),
+    ({"ends": {0: 5}}, "do not fit"),
+    ({"now_ms": 1_000 + 3_600_001}, "h old"),
+])
+def test_a_snapshot_that_may_not_match_the_changelog_is_refused_with_a_reason(
+        now: dict[str, object], expected: str | None) -> None:
+    learner = Learner(CONFIG, device="cpu")
+    args: dict[str, object] = {"topic": "t.embeddings", "topic_id": "A", "ends": {0: 9, 1: 7},
+                               "now_ms": 2_000}
+    args.update(now)
+    reason = why_unusable(_tag(), learner.state_dict(), learner=learner,
+                          max_age_ms=3_600_000, **args)  # type: ignore[arg-type]
+    assert reason is None if expected is None else expected in (reason or "")
+
+
+def test_another_learner_config_or_a_torn_file_is_refused(tmp_path: Path) -> None:
+    learner = Learner(CONFIG, device="cpu")
+    other = Learner(small_config(dim=4), device="cpu")
+    reason = why_unusable(_tag(), other.state_dict(), learner=learner, topic="t.embeddings",
+                          topic_id="A", ends={0: 5, 1: 7}, now_ms=1_000, max_age_ms=1)
+    assert reason == "it was written with another learner configuration"
+    path = tmp_path / "x.snapshot"
+    write_snapshot(path, learner, _tag())
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="unreadable"):
+        read_snapshot(path)
+    assert read_snapshot(tmp_path / "missing.snapshot") is None
+
+
+def test_a_snapshot_folder_that_cannot_be_created_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="snapshot_dir .* cannot be created"):
+        Snapshots(KafkaConfig(bootstrap_servers="127.0.0.1:9092"),
+                  folder=str(tmp_path / "file" / "sub"), transactional_id="t", max_age_s=1)
