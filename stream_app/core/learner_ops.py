@@ -12,29 +12,20 @@ import numpy as np
 import torch
 
 from stream_app.core import model as m
-from stream_app.core.config import LearnerConfig
 from stream_app.core.evaluate import EvalStats, RankMetrics, rank_metrics, ranks_of_targets
+from stream_app.core.learner_fields import LearnerFields
 from stream_app.core.loss import sampled_loss
-from stream_app.core.optim import GradAccumulator, apply_update, clip_, learning_rate
+from stream_app.core.optim import apply_update, clip_, learning_rate
 from stream_app.core.sampler import batch_negatives, sample_negatives
 from stream_app.core.stats import TopK
-from stream_app.core.vocab import COLD_ROW, Vocab
+from stream_app.core.vocab import COLD_ROW
 from stream_app.events import Event, EventKind
 
 Grad = tuple[torch.Tensor, torch.Tensor]
 _SCORE_BUDGET = 1 << 24  # elements of one (users x items) score block
 
 
-class LearnerOps:
-    config: LearnerConfig
-    device: torch.device
-    _gen: torch.Generator
-    _users: m.Table
-    _items: m.Table
-    _user_vocab: Vocab
-    _item_vocab: Vocab
-    _accum: GradAccumulator
-    _applied_steps: int
+class LearnerOps(LearnerFields):
 
     # ------------------------------------------------------------ gradient step
     def _gradients(self, u: torch.Tensor, i: torch.Tensor, w: torch.Tensor,
@@ -221,6 +212,3 @@ class LearnerOps:
         scores = x @ self._items.vec.index_select(0, cols).T + bias.index_select(0, cols)
         ids = tuple(self._item_vocab.ids[c] or "" for c in cols.tolist())
         return ids, scores.cpu().numpy()
-
-    def _resolve_deferred(self) -> None:  # implemented by Learner
-        raise NotImplementedError

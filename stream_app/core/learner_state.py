@@ -19,31 +19,14 @@ import torch
 
 from stream_app.core import model as m
 from stream_app.core import rows as codec
-from stream_app.core.config import LearnerConfig
 from stream_app.core.guards import Deduplicator, RateLimiter
+from stream_app.core.learner_fields import LearnerFields
 from stream_app.core.optim import GradAccumulator
-from stream_app.core.replay_buffer import ReplayBuffer
 from stream_app.core.vocab import COLD_ROW, Vocab
 from stream_app.events import EmbeddingRow
 
 
-class LearnerState:
-    config: LearnerConfig
-    device: torch.device
-    _gen: torch.Generator
-    _users: m.Table
-    _items: m.Table
-    _user_vocab: Vocab
-    _item_vocab: Vocab
-    _accum: GradAccumulator
-    _dedup: Deduplicator
-    _rate: RateLimiter
-    _replay: ReplayBuffer
-    _step: int
-    _applied_steps: int
-    _origin_ms: int | None
-    _watermark_ms: int | None
-    _deferred: dict[int, tuple[str, ...]]
+class LearnerState(LearnerFields):
 
     def user_ids(self) -> list[str]:
         """Ids of every user with its own row."""
@@ -261,6 +244,3 @@ class LearnerState:
         self._accum = GradAccumulator(self.config.accumulate_steps)
         self.apply_global_state(state["global"])
         self._deferred = {}
-
-    def _resolve_deferred(self) -> None:  # implemented by Learner
-        raise NotImplementedError

@@ -1,0 +1,39 @@
+"""`LearnerFields`: the attributes `Learner.__init__` owns, declared once for its mixins.
+
+`LearnerOps` (tensor code) and `LearnerState` (state in and out) are typed
+against this base, so each sees every field and the `_resolve_deferred` hook
+without repeating the declarations.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from stream_app.core import model as m
+from stream_app.core.config import LearnerConfig
+from stream_app.core.guards import Deduplicator, RateLimiter
+from stream_app.core.optim import GradAccumulator
+from stream_app.core.replay_buffer import ReplayBuffer
+from stream_app.core.vocab import Vocab
+
+
+class LearnerFields:
+    config: LearnerConfig
+    device: torch.device
+    _gen: torch.Generator
+    _users: m.Table
+    _items: m.Table
+    _user_vocab: Vocab
+    _item_vocab: Vocab
+    _accum: GradAccumulator
+    _dedup: Deduplicator
+    _rate: RateLimiter
+    _replay: ReplayBuffer
+    _step: int
+    _applied_steps: int
+    _origin_ms: int | None
+    _watermark_ms: int | None
+    _deferred: dict[int, tuple[str, ...]]
+
+    def _resolve_deferred(self) -> None:  # implemented by Learner
+        raise NotImplementedError
