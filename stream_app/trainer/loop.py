@@ -93,7 +93,8 @@ class Trainer:
         self._snapshot_at = time.monotonic()
         self._snapshots = None if cfg.snapshot_dir is None else Snapshots(
             kafka, folder=cfg.snapshot_dir, transactional_id=cfg.transactional_id,
-            max_age_s=cfg.snapshot_max_age_s)
+            max_age_s=cfg.snapshot_max_age_s,
+            on_written=lambda: metrics.snapshot_written.set(time.time()))
 
     def _client_id(self, role: str) -> str:
         return f"{self.cfg.transactional_id}-{role}"
@@ -116,7 +117,7 @@ class Trainer:
         self.metrics.restored_rows.labels(table="user").set(stats.users)
         self.metrics.restored_rows.labels(table="item").set(stats.items)
 
-    def _snapshot(self, consumer: GroupConsumer, *, due: bool) -> None:
+    def _snapshot(self, consumer: GroupConsumer, *, due: bool, wait: bool = False) -> None:
         """Write the local snapshot when due, and only while we own every input partition.
 
         Called between transactions, so the learner holds exactly what the
@@ -128,9 +129,8 @@ class Trainer:
         if not consumer.owns_all([self.topics.clicks, self.topics.purchases]):
             return
         self._beat("snapshot")
-        if self._snapshots.write(self.learner):
-            self._snapshot_at = time.monotonic()
-            self.metrics.snapshot_written.set(time.time())
+        self._snapshots.write(self.learner, wait=wait)
+        self._snapshot_at = time.monotonic()
 
     def run(self) -> int:
         """Run until stopped (SIGTERM/SIGINT set `stop`) or idle too long. Returns 0."""
@@ -156,7 +156,8 @@ class Trainer:
                                      co_partitioned=True, event_time=event_time)
             self.ready = True
             self._loop(consumer, publisher)
-            self._snapshot(consumer, due=True)  # a clean stop: the next start reads little
+            self._snapshot(consumer, due=True, wait=True)  # a clean stop: the next start
+            # reads only what is published after it
         finally:
             self.ready = False
             if consumer is not None:

@@ -22,7 +22,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,12 +57,16 @@ def snapshot_path(folder: str | Path, transactional_id: str) -> Path:
 
 
 def write_snapshot(path: Path, learner: Learner, tag: SnapshotTag) -> None:
+    """Write the learner's state now (see `write_state`)."""
+    write_state(path, learner.state_dict(), tag)
+
+
+def write_state(path: Path, state: dict[str, Any], tag: SnapshotTag) -> None:
     """Write atomically (temp file, fsync, rename): a crash leaves the old one intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, "tag": dataclasses.asdict(tag),
-                    "state": learner.state_dict()}, f)
+        torch.save({"format": FORMAT, "tag": dataclasses.asdict(tag), "state": state}, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -113,7 +119,7 @@ class Snapshots:
     """One trainer instance's snapshot file, checked against the changelog as it is now."""
 
     def __init__(self, kafka: KafkaConfig, *, folder: str, transactional_id: str,
-                 max_age_s: float) -> None:
+                 max_age_s: float, on_written: Callable[[], None] | None = None) -> None:
         try:
             Path(folder).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -124,6 +130,8 @@ class Snapshots:
         self.path = snapshot_path(folder, transactional_id)
         self.client_id = f"{transactional_id}-snapshot"
         self.max_age_ms = int(max_age_s * 1000)
+        self.on_written = on_written
+        self._writer: threading.Thread | None = None
 
     def changelog_tag(self) -> SnapshotTag:
         """The changelog now: what a snapshot written now matches."""
@@ -159,12 +167,34 @@ class Snapshots:
                  tag.ends)
         return tag
 
-    def write(self, learner: Learner) -> bool:
-        """Write the snapshot; False (logged) when the disk refuses: it costs only restore speed."""
+    def write(self, learner: Learner, *, wait: bool) -> None:
+        """Take the learner's state now; write it in a background thread unless `wait`.
+
+        Called between transactions: the state (tensors cloned, lists copied;
+        ~0.4 s at 1M rows) is taken here, while serialising and fsyncing it
+        (seconds at 1M rows) runs beside the loop. A write still running when
+        the next is due makes that one skip; `wait` (a clean stop) waits for
+        it and writes synchronously.
+        """
+        if self._writer is not None and self._writer.is_alive():
+            if not wait:
+                return
+            self._writer.join()
+        state, tag = learner.state_dict(), self.changelog_tag()
+        if wait:
+            self._write(state, tag)
+            return
+        self._writer = threading.Thread(target=self._write, args=(state, tag),
+                                        name="snapshot-writer", daemon=True)
+        self._writer.start()
+
+    def _write(self, state: dict[str, Any], tag: SnapshotTag) -> None:
+        """A failed write costs only restore speed: logged, not raised."""
         try:
-            write_snapshot(self.path, learner, self.changelog_tag())
+            write_state(self.path, state, tag)
         except OSError as exc:
             log.warning("could not write snapshot %s: %s", self.path, exc)
-            return False
+            return
         log.info("wrote snapshot %s", self.path)
-        return True
+        if self.on_written is not None:
+            self.on_written()

@@ -152,3 +152,36 @@ def test_a_snapshot_folder_that_cannot_be_created_is_a_config_error(tmp_path: Pa
     with pytest.raises(ConfigError, match="snapshot_dir .* cannot be created"):
         Snapshots(KafkaConfig(bootstrap_servers="127.0.0.1:9092"),
                   folder=str(tmp_path / "file" / "sub"), transactional_id="t", max_age_s=1)
+
+
+class _FixedTag(Snapshots):
+    """The changelog's tag without a broker (the integration test covers the real one)."""
+
+    def changelog_tag(self) -> SnapshotTag:
+        return _tag()
+
+
+def test_a_background_write_holds_the_state_taken_when_it_was_asked_for(tmp_path: Path) -> None:
+    written: list[bool] = []
+    store = _FixedTag(KafkaConfig(bootstrap_servers="127.0.0.1:9092"), folder=str(tmp_path),
+                      transactional_id="t", max_age_s=60, on_written=lambda: written.append(True))
+    learner = Learner(CONFIG, device="cpu")
+    learner.learn(random_events(50, seed=1))
+    before = _all_rows(learner)
+    store.write(learner, wait=False)
+    learner.learn(random_events(50, seed=2, start=50))  # the loop goes on meanwhile
+    assert store._writer is not None
+    store._writer.join()
+    found = read_snapshot(store.path)
+    assert found is not None and found[0] == _tag()
+    first = Learner(CONFIG, device="cpu")
+    first.load_state_dict(found[1])
+    _same(_all_rows(first), before)
+
+    store.write(learner, wait=True)
+    found = read_snapshot(store.path)
+    assert found is not None
+    second = Learner(CONFIG, device="cpu")
+    second.load_state_dict(found[1])
+    _same(_all_rows(second), _all_rows(learner))
+    assert written == [True, True]
