@@ -70,7 +70,10 @@ class GroupConsumer:
 
     def owns_all(self, topics: Iterable[str], timeout_s: float = 10.0) -> bool:
         """True when every partition of `topics` is assigned to this member."""
-        meta = self._consumer.list_topics(timeout=timeout_s)
+        try:
+            meta = self._consumer.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            raise KafkaEdgeError(f"cannot list topics: {exc}") from exc
         wanted = {(t, p) for t in topics if t in meta.topics for p in meta.topics[t].partitions}
         return bool(wanted) and wanted <= self._assigned
 
@@ -212,6 +215,8 @@ def high_watermarks(kafka: KafkaConfig, topic: str, *, client_id: str,
     consumer = make_consumer(kafka, client_id, f"{client_id}-hwm", read_committed=False)
     try:
         return end_offsets(consumer, topic, timeout_s)
+    except KafkaException as exc:
+        raise KafkaEdgeError(f"cannot read the end offsets of {topic}: {exc}") from exc
     finally:
         consumer.close()
 

@@ -21,6 +21,7 @@ from stream_app.device import resolve_device
 from stream_app.events import DlqRecord, EmbeddingRow, Event
 from stream_app.kafka.admin import require_topics
 from stream_app.kafka.consumer import GroupConsumer
+from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.records import Partition, RawRecord, next_offsets
 from stream_app.kafka.transaction import TransactionalPublisher, TxnOutcome
 from stream_app.observability.metrics import EvalModel, EventOutcome, FreshnessSince, TrainerMetrics
@@ -126,7 +127,11 @@ class Trainer:
         """
         if self._snapshots is None or not due:
             return
-        if not consumer.owns_all([self.topics.clicks, self.topics.purchases]):
+        try:
+            if not consumer.owns_all([self.topics.clicks, self.topics.purchases]):
+                return
+        except KafkaEdgeError as exc:
+            log.warning("snapshot skipped: %s", exc)
             return
         self._beat("snapshot")
         self._snapshots.write(self.learner, wait=wait)

@@ -35,6 +35,7 @@ from stream_app.config import ConfigError, KafkaConfig
 from stream_app.core import Learner
 from stream_app.kafka.admin import topic_id
 from stream_app.kafka.consumer import high_watermarks
+from stream_app.kafka.exceptions import KafkaEdgeError
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,12 @@ class Snapshots:
         if found is None:
             return None
         tag, state = found
-        now = self.changelog_tag()
+        try:
+            now = self.changelog_tag()
+        except KafkaEdgeError as exc:
+            log.warning("snapshot %s not checked (%s); restoring from the whole changelog",
+                        self.path, exc)
+            return None
         reason = why_unusable(tag, state, learner=learner, topic=now.topic,
                               topic_id=now.topic_id, ends=now.ends, now_ms=now.written_ms,
                               max_age_ms=self.max_age_ms)
@@ -180,7 +186,12 @@ class Snapshots:
             if not wait:
                 return
             self._writer.join()
-        state, tag = learner.state_dict(), self.changelog_tag()
+        try:
+            tag = self.changelog_tag()
+        except KafkaEdgeError as exc:
+            log.warning("snapshot skipped: %s", exc)
+            return
+        state = learner.state_dict()
         if wait:
             self._write(state, tag)
             return

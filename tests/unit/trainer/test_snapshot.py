@@ -14,6 +14,7 @@ import pytest
 from stream_app.config import ConfigError, KafkaConfig, TopicNames
 from stream_app.core import Learner
 from stream_app.events import EmbeddingRow, Event
+from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.trainer.batch import output_records
 from stream_app.trainer.restore import apply_changelog
 from stream_app.trainer.snapshot import (
@@ -185,3 +186,19 @@ def test_a_background_write_holds_the_state_taken_when_it_was_asked_for(tmp_path
     second.load_state_dict(found[1])
     _same(_all_rows(second), _all_rows(learner))
     assert written == [True, True]
+
+
+class _BrokerDown(Snapshots):
+    def changelog_tag(self) -> SnapshotTag:
+        raise KafkaEdgeError("cannot read the end offsets of t.embeddings: timed out")
+
+
+def test_a_broker_that_cannot_tag_skips_the_snapshot_instead_of_stopping_the_trainer(
+        tmp_path: Path) -> None:
+    store = _BrokerDown(KafkaConfig(bootstrap_servers="127.0.0.1:9092"), folder=str(tmp_path),
+                        transactional_id="t", max_age_s=60)
+    learner = Learner(CONFIG, device="cpu")
+    store.write(learner, wait=True)
+    assert not store.path.exists()
+    write_snapshot(store.path, learner, _tag())
+    assert store.load_into(Learner(CONFIG, device="cpu")) is None  # whole changelog instead
