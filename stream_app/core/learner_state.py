@@ -41,11 +41,15 @@ class LearnerState(LearnerFields):
         return {"users": len(self._user_vocab), "items": len(self._item_vocab)}
 
     def forget_user(self, user_id: str) -> bool:
-        """Delete a user's row and history (GDPR erase); True if it existed."""
-        self._resolve_deferred()
+        """Delete a user's row and history (GDPR erase); True if it existed.
+
+        Restored histories not yet resolved (`_deferred`) stay deferred: during
+        a restore, items listed in them may still arrive later in the changelog.
+        """
         row = self._user_vocab.remove(user_id)
         if row is None:
             return False
+        self._deferred.pop(row, None)
         rows = torch.tensor([row], device=self.device)
         self._users.reset_rows(rows, None)
         self._accum.discard("user", rows)
@@ -55,9 +59,10 @@ class LearnerState(LearnerFields):
         """Delete an item's row and drop it from every history; True if it existed.
 
         The changelog's item tombstone (an eviction) applied to a learner
-        loaded from a snapshot older than the eviction.
+        loaded from a snapshot older than the eviction. Histories not yet
+        resolved stay deferred: they resolve against the items live at the
+        end, which skips this one unless a later row brings it back.
         """
-        self._resolve_deferred()
         row = self._item_vocab.remove(item_id)
         if row is None:
             return False

@@ -56,6 +56,8 @@ class GroupConsumer:
         self._paused: set[Partition] = set()
         self._on_assign = on_assign
         self._on_revoke = on_revoke
+        self._polled_at = time.monotonic()
+        self._max_poll_interval_s = float(kafka.client.get("max.poll.interval.ms", 300_000)) / 1000
         self._consumer.subscribe(list(topics), on_assign=self._assign, on_revoke=self._revoke,
                                  on_lost=self._revoke)
 
@@ -69,7 +71,14 @@ class GroupConsumer:
         return set(self._assigned)
 
     def owns_all(self, topics: Iterable[str], timeout_s: float = 10.0) -> bool:
-        """True when every partition of `topics` is assigned to this member."""
+        """True when every partition of `topics` is assigned to this member.
+
+        The assignment seen here is updated only inside a poll: after more
+        than half of max.poll.interval.ms without one, the group may already
+        have moved partitions away, so the answer is False.
+        """
+        if time.monotonic() - self._polled_at > self._max_poll_interval_s / 2:
+            return False
         try:
             meta = self._consumer.list_topics(timeout=timeout_s)
         except KafkaException as exc:
@@ -116,6 +125,7 @@ class GroupConsumer:
         waits for it (its next record may be the oldest); at `max_wait_s` what
         is queued goes out anyway.
         """
+        self._polled_at = time.monotonic()
         batch: list[RawRecord] = []
         deadline = time.monotonic() + max_wait_s
         while True:

@@ -108,6 +108,9 @@ class Trainer:
         started = time.monotonic()
         self.learner = Learner(self.learner_cfg, device=self.device)
         tag = self._snapshots.load_into(self.learner) if self._snapshots else None
+        if tag is None and self._snapshots is not None:
+            self.learner = Learner(self.learner_cfg, device=self.device)  # a failed load may
+            # have filled part of it
         stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"),
                         on_chunk=lambda: self._beat("restore"),
                         start=None if tag is None else tag.ends)
@@ -127,6 +130,7 @@ class Trainer:
         """
         if self._snapshots is None or not due:
             return
+        self._snapshot_at = time.monotonic()  # due again one interval on, written or not
         try:
             if not consumer.owns_all([self.topics.clicks, self.topics.purchases]):
                 return
@@ -135,7 +139,6 @@ class Trainer:
             return
         self._beat("snapshot")
         self._snapshots.write(self.learner, wait=wait)
-        self._snapshot_at = time.monotonic()
 
     def run(self) -> int:
         """Run until stopped (SIGTERM/SIGINT set `stop`) or idle too long. Returns 0."""

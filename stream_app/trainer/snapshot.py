@@ -145,7 +145,8 @@ class Snapshots:
         """Load the snapshot into the fresh `learner`; its tag (the offsets to go on from).
 
         None (restore from the changelog's beginning) when there is none yet
-        or it may not match the changelog (the reason is logged).
+        or it may not match the changelog (the reason is logged); after a
+        failed load `learner` may be partly filled: use a fresh one.
         """
         try:
             found = read_snapshot(self.path)
@@ -168,7 +169,12 @@ class Snapshots:
             log.warning("snapshot %s not used: %s; restoring from the whole changelog",
                         self.path, reason)
             return None
-        learner.load_state_dict(state)
+        try:
+            learner.load_state_dict(state)
+        except Exception as exc:  # written by another version: restore without it, never crash
+            log.warning("snapshot %s does not load (%r); restoring from the whole changelog",
+                        self.path, exc)
+            return None
         log.info("loaded snapshot %s; reading the changelog from offsets %s", self.path,
                  tag.ends)
         return tag

@@ -23,8 +23,9 @@ from stream_app.trainer.snapshot import (
     read_snapshot,
     why_unusable,
     write_snapshot,
+    write_state,
 )
-from tests.unit.core.streams import random_events, small_config
+from tests.unit.core.streams import T0, ev, random_events, small_config
 
 TOPICS = TopicNames(prefix="t.")
 CONFIG = small_config(idle_ttl_ms=40_000)  # items idle 40 s of event time are evicted
@@ -202,3 +203,34 @@ def test_a_broker_that_cannot_tag_skips_the_snapshot_instead_of_stopping_the_tra
     assert not store.path.exists()
     write_snapshot(store.path, learner, _tag())
     assert store.load_into(Learner(CONFIG, device="cpu")) is None  # whole changelog instead
+
+
+def test_a_tombstone_mid_changelog_keeps_histories_whose_items_come_later() -> None:
+    # Without replay, u1 is published once, listing iY; iY's latest row comes
+    # after the tombstones of an evicted item (iZ) and a forgotten user (u9).
+    config = small_config(idle_ttl_ms=40_000, replay_ratio=0.0)
+    live = Learner(config, device="cpu")
+    log: Log = []
+    log += _publish(live, [ev("a", "u2", "iZ", T0), ev("a9", "u9", "iZ", T0)])
+    log += _publish(live, [ev("b", "u1", "iY", T0 + 30_000)])
+    log += _publish(live, [ev("c", "u3", "iY", T0 + 60_000), ev("c2", "u2", "iW", T0 + 60_000)],
+                    forget=("u9",))
+    log += _publish(live, [ev("d", "u3", "iY", T0 + 65_000)])
+    assert (b"item:iZ", None) in log and (b"user:u9", None) in log
+    whole = Learner(config, device="cpu")
+    apply_changelog(whole, log)
+    recent = {r.key: r.recent_items for r in _all_rows(whole)}
+    assert recent["user:u1"] == ("iY",)
+    _same(_all_rows(whole), _all_rows(live))
+
+
+def test_a_snapshot_that_does_not_load_falls_back_to_the_whole_changelog(tmp_path: Path) -> None:
+    store = _FixedTag(KafkaConfig(bootstrap_servers="127.0.0.1:9092"), folder=str(tmp_path),
+                      transactional_id="t", max_age_s=60)
+    learner = Learner(CONFIG, device="cpu")
+    state = learner.state_dict()
+    del state["tables"]  # as if written by a version with another layout
+    write_state(store.path, state, _tag())
+    assert store.load_into(Learner(CONFIG, device="cpu")) is None
+    write_snapshot(store.path, learner, _tag())
+    assert store.load_into(Learner(CONFIG, device="cpu")) == _tag()
