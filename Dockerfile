@@ -16,8 +16,11 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch
 # A plain install: the wheel carries schemas/ as package data (stream_app/schemas).
 WORKDIR /app
 COPY . /app
+# /var/lib/stream-app: the trainer's snapshot volume (a named volume takes the
+# owner of the image's folder, so the unprivileged user can write it).
 RUN pip install /app \
-    && useradd --system --uid 10001 --home-dir /app --no-create-home stream-app
+    && useradd --system --uid 10001 --home-dir /app --no-create-home stream-app \
+    && install -d -o stream-app -g stream-app /var/lib/stream-app
 
 USER stream-app
 # Metrics/health ports: trainer 9464, scorer 9465 (see deploy/prometheus/prometheus.yml).

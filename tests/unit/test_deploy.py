@@ -221,6 +221,11 @@ def test_referenced_files_exist() -> None:
         assert (PROM / rule_file).is_file()
 
 
+def flags_of(service: dict[str, Any]) -> dict[str, str]:
+    cmd: list[str] = service["command"]
+    return dict(zip(cmd[2::2], cmd[3::2], strict=True))
+
+
 def test_app_commands_ports_and_healthchecks_agree_with_scrape_targets() -> None:
     services = _compose()["services"]
     targets = {t for c in _yaml(PROM / "prometheus.yml")["scrape_configs"]
@@ -230,7 +235,8 @@ def test_app_commands_ports_and_healthchecks_agree_with_scrape_targets() -> None
         cmd: list[str] = service["command"]
         assert cmd[:2] == ["stream-app", name]
         flags = dict(zip(cmd[2::2], cmd[3::2], strict=True))
-        assert set(flags) == COMPOSE_FLAGS, f"{name}: flags {set(flags)}"
+        extra = {"--snapshot-dir"} if name == "trainer" else set()
+        assert set(flags) == COMPOSE_FLAGS | extra, f"{name}: flags {set(flags)}"
         assert flags["--bootstrap-servers"] == "kafka:9092"
         assert flags["--metrics-host"] == "0.0.0.0"  # noqa: S104 (inside the container)
         assert flags["--metrics-port"] == str(port)
@@ -239,6 +245,11 @@ def test_app_commands_ports_and_healthchecks_agree_with_scrape_targets() -> None
         assert f":{port}/healthz" in " ".join(service["healthcheck"]["test"])
         assert services[name]["depends_on"]["topics"]["condition"] == (
             "service_completed_successfully")
+    # The trainer's snapshots live on a named volume the image's user owns.
+    mount = services["trainer"]["volumes"][0].split(":")
+    assert mount[0] in _compose()["volumes"]
+    assert flags_of(services["trainer"])["--snapshot-dir"].startswith(mount[1] + "/")
+    assert f"install -d -o stream-app -g stream-app {mount[1]}" in (ROOT / "Dockerfile").read_text()
     topics = services["topics"]["command"]
     assert topics == ["stream-app", "topics", "create", "--bootstrap-servers", "kafka:9092"]
 
