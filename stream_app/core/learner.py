@@ -216,20 +216,6 @@ class Learner(LearnerOps, LearnerState):
         self._users.ensure(self._user_vocab.allocated)
         self._items.ensure(self._item_vocab.allocated)
 
-    def _evict_rows(self, user_rows: np.ndarray, item_rows: np.ndarray) -> None:
-        """Clear evicted rows so a reused row starts blank; drop their cached grads."""
-        if len(user_rows):
-            rows = self._t(user_rows)
-            self._users.reset_rows(rows, None)
-            self._accum.discard("user", rows)
-            for r in user_rows.tolist():
-                self._deferred.pop(r, None)
-        if len(item_rows):
-            rows = self._t(item_rows)
-            m.compact_history(self._users.hist, rows)
-            self._items.reset_rows(rows, None)
-            self._accum.discard("item", rows)
-
     def _rollback(self, user_ids: tuple[str, ...], item_ids: tuple[str, ...]) -> None:
         for vocab, table, ids in ((self._user_vocab, self._users, user_ids),
                                   (self._item_vocab, self._items, item_ids)):

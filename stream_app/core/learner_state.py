@@ -49,10 +49,7 @@ class LearnerState(LearnerFields):
         row = self._user_vocab.remove(user_id)
         if row is None:
             return False
-        self._deferred.pop(row, None)
-        rows = torch.tensor([row], device=self.device)
-        self._users.reset_rows(rows, None)
-        self._accum.discard("user", rows)
+        self._evict_rows(np.array([row], dtype=np.int64), np.zeros(0, dtype=np.int64))
         return True
 
     def forget_item(self, item_id: str) -> bool:
@@ -66,11 +63,27 @@ class LearnerState(LearnerFields):
         row = self._item_vocab.remove(item_id)
         if row is None:
             return False
-        rows = torch.tensor([row], device=self.device)
-        m.compact_history(self._users.hist, rows)
-        self._items.reset_rows(rows, None)
-        self._accum.discard("item", rows)
+        self._evict_rows(np.zeros(0, dtype=np.int64), np.array([row], dtype=np.int64))
         return True
+
+    def _evict_rows(self, user_rows: npt.NDArray[np.int64],
+                    item_rows: npt.NDArray[np.int64]) -> None:
+        """Clear freed rows so a reused row starts blank; drop their cached grads.
+
+        An item leaves every resolved history; a user's deferred history goes
+        with it, while the other deferred histories stay deferred.
+        """
+        if len(user_rows):
+            rows = torch.as_tensor(user_rows, device=self.device)
+            self._users.reset_rows(rows, None)
+            self._accum.discard("user", rows)
+            for r in user_rows.tolist():
+                self._deferred.pop(r, None)
+        if len(item_rows):
+            rows = torch.as_tensor(item_rows, device=self.device)
+            m.compact_history(self._users.hist, rows)
+            self._items.reset_rows(rows, None)
+            self._accum.discard("item", rows)
 
     def rows(self, *, user_ids: Iterable[str] = (), item_ids: Iterable[str] = (),
              model_version: str, now_ms: int) -> list[EmbeddingRow]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from stream_app.config import KafkaConfig, TopicNames
@@ -169,8 +169,6 @@ def delete_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 30.0
 def topic_id(kafka: KafkaConfig, topic: str, timeout_s: float = 10.0) -> str:
     """The topic's cluster-wide UUID: it changes when a topic is deleted and re-created
     under the same name, which offsets alone cannot tell."""
-    from confluent_kafka import TopicCollection
-
     admin = admin_client(kafka)  # keep the client alive until the future resolves
     try:
         futures = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s)

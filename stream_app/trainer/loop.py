@@ -121,14 +121,16 @@ class Trainer:
         self.metrics.restored_rows.labels(table="user").set(stats.users)
         self.metrics.restored_rows.labels(table="item").set(stats.items)
 
-    def _snapshot(self, consumer: GroupConsumer, *, due: bool, wait: bool = False) -> None:
-        """Write the local snapshot when due, and only while we own every input partition.
+    def _snapshot(self, consumer: GroupConsumer, *, stopping: bool = False) -> None:
+        """Write the local snapshot when due (every interval, and when `stopping`, waiting
+        for the write), and only while we own every input partition.
 
         Called between transactions, so the learner holds exactly what the
         changelog holds; owning all inputs means no other trainer published
         rows it lacks. A failed write costs only restore speed: logged, not fatal.
         """
-        if self._snapshots is None or not due:
+        due = time.monotonic() - self._snapshot_at >= self.cfg.snapshot_interval_s
+        if self._snapshots is None or not (due or stopping):
             return
         self._snapshot_at = time.monotonic()  # due again one interval on, written or not
         try:
@@ -138,7 +140,7 @@ class Trainer:
             log.warning("snapshot skipped: %s", exc)
             return
         self._beat("snapshot")
-        self._snapshots.write(self.learner, wait=wait)
+        self._snapshots.write(self.learner, wait=stopping)
 
     def run(self) -> int:
         """Run until stopped (SIGTERM/SIGINT set `stop`) or idle too long. Returns 0."""
@@ -164,8 +166,7 @@ class Trainer:
                                      co_partitioned=True, event_time=event_time)
             self.ready = True
             self._loop(consumer, publisher)
-            self._snapshot(consumer, due=True, wait=True)  # a clean stop: the next start
-            # reads only what is published after it
+            self._snapshot(consumer, stopping=True)  # the next start reads only what follows
         finally:
             self.ready = False
             if consumer is not None:
@@ -211,8 +212,7 @@ class Trainer:
             if self.on_batch is not None:
                 self.on_batch(result)
             if result.outcome is not TxnOutcome.ABORTED:
-                self._snapshot(consumer, due=time.monotonic() - self._snapshot_at
-                               >= self.cfg.snapshot_interval_s)
+                self._snapshot(consumer)
 
     def process(self, batch: list[RawRecord], consumer: GroupConsumer,
                 publisher: TransactionalPublisher) -> BatchResult:

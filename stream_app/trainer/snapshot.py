@@ -52,19 +52,8 @@ class SnapshotTag:
     written_ms: int
 
 
-def snapshot_path(folder: str | Path, transactional_id: str) -> Path:
-    """One file per trainer instance: instances never share a snapshot."""
-    return Path(folder) / f"{transactional_id}.snapshot"
-
-
-def write_snapshot(path: Path, learner: Learner, tag: SnapshotTag) -> None:
-    """Write the learner's state now (see `write_state`)."""
-    write_state(path, learner.state_dict(), tag)
-
-
 def write_state(path: Path, state: dict[str, Any], tag: SnapshotTag) -> None:
     """Write atomically (temp file, fsync, rename): a crash leaves the old one intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         torch.save({"format": FORMAT, "tag": dataclasses.asdict(tag), "state": state}, f)
@@ -92,26 +81,26 @@ def read_snapshot(path: Path) -> tuple[SnapshotTag, dict[str, Any]] | None:
         raise ValueError(f"snapshot {path} is unreadable: {exc}") from exc
 
 
-def why_unusable(tag: SnapshotTag, state: dict[str, Any], *, learner: Learner, topic: str,
-                 topic_id: str, ends: dict[int, int], now_ms: int,
-                 max_age_ms: int) -> str | None:
-    """Why the snapshot may not match the changelog as it is now; None when it does.
+def why_unusable(tag: SnapshotTag, state: dict[str, Any], *, now: SnapshotTag,
+                 config: dict[str, Any], max_age_ms: int) -> str | None:
+    """Why the snapshot `tag` may not match the changelog as it is `now`; None when it does.
+
+    `config` is the running learner's configuration (`dataclasses.asdict`).
 
     >>> t = SnapshotTag(topic="e", topic_id="A", ends={0: 5}, written_ms=0)
-    >>> why_unusable(t, {}, learner=None, topic="e", topic_id="B", ends={0: 5}, now_ms=0,
-    ...              max_age_ms=1)
+    >>> why_unusable(t, {}, now=dataclasses.replace(t, topic_id="B"), config={}, max_age_ms=1)
     'it was written for another topic (e, id A; now e, id B)'
     """
-    if (tag.topic, tag.topic_id) != (topic, topic_id):
+    if (tag.topic, tag.topic_id) != (now.topic, now.topic_id):
         return (f"it was written for another topic ({tag.topic}, id {tag.topic_id}; "
-                f"now {topic}, id {topic_id})")
-    if set(tag.ends) != set(ends) or any(tag.ends[p] > ends[p] for p in ends):
-        return f"its offsets {tag.ends} do not fit the topic's end offsets {ends}"
-    age_ms = now_ms - tag.written_ms
+                f"now {now.topic}, id {now.topic_id})")
+    if set(tag.ends) != set(now.ends) or any(tag.ends[p] > now.ends[p] for p in now.ends):
+        return f"its offsets {tag.ends} do not fit the topic's end offsets {now.ends}"
+    age_ms = now.written_ms - tag.written_ms
     if age_ms > max_age_ms:
         return (f"it is {age_ms / 3.6e6:.1f} h old, over trainer.snapshot_max_age_s; "
                 "tombstones it has not seen may be compacted away")
-    if state.get("config") != dataclasses.asdict(learner.config):
+    if state.get("config") != config:
         return "it was written with another learner configuration"
     return None
 
@@ -128,7 +117,7 @@ class Snapshots:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise ConfigError(f"trainer.snapshot_dir {folder!r} is not writable by this user")
         self.kafka = kafka
-        self.path = snapshot_path(folder, transactional_id)
+        self.path = Path(folder) / f"{transactional_id}.snapshot"  # one file per instance
         self.client_id = f"{transactional_id}-snapshot"
         self.max_age_ms = int(max_age_s * 1000)
         self.on_written = on_written
@@ -162,8 +151,7 @@ class Snapshots:
             log.warning("snapshot %s not checked (%s); restoring from the whole changelog",
                         self.path, exc)
             return None
-        reason = why_unusable(tag, state, learner=learner, topic=now.topic,
-                              topic_id=now.topic_id, ends=now.ends, now_ms=now.written_ms,
+        reason = why_unusable(tag, state, now=now, config=dataclasses.asdict(learner.config),
                               max_age_ms=self.max_age_ms)
         if reason is not None:
             log.warning("snapshot %s not used: %s; restoring from the whole changelog",

@@ -6,6 +6,7 @@ No broker: the changelog is the list of records the trainer's own
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,6 @@ from stream_app.trainer.snapshot import (
     SnapshotTag,
     read_snapshot,
     why_unusable,
-    write_snapshot,
     write_state,
 )
 from tests.unit.core.streams import T0, ev, random_events, small_config
@@ -70,7 +70,7 @@ def _run(tmp_path: Path) -> tuple[Learner, Log, int, Path]:
         if b == 1:
             tag = SnapshotTag(topic="t.embeddings", topic_id="id", ends={0: len(log)},
                               written_ms=0)
-            write_snapshot(path, live, tag)
+            write_state(path, live.state_dict(), tag)
     return live, log, tag.ends[0], path
 
 
@@ -116,33 +116,31 @@ def _tag(**kw: object) -> SnapshotTag:
     return SnapshotTag(**base)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("now", "expected"), [
+@pytest.mark.parametrize(("changed", "expected"), [
     ({}, None),
     ({"topic_id": "B"}, "another topic"),
     ({"topic": "u.embeddings"}, "another topic"),
     ({"ends": {0: 4, 1: 7}}, "do not fit"),
     ({"ends": {0: 5}}, "do not fit"),
-    ({"now_ms": 1_000 + 3_600_001}, "h old"),
+    ({"written_ms": 1_000 + 3_600_001}, "h old"),
 ])
 def test_a_snapshot_that_may_not_match_the_changelog_is_refused_with_a_reason(
-        now: dict[str, object], expected: str | None) -> None:
+        changed: dict[str, object], expected: str | None) -> None:
     learner = Learner(CONFIG, device="cpu")
-    args: dict[str, object] = {"topic": "t.embeddings", "topic_id": "A", "ends": {0: 9, 1: 7},
-                               "now_ms": 2_000}
-    args.update(now)
-    reason = why_unusable(_tag(), learner.state_dict(), learner=learner,
-                          max_age_ms=3_600_000, **args)  # type: ignore[arg-type]
+    now = dataclasses.replace(_tag(ends={0: 9, 1: 7}, written_ms=2_000), **changed)
+    reason = why_unusable(_tag(), learner.state_dict(), now=now,
+                          config=dataclasses.asdict(learner.config), max_age_ms=3_600_000)
     assert reason is None if expected is None else expected in (reason or "")
 
 
 def test_another_learner_config_or_a_torn_file_is_refused(tmp_path: Path) -> None:
     learner = Learner(CONFIG, device="cpu")
     other = Learner(small_config(dim=4), device="cpu")
-    reason = why_unusable(_tag(), other.state_dict(), learner=learner, topic="t.embeddings",
-                          topic_id="A", ends={0: 5, 1: 7}, now_ms=1_000, max_age_ms=1)
+    reason = why_unusable(_tag(), other.state_dict(), now=_tag(),
+                          config=dataclasses.asdict(learner.config), max_age_ms=1)
     assert reason == "it was written with another learner configuration"
     path = tmp_path / "x.snapshot"
-    write_snapshot(path, learner, _tag())
+    write_state(path, learner.state_dict(), _tag())
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="unreadable"):
         read_snapshot(path)
@@ -201,7 +199,7 @@ def test_a_broker_that_cannot_tag_skips_the_snapshot_instead_of_stopping_the_tra
     learner = Learner(CONFIG, device="cpu")
     store.write(learner, wait=True)
     assert not store.path.exists()
-    write_snapshot(store.path, learner, _tag())
+    write_state(store.path, learner.state_dict(), _tag())
     assert store.load_into(Learner(CONFIG, device="cpu")) is None  # whole changelog instead
 
 
@@ -232,5 +230,5 @@ def test_a_snapshot_that_does_not_load_falls_back_to_the_whole_changelog(tmp_pat
     del state["tables"]  # as if written by a version with another layout
     write_state(store.path, state, _tag())
     assert store.load_into(Learner(CONFIG, device="cpu")) is None
-    write_snapshot(store.path, learner, _tag())
+    write_state(store.path, learner.state_dict(), _tag())
     assert store.load_into(Learner(CONFIG, device="cpu")) == _tag()
