@@ -184,6 +184,8 @@ class Learner(LearnerOps, LearnerState):
         """Prequential metrics of the current model on `events`, before learning them.
 
         Changes nothing. Users without a row are scored with the cold-start row.
+        Each user's recent items are left out of both rankings, as the scorer
+        leaves them out of what it serves (see `evaluate.py`).
         Batches over `eval_max_events` are evaluated on an evenly spaced subset
         (deterministic, no RNG): ranking every event against every item was
         half of the trainer's time, and the metrics are per-event averages.

@@ -125,11 +125,13 @@ class LearnerOps(LearnerFields):
                              loss=float("nan"), exact=True)
         if not exact:
             pick = torch.randperm(n_live, generator=self._gen, device=self.device)
-            cand = cand[pick[: cfg.eval_max_items]]
+            cand = torch.sort(cand[pick[: cfg.eval_max_items]]).values
         scale = n_live / len(cand) if len(cand) else 1.0
         uniq_u, u_inv = torch.unique(torch.as_tensor(u_np, device=self.device),
                                      return_inverse=True)
         x = self._serving(uniq_u)
+        hist = self._users.hist.index_select(0, uniq_u).index_select(0, u_inv)  # (B, L)
+        seen_target = ((hist == target.unsqueeze(1)) & (hist >= 0)).any(dim=1)
         vecs, cbias = self._items.vec.index_select(0, cand), bias.index_select(0, cand)
         ranks = torch.empty(len(events), dtype=torch.float64, device=self.device)
         lse = torch.empty(len(events), dtype=torch.float64, device=self.device)
@@ -144,19 +146,22 @@ class LearnerOps(LearnerFields):
             else:
                 t_score = (xs * self._items.vec.index_select(0, target[sl])).sum(1) \
                     + bias[target[sl]]
-            ranks[sl] = ranks_of_targets(scores, t_score, None) * scale
             # float64: the sum must not depend on the row layout, so a restored
             # learner reports bit-identical loss (row order differs after restore).
             lse[sl] = torch.logsumexp(scores.double(), dim=1) + float(np.log(scale))
-            ranks[sl] = torch.where(known[sl], ranks[sl], torch.full_like(ranks[sl], float("inf")))
+            _mask_history(scores, cand, hist[sl])
+            ranks[sl] = ranks_of_targets(scores, t_score, None) * scale
             lse[sl] = lse[sl] - torch.where(known[sl], t_score.double(),
                                             torch.full_like(lse[sl], float("nan")))
         sorted_bias = torch.sort(bias[live]).values
         above = n_live - torch.searchsorted(sorted_bias, bias[target], right=True)
         ties = torch.searchsorted(sorted_bias, bias[target], right=True) \
             - torch.searchsorted(sorted_bias, bias[target], right=False)
-        pop_rank = above.double() + 0.5 * (ties - 1).clamp(min=0).double()
-        pop_rank = torch.where(known, pop_rank, torch.full_like(pop_rank, float("inf")))
+        pop_rank = above.double() + 0.5 * (ties - 1).clamp(min=0).double() \
+            - _history_above(hist, bias, target)
+        shown = known & ~seen_target
+        ranks = torch.where(shown, ranks, torch.full_like(ranks, float("inf")))
+        pop_rank = torch.where(shown, pop_rank, torch.full_like(pop_rank, float("inf")))
         loss = float((lse[known] * w[known]).sum() / w[known].sum()) if bool(known.any()) \
             else float("nan")
         n_users = len(index)
@@ -212,3 +217,32 @@ class LearnerOps(LearnerFields):
         scores = x @ self._items.vec.index_select(0, cols).T + bias.index_select(0, cols)
         ids = tuple(self._item_vocab.ids[c] or "" for c in cols.tolist())
         return ids, scores.cpu().numpy()
+
+
+def _mask_history(scores: torch.Tensor, cand: torch.Tensor, hist: torch.Tensor) -> None:
+    """Set each event's history items among the sorted candidates `cand` to -inf (in place).
+
+    scores: (B, N) over `cand`; hist: (B, L) item rows, -1 = empty.
+    """
+    if len(cand) == 0:
+        return
+    col = torch.searchsorted(cand, hist.clamp(min=0)).clamp(max=len(cand) - 1)
+    present = (hist >= 0) & (cand.index_select(0, col.flatten()).view_as(col) == hist)
+    r, c = torch.nonzero(present, as_tuple=True)
+    scores[r, col[r, c]] = float("-inf")
+
+
+def _history_above(hist: torch.Tensor, bias: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) float64: how many of each event's distinct history items rank above its target by bias.
+
+    Ties count half, as in `ranks_of_targets`; removing them from a popularity
+    rank gives the rank among the items the scorer would show.
+    """
+    ordered = torch.sort(hist, dim=1).values
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    other = first & (ordered >= 0) & (ordered != target.unsqueeze(1))
+    hb = bias.index_select(0, ordered.clamp(min=0).flatten()).view_as(ordered)
+    tb = bias.index_select(0, target).unsqueeze(1)
+    return ((other & (hb > tb)).sum(dim=1).double()
+            + 0.5 * (other & (hb == tb)).sum(dim=1).double())

@@ -45,6 +45,48 @@ def test_metrics_equal_hand_computed_values() -> None:
     assert stats.exact and stats.n_events == 4 and stats.k == 2
 
 
+def test_recent_items_are_ranked_out_as_the_scorer_leaves_them_out() -> None:
+    learner = Learner(small_config(dim=2, eval_k=2, history_weight=1.0), device="cpu")
+    learner.apply_rows([
+        _item("a", [1, 0], 2.0), _item("b", [0, 1], 1.0), _item("c", [0, 0], 0.5),
+        EmbeddingRow(entity="user", id="u", vector=np.zeros(2, dtype=np.float32), bias=0.0,
+                     model_version="t", updates=1, updated_at=0, last_event_ts=0,
+                     recent_items=("a",),
+                     state={"id_vec": np.array([2, 0], dtype=np.float32), "opt": {"acc": 0.0}}),
+    ])
+    # Serving vector of u = [2, 0] + v_a = [3, 0]: scores a=5, b=1, c=0.5, and
+    # popularity a > b > c. With a (just seen) left out, b ranks 0 and c ranks 1
+    # for both; counted in, they would rank 1 and 2.
+    stats = learner.evaluate([ev("1", "u", "b", 0), ev("2", "u", "c", 0)])
+    for met in (stats.model, stats.popularity):
+        assert (met.recall, met.mrr) == (1.0, pytest.approx(0.75))
+    # The loss is still the softmax over every item, the history included.
+    lse = math.log(math.exp(5) + math.exp(1) + math.exp(0.5))
+    assert stats.loss == pytest.approx(((lse - 1) + (lse - 0.5)) / 2, rel=1e-5)
+    # An event on a seen item is a miss: the scorer would not have shown it.
+    again = learner.evaluate([ev("3", "u", "a", 0)])
+    assert again.model.hit_rate == again.popularity.hit_rate == 0.0
+
+
+def test_recent_items_are_ranked_out_of_a_sampled_ranking_too() -> None:
+    # 4 live items, 3 sampled per evaluation: a (seen, best score) is in most
+    # samples, and must never count above the target.
+    learner = Learner(small_config(dim=2, eval_k=2, eval_max_items=3, history_weight=1.0),
+                      device="cpu")
+    learner.apply_rows([
+        _item("a", [1, 0], 2.0), _item("b", [0, 1], 1.0), _item("c", [0, 0], 0.5),
+        _item("d", [0, 0], 0.1),
+        EmbeddingRow(entity="user", id="u", vector=np.zeros(2, dtype=np.float32), bias=0.0,
+                     model_version="t", updates=1, updated_at=0, last_event_ts=0,
+                     recent_items=("a",),
+                     state={"id_vec": np.array([2, 0], dtype=np.float32), "opt": {"acc": 0.0}}),
+    ])
+    for _ in range(20):
+        stats = learner.evaluate([ev("1", "u", "b", 0)])
+        assert not stats.exact
+        assert stats.model.mrr == stats.popularity.mrr == 1.0
+
+
 def test_evaluate_changes_nothing() -> None:
     learner = Learner(small_config(), device="cpu")
     learner.learn([ev("1", "u", "a", 0), ev("2", "u", "b", 0)])
