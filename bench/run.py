@@ -67,15 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     plan = QUICK if args.quick else FULL
+    mode = "quick" if args.quick else "full"
     status: dict[str, Any] = {}
     if not args.render_only:
         for name, cmd in plan.items():
             if args.only and name not in args.only:
                 continue
             status[name] = run_one(name, cmd, args.out)
-        (args.out / "run.json").write_text(json.dumps(
-            {"mode": "quick" if args.quick else "full", "status": status}, indent=2))
-    render(args.out, Path("BENCHMARKS.md"), mode="quick" if args.quick else "full")
+        run_file = args.out / "run.json"
+        # --only re-runs some benchmarks: the others' results (and status) still stand.
+        kept = json.loads(run_file.read_text()) if args.only and run_file.exists() else {}
+        kept_status = kept.get("status", {}) if kept.get("mode") == mode else {}
+        run_file.write_text(json.dumps({"mode": mode, "status": {**kept_status, **status}},
+                                       indent=2))
+    render(args.out, Path("BENCHMARKS.md"), mode=mode)
     return 1 if any(s["exit"] for s in status.values()) else 0
 
 
