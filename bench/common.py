@@ -58,7 +58,10 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gb, 1),
             "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "date": time.strftime("%Y-%m-%d")}
+            "date": time.strftime("%Y-%m-%d"),
+            # 1/5/15-minute load when the result is written: other work on a
+            # shared 2-core machine moves absolute rates a lot.
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def write_json(path: Path | None, result: dict[str, Any]) -> None:
