@@ -35,7 +35,7 @@ FULL: dict[str, list[str]] = {
     "codec_speed": ["-m", "bench.codec_speed"],
     "core_throughput": ["-m", "bench.core_throughput"],
     "ingest": ["-m", "bench.ingest", "--events", "1000000", "--profile", "{out}/ingest.prof"],
-    "freshness": ["-m", "bench.freshness", "--rates", "5000", "20000", "--seconds", "20"],
+    "freshness": ["-m", "bench.freshness", "--rates", "3000", "5000", "20000", "--seconds", "20"],
     "scorer_latency": ["-m", "bench.scorer_latency", "--threads", "1"],
     "restore_memory": ["-m", "bench.restore_memory", "--rows", "1000000"],
     "quality_offline": ["-m", "bench.quality_offline", "--baselines"],
