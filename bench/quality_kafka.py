@@ -29,11 +29,12 @@ from bench.quality_offline import (
     DATA,
     DAY_MS,
     DECAY_GRID_DAYS,
+    learner_scores,
     load,
     parse_overrides,
     popularity_scores,
     ratio_interval,
-    run_learner,
+    split,
     to_events,
     topk_metrics,
 )
@@ -46,18 +47,6 @@ from stream_app.scorer import Scorer
 from stream_app.serving.config import ScorerConfig
 from stream_app.sources import to_record
 from stream_app.trainer import TrainerConfig, make_trainer
-
-
-def split(d: dict[str, np.ndarray]) -> tuple[int, dict[str, set[str]], dict[str, set[str]]]:
-    n_train = int(len(d["ts"]) * 0.8)
-    seen: dict[str, set[str]] = {}
-    for u, i in zip(d["user"][:n_train].tolist(), d["item"][:n_train].tolist(), strict=True):
-        seen.setdefault(str(u), set()).add(str(i))
-    test: dict[str, set[str]] = {}
-    for u, i in zip(d["user"][n_train:].tolist(), d["item"][n_train:].tolist(), strict=True):
-        if str(u) in seen:
-            test.setdefault(str(u), set()).add(str(i))
-    return n_train, seen, test
 
 
 def through_kafka(kafka: KafkaConfig, events: list[Event], config: LearnerConfig,
@@ -117,9 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     d = load(args.data, args.limit)
-    n_train, seen, test = split(d)
-    users = sorted(test)
-    item_ids = sorted({str(i) for i in d["item"][:n_train].tolist()})
+    n_train = int(len(d["ts"]) * 0.8)
+    users, item_ids, seen, test = split(d, n_train)
     config = LearnerConfig(**parse_overrides(args.X))
     events = to_events(d, 0, n_train)
     methods: dict[str, dict[str, float]] = {}
@@ -130,12 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         s = popularity_scores(d, n_train, item_ids, days * DAY_MS)
         methods[f"decayed_popularity_{days}d"] = topk_metrics(tiled(s), item_ids, users, seen,
                                                               test, args.k)
-    learner, _, _ = run_learner(config, events, args.batch_max, "cpu")
-    ids, scores = learner.score_all(users)
-    full = np.full((len(users), len(item_ids)), -np.inf)
-    col = {i: c for c, i in enumerate(item_ids)}
-    keep = [(c, col[i]) for c, i in enumerate(ids) if i in col]
-    full[:, [kk for _, kk in keep]] = scores[:, [c for c, _ in keep]]
+    full, _, _ = learner_scores(config, d, n_train, users, item_ids, args.batch_max, "cpu")
     methods["core_offline"] = topk_metrics(full, item_ids, users, seen, test, args.k)
     with bench_broker() as bootstrap, fresh_topics(bootstrap) as kafka:
         kscores, timing = through_kafka(kafka, events, config, users, seen, item_ids, args.k,
