@@ -42,6 +42,7 @@ class Event:
     kind: EventKind
     quantity: int | None = None
     price: float | None = None
+    item_released_at: int | None = None
     context: dict[str, Any] | None = field(default=None, compare=False)
 
 

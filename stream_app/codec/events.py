@@ -75,7 +75,7 @@ def schema_event(obj: Any, kind: EventKind) -> Event:
         s.validate(obj)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise error_for(exc, s.name) from exc
-    quantity, price = obj.get("quantity"), obj.get("price")
+    quantity, price, released = obj.get("quantity"), obj.get("price"), obj.get("item_released_at")
     return Event(
         event_id=id_str(obj["event_id"]),
         user_id=id_str(obj["user_id"]),
@@ -84,6 +84,7 @@ def schema_event(obj: Any, kind: EventKind) -> Event:
         kind=kind,
         quantity=None if quantity is None else int(quantity),
         price=None if price is None else float(price),
+        item_released_at=None if released is None else int(released),
         context=obj.get("context"),
     )
 
@@ -126,9 +127,14 @@ def _fast_optional(
         if type(raw) not in (int, float) or not _PRICE["minimum"] <= raw <= _PRICE["maximum"]:
             return None
         price = float(raw)
+    released = None
+    if "item_released_at" in obj:
+        released = fast_int(obj["item_released_at"], *_TS_RANGE, hi_exclusive=True)
+        if released is None:
+            return None
     return Event(
         event_id=event_id, user_id=user_id, item_id=item_id, ts=ts, kind=kind,
-        quantity=quantity, price=price, context=context,
+        quantity=quantity, price=price, item_released_at=released, context=context,
     )  # fmt: skip
 
 
@@ -149,6 +155,8 @@ def encode_event(event: Event) -> bytes:
             if not math.isfinite(event.price):
                 raise EncodeError(f"event {event.event_id!r}: price must be finite")
             obj["price"] = event.price
+    if event.item_released_at is not None:
+        obj["item_released_at"] = event.item_released_at
     if event.context is not None:
         obj["context"] = event.context
     try:

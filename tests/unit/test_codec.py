@@ -110,7 +110,8 @@ def test_integer_ids_are_normalised_and_key_compared_as_text() -> None:
 def test_purchase_fields_and_context_survive() -> None:
     event = Event(
         event_id="p1", user_id="ü-ser", item_id="i 1", ts=0, kind=EventKind.PURCHASE,
-        quantity=3, price=0.0, context={"nested": {"a": [1, None]}},
+        quantity=3, price=0.0, item_released_at=946_684_800_000,
+        context={"nested": {"a": [1, None]}},
     )  # fmt: skip
     back = decode_event(encode_event(event), "ü-ser".encode(), EventKind.PURCHASE)
     assert back == event and back.context == event.context

@@ -52,7 +52,8 @@ json_values = st.recursive(
     ),
     max_leaves=6,
 )
-FIELDS = ["event_id", "user_id", "item_id", "ts", "quantity", "price", "context", "extra"]
+FIELDS = ["event_id", "user_id", "item_id", "ts", "quantity", "price", "item_released_at",
+          "context", "extra"]
 
 
 @st.composite
@@ -79,7 +80,8 @@ def _agree(obj: Any, kind: EventKind) -> None:
     assert fast == slow, (obj, fast, slow)
     if fast is not None and slow is not None:
         assert fast.context == slow.context
-        assert (type(fast.price), type(fast.quantity)) == (type(slow.price), type(slow.quantity))
+        assert (type(fast.price), type(fast.quantity), type(fast.item_released_at)) == \
+            (type(slow.price), type(slow.quantity), type(slow.item_released_at))
 
 
 @FUZZ
