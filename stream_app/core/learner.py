@@ -157,6 +157,8 @@ class Learner(LearnerOps, LearnerState):
         if applied:
             self._apply(self._accum.pop())
         self._items.logpop = new_logpop
+        self._record_releases(kept, i_rows)
+        flips = m.release_flips(cfg, self._items.released, self._watermark_ms, now)
         own_user = u_t > COLD_ROW
         m.push_history(self._users.hist, u_t[fresh_t & own_user], i_t[fresh_t & own_user],
                        ts_t[fresh_t & own_user])
@@ -168,7 +170,8 @@ class Learner(LearnerOps, LearnerState):
         self._rate.commit(rate_pending, now)
         self._watermark_ms, self._origin_ms = now, origin
         changed_u = torch.cat([u_t, g_user_rows]) if applied else u_t
-        changed_i = torch.cat([i_t[fresh_t], g_item_rows]) if applied else i_t[fresh_t]
+        # Items whose release prior switched on or off changed their served bias.
+        changed_i = torch.cat([i_t[fresh_t], flips, *([g_item_rows] if applied else [])])
         t4 = time.perf_counter()
         return StepStats(
             step=self._step, loss=loss, n_applied=len(kept), outcomes=tuple(outcomes),
@@ -223,6 +226,15 @@ class Learner(LearnerOps, LearnerState):
                                   (self._item_vocab, self._items, item_ids)):
             rows = [r for r in (vocab.remove(i) for i in ids) if r is not None]
             table.reset_rows(self._t(np.array(rows, dtype=np.int64)), None)
+
+    def _record_releases(self, events: list[Event], item_rows: np.ndarray) -> None:
+        """Keep each item's release time from its events (the batch's last value wins)."""
+        latest = {int(r): e.item_released_at for e, r in zip(events, item_rows, strict=True)
+                  if e.item_released_at is not None and r > COLD_ROW}
+        if latest:
+            rows = torch.as_tensor(list(latest), device=self.device)
+            self._items.released[rows] = torch.as_tensor(list(latest.values()),
+                                                         dtype=torch.float64, device=self.device)
 
     def _replay_sample(self, n_fresh: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = int(round(self.config.replay_ratio * n_fresh))

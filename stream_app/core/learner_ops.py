@@ -87,9 +87,9 @@ class LearnerOps(LearnerFields):
         return m.serving_vectors(self.config, self._users, self._items, user_rows)
 
     def _item_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(bias relative to its max as float32 (rows,), live mask (rows,))."""
+        """(served bias relative to its max as float32 (rows,), live mask (rows,))."""
         live = torch.as_tensor(self._item_vocab.active_mask(), device=self.device)
-        bias = self.config.pop_weight * self._items.logpop
+        bias = m.served_bias(self.config, self._items, self._watermark_ms)
         finite = live & torch.isfinite(bias)
         ref = bias[finite].max() if bool(finite.any()) else torch.zeros((), dtype=bias.dtype,
                                                                           device=self.device)
@@ -194,7 +194,7 @@ class LearnerOps(LearnerFields):
         item_ids = tuple(tuple(ids[j] or "" if np.isfinite(s) else ""
                                for j, s in zip(r, sc, strict=True))
                          for r, sc in zip(top.indices.tolist(), top.values.tolist(), strict=True))
-        abs_bias = self.config.pop_weight * self._items.logpop
+        abs_bias = m.served_bias(self.config, self._items, self._watermark_ms)
         dot = (x.unsqueeze(1) * self._items.vec[top.indices]).sum(2).double()
         out = torch.where(torch.isfinite(top.values), dot + abs_bias[top.indices],
                           torch.full_like(dot, float("-inf")))

@@ -131,18 +131,23 @@ class LearnerState(LearnerFields):
         idx = torch.from_numpy(rows).to(self.device)
         vecs = self._items.vec.index_select(0, idx).cpu().numpy().astype(np.float32)
         logpops = self._items.logpop.index_select(0, idx).cpu().numpy()
+        biases = m.served_bias(self.config, self._items, self._watermark_ms) \
+            .index_select(0, idx).cpu().numpy()
+        released = self._items.released.index_select(0, idx).cpu().numpy()
         updates = self._items.updates.index_select(0, idx).cpu().numpy()
         slots = codec.gather_slots(self._items, idx)
         out = []
         for n, (iid, r) in enumerate(zip(ids, rows.tolist(), strict=True)):
             logpop = codec.finite_logpop(float(logpops[n]))
+            state = {"format": codec.STATE_FORMAT, "logpop": logpop,
+                     "opt": codec.slots_of(slots, n)}
+            if not np.isnan(released[n]):
+                state["released_at"] = int(released[n])
             out.append(EmbeddingRow(
                 entity="item", id=iid, vector=vecs[n].copy(),
-                bias=self.config.pop_weight * logpop, model_version=version,
+                bias=codec.finite_logpop(float(biases[n])), model_version=version,
                 updates=int(updates[n]), updated_at=now_ms,
-                last_event_ts=int(self._item_vocab.last_ts[r]),
-                state={"format": codec.STATE_FORMAT, "logpop": logpop,
-                       "opt": codec.slots_of(slots, n)}))
+                last_event_ts=int(self._item_vocab.last_ts[r]), state=state))
         return out
 
     def apply_rows(self, rows: Iterable[EmbeddingRow]) -> None:
@@ -183,6 +188,7 @@ class LearnerState(LearnerFields):
         codec.decode_slots(self._items, r, row.state["opt"])
         self._items.updates[r] = row.updates
         self._items.logpop[r] = codec.read_logpop(float(row.state["logpop"]))
+        self._items.released[r] = float(row.state.get("released_at", float("nan")))
 
     def global_state(self) -> dict[str, Any]:
         """JSON-able state that is not per row: counters, time origin, cold rows, RNG."""
@@ -220,6 +226,7 @@ class LearnerState(LearnerFields):
         for name, t in (("users", self._users), ("items", self._items)):
             tables[name] = {"vec": t.vec.clone(), "updates": t.updates.clone(),
                             "logpop": t.logpop.clone(), "hist": t.hist.clone(),
+                            "released": t.released.clone(),
                             "slots": {k: v.clone() for k, v in t.slots.items()}}
         vocabs = {name: {"ids": list(v.ids), "last_ts": v.last_ts.copy(), "free": list(v.free),
                          "pending": list(v.pending.items())}
@@ -242,6 +249,7 @@ class LearnerState(LearnerFields):
             src = state["tables"][name]
             t.vec, t.updates = src["vec"].to(self.device), src["updates"].to(self.device)
             t.logpop, t.hist = src["logpop"].to(self.device), src["hist"].to(self.device)
+            t.released = src["released"].to(self.device)
             t.slots = {k: v.to(self.device) for k, v in src["slots"].items()}
         for name, v in (("users", self._user_vocab), ("items", self._item_vocab)):
             src = state["vocabs"][name]

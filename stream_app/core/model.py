@@ -3,6 +3,7 @@ r"""Embedding tables and the scoring model.
     score(u, j) = x_u . v_j + b_j
     x_u = p_u + history_weight * sum_p decay^p v_{h_u[p]} / sum_p decay^p   (serving vector)
     b_j = pop_weight * log sum_k w_k 2^((t_k - origin) / half_life)        (item bias)
+    served score: score(u, j) + release_prior_j (see `release_prior`; not in the loss)
 
 - p_u (dim,): the learned id vector of user u.
 - h_u (L,): item rows the user touched, most recent first, -1 padded; valid
@@ -28,7 +29,9 @@ from stream_app.core.optim import new_slots
 class Table:
     """Rows of one entity: vec (rows, dim), optimiser slots, and entity extras.
 
-    Items also hold `logpop` (rows,) float64; users hold `hist` (rows, L) int64.
+    Items also hold `logpop` (rows,) float64 and `released` (rows,) float64
+    (release time in ms from events' `item_released_at`, NaN = unknown);
+    users hold `hist` (rows, L) int64.
     """
 
     def __init__(self, config: LearnerConfig, device: torch.device, *, items: bool) -> None:
@@ -39,6 +42,7 @@ class Table:
         self.slots = new_slots(config.optimizer, 0, config.dim, device)
         self.updates = torch.zeros(0, dtype=torch.int64, device=device)
         self.logpop = torch.zeros(0, dtype=torch.float64, device=device)
+        self.released = torch.zeros(0, dtype=torch.float64, device=device)
         self.hist = torch.zeros(0, config.recent_items, dtype=torch.int64, device=device)
 
     def __len__(self) -> int:
@@ -57,6 +61,9 @@ class Table:
                                                             device=self.device)])
         self.logpop = torch.cat([self.logpop, torch.full((extra,), float("-inf"),
                                                          dtype=torch.float64, device=self.device)])
+        self.released = torch.cat([self.released, torch.full((extra,), float("nan"),
+                                                             dtype=torch.float64,
+                                                             device=self.device)])
         self.hist = torch.cat([self.hist, torch.full((extra, self.config.recent_items), -1,
                                                      dtype=torch.int64, device=self.device)])
 
@@ -74,6 +81,7 @@ class Table:
             v[rows] = 0
         self.updates[rows] = 0
         self.logpop[rows] = float("-inf")
+        self.released[rows] = float("nan")
         self.hist[rows] = -1
 
 
@@ -102,6 +110,38 @@ def serving_vectors(config: LearnerConfig, users: Table, items: Table,
     valid = hist >= 0
     hist_vecs = items.vec.index_select(0, hist.clamp(min=0).flatten()).view(*hist.shape, -1)
     return serving(config, users.vec.index_select(0, user_rows), hist_vecs, valid)
+
+
+def release_prior(config: LearnerConfig, released: torch.Tensor,
+                  now_ms: int | None) -> torch.Tensor:
+    """release_boost where 0 <= now - released < release_window_ms, else 0: (rows,) float64.
+
+    Added to served scores only. The horizon a recommendation serves is
+    longer than the next batch the loss looks at: a film of the year keeps
+    being watched for months after its first events, which its decayed
+    popularity does not yet show (MovieLens: BENCHMARKS.md, Quality). In the
+    loss the embeddings would learn to cancel it.
+    """
+    if now_ms is None or config.release_boost == 0:
+        return torch.zeros_like(released)
+    age = now_ms - released  # NaN (unknown) compares False
+    recent = (age >= 0) & (age < config.release_window_ms)
+    return recent.to(torch.float64) * config.release_boost
+
+
+def served_bias(config: LearnerConfig, items: Table, now_ms: int | None) -> torch.Tensor:
+    """Each item row's bias as served: popularity plus the release prior, float64 (rows,)."""
+    return config.pop_weight * items.logpop + release_prior(config, items.released, now_ms)
+
+
+def release_flips(config: LearnerConfig, released: torch.Tensor, before_ms: int | None,
+                  now_ms: int) -> torch.Tensor:
+    """Rows whose release prior changed as event time went from `before_ms` to `now_ms`."""
+    if before_ms is None or config.release_boost == 0 or now_ms <= before_ms:
+        return torch.zeros(0, dtype=torch.int64, device=released.device)
+    starts, ends = released, released + config.release_window_ms
+    flipped = ((starts > before_ms) & (starts <= now_ms)) | ((ends > before_ms) & (ends <= now_ms))
+    return torch.nonzero(flipped).flatten()
 
 
 def decayed_log_weight(config: LearnerConfig, ts: torch.Tensor, weights: torch.Tensor,
