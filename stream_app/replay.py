@@ -23,7 +23,7 @@ from stream_app.sources import RawRecord, to_record
 from stream_app.sources.csv import read_csv
 from stream_app.sources.generate import generate
 from stream_app.sources.jsonl import read_jsonl
-from stream_app.sources.movielens import read_ratings
+from stream_app.sources.movielens import read_movies, read_ratings, release_times
 
 Format = Literal["movielens", "jsonl", "csv"]
 
@@ -33,7 +33,11 @@ def file_records(path: Path, fmt: Format) -> Iterator[RawRecord]:
     if not path.exists():
         raise ConfigError(f"replay input {path} does not exist")
     if fmt == "movielens":
-        events = read_ratings(path, sort_by_time=True)
+        # A movies file beside the ratings gives each event its film's release time.
+        movies = next((m for m in (path.with_name("movies.dat.gz"), path.with_name("movies.dat"))
+                       if m.is_file()), None)
+        released = release_times(read_movies(movies)) if movies is not None else None
+        events = read_ratings(path, sort_by_time=True, released=released)
     elif fmt == "jsonl":
         events = read_jsonl(path)
     else:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from stream_app.sources import RawRecord, to_record
 from stream_app.sources.generate import generate
-from stream_app.sources.movielens import read_movies, read_ratings
+from stream_app.sources.movielens import read_movies, read_ratings, release_times
 
 RECENT = 5
 
@@ -55,9 +55,10 @@ def load_input(data: Path | None, limit: int, *, seed: int = 0) -> DemoInput:
     files = _movielens_files(data) if data is not None else None
     if files is not None:
         ratings, movies = files
-        events = itertools.islice(read_ratings(ratings, sort_by_time=True), limit)
-        records = [to_record(e) for e in events]
         titles = read_movies(movies) if movies is not None else {}
+        events = itertools.islice(read_ratings(ratings, sort_by_time=True,
+                                               released=release_times(titles)), limit)
+        records = [to_record(e) for e in events]
         return _with_history(DemoInput(
             records=records, titles=titles,
             description=f"MovieLens ({ratings}), first {len(records):,} ratings by time"))

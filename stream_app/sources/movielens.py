@@ -11,11 +11,15 @@ the separator is detected per line. Mapping (documented, threshold a parameter):
 Event time = timestamp * 1000 (ms); event_id = ``ml-{user}-{item}-{ts}``
 (deterministic and unique: a user rates a movie once). The files are sorted by
 user, not time: pass `sort_by_time=True` to replay them as a live stream.
+With `released` (from `release_times(read_movies(...))`) each event carries its
+film's release time, January 1 of the year in its title, as `item_released_at`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import calendar
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +38,7 @@ def read_ratings(
     purchase_threshold: int = 4,
     mode: Mode = "split",
     sort_by_time: bool = False,
+    released: Mapping[str, int] | None = None,
 ) -> Iterator[Event]:
     """Events from a ratings file; see the module docstring for the mapping.
 
@@ -47,28 +52,30 @@ def read_ratings(
     if sort_by_time:
         # Stable sort on (ts, user, item): ties replay in a deterministic order.
         ratings = sorted(ratings, key=lambda r: (r[3], r[0], r[1]))
+    released = released or {}
     for rating in ratings:
-        yield from rating_events(rating, purchase_threshold=purchase_threshold, mode=mode)
+        yield from rating_events(rating, purchase_threshold=purchase_threshold, mode=mode,
+                                 released_at=released.get(str(rating[1])))
 
 
 def rating_events(
-    rating: Rating, *, purchase_threshold: int = 4, mode: Mode = "split"
+    rating: Rating, *, purchase_threshold: int = 4, mode: Mode = "split",
+    released_at: int | None = None,
 ) -> list[Event]:
     """The one or two events of one rating."""
     user, item, stars, seconds = rating
     base = f"ml-{user}-{item}-{seconds}"
     ts = seconds * 1000
     liked = stars >= purchase_threshold
+
+    def event(event_id: str, kind: EventKind) -> Event:
+        return Event(event_id=event_id, user_id=str(user), item_id=str(item), ts=ts, kind=kind,
+                     item_released_at=released_at)
+
     if mode == "split":
-        kind = EventKind.PURCHASE if liked else EventKind.CLICK
-        return [Event(event_id=base, user_id=str(user), item_id=str(item), ts=ts, kind=kind)]
-    click = Event(event_id=base, user_id=str(user), item_id=str(item), ts=ts, kind=EventKind.CLICK)
-    if not liked:
-        return [click]
-    purchase = Event(
-        event_id=f"{base}-p", user_id=str(user), item_id=str(item), ts=ts, kind=EventKind.PURCHASE
-    )
-    return [click, purchase]
+        return [event(base, EventKind.PURCHASE if liked else EventKind.CLICK)]
+    click = event(base, EventKind.CLICK)
+    return [click, event(f"{base}-p", EventKind.PURCHASE)] if liked else [click]
 
 
 def read_raw_ratings(path: Path) -> Iterator[Rating]:
@@ -106,3 +113,17 @@ def read_movies(path: Path | str) -> dict[str, str]:
                 raise SourceError(path, number, f"expected MovieID::Title::Genres, got {line!r}")
             titles[movie_id] = title
     return titles
+
+
+def release_times(titles: Mapping[str, str]) -> dict[str, int]:
+    """Item id -> January 1 (UTC, ms) of the year in its title ("Heat (1995)"); no year, no entry.
+
+    >>> release_times({"1": "Toy Story (1995)", "2": "Untitled"})
+    {'1': 788918400000}
+    """
+    out = {}
+    for item, title in titles.items():
+        match = re.search(r"\((\d{4})\)\s*$", title)
+        if match:
+            out[item] = calendar.timegm((int(match.group(1)), 1, 1, 0, 0, 0)) * 1000
+    return out

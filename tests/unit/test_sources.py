@@ -17,7 +17,7 @@ from stream_app.sources.corrupt import CORRUPTIONS, corrupt, corrupt_click
 from stream_app.sources.csv import read_csv
 from stream_app.sources.generate import generate, make_world
 from stream_app.sources.jsonl import read_jsonl, read_jsonl_records, write_jsonl
-from stream_app.sources.movielens import read_movies, read_ratings
+from stream_app.sources.movielens import read_movies, read_ratings, release_times
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -63,6 +63,16 @@ def test_movielens_bad_line_names_file_and_line(tmp_path: Path) -> None:
 def test_read_movies_latin1_and_titles_with_separator() -> None:
     titles = read_movies(DATA / "movies_small.dat")
     assert titles == {"1": "Toy Story (1995)", "2": "Café Society (1995)", "3": "A::B::C (1999)"}
+
+
+def test_release_times_from_titles_ride_on_the_events() -> None:
+    released = release_times(read_movies(DATA / "movies_small.dat"))
+    assert released == {"1": 788_918_400_000, "2": 788_918_400_000,  # 1995-01-01 UTC
+                        "3": 915_148_800_000}  # 1999-01-01 UTC
+    events = list(read_ratings(DATA / "ratings_small.dat", mode="both",
+                               released={"1193": 157_766_400_000}))
+    assert [e.item_released_at for e in events if e.item_id == "1193"] == [157_766_400_000] * 4
+    assert [e.item_released_at for e in events if e.item_id != "1193"] == [None, None]
 
 
 def test_real_movielens_if_present() -> None:
