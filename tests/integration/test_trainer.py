@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from stream_app.events import EmbeddingRow
 from stream_app.kafka.admin import admin_client
 from stream_app.kafka.exceptions import TopicError
 from stream_app.replay import produce_records
-from stream_app.sources import RawRecord
+from stream_app.sources import RawRecord, to_record
 from stream_app.sources.generate import generate
 from stream_app.trainer import Trainer, TrainerConfig, make_trainer
 from stream_app.trainer.control import send_forget
@@ -180,3 +181,38 @@ def test_trainer_refuses_event_topics_with_different_partition_counts(
     with pytest.raises(TopicError, match=r"same partition count.*clicks has 3, "
                                          r"\S*purchases has 4 partitions"):
         make_trainer(kafka, _cfg(), LEARNER).run()
+
+
+def test_release_times_reach_the_published_bias_and_survive_a_restore(
+        kafka: KafkaConfig) -> None:
+    day = 86_400_000
+    events = [r.event for r in generate(300, n_users=20, n_items=12, seed=8) if r.event]
+    # Even-numbered items say when they were released: 10 days before the
+    # stream (inside the 365-day window) for i0-i4, 2 years before for the rest.
+    t0 = min(e.ts for e in events)
+
+    def released(item: str) -> int | None:
+        n = int("".join(ch for ch in item if ch.isdigit()) or 1)
+        return None if n % 2 else t0 - (10 * day if n < 5 else 730 * day)
+
+    events = [dataclasses.replace(e, item_released_at=released(e.item_id)) for e in events]
+    produce(kafka, [to_record(e) for e in events])
+    running = run_until_idle(kafka, _cfg())
+
+    items = {k[5:]: r for k, r in latest_rows(kafka).items() if k.startswith("item:") and r}
+    boosted = 0
+    for item, row in items.items():
+        at = released(item)
+        assert row.state.get("released_at") == at, item
+        recent = at is not None and at > t0 - 365 * day
+        assert row.bias == pytest.approx(row.state["logpop"] + (1.0 if recent else 0.0)), item
+        boosted += recent
+    assert boosted >= 2
+
+    restored = make_trainer(kafka, _cfg(), LEARNER)
+    restored._restore()
+    ids = sorted(items)
+    before = running.learner.rows(item_ids=ids, model_version="v", now_ms=0)
+    after = restored.learner.rows(item_ids=ids, model_version="v", now_ms=0)
+    for old, new in zip(before, after, strict=True):
+        assert new == old and _state_bytes(new.state) == _state_bytes(old.state), old.key
