@@ -33,7 +33,9 @@ from bench.quality_offline import (
     load,
     parse_overrides,
     popularity_scores,
+    popularity_with_release,
     ratio_interval,
+    recently_released,
     split,
     to_events,
     topk_metrics,
@@ -109,7 +111,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_train = int(len(d["ts"]) * 0.8)
     users, item_ids, seen, test = split(d, n_train)
     config = LearnerConfig(**parse_overrides(args.X))
-    events = to_events(d, 0, n_train)
+    # With movies.dat beside the ratings, events carry their film's release time, as a
+    # shop's events would carry an item's publish date; popularity gets the same prior.
+    release = "released" in d
+    events = to_events(d, 0, n_train, with_release=release)
     methods: dict[str, dict[str, float]] = {}
     tiled = lambda s: np.tile(s, (len(users), 1))  # noqa: E731
     methods["popularity"] = topk_metrics(tiled(popularity_scores(d, n_train, item_ids, None)),
@@ -118,7 +123,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         s = popularity_scores(d, n_train, item_ids, days * DAY_MS)
         methods[f"decayed_popularity_{days}d"] = topk_metrics(tiled(s), item_ids, users, seen,
                                                               test, args.k)
-    full, _, _ = learner_scores(config, d, n_train, users, item_ids, args.batch_max, "cpu")
+        if release:
+            new = recently_released(d, n_train, item_ids, config.release_window_ms)
+            name, met = popularity_with_release(d, n_train, item_ids, days, new, users, seen,
+                                                test, args.k)
+            methods[name.replace("decayed_pop(hl=", "decayed_popularity_").replace(")", "")] = met
+    full, _, _ = learner_scores(config, d, n_train, users, item_ids, args.batch_max, "cpu",
+                                with_release=release)
     methods["core_offline"] = topk_metrics(full, item_ids, users, seen, test, args.k)
     with bench_broker() as bootstrap, fresh_topics(bootstrap) as kafka:
         kscores, timing = through_kafka(kafka, events, config, users, seen, item_ids, args.k,
@@ -131,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         met.pop("per_user_recall")
     result = {"benchmark": "quality_kafka", "machine": machine(),
               "params": {"limit": args.limit, "k": args.k, "batch_max": args.batch_max,
-                         "overrides": args.X},
+                         "overrides": args.X, "release_times": release},
               "train_events": n_train, "test_users": len(users), "methods": methods,
               "kafka_timing": timing,
               "ratio_kafka_vs_best_popularity": methods["trainer_scorer_kafka"]["recall"]
