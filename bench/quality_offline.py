@@ -16,6 +16,10 @@ The same `topk_metrics` code scores every method. Baselines: all-time
 popularity and time-decayed popularity (half-life tuned on a grid, at the
 train end time).
 
+With `movies.dat` beside the ratings, a second learner runs on events that
+carry each film's release time (`item_released_at`), against decayed
+popularity given the same release prior (see `with_release_times`).
+
     python bench/quality_offline.py --out /tmp/q.json
     python bench/quality_offline.py --limit 100000 -X dim=32   # quick
 """
