@@ -38,6 +38,8 @@ _TS = _SCHEMAS[EventKind.CLICK].subschema("ts")
 _QTY = _SCHEMAS[EventKind.PURCHASE].definition["properties"]["quantity"]
 _PRICE = _SCHEMAS[EventKind.PURCHASE].definition["properties"]["price"]
 _TS_RANGE = (_TS["minimum"], _TS["exclusiveMaximum"])
+_RELEASED = _SCHEMAS[EventKind.CLICK].subschema("released_at")
+_RELEASED_RANGE = (_RELEASED["minimum"], _RELEASED["exclusiveMaximum"])
 if _REQUIRED != {"event_id", "user_id", "item_id", "ts"}:
     raise SchemaError(f"click.v1.json requires {sorted(_REQUIRED)}: update codec/events.py")
 
@@ -129,7 +131,7 @@ def _fast_optional(
         price = float(raw)
     released = None
     if "item_released_at" in obj:
-        released = fast_int(obj["item_released_at"], *_TS_RANGE, hi_exclusive=True)
+        released = fast_int(obj["item_released_at"], *_RELEASED_RANGE, hi_exclusive=True)
         if released is None:
             return None
     return Event(

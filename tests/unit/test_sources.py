@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import shutil
 from collections import Counter
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_app.codec import DecodeError, DlqReason, decode_event
+from stream_app.codec import DecodeError, DlqReason, decode_event, encode_event
 from stream_app.events import Event, EventKind
 from stream_app.sources import SourceError
 from stream_app.sources.corrupt import CORRUPTIONS, corrupt, corrupt_click
@@ -73,6 +74,11 @@ def test_release_times_from_titles_ride_on_the_events() -> None:
                                released={"1193": 157_766_400_000}))
     assert [e.item_released_at for e in events if e.item_id == "1193"] == [157_766_400_000] * 4
     assert [e.item_released_at for e in events if e.item_id != "1193"] == [None, None]
+    # Films from before 1970 have negative times, which the event schema accepts.
+    (old,) = release_times({"7": "Metropolis (1927)"}).values()
+    event = dataclasses.replace(events[0], item_released_at=old)
+    assert old < 0
+    assert decode_event(encode_event(event), b"1", event.kind).item_released_at == old
 
 
 def test_real_movielens_if_present() -> None:
