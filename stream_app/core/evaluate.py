@@ -36,7 +36,8 @@ class RankMetrics:
 class EvalStats:
     """What `Learner.evaluate` reports for one batch, before learning from it.
 
-    `loss` is the weighted full-softmax cross-entropy over the ranked items;
+    `loss` is the weighted full-softmax cross-entropy of the served scores
+    (release prior included) over the ranked items;
     `exact` is False when ranks were estimated from a candidate sample.
     """
 

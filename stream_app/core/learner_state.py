@@ -131,8 +131,7 @@ class LearnerState(LearnerFields):
         idx = torch.from_numpy(rows).to(self.device)
         vecs = self._items.vec.index_select(0, idx).cpu().numpy().astype(np.float32)
         logpops = self._items.logpop.index_select(0, idx).cpu().numpy()
-        biases = m.served_bias(self.config, self._items, self._watermark_ms) \
-            .index_select(0, idx).cpu().numpy()
+        biases = m.served_bias(self.config, self._items, self._watermark_ms, idx).cpu().numpy()
         released = self._items.released.index_select(0, idx).cpu().numpy()
         updates = self._items.updates.index_select(0, idx).cpu().numpy()
         slots = codec.gather_slots(self._items, idx)

@@ -129,9 +129,13 @@ def release_prior(config: LearnerConfig, released: torch.Tensor,
     return recent.to(torch.float64) * config.release_boost
 
 
-def served_bias(config: LearnerConfig, items: Table, now_ms: int | None) -> torch.Tensor:
-    """Each item row's bias as served: popularity plus the release prior, float64 (rows,)."""
-    return config.pop_weight * items.logpop + release_prior(config, items.released, now_ms)
+def served_bias(config: LearnerConfig, items: Table, now_ms: int | None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Item bias as served, popularity plus the release prior, float64: all rows or `rows`."""
+    logpop, released = items.logpop, items.released
+    if rows is not None:
+        logpop, released = logpop.index_select(0, rows), released.index_select(0, rows)
+    return config.pop_weight * logpop + release_prior(config, released, now_ms)
 
 
 def release_flips(config: LearnerConfig, released: torch.Tensor, before_ms: int | None,
