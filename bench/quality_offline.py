@@ -54,6 +54,10 @@ could add to the learner.
 """
 
 
+RELEASE_WINDOW_DAYS = (90, 180, 365, 730)
+"""Release windows tried, like RELEASE_WEIGHTS."""
+NO_RELEASE = np.iinfo(np.int64).min
+"""`released` entry of a film without a year in its title."""
 RELEASE_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 """Release boosts tried: for popularity + release (best on the test part) and on the nested
 split (the train part's own 80/20), which is how the learner's default was chosen."""
@@ -72,10 +76,10 @@ def load(path: Path, limit: int | None) -> dict[str, np.ndarray]:
            "eid": order[: len(arr)]}
     movies = next((p for p in (path.with_name("movies.dat.gz"), path.with_name("movies.dat"))
                    if p.exists()), None)
-    if movies is not None:  # each film's release time (Jan 1 of its year), -1 = unknown
+    if movies is not None:  # each film's release time (Jan 1 of its year; before 1970 < 0)
         released = release_times(read_movies(movies))
-        out["released"] = np.array([released.get(str(i), -1) for i in out["item"].tolist()],
-                                   dtype=np.int64)
+        out["released"] = np.array([released.get(str(i), NO_RELEASE)
+                                    for i in out["item"].tolist()], dtype=np.int64)
     return out
 
 
@@ -86,7 +90,8 @@ def to_events(d: dict[str, np.ndarray], lo: int, hi: int, *,
     return [Event(event_id=str(int(d["eid"][k])), user_id=str(int(d["user"][k])),
                   item_id=str(int(d["item"][k])), ts=int(d["ts"][k]),
                   kind=EventKind.PURCHASE if d["rating"][k] >= 4 else EventKind.CLICK,
-                  item_released_at=int(rel[k]) if rel is not None and rel[k] >= 0 else None)
+                  item_released_at=int(rel[k]) if rel is not None and rel[k] != NO_RELEASE
+                  else None)
             for k in range(lo, hi)]
 
 
@@ -187,21 +192,22 @@ def split(d: dict[str, np.ndarray], n_train: int
 
 def learner_scores(config: LearnerConfig, d: dict[str, np.ndarray], n_train: int,
                    users: list[str], item_ids: list[str], batch: int, device: str, *,
-                   with_release: bool = False, boosts: tuple[float, ...] = ()
+                   with_release: bool = False, serving: tuple[dict[str, Any], ...] = ()
                    ) -> tuple[np.ndarray, dict[str, float], float]:
     """The learner streamed over the train part: scores (users, item_ids), prequential, seconds.
 
-    With `boosts`, the scores are (len(boosts), users, items), one per
-    `release_boost` (it only moves served scores, so one training run serves all).
+    With `serving` (config overrides that only move served scores, such as
+    the release prior), the scores are (len(serving), users, items) from one
+    training run.
     """
     events = to_events(d, 0, n_train, with_release=with_release)
     learner, preq, secs = run_learner(config, events, batch, device)
-    if boosts:
-        per_boost = []
-        for boost in boosts:
-            learner.config = dataclasses.replace(config, release_boost=boost)
-            per_boost.append(_dense(learner, users, item_ids))
-        return np.stack(per_boost), preq, secs
+    if serving:
+        per_variant = []
+        for overrides in serving:
+            learner.config = dataclasses.replace(config, **overrides)
+            per_variant.append(_dense(learner, users, item_ids))
+        return np.stack(per_variant), preq, secs
     return _dense(learner, users, item_ids), preq, secs
 
 
@@ -218,18 +224,18 @@ def recently_released(d: dict[str, np.ndarray], n_train: int, item_ids: list[str
                       window_ms: int) -> np.ndarray:
     """1.0 for items released within `window_ms` before the cut-off (the learner's rule), else 0."""
     release_of = dict(zip(d["item"].astype(str).tolist(), d["released"].tolist(), strict=True))
-    age = np.array([int(d["ts"][n_train - 1]) - release_of[i] if release_of[i] >= 0 else -1
-                    for i in item_ids], dtype=np.float64)
+    age = np.array([int(d["ts"][n_train - 1]) - release_of[i] if release_of[i] != NO_RELEASE
+                    else -1 for i in item_ids], dtype=np.float64)
     return ((age >= 0) & (age < window_ms)).astype(np.float64)
 
 
 def popularity_with_release(d: dict[str, np.ndarray], n_train: int, item_ids: list[str],
                             days: int, new: np.ndarray, users: list[str],
-                            seen: dict[str, set[str]], test: dict[str, set[str]], k: int
-                            ) -> tuple[str, dict[str, Any]]:
+                            seen: dict[str, set[str]], test: dict[str, set[str]], k: int, *,
+                            window_days: int) -> tuple[str, dict[str, Any]]:
     """log decayed popularity + a * `new`, the best a of RELEASE_WEIGHTS on the test part."""
     log_pop = np.log(popularity_scores(d, n_train, item_ids, days * DAY_MS) + 1e-300)
-    return max(((f"decayed_pop(hl={days}d)+{a}*release", topk_metrics(
+    return max(((f"decayed_pop(hl={days}d)+{a}*release({window_days}d)", topk_metrics(
         np.tile(log_pop + a * new, (len(users), 1)), item_ids, users, seen, test, k))
         for a in RELEASE_WEIGHTS if a > 0), key=lambda nm: nm[1]["recall"])
 
@@ -240,31 +246,35 @@ def with_release_times(d: dict[str, np.ndarray], n_train: int, users: list[str],
                        args: argparse.Namespace) -> dict[str, Any] | None:
     """The learner on events that carry `item_released_at`, against popularity given the same.
 
-    The baseline, decayed popularity + a * [released within the learner's
-    window], gets its best half-life and weight on the test part. The
-    learner's `release_boost` default was chosen on the nested split (the
-    train part's own 80/20); that choice is re-made here with a second
-    learner, so nothing about the learner reads the test part. None without
-    release times (no `movies.dat` beside the ratings).
+    The baseline, decayed popularity + a * [released within a window], gets
+    its best half-life, window and weight on the test part. The learner's
+    `release_boost` and `release_window_ms` defaults were chosen on the
+    nested split (the train part's own 80/20); that choice is re-made here
+    with a second learner, so nothing about the learner reads the test part.
+    None without release times (no `movies.dat` beside the ratings).
     """
     if "released" not in d:
         return None
-    new = recently_released(d, n_train, item_ids, config.release_window_ms)
-    baseline = max((popularity_with_release(d, n_train, item_ids, days, new, users, seen,
-                                            test, args.k) for days in DECAY_GRID_DAYS),
-                   key=lambda nm: nm[1]["recall"])
+    baseline = max((popularity_with_release(
+        d, n_train, item_ids, days, recently_released(d, n_train, item_ids, w * DAY_MS),
+        users, seen, test, args.k, window_days=w)
+        for days in DECAY_GRID_DAYS for w in RELEASE_WINDOW_DAYS),
+        key=lambda nm: nm[1]["recall"])
     full, _, _ = learner_scores(config, d, n_train, users, item_ids, args.batch, args.device,
                                 with_release=True)
     learner = topk_metrics(full, item_ids, users, seen, test, args.k)
     inner = {k: v[:n_train] for k, v in d.items()}
     n_inner = int(n_train * 0.8)
     i_users, i_items, i_seen, i_test = split(inner, n_inner)
-    per_boost, _, _ = learner_scores(config, inner, n_inner, i_users, i_items, args.batch,
-                                     args.device, with_release=True, boosts=RELEASE_WEIGHTS)
-    nested = {a: topk_metrics(s, i_items, i_users, i_seen, i_test, args.k)["recall"]
-              for a, s in zip(RELEASE_WEIGHTS, per_boost, strict=True)}
-    return {"baseline": baseline, "learner": learner, "nested_recall_by_boost": nested,
-            "nested_choice": max(nested, key=lambda a: nested[a])}
+    grid = tuple({"release_window_ms": w * DAY_MS, "release_boost": a}
+                 for w in RELEASE_WINDOW_DAYS for a in RELEASE_WEIGHTS)
+    per_variant, _, _ = learner_scores(config, inner, n_inner, i_users, i_items, args.batch,
+                                       args.device, with_release=True, serving=grid)
+    nested = [{"window_days": g["release_window_ms"] // DAY_MS, "boost": g["release_boost"],
+               "recall": topk_metrics(s, i_items, i_users, i_seen, i_test, args.k)["recall"]}
+              for g, s in zip(grid, per_variant, strict=True)]
+    return {"baseline": baseline, "learner": learner, "nested_grid": nested,
+            "nested_choice": max(nested, key=lambda v: v["recall"])}
 
 
 def other_baselines(d: dict[str, np.ndarray], n_train: int, users: list[str],
@@ -367,8 +377,10 @@ def main(argv: list[str] | None = None) -> int:
                                       base_met["per_user_recall"])
         release.update(ratio=release["learner"]["recall"] / base_met["recall"],
                        ratio_interval95=rel_interval, best_baseline=base_name)
-        print(f"with release times (release_boost={config.release_boost}; the nested split "
-              f"picks {release['nested_choice']}): {release['baseline'][0]} "
+        pick = release["nested_choice"]
+        print(f"with release times (release_boost={config.release_boost}, window "
+              f"{config.release_window_ms // DAY_MS}d; the nested split picks "
+              f"{pick['boost']}, {pick['window_days']}d): {release['baseline'][0]} "
               f"{release['baseline'][1]['recall']:.4f}, learner "
               f"{release['learner']['recall']:.4f}, ratio to {base_name} "
               f"{release['ratio']:.3f} (95% {rel_interval[0]:.3f}-{rel_interval[1]:.3f})")

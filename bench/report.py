@@ -203,13 +203,16 @@ def _quality(out: Path) -> list[str]:
         release = d.get("with_release_times")
         if isinstance(release, dict):
             lo, hi = release["ratio_interval95"]
+            pick = release["nested_choice"]
             rows += ["With release times (events carry `item_released_at` from `movies.dat`; "
-                     f"`release_boost` {d['config']['release_boost']}, which the train part's "
-                     f"own 80/20 split also picks: {release['nested_choice']}): the learner "
+                     f"`release_boost` {d['config']['release_boost']} and "
+                     f"`release_window_ms` {d['config']['release_window_ms'] // 86_400_000} days; "
+                     f"the train part's own 80/20 split picks {pick['boost']} and "
+                     f"{pick['window_days']} days): the learner "
                      f"reaches Recall@20 {release['learner']['recall']:.4f}, popularity with "
                      f"the same release prior {release['baseline']['recall']:.4f} "
-                     f"(`{release['baseline']['name']}`, half-life and weight best on the "
-                     f"test part); ratio to {release['best_baseline']} = "
+                     f"(`{release['baseline']['name']}`, half-life, window and weight best on "
+                     f"the test part); ratio to {release['best_baseline']} = "
                      f"**{release['ratio']:.3f}** (95% bootstrap {lo:.3f}–{hi:.3f}).", ""]
     return rows
 
