@@ -29,14 +29,12 @@ from bench.quality_offline import (
     DATA,
     DAY_MS,
     DECAY_GRID_DAYS,
-    RELEASE_WINDOW_DAYS,
     learner_scores,
     load,
     parse_overrides,
     popularity_scores,
     popularity_with_release,
     ratio_interval,
-    recently_released,
     split,
     to_events,
     topk_metrics,
@@ -125,10 +123,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         methods[f"decayed_popularity_{days}d"] = topk_metrics(tiled(s), item_ids, users, seen,
                                                               test, args.k)
         if release:  # the best window and weight on the test part, for each half-life
-            name, met = max((popularity_with_release(
-                d, n_train, item_ids, days, recently_released(d, n_train, item_ids, w * DAY_MS),
-                users, seen, test, args.k, window_days=w) for w in RELEASE_WINDOW_DAYS),
-                key=lambda nm: nm[1]["recall"])
+            name, met = popularity_with_release(d, n_train, item_ids, days, users, seen, test,
+                                                args.k)
             methods[name.replace("decayed_pop(hl=", "decayed_popularity_").replace("d)+", "d+")] \
                 = met
     full, _, _ = learner_scores(config, d, n_train, users, item_ids, args.batch_max, "cpu",

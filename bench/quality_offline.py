@@ -39,7 +39,7 @@ import torch
 
 from stream_app.core import Learner, LearnerConfig
 from stream_app.events import Event, EventKind
-from stream_app.sources.movielens import read_movies, release_times
+from stream_app.sources.movielens import movies_beside, read_movies, release_times
 
 DATA = Path("/work/shared/data/movielens-1m/ratings.dat.gz")
 DAY_MS = 86_400_000
@@ -74,8 +74,7 @@ def load(path: Path, limit: int | None) -> dict[str, np.ndarray]:
         arr = arr[:limit]
     out = {"user": arr[:, 0], "item": arr[:, 1], "rating": arr[:, 2], "ts": arr[:, 3] * 1000,
            "eid": order[: len(arr)]}
-    movies = next((p for p in (path.with_name("movies.dat.gz"), path.with_name("movies.dat"))
-                   if p.exists()), None)
+    movies = movies_beside(path)
     if movies is not None:  # each film's release time (Jan 1 of its year; before 1970 < 0)
         released = release_times(read_movies(movies))
         out["released"] = np.array([released.get(str(i), NO_RELEASE)
@@ -220,24 +219,20 @@ def _dense(learner: Learner, users: list[str], item_ids: list[str]) -> np.ndarra
     return full
 
 
-def recently_released(d: dict[str, np.ndarray], n_train: int, item_ids: list[str],
-                      window_ms: int) -> np.ndarray:
-    """1.0 for items released within `window_ms` before the cut-off (the learner's rule), else 0."""
+def popularity_with_release(d: dict[str, np.ndarray], n_train: int, item_ids: list[str],
+                            days: int, users: list[str], seen: dict[str, set[str]],
+                            test: dict[str, set[str]], k: int) -> tuple[str, dict[str, Any]]:
+    """log decayed popularity + a * [released within w before the cut-off] (the learner's
+    rule), the best window w and weight a on the test part."""
     release_of = dict(zip(d["item"].astype(str).tolist(), d["released"].tolist(), strict=True))
     age = np.array([int(d["ts"][n_train - 1]) - release_of[i] if release_of[i] != NO_RELEASE
                     else -1 for i in item_ids], dtype=np.float64)
-    return ((age >= 0) & (age < window_ms)).astype(np.float64)
-
-
-def popularity_with_release(d: dict[str, np.ndarray], n_train: int, item_ids: list[str],
-                            days: int, new: np.ndarray, users: list[str],
-                            seen: dict[str, set[str]], test: dict[str, set[str]], k: int, *,
-                            window_days: int) -> tuple[str, dict[str, Any]]:
-    """log decayed popularity + a * `new`, the best a of RELEASE_WEIGHTS on the test part."""
     log_pop = np.log(popularity_scores(d, n_train, item_ids, days * DAY_MS) + 1e-300)
-    return max(((f"decayed_pop(hl={days}d)+{a}*release({window_days}d)", topk_metrics(
-        np.tile(log_pop + a * new, (len(users), 1)), item_ids, users, seen, test, k))
-        for a in RELEASE_WEIGHTS if a > 0), key=lambda nm: nm[1]["recall"])
+    return max(((f"decayed_pop(hl={days}d)+{a}*release({w}d)", topk_metrics(
+        np.tile(log_pop + a * ((age >= 0) & (age < w * DAY_MS)), (len(users), 1)),
+        item_ids, users, seen, test, k))
+        for w in RELEASE_WINDOW_DAYS for a in RELEASE_WEIGHTS if a > 0),
+        key=lambda nm: nm[1]["recall"])
 
 
 def with_release_times(d: dict[str, np.ndarray], n_train: int, users: list[str],
@@ -255,11 +250,9 @@ def with_release_times(d: dict[str, np.ndarray], n_train: int, users: list[str],
     """
     if "released" not in d:
         return None
-    baseline = max((popularity_with_release(
-        d, n_train, item_ids, days, recently_released(d, n_train, item_ids, w * DAY_MS),
-        users, seen, test, args.k, window_days=w)
-        for days in DECAY_GRID_DAYS for w in RELEASE_WINDOW_DAYS),
-        key=lambda nm: nm[1]["recall"])
+    baseline = max((popularity_with_release(d, n_train, item_ids, days, users, seen, test,
+                                            args.k) for days in DECAY_GRID_DAYS),
+                   key=lambda nm: nm[1]["recall"])
     full, _, _ = learner_scores(config, d, n_train, users, item_ids, args.batch, args.device,
                                 with_release=True)
     learner = topk_metrics(full, item_ids, users, seen, test, args.k)

@@ -23,7 +23,7 @@ from stream_app.sources import RawRecord, to_record
 from stream_app.sources.csv import read_csv
 from stream_app.sources.generate import generate
 from stream_app.sources.jsonl import read_jsonl
-from stream_app.sources.movielens import read_movies, read_ratings, release_times
+from stream_app.sources.movielens import movies_beside, read_movies, read_ratings, release_times
 
 Format = Literal["movielens", "jsonl", "csv"]
 
@@ -34,8 +34,7 @@ def file_records(path: Path, fmt: Format) -> Iterator[RawRecord]:
         raise ConfigError(f"replay input {path} does not exist")
     if fmt == "movielens":
         # A movies file beside the ratings gives each event its film's release time.
-        movies = next((m for m in (path.with_name("movies.dat.gz"), path.with_name("movies.dat"))
-                       if m.is_file()), None)
+        movies = movies_beside(path)
         released = release_times(read_movies(movies)) if movies is not None else None
         events = read_ratings(path, sort_by_time=True, released=released)
     elif fmt == "jsonl":

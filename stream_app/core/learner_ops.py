@@ -194,9 +194,10 @@ class LearnerOps(LearnerFields):
         item_ids = tuple(tuple(ids[j] or "" if np.isfinite(s) else ""
                                for j, s in zip(r, sc, strict=True))
                          for r, sc in zip(top.indices.tolist(), top.values.tolist(), strict=True))
-        abs_bias = m.served_bias(self.config, self._items, self._watermark_ms)
+        abs_bias = m.served_bias(self.config, self._items, self._watermark_ms,
+                                 top.indices.flatten()).view_as(top.indices)
         dot = (x.unsqueeze(1) * self._items.vec[top.indices]).sum(2).double()
-        out = torch.where(torch.isfinite(top.values), dot + abs_bias[top.indices],
+        out = torch.where(torch.isfinite(top.values), dot + abs_bias,
                           torch.full_like(dot, float("-inf")))
         return TopK(user_ids=tuple(user_ids), item_ids=item_ids,
                     scores=out.cpu().numpy(), fallback=fallback)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from stream_app.sources import RawRecord, to_record
 from stream_app.sources.generate import generate
-from stream_app.sources.movielens import read_movies, read_ratings, release_times
+from stream_app.sources.movielens import movies_beside, read_movies, read_ratings, release_times
 
 RECENT = 5
 
@@ -44,9 +44,7 @@ class DemoInput:
 def _movielens_files(data: Path) -> tuple[Path, Path | None] | None:
     for name in ("ratings.dat.gz", "ratings.dat", "u.data"):
         if (data / name).is_file():
-            movies = next((data / m for m in ("movies.dat.gz", "movies.dat")
-                           if (data / m).is_file()), None)
-            return data / name, movies
+            return data / name, movies_beside(data / name)
     return None
 
 

@@ -115,6 +115,12 @@ def read_movies(path: Path | str) -> dict[str, str]:
     return titles
 
 
+def movies_beside(ratings: Path) -> Path | None:
+    """`movies.dat.gz` or `movies.dat` in the folder of a ratings file, if there."""
+    return next((m for m in (ratings.with_name("movies.dat.gz"), ratings.with_name("movies.dat"))
+                 if m.is_file()), None)
+
+
 def release_times(titles: Mapping[str, str]) -> dict[str, int]:
     """Item id -> January 1 (UTC, ms) of the year in its title ("Heat (1995)"); no year, no entry.
 
