@@ -9,6 +9,7 @@ import pytest
 
 from stream_app.core import Learner
 from stream_app.events import EmbeddingRow
+from tests.device import DEVICE
 from tests.unit.core.streams import ev, small_config
 
 
@@ -19,7 +20,7 @@ def _item(id_: str, vec: list[float], logpop: float) -> EmbeddingRow:
 
 
 def test_metrics_equal_hand_computed_values() -> None:
-    learner = Learner(small_config(dim=2, eval_k=2), device="cpu")
+    learner = Learner(small_config(dim=2, eval_k=2), device=DEVICE)
     learner.apply_rows([
         _item("a", [1, 0], 0.0), _item("b", [0, 1], 1.0), _item("c", [0, 0], 0.5),
         EmbeddingRow(entity="user", id="u", vector=np.zeros(2, dtype=np.float32), bias=0.0,
@@ -46,7 +47,7 @@ def test_metrics_equal_hand_computed_values() -> None:
 
 
 def test_recent_items_are_ranked_out_as_the_scorer_leaves_them_out() -> None:
-    learner = Learner(small_config(dim=2, eval_k=2, history_weight=1.0), device="cpu")
+    learner = Learner(small_config(dim=2, eval_k=2, history_weight=1.0), device=DEVICE)
     learner.apply_rows([
         _item("a", [1, 0], 2.0), _item("b", [0, 1], 1.0), _item("c", [0, 0], 0.5),
         EmbeddingRow(entity="user", id="u", vector=np.zeros(2, dtype=np.float32), bias=0.0,
@@ -72,7 +73,7 @@ def test_recent_items_are_ranked_out_of_a_sampled_ranking_too() -> None:
     # 4 live items, 3 sampled per evaluation: a (seen, best score) is in most
     # samples, and must never count above the target.
     learner = Learner(small_config(dim=2, eval_k=2, eval_max_items=3, history_weight=1.0),
-                      device="cpu")
+                      device=DEVICE)
     learner.apply_rows([
         _item("a", [1, 0], 2.0), _item("b", [0, 1], 1.0), _item("c", [0, 0], 0.5),
         _item("d", [0, 0], 0.1),
@@ -88,7 +89,7 @@ def test_recent_items_are_ranked_out_of_a_sampled_ranking_too() -> None:
 
 
 def test_evaluate_changes_nothing() -> None:
-    learner = Learner(small_config(), device="cpu")
+    learner = Learner(small_config(), device=DEVICE)
     learner.learn([ev("1", "u", "a", 0), ev("2", "u", "b", 0)])
     before = learner.state_dict()
     learner.evaluate([ev("3", "u", "a", 5), ev("4", "w", "x", 5)])
@@ -96,18 +97,18 @@ def test_evaluate_changes_nothing() -> None:
     assert before["vocabs"]["users"]["ids"] == after["vocabs"]["users"]["ids"]
     for name in ("users", "items"):
         for key in ("vec", "logpop", "hist"):
-            assert np.array_equal(before["tables"][name][key].numpy(),
-                                  after["tables"][name][key].numpy())
+            assert np.array_equal(before["tables"][name][key].cpu().numpy(),
+                                  after["tables"][name][key].cpu().numpy())
 
 
 def test_large_batches_are_evaluated_on_an_evenly_spaced_subset() -> None:
     from tests.unit.core.streams import random_events
 
-    learner = Learner(small_config(eval_max_events=10), device="cpu")
+    learner = Learner(small_config(eval_max_events=10), device=DEVICE)
     events = random_events(200)
     learner.learn(events[:100])
     batch = events[100:]
-    full = Learner(small_config(eval_max_events=1000), device="cpu")
+    full = Learner(small_config(eval_max_events=1000), device=DEVICE)
     full.learn(events[:100])
     picked = [batch[int(j * 10.0)] for j in range(10)]  # stride 100 / 10
     assert learner.evaluate(batch).n_events == 10

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from stream_app.core import Learner, Outcome
+from tests.device import DEVICE
 from tests.unit.core.streams import T0, ev, small_config
 
 
 def test_duplicate_event_ids_are_applied_once_within_and_across_batches() -> None:
-    learner = Learner(small_config(), device="cpu")
+    learner = Learner(small_config(), device=DEVICE)
     first = learner.learn([ev("e1", "u1", "i1", T0), ev("e1", "u1", "i1", T0)])
     assert first.outcomes == (Outcome.APPLIED, Outcome.DUPLICATE)
     second = learner.learn([ev("e1", "u1", "i1", T0), ev("e2", "u1", "i2", T0)])
@@ -14,13 +15,13 @@ def test_duplicate_event_ids_are_applied_once_within_and_across_batches() -> Non
 
 
 def test_dedup_window_is_bounded() -> None:
-    learner = Learner(small_config(dedup_window=2), device="cpu")
+    learner = Learner(small_config(dedup_window=2), device=DEVICE)
     learner.learn([ev("a", "u", "i1", T0), ev("b", "u", "i2", T0), ev("c", "u", "i3", T0)])
     assert learner.learn([ev("a", "u", "i1", T0)]).outcomes == (Outcome.APPLIED,)
 
 
 def test_rate_cap_limits_a_bot_in_event_time() -> None:
-    learner = Learner(small_config(rate_cap_events=3, rate_cap_window_ms=60_000), device="cpu")
+    learner = Learner(small_config(rate_cap_events=3, rate_cap_window_ms=60_000), device=DEVICE)
     bot = [ev(f"b{k}", "bot", f"i{k}", T0 + k) for k in range(10)]
     human = [ev("h1", "human", "i1", T0)]
     stats = learner.learn(bot + human)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from stream_app.core import Learner
+from tests.device import DEVICE
 from tests.unit.core.streams import planted_events, small_config
 
 
 def test_learns_planted_groups_and_beats_popularity() -> None:
     torch.manual_seed(0)
-    learner = Learner(small_config(dim=16, eval_k=5, seed=3), device="cpu")
+    learner = Learner(small_config(dim=16, eval_k=5, seed=3), device=DEVICE)
     losses, model_recall, pop_recall = [], [], []
     for b in range(30):
         batch = planted_events(200, seed=b, start=200 * b)

@@ -10,6 +10,7 @@ import torch
 
 from stream_app.core import Learner
 from stream_app.events import Event
+from tests.device import DEVICE
 from tests.unit.core.streams import T0, random_events, small_config
 from tests.unit.core.test_learner_contract import _all_rows, _same_rows, _same_scores
 
@@ -28,7 +29,7 @@ def _released(events: list[Event], every: int = 3) -> list[Event]:
 
 
 def _pair(**config: object) -> tuple[Learner, Learner]:
-    plain, released = (Learner(small_config(release_window_ms=WINDOW, **config), device="cpu")
+    plain, released = (Learner(small_config(release_window_ms=WINDOW, **config), device=DEVICE)
                        for _ in range(2))
     for b in range(4):
         batch = random_events(64, seed=b, start=64 * b)
@@ -58,7 +59,7 @@ def test_items_whose_prior_expires_are_republished() -> None:
     # Only the batch's own positive gets a gradient: no sampled negatives, no
     # replay, and the later events come from a user without history.
     learner = Learner(small_config(release_window_ms=WINDOW, negatives="in_batch",
-                                   replay_ratio=0.0), device="cpu")
+                                   replay_ratio=0.0), device=DEVICE)
     learner.learn(_released(random_events(64, seed=0)))
     bias_before = {r.id: r.bias for r in learner.rows(item_ids=learner.item_ids(),
                                                        model_version="v", now_ms=1)}
@@ -76,7 +77,7 @@ def test_items_whose_prior_expires_are_republished() -> None:
 def test_release_times_survive_the_changelog_and_snapshots() -> None:
     _, a = _pair()
     rows = _all_rows(a)
-    b = Learner(a.config, device="cpu")
+    b = Learner(a.config, device=DEVICE)
     b.apply_rows(rows)
     b.apply_global_state(a.global_state())
     _same_rows(rows, _all_rows(b, like=a))
@@ -84,10 +85,11 @@ def test_release_times_survive_the_changelog_and_snapshots() -> None:
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
-    c = Learner(a.config, device="cpu")
+    c = Learner(a.config, device=DEVICE)
     c.load_state_dict(torch.load(buf, weights_only=False))
     _same_scores(a, c, ["u1", "u2", "nobody"])
-    assert np.array_equal(a._items.released.numpy(), c._items.released.numpy(), equal_nan=True)
+    assert np.array_equal(a._items.released.cpu().numpy(), c._items.released.cpu().numpy(),
+                          equal_nan=True)
 
 
 def test_boost_zero_turns_it_off() -> None:

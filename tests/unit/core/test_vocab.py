@@ -4,6 +4,7 @@ import numpy as np
 
 from stream_app.core import Learner
 from stream_app.core.vocab import COLD_ROW, Vocab
+from tests.device import DEVICE
 from tests.unit.core.streams import T0, ev, random_events, small_config
 
 
@@ -40,7 +41,7 @@ def test_cap_evicts_least_recently_used_by_event_time() -> None:
 
 
 def test_memory_stays_bounded_by_the_cap_under_a_flood_of_new_ids() -> None:
-    learner = Learner(small_config(max_users=50, max_items=40), device="cpu")
+    learner = Learner(small_config(max_users=50, max_items=40), device=DEVICE)
     evicted_items: set[str] = set()
     for b in range(10):
         stats = learner.learn(random_events(200, users=1000, items=1000, seed=b, start=200 * b))
@@ -53,7 +54,7 @@ def test_memory_stays_bounded_by_the_cap_under_a_flood_of_new_ids() -> None:
 
 
 def test_learner_reports_ttl_evictions() -> None:
-    learner = Learner(small_config(idle_ttl_ms=10_000), device="cpu")
+    learner = Learner(small_config(idle_ttl_ms=10_000), device=DEVICE)
     learner.learn([ev("e1", "u1", "i1", T0), ev("e2", "u2", "i2", T0)])
     stats = learner.learn([ev("e3", "u2", "i2", T0 + 20_000)])
     assert stats.evicted_user_ids == ("u1",) and stats.evicted_item_ids == ("i1",)
@@ -62,7 +63,7 @@ def test_learner_reports_ttl_evictions() -> None:
 
 
 def test_forget_user() -> None:
-    learner = Learner(small_config(), device="cpu")
+    learner = Learner(small_config(), device=DEVICE)
     learner.learn([ev("e1", "u1", "i1", T0)])
     assert learner.forget_user("u1") is True
     assert learner.forget_user("u1") is False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from stream_app.codec import encode_meta
 from stream_app.core import Learner, LearnerConfig
@@ -11,6 +10,7 @@ from stream_app.events import Event, EventKind, ScoreRequest
 from stream_app.serving import EmbeddingTable
 from stream_app.serving.answers import apply_embedding
 from stream_app.serving.topk import user_vectors
+from tests.device import DEVICE
 
 
 def _events(n: int, seed: int) -> list[Event]:
@@ -22,9 +22,9 @@ def _events(n: int, seed: int) -> list[Event]:
 
 def test_stale_user_row_is_served_with_the_learners_current_vector() -> None:
     config = LearnerConfig(dim=8, num_sampled_negatives=8, replay_ratio=0.0)
-    learner = Learner(config, device="cpu")
+    learner = Learner(config, device=DEVICE)
     learner.learn(_events(200, seed=1))
-    table = EmbeddingTable(device=torch.device("cpu"))
+    table = EmbeddingTable(device=DEVICE)
     meta = {"model_version": "v", "updated_at": 0, "serving": {
         "history_weight": config.history_weight, "recent_decay": config.recent_decay,
         "recent_items": config.recent_items}}
@@ -48,16 +48,16 @@ def test_stale_user_row_is_served_with_the_learners_current_vector() -> None:
     want = np.stack([r.vector for r in learner.rows(user_ids=users, model_version="v",
                                                     now_ms=0)])
     assert reasons == [None] * len(users)
-    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.cpu().numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_without_the_mix_the_published_vector_is_served() -> None:
-    learner = Learner(LearnerConfig(dim=4, num_sampled_negatives=4), device="cpu")
+    learner = Learner(LearnerConfig(dim=4, num_sampled_negatives=4), device=DEVICE)
     learner.learn(_events(50, seed=3))
-    table = EmbeddingTable(device=torch.device("cpu"))
+    table = EmbeddingTable(device=DEVICE)
     rows = learner.rows(user_ids=["u1"], item_ids=learner.item_ids(), model_version="v",
                         now_ms=0)
     for row in rows:
         table.upsert(row)
     got, _ = user_vectors(table, [ScoreRequest(request_id="r", user_id="u1", k=3)], 1)
-    np.testing.assert_array_equal(got.numpy()[0], rows[0].vector)
+    np.testing.assert_array_equal(got.cpu().numpy()[0], rows[0].vector)

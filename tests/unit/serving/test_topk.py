@@ -9,6 +9,7 @@ import torch
 
 from stream_app.events import EmbeddingRow, ScoreRequest
 from stream_app.serving import COLD_USER, UNKNOWN_USER, EmbeddingTable, TableError, rank
+from tests.device import DEVICE
 
 torch.set_num_threads(1)
 DIM = 8
@@ -30,7 +31,7 @@ def user(ident: str, vec: npt.NDArray[np.float32], recent: tuple[str, ...] = (),
 def world() -> tuple[EmbeddingTable, dict[str, npt.NDArray[np.float32]],
                      dict[str, float], dict[str, npt.NDArray[np.float32]]]:
     rng = np.random.default_rng(7)
-    table = EmbeddingTable(device=torch.device("cpu"), initial_capacity=4)
+    table = EmbeddingTable(device=DEVICE, initial_capacity=4)
     items = {f"i{n}": rng.normal(size=DIM).astype(np.float32) for n in range(300)}
     biases = {i: float(rng.normal()) for i in items}
     users = {f"u{n}": rng.normal(size=DIM).astype(np.float32) for n in range(20)}
@@ -125,7 +126,7 @@ def test_updates_replace_rows_in_place(world) -> None:  # type: ignore[no-untype
 
 
 def test_k_larger_than_catalogue_and_empty_table() -> None:
-    table = EmbeddingTable(device=torch.device("cpu"))
+    table = EmbeddingTable(device=DEVICE)
     assert rank(table, [ScoreRequest(request_id="r", user_id="u", k=5)])[0].items == ()
     table.upsert(item("a", np.ones(2, np.float32), 0.0))
     table.upsert(item("b", np.ones(2, np.float32), 1.0))
@@ -137,7 +138,7 @@ def test_k_larger_than_catalogue_and_empty_table() -> None:
 
 
 def test_explain_picks_the_recent_item_with_largest_contribution() -> None:
-    table = EmbeddingTable(device=torch.device("cpu"))
+    table = EmbeddingTable(device=DEVICE)
     e = np.eye(4, dtype=np.float32)
     table.upsert(item("target", e[0] + 0.1 * e[1], 5.0))
     table.upsert(item("close", e[0], 0.0))

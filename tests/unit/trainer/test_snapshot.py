@@ -25,6 +25,7 @@ from stream_app.trainer.snapshot import (
     why_unusable,
     write_state,
 )
+from tests.device import DEVICE
 from tests.unit.core.streams import T0, ev, random_events, small_config
 
 TOPICS = TopicNames(prefix="t.")
@@ -61,7 +62,7 @@ def _same(a: list[EmbeddingRow], b: list[EmbeddingRow]) -> None:
 
 def _run(tmp_path: Path) -> tuple[Learner, Log, int, Path]:
     """Train in 6 batches; snapshot after batch 2. Returns (learner, changelog, tag, file)."""
-    live = Learner(CONFIG, device="cpu")
+    live = Learner(CONFIG, device=DEVICE)
     log: Log = []
     path = tmp_path / "t.snapshot"
     for b in range(6):
@@ -84,10 +85,10 @@ def test_snapshot_plus_tail_equals_the_whole_changelog_and_the_live_model(
 
     found = read_snapshot(path)
     assert found is not None
-    from_snapshot = Learner(CONFIG, device="cpu")
+    from_snapshot = Learner(CONFIG, device=DEVICE)
     from_snapshot.load_state_dict(found[1])
     apply_changelog(from_snapshot, tail)
-    whole = Learner(CONFIG, device="cpu")
+    whole = Learner(CONFIG, device=DEVICE)
     apply_changelog(whole, log)
 
     _same(_all_rows(from_snapshot), _all_rows(live))
@@ -100,10 +101,10 @@ def test_only_the_snapshot_brings_back_the_dedup_window(tmp_path: Path) -> None:
     replayed = random_events(5, users=15, items=40, seed=0, start=0)  # ids from batch 0
     found = read_snapshot(path)
     assert found is not None
-    from_snapshot = Learner(CONFIG, device="cpu")
+    from_snapshot = Learner(CONFIG, device=DEVICE)
     from_snapshot.load_state_dict(found[1])
     apply_changelog(from_snapshot, log[at:])
-    whole = Learner(CONFIG, device="cpu")
+    whole = Learner(CONFIG, device=DEVICE)
     apply_changelog(whole, log)
     assert from_snapshot.learn(replayed).n_applied == 0
     assert whole.learn(replayed).n_applied == 5  # the compromise a snapshot removes
@@ -126,7 +127,7 @@ def _tag(**kw: object) -> SnapshotTag:
 ])
 def test_a_snapshot_that_may_not_match_the_changelog_is_refused_with_a_reason(
         changed: dict[str, object], expected: str | None) -> None:
-    learner = Learner(CONFIG, device="cpu")
+    learner = Learner(CONFIG, device=DEVICE)
     now = dataclasses.replace(_tag(ends={0: 9, 1: 7}, written_ms=2_000), **changed)
     reason = why_unusable(_tag(), learner.state_dict(), now=now,
                           config=dataclasses.asdict(learner.config), max_age_ms=3_600_000)
@@ -134,8 +135,8 @@ def test_a_snapshot_that_may_not_match_the_changelog_is_refused_with_a_reason(
 
 
 def test_another_learner_config_or_a_torn_file_is_refused(tmp_path: Path) -> None:
-    learner = Learner(CONFIG, device="cpu")
-    other = Learner(small_config(dim=4), device="cpu")
+    learner = Learner(CONFIG, device=DEVICE)
+    other = Learner(small_config(dim=4), device=DEVICE)
     reason = why_unusable(_tag(), other.state_dict(), now=_tag(),
                           config=dataclasses.asdict(learner.config), max_age_ms=1)
     assert reason == "it was written with another learner configuration"
@@ -165,7 +166,7 @@ def test_a_background_write_holds_the_state_taken_when_it_was_asked_for(tmp_path
     written: list[bool] = []
     store = _FixedTag(KafkaConfig(bootstrap_servers="127.0.0.1:9092"), folder=str(tmp_path),
                       transactional_id="t", max_age_s=60, on_written=lambda: written.append(True))
-    learner = Learner(CONFIG, device="cpu")
+    learner = Learner(CONFIG, device=DEVICE)
     learner.learn(random_events(50, seed=1))
     before = _all_rows(learner)
     store.write(learner, wait=False)
@@ -174,14 +175,14 @@ def test_a_background_write_holds_the_state_taken_when_it_was_asked_for(tmp_path
     store._writer.join()
     found = read_snapshot(store.path)
     assert found is not None and found[0] == _tag()
-    first = Learner(CONFIG, device="cpu")
+    first = Learner(CONFIG, device=DEVICE)
     first.load_state_dict(found[1])
     _same(_all_rows(first), before)
 
     store.write(learner, wait=True)
     found = read_snapshot(store.path)
     assert found is not None
-    second = Learner(CONFIG, device="cpu")
+    second = Learner(CONFIG, device=DEVICE)
     second.load_state_dict(found[1])
     _same(_all_rows(second), _all_rows(learner))
     assert written == [True, True]
@@ -196,18 +197,18 @@ def test_a_broker_that_cannot_tag_skips_the_snapshot_instead_of_stopping_the_tra
         tmp_path: Path) -> None:
     store = _BrokerDown(KafkaConfig(bootstrap_servers="127.0.0.1:9092"), folder=str(tmp_path),
                         transactional_id="t", max_age_s=60)
-    learner = Learner(CONFIG, device="cpu")
+    learner = Learner(CONFIG, device=DEVICE)
     store.write(learner, wait=True)
     assert not store.path.exists()
     write_state(store.path, learner.state_dict(), _tag())
-    assert store.load_into(Learner(CONFIG, device="cpu")) is None  # whole changelog instead
+    assert store.load_into(Learner(CONFIG, device=DEVICE)) is None  # whole changelog instead
 
 
 def test_a_tombstone_mid_changelog_keeps_histories_whose_items_come_later() -> None:
     # Without replay, u1 is published once, listing iY; iY's latest row comes
     # after the tombstones of an evicted item (iZ) and a forgotten user (u9).
     config = small_config(idle_ttl_ms=40_000, replay_ratio=0.0)
-    live = Learner(config, device="cpu")
+    live = Learner(config, device=DEVICE)
     log: Log = []
     log += _publish(live, [ev("a", "u2", "iZ", T0), ev("a9", "u9", "iZ", T0)])
     log += _publish(live, [ev("b", "u1", "iY", T0 + 30_000)])
@@ -215,7 +216,7 @@ def test_a_tombstone_mid_changelog_keeps_histories_whose_items_come_later() -> N
                     forget=("u9",))
     log += _publish(live, [ev("d", "u3", "iY", T0 + 65_000)])
     assert (b"item:iZ", None) in log and (b"user:u9", None) in log
-    whole = Learner(config, device="cpu")
+    whole = Learner(config, device=DEVICE)
     apply_changelog(whole, log)
     recent = {r.key: r.recent_items for r in _all_rows(whole)}
     assert recent["user:u1"] == ("iY",)
@@ -225,10 +226,10 @@ def test_a_tombstone_mid_changelog_keeps_histories_whose_items_come_later() -> N
 def test_a_snapshot_that_does_not_load_falls_back_to_the_whole_changelog(tmp_path: Path) -> None:
     store = _FixedTag(KafkaConfig(bootstrap_servers="127.0.0.1:9092"), folder=str(tmp_path),
                       transactional_id="t", max_age_s=60)
-    learner = Learner(CONFIG, device="cpu")
+    learner = Learner(CONFIG, device=DEVICE)
     state = learner.state_dict()
     del state["tables"]  # as if written by a version with another layout
     write_state(store.path, state, _tag())
-    assert store.load_into(Learner(CONFIG, device="cpu")) is None
+    assert store.load_into(Learner(CONFIG, device=DEVICE)) is None
     write_state(store.path, learner.state_dict(), _tag())
-    assert store.load_into(Learner(CONFIG, device="cpu")) == _tag()
+    assert store.load_into(Learner(CONFIG, device=DEVICE)) == _tag()
