@@ -20,6 +20,7 @@ from stream_app.core.vocab import Vocab
 class LearnerFields:
     config: LearnerConfig
     device: torch.device
+    seed: int
     _gen: torch.Generator
     _users: m.Table
     _items: m.Table

@@ -215,8 +215,12 @@ class LearnerState(LearnerFields):
             table.vec[COLD_ROW] = torch.tensor(cold["vec"], dtype=torch.float32,
                                                device=self.device)
             codec.decode_slots(table, COLD_ROW, cold["opt"])
-        rng = np.frombuffer(base64.b64decode(state["rng"]), dtype=np.uint8).copy()
-        self._gen.set_state(torch.from_numpy(rng))
+        rng = torch.from_numpy(np.frombuffer(base64.b64decode(state["rng"]), dtype=np.uint8).copy())
+        if rng.numel() == self._gen.get_state().numel():
+            self._gen.set_state(rng)
+        else:  # published on another device type (CUDA's Philox state vs the CPU's MT19937):
+            # the model restores exactly; only the negatives sampled from here on differ
+            self._gen.manual_seed(self.seed + self._step)
 
     def state_dict(self) -> dict[str, Any]:
         """Full snapshot (torch.save-able), including what rows do not carry."""
