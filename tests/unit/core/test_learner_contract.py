@@ -14,7 +14,7 @@ import torch
 from stream_app.core import Learner, Outcome
 from stream_app.core.optim import GradAccumulator, apply_update, learning_rate
 from stream_app.events import EmbeddingRow
-from tests.device import DEVICE
+from tests.device import DEVICE, assert_same
 from tests.unit.core.streams import T0, ev, random_events, small_config
 
 VARIANTS = [
@@ -42,21 +42,13 @@ def _all_rows(learner: Learner, like: Learner | None = None) -> list[EmbeddingRo
 def _same_rows(a: list[EmbeddingRow], b: list[EmbeddingRow]) -> None:
     assert [r.key for r in a] == [r.key for r in b]
     for x, y in zip(a, b, strict=True):
-        assert x == y  # ids, bias, counts, times, recent items
-        assert np.array_equal(x.vector, y.vector), x.key
-        assert x.state.keys() == y.state.keys()
-        for key, value in x.state.items():
-            if isinstance(value, dict):
-                for k2, v2 in value.items():
-                    assert np.array_equal(np.asarray(v2), np.asarray(y.state[key][k2])), (x.key, k2)
-            else:
-                assert np.array_equal(np.asarray(value), np.asarray(y.state[key])), (x.key, key)
+        assert_same(x, y, x.key)  # ids, vector, bias, counts, times, recent items, state
 
 
 def _same_scores(a: Learner, b: Learner, users: list[str]) -> None:
     ta, tb = a.recommend(users, k=10), b.recommend(users, k=10)
     assert ta.item_ids == tb.item_ids
-    assert np.array_equal(ta.scores, tb.scores)
+    assert_same(ta.scores, tb.scores)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v['optimizer']}-{v['negatives']}")
@@ -89,7 +81,7 @@ class TestContract:
         _same_rows(_all_rows(a), _all_rows(b))
         more = random_events(64, seed=99, start=5000)
         sa, sb = a.learn(more), b.learn(more)
-        assert sa.loss == sb.loss
+        assert_same(sa.loss, sb.loss)
         _same_rows(_all_rows(a), _all_rows(b))
 
     def test_restore_from_rows_is_exact(self, variant: dict[str, object]) -> None:
@@ -144,9 +136,9 @@ def test_accumulate_one_equals_applying_every_batch() -> None:
     lr = learning_rate(cfg, ref._applied_steps)
     apply_update(cfg, ref._users.vec, ref._users.slots, ur, ug, lr)
     apply_update(cfg, ref._items.vec, ref._items.slots, ir, ig, lr)
-    assert torch.equal(learner._users.vec, ref._users.vec)
-    assert torch.equal(learner._items.vec, ref._items.vec)
-    assert torch.equal(learner._items.slots["acc"], ref._items.slots["acc"])
+    assert_same(learner._users.vec, ref._users.vec)
+    assert_same(learner._items.vec, ref._items.vec)
+    assert_same(learner._items.slots["acc"], ref._items.slots["acc"])
 
 
 def test_accumulate_n_defers_updates_until_n_batches() -> None:

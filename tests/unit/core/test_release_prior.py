@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import io
 
-import numpy as np
 import torch
 
 from stream_app.core import Learner
 from stream_app.events import Event
-from tests.device import DEVICE
+from tests.device import DEVICE, assert_same
 from tests.unit.core.streams import T0, random_events, small_config
 from tests.unit.core.test_learner_contract import _all_rows, _same_rows, _same_scores
 
@@ -42,7 +41,7 @@ def test_the_prior_moves_served_scores_only() -> None:
     plain, released = _pair()
     # Training never sees it: every table is identical.
     for name in ("_users", "_items"):
-        assert torch.equal(getattr(plain, name).vec, getattr(released, name).vec)
+        assert_same(getattr(plain, name).vec, getattr(released, name).vec)
     # Serving does: items released within the window (i0, i3, ..., i12: 0-24
     # days before T0, the events run ~4 minutes past it) gain exactly the boost.
     ids, a = plain.score_all(["u1"])
@@ -88,10 +87,9 @@ def test_release_times_survive_the_changelog_and_snapshots() -> None:
     c = Learner(a.config, device=DEVICE)
     c.load_state_dict(torch.load(buf, weights_only=False))
     _same_scores(a, c, ["u1", "u2", "nobody"])
-    assert np.array_equal(a._items.released.cpu().numpy(), c._items.released.cpu().numpy(),
-                          equal_nan=True)
+    assert_same(a._items.released, c._items.released)
 
 
 def test_boost_zero_turns_it_off() -> None:
     plain, released = _pair(release_boost=0.0)
-    assert np.array_equal(plain.score_all(["u1"])[1], released.score_all(["u1"])[1])
+    assert_same(plain.score_all(["u1"])[1], released.score_all(["u1"])[1])
