@@ -108,14 +108,14 @@ def mixed_vectors(table: EmbeddingTable, mix: ServingMix,
     """id_vec + w * decayed mean of the current vectors of each user's recent items: (n, dim)."""
     matrix, _ = table.items()
     n, length = len(users), mix.recent_items
-    slots = torch.zeros((n, length), dtype=torch.long)
-    valid = torch.zeros((n, length), dtype=torch.bool)
+    found = np.full((n, length), -1, dtype=np.int64)  # built on the host, sent once
+    get = table.item_slot.get
     for r, user in enumerate(users):
-        for p, item in enumerate(user.recent_mix[:length]):
-            slot = table.item_slot.get(item)
-            if slot is not None:
-                slots[r, p], valid[r, p] = slot, True
-    slots, valid = slots.to(table.device), valid.to(table.device)
+        row = [get(item, -1) for item in user.recent_mix[:length]]
+        found[r, :len(row)] = row
+    valid_np = found >= 0
+    slots = torch.from_numpy(np.where(valid_np, found, 0)).to(table.device)
+    valid = torch.from_numpy(valid_np).to(table.device)
     weights = mix.recent_decay ** torch.arange(length, device=table.device, dtype=torch.float32)
     w = weights.unsqueeze(0) * valid
     norm = w.sum(dim=1, keepdim=True).clamp(min=1e-12)

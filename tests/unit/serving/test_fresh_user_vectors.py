@@ -6,10 +6,11 @@ import numpy as np
 
 from stream_app.codec import encode_meta
 from stream_app.core import Learner, LearnerConfig
-from stream_app.events import Event, EventKind, ScoreRequest
+from stream_app.events import EmbeddingRow, Event, EventKind, ScoreRequest
 from stream_app.serving import EmbeddingTable
 from stream_app.serving.answers import apply_embedding
-from stream_app.serving.topk import user_vectors
+from stream_app.serving.table import ServingMix, UserState
+from stream_app.serving.topk import mixed_vectors, user_vectors
 from tests.device import DEVICE
 
 
@@ -61,3 +62,19 @@ def test_without_the_mix_the_published_vector_is_served() -> None:
         table.upsert(row)
     got, _ = user_vectors(table, [ScoreRequest(request_id="r", user_id="u1", k=3)], 1)
     np.testing.assert_array_equal(got.cpu().numpy()[0], rows[0].vector)
+
+
+def test_recent_items_the_table_lacks_are_left_out_of_the_mix() -> None:
+    """A tombstoned (or not yet read) item adds no weight to the user's decayed mean."""
+    table = EmbeddingTable(device=DEVICE)
+    for ident, vec in (("a", [1.0, 0.0]), ("b", [0.0, 1.0])):
+        table.upsert(EmbeddingRow(entity="item", id=ident, vector=np.array(vec, np.float32),
+                                  bias=0.0, model_version="v", updates=1, updated_at=1,
+                                  last_event_ts=1))
+    table.flush()
+    user = UserState(vector=np.zeros(2, np.float32), recent_items=(), updates=1,
+                     id_vec=np.array([0.5, 0.0], np.float32), recent_mix=("gone", "a", "b"))
+    mix = ServingMix(history_weight=1.0, recent_decay=0.5, recent_items=3)
+    got = mixed_vectors(table, mix, [user]).cpu().numpy()[0]
+    # positions 1 and 2 weigh 0.5 and 0.25: mean = (0.5 a + 0.25 b) / 0.75
+    np.testing.assert_allclose(got, [0.5 + 2 / 3, 1 / 3], rtol=1e-6)
