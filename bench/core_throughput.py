@@ -7,6 +7,10 @@ gradient step, commit). Works on CPU and CUDA:
     python bench/core_throughput.py --batch 1024 4096 --dim 32 64
     python bench/core_throughput.py --device cuda --batch 4096 16384 65536 --dim 64 128
     python bench/core_throughput.py -X replay_ratio=0 -X negatives=sampled   # cheapest step
+    python bench/core_throughput.py --device cuda --batch 16384 --profile prof.txt
+
+`--profile` adds one untimed torch.profiler run per setting (host and device
+time per operator), to see whether the host's Python or the device is the limit.
 """
 
 from __future__ import annotations
@@ -45,18 +49,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(batch: int, dim: int, args: argparse.Namespace) -> dict[str, float]:
-    device = torch.device(args.device)
+def warm_learner(batch: int, dim: int,
+                 args: argparse.Namespace) -> tuple[Learner, list[list[Event]]]:
+    """A learner that has seen `--warmup` batches, and the batches still to time."""
     overrides = {"num_sampled_negatives": args.negatives, **parse_overrides(args.X), "dim": dim}
-    config = LearnerConfig(**overrides)
-    learner = Learner(config, device=device)
+    learner = Learner(LearnerConfig(**overrides), device=torch.device(args.device))
     batches = make_batches(args.warmup + args.batches, batch, args.users, args.items, seed=dim)
     for b in batches[: args.warmup]:
         learner.learn(b)
-    sync(device)
+    sync(learner.device)
+    return learner, batches[args.warmup:]
+
+
+def measure(batch: int, dim: int, args: argparse.Namespace) -> dict[str, float]:
+    learner, batches = warm_learner(batch, dim, args)
+    device = learner.device
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
-    for b in batches[args.warmup:]:
+    for b in batches:
         st = learner.learn(b)
         for k, v in st.timings.items():
             phases[k] = phases.get(k, 0.0) + v
@@ -66,6 +76,27 @@ def measure(batch: int, dim: int, args: argparse.Namespace) -> dict[str, float]:
     return {"batch": batch, "dim": dim, "events_per_s": n / secs,
             "ms_per_batch": 1000 * secs / args.batches,
             **{f"ms_{k}": 1000 * v / args.batches for k, v in phases.items()}}
+
+
+def profile(batch: int, dim: int, args: argparse.Namespace) -> str:
+    """Operator table of the timed batches, by host time and by device time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    learner, batches = warm_learner(batch, dim, args)
+    activities = [ProfilerActivity.CPU]
+    if learner.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with torch_profile(activities=activities) as prof:
+        for b in batches:
+            learner.learn(b)
+        sync(learner.device)
+    table = prof.key_averages()
+    text = [f"batch={batch} dim={dim} device={learner.device} batches={len(batches)}",
+            table.table(sort_by="self_cpu_time_total", row_limit=25)]
+    if learner.device.type == "cuda":
+        text.append(table.table(sort_by="self_device_time_total", row_limit=15))
+    return "\n".join(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--negatives", type=int, default=256, help="sampled negatives per batch")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--out", type=Path, default=None, help="write JSON results here")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="append a torch.profiler table per setting to this file")
     ap.add_argument("-X", action="append", default=[], metavar="KEY=VALUE",
                     help="LearnerConfig override (JSON value), e.g. -X replay_ratio=0")
     args = ap.parse_args(argv)
@@ -91,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batch:
             r = measure(batch, dim, args)
             results.append(r)
-            ph = " ".join(f"{k[3:]}={v:.1f}" for k, v in r.items() if k.startswith("ms_"))
+            ph = " ".join(f"{k[3:]}={v:.1f}" for k, v in r.items()
+                          if k.startswith("ms_") and k != "ms_per_batch")
             print(f"{batch:7d} {dim:4d} {r['events_per_s']:12,.0f} {r['ms_per_batch']:9.1f}  {ph}")
+            if args.profile:
+                with args.profile.open("a") as f:
+                    f.write(profile(batch, dim, args) + "\n\n")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0
