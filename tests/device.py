@@ -17,7 +17,8 @@ DEVICE = torch.device(os.environ.get("STREAM_APP_TEST_DEVICE", "cpu"))
 
 # CUDA adds the gradients of a row that occurs several times in a batch with
 # atomics, in no fixed order, so two runs of one stream differ in the last bits
-# there; on the CPU they are identical. Restores copy values and stay exact.
+# there; on the CPU they are identical. Restores copy values and stay exact,
+# but sums over a restored table's other row layout may round differently.
 EXACT = DEVICE.type == "cpu"
 
 
