@@ -197,6 +197,7 @@ class LearnerState(LearnerFields):
             "watermark_ms": self._watermark_ms,
             "cold_user": self._cold(self._users), "cold_item": self._cold(self._items),
             "rng": base64.b64encode(self._gen.get_state().cpu().numpy().tobytes()).decode(),
+            "rng_device": self.device.type,
         }
 
     def _cold(self, table: m.Table) -> dict[str, Any]:
@@ -216,10 +217,10 @@ class LearnerState(LearnerFields):
                                                device=self.device)
             codec.decode_slots(table, COLD_ROW, cold["opt"])
         rng = torch.from_numpy(np.frombuffer(base64.b64decode(state["rng"]), dtype=np.uint8).copy())
-        if rng.numel() == self._gen.get_state().numel():
+        if state.get("rng_device", self.device.type) == self.device.type:
             self._gen.set_state(rng)
-        else:  # published on another device type (CUDA's Philox state vs the CPU's MT19937):
-            # the model restores exactly; only the negatives sampled from here on differ
+        else:  # CUDA's generator state does not fit the CPU's, nor the reverse: the model
+            # restores exactly, only the negatives sampled from here on differ
             self._gen.manual_seed(self.seed + self._step)
 
     def state_dict(self) -> dict[str, Any]:
