@@ -4,7 +4,9 @@
 # CUDA, then the learning core's and the scorer's compute on CUDA, with the same
 # machine's CPU as the reference. Results land in $OUT (default /tmp/device-check).
 # DEV=cpu runs the same steps without a GPU, to try the script itself;
-# STEPS picks some of "tests core scorer" (default: all).
+# STEPS picks some of "tests core scorer", space-separated (default: all). The
+# whole script takes about 2 minutes on an H200; each step has its own timeout.
+# It exits non-zero when any step failed or timed out.
 #
 # The machine lacks three of our dependencies; bring them as wheels first:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -23,7 +25,9 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
 
 DEV=${DEV:-cuda}
 STEPS=${STEPS:-tests core scorer}
+failed=""
 step() { echo; echo "== $1"; }
+check() { local rc=$?; [ "$rc" -eq 0 ] || { echo "!! $1 failed (exit $rc)"; failed="$failed $1"; }; }
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
 
 step machine
@@ -34,31 +38,42 @@ step machine
 
 if wanted tests; then
 step "unit tests on $DEV (learner, scorer table and top-K, snapshots)"
-STREAM_APP_TEST_DEVICE=$DEV timeout 300 python3 -m pytest -q -p no:cacheprovider \
+STREAM_APP_TEST_DEVICE=$DEV timeout 90 python3 -m pytest -q -p no:cacheprovider \
     tests/unit/core tests/unit/serving tests/unit/trainer/test_snapshot.py \
     >"$OUT/tests-$DEV.log" 2>&1
-echo "exit $?"; tail -25 "$OUT/tests-$DEV.log"
+check tests
+tail -25 "$OUT/tests-$DEV.log"
 fi
 
 if wanted core; then
 step "learning core, quality defaults"
-timeout 240 python3 -m bench.core_throughput --device "$DEV" --batch 1024 4096 16384 65536 \
+timeout 120 python3 -m bench.core_throughput --device "$DEV" --batch 1024 4096 16384 65536 \
     --batches 10 --warmup 3 --out "$OUT/core_$DEV.json"
-timeout 120 python3 -m bench.core_throughput --device "$DEV" --batch 16384 --batches 5 \
+check core
+rm -f "$OUT/core_${DEV}_profile.txt"
+timeout 60 python3 -m bench.core_throughput --device "$DEV" --batch 16384 --batches 5 \
     --warmup 3 --profile "$OUT/core_${DEV}_profile.txt"
-timeout 120 python3 -m bench.core_throughput --device cpu --threads 16 --batch 4096 16384 \
+check profile
+timeout 60 python3 -m bench.core_throughput --device cpu --threads 16 --batch 4096 16384 \
     --batches 5 --warmup 2 --out "$OUT/core_cpu16.json"
-
+check core-cpu
 step "learning core, cheapest step (no replay, sampled negatives only)"
-timeout 120 python3 -m bench.core_throughput --device "$DEV" --batch 16384 65536 \
+timeout 60 python3 -m bench.core_throughput --device "$DEV" --batch 16384 65536 \
     --batches 10 --warmup 3 -X replay_ratio=0 -X negatives=sampled \
     --out "$OUT/core_${DEV}_cheap.json"
+check core-cheap
 fi
 
 if wanted scorer; then
 step "scorer compute"
-timeout 180 python3 -m bench.scorer_compute --device "$DEV" --items 100000 1000000 \
+timeout 90 python3 -m bench.scorer_compute --device "$DEV" --items 100000 1000000 \
     --batch 32 256 --out "$OUT/scorer_$DEV.json"
-timeout 180 python3 -m bench.scorer_compute --device cpu --threads 16 --items 100000 1000000 \
+check scorer
+timeout 90 python3 -m bench.scorer_compute --device cpu --threads 16 --items 100000 1000000 \
     --batch 32 256 --rounds 10 --out "$OUT/scorer_cpu16.json"
+check scorer-cpu
+fi
+
+if [ -n "$failed" ]; then
+    echo; echo "FAILED:$failed"; exit 1
 fi
