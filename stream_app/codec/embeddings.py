@@ -127,24 +127,37 @@ def decode_meta(value: bytes | None) -> dict[str, Any]:
 
 
 def encode_state(state: Any, where: str) -> Any:
-    """JSON-able copy of `state`: float32 arrays become {"b64f32", "shape"}, anywhere inside."""
+    """JSON-able copy of `state`: float32 arrays become {"b64f32", "shape"}, anywhere inside.
+
+    Exact types are tested first: every published row goes through here, and
+    the common ones (dict, float, int, str, float32 array) need no isinstance chain.
+    """
+    kind = type(state)
+    if kind is float:
+        if not math.isfinite(state):
+            raise EncodeError(f"{where}: state floats must be finite (JSON has no NaN)")
+        return state
+    if kind is int or kind is str or kind is bool or state is None:
+        return state
+    if kind is dict:
+        if state.keys() == _ARRAY_KEYS:
+            raise EncodeError(
+                f"{where}: an object with exactly b64f32/shape is reserved for arrays"
+            )
+        return {str(k): encode_state(v, where) for k, v in state.items()}
     if isinstance(state, np.ndarray):
         if state.dtype != np.float32:
             raise EncodeError(f"{where}: state arrays must be float32, got {state.dtype}")
         raw = np.ascontiguousarray(state, dtype=_F32).tobytes()
         return {"b64f32": b64encode(raw), "shape": list(state.shape)}
     if isinstance(state, dict):
-        if state.keys() == _ARRAY_KEYS:
-            raise EncodeError(
-                f"{where}: an object with exactly b64f32/shape is reserved for arrays"
-            )
-        return {str(k): encode_state(v, where) for k, v in state.items()}
+        return encode_state(dict(state), where)
     if isinstance(state, list | tuple):
         return [encode_state(v, where) for v in state]
     if isinstance(state, np.generic):
-        state = state.item()
-    if isinstance(state, float) and not math.isfinite(state):
-        raise EncodeError(f"{where}: state floats must be finite (JSON has no NaN)")
+        return encode_state(state.item(), where)
+    if isinstance(state, float):  # a float subclass
+        return encode_state(float(state), where)
     return state
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import dataclasses
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -109,17 +110,19 @@ class LearnerState(LearnerFields):
         serving = m.serving_vectors(self.config, self._users, self._items, idx)
         serving_np = serving.cpu().numpy().astype(np.float32)
         id_vecs = self._users.vec.index_select(0, idx).cpu().numpy().astype(np.float32)
-        hist = self._users.hist.index_select(0, idx).cpu().numpy()
-        updates = self._users.updates.index_select(0, idx).cpu().numpy()
+        # Plain lists up front: per-row numpy scalar access costs more than the row.
+        hist = self._users.hist.index_select(0, idx).tolist()
+        updates = self._users.updates.index_select(0, idx).tolist()
+        last_ts = self._user_vocab.last_ts[rows].tolist()
         slots = codec.gather_slots(self._users, idx)
         item_ids = self._item_vocab.ids
         out = []
-        for n, (uid, r) in enumerate(zip(ids, rows.tolist(), strict=True)):
-            recent = tuple(item_ids[h] or "" for h in hist[n].tolist() if h >= 0)
+        for n, uid in enumerate(ids):
+            recent = tuple([item_ids[h] or "" for h in hist[n] if h >= 0])
             out.append(EmbeddingRow(
                 entity="user", id=uid, vector=serving_np[n].copy(), bias=0.0,
-                model_version=version, updates=int(updates[n]), updated_at=now_ms,
-                last_event_ts=int(self._user_vocab.last_ts[r]), recent_items=recent,
+                model_version=version, updates=updates[n], updated_at=now_ms,
+                last_event_ts=last_ts[n], recent_items=recent,
                 state={"format": codec.STATE_FORMAT, "id_vec": id_vecs[n].copy(),
                        "opt": codec.slots_of(slots, n)}))
         return out
@@ -130,23 +133,22 @@ class LearnerState(LearnerFields):
             return []
         idx = torch.from_numpy(rows).to(self.device)
         vecs = self._items.vec.index_select(0, idx).cpu().numpy().astype(np.float32)
-        logpops = self._items.logpop.index_select(0, idx).cpu().numpy()
-        biases = m.served_bias(self.config, self._items, self._watermark_ms, idx).cpu().numpy()
-        released = self._items.released.index_select(0, idx).cpu().numpy()
-        updates = self._items.updates.index_select(0, idx).cpu().numpy()
+        logpops = self._items.logpop.index_select(0, idx).tolist()
+        biases = m.served_bias(self.config, self._items, self._watermark_ms, idx).tolist()
+        released = self._items.released.index_select(0, idx).tolist()
+        updates = self._items.updates.index_select(0, idx).tolist()
+        last_ts = self._item_vocab.last_ts[rows].tolist()
         slots = codec.gather_slots(self._items, idx)
         out = []
-        for n, (iid, r) in enumerate(zip(ids, rows.tolist(), strict=True)):
-            logpop = codec.finite_logpop(float(logpops[n]))
-            state = {"format": codec.STATE_FORMAT, "logpop": logpop,
+        for n, iid in enumerate(ids):
+            state = {"format": codec.STATE_FORMAT, "logpop": codec.finite_logpop(logpops[n]),
                      "opt": codec.slots_of(slots, n)}
-            if not np.isnan(released[n]):
+            if not math.isnan(released[n]):
                 state["released_at"] = int(released[n])
             out.append(EmbeddingRow(
                 entity="item", id=iid, vector=vecs[n].copy(),
-                bias=codec.finite_logpop(float(biases[n])), model_version=version,
-                updates=int(updates[n]), updated_at=now_ms,
-                last_event_ts=int(self._item_vocab.last_ts[r]), state=state))
+                bias=codec.finite_logpop(biases[n]), model_version=version,
+                updates=updates[n], updated_at=now_ms, last_event_ts=last_ts[n], state=state))
         return out
 
     def apply_rows(self, rows: Iterable[EmbeddingRow]) -> None:

@@ -14,6 +14,7 @@ Floats are float32 values held in Python floats, which JSON carries exactly.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,7 @@ def decode_slots(table: Table, row: int, slots: dict[str, Any]) -> None:
 
 
 def finite_logpop(value: float) -> float:
-    return value if np.isfinite(value) else _NEG_INF_SUBSTITUTE
+    return value if math.isfinite(value) else _NEG_INF_SUBSTITUTE
 
 
 def read_logpop(value: float) -> float:

@@ -364,8 +364,8 @@ class Trainer:
             m.count_dlq(rec.reason)
         for topic, n in Counter(d.source_topic for d in decoded.dlq).items():
             m.count_events(topic, EventOutcome.DLQ, n)
-        for row in rows:
-            m.rows_published.labels(table=row.entity).inc()
+        for entity, n in Counter(row.entity for row in rows).items():
+            m.rows_published.labels(table=entity).inc(n)
         events = [e for seg in decoded.segments for e in seg]
         raws = [r for seg in decoded.records for r in seg]
         m.observe_freshness(FreshnessSince.EVENT_TIME,
