@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 from stream_app.codec.exceptions import DecodeError, DlqReason, EncodeError
+from stream_app.codec.fastcheck import fast_row_ok
 from stream_app.codec.schemas import Schema, error_for, schema
 from stream_app.codec.wire import (
     MESSAGE_MAX_BYTES,
@@ -81,7 +82,9 @@ def decode_embedding(
     entity, ident = split_embedding_key(key)
     if value is None:
         return None
-    obj = _validated(_ROW, check_value(value, MESSAGE_MAX_BYTES))
+    obj = parse_object(check_value(value, MESSAGE_MAX_BYTES))
+    if not fast_row_ok(obj):
+        _validate(_ROW, obj)
     if obj["entity"] != entity or obj["id"] != ident:
         raise DecodeError(
             DlqReason.KEY_MISMATCH,
@@ -206,11 +209,15 @@ def split_embedding_key(key: bytes | None) -> tuple[Entity, str]:
 
 def _validated(s: Schema, value: bytes) -> Any:
     obj = parse_object(value)
+    _validate(s, obj)
+    return obj
+
+
+def _validate(s: Schema, obj: Any) -> None:
     try:
         s.validate(obj)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise error_for(exc, s.name) from exc
-    return obj
 
 
 def _dumps(obj: dict[str, Any], where: str) -> bytes:

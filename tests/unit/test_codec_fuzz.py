@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import fastjsonschema
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,9 +20,12 @@ from stream_app.codec import (
     decode_meta,
     decode_prediction,
     decode_score_request,
+    encode_embedding,
     load_schemas,
 )
 from stream_app.codec.events import fast_event, schema_event
+from stream_app.codec.fastcheck import fast_row_ok
+from stream_app.core import Learner, LearnerConfig
 from stream_app.events import Event, EventKind
 from stream_app.sources.generate import generate
 from tests.unit.test_codec_bad_inputs import CASES, raw
@@ -113,6 +117,64 @@ def test_fast_path_agrees_with_schema_on_the_corpus(kind: EventKind) -> None:
     assert len(corpus) > 150
     for obj in corpus:
         _agree(obj, kind)
+
+
+TS_VARIANTS = [0, -1, 32503679999999, 32503680000000, 1.0, 1.5, True, "1"]
+ROW_VARIANTS: dict[str, list[Any]] = {
+    "entity": ["user", "item", "thing", 1, None, ["user"]],
+    "id": ["i1", "", "x" * 256, "x" * 257, "i\n", "i\u2028", 5, None],
+    "dim": [1, 4096, 4097, 0, 2.0, 2.5, True, "1"],
+    "vector": ["AACAPw==", "AACAPw=", "AACAP", "AACAPw==\n", "AACA Pw==", "", "====", 1,
+               "AB==", "AAA=", "A===", "AAAA=", "AA=A", "=AAA", "AAAA====", "AAAAAA==AAAA",
+               "AAA-", "AAA_", "\u00e9AAA"],
+    "bias": [0.5, 0, -3, True, "0.5", None],
+    "model_version": ["v", "", "v" * 128, "v" * 129, 1],
+    "updates": [0, -1, 3.0, 3.5, True, 2**70],
+    "updated_at": TS_VARIANTS,
+    "last_event_ts": TS_VARIANTS,
+    "recent_items": [[], ["i1"], ["i1"] * 1000, ["i1"] * 1001, ["i\n"], ["x" * 257], [""],
+                     [1], None, "i1", ["a", "b\x7f"]],
+    "state": [{}, {"a": 1}, [], None, 1],
+    "extra": [1],
+}
+
+
+@st.composite
+def row_like(draw: st.DrawFn) -> Any:
+    """Embedding rows (each schema example) with up to two fields changed or removed:
+    each field's variants sit on both sides of its rules."""
+    obj = dict(draw(st.sampled_from(load_schemas()["embedding"].examples)))
+    for field in draw(st.lists(st.sampled_from(sorted(ROW_VARIANTS)), max_size=2)):
+        if draw(st.integers(0, 5)) == 0:
+            obj.pop(field, None)
+        else:
+            obj[field] = draw(st.sampled_from(ROW_VARIANTS[field]) | json_values)
+    return obj if draw(st.integers(0, 19)) else draw(json_values)
+
+
+def _schema_accepts(obj: Any) -> bool:
+    try:
+        load_schemas()["embedding"].validate(obj)
+    except fastjsonschema.JsonSchemaValueException:
+        return False
+    return True
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(obj=row_like())
+def test_fast_row_check_agrees_with_schema(obj: Any) -> None:
+    assert fast_row_ok(obj) == _schema_accepts(obj), obj
+
+
+def test_fast_row_check_accepts_what_the_trainer_publishes() -> None:
+    learner = Learner(LearnerConfig(dim=4, num_sampled_negatives=4), device="cpu")
+    learner.learn([Event(event_id=f"e{k}", user_id=f"u{k % 7}", item_id=f"i{k % 5}",
+                         ts=1_700_000_000_000 + k, kind=EventKind.PURCHASE) for k in range(40)])
+    rows = learner.rows(user_ids=learner.user_ids(), item_ids=learner.item_ids(),
+                        model_version="v", now_ms=1)
+    objs = [orjson.loads(encode_embedding(r)) for r in rows]
+    objs += load_schemas()["embedding"].examples
+    assert len(objs) > 10 and all(fast_row_ok(o) and _schema_accepts(o) for o in objs)
 
 
 DECODERS: list[Callable[[bytes | None, bytes | None], object]] = [
