@@ -257,10 +257,19 @@ class Learner(LearnerOps, LearnerState):
         """Rebuild restored users' recent items once all rows have been applied."""
         if not self._deferred:
             return
+        # All users at once (a restore defers every user: one row write each was
+        # ~11 s at 900K users): each keeps its known items, in order, up to `length`.
         length = self.config.recent_items
-        for row, recent in self._deferred.items():
-            rows = [r for r in self._item_vocab.lookup(list(recent)).tolist() if r > COLD_ROW]
-            hist = np.full(length, -1, dtype=np.int64)
-            hist[: len(rows[:length])] = rows[:length]
-            self._users.hist[row] = self._t(hist)
+        users = np.fromiter(self._deferred, dtype=np.int64, count=len(self._deferred))
+        sizes = np.fromiter((len(r) for r in self._deferred.values()), dtype=np.int64,
+                            count=len(users))
+        found = self._item_vocab.lookup([i for r in self._deferred.values() for i in r])
+        owner = np.repeat(np.arange(len(users)), sizes)
+        known = found > COLD_ROW
+        owner, found = owner[known], found[known]
+        position = np.arange(len(owner)) - np.searchsorted(owner, owner)
+        fits = position < length
+        hist = np.full((len(users), length), -1, dtype=np.int64)
+        hist[owner[fits], position[fits]] = found[fits]
+        self._users.hist[self._t(users)] = self._t(hist)
         self._deferred = {}

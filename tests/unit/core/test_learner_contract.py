@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import io
 import random
 
@@ -211,3 +212,28 @@ def test_a_state_of_the_same_device_type_must_fit() -> None:
     state = {**a.global_state(), "rng": base64.b64encode(bytes(16)).decode()}
     with pytest.raises(RuntimeError):
         Learner(small_config(**VARIANTS[0]), device=DEVICE).apply_global_state(state)
+
+
+def test_restored_histories_keep_known_items_in_order_up_to_the_length() -> None:
+    """A restored user's recent items resolve against the items restored with it:
+    unknown ones (evicted, or from a longer history) drop out and the rest close up."""
+    a = _trained(VARIANTS[0])
+    items = sorted(a.item_ids())
+    rows = _all_rows(a)
+    length = a.config.recent_items  # 5 in the test config
+    recent = {"u1": ("gone", items[0], "gone-too", items[1]),
+              "u2": tuple(items[:length + 3]),
+              "u3": ("gone",) * 3,
+              "u4": ()}
+    rows = [dataclasses.replace(r, recent_items=recent[r.id]) if r.id in recent else r
+            for r in rows]
+    b = Learner(small_config(**VARIANTS[0]), device=DEVICE)
+    b.apply_rows(rows)
+    b.apply_global_state(a.global_state())
+    got = {r.id: r.recent_items for r in b.rows(user_ids=sorted(recent), model_version="v",
+                                                now_ms=0)}
+    assert got == {"u1": (items[0], items[1]), "u2": tuple(items[:length]), "u3": (),
+                   "u4": ()}
+    # Closed up, not gapped: positions weigh the serving mix (decay**p).
+    hist = b._users.hist[b._user_vocab.row("u1")].tolist()
+    assert hist == [b._item_vocab.row(items[0]), b._item_vocab.row(items[1])] + [-1] * (length - 2)
