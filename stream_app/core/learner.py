@@ -35,6 +35,9 @@ from stream_app.core.stats import StepStats
 from stream_app.core.vocab import COLD_ROW, Vocab
 from stream_app.events import Event, EventKind
 
+DEFERRED_CHUNK = 65_536
+"""Restored users whose recent items are resolved in one pass."""
+
 
 def default_device() -> torch.device:
     """CUDA when present, else CPU: same code either way."""
@@ -253,17 +256,12 @@ class Learner(LearnerOps, LearnerState):
                 out.append(id_)
         return tuple(out)
 
-    def _resolve_deferred(self) -> None:
-        """Rebuild restored users' recent items once all rows have been applied."""
-        if not self._deferred:
-            return
-        # All users at once (a restore defers every user: one row write each was
-        # ~11 s at 900K users): each keeps its known items, in order, up to `length`.
+    def _resolve_histories(self, pending: list[tuple[int, tuple[str, ...]]]) -> None:
+        """Each user keeps its known recent items, in order, up to `recent_items`."""
         length = self.config.recent_items
-        users = np.fromiter(self._deferred, dtype=np.int64, count=len(self._deferred))
-        sizes = np.fromiter((len(r) for r in self._deferred.values()), dtype=np.int64,
-                            count=len(users))
-        found = self._item_vocab.lookup([i for r in self._deferred.values() for i in r])
+        users = np.fromiter((u for u, _ in pending), dtype=np.int64, count=len(pending))
+        sizes = np.fromiter((len(r) for _, r in pending), dtype=np.int64, count=len(pending))
+        found = self._item_vocab.lookup([i for _, r in pending for i in r])
         owner = np.repeat(np.arange(len(users)), sizes)
         known = found > COLD_ROW
         owner, found = owner[known], found[known]
@@ -272,4 +270,14 @@ class Learner(LearnerOps, LearnerState):
         hist = np.full((len(users), length), -1, dtype=np.int64)
         hist[owner[fits], position[fits]] = found[fits]
         self._users.hist[self._t(users)] = self._t(hist)
+
+    def _resolve_deferred(self) -> None:
+        """Rebuild restored users' recent items once all rows have been applied."""
+        if not self._deferred:
+            return
+        # Many users at once (a restore defers every user: one row write each was
+        # ~11 s at 900K users), in chunks that keep the temporary arrays small.
+        pending = list(self._deferred.items())
+        for start in range(0, len(pending), DEFERRED_CHUNK):
+            self._resolve_histories(pending[start:start + DEFERRED_CHUNK])
         self._deferred = {}

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from stream_app.core import Learner, Outcome
+from stream_app.core import learner as learner_module
 from stream_app.core.optim import GradAccumulator, apply_update, learning_rate
 from stream_app.events import EmbeddingRow
 from tests.device import DEVICE, EXACT, assert_same
@@ -214,9 +215,12 @@ def test_a_state_of_the_same_device_type_must_fit() -> None:
         Learner(small_config(**VARIANTS[0]), device=DEVICE).apply_global_state(state)
 
 
-def test_restored_histories_keep_known_items_in_order_up_to_the_length() -> None:
+@pytest.mark.parametrize("chunk", [learner_module.DEFERRED_CHUNK, 1, 3])
+def test_restored_histories_keep_known_items_in_order_up_to_the_length(
+        chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A restored user's recent items resolve against the items restored with it:
     unknown ones (evicted, or from a longer history) drop out and the rest close up."""
+    monkeypatch.setattr(learner_module, "DEFERRED_CHUNK", chunk)
     a = _trained(VARIANTS[0])
     items = sorted(a.item_ids())
     rows = _all_rows(a)
