@@ -155,41 +155,70 @@ class LearnerState(LearnerFields):
         """Restore rows from the changelog (any order; latest row per key wins).
 
         Users' recent items are resolved against items once the next call needs
-        them, so users may arrive before their items.
+        them, so users may arrive before their items. Rows are claimed one by
+        one and written to the tables in bulk; a claim that evicts (a full
+        table) first writes what is pending, so the result is that of writing
+        each row in turn.
         """
+        users: dict[int, EmbeddingRow] = {}
+        items: dict[int, EmbeddingRow] = {}
         for row in rows:
             if row.entity == "user":
-                self._restore_user(row)
+                vocab, table, pending = self._user_vocab, self._users, users
             else:
-                self._restore_item(row)
+                vocab, table, pending = self._item_vocab, self._items, items
+            r, _evicted_ids, evicted = vocab.force(row.id, row.last_event_ts)
+            table.ensure(vocab.allocated)
+            if len(evicted):
+                self._write_users(users)
+                self._write_items(items)
+                users, items = {}, {}
+                pending = users if row.entity == "user" else items
+                ev = torch.as_tensor(evicted, device=self.device)
+                if table is self._items:
+                    m.compact_history(self._users.hist, ev)
+                table.reset_rows(ev, None)
+            pending.pop(r, None)  # a later row for the same table row wins
+            pending[r] = row
+        self._write_users(users)
+        self._write_items(items)
 
-    def _claim(self, vocab: Vocab, table: m.Table, id_: str, last_ts: int) -> int:
-        r, _evicted_ids, evicted = vocab.force(id_, last_ts)
-        table.ensure(vocab.allocated)
-        if len(evicted):
-            ev = torch.as_tensor(evicted, device=self.device)
-            if table is self._items:
-                m.compact_history(self._users.hist, ev)
-            table.reset_rows(ev, None)
-        return r
+    def _write_users(self, pending: dict[int, EmbeddingRow]) -> None:
+        if not pending:
+            return
+        idx = torch.as_tensor(list(pending), device=self.device)
+        rows = list(pending.values())
+        self._users.vec[idx] = self._stack([r.state["id_vec"] for r in rows])
+        self._write_slots(self._users, idx, rows)
+        self._users.updates[idx] = torch.as_tensor([r.updates for r in rows],
+                                                   device=self.device)
+        self._users.hist[idx] = -1
+        for r, row in pending.items():
+            self._deferred[r] = tuple(row.recent_items)
 
-    def _restore_user(self, row: EmbeddingRow) -> None:
-        r = self._claim(self._user_vocab, self._users, row.id, row.last_event_ts)
-        self._users.vec[r] = torch.as_tensor(np.asarray(row.state["id_vec"], dtype=np.float32),
-                                             device=self.device)
-        codec.decode_slots(self._users, r, row.state["opt"])
-        self._users.updates[r] = row.updates
-        self._users.hist[r] = -1
-        self._deferred[r] = tuple(row.recent_items)
+    def _write_items(self, pending: dict[int, EmbeddingRow]) -> None:
+        if not pending:
+            return
+        idx = torch.as_tensor(list(pending), device=self.device)
+        rows = list(pending.values())
+        self._items.vec[idx] = self._stack([r.vector for r in rows])
+        self._write_slots(self._items, idx, rows)
+        self._items.updates[idx] = torch.as_tensor([r.updates for r in rows],
+                                                   device=self.device)
+        self._items.logpop[idx] = torch.as_tensor(
+            [codec.read_logpop(float(r.state["logpop"])) for r in rows],
+            dtype=torch.float64, device=self.device)
+        self._items.released[idx] = torch.as_tensor(
+            [float(r.state.get("released_at", float("nan"))) for r in rows],
+            dtype=torch.float64, device=self.device)
 
-    def _restore_item(self, row: EmbeddingRow) -> None:
-        r = self._claim(self._item_vocab, self._items, row.id, row.last_event_ts)
-        self._items.vec[r] = torch.as_tensor(np.asarray(row.vector, dtype=np.float32),
-                                             device=self.device)
-        codec.decode_slots(self._items, r, row.state["opt"])
-        self._items.updates[r] = row.updates
-        self._items.logpop[r] = codec.read_logpop(float(row.state["logpop"]))
-        self._items.released[r] = float(row.state.get("released_at", float("nan")))
+    def _write_slots(self, table: m.Table, idx: torch.Tensor, rows: list[EmbeddingRow]) -> None:
+        for name, t in table.slots.items():
+            values = [codec.slot_value(r.state["opt"], name) for r in rows]
+            t[idx] = self._stack(values).reshape(len(rows), *t.shape[1:])
+
+    def _stack(self, arrays: list[Any]) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(arrays, dtype=np.float32)).to(self.device)
 
     def global_state(self) -> dict[str, Any]:
         """JSON-able state that is not per row: counters, time origin, cold rows, RNG."""

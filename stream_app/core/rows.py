@@ -49,11 +49,16 @@ def slots_of(gathered: dict[str, npt.NDArray[np.float32]], n: int) -> dict[str, 
 
 def decode_slots(table: Table, row: int, slots: dict[str, Any]) -> None:
     for name, t in table.slots.items():
-        if name not in slots:
-            raise ValueError(f"row state lacks optimiser slot {name!r}: was it written by "
-                             "a learner with a different optimizer?")
-        value = slots[name]
+        value = slot_value(slots, name)
         t[row] = torch.as_tensor(np.asarray(value, dtype=np.float32), device=t.device)
+
+
+def slot_value(slots: dict[str, Any], name: str) -> Any:
+    """One optimiser slot of a row's state; a clear error if the row has none."""
+    if name not in slots:
+        raise ValueError(f"row state lacks optimiser slot {name!r}: was it written by "
+                         "a learner with a different optimizer?")
+    return slots[name]
 
 
 def finite_logpop(value: float) -> float:

@@ -241,3 +241,30 @@ def test_restored_histories_keep_known_items_in_order_up_to_the_length(
     # Closed up, not gapped: positions weigh the serving mix (decay**p).
     hist = b._users.hist[b._user_vocab.row("u1")].tolist()
     assert hist == [b._item_vocab.row(items[0]), b._item_vocab.row(items[1])] + [-1] * (length - 2)
+
+
+@pytest.mark.parametrize("caps", [(8, 12), (1000, 1000)], ids=["capped", "roomy"])
+@pytest.mark.parametrize("variant", VARIANTS[:2], ids=lambda v: str(v["optimizer"]))
+def test_bulk_restore_equals_restoring_row_by_row_even_when_the_cap_evicts(
+        variant: dict[str, object], caps: tuple[int, int]) -> None:
+    """`apply_rows` writes rows in bulk; with tables too small for the changelog it must
+    still end where writing each row in turn ends (evictions interleave with writes)."""
+    a = _trained(variant, n_batches=6)
+    rows = _all_rows(a)
+    random.Random(1).shuffle(rows)  # noqa: S311
+    rows += [dataclasses.replace(r, updates=r.updates + 1000, last_event_ts=T0 + 10**9)
+             for r in rows[:7]]  # some keys twice, newest last: the later row wins
+    small = {**variant, "max_users": caps[0], "max_items": caps[1]}
+    bulk, one_by_one = (Learner(small_config(**small), device=DEVICE) for _ in range(2))
+    bulk.apply_rows(rows)
+    for row in rows:
+        one_by_one.apply_rows([row])
+    assert len(bulk.user_ids()) == min(caps[0], len(a.user_ids()))
+    assert len(bulk.item_ids()) == min(caps[1], len(a.item_ids()))
+    assert sorted(bulk.user_ids()) == sorted(one_by_one.user_ids())
+    assert sorted(bulk.item_ids()) == sorted(one_by_one.item_ids())
+    _same_rows(_all_rows(bulk), _all_rows(one_by_one, like=bulk))
+    for name in ("_users", "_items"):
+        for field in ("vec", "updates", "logpop", "hist", "released"):
+            assert_same(getattr(getattr(bulk, name), field), getattr(getattr(one_by_one, name),
+                                                                     field), nan=True)
