@@ -105,7 +105,7 @@ def decode_embedding(
         vector=vector,
         bias=float(obj["bias"]),
         model_version=obj["model_version"],
-        updates=obj["updates"],
+        updates=int(obj["updates"]),
         updated_at=int(obj["updated_at"]),
         last_event_ts=int(obj["last_event_ts"]),
         recent_items=tuple(obj.get("recent_items", ())),

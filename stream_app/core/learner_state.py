@@ -191,7 +191,7 @@ class LearnerState(LearnerFields):
         self._users.vec[idx] = self._stack([r.state["id_vec"] for r in rows])
         self._write_slots(self._users, idx, rows)
         self._users.updates[idx] = torch.as_tensor([r.updates for r in rows],
-                                                   device=self.device)
+                                                   dtype=torch.int64, device=self.device)
         self._users.hist[idx] = -1
         for r, row in pending.items():
             self._deferred[r] = tuple(row.recent_items)
@@ -204,7 +204,7 @@ class LearnerState(LearnerFields):
         self._items.vec[idx] = self._stack([r.vector for r in rows])
         self._write_slots(self._items, idx, rows)
         self._items.updates[idx] = torch.as_tensor([r.updates for r in rows],
-                                                   device=self.device)
+                                                   dtype=torch.int64, device=self.device)
         self._items.logpop[idx] = torch.as_tensor(
             [codec.read_logpop(float(r.state["logpop"])) for r in rows],
             dtype=torch.float64, device=self.device)

@@ -9,9 +9,11 @@ import io
 import random
 
 import numpy as np
+import orjson
 import pytest
 import torch
 
+from stream_app.codec import decode_embedding, encode_embedding
 from stream_app.core import Learner, Outcome
 from stream_app.core import learner as learner_module
 from stream_app.core.optim import GradAccumulator, apply_update, learning_rate
@@ -210,7 +212,7 @@ def test_state_from_another_device_type_restores(source: object, target: object)
 def test_a_state_of_the_same_device_type_must_fit() -> None:
     """Only a foreign device type is re-seeded: a damaged RNG state still fails loudly."""
     a = _trained(VARIANTS[0])
-    state = {**a.global_state(), "rng": base64.b64encode(bytes(16)).decode()}
+    state = {**a.global_state(), "rng": base64.b64encode(bytes(3)).decode()}  # fits no device
     with pytest.raises(RuntimeError):
         Learner(small_config(**VARIANTS[0]), device=DEVICE).apply_global_state(state)
 
@@ -268,3 +270,20 @@ def test_bulk_restore_equals_restoring_row_by_row_even_when_the_cap_evicts(
         for field in ("vec", "updates", "logpop", "hist", "released"):
             assert_same(getattr(getattr(bulk, name), field), getattr(getattr(one_by_one, name),
                                                                      field), nan=True)
+
+
+def test_integral_float_counts_from_another_writer_restore() -> None:
+    """The schema's `integer` takes 6.0 (JSON has one number type): such a row decodes
+    to an int count and restores like any other, alone or beside int counts."""
+    a = _trained(VARIANTS[0])
+    rows = _all_rows(a)
+    changed = []
+    for row in rows[:4]:
+        obj = orjson.loads(encode_embedding(row))
+        obj["updates"] = float(obj["updates"])
+        changed.append(decode_embedding(row.key.encode(), orjson.dumps(obj)))
+    assert all(r is not None and type(r.updates) is int for r in changed)
+    b = Learner(small_config(**VARIANTS[0]), device=DEVICE)
+    b.apply_rows([r for r in changed if r is not None] + rows[4:])
+    b.apply_global_state(a.global_state())
+    _same_rows(rows, _all_rows(b, like=a))
