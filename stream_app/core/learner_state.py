@@ -160,38 +160,31 @@ class LearnerState(LearnerFields):
         table) first writes what is pending, so the result is that of writing
         each row in turn.
         """
-        users: dict[int, EmbeddingRow] = {}
+        users: dict[int, EmbeddingRow] = {}  # table row -> latest row for it
         items: dict[int, EmbeddingRow] = {}
         for row in rows:
-            if row.entity == "user":
-                vocab, table, pending = self._user_vocab, self._users, users
-            else:
-                vocab, table, pending = self._item_vocab, self._items, items
+            is_user = row.entity == "user"
+            vocab, table = (self._user_vocab, self._users) if is_user \
+                else (self._item_vocab, self._items)
             r, _evicted_ids, evicted = vocab.force(row.id, row.last_event_ts)
             table.ensure(vocab.allocated)
             if len(evicted):
                 self._write_users(users)
                 self._write_items(items)
-                users, items = {}, {}
-                pending = users if row.entity == "user" else items
+                users.clear()
+                items.clear()
                 ev = torch.as_tensor(evicted, device=self.device)
                 if table is self._items:
                     m.compact_history(self._users.hist, ev)
                 table.reset_rows(ev, None)
-            pending.pop(r, None)  # a later row for the same table row wins
-            pending[r] = row
+            (users if is_user else items)[r] = row
         self._write_users(users)
         self._write_items(items)
 
     def _write_users(self, pending: dict[int, EmbeddingRow]) -> None:
         if not pending:
             return
-        idx = torch.as_tensor(list(pending), device=self.device)
-        rows = list(pending.values())
-        self._users.vec[idx] = self._stack([r.state["id_vec"] for r in rows])
-        self._write_slots(self._users, idx, rows)
-        self._users.updates[idx] = torch.as_tensor([r.updates for r in rows],
-                                                   dtype=torch.int64, device=self.device)
+        idx = self._write_rows(self._users, pending, [r.state["id_vec"] for r in pending.values()])
         self._users.hist[idx] = -1
         for r, row in pending.items():
             self._deferred[r] = tuple(row.recent_items)
@@ -199,12 +192,8 @@ class LearnerState(LearnerFields):
     def _write_items(self, pending: dict[int, EmbeddingRow]) -> None:
         if not pending:
             return
-        idx = torch.as_tensor(list(pending), device=self.device)
         rows = list(pending.values())
-        self._items.vec[idx] = self._stack([r.vector for r in rows])
-        self._write_slots(self._items, idx, rows)
-        self._items.updates[idx] = torch.as_tensor([r.updates for r in rows],
-                                                   dtype=torch.int64, device=self.device)
+        idx = self._write_rows(self._items, pending, [r.vector for r in rows])
         self._items.logpop[idx] = torch.as_tensor(
             [codec.read_logpop(float(r.state["logpop"])) for r in rows],
             dtype=torch.float64, device=self.device)
@@ -212,10 +201,18 @@ class LearnerState(LearnerFields):
             [float(r.state.get("released_at", float("nan"))) for r in rows],
             dtype=torch.float64, device=self.device)
 
-    def _write_slots(self, table: m.Table, idx: torch.Tensor, rows: list[EmbeddingRow]) -> None:
+    def _write_rows(self, table: m.Table, pending: dict[int, EmbeddingRow],
+                    vectors: list[Any]) -> torch.Tensor:
+        """What user and item rows share: vector, optimiser slots, update count."""
+        idx = torch.as_tensor(list(pending), dtype=torch.int64, device=self.device)
+        rows = list(pending.values())
+        table.vec[idx] = self._stack(vectors)
         for name, t in table.slots.items():
             values = [codec.slot_value(r.state["opt"], name) for r in rows]
             t[idx] = self._stack(values).reshape(len(rows), *t.shape[1:])
+        table.updates[idx] = torch.as_tensor([r.updates for r in rows], dtype=torch.int64,
+                                             device=self.device)
+        return idx
 
     def _stack(self, arrays: list[Any]) -> torch.Tensor:
         return torch.from_numpy(np.asarray(arrays, dtype=np.float32)).to(self.device)
