@@ -56,14 +56,15 @@ def raw_consume(kafka: KafkaConfig, n: int) -> dict[str, float]:
 
 
 def trainer_run(kafka: KafkaConfig, n: int, learner: LearnerConfig, batch_max: int,
-                profile: Path | None) -> dict[str, Any]:
+                step_max: int, profile: Path | None) -> dict[str, Any]:
     """Ours: the real trainer (exactly-once on), timed from first to last committed batch.
 
     With `profile`, the run is under cProfile, which slows Python code by a
     third or more: such a run gives the phase breakdown, never the headline rate.
     """
     cfg = TrainerConfig(group_id=f"bench-{uuid.uuid4().hex[:8]}", batch_max=batch_max,
-                        batch_wait_ms=100, metrics_port=0, exit_when_idle=2.0, restore=False)
+                        step_max=step_max, batch_wait_ms=100, metrics_port=0,
+                        exit_when_idle=2.0, restore=False)
     trainer = make_trainer(kafka, cfg, learner)
     marks: list[tuple[float, int, int]] = []
 
@@ -104,7 +105,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--users", type=int, default=50_000)
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--batch-max", type=int, default=5000)
+    ap.add_argument("--batch-max", type=int, default=TrainerConfig().batch_max,
+                    help="events per transaction (the trainer's default)")
+    ap.add_argument("--step-max", type=int, default=TrainerConfig().step_max,
+                    help="events per learning step (the trainer's default)")
     ap.add_argument("--profile", type=Path,
                     help="also run the trainer a second time, under cProfile, into this file")
     ap.add_argument("--out", type=Path)
@@ -113,9 +117,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with bench_broker() as bootstrap, fresh_topics(bootstrap) as kafka:
         filled = fill(kafka, args.events, args.users, args.items)
         raw = raw_consume(kafka, filled)
-        ours = trainer_run(kafka, filled, learner, args.batch_max, None)
+        ours = trainer_run(kafka, filled, learner, args.batch_max, args.step_max, None)
         # A second trainer (its own group) reads the same events again under the profiler.
-        profiled = trainer_run(kafka, filled, learner, args.batch_max, args.profile) \
+        profiled = trainer_run(kafka, filled, learner, args.batch_max, args.step_max,
+                               args.profile) \
             if args.profile else None
     result: dict[str, Any] = {
         "benchmark": "ingest", "machine": machine(),

@@ -52,13 +52,13 @@ from stream_app.trainer import TrainerConfig, make_trainer
 
 def through_kafka(kafka: KafkaConfig, events: list[Event], config: LearnerConfig,
                   users: list[str], seen: dict[str, set[str]], item_ids: list[str], k: int,
-                  batch_max: int) -> tuple[np.ndarray, dict[str, float]]:
+                  batch_max: int, step_max: int) -> tuple[np.ndarray, dict[str, float]]:
     t0 = time.perf_counter()
     produce_records(kafka, (to_record(e) for e in events), total=len(events), rate=0,
                     progress=False, label="bench-replay")
     t1 = time.perf_counter()
     cfg = TrainerConfig(group_id=f"q-{uuid.uuid4().hex[:6]}", batch_max=batch_max,
-                        metrics_port=0, exit_when_idle=5.0, restore=False)
+                        step_max=step_max, metrics_port=0, exit_when_idle=5.0, restore=False)
     make_trainer(kafka, cfg, config).run()
     t2 = time.perf_counter()
     stop = threading.Event()
@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--limit", type=int, help="first N ratings only (quick mode)")
     ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--batch-max", type=int, default=1000, help="trainer micro-batch bound")
+    ap.add_argument("--batch-max", type=int, default=TrainerConfig().batch_max,
+                    help="events per trainer transaction (the trainer's default)")
+    ap.add_argument("--step-max", type=int, default=1000,
+                    help="events per learning step, offline and in the trainer")
     ap.add_argument("-X", action="append", default=[], metavar="KEY=VALUE",
                     help="LearnerConfig override (JSON value)")
     ap.add_argument("--out", type=Path)
@@ -127,12 +130,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                 args.k)
             methods[name.replace("decayed_pop(hl=", "decayed_popularity_").replace("d)+", "d+")] \
                 = met
-    full, _, _ = learner_scores(config, d, n_train, users, item_ids, args.batch_max, "cpu",
+    full, _, _ = learner_scores(config, d, n_train, users, item_ids, args.step_max, "cpu",
                                 with_release=release)
     methods["core_offline"] = topk_metrics(full, item_ids, users, seen, test, args.k)
     with bench_broker() as bootstrap, fresh_topics(bootstrap) as kafka:
         kscores, timing = through_kafka(kafka, events, config, users, seen, item_ids, args.k,
-                                        args.batch_max)
+                                        args.batch_max, args.step_max)
     methods["trainer_scorer_kafka"] = topk_metrics(kscores, item_ids, users, seen, test, args.k)
     best = max((m for n, m in methods.items() if "popularity" in n), key=lambda m: m["recall"])
     interval = ratio_interval(methods["trainer_scorer_kafka"]["per_user_recall"],
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         met.pop("per_user_recall")
     result = {"benchmark": "quality_kafka", "machine": machine(),
               "params": {"limit": args.limit, "k": args.k, "batch_max": args.batch_max,
+                         "step_max": args.step_max,
                          "overrides": args.X, "release_times": release},
               "train_events": n_train, "test_users": len(users), "methods": methods,
               "kafka_timing": timing,

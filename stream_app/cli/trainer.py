@@ -13,7 +13,10 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("trainer", help="learn embeddings from clicks/purchases (exactly-once)")
     component_args(p, 9464)
     p.add_argument("--instance-id", help="stable id of this trainer; names its transactional.id")
-    p.add_argument("--batch-max", type=int, help="max events per micro-batch (default 2000)")
+    p.add_argument("--batch-max", type=int,
+                   help="max events per poll, which is one transaction (default 10000)")
+    p.add_argument("--step-max", type=int,
+                   help="max events per learning step; a batch is learned in steps (2000)")
     p.add_argument("--batch-wait-ms", type=int,
                    help="max wait to fill a micro-batch, and for a partition behind in event "
                         "time (200)")
@@ -46,7 +49,7 @@ def _trainer(args: argparse.Namespace) -> int:
     file = read_file(args.config)
     flags = {k: getattr(args, k, None) for k in (
         "group_id", "device", "metrics_host", "metrics_port", "exit_when_idle", "instance_id",
-        "batch_max", "batch_wait_ms", "restore", "stats_file", "stall_timeout_s",
+        "batch_max", "step_max", "batch_wait_ms", "restore", "stats_file", "stall_timeout_s",
         "snapshot_dir", "snapshot_interval_s")}
     kafka = kafka_config(args)
     cfg = build(TrainerConfig, "trainer", file.get("trainer", {}), environment(), flags,

@@ -100,6 +100,22 @@ def train_dlq(rec: RawRecord, reason: DlqReason, detail: str, now_ms: int) -> Dl
                       ts=now_ms, stage="train")
 
 
+def tombstones_to_publish(tombstones: Iterable[str], *, users: set[str],
+                      items: set[str]) -> list[str]:
+    """The tombstones a transaction must publish: once each, none for a key that has a row.
+
+    A user forgotten (or a row evicted) and then seen again in the same
+    transaction ends it with a row. Rows go out before tombstones, and
+    compaction keeps a key's last record, so that row's tombstone would
+    delete it from the changelog while the model still has it.
+
+    >>> tombstones_to_publish(["user:a", "item:x", "user:b", "user:a"], users={"b"}, items=set())
+    ['user:a', 'item:x']
+    """
+    live = {f"user:{u}" for u in users} | {f"item:{i}" for i in items}
+    return [key for key in dict.fromkeys(tombstones) if key not in live]
+
+
 def output_records(topics: TopicNames, rows: Iterable[EmbeddingRow],
                    tombstones: Iterable[str], meta: dict[str, object],
                    dlq: Iterable[DlqRecord]) -> list[OutRecord]:

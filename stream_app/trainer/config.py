@@ -17,6 +17,15 @@ class TrainerConfig:
     `instance_id` must be stable across restarts of the same instance: the
     transactional id is derived from it, which is what fences a zombie.
 
+    `batch_max` bounds one transaction (a poll); `step_max` one learning step.
+    A full batch is learned in steps of at most `step_max` events, each
+    evaluated before it is learned, and every row they changed is published
+    once, in the batch's transaction. So under load a transaction carries
+    several steps and a row touched by each is written once, not per step
+    (fewer rows per event, BENCHMARKS.md "Ingest"), while the model learns in
+    the small steps its quality was tuned on. When input is slow, batches end
+    at `batch_wait_ms` and hold one step.
+
     `stall_timeout_s`: the process exits with status 75 when the loop makes no
     progress (an iteration, a transaction, a restored chunk) for this long, so
     a supervisor restarts it; see `stream_app.trainer.watchdog`. It must exceed
@@ -32,7 +41,8 @@ class TrainerConfig:
 
     group_id: str = "stream-app-trainer"
     instance_id: str = "trainer-0"
-    batch_max: int = 2000
+    batch_max: int = 10_000
+    step_max: int = 2000
     batch_wait_ms: int = 200
     device: str = "auto"
     metrics_host: str = "127.0.0.1"
@@ -52,8 +62,9 @@ class TrainerConfig:
             if not _ID_RE.match(getattr(self, name)):
                 raise ConfigError(f"trainer.{name} must be 1-200 of [A-Za-z0-9._-], "
                                   f"got {getattr(self, name)!r}")
-        if self.batch_max <= 0:
-            raise ConfigError(f"trainer.batch_max must be > 0, got {self.batch_max}")
+        for name in ("batch_max", "step_max"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"trainer.{name} must be > 0, got {getattr(self, name)}")
         if self.batch_wait_ms < 0:
             raise ConfigError(f"trainer.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if not 0 <= self.metrics_port <= 65535:

@@ -30,6 +30,7 @@ from stream_app.trainer.batch import (
     decode_batch,
     event_time,
     output_records,
+    tombstones_to_publish,
     train_dlq,
 )
 from stream_app.trainer.config import TrainerConfig
@@ -228,6 +229,7 @@ class Trainer:
         dlq: list[DlqRecord] = list(decoded.dlq)
         applied, losses = self._learn(decoded, changed_users, changed_items, tombstones, dlq,
                                       now_ms)
+        tombstones = tombstones_to_publish(tombstones, users=changed_users, items=changed_items)
         rows = self.learner.rows(user_ids=sorted(changed_users), item_ids=sorted(changed_items),
                                  model_version=self.model_version, now_ms=now_ms)
         lc = self.learner_cfg
@@ -305,13 +307,16 @@ class Trainer:
 
     def _learn(self, decoded: Decoded, changed_users: set[str], changed_items: set[str],
                tombstones: list[str], dlq: list[DlqRecord], now_ms: int) -> tuple[int, list[float]]:
-        """Evaluate then learn each segment; apply forgets in order between segments."""
+        """Evaluate then learn each segment in steps of `step_max`; apply forgets in order
+        between segments."""
         applied = 0
         losses: list[float] = []
+        step = self.cfg.step_max
         for i, (events, recs) in enumerate(zip(decoded.segments, decoded.records, strict=True)):
-            if events:
-                applied += self._learn_segment(events, recs, changed_users, changed_items,
-                                               tombstones, dlq, now_ms, losses)
+            for at in range(0, len(events), step):
+                applied += self._learn_step(events[at:at + step], recs[at:at + step],
+                                               changed_users, changed_items, tombstones, dlq,
+                                               now_ms, losses)
             if i < len(decoded.forgets):
                 user = decoded.forgets[i]
                 if self.learner.forget_user(user):
@@ -319,7 +324,7 @@ class Trainer:
                     changed_users.discard(user)
         return applied, losses
 
-    def _learn_segment(self, events: list[Event], recs: list[RawRecord], changed_users: set[str],
+    def _learn_step(self, events: list[Event], recs: list[RawRecord], changed_users: set[str],
                        changed_items: set[str], tombstones: list[str], dlq: list[DlqRecord],
                        now_ms: int, losses: list[float]) -> int:
         step_start = time.monotonic()

@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
 
-from stream_app.codec import decode_dlq, decode_embedding, is_meta_key
+from stream_app.codec import decode_dlq, decode_embedding, encode_event, is_meta_key
 from stream_app.config import KafkaConfig
 from stream_app.core import LearnerConfig
-from stream_app.events import EmbeddingRow
+from stream_app.events import EmbeddingRow, Event, EventKind
 from stream_app.kafka.admin import admin_client
 from stream_app.kafka.exceptions import TopicError
+from stream_app.kafka.produce import EventProducer, Outgoing
 from stream_app.replay import produce_records
 from stream_app.sources import RawRecord, to_record
 from stream_app.sources.generate import generate
-from stream_app.trainer import Trainer, TrainerConfig, make_trainer
+from stream_app.trainer import BatchResult, Trainer, TrainerConfig, make_trainer
+from stream_app.trainer.batch import CONTROL_HEADER
 from stream_app.trainer.control import send_forget
 from tests.integration.kafka_helpers import read_topic, wait_until
 
@@ -62,15 +64,24 @@ def produce(kafka: KafkaConfig, records: list[RawRecord]) -> None:
     produce_records(kafka, records, total=None, rate=0, progress=False, label="test")
 
 
+@pytest.mark.parametrize("step_max", [100, 7], ids=["one-step", "many-steps"])
 def test_rows_published_with_exact_update_counts_and_bad_input_dead_lettered(
-        kafka: KafkaConfig) -> None:
+        kafka: KafkaConfig, step_max: int) -> None:
     records = list(generate(600, n_users=40, n_items=30, seed=3, malformed_share=0.05))
     produce(kafka, records)
     valid = [r.event for r in records if r.event is not None]
     bad = [r for r in records if r.event is None]
     assert bad, "the generator should have made malformed records"
 
-    run_until_idle(kafka, _cfg())
+    trainer = make_trainer(kafka, _cfg(step_max=step_max), LEARNER)
+    batches: list[BatchResult] = []
+    trainer.on_batch = batches.append
+    assert trainer.run() == 0
+    # Each transaction learned its batch in steps of at most step_max events.
+    steps = trainer.learner.global_state()["step"]
+    assert steps >= sum(-(-b.applied // step_max) for b in batches) > 0
+    if step_max < 100:
+        assert steps > len(batches)
 
     rows = latest_rows(kafka)
     users = {k: r for k, r in rows.items() if k.startswith("user:") and r}
@@ -166,6 +177,32 @@ def test_forget_publishes_a_tombstone(kafka: KafkaConfig) -> None:
     assert f"user:{victim}" in rows and rows[f"user:{victim}"] is None
     others = [k for k, r in rows.items() if k.startswith("user:") and r is not None]
     assert others
+
+
+def test_a_user_forgotten_then_seen_again_in_one_transaction_keeps_the_new_row(
+        kafka: KafkaConfig) -> None:
+    """The forget's tombstone must not follow, and so delete, the row re-created after it."""
+    def click(i: int) -> Outgoing:
+        event = Event(event_id=f"e{i}", user_id="u1", item_id=f"i{i % 3}", ts=1_000 + i,
+                      kind=EventKind.CLICK)
+        return Outgoing(kafka.topics.clicks, b"u1", encode_event(event))
+
+    forget = Outgoing(kafka.topics.clicks, b"u1", b'{"type":"forget","user_id":"u1"}',
+                      headers=((CONTROL_HEADER, b"forget"),))
+    with EventProducer(kafka, client_id="test") as producer:  # one partition, in this order
+        for out in [*map(click, range(5)), forget, *map(click, range(5, 8))]:
+            producer.send(out)
+
+    trainer = make_trainer(kafka, _cfg(batch_max=1000), LEARNER)
+    batches: list[BatchResult] = []
+    trainer.on_batch = batches.append
+    assert trainer.run() == 0
+    assert [b.events for b in batches] == [9]  # else the case under test did not happen
+    row = latest_rows(kafka)["user:u1"]
+    assert row is not None and row.updates == 3  # learned from the three clicks after it
+    restored = make_trainer(kafka, _cfg(), LEARNER)
+    restored._restore()
+    assert restored.learner.user_ids() == ["u1"]
 
 
 def test_trainer_refuses_event_topics_with_different_partition_counts(
