@@ -94,6 +94,42 @@ def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Events `start:end` of one segment, learned as one step after evaluating up to
+    `eval_budget` of them."""
+
+    start: int
+    end: int
+    eval_budget: int
+
+
+def plan_steps(segment_sizes: Sequence[int], *, step_max: int, eval_max: int) -> list[list[Step]]:
+    """Each segment's steps: at most `step_max` events each, in order.
+
+    The batch as a whole, not each step, gets `eval_max` evaluated events,
+    shared among its steps by size (at least one each), so a transaction's
+    metrics are as sampled as with one step, and evaluation, which ranks each
+    evaluated event against every item, stays a bounded share of the loop.
+
+    >>> plan = plan_steps([5, 0, 3], step_max=4, eval_max=4)
+    >>> [[(s.start, s.end, s.eval_budget) for s in steps] for steps in plan]
+    [[(0, 4, 2), (4, 5, 1)], [], [(0, 3, 2)]]
+    """
+    total = sum(segment_sizes)
+    done = 0
+    plan: list[list[Step]] = []
+    for size in segment_sizes:
+        steps = []
+        for start in range(0, size, step_max):
+            end = min(size, start + step_max)
+            share = eval_max * (done + end - start) // total - eval_max * done // total
+            steps.append(Step(start, end, max(1, share)))
+            done += end - start
+        plan.append(steps)
+    return plan
+
+
 def train_dlq(rec: RawRecord, reason: DlqReason, detail: str, now_ms: int) -> DlqRecord:
     """A DLQ record for an event the learner refused (rate-limited, non-finite loss)."""
     return dlq_record(rec.coords, rec.key, rec.value, DecodeError(reason, detail),

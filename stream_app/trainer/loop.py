@@ -30,6 +30,7 @@ from stream_app.trainer.batch import (
     decode_batch,
     event_time,
     output_records,
+    plan_steps,
     tombstones_to_publish,
     train_dlq,
 )
@@ -307,16 +308,19 @@ class Trainer:
 
     def _learn(self, decoded: Decoded, changed_users: set[str], changed_items: set[str],
                tombstones: list[str], dlq: list[DlqRecord], now_ms: int) -> tuple[int, list[float]]:
-        """Evaluate then learn each segment in steps of `step_max`; apply forgets in order
+        """Evaluate then learn each segment in steps (`plan_steps`); apply forgets in order
         between segments."""
         applied = 0
         losses: list[float] = []
-        step = self.cfg.step_max
+        plan = plan_steps([len(events) for events in decoded.segments],
+                          step_max=self.cfg.step_max,
+                          eval_max=self.learner_cfg.eval_max_events)
         for i, (events, recs) in enumerate(zip(decoded.segments, decoded.records, strict=True)):
-            for at in range(0, len(events), step):
-                applied += self._learn_step(events[at:at + step], recs[at:at + step],
-                                               changed_users, changed_items, tombstones, dlq,
-                                               now_ms, losses)
+            for step in plan[i]:
+                applied += self._learn_step(events[step.start:step.end],
+                                            recs[step.start:step.end], step.eval_budget,
+                                            changed_users, changed_items, tombstones, dlq,
+                                            now_ms, losses)
             if i < len(decoded.forgets):
                 user = decoded.forgets[i]
                 if self.learner.forget_user(user):
@@ -324,11 +328,11 @@ class Trainer:
                     changed_users.discard(user)
         return applied, losses
 
-    def _learn_step(self, events: list[Event], recs: list[RawRecord], changed_users: set[str],
-                       changed_items: set[str], tombstones: list[str], dlq: list[DlqRecord],
-                       now_ms: int, losses: list[float]) -> int:
+    def _learn_step(self, events: list[Event], recs: list[RawRecord], eval_budget: int,
+                    changed_users: set[str], changed_items: set[str], tombstones: list[str],
+                    dlq: list[DlqRecord], now_ms: int, losses: list[float]) -> int:
         step_start = time.monotonic()
-        ev = self.learner.evaluate(events)
+        ev = self.learner.evaluate(events, limit=eval_budget)
         st = self.learner.learn(events)
         self.metrics.step_seconds.observe(time.monotonic() - step_start)
         if ev.n_events:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 
 from stream_app.codec import META_KEY, decode_dlq, decode_embedding, encode_event
 from stream_app.config import TopicNames
 from stream_app.events import EmbeddingRow, Event, EventKind
 from stream_app.kafka.records import RawRecord, next_offsets
-from stream_app.trainer.batch import CONTROL_HEADER, decode_batch, output_records
+from stream_app.trainer.batch import CONTROL_HEADER, decode_batch, output_records, plan_steps
 
 TOPICS = TopicNames(prefix="t.")
 NOW = 1_700_000_000_000
@@ -57,3 +59,28 @@ def test_output_records_carry_rows_tombstones_meta_and_dlq() -> None:
     assert decode_embedding(out[0].key, out[0].value) == row
     assert out[1].value is None
     assert decode_dlq(out[3].value).reason == "not_object"
+
+
+def test_a_batch_is_planned_in_steps_that_share_one_evaluation_budget() -> None:
+    (steps,) = plan_steps([10_000], step_max=2000, eval_max=1024)
+    assert [(s.start, s.end) for s in steps] == [(i, i + 2000) for i in range(0, 10_000, 2000)]
+    assert [s.eval_budget for s in steps] == [204, 205, 205, 205, 205]  # 1024 in all
+    (one,) = plan_steps([700], step_max=2000, eval_max=1024)
+    assert [(s.start, s.end, s.eval_budget) for s in one] == [(0, 700, 1024)]
+
+
+def test_steps_cover_every_segment_in_order_and_stay_under_step_max() -> None:
+    rng = random.Random(4)  # noqa: S311 - test data
+    for _ in range(200):
+        sizes = [rng.choice([0, 1, rng.randrange(1, 50)]) for _ in range(rng.randrange(1, 5))]
+        step_max, eval_max = rng.randrange(1, 12), rng.randrange(1, 40)
+        if not sum(sizes):
+            continue
+        plan = plan_steps(sizes, step_max=step_max, eval_max=eval_max)
+        assert len(plan) == len(sizes)
+        for size, steps in zip(sizes, plan, strict=True):
+            assert [i for s in steps for i in range(s.start, s.end)] == list(range(size))
+            assert all(0 < s.end - s.start <= step_max and s.eval_budget >= 1 for s in steps)
+        budgets = sum(s.eval_budget for steps in plan for s in steps)
+        n_steps = sum(len(steps) for steps in plan)
+        assert eval_max <= budgets <= eval_max + n_steps
