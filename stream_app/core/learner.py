@@ -186,21 +186,20 @@ class Learner(LearnerOps, LearnerState):
             timings={"screen": t1 - t0, "vocab": t2 - t1, "gradients": t3 - t2,
                      "commit": t4 - t3, "total": t4 - t0})
 
-    def evaluate(self, events: Sequence[Event], *, limit: int | None = None) -> EvalStats:
+    def evaluate(self, events: Sequence[Event]) -> EvalStats:
         """Prequential metrics of the current model on `events`, before learning them.
 
         Changes nothing. Users without a row are scored with the cold-start row.
         Each user's recent items are left out of both rankings, as the scorer
         leaves them out of what it serves (see `evaluate.py`).
-        Batches over `limit` (default `eval_max_events`) are evaluated on an
-        evenly spaced subset (deterministic, no RNG): ranking every event
-        against every item was half of the trainer's time, and the metrics are
-        per-event averages. `EvalStats.n_events` is the number actually evaluated.
+        Batches over `eval_max_events` are evaluated on an evenly spaced subset
+        (deterministic, no RNG): ranking every event against every item was
+        half of the trainer's time. Recall and MRR are averages that a subset
+        keeps; HitRate@K is per user and falls with fewer events per user.
+        `EvalStats.n_events` is the number actually evaluated.
         """
         self._resolve_deferred()
-        limit = self.config.eval_max_events if limit is None else limit
-        if limit <= 0:
-            raise ValueError(f"evaluate limit must be > 0, got {limit}")
+        limit = self.config.eval_max_events
         if len(events) > limit:
             stride = len(events) / limit
             events = [events[int(j * stride)] for j in range(limit)]

@@ -318,7 +318,7 @@ class Trainer:
         for i, (events, recs) in enumerate(zip(decoded.segments, decoded.records, strict=True)):
             for step in plan[i]:
                 applied += self._learn_step(events[step.start:step.end],
-                                            recs[step.start:step.end], step.eval_budget,
+                                            recs[step.start:step.end], step.evaluate,
                                             changed_users, changed_items, tombstones, dlq,
                                             now_ms, losses)
             if i < len(decoded.forgets):
@@ -328,14 +328,14 @@ class Trainer:
                     changed_users.discard(user)
         return applied, losses
 
-    def _learn_step(self, events: list[Event], recs: list[RawRecord], eval_budget: int,
+    def _learn_step(self, events: list[Event], recs: list[RawRecord], evaluate: bool,
                     changed_users: set[str], changed_items: set[str], tombstones: list[str],
                     dlq: list[DlqRecord], now_ms: int, losses: list[float]) -> int:
         step_start = time.monotonic()
-        ev = self.learner.evaluate(events, limit=eval_budget)
+        ev = self.learner.evaluate(events) if evaluate else None
         st = self.learner.learn(events)
         self.metrics.step_seconds.observe(time.monotonic() - step_start)
-        if ev.n_events:
+        if ev is not None and ev.n_events:
             self._evals.append(ev)
             self.metrics.set_prequential(EvalModel.MODEL, hit_rate=ev.model.hit_rate,
                                          recall=ev.model.recall, mrr=ev.model.mrr)

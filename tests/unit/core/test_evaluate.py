@@ -114,16 +114,3 @@ def test_large_batches_are_evaluated_on_an_evenly_spaced_subset() -> None:
     assert learner.evaluate(batch).n_events == 10
     assert_same(learner.evaluate(batch), full.evaluate(picked))
 
-
-def test_a_limit_per_call_overrides_eval_max_events() -> None:
-    from tests.unit.core.streams import random_events
-
-    learner = Learner(small_config(eval_max_events=1000), device=DEVICE)
-    events = random_events(200)
-    learner.learn(events[:100])
-    batch = events[100:]
-    picked = [batch[int(j * 4.0)] for j in range(25)]  # stride 100 / 25
-    assert learner.evaluate(batch, limit=25).n_events == 25
-    assert_same(learner.evaluate(batch, limit=25), learner.evaluate(picked))
-    with pytest.raises(ValueError, match="limit must be > 0"):
-        learner.evaluate(batch, limit=0)

@@ -61,12 +61,14 @@ def test_output_records_carry_rows_tombstones_meta_and_dlq() -> None:
     assert decode_dlq(out[3].value).reason == "not_object"
 
 
-def test_a_batch_is_planned_in_steps_that_share_one_evaluation_budget() -> None:
+def test_a_batch_evaluates_whole_steps_until_eval_max_events_are_scored() -> None:
     (steps,) = plan_steps([10_000], step_max=2000, eval_max=1024)
     assert [(s.start, s.end) for s in steps] == [(i, i + 2000) for i in range(0, 10_000, 2000)]
-    assert [s.eval_budget for s in steps] == [204, 205, 205, 205, 205]  # 1024 in all
+    assert [s.evaluate for s in steps] == [True, False, False, False, False]
+    (small,) = plan_steps([10_000], step_max=1000, eval_max=1024)
+    assert [s.evaluate for s in small] == [True, True] + [False] * 8
     (one,) = plan_steps([700], step_max=2000, eval_max=1024)
-    assert [(s.start, s.end, s.eval_budget) for s in one] == [(0, 700, 1024)]
+    assert [(s.start, s.end, s.evaluate) for s in one] == [(0, 700, True)]
 
 
 def test_steps_cover_every_segment_in_order_and_stay_under_step_max() -> None:
@@ -74,13 +76,14 @@ def test_steps_cover_every_segment_in_order_and_stay_under_step_max() -> None:
     for _ in range(200):
         sizes = [rng.choice([0, 1, rng.randrange(1, 50)]) for _ in range(rng.randrange(1, 5))]
         step_max, eval_max = rng.randrange(1, 12), rng.randrange(1, 40)
-        if not sum(sizes):
-            continue
         plan = plan_steps(sizes, step_max=step_max, eval_max=eval_max)
         assert len(plan) == len(sizes)
         for size, steps in zip(sizes, plan, strict=True):
             assert [i for s in steps for i in range(s.start, s.end)] == list(range(size))
-            assert all(0 < s.end - s.start <= step_max and s.eval_budget >= 1 for s in steps)
-        budgets = sum(s.eval_budget for steps in plan for s in steps)
-        n_steps = sum(len(steps) for steps in plan)
-        assert eval_max <= budgets <= eval_max + n_steps
+            assert all(0 < s.end - s.start <= step_max for s in steps)
+        flat = [s for steps in plan for s in steps]
+        scored = [min(s.end - s.start, eval_max) for s in flat if s.evaluate]
+        assert [s.evaluate for s in flat] == sorted((s.evaluate for s in flat), reverse=True)
+        assert sum(scored[:-1]) < eval_max  # stops once the budget is reached
+        if sum(s.end - s.start for s in flat) >= eval_max:
+            assert sum(scored) >= eval_max
