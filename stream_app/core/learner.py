@@ -119,7 +119,7 @@ class Learner(LearnerOps, LearnerState):
         u_rows, u_adm = self._assign(self._user_vocab, uids, ts_np, now)
         i_rows, i_adm = self._assign(self._item_vocab, iids, ts_np, now)
         self._sync_tables()
-        self._evict_rows(u_adm.evicted_rows, i_adm.evicted_rows)
+        compacted = self._evict_rows(u_adm.evicted_rows, i_adm.evicted_rows)
         self._users.reset_rows(self._t(u_adm.new_rows), self._gen)
         self._items.reset_rows(self._t(i_adm.new_rows), self._gen)
         evicted = (u_adm.evicted_ids, i_adm.evicted_ids)
@@ -147,8 +147,9 @@ class Learner(LearnerOps, LearnerState):
             for i in keep:
                 outcomes[i] = Outcome.NON_FINITE
             return StepStats(step=self._step, loss=float("nan"), n_applied=0,
-                             outcomes=tuple(outcomes), evicted_user_ids=evicted[0],
-                             evicted_item_ids=evicted[1])
+                             outcomes=tuple(outcomes),
+                             changed_user_ids=self._ids(self._user_vocab, compacted),
+                             evicted_user_ids=evicted[0], evicted_item_ids=evicted[1])
         loss, (g_user_rows, g_user), (g_item_rows, g_item) = grads
 
         # Commit, in an order that keeps every structure consistent on its own.
@@ -172,7 +173,8 @@ class Learner(LearnerOps, LearnerState):
         self._dedup.commit([e.event_id for e in kept])
         self._rate.commit(rate_pending, now)
         self._watermark_ms, self._origin_ms = now, origin
-        changed_u = torch.cat([u_t, g_user_rows]) if applied else u_t
+        # Users whose history lost an evicted item changed too.
+        changed_u = torch.cat([u_t, compacted, *([g_user_rows] if applied else [])])
         # Items whose release prior switched on or off changed their served bias.
         changed_i = torch.cat([i_t[fresh_t], flips, *([g_item_rows] if applied else [])])
         t4 = time.perf_counter()

@@ -68,12 +68,14 @@ class LearnerState(LearnerFields):
         return True
 
     def _evict_rows(self, user_rows: npt.NDArray[np.int64],
-                    item_rows: npt.NDArray[np.int64]) -> None:
+                    item_rows: npt.NDArray[np.int64]) -> torch.Tensor:
         """Clear freed rows so a reused row starts blank; drop their cached grads.
 
         An item leaves every resolved history; a user's deferred history goes
-        with it, while the other deferred histories stay deferred.
+        with it, while the other deferred histories stay deferred. Returns the
+        user rows whose history lost an item (to publish again).
         """
+        compacted = torch.zeros(0, dtype=torch.int64, device=self.device)
         if len(user_rows):
             rows = torch.as_tensor(user_rows, device=self.device)
             self._users.reset_rows(rows, None)
@@ -82,9 +84,10 @@ class LearnerState(LearnerFields):
                 self._deferred.pop(r, None)
         if len(item_rows):
             rows = torch.as_tensor(item_rows, device=self.device)
-            m.compact_history(self._users.hist, rows)
+            compacted = m.compact_history(self._users.hist, rows)
             self._items.reset_rows(rows, None)
             self._accum.discard("item", rows)
+        return compacted
 
     def rows(self, *, user_ids: Iterable[str] = (), item_ids: Iterable[str] = (),
              model_version: str, now_ms: int) -> list[EmbeddingRow]:

@@ -197,16 +197,21 @@ def push_history(hist: torch.Tensor, user_rows: torch.Tensor, item_rows: torch.T
     hist[uniq] = torch.where(pos >= 0, shifted, new)
 
 
-def compact_history(hist: torch.Tensor, removed_items: torch.Tensor) -> None:
-    """Drop `removed_items` from every history, keeping valid entries a prefix (in place)."""
+def compact_history(hist: torch.Tensor, removed_items: torch.Tensor) -> torch.Tensor:
+    """Drop `removed_items` from every history, keeping valid entries a prefix (in place).
+
+    Returns the user rows whose history changed: their published rows list
+    the removed items, so they must be published again.
+    """
     if removed_items.numel() == 0:
-        return
+        return torch.zeros(0, dtype=torch.int64, device=hist.device)
     hit = torch.isin(hist, removed_items)
     affected = torch.nonzero(hit.any(dim=1)).flatten()
     if affected.numel() == 0:
-        return
+        return affected
     sub = torch.where(hit[affected], torch.full_like(hist[affected], -1), hist[affected])
     length = hist.shape[1]
     key = (sub < 0).to(torch.int64) * length + torch.arange(length, device=hist.device)
     hist[affected] = sub.gather(1, torch.argsort(key, dim=1))
+    return affected
 

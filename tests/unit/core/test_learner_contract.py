@@ -287,3 +287,32 @@ def test_integral_float_counts_from_another_writer_restore() -> None:
     b.apply_rows([r for r in changed if r is not None] + rows[4:])
     b.apply_global_state(a.global_state())
     _same_rows(rows, _all_rows(b, like=a))
+
+
+def test_the_changelog_of_every_step_restores_the_histories_while_the_cap_evicts() -> None:
+    """An evicted item leaves every user's recent items, so those users' rows changed:
+    published again, a restore from the changelog has the same histories even after
+    the item comes back (before, it came back into histories the live model had lost)."""
+    config = small_config(max_items=6)
+    live = Learner(config, device=DEVICE)
+    changelog: dict[str, EmbeddingRow] = {}  # key -> last row, in order of last write
+    evictions = 0
+    for b in range(40):
+        st = live.learn(random_events(8, users=40, items=12, seed=b, start=8 * b))
+        for row in live.rows(user_ids=st.changed_user_ids, item_ids=st.changed_item_ids,
+                             model_version="v", now_ms=0):
+            changelog.pop(row.key, None)
+            changelog[row.key] = row
+        evictions += len(st.evicted_item_ids)
+        for key in [f"user:{u}" for u in st.evicted_user_ids] + \
+                [f"item:{i}" for i in st.evicted_item_ids]:
+            changelog.pop(key, None)
+    restored = Learner(config, device=DEVICE)
+    restored.apply_rows(list(changelog.values()))
+    restored.apply_global_state(live.global_state())
+    assert sorted(restored.item_ids()) == sorted(live.item_ids())
+    users = sorted(live.user_ids())
+    got, want = (learner.rows(user_ids=users, model_version="v", now_ms=0)
+                 for learner in (restored, live))
+    assert [r.recent_items for r in got] == [r.recent_items for r in want]
+    assert any(r.recent_items for r in want) and evictions > 10
