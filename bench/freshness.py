@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--items", type=int, default=5_000)
     ap.add_argument("--batch-wait-ms", type=int, default=50)
+    ap.add_argument("--batch-max", type=int, help="trainer events per transaction (its default)")
+    ap.add_argument("--step-max", type=int, help="trainer events per learning step (its default)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     results = []
@@ -169,6 +171,9 @@ def _with_trainer(kafka: KafkaConfig, args: argparse.Namespace, rate: float) -> 
            "--bootstrap-servers", kafka.bootstrap_servers, "--topic-prefix", kafka.topic_prefix,
            "--metrics-port", str(_free_port()), "--batch-wait-ms", str(args.batch_wait_ms),
            "--group-id", f"fresh-{uuid.uuid4().hex[:6]}"]
+    for flag, value in (("--batch-max", args.batch_max), ("--step-max", args.step_max)):
+        if value is not None:
+            cmd += [flag, str(value)]
     proc = subprocess.Popen(cmd)  # noqa: S603
     try:
         _warm_up(kafka)

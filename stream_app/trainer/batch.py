@@ -104,7 +104,11 @@ class Step:
 
 
 def plan_steps(segment_sizes: Sequence[int], *, step_max: int, eval_max: int) -> list[list[Step]]:
-    """Each segment's steps, at most `step_max` events each, in order, and which to evaluate.
+    """Each segment's steps, in order, and which to evaluate.
+
+    A segment is cut into the fewest steps of at most `step_max` events, all
+    of about the same size: 2,001 events make steps of 1,000 and 1,001, not
+    2,000 and a 1-event step learned on its own.
 
     Steps are evaluated in order until the batch has `eval_max` evaluated
     events; the rest are learned unscored. Evaluating every step cost a third
@@ -116,14 +120,15 @@ def plan_steps(segment_sizes: Sequence[int], *, step_max: int, eval_max: int) ->
 
     >>> plan = plan_steps([5, 0, 3], step_max=2, eval_max=3)
     >>> [[(s.start, s.end, s.evaluate) for s in steps] for steps in plan]
-    [[(0, 2, True), (2, 4, True), (4, 5, False)], [], [(0, 2, False), (2, 3, False)]]
+    [[(0, 1, True), (1, 3, True), (3, 5, False)], [], [(0, 1, False), (1, 3, False)]]
     """
     evaluated = 0
     plan: list[list[Step]] = []
     for size in segment_sizes:
+        n = -(-size // step_max)  # as few steps as fit, of sizes within one of each other
         steps = []
-        for start in range(0, size, step_max):
-            end = min(size, start + step_max)
+        for k in range(n):
+            start, end = size * k // n, size * (k + 1) // n
             scored = evaluated < eval_max
             if scored:
                 evaluated += min(end - start, eval_max)

@@ -18,12 +18,13 @@ class TrainerConfig:
     transactional id is derived from it, which is what fences a zombie.
 
     `batch_max` bounds one transaction (a poll); `step_max` one learning step.
-    A full batch is learned in steps of at most `step_max` events, each
-    evaluated before it is learned, and every row they changed is published
-    once, in the batch's transaction. So under load a transaction carries
-    several steps and a row touched by each is written once, not per step
-    (fewer rows per event, BENCHMARKS.md "Ingest"), while the model learns in
-    the small steps its quality was tuned on. When input is slow, batches end
+    A full batch is learned in steps of at most `step_max` events (the first
+    ones evaluated before they are learned, see `batch.plan_steps`), and
+    every row they changed is published once, in the batch's transaction.
+    So under load a transaction carries several steps and a row touched by
+    each is written once, not per step (fewer rows per event, BENCHMARKS.md
+    "Ingest"), while the model learns in the small steps its quality was
+    tuned on. When input is slow, batches end
     at `batch_wait_ms` and hold one step.
 
     `stall_timeout_s`: the process exits with status 75 when the loop makes no

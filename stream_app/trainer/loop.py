@@ -279,7 +279,7 @@ class Trainer:
         self.stop.wait(delay)
 
     def _result(self, batch: list[RawRecord], decoded: Decoded, applied: int,
-                losses: list[float], dlq: int, rows: int, outcome: TxnOutcome,
+                losses: list[tuple[float, int]], dlq: int, rows: int, outcome: TxnOutcome,
                 published_ms: int) -> BatchResult:
         fresh = sorted((published_ms - r.timestamp_ms) / 1000 for r in batch)
         evals = self._evals
@@ -292,7 +292,8 @@ class Trainer:
         return BatchResult(
             wall_ms=published_ms, event_ts_max=max((e.ts for e in events), default=0),
             events=len(batch), applied=applied, dlq=dlq, rows=rows,
-            loss=sum(losses) / len(losses) if losses else float("nan"),
+            loss=sum(x * n for x, n in losses) / sum(n for _, n in losses) if losses
+            else float("nan"),
             hit_rate=avg(lambda e: e.model.hit_rate),
             hit_rate_popularity=avg(lambda e: e.popularity.hit_rate),
             recall=avg(lambda e: e.model.recall),
@@ -307,11 +308,12 @@ class Trainer:
         return f"{self.cfg.instance_id}-{self.learner.global_state()['step']}"
 
     def _learn(self, decoded: Decoded, changed_users: set[str], changed_items: set[str],
-               tombstones: list[str], dlq: list[DlqRecord], now_ms: int) -> tuple[int, list[float]]:
+               tombstones: list[str], dlq: list[DlqRecord],
+               now_ms: int) -> tuple[int, list[tuple[float, int]]]:
         """Evaluate then learn each segment in steps (`plan_steps`); apply forgets in order
         between segments."""
         applied = 0
-        losses: list[float] = []
+        losses: list[tuple[float, int]] = []  # (step loss, events applied)
         plan = plan_steps([len(events) for events in decoded.segments],
                           step_max=self.cfg.step_max,
                           eval_max=self.learner_cfg.eval_max_events)
@@ -330,7 +332,7 @@ class Trainer:
 
     def _learn_step(self, events: list[Event], recs: list[RawRecord], evaluate: bool,
                     changed_users: set[str], changed_items: set[str], tombstones: list[str],
-                    dlq: list[DlqRecord], now_ms: int, losses: list[float]) -> int:
+                    dlq: list[DlqRecord], now_ms: int, losses: list[tuple[float, int]]) -> int:
         step_start = time.monotonic()
         ev = self.learner.evaluate(events) if evaluate else None
         st = self.learner.learn(events)
@@ -353,7 +355,7 @@ class Trainer:
         for (topic, event_outcome), n in counts.items():
             self.metrics.count_events(topic, event_outcome, n)
         if st.n_applied and st.loss == st.loss:
-            losses.append(float(st.loss))
+            losses.append((float(st.loss), st.n_applied))
             self.metrics.training_loss.set(float(st.loss))
         changed_users.update(st.changed_user_ids)
         changed_items.update(st.changed_item_ids)

@@ -82,6 +82,9 @@ def test_rows_published_with_exact_update_counts_and_bad_input_dead_lettered(
     assert steps >= sum(-(-b.applied // step_max) for b in batches) > 0
     if step_max < 100:
         assert steps > len(batches)
+    row_records = [m for m in read_topic(kafka.bootstrap_servers, kafka.topics.embeddings)
+                   if not is_meta_key(m.key()) and m.value() is not None]
+    assert len(row_records) == sum(b.rows for b in batches)  # what the batches say they wrote
 
     rows = latest_rows(kafka)
     users = {k: r for k, r in rows.items() if k.startswith("user:") and r}

@@ -69,6 +69,8 @@ def test_a_batch_evaluates_whole_steps_until_eval_max_events_are_scored() -> Non
     assert [s.evaluate for s in small] == [True, True] + [False] * 8
     (one,) = plan_steps([700], step_max=2000, eval_max=1024)
     assert [(s.start, s.end, s.evaluate) for s in one] == [(0, 700, True)]
+    (even,) = plan_steps([2001], step_max=2000, eval_max=1024)
+    assert [(s.start, s.end) for s in even] == [(0, 1000), (1000, 2001)]
 
 
 def test_steps_cover_every_segment_in_order_and_stay_under_step_max() -> None:
@@ -81,6 +83,9 @@ def test_steps_cover_every_segment_in_order_and_stay_under_step_max() -> None:
         for size, steps in zip(sizes, plan, strict=True):
             assert [i for s in steps for i in range(s.start, s.end)] == list(range(size))
             assert all(0 < s.end - s.start <= step_max for s in steps)
+            assert len(steps) == -(-size // step_max)  # as few as fit
+            sizes_here = [s.end - s.start for s in steps]
+            assert not steps or max(sizes_here) - min(sizes_here) <= 1
         flat = [s for steps in plan for s in steps]
         scored = [min(s.end - s.start, eval_max) for s in flat if s.evaluate]
         assert [s.evaluate for s in flat] == sorted((s.evaluate for s in flat), reverse=True)
