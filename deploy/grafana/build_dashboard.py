@@ -80,6 +80,7 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
         _panel("Trainer loop p99", [
             (_q("stream_app_batch_seconds", "job", 0.99), "batch"),
             (_q("stream_app_step_seconds", "job", 0.99), "learning step"),
+            (_q("stream_app_evaluate_seconds", "job", 0.99), "evaluation"),
             (_q("stream_app_transaction_seconds", "job", 0.99), "transaction")], "s"),
         _panel("Batch size p50 / p99", [
             (_q("stream_app_batch_size_events", "job", 0.5), "p50"),

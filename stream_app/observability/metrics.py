@@ -154,6 +154,10 @@ class TrainerMetrics(_ProcessMetrics):
         self.step_seconds = Histogram(
             "stream_app_step_seconds", "Duration of one incremental learning step.",
             buckets=STEP_BUCKETS_S, registry=r)
+        self.evaluate_seconds = Histogram(
+            "stream_app_evaluate_seconds",
+            "Duration of one prequential evaluation (the first steps of a batch).",
+            buckets=STEP_BUCKETS_S, registry=r)
         self.transaction_seconds = Histogram(
             "stream_app_transaction_seconds",
             "Duration of publish + send_offsets + commit of one Kafka transaction.",

@@ -105,7 +105,8 @@ def test_prometheus_scrapes_training_and_serving_series(
     try:
         children.append(start_component(
             "trainer", [*common, "--group-id", f"{kafka.topic_prefix}trainer", "-L", "dim=16",
-                        "--batch-max", "300"], log_dir=tmp_path))
+                        "-L", "eval_max_events=100", "--batch-max", "300", "--step-max", "100"],
+            log_dir=tmp_path))
         children.append(start_component(
             "scorer", [*common, "--group-id", f"{kafka.topic_prefix}scorer"], log_dir=tmp_path))
         query = prometheus_for({"trainer": _host_port(children[0]),
@@ -151,6 +152,12 @@ def _series(query: Query, expr: str, at_least: int = 1) -> Callable[[], Result]:
 def _check_series(query: Query) -> None:
     """Every series the dashboard and alerts rely on, with values that make sense."""
     loss = wait_until(_series(query, "stream_app_training_loss"), 30, what="training loss")
+    # Steps of 100 in batches of up to 300, evaluated until 100 events are scored:
+    # only the first step of a full batch is evaluated.
+    counts = "sum(stream_app_{}_seconds_count)"
+    wait_until(lambda: 0 < _value(query(counts.format("evaluate")))
+               < _value(query(counts.format("step"))), 30,
+               what="evaluations timed apart from steps, fewer of them")
     assert all(math.isfinite(v) and v > 0 for _, v in loss), loss
     hit = wait_until(_series(query, "stream_app_prequential_hit_rate", 2), 30,
                      what="hit rate of the model and of the popularity baseline")

@@ -79,7 +79,8 @@ def test_required_names_are_declared() -> None:
     names = declared_metric_names()
     for required in (
         "stream_app_events_total", "stream_app_batch_size_events_bucket",
-        "stream_app_step_seconds_bucket", "stream_app_transaction_seconds_bucket",
+        "stream_app_step_seconds_bucket", "stream_app_evaluate_seconds_bucket",
+        "stream_app_transaction_seconds_bucket",
         "stream_app_batch_seconds_bucket", "stream_app_training_loss",
         "stream_app_prequential_hit_rate", "stream_app_prequential_recall",
         "stream_app_prequential_mrr", "stream_app_freshness_seconds_bucket",
