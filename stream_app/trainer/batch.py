@@ -144,7 +144,7 @@ def train_dlq(rec: RawRecord, reason: DlqReason, detail: str, now_ms: int) -> Dl
 
 
 def tombstones_to_publish(tombstones: Iterable[str], *, users: set[str],
-                      items: set[str]) -> list[str]:
+                          items: set[str]) -> list[str]:
     """The tombstones a transaction must publish: once each, none for a key that has a row.
 
     A user forgotten (or a row evicted) and then seen again in the same

@@ -23,9 +23,9 @@ class TrainerConfig:
     every row they changed is published once, in the batch's transaction.
     So under load a transaction carries several steps and a row touched by
     each is written once, not per step (fewer rows per event, BENCHMARKS.md
-    "Ingest"), while the model learns in the small steps its quality was
-    tuned on. When input is slow, batches end
-    at `batch_wait_ms` and hold one step.
+    "Ingest"), while the model learns in the same steps as when each step was
+    its own transaction. When input is slow, batches end at `batch_wait_ms`
+    and hold one step.
 
     `stall_timeout_s`: the process exits with status 75 when the loop makes no
     progress (an iteration, a transaction, a restored chunk) for this long, so

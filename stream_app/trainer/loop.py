@@ -333,13 +333,14 @@ class Trainer:
     def _learn_step(self, events: list[Event], recs: list[RawRecord], evaluate: bool,
                     changed_users: set[str], changed_items: set[str], tombstones: list[str],
                     dlq: list[DlqRecord], now_ms: int, losses: list[tuple[float, int]]) -> int:
+        ev = None
+        if evaluate:
+            started = time.monotonic()
+            ev = self.learner.evaluate(events)
+            self.metrics.evaluate_seconds.observe(time.monotonic() - started)
         started = time.monotonic()
-        ev = self.learner.evaluate(events) if evaluate else None
-        evaluated = time.monotonic()
         st = self.learner.learn(events)
-        self.metrics.step_seconds.observe(time.monotonic() - evaluated)
-        if ev is not None:
-            self.metrics.evaluate_seconds.observe(evaluated - started)
+        self.metrics.step_seconds.observe(time.monotonic() - started)
         if ev is not None and ev.n_events:
             self._evals.append(ev)
             self.metrics.set_prequential(EvalModel.MODEL, hit_rate=ev.model.hit_rate,
