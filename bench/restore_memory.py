@@ -2,7 +2,7 @@
 
 1. A learner learns one event per id from a generated stream until it holds
    `--rows` rows (users + items), and every row is published to `embeddings`
-   as the trainer would (encode_embedding, one record per row).
+   as the trainer would (row_blocks + encode_rows, one record per row).
 2. Reference: reading that topic to its end with the same reader (read_committed,
    no decoding) — the floor of any restore from Kafka.
 3. Ours: `stream_app.trainer.restore.restore` into a fresh learner, in a fresh
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from bench.common import bench_broker, fresh_topics, machine, write_json
-from stream_app.codec import encode_embedding
+from stream_app.codec import encode_rows
 from stream_app.config import KafkaConfig
 from stream_app.core import Learner, LearnerConfig
 from stream_app.events import Event, EventKind
@@ -57,10 +57,11 @@ def build_and_publish(kafka: KafkaConfig, rows: int) -> int:
             for s in range(0, len(ids), 10_000):
                 chunk = ids[s:s + 10_000]
                 kw = {"user_ids": chunk} if entity == "user" else {"item_ids": chunk}
-                for row in learner.rows(model_version="bench", now_ms=0, **kw):
-                    producer.send(Outgoing(kafka.topics.embeddings, row.key.encode(),
-                                           encode_embedding(row)))
-                    published += 1
+                for block in learner.row_blocks(model_version="bench", now_ms=0, **kw):
+                    for ident, value in zip(block.ids, encode_rows(block)):
+                        producer.send(Outgoing(kafka.topics.embeddings,
+                                               f"{block.entity}:{ident}".encode(), value))
+                        published += 1
     return published
 
 

@@ -7,6 +7,7 @@ came from so a bad one can always be sent to the dead-letter topic with them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
@@ -95,6 +96,95 @@ class EmbeddingRow:
     def key(self) -> str:
         """Kafka key on the compacted `embeddings` topic: `user:<id>` / `item:<id>`."""
         return f"{self.entity}:{self.id}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RowBlock:
+    """Rows of one entity as columns: how the trainer gathers and publishes a transaction's rows.
+
+    A trainer transaction publishes thousands of rows. Built as one
+    `EmbeddingRow` each (with a state dict of small arrays) and encoded field
+    by field, they cost ~13 µs a row beyond the table gathers, about a sixth
+    of the trainer's time per event; as columns, gathered with one copy per
+    table and encoded in one pass, ~5 µs (BENCHMARKS.md, Ingest). `rows()` and
+    the encoder give exactly what the row-by-row path gave.
+
+    `state` is a tree of columns, one entry per row in each: a float32 array
+    (n, ...) holds one array per row; a list holds one JSON value per row, and
+    None there leaves the key out of that row's state; a dict is a nested
+    object of columns; any other value is the same in every row.
+    """
+
+    entity: Entity
+    ids: list[str]
+    vectors: npt.NDArray[np.float32] = field(compare=False)
+    biases: list[float]
+    model_version: str
+    updated_at: int
+    updates: list[int]
+    last_event_ts: list[int]
+    recent_items: list[tuple[str, ...]] | None = None
+    state: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self) -> list[EmbeddingRow]:
+        """The same rows one by one (state arrays are per-row copies)."""
+        states = state_rows(self.state, len(self), lambda a: [r.copy() for r in a])
+        return [EmbeddingRow(
+            entity=self.entity, id=ident, vector=self.vectors[n].copy(), bias=self.biases[n],
+            model_version=self.model_version, updates=self.updates[n],
+            updated_at=self.updated_at, last_event_ts=self.last_event_ts[n],
+            recent_items=self.recent_items[n] if self.recent_items is not None else (),
+            state=states[n]) for n, ident in enumerate(self.ids)]
+
+    @classmethod
+    def of(cls, row: EmbeddingRow) -> RowBlock:
+        """One row as a block of one, so a single row takes the same encoding path."""
+        return cls(entity=row.entity, ids=[row.id], vectors=np.asarray(row.vector)[None],
+                   biases=[row.bias], model_version=row.model_version,
+                   updated_at=row.updated_at, updates=[row.updates],
+                   last_event_ts=[row.last_event_ts],
+                   recent_items=[tuple(row.recent_items)], state=_columns_of(row.state))
+
+
+def state_rows(columns: dict[str, Any], n: int,
+               per_row: Callable[[npt.NDArray[Any]], list[Any]]) -> list[dict[str, Any]]:
+    """The n per-row state dicts of a column tree (see `RowBlock`); `per_row` splits arrays.
+
+    >>> state_rows({"format": 1, "opt": {"acc": [0.5, 0.25]}, "at": [None, 7]}, 2, list)
+    [{'format': 1, 'opt': {'acc': 0.5}}, {'format': 1, 'opt': {'acc': 0.25}, 'at': 7}]
+    """
+    out: list[dict[str, Any]] = [{} for _ in range(n)]
+    for key, col in columns.items():
+        if isinstance(col, np.ndarray):
+            values = per_row(col)
+        elif isinstance(col, dict):
+            values = state_rows(col, n, per_row)
+        elif isinstance(col, list):
+            values = col
+        else:
+            values = [col] * n
+        if len(values) != n:
+            raise ValueError(f"state column {key!r} has {len(values)} entries for {n} rows")
+        for row, value in zip(out, values):
+            if value is not None:
+                row[key] = value
+    return out
+
+
+def _columns_of(state: dict[str, Any]) -> dict[str, Any]:
+    """One row's state as a column tree of one row (inverse of `state_rows` for n=1)."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if isinstance(value, np.ndarray):
+            out[key] = value[None]
+        elif type(value) is dict:
+            out[key] = _columns_of(value)
+        else:
+            out[key] = [value]
+    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

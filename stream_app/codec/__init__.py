@@ -26,6 +26,7 @@ from stream_app.codec.embeddings import (
     decode_meta,
     encode_embedding,
     encode_meta,
+    encode_rows,
     is_meta_key,
     split_embedding_key,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "dlq_record",
     "encode_dlq",
     "encode_embedding",
+    "encode_rows",
     "encode_event",
     "encode_meta",
     "encode_prediction",

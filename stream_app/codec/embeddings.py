@@ -25,7 +25,7 @@ from stream_app.codec.wire import (
     decode_key,
     parse_object,
 )
-from stream_app.events import EmbeddingRow, Entity
+from stream_app.events import EmbeddingRow, Entity, RowBlock, state_rows
 
 META_KEY = b"meta:trainer"
 """Key of the trainer's global-state record (trainer-meta.v1.json) on `embeddings`."""
@@ -42,30 +42,87 @@ def is_meta_key(key: bytes | None) -> bool:
 
 
 def encode_embedding(row: EmbeddingRow) -> bytes:
-    """The JSON value of a row (its key is `row.key.encode()`); refuses non-finite values."""
-    vector = np.asarray(row.vector)
-    if vector.ndim != 1 or vector.dtype != np.float32:
-        raise EncodeError(
-            f"{row.key}: vector must be 1-D float32, got {vector.dtype}{vector.shape}"
-        )
-    if not np.isfinite(vector).all() or not math.isfinite(row.bias):
-        raise EncodeError(f"{row.key}: vector and bias must be finite")
-    obj: dict[str, Any] = {
-        "entity": row.entity,
-        "id": row.id,
-        "dim": int(vector.shape[0]),
-        "vector": b64encode(vector.astype(_F32, copy=False).tobytes()),
-        "bias": float(row.bias),
-        "model_version": row.model_version,
-        "updates": row.updates,
-        "updated_at": row.updated_at,
-        "last_event_ts": row.last_event_ts,
-    }
-    if row.recent_items:
-        obj["recent_items"] = row.recent_items
-    if row.state:
-        obj["state"] = encode_state(row.state, row.key)
-    return _dumps(obj, row.key)
+    """The JSON value of a row (its key is `row.key.encode()`); refuses non-finite values.
+
+    A None in `row.state` is left out (`RowBlock`'s convention for an absent key).
+    """
+    return encode_rows(RowBlock.of(row))[0]
+
+
+def encode_rows(block: RowBlock) -> list[bytes]:
+    """The JSON value of every row of `block`, in order; refuses non-finite values.
+
+    Checks run on whole columns; per row there is one dict and one `orjson.dumps`.
+    """
+    n = len(block)
+    vectors = block.vectors
+    if vectors.ndim != 2 or vectors.dtype != np.float32 or vectors.shape[0] != n:
+        raise EncodeError(f"{block.entity} rows: vectors must be ({n}, dim) float32, "
+                          f"got {vectors.dtype}{vectors.shape}")
+    finite = np.isfinite(vectors).all(axis=1) & np.isfinite(np.asarray(block.biases, dtype=float))
+    if not finite.all():
+        bad = block.ids[int(np.argmin(finite))]
+        raise EncodeError(f"{block.entity}:{bad}: vector and bias must be finite")
+    where = f"{block.entity} rows"
+    states = state_rows(_checked_columns(block.state, where), n,
+                        lambda a: _array_objects(a, where))
+    recent = block.recent_items
+    vector_b64 = _b64_rows(vectors)
+    dim = vectors.shape[1]
+    out = []
+    for k, ident in enumerate(block.ids):
+        obj: dict[str, Any] = {
+            "entity": block.entity,
+            "id": ident,
+            "dim": dim,
+            "vector": vector_b64[k],
+            "bias": float(block.biases[k]),
+            "model_version": block.model_version,
+            "updates": block.updates[k],
+            "updated_at": block.updated_at,
+            "last_event_ts": block.last_event_ts[k],
+        }
+        if recent is not None and recent[k]:
+            obj["recent_items"] = recent[k]
+        if states[k]:
+            obj["state"] = states[k]
+        out.append(_dumps(obj, f"{block.entity}:{ident}"))
+    return out
+
+
+def _checked_columns(columns: dict[str, Any], where: str) -> dict[str, Any]:
+    """`columns` with each per-row list value made JSON-able (`encode_state`'s rules)."""
+    out: dict[str, Any] = {}
+    for key, col in columns.items():
+        if isinstance(col, dict):
+            if col.keys() == _ARRAY_KEYS:
+                raise EncodeError(
+                    f"{where}: an object with exactly b64f32/shape is reserved for arrays")
+            out[key] = _checked_columns(col, where)
+        elif isinstance(col, np.ndarray):
+            out[key] = col
+        elif isinstance(col, list):
+            out[key] = [v if v is None or type(v) is int or type(v) is str
+                        else encode_state(v, where) for v in col]
+        else:
+            out[key] = encode_state(col, where)
+    return out
+
+
+def _array_objects(arrays: np.ndarray[Any, Any], where: str) -> list[dict[str, Any]]:
+    """{"b64f32", "shape"} of each row of a float32 state column."""
+    if arrays.dtype != np.float32:
+        raise EncodeError(f"{where}: state arrays must be float32, got {arrays.dtype}")
+    shape = list(arrays.shape[1:])
+    return [{"b64f32": b64, "shape": shape} for b64 in _b64_rows(arrays)]
+
+
+def _b64_rows(arrays: np.ndarray[Any, Any]) -> list[str]:
+    """Base64 of each row's little-endian float32 bytes, from one host copy."""
+    n = len(arrays)
+    raw = np.ascontiguousarray(arrays, dtype=_F32).tobytes()
+    width = len(raw) // n if n else 0
+    return [b64encode(raw[k * width:(k + 1) * width]) for k in range(n)]
 
 
 def decode_embedding(

@@ -24,7 +24,7 @@ from stream_app.core.guards import Deduplicator, RateLimiter
 from stream_app.core.learner_fields import LearnerFields
 from stream_app.core.optim import GradAccumulator
 from stream_app.core.vocab import COLD_ROW, Vocab
-from stream_app.events import EmbeddingRow
+from stream_app.events import EmbeddingRow, RowBlock
 
 
 class LearnerState(LearnerFields):
@@ -91,68 +91,63 @@ class LearnerState(LearnerFields):
 
     def rows(self, *, user_ids: Iterable[str] = (), item_ids: Iterable[str] = (),
              model_version: str, now_ms: int) -> list[EmbeddingRow]:
-        """Current `EmbeddingRow` of each known id (unknown ids are skipped).
+        """Current `EmbeddingRow` of each known id (unknown ids are skipped)."""
+        blocks = self.row_blocks(user_ids=user_ids, item_ids=item_ids,
+                                 model_version=model_version, now_ms=now_ms)
+        return [row for block in blocks for row in block.rows()]
 
-        Vectorised: one gather and one device→host copy per table, whatever
-        the number of rows (the trainer publishes thousands per batch).
+    def row_blocks(self, *, user_ids: Iterable[str] = (), item_ids: Iterable[str] = (),
+                   model_version: str, now_ms: int) -> list[RowBlock]:
+        """The rows of `rows()` as columns: a user block, then an item block (empty ones left out).
+
+        One gather and one device→host copy per column, whatever the number
+        of rows (the trainer publishes thousands per transaction).
         """
         self._resolve_deferred()
-        return (self._user_rows(list(user_ids), model_version, now_ms)
-                + self._item_rows(list(item_ids), model_version, now_ms))
+        blocks = (self._user_block(list(user_ids), model_version, now_ms),
+                  self._item_block(list(item_ids), model_version, now_ms))
+        return [b for b in blocks if b is not None]
 
     @staticmethod
     def _known(vocab: Vocab, ids: list[str]) -> tuple[list[str], npt.NDArray[np.int64]]:
         found = [(i, r) for i in ids if (r := vocab.row(i)) is not None]
         return [i for i, _ in found], np.array([r for _, r in found], dtype=np.int64)
 
-    def _user_rows(self, uids: list[str], version: str, now_ms: int) -> list[EmbeddingRow]:
+    def _user_block(self, uids: list[str], version: str, now_ms: int) -> RowBlock | None:
         ids, rows = self._known(self._user_vocab, uids)
         if not ids:
-            return []
+            return None
         idx = torch.from_numpy(rows).to(self.device)
         serving = m.serving_vectors(self.config, self._users, self._items, idx)
-        serving_np = serving.cpu().numpy().astype(np.float32)
-        id_vecs = self._users.vec.index_select(0, idx).cpu().numpy().astype(np.float32)
-        # Plain lists up front: per-row numpy scalar access costs more than the row.
-        hist = self._users.hist.index_select(0, idx).tolist()
-        updates = self._users.updates.index_select(0, idx).tolist()
-        last_ts = self._user_vocab.last_ts[rows].tolist()
-        slots = codec.gather_slots(self._users, idx)
         item_ids = self._item_vocab.ids
-        out = []
-        for n, uid in enumerate(ids):
-            recent = tuple([item_ids[h] or "" for h in hist[n] if h >= 0])
-            out.append(EmbeddingRow(
-                entity="user", id=uid, vector=serving_np[n].copy(), bias=0.0,
-                model_version=version, updates=updates[n], updated_at=now_ms,
-                last_event_ts=last_ts[n], recent_items=recent,
-                state={"format": codec.STATE_FORMAT, "id_vec": id_vecs[n].copy(),
-                       "opt": codec.slots_of(slots, n)}))
-        return out
+        recent = [tuple([item_ids[h] or "" for h in hist if h >= 0])
+                  for hist in self._users.hist.index_select(0, idx).tolist()]
+        return RowBlock(
+            entity="user", ids=ids, vectors=_host(serving), biases=[0.0] * len(ids),
+            model_version=version, updated_at=now_ms,
+            updates=self._users.updates.index_select(0, idx).tolist(),
+            last_event_ts=self._user_vocab.last_ts[rows].tolist(), recent_items=recent,
+            state={"format": codec.STATE_FORMAT,
+                   "id_vec": _host(self._users.vec.index_select(0, idx)),
+                   "opt": codec.gather_slots(self._users, idx)})
 
-    def _item_rows(self, iids: list[str], version: str, now_ms: int) -> list[EmbeddingRow]:
+    def _item_block(self, iids: list[str], version: str, now_ms: int) -> RowBlock | None:
         ids, rows = self._known(self._item_vocab, iids)
         if not ids:
-            return []
+            return None
         idx = torch.from_numpy(rows).to(self.device)
-        vecs = self._items.vec.index_select(0, idx).cpu().numpy().astype(np.float32)
-        logpops = self._items.logpop.index_select(0, idx).tolist()
         biases = m.served_bias(self.config, self._items, self._watermark_ms, idx).tolist()
+        logpops = self._items.logpop.index_select(0, idx).tolist()
         released = self._items.released.index_select(0, idx).tolist()
-        updates = self._items.updates.index_select(0, idx).tolist()
-        last_ts = self._item_vocab.last_ts[rows].tolist()
-        slots = codec.gather_slots(self._items, idx)
-        out = []
-        for n, iid in enumerate(ids):
-            state = {"format": codec.STATE_FORMAT, "logpop": codec.finite_logpop(logpops[n]),
-                     "opt": codec.slots_of(slots, n)}
-            if not math.isnan(released[n]):
-                state["released_at"] = int(released[n])
-            out.append(EmbeddingRow(
-                entity="item", id=iid, vector=vecs[n].copy(),
-                bias=codec.finite_logpop(biases[n]), model_version=version,
-                updates=updates[n], updated_at=now_ms, last_event_ts=last_ts[n], state=state))
-        return out
+        return RowBlock(
+            entity="item", ids=ids, vectors=_host(self._items.vec.index_select(0, idx)),
+            biases=[codec.finite_logpop(b) for b in biases], model_version=version,
+            updated_at=now_ms, updates=self._items.updates.index_select(0, idx).tolist(),
+            last_event_ts=self._item_vocab.last_ts[rows].tolist(),
+            state={"format": codec.STATE_FORMAT,
+                   "logpop": [codec.finite_logpop(p) for p in logpops],
+                   "opt": codec.gather_slots(self._items, idx),
+                   "released_at": [None if math.isnan(r) else int(r) for r in released]})
 
     def apply_rows(self, rows: Iterable[EmbeddingRow]) -> None:
         """Restore rows from the changelog (any order; latest row per key wins).
@@ -305,3 +300,8 @@ class LearnerState(LearnerFields):
         self._accum = GradAccumulator(self.config.accumulate_steps)
         self.apply_global_state(state["global"])
         self._deferred = {}
+
+
+def _host(t: torch.Tensor) -> npt.NDArray[np.float32]:
+    """A table gather (already a fresh tensor) as a float32 host array."""
+    return t.detach().cpu().numpy().astype(np.float32, copy=False)

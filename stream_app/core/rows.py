@@ -18,7 +18,6 @@ import math
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
 from stream_app.core.model import Table
@@ -36,15 +35,17 @@ def encode_slots(table: Table, row: int) -> dict[str, Any]:
     return out
 
 
-def gather_slots(table: Table, rows: torch.Tensor) -> dict[str, npt.NDArray[np.float32]]:
-    """Optimiser slots of many rows in one device→host copy: name -> (n, ...) array."""
-    return {name: t.index_select(0, rows).detach().cpu().numpy().astype(np.float32)
-            for name, t in table.slots.items()}
+def gather_slots(table: Table, rows: torch.Tensor) -> dict[str, Any]:
+    """Optimiser slots of many rows as `RowBlock` state columns, one device→host copy each.
 
-
-def slots_of(gathered: dict[str, npt.NDArray[np.float32]], n: int) -> dict[str, Any]:
-    """The n-th row of `gather_slots`, shaped exactly like `encode_slots` returns it."""
-    return {name: (float(a[n]) if a.ndim == 1 else a[n].copy()) for name, a in gathered.items()}
+    A scalar slot (Adagrad's `acc`) becomes a list of floats, a vector slot an
+    (n, dim) float32 array.
+    """
+    out: dict[str, Any] = {}
+    for name, t in table.slots.items():
+        host = t.index_select(0, rows).detach().cpu().numpy().astype(np.float32)
+        out[name] = host.tolist() if host.ndim == 1 else host
+    return out
 
 
 def decode_slots(table: Table, row: int, slots: dict[str, Any]) -> None:

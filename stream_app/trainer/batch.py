@@ -18,11 +18,11 @@ from stream_app.codec import (
     decode_event,
     dlq_record,
     encode_dlq,
-    encode_embedding,
     encode_meta,
+    encode_rows,
 )
 from stream_app.config import TopicNames
-from stream_app.events import DlqRecord, EmbeddingRow, Event, EventKind
+from stream_app.events import DlqRecord, Event, EventKind, RowBlock
 from stream_app.kafka.records import RawRecord
 from stream_app.kafka.transaction import OutRecord
 
@@ -159,14 +159,15 @@ def tombstones_to_publish(tombstones: Iterable[str], *, users: set[str],
     return [key for key in dict.fromkeys(tombstones) if key not in live]
 
 
-def output_records(topics: TopicNames, rows: Iterable[EmbeddingRow],
+def output_records(topics: TopicNames, blocks: Iterable[RowBlock],
                    tombstones: Iterable[str], meta: dict[str, object],
                    dlq: Iterable[DlqRecord]) -> list[OutRecord]:
     """Everything one transaction publishes: rows, tombstones, the meta row, DLQ records.
 
     `tombstones` are embeddings keys (`user:<id>` / `item:<id>`).
     """
-    out = [OutRecord(topics.embeddings, row.key.encode(), encode_embedding(row)) for row in rows]
+    out = [OutRecord(topics.embeddings, f"{block.entity}:{ident}".encode(), value)
+           for block in blocks for ident, value in zip(block.ids, encode_rows(block))]
     out += [OutRecord(topics.embeddings, key.encode(), None) for key in tombstones]
     out.append(OutRecord(topics.embeddings, META_KEY, encode_meta(meta)))
     out += [OutRecord(topics.dlq, f"{d.source_topic}:{d.partition}:{d.offset}".encode(),

@@ -18,7 +18,7 @@ from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.core import EvalStats, Learner, LearnerConfig
 from stream_app.device import resolve_device
-from stream_app.events import DlqRecord, EmbeddingRow, Event
+from stream_app.events import DlqRecord, Event, RowBlock
 from stream_app.kafka.admin import require_topics
 from stream_app.kafka.consumer import GroupConsumer
 from stream_app.kafka.exceptions import KafkaEdgeError
@@ -231,8 +231,9 @@ class Trainer:
         applied, losses = self._learn(decoded, changed_users, changed_items, tombstones, dlq,
                                       now_ms)
         tombstones = tombstones_to_publish(tombstones, users=changed_users, items=changed_items)
-        rows = self.learner.rows(user_ids=sorted(changed_users), item_ids=sorted(changed_items),
-                                 model_version=self.model_version, now_ms=now_ms)
+        blocks = self.learner.row_blocks(user_ids=sorted(changed_users),
+                                         item_ids=sorted(changed_items),
+                                         model_version=self.model_version, now_ms=now_ms)
         lc = self.learner_cfg
         meta = {**self.learner.global_state(), "model_version": self.model_version,
                 "updated_at": now_ms,
@@ -241,7 +242,7 @@ class Trainer:
                 "serving": {"history_weight": lc.history_weight,
                             "recent_decay": lc.recent_decay,
                             "recent_items": lc.recent_items}}
-        records = output_records(self.topics, rows, tombstones, meta, dlq)
+        records = output_records(self.topics, blocks, tombstones, meta, dlq)
         txn_start = time.monotonic()
         self._beat("transaction")
         outcome = publisher.commit(consumer, records, next_offsets(batch))
@@ -256,9 +257,10 @@ class Trainer:
             self._restore()
         else:
             self._aborts_in_a_row = 0
-            self._observe(batch, decoded, rows, dlq, applied, published_ms)
+            self._observe(batch, decoded, blocks, dlq, applied, published_ms)
         self.metrics.batch_seconds.observe(time.monotonic() - started)
-        return self._result(batch, decoded, applied, losses, len(dlq), len(rows), outcome,
+        return self._result(batch, decoded, applied, losses, len(dlq),
+                            sum(len(b) for b in blocks), outcome,
                             published_ms)
 
     def _back_off_after_abort(self) -> None:
@@ -371,7 +373,7 @@ class Trainer:
         changed_items.difference_update(st.evicted_item_ids)
         return sum(n for (_, o), n in counts.items() if o is EventOutcome.APPLIED)
 
-    def _observe(self, batch: list[RawRecord], decoded: Decoded, rows: list[EmbeddingRow],
+    def _observe(self, batch: list[RawRecord], decoded: Decoded, blocks: list[RowBlock],
                  dlq: list[DlqRecord], applied: int, published_ms: int) -> None:
         m = self.metrics
         m.batch_size_events.observe(len(batch))
@@ -379,8 +381,8 @@ class Trainer:
             m.count_dlq(rec.reason)
         for topic, n in Counter(d.source_topic for d in decoded.dlq).items():
             m.count_events(topic, EventOutcome.DLQ, n)
-        for entity, n in Counter(row.entity for row in rows).items():
-            m.rows_published.labels(table=entity).inc(n)
+        for block in blocks:
+            m.rows_published.labels(table=block.entity).inc(len(block))
         events = [e for seg in decoded.segments for e in seg]
         raws = [r for seg in decoded.records for r in seg]
         m.observe_freshness(FreshnessSince.EVENT_TIME,

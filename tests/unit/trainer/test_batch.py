@@ -8,7 +8,7 @@ import numpy as np
 
 from stream_app.codec import META_KEY, decode_dlq, decode_embedding, encode_event
 from stream_app.config import TopicNames
-from stream_app.events import EmbeddingRow, Event, EventKind
+from stream_app.events import EmbeddingRow, Event, EventKind, RowBlock
 from stream_app.kafka.records import RawRecord, next_offsets
 from stream_app.trainer.batch import CONTROL_HEADER, decode_batch, output_records, plan_steps
 
@@ -51,8 +51,8 @@ def test_output_records_carry_rows_tombstones_meta_and_dlq() -> None:
     row = EmbeddingRow(entity="user", id="u1", vector=np.ones(4, dtype=np.float32), bias=0.0,
                        model_version="m", updates=2, updated_at=NOW, last_event_ts=NOW)
     dlq = decode_batch([_rec(7, b"[]")], TOPICS, now_ms=NOW, max_future_ms=0).dlq
-    out = output_records(TOPICS, [row], ["item:i9"], {"model_version": "m", "updated_at": NOW},
-                         dlq)
+    meta = {"model_version": "m", "updated_at": NOW}
+    out = output_records(TOPICS, [RowBlock.of(row)], ["item:i9"], meta, dlq)
     assert [(o.topic, o.key) for o in out] == [
         ("t.embeddings", b"user:u1"), ("t.embeddings", b"item:i9"),
         ("t.embeddings", META_KEY), ("t.events-dlq", b"t.clicks:1:7")]

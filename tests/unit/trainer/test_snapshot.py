@@ -40,7 +40,7 @@ def _publish(learner: Learner, events: list[Event], forget: tuple[str, ...] = ()
     gone |= {f"user:{u}" for u in forget if learner.forget_user(u)}
     users = sorted(set(st.changed_user_ids) - {g[5:] for g in gone if g.startswith("user:")})
     items = sorted(set(st.changed_item_ids) - {g[5:] for g in gone if g.startswith("item:")})
-    rows = learner.rows(user_ids=users, item_ids=items, model_version="v", now_ms=0)
+    rows = learner.row_blocks(user_ids=users, item_ids=items, model_version="v", now_ms=0)
     meta = {**learner.global_state(), "model_version": "v", "updated_at": 0}
     return [(r.key, r.value) for r in output_records(TOPICS, rows, sorted(gone), meta, [])]
 
