@@ -100,9 +100,12 @@ class TestContract:
         assert sorted(b.user_ids()) == sorted(a.user_ids())
         _same_scores(a, b, a.user_ids() + ["nobody"])
         # Learning goes on from the same model. Row layouts differ after a
-        # restore, so sampled negatives and float summation order may differ.
+        # restore, so sampled negatives and float summation order may differ:
+        # ranks are exact, the evaluation loss (a float32 sum) agrees to rounding.
         more = random_events(64, seed=42, start=9000)
-        assert_same(a.evaluate(more), b.evaluate(more))
+        ea, eb = a.evaluate(more), b.evaluate(more)
+        assert eb.loss == pytest.approx(ea.loss, rel=1e-6)
+        assert_same(ea, dataclasses.replace(eb, loss=ea.loss))
         assert a.learn(more).loss == pytest.approx(b.learn(more).loss, rel=0.05)
 
     def test_non_finite_batch_is_not_applied(self, variant: dict[str, object]) -> None:
