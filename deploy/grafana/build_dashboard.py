@@ -59,8 +59,11 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
         _panel("Event throughput by topic / outcome", [(
             f"sum by (topic, outcome) (rate(stream_app_events_total[{RI}]))",
             "{{topic}} {{outcome}}")], "ops", "Every event read gets exactly one outcome."),
-        _panel("Training loss", [("stream_app_training_loss", "{{instance}}")], "none",
-               "Loss of the latest step; alerts TrainingLossNotFinite / TrainingLossRising."),
+        _panel("Loss", [("stream_app_training_loss", "{{instance}} training (sampled)"),
+                        ("stream_app_prequential_loss", "{{instance}} prequential (full softmax)")],
+               "none", "Training: the step's sampled-softmax loss (alerts TrainingLossNotFinite / "
+               "TrainingLossRising). Prequential: cross-entropy over every item of the events "
+               "next learned from, scored before learning."),
         _panel("Prequential hit rate: model vs popularity", [(
             "avg by (model, k) (stream_app_prequential_hit_rate)", "{{model}} HR@{{k}}")],
                "percentunit", "Scored before learning from each batch (test-then-train)."),

@@ -167,6 +167,10 @@ class TrainerMetrics(_ProcessMetrics):
             buckets=STEP_BUCKETS_S, registry=r)
         self.training_loss = Gauge(
             "stream_app_training_loss", "Loss of the latest learning step.", registry=r)
+        self.prequential_loss = Gauge(
+            "stream_app_prequential_loss",
+            "Full-softmax cross-entropy of the latest evaluated step, before learning from it.",
+            registry=r)
         self.prequential_hit_rate = Gauge(
             "stream_app_prequential_hit_rate",
             "Share of events whose item was in the top-k before learning from them.",

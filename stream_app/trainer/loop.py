@@ -8,6 +8,7 @@ together) or dead-lettered with a reason inside the same transaction.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -345,6 +346,8 @@ class Trainer:
         self.metrics.step_seconds.observe(time.monotonic() - started)
         if ev is not None and ev.n_events:
             self._evals.append(ev)
+            if math.isfinite(ev.loss):
+                self.metrics.prequential_loss.set(ev.loss)
             self.metrics.set_prequential(EvalModel.MODEL, hit_rate=ev.model.hit_rate,
                                          recall=ev.model.recall, mrr=ev.model.mrr)
             self.metrics.set_prequential(EvalModel.POPULARITY, hit_rate=ev.popularity.hit_rate,

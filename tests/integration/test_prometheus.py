@@ -159,6 +159,8 @@ def _check_series(query: Query) -> None:
                < _value(query(counts.format("step"))), 30,
                what="evaluations timed apart from steps, fewer of them")
     assert all(math.isfinite(v) and v > 0 for _, v in loss), loss
+    preq = wait_until(_series(query, "stream_app_prequential_loss"), 30, what="prequential loss")
+    assert all(math.isfinite(v) and v > 0 for _, v in preq), preq
     hit = wait_until(_series(query, "stream_app_prequential_hit_rate", 2), 30,
                      what="hit rate of the model and of the popularity baseline")
     assert {labels["model"] for labels, _ in hit} >= {"model", "popularity"}
