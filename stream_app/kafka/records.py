@@ -38,11 +38,12 @@ class RawRecord:
 
 
 def to_record(msg: Message) -> RawRecord:
+    """Runs once per consumed record: positional arguments, headers only when present."""
     ts_type, ts = msg.timestamp()
-    return RawRecord(topic=msg.topic() or "", partition=msg.partition() or 0,
-                     offset=msg.offset() or 0, key=msg.key(), value=msg.value(),
-                     timestamp_ms=ts if ts_type else 0,
-                     headers=tuple((str(h[0]), _bytes(h[1])) for h in (msg.headers() or ())))
+    headers = msg.headers()
+    return RawRecord(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(),
+                     msg.value(), ts if ts_type else 0,
+                     tuple((str(h[0]), _bytes(h[1])) for h in headers) if headers else ())
 
 
 def _bytes(value: str | bytes | None) -> bytes:
