@@ -61,7 +61,7 @@ PHASES = {  # cumulative time of these functions, per event, from the ingest pro
     "decode + validate": ("batch.py", "decode_batch"),
     "prequential evaluate": ("learner.py", "evaluate"),
     "learn (vocab + step)": ("learner.py", "learn"),
-    "rows (gather changed rows)": ("learner_state.py", "rows"),
+    "rows (gather changed rows)": ("learner_state.py", "row_blocks"),
     "encode rows + DLQ": ("batch.py", "output_records"),
     "produce + commit transaction": ("transaction.py", "commit_batch"),
 }
