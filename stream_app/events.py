@@ -104,10 +104,10 @@ class RowBlock:
 
     A trainer transaction publishes thousands of rows. Built as one
     `EmbeddingRow` each (with a state dict of small arrays) and encoded field
-    by field, they cost ~13 µs a row beyond the table gathers, about a sixth
-    of the trainer's time per event; as columns, gathered with one copy per
-    table and encoded in one pass, ~5 µs (BENCHMARKS.md, Ingest). `rows()` and
-    the encoder give exactly what the row-by-row path gave.
+    by field, they cost ~20 µs a row, a third of the trainer's time per
+    event; as columns, gathered with one copy per column and encoded in one
+    pass, ~6 µs (BENCHMARKS.md, Ingest). `rows()` and the encoder give
+    exactly what the row-by-row path gave.
 
     `state` is a tree of columns, one entry per row in each: a float32 array
     (n, ...) holds one array per row; a list holds one JSON value per row, and
