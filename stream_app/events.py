@@ -131,7 +131,7 @@ class RowBlock:
 
     def rows(self) -> list[EmbeddingRow]:
         """The same rows one by one (state arrays are per-row copies)."""
-        states = state_rows(self.state, len(self), lambda a: [r.copy() for r in a])
+        states = state_rows(self.state, len(self), lambda a: [np.array(r) for r in a])
         return [EmbeddingRow(
             entity=self.entity, id=ident, vector=self.vectors[n].copy(), bias=self.biases[n],
             model_version=self.model_version, updates=self.updates[n],

@@ -91,9 +91,13 @@ def test_state_columns_must_have_a_value_per_row() -> None:
         state_rows({"opt": {"acc": [1.0]}}, 2, list)
 
 
-def test_an_empty_array_column_still_gives_every_row_its_array() -> None:
+def test_empty_and_zero_dimensional_arrays_keep_their_shapes() -> None:
     row = EmbeddingRow(entity="item", id="i", vector=np.zeros(2, dtype=np.float32), bias=0.0,
                        model_version="v", updates=1, updated_at=1, last_event_ts=1,
-                       state={"empty": np.zeros(0, dtype=np.float32)})
+                       state={"empty": np.zeros(0, dtype=np.float32),
+                              "scalar": np.array(2.5, dtype=np.float32)})
     back = decode_embedding(b"item:i", encode_embedding(row))
     assert back is not None and back.state["empty"].shape == (0,)
+    assert back.state["scalar"].shape == () and back.state["scalar"] == 2.5
+    (again,) = RowBlock.of(row).rows()
+    assert isinstance(again.state["scalar"], np.ndarray) and again.state["scalar"].shape == ()
