@@ -123,12 +123,12 @@ class LearnerState(LearnerFields):
         recent = [tuple([item_ids[h] or "" for h in hist if h >= 0])
                   for hist in self._users.hist.index_select(0, idx).tolist()]
         return RowBlock(
-            entity="user", ids=ids, vectors=_host(serving), biases=[0.0] * len(ids),
+            entity="user", ids=ids, vectors=codec.to_host(serving), biases=[0.0] * len(ids),
             model_version=version, updated_at=now_ms,
             updates=self._users.updates.index_select(0, idx).tolist(),
             last_event_ts=self._user_vocab.last_ts[rows].tolist(), recent_items=recent,
             state={"format": codec.STATE_FORMAT,
-                   "id_vec": _host(self._users.vec.index_select(0, idx)),
+                   "id_vec": codec.to_host(self._users.vec.index_select(0, idx)),
                    "opt": codec.gather_slots(self._users, idx)})
 
     def _item_block(self, iids: list[str], version: str, now_ms: int) -> RowBlock | None:
@@ -140,7 +140,7 @@ class LearnerState(LearnerFields):
         logpops = self._items.logpop.index_select(0, idx).tolist()
         released = self._items.released.index_select(0, idx).tolist()
         return RowBlock(
-            entity="item", ids=ids, vectors=_host(self._items.vec.index_select(0, idx)),
+            entity="item", ids=ids, vectors=codec.to_host(self._items.vec.index_select(0, idx)),
             biases=[codec.finite_logpop(b) for b in biases], model_version=version,
             updated_at=now_ms, updates=self._items.updates.index_select(0, idx).tolist(),
             last_event_ts=self._item_vocab.last_ts[rows].tolist(),
@@ -300,8 +300,3 @@ class LearnerState(LearnerFields):
         self._accum = GradAccumulator(self.config.accumulate_steps)
         self.apply_global_state(state["global"])
         self._deferred = {}
-
-
-def _host(t: torch.Tensor) -> npt.NDArray[np.float32]:
-    """A table gather (already a fresh tensor) as a float32 host array."""
-    return t.detach().cpu().numpy().astype(np.float32, copy=False)

@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from stream_app.core.model import Table
@@ -43,9 +44,14 @@ def gather_slots(table: Table, rows: torch.Tensor) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for name, t in table.slots.items():
-        host = t.index_select(0, rows).detach().cpu().numpy().astype(np.float32)
+        host = to_host(t.index_select(0, rows))
         out[name] = host.tolist() if host.ndim == 1 else host
     return out
+
+
+def to_host(t: torch.Tensor) -> npt.NDArray[np.float32]:
+    """A table gather (already a fresh tensor) as a float32 host array."""
+    return t.detach().cpu().numpy().astype(np.float32, copy=False)
 
 
 def decode_slots(table: Table, row: int, slots: dict[str, Any]) -> None:
