@@ -15,7 +15,8 @@ from stream_app.core import LearnerConfig
 from stream_app.observability import MetricsServer, TrainerMetrics
 from stream_app.signals import stop_on_signals
 from stream_app.trainer.config import TrainerConfig
-from stream_app.trainer.loop import BatchResult, Trainer
+from stream_app.trainer.loop import Trainer
+from stream_app.trainer.result import BatchResult
 from stream_app.trainer.watchdog import EXIT_STALLED, Watchdog
 
 __all__ = ["EXIT_STALLED", "BatchResult", "Trainer", "TrainerConfig", "make_trainer",

@@ -13,7 +13,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
@@ -37,6 +36,7 @@ from stream_app.trainer.batch import (
 )
 from stream_app.trainer.config import TrainerConfig
 from stream_app.trainer.restore import restore
+from stream_app.trainer.result import BatchResult, batch_result
 from stream_app.trainer.snapshot import Snapshots
 from stream_app.trainer.watchdog import Watchdog
 
@@ -47,32 +47,6 @@ ABORT_BACKOFF_CAP_S = 30.0
 
 _OUTCOMES = {"applied": EventOutcome.APPLIED, "duplicate": EventOutcome.DUPLICATE,
              "rate_limited": EventOutcome.RATE_LIMITED}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BatchResult:
-    """What one iteration did: the stats file (`--stats-file`), the demo and tests read it.
-
-    Prequential figures are event-weighted over the batch's segments (NaN when
-    nothing was evaluated); freshness is produce time → published, in seconds.
-    """
-
-    wall_ms: int
-    event_ts_max: int
-    events: int
-    applied: int
-    dlq: int
-    rows: int
-    loss: float
-    hit_rate: float
-    hit_rate_popularity: float
-    recall: float
-    recall_popularity: float
-    mrr: float
-    mrr_popularity: float
-    freshness_p50_s: float
-    freshness_p99_s: float
-    outcome: TxnOutcome
 
 
 class Trainer:
@@ -260,9 +234,9 @@ class Trainer:
             self._aborts_in_a_row = 0
             self._observe(batch, decoded, blocks, dlq, applied, published_ms)
         self.metrics.batch_seconds.observe(time.monotonic() - started)
-        return self._result(batch, decoded, applied, losses, len(dlq),
-                            sum(len(b) for b in blocks), outcome,
-                            published_ms)
+        return batch_result(batch, decoded, self._evals, applied=applied, losses=losses,
+                            dlq=len(dlq), rows=sum(len(b) for b in blocks), outcome=outcome,
+                            published_ms=published_ms)
 
     def _back_off_after_abort(self) -> None:
         """Wait 0.5 s, 1 s, 2 s ... (capped) between aborts in a row.
@@ -280,31 +254,6 @@ class Trainer:
                     "retrying the batch", self._aborts_in_a_row, delay)
         self._beat("back-off after abort")
         self.stop.wait(delay)
-
-    def _result(self, batch: list[RawRecord], decoded: Decoded, applied: int,
-                losses: list[tuple[float, int]], dlq: int, rows: int, outcome: TxnOutcome,
-                published_ms: int) -> BatchResult:
-        fresh = sorted((published_ms - r.timestamp_ms) / 1000 for r in batch)
-        evals = self._evals
-        n = sum(e.n_events for e in evals)
-
-        def avg(get: Callable[[EvalStats], float]) -> float:
-            return sum(get(e) * e.n_events for e in evals) / n if n else float("nan")
-
-        events = [e for seg in decoded.segments for e in seg]
-        return BatchResult(
-            wall_ms=published_ms, event_ts_max=max((e.ts for e in events), default=0),
-            events=len(batch), applied=applied, dlq=dlq, rows=rows,
-            loss=sum(x * n for x, n in losses) / sum(n for _, n in losses) if losses
-            else float("nan"),
-            hit_rate=avg(lambda e: e.model.hit_rate),
-            hit_rate_popularity=avg(lambda e: e.popularity.hit_rate),
-            recall=avg(lambda e: e.model.recall),
-            recall_popularity=avg(lambda e: e.popularity.recall),
-            mrr=avg(lambda e: e.model.mrr), mrr_popularity=avg(lambda e: e.popularity.mrr),
-            freshness_p50_s=fresh[len(fresh) // 2],
-            freshness_p99_s=fresh[min(len(fresh) - 1, int(len(fresh) * 0.99))],
-            outcome=outcome)
 
     @property
     def model_version(self) -> str:

@@ -16,7 +16,7 @@ from stream_app.config import ConfigError
 from stream_app.kafka.transaction import TxnOutcome
 from stream_app.observability import FreshnessSince, TrainerMetrics
 from stream_app.report import PLOTS, Stats, build_report, load_stats, rolling, summary, throughput
-from stream_app.trainer.loop import BatchResult
+from stream_app.trainer.result import BatchResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
