@@ -197,6 +197,10 @@ def _quality(out: Path) -> list[str]:
         ratios += [f"95% bootstrap interval over users ({k.removesuffix('_interval95')}) "
                    f"{v[0]:.3f}–{v[1]:.3f}" for k, v in d.items() if k.endswith("_interval95")]
         rows += ["", "; ".join(ratios), ""]
+        seeds = d["methods"].get("learner", {}).get("recall_per_seed")
+        if seeds:
+            rows += [f"The learner's figures are the mean over seeds {_seeds(d)} "
+                     f"(Recall@20 per seed {', '.join(f'{r:.4f}' for r in seeds)}).", ""]
         if "oracle_test_popularity" in d:
             rows += ["Headroom reference, not a baseline (it reads the test part): popularity "
                      f"over the test part reaches Recall@20 "
@@ -217,8 +221,15 @@ def _quality(out: Path) -> list[str]:
                      f"the same release prior {release['baseline']['recall']:.4f} "
                      f"(`{release['baseline']['name']}`, half-life, window and weight best on "
                      f"the test part); ratio to {release['best_baseline']} = "
-                     f"**{release['ratio']:.3f}** (95% bootstrap {lo:.3f}–{hi:.3f}).", ""]
+                     f"**{release['ratio']:.3f}** (95% bootstrap {lo:.3f}–{hi:.3f})"
+                     + (f"; learner per seed {', '.join(f'{r:.4f}' for r in per_seed)}"
+                        if (per_seed := release["learner"].get("recall_per_seed")) else "")
+                     + ".", ""]
     return rows
+
+
+def _seeds(d: dict[str, Any]) -> str:
+    return ", ".join(str(s) for s in d.get("seeds", [d["config"]["seed"]]))
 
 
 def render(out: Path, doc: Path, mode: str) -> None:
