@@ -17,6 +17,7 @@ from stream_app.codec import decode_embedding, decode_meta, is_meta_key
 from stream_app.config import KafkaConfig
 from stream_app.core import Learner
 from stream_app.events import EmbeddingRow
+from stream_app.heap import release_free_memory
 from stream_app.kafka.consumer import read_to_end
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str,
         users, items, tombstones = users + u, items + i, tombstones + t
         if on_chunk is not None:
             on_chunk()
+    release_free_memory()
     stats = RestoreStats(users=users, items=items, tombstones=tombstones,
                          seconds=time.monotonic() - began, ends=ends)
     log.info("restored users=%d items=%d tombstones=%d seconds=%.2f", stats.users, stats.items,
