@@ -63,7 +63,13 @@ class Vocab:
 
     @property
     def allocated(self) -> int:
-        """Length of the row arrays; grows by doubling, never past `max_rows + 1`."""
+        """Length of the row arrays; never past `max_rows + 1`.
+
+        It grows by a quarter, not by doubling: the tables follow it, and
+        doubling left up to half of them spare (at 600K restored rows, RSS
+        643 vs 481 MiB; BENCHMARKS.md, Restore and memory). The extra copies
+        are a few dozen over a table's life.
+        """
         return len(self.last_ts)
 
     def __len__(self) -> int:
@@ -159,7 +165,7 @@ class Vocab:
             r = len(self.ids)
             self.ids.append(id_)
             if r >= len(self.last_ts):
-                size = min(max(2 * len(self.last_ts), 16), self.max_rows + 1)
+                size = min(max(len(self.last_ts) * 5 // 4, 16), self.max_rows + 1)
                 grown = np.full(size, _NEVER, dtype=np.int64)
                 grown[: len(self.last_ts)] = self.last_ts
                 self.last_ts = grown
