@@ -265,8 +265,10 @@ def with_release_times(d: dict[str, np.ndarray], n_train: int, users: list[str],
     its best half-life, window and weight on the test part. The learner's
     `release_boost` and `release_window_ms` defaults were chosen on the
     nested split (the train part's own 80/20); that choice is re-made here
-    with a second learner (the config's own seed), so nothing about the
-    learner reads the test part. The learner's figures are the mean over `--seeds`.
+    with a second learner (the config's own seed), so the release prior's
+    setting does not read the test part. (The learner's other defaults were
+    tuned on this split's test part over many runs, as the baselines' grids
+    are: BENCHMARKS.md says so.) The learner's figures are the mean over `--seeds`.
     None without release times (no `movies.dat` beside the ratings).
     """
     if "released" not in d:
