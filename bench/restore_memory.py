@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bench.common import bench_broker, fresh_topics, machine, write_json
@@ -40,16 +41,24 @@ from stream_app.trainer.snapshot import SnapshotTag, read_snapshot, write_state
 CONFIG = LearnerConfig(dim=64, replay_ratio=0.0, max_users=2_000_000, max_items=2_000_000)
 
 
-def build_and_publish(kafka: KafkaConfig, rows: int) -> int:
-    """Learn until `rows` rows exist (90% users, 10% items); publish them all."""
+def build_and_publish(kafka: KafkaConfig, rows: int, per_user: int = 1) -> int:
+    """Learn until `rows` rows exist (90% users, 10% items); publish them all.
+
+    Each user has `per_user` events (random items), so its row lists up to
+    that many recent items, as a real user's does (up to `recent_items`, 20).
+    """
     learner = Learner(CONFIG, device="cpu")
     n_items = max(1, rows // 10)
     n_users = rows - n_items
     batch = 8192
-    for start in range(0, n_users, batch):
-        users = range(start, min(start + batch, n_users))
-        learner.learn([Event(event_id=f"e{u}", user_id=f"u{u}", item_id=f"i{u % n_items}",
-                             ts=1_700_000_000_000 + u, kind=EventKind.CLICK) for u in users])
+    rng = np.random.default_rng(0)
+    for round_ in range(per_user):
+        items = np.arange(n_users) % n_items if round_ == 0 else rng.integers(0, n_items, n_users)
+        for start in range(0, n_users, batch):
+            users = range(start, min(start + batch, n_users))
+            learner.learn([Event(event_id=f"e{round_}-{u}", user_id=f"u{u}",
+                                 item_id=f"i{items[u]}", ts=1_700_000_000_000
+                                 + round_ * n_users + u, kind=EventKind.CLICK) for u in users])
     published = 0
     with EventProducer(kafka, client_id="bench-rows") as producer:
         for ids, entity in ((learner.user_ids(), "user"), (learner.item_ids(), "item")):
@@ -144,6 +153,8 @@ def child(bootstrap: str, prefix: str) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--per-user", type=int, default=1,
+                    help="events per user, hence recent items per user row (max 20)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", nargs=2, metavar=("BOOTSTRAP", "PREFIX"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -152,13 +163,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     torch.set_num_threads(1)
     with bench_broker() as bootstrap, fresh_topics(bootstrap) as kafka:
-        published = build_and_publish(kafka, args.rows)
+        published = build_and_publish(kafka, args.rows, args.per_user)
         raw = raw_read(kafka)
         proc = subprocess.run([sys.executable, "-m", "bench.restore_memory", "--child",  # noqa: S603
                                bootstrap, kafka.topic_prefix], capture_output=True, text=True,
                               check=True)
         ours = json.loads(proc.stdout.strip().splitlines()[-1])
     result = {"benchmark": "restore_memory", "machine": machine(), "rows": published,
+              "events_per_user": args.per_user,
               "reference_raw_read": raw, "restore": ours,
               "ratio_restore_vs_raw_read": ours["restore_seconds"] / raw["seconds"],
               "ratio_snapshot_restore_vs_raw_read": ours["snapshot_restore_seconds"]

@@ -8,6 +8,7 @@ restores its model bit-exactly from this topic (it is the model's changelog).
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import fastjsonschema
@@ -130,8 +131,9 @@ def decode_embedding(
 ) -> EmbeddingRow | None:
     """Decode one `embeddings` record; None for a tombstone (null value).
 
-    `with_state=False` leaves `state` empty (about a sixth faster): the scorer
-    never reads it, only the trainer restoring its model does.
+    `with_state=False` leaves `state` empty (about a sixth faster), for readers
+    that need only the served vector; the scorer reads the users' `id_vec`
+    and the trainer restores its model from the state.
 
     The key must be `user:<id>` / `item:<id>` matching the value's entity and id;
     `meta:trainer` is refused with reason bad_key (check `is_meta_key` first).
@@ -165,7 +167,10 @@ def decode_embedding(
         updates=int(obj["updates"]),
         updated_at=int(obj["updated_at"]),
         last_event_ts=int(obj["last_event_ts"]),
-        recent_items=tuple(obj.get("recent_items", ())),
+        # Interned: a user row lists up to 20 item ids, and without sharing every
+        # user held its own copies (at 20 per user 1.2 KB, seven times the user's
+        # vector, in the scorer's table and in a restore; BENCHMARKS.md, Restore).
+        recent_items=tuple(map(sys.intern, obj.get("recent_items", ()))),
         state=decode_state(obj.get("state", {})) if with_state else {},
     )
 

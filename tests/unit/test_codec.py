@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -228,10 +229,18 @@ def test_embedding_state_round_trip_is_bit_exact() -> None:
     assert np.array_equal(back.state["counters"]["nested"][0], np.ones(2, np.float32))
 
 
-def test_scorer_can_skip_state() -> None:
+def test_state_can_be_skipped() -> None:
     row = _row(state={"acc": np.ones(3, dtype=np.float32)})
     back = decode_embedding(row.key.encode(), encode_embedding(row), with_state=False)
     assert back is not None and back.state == {} and back.recent_items == ("i1", "i2")
+
+
+def test_users_share_one_string_per_recent_item() -> None:
+    """Tables hold every user's recent items: one copy per item, not one per mention."""
+    a, b = (decode_embedding(r.key.encode(), encode_embedding(r))
+            for r in (_row(), dataclasses.replace(_row(), id="u2")))
+    assert a is not None and b is not None and a.id != b.id
+    assert all(x is y for x, y in zip(a.recent_items, b.recent_items, strict=True))
 
 
 def test_tombstone_decodes_to_none_but_the_key_is_still_checked() -> None:
