@@ -45,8 +45,9 @@ import torch
 from confluent_kafka import TopicPartition
 
 from bench.common import machine, write_json
-from stream_app.codec import encode_embedding, encode_score_request
+from stream_app.codec import META_KEY, encode_embedding, encode_meta, encode_score_request
 from stream_app.config import KafkaConfig
+from stream_app.core import Learner, LearnerConfig
 from stream_app.events import EmbeddingRow, ScoreRequest
 from stream_app.kafka import broker
 from stream_app.kafka.admin import TopicPlan, create_topics
@@ -57,7 +58,14 @@ RESULTS = Path(__file__).with_name("results")
 
 
 def publish_rows(kafka: KafkaConfig, n_items: int, n_users: int, dim: int) -> None:
+    """Items and users as the trainer publishes them, `meta:trainer` included.
+
+    Users carry their id vector and 20 recent items, and the meta record the
+    serving mix, so the scorer rebuilds each user's vector from the current
+    item vectors per request, as it does in production.
+    """
     rng = np.random.default_rng(0)
+    learner_cfg = LearnerConfig(dim=dim)
     items = (rng.normal(size=(n_items, dim)) / np.sqrt(dim)).astype(np.float32)
     users = rng.normal(size=(n_users, dim)).astype(np.float32)
     producer = make_producer(kafka, "bench-rows")
@@ -68,8 +76,10 @@ def publish_rows(kafka: KafkaConfig, n_items: int, n_users: int, dim: int) -> No
                                bias=float(rng.normal()) if entity == "item" else 0.0,
                                model_version="bench", updates=5, updated_at=stamp,
                                last_event_ts=stamp,
-                               recent_items=tuple(f"i{j}" for j in rng.integers(0, n_items, 10))
-                               if entity == "user" else ())
+                               recent_items=tuple(f"i{j}" for j in rng.integers(
+                                   0, n_items, learner_cfg.recent_items))
+                               if entity == "user" else (),
+                               state={"id_vec": vec} if entity == "user" else {})
             while True:
                 try:
                     producer.produce(kafka.topics.embeddings, key=row.key.encode(),
@@ -77,6 +87,12 @@ def publish_rows(kafka: KafkaConfig, n_items: int, n_users: int, dim: int) -> No
                     break
                 except BufferError:
                     producer.poll(0.1)
+    meta = {**Learner(learner_cfg, device="cpu").global_state(), "model_version": "bench",
+            "updated_at": stamp,
+            "serving": {"history_weight": learner_cfg.history_weight,
+                        "recent_decay": learner_cfg.recent_decay,
+                        "recent_items": learner_cfg.recent_items}}
+    producer.produce(kafka.topics.embeddings, key=META_KEY, value=encode_meta(meta))
     producer.flush(120)
 
 
