@@ -52,17 +52,20 @@ def _tail(kafka: KafkaConfig, topic: str) -> Consumer:
 
 
 def measure(kafka: KafkaConfig, rate: float, seconds: float, users: int,
-            items: int, label: str = "f") -> dict[str, Any]:
+            items: int, first_ts: int, label: str = "f") -> dict[str, Any]:
     """Open-loop produce at `rate` for `seconds`; returns latency percentiles in ms.
 
     `label` prefixes the event ids (and seeds the stream), so a warm-up pass
     and the measured pass never share an id the trainer would deduplicate.
+    Event times are `first_ts`, `first_ts + 1`, ...: strictly increasing, so
+    a row can only mark as fresh the events it has learned from; a later
+    pass must start after this one's last time (`first_ts + rate * seconds`).
     """
     n = int(rate * seconds)
     rng = np.random.default_rng([int(rate), ord(label[0])])
     user_of = rng.integers(0, users, n)
     item_of = rng.zipf(1.3, n) % items
-    base_ts = int(time.time() * 1000) - 3_600_000
+    base_ts = first_ts
     sent: dict[str, list[tuple[int, float]]] = defaultdict(list)  # user -> [(ts, send time)]
     seen_input: list[float] = []
     fresh: list[float] = []
@@ -82,12 +85,17 @@ def measure(kafka: KafkaConfig, rate: float, seconds: float, users: int,
                 pending = sent.get(row.id, [])
                 while pending and pending[0][0] <= row.last_event_ts:
                     fresh.append(now - pending.pop(0)[1])
-            for msg in raw.consume(1000, timeout=0):
+
+    def read_reference() -> None:
+        """Its own thread: behind the rows' decoding the reference would look slower."""
+        while not stop.is_set():
+            for msg in raw.consume(1000, timeout=0.05):
                 if msg.error() is None:
                     seen_input.append(time.monotonic() - float(msg.headers()[0][1]))
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    readers = [threading.Thread(target=f, daemon=True) for f in (read, read_reference)]
+    for reader in readers:
+        reader.start()
     producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "linger.ms": 1})
     start = time.monotonic()
     for i in range(n):
@@ -108,7 +116,8 @@ def measure(kafka: KafkaConfig, rate: float, seconds: float, users: int,
     while sum(len(v) for v in sent.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
     stop.set()
-    reader.join(5)
+    for reader in readers:
+        reader.join(5)
     rows.close()
     raw.close()
     lost = sum(len(v) for v in sent.values())
@@ -185,8 +194,10 @@ def _with_trainer(kafka: KafkaConfig, args: argparse.Namespace, rate: float) -> 
         # Unmeasured pass at the same rate: a fresh broker and trainer are slow
         # for their first seconds (the input topic's own latency showed it), and
         # that start-up is not what freshness under steady load means.
-        measure(kafka, rate, WARM_UP_S, args.users, args.items, label="w")
-        return measure(kafka, rate, args.seconds, args.users, args.items)
+        first_ts = int(time.time() * 1000) - 3_600_000
+        measure(kafka, rate, WARM_UP_S, args.users, args.items, first_ts, label="w")
+        return measure(kafka, rate, args.seconds, args.users, args.items,
+                       first_ts + int(rate * WARM_UP_S))
     finally:
         proc.terminate()
         proc.wait(30)
