@@ -10,6 +10,8 @@ Both are bench-only dependencies (`pip install -e .[bench]`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -35,15 +37,21 @@ def als_scores(users: list[str], item_ids: list[str], train_users: list[str],
 
 
 def river_scores(users: list[str], item_ids: list[str], train_users: list[str],
-                 train_items: list[str], *, n_factors: int = 32, negatives: int = 2,
-                 lr: float = 0.05, seed: int = 0) -> np.ndarray:
-    """One streaming pass of River's FunkMF with sampled negatives."""
+                 train_items: list[str], *, model: str = "funk", n_factors: int = 32,
+                 negatives: int = 2, lr: float = 0.05, seed: int = 0) -> np.ndarray:
+    """One streaming pass of River's FunkMF or BiasedMF (`model`) with sampled negatives.
+
+    BiasedMF adds a learned item bias, which can carry popularity as our
+    learner's does.
+    """
     from river import optim, reco
 
-    model = reco.FunkMF(n_factors=n_factors, optimizer=optim.SGD(lr), seed=seed)
+    mf: Any = reco.FunkMF(n_factors=n_factors, optimizer=optim.SGD(lr), seed=seed) \
+        if model == "funk" else reco.BiasedMF(n_factors=n_factors, bias_optimizer=optim.SGD(lr),
+                                              latent_optimizer=optim.SGD(lr), seed=seed)
     rng = np.random.default_rng(seed)
     for u, i in zip(train_users, train_items, strict=True):
-        model.learn_one(u, i, 1.0)
+        mf.learn_one(u, i, 1.0)
         for j in rng.integers(0, len(item_ids), negatives):
-            model.learn_one(u, item_ids[j], 0.0)
-    return np.array([[model.predict_one(u, i) for i in item_ids] for u in users])
+            mf.learn_one(u, item_ids[j], 0.0)
+    return np.array([[mf.predict_one(u, i) for i in item_ids] for u in users])
