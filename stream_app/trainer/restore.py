@@ -52,6 +52,7 @@ def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str,
         users, items, tombstones = users + u, items + i, tombstones + t
         if on_chunk is not None:
             on_chunk()
+    learner.finish_restore()
     release_free_memory()
     stats = RestoreStats(users=users, items=items, tombstones=tombstones,
                          seconds=time.monotonic() - began, ends=ends)
