@@ -248,6 +248,21 @@ def test_restored_histories_keep_known_items_in_order_up_to_the_length(
     assert hist == [b._item_vocab.row(items[0]), b._item_vocab.row(items[1])] + [-1] * (length - 2)
 
 
+def test_finish_restore_resolves_the_histories_the_next_call_would() -> None:
+    """A restore resolves histories itself (before its memory trim); same result as lazily."""
+    a = _trained(VARIANTS[0])
+    rows = _all_rows(a)
+    random.Random(1).shuffle(rows)  # noqa: S311 - users may come before their items
+    eager, lazy = (Learner(small_config(**VARIANTS[0]), device=DEVICE) for _ in range(2))
+    for b in (eager, lazy):
+        b.apply_rows(rows)
+        b.apply_global_state(a.global_state())
+    eager.finish_restore()
+    assert not eager._deferred and lazy._deferred
+    _same_rows(_all_rows(eager, like=a), _all_rows(lazy, like=a))
+    _same_rows(_all_rows(eager, like=a), _all_rows(a))
+
+
 @pytest.mark.parametrize("caps", [(8, 12), (1000, 1000)], ids=["capped", "roomy"])
 @pytest.mark.parametrize("variant", VARIANTS[:2], ids=lambda v: str(v["optimizer"]))
 def test_bulk_restore_equals_restoring_row_by_row_even_when_the_cap_evicts(
