@@ -10,17 +10,16 @@ process (BENCHMARKS.md, Restore and memory).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import logging
-
-log = logging.getLogger(__name__)
 
 
 def release_free_memory() -> bool:
-    """`malloc_trim(0)` where the C library has it (glibc); False elsewhere, a no-op."""
-    name = ctypes.util.find_library("c")
+    """`malloc_trim(0)` where the C library has it (glibc); False elsewhere, a no-op.
+
+    `CDLL(None)` is the running process, the C library included: no library
+    search (which on Linux runs `ldconfig`).
+    """
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError, TypeError):
         return False
     trim.argtypes = [ctypes.c_size_t]
