@@ -54,8 +54,9 @@ rm -f "$OUT/core_${DEV}_profile.txt"
 timeout 60 python3 -m bench.core_throughput --device "$DEV" --batch 16384 --batches 5 \
     --warmup 3 --profile "$OUT/core_${DEV}_profile.txt"
 check profile
-timeout 60 python3 -m bench.core_throughput --device cpu --threads 16 --batch 4096 16384 \
-    --batches 5 --warmup 2 --out "$OUT/core_cpu16.json"
+# The reference times as many batches as the CUDA run above, after as many warm-up ones.
+timeout 90 python3 -m bench.core_throughput --device cpu --threads 16 --batch 4096 16384 \
+    --batches 10 --warmup 3 --out "$OUT/core_cpu16.json"
 check core-cpu
 step "learning core, cheapest step (no replay, sampled negatives only)"
 timeout 60 python3 -m bench.core_throughput --device "$DEV" --batch 16384 65536 \
