@@ -11,6 +11,8 @@ APP     := $(VENV)/bin/stream-app
 # re-pointed at the clone being run instead of testing another one's code.
 STAMP   := $(VENV)/.stream-app-$(shell (cat pyproject.toml; echo "$(CURDIR)") | cksum | cut -d' ' -f1)
 DATA    ?= ../shared/data/movielens-1m
+# System tools (Java, Maven, kcat, Prometheus): installed when missing, see the script.
+SYSDEPS := bash scripts/sysdeps.sh
 
 PHONY_BENCH := bench-deps
 .PHONY: $(PHONY_BENCH) venv test test-unit test-integration test-long demo broker broker-stop topics bench bench-quick lint clean
@@ -22,21 +24,27 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: venv
+	$(SYSDEPS) java mvn kcat promtool prometheus
 	$(PY) -m pytest -q
 
 test-unit: venv
+	$(SYSDEPS) promtool
 	$(PY) -m pytest -q tests/unit stream_app
 
 test-integration: venv
+	$(SYSDEPS) java mvn kcat prometheus
 	$(PY) -m pytest -q tests/integration
 
 test-long: venv
+	$(SYSDEPS) java mvn
 	$(PY) -m pytest -q --run-slow tests/reliability
 
 demo: venv
+	$(SYSDEPS) java mvn
 	$(APP) demo --data "$(DATA)"
 
 broker: venv
+	$(SYSDEPS) java mvn
 	$(APP) broker start
 
 broker-stop: venv

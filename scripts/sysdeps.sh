@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The system tools a make target needs, installed when missing.
+#
+#   bash scripts/sysdeps.sh java mvn kcat promtool
+#
+# Debian packages via apt-get, as root or with password-less sudo; otherwise
+# it stops and prints the one command that installs them, so a target never
+# runs half-equipped (a test that cannot find kcat or promtool fails, by design).
+set -euo pipefail
+
+declare -A PACKAGE=(
+  [java]=default-jre-headless   # the Kafka broker
+  [mvn]=maven                   # fetches the broker jars from Maven Central
+  [kcat]=kcat                   # an independent client in the contract tests
+  [promtool]=prometheus         # checks the alert rules and dashboard queries
+  [prometheus]=prometheus       # scrapes the processes in an integration test
+)
+
+missing=()
+for tool in "$@"; do
+  package=${PACKAGE[$tool]:?"sysdeps: unknown tool '$tool'"}
+  command -v "$tool" >/dev/null && continue
+  [[ " ${missing[*]:-} " == *" $package "* ]] || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+  sudo=()
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+  sudo=(sudo -n)
+else
+  echo "sysdeps: missing ${missing[*]}; install them with:" >&2
+  echo "  sudo apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null; then
+  echo "sysdeps: missing ${missing[*]} and no apt-get here; install them with your" \
+       "package manager (Java 17+, Maven, kcat, Prometheus)" >&2
+  exit 1
+fi
+echo "sysdeps: installing ${missing[*]}"
+"${sudo[@]}" apt-get update -q
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "${missing[@]}"
