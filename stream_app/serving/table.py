@@ -24,6 +24,7 @@ import numpy.typing as npt
 import torch
 
 from stream_app.events import EmbeddingRow, Entity
+from stream_app.serving.bounds import BoundIndex
 
 FREE_BIAS = float("-inf")
 
@@ -82,6 +83,7 @@ class EmbeddingTable:
         self._matrix = torch.zeros((0, 0), device=device)
         self._bias = torch.zeros(0, device=device)
         self._staged: dict[int, tuple[npt.NDArray[np.float32], float]] = {}
+        self._bounds: BoundIndex | None = None
         self.newest_updated_at: int | None = None
         self.model_version = ""
         self.mix: ServingMix | None = None
@@ -160,8 +162,13 @@ class EmbeddingTable:
         vectors = np.stack([v for v, _ in self._staged.values()])
         biases = np.array([b for _, b in self._staged.values()], dtype=np.float32)
         self._staged.clear()
-        self._matrix.index_copy_(0, slots, torch.from_numpy(vectors).to(self.device))
-        self._bias.index_copy_(0, slots, torch.from_numpy(biases).to(self.device))
+        vectors_t = torch.from_numpy(vectors).to(self.device)
+        biases_t = torch.from_numpy(biases).to(self.device)
+        self._matrix.index_copy_(0, slots, vectors_t)
+        self._bias.index_copy_(0, slots, biases_t)
+        if self._bounds is not None:
+            self._bounds.extend(self.n_slots)
+            self._bounds.raise_bounds(slots, vectors_t, biases_t)
 
     # -- reads --------------------------------------------------------------------------
     @property
@@ -185,6 +192,15 @@ class EmbeddingTable:
         self.flush()
         n = self.n_slots
         return self._matrix[:n], self._bias[:n]
+
+    def bounds(self) -> BoundIndex:
+        """The pruning index of the current slots (see `bounds.py`), writes flushed."""
+        self.flush()
+        if self._bounds is None or self._bounds.stale:
+            matrix, bias = self.items()
+            self._bounds = BoundIndex(matrix, bias)
+        self._bounds.extend(self.n_slots)
+        return self._bounds
 
     def slots_of(self, item_ids: tuple[str, ...] | list[str]) -> list[int]:
         """Slots of the known ids among `item_ids`, in order (unknown ids are skipped)."""
