@@ -5,7 +5,7 @@
 # machine's CPU as the reference. Results land in $OUT (default /tmp/device-check).
 # DEV=cpu runs the same steps without a GPU, to try the script itself;
 # STEPS picks some of "tests core scorer", space-separated (default: all). The
-# whole script takes about 2 minutes on an H200; each step has its own timeout.
+# whole script takes about 4 minutes on an H200; each step has its own timeout.
 # It exits non-zero when any step failed or timed out.
 #
 # The machine lacks three of our dependencies; bring them as wheels first:
@@ -66,11 +66,14 @@ check core-cheap
 fi
 
 if wanted scorer; then
-step "scorer compute"
-timeout 90 python3 -m bench.scorer_compute --device "$DEV" --items 100000 1000000 \
+step "scorer compute (each setting pruned and exhaustive)"
+timeout 150 python3 -m bench.scorer_compute --device "$DEV" --items 100000 1000000 \
     --batch 32 256 --out "$OUT/scorer_$DEV.json"
 check scorer
-timeout 90 python3 -m bench.scorer_compute --device cpu --threads 16 --items 100000 1000000 \
+timeout 150 python3 -m bench.scorer_compute --device "$DEV" --bias zipf --items 1000000 \
+    --batch 32 256 --out "$OUT/scorer_${DEV}_zipf.json"
+check scorer-zipf
+timeout 150 python3 -m bench.scorer_compute --device cpu --threads 16 --items 100000 1000000 \
     --batch 32 256 --rounds 10 --out "$OUT/scorer_cpu16.json"
 check scorer-cpu
 fi
