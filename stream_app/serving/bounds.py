@@ -28,6 +28,8 @@ FIRST_SCAN = 4
 on a CPU each segment costs tens of small tensor operations, more than a few blocks' product."""
 LAST_SCAN = 4
 """A user whose bounds leave over 1/LAST_SCAN of the blocks to scan gets one full product."""
+PROBE = 256
+"""Slots of highest bias scored first to guess whether scanning by bounds can pay."""
 RESORT_AFTER = 0.25
 """Rebuild once this share of the indexed slots has been written since the sort."""
 NEG_INF = float("-inf")
@@ -98,6 +100,12 @@ class BoundIndex:
         best = self._best(users)
         scan = _Scan(self, matrix, bias, users, k, excluded)
         rows = torch.arange(b, device=self.device)
+        # A cheap guess at each K-th score from the PROBE items of highest bias
+        # sends the users that bounds cannot help straight to one product.
+        far = self._needed(best, self._probe(matrix, bias, users, k)) * LAST_SCAN > blocks
+        if bool(far.any()):
+            scan.rest(rows[far], 0)
+            rows = rows[~far]
         start, width = 0, FIRST_SCAN
         while len(rows):
             end = min(start + width, blocks)
@@ -105,14 +113,30 @@ class BoundIndex:
             start, width = end, width * 2
             if start >= blocks:
                 break
-            # Blocks a user may still need: the prefix whose bound beats its K-th score.
-            kth = scan.values.index_select(0, rows)[:, k - 1:]
-            need = (best.index_select(0, rows) > kth).sum(dim=1)
+            need = self._needed(best.index_select(0, rows),
+                                scan.values.index_select(0, rows)[:, k - 1])
             far = need * LAST_SCAN > blocks
             if bool(far.any()):
                 scan.rest(rows[far], start)
             rows = rows[(need > start) & ~far]
         return scan.values, scan.slots
+
+    def _probe(self, matrix: torch.Tensor, bias: torch.Tensor, users: torch.Tensor,
+               k: int) -> torch.Tensor:
+        """(b,) K-th best score among the PROBE slots of highest bias (-inf if fewer than K).
+
+        Exclusions are ignored: the guess only picks a path, never the answer.
+        """
+        top = self.order[:PROBE]
+        if len(top) < k:
+            return torch.full((len(users),), NEG_INF, device=self.device)
+        scores = torch.addmm(bias.index_select(0, top), users, matrix.index_select(0, top).T)
+        return scores.topk(k, dim=1).values[:, k - 1]
+
+    @staticmethod
+    def _needed(best: torch.Tensor, kth: torch.Tensor) -> torch.Tensor:
+        """(b,) blocks a user may need: the prefix whose bound beats its K-th score."""
+        return (best > kth.unsqueeze(1)).sum(dim=1)
 
     def _best(self, users: torch.Tensor) -> torch.Tensor:
         """(b, blocks): the best score any block from j on could hold, per user."""

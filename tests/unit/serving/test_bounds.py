@@ -164,3 +164,13 @@ def test_pruning_reads_only_the_blocks_that_can_win() -> None:
     assert torch.isfinite(values).all()
     torch.testing.assert_close(values, want_values)
     assert torch.equal(slots, want_slots)
+
+
+def test_a_user_who_excluded_the_top_of_the_order_gets_the_rest() -> None:
+    """The probe ignores exclusions; the scan finds out and finishes in one product."""
+    table, items, biases, users = filled("zipf", 2000, 0.1)
+    top = tuple(sorted(items, key=biases.__getitem__, reverse=True)[:300])
+    req = ScoreRequest(request_id="r", user_id="u3", k=20, exclude=top, exclude_seen=False)
+    got = rank(table, [req])[0]
+    check_up_to_ties(pairs(got), brute(users["u3"], items, biases, len(items), banned=set(top)),
+                     20)
