@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from stream_app.core import LearnerConfig
@@ -28,6 +29,13 @@ from stream_app.serving.topk import rank
 
 BIASES = ("gaussian", "zipf", "equal")
 """Item tables to rank, see `filled_table`."""
+ZIPF_SCALE = 0.25
+"""Per-dimension scale of the "zipf" table's vectors: norm ~2 at d=64, as the MovieLens model's."""
+
+
+def zipf_biases(rng: np.random.Generator, n: int) -> npt.NDArray[np.float64]:
+    """The trainer's bias, log popularity, over a catalogue with Zipf(1) popularity: log(1/rank)."""
+    return -np.log(rng.permutation(n) + 1.0)
 
 
 def filled_table(device: torch.device, items: int, users: int, dim: int,
@@ -43,10 +51,10 @@ def filled_table(device: torch.device, items: int, users: int, dim: int,
     rng = np.random.default_rng(seed)
     cfg = LearnerConfig()
     table = EmbeddingTable(device=device, initial_capacity=items)
-    scale = 0.25 if bias == "zipf" else 0.1
+    scale = ZIPF_SCALE if bias == "zipf" else 0.1
     vectors = rng.standard_normal((items, dim), dtype=np.float32) * scale
     biases = {"gaussian": lambda: rng.standard_normal(items),
-              "zipf": lambda: -np.log(rng.permutation(items) + 1.0),
+              "zipf": lambda: zipf_biases(rng, items),
               "equal": lambda: np.zeros(items)}[bias]()
     for i in range(items):
         table.upsert(EmbeddingRow(entity="item", id=f"i{i}", vector=vectors[i],

@@ -3,6 +3,7 @@
     python -m bench.scorer_latency                      # 100K items, d=64, 500/2000/5000 req/s
     python -m bench.scorer_latency --quick --threads 1  # 20K items, 3 s per rate, 500/2000
     python -m bench.scorer_latency --quick --baseline-src /path/to/old/checkout
+    python -m bench.scorer_latency --bias zipf          # biases spread like popularity
 
 Publishes `--items` item rows and `--users` user rows, starts `stream-app scorer`
 as a subprocess, waits for /readyz, then sends requests at fixed rates (open
@@ -45,6 +46,7 @@ import torch
 from confluent_kafka import TopicPartition
 
 from bench.common import machine, write_json
+from bench.scorer_compute import ZIPF_SCALE, zipf_biases
 from stream_app.codec import META_KEY, encode_embedding, encode_meta, encode_score_request
 from stream_app.config import KafkaConfig
 from stream_app.core import Learner, LearnerConfig
@@ -57,23 +59,33 @@ from stream_app.kafka.reply_reader import ReplyReader
 RESULTS = Path(__file__).with_name("results")
 
 
-def publish_rows(kafka: KafkaConfig, n_items: int, n_users: int, dim: int) -> None:
+def publish_rows(kafka: KafkaConfig, n_items: int, n_users: int, dim: int,
+                 bias: str = "gaussian") -> None:
     """Items and users as the trainer publishes them, `meta:trainer` included.
 
     Users carry their id vector and 20 recent items, and the meta record the
     serving mix, so the scorer rebuilds each user's vector from the current
-    item vectors per request, as it does in production.
+    item vectors per request, as it does in production. `bias`: "gaussian",
+    N(0, 1) item biases, items of norm ~1 and users of norm ~8 (every table
+    before 2026-11-27); "zipf", log(1/rank) biases and vectors of norm ~2, as
+    in `bench.scorer_compute`: popularity spread as the trainer's bias has it.
     """
     rng = np.random.default_rng(0)
     learner_cfg = LearnerConfig(dim=dim)
-    items = (rng.normal(size=(n_items, dim)) / np.sqrt(dim)).astype(np.float32)
-    users = rng.normal(size=(n_users, dim)).astype(np.float32)
+    if bias == "zipf":
+        items = (rng.normal(size=(n_items, dim)) * ZIPF_SCALE).astype(np.float32)
+        users = (rng.normal(size=(n_users, dim)) * ZIPF_SCALE).astype(np.float32)
+        biases = zipf_biases(rng, n_items)
+    else:
+        items = (rng.normal(size=(n_items, dim)) / np.sqrt(dim)).astype(np.float32)
+        users = rng.normal(size=(n_users, dim)).astype(np.float32)
+        biases = rng.normal(size=n_items)
     producer = make_producer(kafka, "bench-rows")
     stamp = int(time.time() * 1000)
     for entity, mat in (("item", items), ("user", users)):
         for n, vec in enumerate(mat):
             row = EmbeddingRow(entity=entity, id=f"{entity[0]}{n}", vector=vec,  # type: ignore[arg-type]
-                               bias=float(rng.normal()) if entity == "item" else 0.0,
+                               bias=float(biases[n]) if entity == "item" else 0.0,
                                model_version="bench", updates=5, updated_at=stamp,
                                last_event_ts=stamp,
                                recent_items=tuple(f"i{j}" for j in rng.integers(
@@ -344,13 +356,16 @@ def parse_args() -> argparse.Namespace:
                    help="p99 end-to-end latency a sustained rate must meet (default 20)")
     p.add_argument("--baseline-src", type=Path,
                    help="also run the scorer of this checkout first, same load (A/B)")
+    p.add_argument("--bias", choices=("gaussian", "zipf"), default="gaussian",
+                   help="item table shape (see publish_rows; default gaussian)")
     p.add_argument("--quick", action="store_true", help="20K items, 3 s per rate, 500,2000")
     p.add_argument("--out", type=Path, help="JSON result (default bench/results/...)")
     args = p.parse_args()
     if args.quick:
         args.items, args.users, args.duration, args.rates = 20_000, 2_000, 3.0, "500,2000"
     if args.out is None:
-        args.out = RESULTS / f"scorer_latency{'_quick' if args.quick else ''}.json"
+        suffix = ("_quick" if args.quick else "") + ("_zipf" if args.bias == "zipf" else "")
+        args.out = RESULTS / f"scorer_latency{suffix}.json"
     return args
 
 
@@ -366,7 +381,7 @@ def main() -> int:
                             topic_prefix=f"bench{uuid.uuid4().hex[:6]}.")
         create_topics(kafka, TopicPlan())
         t = time.perf_counter()
-        publish_rows(kafka, args.items, args.users, args.dim)
+        publish_rows(kafka, args.items, args.users, args.dim, args.bias)
         publish_s = time.perf_counter() - t
         load_before = os.getloadavg()
         broker_pid = running.pid if running else None
@@ -379,6 +394,7 @@ def main() -> int:
         for run in runs.values():
             summarise(run, ref)
         report = {"items": args.items, "users": args.users, "dim": args.dim, "k": args.k,
+                  "bias": args.bias,
                   "device": args.device, "threads": args.threads, "batch_max": args.batch_max,
                   "batch_wait_ms": args.batch_wait_ms, "duration_s": args.duration,
                   "target_p99_ms": args.target_p99_ms, "machine": machine(),
