@@ -48,8 +48,8 @@ class BoundIndex:
         self.max_bias = torch.full((blocks,), NEG_INF, device=self.device)
         self.max_norm = torch.zeros(blocks, device=self.device)
         self.writes = 0  # slots written since the sort
-        self._raise(self.order, matrix.index_select(0, self.order),
-                    bias.index_select(0, self.order))
+        slots = torch.arange(len(bias), device=self.device)
+        self._raise(slots, matrix.norm(dim=1), bias)
 
     @property
     def n(self) -> int:
@@ -76,13 +76,13 @@ class BoundIndex:
     def raise_bounds(self, slots: torch.Tensor, vectors: torch.Tensor,
                      biases: torch.Tensor) -> None:
         """Account for new values of `slots` (all < `n`): bounds only ever go up here."""
-        self._raise(slots, vectors, biases)
+        self._raise(slots, vectors.norm(dim=1), biases)
         self.writes += len(slots)
 
-    def _raise(self, slots: torch.Tensor, vectors: torch.Tensor, biases: torch.Tensor) -> None:
+    def _raise(self, slots: torch.Tensor, norms: torch.Tensor, biases: torch.Tensor) -> None:
         block = self.pos.index_select(0, slots) // BLOCK
         self.max_bias.scatter_reduce_(0, block, biases.to(self.max_bias.dtype), reduce="amax")
-        self.max_norm.scatter_reduce_(0, block, vectors.norm(dim=1), reduce="amax")
+        self.max_norm.scatter_reduce_(0, block, norms, reduce="amax")
 
     def topk(self, matrix: torch.Tensor, bias: torch.Tensor, users: torch.Tensor, k: int,
              excluded: list[set[int]]) -> tuple[torch.Tensor, torch.Tensor]:
