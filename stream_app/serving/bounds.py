@@ -41,7 +41,7 @@ class BoundIndex:
     def __init__(self, matrix: torch.Tensor, bias: torch.Tensor) -> None:
         """Index the `(n, dim)` matrix and `(n,)` bias of the table's slots."""
         self.device = bias.device
-        self.order = torch.argsort(bias, descending=True, stable=True)
+        self.order = torch.argsort(bias, descending=True)
         self.pos = torch.empty_like(self.order)
         self.pos[self.order] = torch.arange(len(self.order), device=self.device)
         blocks = -(-len(self.order) // BLOCK)
