@@ -142,7 +142,12 @@ class BoundIndex:
         """(b, blocks): the best score any block from j on could hold, per user."""
         norms = users.norm(dim=1, keepdim=True)
         bound = self.max_bias.unsqueeze(0) + norms * self.max_norm.unsqueeze(0)
-        # Float rounding of the dot product and the bias sum stays far inside this slack.
+        # A norm past float32's range makes 0 * inf or -inf + inf: NaN, which
+        # compares False and would skip the block. Such a block may hold anything.
+        bound = torch.nan_to_num(bound, nan=float("inf"), posinf=float("inf"),
+                                 neginf=NEG_INF)
+        # Float32 rounding of a dot product is at most ~dim * 6e-8 * |x||v| (1e-4
+        # covers dim <= ~1,600), of the bias sum ~6e-8 * |bound|: both inside this slack.
         slack = 1e-4 * norms * self.max_norm.unsqueeze(0) + 1e-6 * (1 + bound.abs())
         bound = torch.where(torch.isfinite(bound), bound + slack, bound)
         return bound.flip(1).cummax(dim=1).values.flip(1)

@@ -174,3 +174,13 @@ def test_a_user_who_excluded_the_top_of_the_order_gets_the_rest() -> None:
     got = rank(table, [req])[0]
     check_up_to_ties(pairs(got), brute(users["u3"], items, biases, len(items), banned=set(top)),
                      20)
+
+
+def test_a_vector_norm_past_float32_range_is_not_skipped() -> None:
+    """|v| overflows to inf: a zero user's bound would be 0 * inf = NaN (found in review)."""
+    table, items, biases, _ = filled("zipf", 600, 0.1)
+    table.bounds()
+    big = np.array([1e20] + [0.0] * (DIM - 1), dtype=np.float32)
+    table.upsert(item("big", big, 5.0))
+    got = rank(table, [ScoreRequest(request_id="r", user_id="nobody", k=3)])[0]
+    assert [i.item_id for i in got.items][0] == "big"
