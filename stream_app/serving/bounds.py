@@ -31,7 +31,7 @@ LAST_SCAN = 4
 PROBE = 256
 """Slots of highest bias scored first to guess whether scanning by bounds can pay."""
 RESORT_AFTER = 0.25
-"""Rebuild once this share of the indexed slots has been written since the sort."""
+"""Rebuild once this share of the indexed slots has been written since the sort (each once)."""
 NEG_INF = float("-inf")
 
 
@@ -47,7 +47,8 @@ class BoundIndex:
         blocks = -(-len(self.order) // BLOCK)
         self.max_bias = torch.full((blocks,), NEG_INF, device=self.device)
         self.max_norm = torch.zeros(blocks, device=self.device)
-        self.writes = 0  # slots written since the sort
+        self.written = torch.zeros(len(bias), dtype=torch.bool, device=self.device)
+        self.writes = 0  # distinct slots written since the sort: a hot item counts once
         slots = torch.arange(len(bias), device=self.device)
         self._raise(slots, matrix.norm(dim=1), bias)
 
@@ -57,7 +58,7 @@ class BoundIndex:
 
     @property
     def stale(self) -> bool:
-        """Enough writes since the sort that the order and bounds are worth rebuilding."""
+        """Enough slots written since the sort that the order and bounds are worth rebuilding."""
         return self.writes > RESORT_AFTER * max(self.n, BLOCK)
 
     def extend(self, n: int) -> None:
@@ -67,6 +68,8 @@ class BoundIndex:
         new = torch.arange(self.n, n, device=self.device)
         self.order = torch.cat([self.order, new])
         self.pos = torch.cat([self.pos, new])
+        self.written = torch.cat([self.written, torch.zeros(len(new), dtype=torch.bool,
+                                                            device=self.device)])
         blocks = -(-n // BLOCK) - len(self.max_bias)
         if blocks > 0:
             self.max_bias = torch.cat([self.max_bias,
@@ -77,7 +80,8 @@ class BoundIndex:
                      biases: torch.Tensor) -> None:
         """Account for new values of `slots` (all < `n`): bounds only ever go up here."""
         self._raise(slots, vectors.norm(dim=1), biases)
-        self.writes += len(slots)
+        self.writes += int((~self.written.index_select(0, slots)).sum())
+        self.written[slots] = True
 
     def _raise(self, slots: torch.Tensor, norms: torch.Tensor, biases: torch.Tensor) -> None:
         block = self.pos.index_select(0, slots) // BLOCK

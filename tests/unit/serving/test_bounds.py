@@ -128,6 +128,19 @@ def test_many_writes_rebuild_the_index() -> None:
     assert table.bounds() is not index
 
 
+def test_rewriting_the_same_hot_items_does_not_rebuild() -> None:
+    table, items, biases, users = filled("zipf")
+    index = table.bounds()
+    hot = list(items)[:50]
+    for _ in range(10):
+        for i in hot:
+            biases[i] += 0.1
+            table.upsert(item(i, items[i], biases[i]))
+        table.bounds()
+    assert table.bounds() is index, "50 distinct slots of 600 written, 500 writes"
+    assert_brute_force(table, items, biases, users, 20)
+
+
 def test_bounds_are_never_below_the_truth() -> None:
     rng = np.random.default_rng(5)
     n = 500
