@@ -7,8 +7,8 @@ sort; each block keeps an upper bound of its items' biases and vector norms,
 so `max_bias + |x| * max_norm` bounds every score in it. A ranking scans the
 blocks in that order and stops as soon as no block left can beat the K-th score
 found. The trainer's bias is log time-decayed popularity, which spans many
-nats across a catalogue while `|x| |v|` is a few, so the top 20 of 100K items
-usually comes from the first few thousand.
+nats across a catalogue while `|x| |v|` is a few, so a top 20 usually comes
+from the first few blocks.
 
 The order decides only the speed. The answer is the brute-force answer: every
 write raises its block's bounds at once (`raise_bounds`), so a bound is never
@@ -97,8 +97,8 @@ class BoundIndex:
         table's current slots (`n` rows); `users`: `(b, dim)`; `excluded`: per user.
         Each user leaves the scan when it is done; one whose bounds say it
         would scan more than 1/LAST_SCAN of the blocks gets the rest in one
-        full product instead, so a table with nothing to prune costs about
-        one block more than no pruning.
+        full product instead, so a table with nothing to prune costs the
+        product plus a probe of PROBE items.
         """
         b, blocks = users.shape[0], len(self.max_bias)
         best = self._best(users)
