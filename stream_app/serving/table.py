@@ -194,12 +194,14 @@ class EmbeddingTable:
         return self._matrix[:n], self._bias[:n]
 
     def bounds(self) -> BoundIndex:
-        """The pruning index of the current slots (see `bounds.py`), writes flushed."""
-        self.flush()
+        """The pruning index of the current slots (see `bounds.py`), writes flushed.
+
+        Every new slot and write is staged, and `flush` extends and raises an
+        existing index, so it covers every slot once `items()` has flushed.
+        """
+        matrix, bias = self.items()
         if self._bounds is None or self._bounds.stale:
-            matrix, bias = self.items()
             self._bounds = BoundIndex(matrix, bias)
-        self._bounds.extend(self.n_slots)
         return self._bounds
 
     def slots_of(self, item_ids: tuple[str, ...] | list[str]) -> list[int]:
