@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from stream_app.codec.exceptions import DecodeError, DlqReason, EncodeError
-from stream_app.codec.fastcheck import fast_row_ok
+from stream_app.codec.fastcheck import fast_row_vector
 from stream_app.codec.schemas import Schema, error_for, schema
 from stream_app.codec.wire import (
     MESSAGE_MAX_BYTES,
@@ -142,15 +142,16 @@ def decode_embedding(
     if value is None:
         return None
     obj = parse_object(check_value(value, MESSAGE_MAX_BYTES))
-    if not fast_row_ok(obj):
+    raw = fast_row_vector(obj)
+    if raw is None:
         _validate(_ROW, obj)
+        raw = b64decode(obj["vector"], DlqReason.BAD_VECTOR, "vector")
     if obj["entity"] != entity or obj["id"] != ident:
         raise DecodeError(
             DlqReason.KEY_MISMATCH,
             f"key {entity}:{ident[:64]} != value {obj['entity']}:{obj['id'][:64]}",
         )
     dim: int = obj["dim"]
-    raw = b64decode(obj["vector"], DlqReason.BAD_VECTOR, "vector")
     if len(raw) != 4 * dim:
         raise DecodeError(
             DlqReason.BAD_VECTOR, f"vector has {len(raw)} bytes, dim {dim} needs {4 * dim}"

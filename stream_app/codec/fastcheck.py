@@ -90,38 +90,47 @@ if (_ROW_ID["pattern"], _ROW_ID["minLength"], _ROW_ID["maxLength"]) != \
     raise SchemaError("embedding ids differ from event ids: update codec/fastcheck.py")
 
 
-def fast_row_ok(obj: Any) -> bool:
-    """True only if `obj` is an embedding row that embedding.v1.json accepts.
+def fast_row_vector(obj: Any) -> bytes | None:
+    """The decoded `vector` of `obj` if it is an embedding row that embedding.v1.json
+    accepts, else None.
 
-    False means "ask the schema" (which gives the precise reason), not that the
+    None means "ask the schema" (which gives the precise reason), not that the
     row is bad. Every published row is decoded by the scorer and on restore,
-    where the compiled schema was about a third of the decode.
+    where the compiled schema was about a third of the decode. The vector's
+    bytes come back because the check decodes them anyway.
 
     >>> row = {"entity": "item", "id": "i1", "dim": 1, "vector": "AACAPw==", "bias": 0.5,
     ...        "model_version": "v1", "updates": 3, "updated_at": 1, "last_event_ts": 1}
-    >>> fast_row_ok(row), fast_row_ok({**row, "dim": True}), fast_row_ok({**row, "x": 1})
-    (True, False, False)
+    >>> fast_row_vector(row)
+    b'\\x00\\x00\\x80?'
+    >>> fast_row_vector({**row, "dim": True}), fast_row_vector({**row, "x": 1})
+    (None, None)
     """
     if type(obj) is not dict:
-        return False
+        return None
     keys = obj.keys()
     if not (_ROW_REQUIRED <= keys and keys <= _ROW_ALLOWED):
-        return False
+        return None
     entity, ident, vector, version = obj["entity"], obj["id"], obj["vector"], obj["model_version"]
     if type(entity) is not str or type(ident) is not str or type(vector) is not str \
             or type(version) is not str:
-        return False
+        return None
     if entity not in _ROW_ENTITIES or not _ID_MIN_LEN <= len(ident) <= _ID_MAX_LEN \
             or not _ROW_VERSION_LEN[0] <= len(version) <= _ROW_VERSION_LEN[1]:
-        return False
+        return None
     # The schema's base64 pattern without a regex: whole quanta, padding only at the
     # end, then a strict decode (strict mode alone accepts "AAAA====").
     if len(vector) % 4 or "=" in vector[:-2]:
-        return False
+        return None
     try:
-        binascii.a2b_base64(vector, strict_mode=True)
+        raw = binascii.a2b_base64(vector, strict_mode=True)
     except (binascii.Error, ValueError):
-        return False
+        return None
+    return raw if _row_fields_ok(obj, ident) else None
+
+
+def _row_fields_ok(obj: dict[str, Any], ident: str) -> bool:
+    """The rest of `fast_row_vector`'s check: numbers, timestamps, state, recent items."""
     bias = type(obj["bias"])
     if not (bias is float or bias is int):
         return False
