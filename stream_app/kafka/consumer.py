@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message
@@ -234,7 +234,7 @@ def high_watermarks(kafka: KafkaConfig, topic: str, *, client_id: str,
 def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
                 batch: int = 5000, timeout_s: float = 600.0,
                 ends_seen: dict[int, int] | None = None,
-                start: dict[int, int] | None = None) -> Iterator[list[RawRecord]]:
+                start: dict[int, int] | None = None) -> Generator[list[RawRecord], None, None]:
     """Every committed record of `topic`, in chunks, up to the end offsets seen at start.
 
     Used to restore the trainer from the compacted changelog: read_committed

@@ -9,18 +9,25 @@ chunk keeps only the last value per key, so memory stays at one chunk.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import closing
 from dataclasses import dataclass
+from typing import TypeVar
 
 from stream_app.codec import decode_embedding, decode_meta, is_meta_key
 from stream_app.config import KafkaConfig
 from stream_app.core import Learner
 from stream_app.events import EmbeddingRow
-from stream_app.heap import release_free_memory
+from stream_app.heap import paused_gc, release_free_memory
 from stream_app.kafka.consumer import read_to_end
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+READ_AHEAD = 2
+"""Chunks (of up to 5,000 records) read ahead of the one being applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,19 +53,68 @@ def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str,
     began = time.monotonic()
     users = items = tombstones = 0
     ends: dict[int, int] = {}
-    for chunk in read_to_end(kafka, kafka.topics.embeddings, client_id=client_id,
-                             ends_seen=ends, start=start):
-        u, i, t = apply_changelog(learner, [(rec.key, rec.value) for rec in chunk])
-        users, items, tombstones = users + u, items + i, tombstones + t
-        if on_chunk is not None:
-            on_chunk()
-    learner.finish_restore()
+    chunks = read_to_end(kafka, kafka.topics.embeddings, client_id=client_id,
+                         ends_seen=ends, start=start)
+    with paused_gc(), closing(_read_ahead(chunks, READ_AHEAD)) as ready:
+        for chunk in ready:
+            u, i, t = apply_changelog(learner, [(rec.key, rec.value) for rec in chunk])
+            users, items, tombstones = users + u, items + i, tombstones + t
+            if on_chunk is not None:
+                on_chunk()
+        learner.finish_restore()
     release_free_memory()
     stats = RestoreStats(users=users, items=items, tombstones=tombstones,
                          seconds=time.monotonic() - began, ends=ends)
     log.info("restored users=%d items=%d tombstones=%d seconds=%.2f", stats.users, stats.items,
              stats.tombstones, stats.seconds)
     return stats
+
+
+def _read_ahead(chunks: Generator[T, None, None], depth: int) -> Generator[T, None, None]:
+    """The items of `chunks`, read by a thread that keeps up to `depth` of them ready.
+
+    Reading the changelog mostly waits on the broker (a plain read of 200K
+    rows used a quarter of a core), and decoding is CPU work, so the two
+    overlap. When this generator ends or is closed, the thread is stopped and
+    `chunks` closed (which closes its consumer) first; the thread's error, if
+    any, is raised here.
+    """
+    ready: queue.Queue[T | _End] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def read() -> None:
+        end = _End(None)
+        try:
+            with closing(chunks):
+                for chunk in chunks:
+                    ready.put(chunk)
+                    if stop.is_set():
+                        break
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            end = _End(exc)
+        ready.put(end)
+
+    reader = threading.Thread(target=read, name="changelog-reader", daemon=True)
+    reader.start()
+    try:
+        while not isinstance(item := ready.get(), _End):
+            yield item
+        if item.error is not None:
+            raise item.error
+    finally:
+        stop.set()
+        while reader.is_alive():  # drain, so that a blocked put returns and sees `stop`
+            try:
+                ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    """The last item `_read_ahead`'s thread queues: how the read ended."""
+
+    error: BaseException | None
 
 
 def apply_changelog(learner: Learner,

@@ -1,13 +1,34 @@
-"""`release_free_memory`: the trim after a restore runs where glibc is the C library."""
+"""`release_free_memory` and `paused_gc`: memory handling around a restore."""
 
 from __future__ import annotations
 
+import gc
 import platform
 
-from stream_app.heap import release_free_memory
+import pytest
+
+from stream_app.heap import paused_gc, release_free_memory
 
 
 def test_trims_on_glibc_and_is_a_no_op_elsewhere() -> None:
     blocks = [bytes(4096) for _ in range(10_000)]  # something freed for the trim to find
     del blocks
     assert release_free_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_paused_gc_turns_the_collector_back_on_even_after_an_error() -> None:
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), paused_gc():
+        assert not gc.isenabled()
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+
+
+def test_paused_gc_leaves_a_collector_that_was_off_off() -> None:
+    gc.disable()
+    try:
+        with paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
