@@ -78,7 +78,7 @@ def raw_read(kafka: KafkaConfig) -> dict[str, float]:
     n = nbytes = 0
     for chunk in read_to_end(kafka, kafka.topics.embeddings, client_id="bench-raw"):
         n += len(chunk)
-        nbytes += sum(len(r.value or b"") for r in chunk)
+        nbytes += sum(len(value or b"") for _, value in chunk)
     return {"records": n, "bytes": nbytes, "seconds": time.perf_counter() - start}
 
 

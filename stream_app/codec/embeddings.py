@@ -32,6 +32,7 @@ META_KEY = b"meta:trainer"
 """Key of the trainer's global-state record (trainer-meta.v1.json) on `embeddings`."""
 _ENTITIES: dict[str, Entity] = {"user": "user", "item": "item"}
 _ARRAY_KEYS = frozenset({"b64f32", "shape"})
+_SCALARS = frozenset({int, float, str, bool, type(None)})
 _F32 = np.dtype("<f4")
 _ROW = schema("embedding")
 _META = schema("trainer-meta")
@@ -228,13 +229,17 @@ def encode_state(state: Any, where: str) -> Any:
 
 
 def decode_state(obj: Any) -> Any:
-    """Inverse of `encode_state`: {"b64f32", "shape"} objects become writable float32 arrays."""
-    if isinstance(obj, dict):
+    """Inverse of `encode_state`: {"b64f32", "shape"} objects become writable float32 arrays.
+
+    Scalars are kept without a call each: a restore decodes every row's state.
+    """
+    kind = type(obj)
+    if kind is dict:
         if obj.keys() == _ARRAY_KEYS:
             return _decode_array(obj)
-        return {k: decode_state(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [decode_state(v) for v in obj]
+        return {k: v if type(v) in _SCALARS else decode_state(v) for k, v in obj.items()}
+    if kind is list:
+        return [v if type(v) in _SCALARS else decode_state(v) for v in obj]
     return obj
 
 

@@ -15,7 +15,7 @@ from stream_app.kafka.clients import make_consumer
 from stream_app.kafka.event_time import EventTimeMerger
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.polling import raise_if_fatal
-from stream_app.kafka.records import Partition, RawRecord, to_record
+from stream_app.kafka.records import KeyValue, Partition, RawRecord, to_record
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +234,9 @@ def high_watermarks(kafka: KafkaConfig, topic: str, *, client_id: str,
 def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
                 batch: int = 5000, timeout_s: float = 600.0,
                 ends_seen: dict[int, int] | None = None,
-                start: dict[int, int] | None = None) -> Generator[list[RawRecord], None, None]:
-    """Every committed record of `topic`, in chunks, up to the end offsets seen at start.
+                start: dict[int, int] | None = None) -> Generator[list[KeyValue], None, None]:
+    """(key, value) of every committed record of `topic`, in chunks, up to the end
+    offsets seen at start.
 
     Used to restore the trainer from the compacted changelog: read_committed
     and no group, so it never disturbs anyone's committed offsets. The end
@@ -257,7 +258,7 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
         while pending:
             if time.monotonic() > deadline:
                 raise KafkaEdgeError(f"reading {topic} to its end took over {timeout_s}s")
-            chunk: list[RawRecord] = []
+            chunk: list[KeyValue] = []
             for msg in consumer.consume(batch, timeout=0.5):
                 err = msg.error()
                 if err is not None:
@@ -267,11 +268,12 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
                     if err.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
                         raise_if_fatal(err)
                     continue
-                rec = to_record(msg)
-                if rec.offset < ends[rec.partition]:
-                    chunk.append(rec)
-                if rec.offset + 1 >= ends[rec.partition]:
-                    pending.discard(rec.partition)
+                # A pair, not a RawRecord: a restore reads a million of them.
+                partition, offset = msg.partition() or 0, msg.offset() or 0
+                if offset < ends[partition]:
+                    chunk.append((msg.key(), msg.value()))
+                if offset + 1 >= ends[partition]:
+                    pending.discard(partition)
             # Transaction markers occupy offsets without being delivered: the
             # position, not the last record, says whether a partition is done.
             for tp in consumer.position([_TP(topic, p) for p in pending]):

@@ -1,6 +1,7 @@
 """What a consumed record is, once detached from librdkafka.
 
-Only `to_record` touches a `confluent_kafka.Message`; everything downstream
+Only `to_record` touches a `confluent_kafka.Message` (and `read_to_end`, which
+keeps just each record's key and value); everything downstream
 (decoding, dead-lettering, offsets to commit) works on the frozen `RawRecord`,
 which keeps the record's coordinates so a bad one can be dead-lettered.
 """
@@ -15,6 +16,8 @@ from confluent_kafka import Message
 from stream_app.events import Coordinates
 
 Partition = tuple[str, int]
+KeyValue = tuple[bytes | None, bytes | None]
+"""A record's key and value alone: what reading the changelog to its end hands out."""
 
 
 @dataclass(frozen=True, slots=True)

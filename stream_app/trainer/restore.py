@@ -57,7 +57,7 @@ def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str,
                          ends_seen=ends, start=start)
     with paused_gc(), closing(_read_ahead(chunks, READ_AHEAD)) as ready:
         for chunk in ready:
-            u, i, t = apply_changelog(learner, [(rec.key, rec.value) for rec in chunk])
+            u, i, t = apply_changelog(learner, chunk)
             users, items, tombstones = users + u, items + i, tombstones + t
             if on_chunk is not None:
                 on_chunk()

@@ -69,8 +69,7 @@ def produce(kafka: KafkaConfig, records: Iterable[RawRecord]) -> None:
 
 def read_all(kafka: KafkaConfig, topic: str) -> list[tuple[bytes | None, bytes | None]]:
     """Every committed (key, value) of `topic`, with the test's client settings (SASL)."""
-    return [(r.key, r.value) for chunk in read_to_end(kafka, topic, client_id="rel-audit")
-            for r in chunk]
+    return [kv for chunk in read_to_end(kafka, topic, client_id="rel-audit") for kv in chunk]
 
 
 def latest_rows(kafka: KafkaConfig) -> dict[str, EmbeddingRow | None]:
