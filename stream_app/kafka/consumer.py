@@ -238,6 +238,10 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
     """(key, value) of every committed record of `topic`, in chunks, up to the end
     offsets seen at start.
 
+    A chunk is what one poll brought, so it may be empty: while the read waits
+    (behind an open transaction, or for the broker) empty chunks keep coming
+    every half second, and a caller can stop between them.
+
     Used to restore the trainer from the compacted changelog: read_committed
     and no group, so it never disturbs anyone's committed offsets. The end
     offsets it reads up to are copied into `ends_seen` when given. `start`
@@ -279,8 +283,7 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
             for tp in consumer.position([_TP(topic, p) for p in pending]):
                 if tp.offset >= ends[tp.partition]:
                     pending.discard(tp.partition)
-            if chunk:
-                yield chunk
+            yield chunk
     except KafkaException as exc:
         raise KafkaEdgeError(f"reading {topic} failed: {exc}") from exc
     finally:

@@ -2,8 +2,9 @@
 
 The topic holds the latest committed state of every row (and `meta:trainer`
 with the global learner state), so applying it in order to a fresh learner
-gives back the model that published it. Records are read in chunks and each
-chunk keeps only the last value per key, so memory stays at one chunk.
+gives back the model that published it. Records are read in chunks, a few
+ahead of the one being applied, and each chunk keeps only the last value per
+key, so memory stays at a few chunks.
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ def _read_ahead(chunks: Generator[T, None, None], depth: int) -> Generator[T, No
 
     Reading the changelog mostly waits on the broker (a plain read of 200K
     rows used a quarter of a core), and decoding is CPU work, so the two
-    overlap. When this generator ends or is closed, the thread is stopped and
-    `chunks` closed (which closes its consumer) first; the thread's error, if
-    any, is raised here.
+    overlap. When this generator ends or is closed, the thread is stopped
+    (between two chunks: empty ones are skipped, so a waiting read stops
+    too) and `chunks` closed (which closes its consumer) first; the thread's
+    error, if any, is raised here.
     """
     ready: queue.Queue[T | _End] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -86,10 +88,11 @@ def _read_ahead(chunks: Generator[T, None, None], depth: int) -> Generator[T, No
         end = _End(None)
         try:
             with closing(chunks):
-                for chunk in chunks:
-                    ready.put(chunk)
+                for chunk in chunks:  # empty ones come while the read waits
                     if stop.is_set():
                         break
+                    if chunk:
+                        ready.put(chunk)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             end = _End(exc)
         ready.put(end)
@@ -103,11 +106,13 @@ def _read_ahead(chunks: Generator[T, None, None], depth: int) -> Generator[T, No
             raise item.error
     finally:
         stop.set()
-        while reader.is_alive():  # drain, so that a blocked put returns and sees `stop`
+        while reader.is_alive() or not ready.empty():  # a blocked put returns, sees `stop`
             try:
-                ready.get(timeout=0.1)
+                item = ready.get(timeout=0.1)
             except queue.Empty:
-                pass
+                continue
+            if isinstance(item, _End) and item.error is not None:
+                log.warning("changelog reader failed after the restore stopped: %s", item.error)
 
 
 @dataclass(frozen=True, slots=True)

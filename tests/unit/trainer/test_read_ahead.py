@@ -4,6 +4,7 @@ errors in the caller and always closes what it reads."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Generator
 from contextlib import closing
 
@@ -61,3 +62,23 @@ def test_closing_it_early_stops_the_reader_and_closes_the_source() -> None:
                 raise RuntimeError("the caller failed")
     assert src.closed.is_set() and not reader_alive()
     assert src.read < 10  # the 4 handed out, `depth` queued, one more at most
+
+
+def test_closing_it_while_the_read_waits_stops_between_empty_chunks() -> None:
+    """`read_to_end` yields empty chunks while it waits (an open transaction): the
+    reader must stop on them, or a caller's failure would wait out the read."""
+    waits = 0
+
+    def chunks() -> Generator[list[int], None, None]:
+        nonlocal waits
+        yield [1]
+        while waits < 2_000:  # 10 s of waiting at most
+            waits += 1
+            time.sleep(0.005)
+            yield []
+
+    with pytest.raises(RuntimeError), closing(_read_ahead(chunks(), depth=2)) as ahead:
+        for chunk in ahead:
+            assert chunk  # empty chunks are not handed out
+            raise RuntimeError("the caller failed")
+    assert waits < 2_000 and not reader_alive()
