@@ -59,6 +59,8 @@ class Coordinates:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
+KeyValue = tuple[bytes | None, bytes | None]
+"""A record's key and value alone, as Kafka carries them."""
 Entity = Literal["user", "item"]
 
 

@@ -11,11 +11,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
+from stream_app.events import KeyValue
 from stream_app.kafka.clients import make_consumer
 from stream_app.kafka.event_time import EventTimeMerger
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.polling import raise_if_fatal
-from stream_app.kafka.records import KeyValue, Partition, RawRecord, to_record
+from stream_app.kafka.records import Partition, RawRecord, to_record
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,6 @@ from confluent_kafka import Message
 from stream_app.events import Coordinates
 
 Partition = tuple[str, int]
-KeyValue = tuple[bytes | None, bytes | None]
-"""A record's key and value alone: what reading the changelog to its end hands out."""
 
 
 @dataclass(frozen=True, slots=True)

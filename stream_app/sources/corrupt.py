@@ -12,10 +12,8 @@ from dataclasses import dataclass
 import orjson
 
 from stream_app.codec import DlqReason, encode_event, event_key
-from stream_app.events import Event, EventKind
+from stream_app.events import Event, EventKind, KeyValue
 from stream_app.sources.records import RawRecord
-
-KeyValue = tuple[bytes | None, bytes | None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from typing import TypeVar
 from stream_app.codec import decode_embedding, decode_meta, is_meta_key
 from stream_app.config import KafkaConfig
 from stream_app.core import Learner
-from stream_app.events import EmbeddingRow
+from stream_app.events import EmbeddingRow, KeyValue
 from stream_app.heap import paused_gc, release_free_memory
 from stream_app.kafka.consumer import read_to_end
 
@@ -123,7 +123,7 @@ class _End:
 
 
 def apply_changelog(learner: Learner,
-                    records: list[tuple[bytes | None, bytes | None]]) -> tuple[int, int, int]:
+                    records: list[KeyValue]) -> tuple[int, int, int]:
     """Apply changelog records (key, value) in log order; (users, items, tombstones) applied.
 
     Only the last value per key counts, so a chunk is reduced to its latest

@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from stream_app.codec import decode_dlq, decode_embedding, is_meta_key
 from stream_app.config import KafkaConfig
 from stream_app.core import LearnerConfig
-from stream_app.events import DlqRecord, EmbeddingRow, Event
+from stream_app.events import DlqRecord, EmbeddingRow, Event, KeyValue
 from stream_app.kafka import broker
 from stream_app.kafka.consumer import read_to_end
 from stream_app.replay import produce_records
@@ -67,7 +67,7 @@ def produce(kafka: KafkaConfig, records: Iterable[RawRecord]) -> None:
     produce_records(kafka, records, total=None, rate=0, progress=False, label="rel-test")
 
 
-def read_all(kafka: KafkaConfig, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+def read_all(kafka: KafkaConfig, topic: str) -> list[KeyValue]:
     """Every committed (key, value) of `topic`, with the test's client settings (SASL)."""
     return [kv for chunk in read_to_end(kafka, topic, client_id="rel-audit") for kv in chunk]
 
