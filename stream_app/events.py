@@ -190,6 +190,74 @@ def _columns_of(state: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ChangelogRows:
+    """Rows of one entity read back from the changelog, as columns: what a restore applies.
+
+    A restore reads every row once. Decoded one `EmbeddingRow` each, with a
+    state dict of small arrays, that was ~19 µs a row; gathered as columns,
+    with one array per column, the decode and the table writes take about
+    half (BENCHMARKS.md, Restore). Only what the learner restores from is
+    kept: the served bias, model version and update time are derived or
+    rewritten by the learner.
+
+    `vectors` is (n, dim) float32 in row order; `state` is a column tree
+    (see `RowBlock`), where a list column holds None for a row that lacks
+    the key.
+    """
+
+    entity: Entity
+    ids: list[str]
+    vectors: npt.NDArray[np.float32] = field(compare=False)
+    updates: list[int]
+    last_event_ts: list[int]
+    recent_items: list[tuple[str, ...]]
+    state: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def of(cls, rows: list[EmbeddingRow]) -> ChangelogRows:
+        """Decoded rows, all of one entity, as columns."""
+        return cls(entity=rows[0].entity, ids=[r.id for r in rows],
+                   vectors=np.stack([r.vector for r in rows]).astype(np.float32, copy=False),
+                   updates=[r.updates for r in rows],
+                   last_event_ts=[r.last_event_ts for r in rows],
+                   recent_items=[tuple(r.recent_items) for r in rows],
+                   state=state_columns([r.state for r in rows], _stacked_arrays))
+
+
+def state_columns(states: list[dict[str, Any]],
+                  leaf: Callable[[list[Any]], Any | None]) -> dict[str, Any]:
+    """The column tree of n per-row state dicts (inverse of `state_rows`).
+
+    `leaf(values)` gives the column of one key's values, or None where they
+    are nested objects (dicts, or None where a row lacks the key), which
+    become a nested column tree.
+
+    >>> state_columns([{"opt": {"acc": 0.5}}, {"opt": {"acc": 0.25}, "at": 7}],
+    ...               lambda v: None if any(type(x) is dict for x in v) else v)
+    {'opt': {'acc': [0.5, 0.25]}, 'at': [None, 7]}
+    """
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for s in states for k in s):
+        values = [s.get(key) for s in states]
+        column = leaf(values)
+        out[key] = state_columns([v or {} for v in values], leaf) if column is None else column
+    return out
+
+
+def _stacked_arrays(values: list[Any]) -> Any | None:
+    """`state_columns`' leaf for decoded states: arrays of one shape stack into one."""
+    if any(type(v) is dict for v in values):
+        return None if all(type(v) is dict or v is None for v in values) else values
+    if values and all(isinstance(v, np.ndarray) for v in values) \
+            and len({v.shape for v in values}) == 1:
+        return np.stack(values).astype(np.float32, copy=False)
+    return values
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ScoreRequest:
     """Ask the scorer for the top-`k` items of one user (`score-request.v1.json`).
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from stream_app.codec.dlq import DLQ_BYTES_MAX, decode_dlq, dlq_record, encode_dlq, make_dlq_record
 from stream_app.codec.embeddings import (
     META_KEY,
+    decode_changelog_rows,
     decode_embedding,
     decode_meta,
     encode_embedding,
@@ -52,6 +53,7 @@ __all__ = [
     "EncodeError",
     "Schema",
     "SchemaError",
+    "decode_changelog_rows",
     "decode_dlq",
     "decode_embedding",
     "decode_event",

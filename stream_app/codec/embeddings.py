@@ -26,7 +26,14 @@ from stream_app.codec.wire import (
     decode_key,
     parse_object,
 )
-from stream_app.events import EmbeddingRow, Entity, RowBlock, state_rows
+from stream_app.events import (
+    ChangelogRows,
+    EmbeddingRow,
+    Entity,
+    RowBlock,
+    state_columns,
+    state_rows,
+)
 
 META_KEY = b"meta:trainer"
 """Key of the trainer's global-state record (trainer-meta.v1.json) on `embeddings`."""
@@ -175,6 +182,105 @@ def decode_embedding(
         recent_items=tuple(map(sys.intern, obj.get("recent_items", ()))),
         state=decode_state(obj.get("state", {})) if with_state else {},
     )
+
+
+def decode_changelog_rows(records: list[tuple[bytes | None, bytes]]) -> list[ChangelogRows]:
+    """Decode rows of `embeddings` (no tombstones) as columns: a block per entity, in log order.
+
+    The restore's decode (`ChangelogRows` says why). Each row is checked as
+    `decode_embedding` checks it, and a bad row raises the `DecodeError`
+    that `decode_embedding` raises for it; a non-finite vector is found once
+    the block is stacked, so it is reported after other bad rows of the
+    same call.
+    """
+    blocks: dict[Entity, _Block] = {"user": _Block(), "item": _Block()}
+    for key, value in records:
+        obj, raw = _checked_row(key, value)
+        blocks[obj["entity"]].add(obj, raw)
+    return [block.columns(entity) for entity, block in blocks.items() if block.ids]
+
+
+def _checked_row(key: bytes | None, value: bytes) -> tuple[dict[str, Any], bytes]:
+    """A valid row's JSON object (state still encoded) and its vector's bytes."""
+    obj: Any = None
+    if len(value) <= MESSAGE_MAX_BYTES:
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            pass
+    raw = fast_row_vector(obj)
+    if raw is not None and len(raw) == 4 * obj["dim"] \
+            and key == f"{obj['entity']}:{obj['id']}".encode():
+        return obj, raw
+    # Not the common case: the row-by-row decode raises the precise reason, or
+    # accepts a row in a form only the schema checks; its state is re-encoded.
+    row = decode_embedding(key, value)
+    if row is None:
+        raise DecodeError(DlqReason.MISSING_VALUE, "value is null")
+    obj = {"entity": row.entity, "id": row.id, "dim": len(row.vector),
+           "updates": row.updates, "last_event_ts": row.last_event_ts,
+           "recent_items": list(row.recent_items), "state": encode_state(row.state, row.key)}
+    return obj, row.vector.tobytes()
+
+
+class _Block:
+    """The rows of one entity being decoded, kept as `decode_changelog_rows` reads them."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.vectors: list[bytes] = []
+        self.dims: set[int] = set()
+        self.updates: list[int] = []
+        self.last_event_ts: list[int] = []
+        self.recent_items: list[tuple[str, ...]] = []
+        self.states: list[dict[str, Any]] = []
+
+    def add(self, obj: dict[str, Any], vector: bytes) -> None:
+        self.ids.append(obj["id"])
+        self.vectors.append(vector)
+        self.dims.add(obj["dim"])
+        self.updates.append(int(obj["updates"]))
+        self.last_event_ts.append(int(obj["last_event_ts"]))
+        # Interned, as `decode_embedding` does.
+        self.recent_items.append(tuple(map(sys.intern, obj.get("recent_items", ()))))
+        self.states.append(obj.get("state", {}))
+
+    def columns(self, entity: Entity) -> ChangelogRows:
+        if len(self.dims) != 1:
+            raise DecodeError(DlqReason.BAD_VECTOR,
+                              f"{entity} rows of one read have dims {sorted(self.dims)}: "
+                              "the changelog mixes models of different dims")
+        vectors = np.frombuffer(bytearray().join(self.vectors), dtype=_F32)
+        vectors = vectors.reshape(len(self.ids), -1)
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            bad = self.ids[int(np.argmin(finite))]
+            raise DecodeError(DlqReason.NON_FINITE, f"{entity}:{bad[:64]}: vector holds NaN "
+                              "or Infinity")
+        return ChangelogRows(entity=entity, ids=self.ids, vectors=vectors, updates=self.updates,
+                             last_event_ts=self.last_event_ts, recent_items=self.recent_items,
+                             state=state_columns(self.states, _state_leaf))
+
+
+def _state_leaf(values: list[Any]) -> Any | None:
+    """`state_columns`' leaf for encoded states: arrays of one shape decode into one."""
+    arrays = [type(v) is dict and v.keys() == _ARRAY_KEYS for v in values]
+    if not any(arrays):
+        if any(type(v) is dict for v in values) \
+                and all(type(v) is dict or v is None for v in values):
+            return None
+        return [v if type(v) in _SCALARS else decode_state(v) for v in values]
+    if all(arrays):
+        shape = values[0]["shape"]
+        parts = [v["b64f32"] for v in values]
+        if all(v["shape"] == shape for v in values) and all(type(p) is str for p in parts) \
+                and type(shape) is list and all(type(n) is int and n >= 0 for n in shape):
+            raws = [b64decode(p, DlqReason.BAD_STATE, "state array") for p in parts]
+            size = 4 * math.prod(shape)
+            if all(len(r) == size for r in raws):
+                joined = bytearray().join(raws)
+                return np.frombuffer(joined, dtype=_F32).reshape(len(values), *shape)
+    return [decode_state(v) for v in values]  # each row's own array, or its own error
 
 
 def encode_meta(meta: dict[str, Any]) -> bytes:

@@ -24,7 +24,7 @@ from stream_app.core.guards import Deduplicator, RateLimiter
 from stream_app.core.learner_fields import LearnerFields
 from stream_app.core.optim import GradAccumulator
 from stream_app.core.vocab import COLD_ROW, Vocab
-from stream_app.events import EmbeddingRow, RowBlock
+from stream_app.events import ChangelogRows, EmbeddingRow, RowBlock
 
 
 class LearnerState(LearnerFields):
@@ -153,67 +153,79 @@ class LearnerState(LearnerFields):
         """Restore rows from the changelog (any order; latest row per key wins).
 
         Users' recent items are resolved against items once the next call needs
-        them, so users may arrive before their items. Rows are claimed one by
-        one and written to the tables in bulk; a claim that evicts (a full
-        table) first writes what is pending, so the result is that of writing
-        each row in turn.
+        them, so users may arrive before their items.
         """
-        users: dict[int, EmbeddingRow] = {}  # table row -> latest row for it
-        items: dict[int, EmbeddingRow] = {}
+        by_entity: dict[str, list[EmbeddingRow]] = {"user": [], "item": []}
         for row in rows:
-            is_user = row.entity == "user"
-            vocab, table = (self._user_vocab, self._users) if is_user \
-                else (self._item_vocab, self._items)
-            r, _evicted_ids, evicted = vocab.force(row.id, row.last_event_ts)
-            table.ensure(vocab.allocated)
+            by_entity[row.entity].append(row)
+        for group in by_entity.values():
+            if group:
+                self.apply_columns(ChangelogRows.of(group))
+
+    def apply_columns(self, rows: ChangelogRows) -> None:
+        """`apply_rows` for rows of one entity as columns (the restore decodes them so).
+
+        Rows are claimed one by one and written to the table in bulk; a claim
+        that evicts (a full table) first writes what is pending, so the result
+        is that of writing each row in turn. Users and items are claimed from
+        separate tables, and a user row's history waits for `_deferred`, so
+        which entity comes first does not matter.
+        """
+        is_user = rows.entity == "user"
+        vocab = self._user_vocab if is_user else self._item_vocab
+        table = self._users if is_user else self._items
+        pending: dict[int, int] = {}  # table row -> index in `rows` of its latest row
+        for k, (ident, ts) in enumerate(zip(rows.ids, rows.last_event_ts, strict=True)):
+            r, _evicted_ids, evicted = vocab.force(ident, ts)
             if len(evicted):
-                self._write_users(users)
-                self._write_items(items)
-                users.clear()
-                items.clear()
+                self._write_columns(rows, pending)
+                pending.clear()
                 ev = torch.as_tensor(evicted, device=self.device)
-                if table is self._items:
+                if not is_user:
                     m.compact_history(self._users.hist, ev)
                 table.reset_rows(ev, None)
-            (users if is_user else items)[r] = row
-        self._write_users(users)
-        self._write_items(items)
+            pending[r] = k
+        self._write_columns(rows, pending)
 
-    def _write_users(self, pending: dict[int, EmbeddingRow]) -> None:
+    def _write_columns(self, rows: ChangelogRows, pending: dict[int, int]) -> None:
+        """Write the rows `pending` maps to (table row -> index in `rows`)."""
         if not pending:
             return
-        idx = self._write_rows(self._users, pending, [r.state["id_vec"] for r in pending.values()])
-        self._users.hist[idx] = -1
-        for r, row in pending.items():
-            self._deferred[r] = tuple(row.recent_items)
-
-    def _write_items(self, pending: dict[int, EmbeddingRow]) -> None:
-        if not pending:
-            return
-        rows = list(pending.values())
-        idx = self._write_rows(self._items, pending, [r.vector for r in rows])
-        self._items.logpop[idx] = torch.as_tensor(
-            [codec.read_logpop(float(r.state["logpop"])) for r in rows],
-            dtype=torch.float64, device=self.device)
-        self._items.released[idx] = torch.as_tensor(
-            [float(r.state.get("released_at", float("nan"))) for r in rows],
-            dtype=torch.float64, device=self.device)
-
-    def _write_rows(self, table: m.Table, pending: dict[int, EmbeddingRow],
-                    vectors: list[Any]) -> torch.Tensor:
-        """What user and item rows share: vector, optimiser slots, update count."""
+        is_user = rows.entity == "user"
+        table = self._users if is_user else self._items
+        table.ensure((self._user_vocab if is_user else self._item_vocab).allocated)
         idx = torch.as_tensor(list(pending), dtype=torch.int64, device=self.device)
-        rows = list(pending.values())
-        table.vec[idx] = self._stack(vectors)
+        take = np.fromiter(pending.values(), dtype=np.int64, count=len(pending))
+        state = rows.state
+        table.vec[idx] = self._take(state.get("id_vec") if is_user else rows.vectors, take,
+                                    "id_vec")
+        slots = state.get("opt") or {}
         for name, t in table.slots.items():
-            values = [codec.slot_value(r.state["opt"], name) for r in rows]
-            t[idx] = self._stack(values).reshape(len(rows), *t.shape[1:])
-        table.updates[idx] = torch.as_tensor([r.updates for r in rows], dtype=torch.int64,
+            values = self._take(codec.slot_value(slots, name), take, f"optimiser slot {name!r}")
+            t[idx] = values.reshape(len(take), *t.shape[1:])
+        table.updates[idx] = torch.as_tensor(np.asarray(rows.updates, dtype=np.int64)[take],
                                              device=self.device)
-        return idx
+        if is_user:
+            self._users.hist[idx] = -1
+            recent = rows.recent_items
+            for r, k in pending.items():
+                self._deferred[r] = recent[k]
+            return
+        logpop = _picked(state.get("logpop"), take, "logpop")
+        self._items.logpop[idx] = torch.as_tensor(
+            [codec.read_logpop(float(p)) for p in logpop], dtype=torch.float64, device=self.device)
+        released = _picked(state.get("released_at"), take, None)
+        self._items.released[idx] = torch.as_tensor(
+            [float("nan") if v is None else float(v) for v in released],
+            dtype=torch.float64, device=self.device)
 
-    def _stack(self, arrays: list[Any]) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(arrays, dtype=np.float32)).to(self.device)
+    def _take(self, column: Any, take: npt.NDArray[np.int64], what: str) -> torch.Tensor:
+        """Rows `take` of a float32 column (an array, or a list of per-row values)."""
+        if isinstance(column, np.ndarray):
+            host = column[take]
+        else:
+            host = np.asarray(_picked(column, take, what), dtype=np.float32)
+        return torch.from_numpy(np.ascontiguousarray(host, dtype=np.float32)).to(self.device)
 
     def global_state(self) -> dict[str, Any]:
         """JSON-able state that is not per row: counters, time origin, cold rows, RNG."""
@@ -300,3 +312,12 @@ class LearnerState(LearnerFields):
         self._accum = GradAccumulator(self.config.accumulate_steps)
         self.apply_global_state(state["global"])
         self._deferred = {}
+
+
+def _picked(column: list[Any] | None, take: npt.NDArray[np.int64],
+            what: str | None) -> list[Any]:
+    """Entries `take` of a list column; with `what`, a row lacking it is an error."""
+    values = [None] * len(take) if column is None else [column[k] for k in take.tolist()]
+    if what is not None and any(v is None for v in values):
+        raise ValueError(f"row state lacks {what}: was it written by a different learner?")
+    return values

@@ -18,10 +18,15 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import TypeVar
 
-from stream_app.codec import decode_embedding, decode_meta, is_meta_key
+from stream_app.codec import (
+    decode_changelog_rows,
+    decode_meta,
+    is_meta_key,
+    split_embedding_key,
+)
 from stream_app.config import KafkaConfig
 from stream_app.core import Learner
-from stream_app.events import EmbeddingRow, KeyValue
+from stream_app.events import KeyValue
 from stream_app.heap import paused_gc, release_free_memory
 from stream_app.kafka.consumer import read_to_end
 
@@ -136,30 +141,31 @@ def apply_changelog(learner: Learner,
             latest.pop(key, None)  # keep log order: re-insert at the end
             latest[key] = value
     users = items = tombstones = 0
-    rows: list[EmbeddingRow] = []
+    run: list[tuple[bytes | None, bytes]] = []  # rows since the last tombstone
     for key, value in latest.items():
         if is_meta_key(key):
             if value is not None:
                 learner.apply_global_state(decode_meta(value))
             continue
-        row = decode_embedding(key, value)
-        if row is None:
-            _flush(learner, rows)
-            rows = []
-            entity, _, ident = key.decode().partition(":")
-            if entity == "user":
-                learner.forget_user(ident)
-            else:
-                learner.forget_item(ident)
-            tombstones += 1
+        if value is not None:
+            run.append((key, value))
+            continue
+        u, i = _apply_run(learner, run)
+        users, items, run = users + u, items + i, []
+        entity, ident = split_embedding_key(key)
+        if entity == "user":
+            learner.forget_user(ident)
         else:
-            rows.append(row)
-            users += row.entity == "user"
-            items += row.entity == "item"
-    _flush(learner, rows)
-    return users, items, tombstones
+            learner.forget_item(ident)
+        tombstones += 1
+    u, i = _apply_run(learner, run)
+    return users + u, items + i, tombstones
 
 
-def _flush(learner: Learner, rows: list[EmbeddingRow]) -> None:
-    if rows:
-        learner.apply_rows(rows)
+def _apply_run(learner: Learner, run: list[tuple[bytes | None, bytes]]) -> tuple[int, int]:
+    """Decode and apply rows as columns; (users, items) applied."""
+    counts = {"user": 0, "item": 0}
+    for rows in decode_changelog_rows(run):
+        learner.apply_columns(rows)
+        counts[rows.entity] = len(rows)
+    return counts["user"], counts["item"]

@@ -1,0 +1,164 @@
+"""The restore's columnar decode accepts and refuses exactly what `decode_embedding` does."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from stream_app.codec import (
+    DecodeError,
+    DlqReason,
+    decode_changelog_rows,
+    decode_embedding,
+    encode_embedding,
+)
+from stream_app.codec.wire import b64encode
+from stream_app.core import Learner, LearnerConfig
+from stream_app.events import ChangelogRows, EmbeddingRow, Event, EventKind
+from tests.unit.test_codec_bad_inputs import CASES, raw
+from tests.unit.test_codec_fuzz import row_like
+
+KV = tuple[bytes | None, bytes]
+
+
+def _published(optimizer: str = "adagrad") -> list[KV]:
+    """Every row a small learner publishes, users and items shuffled together."""
+    learner = Learner(LearnerConfig(dim=4, num_sampled_negatives=4, optimizer=optimizer),
+                      device="cpu")
+    learner.learn([Event(event_id=f"e{k}", user_id=f"u{k % 7}", item_id=f"i{k % 5}",
+                         ts=1_700_000_000_000 + k, kind=EventKind.PURCHASE,
+                         item_released_at=1_600_000_000_000 if k % 5 == 1 else None)
+                   for k in range(40)])
+    rows = learner.rows(user_ids=learner.user_ids(), item_ids=learner.item_ids(),
+                        model_version="v", now_ms=1)
+    records: list[KV] = [(r.key.encode(), encode_embedding(r)) for r in rows]
+    random.Random(0).shuffle(records)  # noqa: S311 - a fixed test order
+    return records
+
+
+def _row_by_row(records: list[KV]) -> list[ChangelogRows]:
+    """What the columns must equal: each record decoded alone, grouped by entity."""
+    rows = [decode_embedding(k, v) for k, v in records]
+    groups: dict[str, list[EmbeddingRow]] = {"user": [], "item": []}
+    for row in rows:
+        assert row is not None
+        groups[row.entity].append(row)
+    return [ChangelogRows.of(g) for g in groups.values() if g]
+
+
+def _assert_same(got: list[ChangelogRows], want: list[ChangelogRows]) -> None:
+    assert [(b.entity, b.ids, b.updates, b.last_event_ts, b.recent_items) for b in got] == \
+        [(b.entity, b.ids, b.updates, b.last_event_ts, b.recent_items) for b in want]
+    for a, b in zip(got, want, strict=True):
+        assert a.vectors.dtype == np.float32 and a.vectors.tobytes() == b.vectors.tobytes()
+        _assert_same_tree(a.state, b.state)
+
+
+def _assert_same_tree(a: Any, b: Any) -> None:
+    """Equal column trees; arrays bit for bit (a list of arrays equals their stack)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys()
+        for key in a:
+            _assert_same_tree(a[key], b[key])
+    elif isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        x, y = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+        assert x.shape == y.shape and x.tobytes() == y.tobytes()
+    elif isinstance(a, list) and a and isinstance(a[0], np.ndarray):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_same_tree(x, y)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
+def test_published_rows_decode_as_row_by_row(optimizer: str) -> None:
+    records = _published(optimizer)
+    got = decode_changelog_rows(records)
+    assert [b.entity for b in got] == ["user", "item"]
+    assert isinstance(got[0].state["id_vec"], np.ndarray)  # stacked, not per-row arrays
+    _assert_same(got, _row_by_row(records))
+
+
+def _reason(records: list[KV]) -> str | None:
+    try:
+        decode_changelog_rows(records)
+    except DecodeError as err:
+        return err.reason.value
+    return None
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c["topic"] == "embedding"
+                                  and c["value"] is not None], ids=lambda c: c["name"])
+def test_bad_row_is_refused_with_its_reason(case: dict[str, Any]) -> None:
+    bad = (raw(case["key"]), raw(case["value"]))
+    assert _reason([bad]) == case["reason"]
+    assert _reason([*_published()[:5], bad]) == case["reason"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(obj=row_like())
+def test_any_row_decodes_or_fails_as_row_by_row(obj: Any) -> None:
+    key = f"{obj.get('entity')}:{obj.get('id')}".encode() if isinstance(obj, dict) \
+        else b"item:i1"
+    value = json.dumps(obj).encode()
+    try:
+        want = _row_by_row([(key, value)])
+    except DecodeError as err:
+        assert _reason([(key, value)]) == err.reason.value
+        return
+    _assert_same(decode_changelog_rows([(key, value)]), want)
+
+
+def _user(ident: str, acc: list[float], dim: int = 2) -> KV:
+    obj = {"entity": "user", "id": ident, "dim": dim, "vector": b64encode(bytes(4 * dim)),
+           "bias": 0.0, "model_version": "v", "updates": 1, "updated_at": 1,
+           "last_event_ts": 1, "state": {"id_vec": {
+               "b64f32": b64encode(np.asarray(acc, dtype="<f4").tobytes()), "shape": [2]}}}
+    return f"user:{ident}".encode(), orjson.dumps(obj)
+
+
+def test_state_arrays_are_checked_row_by_row() -> None:
+    """A short array beside a long one of the same shape is refused, not joined."""
+    assert _reason([_user("a", [1.0]), _user("b", [1.0, 2.0, 3.0])]) == DlqReason.BAD_STATE
+    ok = decode_changelog_rows([_user("a", [1.0, 2.0]), _user("b", [3.0, 4.0])])
+    assert ok[0].state["id_vec"].tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_rows_of_different_dims_are_refused() -> None:
+    with pytest.raises(DecodeError, match="dims") as caught:
+        decode_changelog_rows([_user("a", [1.0, 2.0], dim=2), _user("b", [1.0, 2.0], dim=3)])
+    assert caught.value.reason == DlqReason.BAD_VECTOR
+
+
+def test_a_non_finite_vector_is_refused_with_its_key() -> None:
+    key, value = _user("bad", [1.0, 2.0])
+    obj = orjson.loads(value)
+    obj["vector"] = b64encode(np.array([1.0, np.nan], dtype="<f4").tobytes())
+    with pytest.raises(DecodeError, match="user:bad") as caught:
+        decode_changelog_rows([_user("a", [1.0, 2.0]), (key, orjson.dumps(obj))])
+    assert caught.value.reason == DlqReason.NON_FINITE
+
+
+@pytest.mark.parametrize(("entity", "drop", "message"), [
+    ("user", "id_vec", "lacks id_vec"),
+    ("user", "opt", "lacks optimiser slot 'acc'"),
+    ("item", "logpop", "lacks logpop"),
+])
+def test_a_row_without_its_learner_state_is_refused_on_apply(
+        entity: str, drop: str, message: str) -> None:
+    """Valid on the wire (state is the learner's), but the learner cannot restore it."""
+    records = [(k, v) for k, v in _published() if k is not None and k.startswith(entity.encode())]
+    key, value = records[-1]
+    obj = orjson.loads(value)
+    del obj["state"][drop]
+    fresh = Learner(LearnerConfig(dim=4, num_sampled_negatives=4), device="cpu")
+    blocks = decode_changelog_rows([*records[:-1], (key, orjson.dumps(obj))])
+    with pytest.raises(ValueError, match=message):
+        fresh.apply_columns(blocks[0])
