@@ -29,11 +29,21 @@ def _machine(out: Path) -> str:
     for name in ("ingest", "freshness", "restore_memory", "quality_kafka"):
         data = _load(out, name)
         if isinstance(data, dict) and "machine" in data:
-            m = data["machine"]
-            return (f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python "
-                    f"{m['python']}, torch {m['torch']}, GPU: {m['cuda'] or 'none'}; "
-                    f"measured {m['date']}")
+            return _described(data["machine"])
     return "unknown"
+
+
+def _described(m: dict[str, Any]) -> str:
+    return (f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python "
+            f"{m['python']}, torch {m['torch']}, GPU: {m['cuda'] or 'none'}; "
+            f"measured {m['date']}")
+
+
+def _measured_on(out: Path, d: dict[str, Any]) -> list[str]:
+    """A line naming the machine of `d` where it is not the one the header names."""
+    if "machine" not in d or _described(d["machine"]) == _machine(out):
+        return []
+    return [f"Machine for this section: {_described(d['machine'])}.", ""]
 
 
 def _ingest(out: Path) -> list[str]:
@@ -139,7 +149,7 @@ def _scorer(out: Path) -> list[str]:
         return []
     cur = d["current"]
     rows = [f"### Scorer ({d['items']:,} items, d={d['dim']}, k={d['k']}, "
-            f"{d['threads']} torch thread)", "",
+            f"{d['threads']} torch thread)", "", *_measured_on(out, d),
             "| req/s | answered in run | e2e p50 ms | e2e p99 ms | e2e p99.9 ms | "
             "e2e p99 ms, all sent (unanswered = ∞) | scorer p50 ms |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -164,7 +174,7 @@ def _restore(out: Path) -> list[str]:
     if not isinstance(d, dict):
         return []
     r, raw = d["restore"], d["reference_raw_read"]
-    return ["### Restore and memory", "",
+    return ["### Restore and memory", "", *_measured_on(out, d),
             "| rows | raw read s | restore s | ratio (target ≤ 2) | table MiB | RSS growth MiB | "
             "ratio (target ≤ 1.5) |", "| --- | --- | --- | --- | --- | --- | --- |",
             f"| {d['rows']:,} | {raw['seconds']:.1f} | {r['restore_seconds']:.1f} | "
