@@ -195,8 +195,8 @@ class ChangelogRows:
 
     A restore reads every row once. Decoded one `EmbeddingRow` each, with a
     state dict of small arrays, that was ~19 µs a row; gathered as columns,
-    with one array per column, the decode and the table writes take about
-    half (BENCHMARKS.md, Restore). Only what the learner restores from is
+    with one array per column, decode and table writes take ~12.5 µs
+    (BENCHMARKS.md, Restore). Only what the learner restores from is
     kept: the served bias, model version and update time are derived or
     rewritten by the learner.
 

@@ -185,13 +185,17 @@ def decode_embedding(
 
 
 def decode_changelog_rows(records: list[tuple[bytes | None, bytes]]) -> list[ChangelogRows]:
-    """Decode rows of `embeddings` (no tombstones) as columns: a block per entity, in log order.
+    """Decode rows of `embeddings` (no tombstones) as columns: users' block, then items'.
 
-    The restore's decode (`ChangelogRows` says why). Each row is checked as
-    `decode_embedding` checks it, and a bad row raises the `DecodeError`
-    that `decode_embedding` raises for it; a non-finite vector is found once
-    the block is stacked, so it is reported after other bad rows of the
-    same call.
+    The restore's decode (`ChangelogRows` says why); each block keeps its
+    rows in log order. Each row is checked as `decode_embedding` checks it,
+    and a bad row raises the `DecodeError` that `decode_embedding` raises
+    for it. Vectors' finiteness and state arrays are checked per block once
+    every row is read, so where several rows are bad the one reported may
+    not be the first. Two refusals are this decode's own (bad_state /
+    bad_vector): a state that is one array rather than an object of fields,
+    and rows of one entity with vectors of different dims; no learner writes
+    either, nor could restore them.
     """
     blocks: dict[Entity, _Block] = {"user": _Block(), "item": _Block()}
     for key, value in records:
@@ -243,7 +247,12 @@ class _Block:
         self.last_event_ts.append(int(obj["last_event_ts"]))
         # Interned, as `decode_embedding` does.
         self.recent_items.append(tuple(map(sys.intern, obj.get("recent_items", ()))))
-        self.states.append(obj.get("state", {}))
+        state = obj.get("state", {})
+        if state.keys() == _ARRAY_KEYS:
+            decode_state(state)  # decode_embedding's reason if it is a bad array
+            raise DecodeError(DlqReason.BAD_STATE, f"{obj['entity']}:{obj['id'][:64]}: state "
+                              "is one array, not an object of the learner's fields")
+        self.states.append(state)
 
     def columns(self, entity: Entity) -> ChangelogRows:
         if len(self.dims) != 1:
@@ -273,8 +282,10 @@ def _state_leaf(values: list[Any]) -> Any | None:
     if all(arrays):
         shape = values[0]["shape"]
         parts = [v["b64f32"] for v in values]
-        if all(v["shape"] == shape for v in values) and all(type(p) is str for p in parts) \
-                and type(shape) is list and all(type(n) is int and n >= 0 for n in shape):
+        # Each row's shape is checked, not only compared: [2.0] == [2] in Python.
+        if all(type(p) is str for p in parts) and all(
+                type(v["shape"]) is list and v["shape"] == shape
+                and all(type(n) is int and n >= 0 for n in v["shape"]) for v in values):
             raws = [b64decode(p, DlqReason.BAD_STATE, "state array") for p in parts]
             size = 4 * math.prod(shape)
             if all(len(r) == size for r in raws):

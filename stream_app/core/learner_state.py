@@ -1,6 +1,7 @@
 """Rows, restore and snapshots of `Learner`: everything about state in and out.
 
-`rows()` / `apply_rows()` are the changelog path (per-row, exact);
+`rows()` / `row_blocks()` and `apply_rows()` / `apply_columns()` are the
+changelog path (exact);
 `global_state()` / `apply_global_state()` carry what is not per-row;
 `state_dict()` / `load_state_dict()` are a full local snapshot.
 """
@@ -197,8 +198,11 @@ class LearnerState(LearnerFields):
         idx = torch.as_tensor(list(pending), dtype=torch.int64, device=self.device)
         take = np.fromiter(pending.values(), dtype=np.int64, count=len(pending))
         state = rows.state
-        table.vec[idx] = self._take(state.get("id_vec") if is_user else rows.vectors, take,
-                                    "id_vec")
+        vectors = self._take(state.get("id_vec") if is_user else rows.vectors, take, "id_vec")
+        if vectors.shape[1:] != table.vec.shape[1:]:  # a (n, 1) column would broadcast
+            raise ValueError(f"{rows.entity} rows hold vectors of shape {tuple(vectors.shape[1:])}"
+                             f", the model's are {tuple(table.vec.shape[1:])}: a different dim?")
+        table.vec[idx] = vectors
         slots = state.get("opt") or {}
         for name, t in table.slots.items():
             values = self._take(codec.slot_value(slots, name), take, f"optimiser slot {name!r}")

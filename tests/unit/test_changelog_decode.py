@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stream_app.codec import (
     DecodeError,
@@ -116,11 +117,31 @@ def test_any_row_decodes_or_fails_as_row_by_row(obj: Any) -> None:
     _assert_same(decode_changelog_rows([(key, value)]), want)
 
 
-def _user(ident: str, acc: list[float], dim: int = 2) -> KV:
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(objs=st.lists(row_like(), min_size=2, max_size=3))
+def test_rows_decoded_together_fail_as_the_bad_one_alone(objs: list[Any]) -> None:
+    """Several rows in one call: all good gives the row-by-row columns; with one bad row,
+    its own reason (with more than one, any of theirs)."""
+    records = [(f"{o.get('entity')}:{o.get('id')}".encode() if isinstance(o, dict)
+                else b"item:i1", json.dumps(o).encode()) for o in objs]
+    reasons = {r for r in (_reason([kv]) for kv in records) if r is not None}
+    if not reasons:
+        try:
+            want = _row_by_row(records)
+        except DecodeError as err:  # rows of one entity with different dims
+            assert err.reason == DlqReason.BAD_VECTOR and _reason(records) == "bad_vector"
+            return
+        _assert_same(decode_changelog_rows(records), want)
+    else:
+        assert _reason(records) in reasons
+
+
+def _user(ident: str, acc: list[float], dim: int = 2, shape: Any = None) -> KV:
     obj = {"entity": "user", "id": ident, "dim": dim, "vector": b64encode(bytes(4 * dim)),
            "bias": 0.0, "model_version": "v", "updates": 1, "updated_at": 1,
            "last_event_ts": 1, "state": {"id_vec": {
-               "b64f32": b64encode(np.asarray(acc, dtype="<f4").tobytes()), "shape": [2]}}}
+               "b64f32": b64encode(np.asarray(acc, dtype="<f4").tobytes()),
+               "shape": [2] if shape is None else shape}}}
     return f"user:{ident}".encode(), orjson.dumps(obj)
 
 
@@ -129,6 +150,22 @@ def test_state_arrays_are_checked_row_by_row() -> None:
     assert _reason([_user("a", [1.0]), _user("b", [1.0, 2.0, 3.0])]) == DlqReason.BAD_STATE
     ok = decode_changelog_rows([_user("a", [1.0, 2.0]), _user("b", [3.0, 4.0])])
     assert ok[0].state["id_vec"].tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+@pytest.mark.parametrize("shape", [[2.0], [True, 2], "2"])
+def test_every_row_s_array_shape_is_checked(shape: Any) -> None:
+    """Not only the first row's: a later [2.0] equals [2] but the schema refuses it."""
+    assert _reason([_user("a", [1.0, 2.0]), _user("b", [3.0, 4.0], shape=shape)]) == "bad_state"
+
+
+def test_a_state_that_is_one_array_is_refused() -> None:
+    key, value = _user("a", [1.0, 2.0])
+    obj = orjson.loads(value)
+    obj["state"] = obj["state"]["id_vec"]
+    assert decode_embedding(key, orjson.dumps(obj)) is not None  # the wire allows it
+    assert _reason([(key, orjson.dumps(obj))]) == "bad_state"
+    obj["state"]["b64f32"] = "!!!!"
+    assert _reason([(key, orjson.dumps(obj))]) == "bad_state"
 
 
 def test_rows_of_different_dims_are_refused() -> None:
@@ -162,3 +199,13 @@ def test_a_row_without_its_learner_state_is_refused_on_apply(
     blocks = decode_changelog_rows([*records[:-1], (key, orjson.dumps(obj))])
     with pytest.raises(ValueError, match=message):
         fresh.apply_columns(blocks[0])
+
+
+def test_an_id_vector_of_another_dim_is_refused_on_apply() -> None:
+    """A (n, 1) column would fill each row with one value (numpy broadcasts)."""
+    fresh = Learner(LearnerConfig(dim=2, num_sampled_negatives=4), device="cpu")
+    key, value = _user("a", [1.0], shape=[1])
+    obj = orjson.loads(value)
+    obj["state"]["opt"] = {"acc": 0.0}
+    with pytest.raises(ValueError, match="shape"):
+        fresh.apply_columns(decode_changelog_rows([(key, orjson.dumps(obj))])[0])
