@@ -224,7 +224,7 @@ def _checked_row(key: bytes | None, value: bytes) -> tuple[dict[str, Any], bytes
     obj = {"entity": row.entity, "id": row.id, "dim": len(row.vector),
            "updates": row.updates, "last_event_ts": row.last_event_ts,
            "recent_items": list(row.recent_items), "state": encode_state(row.state, row.key)}
-    return obj, row.vector.tobytes()
+    return obj, row.vector.astype(_F32).tobytes()
 
 
 class _Block:
