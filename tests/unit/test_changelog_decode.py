@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from stream_app.codec import (
@@ -70,8 +70,8 @@ def _assert_same_tree(a: Any, b: Any) -> None:
     elif isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         x, y = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
         assert x.shape == y.shape and x.tobytes() == y.tobytes()
-    elif isinstance(a, list) and a and isinstance(a[0], np.ndarray):
-        assert len(a) == len(b)
+    elif isinstance(a, list):  # per-row values: arrays of several shapes, None, scalars
+        assert isinstance(b, list) and len(a) == len(b)
         for x, y in zip(a, b, strict=True):
             _assert_same_tree(x, y)
     else:
@@ -117,8 +117,14 @@ def test_any_row_decodes_or_fails_as_row_by_row(obj: Any) -> None:
     _assert_same(decode_changelog_rows([(key, value)]), want)
 
 
+_PLAIN_ROW = {"entity": "user", "id": "u42", "dim": 1, "vector": "AACAPw==", "bias": 0.0,
+              "model_version": "v", "updates": 3, "updated_at": 1, "last_event_ts": 1}
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(objs=st.lists(row_like(), min_size=2, max_size=3))
+@example(objs=[_PLAIN_ROW, {**_PLAIN_ROW, "state": {"v": {"b64f32": "AACAPwAAAEA=",
+                                                          "shape": [2]}}}])  # [None, array]
 def test_rows_decoded_together_fail_as_the_bad_one_alone(objs: list[Any]) -> None:
     """Several rows in one call: all good gives the row-by-row columns; with one bad row,
     its own reason (with more than one, any of theirs)."""
