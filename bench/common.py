@@ -6,8 +6,11 @@ import contextlib
 import json
 import os
 import platform
+import socket
+import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,3 +73,30 @@ def write_json(path: Path | None, result: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a process's metrics endpoint)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http_ok(proc: subprocess.Popen[bytes], port: int, path: str,
+                 timeout_s: float = 600.0, every_s: float = 0.5) -> float:
+    """Poll `http://127.0.0.1:port/path` until it answers 200; returns `time.monotonic()` then.
+
+    Exits if the process dies or the time runs out, saying which.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:  # noqa: S310
+                if r.status == 200:
+                    return time.monotonic()
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit(f"process exited with {proc.returncode} before {path} answered")
+        time.sleep(every_s)
+    raise SystemExit(f"{path} did not answer 200 in {timeout_s:.0f} s")

@@ -14,7 +14,6 @@ Each rate is preceded by `WARM_UP_S` of unmeasured load at that rate.
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import threading
@@ -27,19 +26,13 @@ from typing import Any
 import numpy as np
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
-from bench.common import bench_broker, fresh_topics, machine, write_json
+from bench.common import bench_broker, free_port, fresh_topics, machine, write_json
 from stream_app.codec import decode_embedding, encode_event, is_meta_key
 from stream_app.config import KafkaConfig
 from stream_app.events import Event, EventKind
 
 WARM_UP_S = 5.0
 """Seconds of unmeasured load before each measured rate."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tail(kafka: KafkaConfig, topic: str) -> Consumer:
@@ -183,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _with_trainer(kafka: KafkaConfig, args: argparse.Namespace, rate: float) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "stream_app.cli", "--log-level", "WARNING", "trainer",
            "--bootstrap-servers", kafka.bootstrap_servers, "--topic-prefix", kafka.topic_prefix,
-           "--metrics-port", str(_free_port()), "--batch-wait-ms", str(args.batch_wait_ms),
+           "--metrics-port", str(free_port()), "--batch-wait-ms", str(args.batch_wait_ms),
            "--group-id", f"fresh-{uuid.uuid4().hex[:6]}"]
     for flag, value in (("--batch-max", args.batch_max), ("--step-max", args.step_max)):
         if value is not None:

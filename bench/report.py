@@ -181,7 +181,7 @@ def _restore(out: Path) -> list[str]:
             f"**{d['ratio_restore_vs_raw_read']:.2f}** | {r['table_bytes'] / 2**20:.0f} | "
             f"{r['rss_growth_bytes'] / 2**20:.0f} | "
             f"**{d['ratio_rss_growth_vs_table_bytes']:.2f}** |",
-            "", *_allocated(r), *_snapshot_restore(d)]
+            "", *_allocated(r), *_snapshot_restore(d), *_scorer_load(d)]
 
 
 def _allocated(r: dict[str, Any]) -> list[str]:
@@ -190,6 +190,17 @@ def _allocated(r: dict[str, Any]) -> list[str]:
     return [f"Table MiB counts the rows that hold an id; with the tables' spare rows "
             f"(they grow ahead of use) they take {r['allocated_table_bytes'] / 2**20:.0f} MiB.",
             ""]
+
+
+def _scorer_load(d: dict[str, Any]) -> list[str]:
+    if "scorer" not in d:
+        return []
+    s = d["scorer"]
+    return [f"A scorer process loading the same changelog (from its /healthz answering to its "
+            f"/readyz answering): {s['load_seconds']:.1f} s, "
+            f"**{d['ratio_scorer_load_vs_raw_read']:.2f}×** the raw read; its RSS went from "
+            f"{s['rss_bytes_when_healthy'] / 2**20:.0f} to {s['rss_bytes_when_ready'] / 2**20:.0f}"
+            " MiB.", ""]
 
 
 def _snapshot_restore(d: dict[str, Any]) -> list[str]:

@@ -10,6 +10,9 @@
 4. The same learner written as a local snapshot (`--snapshot-dir`), then a
    second fresh learner restored from it plus the changelog after its tag
    (empty here: the best case, a clean stop and restart).
+5. A scorer process started on the same changelog: seconds from its
+   /healthz answering (imports done, metrics server up, load starting) to
+   its /readyz answering (every row loaded), and its RSS then.
 
     python -m bench.restore_memory --rows 1000000 --out bench/results/restore_memory.json
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import bench_broker, fresh_topics, machine, write_json
+from bench.common import bench_broker, free_port, fresh_topics, machine, wait_http_ok, write_json
 from stream_app.codec import encode_rows
 from stream_app.config import KafkaConfig
 from stream_app.core import Learner, LearnerConfig
@@ -82,8 +86,8 @@ def raw_read(kafka: KafkaConfig) -> dict[str, float]:
     return {"records": n, "bytes": nbytes, "seconds": time.perf_counter() - start}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
+def _rss_bytes(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * 4096
 
 
@@ -149,6 +153,25 @@ def child(bootstrap: str, prefix: str) -> None:
                       "snapshot_restore_seconds": snapshot_s}))
 
 
+def scorer_load(kafka: KafkaConfig) -> dict[str, float]:
+    """Load the changelog into a `stream-app scorer` process; the seconds to ready and its RSS."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "stream_app.cli", "--log-level", "WARNING", "scorer",
+           "--bootstrap-servers", kafka.bootstrap_servers, "--topic-prefix", kafka.topic_prefix,
+           "--metrics-port", str(port), "--device", "cpu", "--group-id", "bench-load"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})  # noqa: S603
+    try:
+        healthy = wait_http_ok(proc, port, "/healthz", every_s=0.05)
+        rss_healthy = _rss_bytes(proc.pid)
+        ready = wait_http_ok(proc, port, "/readyz", every_s=0.05)
+        rss_ready = _rss_bytes(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return {"load_seconds": ready - healthy, "rss_bytes_when_healthy": rss_healthy,
+            "rss_bytes_when_ready": rss_ready}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -168,13 +191,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                bootstrap, kafka.topic_prefix], capture_output=True, text=True,
                               check=True)
         ours = json.loads(proc.stdout.strip().splitlines()[-1])
+        scorer = scorer_load(kafka)
     result = {"benchmark": "restore_memory", "machine": machine(), "rows": published,
               "events_per_user": args.per_user,
               "reference_raw_read": raw, "restore": ours,
               "ratio_restore_vs_raw_read": ours["restore_seconds"] / raw["seconds"],
               "ratio_snapshot_restore_vs_raw_read": ours["snapshot_restore_seconds"]
               / raw["seconds"],
-              "ratio_rss_growth_vs_table_bytes": ours["rss_growth_bytes"] / ours["table_bytes"]}
+              "ratio_rss_growth_vs_table_bytes": ours["rss_growth_bytes"] / ours["table_bytes"],
+              "scorer": scorer,
+              "ratio_scorer_load_vs_raw_read": scorer["load_seconds"] / raw["seconds"]}
     write_json(args.out, result)
     return result
 

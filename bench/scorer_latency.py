@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,7 @@ import orjson
 import torch
 from confluent_kafka import TopicPartition
 
-from bench.common import machine, write_json
+from bench.common import free_port, machine, wait_http_ok, write_json
 from bench.scorer_compute import ZIPF_SCALE, zipf_biases
 from stream_app.codec import META_KEY, encode_embedding, encode_meta, encode_score_request
 from stream_app.config import KafkaConfig
@@ -108,12 +106,6 @@ def publish_rows(kafka: KafkaConfig, n_items: int, n_users: int, dim: int,
     producer.flush(120)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_group_at_end(kafka: KafkaConfig, group: str) -> None:
     """Commit the end of `score-requests` for a new group, so a second scorer (A/B) does
     not first replay every request sent to the one before it (auto.offset.reset=earliest)."""
@@ -145,18 +137,8 @@ def start_scorer(kafka: KafkaConfig, args: argparse.Namespace, group: str,
     if src is not None:
         env["PYTHONPATH"] = str(src)
     proc = subprocess.Popen(cmd, env=env, cwd=src)  # noqa: S603
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:  # noqa: S310
-                if r.status == 200:
-                    return proc, port
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"scorer exited with {proc.returncode}")
-        time.sleep(0.5)
-    raise SystemExit("scorer not ready in 600 s")
+    wait_http_ok(proc, port, "/readyz")
+    return proc, port
 
 
 def cpu_seconds(pid: int | None) -> float:
