@@ -373,7 +373,9 @@ def _decode_array(obj: dict[str, Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
     raw = b64decode(obj["b64f32"], DlqReason.BAD_STATE, "state array")
     if len(raw) != 4 * math.prod(shape):
         raise DecodeError(DlqReason.BAD_STATE, f"state array: {len(raw)} bytes for shape {shape}")
-    return np.frombuffer(raw, dtype=_F32).astype(np.float32).reshape(shape)
+    # Reshaped before the copy: the copy is then the only array left (a view after it
+    # kept a second array object, 112 bytes, for every user row the scorer holds).
+    return np.frombuffer(raw, dtype=_F32).reshape(shape).astype(np.float32)
 
 
 def split_embedding_key(key: bytes | None) -> tuple[Entity, str]:
