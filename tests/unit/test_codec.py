@@ -225,6 +225,7 @@ def test_embedding_state_round_trip_is_bit_exact() -> None:
         assert got.dtype == np.float32 and got.shape == want.shape
         assert got.tobytes() == np.ascontiguousarray(want).tobytes()
         assert got.flags.writeable
+        assert got.base is None  # owns its bytes: no view object kept beside it (memory)
     assert back.state["counters"]["events"] == 7
     assert np.array_equal(back.state["counters"]["nested"][0], np.ones(2, np.float32))
 
