@@ -19,10 +19,10 @@ when our own code would publish something the schema refuses.
 
 from __future__ import annotations
 
+from stream_app.codec.changelog import decode_changelog_rows
 from stream_app.codec.dlq import DLQ_BYTES_MAX, decode_dlq, dlq_record, encode_dlq, make_dlq_record
 from stream_app.codec.embeddings import (
     META_KEY,
-    decode_changelog_rows,
     decode_embedding,
     decode_meta,
     encode_embedding,

@@ -7,7 +7,6 @@ restores its model bit-exactly from this topic (it is the model's changelog).
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any
 
@@ -18,6 +17,7 @@ import orjson
 from stream_app.codec.exceptions import DecodeError, DlqReason, EncodeError
 from stream_app.codec.fastcheck import fast_row_vector
 from stream_app.codec.schemas import Schema, error_for, schema
+from stream_app.codec.state import ARRAY_KEYS, F32, decode_state, encode_state
 from stream_app.codec.wire import (
     MESSAGE_MAX_BYTES,
     b64decode,
@@ -26,21 +26,11 @@ from stream_app.codec.wire import (
     decode_key,
     parse_object,
 )
-from stream_app.events import (
-    ChangelogRows,
-    EmbeddingRow,
-    Entity,
-    RowBlock,
-    state_columns,
-    state_rows,
-)
+from stream_app.events import EmbeddingRow, Entity, RowBlock, state_rows
 
 META_KEY = b"meta:trainer"
 """Key of the trainer's global-state record (trainer-meta.v1.json) on `embeddings`."""
 _ENTITIES: dict[str, Entity] = {"user": "user", "item": "item"}
-_ARRAY_KEYS = frozenset({"b64f32", "shape"})
-_SCALARS = frozenset({int, float, str, bool, type(None)})
-_F32 = np.dtype("<f4")
 _ROW = schema("embedding")
 _META = schema("trainer-meta")
 
@@ -104,7 +94,7 @@ def _checked_columns(columns: dict[str, Any], where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, col in columns.items():
         if isinstance(col, dict):
-            if col.keys() == _ARRAY_KEYS:
+            if col.keys() == ARRAY_KEYS:
                 raise EncodeError(
                     f"{where}: an object with exactly b64f32/shape is reserved for arrays")
             out[key] = _checked_columns(col, where)
@@ -129,7 +119,7 @@ def _array_objects(arrays: np.ndarray[Any, Any], where: str) -> list[dict[str, A
 def _b64_rows(arrays: np.ndarray[Any, Any]) -> list[str]:
     """Base64 of each row's little-endian float32 bytes, from one host copy."""
     n = len(arrays)
-    raw = np.ascontiguousarray(arrays, dtype=_F32).tobytes()
+    raw = np.ascontiguousarray(arrays, dtype=F32).tobytes()
     width = len(raw) // n if n else 0
     return [b64encode(raw[k * width:(k + 1) * width]) for k in range(n)]
 
@@ -164,7 +154,7 @@ def decode_embedding(
         raise DecodeError(
             DlqReason.BAD_VECTOR, f"vector has {len(raw)} bytes, dim {dim} needs {4 * dim}"
         )
-    vector = np.frombuffer(raw, dtype=_F32).astype(np.float32)
+    vector = np.frombuffer(raw, dtype=F32).astype(np.float32)
     if not np.isfinite(vector).all():
         raise DecodeError(DlqReason.NON_FINITE, "vector holds NaN or Infinity")
     return EmbeddingRow(
@@ -184,116 +174,6 @@ def decode_embedding(
     )
 
 
-def decode_changelog_rows(records: list[tuple[bytes | None, bytes]]) -> list[ChangelogRows]:
-    """Decode rows of `embeddings` (no tombstones) as columns: users' block, then items'.
-
-    The restore's decode (`ChangelogRows` says why); each block keeps its
-    rows in log order. Each row is checked as `decode_embedding` checks it,
-    and a bad row raises the `DecodeError` that `decode_embedding` raises
-    for it. Vectors' finiteness and state arrays are checked per block once
-    every row is read, so where several rows are bad the one reported may
-    not be the first. Two refusals are this decode's own (bad_state /
-    bad_vector): a state that is one array rather than an object of fields,
-    and rows of one entity with vectors of different dims; no learner writes
-    either, nor could restore them.
-    """
-    blocks: dict[Entity, _Block] = {"user": _Block(), "item": _Block()}
-    for key, value in records:
-        obj, raw = _checked_row(key, value)
-        blocks[obj["entity"]].add(obj, raw)
-    return [block.columns(entity) for entity, block in blocks.items() if block.ids]
-
-
-def _checked_row(key: bytes | None, value: bytes) -> tuple[dict[str, Any], bytes]:
-    """A valid row's JSON object (state still encoded) and its vector's bytes."""
-    obj: Any = None
-    if len(value) <= MESSAGE_MAX_BYTES:
-        try:
-            obj = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            pass
-    raw = fast_row_vector(obj)
-    if raw is not None and len(raw) == 4 * obj["dim"] \
-            and key == f"{obj['entity']}:{obj['id']}".encode():
-        return obj, raw
-    # Not the common case: the row-by-row decode raises the precise reason, or
-    # accepts a row in a form only the schema checks; its state is re-encoded.
-    row = decode_embedding(key, value)
-    if row is None:
-        raise DecodeError(DlqReason.MISSING_VALUE, "value is null")
-    obj = {"entity": row.entity, "id": row.id, "dim": len(row.vector),
-           "updates": row.updates, "last_event_ts": row.last_event_ts,
-           "recent_items": list(row.recent_items), "state": encode_state(row.state, row.key)}
-    return obj, row.vector.astype(_F32).tobytes()
-
-
-class _Block:
-    """The rows of one entity being decoded, kept as `decode_changelog_rows` reads them."""
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self.vectors: list[bytes] = []
-        self.dims: set[int] = set()
-        self.updates: list[int] = []
-        self.last_event_ts: list[int] = []
-        self.recent_items: list[tuple[str, ...]] = []
-        self.states: list[dict[str, Any]] = []
-
-    def add(self, obj: dict[str, Any], vector: bytes) -> None:
-        self.ids.append(obj["id"])
-        self.vectors.append(vector)
-        self.dims.add(obj["dim"])
-        self.updates.append(int(obj["updates"]))
-        self.last_event_ts.append(int(obj["last_event_ts"]))
-        # Interned, as `decode_embedding` does.
-        self.recent_items.append(tuple(map(sys.intern, obj.get("recent_items", ()))))
-        state = obj.get("state", {})
-        if state.keys() == _ARRAY_KEYS:
-            decode_state(state)  # decode_embedding's reason if it is a bad array
-            raise DecodeError(DlqReason.BAD_STATE, f"{obj['entity']}:{obj['id'][:64]}: state "
-                              "is one array, not an object of the learner's fields")
-        self.states.append(state)
-
-    def columns(self, entity: Entity) -> ChangelogRows:
-        if len(self.dims) != 1:
-            raise DecodeError(DlqReason.BAD_VECTOR,
-                              f"{entity} rows of one read have dims {sorted(self.dims)}: "
-                              "the changelog mixes models of different dims")
-        vectors = np.frombuffer(bytearray().join(self.vectors), dtype=_F32)
-        vectors = vectors.reshape(len(self.ids), -1)
-        finite = np.isfinite(vectors).all(axis=1)
-        if not finite.all():
-            bad = self.ids[int(np.argmin(finite))]
-            raise DecodeError(DlqReason.NON_FINITE, f"{entity}:{bad[:64]}: vector holds NaN "
-                              "or Infinity")
-        return ChangelogRows(entity=entity, ids=self.ids, vectors=vectors, updates=self.updates,
-                             last_event_ts=self.last_event_ts, recent_items=self.recent_items,
-                             state=state_columns(self.states, _state_leaf))
-
-
-def _state_leaf(values: list[Any]) -> Any | None:
-    """`state_columns`' leaf for encoded states: arrays of one shape decode into one."""
-    arrays = [type(v) is dict and v.keys() == _ARRAY_KEYS for v in values]
-    if not any(arrays):
-        if any(type(v) is dict for v in values) \
-                and all(type(v) is dict or v is None for v in values):
-            return None
-        return [v if type(v) in _SCALARS else decode_state(v) for v in values]
-    if all(arrays):
-        shape = values[0]["shape"]
-        parts = [v["b64f32"] for v in values]
-        # Each row's shape is checked, not only compared: [2.0] == [2] in Python.
-        if all(type(p) is str for p in parts) and all(
-                type(v["shape"]) is list and v["shape"] == shape
-                and all(type(n) is int and n >= 0 for n in v["shape"]) for v in values):
-            raws = [b64decode(p, DlqReason.BAD_STATE, "state array") for p in parts]
-            size = 4 * math.prod(shape)
-            if all(len(r) == size for r in raws):
-                joined = bytearray().join(raws)
-                return np.frombuffer(joined, dtype=_F32).reshape(len(values), *shape)
-    return [decode_state(v) for v in values]  # each row's own array, or its own error
-
-
 def encode_meta(meta: dict[str, Any]) -> bytes:
     """The `meta:trainer` value; validated against trainer-meta.v1.json (it is rare)."""
     obj = encode_state(meta, "meta:trainer")
@@ -308,74 +188,6 @@ def decode_meta(value: bytes | None) -> dict[str, Any]:
     """The trainer's global state, with float32 arrays restored."""
     state: dict[str, Any] = decode_state(_validated(_META, check_value(value, MESSAGE_MAX_BYTES)))
     return state
-
-
-def encode_state(state: Any, where: str) -> Any:
-    """JSON-able copy of `state`: float32 arrays become {"b64f32", "shape"}, anywhere inside.
-
-    Exact types are tested first: every published row goes through here, and
-    the common ones (dict, float, int, str, float32 array) need no isinstance chain.
-    """
-    kind = type(state)
-    if kind is float:
-        if not math.isfinite(state):
-            raise EncodeError(f"{where}: state floats must be finite (JSON has no NaN)")
-        return state
-    if kind is int or kind is str or kind is bool or state is None:
-        return state
-    if kind is dict:
-        if state.keys() == _ARRAY_KEYS:
-            raise EncodeError(
-                f"{where}: an object with exactly b64f32/shape is reserved for arrays"
-            )
-        return {str(k): encode_state(v, where) for k, v in state.items()}
-    if isinstance(state, np.ndarray):
-        if state.dtype != np.float32:
-            raise EncodeError(f"{where}: state arrays must be float32, got {state.dtype}")
-        raw = np.ascontiguousarray(state, dtype=_F32).tobytes()
-        return {"b64f32": b64encode(raw), "shape": list(state.shape)}
-    if isinstance(state, dict):
-        return encode_state(dict(state), where)
-    if isinstance(state, list | tuple):
-        return [encode_state(v, where) for v in state]
-    if isinstance(state, np.generic):
-        return encode_state(state.item(), where)
-    if isinstance(state, float):  # a float subclass
-        return encode_state(float(state), where)
-    return state
-
-
-def decode_state(obj: Any) -> Any:
-    """Inverse of `encode_state`: {"b64f32", "shape"} objects become writable float32 arrays.
-
-    Scalars are kept without a call each: a restore decodes every row's state.
-    """
-    kind = type(obj)
-    if kind is dict:
-        if obj.keys() == _ARRAY_KEYS:
-            return _decode_array(obj)
-        return {k: v if type(v) in _SCALARS else decode_state(v) for k, v in obj.items()}
-    if kind is list:
-        return [v if type(v) in _SCALARS else decode_state(v) for v in obj]
-    return obj
-
-
-def _decode_array(obj: dict[str, Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
-    shape = obj["shape"]
-    if (
-        not isinstance(obj["b64f32"], str)
-        or not isinstance(shape, list)
-        or not all(type(n) is int and n >= 0 for n in shape)
-    ):
-        raise DecodeError(
-            DlqReason.BAD_STATE, "state array needs b64f32: str and shape: [int >= 0]"
-        )
-    raw = b64decode(obj["b64f32"], DlqReason.BAD_STATE, "state array")
-    if len(raw) != 4 * math.prod(shape):
-        raise DecodeError(DlqReason.BAD_STATE, f"state array: {len(raw)} bytes for shape {shape}")
-    # Reshaped before the copy: the copy is then the only array left (a view after it
-    # kept a second array object, 112 bytes, for every user row the scorer holds).
-    return np.frombuffer(raw, dtype=_F32).reshape(shape).astype(np.float32)
 
 
 def split_embedding_key(key: bytes | None) -> tuple[Entity, str]:
