@@ -44,7 +44,7 @@ class LearnerOps(LearnerFields):
         if u.numel() == 0:
             return 0.0, empty, empty
         uniq_u, u_inv = torch.unique(u, return_inverse=True)
-        hist = self._users.hist.index_select(0, uniq_u)
+        hist = self._users.history(uniq_u)
         valid = hist >= 0
         sampled = log_q_all = None
         if cfg.negatives != "in_batch":
@@ -130,7 +130,7 @@ class LearnerOps(LearnerFields):
         uniq_u, u_inv = torch.unique(torch.as_tensor(u_np, device=self.device),
                                      return_inverse=True)
         x = self._serving(uniq_u)
-        hist = self._users.hist.index_select(0, uniq_u).index_select(0, u_inv)  # (B, L)
+        hist = self._users.history(uniq_u).index_select(0, u_inv)  # (B, L)
         seen_target = ((hist == target.unsqueeze(1)) & (hist >= 0)).any(dim=1)
         vecs, cbias = self._items.vec.index_select(0, cand), bias.index_select(0, cand)
         ranks = torch.empty(len(events), dtype=torch.float64, device=self.device)
@@ -184,7 +184,7 @@ class LearnerOps(LearnerFields):
         scores = x @ self._items.vec.T + bias
         scores = scores.masked_fill(~live.unsqueeze(0), float("-inf"))
         if exclude_seen:
-            hist = self._users.hist.index_select(0, rows)
+            hist = self._users.history(rows)
             seen = torch.zeros_like(scores, dtype=torch.bool)
             seen.scatter_(1, hist.clamp(min=0), hist >= 0)
             scores = scores.masked_fill(seen, float("-inf"))

@@ -270,10 +270,7 @@ class LearnerState(LearnerFields):
         self._resolve_deferred()
         tables = {}
         for name, t in (("users", self._users), ("items", self._items)):
-            tables[name] = {"vec": t.vec.clone(), "updates": t.updates.clone(),
-                            "logpop": t.logpop.clone(), "hist": t.hist.clone(),
-                            "released": t.released.clone(),
-                            "slots": {k: v.clone() for k, v in t.slots.items()}}
+            tables[name] = t.state()
         vocabs = {name: {"ids": list(v.ids), "last_ts": v.last_ts.copy(), "free": list(v.free),
                          "pending": list(v.pending.items())}
                   for name, v in (("users", self._user_vocab), ("items", self._item_vocab))}
@@ -292,11 +289,7 @@ class LearnerState(LearnerFields):
             raise ValueError("state_dict was written with a different LearnerConfig; "
                              "build the Learner with that config to load it")
         for name, t in (("users", self._users), ("items", self._items)):
-            src = state["tables"][name]
-            t.vec, t.updates = src["vec"].to(self.device), src["updates"].to(self.device)
-            t.logpop, t.hist = src["logpop"].to(self.device), src["hist"].to(self.device)
-            t.released = src["released"].to(self.device)
-            t.slots = {k: v.to(self.device) for k, v in src["slots"].items()}
+            t.load_state(state["tables"][name])
         for name, v in (("users", self._user_vocab), ("items", self._item_vocab)):
             src = state["vocabs"][name]
             v.ids = list(src["ids"])

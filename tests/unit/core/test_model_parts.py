@@ -8,13 +8,13 @@ import numpy as np
 import torch
 
 from stream_app.core.loss import sampled_loss
-from stream_app.core.model import add_popularity, compact_history, push_history
+from stream_app.core.model import HIST_DTYPE, add_popularity, compact_history, push_history
 from stream_app.core.replay_buffer import ReplayBuffer
 from stream_app.core.sampler import batch_negatives
 
 
 def test_push_history_prepends_newest_first_and_truncates() -> None:
-    hist = torch.tensor([[7, 8, -1], [-1, -1, -1], [5, -1, -1]])
+    hist = torch.tensor([[7, 8, -1], [-1, -1, -1], [5, -1, -1]], dtype=HIST_DTYPE)
     users = torch.tensor([0, 1, 0, 1, 1, 1])
     items = torch.tensor([1, 2, 3, 4, 9, 6])
     ts = torch.tensor([10, 10, 20, 30, 5, 40])  # user 1: 9(5) 2(10) 4(30) 6(40)
@@ -23,7 +23,7 @@ def test_push_history_prepends_newest_first_and_truncates() -> None:
 
 
 def test_compact_history_keeps_valid_prefix() -> None:
-    hist = torch.tensor([[1, 2, 3, -1], [4, 2, 2, 5]])
+    hist = torch.tensor([[1, 2, 3, -1], [4, 2, 2, 5]], dtype=HIST_DTYPE)
     compact_history(hist, torch.tensor([2]))
     assert hist.tolist() == [[1, 3, -1, -1], [4, 5, -1, -1]]
 
