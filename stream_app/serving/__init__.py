@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from stream_app.serving.config import ScorerConfig
 from stream_app.serving.device import resolve_device, set_threads
-from stream_app.serving.table import EmbeddingTable, TableError, UserState
+from stream_app.serving.table import EmbeddingTable, TableError
 from stream_app.serving.topk import COLD_USER, UNKNOWN_USER, Ranking, explain, rank
+from stream_app.serving.users import UserState
 
 __all__ = [
     "COLD_USER",

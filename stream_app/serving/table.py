@@ -10,9 +10,9 @@ doubles when full (amortised O(1)). A free slot has a zero vector and a bias of
 Writes are staged on the host and pushed to the device in one `index_copy_`
 per polled batch (`flush`), so tailing thousands of rows costs one transfer.
 
-Users are kept as host numpy vectors (the scorer gathers a request batch's
-users into one `(batch, dim)` tensor); each keeps its bounded `recent_items`
-(most recent first) for `exclude_seen` and `explain`.
+Users are kept on the host in `UserRows` (users.py): slots of two float32
+matrices, and each user's recent items (most recent first) for
+`exclude_seen`, `explain` and rebuilding the serving vector.
 """
 
 from __future__ import annotations
@@ -25,23 +25,13 @@ import torch
 
 from stream_app.events import EmbeddingRow, Entity
 from stream_app.serving.bounds import BoundIndex
+from stream_app.serving.users import UserRows
 
 FREE_BIAS = float("-inf")
 
 
 class TableError(ValueError):
     """A row does not fit the table (e.g. its dimension differs from the others)."""
-
-
-@dataclass(frozen=True, slots=True)
-class UserState:
-    """What the scorer needs of one user row: `vector` is (dim,) float32."""
-
-    vector: npt.NDArray[np.float32]
-    recent_items: tuple[str, ...]
-    updates: int
-    id_vec: npt.NDArray[np.float32] | None = None
-    recent_mix: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +65,7 @@ class EmbeddingTable:
         self.device = device
         self.history_max = history_max
         self.dim: int | None = None
-        self.users: dict[str, UserState] = {}
+        self.users = UserRows(dim=0, history_max=history_max)
         self.item_slot: dict[str, int] = {}
         self.slot_item: list[str | None] = []
         self._free: list[int] = []
@@ -94,12 +84,10 @@ class EmbeddingTable:
         vector = np.asarray(row.vector, dtype=np.float32)
         self._check_dim(vector, row.key)
         if row.entity == "user":
-            recent = tuple(row.recent_items[: self.history_max])
             id_vec = row.state.get("id_vec")
-            self.users[row.id] = UserState(
-                vector=vector, recent_items=recent, updates=row.updates,
-                id_vec=id_vec if isinstance(id_vec, np.ndarray) and id_vec.shape == vector.shape
-                else None, recent_mix=tuple(row.recent_items))
+            self.users.put(row.id, vector, tuple(row.recent_items), row.updates,
+                           id_vec if isinstance(id_vec, np.ndarray) and id_vec.shape == vector.shape
+                           else None)
         else:
             slot = self.item_slot.get(row.id)
             if slot is None:
@@ -112,7 +100,7 @@ class EmbeddingTable:
     def delete(self, entity: Entity, ident: str) -> None:
         """Apply a tombstone: the row disappears; an item's slot goes on the free list."""
         if entity == "user":
-            self.users.pop(ident, None)
+            self.users.pop(ident)
             return
         slot = self.item_slot.pop(ident, None)
         if slot is None:
@@ -126,6 +114,7 @@ class EmbeddingTable:
             raise TableError(f"{key}: vector must be 1-D, got shape {vector.shape}")
         if self.dim is None:
             self.dim = int(vector.shape[0])
+            self.users = UserRows(dim=self.dim, history_max=self.history_max)
             self._matrix = torch.zeros((self._capacity, self.dim), device=self.device)
             self._bias = torch.full((self._capacity,), FREE_BIAS, device=self.device)
         elif vector.shape[0] != self.dim:

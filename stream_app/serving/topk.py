@@ -26,7 +26,8 @@ import torch
 
 from stream_app.events import PredictedItem, ScoreRequest
 from stream_app.serving.bounds import BLOCK
-from stream_app.serving.table import EmbeddingTable, ServingMix, UserState
+from stream_app.serving.table import EmbeddingTable, ServingMix
+from stream_app.serving.users import UserState
 
 NEG_INF = float("-inf")
 SCORE_BUDGET = 1 << 25

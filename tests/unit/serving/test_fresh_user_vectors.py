@@ -9,8 +9,9 @@ from stream_app.core import Learner, LearnerConfig
 from stream_app.events import EmbeddingRow, Event, EventKind, ScoreRequest
 from stream_app.serving import EmbeddingTable
 from stream_app.serving.answers import apply_embedding
-from stream_app.serving.table import ServingMix, UserState
+from stream_app.serving.table import ServingMix
 from stream_app.serving.topk import mixed_vectors, user_vectors
+from stream_app.serving.users import UserState
 from tests.device import DEVICE
 
 
