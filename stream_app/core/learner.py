@@ -270,9 +270,9 @@ class Learner(LearnerOps, LearnerState):
         owner, found = owner[known], found[known]
         position = np.arange(len(owner)) - np.searchsorted(owner, owner)
         fits = position < length
-        hist = np.full((len(users), length), -1, dtype=np.int32)
+        hist = np.full((len(users), length), -1, dtype=np.int64)
         hist[owner[fits], position[fits]] = found[fits]
-        self._users.hist[self._t(users)] = self._t(hist)
+        self._users.hist[self._t(users)] = self._t(hist).to(self._users.hist.dtype)
 
     def finish_restore(self) -> None:
         """Resolve restored users' recent items now that every changelog row is applied.

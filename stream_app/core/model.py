@@ -74,7 +74,8 @@ class Table:
                 (extra, self.config.recent_items), -1, dtype=HIST_DTYPE, device=device)])
 
     def history(self, rows: torch.Tensor) -> torch.Tensor:
-        """(len(rows), L) int64 item rows of these users (-1 = none), for indexing."""
+        """(len(rows), L) item rows of these users (-1 = none), in int64: callers index
+        with them (gather, scatter, searchsorted), which want int64 on every device."""
         return self.hist.index_select(0, rows).long()
 
     def reset_rows(self, rows: torch.Tensor, generator: torch.Generator | None) -> None:
@@ -97,7 +98,8 @@ class Table:
             self.hist[rows] = -1
 
     def state(self) -> dict[str, Any]:
-        """Copies of the tensors, for `Learner.state_dict`."""
+        """Copies of the tensors, for `Learner.state_dict`: a snapshot is written by a
+        background thread while learning goes on."""
         return {"vec": self.vec.clone(), "updates": self.updates.clone(),
                 "logpop": self.logpop.clone(), "hist": self.hist.clone(),
                 "released": self.released.clone(),
@@ -210,8 +212,9 @@ def push_history(hist: torch.Tensor, user_rows: torch.Tensor, item_rows: torch.T
                  order_key: torch.Tensor) -> None:
     """Prepend each user's new items (newest first) to `hist`, keeping the first L.
 
-    hist: (rows, L) in place; user_rows, item_rows, order_key: (B,) with larger
-    key = more recent (event time, then position in the batch).
+    hist: (rows, L) in place, of any integer type (item rows are cast to it);
+    user_rows, item_rows, order_key: (B,) with larger key = more recent (event
+    time, then position in the batch).
     """
     if user_rows.numel() == 0:
         return

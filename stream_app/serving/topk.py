@@ -92,6 +92,7 @@ def user_vectors(table: EmbeddingTable, requests: Sequence[ScoreRequest],
     out = np.zeros((len(requests), dim), dtype=np.float32)
     reasons: list[str | None] = []
     fresh: list[int] = []
+    users: list[UserState] = []
     for i, req in enumerate(requests):
         user = table.users.get(req.user_id)
         if user is None:
@@ -103,9 +104,9 @@ def user_vectors(table: EmbeddingTable, requests: Sequence[ScoreRequest],
             reasons.append(None)
             if table.mix is not None and user.id_vec is not None:
                 fresh.append(i)
+                users.append(user)
     vectors = torch.from_numpy(out).to(table.device)
     if fresh and table.mix is not None:
-        users = [table.users[requests[i].user_id] for i in fresh]
         vectors[fresh] = mixed_vectors(table, table.mix, users)
     return vectors, reasons
 
@@ -136,9 +137,7 @@ def exclusions(table: EmbeddingTable, req: ScoreRequest) -> set[int]:
     """Slots this request must not return: its `exclude` and, if asked, the user's recent items."""
     slots = set(table.slots_of(req.exclude)) if req.exclude else set()
     if req.exclude_seen:
-        user = table.users.get(req.user_id)
-        if user is not None:
-            slots.update(table.slots_of(user.recent_items))
+        slots.update(table.slots_of(table.users.recent_items(req.user_id)))
     return slots
 
 
@@ -250,8 +249,7 @@ def explain(table: EmbeddingTable, user_id: str, slots: list[int],
     contributions: (len(slots), n_recent) = item_vecs[slots] @ item_vecs[recent].T;
     an item never explains itself.
     """
-    user = table.users.get(user_id)
-    recent = table.slots_of(user.recent_items) if user is not None else []
+    recent = table.slots_of(table.users.recent_items(user_id))
     if not recent:
         return [() for _ in slots]
     matrix, _ = table.items()

@@ -39,7 +39,12 @@ from stream_app.kafka.exceptions import KafkaEdgeError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
+"""2 since 2026-12-05: each table holds only its entity's extras, histories in int32.
+A reader of format 1 would load a format-2 state and fail at its first step, so
+it must refuse the file (and restore from the changelog), hence the new number."""
+READABLE = frozenset({1, 2})
+"""Format 1 still loads: `Table.load_state` drops its unused extras."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,8 +76,8 @@ def read_snapshot(path: Path) -> tuple[SnapshotTag, dict[str, Any]] | None:
         return None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
-        if obj.get("format") != FORMAT:
-            raise ValueError(f"format {obj.get('format')!r}, expected {FORMAT}")
+        if obj.get("format") not in READABLE:
+            raise ValueError(f"format {obj.get('format')!r}, expected one of {sorted(READABLE)}")
         tag = obj["tag"]
         return SnapshotTag(topic=tag["topic"], topic_id=tag["topic_id"],
                            ends={int(p): int(o) for p, o in tag["ends"].items()},

@@ -7,8 +7,15 @@ import math
 import numpy as np
 import torch
 
+from stream_app.core.config import LearnerConfig
 from stream_app.core.loss import sampled_loss
-from stream_app.core.model import HIST_DTYPE, add_popularity, compact_history, push_history
+from stream_app.core.model import (
+    HIST_DTYPE,
+    Table,
+    add_popularity,
+    compact_history,
+    push_history,
+)
 from stream_app.core.replay_buffer import ReplayBuffer
 from stream_app.core.sampler import batch_negatives
 
@@ -20,6 +27,19 @@ def test_push_history_prepends_newest_first_and_truncates() -> None:
     ts = torch.tensor([10, 10, 20, 30, 5, 40])  # user 1: 9(5) 2(10) 4(30) 6(40)
     push_history(hist, users, items, ts)
     assert hist.tolist() == [[3, 1, 7], [6, 4, 2], [5, -1, -1]]
+
+
+def test_histories_are_stored_narrow_and_read_as_int64_indices() -> None:
+    users = Table(LearnerConfig(dim=2, recent_items=3), torch.device("cpu"), items=False)
+    users.ensure(4)
+    push_history(users.hist, torch.tensor([1, 1]), torch.tensor([7, 9]), torch.tensor([1, 2]))
+    assert users.hist.dtype == HIST_DTYPE == torch.int32
+    got = users.history(torch.tensor([1, 0]))
+    assert got.dtype == torch.int64 and got.tolist() == [[9, 7, -1], [-1, -1, -1]]
+    items = Table(LearnerConfig(dim=2, recent_items=3), torch.device("cpu"), items=True)
+    items.ensure(4)
+    assert items.hist.numel() == 0 and len(items.logpop) == len(items.released) == 4
+    assert users.logpop.numel() == users.released.numel() == 0
 
 
 def test_compact_history_keeps_valid_prefix() -> None:

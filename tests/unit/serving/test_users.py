@@ -48,7 +48,16 @@ def test_states_are_copies_and_freed_slots_are_reused_clean() -> None:
     users.pop("a")
     users.pop("a")  # a second tombstone is a no-op
     assert users.get("a") is None and "a" not in users and len(users) == 0
-    users.put("b", _vec(3), (), 3, None)  # takes a's slot
+    users.put("b", _vec(3), (), 3, None)  # takes a's slot: no growth
+    assert len(users._updates) == 1
     got = users["b"]
     assert got.vector.tolist() == [3] * 3 and got.id_vec is None and got.recent_mix == ()
-    assert users.get("a") is None
+    assert users.get("a") is None and users.recent_items("a") == ()
+    assert list(users) == ["b"]
+
+
+def test_recent_items_are_cut_to_history_max_and_the_mix_keeps_them_all() -> None:
+    users = UserRows(dim=1, history_max=2, capacity=0)
+    users.put("u", _vec(1, dim=1), ("i1", "i2", "i3"), 1, None)
+    assert users.recent_items("u") == users["u"].recent_items == ("i1", "i2")
+    assert users["u"].recent_mix == ("i1", "i2", "i3")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from stream_app.config import ConfigError, KafkaConfig, TopicNames
 from stream_app.core import Learner
@@ -233,3 +234,35 @@ def test_a_snapshot_that_does_not_load_falls_back_to_the_whole_changelog(tmp_pat
     assert store.load_into(Learner(CONFIG, device=DEVICE)) is None
     write_state(store.path, learner.state_dict(), _tag())
     assert store.load_into(Learner(CONFIG, device=DEVICE)) == _tag()
+
+
+def test_a_format_1_file_loads_and_an_unknown_format_is_refused(tmp_path: Path) -> None:
+    """Format 1 (before 2026-12-05) held every extra in both tables, histories in
+    int64; a reader of format 1 must refuse format 2, so the number moved."""
+    learner = Learner(CONFIG, device=DEVICE)
+    learner.learn(random_events(64, seed=3))
+    state = learner.state_dict()
+    for name, table in state["tables"].items():
+        rows, length = len(table["vec"]), learner.config.recent_items
+        if name == "users":
+            table["hist"] = table["hist"].long()
+            table["logpop"] = torch.full((rows,), float("-inf"), dtype=torch.float64)
+            table["released"] = torch.full((rows,), float("nan"), dtype=torch.float64)
+        else:
+            table["hist"] = torch.full((rows, length), -1, dtype=torch.int64)
+    path = tmp_path / "old.snapshot"
+    with open(path, "wb") as f:
+        torch.save({"format": 1, "tag": dataclasses.asdict(_tag()), "state": state}, f)
+    found = read_snapshot(path)
+    assert found is not None
+    again = Learner(CONFIG, device=DEVICE)
+    again.load_state_dict(found[1])
+    more = random_events(64, seed=4, start=5000)
+    got, want = again.learn(more), learner.learn(more)
+    assert want.n_applied > 0 and got.loss == want.loss
+    write_state(path, learner.state_dict(), _tag())
+    assert torch.load(path, weights_only=False)["format"] == 2  # what format-1 readers refuse
+    with open(path, "wb") as f:
+        torch.save({"format": 99, "tag": dataclasses.asdict(_tag()), "state": state}, f)
+    with pytest.raises(ValueError, match="format 99"):
+        read_snapshot(path)
