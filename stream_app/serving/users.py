@@ -47,7 +47,6 @@ class UserRows:
     """
 
     def __init__(self, *, dim: int, history_max: int, capacity: int = 1024) -> None:
-        self.dim = dim
         self.history_max = history_max
         self._slot: dict[str, int] = {}
         self._free: list[int] = []
