@@ -183,7 +183,8 @@ class Learner(LearnerOps, LearnerState):
             changed_user_ids=self._ids(self._user_vocab, changed_u),
             changed_item_ids=self._ids(self._item_vocab, changed_i),
             evicted_user_ids=evicted[0], evicted_item_ids=evicted[1],
-            admissions=len(u_adm.new_ids) + len(i_adm.new_ids), applied_update=applied,
+            admitted_users=len(u_adm.new_ids), admitted_items=len(i_adm.new_ids),
+            applied_update=applied,
             n_replayed=len(r_u),
             timings={"screen": t1 - t0, "vocab": t2 - t1, "gradients": t3 - t2,
                      "commit": t4 - t3, "total": t4 - t0})

@@ -17,6 +17,7 @@ class StepStats:
     - `outcomes[i]`: the fate of `events[i]`; only NON_FINITE ones go to the DLQ.
     - `changed_*_ids`: rows whose published `EmbeddingRow` changed (publish them).
     - `evicted_*_ids`: rows freed by TTL / cap (publish tombstones).
+    - `admitted_*`: ids given their own row by this step.
     - `applied_update`: False while gradients are being accumulated.
     - `timings`: seconds per phase (wall clock; not event time).
     """
@@ -29,7 +30,8 @@ class StepStats:
     changed_item_ids: tuple[str, ...] = ()
     evicted_user_ids: tuple[str, ...] = ()
     evicted_item_ids: tuple[str, ...] = ()
-    admissions: int = 0
+    admitted_users: int = 0
+    admitted_items: int = 0
     applied_update: bool = False
     n_replayed: int = 0
     timings: dict[str, float] = field(default_factory=dict)

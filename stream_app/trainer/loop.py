@@ -319,6 +319,8 @@ class Trainer:
         changed_items.update(st.changed_item_ids)
         tombstones.extend(f"user:{u}" for u in st.evicted_user_ids)
         tombstones.extend(f"item:{i}" for i in st.evicted_item_ids)
+        self.metrics.admissions.labels(table="user").inc(st.admitted_users)
+        self.metrics.admissions.labels(table="item").inc(st.admitted_items)
         self.metrics.evictions.labels(table="user").inc(len(st.evicted_user_ids))
         self.metrics.evictions.labels(table="item").inc(len(st.evicted_item_ids))
         changed_users.difference_update(st.evicted_user_ids)

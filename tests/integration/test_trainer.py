@@ -94,6 +94,9 @@ def test_rows_published_with_exact_update_counts_and_bad_input_dead_lettered(
     per_user = Counter(e.user_id for e in valid)
     assert {k[5:]: r.updates for k, r in users.items()} == dict(per_user)
     assert sum(r.updates for r in items.values()) == len(valid)
+    admitted = trainer.metrics.admissions
+    assert admitted.labels(table="user")._value.get() == len(users)  # noqa: SLF001
+    assert admitted.labels(table="item")._value.get() == len(items)  # noqa: SLF001
 
     dlq = [decode_dlq(m.value()) for m in read_topic(kafka.bootstrap_servers, kafka.topics.dlq)]
     assert Counter(d.reason for d in dlq) == Counter(str(r.expected_reason) for r in bad)

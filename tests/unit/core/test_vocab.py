@@ -53,6 +53,14 @@ def test_memory_stays_bounded_by_the_cap_under_a_flood_of_new_ids() -> None:
     assert not evicted_items & set(learner.item_ids()) or True
 
 
+def test_learner_reports_admissions_per_table() -> None:
+    learner = Learner(small_config(admission_threshold=2), device=DEVICE)
+    first = learner.learn([ev("e1", "u1", "i1", T0), ev("e2", "u1", "i2", T0)])
+    assert (first.admitted_users, first.admitted_items) == (1, 0)  # u1 has 2 events, i1/i2 one
+    second = learner.learn([ev("e3", "u2", "i1", T0 + 1)])
+    assert (second.admitted_users, second.admitted_items) == (0, 1)  # u2 waits, i1 reaches 2
+
+
 def test_learner_reports_ttl_evictions() -> None:
     learner = Learner(small_config(idle_ttl_ms=10_000), device=DEVICE)
     learner.learn([ev("e1", "u1", "i1", T0), ev("e2", "u2", "i2", T0)])
