@@ -20,7 +20,14 @@ when our own code would publish something the schema refuses.
 from __future__ import annotations
 
 from stream_app.codec.changelog import decode_changelog_rows
-from stream_app.codec.dlq import DLQ_BYTES_MAX, decode_dlq, dlq_record, encode_dlq, make_dlq_record
+from stream_app.codec.dlq import (
+    DLQ_BYTES_MAX,
+    decode_dlq,
+    dlq_key,
+    dlq_record,
+    encode_dlq,
+    make_dlq_record,
+)
 from stream_app.codec.embeddings import (
     META_KEY,
     decode_embedding,
@@ -60,6 +67,7 @@ __all__ = [
     "decode_meta",
     "decode_prediction",
     "decode_score_request",
+    "dlq_key",
     "dlq_record",
     "encode_dlq",
     "encode_embedding",

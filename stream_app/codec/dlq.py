@@ -67,8 +67,17 @@ def make_dlq_record(
     )
 
 
+def dlq_key(record: DlqRecord) -> bytes:
+    """The Kafka key of a DLQ record: `<source topic>:<partition>:<offset>`.
+
+    The same from the trainer and the scorer; the original key is inside the
+    value (`key_b64`).
+    """
+    return f"{record.source_topic}:{record.partition}:{record.offset}".encode()
+
+
 def encode_dlq(record: DlqRecord) -> bytes:
-    """The JSON value of a DLQ record (its Kafka key is the original key, unchanged)."""
+    """The JSON value of a DLQ record (its Kafka key: `dlq_key`)."""
     value = record.value
     truncated = record.value_truncated
     if value is not None and len(value) > DLQ_BYTES_MAX:

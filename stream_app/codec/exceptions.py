@@ -48,6 +48,8 @@ class DlqReason(StrEnum):
     DUPLICATE = "duplicate"
     RATE_LIMITED = "rate_limited"
     NON_FINITE_LOSS = "non_finite_loss"
+    NON_FINITE_SCORE = "non_finite_score"  # a score overflowed (rows too large for float32)
+    ANSWER_TOO_LARGE = "answer_too_large"  # the prediction would exceed ANSWER_MAX_BYTES
 
 
 class DecodeError(Exception):

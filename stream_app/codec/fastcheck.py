@@ -81,6 +81,7 @@ _ROW_ID = schema("embedding").subschema("id")
 _ROW_TS = schema("embedding").subschema("ts")
 _ROW_TS_RANGE = (_ROW_TS["minimum"], _ROW_TS["exclusiveMaximum"])
 _ROW_DIM = (_ROW_PROPS["dim"]["minimum"], _ROW_PROPS["dim"]["maximum"])
+_ROW_BIAS = (_ROW_PROPS["bias"]["minimum"], _ROW_PROPS["bias"]["maximum"])
 _ROW_VERSION_LEN = (_ROW_PROPS["model_version"]["minLength"],
                     _ROW_PROPS["model_version"]["maxLength"])
 _ROW_UPDATES_MIN: int = _ROW_PROPS["updates"]["minimum"]
@@ -131,8 +132,8 @@ def fast_row_vector(obj: Any) -> bytes | None:
 
 def _row_fields_ok(obj: dict[str, Any], ident: str) -> bool:
     """The rest of `fast_row_vector`'s check: numbers, timestamps, state, recent items."""
-    bias = type(obj["bias"])
-    if not (bias is float or bias is int):
+    bias = obj["bias"]
+    if not (type(bias) is float or type(bias) is int) or not _ROW_BIAS[0] <= bias <= _ROW_BIAS[1]:
         return False
     lo, hi = _ROW_TS_RANGE
     for ts in (obj["updated_at"], obj["last_event_ts"]):

@@ -15,8 +15,11 @@ import orjson
 
 from stream_app.codec import (
     DecodeError,
+    DlqReason,
+    EncodeError,
     decode_embedding,
     decode_meta,
+    dlq_key,
     dlq_record,
     encode_dlq,
     encode_prediction,
@@ -33,6 +36,10 @@ from stream_app.serving.table import EmbeddingTable, ServingMix, TableError
 from stream_app.serving.topk import rank
 
 NOT_LOADED = "not_loaded"
+ANSWER_MAX_BYTES = 990_000
+"""Largest prediction value produced: under librdkafka's default `message.max.bytes`
+(1,000,000), with room for the key and headers. A request for k=1000 with explanations
+over long ids can ask for more; it gets an error prediction instead of a failed send."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,16 +95,40 @@ def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNa
         pred = Prediction(request_id=req.request_id, user_id=req.user_id, items=ranking.items,
                           model_version=table.model_version, fallback=fallback is not None,
                           latency_ms=_ms_since(p.arrival), ready=ready)
-        out.records.append(Out(topics.predictions, req.request_id.encode(),
-                               encode_prediction(pred)))
+        try:
+            value = _encoded(pred)
+        except DecodeError as err:
+            out.errors.append(err.reason.value)
+            out.records.extend(_refusal(table, p, err, topics))
+            continue
+        out.records.append(Out(topics.predictions, req.request_id.encode(), value))
     return out
+
+
+def _encoded(pred: Prediction) -> bytes:
+    """The prediction's value, or a `DecodeError` naming why this request cannot be answered.
+
+    Neither case is the request's fault alone, but both must stay with it: an
+    exception here would stop the scorer, and the restarted one would read the
+    same request again.
+    """
+    try:
+        value = encode_prediction(pred)
+    except EncodeError as err:  # a score overflowed float32: rows of huge norm
+        raise DecodeError(DlqReason.NON_FINITE_SCORE, str(err),
+                          request_id=pred.request_id) from err
+    if len(value) > ANSWER_MAX_BYTES:
+        raise DecodeError(DlqReason.ANSWER_TOO_LARGE,
+                          f"the prediction takes {len(value)} bytes, over {ANSWER_MAX_BYTES}: "
+                          "ask for a smaller k or without explain", request_id=pred.request_id)
+    return value
 
 
 def _refusal(table: EmbeddingTable, p: Pending, err: DecodeError,
              topics: TopicNames) -> list[Out]:
     where = Coordinates(topic=p.topic, partition=p.partition, offset=p.offset)
     dlq = dlq_record(where, p.key, p.value, err, ts=int(time.time() * 1000), stage="score")
-    records = [Out(topics.dlq, p.key, encode_dlq(dlq))]
+    records = [Out(topics.dlq, dlq_key(dlq), encode_dlq(dlq))]
     if err.request_id is not None:
         pred = Prediction(request_id=err.request_id, user_id=_user_id(p.value), items=(),
                           model_version=table.model_version, fallback=False,

@@ -77,6 +77,9 @@ class ScorerConfig:
         if self.max_k > 1000:
             raise ConfigError(f"scorer.max_k must be <= 1000 (the schema's bound), "
                               f"got {self.max_k}")
+        if self.explain_max > 100:
+            raise ConfigError(f"scorer.explain_max must be <= 100 (the schema's bound on "
+                              f"`because`), got {self.explain_max}")
         if not self.group_id.strip():
             raise ConfigError("scorer.group_id is empty: pass --group-id NAME")
         if not _DEVICE_RE.match(self.device):

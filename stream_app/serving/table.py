@@ -85,6 +85,8 @@ class EmbeddingTable:
         self._check_dim(vector, row.key)
         if row.entity == "user":
             id_vec = row.state.get("id_vec")
+            if isinstance(id_vec, np.ndarray) and not np.isfinite(id_vec).all():
+                raise TableError(f"{row.key}: state id_vec holds NaN or Infinity")
             self.users.put(row.id, vector, tuple(row.recent_items), row.updates,
                            id_vec if isinstance(id_vec, np.ndarray) and id_vec.shape == vector.shape
                            else None)

@@ -247,9 +247,9 @@ def explain(table: EmbeddingTable, user_id: str, slots: list[int],
     """For each returned slot, the user's recent items with the largest positive dot product.
 
     contributions: (len(slots), n_recent) = item_vecs[slots] @ item_vecs[recent].T;
-    an item never explains itself.
+    an item never explains itself, nor appears twice (a history may repeat an item).
     """
-    recent = table.slots_of(table.users.recent_items(user_id))
+    recent = list(dict.fromkeys(table.slots_of(table.users.recent_items(user_id))))
     if not recent:
         return [() for _ in slots]
     matrix, _ = table.items()

@@ -16,6 +16,7 @@ from stream_app.codec import (
     DecodeError,
     DlqReason,
     decode_event,
+    dlq_key,
     dlq_record,
     encode_dlq,
     encode_meta,
@@ -170,6 +171,5 @@ def output_records(topics: TopicNames, blocks: Iterable[RowBlock],
            for block in blocks for ident, value in zip(block.ids, encode_rows(block))]
     out += [OutRecord(topics.embeddings, key.encode(), None) for key in tombstones]
     out.append(OutRecord(topics.embeddings, META_KEY, encode_meta(meta)))
-    out += [OutRecord(topics.dlq, f"{d.source_topic}:{d.partition}:{d.offset}".encode(),
-                      encode_dlq(d)) for d in dlq]
+    out += [OutRecord(topics.dlq, dlq_key(d), encode_dlq(d)) for d in dlq]
     return out

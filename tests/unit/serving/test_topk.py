@@ -151,6 +151,29 @@ def test_explain_picks_the_recent_item_with_largest_contribution() -> None:
     assert got.items[0].because == ("close", "far")  # largest first, negatives left out
 
 
+def test_explain_names_a_repeated_recent_item_once() -> None:
+    table = EmbeddingTable(device=DEVICE)
+    e = np.eye(4, dtype=np.float32)
+    table.upsert(item("target", e[0] + e[1], 5.0))
+    table.upsert(item("a", e[0], 0.0))
+    table.upsert(item("b", e[1], 0.0))
+    table.upsert(user("u", e[2], recent=("a", "a", "a", "b")))
+    req = ScoreRequest(request_id="r", user_id="u", k=1, explain=True)
+    assert rank(table, [req], explain_max=3)[0].items[0].because == ("a", "b")
+
+
+def test_a_user_row_with_a_non_finite_id_vector_is_refused() -> None:
+    table = EmbeddingTable(device=DEVICE)
+    row = user("u", np.ones(DIM, np.float32))
+    bad = EmbeddingRow(entity="user", id="u", vector=row.vector, bias=0.0, model_version="v",
+                       updates=1, updated_at=1, last_event_ts=1,
+                       state={"id_vec": np.full(DIM, np.nan, dtype=np.float32)})
+    table.upsert(row)
+    with pytest.raises(TableError, match="id_vec"):
+        table.upsert(bad)
+    assert table.users.get("u") is not None  # the row before stays
+
+
 def test_mixed_batch_matches_one_by_one(world) -> None:  # type: ignore[no-untyped-def]
     table, _, _, users = world
     reqs = [ScoreRequest(request_id="a", user_id="u4", k=5),

@@ -1,0 +1,75 @@
+"""`answer_batch`: a request that cannot be answered gets an error prediction and a DLQ record,
+and the rest of its batch is answered (an exception would stop the scorer, and the
+restarted one would read the same request again)."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+
+from stream_app.codec import decode_dlq, decode_prediction, encode_score_request
+from stream_app.config import TopicNames
+from stream_app.events import EmbeddingRow, ScoreRequest
+from stream_app.serving import EmbeddingTable
+from stream_app.serving.answers import ANSWER_MAX_BYTES, answer_batch
+from stream_app.serving.batching import Pending
+from stream_app.serving.config import ScorerConfig
+from tests.device import DEVICE
+
+TOPICS = TopicNames()
+
+
+def _row(entity: str, ident: str, vec: list[float], recent: tuple[str, ...] = ()) -> EmbeddingRow:
+    return EmbeddingRow(entity=entity, id=ident,  # type: ignore[arg-type]
+                        vector=np.array(vec, dtype=np.float32), bias=0.0, model_version="v",
+                        updates=1, updated_at=1, last_event_ts=1, recent_items=recent)
+
+
+def _pending(req: ScoreRequest, offset: int) -> Pending:
+    return Pending(topic=TOPICS.score_requests, partition=0, offset=offset, arrival=0.0,
+                   key=req.user_id.encode(), value=encode_score_request(req))
+
+
+def _answers(table: EmbeddingTable, reqs: list[ScoreRequest]) -> dict[str, list[bytes]]:
+    out = answer_batch(table, [_pending(r, n) for n, r in enumerate(reqs)], topics=TOPICS,
+                       cfg=ScorerConfig(), ready=True)
+    by_topic: dict[str, list[bytes]] = {}
+    for rec in out.records:
+        by_topic.setdefault(rec.topic, []).append(rec.value)
+    return by_topic
+
+
+def test_a_score_that_overflows_float32_is_answered_with_an_error() -> None:
+    table = EmbeddingTable(device=DEVICE)
+    table.upsert(_row("item", "huge", [3e38, 3e38]))  # finite rows, an infinite product
+    table.upsert(_row("item", "plain", [0.0, 1.0]))
+    table.upsert(_row("user", "u", [1.0, 1.0]))
+    table.upsert(_row("user", "w", [0.0, 1.0]))
+    got = _answers(table, [ScoreRequest(request_id="r1", user_id="u", k=2),
+                           ScoreRequest(request_id="r2", user_id="w", k=1)])
+    preds = {p.request_id: p for p in map(decode_prediction, got[TOPICS.predictions])}
+    assert preds["r1"].items == () and preds["r1"].error is not None
+    assert preds["r1"].error.startswith("non_finite_score")
+    assert preds["r2"].error is None and preds["r2"].items[0].item_id == "huge"  # 3e38 fits
+    [dlq] = [decode_dlq(v) for v in got[TOPICS.dlq]]
+    assert (dlq.reason, dlq.stage, dlq.offset) == ("non_finite_score", "score", 0)
+
+
+def test_a_prediction_over_the_size_bound_is_answered_with_an_error() -> None:
+    table = EmbeddingTable(device=DEVICE)
+    long_ids = [f"{n:04d}" + "x" * 236 for n in range(1004)]  # 240 characters, as ids may be
+    # Positive vectors: every recent item supports every answer, so each lists 3 of them.
+    rng = np.random.default_rng(0)
+    for ident in long_ids:
+        table.upsert(_row("item", ident, rng.uniform(0.1, 1.0, size=2).tolist()))
+    table.upsert(_row("user", "u", [1.0, 1.0], recent=tuple(long_ids[:4])))
+    small = ScoreRequest(request_id="small", user_id="u", k=10, explain=True)
+    big = ScoreRequest(request_id="big", user_id="u", k=1000, explain=True)
+    got = _answers(table, [big, small])
+    preds = {p.request_id: p for p in map(decode_prediction, got[TOPICS.predictions])}
+    assert preds["big"].error is not None and preds["big"].error.startswith("answer_too_large")
+    assert preds["small"].error is None and len(preds["small"].items) == 10
+    assert all(len(v) <= ANSWER_MAX_BYTES for v in got[TOPICS.predictions])
+    [dlq] = [decode_dlq(v) for v in got[TOPICS.dlq]]
+    assert dlq.reason == "answer_too_large"
+    assert orjson.loads(dlq.value or b"")["request_id"] == "big"
