@@ -73,6 +73,10 @@ class RateLimiter:
         w, c = pending.get(user_id) or self._counts.get(user_id) or (window, 0)
         return c if w == window else 0
 
+    def forget(self, user_id: str) -> None:
+        """Drop the user's count (forget)."""
+        self._counts.pop(user_id, None)
+
     def allowed(self, user_id: str, ts: int, pending: dict[str, tuple[int, int]]) -> bool:
         if self.cap <= 0:
             return True

@@ -43,11 +43,14 @@ class LearnerState(LearnerFields):
         return {"users": len(self._user_vocab), "items": len(self._item_vocab)}
 
     def forget_user(self, user_id: str) -> bool:
-        """Delete a user's row and history (GDPR erase); True if it existed.
+        """Delete a user's row, history, replay entries and rate count (GDPR erase); True if
+        the row existed.
 
         Restored histories not yet resolved (`_deferred`) stay deferred: during
         a restore, items listed in them may still arrive later in the changelog.
         """
+        self._replay.remove_user(user_id)  # held by id, admitted or not
+        self._rate.forget(user_id)
         row = self._user_vocab.remove(user_id)
         if row is None:
             return False
@@ -276,7 +279,8 @@ class LearnerState(LearnerFields):
                   for name, v in (("users", self._user_vocab), ("items", self._item_vocab))}
         return {"config": dataclasses.asdict(self.config), "global": self.global_state(),
                 "tables": tables, "vocabs": vocabs,
-                "replay": {"seen": self._replay.seen, "users": self._replay.users.copy(),
+                "replay": {"seen": self._replay.seen, "size": self._replay.size,
+                           "users": self._replay.users.copy(),
                            "items": self._replay.items.copy(),
                            "weights": self._replay.weights.copy(),
                            "rng": copy.deepcopy(self._replay.rng.bit_generator.state)},
@@ -299,6 +303,7 @@ class LearnerState(LearnerFields):
             v.pending.update(src["pending"])
         rep = state["replay"]
         self._replay.seen = rep["seen"]
+        self._replay.size = rep.get("size", min(rep["seen"], self._replay.capacity))
         self._replay.users, self._replay.items = rep["users"].copy(), rep["items"].copy()
         self._replay.weights = rep["weights"].copy()
         self._replay.rng.bit_generator.state = copy.deepcopy(rep["rng"])

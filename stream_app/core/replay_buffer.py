@@ -25,21 +25,23 @@ class ReplayBuffer:
     def __init__(self, capacity: int, seed: int) -> None:
         self.capacity = capacity
         self.seen = 0
+        self.size = 0  # entries held: min(seen, capacity) until a user is forgotten
         self.users = np.empty(capacity, dtype=object)
         self.items = np.empty(capacity, dtype=object)
         self.weights = np.zeros(capacity, dtype=np.float32)
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
-        return min(self.seen, self.capacity)
+        return self.size
 
     def add(self, users: list[str], items: list[str], weights: npt.NDArray[np.float32]) -> None:
         n = len(users)
-        fill = max(0, min(n, self.capacity - self.seen))
+        fill = max(0, min(n, self.capacity - self.size))
         if fill:
-            self.users[self.seen:self.seen + fill] = users[:fill]
-            self.items[self.seen:self.seen + fill] = items[:fill]
-            self.weights[self.seen:self.seen + fill] = weights[:fill]
+            self.users[self.size:self.size + fill] = users[:fill]
+            self.items[self.size:self.size + fill] = items[:fill]
+            self.weights[self.size:self.size + fill] = weights[:fill]
+            self.size += fill
         if n > fill:
             # Event k (0-based overall) replaces a random slot with prob capacity / (k + 1).
             k = self.seen + np.arange(fill, n)
@@ -50,6 +52,24 @@ class ReplayBuffer:
             self.items[slot[keep]] = np.asarray(items, dtype=object)[src]
             self.weights[slot[keep]] = weights[src]
         self.seen += n
+
+    def remove_user(self, user_id: str) -> int:
+        """Drop every entry of `user_id` (forget: nothing of theirs is replayed again).
+
+        The entries left move to the front and new events fill the room first;
+        the reservoir is then no longer exactly uniform over the past, which
+        only matters until it has turned over.
+        """
+        keep = np.flatnonzero(self.users[: self.size] != user_id)
+        removed = self.size - len(keep)
+        if removed:
+            for column in (self.users, self.items, self.weights):
+                column[: len(keep)] = column[keep]
+            self.users[len(keep): self.size] = None
+            self.items[len(keep): self.size] = None
+            self.weights[len(keep): self.size] = 0.0
+            self.size = len(keep)
+        return removed
 
     def sample(self, n: int) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.object_],
                                       npt.NDArray[np.float32]]:

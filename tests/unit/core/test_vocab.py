@@ -76,3 +76,18 @@ def test_forget_user() -> None:
     assert learner.forget_user("u1") is True
     assert learner.forget_user("u1") is False
     assert learner.recommend(["u1"], k=1).fallback == (True,)
+
+
+def test_a_forgotten_user_is_not_replayed_nor_kept_in_a_snapshot() -> None:
+    """A user who comes back after `forget` starts afresh: the replay buffer held their
+    events by id, and would have trained the new row on them."""
+    learner = Learner(small_config(replay_ratio=1.0, rate_cap_events=100), device=DEVICE)
+    learner.learn([ev(f"e{k}", "u1" if k % 2 else "u2", f"i{k % 3}", T0 + k) for k in range(20)])
+    assert "u1" in learner._replay.users.tolist()  # noqa: SLF001
+    learner.forget_user("u1")
+    state = learner.state_dict()
+    assert "u1" not in state["replay"]["users"][: state["replay"]["size"]].tolist()
+    assert "u1" not in state["rate"]
+    restored = Learner(small_config(replay_ratio=1.0, rate_cap_events=100), device=DEVICE)
+    restored.load_state_dict(state)
+    assert len(restored._replay) == len(learner._replay) == 10  # noqa: SLF001
