@@ -99,6 +99,7 @@ class Learner(LearnerOps, LearnerState):
         Never mutates `events`. See `StepStats` for what to publish and dead-letter.
         """
         t0 = time.perf_counter()
+        self._end_restore()
         self._resolve_deferred()
         outcomes, keep, rate_pending = screen(events, self._dedup, self._rate)
         if not keep:
@@ -282,6 +283,7 @@ class Learner(LearnerOps, LearnerState):
         has handed its freed memory back: the temporary arrays of the
         resolution would then stay in the heap (BENCHMARKS.md, Restore).
         """
+        self._end_restore()
         self._resolve_deferred()
 
     def _resolve_deferred(self) -> None:

@@ -27,6 +27,10 @@ from stream_app.core.optim import GradAccumulator
 from stream_app.core.vocab import COLD_ROW, Vocab
 from stream_app.events import ChangelogRows, EmbeddingRow, RowBlock
 
+RESTORE_OVERFLOW_MIN = 1024
+"""Rows a restore may hold over a cap (or an eighth of the cap, if more) until the tombstones
+of a transaction arrive: its new rows, at most one batch's admissions, come first."""
+
 
 class LearnerState(LearnerFields):
 
@@ -177,19 +181,35 @@ class LearnerState(LearnerFields):
         """
         is_user = rows.entity == "user"
         vocab = self._user_vocab if is_user else self._item_vocab
-        table = self._users if is_user else self._items
+        vocab.overflow = max(RESTORE_OVERFLOW_MIN, vocab.max_rows // 8)
         pending: dict[int, int] = {}  # table row -> index in `rows` of its latest row
         for k, (ident, ts) in enumerate(zip(rows.ids, rows.last_event_ts, strict=True)):
             r, _evicted_ids, evicted = vocab.force(ident, ts)
             if len(evicted):
                 self._write_columns(rows, pending)
                 pending.clear()
-                ev = torch.as_tensor(evicted, device=self.device)
-                if not is_user:
-                    m.compact_history(self._users.hist, ev)
-                table.reset_rows(ev, None)
+                self._drop_rows(is_user, evicted)
             pending[r] = k
         self._write_columns(rows, pending)
+
+    def _end_restore(self) -> None:
+        """Evict what a restore left over the caps (`Vocab.trim`): usually nothing."""
+        for is_user, vocab in ((True, self._user_vocab), (False, self._item_vocab)):
+            if vocab.overflow:
+                self._drop_rows(is_user, vocab.trim())
+
+    def _drop_rows(self, is_user: bool, evicted: npt.NDArray[np.int64]) -> None:
+        """Clear rows the restore evicted (their ids are already released)."""
+        if not len(evicted):
+            return
+        ev = torch.as_tensor(evicted, device=self.device)
+        if is_user:
+            for r in evicted.tolist():
+                self._deferred.pop(r, None)
+            self._users.reset_rows(ev, None)
+        else:
+            m.compact_history(self._users.hist, ev)
+            self._items.reset_rows(ev, None)
 
     def _write_columns(self, rows: ChangelogRows, pending: dict[int, int]) -> None:
         """Write the rows `pending` maps to (table row -> index in `rows`)."""

@@ -3,8 +3,9 @@
 Why a dict and not hashing: hashing gives collisions between live ids, and a
 dict of a few million strings is cheap next to the embedding rows themselves.
 Row 0 is the shared *cold-start* row: ids below the admission threshold map to
-it. Freed rows are reused, and `capacity` never exceeds `max_rows + 1`, so
-memory stays bounded by the cap whatever the stream does.
+it. Freed rows are reused, and `capacity` never exceeds `max_rows + 1` (plus
+`overflow` during a restore, see `force`), so memory stays bounded by the cap
+whatever the stream does.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Vocab:
         self.last_ts = np.full(1, _NEVER, dtype=np.int64)
         self.free: list[int] = []
         self.pending: OrderedDict[str, int] = OrderedDict()  # id -> events seen, not admitted
+        self.overflow = 0  # rows `force` may hold over `max_rows` (a restore, until `trim`)
 
     @property
     def capacity(self) -> int:
@@ -63,7 +65,7 @@ class Vocab:
 
     @property
     def allocated(self) -> int:
-        """Length of the row arrays; never past `max_rows + 1`.
+        """Length of the row arrays; never past `max_rows + 1 + overflow`.
 
         It grows by a quarter, not by doubling: the tables follow it, and
         doubling left up to half of them spare (at 600K restored rows, RSS
@@ -137,16 +139,37 @@ class Vocab:
         self.last_ts[adm.touched_rows[live]] = adm.touched_prev_ts[live]
 
     def force(self, id_: str, last_ts: int) -> tuple[int, tuple[str, ...], npt.NDArray[np.int64]]:
-        """Row for `id_`, admitting it regardless of threshold (restore path)."""
+        """Row for `id_`, admitting it regardless of threshold (restore path).
+
+        The table may hold `overflow` rows over the cap before the least
+        recently used is evicted: a transaction writes its rows before the
+        tombstones of the rows it evicted, and a row touched by a late event
+        keeps an old event time, so evicting by recency at the cap would drop
+        that live row instead (the trainer protects it). `trim` ends this.
+        """
         r = self.index.get(id_)
         if r is not None:
             self.last_ts[r] = last_ts
             return r, (), np.zeros(0, dtype=np.int64)
-        evicted = self._evict_lru(1, np.zeros(0, dtype=np.int64)) if len(self) >= self.max_rows \
-            else np.zeros(0, dtype=np.int64)
+        evicted = self._evict_lru(1, np.zeros(0, dtype=np.int64)) \
+            if len(self) >= self.max_rows + self.overflow else np.zeros(0, dtype=np.int64)
         ids = tuple(self._release(evicted))
         self.pending.pop(id_, None)
         return self._allocate(id_, last_ts), ids, evicted
+
+    def trim(self) -> npt.NDArray[np.int64]:
+        """End a restore's `overflow`: evict the least recently used rows over the cap.
+
+        After a whole changelog nothing is over it, unless the cap was lowered
+        or other trainers' rows were read too; returns the rows evicted.
+        """
+        self.overflow = 0
+        over = len(self) - self.max_rows
+        if over <= 0:
+            return np.zeros(0, dtype=np.int64)
+        evicted = self._evict_lru(over, np.zeros(0, dtype=np.int64))
+        self._release(evicted)
+        return evicted
 
     def remove(self, id_: str) -> int | None:
         """Free the row of `id_` (forget / tombstone); returns the freed row."""
@@ -165,7 +188,9 @@ class Vocab:
             r = len(self.ids)
             self.ids.append(id_)
             if r >= len(self.last_ts):
-                size = min(max(len(self.last_ts) * 5 // 4, 16), self.max_rows + 1)
+                # Up to the cap first: only a restore's overflow goes past it.
+                limit = self.max_rows + 1 + (self.overflow if r > self.max_rows else 0)
+                size = min(max(len(self.last_ts) * 5 // 4, 16), limit)
                 grown = np.full(size, _NEVER, dtype=np.int64)
                 grown[: len(self.last_ts)] = self.last_ts
                 self.last_ts = grown

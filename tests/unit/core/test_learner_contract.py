@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from stream_app.codec import decode_embedding, encode_embedding
-from stream_app.core import Learner, Outcome
+from stream_app.core import Learner, Outcome, learner_state
 from stream_app.core import learner as learner_module
 from stream_app.core.optim import GradAccumulator, apply_update, learning_rate
 from stream_app.events import EmbeddingRow
@@ -291,9 +291,11 @@ def test_finish_restore_resolves_the_histories_the_next_call_would() -> None:
 @pytest.mark.parametrize("caps", [(8, 12), (1000, 1000)], ids=["capped", "roomy"])
 @pytest.mark.parametrize("variant", VARIANTS[:2], ids=lambda v: str(v["optimizer"]))
 def test_bulk_restore_equals_restoring_row_by_row_even_when_the_cap_evicts(
-        variant: dict[str, object], caps: tuple[int, int]) -> None:
+        variant: dict[str, object], caps: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
     """`apply_rows` writes rows in bulk; with tables too small for the changelog it must
-    still end where writing each row in turn ends (evictions interleave with writes)."""
+    still end where writing each row in turn ends (evictions interleave with writes once
+    the restore's overflow, here one row, is used up)."""
+    monkeypatch.setattr(learner_state, "RESTORE_OVERFLOW_MIN", 0)
     a = _trained(variant, n_batches=6)
     rows = _all_rows(a)
     random.Random(1).shuffle(rows)  # noqa: S311
@@ -304,6 +306,8 @@ def test_bulk_restore_equals_restoring_row_by_row_even_when_the_cap_evicts(
     bulk.apply_rows(rows)
     for row in rows:
         one_by_one.apply_rows([row])
+    bulk.finish_restore()
+    one_by_one.finish_restore()
     assert len(bulk.user_ids()) == min(caps[0], len(a.user_ids()))
     assert len(bulk.item_ids()) == min(caps[1], len(a.item_ids()))
     assert sorted(bulk.user_ids()) == sorted(one_by_one.user_ids())

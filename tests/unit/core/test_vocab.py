@@ -53,6 +53,16 @@ def test_memory_stays_bounded_by_the_cap_under_a_flood_of_new_ids() -> None:
     assert not evicted_items & set(learner.item_ids()) or True
 
 
+def test_a_restore_may_overflow_the_cap_by_a_bound_until_trimmed() -> None:
+    v = Vocab(max_rows=3, admission_threshold=1, idle_ttl_ms=0)
+    v.overflow = 2
+    evicted = [len(v.force(f"u{k}", 100 + k)[2]) for k in range(7)]
+    assert evicted == [0, 0, 0, 0, 0, 1, 1] and len(v) == 5
+    assert v.allocated <= 3 + 1 + 2
+    assert v.trim().tolist() == [3, 4] and len(v) == 3  # u2 and u3, the least recent, leave
+    assert sorted(v.index) == ["u4", "u5", "u6"] and v.overflow == 0
+
+
 def test_learner_reports_admissions_per_table() -> None:
     learner = Learner(small_config(admission_threshold=2), device=DEVICE)
     first = learner.learn([ev("e1", "u1", "i1", T0), ev("e2", "u1", "i2", T0)])
