@@ -61,6 +61,10 @@ class LearnerState(LearnerFields):
         self._evict_rows(np.array([row], dtype=np.int64), np.zeros(0, dtype=np.int64))
         return True
 
+    def clear_replay(self) -> None:
+        """Empty the replay buffer: its events may be of users another learner now owns."""
+        self._replay.clear()
+
     def forget_item(self, item_id: str) -> bool:
         """Delete an item's row and drop it from every history; True if it existed.
 

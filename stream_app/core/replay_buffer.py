@@ -53,6 +53,13 @@ class ReplayBuffer:
             self.weights[slot[keep]] = weights[src]
         self.seen += n
 
+    def clear(self) -> None:
+        """Hold nothing, as a new buffer (the sampling stream goes on)."""
+        self.users[: self.size] = None
+        self.items[: self.size] = None
+        self.weights[: self.size] = 0.0
+        self.seen = self.size = 0
+
     def remove_user(self, user_id: str) -> int:
         """Drop every entry of `user_id` (forget: nothing of theirs is replayed again).
 

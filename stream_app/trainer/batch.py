@@ -67,6 +67,10 @@ class Decoded:
     forgets: list[str] = field(default_factory=list)
     dlq: list[DlqRecord] = field(default_factory=list)
 
+    def users(self) -> set[str]:
+        """Users with an event or a forget request in the batch."""
+        return {e.user_id for events in self.segments for e in events} | set(self.forgets)
+
 
 def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
                  max_future_ms: int) -> Decoded:

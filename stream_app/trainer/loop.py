@@ -67,6 +67,7 @@ class Trainer:
         self.ready = False
         self._evals: list[EvalStats] = []
         self._restored_ends: dict[int, int] | None = None
+        self._own_users: set[str] | None = None  # see _scope
         self._aborts_in_a_row = 0
         self._snapshot_at = time.monotonic()
         self._snapshots = None if cfg.snapshot_dir is None else Snapshots(
@@ -162,13 +163,38 @@ class Trainer:
         changelog also holds everything this trainer did. Skipped when the
         changelog has not moved since our last restore (a lone trainer's start).
         """
-        if not parts or not self.cfg.restore or consumer is None:
+        if not parts or consumer is None:
             return
-        ends = consumer.end_offsets(self.topics.embeddings)
-        if ends == self._restored_ends:
+        if self.cfg.restore and consumer.end_offsets(self.topics.embeddings) \
+                != self._restored_ends:
+            log.info("partitions=%s newly assigned and the changelog moved: restoring", parts)
+            self._restore()
+        self._scope(consumer)
+
+    def _scope(self, consumer: GroupConsumer) -> None:
+        """While other trainers own some input partitions, publish only our own users.
+
+        A restore loads every user, and a snapshot's replay buffer holds every
+        user's events (it was written while we owned all partitions). Through
+        them a step changes users of other trainers: replaying their events,
+        evicting their rows, dropping an evicted item from their histories.
+        Those rows are the other trainers' to publish; ours are stale copies
+        (tests/reliability/test_two_trainers.py). So on a partial assignment
+        the replay buffer starts empty, and the users published are those with
+        an event on our partitions since (`_own_users`). A user of ours whose
+        row is evicted before their next event keeps it in the changelog.
+        """
+        try:
+            whole = consumer.owns_all([self.topics.clicks, self.topics.purchases])
+        except KafkaEdgeError as exc:
+            log.warning("cannot tell whether we own every partition (%s): assuming not", exc)
+            whole = False
+        if whole:
+            self._own_users = None
             return
-        log.info("partitions=%s newly assigned and the changelog moved: restoring", parts)
-        self._restore()
+        log.info("other trainers own some partitions: publishing only our users' rows")
+        self._own_users = set()
+        self.learner.clear_replay()
 
     def _loop(self, consumer: GroupConsumer, publisher: TransactionalPublisher) -> None:
         idle_since = time.monotonic()
@@ -205,6 +231,11 @@ class Trainer:
         dlq: list[DlqRecord] = list(decoded.dlq)
         applied, losses = self._learn(decoded, changed_users, changed_items, tombstones, dlq,
                                       now_ms)
+        if self._own_users is not None:
+            self._own_users |= decoded.users()
+            changed_users &= self._own_users
+            tombstones = [t for t in tombstones
+                          if not t.startswith("user:") or t[5:] in self._own_users]
         tombstones = tombstones_to_publish(tombstones, users=changed_users, items=changed_items)
         blocks = self.learner.row_blocks(user_ids=sorted(changed_users),
                                          item_ids=sorted(changed_items),
@@ -230,6 +261,7 @@ class Trainer:
             self._back_off_after_abort()
             self._beat("restore after abort")
             self._restore()
+            self._scope(consumer)
         else:
             self._aborts_in_a_row = 0
             self._observe(batch, decoded, blocks, dlq, applied, published_ms)

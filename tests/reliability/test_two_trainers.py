@@ -39,6 +39,18 @@ def _drained(kafka: KafkaConfig) -> bool:
     return committed_total(kafka, GROUP, topics) >= end_total(kafka, topics)
 
 
+def _assert_user_rows_exact(kafka: KafkaConfig, stream: list[Any]) -> Any:
+    """Every user row's `updates` equals that user's valid events; returns the audit."""
+    valid = [r.event for r in stream if r.event is not None]
+    got = audit(kafka)
+    want = expected_user_updates(valid)
+    wrong = sorted((u for u in want if got.users.get(u) != want[u]), key=lambda u: want[u])
+    assert not wrong, (f"{len(wrong)} users wrong, e.g. {wrong[-1]} want {want[wrong[-1]]}: "
+                       f"{row_history(kafka, 'user:' + wrong[-1])}")
+    assert got.users == want
+    return got
+
+
 def test_partitions_move_between_trainers_without_loss_or_double_counting(
         make_kafka: Any, tmp_path: Path, trainers: list[TrainerProc]) -> None:
     kafka = make_kafka(partitions=4)
@@ -71,11 +83,38 @@ def test_partitions_move_between_trainers_without_loss_or_double_counting(
 
     log_b = b.log_text()
     assert log_b.count("newly assigned and the changelog moved: restoring") >= 1, log_b[-3000:]
-    valid = [r.event for r in stream if r.event is not None]
-    got = audit(kafka)
-    want = expected_user_updates(valid)
-    wrong = sorted((u for u in want if got.users.get(u) != want[u]), key=lambda u: want[u])
-    assert not wrong, (f"{len(wrong)} users wrong, e.g. {wrong[-1]} want {want[wrong[-1]]}: "
-                       f"{row_history(kafka, 'user:' + wrong[-1])}")
-    assert got.users == want
-    assert got.user_updates == len(valid)
+    got = _assert_user_rows_exact(kafka, stream)
+    assert got.user_updates == sum(1 for r in stream if r.event is not None)
+
+
+def test_a_trainer_back_from_its_snapshot_beside_another_publishes_only_its_users(
+        make_kafka: Any, tmp_path: Path, trainers: list[TrainerProc]) -> None:
+    """A's snapshot was written while it owned every partition, so its replay buffer holds
+    every user's events. Back beside B, replaying them would republish B's users from A's
+    stale copies, over B's newer rows."""
+    kafka = make_kafka(partitions=4)
+    stream = list(generate(6_000, n_users=120, n_items=100, seed=23))
+    parts = [stream[:2_000], stream[2_000:4_000], stream[4_000:]]
+    snap = ["--snapshot-dir", str(tmp_path / "a-snapshots")]
+    a = TrainerProc(kafka, tmp_path, instance_id="trainer-a", group_id=GROUP, batch_max=50,
+                    exit_when_idle=3.0, extra=snap)
+    b = TrainerProc(kafka, tmp_path, instance_id="trainer-b", group_id=GROUP, batch_max=50)
+    trainers += [a, b]
+
+    produce(kafka, parts[0])
+    a.start()
+    assert a.wait(timeout=180) == 0, a.log_text()[-3000:]  # alone: a snapshot at its stop
+    b.start()
+    produce(kafka, parts[1])
+    wait_until(lambda: _drained(kafka), timeout=180, interval=0.5, what="B to drain")
+    a.exit_when_idle = None
+    a.start()  # restores from its snapshot plus B's rows after it, then takes half
+    wait_until(lambda: "assigned partitions=[(" in a.log_text(since_start=True), timeout=120,
+               what="A to get partitions")
+    produce(kafka, parts[2])
+    wait_until(lambda: _drained(kafka), timeout=240, interval=0.5, what="both to drain")
+    assert a.terminate() == 0, a.log_text()[-3000:]
+    assert b.terminate() == 0, b.log_text()[-3000:]
+
+    assert "loaded snapshot" in a.log_text(since_start=True), a.log_text()[-3000:]
+    _assert_user_rows_exact(kafka, stream)

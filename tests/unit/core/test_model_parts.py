@@ -117,3 +117,5 @@ def test_replay_buffer_forgets_a_user_and_refills_the_room() -> None:
     buf.add(["d", "e"], ["i5", "i6"], np.ones(2, dtype=np.float32))
     assert len(buf) == 4 and buf.seen == 6
     assert buf.users.tolist() == ["b", "c", "d", "e"]  # the room is filled first
+    buf.clear()
+    assert len(buf) == 0 and buf.seen == 0 and buf.sample(3)[0].size == 0
