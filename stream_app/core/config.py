@@ -51,7 +51,7 @@ class LearnerConfig:
     warmup_steps: int = 0
     lr_decay: float = 0.0  # lr_t = lr * warmup(t) / (1 + lr_decay * t)
     grad_clip: float = 0.0  # global L2 norm of one applied update; 0 = off
-    accumulate_steps: int = 1  # apply cached gradients every N micro-batches
+    accumulate_steps: int = 1  # apply cached gradients every N steps (the trainer: and at commit)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     # Loss: weighted sampled softmax with log-Q correction.

@@ -159,8 +159,7 @@ class Learner(LearnerOps, LearnerState):
         self._accum.add("item", g_item_rows, g_item)
         self._accum.tick()
         applied = self._accum.ready()
-        if applied:
-            self._apply(self._accum.pop())
+        moved = self._apply(self._accum.pop()) if applied else {}
         self._items.logpop = new_logpop
         self._record_releases(kept, i_rows)
         flips = m.release_flips(cfg, self._items.released, self._watermark_ms, now)
@@ -175,9 +174,10 @@ class Learner(LearnerOps, LearnerState):
         self._rate.commit(rate_pending, now)
         self._watermark_ms, self._origin_ms = now, origin
         # Users whose history lost an evicted item changed too.
-        changed_u = torch.cat([u_t, compacted, *([g_user_rows] if applied else [])])
+        # Applied gradients move the rows of every step they were cached over.
+        changed_u = torch.cat([u_t, compacted, *([moved["user"]] if "user" in moved else [])])
         # Items whose release prior switched on or off changed their served bias.
-        changed_i = torch.cat([i_t[fresh_t], flips, *([g_item_rows] if applied else [])])
+        changed_i = torch.cat([i_t[fresh_t], flips, *([moved["item"]] if "item" in moved else [])])
         t4 = time.perf_counter()
         return StepStats(
             step=self._step, loss=loss, n_applied=len(kept), outcomes=tuple(outcomes),
@@ -189,6 +189,22 @@ class Learner(LearnerOps, LearnerState):
             n_replayed=len(r_u),
             timings={"screen": t1 - t0, "vocab": t2 - t1, "gradients": t3 - t2,
                      "commit": t4 - t3, "total": t4 - t0})
+
+    def apply_pending(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Apply the gradients still cached (`accumulate_steps` > 1); the (user, item) ids
+        whose rows that changed.
+
+        The trainer calls it before each commit: cached gradients are in no
+        published row, so a restart would lose the learning of events whose
+        offsets are already committed.
+        """
+        self._resolve_deferred()
+        if self._accum.count == 0:
+            return (), ()
+        moved = self._apply(self._accum.pop())
+        empty = torch.zeros(0, dtype=torch.long, device=self.device)
+        return (self._ids(self._user_vocab, moved.get("user", empty)),
+                self._ids(self._item_vocab, moved.get("item", empty)))
 
     def evaluate(self, events: Sequence[Event]) -> EvalStats:
         """Prequential metrics of the current model on `events`, before learning them.

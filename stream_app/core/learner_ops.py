@@ -73,7 +73,8 @@ class LearnerOps(LearnerFields):
             return None
         return float(loss.detach()), (uniq_u, p.grad), (needed, v.grad)
 
-    def _apply(self, grads: dict[str, Grad]) -> None:
+    def _apply(self, grads: dict[str, Grad]) -> dict[str, torch.Tensor]:
+        """Apply summed gradients; the rows changed per table ("user", "item")."""
         cfg = self.config
         clip_([g for _, g in grads.values()], cfg.grad_clip)
         lr = learning_rate(cfg, self._applied_steps)
@@ -81,6 +82,7 @@ class LearnerOps(LearnerFields):
             table = self._users if name == "user" else self._items
             apply_update(cfg, table.vec, table.slots, rows, grad, lr)
         self._applied_steps += 1
+        return {name: rows for name, (rows, _) in grads.items()}
 
     # -------------------------------------------------------------- scoring
     def _serving(self, user_rows: torch.Tensor) -> torch.Tensor:

@@ -231,6 +231,9 @@ class Trainer:
         dlq: list[DlqRecord] = list(decoded.dlq)
         applied, losses = self._learn(decoded, changed_users, changed_items, tombstones, dlq,
                                       now_ms)
+        pending_users, pending_items = self.learner.apply_pending()  # all of it is committed
+        changed_users.update(pending_users)
+        changed_items.update(pending_items)
         if self._own_users is not None:
             self._own_users |= decoded.users()
             changed_users &= self._own_users

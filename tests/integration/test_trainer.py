@@ -35,9 +35,10 @@ def _cfg(**kw: object) -> TrainerConfig:
     return TrainerConfig(**base)  # type: ignore[arg-type]
 
 
-def run_until_idle(kafka: KafkaConfig, cfg: TrainerConfig) -> Trainer:
+def run_until_idle(kafka: KafkaConfig, cfg: TrainerConfig,
+                   learner: LearnerConfig = LEARNER) -> Trainer:
     """Run a trainer until its input is drained (`exit_when_idle`), like a batch job."""
-    trainer = make_trainer(kafka, cfg, LEARNER)
+    trainer = make_trainer(kafka, cfg, learner)
     assert trainer.run() == 0
     return trainer
 
@@ -104,18 +105,23 @@ def test_rows_published_with_exact_update_counts_and_bad_input_dead_lettered(
                for d in dlq)
 
 
+@pytest.mark.parametrize("accumulate", [1, 3], ids=["apply-every-step", "accumulate-3"])
 def test_restart_restores_published_rows_and_resumes_from_committed_offsets(
-        kafka: KafkaConfig) -> None:
+        kafka: KafkaConfig, accumulate: int) -> None:
+    """With accumulated gradients too: what a transaction leaves cached is applied and
+    published before it commits, or a restart would lose it."""
+    learner = dataclasses.replace(LEARNER, accumulate_steps=accumulate)
     first = list(generate(400, n_users=30, n_items=25, seed=5))
     produce(kafka, first)
-    running = run_until_idle(kafka, _cfg())
+    running = run_until_idle(kafka, _cfg(), learner)
+    assert running.learner.apply_pending() == ((), ())  # nothing committed yet unpublished
     published = {k: r for k, r in latest_rows(kafka).items() if r}
     users = sorted(k[5:] for k in published if k.startswith("user:"))
     items = sorted(k[5:] for k in published if k.startswith("item:"))
     assert set(users) == set(running.learner.user_ids())
     assert set(items) == set(running.learner.item_ids())
 
-    restored = make_trainer(kafka, _cfg(), LEARNER)
+    restored = make_trainer(kafka, _cfg(), learner)
     restored._restore()  # the same restore the trainer runs at start-up
     before = running.learner.rows(user_ids=users, item_ids=items, model_version="v", now_ms=0)
     after = restored.learner.rows(user_ids=users, item_ids=items, model_version="v", now_ms=0)
@@ -131,7 +137,7 @@ def test_restart_restores_published_rows_and_resumes_from_committed_offsets(
 
     second = list(generate(300, n_users=30, n_items=25, seed=6))
     produce(kafka, second)
-    run_until_idle(kafka, _cfg())
+    run_until_idle(kafka, _cfg(), learner)
     users = {k: r for k, r in latest_rows(kafka).items() if k.startswith("user:") and r}
     valid = [r.event for r in first + second if r.event is not None]
     # Nothing lost, nothing applied twice across the restart.
