@@ -50,7 +50,6 @@ class TrainerConfig:
     metrics_port: int = 9464
     exit_when_idle: float | None = None
     max_future_ms: int = 24 * 3600 * 1000
-    dlq_value_max_bytes: int = 64 * 1024
     restore: bool = True
     stats_file: str | None = None
     stall_timeout_s: float = 120.0
