@@ -91,8 +91,14 @@ def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRe
                  offsets: list[TopicPartition], *, timeout_s: float = 60.0) -> TxnOutcome:
     """Produce `records` and commit `offsets` (next offset to read) in one transaction."""
     deadline = time.monotonic() + timeout_s
-    # Step 1. Begin. Only one transaction is open at a time per producer.
-    _call("begin", producer.begin_transaction, deadline)
+    # Step 1. Begin. Only one transaction is open at a time per producer. If
+    # it cannot begin, nothing was produced and there is nothing to abort.
+    try:
+        _call("begin", producer.begin_transaction, deadline)
+    except AbortRequired as exc:
+        log.warning("transaction not begun: %s; rewinding to committed offsets", exc)
+        rewind_to_committed(consumer, offsets)
+        return TxnOutcome.ABORTED
     try:
         # Step 2. Produce. poll(0) serves delivery reports so the local queue
         # never fills; on BufferError we flush and retry that one record.
