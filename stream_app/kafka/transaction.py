@@ -50,7 +50,12 @@ class OutRecord:
 
 
 class AbortRequired(Exception):  # noqa: N818 - a signal inside this module, not an error
-    """Raised internally when librdkafka says the transaction must be aborted."""
+    """Raised internally when the batch must be given up: `by_broker` when librdkafka
+    says the open transaction must be aborted, else a step still failing at its deadline."""
+
+    def __init__(self, message: str, *, by_broker: bool = False) -> None:
+        super().__init__(message)
+        self.by_broker = by_broker
 
 
 _MUST_FINISH = ("commit", "abort")
@@ -77,7 +82,7 @@ def _call(step: str, fn: Callable[[], T], deadline: float) -> T:
                     "another instance with the same transactional.id may have fenced this one"
                 ) from exc
             if err.txn_requires_abort() and step != "abort":
-                raise AbortRequired(f"{step}: {err.str()}") from exc
+                raise AbortRequired(f"{step}: {err.str()}", by_broker=True) from exc
             if time.monotonic() < deadline or step in _MUST_FINISH:
                 log.warning("transaction step=%s error=%s retriable=%s; retrying", step,
                             err.str(), err.retriable())
@@ -92,11 +97,15 @@ def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRe
     """Produce `records` and commit `offsets` (next offset to read) in one transaction."""
     deadline = time.monotonic() + timeout_s
     # Step 1. Begin. Only one transaction is open at a time per producer. If
-    # it cannot begin, nothing was produced and there is nothing to abort.
+    # it cannot begin, nothing was produced: the producer is aborted only when
+    # librdkafka says its state needs it (or every later begin fails the same).
     try:
         _call("begin", producer.begin_transaction, deadline)
     except AbortRequired as exc:
         log.warning("transaction not begun: %s; rewinding to committed offsets", exc)
+        if exc.by_broker:
+            _call("abort", lambda: producer.abort_transaction(timeout_s),
+                  time.monotonic() + timeout_s)
         rewind_to_committed(consumer, offsets)
         return TxnOutcome.ABORTED
     try:
@@ -135,7 +144,7 @@ def _produce(producer: Producer, rec: OutRecord) -> None:
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
             if err.txn_requires_abort():
-                raise AbortRequired(f"produce: {err.str()}") from exc
+                raise AbortRequired(f"produce: {err.str()}", by_broker=True) from exc
             raise FatalTransactionError(f"produce to {rec.topic} failed: {err.str()}") from exc
 
 
