@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
@@ -49,6 +50,16 @@ _OUTCOMES = {"applied": EventOutcome.APPLIED, "duplicate": EventOutcome.DUPLICAT
              "rate_limited": EventOutcome.RATE_LIMITED}
 
 
+@dataclass(slots=True)
+class _Counts:
+    """What one transaction counts, added to the metrics once it commits: an aborted
+    batch is read and learned again, and would be counted twice."""
+
+    events: Counter[tuple[str, EventOutcome]] = field(default_factory=Counter)
+    admissions: Counter[str] = field(default_factory=Counter)
+    evictions: Counter[str] = field(default_factory=Counter)
+
+
 class Trainer:
     """Wiring of Kafka edges and the learning core; see the module docstring."""
 
@@ -66,6 +77,7 @@ class Trainer:
         self.learner = Learner(learner_cfg, device=self.device)
         self.ready = False
         self._evals: list[EvalStats] = []
+        self._counts = _Counts()
         self._restored_ends: dict[int, int] | None = None
         self._own_users: set[str] | None = None  # see _scope
         self._aborts_in_a_row = 0
@@ -181,8 +193,9 @@ class Trainer:
         Those rows are the other trainers' to publish; ours are stale copies
         (tests/reliability/test_two_trainers.py). So on a partial assignment
         the replay buffer starts empty, and the users published are those with
-        an event on our partitions since (`_own_users`). A user of ours whose
-        row is evicted before their next event keeps it in the changelog.
+        an event or a forget on our partitions since (`_own_users`). A user of
+        ours whose row is evicted before their next event keeps it in the
+        changelog. The set grows with the users seen until the next assignment.
         """
         try:
             whole = consumer.owns_all([self.topics.clicks, self.topics.purchases])
@@ -224,7 +237,7 @@ class Trainer:
         now_ms = int(time.time() * 1000)
         decoded = decode_batch(batch, self.topics, now_ms=now_ms,
                                max_future_ms=self.cfg.max_future_ms)
-        self._evals = []
+        self._evals, self._counts = [], _Counts()
         changed_users: set[str] = set()
         changed_items: set[str] = set()
         tombstones: list[str] = []
@@ -264,7 +277,8 @@ class Trainer:
             self._back_off_after_abort()
             self._beat("restore after abort")
             self._restore()
-            self._scope(consumer)
+            if self._own_users is not None:  # the assignment is unchanged: so is the scope,
+                self.learner.clear_replay()  # but the restore may have loaded a snapshot's
         else:
             self._aborts_in_a_row = 0
             self._observe(batch, decoded, blocks, dlq, applied, published_ms)
@@ -311,10 +325,12 @@ class Trainer:
                                             changed_users, changed_items, tombstones, dlq,
                                             now_ms, losses)
             if i < len(decoded.forgets):
+                # A tombstone even without a row here: one may still be in the
+                # changelog (a restore, another trainer, an eviction not published).
                 user = decoded.forgets[i]
-                if self.learner.forget_user(user):
-                    tombstones.append(f"user:{user}")
-                    changed_users.discard(user)
+                self.learner.forget_user(user)
+                tombstones.append(f"user:{user}")
+                changed_users.discard(user)
         return applied, losses
 
     def _learn_step(self, events: list[Event], recs: list[RawRecord], evaluate: bool,
@@ -345,8 +361,7 @@ class Trainer:
                 dlq.append(train_dlq(rec, DlqReason.NON_FINITE_LOSS,
                                      "loss or gradient not finite; batch not applied", now_ms))
             counts[(rec.topic, _OUTCOMES.get(outcome, EventOutcome.DLQ))] += 1
-        for (topic, event_outcome), n in counts.items():
-            self.metrics.count_events(topic, event_outcome, n)
+        self._counts.events.update(counts)
         if st.n_applied and st.loss == st.loss:
             losses.append((float(st.loss), st.n_applied))
             self.metrics.training_loss.set(float(st.loss))
@@ -354,10 +369,9 @@ class Trainer:
         changed_items.update(st.changed_item_ids)
         tombstones.extend(f"user:{u}" for u in st.evicted_user_ids)
         tombstones.extend(f"item:{i}" for i in st.evicted_item_ids)
-        self.metrics.admissions.labels(table="user").inc(st.admitted_users)
-        self.metrics.admissions.labels(table="item").inc(st.admitted_items)
-        self.metrics.evictions.labels(table="user").inc(len(st.evicted_user_ids))
-        self.metrics.evictions.labels(table="item").inc(len(st.evicted_item_ids))
+        self._counts.admissions.update(user=st.admitted_users, item=st.admitted_items)
+        self._counts.evictions.update(user=len(st.evicted_user_ids),
+                                      item=len(st.evicted_item_ids))
         changed_users.difference_update(st.evicted_user_ids)
         changed_items.difference_update(st.evicted_item_ids)
         return sum(n for (_, o), n in counts.items() if o is EventOutcome.APPLIED)
@@ -366,6 +380,12 @@ class Trainer:
                  dlq: list[DlqRecord], applied: int, published_ms: int) -> None:
         m = self.metrics
         m.batch_size_events.observe(len(batch))
+        for (topic, event_outcome), n in self._counts.events.items():
+            m.count_events(topic, event_outcome, n)
+        for table, n in self._counts.admissions.items():
+            m.admissions.labels(table=table).inc(n)
+        for table, n in self._counts.evictions.items():
+            m.evictions.labels(table=table).inc(n)
         for rec in dlq:
             m.count_dlq(rec.reason)
         for topic, n in Counter(d.source_topic for d in decoded.dlq).items():

@@ -184,9 +184,11 @@ def test_forget_publishes_a_tombstone(kafka: KafkaConfig) -> None:
     produce(kafka, records)
     victim = next(r.event.user_id for r in records if r.event is not None)
     send_forget(kafka, victim)
+    send_forget(kafka, "never-seen")  # no row here, but one could be in the changelog
     run_until_idle(kafka, _cfg())
     rows = latest_rows(kafka)
     assert f"user:{victim}" in rows and rows[f"user:{victim}"] is None
+    assert "user:never-seen" in rows and rows["user:never-seen"] is None
     others = [k for k, r in rows.items() if k.startswith("user:") and r is not None]
     assert others
 
