@@ -91,6 +91,7 @@ class Learner(LearnerOps, LearnerState):
         self._origin_ms: int | None = None
         self._watermark_ms: int | None = None
         self._deferred: dict[int, tuple[str, ...]] = {}  # user row -> recent ids to resolve
+        self._forgotten: set[str] = set()  # users to drop from the replay buffer
 
     # ------------------------------------------------------------------ learning
     def learn(self, events: Sequence[Event]) -> StepStats:
@@ -101,6 +102,7 @@ class Learner(LearnerOps, LearnerState):
         t0 = time.perf_counter()
         self._end_restore()
         self._resolve_deferred()
+        self._purge_forgotten()
         outcomes, keep, rate_pending = screen(events, self._dedup, self._rate)
         if not keep:
             return StepStats(step=self._step, loss=float("nan"), n_applied=0,

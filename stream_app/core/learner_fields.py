@@ -35,6 +35,7 @@ class LearnerFields:
     _origin_ms: int | None
     _watermark_ms: int | None
     _deferred: dict[int, tuple[str, ...]]
+    _forgotten: set[str]
 
     def _resolve_deferred(self) -> None:  # implemented by Learner
         raise NotImplementedError

@@ -27,9 +27,16 @@ from stream_app.core.optim import GradAccumulator
 from stream_app.core.vocab import COLD_ROW, Vocab
 from stream_app.events import ChangelogRows, EmbeddingRow, RowBlock
 
-RESTORE_OVERFLOW_MIN = 1024
-"""Rows a restore may hold over a cap (or an eighth of the cap, if more) until the tombstones
-of a transaction arrive: its new rows, at most one batch's admissions, come first."""
+RESTORE_OVERFLOW = 1.0
+"""Share of a cap a restore may hold over it before evicting the least recently used.
+
+A transaction writes its new rows before the tombstones of the rows it
+evicted, the changelog's partitions are read in no set order, and a late
+event leaves a live row with an old event time: so rows over the cap come
+and go while a restore reads, and evicting by recency then could drop a row
+the trainer kept. Rows past the cap stay allocated (`Vocab._allocate` adds
+them in steps of 1/64 of the cap).
+"""
 
 
 class LearnerState(LearnerFields):
@@ -53,13 +60,24 @@ class LearnerState(LearnerFields):
         Restored histories not yet resolved (`_deferred`) stay deferred: during
         a restore, items listed in them may still arrive later in the changelog.
         """
-        self._replay.remove_user(user_id)  # held by id, admitted or not
+        self._forgotten.add(user_id)  # out of the replay buffer before it is next read
         self._rate.forget(user_id)
         row = self._user_vocab.remove(user_id)
         if row is None:
             return False
         self._evict_rows(np.array([row], dtype=np.int64), np.zeros(0, dtype=np.int64))
         return True
+
+    def _purge_forgotten(self) -> None:
+        """Drop forgotten users' events from the replay buffer, which holds them by id,
+        admitted or not (a returning user's new row would learn from them).
+
+        Deferred to one pass over the buffer: a restore forgets every user
+        whose tombstone it reads, evicted or forgotten (~1 ms a user, one by one).
+        """
+        if self._forgotten:
+            self._replay.remove_users(self._forgotten)
+            self._forgotten = set()
 
     def clear_replay(self) -> None:
         """Empty the replay buffer: its events may be of users another learner now owns."""
@@ -185,7 +203,7 @@ class LearnerState(LearnerFields):
         """
         is_user = rows.entity == "user"
         vocab = self._user_vocab if is_user else self._item_vocab
-        vocab.overflow = max(RESTORE_OVERFLOW_MIN, vocab.max_rows // 8)
+        vocab.overflow = int(vocab.max_rows * RESTORE_OVERFLOW)
         pending: dict[int, int] = {}  # table row -> index in `rows` of its latest row
         for k, (ident, ts) in enumerate(zip(rows.ids, rows.last_event_ts, strict=True)):
             r, _evicted_ids, evicted = vocab.force(ident, ts)
@@ -295,6 +313,7 @@ class LearnerState(LearnerFields):
     def state_dict(self) -> dict[str, Any]:
         """Full snapshot (torch.save-able), including what rows do not carry."""
         self._resolve_deferred()
+        self._purge_forgotten()
         tables = {}
         for name, t in (("users", self._users), ("items", self._items)):
             tables[name] = t.state()
@@ -338,6 +357,7 @@ class LearnerState(LearnerFields):
         self._accum = GradAccumulator(self.config.accumulate_steps)
         self.apply_global_state(state["global"])
         self._deferred = {}
+        self._forgotten = set()
 
 
 def _picked(column: list[Any] | None, take: npt.NDArray[np.int64],

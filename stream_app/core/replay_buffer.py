@@ -8,6 +8,8 @@ whose user or item has since been evicted is skipped by the learner.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import numpy.typing as npt
 
@@ -60,14 +62,16 @@ class ReplayBuffer:
         self.weights[: self.size] = 0.0
         self.seen = self.size = 0
 
-    def remove_user(self, user_id: str) -> int:
-        """Drop every entry of `user_id` (forget: nothing of theirs is replayed again).
+    def remove_users(self, user_ids: Collection[str]) -> int:
+        """Drop every entry of these users (forget: nothing of theirs is replayed again).
 
-        The entries left move to the front and new events fill the room first;
-        the reservoir is then no longer exactly uniform over the past, which
-        only matters until it has turned over.
+        One pass over the buffer for all of them. The entries left move to the
+        front and new events fill the room first; the reservoir is then no
+        longer exactly uniform over the past, which only matters until it has
+        turned over.
         """
-        keep = np.flatnonzero(self.users[: self.size] != user_id)
+        keep = np.flatnonzero(np.fromiter((u not in user_ids for u in self.users[: self.size]),
+                                          dtype=bool, count=self.size))
         removed = self.size - len(keep)
         if removed:
             for column in (self.users, self.items, self.weights):

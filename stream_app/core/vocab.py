@@ -3,9 +3,9 @@
 Why a dict and not hashing: hashing gives collisions between live ids, and a
 dict of a few million strings is cheap next to the embedding rows themselves.
 Row 0 is the shared *cold-start* row: ids below the admission threshold map to
-it. Freed rows are reused, and `capacity` never exceeds `max_rows + 1` (plus
-`overflow` during a restore, see `force`), so memory stays bounded by the cap
-whatever the stream does.
+it. Freed rows are reused, and `capacity` never exceeds `max_rows + 1`, so
+memory stays bounded by the cap whatever the stream does; a restore may add
+up to `overflow` rows past it (see `force`), which stay allocated.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 COLD_ROW = 0
+OVERFLOW_STEP_MIN = 1024
+"""Rows added at a time past the cap (or 1/64 of the cap, if more), during a restore."""
 _NEVER = np.iinfo(np.int64).min
 
 
@@ -65,7 +67,8 @@ class Vocab:
 
     @property
     def allocated(self) -> int:
-        """Length of the row arrays; never past `max_rows + 1 + overflow`.
+        """Length of the row arrays; never past `max_rows + 1`, unless a restore's
+        `overflow` grew it (in steps of 1/64 of the cap, kept after `trim`).
 
         It grows by a quarter, not by doubling: the tables follow it, and
         doubling left up to half of them spare (at 600K restored rows, RSS
@@ -188,9 +191,11 @@ class Vocab:
             r = len(self.ids)
             self.ids.append(id_)
             if r >= len(self.last_ts):
-                # Up to the cap first: only a restore's overflow goes past it.
-                limit = self.max_rows + 1 + (self.overflow if r > self.max_rows else 0)
-                size = min(max(len(self.last_ts) * 5 // 4, 16), limit)
+                if r <= self.max_rows:  # by a quarter, up to the cap
+                    size = min(max(len(self.last_ts) * 5 // 4, 16), self.max_rows + 1)
+                else:  # a restore's overflow: in small steps, as nothing shrinks the rows back
+                    size = min(len(self.last_ts) + max(OVERFLOW_STEP_MIN, self.max_rows // 64),
+                               self.max_rows + 1 + self.overflow)
                 grown = np.full(size, _NEVER, dtype=np.int64)
                 grown[: len(self.last_ts)] = self.last_ts
                 self.last_ts = grown

@@ -111,7 +111,7 @@ def test_replay_buffer_forgets_a_user_and_refills_the_room() -> None:
     buf = ReplayBuffer(capacity=4, seed=0)
     buf.add(["a", "b", "a", "c"], ["i1", "i2", "i3", "i4"],
             np.arange(4, dtype=np.float32))
-    assert buf.remove_user("a") == 2 and len(buf) == 2
+    assert buf.remove_users({"a"}) == 2 and len(buf) == 2
     assert buf.users[:2].tolist() == ["b", "c"] and buf.weights[:2].tolist() == [1.0, 3.0]
     assert "a" not in buf.sample(50)[0].tolist()
     buf.add(["d", "e"], ["i5", "i6"], np.ones(2, dtype=np.float32))

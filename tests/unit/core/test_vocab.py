@@ -63,6 +63,18 @@ def test_a_restore_may_overflow_the_cap_by_a_bound_until_trimmed() -> None:
     assert sorted(v.index) == ["u4", "u5", "u6"] and v.overflow == 0
 
 
+def test_rows_past_the_cap_are_allocated_in_small_steps() -> None:
+    """What a restore allocates over the cap stays allocated: a 64th of the cap at a time,
+    not the quarter that growth below the cap takes."""
+    v = Vocab(max_rows=100_000, admission_threshold=1, idle_ttl_ms=0)
+    v.overflow = 100_000
+    for k in range(100_001):
+        v.force(f"u{k}", k)
+    assert v.allocated == 100_001 + 100_000 // 64
+    v.trim()
+    assert len(v) == 100_000 and v.allocated == 100_001 + 100_000 // 64
+
+
 def test_learner_reports_admissions_per_table() -> None:
     learner = Learner(small_config(admission_threshold=2), device=DEVICE)
     first = learner.learn([ev("e1", "u1", "i1", T0), ev("e2", "u1", "i2", T0)])
