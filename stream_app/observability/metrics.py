@@ -85,6 +85,7 @@ class FallbackReason(StrEnum):
     UNKNOWN_USER = "unknown_user"
     COLD_USER = "cold_user"
     NOT_LOADED = "not_loaded"
+    BAD_USER_VECTOR = "bad_user_vector"
 
 
 class _ProcessMetrics:

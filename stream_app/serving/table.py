@@ -17,7 +17,6 @@ matrices, and each user's recent items (most recent first) for
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,11 +85,6 @@ class EmbeddingTable:
         self._check_dim(vector, row.key)
         if row.entity == "user":
             id_vec = row.state.get("id_vec")
-            # One dot product (a third of np.isfinite's cost, per user row of a load):
-            # not finite for NaN, Infinity, or a norm whose scores would overflow.
-            if isinstance(id_vec, np.ndarray) and not math.isfinite(id_vec.dot(id_vec)):
-                raise TableError(f"{row.key}: state id_vec holds NaN or Infinity, or its "
-                                 "squared norm overflows")
             self.users.put(row.id, vector, tuple(row.recent_items), row.updates,
                            id_vec if isinstance(id_vec, np.ndarray) and id_vec.shape == vector.shape
                            else None)

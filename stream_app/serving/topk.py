@@ -39,6 +39,7 @@ GATHER_BUDGET = 1 << 18
 
 UNKNOWN_USER = "unknown_user"
 COLD_USER = "cold_user"
+BAD_USER_VECTOR = "bad_user_vector"
 
 Scored = list[tuple[int, float]]
 """(slot, score) pairs, best first."""
@@ -46,7 +47,8 @@ Scored = list[tuple[int, float]]
 
 @dataclass(frozen=True, slots=True)
 class Ranking:
-    """One request's answer; `fallback` is None, "unknown_user" or "cold_user"."""
+    """One request's answer; `fallback` is None or why popularity was served (unknown_user,
+    cold_user, bad_user_vector)."""
 
     items: tuple[PredictedItem, ...]
     fallback: str | None
@@ -86,7 +88,9 @@ def user_vectors(table: EmbeddingTable, requests: Sequence[ScoreRequest],
 
     With the trainer's serving mix (from `meta:trainer`) and the user's id
     vector, the vector is rebuilt from the current item vectors; otherwise the
-    published serving vector is used as it is.
+    published serving vector is used as it is. A vector that is not finite (a
+    corrupt id vector, or a mix that overflows) is served popularity: checked
+    here once per batch, not on each of the million rows of a load.
     """
     dim = table.dim or 0
     out = np.zeros((len(requests), dim), dtype=np.float32)
@@ -108,6 +112,11 @@ def user_vectors(table: EmbeddingTable, requests: Sequence[ScoreRequest],
     vectors = torch.from_numpy(out).to(table.device)
     if fresh and table.mix is not None:
         vectors[fresh] = mixed_vectors(table, table.mix, users)
+        bad = ~torch.isfinite(vectors).all(dim=1)
+        if bool(bad.any()):
+            vectors[bad] = 0.0
+            for i in torch.nonzero(bad).flatten().tolist():
+                reasons[i] = BAD_USER_VECTOR
     return vectors, reasons
 
 

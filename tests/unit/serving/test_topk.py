@@ -9,6 +9,7 @@ import torch
 
 from stream_app.events import EmbeddingRow, ScoreRequest
 from stream_app.serving import COLD_USER, UNKNOWN_USER, EmbeddingTable, TableError, rank
+from stream_app.serving.table import ServingMix
 from tests.device import DEVICE
 
 torch.set_num_threads(1)
@@ -162,16 +163,24 @@ def test_explain_names_a_repeated_recent_item_once() -> None:
     assert rank(table, [req], explain_max=3)[0].items[0].because == ("a", "b")
 
 
-def test_a_user_row_with_a_non_finite_id_vector_is_refused() -> None:
+def test_a_user_whose_rebuilt_vector_is_not_finite_is_served_popularity() -> None:
+    """A corrupt id vector (or a mix that overflows) is caught once per batch, where
+    vectors are rebuilt, rather than on every row of a load."""
     table = EmbeddingTable(device=DEVICE)
-    row = user("u", np.ones(DIM, np.float32))
-    bad = EmbeddingRow(entity="user", id="u", vector=row.vector, bias=0.0, model_version="v",
-                       updates=1, updated_at=1, last_event_ts=1,
-                       state={"id_vec": np.full(DIM, np.nan, dtype=np.float32)})
-    table.upsert(row)
-    with pytest.raises(TableError, match="id_vec"):
-        table.upsert(bad)
-    assert table.users.get("u") is not None  # the row before stays
+    for n, b in enumerate([0.5, 3.0, 1.0]):
+        table.upsert(item(f"i{n}", np.ones(DIM, np.float32), b))
+    for ident, id_vec in (("bad", np.full(DIM, np.nan, dtype=np.float32)),
+                          ("good", -np.ones(DIM, dtype=np.float32))):
+        table.upsert(EmbeddingRow(entity="user", id=ident, vector=np.zeros(DIM, np.float32),
+                                  bias=0.0, model_version="v", updates=3, updated_at=1,
+                                  last_event_ts=1, recent_items=("i0",),
+                                  state={"id_vec": id_vec}))
+    table.mix = ServingMix(history_weight=0.5, recent_decay=0.9, recent_items=5)
+    bad, good = rank(table, [ScoreRequest(request_id="r", user_id=u, k=2, exclude_seen=False)
+                             for u in ("bad", "good")])
+    assert bad.fallback == "bad_user_vector"
+    assert [i.item_id for i in bad.items] == ["i1", "i2"]  # by bias alone
+    assert good.fallback is None and all(np.isfinite(i.score) for i in good.items)
 
 
 def test_mixed_batch_matches_one_by_one(world) -> None:  # type: ignore[no-untyped-def]
