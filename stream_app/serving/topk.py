@@ -88,9 +88,9 @@ def user_vectors(table: EmbeddingTable, requests: Sequence[ScoreRequest],
 
     With the trainer's serving mix (from `meta:trainer`) and the user's id
     vector, the vector is rebuilt from the current item vectors; otherwise the
-    published serving vector is used as it is. A vector that is not finite (a
-    corrupt id vector, or a mix that overflows) is served popularity: checked
-    here once per batch, not on each of the million rows of a load.
+    published serving vector is used as it is. A rebuilt vector that is not
+    finite or whose squared norm overflows (a corrupt id vector) is served
+    popularity: checked here once per batch, not on each row of a load.
     """
     dim = table.dim or 0
     out = np.zeros((len(requests), dim), dtype=np.float32)
@@ -112,7 +112,7 @@ def user_vectors(table: EmbeddingTable, requests: Sequence[ScoreRequest],
     vectors = torch.from_numpy(out).to(table.device)
     if fresh and table.mix is not None:
         vectors[fresh] = mixed_vectors(table, table.mix, users)
-        bad = ~torch.isfinite(vectors).all(dim=1)
+        bad = ~torch.isfinite((vectors * vectors).sum(dim=1))  # NaN, inf, or a norm past it
         if bool(bad.any()):
             vectors[bad] = 0.0
             for i in torch.nonzero(bad).flatten().tolist():

@@ -169,17 +169,21 @@ def test_a_user_whose_rebuilt_vector_is_not_finite_is_served_popularity() -> Non
     table = EmbeddingTable(device=DEVICE)
     for n, b in enumerate([0.5, 3.0, 1.0]):
         table.upsert(item(f"i{n}", np.ones(DIM, np.float32), b))
-    for ident, id_vec in (("bad", np.full(DIM, np.nan, dtype=np.float32)),
+    huge = np.zeros(DIM, dtype=np.float32)
+    huge[:2] = 3e38, -3e38  # finite, but its scores are not
+    for ident, id_vec in (("bad", np.full(DIM, np.nan, dtype=np.float32)), ("huge", huge),
                           ("good", -np.ones(DIM, dtype=np.float32))):
         table.upsert(EmbeddingRow(entity="user", id=ident, vector=np.zeros(DIM, np.float32),
                                   bias=0.0, model_version="v", updates=3, updated_at=1,
                                   last_event_ts=1, recent_items=("i0",),
                                   state={"id_vec": id_vec}))
     table.mix = ServingMix(history_weight=0.5, recent_decay=0.9, recent_items=5)
-    bad, good = rank(table, [ScoreRequest(request_id="r", user_id=u, k=2, exclude_seen=False)
-                             for u in ("bad", "good")])
-    assert bad.fallback == "bad_user_vector"
-    assert [i.item_id for i in bad.items] == ["i1", "i2"]  # by bias alone
+    bad, huge_, good = rank(table, [ScoreRequest(request_id="r", user_id=u, k=2,
+                                                 exclude_seen=False)
+                                    for u in ("bad", "huge", "good")])
+    for ranking in (bad, huge_):
+        assert ranking.fallback == "bad_user_vector"
+        assert [i.item_id for i in ranking.items] == ["i1", "i2"]  # by bias alone
     assert good.fallback is None and all(np.isfinite(i.score) for i in good.items)
 
 
