@@ -302,6 +302,7 @@ class Learner(LearnerOps, LearnerState):
         resolution would then stay in the heap (BENCHMARKS.md, Restore).
         """
         self._end_restore()
+        self._purge_forgotten()
         self._resolve_deferred()
 
     def _resolve_deferred(self) -> None:

@@ -34,9 +34,11 @@ A transaction writes its new rows before the tombstones of the rows it
 evicted, the changelog's partitions are read in no set order, and a late
 event leaves a live row with an old event time: so rows over the cap come
 and go while a restore reads, and evicting by recency then could drop a row
-the trainer kept. Rows past the cap stay allocated (`Vocab._allocate` adds
-them in steps of 1/64 of the cap).
+the trainer kept. Rows past the cap stay allocated (`Vocab._allocate` grows
+them by doubling what is past the cap, from 1,024 rows). At least 1,024 rows
+whatever the cap (`RESTORE_OVERFLOW_MIN`).
 """
+RESTORE_OVERFLOW_MIN = 1024
 
 
 class LearnerState(LearnerFields):
@@ -60,7 +62,8 @@ class LearnerState(LearnerFields):
         Restored histories not yet resolved (`_deferred`) stay deferred: during
         a restore, items listed in them may still arrive later in the changelog.
         """
-        self._forgotten.add(user_id)  # out of the replay buffer before it is next read
+        if len(self._replay):  # out of the buffer before it is next read (empty: nothing)
+            self._forgotten.add(user_id)
         self._rate.forget(user_id)
         row = self._user_vocab.remove(user_id)
         if row is None:
@@ -203,7 +206,7 @@ class LearnerState(LearnerFields):
         """
         is_user = rows.entity == "user"
         vocab = self._user_vocab if is_user else self._item_vocab
-        vocab.overflow = int(vocab.max_rows * RESTORE_OVERFLOW)
+        vocab.overflow = max(RESTORE_OVERFLOW_MIN, int(vocab.max_rows * RESTORE_OVERFLOW))
         pending: dict[int, int] = {}  # table row -> index in `rows` of its latest row
         for k, (ident, ts) in enumerate(zip(rows.ids, rows.last_event_ts, strict=True)):
             r, _evicted_ids, evicted = vocab.force(ident, ts)

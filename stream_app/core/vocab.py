@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 COLD_ROW = 0
 OVERFLOW_STEP_MIN = 1024
-"""Rows added at a time past the cap (or 1/64 of the cap, if more), during a restore."""
+"""Fewest rows a restore adds past the cap at a time (then as many as are past it already)."""
 _NEVER = np.iinfo(np.int64).min
 
 
@@ -68,7 +68,7 @@ class Vocab:
     @property
     def allocated(self) -> int:
         """Length of the row arrays; never past `max_rows + 1`, unless a restore's
-        `overflow` grew it (in steps of 1/64 of the cap, kept after `trim`).
+        `overflow` grew it (doubling what is past the cap, kept after `trim`).
 
         It grows by a quarter, not by doubling: the tables follow it, and
         doubling left up to half of them spare (at 600K restored rows, RSS
@@ -193,8 +193,9 @@ class Vocab:
             if r >= len(self.last_ts):
                 if r <= self.max_rows:  # by a quarter, up to the cap
                     size = min(max(len(self.last_ts) * 5 // 4, 16), self.max_rows + 1)
-                else:  # a restore's overflow: in small steps, as nothing shrinks the rows back
-                    size = min(len(self.last_ts) + max(OVERFLOW_STEP_MIN, self.max_rows // 64),
+                else:  # a restore's overflow, doubling the rows past the cap (they are kept)
+                    past = len(self.last_ts) - (self.max_rows + 1)
+                    size = min(len(self.last_ts) + max(OVERFLOW_STEP_MIN, past),
                                self.max_rows + 1 + self.overflow)
                 grown = np.full(size, _NEVER, dtype=np.int64)
                 grown[: len(self.last_ts)] = self.last_ts

@@ -296,6 +296,7 @@ def test_bulk_restore_equals_restoring_row_by_row_even_when_the_cap_evicts(
     still end where writing each row in turn ends (evictions interleave with writes once
     the restore's overflow, here one row, is used up)."""
     monkeypatch.setattr(learner_state, "RESTORE_OVERFLOW", 0.125)  # 1 row over 8 or 12
+    monkeypatch.setattr(learner_state, "RESTORE_OVERFLOW_MIN", 0)
     a = _trained(variant, n_batches=6)
     rows = _all_rows(a)
     random.Random(1).shuffle(rows)  # noqa: S311

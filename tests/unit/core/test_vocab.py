@@ -63,16 +63,19 @@ def test_a_restore_may_overflow_the_cap_by_a_bound_until_trimmed() -> None:
     assert sorted(v.index) == ["u4", "u5", "u6"] and v.overflow == 0
 
 
-def test_rows_past_the_cap_are_allocated_in_small_steps() -> None:
-    """What a restore allocates over the cap stays allocated: a 64th of the cap at a time,
-    not the quarter that growth below the cap takes."""
+def test_rows_past_the_cap_are_allocated_by_doubling_what_is_past_it() -> None:
+    """What a restore allocates over the cap stays allocated: 1,024 rows first, then as
+    many as are past the cap already (few copies, at most twice the overflow's peak)."""
     v = Vocab(max_rows=100_000, admission_threshold=1, idle_ttl_ms=0)
     v.overflow = 100_000
     for k in range(100_001):
         v.force(f"u{k}", k)
-    assert v.allocated == 100_001 + 100_000 // 64
+    assert v.allocated == 100_001 + 1024
+    for k in range(100_001, 100_000 + 1025):
+        v.force(f"u{k}", k)
+    assert v.allocated == 100_001 + 2048
     v.trim()
-    assert len(v) == 100_000 and v.allocated == 100_001 + 100_000 // 64
+    assert len(v) == 100_000 and v.allocated == 100_001 + 2048
 
 
 def test_learner_reports_admissions_per_table() -> None:
@@ -113,3 +116,6 @@ def test_a_forgotten_user_is_not_replayed_nor_kept_in_a_snapshot() -> None:
     restored = Learner(small_config(replay_ratio=1.0, rate_cap_events=100), device=DEVICE)
     restored.load_state_dict(state)
     assert len(restored._replay) == len(learner._replay) == 10  # noqa: SLF001
+    fresh = Learner(small_config(), device=DEVICE)  # a restore without a snapshot: no replay
+    fresh.forget_user("u1")
+    assert not fresh._forgotten  # noqa: SLF001 - nothing to purge, so no id is kept
