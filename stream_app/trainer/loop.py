@@ -177,13 +177,22 @@ class Trainer:
         """
         if not parts or consumer is None:
             return
+        whole = self._owns_every_input(consumer)  # asked first: a long restore makes the
+        # consumer look too long without a poll, and the answer False
         if self.cfg.restore and consumer.end_offsets(self.topics.embeddings) \
                 != self._restored_ends:
             log.info("partitions=%s newly assigned and the changelog moved: restoring", parts)
             self._restore()
-        self._scope(consumer)
+        self._scope(whole)
 
-    def _scope(self, consumer: GroupConsumer) -> None:
+    def _owns_every_input(self, consumer: GroupConsumer) -> bool:
+        try:
+            return consumer.owns_all([self.topics.clicks, self.topics.purchases])
+        except KafkaEdgeError as exc:
+            log.warning("cannot tell whether we own every partition (%s): assuming not", exc)
+            return False
+
+    def _scope(self, whole: bool) -> None:
         """While other trainers own some input partitions, publish only our own users.
 
         A restore loads every user, and a snapshot's replay buffer holds every
@@ -197,11 +206,6 @@ class Trainer:
         ours whose row is evicted before their next event keeps it in the
         changelog. The set grows with the users seen until the next assignment.
         """
-        try:
-            whole = consumer.owns_all([self.topics.clicks, self.topics.purchases])
-        except KafkaEdgeError as exc:
-            log.warning("cannot tell whether we own every partition (%s): assuming not", exc)
-            whole = False
         if whole:
             self._own_users = None
             return
