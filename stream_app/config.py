@@ -119,7 +119,8 @@ def parse_kv(pairs: list[str] | None, what: str = "-X") -> dict[str, str]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"{what} expects key=value, got {pair!r}")
+            shown = "***" if SECRET_PATTERN.search(pair) else repr(pair)  # it may hold one
+            raise ConfigError(f"{what} expects key=value, got {shown}")
         out[key.strip()] = value
     return out
 
@@ -140,11 +141,13 @@ def read_file(path: Path | None) -> dict[str, Any]:
         return {}
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            values = tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read --config {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config {path} is not valid TOML: {exc}") from exc
+    check_sections(values)
+    return values
 
 
 C = TypeVar("C")
@@ -166,6 +169,8 @@ def build(cls: type[C], section: str, file_values: Mapping[str, Any],
     if unknown:
         raise ConfigError(f"unknown key(s) in [{section}]: {', '.join(sorted(unknown))}; "
                           f"known: {', '.join(sorted(names))}")
+    for name, value in file_values.items():
+        _check_type(value, hints[name], f"[{section}] {name}")
     values: dict[str, Any] = {**(derived or {}), **file_values}
     prefix = f"STREAM_APP_{section.upper()}_" if env_prefix is None else env_prefix
     for name in names:
@@ -178,10 +183,23 @@ def build(cls: type[C], section: str, file_values: Mapping[str, Any],
         raise ConfigError(f"unknown {section} setting(s): {', '.join(sorted(unknown_flags))}")
     try:
         return cls(**values)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"[{section}] {exc}") from exc
+
+
+def _check_type(value: Any, hint: Any, where: str) -> None:
+    """A file value of the field's type: TOML has its own, and `restore = "false"` is a
+    string (true), `batch_max = 10.5` a float: both must be refused, not coerced."""
+    allowed = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    kinds = {a for a in allowed if isinstance(a, type)}
+    if not kinds or kinds & {tuple, list, dict, Path} and not isinstance(value, bool):
+        return  # composite fields: the dataclass checks them
+    ok = any(type(value) is kind or (kind is float and type(value) is int) for kind in kinds)
+    if not ok:
+        names = " or ".join(sorted(k.__name__ for k in kinds))
+        raise ConfigError(f"{where} must be {names}, got {value!r}")
 
 
 def from_text(cls: type[Any], name: str, raw: str, where: str) -> Any:
@@ -222,12 +240,44 @@ def default_group_id(kafka: KafkaConfig, role: str) -> str:
 def load_kafka(file_values: Mapping[str, Any], env: Mapping[str, str],
                flags: Mapping[str, Any], client: Mapping[str, str]) -> KafkaConfig:
     """The shared `[kafka]` section; librdkafka settings from `[kafka.client]`, file, -X."""
-    section = dict(file_values.get("kafka", {}))
-    merged_client = {str(k): str(v) for k, v in section.pop("client", {}).items()}
+    section = _table(file_values.get("kafka", {}), "[kafka]")
+    merged_client = _dotted(_table(section.pop("client", {}), "[kafka.client]"))
     merged_client.update(client)
     kafka = build(KafkaConfig, "kafka", section, env, flags, env_prefix="STREAM_APP_")
     return dataclasses.replace(kafka, client=merged_client)
 
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table of settings, got {value!r}")
+    return dict(value)
+
+
+def _dotted(table: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """librdkafka keys from `[kafka.client]`: TOML reads `security.protocol = "SSL"` as a
+    nested table, so nested keys are joined back with dots."""
+    out: dict[str, str] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+
+SECTIONS = frozenset({"kafka", "trainer", "learner", "scorer"})
+"""The config file's sections; any other top-level key is a typo."""
+
+
+def check_sections(file_values: Mapping[str, Any]) -> None:
+    """Refuse a top-level key that is no section (`[trainr]` must not be ignored)."""
+    unknown = set(file_values) - SECTIONS
+    if unknown:
+        raise ConfigError(f"unknown section(s) or top-level key(s) in --config: "
+                          f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(SECTIONS))}")
+    for name, value in file_values.items():
+        _table(value, f"[{name}]")
 
 
 def environment() -> dict[str, str]:

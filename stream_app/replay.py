@@ -9,6 +9,7 @@ fast the replay runs.
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -62,12 +63,16 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
     return producer.acked
 
 
+def check_rate(rate: float) -> None:
+    if not 0 <= rate < math.inf:  # NaN fails too
+        raise ConfigError(f"--rate must be >= 0 events/s (0: as fast as possible), got {rate}")
+
+
 def replay_file(kafka: KafkaConfig, path: Path, *, fmt: Format, limit: int | None,
                 rate: float, progress: bool) -> int:
     if limit is not None and limit <= 0:
         raise ConfigError(f"--limit must be > 0, got {limit}")
-    if rate < 0:
-        raise ConfigError(f"--rate must be >= 0 events/s, got {rate}")
+    check_rate(rate)
     records = itertools.islice(file_records(path, fmt), limit)
     return produce_records(kafka, records, total=limit, rate=rate, progress=progress,
                            label="replay")
@@ -78,6 +83,9 @@ def replay_generated(kafka: KafkaConfig, *, n_events: int, n_users: int, n_items
                      progress: bool) -> int:
     if min(n_events, n_users, n_items) <= 0:
         raise ConfigError("--events, --users and --items must all be > 0")
+    if not 0.0 <= malformed_share <= 1.0:  # NaN fails too
+        raise ConfigError(f"--malformed-share must be within [0, 1], got {malformed_share}")
+    check_rate(rate)
     records = generate(n_events, n_users, n_items, seed, malformed_share=malformed_share,
                        drift=drift)
     return produce_records(kafka, records, total=n_events, rate=rate, progress=progress,

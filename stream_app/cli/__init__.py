@@ -26,7 +26,8 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stream-app", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"stream-app {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
     for module in (tools, trainer, scorer, demo):
         module.add_commands(sub)
@@ -39,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from stream_app.kafka.exceptions import BrokerError, ConfigConflictError, TopicError
+    from stream_app.sources.records import SourceError
 
     try:
         handler: Handler = args.handler
@@ -48,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (BrokerError, TopicError) as exc:
         print(f"stream-app: {exc}", file=sys.stderr)
+        return 2
+    except SourceError as exc:  # read lazily: the records before it were sent
+        print(f"stream-app: stopped at a bad input line, the records before it were sent: "
+              f"{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from stream_app.config import KafkaConfig, TopicNames
-from stream_app.kafka.clients import merge
+from stream_app.kafka.clients import created, merge
 from stream_app.kafka.exceptions import AuthenticationError, BrokerError, TopicError
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ class TopicPlan:
 
 
 def admin_client(kafka: KafkaConfig) -> AdminClient:
-    return AdminClient(merge({}, kafka.client, {"bootstrap.servers": kafka.bootstrap_servers}))
+    return created(AdminClient,
+                   merge({}, kafka.client, {"bootstrap.servers": kafka.bootstrap_servers}))
 
 
 def wait_for_broker(bootstrap: str, timeout_s: float = 10.0, *, raise_on_timeout: bool = True,
@@ -57,7 +58,7 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 10.0, *, raise_on_timeout
     # Quiet: an unreachable broker is the expected answer while we wait.
     conf.setdefault("log_level", 0)
     deadline = time.monotonic() + timeout_s
-    admin = AdminClient(conf)
+    admin = created(AdminClient, conf)
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:

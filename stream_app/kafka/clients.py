@@ -8,12 +8,12 @@ guarantees in DESIGN.md depend on them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
-from stream_app.config import KafkaConfig, redact
+from stream_app.config import ConfigError, KafkaConfig, redact
 from stream_app.kafka.exceptions import ConfigConflictError
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def make_producer(kafka: KafkaConfig, client_id: str, *,
                   transactional_id: str | None = None, **extra: Any) -> Producer:
     conf = producer_config(kafka, client_id, transactional_id=transactional_id, **extra)
     log.debug("producer config %s", redact({k: str(v) for k, v in conf.items()}))
-    return Producer(conf)
+    return created(Producer, conf)
 
 
 def make_consumer(kafka: KafkaConfig, client_id: str, group_id: str, *,
@@ -120,4 +120,21 @@ def make_consumer(kafka: KafkaConfig, client_id: str, group_id: str, *,
     conf = consumer_config(kafka, client_id, group_id, read_committed=read_committed,
                            enforce=enforce, **extra)
     log.debug("consumer config %s", redact({k: str(v) for k, v in conf.items()}))
-    return Consumer(conf)
+    return created(Consumer, conf)
+
+
+T = TypeVar("T")
+
+
+def created(factory: Callable[[dict[str, Any]], T], conf: dict[str, Any]) -> T:
+    """A client of `conf`, or a `ConfigError` naming the setting librdkafka refused.
+
+    librdkafka checks its settings only when a client is made; an unknown key
+    or a bad value (`-X`, `--kafka-config`, `[kafka.client]`) is then the
+    user's configuration error, not a crash.
+    """
+    try:
+        return factory(conf)
+    except KafkaException as exc:
+        raise ConfigError(f"librdkafka refused the client settings (-X, --kafka-config, "
+                          f"[kafka.client]): {exc.args[0].str()}") from exc

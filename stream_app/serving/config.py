@@ -6,6 +6,7 @@ Loaded by `stream_app.config.build(ScorerConfig, "scorer", ...)` from the
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -88,7 +89,7 @@ class ScorerConfig:
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"scorer.metrics_port must be in 0..65535 (0 = free port), "
                               f"got {self.metrics_port}")
-        if self.exit_when_idle is not None and self.exit_when_idle <= 0:
+        if self.exit_when_idle is not None and not 0 < self.exit_when_idle < math.inf:
             raise ConfigError(f"scorer.exit_when_idle must be > 0 seconds (or unset), "
                               f"got {self.exit_when_idle}")
         _positive("lag_interval_s", self.lag_interval_s)
@@ -98,5 +99,5 @@ class ScorerConfig:
 
 
 def _positive(name: str, value: float) -> None:
-    if value <= 0:
+    if not 0 < value < math.inf:  # NaN fails too
         raise ConfigError(f"scorer.{name} must be > 0, got {value}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -65,18 +66,18 @@ class TrainerConfig:
         for name in ("batch_max", "step_max"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"trainer.{name} must be > 0, got {getattr(self, name)}")
-        if self.batch_wait_ms < 0:
+        if not 0 <= self.batch_wait_ms < math.inf:
             raise ConfigError(f"trainer.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"trainer.metrics_port must be in 0..65535, got {self.metrics_port}")
-        if self.exit_when_idle is not None and self.exit_when_idle <= 0:
+        if self.exit_when_idle is not None and not 0 < self.exit_when_idle < math.inf:
             raise ConfigError(f"trainer.exit_when_idle must be > 0 seconds, got "
                               f"{self.exit_when_idle}")
         if not 1 <= self.stall_timeout_s <= 86_400:
             raise ConfigError(f"trainer.stall_timeout_s must be in 1..86400 seconds, got "
                               f"{self.stall_timeout_s}")
         for name in ("snapshot_interval_s", "snapshot_max_age_s"):
-            if not getattr(self, name) > 0:
+            if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"trainer.{name} must be > 0 seconds, got "
                                   f"{getattr(self, name)}")
         if self.snapshot_dir is not None and not self.snapshot_dir.strip():

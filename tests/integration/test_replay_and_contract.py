@@ -102,6 +102,15 @@ def test_replay_limit_and_missing_file(kafka: KafkaConfig, tmp_path: Path,
     assert "replayed 3 events" in capsys.readouterr().out
     assert main(["replay", str(tmp_path / "nope.dat"), *base]) == 2
     assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"kind": "click", "event_id": "e1", "user_id": "u1", "item_id": "i1", '
+                   '"ts": 1}\n{"kind": "click", "event_id": "e2", "user_id": "u1", '
+                   '"item_id": "i1", "ts": "x"}\n')
+    assert main(["replay", str(bad), "--format", "jsonl", *base]) == 2  # not a traceback
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2" in err and "records before it were sent" in err
+    assert main(["replay", str(path), "-X", "no.such.setting=1", *base]) == 2
+    assert "No such configuration property" in capsys.readouterr().err
 
 
 def test_generate_produces_the_requested_count(kafka: KafkaConfig) -> None:

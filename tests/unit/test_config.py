@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from stream_app.cli import main
-from stream_app.config import ConfigError, KafkaConfig, TopicNames, build, load_kafka, redact
+from stream_app.config import (
+    ConfigError,
+    KafkaConfig,
+    TopicNames,
+    build,
+    load_kafka,
+    parse_kv,
+    redact,
+)
 from stream_app.kafka.clients import consumer_config, merge, producer_config
 from stream_app.kafka.exceptions import ConfigConflictError
 from stream_app.trainer import TrainerConfig
@@ -114,3 +123,46 @@ def test_derived_defaults_sit_below_file_env_and_flags() -> None:
         "p.stream-app-trainer"
     assert build(TrainerConfig, "trainer", {"group_id": "file"}, {}, {},
                  derived=derived).group_id == "file"
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("[trainr]\nbatch_max = 1\n", r"unknown section\(s\) or top-level key\(s\).*trainr"),
+    ("bootstrap_servers = 'a:1'\n", r"top-level key\(s\).*bootstrap_servers"),
+    ("[trainer]\nrestore = 'false'\n", r"\[trainer\] restore must be bool, got 'false'"),
+    ("[trainer]\nbatch_max = 10.5\n", r"\[trainer\] batch_max must be int, got 10.5"),
+    ("[trainer]\nbatch_max = true\n", r"\[trainer\] batch_max must be int, got True"),
+    ("[kafka]\nbootstrap_servers = ['a:1', 'b:2']\n", r"bootstrap_servers must be str"),
+    ("[kafka]\nclient = 'x'\n", r"\[kafka.client\] must be a table"),
+    ("kafka = 1\n", r"\[kafka\] must be a table"),
+])
+def test_a_config_file_of_wrong_shape_or_types_fails_with_exit_2(
+        toml: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """TOML has its own types: a string "false" is true, 10.5 is no count; refused, not
+    coerced, and a typo'd section is not ignored."""
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    assert main(["trainer", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error" in err
+    assert re.search(message, err), err
+
+
+def test_dotted_librdkafka_keys_in_the_file_stay_dotted() -> None:
+    """TOML reads `security.protocol = "SSL"` under [kafka.client] as a nested table."""
+    file = {"kafka": {"client": {"security": {"protocol": "SSL"}, "enable.idempotence": True}}}
+    client = load_kafka(file, {}, {}, {}).client
+    assert dict(client) == {"security.protocol": "SSL", "enable.idempotence": "true"}
+
+
+def test_a_malformed_setting_is_not_echoed_when_it_may_hold_a_secret() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_kv(["sasl.password:hunter2"])
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0])
+def test_idle_exit_and_intervals_refuse_nan_and_infinity(value: float) -> None:
+    with pytest.raises(ConfigError, match="exit_when_idle"):
+        TrainerConfig(exit_when_idle=value)
+    with pytest.raises(ConfigError, match="snapshot_interval_s"):
+        TrainerConfig(snapshot_interval_s=value)
