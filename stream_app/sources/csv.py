@@ -27,7 +27,7 @@ OPTIONAL_COLUMNS = ("quantity", "price")
 def read_csv(path: Path | str) -> Iterator[Event]:
     """Validated events, in file order; a bad row raises `SourceError` (line = file line)."""
     path = Path(path)
-    with open_text(path) as handle:
+    with open_text(path, encoding="utf-8-sig") as handle:  # a BOM (Excel's exports) is no field
         reader = csv.DictReader(handle)
         _check_header(path, reader.fieldnames)
         for row in reader:

@@ -27,7 +27,7 @@ from stream_app.events import Event, EventKind
 from stream_app.sources._files import open_text
 from stream_app.sources.records import SourceError
 
-Rating = tuple[int, int, int, int]
+Rating = tuple[int, int, float, int]
 """(user, item, rating, timestamp seconds)."""
 Mode = Literal["split", "both"]
 
@@ -88,10 +88,13 @@ def read_raw_ratings(path: Path) -> Iterator[Rating]:
             parts = line.split("::") if "::" in line else line.split("\t")
             if len(parts) != 4:
                 raise SourceError(path, number, f"expected 4 fields, got {len(parts)}")
-            try:
-                user, item, stars, seconds = (int(p) for p in parts)
+            try:  # stars in halves from ML-10M on
+                user, item, seconds = int(parts[0]), int(parts[1]), int(parts[3])
+                stars = float(parts[2])
             except ValueError as exc:
-                raise SourceError(path, number, f"non-integer field: {exc}") from exc
+                raise SourceError(path, number, f"bad field: {exc}") from exc
+            if not 0 <= stars <= 10:  # NaN fails too
+                raise SourceError(path, number, f"rating {parts[2]!r} out of range")
             if seconds < 0:
                 raise SourceError(path, number, f"negative timestamp {seconds}")
             yield user, item, stars, seconds

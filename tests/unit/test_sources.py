@@ -61,6 +61,13 @@ def test_movielens_bad_line_names_file_and_line(tmp_path: Path) -> None:
         list(read_ratings(path))
 
 
+def test_movielens_10m_half_stars(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.dat"
+    path.write_text("1::185::4.5::838983525\n1::186::3.5::838983526\n")
+    assert [e.kind for e in read_ratings(path, mode="split")] == [EventKind.PURCHASE,
+                                                                  EventKind.CLICK]
+
+
 def test_read_movies_latin1_and_titles_with_separator() -> None:
     titles = read_movies(DATA / "movies_small.dat")
     assert titles == {"1": "Toy Story (1995)", "2": "Café Society (1995)", "3": "A::B::C (1999)"}
@@ -133,6 +140,13 @@ def test_csv_events() -> None:
         ),
         Event(event_id="p2", user_id="u2", item_id="i2", ts=1700000002000, kind=EventKind.PURCHASE),
     ]  # fmt: skip
+
+
+def test_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """Excel's UTF-8 CSV export starts with a BOM: it is not part of the first column."""
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (DATA / "events_small.csv").read_bytes())
+    assert list(read_csv(path)) == list(read_csv(DATA / "events_small.csv"))
 
 
 def test_csv_bad_row_and_bad_header(tmp_path: Path) -> None:
