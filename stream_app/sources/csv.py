@@ -43,6 +43,9 @@ def _check_header(path: Path, fields: Any) -> None:
     extra = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if missing or extra:
         raise SourceError(path, 1, f"header: missing {missing}, unknown {extra}")
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:  # csv.DictReader would keep the last cell of each silently
+        raise SourceError(path, 1, f"header: columns named twice {twice}")
 
 
 def _event(row: dict[str, Any]) -> Event:

@@ -1,4 +1,4 @@
-"""Events from JSON Lines files: one event value per line, validated by the codec.
+"""Events from JSON Lines files (`.gz` too): one event value per line, validated by the codec.
 
 A line may carry `"kind": "click" | "purchase"` (removed before validation,
 since the topic, not the value, says the kind on Kafka); lines without it use
@@ -16,13 +16,14 @@ from stream_app.codec import DecodeError, DlqReason, encode_event, event_key
 from stream_app.codec.events import event_from_object
 from stream_app.codec.wire import EVENT_MAX_BYTES, check_value, parse_object
 from stream_app.events import Event, EventKind
+from stream_app.sources._files import open_binary
 from stream_app.sources.records import RawRecord, SourceError
 
 
 def read_jsonl(path: Path | str, *, kind: EventKind | None = None) -> Iterator[Event]:
     """Validated events; the first bad line raises `SourceError` (file, line, reason)."""
     path = Path(path)
-    with path.open("rb") as handle:
+    with open_binary(path) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -40,7 +41,7 @@ def read_jsonl_records(path: Path | str, *, kind: EventKind | None = None) -> It
     """
     path = Path(path)
     default = kind or EventKind.CLICK
-    with path.open("rb") as handle:
+    with open_binary(path) as handle:
         for line in handle:
             line = line.rstrip(b"\r\n")
             if not line.strip():

@@ -149,6 +149,18 @@ def test_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
     assert list(read_csv(path)) == list(read_csv(DATA / "events_small.csv"))
 
 
+def test_jsonl_reads_gzip_and_csv_refuses_a_column_named_twice(tmp_path: Path) -> None:
+    packed = tmp_path / "events.jsonl.gz"
+    with (DATA / "events_small.jsonl").open("rb") as src, gzip.open(packed, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    plain = list(read_jsonl(DATA / "events_small.jsonl", kind=EventKind.CLICK))
+    assert plain and list(read_jsonl(packed, kind=EventKind.CLICK)) == plain
+    twice = tmp_path / "twice.csv"
+    twice.write_text("event_id,user_id,item_id,ts,kind,kind\ne,u,i,1,click,purchase\n")
+    with pytest.raises(SourceError, match="named twice"):
+        list(read_csv(twice))
+
+
 def test_csv_bad_row_and_bad_header(tmp_path: Path) -> None:
     with pytest.raises(SourceError) as caught:
         list(read_csv(DATA / "events_bad.csv"))
