@@ -6,6 +6,7 @@ trainer loop reads as wiring and these rules are unit-tested on their own.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from stream_app.config import TopicNames
 from stream_app.events import DlqRecord, Event, EventKind, RowBlock
 from stream_app.kafka.records import RawRecord
 from stream_app.kafka.transaction import OutRecord
+from stream_app.observability.metrics import EventOutcome
 
 CONTROL_HEADER = "stream-app-control"
 """Header of control records on the event topics; value `forget` deletes the key's user.
@@ -162,6 +164,33 @@ def tombstones_to_publish(tombstones: Iterable[str], *, users: set[str],
     """
     live = {f"user:{u}" for u in users} | {f"item:{i}" for i in items}
     return [key for key in dict.fromkeys(tombstones) if key not in live]
+
+
+OUTCOMES = {"applied": EventOutcome.APPLIED, "duplicate": EventOutcome.DUPLICATE,
+            "rate_limited": EventOutcome.RATE_LIMITED}
+"""The learner's event outcomes as metric labels; any other outcome is a dead letter."""
+
+
+@dataclass(slots=True)
+class TxnCounts:
+    """What one transaction counts, added to the metrics once it commits: an aborted
+    batch is read and learned again, and would be counted twice."""
+
+    events: Counter[tuple[str, EventOutcome]] = field(default_factory=Counter)
+    admissions: Counter[str] = field(default_factory=Counter)
+    evictions: Counter[str] = field(default_factory=Counter)
+
+
+def own_users_only(own: set[str], changed_users: set[str], tombstones: list[str]) -> list[str]:
+    """Keep only `own` users in what a transaction publishes: `changed_users` is narrowed
+    in place, and the tombstones left are returned (item tombstones all stay).
+
+    >>> users = {"a", "b"}
+    >>> own_users_only({"a"}, users, ["user:a", "user:b", "item:x"]), users
+    (['user:a', 'item:x'], {'a'})
+    """
+    changed_users &= own
+    return [t for t in tombstones if not t.startswith("user:") or t[5:] in own]
 
 
 def output_records(topics: TopicNames, blocks: Iterable[RowBlock],

@@ -13,7 +13,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
@@ -27,10 +26,13 @@ from stream_app.kafka.records import Partition, RawRecord, next_offsets
 from stream_app.kafka.transaction import TransactionalPublisher, TxnOutcome
 from stream_app.observability.metrics import EvalModel, EventOutcome, FreshnessSince, TrainerMetrics
 from stream_app.trainer.batch import (
+    OUTCOMES,
     Decoded,
+    TxnCounts,
     decode_batch,
     event_time,
     output_records,
+    own_users_only,
     plan_steps,
     tombstones_to_publish,
     train_dlq,
@@ -45,20 +47,6 @@ log = logging.getLogger(__name__)
 
 ABORT_BACKOFF_CAP_S = 30.0
 """Longest pause between two tries of a batch whose transaction keeps aborting."""
-
-_OUTCOMES = {"applied": EventOutcome.APPLIED, "duplicate": EventOutcome.DUPLICATE,
-             "rate_limited": EventOutcome.RATE_LIMITED}
-
-
-@dataclass(slots=True)
-class _Counts:
-    """What one transaction counts, added to the metrics once it commits: an aborted
-    batch is read and learned again, and would be counted twice."""
-
-    events: Counter[tuple[str, EventOutcome]] = field(default_factory=Counter)
-    admissions: Counter[str] = field(default_factory=Counter)
-    evictions: Counter[str] = field(default_factory=Counter)
-
 
 class Trainer:
     """Wiring of Kafka edges and the learning core; see the module docstring."""
@@ -77,7 +65,7 @@ class Trainer:
         self.learner = Learner(learner_cfg, device=self.device)
         self.ready = False
         self._evals: list[EvalStats] = []
-        self._counts = _Counts()
+        self._counts = TxnCounts()
         self._restored_ends: dict[int, int] | None = None
         self._own_users: set[str] | None = None  # see _scope
         self._aborts_in_a_row = 0
@@ -123,11 +111,7 @@ class Trainer:
         if self._snapshots is None or not (due or stopping):
             return
         self._snapshot_at = time.monotonic()  # due again one interval on, written or not
-        try:
-            if not consumer.owns_all([self.topics.clicks, self.topics.purchases]):
-                return
-        except KafkaEdgeError as exc:
-            log.warning("snapshot skipped: %s", exc)
+        if not self._owns_every_input(consumer):
             return
         self._beat("snapshot")
         self._snapshots.write(self.learner, wait=stopping)
@@ -241,7 +225,7 @@ class Trainer:
         now_ms = int(time.time() * 1000)
         decoded = decode_batch(batch, self.topics, now_ms=now_ms,
                                max_future_ms=self.cfg.max_future_ms)
-        self._evals, self._counts = [], _Counts()
+        self._evals, self._counts = [], TxnCounts()
         changed_users: set[str] = set()
         changed_items: set[str] = set()
         tombstones: list[str] = []
@@ -253,9 +237,7 @@ class Trainer:
         changed_items.update(pending_items)
         if self._own_users is not None:
             self._own_users |= decoded.users()
-            changed_users &= self._own_users
-            tombstones = [t for t in tombstones
-                          if not t.startswith("user:") or t[5:] in self._own_users]
+            tombstones = own_users_only(self._own_users, changed_users, tombstones)
         tombstones = tombstones_to_publish(tombstones, users=changed_users, items=changed_items)
         blocks = self.learner.row_blocks(user_ids=sorted(changed_users),
                                          item_ids=sorted(changed_items),
@@ -364,7 +346,7 @@ class Trainer:
             elif outcome == "non_finite":
                 dlq.append(train_dlq(rec, DlqReason.NON_FINITE_LOSS,
                                      "loss or gradient not finite; batch not applied", now_ms))
-            counts[(rec.topic, _OUTCOMES.get(outcome, EventOutcome.DLQ))] += 1
+            counts[(rec.topic, OUTCOMES.get(outcome, EventOutcome.DLQ))] += 1
         self._counts.events.update(counts)
         if st.n_applied and st.loss == st.loss:
             losses.append((float(st.loss), st.n_applied))
