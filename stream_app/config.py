@@ -13,6 +13,7 @@ Environment names are `STREAM_APP_<FIELD>` for the shared Kafka settings
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import tomllib
@@ -102,6 +103,7 @@ class KafkaConfig:
             host, sep, port = server.strip().rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ConfigError(f"bootstrap_servers entries must be HOST:PORT, got {server!r}")
+        TopicNames(prefix=self.topic_prefix)  # checked here, before ids are derived from it
         object.__setattr__(self, "client", types.MappingProxyType(dict(self.client)))
 
     @property
@@ -211,6 +213,16 @@ def from_text(cls: type[Any], name: str, raw: str, where: str) -> Any:
 
 
 def _from_env(raw: str, hint: Any, var: str) -> Any:
+    if typing.get_origin(hint) is tuple:  # `0.9,0.99`: one item per element type
+        kinds = typing.get_args(hint)
+        items = raw.split(",")
+        if len(items) != len(kinds):
+            raise ConfigError(f"{var}={raw!r} must be {len(kinds)} comma-separated values")
+        try:
+            return tuple(_from_env(item.strip(), kind, var) for kind, item in zip(kinds, items))
+        except ConfigError as exc:
+            kind_names = ",".join(k.__name__ for k in kinds)
+            raise ConfigError(f"{var}={raw!r} is not a valid {kind_names}") from exc
     base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
     target = base[0] if isinstance(base[0], type) else str
     try:
@@ -278,6 +290,35 @@ def check_sections(file_values: Mapping[str, Any]) -> None:
                           f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(SECTIONS))}")
     for name, value in file_values.items():
         _table(value, f"[{name}]")
+
+
+SHARED_ENV = frozenset({"STREAM_APP_BOOTSTRAP_SERVERS", "STREAM_APP_TOPIC_PREFIX",
+                        "STREAM_APP_BROKER_SASL_PASSWORD"})
+"""Variables outside the sections: the `[kafka]` fields and the broker's password."""
+
+TEST_ENV_PREFIX = "STREAM_APP_TEST_"
+"""The test suite's own variables (`STREAM_APP_TEST_DEVICE`): no command reads them."""
+
+
+def check_environment(env: Mapping[str, str], sections: Mapping[str, type[Any]]) -> None:
+    """Refuse a `STREAM_APP_*` variable no command reads, as a typo in the file is refused.
+
+    `sections` are the ones this command builds; a variable of another section
+    (`STREAM_APP_SCORER_*` seen by the trainer, in a shared environment) is left
+    to the command that reads it, so each name is checked where it is used.
+    """
+    known = set(SHARED_ENV)
+    for section, cls in sections.items():
+        known |= {f"STREAM_APP_{section.upper()}_{f.name.upper()}"
+                  for f in dataclasses.fields(cls)}
+    others = tuple(f"STREAM_APP_{s.upper()}_" for s in SECTIONS - {"kafka", *sections})
+    unknown = sorted(name for name in env if name.startswith("STREAM_APP_")
+                     and name not in known and not name.startswith((TEST_ENV_PREFIX, *others)))
+    if unknown:
+        hints = [f"{name} (did you mean {match[0]}?)" if (match := difflib.get_close_matches(
+            name, known, n=1)) else name for name in unknown]
+        raise ConfigError(f"unknown environment variable(s): {', '.join(hints)}; unset them, "
+                          f"or see README, Configuration, for the known ones")
 
 
 def environment() -> dict[str, str]:

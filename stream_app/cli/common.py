@@ -8,6 +8,7 @@ from pathlib import Path
 
 from stream_app.config import (
     KafkaConfig,
+    check_environment,
     environment,
     load_kafka,
     parse_kv,
@@ -35,7 +36,9 @@ def kafka_config(args: argparse.Namespace) -> KafkaConfig:
     client = read_properties(args.kafka_config) if args.kafka_config else {}
     client.update(parse_kv(args.kafka_settings))
     flags = {"bootstrap_servers": args.bootstrap_servers, "topic_prefix": args.topic_prefix}
-    return load_kafka(read_file(args.config), environment(), flags, client)
+    env = environment()
+    check_environment(env, {})
+    return load_kafka(read_file(args.config), env, flags, client)
 
 
 def component_args(p: argparse.ArgumentParser, metrics_port: int) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from stream_app.cli.common import kafka_args, kafka_config
-from stream_app.config import environment
+from stream_app.config import check_environment, environment
 
 
 def add_commands(sub: Any) -> None:
@@ -58,6 +58,7 @@ def _broker(args: argparse.Namespace) -> int:
     from stream_app.kafka.admin import wait_for_broker
 
     env = environment()
+    check_environment(env, {})
     flags: dict[str, Any] = {"port": args.port, "state_dir": args.state_dir,
                              "cache_dir": args.cache_dir, "sasl_user": args.sasl_user,
                              "sasl_password": args.sasl_password

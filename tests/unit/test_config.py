@@ -166,3 +166,46 @@ def test_idle_exit_and_intervals_refuse_nan_and_infinity(value: float) -> None:
         TrainerConfig(exit_when_idle=value)
     with pytest.raises(ConfigError, match="snapshot_interval_s"):
         TrainerConfig(snapshot_interval_s=value)
+
+
+def test_unknown_environment_variables_are_refused_where_their_section_is_read(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream_app.config import check_environment
+    from stream_app.core import LearnerConfig
+
+    trainer = {"trainer": TrainerConfig, "learner": LearnerConfig}
+    check_environment({"STREAM_APP_TRAINER_BATCH_MAX": "1", "STREAM_APP_LEARNER_DIM": "8",
+                       "STREAM_APP_SCORER_ANYTHING": "x", "STREAM_APP_TEST_KILLS": "3",
+                       "STREAM_APP_TOPIC_PREFIX": "p.", "OTHER": "x"}, trainer)
+    with pytest.raises(ConfigError, match=r"STREAM_APP_TRAINER_BATCH_MAXX \(did you mean "
+                                          r"STREAM_APP_TRAINER_BATCH_MAX\?\)"):
+        check_environment({"STREAM_APP_TRAINER_BATCH_MAXX": "1"}, trainer)
+    with pytest.raises(ConfigError, match="STREAM_APP_BOOTSTRAP_SERVER "):
+        check_environment({"STREAM_APP_BOOTSTRAP_SERVER": "a:1"}, {})
+    with pytest.raises(ConfigError, match="STREAM_APP_KAFKA_BOOTSTRAP_SERVERS"):
+        check_environment({"STREAM_APP_KAFKA_BOOTSTRAP_SERVERS": "a:1"}, trainer)
+    monkeypatch.setenv("STREAM_APP_SCORER_BATCH_MAXX", "1")
+    assert main(["scorer", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "STREAM_APP_SCORER_BATCH_MAXX (did you mean" in capsys.readouterr().err
+
+
+def test_tuple_settings_from_the_environment_and_learner_flags() -> None:
+    from stream_app.cli.trainer import _typed
+    from stream_app.core import LearnerConfig
+
+    env = {"STREAM_APP_LEARNER_ADAM_BETAS": "0.8, 0.99"}
+    assert build(LearnerConfig, "learner", {}, env, {}).adam_betas == (0.8, 0.99)
+    flags = _typed(LearnerConfig, {"adam_betas": "0.5,0.9"})
+    assert build(LearnerConfig, "learner", {}, env, flags).adam_betas == (0.5, 0.9)
+    with pytest.raises(ConfigError, match="must be 2 comma-separated values"):
+        build(LearnerConfig, "learner", {}, {"STREAM_APP_LEARNER_ADAM_BETAS": "0.9"}, {})
+    with pytest.raises(ConfigError, match=r"-L adam_betas='0.9,x' is not a valid float,float"):
+        _typed(LearnerConfig, {"adam_betas": "0.9,x"})
+
+
+def test_a_bad_topic_prefix_is_reported_as_one(capsys: pytest.CaptureFixture[str]) -> None:
+    # The group id is derived from the prefix; the prefix must be the one named.
+    assert main(["trainer", "--topic-prefix", "bad prefix!",
+                 "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "topic_prefix may only hold" in err and "group" not in err
