@@ -20,12 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not in the stubs' exports
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 from stream_app.codec import decode_dlq, decode_embedding, is_meta_key
 from stream_app.config import KafkaConfig
 from stream_app.core import LearnerConfig
 from stream_app.events import DlqRecord, EmbeddingRow, Event, KeyValue
 from stream_app.kafka import broker
+from stream_app.kafka.admin import admin_client
 from stream_app.kafka.consumer import read_to_end
 from stream_app.replay import produce_records
 from stream_app.sources import RawRecord
@@ -153,6 +160,20 @@ def scrape(port: int, path: str = "/metrics") -> str:
         return str(resp.read().decode())
 
 
+def metric_sums(port: int) -> dict[str, float]:
+    """Each sample name of `/metrics` summed over its labels, plus `name{label=value}` sums
+    for every single label (`stream_app_admissions_total{table=user}`)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: Counter[str] = Counter()
+    for family in text_string_to_metric_families(scrape(port)):
+        for sample in family.samples:
+            sums[sample.name] += sample.value
+            for label, value in sample.labels.items():
+                sums[f"{sample.name}{{{label}={value}}}"] += sample.value
+    return dict(sums)
+
+
 def wait_for(predicate: object, timeout: float, what: str) -> object:
     return wait_until(predicate, timeout=timeout, interval=0.25, what=what)  # type: ignore[arg-type]
 
@@ -169,3 +190,14 @@ def row_history(kafka: KafkaConfig, key: str) -> list[tuple[str, int]]:
             row = decode_embedding(k, value)
             out.append((row.model_version, row.updates) if row else ("tombstone", -1))
     return out
+
+
+def set_max_message_bytes(kafka: KafkaConfig, value: str | None) -> None:
+    """Set the topic's `max.message.bytes`, or back to the broker default (None)."""
+    op = AlterConfigOpType.SET if value is not None else AlterConfigOpType.DELETE
+    entry = ConfigEntry("max.message.bytes", value or "", incremental_operation=op)
+    resource = ConfigResource(ResourceType.TOPIC, kafka.topics.embeddings,
+                              incremental_configs=[entry])
+    admin = admin_client(kafka)  # alive until the future resolves
+    for fut in admin.incremental_alter_configs([resource]).values():
+        fut.result()

@@ -23,15 +23,7 @@ import os
 import time
 from pathlib import Path
 
-from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not in the stubs' exports
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    ResourceType,
-)
-
 from stream_app.config import KafkaConfig
-from stream_app.kafka.admin import admin_client
 from stream_app.sources.generate import generate
 from tests.integration.kafka_helpers import wait_until
 from tests.reliability.harness import (
@@ -40,6 +32,7 @@ from tests.reliability.harness import (
     end_total,
     expected_user_updates,
     produce,
+    set_max_message_bytes,
 )
 from tests.reliability.processes import TrainerProc
 
@@ -48,17 +41,6 @@ BLOCKED_S = 30
 STALL_S = 20
 TXN_TIMEOUT_MS = 8_000
 """Short, so a refused transaction gives up (and is aborted) a few times while blocked."""
-
-
-def _set_max_message_bytes(kafka: KafkaConfig, value: str | None) -> None:
-    """Set the topic's `max.message.bytes`, or back to the broker default (None)."""
-    op = AlterConfigOpType.SET if value is not None else AlterConfigOpType.DELETE
-    entry = ConfigEntry("max.message.bytes", value or "", incremental_operation=op)
-    resource = ConfigResource(ResourceType.TOPIC, kafka.topics.embeddings,
-                              incremental_configs=[entry])
-    admin = admin_client(kafka)  # alive until the future resolves
-    for fut in admin.incremental_alter_configs([resource]).values():
-        fut.result()
 
 
 def _proc_sample(pid: int) -> tuple[float, int]:
@@ -88,7 +70,7 @@ def test_trainer_waits_while_embeddings_is_unwritable_then_catches_up(
 
     # Step 2. Make embeddings unwritable and give the trainer more work. The
     # test supervises it as production would: a watchdog exit (75) restarts it.
-    _set_max_message_bytes(kafka, "128")
+    set_max_message_bytes(kafka, "128")
     produce(kafka, stream[2_000:])
     t0 = time.monotonic()
     cpu: dict[int, tuple[float, float]] = {}  # pid -> (first, last) CPU seconds seen
@@ -109,7 +91,7 @@ def test_trainer_waits_while_embeddings_is_unwritable_then_catches_up(
     assert rss_max < rss0 + 200 * 2**20, f"RSS grew from {rss0 >> 20} to {rss_max >> 20} MiB"
 
     # Step 3. Writable again: it catches up, exactly once.
-    _set_max_message_bytes(kafka, None)
+    set_max_message_bytes(kafka, None)
 
     def caught_up() -> bool:
         trainer.supervise()

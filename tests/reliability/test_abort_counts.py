@@ -1,0 +1,63 @@
+"""An aborted transaction counts nothing: the trainer's counters move only on commit.
+
+The learner's step has already run when a transaction aborts; the batch is
+read again and learned again after the restore. If events, admissions or
+evictions were counted at the step, every abort would count them twice and
+`stream_app_events_total` would no longer add up to what was read. Here
+`embeddings` is made unwritable (`max.message.bytes` 128, as in
+test_unwritable_embeddings) until the trainer has aborted, then writable again;
+after it catches up, its counters must equal the stream's: each record once,
+each user and item admitted once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stream_app.config import KafkaConfig
+from stream_app.sources.generate import generate
+from tests.integration.kafka_helpers import wait_until
+from tests.reliability.harness import (
+    audit,
+    committed_total,
+    end_total,
+    metric_sums,
+    produce,
+    set_max_message_bytes,
+)
+from tests.reliability.processes import TrainerProc
+
+GROUP = "rel-abort-counts"
+
+
+def test_counters_equal_the_stream_after_aborted_transactions(
+        make_kafka: object, tmp_path: Path, trainers: list[TrainerProc]) -> None:
+    kafka: KafkaConfig = make_kafka()  # type: ignore[operator]
+    topics = [kafka.topics.clicks, kafka.topics.purchases]
+    stream = list(generate(1_500, n_users=150, n_items=100, seed=43))
+    trainer = TrainerProc(kafka, tmp_path, group_id=GROUP, batch_max=100,
+                          extra=("-X", "transaction.timeout.ms=8000", "--stall-timeout", "120"))
+    trainers.append(trainer)
+    set_max_message_bytes(kafka, "128")
+    produce(kafka, stream)
+    trainer.start()
+    port = trainer.metrics_port()
+    wait_until(lambda: metric_sums(port).get("stream_app_transaction_aborts_total", 0) >= 2,
+               timeout=90, interval=0.5, what="two aborted transactions")
+    assert committed_total(kafka, GROUP, topics) == 0
+
+    set_max_message_bytes(kafka, None)
+    wait_until(lambda: committed_total(kafka, GROUP, topics) >= end_total(kafka, topics),
+               timeout=120, interval=0.5, what="the trainer to catch up")
+    sums = metric_sums(port)
+    assert trainer.terminate() == 0, trainer.log_text()[-3000:]
+    assert trainer.starts == 1 and trainer.stall_restarts == 0  # one process: its counters
+    # cover the whole run
+    got = audit(kafka)
+    assert sums["stream_app_events_total"] == len(stream)
+    assert sums["stream_app_events_total{outcome=applied}"] == got.user_updates
+    assert sums["stream_app_admissions_total{table=user}"] == len(got.users)
+    assert sums["stream_app_admissions_total{table=item}"] == len(got.items)
+    assert sums.get("stream_app_evictions_total", 0) == 0
+    print(f"abort counts: aborts={sums['stream_app_transaction_aborts_total']:.0f}, "
+          f"events={len(stream)}, users={len(got.users)}, items={len(got.items)}")
