@@ -193,6 +193,17 @@ def own_users_only(own: set[str], changed_users: set[str], tombstones: list[str]
     return [t for t in tombstones if not t.startswith("user:") or t[5:] in own]
 
 
+def leave_scope(own: set[str], tombstones: Iterable[str]) -> None:
+    """Drop from `own` the users whose tombstone committed, so the set stays bounded by
+    the rows a trainer holds; a user's next event brings them back into it.
+
+    >>> own = {"a", "b"}
+    >>> leave_scope(own, ["user:a", "item:b"]); own
+    {'b'}
+    """
+    own.difference_update(t[5:] for t in tombstones if t.startswith("user:"))
+
+
 def output_records(topics: TopicNames, blocks: Iterable[RowBlock],
                    tombstones: Iterable[str], meta: dict[str, object],
                    dlq: Iterable[DlqRecord]) -> list[OutRecord]:

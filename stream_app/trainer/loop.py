@@ -31,6 +31,7 @@ from stream_app.trainer.batch import (
     TxnCounts,
     decode_batch,
     event_time,
+    leave_scope,
     output_records,
     own_users_only,
     plan_steps,
@@ -188,7 +189,8 @@ class Trainer:
         the replay buffer starts empty, and the users published are those with
         an event or a forget on our partitions since (`_own_users`). A user of
         ours whose row is evicted before their next event keeps it in the
-        changelog. The set grows with the users seen until the next assignment.
+        changelog. A user leaves the set when their tombstone commits, so it
+        holds at most our users with a row plus those waiting for admission.
         """
         if whole:
             self._own_users = None
@@ -267,6 +269,8 @@ class Trainer:
                 self.learner.clear_replay()  # but the restore may have loaded a snapshot's
         else:
             self._aborts_in_a_row = 0
+            if self._own_users is not None:
+                leave_scope(self._own_users, tombstones)
             self._observe(batch, decoded, blocks, dlq, applied, published_ms)
         self.metrics.batch_seconds.observe(time.monotonic() - started)
         return batch_result(batch, decoded, self._evals, applied=applied, losses=losses,
