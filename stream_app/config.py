@@ -171,9 +171,9 @@ def build(cls: type[C], section: str, file_values: Mapping[str, Any],
     if unknown:
         raise ConfigError(f"unknown key(s) in [{section}]: {', '.join(sorted(unknown))}; "
                           f"known: {', '.join(sorted(names))}")
+    values: dict[str, Any] = {**(derived or {})}
     for name, value in file_values.items():
-        _check_type(value, hints[name], f"[{section}] {name}")
-    values: dict[str, Any] = {**(derived or {}), **file_values}
+        values[name] = _file_value(value, hints[name], f"[{section}] {name}")
     prefix = f"STREAM_APP_{section.upper()}_" if env_prefix is None else env_prefix
     for name in names:
         raw = env.get(prefix + name.upper())
@@ -191,9 +191,31 @@ def build(cls: type[C], section: str, file_values: Mapping[str, Any],
         raise ConfigError(f"[{section}] {exc}") from exc
 
 
-def _check_type(value: Any, hint: Any, where: str) -> None:
+def _file_value(value: Any, hint: Any, where: str) -> Any:
     """A file value of the field's type: TOML has its own, and `restore = "false"` is a
-    string (true), `batch_max = 10.5` a float: both must be refused, not coerced."""
+    string (true), `batch_max = 10.5` a float: both must be refused, not coerced. An
+    array for a pair (`adam_betas = [0.9, 0.999]`) becomes a tuple, checked per item."""
+    kinds = _tuple_kinds(hint, len(value) if isinstance(value, list) else 0)
+    if kinds is None:
+        _check_type(value, hint, where)
+        return value
+    if not isinstance(value, list) or len(value) != len(kinds):
+        raise ConfigError(f"{where} must be an array of {len(kinds)} values, got {value!r}")
+    for kind, item in zip(kinds, value, strict=True):
+        _check_type(item, kind, where)
+    return tuple(value)
+
+
+def _tuple_kinds(hint: Any, n: int) -> tuple[Any, ...] | None:
+    """The item types of a `tuple[...]` field (`tuple[float, ...]` taken as `n` floats),
+    or None for any other field."""
+    if typing.get_origin(hint) is not tuple:
+        return None
+    kinds = typing.get_args(hint)
+    return (kinds[0],) * n if len(kinds) == 2 and kinds[1] is Ellipsis else kinds
+
+
+def _check_type(value: Any, hint: Any, where: str) -> None:
     allowed = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
     kinds = {a for a in allowed if isinstance(a, type)}
     if not kinds or kinds & {tuple, list, dict, Path} and not isinstance(value, bool):
@@ -213,9 +235,9 @@ def from_text(cls: type[Any], name: str, raw: str, where: str) -> Any:
 
 
 def _from_env(raw: str, hint: Any, var: str) -> Any:
-    if typing.get_origin(hint) is tuple:  # `0.9,0.99`: one item per element type
-        kinds = typing.get_args(hint)
-        items = raw.split(",")
+    items = raw.split(",")
+    kinds = _tuple_kinds(hint, len(items))
+    if kinds is not None:  # `0.9,0.999`: one item per element type
         if len(items) != len(kinds):
             raise ConfigError(f"{var}={raw!r} must be {len(kinds)} comma-separated values")
         try:
@@ -316,7 +338,7 @@ def check_environment(env: Mapping[str, str], sections: Mapping[str, type[Any]])
                      and name not in known and not name.startswith((TEST_ENV_PREFIX, *others)))
     if unknown:
         hints = [f"{name} (did you mean {match[0]}?)" if (match := difflib.get_close_matches(
-            name, known, n=1)) else name for name in unknown]
+            name, known, n=1, cutoff=0.8)) else name for name in unknown]
         raise ConfigError(f"unknown environment variable(s): {', '.join(hints)}; unset them, "
                           f"or see README, Configuration, for the known ones")
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from stream_app.config import (
     KafkaConfig,
@@ -31,13 +32,19 @@ def kafka_args(p: argparse.ArgumentParser) -> None:
                    help="librdkafka setting passed through, e.g. -X security.protocol=SASL_SSL")
 
 
-def kafka_config(args: argparse.Namespace) -> KafkaConfig:
-    """The shared Kafka settings from file < env < flags (used by every command)."""
+def kafka_config(args: argparse.Namespace,
+                 sections: Mapping[str, type[Any]] | None = None) -> KafkaConfig:
+    """The shared Kafka settings from file < env < flags (used by every command).
+
+    `sections` are the other config sections the command reads: their
+    `STREAM_APP_*` variables are checked with the shared ones, in one pass, so
+    a typo is named with the nearest variable of any of them.
+    """
     client = read_properties(args.kafka_config) if args.kafka_config else {}
     client.update(parse_kv(args.kafka_settings))
     flags = {"bootstrap_servers": args.bootstrap_servers, "topic_prefix": args.topic_prefix}
     env = environment()
-    check_environment(env, {})
+    check_environment(env, sections or {})
     return load_kafka(read_file(args.config), env, flags, client)
 
 

@@ -46,10 +46,9 @@ def _scorer(args: argparse.Namespace) -> int:
              "batch_max": args.batch_max, "batch_wait_ms": args.batch_wait_ms,
              "threads": args.threads}
     file_values = read_file(args.config).get("scorer", {})
-    from stream_app.config import build, check_environment, default_group_id
+    from stream_app.config import build, default_group_id
 
-    kafka = kafka_config(args)
-    check_environment(environment(), {"scorer": ScorerConfig})
+    kafka = kafka_config(args, {"scorer": ScorerConfig})
     cfg = build(ScorerConfig, "scorer", file_values, environment(), flags,
                 derived={"group_id": default_group_id(kafka, "scorer")})
     return run_scorer(kafka, cfg)

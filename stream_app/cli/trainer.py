@@ -42,7 +42,7 @@ def add_commands(sub: Any) -> None:
 
 
 def _trainer(args: argparse.Namespace) -> int:
-    from stream_app.config import build, check_environment, default_group_id
+    from stream_app.config import build, default_group_id
     from stream_app.core import LearnerConfig
     from stream_app.trainer import TrainerConfig, run_trainer
 
@@ -51,8 +51,7 @@ def _trainer(args: argparse.Namespace) -> int:
         "group_id", "device", "metrics_host", "metrics_port", "exit_when_idle", "instance_id",
         "batch_max", "step_max", "batch_wait_ms", "restore", "stats_file", "stall_timeout_s",
         "snapshot_dir", "snapshot_interval_s")}
-    kafka = kafka_config(args)
-    check_environment(environment(), {"trainer": TrainerConfig, "learner": LearnerConfig})
+    kafka = kafka_config(args, {"trainer": TrainerConfig, "learner": LearnerConfig})
     cfg = build(TrainerConfig, "trainer", file.get("trainer", {}), environment(), flags,
                 derived={"group_id": default_group_id(kafka, "trainer")})
     learner_flags = _typed(LearnerConfig, parse_kv(args.learner_settings, "-L"))

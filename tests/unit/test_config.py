@@ -184,9 +184,16 @@ def test_unknown_environment_variables_are_refused_where_their_section_is_read(
         check_environment({"STREAM_APP_BOOTSTRAP_SERVER": "a:1"}, {})
     with pytest.raises(ConfigError, match="STREAM_APP_KAFKA_BOOTSTRAP_SERVERS"):
         check_environment({"STREAM_APP_KAFKA_BOOTSTRAP_SERVERS": "a:1"}, trainer)
+    with pytest.raises(ConfigError, match=r"STREAM_APP_CLIENT; unset"):  # no far-off guess
+        check_environment({"STREAM_APP_CLIENT": "x"}, trainer)
     monkeypatch.setenv("STREAM_APP_SCORER_BATCH_MAXX", "1")
     assert main(["scorer", "--bootstrap-servers", "127.0.0.1:1"]) == 2
-    assert "STREAM_APP_SCORER_BATCH_MAXX (did you mean" in capsys.readouterr().err
+    assert "STREAM_APP_SCORER_BATCH_MAXX (did you mean STREAM_APP_SCORER_BATCH_MAX?)" in \
+        capsys.readouterr().err
+    monkeypatch.delenv("STREAM_APP_SCORER_BATCH_MAXX")
+    monkeypatch.setenv("STREAM_APP_BATCH_MAX", "1")  # the section left out
+    assert main(["trainer", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "(did you mean STREAM_APP_TRAINER_BATCH_MAX?)" in capsys.readouterr().err
 
 
 def test_tuple_settings_from_the_environment_and_learner_flags() -> None:
@@ -201,6 +208,11 @@ def test_tuple_settings_from_the_environment_and_learner_flags() -> None:
         build(LearnerConfig, "learner", {}, {"STREAM_APP_LEARNER_ADAM_BETAS": "0.9"}, {})
     with pytest.raises(ConfigError, match=r"-L adam_betas='0.9,x' is not a valid float,float"):
         _typed(LearnerConfig, {"adam_betas": "0.9,x"})
+    assert build(LearnerConfig, "learner", {"adam_betas": [0.8, 0.99]}, {}, {}).adam_betas \
+        == (0.8, 0.99)
+    for bad in ([0.9], [0.9, "x"], 0.9):
+        with pytest.raises(ConfigError, match=r"\[learner\] adam_betas must be"):
+            build(LearnerConfig, "learner", {"adam_betas": bad}, {}, {})
 
 
 def test_a_bad_topic_prefix_is_reported_as_one(capsys: pytest.CaptureFixture[str]) -> None:
