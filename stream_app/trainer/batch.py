@@ -194,8 +194,9 @@ def own_users_only(own: set[str], changed_users: set[str], tombstones: list[str]
 
 
 def leave_scope(own: set[str], tombstones: Iterable[str]) -> None:
-    """Drop from `own` the users whose tombstone committed, so the set stays bounded by
-    the rows a trainer holds; a user's next event brings them back into it.
+    """Drop from `own` the users whose tombstone committed: they hold no row, and their
+    next event brings them back into the set. Without it the set grew with every
+    user seen, rows evicted or not, until the next assignment.
 
     >>> own = {"a", "b"}
     >>> leave_scope(own, ["user:a", "item:b"]); own

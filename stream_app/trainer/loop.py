@@ -189,8 +189,9 @@ class Trainer:
         the replay buffer starts empty, and the users published are those with
         an event or a forget on our partitions since (`_own_users`). A user of
         ours whose row is evicted before their next event keeps it in the
-        changelog. A user leaves the set when their tombstone commits, so it
-        holds at most our users with a row plus those waiting for admission.
+        changelog. A user leaves the set when their tombstone commits; one who
+        never got a row (every event a duplicate or dead-lettered, or still
+        waiting for admission) stays until the next assignment.
         """
         if whole:
             self._own_users = None
