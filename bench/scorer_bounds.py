@@ -13,6 +13,11 @@ Zipf(1) catalogue), one CPU thread, for each catalogue size:
   the first request after a quarter of the slots were written pays
   (seconds; best and worst of three).
 
+Reference, measured in the same run: one request's full product (its vector
+against every item, plus the bias, then the top K; best of five), what each
+request would cost without the pruning. The upkeep is reported as that many
+full products (`*_in_full_products`), and the blocks needed as a share of all.
+
     python -m bench.scorer_bounds --out bench/results/scorer_bounds.json
 """
 
@@ -54,10 +59,18 @@ def measure(items: int, users: int, writes: int, k: int) -> dict[str, Any]:
     needed = BoundIndex._needed(index._best(vectors), kth).numpy()  # noqa: SLF001
     slots = torch.randperm(len(bias), generator=torch.Generator().manual_seed(0))[:writes]
     raise_s = timed(lambda: index.raise_bounds(slots, matrix[slots], bias[slots]), 5)
-    return {"items": items, "blocks": len(index.max_bias),
-            "blocks_needed_p5_p50_p95": np.percentile(needed, [5, 50, 95]).tolist(),
+    one = vectors[:1]
+    full = timed(lambda: (one @ matrix.T + bias).topk(k, dim=1), 5)[0]
+    blocks = len(index.max_bias)
+    needed_pct = np.percentile(needed, [5, 50, 95])
+    return {"items": items, "blocks": blocks,
+            "blocks_needed_p5_p50_p95": needed_pct.tolist(),
+            "blocks_needed_share_p5_p50_p95": (needed_pct / blocks).round(4).tolist(),
             "raise_s_best_worst": [raise_s[0], raise_s[-1]], "writes": writes,
-            "rebuild_s_best_worst": [rebuild[0], rebuild[-1]]}
+            "rebuild_s_best_worst": [rebuild[0], rebuild[-1]],
+            "full_product_s": full,
+            "raise_in_full_products_best_worst": [raise_s[0] / full, raise_s[-1] / full],
+            "rebuild_in_full_products_best_worst": [rebuild[0] / full, rebuild[-1] / full]}
 
 
 def main(argv: list[str] | None = None) -> int:
