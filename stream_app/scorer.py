@@ -177,9 +177,16 @@ class Scorer:
                    parts: list[Partition]) -> None:
         # Commit what was answered before the partitions move, so the new
         # owner does not answer it again; unanswered requests are dropped
-        # here and re-read by the new owner from the committed offset.
+        # here and re-read by the new owner from the committed offset. A
+        # failed commit (no coordinator while the broker is away) costs only
+        # duplicate answers, which clients drop: raised here, it would leave
+        # poll() and stop the scorer mid-rebalance.
         producer.flush(10)
-        self._commit(requests, asynchronous=False)
+        try:
+            self._commit(requests, asynchronous=False)
+        except KafkaEdgeError as exc:
+            log.warning("commit on revoke failed (%s): the new owner of partitions=%s may "
+                        "answer their last requests again", exc, parts)
         self._forget(parts)
 
     def _forget(self, gone: list[Partition]) -> None:

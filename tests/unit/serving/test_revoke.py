@@ -1,0 +1,48 @@
+"""The scorer's revoke callback: a failed commit there must not stop the scorer.
+
+Stand-ins for the producer and the request consumer: the callback's logic
+(flush, commit, forget the partitions) is what is tested; the commit against
+a real broker is tests/reliability/test_scorer_kill.py's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any, cast
+
+import pytest
+
+from stream_app.config import KafkaConfig
+from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.records import Partition
+from stream_app.scorer import Scorer
+from stream_app.serving import ScorerConfig
+from stream_app.serving.batching import Pending
+
+
+class _Producer:
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+class _Requests:
+    def __init__(self) -> None:
+        self.commits: list[Mapping[Partition, int]] = []
+
+    def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool = True) -> None:
+        self.commits.append(offsets)
+        raise KafkaEdgeError("offset commit failed: no coordinator")
+
+
+def test_a_failed_commit_on_revoke_is_logged_and_the_partitions_are_forgotten(
+        caplog: pytest.LogCaptureFixture) -> None:
+    scorer = Scorer(KafkaConfig(), ScorerConfig(device="cpu"), stop=threading.Event())
+    gone, kept = ("score-requests", 0), ("score-requests", 1)
+    scorer._pending = [Pending(*gone, 5, 0.0, b"u", b"{}"),  # noqa: SLF001
+                       Pending(*kept, 7, 0.0, b"v", b"{}")]
+    requests = _Requests()
+    scorer._on_revoke(cast(Any, _Producer()), cast(Any, requests), [gone])  # noqa: SLF001
+    assert len(requests.commits) == 1
+    assert [(p.topic, p.partition) for p in scorer._pending] == [kept]  # noqa: SLF001
+    assert "commit on revoke failed" in caplog.text
