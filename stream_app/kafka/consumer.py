@@ -15,6 +15,7 @@ from stream_app.events import KeyValue
 from stream_app.kafka.clients import make_consumer
 from stream_app.kafka.event_time import EventTimeMerger
 from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.first_fetch import FirstFetch
 from stream_app.kafka.polling import raise_if_fatal
 from stream_app.kafka.records import Partition, RawRecord, to_record
 
@@ -55,6 +56,7 @@ class GroupConsumer:
         self._assigned: set[Partition] = set()
         self._at_end: set[Partition] = set()
         self._paused: set[Partition] = set()
+        self._first_fetch = FirstFetch()
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._polled_at = time.monotonic()
@@ -93,11 +95,15 @@ class GroupConsumer:
         log.info("assigned partitions=%s", got)
         if self._on_assign:
             self._on_assign(got)
+        # From now, not from the callback's start: the trainer's restores there
+        # run for minutes at a million rows, and no poll is made meanwhile.
+        self._first_fetch.assigned(got, time.monotonic())
 
     def _revoke(self, _c: Consumer, parts: list[_TP]) -> None:
         gone = [(tp.topic, tp.partition) for tp in parts]
         self.discard_queued(gone)  # while still ours, so a paused one can be resumed
         self._assigned.difference_update(gone)
+        self._first_fetch.gone(gone)
         self._revoked.update(gone)
         log.info("revoked partitions=%s", gone)
         if self._on_revoke:
@@ -155,11 +161,18 @@ class GroupConsumer:
             part = (msg.topic() or "", msg.partition() or 0)
             if err is None:
                 self._at_end.discard(part)
+                self._first_fetch.heard((part,))
                 yield to_record(msg)
             elif err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
                 self._at_end.add(part)
+                self._first_fetch.heard((part,))
             else:
                 raise_if_fatal(err)
+
+    def silent(self, after_s: float) -> list[Partition]:
+        """Assigned partitions not heard from (no record, no end) `after_s` after their
+        assignment: librdkafka never started fetching them (see `first_fetch`)."""
+        return self._first_fetch.silent(time.monotonic(), after_s)
 
     def _behind(self) -> set[Partition]:
         """Assigned partitions not known to be caught up: the broker may hold more of them."""

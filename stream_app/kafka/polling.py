@@ -13,18 +13,18 @@ import logging
 from confluent_kafka import Consumer, KafkaError, Message
 
 from stream_app.kafka.exceptions import KafkaEdgeError
-from stream_app.kafka.records import RawRecord, to_record
+from stream_app.kafka.records import Partition, RawRecord, to_record
 
 log = logging.getLogger(__name__)
 
 
 def poll_available(consumer: Consumer, max_records: int,
-                   timeout_s: float) -> tuple[list[RawRecord], dict[int, int]]:
+                   timeout_s: float) -> tuple[list[RawRecord], dict[Partition, int]]:
     """Up to `max_records` records, blocking at most `timeout_s` for the first one.
 
-    Returns the records and the partition-EOF positions seen (partition -> offset;
-    only when the consumer has `enable.partition.eof`). Non-fatal errors are
-    logged; a fatal one raises `KafkaEdgeError`.
+    Returns the records and the partition-EOF positions seen ((topic, partition)
+    -> offset; only when the consumer has `enable.partition.eof`). Non-fatal
+    errors are logged; a fatal one raises `KafkaEdgeError`.
     """
     if max_records <= 0:
         return [], {}
@@ -35,13 +35,13 @@ def poll_available(consumer: Consumer, max_records: int,
     if max_records > 1:
         msgs.extend(consumer.consume(max_records - 1, timeout=0))
     records: list[RawRecord] = []
-    eof: dict[int, int] = {}
+    eof: dict[Partition, int] = {}
     for msg in msgs:
         err = msg.error()
         if err is None:
             records.append(to_record(msg))
         elif err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
-            eof[msg.partition() or 0] = msg.offset() or 0
+            eof[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
         else:
             raise_if_fatal(err, msg)
     return records, eof

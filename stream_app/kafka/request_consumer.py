@@ -11,6 +11,7 @@ apply to this consumer only; a user's -X still wins.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
@@ -20,6 +21,7 @@ from confluent_kafka import TopicPartition as _TP
 from stream_app.config import KafkaConfig
 from stream_app.kafka.clients import LATENCY_CONSUMER_DEFAULTS, make_consumer
 from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.first_fetch import SILENT_AFTER_S, FirstFetch
 from stream_app.kafka.polling import poll_available
 from stream_app.kafka.records import Partition, RawRecord
 
@@ -40,9 +42,16 @@ class RequestConsumer:
                  topics: Sequence[str], on_assign: OnPartitions | None = None,
                  on_revoke: OnPartitions | None = None,
                  on_lost: OnPartitions | None = None) -> None:
+        # enable.partition.eof: a fetched partition is heard from even when idle,
+        # so one librdkafka never started fetching can be told apart (first_fetch).
         self._consumer: Consumer = make_consumer(kafka, client_id, group_id,
+                                                 enforce={"enable.partition.eof": True},
                                                  **LATENCY_CONSUMER_DEFAULTS)
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
+        self._first_fetch = FirstFetch()
+        self.silent_after_s = SILENT_AFTER_S
+        self.restarts = 0
+        """Partitions assigned again because they stayed silent (see `_restart_silent`)."""
         self._consumer.subscribe(list(topics), on_assign=self._assigned,
                                  on_revoke=self._revoked, on_lost=self._lost)
 
@@ -51,19 +60,54 @@ class RequestConsumer:
         log.info("assigned partitions=%s", got)
         if self._on_assign is not None:
             self._on_assign(got)
+        self._first_fetch.assigned(got, time.monotonic())
 
     def _revoked(self, _c: Consumer, parts: list[_TP]) -> None:
+        gone = [(tp.topic, tp.partition) for tp in parts]
+        self._first_fetch.gone(gone)
         if self._on_revoke is not None:
-            self._on_revoke([(tp.topic, tp.partition) for tp in parts])
+            self._on_revoke(gone)
 
     def _lost(self, _c: Consumer, parts: list[_TP]) -> None:
+        gone = [(tp.topic, tp.partition) for tp in parts]
+        self._first_fetch.gone(gone)
         if self._on_lost is not None:
-            self._on_lost([(tp.topic, tp.partition) for tp in parts])
+            self._on_lost(gone)
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         """Up to `max_records` requests, blocking at most `timeout_s` for the first one."""
-        records, _eof = poll_available(self._consumer, max_records, timeout_s)
+        records, eof = poll_available(self._consumer, max_records, timeout_s)
+        self._first_fetch.heard({(r.topic, r.partition) for r in records} | eof.keys())
+        self._restart_silent()
         return records
+
+    def silent(self, after_s: float) -> list[Partition]:
+        """Assigned partitions not heard from (no request, no end) `after_s` after their
+        assignment."""
+        return self._first_fetch.silent(time.monotonic(), after_s)
+
+    def _restart_silent(self) -> None:
+        """Assign again each partition not heard from `silent_after_s` after its assignment.
+
+        librdkafka#5586 (see `first_fetch`): such a partition would never be
+        fetched, and its requests never answered. Assigning it again makes
+        librdkafka ask for its committed offset anew. Nothing of it was
+        handed out, so nothing is answered twice.
+        """
+        silent = self.silent(self.silent_after_s)
+        if not silent:
+            return
+        log.warning("partitions=%s assigned %.0fs ago and never fetched (a librdkafka "
+                    "offset fetch that is not retried, confluentinc/librdkafka#5586): "
+                    "assigning them again", silent, self.silent_after_s)
+        parts = [_TP(t, p) for t, p in silent]
+        try:
+            self._consumer.incremental_unassign(parts)
+            self._consumer.incremental_assign(parts)
+        except KafkaException as exc:
+            log.warning("re-assigning partitions=%s failed: %s; trying again later", silent, exc)
+        self._first_fetch.assigned(silent, time.monotonic())
+        self.restarts += len(silent)
 
     def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool = True) -> None:
         """Commit next-offsets per partition (last answered offset + 1)."""

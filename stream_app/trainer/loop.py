@@ -42,7 +42,7 @@ from stream_app.trainer.config import TrainerConfig
 from stream_app.trainer.restore import restore
 from stream_app.trainer.result import BatchResult, batch_result
 from stream_app.trainer.snapshot import Snapshots
-from stream_app.trainer.watchdog import Watchdog
+from stream_app.trainer.watchdog import EXIT_STALLED, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,8 @@ class Trainer:
         self._snapshots.write(self.learner, wait=stopping)
 
     def run(self) -> int:
-        """Run until stopped (SIGTERM/SIGINT set `stop`) or idle too long. Returns 0."""
+        """Run until stopped (SIGTERM/SIGINT set `stop`) or idle too long: 0; or until a
+        partition is assigned but never fetched: EXIT_STALLED (see `_loop`)."""
         # Co-partitioning (one trainer owns partition i of both event topics, so
         # a user's clicks and purchases) needs equal partition counts.
         inputs = [self.topics.clicks, self.topics.purchases]
@@ -140,14 +141,14 @@ class Trainer:
                                      on_revoke=self.metrics.forget_partitions,
                                      co_partitioned=True, event_time=event_time)
             self.ready = True
-            self._loop(consumer, publisher)
+            status = self._loop(consumer, publisher)
             self._snapshot(consumer, stopping=True)  # the next start reads only what follows
         finally:
             self.ready = False
             if consumer is not None:
                 consumer.close()
             publisher.close()
-        return 0
+        return status
 
     def _on_assign(self, consumer: GroupConsumer | None, parts: list[Partition]) -> None:
         """Reload the changelog before the first record of newly owned partitions.
@@ -200,19 +201,30 @@ class Trainer:
         self._own_users = set()
         self.learner.clear_replay()
 
-    def _loop(self, consumer: GroupConsumer, publisher: TransactionalPublisher) -> None:
+    def _loop(self, consumer: GroupConsumer, publisher: TransactionalPublisher) -> int:
+        """Until stopped or idle (0), or until a partition is assigned but never fetched
+        (EXIT_STALLED: librdkafka#5586, see `kafka.first_fetch`; with the eager
+        assignment the trainer needs, only a new assignment of every partition
+        cures it, and a restart is the tested way to one)."""
         idle_since = time.monotonic()
         while not self.stop.is_set():
             self._beat("poll")
             batch = consumer.poll_batch(self.cfg.batch_max, self.cfg.batch_wait_ms / 1000)
             self._report_lag(consumer)
+            silent = consumer.silent(self.cfg.stall_timeout_s)
+            if silent:
+                log.error("partitions=%s assigned over %gs ago and never fetched (a librdkafka "
+                          "offset fetch that is not retried, confluentinc/librdkafka#5586): "
+                          "exiting with status %d so a supervisor restarts the trainer",
+                          silent, self.cfg.stall_timeout_s, EXIT_STALLED)
+                return EXIT_STALLED
             if not consumer.assignment:
                 idle_since = time.monotonic()  # idle counts from the first assignment
             if not batch:
                 idle = time.monotonic() - idle_since
                 if self.cfg.exit_when_idle is not None and idle >= self.cfg.exit_when_idle:
                     log.info("no input for %.1fs: exiting (exit_when_idle)", idle)
-                    return
+                    return 0
                 continue
             idle_since = time.monotonic()
             result = self.process(batch, consumer, publisher)
@@ -220,6 +232,7 @@ class Trainer:
                 self.on_batch(result)
             if result.outcome is not TxnOutcome.ABORTED:
                 self._snapshot(consumer)
+        return 0
 
     def process(self, batch: list[RawRecord], consumer: GroupConsumer,
                 publisher: TransactionalPublisher) -> BatchResult:
