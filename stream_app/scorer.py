@@ -34,6 +34,7 @@ from stream_app.config import KafkaConfig
 from stream_app.heap import release_free_memory
 from stream_app.kafka.admin import require_topics
 from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.first_fetch import log_never_fetched
 from stream_app.kafka.records import Partition, RawRecord
 from stream_app.kafka.reply_producer import ReplyProducer
 from stream_app.kafka.request_consumer import RequestConsumer
@@ -43,7 +44,7 @@ from stream_app.serving import EmbeddingTable, ScorerConfig, resolve_device, set
 from stream_app.serving.answers import BatchAnswer, answer_batch, apply_embedding
 from stream_app.serving.batching import CommitTracker, Pending, due, next_offsets
 from stream_app.serving.loading import LoadProgress
-from stream_app.signals import stop_on_signals
+from stream_app.signals import EXIT_STALLED, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ class Scorer:
         return False, self._progress.describe()
 
     def run(self) -> int:
-        """Serve until stopped; 0 on a clean stop, 1 if a prediction could not be delivered."""
+        """Serve until stopped; 0 on a clean stop, 1 if a prediction could not be delivered,
+        EXIT_STALLED if a request partition is never fetched (`kafka.first_fetch`)."""
         t, cid = self.topics, self.cfg.client_id
         require_topics(self.kafka, [t.embeddings, t.score_requests, t.predictions, t.dlq])
         if self.cfg.threads is not None:
@@ -182,11 +184,12 @@ class Scorer:
         # duplicate answers, which clients drop: raised here, it would leave
         # poll() and stop the scorer mid-rebalance.
         producer.flush(10)
-        try:
-            self._commit(requests, asynchronous=False)
-        except KafkaEdgeError as exc:
-            log.warning("commit on revoke failed (%s): the new owner of partitions=%s may "
-                        "answer their last requests again", exc, parts)
+        if self._tracker.failure() is None:  # else the next commit stops the scorer
+            try:
+                self._commit(requests, asynchronous=False)
+            except KafkaEdgeError as exc:
+                log.warning("commit on revoke failed (%s): the new owner of partitions=%s "
+                            "may answer their last requests again", exc, parts)
         self._forget(parts)
 
     def _forget(self, gone: list[Partition]) -> None:
@@ -212,6 +215,10 @@ class Scorer:
             ready = self.ready.is_set()
             self._tail(tail, 0.0 if ready else IDLE_POLL_S)
             self._poll_requests(requests, self._request_timeout(time.monotonic()))
+            stuck = requests.stuck()
+            if stuck:
+                log_never_fetched(stuck, requests.silent_after_s, "scorer")
+                return EXIT_STALLED
             now = time.monotonic()
             if due(self._pending, now, ready=self.ready.is_set(), batch_max=cfg.batch_max,
                    batch_wait_s=cfg.batch_wait_ms / 1000.0,

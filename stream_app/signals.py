@@ -1,4 +1,5 @@
-"""SIGTERM/SIGINT → a stop event, so loops finish or abort their transaction and close."""
+"""SIGTERM/SIGINT → a stop event, so loops finish or abort their transaction and close;
+and the exit status that asks a supervisor for a restart."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ import threading
 from types import FrameType
 
 log = logging.getLogger(__name__)
+
+EXIT_STALLED = 75
+"""Exit status of a process that stopped because only a restart fixes what it is stuck
+in (sysexits' EX_TEMPFAIL: "try again"): a hung librdkafka call (the trainer's
+watchdog), a partition librdkafka never fetches (`kafka.first_fetch`). Distinct
+from 1 (runtime failure) and 2 (configuration error)."""
 
 
 def stop_on_signals(stop: threading.Event) -> None:

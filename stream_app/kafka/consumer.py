@@ -15,7 +15,7 @@ from stream_app.events import KeyValue
 from stream_app.kafka.clients import make_consumer
 from stream_app.kafka.event_time import EventTimeMerger
 from stream_app.kafka.exceptions import KafkaEdgeError
-from stream_app.kafka.first_fetch import FirstFetch
+from stream_app.kafka.first_fetch import FirstFetch, stuck
 from stream_app.kafka.polling import raise_if_fatal
 from stream_app.kafka.records import Partition, RawRecord, to_record
 
@@ -171,8 +171,13 @@ class GroupConsumer:
 
     def silent(self, after_s: float) -> list[Partition]:
         """Assigned partitions not heard from (no record, no end) `after_s` after their
-        assignment: librdkafka never started fetching them (see `first_fetch`)."""
+        assignment."""
         return self._first_fetch.silent(time.monotonic(), after_s)
+
+    def stuck(self, after_s: float) -> list[Partition]:
+        """Partitions silent `after_s` after their assignment though the cluster serves
+        them: librdkafka never started fetching them (see `first_fetch`)."""
+        return stuck(self._first_fetch, self._consumer, after_s)
 
     def _behind(self) -> set[Partition]:
         """Assigned partitions not known to be caught up: the broker may hold more of them."""

@@ -11,14 +11,29 @@ restarting the process, cures it.
 A fetched partition is heard from soon after its assignment: a record, or
 the end-of-partition event (`enable.partition.eof`) when there is nothing to
 read. `FirstFetch` keeps the partitions not heard from since their
-assignment, so a consumer can re-assign those still silent after a while.
+assignment. A partition is stuck when it is still silent after a while
+*and* the cluster can serve it now (`stuck`): a leader in the metadata and
+a committed offset the group coordinator answers for. Silence while the
+broker is away or a leader is being elected is the cluster's, and is waited
+out. The trainer and the scorer then exit for a restart: re-assigning one
+partition in place races the group's own rebalances (librdkafka takes such
+a call as the answer to a pending rebalance callback), and the trainer's
+eager assignment can only be renewed whole.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable
 
+from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import TopicPartition as _TP
+
 from stream_app.kafka.records import Partition
+from stream_app.signals import EXIT_STALLED
+
+log = logging.getLogger(__name__)
 
 SILENT_AFTER_S = 30.0
 """How long an assigned partition may go unheard before it counts as stuck. A
@@ -56,3 +71,43 @@ class FirstFetch:
     def silent(self, now: float, after_s: float = SILENT_AFTER_S) -> list[Partition]:
         """Partitions assigned at least `after_s` ago and not heard from since."""
         return sorted(p for p, since in self._since.items() if now - since >= after_s)
+
+
+def stuck(first_fetch: FirstFetch, consumer: Consumer, after_s: float,
+          timeout_s: float = 5.0) -> list[Partition]:
+    """Partitions silent `after_s` after their assignment that the cluster can serve now.
+
+    Asks the broker only when some partition is silent. Those the cluster
+    cannot serve (no leader, the coordinator not answering, the broker away)
+    have their wait started again.
+    """
+    now = time.monotonic()
+    silent = first_fetch.silent(now, after_s)
+    if not silent:
+        return []
+    served = _servable(consumer, silent, timeout_s)
+    first_fetch.assigned([p for p in silent if p not in served], now)
+    return [p for p in silent if p in served]
+
+
+def _servable(consumer: Consumer, parts: list[Partition], timeout_s: float) -> set[Partition]:
+    try:
+        committed = consumer.committed([_TP(t, p) for t, p in parts], timeout=timeout_s)
+        meta = {t: consumer.list_topics(t, timeout=timeout_s).topics.get(t)
+                for t in {t for t, _ in parts}}
+    except KafkaException:
+        return set()
+    out = set()
+    for tp in committed:
+        topic = meta.get(tp.topic)
+        part = topic.partitions.get(tp.partition) if topic is not None else None
+        if tp.error is None and part is not None and part.leader >= 0:
+            out.add((tp.topic, tp.partition))
+    return out
+
+
+def log_never_fetched(parts: list[Partition], after_s: float, role: str) -> None:
+    log.error("partitions=%s assigned over %gs ago and never fetched, though the cluster "
+              "serves them (a librdkafka offset fetch that is not retried, "
+              "confluentinc/librdkafka#5586): exiting with status %d so a supervisor "
+              "restarts the %s", parts, after_s, EXIT_STALLED, role)

@@ -21,7 +21,7 @@ from confluent_kafka import TopicPartition as _TP
 from stream_app.config import KafkaConfig
 from stream_app.kafka.clients import LATENCY_CONSUMER_DEFAULTS, make_consumer
 from stream_app.kafka.exceptions import KafkaEdgeError
-from stream_app.kafka.first_fetch import SILENT_AFTER_S, FirstFetch
+from stream_app.kafka.first_fetch import SILENT_AFTER_S, FirstFetch, stuck
 from stream_app.kafka.polling import poll_available
 from stream_app.kafka.records import Partition, RawRecord
 
@@ -49,9 +49,8 @@ class RequestConsumer:
                                                  **LATENCY_CONSUMER_DEFAULTS)
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
         self._first_fetch = FirstFetch()
+        self._drained = True  # the last poll emptied librdkafka's queue
         self.silent_after_s = SILENT_AFTER_S
-        self.restarts = 0
-        """Partitions assigned again because they stayed silent (see `_restart_silent`)."""
         self._consumer.subscribe(list(topics), on_assign=self._assigned,
                                  on_revoke=self._revoked, on_lost=self._lost)
 
@@ -78,7 +77,7 @@ class RequestConsumer:
         """Up to `max_records` requests, blocking at most `timeout_s` for the first one."""
         records, eof = poll_available(self._consumer, max_records, timeout_s)
         self._first_fetch.heard({(r.topic, r.partition) for r in records} | eof.keys())
-        self._restart_silent()
+        self._drained = len(records) + len(eof) < max_records
         return records
 
     def silent(self, after_s: float) -> list[Partition]:
@@ -86,28 +85,13 @@ class RequestConsumer:
         assignment."""
         return self._first_fetch.silent(time.monotonic(), after_s)
 
-    def _restart_silent(self) -> None:
-        """Assign again each partition not heard from `silent_after_s` after its assignment.
-
-        librdkafka#5586 (see `first_fetch`): such a partition would never be
-        fetched, and its requests never answered. Assigning it again makes
-        librdkafka ask for its committed offset anew. Nothing of it was
-        handed out, so nothing is answered twice.
-        """
-        silent = self.silent(self.silent_after_s)
-        if not silent:
-            return
-        log.warning("partitions=%s assigned %.0fs ago and never fetched (a librdkafka "
-                    "offset fetch that is not retried, confluentinc/librdkafka#5586): "
-                    "assigning them again", silent, self.silent_after_s)
-        parts = [_TP(t, p) for t, p in silent]
-        try:
-            self._consumer.incremental_unassign(parts)
-            self._consumer.incremental_assign(parts)
-        except KafkaException as exc:
-            log.warning("re-assigning partitions=%s failed: %s; trying again later", silent, exc)
-        self._first_fetch.assigned(silent, time.monotonic())
-        self.restarts += len(silent)
+    def stuck(self) -> list[Partition]:
+        """Partitions librdkafka never fetched though the cluster serves them (see
+        `first_fetch`); only when the last poll emptied the local queue, since a
+        partition's first records may wait behind a backlog of the others'."""
+        if not self._drained:
+            return []
+        return stuck(self._first_fetch, self._consumer, self.silent_after_s)
 
     def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool = True) -> None:
         """Commit next-offsets per partition (last answered offset + 1)."""

@@ -22,6 +22,7 @@ from stream_app.events import DlqRecord, Event, RowBlock
 from stream_app.kafka.admin import require_topics
 from stream_app.kafka.consumer import GroupConsumer
 from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.first_fetch import log_never_fetched
 from stream_app.kafka.records import Partition, RawRecord, next_offsets
 from stream_app.kafka.transaction import TransactionalPublisher, TxnOutcome
 from stream_app.observability.metrics import EvalModel, EventOutcome, FreshnessSince, TrainerMetrics
@@ -203,20 +204,15 @@ class Trainer:
 
     def _loop(self, consumer: GroupConsumer, publisher: TransactionalPublisher) -> int:
         """Until stopped or idle (0), or until a partition is assigned but never fetched
-        (EXIT_STALLED: librdkafka#5586, see `kafka.first_fetch`; with the eager
-        assignment the trainer needs, only a new assignment of every partition
-        cures it, and a restart is the tested way to one)."""
+        (EXIT_STALLED: librdkafka#5586, see `kafka.first_fetch`)."""
         idle_since = time.monotonic()
         while not self.stop.is_set():
             self._beat("poll")
             batch = consumer.poll_batch(self.cfg.batch_max, self.cfg.batch_wait_ms / 1000)
             self._report_lag(consumer)
-            silent = consumer.silent(self.cfg.stall_timeout_s)
-            if silent:
-                log.error("partitions=%s assigned over %gs ago and never fetched (a librdkafka "
-                          "offset fetch that is not retried, confluentinc/librdkafka#5586): "
-                          "exiting with status %d so a supervisor restarts the trainer",
-                          silent, self.cfg.stall_timeout_s, EXIT_STALLED)
+            stuck = consumer.stuck(self.cfg.stall_timeout_s)
+            if stuck:
+                log_never_fetched(stuck, self.cfg.stall_timeout_s, "trainer")
                 return EXIT_STALLED
             if not consumer.assignment:
                 idle_since = time.monotonic()  # idle counts from the first assignment

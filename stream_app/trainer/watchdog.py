@@ -25,13 +25,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from stream_app.signals import EXIT_STALLED
+
+__all__ = ["EXIT_STALLED", "Watchdog", "exit_stalled"]
+
 log = logging.getLogger(__name__)
-
-EXIT_STALLED = 75
-"""Exit status of a trainer the watchdog stopped (sysexits' EX_TEMPFAIL: "try again").
-
-Distinct from 1 (runtime failure) and 2 (configuration error): restarting is
-the fix."""
 
 
 def exit_stalled() -> None:

@@ -2,20 +2,18 @@
 
 On a real broker: every assigned partition, idle ones included, is heard from
 soon after its assignment (a record or its end), so the check has nothing to
-report in normal operation; and a partition kept from fetching is assigned
-again by the scorer's request consumer, after which its requests arrive.
-librdkafka#5586 itself (a NOT_COORDINATOR answer to the offset fetch) cannot
-be produced on demand, so a partition paused at its assignment stands in for
-it: both are assigned and never fetched.
+report in normal operation; and a partition kept from fetching while the
+cluster serves it is reported stuck, and the trainer and the scorer exit with
+EXIT_STALLED for their supervisor. librdkafka#5586 itself (a NOT_COORDINATOR
+answer to the offset fetch) cannot be produced on demand, so a partition
+paused at its assignment stands in for it: both are assigned, served by the
+cluster, and never fetched.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
@@ -49,51 +47,64 @@ def test_every_assigned_partition_is_heard_from_idle_ones_included(
             return bool(group.assignment) and not group.silent(0) and not requests.silent(0)
 
         wait_until(all_heard, timeout=60, interval=0.1, what="every partition to be heard from")
-        assert len(group.assignment) == 6 and requests.restarts == 0
+        assert len(group.assignment) == 6
     finally:
         group.close()
         requests.close()
 
 
-def test_a_partition_never_fetched_is_assigned_again_and_its_requests_arrive(
-        make_kafka: object, caplog: pytest.LogCaptureFixture) -> None:
+def _hold_partition_0(monkeypatch: pytest.MonkeyPatch, topic: str) -> None:
+    """Every request consumer pauses `topic`[0] at its first assignment. Assigned in the
+    callback rather than by confluent-kafka after it, so the pause lands before
+    librdkafka's offset fetch has come back."""
+    assigned = RequestConsumer._assigned  # noqa: SLF001
+    held: list[bool] = []
+
+    def hold(self: RequestConsumer, raw: Consumer, parts: list[_TP]) -> None:
+        if not held and any((tp.topic, tp.partition) == (topic, 0) for tp in parts):
+            held.append(True)
+            raw.incremental_assign(parts)
+            raw.pause([_TP(topic, 0)])
+        assigned(self, raw, parts)
+
+    monkeypatch.setattr(RequestConsumer, "_assigned", hold)
+
+
+def test_a_partition_never_fetched_is_reported_stuck_and_idle_ones_are_not(
+        make_kafka: object, monkeypatch: pytest.MonkeyPatch) -> None:
     kafka: KafkaConfig = make_kafka(partitions=2)  # type: ignore[operator]
     topic = kafka.topics.score_requests
     _produce(kafka, topic, 0, 5)
-    held: list[Partition] = []
-
-    def hold_partition_0(parts: list[Partition]) -> None:
-        if (topic, 0) in parts and not held:  # the first assignment only
-            held.append((topic, 0))
-            # Assigned here rather than by confluent-kafka after the callback, so
-            # the pause lands before librdkafka's offset fetch has come back.
-            raw = requests._consumer  # noqa: SLF001
-            raw.incremental_assign([_TP(t, p) for t, p in parts])
-            raw.pause([_TP(topic, 0)])
-
+    _hold_partition_0(monkeypatch, topic)
     requests = RequestConsumer(kafka, client_id="ff-stuck", group_id=f"{kafka.topic_prefix}g",
-                               topics=[topic], on_assign=hold_partition_0)
+                               topics=[topic])
     requests.silent_after_s = 2.0
     got: list[int] = []
     try:
-        with caplog.at_level(logging.WARNING, logger="stream_app.kafka.request_consumer"):
-            def restarted() -> bool:
-                got.extend(r.partition for r in requests.poll(100, 0.2))
-                return requests.restarts > 0
-
-            wait_until(restarted, timeout=60, interval=0.1, what="the silent partition's restart")
-        assert held and got == [] and "never fetched" in caplog.text
-        # Pause flags survive an assignment in librdkafka; lifted, the partition
-        # that was assigned again is fetched from its committed offset (none:
-        # the earliest) and its requests arrive.
-        requests._consumer.resume([_TP(topic, 0)])  # noqa: SLF001
-        deadline = time.monotonic() + 60
-        while len(got) < 5 and time.monotonic() < deadline:
+        def reported() -> list[Partition]:
             got.extend(r.partition for r in requests.poll(100, 0.2))
-        assert got == [0] * 5
-        assert not requests.silent(0)
+            return requests.stuck()
+
+        stuck = wait_until(reported, timeout=60, interval=0.1, what="the partition reported")
+        assert stuck == [(topic, 0)] and got == []  # partition 1, idle, was heard from
     finally:
         requests.close()
+
+
+def test_the_scorer_exits_for_a_restart_when_a_request_partition_is_never_fetched(
+        make_kafka: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import stream_app.kafka.request_consumer
+    from stream_app.scorer import Scorer
+    from stream_app.serving import ScorerConfig
+    from stream_app.trainer import EXIT_STALLED
+
+    kafka: KafkaConfig = make_kafka(partitions=2)  # type: ignore[operator]
+    _hold_partition_0(monkeypatch, kafka.topics.score_requests)
+    monkeypatch.setattr(stream_app.kafka.request_consumer, "SILENT_AFTER_S", 2.0)
+    cfg = ScorerConfig(device="cpu", metrics_port=0, exit_when_idle=60.0)
+    assert Scorer(kafka, cfg, stop=threading.Event()).run() == EXIT_STALLED
 
 
 def test_the_trainer_exits_for_a_restart_when_a_partition_is_never_fetched(

@@ -3,7 +3,9 @@
 The test only does what a supervisor would: it restarts the trainer when its
 watchdog stopped it (status 75: librdkafka 2.16 can hang forever in
 `send_offsets_to_transaction()` / `commit_transaction()` when the broker goes
-away mid-transaction, confluentinc/librdkafka#5456, #5511). Otherwise
+away mid-transaction, confluentinc/librdkafka#5456, #5511), and either
+process when it exited 75 for a partition librdkafka never fetched
+(#5586, `kafka.first_fetch`). Otherwise
 librdkafka reconnects and a transaction that could not finish is aborted
 (rewind + restore). Either way the exactly-once audit holds at the end, and a
 scorer that ran through the outages answers again.
@@ -103,6 +105,7 @@ def test_trainer_rides_out_broker_stop_and_kill9(
         broker.stop(sig)
         time.sleep(3)
         trainer.supervise()
+        scorer.supervise()  # exit 75 of its own: a request partition never fetched
         assert trainer.alive(), trainer.log_text()[-3000:]
         # Step 2. Same port, same data; the scorer is never touched, the trainer only
         # restarted (by `supervise`) when its watchdog stopped it.
@@ -122,7 +125,9 @@ def test_trainer_rides_out_broker_stop_and_kill9(
         trainer.log_text().count("never fetched")
     assert stalls == trainer.stall_restarts
 
-    # Step 4. The scorer lived through both outages and answers from the final rows.
+    # Step 4. The scorer lived through both outages (restarted only for its status 75,
+    # as a supervisor would) and answers from the final rows.
+    scorer.supervise()
     assert scorer.alive(), scorer.log_text()[-3000:]
     users = sorted(got.users)[:20]
     with ScoreClient(kafka, client_id="rel-outage-client") as client:
@@ -134,4 +139,5 @@ def test_trainer_rides_out_broker_stop_and_kill9(
     assert sum(not p.fallback for p in answers.values()) == len(users)
     assert scorer.terminate() == 0, scorer.log_text()[-3000:]
     print(f"outage: stall_restarts={trainer.stall_restarts} starts={trainer.starts} "
+          f"scorer restarts={scorer.stall_restarts} "
           f"events={len(valid)} scorer answered {len(answers)}/{len(reqs)}")

@@ -46,3 +46,14 @@ def test_a_failed_commit_on_revoke_is_logged_and_the_partitions_are_forgotten(
     assert len(requests.commits) == 1
     assert [(p.topic, p.partition) for p in scorer._pending] == [kept]  # noqa: SLF001
     assert "commit on revoke failed" in caplog.text
+
+
+def test_after_a_failed_delivery_the_revoke_commits_nothing() -> None:
+    scorer = Scorer(KafkaConfig(), ScorerConfig(device="cpu"), stop=threading.Event())
+    tracked = scorer._tracker.open({("score-requests", 0): 6})  # noqa: SLF001
+    scorer._tracker.sent(tracked)  # noqa: SLF001
+    scorer._tracker.seal(tracked)  # noqa: SLF001
+    scorer._tracker.delivered(tracked, "broker refused it")  # noqa: SLF001
+    requests = _Requests()
+    scorer._on_revoke(cast(Any, _Producer()), cast(Any, requests), [("score-requests", 0)])  # noqa: SLF001
+    assert requests.commits == []  # the answer is re-read and answered after the restart
