@@ -91,9 +91,15 @@ def stuck(first_fetch: FirstFetch, consumer: Consumer, after_s: float,
 
 
 def _servable(consumer: Consumer, parts: list[Partition], timeout_s: float) -> set[Partition]:
+    """One deadline for every question: the caller's loop waits on this."""
+    deadline = time.monotonic() + timeout_s
+
+    def left() -> float:
+        return max(0.1, deadline - time.monotonic())
+
     try:
-        committed = consumer.committed([_TP(t, p) for t, p in parts], timeout=timeout_s)
-        meta = {t: consumer.list_topics(t, timeout=timeout_s).topics.get(t)
+        committed = consumer.committed([_TP(t, p) for t, p in parts], timeout=left())
+        meta = {t: consumer.list_topics(t, timeout=left()).topics.get(t)
                 for t in {t for t, _ in parts}}
     except KafkaException:
         return set()

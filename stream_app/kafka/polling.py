@@ -9,6 +9,7 @@ local queue without waiting, so a lone request is handed out at once.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, Message
 
@@ -18,19 +19,28 @@ from stream_app.kafka.records import Partition, RawRecord, to_record
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Polled:
+    """One poll: the records; the partition-EOF positions seen ((topic, partition) ->
+    offset; only with `enable.partition.eof`); and whether it emptied the local queue
+    (fewer messages of any kind than asked for)."""
+
+    records: list[RawRecord]
+    eof: dict[Partition, int]
+    drained: bool
+
+
 def poll_available(consumer: Consumer, max_records: int,
-                   timeout_s: float) -> tuple[list[RawRecord], dict[Partition, int]]:
+                   timeout_s: float) -> Polled:
     """Up to `max_records` records, blocking at most `timeout_s` for the first one.
 
-    Returns the records and the partition-EOF positions seen ((topic, partition)
-    -> offset; only when the consumer has `enable.partition.eof`). Non-fatal
-    errors are logged; a fatal one raises `KafkaEdgeError`.
+    Non-fatal errors are logged; a fatal one raises `KafkaEdgeError`.
     """
     if max_records <= 0:
-        return [], {}
+        return Polled([], {}, drained=False)
     first = consumer.poll(timeout_s)
     if first is None:
-        return [], {}
+        return Polled([], {}, drained=True)
     msgs = [first]
     if max_records > 1:
         msgs.extend(consumer.consume(max_records - 1, timeout=0))
@@ -44,7 +54,7 @@ def poll_available(consumer: Consumer, max_records: int,
             eof[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
         else:
             raise_if_fatal(err, msg)
-    return records, eof
+    return Polled(records, eof, drained=len(msgs) < max_records)
 
 
 def raise_if_fatal(err: KafkaError, msg: Message | None = None) -> None:

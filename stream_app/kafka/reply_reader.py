@@ -47,7 +47,7 @@ class ReplyReader:
         """Up to `max_records` answers, blocking at most `timeout_s` for the first one."""
         if self._consumer is None:
             raise KafkaEdgeError(f"ReplyReader({self.topic}) used before open()")
-        records, _eof = poll_available(self._consumer, max_records, timeout_s)
+        records = poll_available(self._consumer, max_records, timeout_s).records
         return records
 
     def close(self) -> None:

@@ -75,10 +75,11 @@ class RequestConsumer:
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         """Up to `max_records` requests, blocking at most `timeout_s` for the first one."""
-        records, eof = poll_available(self._consumer, max_records, timeout_s)
-        self._first_fetch.heard({(r.topic, r.partition) for r in records} | eof.keys())
-        self._drained = len(records) + len(eof) < max_records
-        return records
+        polled = poll_available(self._consumer, max_records, timeout_s)
+        self._first_fetch.heard({(r.topic, r.partition) for r in polled.records}
+                                | polled.eof.keys())
+        self._drained = polled.drained
+        return polled.records
 
     def silent(self, after_s: float) -> list[Partition]:
         """Assigned partitions not heard from (no request, no end) `after_s` after their

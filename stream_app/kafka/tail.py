@@ -60,8 +60,9 @@ class TailReader:
 
     def poll(self, max_records: int, timeout_s: float) -> TailBatch:
         """What is fetched now (blocking at most `timeout_s` for the first record)."""
-        records, eof = poll_available(self._opened(), max_records, timeout_s)
-        return TailBatch(records, {partition: offset for (_, partition), offset in eof.items()})
+        polled = poll_available(self._opened(), max_records, timeout_s)
+        return TailBatch(polled.records,
+                         {partition: offset for (_, partition), offset in polled.eof.items()})
 
     def lag(self) -> dict[int, int]:
         """Records behind the high watermark per partition (cached statistics, no round trip)."""

@@ -210,6 +210,7 @@ class Trainer:
             self._beat("poll")
             batch = consumer.poll_batch(self.cfg.batch_max, self.cfg.batch_wait_ms / 1000)
             self._report_lag(consumer)
+            self._beat("first-fetch check")  # it may ask the broker (up to 5 s)
             stuck = consumer.stuck(self.cfg.stall_timeout_s)
             if stuck:
                 log_never_fetched(stuck, self.cfg.stall_timeout_s, "trainer")

@@ -103,7 +103,8 @@ def test_the_scorer_exits_for_a_restart_when_a_request_partition_is_never_fetche
     kafka: KafkaConfig = make_kafka(partitions=2)  # type: ignore[operator]
     _hold_partition_0(monkeypatch, kafka.topics.score_requests)
     monkeypatch.setattr(stream_app.kafka.request_consumer, "SILENT_AFTER_S", 2.0)
-    cfg = ScorerConfig(device="cpu", metrics_port=0, exit_when_idle=60.0)
+    cfg = ScorerConfig(device="cpu", metrics_port=0, exit_when_idle=60.0,
+                       group_id=f"scorer-{kafka.topic_prefix}")
     assert Scorer(kafka, cfg, stop=threading.Event()).run() == EXIT_STALLED
 
 

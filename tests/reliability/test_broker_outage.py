@@ -105,11 +105,11 @@ def test_trainer_rides_out_broker_stop_and_kill9(
         broker.stop(sig)
         time.sleep(3)
         trainer.supervise()
-        scorer.supervise()  # exit 75 of its own: a request partition never fetched
         assert trainer.alive(), trainer.log_text()[-3000:]
-        # Step 2. Same port, same data; the scorer is never touched, the trainer only
-        # restarted (by `supervise`) when its watchdog stopped it.
+        # Step 2. Same port, same data; the trainer and the scorer are only restarted
+        # (by `supervise`, with the broker up) when they exited with status 75.
         assert broker.start() == kafka.bootstrap_servers
+        scorer.supervise()
     produce(kafka, chunks[-1])
     # Step 3. Drain; a hung trainer costs STALL_S and one restart each time.
     _wait_for(trainer, lambda: committed_total(kafka, GROUP, topics) >= end_total(kafka, topics),
