@@ -99,6 +99,13 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
              "publish {{table}}")], "ops"),
         _panel("Transaction aborts", [(
             f"sum(increase(stream_app_transaction_aborts_total[{RI}]))", "aborts")], "short"),
+        _panel("Process memory (RSS)", [(
+            'process_resident_memory_bytes{job=~"stream-app-.*"}', "{{job}} {{instance}}")],
+               "bytes", "Trainer and scorers; each holds its tables in memory."),
+        _panel("Process restarts (30 m)", [(
+            'changes(process_start_time_seconds{job=~"stream-app-.*"}[30m])',
+            "{{job}} {{instance}}")], "short",
+               "Starts seen in the last 30 min; status 75 exits are self-requested restarts."),
     ]),
     (_row("Scorer"), [
         _panel("Scorer latency p50 / p99", [

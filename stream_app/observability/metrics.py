@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.metrics import MetricWrapperBase
 
 from stream_app import __version__
@@ -106,6 +106,9 @@ class _ProcessMetrics:
             "stream_app_build", "Version and role of this process (value is always 1).",
             registry=registry)
         self.build_info.info({"version": version, "role": role})
+        # process_* (start time, RSS, CPU, open fds; Linux): the supervisor's restarts
+        # show as start-time changes (alert ProcessRestarting), memory as RSS.
+        ProcessCollector(registry=registry)
         for reason in dlq_reasons:
             self.dlq_records.labels(reason=reason)
 

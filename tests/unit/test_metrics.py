@@ -238,3 +238,13 @@ def test_recorder_writes_jsonl_snapshots(tmp_path: Path) -> None:
     assert {s["name"] for s in last["samples"]} == names
     loss = [s["value"] for s in last["samples"] if s["name"] == "stream_app_training_loss"]
     assert loss == [0.7]
+
+
+def test_every_process_exposes_its_start_time_and_memory() -> None:
+    # The ProcessRestarting alert reads process_start_time_seconds.
+    from prometheus_client import generate_latest
+
+    for metrics in (_trainer(), ScorerMetrics(CollectorRegistry())):
+        text = generate_latest(metrics.registry).decode()
+        assert "\nprocess_start_time_seconds " in text
+        assert "\nprocess_resident_memory_bytes " in text
