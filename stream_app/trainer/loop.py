@@ -18,14 +18,14 @@ from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.core import EvalStats, Learner, LearnerConfig
 from stream_app.device import resolve_device
-from stream_app.events import DlqRecord, Event, RowBlock
+from stream_app.events import DlqRecord, Event
 from stream_app.kafka.admin import require_topics
 from stream_app.kafka.consumer import GroupConsumer
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
 from stream_app.kafka.records import Partition, RawRecord, next_offsets
 from stream_app.kafka.transaction import TransactionalPublisher, TxnOutcome
-from stream_app.observability.metrics import EvalModel, EventOutcome, FreshnessSince, TrainerMetrics
+from stream_app.observability.metrics import EvalModel, EventOutcome, TrainerMetrics
 from stream_app.trainer.batch import (
     OUTCOMES,
     Decoded,
@@ -40,6 +40,7 @@ from stream_app.trainer.batch import (
     train_dlq,
 )
 from stream_app.trainer.config import TrainerConfig
+from stream_app.trainer.observe import observe_commit, report_lag
 from stream_app.trainer.restore import restore
 from stream_app.trainer.result import BatchResult, batch_result
 from stream_app.trainer.snapshot import Snapshots
@@ -209,7 +210,7 @@ class Trainer:
         while not self.stop.is_set():
             self._beat("poll")
             batch = consumer.poll_batch(self.cfg.batch_max, self.cfg.batch_wait_ms / 1000)
-            self._report_lag(consumer)
+            report_lag(self.metrics, consumer.lag())
             self._beat("first-fetch check")  # it may ask the broker (up to 5 s)
             stuck = consumer.stuck(self.cfg.stall_timeout_s)
             if stuck:
@@ -282,7 +283,8 @@ class Trainer:
             self._aborts_in_a_row = 0
             if self._own_users is not None:
                 leave_scope(self._own_users, tombstones)
-            self._observe(batch, decoded, blocks, dlq, applied, published_ms)
+            observe_commit(self.metrics, self._counts, batch, decoded, blocks, dlq,
+                           published_ms, self.learner.table_sizes())
         self.metrics.batch_seconds.observe(time.monotonic() - started)
         return batch_result(batch, decoded, self._evals, applied=applied, losses=losses,
                             dlq=len(dlq), rows=sum(len(b) for b in blocks), outcome=outcome,
@@ -376,34 +378,3 @@ class Trainer:
         changed_users.difference_update(st.evicted_user_ids)
         changed_items.difference_update(st.evicted_item_ids)
         return sum(n for (_, o), n in counts.items() if o is EventOutcome.APPLIED)
-
-    def _observe(self, batch: list[RawRecord], decoded: Decoded, blocks: list[RowBlock],
-                 dlq: list[DlqRecord], applied: int, published_ms: int) -> None:
-        m = self.metrics
-        m.batch_size_events.observe(len(batch))
-        for (topic, event_outcome), n in self._counts.events.items():
-            m.count_events(topic, event_outcome, n)
-        for table, n in self._counts.admissions.items():
-            m.admissions.labels(table=table).inc(n)
-        for table, n in self._counts.evictions.items():
-            m.evictions.labels(table=table).inc(n)
-        for rec in dlq:
-            m.count_dlq(rec.reason)
-        for topic, n in Counter(d.source_topic for d in decoded.dlq).items():
-            m.count_events(topic, EventOutcome.DLQ, n)
-        for block in blocks:
-            m.rows_published.labels(table=block.entity).inc(len(block))
-        events = [e for seg in decoded.segments for e in seg]
-        raws = [r for seg in decoded.records for r in seg]
-        m.observe_freshness(FreshnessSince.EVENT_TIME,
-                            ((published_ms - e.ts) / 1000 for e in events))
-        m.observe_freshness(FreshnessSince.PRODUCE_TIME,
-                            ((published_ms - r.timestamp_ms) / 1000 for r in raws))
-        sizes = self.learner.table_sizes()
-        m.table_rows.labels(table="user").set(sizes["users"])
-        m.table_rows.labels(table="item").set(sizes["items"])
-
-    def _report_lag(self, consumer: GroupConsumer) -> None:
-        lag: dict[Partition, int] = consumer.lag()
-        for (topic, partition), n in lag.items():
-            self.metrics.set_lag(topic, partition, n)
