@@ -20,7 +20,7 @@ from stream_app.events import EventKind
 from stream_app.kafka.admin import require_topics
 from stream_app.kafka.produce import EventProducer, Outgoing
 from stream_app.progress import Progress
-from stream_app.sources import RawRecord, to_record
+from stream_app.sources import RawRecord, SourceError, to_record
 from stream_app.sources.csv import read_csv
 from stream_app.sources.generate import generate
 from stream_app.sources.jsonl import read_jsonl
@@ -29,17 +29,42 @@ from stream_app.sources.movielens import movies_beside, read_movies, read_rating
 Format = Literal["movielens", "jsonl", "csv"]
 
 
-def file_records(path: Path, fmt: Format) -> Iterator[RawRecord]:
-    """The records of an input file; MovieLens is replayed in event-time order."""
+def infer_format(path: Path) -> Format:
+    """The format a file's name says: `.jsonl`/`.ndjson` and `.csv` (also gzipped), else
+    MovieLens (`ratings.dat`, `u.data`).
+
+    >>> infer_format(Path("events.jsonl.gz")), infer_format(Path("ratings.dat"))
+    ('jsonl', 'movielens')
+    """
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    last = suffixes[-1].lower() if suffixes else ""
+    if last in (".jsonl", ".ndjson"):
+        return "jsonl"
+    return "csv" if last == ".csv" else "movielens"
+
+
+def file_records(path: Path, fmt: Format | None = None, *,
+                 kind: EventKind | None = None) -> Iterator[RawRecord]:
+    """The records of an input file; MovieLens is replayed in event-time order.
+
+    `fmt` None: from the file's name (`infer_format`). `kind`: the kind of
+    JSONL lines that carry no `"kind"` (a file of plain event values).
+    """
     if not path.exists():
         raise ConfigError(f"replay input {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"replay input {path} is not a file")
+    fmt = fmt or infer_format(path)
+    if kind is not None and fmt != "jsonl":
+        raise ConfigError(f"--kind applies to JSON Lines input only ({path} is read as {fmt}, "
+                          "whose rows say their kind)")
     if fmt == "movielens":
         # A movies file beside the ratings gives each event its film's release time.
         movies = movies_beside(path)
         released = release_times(read_movies(movies)) if movies is not None else None
         events = read_ratings(path, sort_by_time=True, released=released)
     elif fmt == "jsonl":
-        events = read_jsonl(path)
+        events = read_jsonl(path, kind=kind)
     else:
         events = read_csv(path)
     return (to_record(e) for e in events)
@@ -53,12 +78,27 @@ def outgoing(records: Iterable[RawRecord], topics: TopicNames) -> Iterator[Outgo
 
 def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: int | None,
                     rate: float, progress: bool, label: str) -> int:
-    """Produce and wait for every acknowledgement; returns the number acknowledged."""
+    """Produce and wait for every acknowledgement; returns the number acknowledged.
+
+    Stopped early (a bad input line, Ctrl-C, SIGTERM), what was queued is
+    still flushed, and the user is told how many records the broker took,
+    so they know where a re-run would pick up.
+    """
     require_topics(kafka, [kafka.topics.clicks, kafka.topics.purchases])
     bar = Progress(label, total=total, stream=sys.stderr if progress else None)
-    with EventProducer(kafka, client_id=f"stream-app-{label}") as producer:
-        for _ in producer.send_all(outgoing(records, kafka.topics), rate=rate):
-            bar.advance()
+    producer = EventProducer(kafka, client_id=f"stream-app-{label}")
+    try:
+        with producer:
+            for _ in producer.send_all(outgoing(records, kafka.topics), rate=rate):
+                bar.advance()
+    except BaseException as exc:
+        bar.close()
+        if isinstance(exc, SourceError):
+            exc.sent = producer.acked
+        elif isinstance(exc, KeyboardInterrupt):
+            print(f"{label} interrupted: {producer.acked} records acknowledged by the broker",
+                  file=sys.stderr)
+        raise
     bar.close()
     return producer.acked
 
@@ -68,12 +108,12 @@ def check_rate(rate: float) -> None:
         raise ConfigError(f"--rate must be >= 0 events/s (0: as fast as possible), got {rate}")
 
 
-def replay_file(kafka: KafkaConfig, path: Path, *, fmt: Format, limit: int | None,
-                rate: float, progress: bool) -> int:
+def replay_file(kafka: KafkaConfig, path: Path, *, fmt: Format | None, limit: int | None,
+                rate: float, progress: bool, kind: EventKind | None = None) -> int:
     if limit is not None and limit <= 0:
         raise ConfigError(f"--limit must be > 0, got {limit}")
     check_rate(rate)
-    records = itertools.islice(file_records(path, fmt), limit)
+    records = itertools.islice(file_records(path, fmt, kind=kind), limit)
     return produce_records(kafka, records, total=limit, rate=rate, progress=progress,
                            label="replay")
 
@@ -83,6 +123,8 @@ def replay_generated(kafka: KafkaConfig, *, n_events: int, n_users: int, n_items
                      progress: bool) -> int:
     if min(n_events, n_users, n_items) <= 0:
         raise ConfigError("--events, --users and --items must all be > 0")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
     if not 0.0 <= malformed_share <= 1.0:  # NaN fails too
         raise ConfigError(f"--malformed-share must be within [0, 1], got {malformed_share}")
     check_rate(rate)

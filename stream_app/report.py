@@ -15,6 +15,7 @@ swing them. matplotlib is the optional `demo` extra, imported only here.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from stream_app.config import ConfigError
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
 
 STATS_FILE = "trainer-stats.jsonl"
 METRICS_FILE = "trainer-metrics.prom"
@@ -66,13 +69,19 @@ def load_stats(path: Path) -> Stats:
         raise ConfigError(f"{path} not found: run the trainer with --stats-file, "
                           "or point `stream-app report` at a demo report folder")
     rows: list[dict[str, Any]] = []
-    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+    lines = path.read_bytes().splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
+            if number == len(lines):  # cut off by a trainer killed mid-write
+                log.warning("%s:%d: not JSON, a cut-off last line: skipped", path, number)
+                continue
             raise ConfigError(f"{path}:{number}: not JSON ({exc})") from exc
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}:{number}: not a JSON object")
         if row.get("outcome", "committed") == "committed":
             rows.append(row)
     if not rows:
@@ -232,12 +241,17 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def build_report(run_dir: Path, out: Path | None = None) -> list[Path]:
-    """Write the four PNGs of `run_dir` into `out` (default: `run_dir`); returns their paths."""
+def require_plotting() -> None:
+    """Fail fast without matplotlib: the demo checks before it starts, not after its run."""
     try:
         import matplotlib  # noqa: F401 (checked here for a clear message)
     except ImportError as exc:
         raise ConfigError("plots need matplotlib: pip install 'stream-app[demo]'") from exc
+
+
+def build_report(run_dir: Path, out: Path | None = None) -> list[Path]:
+    """Write the four PNGs of `run_dir` into `out` (default: `run_dir`); returns their paths."""
+    require_plotting()
     stats = load_stats(run_dir / STATS_FILE)
     out = out or run_dir
     out.mkdir(parents=True, exist_ok=True)

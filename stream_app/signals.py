@@ -1,11 +1,14 @@
 """SIGTERM/SIGINT → a stop event, so loops finish or abort their transaction and close;
-and the exit status that asks a supervisor for a restart."""
+SIGTERM → KeyboardInterrupt for the one-shot tools; and the exit status that asks a
+supervisor for a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -17,8 +20,16 @@ watchdog), a partition librdkafka never fetches (`kafka.first_fetch`). Distinct
 from 1 (runtime failure) and 2 (configuration error)."""
 
 
+def _terminations() -> list[signal.Signals]:
+    """SIGTERM, and SIGHUP (a closed terminal) unless it is ignored, as under `nohup`."""
+    found = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        found.append(signal.SIGHUP)
+    return found
+
+
 def stop_on_signals(stop: threading.Event) -> None:
-    """Set `stop` on SIGTERM/SIGINT (main thread only; elsewhere a no-op)."""
+    """Set `stop` on SIGTERM/SIGINT/SIGHUP (main thread only; elsewhere a no-op)."""
     if threading.current_thread() is not threading.main_thread():
         return
 
@@ -26,5 +37,30 @@ def stop_on_signals(stop: threading.Event) -> None:
         log.info("signal=%s: finishing the current batch and stopping", signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    for sig in (*_terminations(), signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def interrupt_on_termination() -> Iterator[None]:
+    """Inside, SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does (main thread
+    only); the handlers before are put back after.
+
+    By default they kill Python outright, skipping every `finally`: a demo
+    stopped by `timeout`, a supervisor or a closed terminal left its trainer,
+    scorer and broker running, and a replay lost what was queued. The
+    long-running commands replace this with `stop_on_signals`.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    before = {sig: signal.signal(sig, handler) for sig in _terminations()}
+    try:
+        yield
+    finally:
+        for sig, old in before.items():
+            signal.signal(sig, old)

@@ -19,6 +19,9 @@ from stream_app import __version__
 from stream_app.cli import demo, scorer, tools, trainer
 from stream_app.cli.common import Handler
 from stream_app.config import ConfigError
+from stream_app.signals import interrupt_on_termination
+
+log = logging.getLogger(__name__)
 
 __all__ = ["build_parser", "main"]
 
@@ -39,21 +42,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from stream_app.kafka.exceptions import BrokerError, ConfigConflictError, TopicError
+    from stream_app.kafka.exceptions import (
+        BrokerError,
+        ConfigConflictError,
+        KafkaEdgeError,
+        TopicError,
+    )
     from stream_app.sources.records import SourceError
 
     try:
         handler: Handler = args.handler
-        return handler(args)
+        with interrupt_on_termination():
+            return handler(args)
     except (ConfigError, ConfigConflictError) as exc:
         print(f"stream-app: configuration error: {exc}", file=sys.stderr)
         return 2
     except (BrokerError, TopicError) as exc:
         print(f"stream-app: {exc}", file=sys.stderr)
         return 2
-    except SourceError as exc:  # read lazily: the records before it were sent
-        print(f"stream-app: stopped at a bad input line, the records before it were sent: "
-              f"{exc}", file=sys.stderr)
+    except SourceError as exc:
+        sent = "" if exc.sent is None else f" ({exc.sent} record(s) sent before it)"
+        print(f"stream-app: stopped at a bad input line{sent}: {exc}", file=sys.stderr)
         return 2
+    except KafkaEdgeError as exc:  # delivery failures, missing topics, a fenced producer
+        log.debug("stopped", exc_info=True)
+        print(f"stream-app: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

@@ -33,7 +33,11 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("replay", help="produce events from a file to clicks/purchases")
     p.add_argument("path", type=Path, help="ratings.dat(.gz), u.data, .jsonl or .csv")
-    p.add_argument("--format", choices=["movielens", "jsonl", "csv"], default="movielens")
+    p.add_argument("--format", choices=["movielens", "jsonl", "csv"],
+                   help="default: from the file name (.jsonl/.ndjson, .csv, else movielens)")
+    p.add_argument("--kind", choices=["click", "purchase"],
+                   help="kind of the JSON lines that carry no \"kind\" field (default: "
+                   "every line must carry one)")
     p.add_argument("--limit", type=int, help="stop after this many events")
     p.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -99,10 +103,12 @@ def _topics(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from stream_app.events import EventKind
     from stream_app.replay import replay_file
 
     acked = replay_file(kafka_config(args), args.path, fmt=args.format, limit=args.limit,
-                        rate=args.rate, progress=not args.quiet)
+                        rate=args.rate, progress=not args.quiet,
+                        kind=EventKind(args.kind) if args.kind else None)
     print(f"replayed {acked} events from {args.path}")
     return 0
 

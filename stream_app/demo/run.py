@@ -1,6 +1,7 @@
 """`stream-app demo`: broker, topics, trainer, scorer, replay, live view, answers, report.
 
-The steps, in order (everything started here is stopped in `finally`, Ctrl-C too):
+The steps, in order (everything started here is stopped in `finally`, on Ctrl-C,
+SIGTERM or SIGHUP too: `signals.interrupt_on_termination`):
 
 1. Input: a time-ordered MovieLens slice (or the synthetic stream), in memory.
 2. Broker: the given one, or a local KRaft broker that is stopped at the end.
@@ -37,6 +38,7 @@ from stream_app.demo.watch import Status, Watcher
 from stream_app.events import ScoreRequest
 from stream_app.kafka import broker
 from stream_app.kafka.admin import create_topics, delete_topics
+from stream_app.report import require_plotting
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +81,20 @@ class DemoOptions:
 
 
 @contextlib.contextmanager
-def local_broker(display: LiveDisplay) -> Iterator[str]:
-    """A broker under ~/.cache/stream-app/demo-broker; stopped after, if we started it."""
+def local_broker(display: LiveDisplay) -> Iterator[tuple[str, bool]]:
+    """A broker under ~/.cache/stream-app/demo-broker, and whether we started it (then it
+    is stopped after, and its next start wipes its data)."""
     settings = broker.BrokerSettings(port=0, state_dir=broker.default_cache_dir() / "demo-broker")
     existing = broker.running(settings)
     if existing is not None:
         display.note(f"reusing the demo broker at {existing.bootstrap_servers}")
-        yield existing.bootstrap_servers
+        yield existing.bootstrap_servers, False
         return
     display.note("starting a local Kafka broker (KRaft, first run resolves its jars) ...")
     started = broker.start(settings)
     display.note(f"broker up at {started.bootstrap_servers} (log {started.log_file})")
     try:
-        yield started.bootstrap_servers
+        yield started.bootstrap_servers, True
     finally:
         broker.stop(settings)
 
@@ -99,6 +102,7 @@ def local_broker(display: LiveDisplay) -> Iterator[str]:
 def run_demo(opts: DemoOptions, kafka: KafkaConfig, *, start_broker: bool,
              stream: TextIO) -> int:
     """The whole demo; 0 when every step worked. `kafka.topic_prefix` must be fresh."""
+    require_plotting()
     began = time.monotonic()
     display = LiveDisplay(stream)
     report = _prepare_report_dir(opts.report_dir)
@@ -107,11 +111,12 @@ def run_demo(opts: DemoOptions, kafka: KafkaConfig, *, start_broker: bool,
         display.note(inp.note)
     display.note(f"input: {inp.description}")
     with contextlib.ExitStack() as stack:
+        ours = False
         if start_broker:
-            bootstrap = stack.enter_context(local_broker(display))
+            bootstrap, ours = stack.enter_context(local_broker(display))
             kafka = dataclasses.replace(kafka, bootstrap_servers=bootstrap)
         create_topics(kafka)
-        if not start_broker and not opts.keep_topics:
+        if not ours and not opts.keep_topics:
             stack.callback(delete_topics, kafka, list(kafka.topics.all()))
         display.note(f"topics {kafka.topics.prefix}* on {kafka.bootstrap_servers}")
         children: list[Child] = []

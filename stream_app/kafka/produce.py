@@ -26,18 +26,32 @@ class Outgoing:
 
 
 class Pacer:
-    """Spaces sends to `rate` per second (0 = unpaced), without drifting."""
+    """Spaces sends to `rate` per second (0 = unpaced), without drifting.
 
-    def __init__(self, rate: float) -> None:
+    The clock starts at the first send, not when the pacer is made: reading a
+    source may take a while before its first record (MovieLens is sorted in
+    memory first), and that time is no send to catch up on. After a stall (a
+    full producer queue, a slow source) it catches up by at most `burst_s`
+    seconds' worth of records, then goes on at `rate` from there.
+    """
+
+    def __init__(self, rate: float, burst_s: float = 1.0) -> None:
         self.rate = rate
-        self._start = time.monotonic()
+        self.burst_s = burst_s
+        self._start: float | None = None
         self._sent = 0
 
     def wait(self) -> None:
-        self._sent += 1
         if self.rate <= 0:
             return
-        ahead = self._sent / self.rate - (time.monotonic() - self._start)
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        self._sent += 1
+        ahead = self._sent / self.rate - (now - self._start)
+        if ahead < -self.burst_s:
+            self._start -= ahead + self.burst_s  # forget the stall beyond one burst
+            ahead = -self.burst_s
         if ahead > 0:
             time.sleep(ahead)
 
@@ -52,13 +66,16 @@ class EventProducer:
     def __init__(self, kafka: KafkaConfig, client_id: str = "stream-app-producer") -> None:
         self._producer: Producer = make_producer(kafka, client_id)
         self.acked = 0
-        self.failed: list[str] = []
+        self.refused = 0
+        self.first_errors: list[str] = []
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is None:
             self.acked += 1
-        elif len(self.failed) < 10:
-            self.failed.append(err.str())
+            return
+        self.refused += 1
+        if len(self.first_errors) < 10:
+            self.first_errors.append(err.str())
 
     def send(self, rec: Outgoing) -> None:
         while True:
@@ -83,9 +100,11 @@ class EventProducer:
 
     def close(self, timeout_s: float = 60.0) -> None:
         left = self._producer.flush(timeout_s)
-        if left or self.failed:
-            raise DeliveryError(f"{left} record(s) undelivered after {timeout_s}s; "
-                                f"errors: {self.failed}")
+        if left or self.refused:
+            raise DeliveryError(
+                f"{left + self.refused} record(s) not delivered ({self.refused} refused by "
+                f"the broker, {left} still queued after {timeout_s:g}s; {self.acked} "
+                f"acknowledged); first errors: {self.first_errors}")
 
     def __enter__(self) -> EventProducer:
         return self

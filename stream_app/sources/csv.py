@@ -29,12 +29,17 @@ def read_csv(path: Path | str) -> Iterator[Event]:
     path = Path(path)
     with open_text(path, encoding="utf-8-sig") as handle:  # a BOM (Excel's exports) is no field
         reader = csv.DictReader(handle)
-        _check_header(path, reader.fieldnames)
-        for row in reader:
-            try:
-                yield _event(row)
-            except DecodeError as err:
-                raise SourceError(path, reader.line_num, err) from err
+        try:
+            _check_header(path, reader.fieldnames)
+            for row in reader:
+                try:
+                    yield _event(row)
+                except DecodeError as err:
+                    raise SourceError(path, reader.line_num, err) from err
+        except UnicodeDecodeError as err:
+            raise SourceError(path, reader.line_num + 1,
+                              f"not UTF-8 text ({err.reason} at byte {err.start} of a read "
+                              "block); save the file as UTF-8") from err
 
 
 def _check_header(path: Path, fields: Any) -> None:
@@ -51,6 +56,10 @@ def _check_header(path: Path, fields: Any) -> None:
 def _event(row: dict[str, Any]) -> Event:
     if None in row:
         raise DecodeError(DlqReason.UNKNOWN_FIELD, "row has more cells than the header")
+    short = [c for c in REQUIRED_COLUMNS if row.get(c) is None]  # "" is a cell, None none
+    if short:
+        raise DecodeError(DlqReason.MISSING_FIELD,
+                          f"row has fewer cells than the header: no {', '.join(short)}")
     try:
         kind = EventKind(row["kind"])
     except ValueError as exc:

@@ -78,5 +78,6 @@ def _event(line: bytes, kind: EventKind | None) -> Event:
                 DlqReason.WRONG_TYPE, f"kind {raw_kind!r} is not click/purchase"
             ) from exc
     if kind is None:
-        raise DecodeError(DlqReason.MISSING_FIELD, "line has no kind and the reader no default")
+        raise DecodeError(DlqReason.MISSING_FIELD, "line has no \"kind\" (click or purchase) "
+                          "and no default kind was given (replay --kind)")
     return event_from_object(obj, kind)

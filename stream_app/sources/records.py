@@ -31,10 +31,16 @@ def to_record(event: Event) -> RawRecord:
 
 
 class SourceError(Exception):
-    """A line of an input file is unusable; names the file and line, keeps the codec reason."""
+    """A line of an input file is unusable; names the file and line, keeps the codec reason.
+
+    `sent` is how many records the broker had acknowledged when the line
+    stopped a replay (None: nothing was being sent). It need not be the
+    records before the line: MovieLens is read whole and sorted first.
+    """
 
     def __init__(self, path: Path, line: int, error: DecodeError | str) -> None:
         self.path = path
         self.line = line
         self.reason: DlqReason | None = error.reason if isinstance(error, DecodeError) else None
+        self.sent: int | None = None
         super().__init__(f"{path}:{line}: {error}")

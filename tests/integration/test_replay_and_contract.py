@@ -108,7 +108,13 @@ def test_replay_limit_and_missing_file(kafka: KafkaConfig, tmp_path: Path,
                    '"item_id": "i1", "ts": "x"}\n')
     assert main(["replay", str(bad), "--format", "jsonl", *base]) == 2  # not a traceback
     err = capsys.readouterr().err
-    assert "bad.jsonl:2" in err and "records before it were sent" in err
+    assert "bad.jsonl:2" in err and "(1 record(s) sent before it)" in err
+    # MovieLens is read whole and sorted before the first send: nothing went out.
+    late = tmp_path / "late.dat"
+    late.write_text(RATINGS + "4::1::x::978300000\n")
+    assert main(["replay", str(late), *base]) == 2
+    err = capsys.readouterr().err
+    assert "late.dat:7" in err and "(0 record(s) sent before it)" in err
     assert main(["replay", str(path), "-X", "no.such.setting=1", *base]) == 2
     assert "No such configuration property" in capsys.readouterr().err
 

@@ -93,9 +93,21 @@ def test_empty_or_broken_stats_are_config_errors(tmp_path: Path) -> None:
     path.write_text("\n")
     with pytest.raises(ConfigError, match="no committed batch"):
         load_stats(path)
-    path.write_text("{not json\n")
+    good = orjson.dumps(dataclasses.asdict(_batches(1)[0])).decode()
+    path.write_text(f"{{not json\n{good}\n")
     with pytest.raises(ConfigError, match=":1: not JSON"):
         load_stats(path)
+    path.write_text(f"{good}\n[]\n")
+    with pytest.raises(ConfigError, match=":2: not a JSON object"):
+        load_stats(path)
+
+
+def test_a_cut_off_last_line_is_skipped(tmp_path: Path) -> None:
+    """A trainer killed mid-write leaves half a line: the batches before it still plot."""
+    path = tmp_path / "trainer-stats.jsonl"
+    lines = [orjson.dumps(dataclasses.asdict(b)).decode() for b in _batches(3)]
+    path.write_text("\n".join(lines) + "\n" + lines[0][:40])
+    assert len(load_stats(path)) == 3
 
 
 def test_rolling_mean_is_event_weighted_and_skips_nan() -> None:
@@ -125,3 +137,4 @@ def test_prequential_plots_follow_event_time_not_commit_order() -> None:
     ordered = stats.by_event_time()
     assert ordered["event_ts_max"].tolist() == [100.0, 300.0]
     assert ordered["hit_rate"].tolist() == [0.1, 0.3]
+

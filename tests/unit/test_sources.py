@@ -176,6 +176,40 @@ def test_csv_bad_row_and_bad_header(tmp_path: Path) -> None:
     assert caught.value.reason is DlqReason.WRONG_TOPIC
 
 
+def test_csv_short_row_and_text_that_is_not_utf8(tmp_path: Path) -> None:
+    short = tmp_path / "short.csv"
+    short.write_text("event_id,user_id,item_id,ts,kind\ne1,u1,i1,1,click\ne2,u1,i1\n")
+    with pytest.raises(SourceError, match="fewer cells than the header: no ts, kind") as caught:
+        list(read_csv(short))
+    assert caught.value.line == 3 and caught.value.reason is DlqReason.MISSING_FIELD
+    # Trailing optional cells may be left out.
+    optional = tmp_path / "optional.csv"
+    optional.write_text("event_id,user_id,item_id,ts,kind,quantity,price\ne1,u1,i1,1,click\n")
+    assert [e.quantity for e in read_csv(optional)] == [None]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("event_id,user_id,item_id,ts,kind\ne1,Jos\u00e9,i1,1,click\n"
+                      .encode("latin-1"))
+    with pytest.raises(SourceError, match="not UTF-8 text"):
+        list(read_csv(latin))
+
+
+def test_replay_input_checks_before_any_broker(tmp_path: Path) -> None:
+    from stream_app.config import ConfigError, KafkaConfig
+    from stream_app.replay import file_records, replay_generated
+
+    with pytest.raises(ConfigError, match="is not a file"):
+        file_records(tmp_path)
+    with pytest.raises(ConfigError, match="--kind applies to JSON Lines"):
+        file_records(DATA / "events_small.csv", kind=EventKind.CLICK)
+    kindless = list(file_records(DATA / "events_small.jsonl", kind=EventKind.PURCHASE))
+    assert len(kindless) == len(list(read_jsonl(DATA / "events_small.jsonl",
+                                                kind=EventKind.PURCHASE)))
+    with pytest.raises(ConfigError, match="--seed must be >= 0"):
+        replay_generated(KafkaConfig(bootstrap_servers="127.0.0.1:1"), n_events=1, n_users=1,
+                         n_items=1, seed=-1, malformed_share=0, drift=False, rate=0,
+                         progress=False)
+
+
 def test_generate_is_deterministic_by_seed() -> None:
     first = list(generate(500, 30, 100, seed=11, malformed_share=0.1, drift=True))
     again = list(generate(500, 30, 100, seed=11, malformed_share=0.1, drift=True))
