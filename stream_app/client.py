@@ -14,15 +14,20 @@ is fetched (no waiting for a full batch).
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Iterable
 from types import TracebackType
 
+from confluent_kafka import KafkaError, Message
+
 from stream_app.codec import DecodeError, decode_prediction, encode_score_request
 from stream_app.config import KafkaConfig
 from stream_app.events import Prediction, ScoreRequest
+from stream_app.kafka.admin import require_topics
 from stream_app.kafka.clients import LATENCY_PRODUCER_DEFAULTS, make_producer
+from stream_app.kafka.produce import DeliveryError
 from stream_app.kafka.reply_reader import ReplyReader
 
 
@@ -40,14 +45,28 @@ class ScoreClient:
         self._answers_in = ReplyReader(kafka, self.topics.predictions,
                                        client_id=f"{client_id}-consumer",
                                        group_id=f"{client_id}-{uuid.uuid4().hex[:8]}")
-        self._answers_in.open()
+        try:
+            self._answers_in.open()
+        except BaseException:
+            self._answers_in.close()
+            raise
         self._answers: dict[str, Prediction] = {}
+        self.undelivered: dict[str, str] = {}
+        """Requests the broker refused: request id -> error."""
+        self._in_flight: set[str] = set()
         self.duplicates = 0
 
     def send(self, request: ScoreRequest) -> str:
         """Produce one request (keyed by user id); returns its request id."""
+        self._in_flight.add(request.request_id)
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            self._in_flight.discard(request.request_id)
+            if err is not None:
+                self.undelivered[request.request_id] = err.str()
+
         self._producer.produce(self.topics.score_requests, key=request.user_id.encode(),
-                               value=encode_score_request(request))
+                               value=encode_score_request(request), on_delivery=delivered)
         self._producer.poll(0)
         return request.request_id
 
@@ -57,10 +76,14 @@ class ScoreClient:
         return ids
 
     def wait(self, request_ids: Iterable[str], timeout_s: float) -> dict[str, Prediction]:
-        """The answers to `request_ids` that arrived within `timeout_s` (maybe fewer)."""
+        """The answers to `request_ids` that arrived within `timeout_s` (maybe fewer).
+
+        A request the broker refused is not waited for (see `undelivered`).
+        """
         wanted = set(request_ids)
-        self._producer.flush(timeout_s)
         deadline = time.monotonic() + timeout_s
+        self._producer.flush(timeout_s)
+        wanted -= self.undelivered.keys()
         while not wanted <= self._answers.keys():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -85,12 +108,21 @@ class ScoreClient:
     def request(self, user_id: str, *, k: int = 20, candidates: tuple[str, ...] | None = None,
                 exclude: tuple[str, ...] = (), exclude_seen: bool = True, explain: bool = False,
                 timeout_s: float = 10.0) -> Prediction:
-        """Send one request and wait for its answer; `TimeoutError` if none comes in time."""
+        """Send one request and wait for its answer; `TimeoutError` if none comes in time,
+        `DeliveryError` if the request itself never reached Kafka."""
         req = ScoreRequest(request_id=uuid.uuid4().hex, user_id=user_id, k=k,
                            candidates=candidates, exclude=exclude, exclude_seen=exclude_seen,
                            explain=explain)
         self.send(req)
         got = self.wait([req.request_id], timeout_s)
+        if req.request_id in self.undelivered:
+            raise DeliveryError(f"request {req.request_id} was not delivered to "
+                                f"{self.topics.score_requests}: "
+                                f"{self.undelivered[req.request_id]}")
+        if req.request_id in self._in_flight:
+            raise DeliveryError(f"request {req.request_id} was not delivered to "
+                                f"{self.topics.score_requests} within {timeout_s:g}s: is "
+                                "the broker reachable, and the topic there?")
         if req.request_id not in got:
             raise TimeoutError(f"no scorer answered request {req.request_id} within "
                                f"{timeout_s:g}s; is `stream-app scorer` running on this "
@@ -127,12 +159,13 @@ def format_prediction(pred: Prediction) -> str:
 def request_command(kafka: KafkaConfig, user_id: str, *, k: int, candidates: tuple[str, ...] | None,
                     exclude: tuple[str, ...], explain: bool, timeout_s: float) -> int:
     """`stream-app request`: 0 with the answer printed, 1 when no scorer answers in time."""
+    require_topics(kafka, [kafka.topics.score_requests, kafka.topics.predictions])
     with ScoreClient(kafka) as client:
         try:
             pred = client.request(user_id, k=k, candidates=candidates, exclude=exclude,
                                   explain=explain, timeout_s=timeout_s)
         except TimeoutError as exc:
-            print(f"stream-app: {exc}")
+            print(f"stream-app: {exc}", file=sys.stderr)
             return 1
     print(format_prediction(pred))
     return 1 if pred.error is not None else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from stream_app.cli.common import component_args, kafka_args, kafka_config
@@ -59,6 +60,8 @@ def _request(args: argparse.Namespace) -> int:
 
     if args.k < 1 or args.k > 1000:
         raise ConfigError(f"--k must be in 1..1000, got {args.k}")
+    if not 0 < args.timeout < math.inf:  # NaN fails too
+        raise ConfigError(f"--timeout must be > 0 seconds, got {args.timeout}")
     return request_command(kafka_config(args), args.user, k=args.k,
                            candidates=_ids(args.candidates), exclude=_ids(args.exclude) or (),
                            explain=args.explain, timeout_s=args.timeout)

@@ -35,7 +35,8 @@ class ReplyReader:
         try:
             meta = consumer.list_topics(self.topic, timeout=timeout_s)
             if self.topic not in meta.topics or meta.topics[self.topic].error is not None:
-                raise KafkaEdgeError(f"topic {self.topic} does not exist")
+                raise KafkaEdgeError(f"topic {self.topic} does not exist (create the topics: "
+                                     "`stream-app topics create` with the same prefix)")
             ends = [_TP(self.topic, p,
                         consumer.get_watermark_offsets(_TP(self.topic, p), timeout=timeout_s)[1])
                     for p in sorted(meta.topics[self.topic].partitions)]

@@ -281,3 +281,25 @@ def test_a_large_catalogue_is_ranked_exactly_by_the_bounded_scan(kafka: KafkaCon
         del items[top], bias[top]
         # Rows of other keys land on other partitions: wait for all of them, not for one.
         wait_until(lambda: exact(client), what="answers exact after the updates")
+
+
+def test_request_without_its_topics_says_what_is_missing(
+        make_kafka, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    from confluent_kafka.admin import NewTopic
+
+    from stream_app.cli import main
+    from stream_app.kafka.produce import DeliveryError
+
+    kafka: KafkaConfig = make_kafka(create=False)
+    base = ["--bootstrap-servers", kafka.bootstrap_servers, "--topic-prefix", kafka.topic_prefix]
+    assert main(["request", "u1", "--timeout", "2", *base]) == 2
+    assert f"missing topic(s): {kafka.topics.score_requests}" in capsys.readouterr().err
+    # Answers can be read but requests cannot be written (the broker creates no topic):
+    # the client says the request never left, not that no scorer answered.
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    admin.create_topics([NewTopic(kafka.topics.predictions, 1, 1)])[
+        kafka.topics.predictions].result(30)
+    wait_until(lambda: kafka.topics.predictions in admin.list_topics(timeout=5).topics,
+               timeout=30, what="the predictions topic")
+    with ScoreClient(kafka) as client, pytest.raises(DeliveryError, match="not delivered"):
+        client.request("u1", timeout_s=2)
