@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from stream_app.events import EventKind
 from stream_app.report import PLOTS
 from stream_app.sources.generate import generate
+from tests.integration.kafka_helpers import wait_until
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -64,3 +66,43 @@ def test_demo_replays_trains_answers_and_writes_the_report(bootstrap: str,
     assert len(predictions) == 3
     for name in ("status.jsonl", "trainer.log", "scorer.log", "trainer-metrics.prom"):
         assert (report / name).stat().st_size > 0, name
+
+
+def test_sigterm_stops_the_demo_and_its_trainer_and_scorer(bootstrap: str,
+                                                          tmp_path: Path) -> None:
+    """`timeout`, a supervisor or a closed terminal must not leave the children running."""
+    write_movielens(tmp_path / "ml", 3000)
+    report = tmp_path / "report"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_APP_")}
+    cmd = [sys.executable, "-m", "stream_app.cli", "demo", "--data", str(tmp_path / "ml"),
+           "--limit", "2500", "--report-dir", str(report), "--bootstrap-servers", bootstrap,
+           "--timeout", "90", "-L", "dim=16"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,  # noqa: S603
+                            env=env, cwd=tmp_path)
+    try:
+        children = wait_until(lambda: _running_in(tmp_path, but=proc.pid)
+                              if (report / "status.jsonl").exists() else None,
+                              timeout=60, what="the demo's trainer and scorer")
+        assert proc.poll() is None and len(children) == 2, children
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, f"{out[-2000:]}\n{err[-2000:]}"
+    assert "the processes it started were stopped" in err
+    assert _running_in(tmp_path, but=proc.pid) == []
+
+
+def _running_in(folder: Path, *, but: int) -> list[int]:
+    """Live processes whose working directory is `folder` (the demo's children), bar one."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == but:
+            continue
+        try:
+            if (entry / "cwd").resolve() == folder.resolve() and \
+                    b"zombie" not in (entry / "status").read_bytes().lower():
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
