@@ -37,16 +37,23 @@ def write_movielens(folder: Path, n_events: int) -> None:
     (folder / "movies.dat.gz").write_bytes(gzip.compress(movies.encode("latin-1")))
 
 
+def _demo(bootstrap: str, folder: Path) -> tuple[list[str], dict[str, str], Path]:
+    """The demo's command on 2,500 generated ratings in `folder`, its environment (no
+    STREAM_APP_* of the test run) and its report folder."""
+    write_movielens(folder / "ml", 3000)
+    report = folder / "report"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_APP_")}
+    cmd = [sys.executable, "-m", "stream_app.cli", "demo", "--data", str(folder / "ml"),
+           "--limit", "2500", "--report-dir", str(report), "--bootstrap-servers", bootstrap,
+           "--timeout", "90", "-L", "dim=16"]
+    return cmd, env, report
+
+
 def test_demo_replays_trains_answers_and_writes_the_report(bootstrap: str,
                                                            tmp_path: Path) -> None:
-    write_movielens(tmp_path / "ml", 3000)
-    report = tmp_path / "report"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_APP_")}
-    cmd = [sys.executable, "-m", "stream_app.cli", "demo", "--data", str(tmp_path / "ml"),
-           "--limit", "2500", "--report-dir", str(report), "--bootstrap-servers", bootstrap,
-           "--timeout", "90", "--users", "2", "-L", "dim=16"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env,  # noqa: S603
-                          cwd=tmp_path, check=False)
+    cmd, env, report = _demo(bootstrap, tmp_path)
+    proc = subprocess.run([*cmd, "--users", "2"], capture_output=True, text=True,  # noqa: S603
+                          timeout=180, env=env, cwd=tmp_path, check=False)
     out = proc.stdout
     assert proc.returncode == 0, f"demo failed:\n{out[-3000:]}\n{proc.stderr[-3000:]}"
 
@@ -71,19 +78,14 @@ def test_demo_replays_trains_answers_and_writes_the_report(bootstrap: str,
 def test_sigterm_stops_the_demo_and_its_trainer_and_scorer(bootstrap: str,
                                                           tmp_path: Path) -> None:
     """`timeout`, a supervisor or a closed terminal must not leave the children running."""
-    write_movielens(tmp_path / "ml", 3000)
-    report = tmp_path / "report"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_APP_")}
-    cmd = [sys.executable, "-m", "stream_app.cli", "demo", "--data", str(tmp_path / "ml"),
-           "--limit", "2500", "--report-dir", str(report), "--bootstrap-servers", bootstrap,
-           "--timeout", "90", "-L", "dim=16"]
+    cmd, env, report = _demo(bootstrap, tmp_path)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,  # noqa: S603
                             env=env, cwd=tmp_path)
     try:
         children = wait_until(lambda: _running_in(tmp_path, but=proc.pid)
                               if (report / "status.jsonl").exists() else None,
                               timeout=60, what="the demo's trainer and scorer")
-        assert proc.poll() is None and len(children) == 2, children
+        assert proc.poll() is None and children is not None and len(children) == 2, children
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
