@@ -76,8 +76,10 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
             (_q("stream_app_freshness_seconds", "since", 0.5), "p50 since {{since}}"),
             (_q("stream_app_freshness_seconds", "since", 0.99), "p99 since {{since}}")],
                "s", "Event (or produce) time until the row is published; target p99 <= 1 s."),
-        _panel("Consumer lag", [("sum by (job, topic) (stream_app_consumer_lag_messages)",
-                                 "{{job}} {{topic}}")], "short"),
+        _panel("Consumer lag", [("sum by (job, instance, topic) "
+                                 "(stream_app_consumer_lag_messages)",
+                                 "{{job}} {{instance}} {{topic}}")], "short",
+               "Per process: every scorer replica reads all of embeddings."),
         _panel("DLQ records by reason", [(
             f"sum by (job, reason) (rate(stream_app_dlq_records_total[{RI}]))",
             "{{job}} {{reason}}")], "ops", "Nothing is dropped silently: bad input lands here."),
@@ -112,18 +114,22 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
             (_q("stream_app_scorer_request_seconds", "phase", 0.5), "p50 {{phase}}"),
             (_q("stream_app_scorer_request_seconds", "phase", 0.99), "p99 {{phase}}")],
                "s", "Target p99 <= 20 ms end to end (phase=total)."),
-        _panel("Fallbacks", [
-            (f"sum by (reason) (rate(stream_app_scorer_fallbacks_total[{RI}]))", "{{reason}}"),
+        _panel("Fallbacks by reason", [
+            (f"sum by (reason) (rate(stream_app_scorer_fallbacks_total[{RI}]))", "{{reason}}")],
+               "reqps", "Answers from popularity, not the user's vector."),
+        _panel("Fallback share", [
             (f"sum(rate(stream_app_scorer_fallbacks_total[{RI}])) / "
              f'sum(rate(stream_app_scorer_request_seconds_count{{phase="total"}}[{RI}]))',
-             "share of requests")], "short", "Answers from popularity, not the user's vector."),
+             "share of requests")], "percentunit", "Alert ScorerMostlyFallback over 50%."),
         _panel("Scorer errors", [(
             f"sum by (reason) (rate(stream_app_scorer_errors_total[{RI}]))", "{{reason}}")],
-               "ops"),
-        _panel("Scorer request rate and batch size", [
+               "reqps", "Error answers and undelivered answers (alert ScorerErrorsHigh)."),
+        _panel("Scorer request rate", [
             (f'sum(rate(stream_app_scorer_request_seconds_count{{phase="total"}}[{RI}]))',
-             "requests / s"),
-            (_q("stream_app_scorer_batch_size_requests", "job", 0.5), "batch p50")], "short"),
+             "answered")], "reqps"),
+        _panel("Scorer batch size p50", [
+            (_q("stream_app_scorer_batch_size_requests", "job", 0.5), "requests a batch")],
+               "short"),
         _panel("Scorer staleness", [("stream_app_scorer_staleness_seconds", "{{instance}}")],
                "s", "Now minus the newest loaded row's updated_at."),
     ]),

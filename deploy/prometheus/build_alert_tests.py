@@ -56,6 +56,7 @@ _LAG = f'stream_app_consumer_lag_messages{{{T},topic="clicks",partition="0"}}'
 _NON_FINITE = f'stream_app_dlq_records_total{{{T},reason="non_finite_loss"}}'
 _FB = f'stream_app_scorer_fallbacks_total{{{S},reason="unknown_user"}}'
 _REQ = f'stream_app_scorer_request_seconds_count{{{S},phase="total"}}'
+_ERR = f'stream_app_scorer_errors_total{{{S},reason="schema"}}'
 
 CASES: list[Case] = [
     Case(alert="TrainerDown", eval_time="6m", series={f"up{{{T}}}": "1 1 0x10"},
@@ -78,9 +79,18 @@ CASES: list[Case] = [
     Case(alert="ProcessRestarting", eval_time="30m",
          series={f"process_start_time_seconds{{{S}}}": "1000x19 1600x19"}),
     Case(alert="ConsumerLagGrowing", eval_time="25m", series={_LAG: "0+200x30"},
-         fires=[({"job": "stream-app-trainer", "topic": "clicks"},
-                 "stream-app-trainer lag on clicks is 5k and growing")]),
+         fires=[({**TRAINER, "topic": "clicks"},
+                 "trainer:9464 lag on clicks is 5k and growing")]),
     Case(alert="ConsumerLagGrowing", eval_time="25m", series={_LAG: "5000x30"}),
+    # Over 1000 from 6m on: still pending at 14m (`for: 10m`).
+    Case(alert="ConsumerLagGrowing", eval_time="14m", series={_LAG: "0+200x30"}),
+    # Rising, but under 1000.
+    Case(alert="ConsumerLagGrowing", eval_time="25m", series={_LAG: "0+30x30"}),
+    # Three scorer replicas each 870 behind on `embeddings` and rising: nobody is over
+    # 1000, though their sum has been for 17 minutes.
+    Case(alert="ConsumerLagGrowing", eval_time="29m", series={
+        f'stream_app_consumer_lag_messages{{job="stream-app-scorer",instance="scorer-{n}:9465",'
+        f'topic="embeddings",partition="0"}}': "0+30x30" for n in range(3)}),
     Case(alert="DlqRateHigh", eval_time="25m", series={
         _APPLIED: "0+95x30",
         f'stream_app_events_total{{{T},topic="clicks",outcome="dlq"}}': "0+5x30",
@@ -88,6 +98,14 @@ CASES: list[Case] = [
          fires=[({"job": "stream-app-trainer"}, "5% of trainer input goes to the DLQ")]),
     Case(alert="DlqRateHigh", eval_time="25m", series={
         _APPLIED: "0+100x30", f'stream_app_dlq_records_total{{{T},reason="schema"}}': "0x30"}),
+    Case(alert="DlqRateHigh", eval_time="25m", series={  # 0.5%: under the 1% threshold
+        _APPLIED: "0+995x30",
+        f'stream_app_events_total{{{T},topic="clicks",outcome="dlq"}}': "0+5x30",
+        f'stream_app_dlq_records_total{{{T},reason="schema"}}': "0+5x30"}),
+    Case(alert="DlqRateHigh", eval_time="9m", series={  # 5% from 1m: pending until 11m
+        _APPLIED: "0+95x30",
+        f'stream_app_events_total{{{T},topic="clicks",outcome="dlq"}}': "0+5x30",
+        f'stream_app_dlq_records_total{{{T},reason="schema"}}': "0+5x30"}),
     Case(alert="TrainingLossNotFinite", eval_time="5m",
          series={_NON_FINITE: "0 0 0 40 40 40 40"},
          fires=[(TRAINER, "Training loss is NaN or infinite on trainer:9464")]),
@@ -99,6 +117,11 @@ CASES: list[Case] = [
          fires=[(TRAINER, "Training loss is 50% above its previous 2 h average")]),
     Case(alert="TrainingLossRising", eval_time="210m",
          series={f"stream_app_training_loss{{{T}}}": "1x240"}),
+    Case(alert="TrainingLossRising", eval_time="210m",  # 30% up: under the 50% threshold
+         series={f"stream_app_training_loss{{{T}}}": "1x150 1.3x90"}),
+    # Deployed, an hour without traffic (the gauge reads 0 before a step), then steady.
+    Case(alert="TrainingLossRising", eval_time="150m",
+         series={f"stream_app_training_loss{{{T}}}": "0x60 2x200"}),
     Case(alert="FreshnessP99High", eval_time="25m", series=_hist(
         "stream_app_freshness_seconds", f'{T},since="produce_time"', _SLOW_FRESH),
          fires=[({"job": "stream-app-trainer"},
@@ -122,9 +145,18 @@ CASES: list[Case] = [
                  "80% of score requests get the popularity fallback")]),
     Case(alert="ScorerMostlyFallback", eval_time="25m",
          series={_FB: "0+10x30", _REQ: "0+100x30"}),
+    Case(alert="ScorerErrorsHigh", eval_time="25m",
+         series={_ERR: "0+5x30", _REQ: "0+95x30"},
+         fires=[({"job": "stream-app-scorer"}, "5% of score requests get an error answer")]),
+    Case(alert="ScorerErrorsHigh", eval_time="25m",
+         series={_ERR: "0+0.5x30", _REQ: "0+99.5x30"}),
     Case(alert="ScorerStale", eval_time="15m", series={
         f"stream_app_scorer_staleness_seconds{{{S}}}": "400+60x20", _APPLIED: "0+100x20"},
          fires=[(SCORER, "Scorer scorer:9465 serves embeddings 21m 40s old")]),
+    # A scorer that never loaded a row (staleness NaN) while the trainer learns.
+    Case(alert="ScorerStale", eval_time="15m", series={
+        f"stream_app_scorer_staleness_seconds{{{S}}}": " ".join(["NaN"] * 21), _APPLIED: "0+100x20"},
+         fires=[(SCORER, "Scorer scorer:9465 serves no embeddings at all")]),
     # Nothing to learn from (idle traffic): old embeddings are expected, no alert.
     Case(alert="ScorerStale", eval_time="15m", series={
         f"stream_app_scorer_staleness_seconds{{{S}}}": "400+60x20", _APPLIED: "100x20"}),
