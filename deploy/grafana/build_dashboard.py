@@ -63,8 +63,8 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
                         ("stream_app_prequential_loss", "{{instance}} prequential (full softmax)")],
                "none", "Training: the step's sampled-softmax loss (alert TrainingLossRising; a "
                "non-finite loss is not plotted: that step is not applied and its events are "
-               "dead-lettered, alert TrainingLossNotFinite). Prequential: cross-entropy over every item of the events "
-               "next learned from, scored before learning."),
+               "dead-lettered, alert TrainingLossNotFinite). Prequential: cross-entropy over "
+               "every item of the events next learned from, scored before learning."),
         _panel("Prequential hit rate: model vs popularity", [(
             "avg by (model, k) (stream_app_prequential_hit_rate)", "{{model}} HR@{{k}}")],
                "percentunit", "Scored before learning from each batch (test-then-train)."),
