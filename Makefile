@@ -63,7 +63,7 @@ bench-quick: bench-deps
 	$(PY) -m bench.run --quick --out bench/results
 
 lint: venv
-	$(VENV)/bin/ruff check stream_app tests bench
+	$(VENV)/bin/ruff check stream_app tests bench deploy
 	$(VENV)/bin/mypy stream_app
 
 clean:
