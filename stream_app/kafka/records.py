@@ -53,6 +53,16 @@ def _bytes(value: str | bytes | None) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
+def first_offsets(records: Sequence[RawRecord]) -> dict[Partition, int]:
+    """Per partition, the first offset of these records: where an aborted batch is read
+    again when its partition has no committed offset to go back to."""
+    out: dict[Partition, int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        out[key] = min(out.get(key, r.offset), r.offset)
+    return out
+
+
 def next_offsets(records: Sequence[RawRecord]) -> dict[Partition, int]:
     """Per partition, the offset to commit after these records (last offset + 1)."""
     out: dict[Partition, int] = {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
@@ -93,8 +93,13 @@ def _call(step: str, fn: Callable[[], T], deadline: float) -> T:
 
 
 def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRecord],
-                 offsets: list[TopicPartition], *, timeout_s: float = 60.0) -> TxnOutcome:
-    """Produce `records` and commit `offsets` (next offset to read) in one transaction."""
+                 offsets: list[TopicPartition], *, starts: Mapping[Partition, int] | None = None,
+                 timeout_s: float = 60.0) -> TxnOutcome:
+    """Produce `records` and commit `offsets` (next offset to read) in one transaction.
+
+    `starts`: the batch's first offset per partition, where an aborted batch is
+    read again if its partition has no committed offset yet.
+    """
     deadline = time.monotonic() + timeout_s
     # Step 1. Begin. Only one transaction is open at a time per producer. If
     # it cannot begin, nothing was produced: the producer is aborted only when
@@ -106,7 +111,7 @@ def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRe
         if exc.by_broker:
             _call("abort", lambda: producer.abort_transaction(timeout_s),
                   time.monotonic() + timeout_s)
-        rewind_to_committed(consumer, offsets)
+        rewind_to_committed(consumer, offsets, starts or {})
         return TxnOutcome.ABORTED
     try:
         # Step 2. Produce. poll(0) serves delivery reports so the local queue
@@ -128,7 +133,7 @@ def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRe
         # Abort path. Nothing of this batch becomes visible; the consumer goes
         # back to the last committed offsets so the batch is read again.
         _call("abort", lambda: producer.abort_transaction(timeout_s), time.monotonic() + timeout_s)
-        rewind_to_committed(consumer, offsets)
+        rewind_to_committed(consumer, offsets, starts or {})
         return TxnOutcome.ABORTED
 
 
@@ -148,14 +153,27 @@ def _produce(producer: Producer, rec: OutRecord) -> None:
             raise FatalTransactionError(f"produce to {rec.topic} failed: {err.str()}") from exc
 
 
-def rewind_to_committed(consumer: Consumer, partitions: list[TopicPartition]) -> None:
-    """Seek each partition back to its committed offset (or the beginning if none)."""
+def rewind_to_committed(consumer: Consumer, partitions: list[TopicPartition],
+                        starts: Mapping[Partition, int]) -> None:
+    """Seek each partition back to its committed offset, or, with none (a new group, a
+    new partition) or an error for it, to the batch's first offset in `starts`.
+
+    Not to offset 0: with `auto.offset.reset=latest` that replayed history the
+    operator chose to skip, or, retention having deleted offset 0, reset to the
+    end and lost the batch and all produced since.
+    """
     if not partitions:
         return
     committed = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in partitions],
                                    timeout=30)
     for tp in committed:
-        offset = tp.offset if tp.offset >= 0 else 0
+        offset = tp.offset
+        if offset < 0 or tp.error is not None:
+            offset = starts.get((tp.topic, tp.partition), -1)
+        if offset < 0:
+            log.error("no committed offset and no batch start for %s[%d]; left where it is",
+                      tp.topic, tp.partition)
+            continue
         try:
             consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
         except KafkaException as exc:
@@ -185,9 +203,10 @@ class TransactionalPublisher:
             ) from exc
 
     def commit(self, consumer: GroupConsumer, records: Iterable[OutRecord],
-               offsets: dict[Partition, int]) -> TxnOutcome:
+               offsets: dict[Partition, int], starts: Mapping[Partition, int]) -> TxnOutcome:
+        """`offsets`: next offsets to read; `starts`: the batch's first offsets."""
         tps = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
-        outcome = commit_batch(self._producer, consumer.raw, records, tps,
+        outcome = commit_batch(self._producer, consumer.raw, records, tps, starts=starts,
                                timeout_s=self._timeout_s)
         if outcome is TxnOutcome.ABORTED:
             # Rewound to the committed offsets: what was queued after the batch

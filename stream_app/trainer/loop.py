@@ -23,7 +23,7 @@ from stream_app.kafka.admin import require_topics
 from stream_app.kafka.consumer import GroupConsumer
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
-from stream_app.kafka.records import Partition, RawRecord, next_offsets
+from stream_app.kafka.records import Partition, RawRecord, first_offsets, next_offsets
 from stream_app.kafka.transaction import TransactionalPublisher, TxnOutcome
 from stream_app.observability.metrics import EvalModel, EventOutcome, TrainerMetrics
 from stream_app.trainer.batch import (
@@ -267,7 +267,7 @@ class Trainer:
         records = output_records(self.topics, blocks, tombstones, meta, dlq)
         txn_start = time.monotonic()
         self._beat("transaction")
-        outcome = publisher.commit(consumer, records, next_offsets(batch))
+        outcome = publisher.commit(consumer, records, next_offsets(batch), first_offsets(batch))
         published_ms = int(time.time() * 1000)
         self.metrics.transaction_seconds.observe(time.monotonic() - txn_start)
         if outcome is TxnOutcome.ABORTED:

@@ -1,15 +1,16 @@
 """`commit_batch`'s branch for a transaction that cannot begin (no broker needed: it
-fails before anything reaches one). Everything else runs against the real broker in
-tests/integration and tests/reliability."""
+fails before anything reaches one), and where an aborted batch is read again from.
+Everything else runs against the real broker in tests/integration and tests/reliability."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
-from stream_app.kafka.transaction import TxnOutcome, commit_batch
+from stream_app.kafka.transaction import TxnOutcome, commit_batch, rewind_to_committed
 
 
 class _NoBegin:
@@ -42,3 +43,36 @@ def test_a_transaction_that_cannot_begin_is_given_up_not_raised(
     outcome = commit_batch(producer, consumer=None, records=[], offsets=[],  # type: ignore[arg-type]
                            timeout_s=0.0)
     assert outcome is TxnOutcome.ABORTED and producer.calls == calls
+
+
+class _Positions:
+    """A consumer stand-in: `committed` answers from a table (OFFSET_INVALID = none
+    committed, or an error for the partition); `seek` records where it went."""
+
+    def __init__(self, committed: dict[tuple[str, int], int | KafkaError]) -> None:
+        self.table = committed
+        self.seeks: list[tuple[str, int, int]] = []
+
+    def committed(self, parts: list[TopicPartition], timeout: float) -> list[SimpleNamespace]:
+        out = []
+        for tp in parts:
+            value = self.table[(tp.topic, tp.partition)]
+            failed = isinstance(value, KafkaError)
+            out.append(SimpleNamespace(topic=tp.topic, partition=tp.partition,
+                                       offset=OFFSET_INVALID if failed else value,
+                                       error=value if failed else None))
+        return out
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+
+def test_an_aborted_batch_is_read_again_from_its_first_offset_when_none_is_committed() -> None:
+    """Not from offset 0: with auto.offset.reset=latest that replays skipped history, or,
+    offset 0 deleted by retention, resets to the end and loses the batch."""
+    consumer = _Positions({("clicks", 0): 120, ("clicks", 1): OFFSET_INVALID,
+                           ("clicks", 2): KafkaError(KafkaError.UNSTABLE_OFFSET_COMMIT)})
+    batch = [TopicPartition("clicks", p, 0) for p in range(3)]
+    rewind_to_committed(consumer, batch,  # type: ignore[arg-type]
+                        {("clicks", 0): 120, ("clicks", 1): 5000, ("clicks", 2): 7000})
+    assert consumer.seeks == [("clicks", 0, 120), ("clicks", 1, 5000), ("clicks", 2, 7000)]
