@@ -9,6 +9,7 @@ local queue without waiting, so a lone request is handed out at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, Message
@@ -30,17 +31,21 @@ class Polled:
     drained: bool
 
 
-def poll_available(consumer: Consumer, max_records: int,
-                   timeout_s: float) -> Polled:
+def poll_available(consumer: Consumer, max_records: int, timeout_s: float, *,
+                   on_first: Callable[[Message], None] | None = None) -> Polled:
     """Up to `max_records` records, blocking at most `timeout_s` for the first one.
 
-    Non-fatal errors are logged; a fatal one raises `KafkaEdgeError`.
+    `on_first` sees the first message before the rest are taken: a rebalance
+    may run in between (see `RequestConsumer.poll`). Non-fatal errors are
+    logged; a fatal one raises `KafkaEdgeError`.
     """
     if max_records <= 0:
         return Polled([], {}, drained=False)
     first = consumer.poll(timeout_s)
     if first is None:
         return Polled([], {}, drained=True)
+    if on_first is not None:
+        on_first(first)
     msgs = [first]
     if max_records > 1:
         msgs.extend(consumer.consume(max_records - 1, timeout=0))

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaException, Message
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
@@ -49,37 +49,64 @@ class RequestConsumer:
                                                  **LATENCY_CONSUMER_DEFAULTS)
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
         self._first_fetch = FirstFetch()
+        self._owned: set[Partition] = set()
+        self._revoked: set[Partition] = set()  # since the current poll's first message
         self._drained = True  # the last poll emptied librdkafka's queue
         self.silent_after_s = SILENT_AFTER_S
         self._consumer.subscribe(list(topics), on_assign=self._assigned,
-                                 on_revoke=self._revoked, on_lost=self._lost)
+                                 on_revoke=self._handle_revoke, on_lost=self._handle_lost)
 
     def _assigned(self, _c: Consumer, parts: list[_TP]) -> None:
         got = [(tp.topic, tp.partition) for tp in parts]
         log.info("assigned partitions=%s", got)
+        self._owned.update(got)
         if self._on_assign is not None:
             self._on_assign(got)
         self._first_fetch.assigned(got, time.monotonic())
 
-    def _revoked(self, _c: Consumer, parts: list[_TP]) -> None:
+    def _handle_revoke(self, _c: Consumer, parts: list[_TP]) -> None:
         gone = [(tp.topic, tp.partition) for tp in parts]
         self._first_fetch.gone(gone)
         if self._on_revoke is not None:
-            self._on_revoke(gone)
+            self._on_revoke(gone)  # may still commit for them
+        self._leave(gone)
 
-    def _lost(self, _c: Consumer, parts: list[_TP]) -> None:
+    def _handle_lost(self, _c: Consumer, parts: list[_TP]) -> None:
         gone = [(tp.topic, tp.partition) for tp in parts]
         self._first_fetch.gone(gone)
+        self._leave(gone)
         if self._on_lost is not None:
             self._on_lost(gone)
 
+    def _leave(self, gone: list[Partition]) -> None:
+        self._owned.difference_update(gone)
+        self._revoked.update(gone)
+
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
-        """Up to `max_records` requests, blocking at most `timeout_s` for the first one."""
-        polled = poll_available(self._consumer, max_records, timeout_s)
+        """Up to `max_records` requests, blocking at most `timeout_s` for the first one.
+
+        `poll_available` takes the first message with `poll()` and the rest with
+        `consume()`. A rebalance inside `consume()` purges what librdkafka holds
+        of a revoked partition, but not the record `poll()` already returned:
+        that one is left out here. Its partition's new owner answers it, and
+        committing its offset here would overwrite the new owner's.
+        """
+        first: list[tuple[str, int, int]] = []
+
+        def took(msg: Message) -> None:
+            self._revoked.clear()  # a revoke inside poll() came before `msg`
+            if msg.error() is None:
+                first.append((msg.topic() or "", msg.partition() or 0, msg.offset() or 0))
+
+        polled = poll_available(self._consumer, max_records, timeout_s, on_first=took)
         self._first_fetch.heard({(r.topic, r.partition) for r in polled.records}
                                 | polled.eof.keys())
         self._drained = polled.drained
-        return polled.records
+        records = polled.records
+        if first and first[0][:2] in self._revoked:
+            log.info("left out request %s[%d]@%d: its partition was revoked meanwhile", *first[0])
+            records = [r for r in records if (r.topic, r.partition, r.offset) != first[0]]
+        return records
 
     def silent(self, after_s: float) -> list[Partition]:
         """Assigned partitions not heard from (no request, no end) `after_s` after their
@@ -95,10 +122,11 @@ class RequestConsumer:
         return stuck(self._first_fetch, self._consumer, self.silent_after_s)
 
     def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool = True) -> None:
-        """Commit next-offsets per partition (last answered offset + 1)."""
-        if not offsets:
+        """Commit next-offsets per partition (last answered offset + 1), for the partitions
+        still ours: the group broker does not check who owns a partition."""
+        parts = [_TP(t, p, o) for (t, p), o in offsets.items() if (t, p) in self._owned]
+        if not parts:
             return
-        parts = [_TP(t, p, o) for (t, p), o in offsets.items()]
         try:
             if asynchronous:
                 self._consumer.commit(offsets=parts, asynchronous=True)
