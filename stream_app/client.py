@@ -130,7 +130,9 @@ class ScoreClient:
         return got[req.request_id]
 
     def close(self) -> None:
-        self._producer.flush(10)
+        if self._producer.flush(10):  # still queued: drop them, or librdkafka keeps trying
+            self._producer.purge()
+            self._producer.flush(0)
         self._answers_in.close()
 
     def __enter__(self) -> ScoreClient:
