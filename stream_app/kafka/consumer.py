@@ -195,6 +195,22 @@ class GroupConsumer:
             self._consumer.resume([_TP(t, p) for t, p in resume])
             self._paused.difference_update(resume)
 
+    def settle(self, parts: list[Partition], timeout_s: float = 60.0) -> None:
+        """Wait until no open transaction holds offsets for `parts` (KIP-447).
+
+        `committed()` of a read_committed consumer asks for stable offsets, and
+        librdkafka asks again while the broker answers UNSTABLE_OFFSET_COMMIT.
+        A previous owner whose offsets were sent in a transaction still open
+        (dropped from the group between its send_offsets and its commit) has
+        its rows in the changelog once this returns; the end offsets read after
+        it include them. On timeout (a dead owner's transaction, aborted by the
+        broker after `transaction.timeout.ms`) or error, logged and left.
+        """
+        try:
+            self._consumer.committed([_TP(t, p) for t, p in parts], timeout=timeout_s)
+        except KafkaException as exc:
+            log.warning("committed offsets of %s not settled: %s", parts, exc)
+
     def end_offsets(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
         """True end (high watermark) of every partition of `topic`; see `high_watermarks`."""
         return high_watermarks(self._kafka, topic, client_id=self._client_id,

@@ -162,11 +162,16 @@ class Trainer:
         and every batch of ours is committed before we poll again, so the
         changelog also holds everything this trainer did. Skipped when the
         changelog has not moved since our last restore (a lone trainer's start).
+        The end is read once the partitions' committed offsets are stable: a
+        previous owner dropped from the group with a transaction still open
+        would otherwise have its last rows missing from our restore while its
+        offsets still commit, and we would publish stale rows over them.
         """
         if not parts or consumer is None:
             return
         whole = self._owns_every_input(consumer)  # asked first: a long restore makes the
         # consumer look too long without a poll, and the answer False
+        consumer.settle(parts)  # a previous owner's open transaction ends first
         if self.cfg.restore and consumer.end_offsets(self.topics.embeddings) \
                 != self._restored_ends:
             log.info("partitions=%s newly assigned and the changelog moved: restoring", parts)
