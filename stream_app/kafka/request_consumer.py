@@ -50,6 +50,7 @@ class RequestConsumer:
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
         self._first_fetch = FirstFetch()
         self._owned: set[Partition] = set()
+        self._latest: dict[Partition, int] = {}  # the highest offset asked to commit
         self._revoked: set[Partition] = set()  # since the current poll's first message
         self._drained = True  # the last poll emptied librdkafka's queue
         self.silent_after_s = SILENT_AFTER_S
@@ -81,6 +82,8 @@ class RequestConsumer:
     def _leave(self, gone: list[Partition]) -> None:
         self._owned.difference_update(gone)
         self._revoked.update(gone)
+        for part in gone:
+            self._latest.pop(part, None)
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         """Up to `max_records` requests, blocking at most `timeout_s` for the first one.
@@ -123,8 +126,18 @@ class RequestConsumer:
 
     def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool = True) -> None:
         """Commit next-offsets per partition (last answered offset + 1), for the partitions
-        still ours: the group broker does not check who owns a partition."""
-        parts = [_TP(t, p, o) for (t, p), o in offsets.items() if (t, p) in self._owned]
+        still ours: the group broker does not check who owns a partition.
+
+        A synchronous commit (on revoke, at shutdown) sends every partition's
+        latest offset again: an asynchronous commit that failed is reported to
+        nobody, and an idle partition's offset would stay behind, so its next
+        owner would answer those requests again.
+        """
+        for part, offset in offsets.items():
+            if part in self._owned:
+                self._latest[part] = max(offset, self._latest.get(part, offset))
+        chosen = offsets if asynchronous else self._latest
+        parts = [_TP(t, p, o) for (t, p), o in chosen.items() if (t, p) in self._owned]
         if not parts:
             return
         try:

@@ -87,3 +87,14 @@ def test_a_request_of_a_partition_revoked_after_poll_is_neither_answered_nor_com
     assert revoked == [[(TOPIC, 0)]]
     rc.commit({(TOPIC, 0): 16, (TOPIC, 1): 4})
     assert fake.commits == [[(1, 4)]]  # partition 0 is its new owner's to commit
+
+
+def test_a_synchronous_commit_sends_every_latest_offset_again(fake: _Consumer) -> None:
+    """A failed asynchronous commit is reported to nobody: the commit on revoke repeats it."""
+    rc = RequestConsumer(KafkaConfig(bootstrap_servers="127.0.0.1:1"), client_id="c",
+                         group_id="g", topics=[TOPIC])
+    fake.callbacks["on_assign"](fake, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
+    rc.commit({(TOPIC, 0): 16})
+    rc.commit({(TOPIC, 1): 4})
+    rc.commit({}, asynchronous=False)
+    assert fake.commits == [[(0, 16)], [(1, 4)], [(0, 16), (1, 4)]]
