@@ -12,7 +12,7 @@ from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
 from stream_app.events import KeyValue
-from stream_app.kafka.clients import make_consumer
+from stream_app.kafka.clients import CONSUMER_DEFAULTS, make_consumer
 from stream_app.kafka.event_time import EventTimeMerger
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import FirstFetch, stuck
@@ -51,6 +51,8 @@ class GroupConsumer:
             enforce["partition.assignment.strategy"] = "range"
         self._consumer: Consumer = make_consumer(kafka, client_id, group_id, enforce=enforce)
         self._kafka, self._client_id = kafka, client_id
+        reset = str(kafka.client.get("auto.offset.reset", CONSUMER_DEFAULTS["auto.offset.reset"]))
+        self._starts_at_end = reset.lower() in ("latest", "largest", "end")
         self._merger = EventTimeMerger(event_time)
         self._revoked: set[Partition] = set()
         self._assigned: set[Partition] = set()
@@ -227,9 +229,11 @@ class GroupConsumer:
             return out
         for tp in self._consumer.position(parts):
             low, high = self._consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
-            # Before the first fetch the position is invalid: count from the low
-            # watermark, so a fresh backlog shows as lag instead of vanishing.
-            start = tp.offset if tp.offset >= 0 else low
+            # Before the first record the position is invalid: count from where the
+            # reset policy starts (the low watermark by default), so a fresh backlog
+            # shows as lag instead of vanishing, and history skipped by
+            # auto.offset.reset=latest does not.
+            start = tp.offset if tp.offset >= 0 else (high if self._starts_at_end else low)
             if start >= 0 and high >= 0:
                 part = (tp.topic, tp.partition)
                 out[part] = max(0, high - start) + self._merger.queued(part)

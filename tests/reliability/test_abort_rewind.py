@@ -42,10 +42,12 @@ def test_an_abort_before_the_first_commit_keeps_offset_reset_latest(
     trainer.start()
     port = trainer.metrics_port()
     wait_until(lambda: _ready(port), timeout=60, interval=0.5, what="the trainer ready")
-    # Its first fetches take the end as the position; nothing exposes that (the lag
-    # counts from the low watermark until a record arrives), so give them time. Were
-    # it too short, new events would be skipped and the count below would time out.
+    # Its first fetches take the end as the position; nothing exposes that, so give
+    # them time. Were it too short, new events would be skipped and the count below
+    # would time out.
     time.sleep(5)
+    assert metric_sums(port).get("stream_app_consumer_lag_messages") == 0, \
+        "the skipped history counts as lag"
     produce(kafka, new)
     wait_until(lambda: metric_sums(port).get("stream_app_transaction_aborts_total", 0) >= 1,
                timeout=90, interval=0.5, what="an aborted transaction")
