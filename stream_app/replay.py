@@ -30,15 +30,15 @@ Format = Literal["movielens", "jsonl", "csv"]
 
 
 def infer_format(path: Path) -> Format:
-    """The format a file's name says: `.jsonl`/`.ndjson` and `.csv` (also gzipped), else
-    MovieLens (`ratings.dat`, `u.data`).
+    """The format a file's name says: `.jsonl`/`.ndjson`/`.json` (one event a line) and
+    `.csv` (also gzipped), else MovieLens (`ratings.dat`, `u.data`).
 
     >>> infer_format(Path("events.jsonl.gz")), infer_format(Path("ratings.dat"))
     ('jsonl', 'movielens')
     """
     suffixes = [s for s in path.suffixes if s != ".gz"]
     last = suffixes[-1].lower() if suffixes else ""
-    if last in (".jsonl", ".ndjson"):
+    if last in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
     return "csv" if last == ".csv" else "movielens"
 
@@ -80,26 +80,30 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
                     rate: float, progress: bool, label: str) -> int:
     """Produce and wait for every acknowledgement; returns the number acknowledged.
 
-    Stopped early (a bad input line, Ctrl-C, SIGTERM), what was queued is
-    still flushed, and the user is told how many records the broker took,
-    so they know where a re-run would pick up.
+    Stopped early (a bad input line, Ctrl-C, SIGTERM), what was queued gets
+    5 s to be delivered (`EventProducer.abandon`), and the user is told how
+    many records the broker took, so they know where a re-run would pick up.
     """
     require_topics(kafka, [kafka.topics.clicks, kafka.topics.purchases])
     bar = Progress(label, total=total, stream=sys.stderr if progress else None)
     producer = EventProducer(kafka, client_id=f"stream-app-{label}")
+    interrupted = False
     try:
         with producer:
             for _ in producer.send_all(outgoing(records, kafka.topics), rate=rate):
                 bar.advance()
-    except BaseException as exc:
-        bar.close()
-        if isinstance(exc, SourceError):
-            exc.sent = producer.acked
-        elif isinstance(exc, KeyboardInterrupt):
-            print(f"{label} interrupted: {producer.acked} records acknowledged by the broker",
-                  file=sys.stderr)
+    except SourceError as exc:
+        exc.sent = producer.acked
         raise
-    bar.close()
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        bar.close()
+        if interrupted:
+            dropped = f", {producer.dropped} dropped unsent" if producer.dropped else ""
+            print(f"{label} interrupted: {producer.acked} records acknowledged by the "
+                  f"broker{dropped}", file=sys.stderr)
     return producer.acked
 
 

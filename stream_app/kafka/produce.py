@@ -67,6 +67,7 @@ class EventProducer:
         self._producer: Producer = make_producer(kafka, client_id)
         self.acked = 0
         self.refused = 0
+        self.dropped = 0  # still queued when a stopped producer gave up on them
         self.first_errors: list[str] = []
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
@@ -106,8 +107,20 @@ class EventProducer:
                 f"the broker, {left} still queued after {timeout_s:g}s; {self.acked} "
                 f"acknowledged); first errors: {self.first_errors}")
 
+    def abandon(self, timeout_s: float = 5.0) -> int:
+        """Stopped early: deliver what the broker takes within `timeout_s`, drop the rest
+        (returned), and raise nothing, so the reason for stopping stays the error."""
+        left = self._producer.flush(timeout_s)
+        if left:
+            self._producer.purge()
+            self._producer.flush(0)
+        return left
+
     def __enter__(self) -> EventProducer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.dropped = self.abandon()

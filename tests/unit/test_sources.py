@@ -201,9 +201,11 @@ def test_replay_input_checks_before_any_broker(tmp_path: Path) -> None:
         file_records(tmp_path)
     with pytest.raises(ConfigError, match="--kind applies to JSON Lines"):
         file_records(DATA / "events_small.csv", kind=EventKind.CLICK)
-    kindless = list(file_records(DATA / "events_small.jsonl", kind=EventKind.PURCHASE))
-    assert len(kindless) == len(list(read_jsonl(DATA / "events_small.jsonl",
-                                                kind=EventKind.PURCHASE)))
+    plain = tmp_path / "plain.jsonl"  # event values as on the topic: no "kind"
+    plain.write_text('{"event_id": "e1", "user_id": "u1", "item_id": "i1", "ts": 1}\n'
+                     '{"event_id": "e2", "user_id": "u2", "item_id": "i1", "ts": 2}\n')
+    assert [r.kind for r in file_records(plain, kind=EventKind.PURCHASE)] == \
+        [EventKind.PURCHASE, EventKind.PURCHASE]
     with pytest.raises(ConfigError, match="--seed must be >= 0"):
         replay_generated(KafkaConfig(bootstrap_servers="127.0.0.1:1"), n_events=1, n_users=1,
                          n_items=1, seed=-1, malformed_share=0, drift=False, rate=0,

@@ -1,0 +1,48 @@
+"""`EventProducer` stopped by an exception: a short flush, the rest dropped and counted, and
+the exception that stopped it is the one raised (a stand-in for librdkafka's producer)."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream_app.config import KafkaConfig
+from stream_app.kafka import produce
+from stream_app.kafka.produce import DeliveryError, EventProducer
+
+
+class _Stuck:
+    """A producer whose broker is gone: three records stay queued whatever the wait."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.queued = 3
+
+    def flush(self, timeout: float) -> int:
+        self.calls.append(f"flush {timeout:g}")
+        return self.queued
+
+    def purge(self) -> None:
+        self.calls.append("purge")
+        self.queued = 0
+
+
+@pytest.fixture
+def stuck(monkeypatch: pytest.MonkeyPatch) -> _Stuck:
+    fake = _Stuck()
+    monkeypatch.setattr(produce, "make_producer", lambda *a, **k: fake)
+    return fake
+
+
+def test_an_interrupted_producer_drops_what_is_left_and_keeps_the_interrupt(
+        stuck: _Stuck) -> None:
+    producer = EventProducer(KafkaConfig(bootstrap_servers="127.0.0.1:1"))
+    with pytest.raises(KeyboardInterrupt), producer:
+        raise KeyboardInterrupt
+    assert producer.dropped == 3
+    assert stuck.calls == ["flush 5", "purge", "flush 0"]
+
+
+def test_a_producer_closed_normally_reports_what_it_could_not_deliver(stuck: _Stuck) -> None:
+    with pytest.raises(DeliveryError, match="3 record"), \
+            EventProducer(KafkaConfig(bootstrap_servers="127.0.0.1:1")):
+        pass
