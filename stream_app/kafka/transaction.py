@@ -93,7 +93,7 @@ def _call(step: str, fn: Callable[[], T], deadline: float) -> T:
 
 
 def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRecord],
-                 offsets: list[TopicPartition], *, starts: Mapping[Partition, int] | None = None,
+                 offsets: list[TopicPartition], *, starts: Mapping[Partition, int],
                  timeout_s: float = 60.0) -> TxnOutcome:
     """Produce `records` and commit `offsets` (next offset to read) in one transaction.
 
@@ -111,7 +111,7 @@ def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRe
         if exc.by_broker:
             _call("abort", lambda: producer.abort_transaction(timeout_s),
                   time.monotonic() + timeout_s)
-        rewind_to_committed(consumer, offsets, starts or {})
+        rewind_to_committed(consumer, offsets, starts)
         return TxnOutcome.ABORTED
     try:
         # Step 2. Produce. poll(0) serves delivery reports so the local queue
@@ -133,7 +133,7 @@ def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRe
         # Abort path. Nothing of this batch becomes visible; the consumer goes
         # back to the last committed offsets so the batch is read again.
         _call("abort", lambda: producer.abort_transaction(timeout_s), time.monotonic() + timeout_s)
-        rewind_to_committed(consumer, offsets, starts or {})
+        rewind_to_committed(consumer, offsets, starts)
         return TxnOutcome.ABORTED
 
 

@@ -41,7 +41,7 @@ def test_a_transaction_that_cannot_begin_is_given_up_not_raised(
         requires_abort: bool, calls: list[str]) -> None:
     producer = _NoBegin(requires_abort=requires_abort)
     outcome = commit_batch(producer, consumer=None, records=[], offsets=[],  # type: ignore[arg-type]
-                           timeout_s=0.0)
+                           starts={}, timeout_s=0.0)
     assert outcome is TxnOutcome.ABORTED and producer.calls == calls
 
 
@@ -74,5 +74,6 @@ def test_an_aborted_batch_is_read_again_from_its_first_offset_when_none_is_commi
                            ("clicks", 2): KafkaError(KafkaError.UNSTABLE_OFFSET_COMMIT)})
     batch = [TopicPartition("clicks", p, 0) for p in range(3)]
     rewind_to_committed(consumer, batch,  # type: ignore[arg-type]
-                        {("clicks", 0): 120, ("clicks", 1): 5000, ("clicks", 2): 7000})
+                        {("clicks", 0): 150, ("clicks", 1): 5000, ("clicks", 2): 7000})
+    # The committed offset wins where there is one (120, not the batch's 150).
     assert consumer.seeks == [("clicks", 0, 120), ("clicks", 1, 5000), ("clicks", 2, 7000)]
