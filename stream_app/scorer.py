@@ -297,7 +297,7 @@ class Scorer:
 
 def run_scorer(kafka: KafkaConfig, cfg: ScorerConfig, *, registry: CollectorRegistry | None = None,
                stop: threading.Event | None = None) -> int:
-    """The `stream-app scorer` process: SIGTERM/SIGINT stop it cleanly."""
+    """The `stream-app scorer` process: SIGTERM/SIGINT/SIGHUP stop it cleanly."""
     stop = stop if stop is not None else threading.Event()
     stop_on_signals(stop)
     return Scorer(kafka, cfg, registry=registry, stop=stop).run()

@@ -1,5 +1,5 @@
-"""SIGTERM/SIGINT → a stop event, so loops finish or abort their transaction and close;
-SIGTERM → KeyboardInterrupt for the one-shot tools; and the exit status that asks a
+"""SIGTERM/SIGINT/SIGHUP → a stop event, so loops finish or abort their transaction and close;
+SIGTERM/SIGHUP → KeyboardInterrupt for the one-shot tools; and the exit status that asks a
 supervisor for a restart."""
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from 1 (runtime failure) and 2 (configuration error)."""
 def _terminations() -> list[signal.Signals]:
     """SIGTERM, and SIGHUP (a closed terminal) unless it is ignored, as under `nohup`."""
     found = [signal.SIGTERM]
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        found.append(signal.SIGHUP)
+    hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+        found.append(hangup)
     return found
 
 
@@ -44,7 +45,7 @@ def stop_on_signals(stop: threading.Event) -> None:
 @contextlib.contextmanager
 def interrupt_on_termination() -> Iterator[None]:
     """Inside, SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does (main thread
-    only); the handlers before are put back after.
+    only); the handlers before (SIGINT's too) are put back after.
 
     By default they kill Python outright, skipping every `finally`: a demo
     stopped by `timeout`, a supervisor or a closed terminal left its trainer,
@@ -59,6 +60,7 @@ def interrupt_on_termination() -> Iterator[None]:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     before = {sig: signal.signal(sig, handler) for sig in _terminations()}
+    before[signal.SIGINT] = signal.getsignal(signal.SIGINT)  # `stop_on_signals` may take it
     try:
         yield
     finally:

@@ -1,7 +1,8 @@
 """`stream-app` command line: argument parsing only; each command lives in its module.
 
 Exit codes: 0 ok, 1 runtime failure, 2 configuration error (with what to fix),
-75 the trainer's watchdog saw no progress (restart it: run under a supervisor).
+75 a process stuck in what only a restart cures (run under a supervisor), 130
+a one-shot command stopped by Ctrl-C, SIGTERM or SIGHUP.
 
 One module per role adds its subcommands: `tools` (broker, topics, replay,
 generate), `trainer` (trainer, forget), `scorer` (scorer, request) and `demo`

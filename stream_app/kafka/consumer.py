@@ -12,7 +12,7 @@ from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
 from stream_app.events import KeyValue
-from stream_app.kafka.clients import CONSUMER_DEFAULTS, make_consumer
+from stream_app.kafka.clients import consumer_config, make_consumer
 from stream_app.kafka.event_time import EventTimeMerger
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import FirstFetch, stuck
@@ -51,8 +51,8 @@ class GroupConsumer:
             enforce["partition.assignment.strategy"] = "range"
         self._consumer: Consumer = make_consumer(kafka, client_id, group_id, enforce=enforce)
         self._kafka, self._client_id = kafka, client_id
-        reset = str(kafka.client.get("auto.offset.reset", CONSUMER_DEFAULTS["auto.offset.reset"]))
-        self._starts_at_end = reset.lower() in ("latest", "largest", "end")
+        reset = consumer_config(kafka, client_id, group_id)["auto.offset.reset"]
+        self._starts_at_end = str(reset).lower() in ("latest", "largest", "end")
         self._merger = EventTimeMerger(event_time)
         self._revoked: set[Partition] = set()
         self._assigned: set[Partition] = set()
@@ -209,9 +209,14 @@ class GroupConsumer:
         broker after `transaction.timeout.ms`) or error, logged and left.
         """
         try:
-            self._consumer.committed([_TP(t, p) for t, p in parts], timeout=timeout_s)
+            got = self._consumer.committed([_TP(t, p) for t, p in parts], timeout=timeout_s)
         except KafkaException as exc:
             log.warning("committed offsets of %s not settled: %s", parts, exc)
+            return
+        for tp in got:
+            if tp.error is not None:
+                log.warning("committed offset of %s[%d] not settled: %s", tp.topic,
+                            tp.partition, tp.error)
 
     def end_offsets(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
         """True end (high watermark) of every partition of `topic`; see `high_watermarks`."""

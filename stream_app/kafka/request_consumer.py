@@ -68,9 +68,11 @@ class RequestConsumer:
     def _handle_revoke(self, _c: Consumer, parts: list[_TP]) -> None:
         gone = [(tp.topic, tp.partition) for tp in parts]
         self._first_fetch.gone(gone)
-        if self._on_revoke is not None:
-            self._on_revoke(gone)  # may still commit for them
-        self._leave(gone)
+        try:
+            if self._on_revoke is not None:
+                self._on_revoke(gone)  # may still commit for them
+        finally:
+            self._leave(gone)
 
     def _handle_lost(self, _c: Consumer, parts: list[_TP]) -> None:
         gone = [(tp.topic, tp.partition) for tp in parts]

@@ -120,7 +120,7 @@ class Trainer:
         self._snapshots.write(self.learner, wait=stopping)
 
     def run(self) -> int:
-        """Run until stopped (SIGTERM/SIGINT set `stop`) or idle too long: 0; or until a
+        """Run until stopped (SIGTERM/SIGINT/SIGHUP set `stop`) or idle too long: 0; or until a
         partition is assigned but never fetched: EXIT_STALLED (see `_loop`)."""
         # Co-partitioning (one trainer owns partition i of both event topics, so
         # a user's clicks and purchases) needs equal partition counts.
@@ -171,11 +171,12 @@ class Trainer:
             return
         whole = self._owns_every_input(consumer)  # asked first: a long restore makes the
         # consumer look too long without a poll, and the answer False
-        consumer.settle(parts)  # a previous owner's open transaction ends first
-        if self.cfg.restore and consumer.end_offsets(self.topics.embeddings) \
-                != self._restored_ends:
-            log.info("partitions=%s newly assigned and the changelog moved: restoring", parts)
-            self._restore()
+        if self.cfg.restore:
+            consumer.settle(parts)  # a previous owner's open transaction ends first
+            if consumer.end_offsets(self.topics.embeddings) != self._restored_ends:
+                log.info("partitions=%s newly assigned and the changelog moved: restoring",
+                         parts)
+                self._restore()
         self._scope(whole)
 
     def _owns_every_input(self, consumer: GroupConsumer) -> bool:
