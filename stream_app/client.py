@@ -54,6 +54,7 @@ class ScoreClient:
         self.undelivered: dict[str, str] = {}
         """Requests the broker refused: request id -> error."""
         self._in_flight: set[str] = set()
+        self._gave_up: set[str] = set()  # still in flight when `request` stopped waiting
         self.duplicates = 0
 
     def send(self, request: ScoreRequest) -> str:
@@ -120,6 +121,7 @@ class ScoreClient:
                                 f"{self.topics.score_requests}: "
                                 f"{self.undelivered[req.request_id]}")
         if req.request_id in self._in_flight:
+            self._gave_up.add(req.request_id)
             raise DeliveryError(f"request {req.request_id} was not delivered to "
                                 f"{self.topics.score_requests} within {timeout_s:g}s: is "
                                 "the broker reachable, and the topic there?")
@@ -130,7 +132,11 @@ class ScoreClient:
         return got[req.request_id]
 
     def close(self) -> None:
-        if self._producer.flush(10):  # still queued: drop them, or librdkafka keeps trying
+        """Deliver what was sent (10 s), then drop what is left, or librdkafka keeps trying.
+        Requests `request` already gave up on are dropped without waiting."""
+        if not self._in_flight <= self._gave_up:
+            self._producer.flush(10)
+        if len(self._producer):
             self._producer.purge()
             self._producer.flush(0)
         self._answers_in.close()
