@@ -51,8 +51,7 @@ class GroupConsumer:
             enforce["partition.assignment.strategy"] = "range"
         self._consumer: Consumer = make_consumer(kafka, client_id, group_id, enforce=enforce)
         self._kafka, self._client_id = kafka, client_id
-        reset = consumer_config(kafka, client_id, group_id)["auto.offset.reset"]
-        self._starts_at_end = str(reset).lower() in ("latest", "largest", "end")
+        self._starts_at_end = starts_at_end(kafka, client_id, group_id)
         self._merger = EventTimeMerger(event_time)
         self._revoked: set[Partition] = set()
         self._assigned: set[Partition] = set()
@@ -228,24 +227,39 @@ class GroupConsumer:
 
         The high watermark is librdkafka's cached one (from fetch responses).
         """
-        out: dict[Partition, int] = {}
-        parts = [_TP(t, p) for t, p in self._assigned]
-        if not parts:
-            return out
-        for tp in self._consumer.position(parts):
-            low, high = self._consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
-            # Before the first record the position is invalid: count from where the
-            # reset policy starts (the low watermark by default), so a fresh backlog
-            # shows as lag instead of vanishing, and history skipped by
-            # auto.offset.reset=latest does not.
-            start = tp.offset if tp.offset >= 0 else (high if self._starts_at_end else low)
-            if start >= 0 and high >= 0:
-                part = (tp.topic, tp.partition)
-                out[part] = max(0, high - start) + self._merger.queued(part)
-        return out
+        behind = lag_behind(self._consumer, [_TP(t, p) for t, p in self._assigned],
+                            starts_at_end=self._starts_at_end)
+        return {part: n + self._merger.queued(part) for part, n in behind.items()}
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def starts_at_end(kafka: KafkaConfig, client_id: str, group_id: str) -> bool:
+    """Whether a partition without a committed offset starts at its end
+    (`auto.offset.reset=latest`) rather than its beginning (the default)."""
+    reset = consumer_config(kafka, client_id, group_id)["auto.offset.reset"]
+    return str(reset).lower() in ("latest", "largest", "end")
+
+
+def lag_behind(consumer: Consumer, parts: list[_TP], *,
+               starts_at_end: bool) -> dict[Partition, int]:
+    """Records behind librdkafka's cached high watermark per partition.
+
+    Before the first record the position is invalid: count from where the
+    reset policy starts, so a fresh backlog (or a partition librdkafka never
+    fetches) shows as lag instead of vanishing, and history skipped by
+    `auto.offset.reset=latest` does not.
+    """
+    out: dict[Partition, int] = {}
+    if not parts:
+        return out
+    for tp in consumer.position(parts):
+        low, high = consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+        start = tp.offset if tp.offset >= 0 else (high if starts_at_end else low)
+        if start >= 0 and high >= 0:
+            out[(tp.topic, tp.partition)] = max(0, high - start)
+    return out
 
 
 def end_offsets(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> dict[int, int]:

@@ -20,6 +20,7 @@ from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
 from stream_app.kafka.clients import LATENCY_CONSUMER_DEFAULTS, make_consumer
+from stream_app.kafka.consumer import lag_behind, starts_at_end
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import SILENT_AFTER_S, FirstFetch, stuck
 from stream_app.kafka.polling import poll_available
@@ -48,6 +49,7 @@ class RequestConsumer:
                                                  enforce={"enable.partition.eof": True},
                                                  **LATENCY_CONSUMER_DEFAULTS)
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
+        self._starts_at_end = starts_at_end(kafka, client_id, group_id)
         self._first_fetch = FirstFetch()
         self._owned: set[Partition] = set()
         self._latest: dict[Partition, int] = {}  # the highest offset asked to commit
@@ -151,16 +153,10 @@ class RequestConsumer:
             raise KafkaEdgeError(f"offset commit failed: {exc}") from exc
 
     def lag(self) -> dict[Partition, int]:
-        """Requests behind the high watermark per assigned partition (cached statistics)."""
-        out: dict[Partition, int] = {}
-        parts = self._consumer.assignment()
-        if not parts:
-            return out
-        for tp in self._consumer.position(parts):
-            _low, high = self._consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
-            if tp.offset >= 0 and high >= 0:
-                out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
-        return out
+        """Requests behind the high watermark per assigned partition (cached statistics;
+        before a partition's first request, from where the reset policy starts)."""
+        return lag_behind(self._consumer, self._consumer.assignment(),
+                          starts_at_end=self._starts_at_end)
 
     def close(self) -> None:
         """Leave the group (revoking, so `on_revoke` may commit once more)."""
