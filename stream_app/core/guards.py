@@ -55,7 +55,8 @@ class RateLimiter:
     """At most `cap` applied events per user per tumbling event-time window.
 
     Tumbling windows (`ts // window_ms`) keep the state one pair per user; a
-    bot clicking thousands of items in a window contributes `cap` of them.
+    bot clicking thousands of items in a window contributes `cap` of them, and
+    a late event counts in the user's newest window.
     State is bounded: users whose window has passed are dropped on commit.
 
     >>> r = RateLimiter(cap=2, window_ms=1000)
@@ -68,10 +69,19 @@ class RateLimiter:
         self.window_ms = window_ms
         self._counts: dict[str, tuple[int, int]] = {}  # user -> (window index, count)
 
-    def current(self, user_id: str, ts: int, pending: dict[str, tuple[int, int]]) -> int:
+    def _window_and_count(self, user_id: str, ts: int,
+                          pending: dict[str, tuple[int, int]]) -> tuple[int, int]:
+        """The window `ts` counts in and the user's count there so far.
+
+        A late event (older than the user's newest window) counts in that newest
+        window: keeping one pair per user, it would otherwise reset the count,
+        and a bot alternating old and new timestamps would never be capped.
+        """
         window = ts // self.window_ms
         w, c = pending.get(user_id) or self._counts.get(user_id) or (window, 0)
-        return c if w == window else 0
+        if window < w:
+            return w, c
+        return window, c if w == window else 0
 
     def forget(self, user_id: str) -> None:
         """Drop the user's count (forget)."""
@@ -80,8 +90,7 @@ class RateLimiter:
     def allowed(self, user_id: str, ts: int, pending: dict[str, tuple[int, int]]) -> bool:
         if self.cap <= 0:
             return True
-        window = ts // self.window_ms
-        count = self.current(user_id, ts, pending)
+        window, count = self._window_and_count(user_id, ts, pending)
         if count >= self.cap:
             return False
         pending[user_id] = (window, count + 1)

@@ -31,3 +31,14 @@ def test_rate_cap_limits_a_bot_in_event_time() -> None:
     # The next window lets the user in again; the same window still caps.
     later = learner.learn([ev("b100", "bot", "i1", T0 + 5), ev("b101", "bot", "i2", T0 + 60_000)])
     assert later.outcomes == (Outcome.RATE_LIMITED, Outcome.APPLIED)
+
+
+def test_rate_cap_holds_when_old_and_new_timestamps_alternate() -> None:
+    """A late event used to reset the user's count: alternating windows escaped the cap."""
+    learner = Learner(small_config(rate_cap_events=2, rate_cap_window_ms=60_000), device=DEVICE)
+    mixed = [ev(f"b{k}", "bot", f"i{k % 5}", T0 + 60_000 + k if k % 2 == 0 else T0)
+             for k in range(20)]
+    assert learner.learn(mixed).n_applied == 2
+    for k in range(10):  # and one event a batch
+        ts = T0 + 60_001 + k if k % 2 == 0 else T0 + 1
+        assert learner.learn([ev(f"c{k}", "bot", "i1", ts)]).n_applied == 0
