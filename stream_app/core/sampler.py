@@ -34,7 +34,9 @@ def sample_negatives(logpop: torch.Tensor, n: int, exponent: float,
     logpop: (rows,) float64, -inf for rows without an item (never drawn).
     Returns rows (n,) and log q (rows,) float64.
     """
-    log_q = torch.log_softmax(exponent * logpop, dim=0)
+    # -inf stays -inf at exponent 0 (uniform over items), not 0 * -inf = NaN.
+    logits = torch.where(torch.isinf(logpop), logpop, exponent * logpop)
+    log_q = torch.log_softmax(logits, dim=0)
     rows = torch.multinomial(log_q.exp().float(), n, replacement=True, generator=generator)
     return rows, log_q
 

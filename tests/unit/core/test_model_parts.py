@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
+from stream_app.core import Learner
 from stream_app.core.config import LearnerConfig
 from stream_app.core.loss import sampled_loss
 from stream_app.core.model import (
@@ -17,7 +19,9 @@ from stream_app.core.model import (
     push_history,
 )
 from stream_app.core.replay_buffer import ReplayBuffer
-from stream_app.core.sampler import batch_negatives
+from stream_app.core.sampler import batch_negatives, sample_negatives
+from tests.device import DEVICE
+from tests.unit.core.streams import T0, ev, small_config
 
 
 def test_push_history_prepends_newest_first_and_truncates() -> None:
@@ -119,3 +123,13 @@ def test_replay_buffer_forgets_a_user_and_refills_the_room() -> None:
     assert buf.users.tolist() == ["b", "c", "d", "e"]  # the room is filled first
     buf.clear()
     assert len(buf) == 0 and buf.seen == 0 and buf.sample(3)[0].size == 0
+
+
+def test_negatives_at_exponent_zero_are_uniform_over_items() -> None:
+    """0 * -inf is NaN: rows without an item made every draw fail at exponent 0."""
+    logpop = torch.tensor([float("-inf"), 1.0, 5.0, float("-inf")], dtype=torch.float64)
+    rows, log_q = sample_negatives(logpop, 1000, 0.0, torch.Generator().manual_seed(0))
+    assert set(rows.tolist()) == {1, 2}
+    assert log_q[1].item() == pytest.approx(math.log(0.5)) and log_q[2] == log_q[1]
+    learner = Learner(small_config(negative_pop_exponent=0.0), device=DEVICE)
+    assert learner.learn([ev("e1", "u1", "i1", T0), ev("e2", "u2", "i2", T0)]).n_applied == 2
