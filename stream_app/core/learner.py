@@ -157,11 +157,13 @@ class Learner(LearnerOps, LearnerState):
 
         # Commit, in an order that keeps every structure consistent on its own.
         self._step += 1
-        self._accum.add("user", g_user_rows, g_user)
-        self._accum.add("item", g_item_rows, g_item)
-        self._accum.tick()
-        applied = self._accum.ready()
-        moved = self._apply(self._accum.pop()) if applied else {}
+        applied, moved = False, {}
+        if train_u.numel():  # a step that trains nothing moves no schedule
+            self._accum.add("user", g_user_rows, g_user)
+            self._accum.add("item", g_item_rows, g_item)
+            self._accum.tick()
+            applied = self._accum.ready()
+            moved = self._apply(self._accum.pop()) if applied else {}
         self._items.logpop = new_logpop
         self._record_releases(kept, i_rows)
         flips = m.release_flips(cfg, self._items.released, self._watermark_ms, now)
@@ -218,9 +220,14 @@ class Learner(LearnerOps, LearnerState):
         (deterministic, no RNG): ranking every event against every item was
         half of the trainer's time. Recall and MRR are averages that a subset
         keeps; HitRate@K is per user and falls with fewer events per user.
-        `EvalStats.n_events` is the number actually evaluated.
+        `EvalStats.n_events` is the number actually evaluated. Events `learn`
+        would not apply (duplicates, over the rate cap) are not scored: a
+        re-sent event's item is already in the user's history, a sure miss.
         """
         self._resolve_deferred()
+        _, keep, _ = screen(events, self._dedup, self._rate)  # reads, commits nothing
+        if len(keep) < len(events):
+            events = [events[i] for i in keep]
         limit = self.config.eval_max_events
         if len(events) > limit:
             stride = len(events) / limit

@@ -45,6 +45,8 @@ class LearnerOps(LearnerFields):
             return 0.0, empty, empty
         uniq_u, u_inv = torch.unique(u, return_inverse=True)
         hist = self._users.history(uniq_u)
+        if cfg.history_weight == 0:  # no history in x: its items get no gradient, and
+            hist = torch.full_like(hist, -1)  # Adam would still move them by momentum
         valid = hist >= 0
         sampled = log_q_all = None
         if cfg.negatives != "in_batch":
@@ -125,8 +127,10 @@ class LearnerOps(LearnerFields):
             met = rank_metrics(miss, user_idx.cpu(), len(index), k)
             return EvalStats(n_events=len(events), k=k, model=met, popularity=met,
                              loss=float("nan"), exact=True)
-        if not exact:
-            pick = torch.randperm(n_live, generator=self._gen, device=self.device)
+        if not exact:  # its own generator: evaluating must not change what learning draws
+            gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003
+                                                                   + self._step)
+            pick = torch.randperm(n_live, generator=gen, device=self.device)
             cand = torch.sort(cand[pick[: cfg.eval_max_items]]).values
         scale = n_live / len(cand) if len(cand) else 1.0
         uniq_u, u_inv = torch.unique(torch.as_tensor(u_np, device=self.device),

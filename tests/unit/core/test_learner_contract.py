@@ -62,11 +62,12 @@ class TestContract:
         batch = random_events(64, seed=1)
         frozen = copy.deepcopy(batch)
         learner.learn(batch)
-        first = learner.evaluate(batch).loss
+        probe = random_events(64, seed=1, start=100_000)  # the same pairs, unseen event ids
+        first = learner.evaluate(probe).loss
         for k in range(15):  # same (user, item) pairs, new event ids
             learner.learn(random_events(64, seed=1, start=1000 * (k + 1)))
         assert batch == frozen
-        assert learner.evaluate(batch).loss < first
+        assert learner.evaluate(probe).loss < first
 
     def test_same_seed_same_scores(self, variant: dict[str, object]) -> None:
         a, b = _trained(variant), _trained(variant)
@@ -397,3 +398,45 @@ def test_every_row_a_step_changes_is_reported_changed(accumulate: int) -> None:
     assert bool(changed) == (accumulate > 1 and 7 % accumulate != 0)
     assert changed <= {f"user:{u}" for u in users} | {f"item:{i}" for i in items}
     assert live.apply_pending() == ((), ())  # nothing left
+
+
+def test_evaluation_leaves_out_what_learn_would_not_apply() -> None:
+    """A re-sent event's item is in the user's history already: scored, it is a sure miss."""
+    learner = Learner(small_config(rate_cap_events=1, rate_cap_window_ms=60_000), device=DEVICE)
+    learner.learn([ev("e1", "u1", "i1", T0), ev("e2", "u2", "i2", T0)])
+    again = learner.evaluate([ev("e1", "u1", "i1", T0), ev("e3", "u1", "i2", T0 + 1)])
+    assert again.n_events == 0  # a duplicate, and u1 over the cap in its window
+    assert learner.evaluate([ev("e4", "u3", "i1", T0)]).n_events == 1
+
+
+def test_a_step_that_trains_nothing_does_not_move_the_schedule() -> None:
+    """Items below the admission threshold have no row: nothing is trained on them."""
+    learner = Learner(small_config(admission_threshold=2, warmup_steps=10), device=DEVICE)
+    for n in range(5):
+        stats = learner.learn([ev(f"e{n}", "u1", f"new{n}", T0 + n)])
+        assert stats.n_applied == 1 and not stats.applied_update
+
+
+def test_evaluating_does_not_change_what_learning_draws() -> None:
+    """Sampled evaluation (more live items than eval_max_items) has its own generator."""
+    stream = random_events(400, users=20, items=200, seed=3)
+    a = Learner(small_config(eval_max_items=50), device=DEVICE)
+    b = Learner(small_config(eval_max_items=50), device=DEVICE)
+    for learner in (a, b):
+        learner.learn(stream[:300])
+    a.evaluate(stream[300:])
+    a.learn(stream[300:])
+    b.learn(stream[300:])
+    assert torch.equal(a.state_dict()["tables"]["items"]["vec"],
+                       b.state_dict()["tables"]["items"]["vec"])
+
+
+def test_adam_without_history_moves_only_rows_with_a_gradient() -> None:
+    # In-batch negatives, no replay: `h` can get a gradient through the history alone.
+    learner = Learner(small_config(optimizer="adam", history_weight=0.0, negatives="in_batch",
+                                   replay_ratio=0.0),
+                      device=DEVICE)
+    learner.learn([ev("e1", "u1", "h", T0)])
+    learner.learn([ev("e2", "u2", "h", T0 + 1)])  # h gets momentum
+    stats = learner.learn([ev("e3", "u1", "x", T0 + 2)])  # h in u1's history, weight 0
+    assert "h" not in stats.changed_item_ids
