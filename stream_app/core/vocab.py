@@ -106,10 +106,12 @@ class Vocab:
         prev = self.last_ts[touched].copy()
         self.last_ts[touched] = np.maximum(prev, last_ts[known])
         to_admit: list[int] = []
+        seen_of: dict[int, int] = {}
         for j in np.flatnonzero(~known).tolist():
             seen = self.pending.pop(ids[j], 0) + int(counts[j])
             if seen >= self.admission_threshold:
                 to_admit.append(j)
+                seen_of[j] = seen
             else:
                 self.pending[ids[j]] = seen
                 rows[j] = COLD_ROW
@@ -129,8 +131,9 @@ class Vocab:
             r = self._allocate(ids[j], int(last_ts[j]))
             rows[j] = r
             new_rows.append(r)
-        for j in to_admit[room:]:
+        for j in to_admit[room:]:  # no room: every live row is in this batch
             rows[j] = COLD_ROW
+            self.pending[ids[j]] = seen_of[j]  # its events still count toward admission
         new_ids = tuple(ids[j] for j in to_admit[:room])
         return Admission(rows=rows, new_ids=new_ids, new_rows=np.array(new_rows, dtype=np.int64),
                          evicted_ids=tuple(evicted_ids), evicted_rows=evicted,

@@ -119,3 +119,14 @@ def test_a_forgotten_user_is_not_replayed_nor_kept_in_a_snapshot() -> None:
     fresh = Learner(small_config(), device=DEVICE)  # a restore without a snapshot: no replay
     fresh.forget_user("u1")
     assert not fresh._forgotten  # noqa: SLF001 - nothing to purge, so no id is kept
+
+
+def test_ids_without_room_at_the_cap_keep_their_counts_toward_admission() -> None:
+    """Every live row in the batch leaves no row to evict: the id waits, its events counted."""
+    v = Vocab(max_rows=1, admission_threshold=2, idle_ttl_ms=0)
+    one, two = np.array([1]), np.array([2])
+    assert v.assign(["a"], np.array([10]), two, now_ms=10).new_ids == ("a",)
+    full = v.assign(["a", "b"], np.array([20, 20]), np.array([1, 2]), now_ms=20)
+    assert full.new_ids == () and full.rows[1] == COLD_ROW
+    later = v.assign(["b"], np.array([30]), one, now_ms=30)  # b's third event
+    assert later.new_ids == ("b",) and later.evicted_ids == ("a",)
