@@ -119,6 +119,7 @@ class Learner(LearnerOps, LearnerState):
             else max(self._watermark_ms, int(ts_np.max()))
         origin = self._origin_ms if self._origin_ms is not None else int(ts_np.min())
         t1 = time.perf_counter()
+        pending = (self._user_vocab.pending_of(uids), self._item_vocab.pending_of(iids))
         u_rows, u_adm = self._assign(self._user_vocab, uids, ts_np, now)
         i_rows, i_adm = self._assign(self._item_vocab, iids, ts_np, now)
         self._sync_tables()
@@ -147,6 +148,8 @@ class Learner(LearnerOps, LearnerState):
             self._rollback(u_adm.new_ids, i_adm.new_ids)
             self._user_vocab.untouch(u_adm)
             self._item_vocab.untouch(i_adm)
+            self._user_vocab.restore_pending(pending[0])  # a re-sent event counts once
+            self._item_vocab.restore_pending(pending[1])
             for i in keep:
                 outcomes[i] = Outcome.NON_FINITE
             return StepStats(step=self._step, loss=float("nan"), n_applied=0,

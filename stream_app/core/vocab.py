@@ -139,6 +139,20 @@ class Vocab:
                          evicted_ids=tuple(evicted_ids), evicted_rows=evicted,
                          touched_rows=touched, touched_prev_ts=prev)
 
+    def pending_of(self, ids: Sequence[str]) -> dict[str, int | None]:
+        """The admission counts of `ids` (None: not pending), to put back with
+        `restore_pending` when the batch that counted them is not applied."""
+        if self.admission_threshold <= 1:  # nothing ever waits
+            return {}
+        return {i: self.pending.get(i) for i in ids}
+
+    def restore_pending(self, saved: dict[str, int | None]) -> None:
+        for id_, count in saved.items():
+            if count is None:
+                self.pending.pop(id_, None)
+            else:
+                self.pending[id_] = count
+
     def untouch(self, adm: Admission) -> None:
         """Undo the recency update of `assign` (a batch that was not applied)."""
         live = np.array([self.ids[r] is not None for r in adm.touched_rows.tolist()], dtype=bool)

@@ -440,3 +440,19 @@ def test_adam_without_history_moves_only_rows_with_a_gradient() -> None:
     learner.learn([ev("e2", "u2", "h", T0 + 1)])  # h gets momentum
     stats = learner.learn([ev("e3", "u1", "x", T0 + 2)])  # h in u1's history, weight 0
     assert "h" not in stats.changed_item_ids
+
+
+def test_a_non_finite_batch_leaves_the_admission_counts_as_they_were() -> None:
+    """Its events go to the DLQ and may be sent again: counted twice, an id would be
+    admitted early (or, once over the threshold, not at all)."""
+    learner = Learner(small_config(admission_threshold=3), device=DEVICE)
+    learner.learn([ev("e1", "u1", "i1", T0), ev("e2", "u2", "z", T0)])
+    assert learner._item_vocab.pending == {"i1": 1, "z": 1}
+    learner.learn([ev("e3", "u1", "i1", T0 + 1), ev("e4", "u3", "i1", T0 + 1),
+                   ev("e5", "u3", "i1", T0 + 1)])  # i1 admitted
+    row = learner._item_vocab.row("i1")
+    assert row is not None
+    learner._items.vec[row] = float("nan")
+    bad = learner.learn([ev("x1", "u1", "i1", T0 + 2), ev("x2", "u2", "z", T0 + 2)])
+    assert bad.outcomes == (Outcome.NON_FINITE, Outcome.NON_FINITE)
+    assert learner._item_vocab.pending == {"z": 1}
