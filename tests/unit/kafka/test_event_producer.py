@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from stream_app.config import KafkaConfig
 from stream_app.kafka import produce
 from stream_app.kafka.produce import DeliveryError, EventProducer
+from tests.unit.kafka.stand_ins import NO_BROKER, stand_in
 
 
 class _Stuck:
@@ -28,14 +28,12 @@ class _Stuck:
 
 @pytest.fixture
 def stuck(monkeypatch: pytest.MonkeyPatch) -> _Stuck:
-    fake = _Stuck()
-    monkeypatch.setattr(produce, "make_producer", lambda *a, **k: fake)
-    return fake
+    return stand_in(monkeypatch, produce, "make_producer", _Stuck())
 
 
 def test_an_interrupted_producer_drops_what_is_left_and_keeps_the_interrupt(
         stuck: _Stuck) -> None:
-    producer = EventProducer(KafkaConfig(bootstrap_servers="127.0.0.1:1"))
+    producer = EventProducer(NO_BROKER)
     with pytest.raises(KeyboardInterrupt), producer:
         raise KeyboardInterrupt
     assert producer.dropped == 3
@@ -44,5 +42,5 @@ def test_an_interrupted_producer_drops_what_is_left_and_keeps_the_interrupt(
 
 def test_a_producer_closed_normally_reports_what_it_could_not_deliver(stuck: _Stuck) -> None:
     with pytest.raises(DeliveryError, match="3 record"), \
-            EventProducer(KafkaConfig(bootstrap_servers="127.0.0.1:1")):
+            EventProducer(NO_BROKER):
         pass

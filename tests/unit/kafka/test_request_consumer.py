@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from confluent_kafka import TopicPartition
 
-from stream_app.config import KafkaConfig
 from stream_app.kafka import request_consumer
 from stream_app.kafka.request_consumer import RequestConsumer
+from tests.unit.kafka.stand_ins import NO_BROKER, stand_in
 
 TOPIC = "score-requests"
 Callback = Callable[[Any, list[TopicPartition]], None]
@@ -71,15 +71,13 @@ class _Consumer:
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> _Consumer:
-    consumer = _Consumer()
-    monkeypatch.setattr(request_consumer, "make_consumer", lambda *a, **k: consumer)
-    return consumer
+    return stand_in(monkeypatch, request_consumer, "make_consumer", _Consumer())
 
 
 def test_a_request_of_a_partition_revoked_after_poll_is_neither_answered_nor_committed(
         fake: _Consumer) -> None:
     revoked: list[list[tuple[str, int]]] = []
-    rc = RequestConsumer(KafkaConfig(bootstrap_servers="127.0.0.1:1"), client_id="c",
+    rc = RequestConsumer(NO_BROKER, client_id="c",
                          group_id="g", topics=[TOPIC], on_revoke=revoked.append)
     fake.callbacks["on_assign"](fake, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
     got = rc.poll(10, 1.0)
@@ -91,7 +89,7 @@ def test_a_request_of_a_partition_revoked_after_poll_is_neither_answered_nor_com
 
 def test_a_synchronous_commit_sends_every_latest_offset_again(fake: _Consumer) -> None:
     """A failed asynchronous commit is reported to nobody: the commit on revoke repeats it."""
-    rc = RequestConsumer(KafkaConfig(bootstrap_servers="127.0.0.1:1"), client_id="c",
+    rc = RequestConsumer(NO_BROKER, client_id="c",
                          group_id="g", topics=[TOPIC])
     fake.callbacks["on_assign"](fake, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
     rc.commit({(TOPIC, 0): 16})
