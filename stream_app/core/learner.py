@@ -123,7 +123,7 @@ class Learner(LearnerOps, LearnerState):
         u_rows, u_adm = self._assign(self._user_vocab, uids, ts_np, now)
         i_rows, i_adm = self._assign(self._item_vocab, iids, ts_np, now)
         self._sync_tables()
-        compacted = self._evict_rows(u_adm.evicted_rows, i_adm.evicted_rows)
+        cleared = self._evict_rows(u_adm.evicted_rows, i_adm.evicted_rows)
         self._users.reset_rows(self._t(u_adm.new_rows), self._gen)
         self._items.reset_rows(self._t(i_adm.new_rows), self._gen)
         evicted = (u_adm.evicted_ids, i_adm.evicted_ids)
@@ -144,18 +144,18 @@ class Learner(LearnerOps, LearnerState):
         train_w = torch.cat([w_t[fresh_t], r_w])
         grads = self._gradients(train_u, train_i, train_w, new_logpop)
         t3 = time.perf_counter()
-        if grads is None:  # non-finite: apply nothing, hand the events back
-            self._rollback(u_adm.new_ids, i_adm.new_ids)
-            self._user_vocab.untouch(u_adm)
-            self._item_vocab.untouch(i_adm)
-            self._user_vocab.restore_pending(pending[0])  # a re-sent event counts once
-            self._item_vocab.restore_pending(pending[1])
+        if grads is None:  # non-finite: apply nothing, evictions included; hand the events back
+            self._rollback(u_adm.new_ids, i_adm.new_ids)  # first: they may hold evicted rows
+            for vocab, adm, saved in ((self._user_vocab, u_adm, pending[0]),
+                                      (self._item_vocab, i_adm, pending[1])):
+                vocab.reinstate(adm)
+                vocab.untouch(adm)
+                vocab.restore_pending(saved)  # a re-sent event counts once
+            self._put_back(cleared)
             for i in keep:
                 outcomes[i] = Outcome.NON_FINITE
             return StepStats(step=self._step, loss=float("nan"), n_applied=0,
-                             outcomes=tuple(outcomes),
-                             changed_user_ids=self._ids(self._user_vocab, compacted),
-                             evicted_user_ids=evicted[0], evicted_item_ids=evicted[1])
+                             outcomes=tuple(outcomes))
         loss, (g_user_rows, g_user), (g_item_rows, g_item) = grads
 
         # Commit, in an order that keeps every structure consistent on its own.
@@ -182,7 +182,8 @@ class Learner(LearnerOps, LearnerState):
         self._watermark_ms, self._origin_ms = now, origin
         # Users whose history lost an evicted item changed too.
         # Applied gradients move the rows of every step they were cached over.
-        changed_u = torch.cat([u_t, compacted, *([moved["user"]] if "user" in moved else [])])
+        changed_u = torch.cat([u_t, cleared.compacted,
+                               *([moved["user"]] if "user" in moved else [])])
         # Items whose release prior switched on or off changed their served bias.
         changed_i = torch.cat([i_t[fresh_t], flips, *([moved["item"]] if "item" in moved else [])])
         t4 = time.perf_counter()

@@ -41,6 +41,21 @@ whatever the cap (`RESTORE_OVERFLOW_MIN`).
 RESTORE_OVERFLOW_MIN = 1024
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cleared:
+    """What one `_evict_rows` call cleared, kept so that a step whose gradients are
+    not finite can put it back: such a step applies nothing, evictions included."""
+
+    users: torch.Tensor
+    user_rows: dict[str, torch.Tensor]
+    items: torch.Tensor
+    item_rows: dict[str, torch.Tensor]
+    compacted: torch.Tensor  # user rows whose history lost an evicted item ...
+    histories: torch.Tensor  # ... and those histories before
+    deferred: dict[int, tuple[str, ...]]
+    accumulated: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]
+
+
 class LearnerState(LearnerFields):
 
     def user_ids(self) -> list[str]:
@@ -101,26 +116,42 @@ class LearnerState(LearnerFields):
         return True
 
     def _evict_rows(self, user_rows: npt.NDArray[np.int64],
-                    item_rows: npt.NDArray[np.int64]) -> torch.Tensor:
+                    item_rows: npt.NDArray[np.int64]) -> Cleared:
         """Clear freed rows so a reused row starts blank; drop their cached grads.
 
         An item leaves every resolved history; a user's deferred history goes
-        with it, while the other deferred histories stay deferred. Returns the
-        user rows whose history lost an item (to publish again).
+        with it, while the other deferred histories stay deferred. Returns what
+        was cleared: `Cleared.compacted` are the user rows whose history lost
+        an item (to publish again); `_put_back` undoes the whole call.
         """
-        compacted = torch.zeros(0, dtype=torch.int64, device=self.device)
+        users = torch.as_tensor(user_rows, device=self.device)
+        items = torch.as_tensor(item_rows, device=self.device)
+        cleared = Cleared(users=users, user_rows=self._users.take_rows(users),
+                          items=items, item_rows=self._items.take_rows(items),
+                          compacted=users[:0], histories=self._users.hist[:0],
+                          deferred={r: self._deferred[r] for r in user_rows.tolist()
+                                    if r in self._deferred},
+                          accumulated=self._accum.cached())
         if len(user_rows):
-            rows = torch.as_tensor(user_rows, device=self.device)
-            self._users.reset_rows(rows, None)
-            self._accum.discard("user", rows)
-            for r in user_rows.tolist():
-                self._deferred.pop(r, None)
+            self._users.reset_rows(users, None)
+            self._accum.discard("user", users)
+            for r in cleared.deferred:
+                del self._deferred[r]
         if len(item_rows):
-            rows = torch.as_tensor(item_rows, device=self.device)
-            compacted = m.compact_history(self._users.hist, rows)
-            self._items.reset_rows(rows, None)
-            self._accum.discard("item", rows)
-        return compacted
+            compacted, histories = m.compact_history(self._users.hist, items)
+            cleared = dataclasses.replace(cleared, compacted=compacted, histories=histories)
+            self._items.reset_rows(items, None)
+            self._accum.discard("item", items)
+        return cleared
+
+    def _put_back(self, cleared: Cleared) -> None:
+        """Undo `_evict_rows` on the tensors (the vocabularies' `reinstate` gives the
+        ids their rows back)."""
+        self._users.put_rows(cleared.users, cleared.user_rows)
+        self._items.put_rows(cleared.items, cleared.item_rows)
+        self._users.hist[cleared.compacted] = cleared.histories
+        self._deferred.update(cleared.deferred)
+        self._accum.put_back(cleared.accumulated)
 
     def rows(self, *, user_ids: Iterable[str] = (), item_ids: Iterable[str] = (),
              model_version: str, now_ms: int) -> list[EmbeddingRow]:
@@ -233,7 +264,7 @@ class LearnerState(LearnerFields):
                 self._deferred.pop(r, None)
             self._users.reset_rows(ev, None)
         else:
-            m.compact_history(self._users.hist, ev)
+            m.compact_history(self._users.hist, ev)  # restored users are published as read
             self._items.reset_rows(ev, None)
 
     def _write_columns(self, rows: ChangelogRows, pending: dict[int, int]) -> None:

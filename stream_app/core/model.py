@@ -97,6 +97,24 @@ class Table:
         else:
             self.hist[rows] = -1
 
+    def take_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Copies of every tensor's `rows`, for `put_rows` to write back (a step that
+        cleared them and was then not applied)."""
+        out = {"vec": self.vec[rows], "updates": self.updates[rows]}
+        out.update({f"slot.{k}": v[rows] for k, v in self.slots.items()})
+        if self.items:
+            out.update(logpop=self.logpop[rows], released=self.released[rows])
+        else:
+            out["hist"] = self.hist[rows]
+        return out
+
+    def put_rows(self, rows: torch.Tensor, saved: dict[str, torch.Tensor]) -> None:
+        for name, value in saved.items():
+            if name.startswith("slot."):
+                self.slots[name.removeprefix("slot.")][rows] = value
+            else:
+                getattr(self, name)[rows] = value
+
     def state(self) -> dict[str, Any]:
         """Copies of the tensors, for `Learner.state_dict`: a snapshot is written by a
         background thread while learning goes on."""
@@ -234,21 +252,25 @@ def push_history(hist: torch.Tensor, user_rows: torch.Tensor, item_rows: torch.T
     hist[uniq] = torch.where(pos >= 0, shifted, new)
 
 
-def compact_history(hist: torch.Tensor, removed_items: torch.Tensor) -> torch.Tensor:
+def compact_history(hist: torch.Tensor,
+                    removed_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop `removed_items` from every history, keeping valid entries a prefix (in place).
 
-    Returns the user rows whose history changed: their published rows list
-    the removed items, so they must be published again.
+    Returns the user rows whose history changed (their published rows list
+    the removed items, so they must be published again) and those histories
+    as they were (a step that is not applied puts them back).
     """
+    affected = torch.zeros(0, dtype=torch.int64, device=hist.device)
     if removed_items.numel() == 0:
-        return torch.zeros(0, dtype=torch.int64, device=hist.device)
+        return affected, hist[affected]
     hit = torch.isin(hist, removed_items)
     affected = torch.nonzero(hit.any(dim=1)).flatten()
+    before = hist[affected]
     if affected.numel() == 0:
-        return affected
-    sub = torch.where(hit[affected], torch.full_like(hist[affected], -1), hist[affected])
+        return affected, before
+    sub = torch.where(hit[affected], torch.full_like(before, -1), before)
     length = hist.shape[1]
     key = (sub < 0).to(torch.int64) * length + torch.arange(length, device=hist.device)
     hist[affected] = sub.gather(1, torch.argsort(key, dim=1))
-    return affected
+    return affected, before
 

@@ -106,6 +106,14 @@ class GradAccumulator:
         self._parts[table] = [(r[~torch.isin(r, rows)], g[~torch.isin(r, rows)])
                               for r, g in self._parts[table]]
 
+    def cached(self) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The cache as it is now (`discard` replaces lists, never edits them), for
+        `put_back` after a step that discarded rows and was then not applied."""
+        return dict(self._parts)
+
+    def put_back(self, parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        self._parts = parts
+
     def pop(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Summed gradient per table: unique rows (n,) and grad (n, dim)."""
         out = {}

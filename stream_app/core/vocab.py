@@ -36,6 +36,7 @@ class Admission:
     new_rows: npt.NDArray[np.int64]
     evicted_ids: tuple[str, ...]
     evicted_rows: npt.NDArray[np.int64]
+    evicted_ts: npt.NDArray[np.int64]  # their event times (for `reinstate`)
     touched_rows: npt.NDArray[np.int64]  # known rows whose last_ts was moved ...
     touched_prev_ts: npt.NDArray[np.int64]  # ... and their previous value (for `untouch`)
 
@@ -119,10 +120,12 @@ class Vocab:
             self.pending.popitem(last=False)
         protect = rows[rows > COLD_ROW]
         evicted = self._evict_idle(now_ms, protect)
+        evicted_ts = self.last_ts[evicted]
         evicted_ids = self._release(evicted)
         need = len(to_admit) - (self.max_rows - len(self.index))
         if need > 0:
             lru = self._evict_lru(need, protect)
+            evicted_ts = np.concatenate([evicted_ts, self.last_ts[lru]])
             evicted_ids += self._release(lru)
             evicted = np.concatenate([evicted, lru])
         room = self.max_rows - len(self.index)
@@ -137,7 +140,7 @@ class Vocab:
         new_ids = tuple(ids[j] for j in to_admit[:room])
         return Admission(rows=rows, new_ids=new_ids, new_rows=np.array(new_rows, dtype=np.int64),
                          evicted_ids=tuple(evicted_ids), evicted_rows=evicted,
-                         touched_rows=touched, touched_prev_ts=prev)
+                         evicted_ts=evicted_ts, touched_rows=touched, touched_prev_ts=prev)
 
     def pending_of(self, ids: Sequence[str]) -> dict[str, int | None]:
         """The admission counts of `ids` (None: not pending), to put back with
@@ -157,6 +160,20 @@ class Vocab:
         """Undo the recency update of `assign` (a batch that was not applied)."""
         live = np.array([self.ids[r] is not None for r in adm.touched_rows.tolist()], dtype=bool)
         self.last_ts[adm.touched_rows[live]] = adm.touched_prev_ts[live]
+
+    def reinstate(self, adm: Admission) -> None:
+        """Give the ids `assign` evicted their rows back (a batch that was not applied).
+
+        Call it after the batch's new ids are removed: a new id may hold a row
+        an evicted one had.
+        """
+        rows = adm.evicted_rows.tolist()
+        taken = set(rows)
+        self.free = [r for r in self.free if r not in taken]
+        for id_, r, ts in zip(adm.evicted_ids, rows, adm.evicted_ts.tolist(), strict=True):
+            self.ids[r] = id_
+            self.index[id_] = r
+            self.last_ts[r] = ts
 
     def force(self, id_: str, last_ts: int) -> tuple[int, tuple[str, ...], npt.NDArray[np.int64]]:
         """Row for `id_`, admitting it regardless of threshold (restore path).

@@ -456,3 +456,33 @@ def test_a_non_finite_batch_leaves_the_admission_counts_as_they_were() -> None:
     bad = learner.learn([ev("x1", "u1", "i1", T0 + 2), ev("x2", "u2", "z", T0 + 2)])
     assert bad.outcomes == (Outcome.NON_FINITE, Outcome.NON_FINITE)
     assert learner._item_vocab.pending == {"z": 1}
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_a_non_finite_batch_evicts_nothing(accumulate: int) -> None:
+    """It is not applied, its evictions included: the rows it would have dropped (idle
+    users, the least recently used item, that item in a history, gradients cached
+    for them) are all still there, and learning it again evicts them then."""
+    learner = Learner(small_config(max_items=2, idle_ttl_ms=10_000,
+                                   accumulate_steps=accumulate), device=DEVICE)
+    learner.learn([ev("e1", "u1", "i1", T0), ev("e2", "u2", "i2", T0)])
+    learner.learn([ev("e3", "u3", "i1", T0 + 5_000), ev("e4", "u3", "i2", T0 + 5_000)])
+    before, cached = _all_rows(learner), learner._accum.cached()
+    row = learner._user_vocab.row("u3")
+    assert row is not None
+    saved = learner._users.vec[row].clone()
+    learner._users.vec[row] = float("nan")
+    batch = [ev("x1", "u3", "i9", T0 + 12_000)]  # u1, u2 idle; i9 needs i1's or i2's row
+    bad = learner.learn(batch)
+    assert bad.outcomes == (Outcome.NON_FINITE,)
+    assert bad.evicted_user_ids == bad.evicted_item_ids == bad.changed_user_ids == ()
+    learner._users.vec[row] = saved
+    _same_rows(before, _all_rows(learner))
+    assert learner._accum.cached().keys() == cached.keys()
+    for name, parts in cached.items():
+        for (rows, grad), (rows2, grad2) in zip(parts, learner._accum.cached()[name], strict=True):
+            assert torch.equal(rows, rows2) and torch.equal(grad, grad2)
+    again = learner.learn(batch)
+    assert again.outcomes == (Outcome.APPLIED,)
+    assert sorted(again.evicted_user_ids) == ["u1", "u2"] and len(again.evicted_item_ids) == 1
+    assert "u3" in again.changed_user_ids  # its history lost the evicted item
