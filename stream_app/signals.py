@@ -42,6 +42,15 @@ def stop_on_signals(stop: threading.Event) -> None:
         signal.signal(sig, handler)
 
 
+def interrupted_status(exc: KeyboardInterrupt) -> int:
+    """The shell's status for a process a signal stopped, 128 + its number: 130 for
+    Ctrl-C, 143 for SIGTERM and 129 for SIGHUP (named by `interrupt_on_termination`),
+    so a supervisor tells a stop it asked for from one at the keyboard."""
+    name = exc.args[0] if exc.args else None
+    sig = signal.Signals.__members__.get(name) if isinstance(name, str) else None
+    return 128 + int(sig if sig is not None else signal.SIGINT)
+
+
 @contextlib.contextmanager
 def interrupt_on_termination() -> Iterator[None]:
     """Inside, SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does (main thread

@@ -1,8 +1,9 @@
 """`stream-app` command line: argument parsing only; each command lives in its module.
 
 Exit codes: 0 ok, 1 runtime failure, 2 configuration error (with what to fix),
-75 a process stuck in what only a restart cures (run under a supervisor), 130
-a one-shot command stopped by Ctrl-C, SIGTERM or SIGHUP.
+75 a process stuck in what only a restart cures (run under a supervisor), and
+128 + the signal for a one-shot command stopped by one: 130 Ctrl-C, 143 SIGTERM,
+129 SIGHUP.
 
 One module per role adds its subcommands: `tools` (broker, topics, replay,
 generate), `trainer` (trainer, forget), `scorer` (scorer, request) and `demo`
@@ -20,7 +21,7 @@ from stream_app import __version__
 from stream_app.cli import demo, scorer, tools, trainer
 from stream_app.cli.common import Handler
 from stream_app.config import ConfigError
-from stream_app.signals import interrupt_on_termination
+from stream_app.signals import interrupt_on_termination, interrupted_status
 
 log = logging.getLogger(__name__)
 
@@ -69,5 +70,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("stopped", exc_info=True)
         print(f"stream-app: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:
+        return interrupted_status(exc)

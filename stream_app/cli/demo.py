@@ -10,6 +10,7 @@ from typing import Any
 
 from stream_app.cli.common import kafka_args, kafka_config
 from stream_app.config import environment, read_file
+from stream_app.signals import interrupted_status
 
 
 def add_commands(sub: Any) -> None:
@@ -79,10 +80,10 @@ def _demo(args: argparse.Namespace) -> int:
     except DemoError as exc:
         print(f"stream-app demo: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("\nstream-app demo: interrupted; the processes it started were stopped",
               file=sys.stderr)
-        return 130
+        return interrupted_status(exc)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -90,7 +90,7 @@ def test_sigterm_stops_the_demo_and_its_trainer_and_scorer(bootstrap: str,
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, f"{out[-2000:]}\n{err[-2000:]}"
+    assert proc.returncode == 128 + signal.SIGTERM, f"{out[-2000:]}\n{err[-2000:]}"
     assert "the processes it started were stopped" in err
     assert _running_in(tmp_path, but=proc.pid) == []
 
