@@ -69,21 +69,59 @@ def pytest_approx(x: float) -> object:
     return pytest.approx(x, rel=1e-12)
 
 
-def test_loss_gradients_match_finite_differences() -> None:
+def _reference_loss(u: torch.Tensor, pos: torch.Tensor, pos_off: torch.Tensor,
+                    neg: torch.Tensor, neg_off: torch.Tensor, mask: torch.Tensor,
+                    w: torch.Tensor) -> torch.Tensor:
+    """The loss written plainly, for autograd (what `sampled_loss` computed until it
+    got its own backward)."""
+    p = (u * pos).sum(dim=1, keepdim=True) + pos_off.unsqueeze(1)
+    n = (u @ neg.T + neg_off.unsqueeze(0)).masked_fill(mask, float("-inf"))
+    per_event = torch.logsumexp(torch.cat([p, n], dim=1), dim=1) - p.squeeze(1)
+    return (per_event * w).sum() / w.sum()
+
+
+def test_loss_and_its_gradients_match_the_plain_autograd_version() -> None:
     gen = torch.Generator().manual_seed(0)
-    u = torch.randn(3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
-    pos = torch.randn(3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
-    neg = torch.randn(5, 4, dtype=torch.float64, generator=gen, requires_grad=True)
-    pos_off = torch.randn(3, dtype=torch.float64, generator=gen)
-    neg_off = torch.randn(5, dtype=torch.float64, generator=gen)
+    inputs = [torch.randn(*shape, dtype=torch.float64, generator=gen)
+              for shape in ((3, 4), (3, 4), (3,), (5, 4), (5,))]
     w = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
     mask = torch.zeros(3, 5, dtype=torch.bool)
     mask[0, 3] = True
+    mask[2] = True  # every candidate excluded: only the positive is left
+    u, pos, pos_off, neg, neg_off = inputs
 
-    def f(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return sampled_loss(a, b, pos_off, c, neg_off, mask, w)[0]
+    def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return _reference_loss(a, b, pos_off, c, neg_off, mask, w)
 
-    assert torch.autograd.gradcheck(f, (u, pos, neg))
+    assert torch.autograd.gradcheck(reference, (u.requires_grad_(), pos.requires_grad_(),
+                                                neg.requires_grad_()))
+    got, want = [], []
+    for fn, out in ((sampled_loss, got), (_reference_loss, want)):
+        leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
+        loss = fn(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], mask, w)
+        loss = loss[0] if isinstance(loss, tuple) else loss
+        loss.backward()
+        out.extend([loss.detach(), *(x.grad for x in leaves)])
+    for a, b in zip(got, want, strict=True):
+        assert a is not None and b is not None
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_loss_backward_through_the_per_event_losses_too() -> None:
+    gen = torch.Generator().manual_seed(1)
+    u = torch.randn(4, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    v = torch.randn(6, 3, dtype=torch.float64, generator=gen)
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    w = torch.ones(4, dtype=torch.float64)
+    loss, per_event = sampled_loss(u, u, torch.zeros(4, dtype=torch.float64), v,
+                                   torch.zeros(6, dtype=torch.float64), mask, w)
+    (loss + per_event[1]).backward()
+    ref_u = u.detach().clone().requires_grad_(True)
+    p = (ref_u * ref_u).sum(dim=1, keepdim=True)
+    each = torch.logsumexp(torch.cat([p, ref_u @ v.T], dim=1), dim=1) - p.squeeze(1)
+    (each.mean() + each[1]).backward()
+    assert u.grad is not None and ref_u.grad is not None
+    assert torch.allclose(u.grad, ref_u.grad, rtol=1e-12, atol=1e-12)
 
 
 def test_in_batch_negatives_log_q_and_accidental_hits() -> None:
