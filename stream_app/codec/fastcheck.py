@@ -14,6 +14,7 @@ from typing import Any
 
 from stream_app.codec.exceptions import SchemaError
 from stream_app.codec.schemas import schema
+from stream_app.codec.wire import EXACT_FLOAT_INT
 
 _ID = schema("click").subschema("id")
 # fastjsonschema turns a final `$` into `\Z` (Python's `$` also matches before a
@@ -53,8 +54,10 @@ def fast_id(value: Any) -> str | None:
     if kind is str:
         ok = _ID_MIN_LEN <= len(value) <= _ID_MAX_LEN and _ID_PATTERN.match(value)
         return value if ok else None
-    if kind is int or (kind is float and value.is_integer()):
-        return str(int(value)) if _ID_MIN_INT <= value <= _ID_MAX_INT else None
+    if kind is int:
+        return str(value) if _ID_MIN_INT <= value <= _ID_MAX_INT else None
+    if kind is float and value.is_integer() and abs(value) < EXACT_FLOAT_INT:
+        return str(int(value))  # past it the schema path refuses it (`wire.id_str`)
     return None
 
 

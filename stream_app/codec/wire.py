@@ -74,10 +74,23 @@ def check_key_matches(key: str, expected: str, what: str) -> None:
         raise DecodeError(DlqReason.KEY_MISMATCH, f"key {key[:64]!r} != {what} {expected[:64]!r}")
 
 
+EXACT_FLOAT_INT = 2**53
+"""An integer id parsed as a float (written 3.0 or 3e5, or past int64, which orjson
+reads as a float) is exact only below this: past it, distinct ids would share one."""
+
+
 def id_str(value: Any) -> str:
-    """An id the schema accepted, as a string: integers (also 3.0) become decimal text."""
+    """An id the schema accepted, as a string: integers (also 3.0) become decimal text.
+
+    Raises `DecodeError` for a float past `EXACT_FLOAT_INT`, which JSON Schema
+    still calls an integer: -9223372036854775809 reads as -2**63, in range.
+    """
     if type(value) is str:
         return value
+    if type(value) is float and abs(value) >= EXACT_FLOAT_INT:
+        raise DecodeError(DlqReason.ID_TOO_LONG,
+                          f"id {value!r} is not an exact integer (past int64, or a float past "
+                          "2**53): send it as a string")
     return str(int(value))
 
 
