@@ -38,7 +38,13 @@ from stream_app.codec.embeddings import (
     is_meta_key,
     split_embedding_key,
 )
-from stream_app.codec.events import decode_event, encode_event, event_key, parse_event
+from stream_app.codec.events import (
+    decode_event,
+    decode_id_key,
+    encode_event,
+    event_key,
+    parse_event,
+)
 from stream_app.codec.exceptions import DecodeError, DlqReason, EncodeError, SchemaError
 from stream_app.codec.schemas import SCHEMA_DIR, Schema, load_schemas
 from stream_app.codec.scoring import (
@@ -50,6 +56,7 @@ from stream_app.codec.scoring import (
 from stream_app.codec.wire import EVENT_MAX_BYTES, MESSAGE_MAX_BYTES
 
 __all__ = [
+    "decode_id_key",
     "DLQ_BYTES_MAX",
     "EVENT_MAX_BYTES",
     "MESSAGE_MAX_BYTES",

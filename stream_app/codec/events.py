@@ -15,8 +15,8 @@ from typing import Any
 import fastjsonschema
 import orjson
 
-from stream_app.codec.exceptions import EncodeError, SchemaError
-from stream_app.codec.fastcheck import fast_id, fast_int, fast_str_ids
+from stream_app.codec.exceptions import DecodeError, DlqReason, EncodeError, SchemaError
+from stream_app.codec.fastcheck import ID_MAX_LEN, fast_id, fast_int, fast_str_ids
 from stream_app.codec.schemas import Schema, error_for, schema
 from stream_app.codec.wire import (
     EVENT_MAX_BYTES,
@@ -54,6 +54,19 @@ def decode_event(value: bytes | None, key: bytes | None, kind: EventKind) -> Eve
     event = event_from_object(parse_object(value), kind)
     check_key_matches(key_text, event.user_id, "user_id")
     return event
+
+
+def decode_id_key(key: bytes | None) -> str:
+    """A Kafka key that is an id on its own (a forget request's user), by the id rules.
+
+    Raises `DecodeError`: missing_key, bad_utf8, id_too_long or bad_id_chars.
+    """
+    text = decode_key(key)
+    if fast_id(text) is None:
+        reason = DlqReason.ID_TOO_LONG if len(text) > ID_MAX_LEN else DlqReason.BAD_ID_CHARS
+        raise DecodeError(reason, f"key {text[:64]!r} is not an id (1-{ID_MAX_LEN} "
+                          "characters, no control characters)")
+    return text
 
 
 def parse_event(value: bytes | None, kind: EventKind) -> Event:

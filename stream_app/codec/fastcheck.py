@@ -21,7 +21,7 @@ _ID = schema("click").subschema("id")
 # trailing newline); do the same so both checks refuse "id\n".
 _ID_PATTERN = re.compile(re.sub(r"\$$", r"\\Z", _ID["pattern"]))
 _ID_MIN_LEN: int = _ID["minLength"]
-_ID_MAX_LEN: int = _ID["maxLength"]
+ID_MAX_LEN: int = _ID["maxLength"]
 _ID_MIN_INT: int = _ID["minimum"]
 _ID_MAX_INT: int = _ID["maximum"]
 # The pattern is "^[^<forbidden>]*$": searching for one <forbidden> character in
@@ -38,7 +38,7 @@ def fast_str_ids(a: str, b: str, c: str) -> bool:
     >>> fast_str_ids("e1", "u1", "i1"), fast_str_ids("e1", "", "i1"), fast_str_ids("e", "u\n", "i")
     (True, False, False)
     """
-    lo, hi = _ID_MIN_LEN, _ID_MAX_LEN
+    lo, hi = _ID_MIN_LEN, ID_MAX_LEN
     if not (lo <= len(a) <= hi and lo <= len(b) <= hi and lo <= len(c) <= hi):
         return False
     return _FORBIDDEN.search(a + b + c) is None
@@ -52,7 +52,7 @@ def fast_id(value: Any) -> str | None:
     """
     kind = type(value)
     if kind is str:
-        ok = _ID_MIN_LEN <= len(value) <= _ID_MAX_LEN and _ID_PATTERN.match(value)
+        ok = _ID_MIN_LEN <= len(value) <= ID_MAX_LEN and _ID_PATTERN.match(value)
         return value if ok else None
     if kind is int:
         return str(value) if _ID_MIN_INT <= value <= _ID_MAX_INT else None
@@ -90,7 +90,7 @@ _ROW_VERSION_LEN = (_ROW_PROPS["model_version"]["minLength"],
 _ROW_UPDATES_MIN: int = _ROW_PROPS["updates"]["minimum"]
 _ROW_RECENT_MAX: int = _ROW_PROPS["recent_items"]["maxItems"]
 if (_ROW_ID["pattern"], _ROW_ID["minLength"], _ROW_ID["maxLength"]) != \
-        (_ID["pattern"], _ID_MIN_LEN, _ID_MAX_LEN) or _ROW_ID["type"] != "string":
+        (_ID["pattern"], _ID_MIN_LEN, ID_MAX_LEN) or _ROW_ID["type"] != "string":
     raise SchemaError("embedding ids differ from event ids: update codec/fastcheck.py")
 
 
@@ -119,7 +119,7 @@ def fast_row_vector(obj: Any) -> bytes | None:
     if type(entity) is not str or type(ident) is not str or type(vector) is not str \
             or type(version) is not str:
         return None
-    if entity not in _ROW_ENTITIES or not _ID_MIN_LEN <= len(ident) <= _ID_MAX_LEN \
+    if entity not in _ROW_ENTITIES or not _ID_MIN_LEN <= len(ident) <= ID_MAX_LEN \
             or not _ROW_VERSION_LEN[0] <= len(version) <= _ROW_VERSION_LEN[1]:
         return None
     # The schema's base64 pattern without a regex: whole quanta, padding only at the
@@ -151,6 +151,6 @@ def _row_fields_ok(obj: dict[str, Any], ident: str) -> bool:
     recent = obj.get("recent_items", [])
     if type(recent) is not list or len(recent) > _ROW_RECENT_MAX:
         return False
-    if not all(type(i) is str and _ID_MIN_LEN <= len(i) <= _ID_MAX_LEN for i in recent):
+    if not all(type(i) is str and _ID_MIN_LEN <= len(i) <= ID_MAX_LEN for i in recent):
         return False
     return _FORBIDDEN.search(ident + "".join(recent)) is None

@@ -17,6 +17,7 @@ from stream_app.codec import (
     DecodeError,
     DlqReason,
     decode_event,
+    decode_id_key,
     dlq_key,
     dlq_record,
     encode_dlq,
@@ -80,14 +81,12 @@ def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
     kinds = {topics.clicks: EventKind.CLICK, topics.purchases: EventKind.PURCHASE}
     out = Decoded()
     for rec in batch:
-        if rec.header(CONTROL_HEADER) == b"forget":
-            user = (rec.key or b"").decode("utf-8", "replace")
-            if user:
-                out.forgets.append(user)
+        try:
+            if rec.header(CONTROL_HEADER) == b"forget":  # the key is the user to forget
+                out.forgets.append(decode_id_key(rec.key))
                 out.segments.append([])
                 out.records.append([])
                 continue
-        try:
             event = decode_event(rec.value, rec.key, kinds[rec.topic])
             if event.ts > now_ms + max_future_ms:
                 raise DecodeError(DlqReason.BAD_TIMESTAMP,

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import orjson
 
-from stream_app.config import KafkaConfig
+from stream_app.codec.fastcheck import ID_MAX_LEN, fast_id
+from stream_app.config import ConfigError, KafkaConfig
 from stream_app.kafka.produce import EventProducer, Outgoing
 from stream_app.trainer.batch import CONTROL_HEADER
 
 
 def send_forget(kafka: KafkaConfig, user_id: str) -> None:
-    if not user_id:
-        raise ValueError("forget needs a non-empty user id")
+    """Raises ConfigError for a user id the trainer would refuse (it dead-letters those)."""
+    if fast_id(user_id) is None:
+        raise ConfigError(f"forget: {user_id[:64]!r} is not a user id (1-{ID_MAX_LEN} "
+                          "characters, no control characters)")
     value = orjson.dumps({"type": "forget", "user_id": user_id})
     with EventProducer(kafka, client_id="stream-app-forget") as producer:
         for topic in (kafka.topics.clicks, kafka.topics.purchases):

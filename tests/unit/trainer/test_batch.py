@@ -38,6 +38,21 @@ def test_bad_records_are_dead_lettered_with_coordinates_and_good_ones_kept_in_or
     assert all(d.source_topic == "t.clicks" and d.partition == 1 for d in out.dlq)
 
 
+def test_a_forget_whose_key_is_no_id_is_dead_lettered_not_applied() -> None:
+    """Decoded leniently, b"u\xff" forgot "u\ufffd", a different user; a key with a
+    newline or past 256 characters published a tombstone no row can have."""
+    def forget(key: bytes | None, offset: int) -> RawRecord:
+        return _rec(offset, b'{"type":"forget"}', key=key,
+                    headers=((CONTROL_HEADER, b"forget"),))
+
+    out = decode_batch([forget(b"u\xff", 0), forget(b"u\n", 1), forget(b"u" * 257, 2),
+                        forget(None, 3), forget(b"u2", 4)], TOPICS, now_ms=NOW,
+                       max_future_ms=86_400_000)
+    assert out.forgets == ["u2"]
+    assert [(d.offset, d.reason) for d in out.dlq] == [
+        (0, "bad_utf8"), (1, "bad_id_chars"), (2, "id_too_long"), (3, "missing_key")]
+
+
 def test_forget_control_records_split_the_batch_in_order() -> None:
     forget = _rec(1, b'{"type":"forget"}', headers=((CONTROL_HEADER, b"forget"),))
     out = decode_batch([_rec(0, _event(0)), forget, _rec(2, _event(2))], TOPICS,
