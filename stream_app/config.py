@@ -277,8 +277,27 @@ def load_kafka(file_values: Mapping[str, Any], env: Mapping[str, str],
     section = _table(file_values.get("kafka", {}), "[kafka]")
     merged_client = _dotted(_table(section.pop("client", {}), "[kafka.client]"))
     merged_client.update(client)
+    for key, where in OWN_CLIENT_SETTINGS.items():
+        if key in merged_client:
+            raise ConfigError(f"librdkafka setting {key} (in -X, --kafka-config or "
+                              f"[kafka.client]) is set by stream_app: {where}")
     kafka = build(KafkaConfig, "kafka", section, env, flags, env_prefix="STREAM_APP_")
     return dataclasses.replace(kafka, client=merged_client)
+
+
+_BROKERS = ("give the brokers with --bootstrap-servers, STREAM_APP_BOOTSTRAP_SERVERS or "
+            "[kafka] bootstrap_servers")
+OWN_CLIENT_SETTINGS = {
+    "bootstrap.servers": _BROKERS,
+    "metadata.broker.list": _BROKERS,
+    "client.id": "each client is named after its role (trainer, scorer, replay, ...)",
+    "group.id": "use --group-id or group_id in [trainer] / [scorer]",
+    "transactional.id": "the trainer derives it from [trainer] group_id and instance_id",
+}
+"""librdkafka settings stream_app sets itself from its own options. Given as librdkafka
+settings they would be refused as a conflict naming a default (bootstrap.servers),
+or win silently under an alias (metadata.broker.list): so they are refused here,
+with the option to use instead."""
 
 
 

@@ -15,6 +15,13 @@ OptimizerName = Literal["adagrad", "adam"]
 NegativesMode = Literal["in_batch", "sampled", "mixed"]
 
 DAY_MS = 86_400_000
+DIM_MAX = 4096
+RECENT_ITEMS_MAX = 1000
+"""The embedding schema's `dim` maximum and `recent_items` maxItems: a row past them
+is refused by every reader, the trainer's own restore included (a unit test
+holds these to schemas/embedding.v1.json)."""
+SEED_MAX = 2**32 - 1
+"""Seeds derived from it (`seed * 1_000_003 + step`) must fit a generator's 64 bits."""
 
 
 def _positive(name: str, value: float) -> None:
@@ -109,6 +116,11 @@ class LearnerConfig:
                      "max_in_batch_negatives", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"learner.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name, top in (("dim", DIM_MAX), ("recent_items", RECENT_ITEMS_MAX),
+                          ("seed", SEED_MAX)):
+            if getattr(self, name) > top:
+                raise ValueError(f"learner.{name} must be at most {top}, got "
+                                 f"{getattr(self, name)!r}")
         if self.optimizer not in ("adagrad", "adam"):
             raise ValueError(
                 f"learner.optimizer must be 'adagrad' or 'adam', got {self.optimizer!r}")

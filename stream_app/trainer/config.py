@@ -7,8 +7,13 @@ import re
 from dataclasses import dataclass
 
 from stream_app.config import ConfigError
+from stream_app.core import LearnerConfig
 
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+INSTANCE_ID_MAX = 100
+"""It prefixes the model version, `<instance_id>-<step>`, which the embedding and
+meta schemas cap at 128 characters (a step has up to 19 digits)."""
+MAX_FUTURE_SHARE_OF_TTL = 0.1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +68,10 @@ class TrainerConfig:
             if not _ID_RE.match(getattr(self, name)):
                 raise ConfigError(f"trainer.{name} must be 1-200 of [A-Za-z0-9._-], "
                                   f"got {getattr(self, name)!r}")
+        if len(self.instance_id) > INSTANCE_ID_MAX:
+            raise ConfigError(f"trainer.instance_id must be at most {INSTANCE_ID_MAX} characters "
+                              f"(it prefixes the published model version), got "
+                              f"{len(self.instance_id)}")
         for name in ("batch_max", "step_max"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"trainer.{name} must be > 0, got {getattr(self, name)}")
@@ -95,3 +104,21 @@ class TrainerConfig:
     @property
     def transactional_id(self) -> str:
         return f"{self.group_id}.{self.instance_id}"
+
+
+def check_with_learner(cfg: TrainerConfig, learner: LearnerConfig) -> None:
+    """Refuse settings that are valid alone but not together.
+
+    The learner's clock is its newest event time, and an event may be up to
+    `max_future_ms` ahead of the wall clock: with an idle TTL, one such event
+    makes every row idle for `idle_ttl_ms - max_future_ms` look expired. A
+    tenth bounds how early a row can go.
+    """
+    ttl = learner.idle_ttl_ms
+    if ttl > 0 and cfg.max_future_ms > ttl * MAX_FUTURE_SHARE_OF_TTL:
+        raise ConfigError(
+            f"trainer.max_future_ms ({cfg.max_future_ms}) must be at most a tenth of "
+            f"learner.idle_ttl_ms ({ttl}): one event that far ahead would evict every row "
+            f"idle for {(ttl - cfg.max_future_ms) / 3_600_000:.1f} h of event time. Lower "
+            f"trainer.max_future_ms to {int(ttl * MAX_FUTURE_SHARE_OF_TTL)} or less, or raise "
+            "learner.idle_ttl_ms")

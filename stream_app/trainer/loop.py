@@ -39,7 +39,7 @@ from stream_app.trainer.batch import (
     tombstones_to_publish,
     train_dlq,
 )
-from stream_app.trainer.config import TrainerConfig
+from stream_app.trainer.config import TrainerConfig, check_with_learner
 from stream_app.trainer.observe import observe_commit, report_lag
 from stream_app.trainer.restore import restore
 from stream_app.trainer.result import BatchResult, batch_result
@@ -58,6 +58,7 @@ class Trainer:
                  metrics: TrainerMetrics, stop: threading.Event | None = None,
                  on_batch: Callable[[BatchResult], None] | None = None,
                  watchdog: Watchdog | None = None) -> None:
+        check_with_learner(cfg, learner_cfg)
         self.kafka, self.cfg, self.learner_cfg = kafka, cfg, learner_cfg
         self.watchdog = watchdog
         self.topics = kafka.topics

@@ -17,9 +17,11 @@ from stream_app.config import (
     parse_kv,
     redact,
 )
+from stream_app.core import LearnerConfig
 from stream_app.kafka.clients import consumer_config, merge, producer_config
 from stream_app.kafka.exceptions import ConfigConflictError
 from stream_app.trainer import TrainerConfig
+from stream_app.trainer.config import check_with_learner
 
 
 def test_precedence_defaults_file_env_flags() -> None:
@@ -56,6 +58,19 @@ def test_kafka_section_client_settings_merge_with_flags() -> None:
                        {"acks": "1"})
     assert kafka.bootstrap_servers == "a:1" and kafka.topic_prefix == "p."
     assert dict(kafka.client) == {"linger.ms": "7", "acks": "1"}
+
+
+@pytest.mark.parametrize(("key", "fix"), [
+    ("bootstrap.servers", "--bootstrap-servers"), ("metadata.broker.list", "--bootstrap-servers"),
+    ("client.id", "named after its role"), ("group.id", "--group-id"),
+    ("transactional.id", "instance_id")])
+def test_settings_stream_app_owns_are_refused_as_librdkafka_settings(key: str, fix: str) -> None:
+    """A kcat-style file with the brokers in it was refused as a conflict with the default
+    address; under the alias metadata.broker.list, the default silently won."""
+    with pytest.raises(ConfigError, match=re.escape(fix)):
+        load_kafka({}, {}, {}, {key: "broker:9092"})
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_kafka({"kafka": {"client": {key: "x"}}}, {}, {}, {})
 
 
 def test_enforced_settings_cannot_be_overridden() -> None:
@@ -221,3 +236,26 @@ def test_a_bad_topic_prefix_is_reported_as_one(capsys: pytest.CaptureFixture[str
                  "--bootstrap-servers", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
     assert "topic_prefix may only hold" in err and "group" not in err
+
+
+def test_an_instance_id_that_would_overflow_the_model_version_is_refused() -> None:
+    TrainerConfig(instance_id="a" * 100)
+    with pytest.raises(ConfigError, match="instance_id must be at most 100 characters"):
+        TrainerConfig(instance_id="a" * 101)
+
+
+def test_a_future_allowance_that_would_expire_every_row_is_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """One event `max_future_ms` ahead moves the learner's clock that far: with an idle
+    TTL not ten times longer, it evicts rows that were not idle."""
+    day = 86_400_000
+    check_with_learner(TrainerConfig(), LearnerConfig())  # no TTL: anything goes
+    check_with_learner(TrainerConfig(max_future_ms=day), LearnerConfig(idle_ttl_ms=10 * day))
+    with pytest.raises(ConfigError, match="at most a tenth of learner.idle_ttl_ms"):
+        check_with_learner(TrainerConfig(max_future_ms=day), LearnerConfig(idle_ttl_ms=day))
+    assert main(["trainer", "-L", f"idle_ttl_ms={day}", "--bootstrap-servers",
+                 "127.0.0.1:1"]) == 2
+    assert "Lower trainer.max_future_ms to 8640000 or less" in capsys.readouterr().err
+    assert main(["trainer", "-L", "seed=18446744073709551616", "--bootstrap-servers",
+                 "127.0.0.1:1"]) == 2
+    assert "learner.seed must be at most" in capsys.readouterr().err

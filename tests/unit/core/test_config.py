@@ -21,6 +21,9 @@ from stream_app.core import LearnerConfig
     ({"idle_ttl_ms": -5}, "learner.idle_ttl_ms must be >= 0, got -5"),
     ({"eval_k": 0}, "learner.eval_k must be > 0, got 0"),
     ({"adam_betas": (1.0, 0.9)}, "learner.adam_betas must be in [0, 1)"),
+    ({"dim": 4097}, "learner.dim must be at most 4096, got 4097"),
+    ({"recent_items": 1001}, "learner.recent_items must be at most 1000, got 1001"),
+    ({"seed": 2**64}, "learner.seed must be at most 4294967295"),
 ])
 def test_invalid_values_name_the_field_and_fix(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")
@@ -35,3 +38,13 @@ def test_config_is_frozen_and_keyword_only() -> None:
     with pytest.raises(TypeError):
         LearnerConfig(8)  # type: ignore[misc]
     assert cfg.eval_k == 20 and cfg.optimizer == "adagrad"
+
+
+def test_row_limits_are_the_embedding_schemas() -> None:
+    """A learner whose rows the schema refuses could not restore its own changelog."""
+    from stream_app.codec.schemas import schema
+    from stream_app.core.config import DIM_MAX, RECENT_ITEMS_MAX
+
+    props = schema("embedding").definition["properties"]
+    assert (DIM_MAX, RECENT_ITEMS_MAX) == (props["dim"]["maximum"],
+                                           props["recent_items"]["maxItems"])
