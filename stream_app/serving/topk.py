@@ -122,8 +122,15 @@ def user_vectors(table: EmbeddingTable, requests: Sequence[ScoreRequest],
 
 def mixed_vectors(table: EmbeddingTable, mix: ServingMix,
                   users: list[UserState]) -> torch.Tensor:
-    """id_vec + w * decayed mean of the current vectors of each user's recent items: (n, dim)."""
+    """id_vec + w * decayed mean of the current vectors of each user's recent items: (n, dim).
+
+    Recent items the table lacks add no weight; with none of them (or no item row
+    at all yet) the vector is id_vec alone, as the learner computes it.
+    """
+    ids = torch.from_numpy(np.stack([u.id_vec for u in users if u.id_vec is not None]))
     matrix, _ = table.items()
+    if matrix.shape[0] == 0:
+        return ids.to(table.device)
     n, length = len(users), mix.recent_items
     found = np.full((n, length), -1, dtype=np.int64)  # built on the host, sent once
     get = table.item_slot.get
@@ -138,7 +145,6 @@ def mixed_vectors(table: EmbeddingTable, mix: ServingMix,
     norm = w.sum(dim=1, keepdim=True).clamp(min=1e-12)
     hist = matrix.index_select(0, slots.flatten()).view(n, length, -1)
     mean = (w.unsqueeze(2) * hist).sum(dim=1) / norm
-    ids = torch.from_numpy(np.stack([u.id_vec for u in users if u.id_vec is not None]))
     return ids.to(table.device) + mix.history_weight * mean
 
 

@@ -10,7 +10,7 @@ from stream_app.events import EmbeddingRow, Event, EventKind, ScoreRequest
 from stream_app.serving import EmbeddingTable
 from stream_app.serving.answers import apply_embedding
 from stream_app.serving.table import ServingMix
-from stream_app.serving.topk import mixed_vectors, user_vectors
+from stream_app.serving.topk import mixed_vectors, rank, user_vectors
 from stream_app.serving.users import UserState
 from tests.device import DEVICE
 
@@ -79,3 +79,25 @@ def test_recent_items_the_table_lacks_are_left_out_of_the_mix() -> None:
     got = mixed_vectors(table, mix, [user]).cpu().numpy()[0]
     # positions 1 and 2 weigh 0.5 and 0.25: mean = (0.5 a + 0.25 b) / 0.75
     np.testing.assert_allclose(got, [0.5 + 2 / 3, 1 / 3], rtol=1e-6)
+
+
+def test_a_known_user_is_answered_before_any_item_row_is_loaded() -> None:
+    """User rows and the trainer's mix with no item row yet (an item admission threshold
+    early on, or every item evicted) crashed the scorer on each such request."""
+    config = LearnerConfig(dim=4, num_sampled_negatives=4)
+    learner = Learner(config, device=DEVICE)
+    learner.learn(_events(50, seed=4))
+    table = EmbeddingTable(device=DEVICE)
+    meta = {"model_version": "v", "updated_at": 0, "serving": {
+        "history_weight": config.history_weight, "recent_decay": config.recent_decay,
+        "recent_items": config.recent_items}}
+    apply_embedding(table, b"meta:trainer", encode_meta(meta))
+    for row in learner.rows(user_ids=["u1"], model_version="v", now_ms=0):
+        table.upsert(row)
+    table.flush()
+    assert table.mix is not None and table.users.get("u1") is not None and not table.n_slots
+    got, reasons = user_vectors(table, [ScoreRequest(request_id="r", user_id="u1", k=3)], 1)
+    assert reasons == [None]
+    np.testing.assert_array_equal(got.cpu().numpy()[0], table.users["u1"].id_vec)
+    [answer] = rank(table, [ScoreRequest(request_id="r", user_id="u1", k=3)])
+    assert answer.items == ()
