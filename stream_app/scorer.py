@@ -4,8 +4,12 @@ Wiring only (Kafka edges <-> `stream_app.serving`). One loop thread:
 
 1. Tail `embeddings` (all partitions assigned from the beginning, no group,
    read_committed) into the `EmbeddingTable`. Ready = every partition read up to
-   the end offset taken at start. Until then requests are held up to
-   `ready_hold_ms`, then answered from the partial table with `ready: false`.
+   the end offset taken at start. A scorer joins the request group once ready,
+   or at once if the group has no member: while other replicas serve it, a
+   loading one must not take partitions from them (a rolling restart would
+   answer a share of requests from a partial table for the whole load). A
+   scorer that joins while loading holds requests up to `ready_hold_ms`, then
+   answers them from the partial table with `ready: false`.
 2. Read `score-requests` in the scorer group (cooperative-sticky,
    read_committed) with low-latency fetch settings. A poll returns as soon as
    one request is there, with whatever else is already fetched; that batch
@@ -32,7 +36,7 @@ from prometheus_client import CollectorRegistry
 from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.heap import release_free_memory
-from stream_app.kafka.admin import require_topics
+from stream_app.kafka.admin import group_members, require_topics
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
 from stream_app.kafka.records import Partition, RawRecord
@@ -51,6 +55,9 @@ log = logging.getLogger(__name__)
 ERROR_REASONS = (*[r.value for r in DlqReason], "bad_embedding", "delivery")
 IDLE_POLL_S = 0.05
 """Longest block on an empty request topic (bounds how stale the table may get meanwhile)."""
+JOIN_CHECK_S = 2.0
+"""While loading, how often a scorer that has not joined the request group looks whether
+the group still has members (replicas gone leave it within their session timeout)."""
 
 
 class Scorer:
@@ -77,6 +84,8 @@ class Scorer:
         self._last_input = time.monotonic()
         self._last_lag = 0.0
         self._last_commit = 0.0
+        self._requests: RequestConsumer | None = None  # joined the request group
+        self._join_check = 0.0  # monotonic time of the next look at the group, while loading
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: ready only once the initial `embeddings` load caught up."""
@@ -97,14 +106,10 @@ class Scorer:
             self.metrics_port = server.port
             producer = ReplyProducer(self.kafka, client_id=f"{cid}-producer")
             self._open_tail(tail)
-            requests = RequestConsumer(
-                self.kafka, client_id=f"{cid}-requests", group_id=self.cfg.group_id,
-                topics=[t.score_requests], on_lost=self._forget,
-                on_revoke=lambda parts: self._on_revoke(producer, requests, parts))
             try:
-                return self._loop(tail, requests, producer)
+                return self._loop(tail, producer)
             finally:
-                self._shutdown(requests, producer)
+                self._shutdown(producer)
 
     # -- embeddings ---------------------------------------------------------------------
     def _open_tail(self, tail: TailReader) -> None:
@@ -153,6 +158,29 @@ class Scorer:
                      self.table.n_items, self._progress.records)
 
     # -- requests -----------------------------------------------------------------------
+    def _join(self, producer: ReplyProducer) -> RequestConsumer | None:
+        """The request consumer, once this scorer may take partitions (see the module
+        docstring); None until then. A group the cluster will not describe is joined."""
+        if self._requests is not None:
+            return self._requests
+        now = time.monotonic()
+        if not self.ready.is_set():
+            if now < self._join_check:
+                return None
+            self._join_check = now + JOIN_CHECK_S
+            members = group_members(self.kafka, self.cfg.group_id)
+            if members:
+                log.info("group=%s has %d member(s): joining it once loaded", self.cfg.group_id,
+                         members)
+                return None
+        requests = RequestConsumer(
+            self.kafka, client_id=f"{self.cfg.client_id}-requests", group_id=self.cfg.group_id,
+            topics=[self.topics.score_requests], on_lost=self._forget,
+            on_revoke=lambda parts: self._on_revoke(producer, requests, parts))
+        self._requests = requests
+        log.info("joined group=%s ready=%s", self.cfg.group_id, self.ready.is_set())
+        return requests
+
     def _poll_requests(self, requests: RequestConsumer, timeout: float) -> None:
         """Block up to `timeout` for the first request, then take what is already fetched."""
         room = self.cfg.batch_max - len(self._pending)
@@ -208,12 +236,15 @@ class Scorer:
         self._last_commit = time.monotonic()
 
     # -- loop ---------------------------------------------------------------------------
-    def _loop(self, tail: TailReader, requests: RequestConsumer, producer: ReplyProducer) -> int:
+    def _loop(self, tail: TailReader, producer: ReplyProducer) -> int:
         cfg = self.cfg
         commit_every = cfg.commit_interval_ms / 1000.0
         while not self.stop.is_set():
             ready = self.ready.is_set()
             self._tail(tail, 0.0 if ready else IDLE_POLL_S)
+            requests = self._join(producer)
+            if requests is None:  # loading while other replicas serve the group
+                continue
             self._poll_requests(requests, self._request_timeout(time.monotonic()))
             stuck = requests.stuck()
             if stuck:
@@ -280,8 +311,13 @@ class Scorer:
         for (topic, partition), lag in requests.lag().items():
             self.metrics.set_lag(topic, partition, lag)
 
-    def _shutdown(self, requests: RequestConsumer, producer: ReplyProducer) -> None:
+    def _shutdown(self, producer: ReplyProducer) -> None:
         """Answer what is pending, wait for deliveries, commit them, leave the group."""
+        requests = self._requests
+        if requests is None:  # stopped before it joined: nothing read, nothing to commit
+            producer.flush(10)
+            log.info("scorer stopped")
+            return
         try:
             if self._pending:
                 self._answer(producer)

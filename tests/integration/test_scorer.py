@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from stream_app.codec import decode_dlq, decode_prediction, encode_embedding
 from stream_app.config import KafkaConfig
 from stream_app.events import EmbeddingRow, Prediction, ScoreRequest
 from stream_app.kafka.clients import make_producer
-from stream_app.scorer import Scorer
+from stream_app.scorer import JOIN_CHECK_S, Scorer
 from stream_app.serving import ScorerConfig
 from stream_app.serving.topk import prunes
 from tests.integration.kafka_helpers import read_topic, wait_until
@@ -78,15 +79,18 @@ def brute(u: npt.NDArray[np.float32] | None, items: Vecs, bias: dict[str, float]
 
 
 @contextmanager
-def running(kafka: KafkaConfig, **overrides: object) -> Iterator[Scorer]:
+def running(kafka: KafkaConfig, *, kind: type[Scorer] = Scorer, wait_ready: bool = True,
+            **overrides: object) -> Iterator[Scorer]:
     cfg = ScorerConfig(device="cpu", metrics_port=0, batch_wait_ms=1.0,
                        group_id=f"scorer-{kafka.topic_prefix}", **overrides)  # type: ignore[arg-type]
-    scorer = Scorer(kafka, cfg, registry=CollectorRegistry(), stop=threading.Event())
+    scorer = kind(kafka, cfg, registry=CollectorRegistry(), stop=threading.Event())
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(scorer.run()), daemon=True)
     thread.start()
     try:
-        wait_until(lambda: scorer.ready.is_set() or not thread.is_alive(), what="scorer ready")
+        if wait_ready:
+            wait_until(lambda: scorer.ready.is_set() or not thread.is_alive(),
+                       what="scorer ready")
         assert thread.is_alive(), "scorer died during start-up"
         yield scorer
     finally:
@@ -303,3 +307,59 @@ def test_request_without_its_topics_says_what_is_missing(
                timeout=30, what="the predictions topic")
     with ScoreClient(kafka) as client, pytest.raises(DeliveryError, match="not delivered"):
         client.request("u1", timeout_s=2)
+
+
+class _HeldLoad(Scorer):
+    """A scorer whose load does not finish until `release` is set, as with a long changelog."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.release = threading.Event()
+
+    def _check_ready(self) -> None:
+        if self.release.is_set():
+            super()._check_ready()
+
+
+@contextmanager
+def loading(kafka: KafkaConfig) -> Iterator[_HeldLoad]:
+    with running(kafka, kind=_HeldLoad, wait_ready=False, ready_hold_ms=500.0) as scorer:
+        assert isinstance(scorer, _HeldLoad)
+        yield scorer
+
+
+def _all_members(kafka: KafkaConfig, group: str) -> int:
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    return len(admin.describe_consumer_groups([group])[group].result().members)
+
+
+def test_a_loading_replica_leaves_the_requests_to_the_ready_one(kafka: KafkaConfig, world) -> None:  # type: ignore[no-untyped-def]
+    """A restarted replica that joined at once took partitions from the ready ones and
+    answered their requests from its partial table for the whole load."""
+    items, bias, users = world
+    publish(kafka, rows_of(items, bias, users))
+    with running(kafka) as a, ScoreClient(kafka) as client:
+        group = a.cfg.group_id
+        wait_until(lambda: _all_members(kafka, group) == 1, what="the ready replica joined")
+        with loading(kafka) as b:
+            wait_until(lambda: b._progress.records >= len(items) + len(users), what="b read all")
+            time.sleep(2 * JOIN_CHECK_S)  # b has looked at the group at least once since
+            assert b._requests is None and _all_members(kafka, group) == 1
+            reqs = [ScoreRequest(request_id=f"r{n}", user_id=f"u{n % 6}", k=3,
+                                 exclude_seen=False) for n in range(30)]
+            got = ask(client, reqs)
+            assert all(p.ready and not p.fallback for p in got.values())
+            b.release.set()
+            publish(kafka, rows_of(items, bias, users)[:1])  # a row read makes b look again
+            wait_until(lambda: _all_members(kafka, group) == 2, what="b joined once loaded")
+            assert b.ready.is_set()
+
+
+def test_a_lone_scorer_joins_while_loading_and_says_it_is_not_ready(
+        kafka: KafkaConfig, world) -> None:  # type: ignore[no-untyped-def]
+    items, bias, users = world
+    publish(kafka, rows_of(items, bias, users))
+    with loading(kafka) as b, ScoreClient(kafka) as client:
+        wait_until(lambda: b._requests is not None, what="joined an empty group while loading")
+        got = ask(client, [ScoreRequest(request_id="r", user_id="u1", k=3)])
+        assert not got["r"].ready and not b.ready.is_set()
