@@ -200,7 +200,7 @@ def _scorer_load(d: dict[str, Any]) -> list[str]:
             f"/readyz answering): {s['load_seconds']:.1f} s, "
             f"**{d['ratio_scorer_load_vs_raw_read']:.2f}×** the raw read; its RSS went from "
             f"{s['rss_bytes_when_healthy'] / 2**20:.0f} to {s['rss_bytes_when_ready'] / 2**20:.0f}"
-            " MiB.", ""]
+            " MiB." + (f" {s['note']}" if "note" in s else ""), ""]
 
 
 def _snapshot_restore(d: dict[str, Any]) -> list[str]:
