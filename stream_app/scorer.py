@@ -244,6 +244,7 @@ class Scorer:
             self._tail(tail, 0.0 if ready else IDLE_POLL_S)
             requests = self._join(producer)
             if requests is None:  # loading while other replicas serve the group
+                self._lag_due(tail, None)
                 continue
             self._poll_requests(requests, self._request_timeout(time.monotonic()))
             stuck = requests.stuck()
@@ -258,9 +259,7 @@ class Scorer:
             producer.poll(0)
             if now - self._last_commit >= commit_every:
                 self._commit(requests)
-            if now - self._last_lag >= cfg.lag_interval_s:
-                self._last_lag = now
-                self._report_lag(tail, requests)
+            self._lag_due(tail, requests)
             if self._idle_exit(now):
                 break
         return 0
@@ -305,10 +304,16 @@ class Scorer:
             return True
         return False
 
-    def _report_lag(self, tail: TailReader, requests: RequestConsumer) -> None:
+    def _lag_due(self, tail: TailReader, requests: RequestConsumer | None) -> None:
+        """Report lag every `lag_interval_s`: the `embeddings` tail's also while loading
+        and not in the request group (the ScorerNotReady runbook reads it)."""
+        now = time.monotonic()
+        if now - self._last_lag < self.cfg.lag_interval_s:
+            return
+        self._last_lag = now
         for partition, lag in tail.lag().items():
             self.metrics.set_lag(tail.topic, partition, lag)
-        for (topic, partition), lag in requests.lag().items():
+        for (topic, partition), lag in (requests.lag() if requests else {}).items():
             self.metrics.set_lag(topic, partition, lag)
 
     def _shutdown(self, producer: ReplyProducer) -> None:

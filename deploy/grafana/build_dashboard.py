@@ -92,7 +92,7 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
             (_q("stream_app_batch_size_events", "job", 0.5), "p50"),
             (_q("stream_app_batch_size_events", "job", 0.99), "p99")], "short"),
         _panel("Table sizes", [
-            ("sum by (table) (stream_app_table_rows)", "trainer {{table}}"),
+            ("max by (table) (stream_app_table_rows)", "trainer {{table}}"),
             ("max by (table) (stream_app_scorer_table_rows)", "scorer {{table}}")], "short"),
         _panel("Admissions, evictions, rows published", [
             (f"sum by (table) (rate(stream_app_admissions_total[{RI}]))", "admit {{table}}"),

@@ -40,9 +40,11 @@ FRESHNESS_BUCKETS_S: tuple[float, ...] = (
     0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.25, 1.5,
     2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
 )
-#: Trainer loop phases (step, transaction, whole batch): sub-ms to seconds.
+#: Trainer loop phases (step, transaction, whole batch): sub-ms to seconds, and past
+#: transaction.timeout.ms (30 s) for an abort's back-off and restore.
 STEP_BUCKETS_S: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 300.0,
 )
 BATCH_EVENTS_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(0, 16))
 BATCH_REQUESTS_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(0, 12))

@@ -8,7 +8,6 @@ together) or dead-lettered with a reason inside the same transaction.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
 from stream_app.kafka.records import Partition, RawRecord, first_offsets, next_offsets
 from stream_app.kafka.transaction import TransactionalPublisher, TxnOutcome
-from stream_app.observability.metrics import EvalModel, EventOutcome, TrainerMetrics
+from stream_app.observability.metrics import EventOutcome, TrainerMetrics
 from stream_app.trainer.batch import (
     OUTCOMES,
     Decoded,
@@ -40,7 +39,7 @@ from stream_app.trainer.batch import (
     train_dlq,
 )
 from stream_app.trainer.config import TrainerConfig, check_with_learner
-from stream_app.trainer.observe import observe_commit, report_lag
+from stream_app.trainer.observe import observe_commit, report_lag, report_table_rows
 from stream_app.trainer.restore import restore
 from stream_app.trainer.result import BatchResult, batch_result
 from stream_app.trainer.snapshot import Snapshots
@@ -102,6 +101,7 @@ class Trainer:
         self.metrics.restore_seconds.set(time.monotonic() - started)
         self.metrics.restored_rows.labels(table="user").set(stats.users)
         self.metrics.restored_rows.labels(table="item").set(stats.items)
+        report_table_rows(self.metrics, self.learner.table_sizes())  # before any commit
 
     def _snapshot(self, consumer: GroupConsumer, *, stopping: bool = False) -> None:
         """Write the local snapshot when due (every interval, and when `stopping`, waiting
@@ -291,7 +291,7 @@ class Trainer:
             if self._own_users is not None:
                 leave_scope(self._own_users, tombstones)
             observe_commit(self.metrics, self._counts, batch, decoded, blocks, dlq,
-                           published_ms, self.learner.table_sizes())
+                           published_ms, self.learner.table_sizes(), self._evals)
         self.metrics.batch_seconds.observe(time.monotonic() - started)
         return batch_result(batch, decoded, self._evals, applied=applied, losses=losses,
                             dlq=len(dlq), rows=sum(len(b) for b in blocks), outcome=outcome,
@@ -355,13 +355,7 @@ class Trainer:
         st = self.learner.learn(events)
         self.metrics.step_seconds.observe(time.monotonic() - started)
         if ev is not None and ev.n_events:
-            self._evals.append(ev)
-            if math.isfinite(ev.loss):
-                self.metrics.prequential_loss.set(ev.loss)
-            self.metrics.set_prequential(EvalModel.MODEL, hit_rate=ev.model.hit_rate,
-                                         recall=ev.model.recall, mrr=ev.model.mrr)
-            self.metrics.set_prequential(EvalModel.POPULARITY, hit_rate=ev.popularity.hit_rate,
-                                         recall=ev.popularity.recall, mrr=ev.popularity.mrr)
+            self._evals.append(ev)  # published with the commit (`observe_commit`)
         counts: Counter[tuple[str, EventOutcome]] = Counter()
         for rec, outcome in zip(recs, st.outcomes, strict=True):
             if outcome == "rate_limited":

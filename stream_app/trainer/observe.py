@@ -6,18 +6,28 @@ what it counted (`TxnCounts`) would be counted twice.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import numpy as np
+
+from stream_app.core import EvalStats
 from stream_app.events import DlqRecord, RowBlock
 from stream_app.kafka.records import Partition, RawRecord
-from stream_app.observability.metrics import EventOutcome, FreshnessSince, TrainerMetrics
+from stream_app.observability.metrics import (
+    EvalModel,
+    EventOutcome,
+    FreshnessSince,
+    TrainerMetrics,
+)
 from stream_app.trainer.batch import Decoded, TxnCounts
 
 
 def observe_commit(m: TrainerMetrics, counts: TxnCounts, batch: list[RawRecord],
                    decoded: Decoded, blocks: list[RowBlock], dlq: list[DlqRecord],
-                   published_ms: int, table_sizes: Mapping[str, int]) -> None:
+                   published_ms: int, table_sizes: Mapping[str, int],
+                   evals: Sequence[EvalStats]) -> None:
     m.batch_size_events.observe(len(batch))
     for (topic, event_outcome), n in counts.events.items():
         m.count_events(topic, event_outcome, n)
@@ -37,8 +47,31 @@ def observe_commit(m: TrainerMetrics, counts: TxnCounts, batch: list[RawRecord],
                         ((published_ms - e.ts) / 1000 for e in events))
     m.observe_freshness(FreshnessSince.PRODUCE_TIME,
                         ((published_ms - r.timestamp_ms) / 1000 for r in raws))
+    report_table_rows(m, table_sizes)
+    report_prequential(m, evals)
+
+
+def report_table_rows(m: TrainerMetrics, table_sizes: Mapping[str, int]) -> None:
     m.table_rows.labels(table="user").set(table_sizes["users"])
     m.table_rows.labels(table="item").set(table_sizes["items"])
+
+
+def report_prequential(m: TrainerMetrics, evals: Sequence[EvalStats]) -> None:
+    """The committed batch's test-then-train scores: its evaluated steps weighted by their
+    events. The last step alone made the gauges jump (a forget splits a batch, and a
+    3-event step scores 0 or 1); an aborted batch publishes none."""
+    weights = [ev.n_events for ev in evals]
+    if not sum(weights):
+        return
+    for model, part in ((EvalModel.MODEL, "model"), (EvalModel.POPULARITY, "popularity")):
+        mean = {name: float(np.average([getattr(getattr(ev, part), name) for ev in evals],
+                                       weights=weights))
+                for name in ("hit_rate", "recall", "mrr")}
+        m.set_prequential(model, **mean)
+    finite = [(ev.loss, w) for ev, w in zip(evals, weights, strict=True) if math.isfinite(ev.loss)]
+    if finite:
+        m.prequential_loss.set(float(np.average([x for x, _ in finite],
+                                                weights=[w for _, w in finite])))
 
 
 def report_lag(m: TrainerMetrics, lag: Mapping[Partition, int]) -> None:

@@ -345,6 +345,11 @@ def test_a_loading_replica_leaves_the_requests_to_the_ready_one(kafka: KafkaConf
             wait_until(lambda: b._progress.records >= len(items) + len(users), what="b read all")
             time.sleep(2 * JOIN_CHECK_S)  # b has looked at the group at least once since
             assert b._requests is None and _all_members(kafka, group) == 1
+            # Its load is still watched: the runbook of ScorerNotReady reads this lag.
+            assert wait_until(lambda: b.registry.get_sample_value(
+                "stream_app_consumer_lag_messages",
+                {"topic": kafka.topics.embeddings, "partition": "0"}) is not None,
+                timeout=10, what="b's embeddings lag while loading")
             reqs = [ScoreRequest(request_id=f"r{n}", user_id=f"u{n % 6}", k=3,
                                  exclude_seen=False) for n in range(30)]
             got = ask(client, reqs)

@@ -128,6 +128,28 @@ def test_prequential_gauges_carry_model_and_k() -> None:
     assert _value(reg, "stream_app_prequential_mrr", model="model", k="10") == 0.1
 
 
+def test_a_batch_publishes_its_evaluated_steps_weighted_by_their_events() -> None:
+    """A forget splits a batch: its 3-event last step alone (hit rate 0 or 1) used to set
+    the gauges; a step with no finite loss does not count for the loss."""
+    from stream_app.core.evaluate import EvalStats, RankMetrics
+    from stream_app.trainer.observe import report_prequential
+
+    def step(n: int, hit: float, loss: float) -> EvalStats:
+        met = RankMetrics(hit_rate=hit, recall=hit / 2, mrr=hit / 4)
+        return EvalStats(n_events=n, k=10, model=met, popularity=met, loss=loss, exact=True)
+
+    m = _trainer()
+    report_prequential(m, [step(997, 0.3, 2.0), step(3, 1.0, float("nan"))])
+    reg = m.registry
+    hit = _value(reg, "stream_app_prequential_hit_rate", model="model", k="10")
+    assert hit == pytest.approx(0.3 * 0.997 + 1.0 * 0.003)
+    assert _value(reg, "stream_app_prequential_recall", model="popularity", k="10") == \
+        pytest.approx(hit / 2)
+    assert _value(reg, "stream_app_prequential_loss") == 2.0
+    report_prequential(m, [])  # nothing evaluated: the gauges keep the last batch's values
+    assert _value(reg, "stream_app_prequential_hit_rate", model="model", k="10") == hit
+
+
 def test_freshness_clamps_clock_skew_to_zero() -> None:
     m = _trainer()
     m.observe_freshness(FreshnessSince.PRODUCE_TIME, [-0.5, 0.2, 0.8, 1.5])
