@@ -130,18 +130,22 @@ class Learner(LearnerOps, LearnerState):
         t2 = time.perf_counter()
 
         # Events whose item is still below the admission threshold have no item
-        # row: they count for admission only, and are not trained on.
+        # row: they count for admission only, and are not trained on. Nor are
+        # events of a kind weighted 0 (click_weight=0 learns from purchases
+        # only): they add no popularity (log 0) and no loss, but are applied
+        # (counted, in the user's recent items).
         fresh = i_rows > COLD_ROW
+        trains = fresh & (weights_np > 0)
         u_t, i_t = self._t(u_rows), self._t(i_rows)
         ts_t = self._t(ts_np)
         w_t = torch.as_tensor(weights_np, device=self.device)
-        fresh_t = self._t(fresh)
-        contrib = m.decayed_log_weight(cfg, ts_t[fresh_t], w_t[fresh_t], origin)
-        new_logpop = m.add_popularity(self._items.logpop, i_t[fresh_t], contrib)
-        r_u, r_i, r_w = self._replay_sample(int(fresh.sum()))
-        train_u = torch.cat([u_t[fresh_t], r_u])
-        train_i = torch.cat([i_t[fresh_t], r_i])
-        train_w = torch.cat([w_t[fresh_t], r_w])
+        fresh_t, trains_t = self._t(fresh), self._t(trains)
+        contrib = m.decayed_log_weight(cfg, ts_t[trains_t], w_t[trains_t], origin)
+        new_logpop = m.add_popularity(self._items.logpop, i_t[trains_t], contrib)
+        r_u, r_i, r_w = self._replay_sample(int(trains.sum()))
+        train_u = torch.cat([u_t[trains_t], r_u])
+        train_i = torch.cat([i_t[trains_t], r_i])
+        train_w = torch.cat([w_t[trains_t], r_w])
         grads = self._gradients(train_u, train_i, train_w, new_logpop)
         t3 = time.perf_counter()
         if grads is None:  # non-finite: apply nothing, evictions included; hand the events back
@@ -175,8 +179,8 @@ class Learner(LearnerOps, LearnerState):
                        ts_t[fresh_t & own_user])
         self._users.updates.index_add_(0, u_t, torch.ones_like(u_t))
         self._items.updates.index_add_(0, i_t[fresh_t], torch.ones_like(i_t[fresh_t]))
-        self._replay.add([u for u, f in zip(uids, fresh, strict=True) if f],
-                         [i for i, f in zip(iids, fresh, strict=True) if f], weights_np[fresh])
+        self._replay.add([u for u, f in zip(uids, trains, strict=True) if f],
+                         [i for i, f in zip(iids, trains, strict=True) if f], weights_np[trains])
         self._dedup.commit([e.event_id for e in kept])
         self._rate.commit(rate_pending, now)
         self._watermark_ms, self._origin_ms = now, origin

@@ -17,7 +17,7 @@ from stream_app.codec import decode_embedding, encode_embedding
 from stream_app.core import Learner, Outcome, learner_state
 from stream_app.core import learner as learner_module
 from stream_app.core.optim import GradAccumulator, apply_update, learning_rate
-from stream_app.events import EmbeddingRow
+from stream_app.events import EmbeddingRow, EventKind
 from tests.device import DEVICE, EXACT, assert_same
 from tests.unit.core.streams import T0, ev, random_events, small_config
 
@@ -486,3 +486,23 @@ def test_a_non_finite_batch_evicts_nothing(accumulate: int) -> None:
     assert again.outcomes == (Outcome.APPLIED,)
     assert sorted(again.evicted_user_ids) == ["u1", "u2"] and len(again.evicted_item_ids) == 1
     assert "u3" in again.changed_user_ids  # its history lost the evicted item
+
+
+@pytest.mark.parametrize("negatives", ["mixed", "in_batch"])
+def test_a_kind_weighted_zero_is_applied_but_not_trained_on(negatives: str) -> None:
+    """click_weight=0 (learn from purchases only) crashed the sampler on the NaN
+    popularity of clicked-only items (log 0), or made every batch with a click
+    non-finite (-inf offset x weight 0)."""
+    learner = Learner(small_config(click_weight=0.0, negatives=negatives), device=DEVICE)
+    for b in range(3):
+        batch = [ev(f"c{b}-{k}", f"u{k % 3}", f"i{k % 5}", T0 + 1000 * b + k) for k in range(20)]
+        batch.append(ev(f"p{b}", "u1", "bought", T0 + 1000 * b + 500, kind=EventKind.PURCHASE))
+        stats = learner.learn(batch)
+        assert set(stats.outcomes) == {Outcome.APPLIED} and np.isfinite(stats.loss)
+    logpop = learner._items.logpop
+    assert not bool(torch.isnan(logpop).any())
+    bought, clicked = learner._item_vocab.row("bought"), learner._item_vocab.row("i0")
+    assert bought is not None and clicked is not None
+    assert np.isfinite(float(logpop[bought])) and float(logpop[clicked]) == float("-inf")
+    assert learner.recommend(["u0"], k=5).item_ids[0][0] == "bought"  # the only popular item
+    assert learner.rows(user_ids=["u0"], model_version="v", now_ms=0)[0].recent_items
