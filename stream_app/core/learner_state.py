@@ -52,7 +52,6 @@ class Cleared:
     item_rows: dict[str, torch.Tensor]
     compacted: torch.Tensor  # user rows whose history lost an evicted item ...
     histories: torch.Tensor  # ... and those histories before
-    deferred: dict[int, tuple[str, ...]]
     accumulated: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]
 
 
@@ -129,14 +128,12 @@ class LearnerState(LearnerFields):
         cleared = Cleared(users=users, user_rows=self._users.take_rows(users),
                           items=items, item_rows=self._items.take_rows(items),
                           compacted=users[:0], histories=self._users.hist[:0],
-                          deferred={r: self._deferred[r] for r in user_rows.tolist()
-                                    if r in self._deferred},
                           accumulated=self._accum.cached())
         if len(user_rows):
             self._users.reset_rows(users, None)
             self._accum.discard("user", users)
-            for r in cleared.deferred:
-                del self._deferred[r]
+            for r in user_rows.tolist():
+                self._deferred.pop(r, None)
         if len(item_rows):
             compacted, histories = m.compact_history(self._users.hist, items)
             cleared = dataclasses.replace(cleared, compacted=compacted, histories=histories)
@@ -146,11 +143,11 @@ class LearnerState(LearnerFields):
 
     def _put_back(self, cleared: Cleared) -> None:
         """Undo `_evict_rows` on the tensors (the vocabularies' `reinstate` gives the
-        ids their rows back)."""
+        ids their rows back). Deferred histories need nothing: `learn` resolves them
+        all before it evicts."""
         self._users.put_rows(cleared.users, cleared.user_rows)
         self._items.put_rows(cleared.items, cleared.item_rows)
         self._users.hist[cleared.compacted] = cleared.histories
-        self._deferred.update(cleared.deferred)
         self._accum.put_back(cleared.accumulated)
 
     def rows(self, *, user_ids: Iterable[str] = (), item_ids: Iterable[str] = (),

@@ -37,6 +37,7 @@ class Admission:
     evicted_ids: tuple[str, ...]
     evicted_rows: npt.NDArray[np.int64]
     evicted_ts: npt.NDArray[np.int64]  # their event times (for `reinstate`)
+    dropped_pending: tuple[tuple[str, int], ...]  # oldest pending counts over the bound
     touched_rows: npt.NDArray[np.int64]  # known rows whose last_ts was moved ...
     touched_prev_ts: npt.NDArray[np.int64]  # ... and their previous value (for `untouch`)
 
@@ -116,8 +117,9 @@ class Vocab:
             else:
                 self.pending[ids[j]] = seen
                 rows[j] = COLD_ROW
+        dropped = []
         while len(self.pending) > self.max_rows:
-            self.pending.popitem(last=False)
+            dropped.append(self.pending.popitem(last=False))
         protect = rows[rows > COLD_ROW]
         evicted = self._evict_idle(now_ms, protect)
         evicted_ts = self.last_ts[evicted]
@@ -140,7 +142,8 @@ class Vocab:
         new_ids = tuple(ids[j] for j in to_admit[:room])
         return Admission(rows=rows, new_ids=new_ids, new_rows=np.array(new_rows, dtype=np.int64),
                          evicted_ids=tuple(evicted_ids), evicted_rows=evicted,
-                         evicted_ts=evicted_ts, touched_rows=touched, touched_prev_ts=prev)
+                         evicted_ts=evicted_ts, dropped_pending=tuple(dropped),
+                         touched_rows=touched, touched_prev_ts=prev)
 
     def pending_of(self, ids: Sequence[str]) -> dict[str, int | None]:
         """The admission counts of `ids` (None: not pending), to put back with
@@ -162,7 +165,8 @@ class Vocab:
         self.last_ts[adm.touched_rows[live]] = adm.touched_prev_ts[live]
 
     def reinstate(self, adm: Admission) -> None:
-        """Give the ids `assign` evicted their rows back (a batch that was not applied).
+        """Give the ids `assign` evicted their rows back, and the pending counts it dropped
+        theirs (a batch that was not applied).
 
         Call it after the batch's new ids are removed: a new id may hold a row
         an evicted one had.
@@ -174,6 +178,9 @@ class Vocab:
             self.ids[r] = id_
             self.index[id_] = r
             self.last_ts[r] = ts
+        for id_, count in reversed(adm.dropped_pending):  # back at the front, oldest first
+            self.pending[id_] = count
+            self.pending.move_to_end(id_, last=False)
 
     def force(self, id_: str, last_ts: int) -> tuple[int, tuple[str, ...], npt.NDArray[np.int64]]:
         """Row for `id_`, admitting it regardless of threshold (restore path).

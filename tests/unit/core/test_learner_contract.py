@@ -458,6 +458,19 @@ def test_a_non_finite_batch_leaves_the_admission_counts_as_they_were() -> None:
     assert learner._item_vocab.pending == {"z": 1}
 
 
+def test_a_non_finite_batch_gives_back_the_pending_counts_it_pushed_out() -> None:
+    """Pending counts are bounded by the cap: new ids push the oldest out."""
+    learner = Learner(small_config(admission_threshold=2, max_users=2), device=DEVICE)
+    learner.learn([ev("e1", "p1", "i", T0), ev("e2", "p2", "i", T0)])  # i admitted
+    assert dict(learner._user_vocab.pending) == {"p1": 1, "p2": 1}
+    row = learner._item_vocab.row("i")
+    assert row is not None
+    learner._items.vec[row] = float("nan")
+    bad = learner.learn([ev("x1", "n1", "i", T0 + 1), ev("x2", "n2", "i", T0 + 1)])
+    assert bad.outcomes == (Outcome.NON_FINITE, Outcome.NON_FINITE)
+    assert list(learner._user_vocab.pending.items()) == [("p1", 1), ("p2", 1)]
+
+
 @pytest.mark.parametrize("accumulate", [1, 3])
 def test_a_non_finite_batch_evicts_nothing(accumulate: int) -> None:
     """It is not applied, its evictions included: the rows it would have dropped (idle
