@@ -178,6 +178,10 @@ class TxnCounts:
     events: Counter[tuple[str, EventOutcome]] = field(default_factory=Counter)
     admissions: Counter[str] = field(default_factory=Counter)
     evictions: Counter[str] = field(default_factory=Counter)
+    applied_times: list[tuple[int, int]] = field(default_factory=list)
+    """(event time, produce time) in ms of each applied event: their freshness."""
+    losses: list[tuple[float, int]] = field(default_factory=list)
+    """(step loss, events applied) of each step that applied any."""
 
 
 def own_users_only(own: set[str], changed_users: set[str], tombstones: list[str]) -> list[str]:

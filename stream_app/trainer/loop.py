@@ -253,6 +253,7 @@ class Trainer:
         dlq: list[DlqRecord] = list(decoded.dlq)
         applied, losses = self._learn(decoded, changed_users, changed_items, tombstones, dlq,
                                       now_ms)
+        self._counts.losses = losses
         pending_users, pending_items = self.learner.apply_pending()  # all of it is committed
         changed_users.update(pending_users)
         changed_items.update(pending_items)
@@ -357,8 +358,10 @@ class Trainer:
         if ev is not None and ev.n_events:
             self._evals.append(ev)  # published with the commit (`observe_commit`)
         counts: Counter[tuple[str, EventOutcome]] = Counter()
-        for rec, outcome in zip(recs, st.outcomes, strict=True):
-            if outcome == "rate_limited":
+        for event, rec, outcome in zip(events, recs, st.outcomes, strict=True):
+            if outcome == "applied":
+                self._counts.applied_times.append((event.ts, rec.timestamp_ms))
+            elif outcome == "rate_limited":
                 dlq.append(train_dlq(rec, DlqReason.RATE_LIMITED,
                                      "user over learner.rate_cap_events in its window", now_ms))
             elif outcome == "non_finite":
@@ -367,8 +370,7 @@ class Trainer:
             counts[(rec.topic, OUTCOMES.get(outcome, EventOutcome.DLQ))] += 1
         self._counts.events.update(counts)
         if st.n_applied and st.loss == st.loss:
-            losses.append((float(st.loss), st.n_applied))
-            self.metrics.training_loss.set(float(st.loss))
+            losses.append((float(st.loss), st.n_applied))  # the gauge: at the commit
         changed_users.update(st.changed_user_ids)
         changed_items.update(st.changed_item_ids)
         tombstones.extend(f"user:{u}" for u in st.evicted_user_ids)

@@ -41,12 +41,14 @@ def observe_commit(m: TrainerMetrics, counts: TxnCounts, batch: list[RawRecord],
         m.count_events(topic, EventOutcome.DLQ, n)
     for block in blocks:
         m.rows_published.labels(table=block.entity).inc(len(block))
-    events = [e for seg in decoded.segments for e in seg]
-    raws = [r for seg in decoded.records for r in seg]
+    # Applied events only: a duplicate, a rate-limited or a dead-lettered one has no row.
     m.observe_freshness(FreshnessSince.EVENT_TIME,
-                        ((published_ms - e.ts) / 1000 for e in events))
+                        ((published_ms - ts) / 1000 for ts, _ in counts.applied_times))
     m.observe_freshness(FreshnessSince.PRODUCE_TIME,
-                        ((published_ms - r.timestamp_ms) / 1000 for r in raws))
+                        ((published_ms - at) / 1000 for _, at in counts.applied_times))
+    if counts.losses:
+        m.training_loss.set(sum(x * n for x, n in counts.losses)
+                            / sum(n for _, n in counts.losses))
     report_table_rows(m, table_sizes)
     report_prequential(m, evals)
 

@@ -71,6 +71,7 @@ def test_rows_published_with_exact_update_counts_and_bad_input_dead_lettered(
     records = list(generate(600, n_users=40, n_items=30, seed=3, malformed_share=0.05))
     produce(kafka, records)
     valid = [r.event for r in records if r.event is not None]
+    produce(kafka, [r for r in records if r.event is not None][:50])  # re-sent: duplicates
     bad = [r for r in records if r.event is None]
     assert bad, "the generator should have made malformed records"
 
@@ -95,6 +96,9 @@ def test_rows_published_with_exact_update_counts_and_bad_input_dead_lettered(
     per_user = Counter(e.user_id for e in valid)
     assert {k[5:]: r.updates for k, r in users.items()} == dict(per_user)
     assert sum(r.updates for r in items.values()) == len(valid)
+    # Freshness observes applied events only: the 50 duplicates published no row.
+    assert trainer.metrics.registry.get_sample_value(
+        "stream_app_freshness_seconds_count", {"since": "produce_time"}) == len(valid)
     admitted = trainer.metrics.admissions
     assert admitted.labels(table="user")._value.get() == len(users)  # noqa: SLF001
     assert admitted.labels(table="item")._value.get() == len(items)  # noqa: SLF001
