@@ -190,7 +190,8 @@ class Scorer:
         if not records:
             return
         now = time.monotonic()
-        self._pending.extend(Pending(r.topic, r.partition, r.offset, now, r.key, r.value)
+        self._pending.extend(Pending(r.topic, r.partition, r.offset, now, r.key, r.value,
+                                     r.timestamp_ms if r.timestamp_ms > 0 else None)
                              for r in records)
         self._last_input = now
 
@@ -284,11 +285,13 @@ class Scorer:
         self._observe(batch, result)
 
     def _observe(self, batch: list[Pending], result: BatchAnswer) -> None:
-        m, done = self.metrics, time.monotonic()
+        m, done, wall_ms = self.metrics, time.monotonic(), time.time() * 1000
         m.batch_size_requests.observe(len(batch))
-        for arrival in result.arrivals:
+        for arrival, produced_ms in zip(result.arrivals, result.produced_ms, strict=True):
             m.observe_request(queue_s=result.started - arrival, compute_s=result.compute_s,
-                              total_s=done - arrival)
+                              total_s=done - arrival,
+                              produced_s=None if produced_ms is None
+                              else (wall_ms - produced_ms) / 1000)
         for reason in result.fallbacks:
             m.fallbacks.labels(reason=reason).inc()
         for reason in result.errors:

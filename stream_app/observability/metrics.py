@@ -33,7 +33,7 @@ TABLES: tuple[str, ...] = ("user", "item")
 #: Scorer latency: fine between 1 and 50 ms around the 20 ms p99 target.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175,
-    0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
+    0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
 )
 #: Freshness: fine up to 2 s around the 1 s p99 target; the tail catches replays.
 FRESHNESS_BUCKETS_S: tuple[float, ...] = (
@@ -74,11 +74,14 @@ class FreshnessSince(StrEnum):
 
 
 class RequestPhase(StrEnum):
-    """Scorer latency split: waiting in the micro-batch, top-K compute, end to end."""
+    """Scorer latency split: waiting in the micro-batch, top-K compute, read to answered
+    (`total`), and produced to answered (`produced`: also the time the request waited in
+    Kafka, which is where a backlog waits; on the producer's and the scorer's clocks)."""
 
     QUEUE = "queue"
     COMPUTE = "compute"
     TOTAL = "total"
+    PRODUCED = "produced"
 
 
 class FallbackReason(StrEnum):
@@ -302,11 +305,16 @@ class ScorerMetrics(_ProcessMetrics):
     def _staleness(self) -> float:
         return time.time() - self._newest_row_s
 
-    def observe_request(self, *, queue_s: float, compute_s: float, total_s: float) -> None:
-        """Observe one answered request; `total` counts every answer, so it is the rate base."""
+    def observe_request(self, *, queue_s: float, compute_s: float, total_s: float,
+                        produced_s: float | None = None) -> None:
+        """Observe one answered request; `total` counts every answer, so it is the rate base.
+        `produced_s` (a clock skew below zero counts as 0) only when the request's record
+        carried its produce time."""
         self.request_seconds.labels(phase=RequestPhase.QUEUE).observe(queue_s)
         self.request_seconds.labels(phase=RequestPhase.COMPUTE).observe(compute_s)
         self.request_seconds.labels(phase=RequestPhase.TOTAL).observe(total_s)
+        if produced_s is not None:
+            self.request_seconds.labels(phase=RequestPhase.PRODUCED).observe(max(produced_s, 0.0))
 
     def set_newest_row_time(self, updated_at_s: float) -> None:
         """Remember the newest loaded row's `updated_at` (epoch seconds); only moves forward."""

@@ -58,6 +58,7 @@ class BatchAnswer:
 
     records: list[Out] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
+    produced_ms: list[int | None] = field(default_factory=list)  # per arrival
     started: float = 0.0
     compute_s: float = 0.0
     fallbacks: list[str] = field(default_factory=list)
@@ -92,6 +93,7 @@ def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNa
         if fallback is not None:
             out.fallbacks.append(fallback)
         out.arrivals.append(p.arrival)
+        out.produced_ms.append(p.produced_ms)
         pred = Prediction(request_id=req.request_id, user_id=req.user_id, items=ranking.items,
                           model_version=table.model_version, fallback=fallback is not None,
                           latency_ms=_ms_since(p.arrival), ready=ready)

@@ -88,7 +88,8 @@ class CommitTracker:
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A request read but not yet answered: `arrival` is monotonic seconds at poll time."""
+    """A request read but not yet answered: `arrival` is monotonic seconds at poll time,
+    `produced_ms` the record's timestamp (when its client produced it; None if unknown)."""
 
     topic: str
     partition: int
@@ -96,6 +97,7 @@ class Pending:
     arrival: float
     key: bytes | None
     value: bytes | None
+    produced_ms: int | None = None
 
 
 def due(pending: list[Pending], now: float, *, ready: bool, batch_max: int,

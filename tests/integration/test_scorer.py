@@ -124,6 +124,9 @@ def test_answers_are_the_exact_top_k(kafka: KafkaConfig, world) -> None:  # type
                  ScoreRequest(request_id="ghost", user_id="ghost", k=4),
                  ScoreRequest(request_id="why", user_id="u2", k=2, explain=True)]
         got = ask(client, reqs)
+        produced = scorer.registry.get_sample_value("stream_app_scorer_request_seconds_count",
+                                                    {"phase": "produced"})
+        assert produced == len(reqs)  # each request's record carried its produce time
         seen = frozenset({"i1", "i2"})
         for u, v in users.items():
             assert ids(got[f"full-{u}"]) == brute(v, items, bias, 5, banned=seen)

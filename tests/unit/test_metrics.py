@@ -183,6 +183,14 @@ def test_scorer_requests_fallbacks_staleness_and_ready() -> None:
     assert _value(reg, "stream_app_scorer_request_seconds_bucket", phase="total",
                   le="0.005") == 1.0
     assert _value(reg, "stream_app_scorer_fallbacks_total", reason="unknown_user") == 1.0
+    assert _value(reg, "stream_app_scorer_request_seconds_count", phase="produced") == 0.0
+    m.observe_request(queue_s=0.001, compute_s=0.003, total_s=0.005, produced_s=45.0)
+    m.observe_request(queue_s=0.001, compute_s=0.003, total_s=0.005, produced_s=-0.2)  # skew
+    assert _value(reg, "stream_app_scorer_request_seconds_bucket", phase="produced",
+                  le="0.0005") == 1.0  # the skewed one, as 0
+    assert _value(reg, "stream_app_scorer_request_seconds_bucket", phase="produced",
+                  le="10.0") == 1.0  # a request that waited 45 s in Kafka
+    assert _value(reg, "stream_app_scorer_request_seconds_count", phase="produced") == 2.0
     staleness = _value(reg, "stream_app_scorer_staleness_seconds")
     assert staleness is not None and math.isnan(staleness)
     now = time.time()
