@@ -40,6 +40,7 @@ class TailReader:
     def __init__(self, kafka: KafkaConfig, topic: str, *, client_id: str) -> None:
         self.kafka, self.topic, self.client_id = kafka, topic, client_id
         self._consumer: Consumer | None = None
+        self._opened_at: dict[int, tuple[int, int]] = {}  # partition -> (low, high) at open
 
     def open(self, timeout_s: float = 10.0) -> dict[int, int]:
         """Assign from the beginning; partition -> end offset at this moment (the load target)."""
@@ -51,12 +52,13 @@ class TailReader:
             if self.topic not in meta.topics or meta.topics[self.topic].error is not None:
                 raise KafkaEdgeError(f"topic {self.topic} does not exist")
             parts = sorted(meta.topics[self.topic].partitions)
-            ends = {p: consumer.get_watermark_offsets(_TP(self.topic, p), timeout=timeout_s)[1]
-                    for p in parts}
+            self._opened_at = {p: consumer.get_watermark_offsets(_TP(self.topic, p),
+                                                                 timeout=timeout_s)
+                               for p in parts}
             consumer.assign([_TP(self.topic, p, OFFSET_BEGINNING) for p in parts])
         except KafkaException as exc:
             raise KafkaEdgeError(f"cannot open {self.topic}: {exc}") from exc
-        return ends
+        return {p: high for p, (_low, high) in self._opened_at.items()}
 
     def poll(self, max_records: int, timeout_s: float) -> TailBatch:
         """What is fetched now (blocking at most `timeout_s` for the first record)."""
@@ -65,13 +67,21 @@ class TailReader:
                          {partition: offset for (_, partition), offset in polled.eof.items()})
 
     def lag(self) -> dict[int, int]:
-        """Records behind the high watermark per partition (cached statistics, no round trip)."""
+        """Records behind the high watermark per partition (cached statistics, no round trip).
+
+        Before a partition's first fetch neither its position nor its cached
+        watermark is known: it counts from its start to its end as `open()` saw
+        them, so a partition not fetched yet shows its whole backlog, not nothing.
+        """
         consumer = self._opened()
         out: dict[int, int] = {}
         for tp in consumer.position(consumer.assignment()):
+            start, end = self._opened_at.get(tp.partition, (-1, -1))
             _low, high = consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
-            if tp.offset >= 0 and high >= 0:
-                out[tp.partition] = max(0, high - tp.offset)
+            position = tp.offset if tp.offset >= 0 else start
+            high = high if high >= 0 else end
+            if position >= 0 and high >= 0:
+                out[tp.partition] = max(0, high - position)
         return out
 
     def _opened(self) -> Consumer:
