@@ -92,6 +92,7 @@ class Learner(LearnerOps, LearnerState):
         self._watermark_ms: int | None = None
         self._deferred: dict[int, tuple[str, ...]] = {}  # user row -> recent ids to resolve
         self._forgotten: set[str] = set()  # users to drop from the replay buffer
+        self._forget_requests = 0  # forget requests applied, over the learner's history
 
     # ------------------------------------------------------------------ learning
     def learn(self, events: Sequence[Event]) -> StepStats:

@@ -36,6 +36,7 @@ class LearnerFields:
     _watermark_ms: int | None
     _deferred: dict[int, tuple[str, ...]]
     _forgotten: set[str]
+    _forget_requests: int
 
     def _resolve_deferred(self) -> None:  # implemented by Learner
         raise NotImplementedError

@@ -69,13 +69,19 @@ class LearnerState(LearnerFields):
         """Live rows per table (excluding the shared cold-start rows)."""
         return {"users": len(self._user_vocab), "items": len(self._item_vocab)}
 
-    def forget_user(self, user_id: str) -> bool:
+    def forget_user(self, user_id: str, *, requested: bool = False) -> bool:
         """Delete a user's row, history, replay entries and rate count (GDPR erase); True if
         the row existed.
 
+        `requested`: a forget request, not a tombstone read back by a restore. Their
+        count travels in `global_state()`, so a learner restored from an older
+        snapshot learns that a user was erased after it, even when no tombstone
+        says which (see `apply_global_state`).
         Restored histories not yet resolved (`_deferred`) stay deferred: during
         a restore, items listed in them may still arrive later in the changelog.
         """
+        if requested:
+            self._forget_requests += 1
         if len(self._replay):  # out of the buffer before it is next read (empty: nothing)
             self._forgotten.add(user_id)
         self._rate.forget(user_id)
@@ -312,7 +318,7 @@ class LearnerState(LearnerFields):
         return {
             "format": codec.STATE_FORMAT, "step": self._step,
             "applied_steps": self._applied_steps, "origin_ms": self._origin_ms,
-            "watermark_ms": self._watermark_ms,
+            "watermark_ms": self._watermark_ms, "forget_requests": self._forget_requests,
             "cold_user": self._cold(self._users), "cold_item": self._cold(self._items),
             "rng": base64.b64encode(self._gen.get_state().cpu().numpy().tobytes()).decode(),
             "rng_device": self.device.type,
@@ -325,7 +331,19 @@ class LearnerState(LearnerFields):
                         for k, v in slots.items()}}
 
     def apply_global_state(self, state: dict[str, Any]) -> None:
-        """Inverse of `global_state()`."""
+        """Inverse of `global_state()`.
+
+        A state with more forget requests than this learner has seen means users
+        were erased after the snapshot it was loaded from. Their tombstones may
+        not reach the restore (a user forgotten and back in one transaction has
+        none; a chunk or compaction keeps only the newer row), and the snapshot's
+        replay buffer and rate counters may hold their events: both are emptied.
+        """
+        requests = int(state.get("forget_requests", 0))
+        if requests > self._forget_requests:
+            self._replay.clear()
+            self._rate = RateLimiter(self.config.rate_cap_events, self.config.rate_cap_window_ms)
+        self._forget_requests = requests
         self._step = int(state["step"])
         self._applied_steps = int(state["applied_steps"])
         self._origin_ms = state["origin_ms"]
@@ -386,6 +404,7 @@ class LearnerState(LearnerFields):
         self._rate = RateLimiter(self.config.rate_cap_events, self.config.rate_cap_window_ms)
         self._rate.commit(state["rate"], self._watermark_ms or 0)
         self._accum = GradAccumulator(self.config.accumulate_steps)
+        self._forget_requests = int(state["global"].get("forget_requests", 0))  # its own
         self.apply_global_state(state["global"])
         self._deferred = {}
         self._forgotten = set()

@@ -99,9 +99,10 @@ class Trainer:
         self.metrics.restore_snapshot_age.set(
             -1 if tag is None else time.time() - tag.written_ms / 1000)
         self.metrics.restore_seconds.set(time.monotonic() - started)
-        self.metrics.restored_rows.labels(table="user").set(stats.users)
-        self.metrics.restored_rows.labels(table="item").set(stats.items)
-        report_table_rows(self.metrics, self.learner.table_sizes())  # before any commit
+        sizes = self.learner.table_sizes()  # not the records applied: a key read in two
+        self.metrics.restored_rows.labels(table="user").set(sizes["users"])  # chunks is one row
+        self.metrics.restored_rows.labels(table="item").set(sizes["items"])
+        report_table_rows(self.metrics, sizes)  # before any commit
 
     def _snapshot(self, consumer: GroupConsumer, *, stopping: bool = False) -> None:
         """Write the local snapshot when due (every interval, and when `stopping`, waiting
@@ -339,7 +340,7 @@ class Trainer:
                 # A tombstone even without a row here: one may still be in the
                 # changelog (a restore, another trainer, an eviction not published).
                 user = decoded.forgets[i]
-                self.learner.forget_user(user)
+                self.learner.forget_user(user, requested=True)
                 tombstones.append(f"user:{user}")
                 changed_users.discard(user)
         return applied, losses

@@ -128,8 +128,9 @@ def test_restart_restores_published_rows_and_resumes_from_committed_offsets(
     restored = make_trainer(kafka, _cfg(), learner)
     restored._restore()  # the same restore the trainer runs at start-up
     for table, ids in (("user", users), ("item", items)):  # shown before any commit
-        assert restored.metrics.registry.get_sample_value(
-            "stream_app_table_rows", {"table": table}) == len(ids)
+        for metric in ("stream_app_table_rows", "stream_app_restored_rows"):
+            assert restored.metrics.registry.get_sample_value(
+                metric, {"table": table}) == len(ids), metric
     before = running.learner.rows(user_ids=users, item_ids=items, model_version="v", now_ms=0)
     after = restored.learner.rows(user_ids=users, item_ids=items, model_version="v", now_ms=0)
     assert [r.key for r in after] == [r.key for r in before]
