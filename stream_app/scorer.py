@@ -31,12 +31,13 @@ import logging
 import threading
 import time
 
+from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.heap import release_free_memory
-from stream_app.kafka.admin import group_members, require_topics
+from stream_app.kafka.admin import admin_client, group_members, require_topics
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
 from stream_app.kafka.records import Partition, RawRecord
@@ -86,6 +87,7 @@ class Scorer:
         self._last_commit = 0.0
         self._requests: RequestConsumer | None = None  # joined the request group
         self._join_check = 0.0  # monotonic time of the next look at the group, while loading
+        self._admin: AdminClient | None = None  # for those looks; dropped once joined
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: ready only once the initial `embeddings` load caught up."""
@@ -168,7 +170,9 @@ class Scorer:
             if now < self._join_check:
                 return None
             self._join_check = now + JOIN_CHECK_S
-            members = group_members(self.kafka, self.cfg.group_id)
+            if self._admin is None:
+                self._admin = admin_client(self.kafka)
+            members = group_members(self._admin, self.cfg.group_id)
             if members:
                 log.info("group=%s has %d member(s): joining it once loaded", self.cfg.group_id,
                          members)
@@ -177,7 +181,7 @@ class Scorer:
             self.kafka, client_id=f"{self.cfg.client_id}-requests", group_id=self.cfg.group_id,
             topics=[self.topics.score_requests], on_lost=self._forget,
             on_revoke=lambda parts: self._on_revoke(producer, requests, parts))
-        self._requests = requests
+        self._requests, self._admin = requests, None
         log.info("joined group=%s ready=%s", self.cfg.group_id, self.ready.is_set())
         return requests
 
@@ -332,8 +336,14 @@ class Scorer:
             left = producer.flush(10)
             if left:
                 log.error("shutdown: %d record(s) undelivered; not committing them", left)
+            elif self._tracker.failure() is not None:
+                self._commit(requests, asynchronous=False)  # raises: an answer was lost
             else:
-                self._commit(requests, asynchronous=False)
+                try:
+                    self._commit(requests, asynchronous=False)
+                except KafkaEdgeError as exc:  # a rebalance under way (ILLEGAL_GENERATION)
+                    log.warning("final commit failed (%s): the next owner of the partitions "
+                                "may answer their last requests again", exc)
         finally:
             requests.close()
             log.info("scorer stopped")

@@ -178,10 +178,9 @@ def topic_id(kafka: KafkaConfig, topic: str, timeout_s: float = 10.0) -> str:
         raise BrokerError(f"cannot describe topic {topic}: {exc}") from exc
 
 
-def group_members(kafka: KafkaConfig, group_id: str, timeout_s: float = 5.0) -> int | None:
+def group_members(admin: AdminClient, group_id: str, timeout_s: float = 5.0) -> int | None:
     """Members of consumer group `group_id` now (0 for an empty or unknown group);
     None when the cluster does not say (no DESCRIBE right on the group, a timeout)."""
-    admin = admin_client(kafka)
     try:
         found = admin.describe_consumer_groups([group_id], request_timeout=timeout_s)
         return len(found[group_id].result(timeout=timeout_s).members)

@@ -57,3 +57,35 @@ def test_after_a_failed_delivery_the_revoke_commits_nothing() -> None:
     requests = _Requests()
     scorer._on_revoke(cast(Any, _Producer()), cast(Any, requests), [("score-requests", 0)])  # noqa: SLF001
     assert requests.commits == []  # the answer is re-read and answered after the restart
+
+
+class _Closing(_Requests):
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_failed_final_commit_is_logged_and_the_scorer_stops_cleanly(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Stopped while its group rebalances, the last commit is refused (ILLEGAL_GENERATION):
+    the requests are answered again by the next owner, as after a crash; it is no error."""
+    scorer = Scorer(KafkaConfig(), ScorerConfig(device="cpu"), stop=threading.Event())
+    requests = _Closing()
+    scorer._requests = cast(Any, requests)  # noqa: SLF001
+    scorer._shutdown(cast(Any, _Producer()))  # noqa: SLF001
+    assert len(requests.commits) == 1 and requests.closed
+    assert "final commit failed" in caplog.text
+
+
+def test_after_a_failed_delivery_the_final_commit_still_stops_the_scorer() -> None:
+    scorer = Scorer(KafkaConfig(), ScorerConfig(device="cpu"), stop=threading.Event())
+    tracked = scorer._tracker.open({("score-requests", 0): 6})  # noqa: SLF001
+    scorer._tracker.sent(tracked)  # noqa: SLF001
+    scorer._tracker.seal(tracked)  # noqa: SLF001
+    scorer._tracker.delivered(tracked, "broker refused it")  # noqa: SLF001
+    requests = _Closing()
+    scorer._requests = cast(Any, requests)  # noqa: SLF001
+    with pytest.raises(KafkaEdgeError, match="not delivered"):
+        scorer._shutdown(cast(Any, _Producer()))  # noqa: SLF001
+    assert requests.commits == [] and requests.closed
