@@ -48,12 +48,18 @@ def test_a_failed_commit_on_revoke_is_logged_and_the_partitions_are_forgotten(
     assert "commit on revoke failed" in caplog.text
 
 
-def test_after_a_failed_delivery_the_revoke_commits_nothing() -> None:
+def _after_a_lost_answer() -> Scorer:
+    """A scorer one of whose answers the broker refused."""
     scorer = Scorer(KafkaConfig(), ScorerConfig(device="cpu"), stop=threading.Event())
     tracked = scorer._tracker.open({("score-requests", 0): 6})  # noqa: SLF001
     scorer._tracker.sent(tracked)  # noqa: SLF001
     scorer._tracker.seal(tracked)  # noqa: SLF001
     scorer._tracker.delivered(tracked, "broker refused it")  # noqa: SLF001
+    return scorer
+
+
+def test_after_a_failed_delivery_the_revoke_commits_nothing() -> None:
+    scorer = _after_a_lost_answer()
     requests = _Requests()
     scorer._on_revoke(cast(Any, _Producer()), cast(Any, requests), [("score-requests", 0)])  # noqa: SLF001
     assert requests.commits == []  # the answer is re-read and answered after the restart
@@ -79,11 +85,7 @@ def test_a_failed_final_commit_is_logged_and_the_scorer_stops_cleanly(
 
 
 def test_after_a_failed_delivery_the_final_commit_still_stops_the_scorer() -> None:
-    scorer = Scorer(KafkaConfig(), ScorerConfig(device="cpu"), stop=threading.Event())
-    tracked = scorer._tracker.open({("score-requests", 0): 6})  # noqa: SLF001
-    scorer._tracker.sent(tracked)  # noqa: SLF001
-    scorer._tracker.seal(tracked)  # noqa: SLF001
-    scorer._tracker.delivered(tracked, "broker refused it")  # noqa: SLF001
+    scorer = _after_a_lost_answer()
     requests = _Closing()
     scorer._requests = cast(Any, requests)  # noqa: SLF001
     with pytest.raises(KafkaEdgeError, match="not delivered"):
