@@ -8,6 +8,7 @@ guarantees in DESIGN.md depend on them.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -138,3 +139,28 @@ def created(factory: Callable[[dict[str, Any]], T], conf: dict[str, Any]) -> T:
     except KafkaException as exc:
         raise ConfigError(f"librdkafka refused the client settings (-X, --kafka-config, "
                           f"[kafka.client]): {exc.args[0].str()}") from exc
+
+
+LEAVE_GROUP_WAIT_S = 5.0
+"""How long `leave_group` serves the revoke in poll() before it closes anyway (a broker
+that does not answer)."""
+
+
+def leave_group(consumer: Consumer, timeout_s: float = LEAVE_GROUP_WAIT_S) -> None:
+    """Close a group member: unsubscribe and serve the revoke in poll() first, then close().
+
+    Revoked inside close() instead, confluent-kafka's rebalance callback asks
+    librdkafka for the rebalance protocol, which can block for good once the
+    consumer is closing (librdkafka#4041), holding the GIL: a scorer stopped
+    while its group rebalanced hung the whole process. Records polled here are
+    dropped: nothing was done with them, so the next owner reads them again.
+    """
+    try:
+        consumer.unsubscribe()
+        deadline = time.monotonic() + timeout_s
+        while consumer.assignment() and time.monotonic() < deadline:
+            consumer.poll(0.1)
+    except KafkaException as exc:
+        log.warning("leaving the group before close failed: %s", exc)
+    finally:
+        consumer.close()

@@ -12,7 +12,7 @@ from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
 from stream_app.events import KeyValue
-from stream_app.kafka.clients import consumer_config, make_consumer
+from stream_app.kafka.clients import consumer_config, leave_group, make_consumer
 from stream_app.kafka.event_time import EventTimeMerger
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import FirstFetch, stuck
@@ -232,7 +232,8 @@ class GroupConsumer:
         return {part: n + self._merger.queued(part) for part, n in behind.items()}
 
     def close(self) -> None:
-        self._consumer.close()
+        """Leave the group (revoking, so `on_revoke` may commit once more)."""
+        leave_group(self._consumer)
 
 
 def starts_at_end(kafka: KafkaConfig, client_id: str, group_id: str) -> bool:

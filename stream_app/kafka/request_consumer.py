@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, KafkaException, Message
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
-from stream_app.kafka.clients import LATENCY_CONSUMER_DEFAULTS, make_consumer
+from stream_app.kafka.clients import LATENCY_CONSUMER_DEFAULTS, leave_group, make_consumer
 from stream_app.kafka.consumer import lag_behind, starts_at_end
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import SILENT_AFTER_S, FirstFetch, stuck
@@ -160,7 +160,7 @@ class RequestConsumer:
 
     def close(self) -> None:
         """Leave the group (revoking, so `on_revoke` may commit once more)."""
-        self._consumer.close()
+        leave_group(self._consumer)
 
     def __enter__(self) -> RequestConsumer:
         return self

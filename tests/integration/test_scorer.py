@@ -361,6 +361,8 @@ def test_a_loading_replica_leaves_the_requests_to_the_ready_one(kafka: KafkaConf
             publish(kafka, rows_of(items, bias, users)[:1])  # a row read makes b look again
             wait_until(lambda: _all_members(kafka, group) == 2, what="b joined once loaded")
             assert b.ready.is_set()
+            wait_until(lambda: b._requests is not None and b._requests._owned,  # noqa: SLF001
+                       what="b took partitions")  # its rebalance done before it stops
 
 
 def test_a_lone_scorer_joins_while_loading_and_says_it_is_not_ready(
