@@ -333,14 +333,16 @@ class LearnerState(LearnerFields):
     def apply_global_state(self, state: dict[str, Any]) -> None:
         """Inverse of `global_state()`.
 
-        A state with more forget requests than this learner has seen means users
-        were erased after the snapshot it was loaded from. Their tombstones may
-        not reach the restore (a user forgotten and back in one transaction has
-        none; a chunk or compaction keeps only the newer row), and the snapshot's
-        replay buffer and rate counters may hold their events: both are emptied.
+        A state whose count of forget requests differs from this learner's comes
+        from another history: more, users were erased after the snapshot it was
+        loaded from; other, another trainer wrote it (each counts its own, under
+        one meta key). Tombstones may not reach the restore (a user forgotten and
+        back in one transaction has none; a chunk or compaction keeps only the
+        newer row), and the snapshot's replay buffer and rate counters may hold
+        the erased users' events: both are emptied.
         """
         requests = int(state.get("forget_requests", 0))
-        if requests > self._forget_requests:
+        if requests != self._forget_requests:
             self._replay.clear()
             self._rate = RateLimiter(self.config.rate_cap_events, self.config.rate_cap_window_ms)
         self._forget_requests = requests

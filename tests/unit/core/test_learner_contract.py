@@ -546,3 +546,10 @@ def test_a_restore_from_an_older_snapshot_keeps_nothing_of_a_user_erased_since()
     c.load_state_dict(snapshot)  # nothing: only requests do
     c.forget_user("u2")
     assert c.global_state()["forget_requests"] == 0
+    # Another trainer's state (it counts its own requests, fewer here) under the same
+    # meta key: not comparable, so it empties the buffer too.
+    d = Learner(small_config(replay_ratio=1.0), device=DEVICE)
+    d.load_state_dict(a.state_dict())  # count 1
+    assert replayed(d, "u1") == 1
+    d.apply_global_state({**a.global_state(), "forget_requests": 0})
+    assert replayed(d, "u1") == 0
