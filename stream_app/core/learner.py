@@ -28,6 +28,7 @@ from stream_app.core.config import LearnerConfig
 from stream_app.core.evaluate import EvalStats
 from stream_app.core.guards import Deduplicator, Outcome, RateLimiter, screen
 from stream_app.core.learner_ops import LearnerOps
+from stream_app.core.learner_snapshot import LearnerSnapshot
 from stream_app.core.learner_state import LearnerState
 from stream_app.core.optim import GradAccumulator
 from stream_app.core.replay_buffer import ReplayBuffer
@@ -44,7 +45,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class Learner(LearnerOps, LearnerState):
+class Learner(LearnerOps, LearnerState, LearnerSnapshot):
     """Incremental recommender over a stream of click/purchase events.
 
     Exact restore = `apply_rows(all latest rows)` + `apply_global_state(...)`.

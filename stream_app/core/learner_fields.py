@@ -1,8 +1,9 @@
 """`LearnerFields`: the attributes `Learner.__init__` owns, declared once for its mixins.
 
-`LearnerOps` (tensor code) and `LearnerState` (state in and out) are typed
-against this base, so each sees every field and the `_resolve_deferred` hook
-without repeating the declarations.
+`LearnerOps` (tensor code), `LearnerState` (rows and restore) and
+`LearnerSnapshot` (global state, full snapshot) are typed against this base,
+so each sees every field and the `_resolve_deferred` / `_purge_forgotten`
+hooks without repeating the declarations.
 """
 
 from __future__ import annotations
@@ -39,4 +40,7 @@ class LearnerFields:
     _forget_requests: int
 
     def _resolve_deferred(self) -> None:  # implemented by Learner
+        raise NotImplementedError
+
+    def _purge_forgotten(self) -> None:  # implemented by LearnerState
         raise NotImplementedError

@@ -1,15 +1,12 @@
-"""Rows, restore and snapshots of `Learner`: everything about state in and out.
+"""Rows and restore of `Learner`: the changelog path of its state, in and out.
 
 `rows()` / `row_blocks()` and `apply_rows()` / `apply_columns()` are the
-changelog path (exact);
-`global_state()` / `apply_global_state()` carry what is not per-row;
-`state_dict()` / `load_state_dict()` are a full local snapshot.
+changelog path (exact); what is not per row, and the full local snapshot,
+are in `learner_snapshot.py`.
 """
 
 from __future__ import annotations
 
-import base64
-import copy
 import dataclasses
 import math
 from collections.abc import Iterable
@@ -21,10 +18,8 @@ import torch
 
 from stream_app.core import model as m
 from stream_app.core import rows as codec
-from stream_app.core.guards import Deduplicator, RateLimiter
 from stream_app.core.learner_fields import LearnerFields
-from stream_app.core.optim import GradAccumulator
-from stream_app.core.vocab import COLD_ROW, Vocab
+from stream_app.core.vocab import Vocab
 from stream_app.events import ChangelogRows, EmbeddingRow, RowBlock
 
 RESTORE_OVERFLOW = 1.0
@@ -312,104 +307,6 @@ class LearnerState(LearnerFields):
         else:
             host = np.asarray(_picked(column, take, what), dtype=np.float32)
         return torch.from_numpy(np.ascontiguousarray(host, dtype=np.float32)).to(self.device)
-
-    def global_state(self) -> dict[str, Any]:
-        """JSON-able state that is not per row: counters, time origin, cold rows, RNG."""
-        return {
-            "format": codec.STATE_FORMAT, "step": self._step,
-            "applied_steps": self._applied_steps, "origin_ms": self._origin_ms,
-            "watermark_ms": self._watermark_ms, "forget_requests": self._forget_requests,
-            "cold_user": self._cold(self._users), "cold_item": self._cold(self._items),
-            "rng": base64.b64encode(self._gen.get_state().cpu().numpy().tobytes()).decode(),
-            "rng_device": self.device.type,
-        }
-
-    def _cold(self, table: m.Table) -> dict[str, Any]:
-        slots = codec.encode_slots(table, COLD_ROW)
-        return {"vec": table.vec[COLD_ROW].tolist(),
-                "opt": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                        for k, v in slots.items()}}
-
-    def apply_global_state(self, state: dict[str, Any]) -> None:
-        """Inverse of `global_state()`.
-
-        A state whose count of forget requests differs from this learner's comes
-        from another history: more, users were erased after the snapshot it was
-        loaded from; other, another trainer wrote it (each counts its own, under
-        one meta key). Tombstones may not reach the restore (a user forgotten and
-        back in one transaction has none; a chunk or compaction keeps only the
-        newer row), and the snapshot's replay buffer and rate counters may hold
-        the erased users' events: both are emptied.
-        """
-        requests = int(state.get("forget_requests", 0))
-        if requests != self._forget_requests:
-            self._replay.clear()
-            self._rate = RateLimiter(self.config.rate_cap_events, self.config.rate_cap_window_ms)
-        self._forget_requests = requests
-        self._step = int(state["step"])
-        self._applied_steps = int(state["applied_steps"])
-        self._origin_ms = state["origin_ms"]
-        self._watermark_ms = state["watermark_ms"]
-        for table, cold in ((self._users, state["cold_user"]), (self._items, state["cold_item"])):
-            table.vec[COLD_ROW] = torch.tensor(cold["vec"], dtype=torch.float32,
-                                               device=self.device)
-            codec.decode_slots(table, COLD_ROW, cold["opt"])
-        rng = torch.from_numpy(np.frombuffer(base64.b64decode(state["rng"]), dtype=np.uint8).copy())
-        if state.get("rng_device", self.device.type) == self.device.type:
-            self._gen.set_state(rng)
-        else:  # CUDA's generator state does not fit the CPU's, nor the reverse: the model
-            # restores exactly, only the negatives sampled from here on differ
-            self._gen.manual_seed(self.seed + self._step)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Full snapshot (torch.save-able), including what rows do not carry."""
-        self._resolve_deferred()
-        self._purge_forgotten()
-        tables = {}
-        for name, t in (("users", self._users), ("items", self._items)):
-            tables[name] = t.state()
-        vocabs = {name: {"ids": list(v.ids), "last_ts": v.last_ts.copy(), "free": list(v.free),
-                         "pending": list(v.pending.items())}
-                  for name, v in (("users", self._user_vocab), ("items", self._item_vocab))}
-        return {"config": dataclasses.asdict(self.config), "global": self.global_state(),
-                "tables": tables, "vocabs": vocabs,
-                "replay": {"seen": self._replay.seen, "size": self._replay.size,
-                           "users": self._replay.users.copy(),
-                           "items": self._replay.items.copy(),
-                           "weights": self._replay.weights.copy(),
-                           "rng": copy.deepcopy(self._replay.rng.bit_generator.state)},
-                "dedup": list(self._dedup._order),  # noqa: SLF001 - own component
-                "rate": dict(self._rate._counts)}  # noqa: SLF001
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict()` taken from a learner with the same config."""
-        if state["config"] != dataclasses.asdict(self.config):
-            raise ValueError("state_dict was written with a different LearnerConfig; "
-                             "build the Learner with that config to load it")
-        for name, t in (("users", self._users), ("items", self._items)):
-            t.load_state(state["tables"][name])
-        for name, v in (("users", self._user_vocab), ("items", self._item_vocab)):
-            src = state["vocabs"][name]
-            v.ids = list(src["ids"])
-            v.index = {i: r for r, i in enumerate(v.ids) if i is not None}
-            v.last_ts, v.free = src["last_ts"].copy(), list(src["free"])
-            v.pending.clear()
-            v.pending.update(src["pending"])
-        rep = state["replay"]
-        self._replay.seen = rep["seen"]
-        self._replay.size = rep.get("size", min(rep["seen"], self._replay.capacity))
-        self._replay.users, self._replay.items = rep["users"].copy(), rep["items"].copy()
-        self._replay.weights = rep["weights"].copy()
-        self._replay.rng.bit_generator.state = copy.deepcopy(rep["rng"])
-        self._dedup = Deduplicator(self.config.dedup_window)
-        self._dedup.commit(state["dedup"])
-        self._rate = RateLimiter(self.config.rate_cap_events, self.config.rate_cap_window_ms)
-        self._rate.commit(state["rate"], self._watermark_ms or 0)
-        self._accum = GradAccumulator(self.config.accumulate_steps)
-        self._forget_requests = int(state["global"].get("forget_requests", 0))  # its own
-        self.apply_global_state(state["global"])
-        self._deferred = {}
-        self._forgotten = set()
 
 
 def _picked(column: list[Any] | None, take: npt.NDArray[np.int64],

@@ -22,15 +22,21 @@ def _events(n: int, seed: int) -> list[Event]:
                   kind=EventKind.CLICK) for k in range(n)]
 
 
-def test_stale_user_row_is_served_with_the_learners_current_vector() -> None:
-    config = LearnerConfig(dim=8, num_sampled_negatives=8, replay_ratio=0.0)
-    learner = Learner(config, device=DEVICE)
-    learner.learn(_events(200, seed=1))
+def _table_with_mix(config: LearnerConfig) -> EmbeddingTable:
+    """A scorer table that read the trainer's meta record, with its serving mix."""
     table = EmbeddingTable(device=DEVICE)
     meta = {"model_version": "v", "updated_at": 0, "serving": {
         "history_weight": config.history_weight, "recent_decay": config.recent_decay,
         "recent_items": config.recent_items}}
     apply_embedding(table, b"meta:trainer", encode_meta(meta))
+    return table
+
+
+def test_stale_user_row_is_served_with_the_learners_current_vector() -> None:
+    config = LearnerConfig(dim=8, num_sampled_negatives=8, replay_ratio=0.0)
+    learner = Learner(config, device=DEVICE)
+    learner.learn(_events(200, seed=1))
+    table = _table_with_mix(config)
     for row in learner.rows(user_ids=learner.user_ids(), item_ids=learner.item_ids(),
                             model_version="v", now_ms=0):
         table.upsert(row)
@@ -87,11 +93,7 @@ def test_a_known_user_is_answered_before_any_item_row_is_loaded() -> None:
     config = LearnerConfig(dim=4, num_sampled_negatives=4)
     learner = Learner(config, device=DEVICE)
     learner.learn(_events(50, seed=4))
-    table = EmbeddingTable(device=DEVICE)
-    meta = {"model_version": "v", "updated_at": 0, "serving": {
-        "history_weight": config.history_weight, "recent_decay": config.recent_decay,
-        "recent_items": config.recent_items}}
-    apply_embedding(table, b"meta:trainer", encode_meta(meta))
+    table = _table_with_mix(config)
     for row in learner.rows(user_ids=["u1"], model_version="v", now_ms=0):
         table.upsert(row)
     table.flush()
