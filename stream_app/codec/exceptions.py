@@ -45,7 +45,7 @@ class DlqReason(StrEnum):
     BAD_VECTOR = "bad_vector"  # bad base64, wrong byte length for dim, non-finite values
     BAD_STATE = "bad_state"  # a {"b64f32", "shape"} state array that does not decode
     # Later stages (set by the trainer / scorer, not by the codec).
-    DUPLICATE = "duplicate"
+    EVENT_ID_REUSED = "event_id_reused"  # an applied event's id on an event that says otherwise
     RATE_LIMITED = "rate_limited"
     NON_FINITE_LOSS = "non_finite_loss"
     NON_FINITE_SCORE = "non_finite_score"  # a score overflowed (rows too large for float32)

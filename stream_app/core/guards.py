@@ -1,5 +1,11 @@
 """Input guards: duplicate event ids and per-user rate caps, both in event time.
 
+An event id seen again with the same content is a re-sent copy: applied once,
+counted. Seen again with other content it is a different event under a reused
+id (a producer whose counter restarted, one id for a click and its purchase):
+it is not applied and goes to the DLQ, since counting it would drop an event
+silently.
+
 Both are two-phase: `check` decides outcomes for a batch without changing
 state, `commit` records only the events that were actually applied, so a batch
 rejected later (non-finite loss) can be re-sent or dead-lettered and is not
@@ -8,9 +14,11 @@ remembered as seen.
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 from collections.abc import Sequence
 from enum import StrEnum
+from typing import Any
 
 from stream_app.events import Event
 
@@ -20,35 +28,62 @@ class Outcome(StrEnum):
 
     APPLIED = "applied"
     DUPLICATE = "duplicate"
+    ID_REUSED = "id_reused"
     RATE_LIMITED = "rate_limited"
     NON_FINITE = "non_finite"
 
 
-class Deduplicator:
-    """Remembers the last `window` applied event ids; a repeat inside it is a duplicate.
+def fingerprint(ev: Event) -> int:
+    """What an event says (not its free-form `context`), as a digest that is the same in
+    every process, so a snapshot's window still tells a copy from a reused id."""
+    text = (f"{ev.user_id}\x1f{ev.item_id}\x1f{ev.ts}\x1f{ev.kind}\x1f{ev.quantity}"
+            f"\x1f{ev.price!r}\x1f{ev.item_released_at}")
+    return zlib.crc32(text.encode())
 
+
+class Deduplicator:
+    """Remembers the last `window` applied events' ids and fingerprints.
+
+    >>> from stream_app.events import EventKind
+    >>> e = lambda i, item: Event(event_id=i, user_id="u", item_id=item, ts=1, kind=EventKind.CLICK)
     >>> d = Deduplicator(window=2)
-    >>> d.commit(["a", "b", "c"]); "a" in d, "c" in d
+    >>> d.commit([e("a", "x"), e("b", "x"), e("c", "x")]); "a" in d, "c" in d
     (False, True)
+    >>> d.fingerprint_of("c") == fingerprint(e("c", "x")) != fingerprint(e("c", "y"))
+    True
     """
 
     def __init__(self, window: int) -> None:
         self._window = window
         self._order: deque[str] = deque()
-        self._seen: set[str] = set()
+        self._seen: dict[str, int] = {}
 
     def __contains__(self, event_id: str) -> bool:
         return event_id in self._seen
 
-    def seen_any(self, event_ids: set[str]) -> bool:
-        return not self._seen.isdisjoint(event_ids)
+    def fingerprint_of(self, event_id: str) -> int | None:
+        return self._seen.get(event_id)
 
-    def commit(self, event_ids: Sequence[str]) -> None:
-        """Remember `event_ids` (unique, none seen before: what `screen` kept)."""
-        self._seen.update(event_ids)
-        self._order.extend(event_ids)
+    def seen_any(self, event_ids: set[str]) -> bool:
+        return not self._seen.keys().isdisjoint(event_ids)
+
+    def commit(self, events: Sequence[Event]) -> None:
+        """Remember `events` (unique ids, none seen before: what `screen` kept)."""
+        self._remember([ev.event_id for ev in events], [fingerprint(ev) for ev in events])
+
+    def state(self) -> dict[str, Any]:
+        return {"ids": list(self._order), "fingerprints": [self._seen[i] for i in self._order]}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self._order.clear()
+        self._seen.clear()
+        self._remember(state["ids"], state["fingerprints"])
+
+    def _remember(self, ids: Sequence[str], fingerprints: Sequence[int]) -> None:
+        self._seen.update(zip(ids, fingerprints, strict=True))
+        self._order.extend(ids)
         while len(self._order) > self._window:
-            self._seen.discard(self._order.popleft())
+            del self._seen[self._order.popleft()]
 
 
 class RateLimiter:
@@ -117,14 +152,18 @@ def screen(
         return [Outcome.APPLIED] * len(ids), list(range(len(ids))), {}  # the common case
     outcomes: list[Outcome] = []
     keep: list[int] = []
-    in_batch: set[str] = set()
+    in_batch: dict[str, int] = {}
     pending: dict[str, tuple[int, int]] = {}
     for i, ev in enumerate(events):
         eid = ev.event_id
-        if eid in in_batch or eid in dedup:
-            outcomes.append(Outcome.DUPLICATE)
+        first = in_batch.get(eid)
+        if first is None:
+            first = dedup.fingerprint_of(eid)
+        if first is not None:
+            same = first == fingerprint(ev)
+            outcomes.append(Outcome.DUPLICATE if same else Outcome.ID_REUSED)
             continue
-        in_batch.add(eid)
+        in_batch[eid] = fingerprint(ev)
         if not rate.allowed(ev.user_id, ev.ts, pending):
             outcomes.append(Outcome.RATE_LIMITED)
             continue

@@ -183,7 +183,7 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         self._items.updates.index_add_(0, i_t[fresh_t], torch.ones_like(i_t[fresh_t]))
         self._replay.add([u for u, f in zip(uids, trains, strict=True) if f],
                          [i for i, f in zip(iids, trains, strict=True) if f], weights_np[trains])
-        self._dedup.commit([e.event_id for e in kept])
+        self._dedup.commit(kept)
         self._rate.commit(rate_pending, now)
         self._watermark_ms, self._origin_ms = now, origin
         # Users whose history lost an evicted item changed too.

@@ -90,7 +90,7 @@ class LearnerSnapshot(LearnerFields):
                            "items": self._replay.items.copy(),
                            "weights": self._replay.weights.copy(),
                            "rng": copy.deepcopy(self._replay.rng.bit_generator.state)},
-                "dedup": list(self._dedup._order),  # noqa: SLF001 - own component
+                "dedup": self._dedup.state(),
                 "rate": dict(self._rate._counts)}  # noqa: SLF001
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -114,7 +114,7 @@ class LearnerSnapshot(LearnerFields):
         self._replay.weights = rep["weights"].copy()
         self._replay.rng.bit_generator.state = copy.deepcopy(rep["rng"])
         self._dedup = Deduplicator(self.config.dedup_window)
-        self._dedup.commit(state["dedup"])
+        self._dedup.load(state["dedup"])
         self._rate = RateLimiter(self.config.rate_cap_events, self.config.rate_cap_window_ms)
         self._rate.commit(state["rate"], self._watermark_ms or 0)
         self._accum = GradAccumulator(self.config.accumulate_steps)

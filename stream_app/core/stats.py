@@ -14,7 +14,8 @@ from stream_app.core.guards import Outcome
 class StepStats:
     """What one `Learner.learn` call did.
 
-    - `outcomes[i]`: the fate of `events[i]`; only NON_FINITE ones go to the DLQ.
+    - `outcomes[i]`: the fate of `events[i]`; all but APPLIED and DUPLICATE (a copy of
+      an applied event) go to the DLQ.
     - `changed_*_ids`: rows whose published `EmbeddingRow` changed (publish them).
     - `evicted_*_ids`: rows freed by TTL / cap (publish tombstones).
     - `admitted_*`: ids given their own row by this step.

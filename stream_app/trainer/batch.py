@@ -169,6 +169,14 @@ OUTCOMES = {"applied": EventOutcome.APPLIED, "duplicate": EventOutcome.DUPLICATE
             "rate_limited": EventOutcome.RATE_LIMITED}
 """The learner's event outcomes as metric labels; any other outcome is a dead letter."""
 
+REFUSED = {
+    "rate_limited": (DlqReason.RATE_LIMITED, "user over learner.rate_cap_events in its window"),
+    "id_reused": (DlqReason.EVENT_ID_REUSED, "event_id of an applied event whose user, item, "
+                  "time, kind or purchase fields differ; not applied"),
+    "non_finite": (DlqReason.NON_FINITE_LOSS, "loss or gradient not finite; batch not applied"),
+}
+"""The learner's outcomes that dead-letter an event: reason and detail."""
+
 
 @dataclass(slots=True)
 class TxnCounts:

@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.core import EvalStats, Learner, LearnerConfig
 from stream_app.device import resolve_device
@@ -27,6 +26,7 @@ from stream_app.kafka.transaction import TransactionalPublisher, TxnOutcome
 from stream_app.observability.metrics import EventOutcome, TrainerMetrics
 from stream_app.trainer.batch import (
     OUTCOMES,
+    REFUSED,
     Decoded,
     TxnCounts,
     decode_batch,
@@ -362,12 +362,8 @@ class Trainer:
         for event, rec, outcome in zip(events, recs, st.outcomes, strict=True):
             if outcome == "applied":
                 self._counts.applied_times.append((event.ts, rec.timestamp_ms))
-            elif outcome == "rate_limited":
-                dlq.append(train_dlq(rec, DlqReason.RATE_LIMITED,
-                                     "user over learner.rate_cap_events in its window", now_ms))
-            elif outcome == "non_finite":
-                dlq.append(train_dlq(rec, DlqReason.NON_FINITE_LOSS,
-                                     "loss or gradient not finite; batch not applied", now_ms))
+            elif outcome in REFUSED:
+                dlq.append(train_dlq(rec, *REFUSED[outcome], now_ms))
             counts[(rec.topic, OUTCOMES.get(outcome, EventOutcome.DLQ))] += 1
         self._counts.events.update(counts)
         if st.n_applied and st.loss == st.loss:

@@ -1,15 +1,17 @@
 """Every event-topic case of tests/data/bad_inputs.jsonl, through a real broker and trainer.
 
-The cases are interleaved with valid generated events and with re-sent
-duplicates of valid events. Each bad case must land in `events-dlq` with its
-own reason (matched by its source coordinates), duplicates must be counted as
-such and not dead-lettered, and every valid event around them must be applied
-exactly once. The 1 MB case needs the topic's `max.message.bytes` raised (the
+The cases are interleaved with valid generated events, with re-sent
+duplicates of valid events and with events that reuse a valid event's id for
+another item. Each bad case and each reused id must land in `events-dlq` with
+its own reason (matched by its source coordinates), duplicates must be counted
+as such and not dead-lettered, and every valid event around them must be
+applied exactly once. The 1 MB case needs the topic's `max.message.bytes` raised (the
 broker's default is ~1 MB), as a producer of such values would have to.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections import Counter
@@ -20,7 +22,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource  # type: ignore[attr-defined]
 
 from stream_app.codec import encode_event, event_key
-from stream_app.events import EventKind
+from stream_app.events import Event, EventKind
 from stream_app.sources.generate import generate
 from tests.integration.kafka_helpers import wait_until
 from tests.reliability.harness import (
@@ -81,21 +83,25 @@ def test_every_bad_event_is_dead_lettered_with_its_reason(
                 where[(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)] = name
         return on_delivery
 
-    def send_event(i: int) -> None:
-        e = valid[i]
+    def send_event(e: Event, name: str = "") -> None:
         topic = topic_of["purchase" if e.kind is EventKind.PURCHASE else "click"]
-        producer.produce(topic, key=event_key(e), value=encode_event(e), on_delivery=sent(""))
+        producer.produce(topic, key=event_key(e), value=encode_event(e), on_delivery=sent(name))
 
     duplicates = 0
+    reused: dict[str, str] = {}
     cases = iter(EVENT_CASES)
     for i in range(len(valid)):
-        send_event(i)
+        send_event(valid[i])
+        if i % 12 == 5:  # an applied event's id on another item: another event
+            name = f"reused id {valid[i - 3].event_id}"
+            send_event(dataclasses.replace(valid[i - 3], item_id="other-item"), name)
+            reused[name] = "event_id_reused"
         if i % 12 == 11:
             case = next(cases, None)
             if case is not None:
                 producer.produce(topic_of[case["topic"]], key=raw(case["key"]),
                                  value=raw(case["value"]), on_delivery=sent(case["name"]))
-            send_event(i - 5)  # a duplicate: same event id as an applied one
+            send_event(valid[i - 5])  # a duplicate: same event id and content as an applied one
             duplicates += 1
         producer.poll(0)
     assert next(cases, None) is None, "interleave every case: make the stream longer"
@@ -111,11 +117,11 @@ def test_every_bad_event_is_dead_lettered_with_its_reason(
     assert trainer.alive(), trainer.log_text()[-3000:]
     metrics = scrape(trainer.metrics_port())
 
-    # Step 3. Each case in the DLQ once, with its reason; duplicates not there.
+    # Step 3. Each case and reused id in the DLQ once, with its reason; duplicates not there.
     dlq = dlq_records(kafka)
     got = {where[(d.source_topic, d.partition, d.offset)]: d.reason for d in dlq}
-    assert len(dlq) == len(EVENT_CASES) == len(got)
-    want = {c["name"]: c["reason"] for c in EVENT_CASES}
+    want = {c["name"]: c["reason"] for c in EVENT_CASES} | reused
+    assert len(dlq) == len(want) == len(got)
     assert got == want
     assert all(d.value is None or len(d.value) <= 64 * 1024 for d in dlq)  # raw bytes bounded
     # Valid events applied exactly once; the duplicates counted, not applied.

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
+
 from stream_app.core import Learner, Outcome
+from stream_app.events import EventKind
 from tests.device import DEVICE
 from tests.unit.core.streams import T0, ev, small_config
 
@@ -12,6 +15,22 @@ def test_duplicate_event_ids_are_applied_once_within_and_across_batches() -> Non
     second = learner.learn([ev("e1", "u1", "i1", T0), ev("e2", "u1", "i2", T0)])
     assert second.outcomes == (Outcome.DUPLICATE, Outcome.APPLIED)
     assert second.n_applied == 1
+
+
+def test_a_reused_event_id_with_other_content_is_refused_not_counted_as_a_copy() -> None:
+    """A producer whose id counter restarted: before, its new events were dropped as copies."""
+    learner = Learner(small_config(), device=DEVICE)
+    first = ev("e1", "u1", "i1", T0)
+    learner.learn([first])
+    changed = [dataclasses.replace(first, item_id="i2"), dataclasses.replace(first, user_id="u2"),
+               dataclasses.replace(first, ts=T0 + 1),
+               dataclasses.replace(first, kind=EventKind.PURCHASE, quantity=1, price=2.5)]
+    copy = dataclasses.replace(first, context={"page": "other"})  # context is not content
+    stats = learner.learn([*changed, copy])
+    assert stats.outcomes == (Outcome.ID_REUSED,) * 4 + (Outcome.DUPLICATE,)
+    assert stats.n_applied == 0
+    in_batch = learner.learn([ev("e2", "u1", "i3", T0), ev("e2", "u1", "i4", T0)])
+    assert in_batch.outcomes == (Outcome.APPLIED, Outcome.ID_REUSED)
 
 
 def test_dedup_window_is_bounded() -> None:

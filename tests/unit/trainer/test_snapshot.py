@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from stream_app.config import ConfigError, KafkaConfig, TopicNames
-from stream_app.core import Learner
+from stream_app.core import Learner, Outcome
 from stream_app.events import EmbeddingRow, Event
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.trainer.batch import output_records
@@ -109,6 +109,8 @@ def test_only_the_snapshot_brings_back_the_dedup_window(tmp_path: Path) -> None:
     apply_changelog(whole, log)
     assert from_snapshot.learn(replayed).n_applied == 0
     assert whole.learn(replayed).n_applied == 5  # the compromise a snapshot removes
+    reused = [dataclasses.replace(e, item_id=e.item_id + "x") for e in replayed]
+    assert set(from_snapshot.learn(reused).outcomes) == {Outcome.ID_REUSED}  # content kept too
 
 
 def _tag(**kw: object) -> SnapshotTag:
