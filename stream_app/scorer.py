@@ -87,6 +87,7 @@ class Scorer:
         self._last_commit = 0.0
         self._requests: RequestConsumer | None = None  # joined the request group
         self._join_check = 0.0  # monotonic time of the next look at the group, while loading
+        self._members_seen = 0  # the group's size at the last look, logged when it changes
         self._admin: AdminClient | None = None  # for those looks; dropped once joined
 
     def readiness(self) -> tuple[bool, str]:
@@ -174,8 +175,10 @@ class Scorer:
                 self._admin = admin_client(self.kafka)
             members = group_members(self._admin, self.cfg.group_id)
             if members:
-                log.info("group=%s has %d member(s): joining it once loaded", self.cfg.group_id,
-                         members)
+                if members != self._members_seen:
+                    log.info("group=%s has %d member(s): joining it once loaded",
+                             self.cfg.group_id, members)
+                self._members_seen = members
                 return None
         requests = RequestConsumer(
             self.kafka, client_id=f"{self.cfg.client_id}-requests", group_id=self.cfg.group_id,
