@@ -293,11 +293,14 @@ OWN_CLIENT_SETTINGS = {
     "client.id": "each client is named after its role (trainer, scorer, replay, ...)",
     "group.id": "use --group-id or group_id in [trainer] / [scorer]",
     "transactional.id": "the trainer derives it from [trainer] group_id and instance_id",
+    "isolation.level": "readers of the trainer's topics use read_committed, and the "
+                       "trainer's restore asks the changelog's true end read_uncommitted",
 }
 """librdkafka settings stream_app sets itself from its own options. Given as librdkafka
 settings they would be refused as a conflict naming a default (bootstrap.servers),
-or win silently under an alias (metadata.broker.list): so they are refused here,
-with the option to use instead."""
+or win silently under an alias (metadata.broker.list), or conflict with one of the
+clients whatever their value (isolation.level: read_committed stopped the trainer's
+restore): so they are refused here, with the reason or the option to use instead."""
 
 
 

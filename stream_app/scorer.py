@@ -31,13 +31,12 @@ import logging
 import threading
 import time
 
-from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.heap import release_free_memory
-from stream_app.kafka.admin import admin_client, group_members, require_topics
+from stream_app.kafka.admin import AdminClient, admin_client, group_members, require_topics
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
 from stream_app.kafka.records import Partition, RawRecord

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient as AdminClient  # re-exported for annotations
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from stream_app.config import KafkaConfig, TopicNames
 from stream_app.kafka.clients import created, merge

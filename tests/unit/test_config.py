@@ -63,7 +63,7 @@ def test_kafka_section_client_settings_merge_with_flags() -> None:
 @pytest.mark.parametrize(("key", "fix"), [
     ("bootstrap.servers", "--bootstrap-servers"), ("metadata.broker.list", "--bootstrap-servers"),
     ("client.id", "named after its role"), ("group.id", "--group-id"),
-    ("transactional.id", "instance_id")])
+    ("transactional.id", "instance_id"), ("isolation.level", "true end")])
 def test_settings_stream_app_owns_are_refused_as_librdkafka_settings(key: str, fix: str) -> None:
     """A kcat-style file with the brokers in it was refused as a conflict with the default
     address; under the alias metadata.broker.list, the default silently won."""
@@ -77,8 +77,7 @@ def test_enforced_settings_cannot_be_overridden() -> None:
     kafka = KafkaConfig(client={"enable.auto.commit": "true"})
     with pytest.raises(ConfigConflictError, match="enable.auto.commit"):
         consumer_config(kafka, "c", "g")
-    kafka = KafkaConfig(client={"isolation.level": "read_committed", "linger.ms": "9"})
-    conf = consumer_config(kafka, "c", "g")
+    conf = consumer_config(KafkaConfig(client={"linger.ms": "9"}), "c", "g")
     assert conf["isolation.level"] == "read_committed" and conf["enable.auto.commit"] is False
     prod = producer_config(KafkaConfig(client={"linger.ms": "9"}), "p", transactional_id="t")
     assert prod["transactional.id"] == "t" and prod["linger.ms"] == "9"

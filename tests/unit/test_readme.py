@@ -12,6 +12,7 @@ import orjson
 from stream_app.codec import load_schemas
 from stream_app.config import build, load_kafka
 from stream_app.core import LearnerConfig
+from stream_app.serving import ScorerConfig
 from stream_app.trainer import TrainerConfig
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -44,3 +45,4 @@ def test_config_example_loads() -> None:
     assert kafka.client["security.protocol"] == "SASL_SSL"
     build(TrainerConfig, "trainer", file["trainer"], {}, {})
     build(LearnerConfig, "learner", file["learner"], {}, {})
+    assert build(ScorerConfig, "scorer", file["scorer"], {}, {}).threads == 1
