@@ -1,21 +1,62 @@
-"""Open plain or gzip-compressed files the same way."""
+"""Read plain or gzip-compressed input files line by line, the same way.
+
+A file that cannot be read to its end (a truncated or corrupt `.gz`, bytes
+that are not the expected text, an I/O error) stops the reader with a
+`SourceError` naming the file and the line it reached, like a bad line: a
+replay then reports what it had sent, instead of ending in a traceback.
+"""
 
 from __future__ import annotations
 
 import gzip
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, overload
+
+from stream_app.sources.records import SourceError
+
+READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
+"""What reading a file can raise (gzip.BadGzipFile is an OSError)."""
 
 
-def open_text(path: Path, encoding: str = "utf-8") -> IO[str]:
-    """Text handle on `path`, transparently gunzipping `*.gz`."""
+def _open(path: Path, encoding: str | None) -> IO[Any]:
     if path.suffix == ".gz":
+        if encoding is None:
+            return gzip.open(path, "rb")  # type: ignore[return-value]  # a GzipFile reads bytes
         return gzip.open(path, "rt", encoding=encoding, newline="")
+    if encoding is None:
+        return path.open("rb")
     return path.open("r", encoding=encoding, newline="")
 
 
-def open_binary(path: Path) -> IO[bytes]:
-    """Byte handle on `path`, transparently gunzipping `*.gz`."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]  # a GzipFile reads bytes
-    return path.open("rb")
+@overload
+def numbered_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]: ...
+@overload
+def numbered_lines(path: Path, encoding: None = None) -> Iterator[tuple[int, bytes]]: ...
+def numbered_lines(path: Path, encoding: str | None = None) -> Iterator[tuple[int, str | bytes]]:
+    """(line number from 1, line) of `path`, gunzipping `*.gz`; bytes when `encoding` is None.
+
+    >>> import tempfile, gzip; tmp = Path(tempfile.mkdtemp()) / "x.gz"
+    >>> _ = tmp.write_bytes(gzip.compress(b"a\\nb\\n")[:-12])  # cut short
+    >>> list(numbered_lines(tmp))
+    Traceback (most recent call last):
+    ...
+    stream_app.sources.records.SourceError: ...x.gz:1: cannot read the file: ...
+    """
+    number = 0
+    try:
+        with _open(path, encoding) as handle:
+            for number, line in enumerate(handle, start=1):
+                yield number, line
+    except READ_ERRORS as exc:
+        raise SourceError(path, number + 1, f"cannot read the file: {_why(exc)}") from exc
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeDecodeError):  # latin-1 (MovieLens) decodes any byte
+        return (f"not UTF-8 text ({exc.reason} at byte {exc.start} of a read block); "
+                "save the file as UTF-8")
+    if isinstance(exc, EOFError):
+        return f"it ends early ({exc}): a truncated download or copy?"
+    return str(exc)

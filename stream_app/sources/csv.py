@@ -17,7 +17,7 @@ from typing import Any
 from stream_app.codec import DecodeError, DlqReason
 from stream_app.codec.events import event_from_object
 from stream_app.events import Event, EventKind
-from stream_app.sources._files import open_text
+from stream_app.sources._files import numbered_lines
 from stream_app.sources.records import SourceError
 
 REQUIRED_COLUMNS = ("event_id", "user_id", "item_id", "ts", "kind")
@@ -27,19 +27,14 @@ OPTIONAL_COLUMNS = ("quantity", "price")
 def read_csv(path: Path | str) -> Iterator[Event]:
     """Validated events, in file order; a bad row raises `SourceError` (line = file line)."""
     path = Path(path)
-    with open_text(path, encoding="utf-8-sig") as handle:  # a BOM (Excel's exports) is no field
-        reader = csv.DictReader(handle)
+    # utf-8-sig: a BOM (Excel's exports) is no field
+    reader = csv.DictReader(line for _, line in numbered_lines(path, encoding="utf-8-sig"))
+    _check_header(path, reader.fieldnames)
+    for row in reader:
         try:
-            _check_header(path, reader.fieldnames)
-            for row in reader:
-                try:
-                    yield _event(row)
-                except DecodeError as err:
-                    raise SourceError(path, reader.line_num, err) from err
-        except UnicodeDecodeError as err:
-            raise SourceError(path, reader.line_num + 1,
-                              f"not UTF-8 text ({err.reason} at byte {err.start} of a read "
-                              "block); save the file as UTF-8") from err
+            yield _event(row)
+        except DecodeError as err:
+            raise SourceError(path, reader.line_num, err) from err
 
 
 def _check_header(path: Path, fields: Any) -> None:

@@ -16,21 +16,20 @@ from stream_app.codec import DecodeError, DlqReason, encode_event, event_key
 from stream_app.codec.events import event_from_object
 from stream_app.codec.wire import EVENT_MAX_BYTES, check_value, parse_object
 from stream_app.events import Event, EventKind
-from stream_app.sources._files import open_binary
+from stream_app.sources._files import numbered_lines
 from stream_app.sources.records import RawRecord, SourceError
 
 
 def read_jsonl(path: Path | str, *, kind: EventKind | None = None) -> Iterator[Event]:
     """Validated events; the first bad line raises `SourceError` (file, line, reason)."""
     path = Path(path)
-    with open_binary(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield _event(line, kind)
-            except DecodeError as err:
-                raise SourceError(path, number, err) from err
+    for number, line in numbered_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield _event(line, kind)
+        except DecodeError as err:
+            raise SourceError(path, number, err) from err
 
 
 def read_jsonl_records(path: Path | str, *, kind: EventKind | None = None) -> Iterator[RawRecord]:
@@ -41,19 +40,18 @@ def read_jsonl_records(path: Path | str, *, kind: EventKind | None = None) -> It
     """
     path = Path(path)
     default = kind or EventKind.CLICK
-    with open_binary(path) as handle:
-        for line in handle:
-            line = line.rstrip(b"\r\n")
-            if not line.strip():
-                continue
-            try:
-                event = _event(line, kind)
-            except DecodeError as err:
-                yield RawRecord(kind=default, key=None, value=line, expected_reason=err.reason)
-                continue
-            yield RawRecord(
-                kind=event.kind, key=event_key(event), value=encode_event(event), event=event
-            )
+    for _, line in numbered_lines(path):
+        line = line.rstrip(b"\r\n")
+        if not line.strip():
+            continue
+        try:
+            event = _event(line, kind)
+        except DecodeError as err:
+            yield RawRecord(kind=default, key=None, value=line, expected_reason=err.reason)
+            continue
+        yield RawRecord(
+            kind=event.kind, key=event_key(event), value=encode_event(event), event=event
+        )
 
 
 def write_jsonl(path: Path | str, events: Iterator[Event] | list[Event]) -> int:

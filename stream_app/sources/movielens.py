@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from stream_app.events import Event, EventKind
-from stream_app.sources._files import open_text
+from stream_app.sources._files import numbered_lines
 from stream_app.sources.records import SourceError
 
 Rating = tuple[int, int, float, int]
@@ -80,41 +80,39 @@ def rating_events(
 
 def read_raw_ratings(path: Path) -> Iterator[Rating]:
     """(user, item, rating, ts seconds) per non-empty line, `::` or tab separated."""
-    with open_text(path, encoding="latin-1") as handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split("::") if "::" in line else line.split("\t")
-            if len(parts) != 4:
-                raise SourceError(path, number, f"expected 4 fields, got {len(parts)}")
-            try:  # stars in halves from ML-10M on
-                user, item, seconds = int(parts[0]), int(parts[1]), int(parts[3])
-                stars = float(parts[2])
-            except ValueError as exc:
-                raise SourceError(path, number, f"bad field: {exc}") from exc
-            if not 0 <= stars <= 10:  # NaN fails too
-                raise SourceError(path, number, f"rating {parts[2]!r} out of range")
-            if seconds < 0:
-                raise SourceError(path, number, f"negative timestamp {seconds}")
-            yield user, item, stars, seconds
+    for number, line in numbered_lines(path, encoding="latin-1"):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.split("::") if "::" in line else line.split("\t")
+        if len(parts) != 4:
+            raise SourceError(path, number, f"expected 4 fields, got {len(parts)}")
+        try:  # stars in halves from ML-10M on
+            user, item, seconds = int(parts[0]), int(parts[1]), int(parts[3])
+            stars = float(parts[2])
+        except ValueError as exc:
+            raise SourceError(path, number, f"bad field: {exc}") from exc
+        if not 0 <= stars <= 10:  # NaN fails too
+            raise SourceError(path, number, f"rating {parts[2]!r} out of range")
+        if seconds < 0:
+            raise SourceError(path, number, f"negative timestamp {seconds}")
+        yield user, item, stars, seconds
 
 
 def read_movies(path: Path | str) -> dict[str, str]:
     """Item id -> title from `movies.dat(.gz)` (`MovieID::Title::Genres`, latin-1)."""
     path = Path(path)
     titles: dict[str, str] = {}
-    with open_text(path, encoding="latin-1") as handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            # Split on the first and last "::" so a title containing "::" survives.
-            movie_id, _, rest = line.partition("::")
-            title, sep, _genres = rest.rpartition("::")
-            if not movie_id or not sep:
-                raise SourceError(path, number, f"expected MovieID::Title::Genres, got {line!r}")
-            titles[movie_id] = title
+    for number, line in numbered_lines(path, encoding="latin-1"):
+        line = line.rstrip("\r\n")
+        if not line:
+            continue
+        # Split on the first and last "::" so a title containing "::" survives.
+        movie_id, _, rest = line.partition("::")
+        title, sep, _genres = rest.rpartition("::")
+        if not movie_id or not sep:
+            raise SourceError(path, number, f"expected MovieID::Title::Genres, got {line!r}")
+        titles[movie_id] = title
     return titles
 
 

@@ -274,3 +274,27 @@ def test_wrong_topic_corruption_and_each_corruption() -> None:
         with pytest.raises(DecodeError) as caught:
             decode_event(record.value, record.key, record.kind)
         assert caught.value.reason is how.reason, how.name
+
+
+def test_a_file_that_cannot_be_read_to_its_end_stops_its_reader_with_file_and_line(
+        tmp_path: Path) -> None:
+    """A truncated or corrupt .gz ended a replay in a traceback (EOFError, BadGzipFile),
+    possibly after records were sent and not reported."""
+    ratings = "".join(f"{u}::{u % 97}::4::{1_000_000 + u * 7}\n" for u in range(1, 3000))
+    cut = tmp_path / "ratings.dat.gz"
+    cut.write_bytes(gzip.compress(ratings.encode())[:-20])
+    with pytest.raises(SourceError, match="cannot read the file: it ends early") as caught:
+        list(read_ratings(cut))
+    assert caught.value.path == cut and caught.value.line > 1
+    events = "".join(encode_event(Event(event_id=f"e{i}", user_id="u", item_id=f"i{i}", ts=i,
+                                        kind=EventKind.CLICK)).decode() + "\n"
+                     for i in range(3000))
+    jsonl = tmp_path / "events.jsonl.gz"
+    jsonl.write_bytes(gzip.compress(events.encode())[:-20])
+    for reader in (read_jsonl, read_jsonl_records):
+        with pytest.raises(SourceError, match="ends early"):
+            list(reader(jsonl, kind=EventKind.CLICK))
+    movies = tmp_path / "movies.dat.gz"
+    movies.write_bytes(b"not gzip at all\n")
+    with pytest.raises(SourceError, match="movies.dat.gz:1: cannot read the file"):
+        read_movies(movies)
