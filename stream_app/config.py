@@ -130,11 +130,17 @@ def parse_kv(pairs: list[str] | None, what: str = "-X") -> dict[str, str]:
 def read_properties(path: Path) -> dict[str, str]:
     """A librdkafka settings file (`key=value` lines, `#` comments), like kcat -F."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read --kafka-config {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--kafka-config {path} is not UTF-8 text ({exc.reason} at byte "
+                          f"{exc.start})") from exc
     lines = [ln.strip() for ln in text.splitlines()]
-    return parse_kv([ln for ln in lines if ln and not ln.startswith("#")], str(path))
+    settings = parse_kv([ln for ln in lines if ln and not ln.startswith("#")], str(path))
+    # `key = value`, the properties-file habit: librdkafka would keep the space in
+    # string values (a user name or password with a leading blank).
+    return {key: value.lstrip() for key, value in settings.items()}
 
 
 def read_file(path: Path | None) -> dict[str, Any]:
@@ -148,6 +154,9 @@ def read_file(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"cannot read --config {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config {path} is not UTF-8 text ({exc.reason} at byte "
+                          f"{exc.start})") from exc
     check_sections(values)
     return values
 
@@ -182,7 +191,8 @@ def build(cls: type[C], section: str, file_values: Mapping[str, Any],
     values.update({k: v for k, v in flags.items() if v is not None and k in names})
     unknown_flags = {k for k, v in flags.items() if v is not None} - names
     if unknown_flags:
-        raise ConfigError(f"unknown {section} setting(s): {', '.join(sorted(unknown_flags))}")
+        raise ConfigError(f"unknown {section} setting(s): {', '.join(sorted(unknown_flags))}; "
+                          f"known: {', '.join(sorted(names))}")
     try:
         return cls(**values)
     except (TypeError, ValueError, AttributeError) as exc:

@@ -43,6 +43,19 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=_report)
 
 
+def demo_prefix(base: str) -> str:
+    """A fresh topic prefix under `base` (flag, env or file): the demo deletes its topics
+    when it ends, so it must never write to or delete topics it did not create.
+
+    >>> demo_prefix("shop.").startswith("shop.demo-"), demo_prefix("") != demo_prefix("")
+    (True, True)
+    """
+    import time
+    import uuid
+
+    return f"{base}demo-{int(time.time())}-{uuid.uuid4().hex[:4]}."
+
+
 def _forwarded_kafka_args(args: argparse.Namespace) -> list[str]:
     """The Kafka flags the demo hands on to its trainer and scorer processes."""
     out: list[str] = []
@@ -57,8 +70,6 @@ def _forwarded_kafka_args(args: argparse.Namespace) -> list[str]:
 
 def _demo(args: argparse.Namespace) -> int:
     import dataclasses
-    import time
-    import uuid
 
     from stream_app.demo.run import DemoError, DemoOptions, run_demo
 
@@ -67,8 +78,7 @@ def _demo(args: argparse.Namespace) -> int:
     kafka = kafka_config(args)
     given = args.bootstrap_servers or environment().get("STREAM_APP_BOOTSTRAP_SERVERS") \
         or read_file(args.config).get("kafka", {}).get("bootstrap_servers")
-    prefix = args.topic_prefix or \
-        f"{kafka.topic_prefix}demo-{int(time.time())}-{uuid.uuid4().hex[:4]}."
+    prefix = demo_prefix(kafka.topic_prefix)
     opts = DemoOptions(
         data=args.data, limit=args.limit, report_dir=args.report_dir, show_users=args.users,
         k=args.k, timeout_s=args.timeout, keep_topics=args.keep_topics,

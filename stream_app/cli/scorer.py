@@ -34,8 +34,15 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=_request)
 
 
-def _ids(text: str | None) -> tuple[str, ...] | None:
-    return None if text is None else tuple(i.strip() for i in text.split(",") if i.strip())
+def _ids(text: str | None, flag: str) -> tuple[str, ...] | None:
+    """Comma-separated ids; a flag given with none (an empty shell variable) is an error:
+    `--candidates ""` would rank no item at all."""
+    if text is None:
+        return None
+    ids = tuple(i.strip() for i in text.split(",") if i.strip())
+    if not ids:
+        raise ConfigError(f"{flag} {text!r} lists no item ids; leave the flag out instead")
+    return ids
 
 
 def _scorer(args: argparse.Namespace) -> int:
@@ -63,5 +70,6 @@ def _request(args: argparse.Namespace) -> int:
     if not 0 < args.timeout < math.inf:  # NaN fails too
         raise ConfigError(f"--timeout must be > 0 seconds, got {args.timeout}")
     return request_command(kafka_config(args), args.user, k=args.k,
-                           candidates=_ids(args.candidates), exclude=_ids(args.exclude) or (),
+                           candidates=_ids(args.candidates, "--candidates"),
+                           exclude=_ids(args.exclude, "--exclude") or (),
                            explain=args.explain, timeout_s=args.timeout)

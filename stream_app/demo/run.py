@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -76,7 +77,7 @@ class DemoOptions:
             raise ConfigError(f"demo --k must be in 1..1000, got {self.k}")
         if self.show_users < 0:
             raise ConfigError(f"demo --users must be >= 0, got {self.show_users}")
-        if self.timeout_s <= 0:
+        if not 0 < self.timeout_s < math.inf:  # NaN too: it would never time out
             raise ConfigError(f"demo --timeout must be > 0 seconds, got {self.timeout_s}")
 
 

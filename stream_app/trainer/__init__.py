@@ -10,7 +10,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from stream_app.codec import DlqReason
-from stream_app.config import KafkaConfig
+from stream_app.config import ConfigError, KafkaConfig
 from stream_app.core import LearnerConfig
 from stream_app.observability import MetricsServer, TrainerMetrics
 from stream_app.signals import stop_on_signals
@@ -53,7 +53,11 @@ def run_trainer(kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConf
         stack.enter_context(MetricsServer(trainer.metrics.registry, cfg.metrics_host,
                                           cfg.metrics_port, ready=ready))
         if cfg.stats_file:
-            out = stack.enter_context(open(cfg.stats_file, "ab"))  # noqa: SIM115
+            try:
+                out = stack.enter_context(open(cfg.stats_file, "ab"))  # noqa: SIM115
+            except OSError as exc:
+                raise ConfigError(f"cannot open trainer.stats_file {cfg.stats_file}: "
+                                  f"{exc.strerror}") from exc
 
             def write(result: BatchResult) -> None:
                 out.write(orjson.dumps(dataclasses.asdict(result)) + b"\n")

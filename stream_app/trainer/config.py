@@ -89,6 +89,8 @@ class TrainerConfig:
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"trainer.{name} must be > 0 seconds, got "
                                   f"{getattr(self, name)}")
+        if self.stats_file is not None and not self.stats_file.strip():
+            raise ConfigError("trainer.stats_file is empty; give a file or leave it unset")
         if self.snapshot_dir is not None and not self.snapshot_dir.strip():
             raise ConfigError("trainer.snapshot_dir is empty; give a folder or leave it unset")
         if self.snapshot_dir is not None and not self.restore:

@@ -15,6 +15,7 @@ from stream_app.config import (
     build,
     load_kafka,
     parse_kv,
+    read_properties,
     redact,
 )
 from stream_app.core import LearnerConfig
@@ -258,3 +259,36 @@ def test_a_future_allowance_that_would_expire_every_row_is_refused(
     assert main(["trainer", "-L", "seed=18446744073709551616", "--bootstrap-servers",
                  "127.0.0.1:1"]) == 2
     assert "learner.seed must be at most" in capsys.readouterr().err
+
+
+def test_unreadable_or_odd_config_input_is_a_config_error_not_a_traceback(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Found by a review: each of these ended in a traceback (exit 1) or was silently taken."""
+    latin = tmp_path / "c.toml"
+    latin.write_bytes(b"[kafka]\ntopic_prefix = \"caf\xe9\"\n")
+    assert main(["topics", "create", "--config", str(latin)]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+    props = tmp_path / "k.properties"
+    props.write_bytes(b"sasl.username=caf\xe9\n")
+    assert main(["topics", "create", "--kafka-config", str(props)]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+    # `key = value`: the value's leading blank is not part of it.
+    props.write_text("sasl.username = alice\n# comment\nsasl.password= s3cret \n")
+    assert read_properties(props) == {"sasl.username": "alice", "sasl.password": "s3cret"}
+    with pytest.raises(ConfigError, match="known: .*dim"):
+        build(LearnerConfig, "learner", {}, {}, {"dimm": 3})
+    with pytest.raises(ConfigError, match="stats_file is empty"):
+        TrainerConfig(stats_file="")
+    assert main(["trainer", "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "0",
+                 "--stats-file", str(tmp_path / "no" / "such" / "x.jsonl")]) == 2
+    assert "cannot open trainer.stats_file" in capsys.readouterr().err
+    assert main(["request", "u1", "--candidates", " , ", "--bootstrap-servers",
+                 "127.0.0.1:1"]) == 2
+    assert "lists no item ids" in capsys.readouterr().err
+
+
+def test_demo_refuses_a_timeout_that_never_ends() -> None:
+    from stream_app.demo.run import DemoOptions
+
+    with pytest.raises(ConfigError, match="--timeout"):
+        DemoOptions(data=None, timeout_s=float("nan"))
