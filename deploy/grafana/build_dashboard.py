@@ -123,7 +123,9 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
              "share of requests")], "percentunit", "Alert ScorerMostlyFallback over 50%."),
         _panel("Scorer errors", [(
             f"sum by (reason) (rate(stream_app_scorer_errors_total[{RI}]))", "{{reason}}")],
-               "reqps", "Error answers and undelivered answers (alert ScorerErrorsHigh)."),
+               "reqps", "Error answers and undelivered answers by reason (alert "
+               "ScorerErrorsHigh); bad_embedding counts embeddings rows the scorer could "
+               "not read, not requests (alert ScorerBadEmbeddings)."),
         _panel("Scorer request rate", [
             (f'sum(rate(stream_app_scorer_request_seconds_count{{phase="total"}}[{RI}]))',
              "answered")], "reqps"),

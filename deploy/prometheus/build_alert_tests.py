@@ -58,6 +58,7 @@ _NON_FINITE = f'stream_app_dlq_records_total{{{T},reason="non_finite_loss"}}'
 _FB = f'stream_app_scorer_fallbacks_total{{{S},reason="unknown_user"}}'
 _REQ = f'stream_app_scorer_request_seconds_count{{{S},phase="total"}}'
 _ERR = f'stream_app_scorer_errors_total{{{S},reason="schema"}}'
+_BAD_ROW = f'stream_app_scorer_errors_total{{{S},reason="bad_embedding"}}'
 
 CASES: list[Case] = [
     Case(alert="TrainerDown", eval_time="6m", series={f"up{{{T}}}": "1 1 0x10"},
@@ -113,6 +114,10 @@ CASES: list[Case] = [
     Case(alert="TrainingLossNotFinite", eval_time="5m", series={_NON_FINITE: "0x10"}),
     Case(alert="TrainingLossNotFinite", eval_time="5m",
          series={f'stream_app_dlq_records_total{{{T},reason="schema"}}': "0+10x10"}),
+    Case(alert="TrainingDiverging", eval_time="25m", series={_NON_FINITE: "0+40x30"},
+         fires=[(TRAINER, "Non-finite training steps for 15 minutes on trainer:9464")]),
+    # One freak step: TrainingLossNotFinite's warning only.
+    Case(alert="TrainingDiverging", eval_time="25m", series={_NON_FINITE: "0x5 40x30"}),
     Case(alert="TrainingLossRising", eval_time="210m",
          series={f"stream_app_training_loss{{{T}}}": "1x150 3x90"},
          fires=[(TRAINER, "Training loss is 50% above its previous 2 h average")]),
@@ -151,6 +156,13 @@ CASES: list[Case] = [
          fires=[({"job": "stream-app-scorer"}, "5% of score requests get an error answer")]),
     Case(alert="ScorerErrorsHigh", eval_time="25m",
          series={_ERR: "0+0.5x30", _REQ: "0+99.5x30"}),
+    # Undecodable embeddings rows are not requests: they used to read as 100% errors.
+    Case(alert="ScorerErrorsHigh", eval_time="25m",
+         series={_BAD_ROW: "0+1x30", _REQ: "0+50x30"}),
+    Case(alert="ScorerErrorsHigh", eval_time="25m", series={_BAD_ROW: "0+1x30"}),
+    Case(alert="ScorerBadEmbeddings", eval_time="10m", series={_BAD_ROW: "0x5 3x10"},
+         fires=[(SCORER, "Scorer scorer:9465 skipped 3 embeddings rows it cannot read")]),
+    Case(alert="ScorerBadEmbeddings", eval_time="10m", series={_BAD_ROW: "3x10"}),
     Case(alert="ScorerStale", eval_time="15m", series={
         f"stream_app_scorer_staleness_seconds{{{S}}}": "400+60x20", _APPLIED: "0+100x20"},
          fires=[(SCORER, "Scorer scorer:9465 serves embeddings 21m 40s old")]),
@@ -166,7 +178,8 @@ CASES: list[Case] = [
 
 PENDING_AT = {"ScorerDown": "3m", "ScorerNotReady": "9m", "TrainingLossRising": "180m",
               "FreshnessP99High": "9m", "TransactionAbortsHigh": "9m", "ScorerP99High": "9m",
-              "ScorerMostlyFallback": "13m", "ScorerErrorsHigh": "9m", "ScorerStale": "9m"}
+              "ScorerMostlyFallback": "13m", "ScorerErrorsHigh": "9m", "ScorerStale": "9m",
+              "TrainingDiverging": "14m"}
 """For these alerts, the first firing case again at a time when its condition holds but
 for less than the rule's `for:`: the alert is pending, so nothing fires. Without these the
 tests passed with every `for:` removed."""
