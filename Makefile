@@ -9,42 +9,47 @@ APP     := $(VENV)/bin/stream-app
 # The editable install points at one clone: the stamp names this clone's path
 # too, so a venv shared by clones (or by CI runs in different folders) is
 # re-pointed at the clone being run instead of testing another one's code.
-STAMP   := $(VENV)/.stream-app-$(shell (cat pyproject.toml; echo "$(CURDIR)") | cksum | cut -d' ' -f1)
+STAMP   := $(VENV)/.stream-app-$(shell (cat pyproject.toml scripts/bootstrap.sh; echo "$(CURDIR)") | cksum | cut -d' ' -f1)
 DATA    ?= ../shared/data/movielens-1m
 # System tools (Java, Maven, kcat, Prometheus): installed when missing, see the script.
 SYSDEPS := bash scripts/sysdeps.sh
 
 PHONY_BENCH := bench-deps
-.PHONY: $(PHONY_BENCH) venv test test-unit test-integration test-long demo broker broker-stop topics bench bench-quick lint clean
+.PHONY: $(PHONY_BENCH) venv tools test test-unit test-integration test-long demo broker broker-stop topics bench bench-quick lint clean
 
 venv: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh "$(VENV)"
 	rm -f $(VENV)/.stream-app-*
 	touch $@
 
-test: venv
-	$(SYSDEPS) java mvn kcat promtool prometheus
+# Each target names the system tools it needs (TOOLS); `tools` installs the missing
+# ones before `venv` downloads torch, so a machine that cannot get them stops early.
+tools:
+	$(SYSDEPS) $(TOOLS)
+
+test: TOOLS = java mvn kcat promtool prometheus
+test: tools venv
 	$(PY) -m pytest -q
 
-test-unit: venv
-	$(SYSDEPS) promtool
+test-unit: TOOLS = promtool
+test-unit: tools venv
 	$(PY) -m pytest -q tests/unit stream_app
 
-test-integration: venv
-	$(SYSDEPS) java mvn kcat prometheus
+test-integration: TOOLS = java mvn kcat prometheus
+test-integration: tools venv
 	$(PY) -m pytest -q tests/integration
 
-test-long: venv
-	$(SYSDEPS) java mvn
+test-long: TOOLS = java mvn
+test-long: tools venv
 	$(PY) -m pytest -q --run-slow tests/reliability
 
-demo: venv
-	$(SYSDEPS) java mvn
+demo: TOOLS = java mvn
+demo: tools venv
 	$(APP) demo --data "$(DATA)"
 
-broker: venv
-	$(SYSDEPS) java mvn
+broker: TOOLS = java mvn
+broker: tools venv
 	$(APP) broker start
 
 broker-stop: venv

@@ -12,9 +12,19 @@ python3 - <<'PY' || { echo "bootstrap: Python >= 3.11 is required" >&2; exit 2; 
 import sys; sys.exit(sys.version_info < (3, 11))
 PY
 
-if [ ! -x "$venv/bin/python" ]; then
+# A venv without pip is what a failed `python3 -m venv` leaves (Debian without
+# python3-venv): make it again rather than stop at a missing pip on every run.
+if [ ! -x "$venv/bin/pip" ]; then
+  if [ -f "$venv/pyvenv.cfg" ]; then
+    echo "bootstrap: $venv has no pip; making it again"
+    rm -rf "$venv"
+  fi
   echo "bootstrap: creating venv $venv"
-  python3 -m venv "$venv"
+  python3 -m venv "$venv" || {
+    if [ -f "$venv/pyvenv.cfg" ]; then rm -rf "$venv"; fi
+    echo "bootstrap: python3 -m venv failed; on Debian/Ubuntu: apt-get install python3-venv" >&2
+    exit 2
+  }
   "$venv/bin/pip" install -q --upgrade pip
 fi
 echo "bootstrap: installing stream_app (first time downloads torch, several GB; cached after)"

@@ -40,4 +40,6 @@ if ! command -v apt-get >/dev/null; then
 fi
 echo "sysdeps: installing ${missing[*]}"
 "${sudo[@]}" apt-get update -q
-DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "${missing[@]}"
+# No recommended extras: Debian's prometheus package recommends node-exporter, a daemon.
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends \
+  "${missing[@]}"

@@ -13,6 +13,7 @@ The state folder holds `server.properties`, the data, `broker.pid` and
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import os
 import re
@@ -116,11 +117,17 @@ class RunningBroker:
 
 
 def ensure_jars(settings: BrokerSettings) -> Path:
-    """Return the folder of broker jars, resolving them from Maven Central once."""
+    """Return the folder of broker jars, resolving them from Maven Central once.
+
+    The folder's `.complete` holds the digest of the POM it was resolved from, so a
+    changed POM (another dependency version) resolves them again.
+    """
     if settings.kafka_home is not None:
         return settings.kafka_home / "libs"
     libs = settings.cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
-    if (libs / ".complete").exists():
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+    done = libs / ".complete"
+    if done.exists() and done.read_text().strip() == digest:
         return libs
     mvn = shutil.which("mvn")
     if mvn is None:
@@ -139,7 +146,7 @@ def ensure_jars(settings: BrokerSettings) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BrokerError(f"mvn could not resolve the Kafka jars:\n{proc.stdout[-2000:]}"
                           f"{proc.stderr[-2000:]}")
-    (tmp / ".complete").touch()
+    (tmp / ".complete").write_text(digest)
     shutil.rmtree(libs, ignore_errors=True)
     tmp.rename(libs)
     return libs
