@@ -10,6 +10,11 @@ when it starts (read_committed, no group, nothing committed; `ReplyReader`),
 so it only sees answers to requests sent after it was created. Requests go
 out with at most 1 ms of batching, and an answer is handed over as soon as it
 is fetched (no waiting for a full batch).
+
+Memory stays bounded in a long-lived client: answers to other clients'
+requests (the topic is shared) are not kept, `request` drops its answer once
+returned, and `send`/`wait` remember the last `KEEP` requests sent, with their
+answers.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -29,6 +35,9 @@ from stream_app.kafka.admin import require_topics
 from stream_app.kafka.clients import LATENCY_PRODUCER_DEFAULTS, make_producer
 from stream_app.kafka.produce import DeliveryError
 from stream_app.kafka.reply_reader import ReplyReader
+
+KEEP = 100_000
+"""Requests sent through `send` whose answers the client keeps for `wait`."""
 
 
 class ScoreClient:
@@ -50,26 +59,45 @@ class ScoreClient:
         except BaseException:
             self._answers_in.close()
             raise
+        self._sent: set[str] = set()  # request ids whose answers are kept (at most KEEP)
+        self._order: deque[str] = deque()
         self._answers: dict[str, Prediction] = {}
         self.undelivered: dict[str, str] = {}
         """Requests the broker refused: request id -> error."""
         self._in_flight: set[str] = set()
         self._gave_up: set[str] = set()  # still in flight when `request` stopped waiting
         self.duplicates = 0
+        """Answers to a request already answered (the scorer is at-least-once), counted
+        while the request is remembered."""
 
     def send(self, request: ScoreRequest) -> str:
         """Produce one request (keyed by user id); returns its request id."""
-        self._in_flight.add(request.request_id)
+        rid = request.request_id
+        self._in_flight.add(rid)
+        self._remember(rid)
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
-            self._in_flight.discard(request.request_id)
-            if err is not None:
-                self.undelivered[request.request_id] = err.str()
+            self._in_flight.discard(rid)
+            self._gave_up.discard(rid)
+            if err is not None and rid in self._sent:
+                self.undelivered[rid] = err.str()
 
         self._producer.produce(self.topics.score_requests, key=request.user_id.encode(),
                                value=encode_score_request(request), on_delivery=delivered)
         self._producer.poll(0)
-        return request.request_id
+        return rid
+
+    def _remember(self, rid: str) -> None:
+        self._sent.add(rid)
+        self._order.append(rid)
+        while len(self._order) > KEEP:
+            self._forget(self._order.popleft())
+
+    def _forget(self, rid: str) -> None:
+        """Stop keeping `rid`'s answer; a later copy of it is ignored."""
+        self._sent.discard(rid)
+        self._answers.pop(rid, None)
+        self.undelivered.pop(rid, None)
 
     def send_many(self, requests: Iterable[ScoreRequest]) -> list[str]:
         ids = [self.send(r) for r in requests]
@@ -101,6 +129,8 @@ class ScoreClient:
                 pred = decode_prediction(rec.value)
             except DecodeError:
                 continue  # not ours to judge: the scorer validated what it wrote
+            if pred.request_id not in self._sent:
+                continue  # another client's request (the topic is shared), or forgotten
             if pred.request_id in self._answers:
                 self.duplicates += 1
             else:
@@ -116,10 +146,11 @@ class ScoreClient:
                            explain=explain)
         self.send(req)
         got = self.wait([req.request_id], timeout_s)
-        if req.request_id in self.undelivered:
+        refused = self.undelivered.get(req.request_id)
+        self._forget(req.request_id)  # handed over (or given up): not kept
+        if refused is not None:
             raise DeliveryError(f"request {req.request_id} was not delivered to "
-                                f"{self.topics.score_requests}: "
-                                f"{self.undelivered[req.request_id]}")
+                                f"{self.topics.score_requests}: {refused}")
         if req.request_id in self._in_flight:
             self._gave_up.add(req.request_id)
             raise DeliveryError(f"request {req.request_id} was not delivered to "

@@ -174,6 +174,22 @@ def test_malformed_request_gets_error_and_dlq(kafka: KafkaConfig, world) -> None
         assert ask(client, [ScoreRequest(request_id="ok", user_id="u0", k=2)])["ok"].items
 
 
+def test_a_client_keeps_only_its_own_answers(kafka: KafkaConfig, world) -> None:  # type: ignore[no-untyped-def]
+    """A long-lived client kept every answer on the shared predictions topic, other
+    clients' included, and every answer `request` had returned: memory without bound."""
+    items, bias, users = world
+    publish(kafka, rows_of(items, bias, users))
+    with running(kafka), ScoreClient(kafka) as mine, ScoreClient(kafka) as other:
+        got = ask(mine, [ScoreRequest(request_id=f"m{n}", user_id="u0", k=2) for n in range(5)])
+        assert mine.wait(list(got), timeout_s=0) == got  # send/wait answers stay for wait
+        for n in range(3):
+            assert other.request("u0", k=2).items
+        other.wait(["m0"], timeout_s=1.0)  # reads mine's answers off the topic too
+        mine.wait(["never-sent"], timeout_s=1.0)  # and mine reads other's
+        assert not other._answers  # noqa: SLF001 - what the client holds is the point
+        assert set(mine._answers) == set(got) and mine.duplicates == 0  # noqa: SLF001
+
+
 def _members(kafka: KafkaConfig, group: str) -> int:
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
     desc = admin.describe_consumer_groups([group])[group].result()
