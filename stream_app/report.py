@@ -87,7 +87,16 @@ def load_stats(path: Path) -> Stats:
     if not rows:
         raise ConfigError(f"{path} holds no committed batch: nothing to plot")
     names = [k for k, v in rows[0].items() if isinstance(v, int | float) or v is None]
+    missing = sorted(set(PLOTTED) - set(names))
+    if missing:
+        raise ConfigError(f"{path} is not a trainer --stats-file: its first batch has no "
+                          f"number for {', '.join(missing)}")
     return Stats({k: np.array([_float(r.get(k)) for r in rows]) for k in names})
+
+
+PLOTTED = ("event_ts_max", "wall_ms", "events", "applied", "loss", "hit_rate",
+           "hit_rate_popularity", "freshness_p50_s", "freshness_p99_s")
+"""The stats columns the plots read (`BatchResult` fields)."""
 
 
 def _float(value: Any) -> float:
@@ -265,7 +274,14 @@ def _k(run_dir: Path) -> int | None:
     path = run_dir / RUN_FILE
     if not path.is_file():
         return None
-    k = orjson.loads(path.read_bytes()).get("k")
+    try:
+        run = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError:
+        run = None
+    if not isinstance(run, dict):
+        log.warning("%s is not a JSON object: plotting without its K", path)
+        return None
+    k = run.get("k")
     return int(k) if isinstance(k, int | str) and str(k).isdigit() else None
 
 

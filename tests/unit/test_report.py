@@ -100,6 +100,17 @@ def test_empty_or_broken_stats_are_config_errors(tmp_path: Path) -> None:
     path.write_text(f"{good}\n[]\n")
     with pytest.raises(ConfigError, match=":2: not a JSON object"):
         load_stats(path)
+    path.write_text('{"event_id": "e1", "ts": 1}\n')  # an events file, say
+    with pytest.raises(ConfigError, match="not a trainer --stats-file: .*event_ts_max"):
+        load_stats(path)
+
+
+def test_a_bad_run_file_only_loses_the_k(tmp_path: Path) -> None:
+    from stream_app.report import RUN_FILE, _k
+
+    for text in ('{"k": 20', "[20]"):
+        (tmp_path / RUN_FILE).write_text(text)
+        assert _k(tmp_path) is None
 
 
 def test_a_cut_off_last_line_is_skipped(tmp_path: Path) -> None:
