@@ -20,8 +20,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--batch-wait-ms", type=int,
                    help="max wait to fill a micro-batch, and for a partition behind in event "
                         "time (200)")
-    p.add_argument("--no-restore", dest="restore", action="store_const", const=False,
-                   help="start from an empty model instead of the embeddings changelog")
+    p.add_argument("--restore", action=argparse.BooleanOptionalAction, default=None,
+                   help="rebuild the model from the embeddings changelog at start (default; "
+                   "--no-restore starts from an empty model)")
     p.add_argument("--stats-file", help="append one JSON line per batch (for `stream-app report`)")
     p.add_argument("--stall-timeout", dest="stall_timeout_s", type=float, metavar="SECONDS",
                    help="exit with status 75 when the loop makes no progress this long, "

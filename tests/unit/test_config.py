@@ -292,3 +292,15 @@ def test_demo_refuses_a_timeout_that_never_ends() -> None:
 
     with pytest.raises(ConfigError, match="--timeout"):
         DemoOptions(data=None, timeout_s=float("nan"))
+
+
+def test_restore_can_be_set_back_by_flag() -> None:
+    """`restore = false` in a file or the env could not be undone on the command line."""
+    from stream_app.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["trainer"]).restore is None  # the file, env or default decides
+    assert parse(["trainer", "--restore"]).restore is True
+    assert parse(["trainer", "--no-restore"]).restore is False
+    file = {"restore": False}
+    assert build(TrainerConfig, "trainer", file, {}, {"restore": True}).restore is True
