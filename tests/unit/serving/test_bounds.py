@@ -24,6 +24,21 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(topk, "PRUNE_MIN_SLOTS", 0)
 
 
+@pytest.fixture
+def scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per call of the pruned scan: a test of its answers must have reached it
+    (with `rank` ranking in one product, every answer test passed as well)."""
+    calls: list[int] = []
+    real = BoundIndex.topk
+
+    def counted(self: BoundIndex, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BoundIndex, "topk", counted)
+    return calls
+
+
 def biases_of(shape: str, n: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
     """zipf: log popularity as the trainer's bias; equal: nothing to prune by."""
     if shape == "zipf":
@@ -89,13 +104,14 @@ def check_up_to_ties(got: list[tuple[str, float]], ranked: list[tuple[str, float
 @pytest.mark.parametrize(("k", "n_items", "scale"), [(1, 600, 0.3), (20, 600, 0.3),
                                                      (700, 600, 0.3), (20, 2000, 0.1)])
 def test_pruned_ranking_equals_brute_force(shape: str, k: int, n_items: int,
-                                           scale: float) -> None:
+                                           scale: float, scans: list[int]) -> None:
     table, items, biases, users = filled(shape, n_items, scale)
     # An unknown user scores every item by bias alone: with equal biases, all tie.
     assert_brute_force(table, items, biases, users, k, unknown=shape != "equal")
+    assert scans
 
 
-def test_writes_after_the_sort_keep_answers_exact() -> None:
+def test_writes_after_the_sort_keep_answers_exact(scans: list[int]) -> None:
     table, items, biases, users = filled("zipf", 2000, 0.1)
     index = table.bounds()
     rng = np.random.default_rng(11)
@@ -118,6 +134,7 @@ def test_writes_after_the_sort_keep_answers_exact() -> None:
         del items[i], biases[i]
     assert table.bounds() is index, "few writes: the index is kept, with raised bounds"
     assert_brute_force(table, items, biases, users, 20)
+    assert scans
 
 
 def test_many_writes_rebuild_the_index() -> None:
@@ -179,7 +196,7 @@ def test_pruning_reads_only_the_blocks_that_can_win() -> None:
     assert torch.equal(slots, want_slots)
 
 
-def test_a_user_who_excluded_the_top_of_the_order_gets_the_rest() -> None:
+def test_a_user_who_excluded_the_top_of_the_order_gets_the_rest(scans: list[int]) -> None:
     """The probe ignores exclusions; the scan finds out and finishes in one product."""
     table, items, biases, users = filled("zipf", 2000, 0.1)
     top = tuple(sorted(items, key=biases.__getitem__, reverse=True)[:300])
@@ -187,9 +204,10 @@ def test_a_user_who_excluded_the_top_of_the_order_gets_the_rest() -> None:
     got = rank(table, [req])[0]
     check_up_to_ties(pairs(got), brute(users["u3"], items, biases, len(items), banned=set(top)),
                      20)
+    assert scans
 
 
-def test_a_vector_norm_past_float32_range_is_not_skipped() -> None:
+def test_a_vector_norm_past_float32_range_is_not_skipped(scans: list[int]) -> None:
     """|v| overflows to inf: a zero user's bound would be 0 * inf = NaN (found in review)."""
     table, items, biases, _ = filled("zipf", 600, 0.1)
     table.bounds()
@@ -197,3 +215,4 @@ def test_a_vector_norm_past_float32_range_is_not_skipped() -> None:
     table.upsert(item("big", big, 5.0))
     got = rank(table, [ScoreRequest(request_id="r", user_id="nobody", k=3)])[0]
     assert [i.item_id for i in got.items][0] == "big"
+    assert scans
