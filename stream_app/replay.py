@@ -108,8 +108,9 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
 
 
 def check_rate(rate: float) -> None:
-    if not 0 <= rate < math.inf:  # NaN fails too
-        raise ConfigError(f"--rate must be >= 0 events/s (0: as fast as possible), got {rate}")
+    if not (rate == 0 or 0.001 <= rate < math.inf):  # NaN fails too
+        raise ConfigError(f"--rate must be 0 (as fast as possible) or 0.001..inf events/s, "
+                          f"got {rate}")
 
 
 def replay_file(kafka: KafkaConfig, path: Path, *, fmt: Format | None, limit: int | None,

@@ -18,8 +18,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--cache-dir", type=Path, help="where the broker jars are cached")
     p.add_argument("--bootstrap-servers", help="reuse this running broker instead of starting one")
     p.add_argument("--sasl-user", help="listen with SASL_PLAINTEXT/PLAIN for this one user "
-                   "(clients: -X security.protocol=SASL_PLAINTEXT -X sasl.mechanisms=PLAIN "
-                   "-X sasl.username=U -X sasl.password=P)")
+                   "(clients: security.protocol=SASL_PLAINTEXT, sasl.mechanisms=PLAIN, "
+                   "sasl.username=U, sasl.password=P in a --kafka-config file, which `ps` "
+                   "does not show)")
     p.add_argument("--sasl-password", help="that user's password (prefer the env "
                    "STREAM_APP_BROKER_SASL_PASSWORD: flags show in `ps`)")
     p.set_defaults(handler=_broker)
@@ -60,6 +61,7 @@ def add_commands(sub: Any) -> None:
 def _broker(args: argparse.Namespace) -> int:
     from stream_app.kafka import broker
     from stream_app.kafka.admin import wait_for_broker
+    from stream_app.kafka.exceptions import BrokerError
 
     env = environment()
     check_environment(env, {})
@@ -74,8 +76,12 @@ def _broker(args: argparse.Namespace) -> int:
     given = args.bootstrap_servers or env.get("STREAM_APP_BOOTSTRAP_SERVERS")
     if args.action == "start":
         if given:
-            wait_for_broker(given, timeout_s=10)
-            print(f"reusing the running broker at {given}")
+            source = ("--bootstrap-servers" if args.bootstrap_servers
+                      else "STREAM_APP_BOOTSTRAP_SERVERS")
+            if not wait_for_broker(given, timeout_s=10, raise_on_timeout=False):
+                raise BrokerError(f"no broker answers at {given} (from {source}, which "
+                                  "reuses a running broker): unset it to start one here")
+            print(f"reusing the running broker at {given} (from {source})")
             return 0
         b = broker.start(settings)
         print(f"broker running: bootstrap={b.bootstrap_servers} pid={b.pid} log={b.log_file}")

@@ -13,6 +13,8 @@ The state folder holds `server.properties`, the data, `broker.pid` and
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -24,6 +26,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +73,9 @@ class BrokerSettings:
     sasl_password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        # Absolute: the broker's command line names its server.properties, which is how
+        # `running` and `stop` recognise it from any working directory.
+        object.__setattr__(self, "state_dir", self.state_dir.expanduser().absolute())
         if (self.sasl_user is None) != (self.sasl_password is None):
             raise BrokerError("broker SASL needs both a user and a password "
                               "(--sasl-user and --sasl-password)")
@@ -78,9 +84,11 @@ class BrokerSettings:
             raise BrokerError(f"broker sasl_user must be 1-100 of [A-Za-z0-9._-], "
                               f"got {self.sasl_user!r}")
         if self.sasl_password is not None and (not self.sasl_password
-                                               or re.search(r'["\\\s;]', self.sasl_password)):
-            raise BrokerError("broker sasl_password must be non-empty, without quotes, "
-                              "backslashes, semicolons or spaces (it goes into a JAAS line)")
+                                               or re.search(r'["\\\s;]', self.sasl_password)
+                                               or not self.sasl_password.isascii()):
+            raise BrokerError("broker sasl_password must be non-empty ASCII, without quotes, "
+                              "backslashes, semicolons or spaces (it goes into a JAAS line of "
+                              "server.properties, which Kafka reads as ISO-8859-1)")
         if not 0 <= self.port <= 65535:
             raise BrokerError(f"broker.port must be in 0..65535, got {self.port}")
         if self.kafka_home is not None and not (self.kafka_home / "libs").is_dir():
@@ -179,6 +187,38 @@ def _port_in_use(port: int) -> bool:
     return False
 
 
+def _our_broker(pid: int, settings: BrokerSettings) -> bool:
+    """Whether `pid` is a live broker started from this state folder.
+
+    A pid file outlives its process (a crash, a reboot), and the pid may then
+    belong to anything: `stop` would signal it and `status` report it. Where
+    /proc exists, the process must be the broker's java running this folder's
+    server.properties and not a zombie.
+    """
+    if not _pid_alive(pid):
+        return False
+    proc = Path("/proc") / str(pid)
+    if not Path("/proc/self").exists():
+        return True  # no /proc (macOS): trust the pid file
+    try:
+        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    props = str(settings.state_dir / "server.properties").encode()
+    return state != "Z" and MAIN_CLASS.encode() in cmdline and props in cmdline
+
+
+@contextlib.contextmanager
+def _locked(settings: BrokerSettings) -> Iterator[None]:
+    """One start or stop at a time per state folder: two starts at once both wiped
+    `data/`, launched a broker, and left one that no pid file named."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.state_dir / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -252,16 +292,36 @@ def running(settings: BrokerSettings) -> RunningBroker | None:
         bootstrap = settings.bootstrap_file.read_text().strip()
     except (FileNotFoundError, ValueError):
         return None
-    if not _pid_alive(pid):
+    if not _our_broker(pid, settings):
         return None
     return RunningBroker(pid=pid, bootstrap_servers=bootstrap, log_file=settings.log_file)
 
 
 def start(settings: BrokerSettings) -> RunningBroker:
-    """Start the broker (or return the one already running from this state folder)."""
-    existing = running(settings)
-    if existing is not None:
-        return existing
+    """Start the broker (or return the one already running from this state folder, if it
+    listens as asked)."""
+    with _locked(settings):
+        existing = running(settings)
+        if existing is not None:
+            _check_same(existing, settings)
+            return existing
+        return _start(settings)
+
+
+def _check_same(existing: RunningBroker, settings: BrokerSettings) -> None:
+    """A running broker is reused only if it is what was asked for: a SASL start must not
+    return a plaintext broker, nor an explicit port another one."""
+    props = (settings.state_dir / "server.properties").read_text()
+    sasl = "SASL_PLAINTEXT://" in props
+    port = int(existing.bootstrap_servers.rsplit(":", 1)[1])
+    if sasl != (settings.sasl_user is not None) or settings.port not in (0, port):
+        raise BrokerError(
+            f"a broker started with other settings is running from {settings.state_dir} "
+            f"(port {port}, {'SASL' if sasl else 'no SASL'}): stop it first "
+            "(`stream-app broker stop`), or use another --state-dir")
+
+
+def _start(settings: BrokerSettings) -> RunningBroker:
     java = _java()
     libs = ensure_jars(settings)
     state = settings.state_dir
@@ -299,11 +359,13 @@ def start(settings: BrokerSettings) -> RunningBroker:
         if fmt.returncode != 0:
             raise BrokerError(f"kafka storage format failed:\n{fmt.stdout[-2000:]}"
                               f"{fmt.stderr[-2000:]}")
-    # Step 2. Start the broker detached, so it outlives this CLI call.
-    with settings.log_file.open("ab") as out:
+    # Step 2. Start the broker detached, so it outlives this CLI call. A fresh
+    # cluster starts a fresh log; a restart on kept data appends to it.
+    with settings.log_file.open("ab" if reuse else "wb") as out:
         proc = subprocess.Popen(  # noqa: S603
             [*jvm, MAIN_CLASS, str(props)], stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != "STREAM_APP_BROKER_SASL_PASSWORD"},
         )
     bootstrap = f"127.0.0.1:{port}"
     settings.pid_file.write_text(f"{proc.pid}\n")
@@ -311,8 +373,8 @@ def start(settings: BrokerSettings) -> RunningBroker:
     # Step 3. Ready means it answers metadata, not merely that the port is open.
     try:
         _wait_ready(proc, bootstrap, settings)
-    except BrokerError:
-        stop(settings)
+    except BaseException:  # Ctrl-C or SIGTERM while waiting too: leave no broker behind
+        _stop(settings)
         raise
     return RunningBroker(pid=proc.pid, bootstrap_servers=bootstrap, log_file=settings.log_file)
 
@@ -343,12 +405,17 @@ def _wait_ready(proc: subprocess.Popen[bytes], bootstrap: str, settings: BrokerS
 
 def stop(settings: BrokerSettings, timeout_s: float = 30.0) -> bool:
     """SIGTERM the broker (clean shutdown), SIGKILL after `timeout_s`. True if one ran."""
+    with _locked(settings):
+        return _stop(settings, timeout_s)
+
+
+def _stop(settings: BrokerSettings, timeout_s: float = 30.0) -> bool:
     try:
         pid = int(settings.pid_file.read_text().strip())
     except (FileNotFoundError, ValueError):
         return False
     stopped = False
-    if _pid_alive(pid):
+    if _our_broker(pid, settings):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while _pid_alive(pid) and time.monotonic() < deadline:

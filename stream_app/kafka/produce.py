@@ -56,6 +56,9 @@ class Pacer:
             time.sleep(ahead)
 
 
+_PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)  # noqa: SLF001
+
+
 class DeliveryError(KafkaEdgeError):
     """At least one record was not acknowledged by the broker."""
 
@@ -74,6 +77,8 @@ class EventProducer:
         if err is None:
             self.acked += 1
             return
+        if err.code() in _PURGED:
+            return  # dropped by `abandon`, and counted there
         self.refused += 1
         if len(self.first_errors) < 10:
             self.first_errors.append(err.str())
@@ -120,7 +125,11 @@ class EventProducer:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
+        if exc_type is not None:
             self.dropped = self.abandon()
+            return
+        try:
+            self.close()
+        except BaseException:  # interrupted (or refused) during the final flush
+            self.dropped = self.abandon(timeout_s=0)
+            raise

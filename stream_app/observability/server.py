@@ -26,6 +26,8 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from stream_app.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], tuple[bool, str]]
@@ -36,11 +38,36 @@ def always_ready() -> tuple[bool, str]:
     return True, "ok"
 
 
+MAX_CONNECTIONS = 256
+"""Connections served at once; more are closed at once (a scraper and probes need few)."""
+
+
 class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    """One thread per request: a slow scraper cannot block a health probe."""
+    """One thread per request: a slow scraper cannot block a health probe. Threads are
+    capped (`MAX_CONNECTIONS`) and idle connections time out (`_QuietHandler`), or
+    anyone who reaches the port could pile them up."""
 
     daemon_threads = True
     allow_reuse_address = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("metrics_http connection from %s ended", client_address, exc_info=True)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _ThreadingWSGIServer6(_ThreadingWSGIServer):
@@ -51,6 +78,8 @@ class _ThreadingWSGIServer6(_ThreadingWSGIServer):
 
 class _QuietHandler(WSGIRequestHandler):
     """Access lines go to our logger at DEBUG, not to stderr on every scrape."""
+
+    timeout = 10.0  # seconds a connection may sit idle
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
         log.debug("metrics_http %s", format % args)
@@ -78,6 +107,9 @@ class MetricsServer:
                  ready: ReadyCheck = always_ready) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"metrics port must be in 0..65535, got {port}")
+        if not host.strip():  # "" would bind every interface
+            raise ConfigError("the metrics host is empty; give an address (127.0.0.1 by "
+                              "default, 0.0.0.0 for every interface)")
         self._metrics_app = make_wsgi_app(registry)
         self._host = host
         self._requested_port = port
@@ -111,8 +143,13 @@ class MetricsServer:
         server_class: type[_ThreadingWSGIServer] = _ThreadingWSGIServer
         if ":" in self._host:  # an IPv6 literal such as "::"
             server_class = _ThreadingWSGIServer6
-        self._server = make_server(self._host, self._requested_port, self._app,
-                                   server_class=server_class, handler_class=_QuietHandler)
+        try:
+            self._server = make_server(self._host, self._requested_port, self._app,
+                                       server_class=server_class, handler_class=_QuietHandler)
+        except OSError as exc:  # the port taken, an address not on this host
+            raise ConfigError(f"cannot serve metrics on {self._host}:{self._requested_port}: "
+                              f"{exc.strerror or exc}; choose another --metrics-port "
+                              "(0 = any free one) or --metrics-host") from exc
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="metrics-http", daemon=True)
         self._thread.start()

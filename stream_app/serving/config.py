@@ -66,6 +66,9 @@ class ScorerConfig:
     lag_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.metrics_host.strip():
+            raise ConfigError("scorer.metrics_host is empty (it would bind every interface); "
+                              "give an address, e.g. 127.0.0.1 or 0.0.0.0")
         for name in ("batch_max", "load_batch", "max_k", "explain_max"):
             _positive(name, getattr(self, name))
         for name in ("history_max", "min_user_updates"):

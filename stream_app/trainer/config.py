@@ -64,6 +64,9 @@ class TrainerConfig:
     snapshot_max_age_s: float = 6 * 3600.0
 
     def __post_init__(self) -> None:
+        if not self.metrics_host.strip():
+            raise ConfigError("trainer.metrics_host is empty (it would bind every interface); "
+                              "give an address, e.g. 127.0.0.1 or 0.0.0.0")
         for name in ("group_id", "instance_id"):
             if not _ID_RE.match(getattr(self, name)):
                 raise ConfigError(f"trainer.{name} must be 1-200 of [A-Za-z0-9._-], "

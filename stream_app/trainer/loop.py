@@ -178,7 +178,11 @@ class Trainer:
             if consumer.end_offsets(self.topics.embeddings) != self._restored_ends:
                 log.info("partitions=%s newly assigned and the changelog moved: restoring",
                          parts)
-                self._restore()
+                was, self.ready = self.ready, False  # /readyz says "restoring" meanwhile
+                try:
+                    self._restore()
+                finally:
+                    self.ready = was
         self._scope(whole)
 
     def _owns_every_input(self, consumer: GroupConsumer) -> bool:

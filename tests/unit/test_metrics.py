@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +18,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from stream_app.config import ConfigError
 from stream_app.observability import (
     EvalModel,
     EventOutcome,
@@ -29,6 +31,7 @@ from stream_app.observability import (
     declared_metric_names,
     exposed_names,
 )
+from stream_app.observability import server as server_module
 from stream_app.observability.metrics import (
     FRESHNESS_BUCKETS_S,
     LATENCY_BUCKETS_S,
@@ -253,6 +256,32 @@ def test_server_start_returns_port_and_close_is_idempotent() -> None:
 def test_server_rejects_bad_port() -> None:
     with pytest.raises(ValueError, match="0..65535"):
         MetricsServer(CollectorRegistry(), port=70000)
+
+
+def test_server_errors_name_the_setting_to_fix() -> None:
+    """A taken port was a traceback (exit 1); an empty host bound every interface."""
+    with pytest.raises(ConfigError, match="metrics host is empty"):
+        MetricsServer(CollectorRegistry(), host=" ", port=0)
+    with MetricsServer(CollectorRegistry(), port=0) as taken, \
+            pytest.raises(ConfigError, match="--metrics-port"):
+        MetricsServer(CollectorRegistry(), port=taken.port).start()
+
+
+def test_idle_connections_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each held a thread for good: anyone reaching the port could pile them up."""
+    assert 0 < (server_module._QuietHandler.timeout or 0) <= 30  # noqa: SLF001 - was None
+    monkeypatch.setattr(server_module._QuietHandler, "timeout", 0.3)  # noqa: SLF001
+    before = threading.active_count()
+    with MetricsServer(CollectorRegistry(), port=0) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
+        for s in idle:
+            s.settimeout(5)
+            assert s.recv(1) == b""  # the server hung up on it
+            s.close()
+        deadline = time.monotonic() + 5
+        while threading.active_count() > before + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert threading.active_count() == before + 1  # the serving loop alone
 
 
 def test_recorder_writes_jsonl_snapshots(tmp_path: Path) -> None:

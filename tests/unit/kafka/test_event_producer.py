@@ -44,3 +44,24 @@ def test_a_producer_closed_normally_reports_what_it_could_not_deliver(stuck: _St
     with pytest.raises(DeliveryError, match="3 record"), \
             EventProducer(NO_BROKER):
         pass
+
+
+class _Interrupted(_Stuck):
+    """Ctrl-C arrives during the final flush."""
+
+    def flush(self, timeout: float) -> int:
+        super().flush(timeout)
+        if timeout == 60:
+            raise KeyboardInterrupt
+        return self.queued
+
+
+def test_an_interrupt_in_the_final_flush_still_counts_what_it_drops(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() was interrupted before abandon() ran: 0 dropped was reported for 3 lost."""
+    fake = stand_in(monkeypatch, produce, "make_producer", _Interrupted())
+    producer = EventProducer(NO_BROKER)
+    with pytest.raises(KeyboardInterrupt), producer:
+        pass
+    assert producer.dropped == 3
+    assert fake.calls == ["flush 60", "flush 0", "purge", "flush 0"]

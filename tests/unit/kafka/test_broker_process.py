@@ -1,0 +1,100 @@
+"""Which process `stream-app broker` takes for its broker, without starting Kafka.
+
+A stand-in process whose command line names `kafka.Kafka` and the state folder's
+server.properties, as the broker's java does, plays the broker.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stream_app.kafka import broker
+from stream_app.kafka.broker import BrokerSettings
+from stream_app.kafka.exceptions import BrokerError
+
+SLEEP = "import time; time.sleep(60)"
+
+
+def _spawn(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", SLEEP, *args])  # noqa: S603
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        p.kill()
+        p.wait()
+
+
+def _settings(tmp_path: Path, **kw: object) -> BrokerSettings:
+    return BrokerSettings(state_dir=tmp_path / "state", port=19092, **kw)  # type: ignore[arg-type]
+
+
+def _record(settings: BrokerSettings, pid: int) -> None:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.pid_file.write_text(f"{pid}\n")
+    settings.bootstrap_file.write_text("127.0.0.1:19092\n")
+    (settings.state_dir / "server.properties").write_text(
+        "listeners=PLAINTEXT://127.0.0.1:19092\nadvertised.listeners=PLAINTEXT://127.0.0.1:19092\n")
+
+
+def test_a_stale_pid_file_names_no_broker_and_stop_kills_nothing(
+        tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    """After a crash the pid may be anyone's: status reported it and stop killed it."""
+    settings = _settings(tmp_path)
+    other = _spawn()
+    procs.append(other)
+    _record(settings, other.pid)
+    assert broker.running(settings) is None
+    assert broker.stop(settings) is False
+    assert other.poll() is None, "an unrelated process was killed"
+
+
+def test_our_broker_is_found_and_stopped_and_reused_only_as_asked(
+        tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    settings = _settings(tmp_path)
+    props = str(settings.state_dir / "server.properties")
+    ours = _spawn(broker.MAIN_CLASS, props)
+    procs.append(ours)
+    _record(settings, ours.pid)
+    found = broker.running(settings)
+    assert found is not None and found.pid == ours.pid
+    assert broker.start(settings).pid == ours.pid  # the same settings: reused
+    with pytest.raises(BrokerError, match="other settings"):  # was: a plaintext broker
+        broker.start(_settings(tmp_path, sasl_user="alice", sasl_password="pw"))  # noqa: S106
+    with pytest.raises(BrokerError, match="other settings"):
+        broker.start(BrokerSettings(state_dir=settings.state_dir, port=19093))
+    assert broker.stop(settings) is True
+    assert ours.wait(timeout=10) is not None
+
+
+def test_starts_and_stops_of_one_state_folder_take_turns(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    order: list[str] = []
+
+    def second() -> None:
+        with broker._locked(settings):  # noqa: SLF001 - the lock itself is the point
+            order.append("second")
+
+    with broker._locked(settings):  # noqa: SLF001
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        time.sleep(0.3)
+        order.append("first")
+    waiter.join(timeout=5)
+    assert order == ["first", "second"]
+
+
+def test_a_non_ascii_sasl_password_is_refused(tmp_path: Path) -> None:
+    """Kafka reads server.properties as ISO-8859-1: the broker got a garbled password."""
+    with pytest.raises(BrokerError, match="ASCII"):
+        _settings(tmp_path, sasl_user="alice", sasl_password="p\u00e4ss")  # noqa: S106
