@@ -144,7 +144,7 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         fresh_t, trains_t = self._t(fresh), self._t(trains)
         contrib = m.decayed_log_weight(cfg, ts_t[trains_t], w_t[trains_t], origin)
         new_logpop = m.add_popularity(self._items.logpop, i_t[trains_t], contrib)
-        r_u, r_i, r_w = self._replay_sample(int(trains.sum()))
+        r_u, r_i, r_w = self._replay_sample(int(trains.sum()), new_logpop)
         train_u = torch.cat([u_t[trains_t], r_u])
         train_i = torch.cat([i_t[trains_t], r_i])
         train_w = torch.cat([w_t[trains_t], r_w])
@@ -279,13 +279,18 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
             self._items.released[rows] = torch.as_tensor(list(latest.values()),
                                                          dtype=torch.float64, device=self.device)
 
-    def _replay_sample(self, n_fresh: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _replay_sample(self, n_fresh: int, logpop: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Past events to mix in, of users and items that still have rows. An item without
+        popularity (re-admitted by events of a kind weighted 0 only) is left out: its
+        log Q is -inf, and one such replayed event made the whole step non-finite."""
         n = int(round(self.config.replay_ratio * n_fresh))
         users, items, weights = self._replay.sample(n)
-        ur = self._user_vocab.lookup(list(users))
-        ir = self._item_vocab.lookup(list(items))
+        ur = self._t(self._user_vocab.lookup(list(users)))
+        ir = self._t(self._item_vocab.lookup(list(items)))
         ok = (ur >= 0) & (ir > COLD_ROW)
-        return self._t(ur[ok]), self._t(ir[ok]), self._t(weights[ok])
+        ok &= torch.isfinite(logpop.index_select(0, ir.clamp(min=0)))
+        return ur[ok], ir[ok], self._t(weights)[ok]
 
     @staticmethod
     def _ids(vocab: Vocab, rows: torch.Tensor) -> tuple[str, ...]:

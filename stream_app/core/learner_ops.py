@@ -47,13 +47,16 @@ class LearnerOps(LearnerFields):
         hist = self._users.history(uniq_u)
         if cfg.history_weight == 0:  # no history in x: its items get no gradient, and
             hist = torch.full_like(hist, -1)  # Adam would still move them by momentum
+        elif cfg.recent_decay == 0:  # only the newest item has weight, the same for the rest
+            hist[:, 1:] = -1
         valid = hist >= 0
         sampled = log_q_all = None
         if cfg.negatives != "in_batch":
             sampled, log_q_all = sample_negatives(logpop, cfg.num_sampled_negatives,
                                                   cfg.negative_pop_exponent, self._gen)
         n_in_batch = 0 if cfg.negatives == "sampled" else cfg.max_in_batch_negatives
-        neg = batch_negatives(i, u_inv, len(uniq_u), n_in_batch, sampled, log_q_all, self._gen)
+        who, n_who = _distinct_users(u, u_inv, len(uniq_u))
+        neg = batch_negatives(i, who, n_who, n_in_batch, sampled, log_q_all, self._gen)
         needed = torch.unique(torch.cat([i, neg.rows, hist[valid]]))
         p = self._users.vec.index_select(0, uniq_u).requires_grad_(True)
         v = self._items.vec.index_select(0, needed).requires_grad_(True)
@@ -152,6 +155,12 @@ class LearnerOps(LearnerFields):
             else:
                 t_score = (xs * self._items.vec.index_select(0, target[sl])).sum(1) \
                     + bias[target[sl]]
+                # A target drawn among the candidates takes its score from there: the
+                # product above rounds differently and could rank it above itself.
+                col = torch.searchsorted(cand, target[sl]).clamp(max=max(len(cand) - 1, 0))
+                drawn = cand[col] == target[sl]
+                t_score = torch.where(drawn, scores.gather(1, col.unsqueeze(1)).squeeze(1),
+                                      t_score)
             # float32, 3x cheaper than float64 at 1,024 x 10K scores; a restored
             # learner's row order differs, so its loss agrees to float rounding.
             lse[sl] = torch.logsumexp(scores, dim=1).double() + float(np.log(scale))
@@ -253,3 +262,20 @@ def _history_above(hist: torch.Tensor, bias: torch.Tensor, target: torch.Tensor)
     tb = bias.index_select(0, target).unsqueeze(1)
     return ((other & (hb > tb)).sum(dim=1).double()
             + 0.5 * (other & (hb == tb)).sum(dim=1).double())
+
+
+def _distinct_users(rows: torch.Tensor, inverse: torch.Tensor, n: int
+                    ) -> tuple[torch.Tensor, int]:
+    """Per event, an index of its user for the negatives' mask, and how many there are.
+
+    Users below the admission threshold share the cold row; by row they were one
+    user, so each masked the others' positives out of its negatives (with in-batch
+    negatives the cold row learned against nothing). Each cold event counts as its
+    own user here: a cold user's two events then see each other's positive as a
+    negative, the smaller error.
+    """
+    cold = rows == COLD_ROW
+    if not bool(cold.any()):
+        return inverse, n
+    own = torch.arange(int(cold.sum()), device=rows.device) + n
+    return inverse.masked_scatter(cold, own), n + len(own)

@@ -49,7 +49,9 @@ def batch_negatives(pos_rows: torch.Tensor, user_idx: torch.Tensor, n_users: int
     Q_j is the expected number of draws of j: m n_j / B for the in-batch part
     (m positives drawn uniformly from the B events, all of them when m >= B;
     n_j = count of j among the positives) plus M q_j for the M popularity
-    samples. Capping m keeps the step O(B * (m + M)) instead of O(B^2).
+    samples; the candidates are unique, so this is a chosen bias, not an
+    unbiased correction (see `loss.py`). Capping m keeps the step O(B * (m + M))
+    instead of O(B^2).
     pos_rows, user_idx: (B,); user_idx < n_users.
     """
     b = len(pos_rows)

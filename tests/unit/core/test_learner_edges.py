@@ -1,0 +1,54 @@
+"""Edge cases of the learning step found by a review of the core (each failed before)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from stream_app.core import Learner, Outcome
+from stream_app.events import EventKind
+from tests.device import DEVICE
+from tests.unit.core.streams import T0, ev, small_config
+
+
+def test_users_below_the_admission_threshold_are_not_each_others_positives() -> None:
+    """They share the cold row, and the mask took them for one user: four new users on
+    four items learned against no negative at all (loss 0)."""
+    losses = {}
+    for threshold in (1, 2):
+        learner = Learner(small_config(negatives="in_batch", replay_ratio=0.0,
+                                       admission_threshold=threshold), device=DEVICE)
+        items = [ev(f"w{k}{n}", "seed", f"i{k}", T0 + n) for k in range(4) for n in range(2)]
+        learner.learn(items)  # every item admitted
+        fresh = learner.learn([ev(f"e{k}", f"new{k}", f"i{k}", T0 + 2) for k in range(4)])
+        losses[threshold] = fresh.loss
+    assert losses[2] > 1.0  # ~log 4: three negatives each, as for users with their own rows
+    assert math.isclose(losses[1], losses[2], rel_tol=0.2)
+
+
+def test_a_replayed_item_without_popularity_does_not_spoil_the_step() -> None:
+    """An item evicted, then back through zero-weight clicks only, has log Q -inf: a replay
+    of its old purchase made every such step non-finite, fresh events included."""
+    learner = Learner(small_config(click_weight=0.0, purchase_weight=1.0, max_items=2,
+                                   replay_ratio=4.0, negatives="sampled"), device=DEVICE)
+    buy, click = EventKind.PURCHASE, EventKind.CLICK
+    for n, item in enumerate("ABC"):
+        learner.learn([ev(f"p{n}", "u", item, T0 + n, buy)])  # C evicts A
+    learner.learn([ev("c", "u", "A", T0 + 3, click)])  # A back, weight 0: no popularity
+    outcomes = [learner.learn([ev(f"x{k}", "v", "C", T0 + 4 + k, buy)]).outcomes
+                for k in range(10)]
+    assert all(o == (Outcome.APPLIED,) for o in outcomes)
+
+
+def test_with_recent_decay_0_older_history_items_do_not_move_under_adam() -> None:
+    """Their weight is 0, so no gradient; Adam still moved them by momentum."""
+    learner = Learner(small_config(optimizer="adam", recent_decay=0.0, replay_ratio=0.0,
+                                   negatives="in_batch"), device=DEVICE)
+    learner.learn([ev("a", "u", "B", T0), ev("b", "w", "B", T0)])
+    learner.learn([ev("c", "u", "C", T0 + 1), ev("d", "w", "D", T0 + 1)])  # B: u's 2nd newest
+    row = learner._item_vocab.row("B")  # noqa: SLF001
+    before = learner._items.vec[row].clone()  # noqa: SLF001
+    learner.learn([ev("e", "u", "E", T0 + 2), ev("f", "w", "F", T0 + 2)])
+    assert torch.equal(learner._items.vec[row], before)  # noqa: SLF001
+
