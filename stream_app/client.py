@@ -43,8 +43,10 @@ KEEP = 100_000
 class ScoreClient:
     """Send score requests and collect their predictions by request id.
 
-    >>> # with ScoreClient(kafka) as client:
-    >>> #     prediction = client.request("u42", k=10, timeout_s=5)
+    Usage (needs a broker and a scorer, so not a doctest)::
+
+        with ScoreClient(kafka) as client:
+            prediction = client.request("u42", k=10, timeout_s=5)
     """
 
     def __init__(self, kafka: KafkaConfig, *, client_id: str = "stream-app-client") -> None:

@@ -75,6 +75,8 @@ def test_a_partition_paused_for_running_ahead_is_read_to_its_end_across_rebalanc
         for _ in range(20):  # partition 1 drains slowly, partition 0 queues up
             for r in first.poll_batch(50, 0.2):
                 last_seen[(r.topic, r.partition)] = r.offset
+        # The case under test: without the pause there is nothing to come back paused.
+        assert (t.clicks, 0) in first._paused  # noqa: SLF001
         second = member("second")
         try:
             for _ in range(40):

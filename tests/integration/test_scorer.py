@@ -137,6 +137,7 @@ def test_answers_are_the_exact_top_k(kafka: KafkaConfig, world) -> None:  # type
                                          banned=seen | {"i7", "i8"})
         assert got["ghost"].fallback and ids(got["ghost"]) == brute(None, items, bias, 4)
         assert all(set(i.because) <= seen for i in got["why"].items)
+        assert any(i.because for i in got["why"].items)  # explain reached the answer
         assert got["full-u0"].model_version == "mf-test-1"
 
         # Tombstones: the user falls back to popularity, a deleted item disappears.
