@@ -84,14 +84,60 @@ class LearnerSnapshot(LearnerFields):
                          "pending": list(v.pending.items())}
                   for name, v in (("users", self._user_vocab), ("items", self._item_vocab))}
         return {"config": dataclasses.asdict(self.config), "global": self.global_state(),
-                "tables": tables, "vocabs": vocabs,
-                "replay": {"seen": self._replay.seen, "size": self._replay.size,
-                           "users": self._replay.users.copy(),
-                           "items": self._replay.items.copy(),
-                           "weights": self._replay.weights.copy(),
-                           "rng": copy.deepcopy(self._replay.rng.bit_generator.state)},
+                "tables": tables, "vocabs": vocabs, "replay": self._replay_state(),
                 "dedup": self._dedup.state(),
                 "rate": dict(self._rate._counts)}  # noqa: SLF001
+
+    def volatile_state(self) -> dict[str, Any]:
+        """What rows do not carry, copied: the dedup window, the rate-cap counters, the
+        counts of ids below `admission_threshold` and the replay buffer.
+
+        A restore from the changelog starts them empty. The trainer keeps this from
+        its last commit, so a restore inside a running process (after an aborted
+        transaction, on a rebalance) puts them back as they were: otherwise a
+        committed event's admission count was lost (the event without effect) and a
+        re-sent copy of a committed event was applied again.
+        """
+        self._purge_forgotten()
+        return {"forget_requests": self._forget_requests,
+                "pending": {name: list(v.pending.items())
+                            for name, v in (("users", self._user_vocab),
+                                            ("items", self._item_vocab))},
+                "replay": self._replay_state(), "dedup": self._dedup.state(),
+                "rate": dict(self._rate._counts)}  # noqa: SLF001
+
+    def load_volatile_state(self, state: dict[str, Any]) -> None:
+        """Put a `volatile_state()` back over rows just restored from the changelog.
+
+        Ids that have a row now are not pending. The replay buffer and the rate
+        counters stay as the restore left them (emptied) when it read another count
+        of forget requests than the state's: a forget the state does not reflect
+        (another trainer's) may have erased users whose events they hold.
+        """
+        for name, v in (("users", self._user_vocab), ("items", self._item_vocab)):
+            v.pending.clear()
+            v.pending.update((i, n) for i, n in state["pending"][name] if i not in v.index)
+        self._dedup = Deduplicator(self.config.dedup_window)
+        self._dedup.load(state["dedup"])
+        if int(state["forget_requests"]) == self._forget_requests:
+            self._load_replay(state["replay"])
+            self._rate = RateLimiter(self.config.rate_cap_events,
+                                     self.config.rate_cap_window_ms)
+            self._rate.commit(state["rate"], self._watermark_ms or 0)
+            self._forgotten = set()  # the state is the live one: nothing left to purge
+
+    def _replay_state(self) -> dict[str, Any]:
+        return {"seen": self._replay.seen, "size": self._replay.size,
+                "users": self._replay.users.copy(), "items": self._replay.items.copy(),
+                "weights": self._replay.weights.copy(),
+                "rng": copy.deepcopy(self._replay.rng.bit_generator.state)}
+
+    def _load_replay(self, rep: dict[str, Any]) -> None:
+        self._replay.seen = rep["seen"]
+        self._replay.size = rep.get("size", min(rep["seen"], self._replay.capacity))
+        self._replay.users, self._replay.items = rep["users"].copy(), rep["items"].copy()
+        self._replay.weights = rep["weights"].copy()
+        self._replay.rng.bit_generator.state = copy.deepcopy(rep["rng"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict()` taken from a learner with the same config."""
@@ -107,12 +153,7 @@ class LearnerSnapshot(LearnerFields):
             v.last_ts, v.free = src["last_ts"].copy(), list(src["free"])
             v.pending.clear()
             v.pending.update(src["pending"])
-        rep = state["replay"]
-        self._replay.seen = rep["seen"]
-        self._replay.size = rep.get("size", min(rep["seen"], self._replay.capacity))
-        self._replay.users, self._replay.items = rep["users"].copy(), rep["items"].copy()
-        self._replay.weights = rep["weights"].copy()
-        self._replay.rng.bit_generator.state = copy.deepcopy(rep["rng"])
+        self._load_replay(state["replay"])
         self._dedup = Deduplicator(self.config.dedup_window)
         self._dedup.load(state["dedup"])
         self._rate = RateLimiter(self.config.rate_cap_events, self.config.rate_cap_window_ms)

@@ -177,9 +177,17 @@ def rewind_to_committed(consumer: Consumer, partitions: list[TopicPartition],
         try:
             consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
         except KafkaException as exc:
-            # The partition may have been revoked meanwhile; its new owner
-            # starts from the committed offset anyway.
-            log.warning("seek %s[%d] failed: %s", tp.topic, tp.partition, exc)
+            # Revoked meanwhile: its new owner starts from the committed offset anyway.
+            # Still ours: reading on would skip the aborted batch, whose events were
+            # neither applied nor dead-lettered; a restart reads from the commit.
+            if any((a.topic, a.partition) == (tp.topic, tp.partition)
+                   for a in consumer.assignment()):
+                raise FatalTransactionError(
+                    f"cannot rewind {tp.topic}[{tp.partition}] to offset {offset} after an "
+                    f"abort ({exc}): exiting so a restart reads from the committed "
+                    "offsets") from exc
+            log.warning("seek %s[%d] failed, revoked meanwhile: %s", tp.topic, tp.partition,
+                        exc)
 
 
 class TransactionalPublisher:

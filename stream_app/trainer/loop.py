@@ -12,12 +12,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from stream_app.config import KafkaConfig
 from stream_app.core import EvalStats, Learner, LearnerConfig
 from stream_app.device import resolve_device
 from stream_app.events import DlqRecord, Event
 from stream_app.kafka.admin import require_topics
+from stream_app.kafka.clients import TRANSACTIONAL_DEFAULTS
 from stream_app.kafka.consumer import GroupConsumer
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
@@ -70,6 +72,7 @@ class Trainer:
         self._evals: list[EvalStats] = []
         self._counts = TxnCounts()
         self._restored_ends: dict[int, int] | None = None
+        self._volatile: dict[str, Any] | None = None  # volatile_state() at the last commit
         self._own_users: set[str] | None = None  # see _scope
         self._aborts_in_a_row = 0
         self._snapshot_at = time.monotonic()
@@ -95,6 +98,8 @@ class Trainer:
         stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"),
                         on_chunk=lambda: self._beat("restore"),
                         start=None if tag is None else tag.ends)
+        if self._volatile is not None:  # this process committed: its own state is exact
+            self.learner.load_volatile_state(self._volatile)
         self._restored_ends = stats.ends
         self.metrics.restore_snapshot_age.set(
             -1 if tag is None else time.time() - tag.written_ms / 1000)
@@ -116,7 +121,9 @@ class Trainer:
         if self._snapshots is None or not (due or stopping):
             return
         self._snapshot_at = time.monotonic()  # due again one interval on, written or not
-        if not self._owns_every_input(consumer):
+        # In partial scope (`_scope`) the learner differs from the changelog by rows
+        # other trainers publish: only a full-scope learner is a snapshot of it.
+        if self._own_users is not None or not self._owns_every_input(consumer):
             return
         self._beat("snapshot")
         self._snapshots.write(self.learner, wait=stopping)
@@ -174,7 +181,9 @@ class Trainer:
         whole = self._owns_every_input(consumer)  # asked first: a long restore makes the
         # consumer look too long without a poll, and the answer False
         if self.cfg.restore:
-            consumer.settle(parts)  # a previous owner's open transaction ends first
+            # A previous owner's open transaction ends first: committed, or aborted by
+            # the broker after transaction.timeout.ms (which -X may raise past 60 s).
+            consumer.settle(parts, timeout_s=max(60.0, self._txn_timeout_s() + 30.0))
             if consumer.end_offsets(self.topics.embeddings) != self._restored_ends:
                 log.info("partitions=%s newly assigned and the changelog moved: restoring",
                          parts)
@@ -184,6 +193,11 @@ class Trainer:
                 finally:
                     self.ready = was
         self._scope(whole)
+
+    def _txn_timeout_s(self) -> float:
+        ms = self.kafka.client.get("transaction.timeout.ms",
+                                   TRANSACTIONAL_DEFAULTS["transaction.timeout.ms"])
+        return float(ms) / 1000
 
     def _owns_every_input(self, consumer: GroupConsumer) -> bool:
         try:
@@ -294,6 +308,7 @@ class Trainer:
                 self.learner.clear_replay()  # but the restore may have loaded a snapshot's
         else:
             self._aborts_in_a_row = 0
+            self._volatile = self.learner.volatile_state()  # what an abort goes back to
             if self._own_users is not None:
                 leave_scope(self._own_users, tombstones)
             observe_commit(self.metrics, self._counts, batch, decoded, blocks, dlq,

@@ -77,3 +77,28 @@ def test_an_aborted_batch_is_read_again_from_its_first_offset_when_none_is_commi
                         {("clicks", 0): 150, ("clicks", 1): 5000, ("clicks", 2): 7000})
     # The committed offset wins where there is one (120, not the batch's 150).
     assert consumer.seeks == [("clicks", 0, 120), ("clicks", 1, 5000), ("clicks", 2, 7000)]
+
+
+class _SeekFails(_Positions):
+    """`seek` fails for every partition; `owned` are those still assigned."""
+
+    def __init__(self, owned: list[tuple[str, int]]) -> None:
+        super().__init__({("clicks", 0): 10, ("clicks", 1): 20})
+        self.owned = owned
+
+    def seek(self, tp: TopicPartition) -> None:
+        raise KafkaException(KafkaError(KafkaError._STATE, "erroneous state"))  # noqa: SLF001
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in self.owned]
+
+
+def test_a_rewind_that_fails_on_a_partition_still_ours_stops_the_trainer() -> None:
+    """Logged and read on, the aborted batch's events were skipped: neither applied nor
+    dead-lettered. A revoked partition's failure is still only logged."""
+    from stream_app.kafka.exceptions import FatalTransactionError
+
+    batch = [TopicPartition("clicks", p, 0) for p in range(2)]
+    rewind_to_committed(_SeekFails(owned=[]), batch, {})  # type: ignore[arg-type]
+    with pytest.raises(FatalTransactionError, match=r"cannot rewind clicks\[1\]"):
+        rewind_to_committed(_SeekFails(owned=[("clicks", 1)]), batch, {})  # type: ignore[arg-type]

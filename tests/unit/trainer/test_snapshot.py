@@ -292,3 +292,28 @@ def test_the_changelog_in_any_chunks_restores_a_capped_table_with_late_events(se
         restored.finish_restore()
         assert sorted(restored.user_ids()) == sorted(live.user_ids()), size
         _same(_all_rows(restored), _all_rows(live))
+
+
+def test_a_restore_in_a_running_trainer_keeps_what_rows_do_not_carry() -> None:
+    """After an abort or a rebalance the trainer restores from the changelog, which starts
+    the dedup window, admission counts, rate counters and replay buffer empty: a committed
+    event's admission count was lost (the event without effect) and a re-sent copy of a
+    committed event applied again. The state kept from the last commit goes back on."""
+    config = small_config(admission_threshold=2)
+    first = [ev("e1", "u1", "i1", T0), ev("e2", "u1", "i1", T0), ev("e3", "u1", "i2", T0),
+             ev("e4", "u2", "i2", T0), ev("x1", "u9", "i1", T0 + 1)]  # u9: 1 of 2 events
+    second = [ev("e3", "u1", "i2", T0), ev("x2", "u9", "i2", T0 + 2)]  # a copy; u9's 2nd
+    ref = Learner(config, device=DEVICE)
+    ref.learn(first)
+    want = ref.learn(second)
+    live = Learner(config, device=DEVICE)
+    log = _publish(live, first)
+    kept = live.volatile_state()  # at the commit
+    live.learn(second)  # its transaction aborts: the learner goes back to the commit
+    restored = Learner(config, device=DEVICE)
+    apply_changelog(restored, log)
+    restored.load_volatile_state(kept)
+    got = restored.learn(second)
+    assert got.outcomes == want.outcomes == (Outcome.DUPLICATE, Outcome.APPLIED)
+    assert "u9" in restored.user_ids()
+    _same(_all_rows(restored), _all_rows(ref))
