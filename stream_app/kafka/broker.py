@@ -201,12 +201,18 @@ def _our_broker(pid: int, settings: BrokerSettings) -> bool:
     if not Path("/proc/self").exists():
         return True  # no /proc (macOS): trust the pid file
     try:
-        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        cmdline = (proc / "cmdline").read_bytes()
+        for _ in range(20):  # empty for a moment while the process is still exec-ing
+            if cmdline:
+                break
+            time.sleep(0.05)
+            cmdline = (proc / "cmdline").read_bytes()
         state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
+    args = cmdline.split(b"\0")
     props = str(settings.state_dir / "server.properties").encode()
-    return state != "Z" and MAIN_CLASS.encode() in cmdline and props in cmdline
+    return state != "Z" and MAIN_CLASS.encode() in args and props in args
 
 
 @contextlib.contextmanager
