@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from bench.common import machine
 from stream_app.codec import decode_embedding, decode_event, encode_embedding
 from stream_app.codec.events import schema_event
 from stream_app.codec.wire import (
@@ -109,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = measure_events(payloads, args.repeat)
     rows = measure_embeddings(args.rows, args.dim, args.repeat)
     result: dict[str, Any] = {
+        "machine": machine(),
         "events": events,
         "events_ratio_vs_orjson": {
             k: events["orjson_loads"] / v for k, v in events.items() if k != "orjson_loads"

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import machine
 from bench.quality_offline import parse_overrides
 from stream_app.core import Learner, LearnerConfig
 from stream_app.events import Event, EventKind
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 with args.profile.open("a") as f:
                     f.write(profile(batch, dim, args) + "\n\n")
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+        args.out.write_text(json.dumps({"benchmark": "core_throughput", "machine": machine(),
+                                        "results": results}, indent=2))
     return 0
 
 
