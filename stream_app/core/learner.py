@@ -93,6 +93,7 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         self._watermark_ms: int | None = None
         self._deferred: dict[int, tuple[str, ...]] = {}  # user row -> recent ids to resolve
         self._forgotten: set[str] = set()  # users to drop from the replay buffer
+        self._restore_evicted: tuple[list[str], list[str]] = ([], [])
         self._forget_requests = 0  # forget requests applied, over the learner's history
 
     # ------------------------------------------------------------------ learning
@@ -107,8 +108,10 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         self._purge_forgotten()
         outcomes, keep, rate_pending = screen(events, self._dedup, self._rate)
         if not keep:
+            gone = self._take_restore_evicted()
             return StepStats(step=self._step, loss=float("nan"), n_applied=0,
-                             outcomes=tuple(outcomes))
+                             outcomes=tuple(outcomes),
+                             evicted_user_ids=gone[0], evicted_item_ids=gone[1])
         kept = [events[i] for i in keep]
         cfg = self.config
         uids = [e.user_id for e in kept]
@@ -160,8 +163,10 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
             self._put_back(cleared)
             for i in keep:
                 outcomes[i] = Outcome.NON_FINITE
+            gone = self._take_restore_evicted()
             return StepStats(step=self._step, loss=float("nan"), n_applied=0,
-                             outcomes=tuple(outcomes))
+                             outcomes=tuple(outcomes),
+                             evicted_user_ids=gone[0], evicted_item_ids=gone[1])
         loss, (g_user_rows, g_user), (g_item_rows, g_item) = grads
 
         # Commit, in an order that keeps every structure consistent on its own.
@@ -192,12 +197,13 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
                                *([moved["user"]] if "user" in moved else [])])
         # Items whose release prior switched on or off changed their served bias.
         changed_i = torch.cat([i_t[fresh_t], flips, *([moved["item"]] if "item" in moved else [])])
+        gone = self._take_restore_evicted()  # after this step admitted its ids
         t4 = time.perf_counter()
         return StepStats(
             step=self._step, loss=loss, n_applied=len(kept), outcomes=tuple(outcomes),
             changed_user_ids=self._ids(self._user_vocab, changed_u),
             changed_item_ids=self._ids(self._item_vocab, changed_i),
-            evicted_user_ids=evicted[0], evicted_item_ids=evicted[1],
+            evicted_user_ids=evicted[0] + gone[0], evicted_item_ids=evicted[1] + gone[1],
             admitted_users=len(u_adm.new_ids), admitted_items=len(i_adm.new_ids),
             applied_update=applied,
             n_replayed=len(r_u),

@@ -238,7 +238,8 @@ class LearnerState(LearnerFields):
         vocab.overflow = max(RESTORE_OVERFLOW_MIN, int(vocab.max_rows * RESTORE_OVERFLOW))
         pending: dict[int, int] = {}  # table row -> index in `rows` of its latest row
         for k, (ident, ts) in enumerate(zip(rows.ids, rows.last_event_ts, strict=True)):
-            r, _evicted_ids, evicted = vocab.force(ident, ts)
+            r, evicted_ids, evicted = vocab.force(ident, ts)
+            self._restore_evicted[0 if is_user else 1].extend(evicted_ids)
             if len(evicted):
                 self._write_columns(rows, pending)
                 pending.clear()
@@ -250,7 +251,19 @@ class LearnerState(LearnerFields):
         """Evict what a restore left over the caps (`Vocab.trim`): usually nothing."""
         for is_user, vocab in ((True, self._user_vocab), (False, self._item_vocab)):
             if vocab.overflow:
-                self._drop_rows(is_user, vocab.trim())
+                rows, ids = vocab.trim()
+                self._drop_rows(is_user, rows)
+                self._restore_evicted[0 if is_user else 1].extend(ids)
+
+    def _take_restore_evicted(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Ids a restore evicted over the caps that still have no row, once: the next step
+        reports them evicted, so the trainer publishes their tombstones. Without them
+        the changelog, and every scorer, kept rows the model no longer had."""
+        out = tuple(tuple(i for i in dict.fromkeys(ids) if i not in vocab.index)
+                    for ids, vocab in zip(self._restore_evicted,
+                                          (self._user_vocab, self._item_vocab), strict=True))
+        self._restore_evicted = ([], [])
+        return out[0], out[1]
 
     def _drop_rows(self, is_user: bool, evicted: npt.NDArray[np.int64]) -> None:
         """Clear rows the restore evicted (their ids are already released)."""

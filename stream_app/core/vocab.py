@@ -201,19 +201,18 @@ class Vocab:
         self.pending.pop(id_, None)
         return self._allocate(id_, last_ts), ids, evicted
 
-    def trim(self) -> npt.NDArray[np.int64]:
+    def trim(self) -> tuple[npt.NDArray[np.int64], list[str]]:
         """End a restore's `overflow`: evict the least recently used rows over the cap.
 
         After a whole changelog nothing is over it, unless the cap was lowered
-        or other trainers' rows were read too; returns the rows evicted.
+        or other trainers' rows were read too; returns the rows evicted and their ids.
         """
         self.overflow = 0
         over = len(self) - self.max_rows
         if over <= 0:
-            return np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=np.int64), []
         evicted = self._evict_lru(over, np.zeros(0, dtype=np.int64))
-        self._release(evicted)
-        return evicted
+        return evicted, self._release(evicted)
 
     def remove(self, id_: str) -> int | None:
         """Free the row of `id_` (forget / tombstone); returns the freed row."""

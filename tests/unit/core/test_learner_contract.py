@@ -321,6 +321,29 @@ def test_bulk_restore_equals_restoring_row_by_row_even_when_the_cap_evicts(
                                                                      field), nan=True)
 
 
+def test_rows_a_restore_evicts_over_the_cap_are_reported_evicted_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer publishes tombstones for a step's evicted ids. A restore that read more
+    rows than the cap (a lowered cap, other trainers' rows) evicted silently: the
+    changelog, and every scorer, kept rows the model no longer had."""
+    monkeypatch.setattr(learner_state, "RESTORE_OVERFLOW", 0.125)
+    monkeypatch.setattr(learner_state, "RESTORE_OVERFLOW_MIN", 0)
+    a = _trained(VARIANTS[0], n_batches=6)
+    rows = _all_rows(a)
+    small = Learner(small_config(**{**VARIANTS[0], "max_users": 8, "max_items": 12}),
+                    device=DEVICE)
+    small.apply_rows(rows)
+    small.finish_restore()
+    gone_users = set(a.user_ids()) - set(small.user_ids())
+    gone_items = set(a.item_ids()) - set(small.item_ids())
+    assert gone_users and gone_items
+    first = small.learn([])  # nothing to learn: still reported
+    assert set(first.evicted_user_ids) == gone_users
+    assert set(first.evicted_item_ids) == gone_items
+    again = small.learn([])
+    assert not again.evicted_user_ids and not again.evicted_item_ids
+
+
 def test_integral_float_counts_from_another_writer_restore() -> None:
     """The schema's `integer` takes 6.0 (JSON has one number type): such a row decodes
     to an int count and restores like any other, alone or beside int counts."""

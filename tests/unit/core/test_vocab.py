@@ -60,7 +60,8 @@ def test_a_restore_may_overflow_the_cap_by_a_bound_until_trimmed() -> None:
     evicted = [len(v.force(f"u{k}", 100 + k)[2]) for k in range(7)]
     assert evicted == [0, 0, 0, 0, 0, 1, 1] and len(v) == 5
     assert v.allocated <= 3 + 1 + 2
-    assert v.trim().tolist() == [3, 4] and len(v) == 3  # u2 and u3, the least recent, leave
+    rows, ids = v.trim()
+    assert rows.tolist() == [3, 4] and ids == ["u2", "u3"] and len(v) == 3  # the least recent
     assert sorted(v.index) == ["u4", "u5", "u6"] and v.overflow == 0
 
 
