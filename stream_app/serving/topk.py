@@ -88,9 +88,10 @@ def user_vectors(table: EmbeddingTable, requests: Sequence[ScoreRequest],
 
     With the trainer's serving mix (from `meta:trainer`) and the user's id
     vector, the vector is rebuilt from the current item vectors; otherwise the
-    published serving vector is used as it is. A rebuilt vector that is not
-    finite or whose squared norm overflows (a corrupt id vector) is served
-    popularity: checked here once per batch, not on each row of a load.
+    published serving vector is used as it is. A vector that is not finite or
+    whose squared norm overflows (a corrupt row) is served popularity: checked
+    here once per batch, not on each row of a load, for every user of the batch
+    (only rebuilt ones were, so a user's answer depended on the rest of its batch).
     """
     dim = table.dim or 0
     out = np.zeros((len(requests), dim), dtype=np.float32)
@@ -112,11 +113,11 @@ def user_vectors(table: EmbeddingTable, requests: Sequence[ScoreRequest],
     vectors = torch.from_numpy(out).to(table.device)
     if fresh and table.mix is not None:
         vectors[fresh] = mixed_vectors(table, table.mix, users)
-        bad = ~torch.isfinite((vectors * vectors).sum(dim=1))  # NaN, inf, or a norm past it
-        if bool(bad.any()):
-            vectors[bad] = 0.0
-            for i in torch.nonzero(bad).flatten().tolist():
-                reasons[i] = BAD_USER_VECTOR
+    bad = ~torch.isfinite((vectors * vectors).sum(dim=1))  # NaN, inf, or a norm past it
+    if bool(bad.any()):
+        vectors[bad] = 0.0
+        for i in torch.nonzero(bad).flatten().tolist():
+            reasons[i] = BAD_USER_VECTOR
     return vectors, reasons
 
 

@@ -115,24 +115,38 @@ def test_writes_after_the_sort_keep_answers_exact(scans: list[int]) -> None:
     table, items, biases, users = filled("zipf", 2000, 0.1)
     index = table.bounds()
     rng = np.random.default_rng(11)
-    # The bottom of the order jumps to the top, the top sinks, vectors grow, items come and go.
+    # The top sinks, vectors grow, middling items rise, items come and go.
     by_bias = sorted(items, key=biases.__getitem__)
-    rising, sinking, growing = by_bias[:5], by_bias[-20:-5], list(items)[100:110]
-    for n, i in enumerate(rising):
-        biases[i] = 5.0 + n / 10
+    sinking, growing, rising = by_bias[-20:-5], list(items)[100:110], by_bias[:5]
     for n, i in enumerate(sinking):
         biases[i] = -20.0 - n / 10
     for i in growing:
         items[i] = items[i] * 8
+    for n, i in enumerate(rising):  # from the bottom to the middle, below the head
+        biases[i] = -6.0 - n / 10
     for n in range(30):
         items[f"new{n}"] = rng.normal(scale=0.1, size=DIM).astype(np.float32)
-        biases[f"new{n}"] = float(rng.normal())
-    for i in rising + sinking + growing + [f"new{n}" for n in range(30)]:
+        biases[f"new{n}"] = -10.0 + float(rng.normal())
+    for i in sinking + growing + rising + [f"new{n}" for n in range(30)]:
         table.upsert(item(i, items[i], biases[i]))
-    for i in (rising[0], "i401"):
+    for i in (sinking[0], "i401"):
         table.delete("item", i)
         del items[i], biases[i]
     assert table.bounds() is index, "few writes: the index is kept, with raised bounds"
+    assert_brute_force(table, items, biases, users, 20)
+    assert scans
+
+
+def test_an_item_that_jumps_into_the_head_rebuilds_the_index(scans: list[int]) -> None:
+    """A new hit from the end of the order raised the bound of every block before its
+    own, so every request scanned the catalogue until a quarter of it was rewritten."""
+    table, items, biases, users = filled("zipf", 2000, 0.1)
+    index = table.bounds()
+    hit = min(items, key=biases.__getitem__)
+    biases[hit] = 5.0
+    table.upsert(item(hit, items[hit], biases[hit]))
+    rebuilt = table.bounds()
+    assert rebuilt is not index and not rebuilt.stale
     assert_brute_force(table, items, biases, users, 20)
     assert scans
 
@@ -148,7 +162,9 @@ def test_many_writes_rebuild_the_index() -> None:
 def test_rewriting_the_same_hot_items_does_not_rebuild() -> None:
     table, items, biases, users = filled("zipf")
     index = table.bounds()
-    hot = list(items)[:50]
+    # The most popular getting more so, in the head: a tail item rising into the head
+    # would rebuild the index (test_an_item_that_jumps_into_the_head_rebuilds_the_index).
+    hot = sorted(items, key=biases.__getitem__, reverse=True)[:50]
     for _ in range(10):
         for i in hot:
             biases[i] += 0.1

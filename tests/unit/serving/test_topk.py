@@ -187,6 +187,25 @@ def test_a_user_whose_rebuilt_vector_is_not_finite_is_served_popularity() -> Non
     assert good.fallback is None and all(np.isfinite(i.score) for i in good.items)
 
 
+def test_a_published_vector_that_overflows_falls_back_alone_or_batched() -> None:
+    """Only rebuilt vectors were checked: a user served its published vector (no id
+    vector) got the fallback only when batched with a user whose vector was rebuilt."""
+    table = EmbeddingTable(device=DEVICE)
+    for n, b in enumerate([0.5, 3.0]):
+        table.upsert(item(f"i{n}", np.ones(DIM, np.float32), b))
+    big = np.zeros(DIM, dtype=np.float32)
+    big[0] = 1e20  # finite; its squared norm is not
+    table.upsert(user("big", big))
+    table.upsert(EmbeddingRow(entity="user", id="fresh", vector=np.zeros(DIM, np.float32),
+                              bias=0.0, model_version="v", updates=3, updated_at=1,
+                              last_event_ts=1, recent_items=("i0",),
+                              state={"id_vec": np.ones(DIM, np.float32)}))
+    table.mix = ServingMix(history_weight=0.5, recent_decay=0.9, recent_items=5)
+    ask = [ScoreRequest(request_id="r", user_id=u, k=2, exclude_seen=False)
+           for u in ("big", "fresh")]
+    assert rank(table, ask[:1])[0].fallback == rank(table, ask)[0].fallback == "bad_user_vector"
+
+
 def test_mixed_batch_matches_one_by_one(world) -> None:  # type: ignore[no-untyped-def]
     table, _, _, users = world
     reqs = [ScoreRequest(request_id="a", user_id="u4", k=5),
