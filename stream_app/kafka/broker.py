@@ -13,9 +13,6 @@ The state folder holds `server.properties`, the data, `broker.pid` and
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -23,20 +20,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stream_app.kafka.broker_jars import ensure_jars
+from stream_app.kafka.broker_process import MAIN_CLASS, is_broker, locked, pid_alive
 from stream_app.kafka.exceptions import BrokerError
 
 log = logging.getLogger(__name__)
 
-KAFKA_VERSION = "3.9.1"
-POM = Path(__file__).with_name("broker-pom.xml")
-MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 
 
@@ -124,42 +118,6 @@ class RunningBroker:
     log_file: Path
 
 
-def ensure_jars(settings: BrokerSettings) -> Path:
-    """Return the folder of broker jars, resolving them from Maven Central once.
-
-    The folder's `.complete` holds the digest of the POM it was resolved from, so a
-    changed POM (another dependency version) resolves them again.
-    """
-    if settings.kafka_home is not None:
-        return settings.kafka_home / "libs"
-    libs = settings.cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
-    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
-    done = libs / ".complete"
-    if done.exists() and done.read_text().strip() == digest:
-        return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise BrokerError(
-            "Maven (mvn) is not on PATH; it fetches the Kafka broker jars from Maven "
-            "Central. Install it (apt-get install maven), or set KAFKA_HOME to a Kafka "
-            "distribution, or pass --bootstrap-servers of a running broker"
-        )
-    libs.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
-    log.info("resolving Kafka %s broker jars with Maven into %s", KAFKA_VERSION, libs)
-    cmd = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-           f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
-    if proc.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise BrokerError(f"mvn could not resolve the Kafka jars:\n{proc.stdout[-2000:]}"
-                          f"{proc.stderr[-2000:]}")
-    (tmp / ".complete").write_text(digest)
-    shutil.rmtree(libs, ignore_errors=True)
-    tmp.rename(libs)
-    return libs
-
-
 def _java() -> str:
     java = shutil.which("java")
     if java is None:
@@ -185,59 +143,6 @@ def _port_in_use(port: int) -> bool:
         except OSError:
             return True
     return False
-
-
-def _our_broker(pid: int, settings: BrokerSettings) -> bool:
-    """Whether `pid` is a live broker started from this state folder.
-
-    A pid file outlives its process (a crash, a reboot), and the pid may then
-    belong to anything: `stop` would signal it and `status` report it. Where
-    /proc exists, the process must be the broker's java running this folder's
-    server.properties and not a zombie.
-    """
-    if not _pid_alive(pid):
-        return False
-    proc = Path("/proc") / str(pid)
-    if not Path("/proc/self").exists():
-        return True  # no /proc (macOS): trust the pid file
-    try:
-        cmdline = (proc / "cmdline").read_bytes()
-        for _ in range(20):  # empty for a moment while the process is still exec-ing
-            if cmdline:
-                break
-            time.sleep(0.05)
-            cmdline = (proc / "cmdline").read_bytes()
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    args = cmdline.split(b"\0")
-    props = str(settings.state_dir / "server.properties").encode()
-    return state != "Z" and MAIN_CLASS.encode() in args and props in args
-
-
-@contextlib.contextmanager
-def _locked(settings: BrokerSettings) -> Iterator[None]:
-    """One start or stop at a time per state folder: two starts at once both wiped
-    `data/`, launched a broker, and left one that no pid file named."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    with (settings.state_dir / ".lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); reap it if it is ours.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return done == 0
 
 
 def server_properties(settings: BrokerSettings, port: int, controller_port: int) -> str:
@@ -298,7 +203,7 @@ def running(settings: BrokerSettings) -> RunningBroker | None:
         bootstrap = settings.bootstrap_file.read_text().strip()
     except (FileNotFoundError, ValueError):
         return None
-    if not _our_broker(pid, settings):
+    if not is_broker(pid, settings.state_dir / "server.properties"):
         return None
     return RunningBroker(pid=pid, bootstrap_servers=bootstrap, log_file=settings.log_file)
 
@@ -306,7 +211,7 @@ def running(settings: BrokerSettings) -> RunningBroker | None:
 def start(settings: BrokerSettings) -> RunningBroker:
     """Start the broker (or return the one already running from this state folder, if it
     listens as asked)."""
-    with _locked(settings):
+    with locked(settings.state_dir):
         existing = running(settings)
         if existing is not None:
             _check_same(existing, settings)
@@ -329,7 +234,7 @@ def _check_same(existing: RunningBroker, settings: BrokerSettings) -> None:
 
 def _start(settings: BrokerSettings) -> RunningBroker:
     java = _java()
-    libs = ensure_jars(settings)
+    libs = ensure_jars(settings.cache_dir, settings.kafka_home)
     state = settings.state_dir
     props = state / "server.properties"
     reuse = settings.keep_data and props.exists() and (state / "data" / "meta.properties").exists()
@@ -411,7 +316,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], bootstrap: str, settings: BrokerS
 
 def stop(settings: BrokerSettings, timeout_s: float = 30.0) -> bool:
     """SIGTERM the broker (clean shutdown), SIGKILL after `timeout_s`. True if one ran."""
-    with _locked(settings):
+    with locked(settings.state_dir):
         return _stop(settings, timeout_s)
 
 
@@ -421,12 +326,12 @@ def _stop(settings: BrokerSettings, timeout_s: float = 30.0) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     stopped = False
-    if _our_broker(pid, settings):
+    if is_broker(pid, settings.state_dir / "server.properties"):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             log.warning("broker pid=%d ignored SIGTERM for %.0fs; killing it", pid, timeout_s)
             os.kill(pid, signal.SIGKILL)
         stopped = True

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.kafka import broker
+from stream_app.kafka import broker, broker_process
 from stream_app.kafka.broker import BrokerSettings
 from stream_app.kafka.exceptions import BrokerError
 
@@ -63,7 +63,7 @@ def test_our_broker_is_found_and_stopped_and_reused_only_as_asked(
         tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     settings = _settings(tmp_path)
     props = str(settings.state_dir / "server.properties")
-    ours = _spawn(broker.MAIN_CLASS, props)
+    ours = _spawn(broker_process.MAIN_CLASS, props)
     procs.append(ours)
     _record(settings, ours.pid)
     found = broker.running(settings)
@@ -82,10 +82,10 @@ def test_starts_and_stops_of_one_state_folder_take_turns(tmp_path: Path) -> None
     order: list[str] = []
 
     def second() -> None:
-        with broker._locked(settings):  # noqa: SLF001 - the lock itself is the point
+        with broker_process.locked(settings.state_dir):
             order.append("second")
 
-    with broker._locked(settings):  # noqa: SLF001
+    with broker_process.locked(settings.state_dir):
         waiter = threading.Thread(target=second)
         waiter.start()
         time.sleep(0.3)

@@ -1,0 +1,68 @@
+"""Which process is the local broker, and one start or stop at a time.
+
+A pid file outlives its process (a crash, a reboot), and the pid may then
+belong to anything: `broker stop` would signal it and `status` report it. So
+the broker is recognised by its command line, and a state folder's starts and
+stops take a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+MAIN_CLASS = "kafka.Kafka"
+
+
+def is_broker(pid: int, props: Path) -> bool:
+    """Whether `pid` is a live broker running `props` (its server.properties).
+
+    Where /proc exists, the process must be java running `MAIN_CLASS` with
+    that file and not a zombie; elsewhere (macOS) the pid file is trusted.
+    """
+    if not pid_alive(pid):
+        return False
+    proc = Path("/proc") / str(pid)
+    if not Path("/proc/self").exists():
+        return True
+    try:
+        cmdline = (proc / "cmdline").read_bytes()
+        for _ in range(20):  # empty for a moment while the process is still exec-ing
+            if cmdline:
+                break
+            time.sleep(0.05)
+            cmdline = (proc / "cmdline").read_bytes()
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    args = cmdline.split(b"\0")
+    return state != "Z" and MAIN_CLASS.encode() in args and str(props).encode() in args
+
+
+@contextlib.contextmanager
+def locked(state_dir: Path) -> Iterator[None]:
+    """One start or stop at a time per state folder: two starts at once both wiped
+    `data/`, launched a broker, and left one that no pid file named."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == 0
