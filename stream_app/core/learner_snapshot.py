@@ -80,13 +80,10 @@ class LearnerSnapshot(LearnerFields):
         tables = {}
         for name, t in (("users", self._users), ("items", self._items)):
             tables[name] = t.state()
-        vocabs = {name: {"ids": list(v.ids), "last_ts": v.last_ts.copy(), "free": list(v.free),
-                         "pending": list(v.pending.items())}
+        vocabs = {name: {"ids": list(v.ids), "last_ts": v.last_ts.copy(), "free": list(v.free)}
                   for name, v in (("users", self._user_vocab), ("items", self._item_vocab))}
         return {"config": dataclasses.asdict(self.config), "global": self.global_state(),
-                "tables": tables, "vocabs": vocabs, "replay": self._replay_state(),
-                "dedup": self._dedup.state(),
-                "rate": dict(self._rate._counts)}  # noqa: SLF001
+                "tables": tables, "vocabs": vocabs, "volatile": self.volatile_state()}
 
     def volatile_state(self) -> dict[str, Any]:
         """What rows do not carry, copied: the dedup window, the rate-cap counters, the
@@ -151,15 +148,9 @@ class LearnerSnapshot(LearnerFields):
             v.ids = list(src["ids"])
             v.index = {i: r for r, i in enumerate(v.ids) if i is not None}
             v.last_ts, v.free = src["last_ts"].copy(), list(src["free"])
-            v.pending.clear()
-            v.pending.update(src["pending"])
-        self._load_replay(state["replay"])
-        self._dedup = Deduplicator(self.config.dedup_window)
-        self._dedup.load(state["dedup"])
-        self._rate = RateLimiter(self.config.rate_cap_events, self.config.rate_cap_window_ms)
-        self._rate.commit(state["rate"], self._watermark_ms or 0)
         self._accum = GradAccumulator(self.config.accumulate_steps)
         self._forget_requests = int(state["global"].get("forget_requests", 0))  # its own
         self.apply_global_state(state["global"])
         self._deferred = {}
         self._forgotten = set()
+        self.load_volatile_state(state["volatile"])  # its own forget count: all of it loads
