@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
@@ -55,6 +56,7 @@ class GroupConsumer:
         self._merger = EventTimeMerger(event_time)
         self._revoked: set[Partition] = set()
         self._assigned: set[Partition] = set()
+        self._assigned_at = -math.inf
         self._at_end: set[Partition] = set()
         self._paused: set[Partition] = set()
         self._first_fetch = FirstFetch()
@@ -98,7 +100,8 @@ class GroupConsumer:
             self._on_assign(got)
         # From now, not from the callback's start: the trainer's restores there
         # run for minutes at a million rows, and no poll is made meanwhile.
-        self._first_fetch.assigned(got, time.monotonic())
+        self._assigned_at = time.monotonic()
+        self._first_fetch.assigned(got, self._assigned_at)
 
     def _revoke(self, _c: Consumer, parts: list[_TP]) -> None:
         gone = [(tp.topic, tp.partition) for tp in parts]
@@ -131,14 +134,17 @@ class GroupConsumer:
 
         While a partition with records on the broker has none queued, the batch
         waits for it (its next record may be the oldest); at `max_wait_s` what
-        is queued goes out anyway.
+        is queued goes out anyway. Partitions assigned during the call get the
+        whole wait from their assignment: a group join or an on-assign restore
+        may have used up the batch's wait, and the first fetches of the new
+        partitions land tens of milliseconds apart, so the batch would go out
+        with the first partition's records ahead of the others' older ones.
         """
-        self._polled_at = time.monotonic()
+        started = self._polled_at = time.monotonic()
         batch: list[RawRecord] = []
-        deadline = time.monotonic() + max_wait_s
         while True:
             batch += self._merger.release(max_records - len(batch), self._behind())
-            left = deadline - time.monotonic()
+            left = max(started, self._assigned_at) + max_wait_s - time.monotonic()
             if len(batch) >= max_records or left <= 0:
                 break
             self._revoked.clear()

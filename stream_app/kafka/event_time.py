@@ -11,8 +11,9 @@ So the trainer's consumer keeps a queue per partition and always hands out the
 oldest head among them, Kafka Streams' rule (its `max.task.idle.ms`): while a
 partition that still has records on the broker has nothing queued, nothing is
 handed out, since its next record may be older than every queued one. The
-consumer bounds that wait by its batch wait, so a slow partition delays, and
-never stops, the others. Order within a partition is never changed, so offsets
+consumer bounds that wait by its batch wait (for a newly assigned partition,
+counted from its assignment), so a slow partition delays, and never stops,
+the others. Order within a partition is never changed, so offsets
 stay contiguous and what a batch commits is exactly what it handed out.
 """
 
