@@ -62,7 +62,7 @@ def test_partitions_assigned_after_the_batch_wait_was_spent_still_come_out_in_or
             producer.produce(topic, partition=partition, key=b"u",
                              value=orjson.dumps({"ts": first + 3 * k}))
     assert producer.flush(30) == 0
-    wait_s = 1.0
+    wait_s = 3.0  # generous: the first fetches must all land within it
     restored = []
 
     def slow_restore(parts: list[tuple[str, int]]) -> None:
