@@ -58,6 +58,9 @@ _NON_FINITE = f'stream_app_dlq_records_total{{{T},reason="non_finite_loss"}}'
 _FB = f'stream_app_scorer_fallbacks_total{{{S},reason="unknown_user"}}'
 _REQ = f'stream_app_scorer_request_seconds_count{{{S},phase="total"}}'
 _ERR = f'stream_app_scorer_errors_total{{{S},reason="schema"}}'
+_SNAP_EVERY = f"stream_app_snapshot_interval_seconds{{{T}}}"
+_SNAP_AT = f"stream_app_snapshot_written_timestamp_seconds{{{T}}}"
+_STARTED = f"process_start_time_seconds{{{T}}}"
 _BAD_ROW = f'stream_app_scorer_errors_total{{{S},reason="bad_embedding"}}'
 
 CASES: list[Case] = [
@@ -140,6 +143,20 @@ CASES: list[Case] = [
                  "15 trainer transactions aborted in 15 minutes")]),
     Case(alert="TransactionAbortsHigh", eval_time="25m",
          series={f"stream_app_transaction_aborts_total{{{T}}}": "0+0.1x30"}),
+    # Snapshots every 5 min from a trainer started at 0: none written, one stuck at 5 min.
+    Case(alert="SnapshotStale", eval_time="60m",
+         series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0x70"},
+         fires=[(TRAINER, "Trainer trainer:9464 has written no local snapshot for 1h 0m 0s")]),
+    Case(alert="SnapshotStale", eval_time="60m",
+         series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0x5 300x65"},
+         fires=[(TRAINER, "Trainer trainer:9464 has written no local snapshot for 55m 0s")]),
+    # Written every minute; snapshots off; started 40 min ago with a 30 min interval.
+    Case(alert="SnapshotStale", eval_time="60m",
+         series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0+60x70"}),
+    Case(alert="SnapshotStale", eval_time="60m",
+         series={_SNAP_EVERY: "0x70", _STARTED: "0x70", _SNAP_AT: "0x70"}),
+    Case(alert="SnapshotStale", eval_time="60m",
+         series={_SNAP_EVERY: "1800x70", _STARTED: "1200x70", _SNAP_AT: "0x70"}),
     Case(alert="ScorerP99High", eval_time="25m", series=_hist(
         "stream_app_scorer_request_seconds", f'{S},phase="total"', _SLOW_SCORE),
          fires=[({"job": "stream-app-scorer"}, "Scorer p99 latency is 44ms (target 20ms)")]),
@@ -179,7 +196,7 @@ CASES: list[Case] = [
 PENDING_AT = {"ScorerDown": "3m", "ScorerNotReady": "9m", "TrainingLossRising": "180m",
               "FreshnessP99High": "9m", "TransactionAbortsHigh": "9m", "ScorerP99High": "9m",
               "ScorerMostlyFallback": "13m", "ScorerErrorsHigh": "9m", "ScorerStale": "9m",
-              "TrainingDiverging": "14m"}
+              "TrainingDiverging": "14m", "SnapshotStale": "24m"}
 """For these alerts, the first firing case again at a time when its condition holds but
 for less than the rule's `for:`: the alert is pending, so nothing fires. Without these the
 tests passed with every `for:` removed."""

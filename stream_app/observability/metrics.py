@@ -220,6 +220,10 @@ class TrainerMetrics(_ProcessMetrics):
         self.snapshot_written = Gauge(
             "stream_app_snapshot_written_timestamp_seconds",
             "Unix time of the last local snapshot written (0: none yet).", registry=r)
+        self.snapshot_interval = Gauge(
+            "stream_app_snapshot_interval_seconds",
+            "How often a local snapshot is due (trainer.snapshot_interval_s); 0 when "
+            "snapshots are off.", registry=r)
         self._precreate(input_topics, tables)
 
     def _precreate(self, input_topics: Sequence[str], tables: Sequence[str]) -> None:

@@ -80,6 +80,7 @@ class Trainer:
             kafka, folder=cfg.snapshot_dir, transactional_id=cfg.transactional_id,
             max_age_s=cfg.snapshot_max_age_s,
             on_written=lambda: metrics.snapshot_written.set(time.time()))
+        metrics.snapshot_interval.set(0 if self._snapshots is None else cfg.snapshot_interval_s)
 
     def _client_id(self, role: str) -> str:
         return f"{self.cfg.transactional_id}-{role}"

@@ -159,6 +159,8 @@ def test_snapshot_restore_keeps_the_dedup_window_and_equals_the_changelog_restor
     produce(kafka, first)
     one = run_until_idle(kafka, snap)  # a clean stop writes the snapshot
     assert one.metrics.snapshot_written._value.get() > 0  # noqa: SLF001
+    # What SnapshotStale compares the age with (0 would mean snapshots are off).
+    assert one.metrics.snapshot_interval._value.get() == snap.snapshot_interval_s  # noqa: SLF001
 
     second = list(generate(200, n_users=25, n_items=20, seed=9))
     produce(kafka, second + first[:50])  # the last 50: a producer re-sending old events
