@@ -6,6 +6,7 @@ module-global metrics, and it keeps these tests independent of each other.
 
 from __future__ import annotations
 
+import http.client
 import math
 import socket
 import threading
@@ -282,6 +283,34 @@ def test_idle_connections_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
         while threading.active_count() > before + 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert threading.active_count() == before + 1  # the serving loop alone
+
+
+def test_connections_over_the_cap_are_closed_and_the_cap_frees_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idle connections each hold a thread until their timeout: past the cap a new
+    one is hung up on at once, and once they go, scrapes are served again."""
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 4)
+    with MetricsServer(CollectorRegistry(), port=0) as server:
+        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+        time.sleep(0.3)  # each accepted and sitting in its handler thread
+        extra = socket.create_connection(("127.0.0.1", server.port))
+        extra.settimeout(5)
+        started = time.monotonic()
+        assert extra.recv(1) == b""  # hung up on, not left waiting for a slot
+        assert time.monotonic() - started < server_module._QuietHandler.timeout  # noqa: SLF001
+        extra.close()
+        for s in held:
+            s.close()
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        deadline = time.monotonic() + 5
+        while True:  # the held handlers notice the close and give their slots back
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (localhost)
+                    assert resp.status == 200
+                    break
+            except (OSError, http.client.HTTPException):
+                assert time.monotonic() < deadline, "the cap never freed up"
+                time.sleep(0.05)
 
 
 def test_recorder_writes_jsonl_snapshots(tmp_path: Path) -> None:
