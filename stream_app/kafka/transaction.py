@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from stream_app.config import KafkaConfig
 from stream_app.kafka.clients import make_producer
@@ -47,6 +54,35 @@ class OutRecord:
     key: bytes
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class DeliveryTally:
+    """Records of one transaction per partition, as their delivery reports confirm them.
+
+    A committed transaction grows each partition it wrote by its records
+    plus one commit marker, so a trainer that knows its own writes can tell
+    whether anyone else wrote to the changelog since (see the trainer's
+    `_on_assign`).
+    """
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self._delivered: dict[Partition, int] = {}
+        self._failed = 0
+
+    def report(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failed += 1
+            return
+        part = (msg.topic() or "", msg.partition() or 0)
+        self._delivered[part] = self._delivered.get(part, 0) + 1
+
+    def written(self) -> dict[Partition, int] | None:
+        """Records per partition; None unless every record sent was confirmed."""
+        confirmed = sum(self._delivered.values())
+        if self._failed or confirmed != self.sent:
+            return None
+        return dict(self._delivered)
 
 
 class AbortRequired(Exception):  # noqa: N818 - a signal inside this module, not an error
@@ -94,12 +130,15 @@ def _call(step: str, fn: Callable[[], T], deadline: float) -> T:
 
 def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRecord],
                  offsets: list[TopicPartition], *, starts: Mapping[Partition, int],
-                 timeout_s: float = 60.0) -> TxnOutcome:
+                 timeout_s: float = 60.0, tally: DeliveryTally | None = None) -> TxnOutcome:
     """Produce `records` and commit `offsets` (next offset to read) in one transaction.
 
     `starts`: the batch's first offset per partition, where an aborted batch is
-    read again if its partition has no committed offset yet.
+    read again if its partition has no committed offset yet. `tally` counts
+    the records whose delivery was confirmed, per partition.
     """
+    if tally is None:
+        tally = DeliveryTally()
     deadline = time.monotonic() + timeout_s
     # Step 1. Begin. Only one transaction is open at a time per producer. If
     # it cannot begin, nothing was produced: the producer is aborted only when
@@ -117,7 +156,7 @@ def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRe
         # Step 2. Produce. poll(0) serves delivery reports so the local queue
         # never fills; on BufferError we flush and retry that one record.
         for rec in records:
-            _produce(producer, rec)
+            _produce(producer, rec, tally)
         # Step 3. Send the input offsets inside the transaction, so they commit
         # exactly when the output does. Group metadata makes a zombie fenced.
         meta = consumer.consumer_group_metadata()
@@ -127,6 +166,7 @@ def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRe
         # transaction committed on every partition it touched.
         _call("commit", lambda: producer.commit_transaction(
             max(1.0, deadline - time.monotonic())), deadline)
+        producer.poll(0)  # delivery reports the commit's flush left unserved
         return TxnOutcome.COMMITTED
     except AbortRequired as exc:
         log.warning("transaction aborted: %s; rewinding to committed offsets", exc)
@@ -137,11 +177,12 @@ def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRe
         return TxnOutcome.ABORTED
 
 
-def _produce(producer: Producer, rec: OutRecord) -> None:
+def _produce(producer: Producer, rec: OutRecord, tally: DeliveryTally) -> None:
     while True:
         try:
             producer.produce(rec.topic, key=rec.key, value=rec.value,
-                             headers=list(rec.headers) or None)
+                             headers=list(rec.headers) or None, on_delivery=tally.report)
+            tally.sent += 1
             producer.poll(0)
             return
         except BufferError:
@@ -201,6 +242,9 @@ class TransactionalPublisher:
                  timeout_s: float = 60.0) -> None:
         self._producer = make_producer(kafka, client_id, transactional_id=transactional_id)
         self._timeout_s = timeout_s
+        self.written: dict[Partition, int] | None = None
+        """Records per partition of the last transaction, when it committed and every
+        delivery was confirmed; else None."""
         try:
             self._producer.init_transactions(timeout_s)
         except KafkaException as exc:
@@ -212,10 +256,13 @@ class TransactionalPublisher:
 
     def commit(self, consumer: GroupConsumer, records: Iterable[OutRecord],
                offsets: dict[Partition, int], starts: Mapping[Partition, int]) -> TxnOutcome:
-        """`offsets`: next offsets to read; `starts`: the batch's first offsets."""
+        """`offsets`: next offsets to read; `starts`: the batch's first offsets. Sets
+        `written`."""
         tps = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
+        tally = DeliveryTally()
         outcome = commit_batch(self._producer, consumer.raw, records, tps, starts=starts,
-                               timeout_s=self._timeout_s)
+                               timeout_s=self._timeout_s, tally=tally)
+        self.written = tally.written() if outcome is TxnOutcome.COMMITTED else None
         if outcome is TxnOutcome.ABORTED:
             # Rewound to the committed offsets: what was queued after the batch
             # will be fetched again.

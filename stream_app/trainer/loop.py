@@ -42,7 +42,7 @@ from stream_app.trainer.batch import (
 )
 from stream_app.trainer.config import TrainerConfig, check_with_learner
 from stream_app.trainer.observe import observe_commit, report_lag, report_table_rows
-from stream_app.trainer.restore import restore
+from stream_app.trainer.restore import ends_after_commit, restore
 from stream_app.trainer.result import BatchResult, batch_result
 from stream_app.trainer.snapshot import Snapshots
 from stream_app.trainer.watchdog import EXIT_STALLED, Watchdog
@@ -71,7 +71,9 @@ class Trainer:
         self.ready = False
         self._evals: list[EvalStats] = []
         self._counts = TxnCounts()
-        self._restored_ends: dict[int, int] | None = None
+        # The changelog's end offsets if only this trainer wrote to it since its last
+        # restore: the restore's ends, grown by each of our commits (None: unknown).
+        self._changelog_ends: dict[int, int] | None = None
         self._volatile: dict[str, Any] | None = None  # volatile_state() at the last commit
         self._own_users: set[str] | None = None  # see _scope
         self._aborts_in_a_row = 0
@@ -89,8 +91,9 @@ class Trainer:
         if self.watchdog is not None:
             self.watchdog.beat(step)
 
-    def _restore(self) -> None:
+    def _restore(self, cause: str = "start") -> None:
         started = time.monotonic()
+        self.metrics.restores.labels(cause=cause).inc()
         self.learner = Learner(self.learner_cfg, device=self.device)
         tag = self._snapshots.load_into(self.learner) if self._snapshots else None
         if tag is None and self._snapshots is not None:
@@ -101,7 +104,7 @@ class Trainer:
                         start=None if tag is None else tag.ends)
         if self._volatile is not None:  # this process committed: its own state is exact
             self.learner.load_volatile_state(self._volatile)
-        self._restored_ends = stats.ends
+        self._changelog_ends = stats.ends
         self.metrics.restore_snapshot_age.set(
             -1 if tag is None else time.time() - tag.written_ms / 1000)
         self.metrics.restore_seconds.set(time.monotonic() - started)
@@ -171,7 +174,9 @@ class Trainer:
         the rebalance callback, so no record of `parts` has been fetched yet;
         and every batch of ours is committed before we poll again, so the
         changelog also holds everything this trainer did. Skipped when the
-        changelog has not moved since our last restore (a lone trainer's start).
+        changelog has grown by our own commits only since our last restore (a
+        lone trainer's start, or its partitions coming back after a rebalance):
+        the learner then already equals it.
         The end is read once the partitions' committed offsets are stable: a
         previous owner dropped from the group with a transaction still open
         would otherwise have its last rows missing from our restore while its
@@ -185,14 +190,17 @@ class Trainer:
             # A previous owner's open transaction ends first: committed, or aborted by
             # the broker after transaction.timeout.ms (which -X may raise past 60 s).
             consumer.settle(parts, timeout_s=max(60.0, self._txn_timeout_s() + 30.0))
-            if consumer.end_offsets(self.topics.embeddings) != self._restored_ends:
+            if consumer.end_offsets(self.topics.embeddings) != self._changelog_ends:
                 log.info("partitions=%s newly assigned and the changelog moved: restoring",
                          parts)
                 was, self.ready = self.ready, False  # /readyz says "restoring" meanwhile
                 try:
-                    self._restore()
+                    self._restore("rebalance")
                 finally:
                     self.ready = was
+            else:
+                log.info("partitions=%s newly assigned; the changelog holds only our own "
+                         "commits since the last restore: keeping the learner", parts)
         self._scope(whole)
 
     def _txn_timeout_s(self) -> float:
@@ -304,12 +312,14 @@ class Trainer:
             self.metrics.transaction_aborts.inc()
             self._back_off_after_abort()
             self._beat("restore after abort")
-            self._restore()
+            self._restore("abort")
             if self._own_users is not None:  # the assignment is unchanged: so is the scope,
                 self.learner.clear_replay()  # but the restore may have loaded a snapshot's
         else:
             self._aborts_in_a_row = 0
             self._volatile = self.learner.volatile_state()  # what an abort goes back to
+            self._changelog_ends = ends_after_commit(self._changelog_ends,
+                                                     self.topics.embeddings, publisher.written)
             if self._own_users is not None:
                 leave_scope(self._own_users, tombstones)
             observe_commit(self.metrics, self._counts, batch, decoded, blocks, dlq,

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from typing import TypeVar
@@ -169,3 +169,26 @@ def _apply_run(learner: Learner, run: list[tuple[bytes | None, bytes]]) -> tuple
         learner.apply_columns(rows)
         counts[rows.entity] = len(rows)
     return counts["user"], counts["item"]
+
+
+def ends_after_commit(ends: dict[int, int] | None, topic: str,
+                      written: Mapping[tuple[str, int], int] | None) -> dict[int, int] | None:
+    """The changelog's end offsets after one of our transactions committed, if nobody
+    else wrote to it: each partition the transaction wrote grows by its records and
+    the commit marker.
+
+    None (unknown, so the next check restores) when `ends` or `written` is:
+    a delivery not confirmed, or no restore to count from.
+
+    >>> ends_after_commit({0: 10, 1: 4}, "emb", {("emb", 1): 3, ("dlq", 0): 2})
+    {0: 10, 1: 8}
+    >>> ends_after_commit({0: 10}, "emb", None) is None
+    True
+    """
+    if ends is None or written is None:
+        return None
+    out = dict(ends)
+    for (t, p), n in written.items():
+        if t == topic:
+            out[p] = out.get(p, 0) + n + 1
+    return out

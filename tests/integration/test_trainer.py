@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
 
-from stream_app.codec import decode_dlq, decode_embedding, encode_event, is_meta_key
+from stream_app.codec import (
+    decode_dlq,
+    decode_embedding,
+    encode_embedding,
+    encode_event,
+    is_meta_key,
+)
 from stream_app.config import KafkaConfig
 from stream_app.core import LearnerConfig
 from stream_app.events import EmbeddingRow, Event, EventKind
@@ -24,6 +33,7 @@ from stream_app.trainer import BatchResult, Trainer, TrainerConfig, make_trainer
 from stream_app.trainer.batch import CONTROL_HEADER
 from stream_app.trainer.control import send_forget
 from tests.integration.kafka_helpers import read_topic, wait_until
+from tests.reliability.harness import committed_total, end_total
 
 LEARNER = LearnerConfig(dim=8, num_sampled_negatives=16, eval_max_items=1000)
 
@@ -277,3 +287,67 @@ def test_release_times_reach_the_published_bias_and_survive_a_restore(
     after = restored.learner.rows(item_ids=ids, model_version="v", now_ms=0)
     for old, new in zip(before, after, strict=True):
         assert new == old and _state_bytes(new.state) == _state_bytes(old.state), old.key
+
+
+def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the_changelog(
+        kafka: KafkaConfig, caplog: pytest.LogCaptureFixture) -> None:
+    """A rebalance that hands a lone trainer its partitions back (here: a member of
+    another topic joins and leaves its group) restored the whole changelog each
+    time. The trainer knows its own writes (confirmed records plus a commit marker
+    per partition and transaction), so it restores only when someone else wrote."""
+    caplog.set_level(logging.INFO, logger="stream_app")
+    cfg = _cfg(group_id=f"{kafka.topic_prefix}trainer", exit_when_idle=None)
+    inputs = [kafka.topics.clicks, kafka.topics.purchases]
+    first = list(generate(300, n_users=30, n_items=25, seed=11))
+    second = list(generate(200, n_users=30, n_items=25, seed=12))
+    trainer = make_trainer(kafka, cfg, LEARNER)
+    runner = threading.Thread(target=trainer.run, daemon=True)
+
+    def restores(cause: str) -> float:
+        return trainer.metrics.restores.labels(cause=cause)._value.get()  # noqa: SLF001
+
+    def assignments() -> int:
+        return sum(r.getMessage().startswith("assigned partitions=") for r in caplog.records
+                   if r.name == "stream_app.kafka.consumer")
+
+    def drained() -> bool:
+        return committed_total(kafka, cfg.group_id, inputs) >= end_total(kafka, inputs)
+
+    produce(kafka, first)
+    runner.start()
+    other = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": cfg.group_id,
+                      "partition.assignment.strategy": "range", "enable.auto.commit": False})
+    try:
+        wait_until(drained, timeout=120, what="the first events committed")
+        assert assignments() == 1 and restores("start") == 1
+        other.subscribe([kafka.topics.score_requests])  # same group, another topic
+        wait_until(lambda: other.poll(0.1) is None and bool(other.assignment())
+                   and assignments() == 2, timeout=60, what="a rebalance")
+        assert restores("rebalance") == 0  # our own commits only: the learner is kept
+
+        # Someone else writes to the changelog: a copy of a user row as a new user.
+        some = next(r for k, r in latest_rows(kafka).items()
+                    if k.startswith("user:") and r is not None)
+        copy = dataclasses.replace(some, id="foreign")
+        foreign = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+        foreign.produce(kafka.topics.embeddings, key=copy.key.encode(),
+                        value=encode_embedding(copy))
+        assert foreign.flush(10) == 0
+        users = trainer.learner.table_sizes()["users"]
+        other.close()  # leaves: the trainer's partitions come back once more
+        # `ready` is false from the restore's start to its end.
+        wait_until(lambda: assignments() == 3 and restores("rebalance") == 1 and trainer.ready,
+                   timeout=60, what="the rebalance after the foreign write to restore")
+        assert trainer.learner.table_sizes()["users"] == users + 1  # it read the foreign row
+
+        produce(kafka, second)
+        wait_until(drained, timeout=120, what="the second events committed")
+    finally:
+        trainer.stop.set()
+        runner.join(timeout=60)
+    assert not runner.is_alive()
+    user_rows = {k: r for k, r in latest_rows(kafka).items()
+                 if k.startswith("user:") and k != "user:foreign" and r is not None}
+    valid = [r.event for r in first + second if r.event is not None]
+    assert sum(r.updates for r in user_rows.values()) == len(valid)
+    assert restores("abort") == 0
