@@ -101,6 +101,14 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
              "publish {{table}}")], "ops"),
         _panel("Transaction aborts", [(
             f"sum(increase(stream_app_transaction_aborts_total[{RI}]))", "aborts")], "short"),
+        _panel("Restores by cause", [(
+            f"sum by (cause) (increase(stream_app_restores_total[{RI}]))", "{{cause}}")],
+               "short", "Rebuilds of the trainer's learner from the changelog: start, abort, "
+               "or a rebalance after another writer moved the changelog."),
+        _panel("Local snapshot age", [(
+            "time() - (stream_app_snapshot_written_timestamp_seconds > 0)", "{{instance}}")],
+               "s", "Since the trainer's last local snapshot (none: snapshots off or not "
+               "written yet); alert SnapshotStale."),
         _panel("Process memory (RSS)", [(
             'process_resident_memory_bytes{job=~"stream-app-.*"}', "{{job}} {{instance}}")],
                "bytes", "Trainer and scorers; each holds its tables in memory."),
