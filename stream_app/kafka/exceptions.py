@@ -9,3 +9,4 @@ class AuthenticationError(BrokerError): """The broker refused our credentials (S
 class ConfigConflictError(KafkaEdgeError): """A user librdkafka setting conflicts with ours."""
 class TopicError(KafkaEdgeError): """Topics are missing or could not be created."""
 class FatalTransactionError(KafkaEdgeError): """The producer was fenced or failed fatally."""
+class ChangelogError(KafkaEdgeError): """The changelog holds a record a restore cannot read."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from stream_app.codec import (
+    DecodeError,
     decode_changelog_rows,
     decode_meta,
     is_meta_key,
@@ -29,6 +30,7 @@ from stream_app.core import Learner
 from stream_app.events import KeyValue
 from stream_app.heap import paused_gc, release_free_memory
 from stream_app.kafka.consumer import read_to_end
+from stream_app.kafka.exceptions import ChangelogError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,8 +135,22 @@ def apply_changelog(learner: Learner,
 
     Only the last value per key counts, so a chunk is reduced to its latest
     records first. A tombstone deletes the row: a forgotten or evicted user,
-    an evicted item.
+    an evicted item. A record that does not decode raises `ChangelogError`:
+    skipping it would drop that row's learned state and its update count, so
+    the restored model would no longer be the one that published.
     """
+    try:
+        return _apply_latest(learner, records)
+    except DecodeError as exc:
+        raise ChangelogError(
+            f"the embeddings changelog holds a record the trainer cannot restore ({exc}). "
+            "Only this model's trainers write that topic: the record came from another "
+            "producer or a stream_app version with another row format. Delete it with a "
+            "tombstone for its key (printf 'KEY:' | kcat -P -b BROKER -t TOPIC -K: -Z), "
+            "or start the model on a new topic prefix") from exc
+
+
+def _apply_latest(learner: Learner, records: list[KeyValue]) -> tuple[int, int, int]:
     latest: dict[bytes, bytes | None] = {}
     for key, value in records:
         if key is not None:

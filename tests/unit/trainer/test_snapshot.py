@@ -16,7 +16,7 @@ import torch
 from stream_app.config import ConfigError, KafkaConfig, TopicNames
 from stream_app.core import Learner, Outcome
 from stream_app.events import EmbeddingRow, Event
-from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.exceptions import ChangelogError, KafkaEdgeError
 from stream_app.trainer.batch import output_records
 from stream_app.trainer.restore import apply_changelog
 from stream_app.trainer.snapshot import (
@@ -317,3 +317,13 @@ def test_a_restore_in_a_running_trainer_keeps_what_rows_do_not_carry() -> None:
     assert got.outcomes == want.outcomes == (Outcome.DUPLICATE, Outcome.APPLIED)
     assert "u9" in restored.user_ids()
     _same(_all_rows(restored), _all_rows(ref))
+
+
+def test_a_changelog_record_that_does_not_decode_stops_the_restore_with_what_to_do() -> None:
+    """It raised the codec's DecodeError, a traceback; a row skipped instead would lose
+    its learned state. (`ChangelogError` is a KafkaEdgeError: the CLI prints it.)"""
+    log = _publish(Learner(CONFIG, device=DEVICE), random_events(20, users=5, items=8, seed=4))
+    value = next(v for k, v in log if k.startswith(b"user:") and v is not None)
+    with pytest.raises(ChangelogError, match=r"key_mismatch.*tombstone for its key"):
+        apply_changelog(Learner(CONFIG, device=DEVICE), [*log, (b"user:someone-else", value)])
+    apply_changelog(Learner(CONFIG, device=DEVICE), log)  # without it, the log restores
