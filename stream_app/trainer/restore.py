@@ -146,7 +146,7 @@ def apply_changelog(learner: Learner,
             f"the embeddings changelog holds a record the trainer cannot restore ({exc}). "
             "Only this model's trainers write that topic: the record came from another "
             "producer or a stream_app version with another row format. Delete it with a "
-            "tombstone for its key (printf 'KEY:' | kcat -P -b BROKER -t TOPIC -K: -Z), "
+            "tombstone for its key (printf 'KEY|' | kcat -P -b BROKER -t TOPIC -K'|' -Z), "
             "or start the model on a new topic prefix") from exc
 
 
