@@ -101,10 +101,10 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
              "publish {{table}}")], "ops"),
         _panel("Transaction aborts", [(
             f"sum(increase(stream_app_transaction_aborts_total[{RI}]))", "aborts")], "short"),
-        _panel("Restores by cause", [(
-            f"sum by (cause) (increase(stream_app_restores_total[{RI}]))", "{{cause}}")],
+        _panel("Restores by reason", [(
+            f"sum by (reason) (increase(stream_app_restores_total[{RI}]))", "{{reason}}")],
                "short", "Rebuilds of the trainer's learner from the changelog: start, abort, "
-               "or a rebalance after another writer moved the changelog."),
+               "or a rebalance when the changelog was not provably its own since."),
         _panel("Local snapshot age", [(
             "time() - (stream_app_snapshot_written_timestamp_seconds > 0)", "{{instance}}")],
                "s", "Since the trainer's last local snapshot (none: snapshots off or not "

@@ -228,6 +228,15 @@ class GroupConsumer:
         return high_watermarks(self._kafka, topic, client_id=self._client_id,
                                timeout_s=timeout_s)
 
+    def stable_end_offsets(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+        """Last stable offset of every partition of `topic`: this consumer reads
+        read_committed, so the broker answers where the first open or unmarked
+        transaction starts (the true end when there is none)."""
+        try:
+            return end_offsets(self._consumer, topic, timeout_s)
+        except KafkaException as exc:
+            raise KafkaEdgeError(f"cannot read the stable offsets of {topic}: {exc}") from exc
+
     def lag(self) -> dict[Partition, int]:
         """Records not handed out yet per assigned partition: queued + behind the high watermark.
 

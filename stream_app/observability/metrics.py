@@ -134,7 +134,7 @@ class _ProcessMetrics:
         self.dlq_records.labels(reason=reason).inc(n)
 
 
-RESTORE_CAUSES = ("start", "abort", "rebalance")
+RESTORE_REASONS = ("start", "abort", "rebalance")
 """Why the trainer rebuilt its learner from the changelog (`stream_app_restores_total`)."""
 
 
@@ -213,9 +213,10 @@ class TrainerMetrics(_ProcessMetrics):
             "Aborted transactions (the batch is rewound and re-read).", registry=r)
         self.restores = Counter(
             "stream_app_restores_total",
-            "Rebuilds of the learner from the changelog (and snapshot), by cause: start, "
-            "abort (back to the committed state), rebalance (partitions assigned while "
-            "another writer had moved the changelog).", ["cause"], registry=r)
+            "Rebuilds of the learner from the changelog (and snapshot), by reason: start, "
+            "abort (back to the committed state), rebalance (partitions assigned while the "
+            "changelog was not provably this trainer's alone since its last restore).",
+            ["reason"], registry=r)
         self.restore_seconds = Gauge(
             "stream_app_restore_seconds",
             "Duration of the last restore from snapshot + changelog.", registry=r)
@@ -244,8 +245,8 @@ class TrainerMetrics(_ProcessMetrics):
                 counter.labels(table=table)
         for since in FreshnessSince:
             self.freshness_seconds.labels(since)
-        for cause in RESTORE_CAUSES:
-            self.restores.labels(cause=cause)
+        for reason in RESTORE_REASONS:
+            self.restores.labels(reason=reason)
 
     def count_events(self, topic: str, outcome: EventOutcome, n: int = 1) -> None:
         """Count `n` events of one topic with one outcome."""

@@ -42,7 +42,7 @@ from stream_app.trainer.batch import (
 )
 from stream_app.trainer.config import TrainerConfig, check_with_learner
 from stream_app.trainer.observe import observe_commit, report_lag, report_table_rows
-from stream_app.trainer.restore import ends_after_commit, restore
+from stream_app.trainer.restore import ends_after_commit, keeps_learner, restore
 from stream_app.trainer.result import BatchResult, batch_result
 from stream_app.trainer.snapshot import Snapshots
 from stream_app.trainer.watchdog import EXIT_STALLED, Watchdog
@@ -91,9 +91,9 @@ class Trainer:
         if self.watchdog is not None:
             self.watchdog.beat(step)
 
-    def _restore(self, cause: str = "start") -> None:
+    def _restore(self, reason: str = "start") -> None:
         started = time.monotonic()
-        self.metrics.restores.labels(cause=cause).inc()
+        self.metrics.restores.labels(reason=reason).inc()
         self.learner = Learner(self.learner_cfg, device=self.device)
         tag = self._snapshots.load_into(self.learner) if self._snapshots else None
         if tag is None and self._snapshots is not None:
@@ -174,9 +174,10 @@ class Trainer:
         the rebalance callback, so no record of `parts` has been fetched yet;
         and every batch of ours is committed before we poll again, so the
         changelog also holds everything this trainer did. Skipped when the
-        changelog has grown by our own commits only since our last restore (a
-        lone trainer's start, or its partitions coming back after a rebalance):
-        the learner then already equals it.
+        changelog provably holds nothing but our last restore and our own
+        commits since (`keeps_learner`: a lone trainer's start, or its
+        partitions coming back after a rebalance), while we published every
+        user: the learner then equals what a restore would give.
         The end is read once the partitions' committed offsets are stable: a
         previous owner dropped from the group with a transaction still open
         would otherwise have its last rows missing from our restore while its
@@ -190,9 +191,11 @@ class Trainer:
             # A previous owner's open transaction ends first: committed, or aborted by
             # the broker after transaction.timeout.ms (which -X may raise past 60 s).
             consumer.settle(parts, timeout_s=max(60.0, self._txn_timeout_s() + 30.0))
-            if consumer.end_offsets(self.topics.embeddings) != self._changelog_ends:
-                log.info("partitions=%s newly assigned and the changelog moved: restoring",
-                         parts)
+            topic = self.topics.embeddings
+            if not keeps_learner(self._changelog_ends, consumer.end_offsets(topic),
+                                 consumer.stable_end_offsets(topic)):
+                log.info("partitions=%s newly assigned and the changelog is not ours alone "
+                         "since the last restore: restoring", parts)
                 was, self.ready = self.ready, False  # /readyz says "restoring" meanwhile
                 try:
                     self._restore("rebalance")
@@ -318,8 +321,10 @@ class Trainer:
         else:
             self._aborts_in_a_row = 0
             self._volatile = self.learner.volatile_state()  # what an abort goes back to
-            self._changelog_ends = ends_after_commit(self._changelog_ends,
-                                                     self.topics.embeddings, publisher.written)
+            # In partial scope other users' rows change here unpublished (evictions,
+            # histories): the learner is no longer the changelog's.
+            self._changelog_ends = None if self._own_users is not None else ends_after_commit(
+                self._changelog_ends, self.topics.embeddings, publisher.written)
             if self._own_users is not None:
                 leave_scope(self._own_users, tombstones)
             observe_commit(self.metrics, self._counts, batch, decoded, blocks, dlq,

@@ -208,3 +208,25 @@ def ends_after_commit(ends: dict[int, int] | None, topic: str,
         if t == topic:
             out[p] = out.get(p, 0) + n + 1
     return out
+
+
+def keeps_learner(expected: dict[int, int] | None, ends: dict[int, int],
+                  stable: dict[int, int]) -> bool:
+    """Whether the changelog holds only what the learner already has, so a restore
+    would give back the same model.
+
+    `expected`: our restore's end offsets grown by our commits (`ends_after_commit`);
+    `ends`: the true ends (high watermarks); `stable`: the last stable offsets. Equal
+    ends alone do not prove it: our commit markers are written after the commit
+    returns, and a foreign record landing meanwhile would stand in for one. With
+    no transaction open or unmarked (stable == ends) every record is final, so
+    any foreign one makes the count differ.
+
+    >>> keeps_learner({0: 12}, {0: 12}, {0: 12})
+    True
+    >>> keeps_learner({0: 12}, {0: 12}, {0: 10})  # our marker pending, a foreign record in
+    False
+    >>> keeps_learner({0: 12}, {0: 13}, {0: 13}), keeps_learner(None, {0: 12}, {0: 12})
+    (False, False)
+    """
+    return expected is not None and ends == expected and stable == ends

@@ -5,7 +5,7 @@ from __future__ import annotations
 from confluent_kafka import Producer
 
 from stream_app.config import KafkaConfig
-from stream_app.kafka.consumer import read_to_end
+from stream_app.kafka.consumer import GroupConsumer, read_to_end
 
 
 def test_read_to_end_waits_out_an_open_transaction_and_sees_what_follows(
@@ -29,6 +29,15 @@ def test_read_to_end_waits_out_an_open_transaction_and_sees_what_follows(
     live.begin_transaction()
     live.produce(topic, key=b"user:b", value=b"2", partition=0)
     live.commit_transaction(10)
+    # What the trainer's rebalance check reads: a read_committed member's stable
+    # offsets stop at the open transaction (offset 1); the true end is past it.
+    member = GroupConsumer(kafka, client_id="t-lso", group_id=f"{kafka.topic_prefix}lso",
+                           topics=[topic])
+    try:
+        assert member.stable_end_offsets(topic)[0] == 1
+        assert member.end_offsets(topic)[0] == 4  # a, z, b, b's commit marker
+    finally:
+        member.close()
 
     chunks = list(read_to_end(kafka, topic, client_id="t", timeout_s=90))
     assert [kv for chunk in chunks for kv in chunk] == [(b"user:a", b"1"), (b"user:b", b"2")]

@@ -294,17 +294,20 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
     """A rebalance that hands a lone trainer its partitions back (here: a member of
     another topic joins and leaves its group) restored the whole changelog each
     time. The trainer knows its own writes (confirmed records plus a commit marker
-    per partition and transaction), so it restores only when someone else wrote."""
+    per partition and transaction), so it restores only when someone else wrote,
+    or when it committed while another member held some input partitions (it then
+    publishes only its own users, so its learner is not the changelog's)."""
     caplog.set_level(logging.INFO, logger="stream_app")
     cfg = _cfg(group_id=f"{kafka.topic_prefix}trainer", exit_when_idle=None)
     inputs = [kafka.topics.clicks, kafka.topics.purchases]
     first = list(generate(300, n_users=30, n_items=25, seed=11))
     second = list(generate(200, n_users=30, n_items=25, seed=12))
+    third = list(generate(200, n_users=30, n_items=25, seed=13))
     trainer = make_trainer(kafka, cfg, LEARNER)
     runner = threading.Thread(target=trainer.run, daemon=True)
 
-    def restores(cause: str) -> float:
-        return trainer.metrics.restores.labels(cause=cause)._value.get()  # noqa: SLF001
+    def restores(reason: str) -> float:
+        return trainer.metrics.restores.labels(reason=reason)._value.get()  # noqa: SLF001
 
     def assignments() -> int:
         return sum(r.getMessage().startswith("assigned partitions=") for r in caplog.records
@@ -315,8 +318,9 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
 
     produce(kafka, first)
     runner.start()
-    other = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": cfg.group_id,
-                      "partition.assignment.strategy": "range", "enable.auto.commit": False})
+    member = {"bootstrap.servers": kafka.bootstrap_servers, "group.id": cfg.group_id,
+              "partition.assignment.strategy": "range", "enable.auto.commit": False}
+    other = Consumer(member)
     try:
         wait_until(drained, timeout=120, what="the first events committed")
         assert assignments() == 1 and restores("start") == 1
@@ -342,12 +346,30 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
 
         produce(kafka, second)
         wait_until(drained, timeout=120, what="the second events committed")
+
+        # A member of the input topics takes some partitions (and commits nothing):
+        # the trainer publishes only its own users meanwhile, then gets all back.
+        taker = Consumer(member)
+        try:
+            taker.subscribe(inputs)
+            wait_until(lambda: taker.poll(0.1) is None and bool(taker.assignment())
+                       and assignments() == 4, timeout=60, what="the taker to join")
+            assert restores("rebalance") == 1  # nobody wrote since: kept
+            before = committed_total(kafka, cfg.group_id, inputs)
+            produce(kafka, third)
+            wait_until(lambda: committed_total(kafka, cfg.group_id, inputs) > before,
+                       timeout=120, what="a commit in partial scope")
+        finally:
+            taker.close()
+        wait_until(lambda: assignments() == 5 and restores("rebalance") == 2 and trainer.ready,
+                   timeout=60, what="the partial scope's end to restore")
+        wait_until(drained, timeout=120, what="the third events committed")
     finally:
         trainer.stop.set()
         runner.join(timeout=60)
     assert not runner.is_alive()
     user_rows = {k: r for k, r in latest_rows(kafka).items()
                  if k.startswith("user:") and k != "user:foreign" and r is not None}
-    valid = [r.event for r in first + second if r.event is not None]
+    valid = [r.event for r in first + second + third if r.event is not None]
     assert sum(r.updates for r in user_rows.values()) == len(valid)
     assert restores("abort") == 0

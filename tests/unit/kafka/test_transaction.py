@@ -8,9 +8,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, Message, TopicPartition
 
-from stream_app.kafka.transaction import TxnOutcome, commit_batch, rewind_to_committed
+from stream_app.kafka.transaction import (
+    DeliveryTally,
+    TxnOutcome,
+    commit_batch,
+    rewind_to_committed,
+)
 
 
 class _NoBegin:
@@ -102,3 +107,18 @@ def test_a_rewind_that_fails_on_a_partition_still_ours_stops_the_trainer() -> No
     rewind_to_committed(_SeekFails(owned=[]), batch, {})  # type: ignore[arg-type]
     with pytest.raises(FatalTransactionError, match=r"cannot rewind clicks\[1\]"):
         rewind_to_committed(_SeekFails(owned=[("clicks", 1)]), batch, {})  # type: ignore[arg-type]
+
+
+def test_delivery_tally_counts_per_partition_only_when_every_record_is_confirmed() -> None:
+    """The trainer grows its expected changelog ends by these counts; a count short of
+    what was sent, or a failed delivery, must give None (restore) rather than a guess."""
+    tally = DeliveryTally()
+    tally.sent = 3
+    tally.report(None, Message(topic="emb", partition=1))
+    tally.report(None, Message(topic="emb", partition=1))
+    assert tally.written() is None  # one report still missing
+    tally.report(None, Message(topic="dlq", partition=0))
+    assert tally.written() == {("emb", 1): 2, ("dlq", 0): 1}
+    tally.sent += 1
+    tally.report(KafkaError(KafkaError._PURGE_QUEUE), Message(topic="emb", partition=0))  # noqa: SLF001
+    assert tally.written() is None
