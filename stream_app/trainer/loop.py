@@ -94,6 +94,7 @@ class Trainer:
     def _restore(self, reason: str = "start") -> None:
         started = time.monotonic()
         self.metrics.restores.labels(reason=reason).inc()
+        self._changelog_ends = None  # until this restore completes
         self.learner = Learner(self.learner_cfg, device=self.device)
         tag = self._snapshots.load_into(self.learner) if self._snapshots else None
         if tag is None and self._snapshots is not None:
@@ -194,9 +195,9 @@ class Trainer:
             topic = self.topics.embeddings
             if not keeps_learner(self._changelog_ends, consumer.end_offsets(topic),
                                  consumer.stable_end_offsets(topic)):
+                was, self.ready = self.ready, False  # /readyz says "restoring" meanwhile
                 log.info("partitions=%s newly assigned and the changelog is not ours alone "
                          "since the last restore: restoring", parts)
-                was, self.ready = self.ready, False  # /readyz says "restoring" meanwhile
                 try:
                     self._restore("rebalance")
                 finally:
@@ -240,6 +241,7 @@ class Trainer:
         log.info("other trainers own some partitions: publishing only our users' rows")
         self._own_users = set()
         self.learner.clear_replay()
+        self._changelog_ends = None  # the replay buffer is no longer what a restore gives
 
     def _loop(self, consumer: GroupConsumer, publisher: TransactionalPublisher) -> int:
         """Until stopped or idle (0), or until a partition is assigned but never fetched

@@ -6,6 +6,7 @@ from confluent_kafka import Producer
 
 from stream_app.config import KafkaConfig
 from stream_app.kafka.consumer import GroupConsumer, read_to_end
+from tests.integration.kafka_helpers import wait_until
 
 
 def test_read_to_end_waits_out_an_open_transaction_and_sees_what_follows(
@@ -29,16 +30,35 @@ def test_read_to_end_waits_out_an_open_transaction_and_sees_what_follows(
     live.begin_transaction()
     live.produce(topic, key=b"user:b", value=b"2", partition=0)
     live.commit_transaction(10)
-    # What the trainer's rebalance check reads: a read_committed member's stable
-    # offsets stop at the open transaction (offset 1); the true end is past it.
-    member = GroupConsumer(kafka, client_id="t-lso", group_id=f"{kafka.topic_prefix}lso",
-                           topics=[topic])
-    try:
-        assert member.stable_end_offsets(topic)[0] == 1
-        assert member.end_offsets(topic)[0] == 4  # a, z, b, b's commit marker
-    finally:
-        member.close()
 
     chunks = list(read_to_end(kafka, topic, client_id="t", timeout_s=90))
     assert [kv for chunk in chunks for kv in chunk] == [(b"user:a", b"1"), (b"user:b", b"2")]
     assert [] in chunks  # the wait showed as empty chunks: a reader thread can stop there
+
+
+def test_stable_end_offsets_stop_at_an_open_transaction(kafka: KafkaConfig) -> None:
+    """What the trainer's rebalance check reads (`keeps_learner`): a read_committed
+    member's stable offsets stop where an open transaction starts, the true end does
+    not; once it is aborted (its marker written) the two agree."""
+    topic = kafka.topics.embeddings
+    plain = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    plain.produce(topic, key=b"user:a", value=b"1", partition=0)
+    plain.flush(10)
+    open_txn = Producer({"bootstrap.servers": kafka.bootstrap_servers,
+                         "transactional.id": f"{kafka.topic_prefix}open",
+                         "transaction.timeout.ms": 120_000})  # open until aborted below
+    open_txn.init_transactions(10)
+    open_txn.begin_transaction()
+    open_txn.produce(topic, key=b"user:z", value=b"pending", partition=0)
+    open_txn.flush(10)
+    member = GroupConsumer(kafka, client_id="t-lso", group_id=f"{kafka.topic_prefix}lso",
+                           topics=[topic])
+    try:
+        assert member.stable_end_offsets(topic)[0] == 1
+        assert member.end_offsets(topic)[0] == 2
+        open_txn.abort_transaction(10)
+        wait_until(lambda: member.stable_end_offsets(topic)[0] == 3, timeout=30,
+                   what="the abort marker")  # a, z, the marker
+        assert member.end_offsets(topic)[0] == 3
+    finally:
+        member.close()

@@ -295,8 +295,8 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
     another topic joins and leaves its group) restored the whole changelog each
     time. The trainer knows its own writes (confirmed records plus a commit marker
     per partition and transaction), so it restores only when someone else wrote,
-    or when it committed while another member held some input partitions (it then
-    publishes only its own users, so its learner is not the changelog's)."""
+    or after other members held some input partitions (it then publishes only its
+    own users, so its learner is not the changelog's)."""
     caplog.set_level(logging.INFO, logger="stream_app")
     cfg = _cfg(group_id=f"{kafka.topic_prefix}trainer", exit_when_idle=None)
     inputs = [kafka.topics.clicks, kafka.topics.purchases]
@@ -306,12 +306,19 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
     trainer = make_trainer(kafka, cfg, LEARNER)
     runner = threading.Thread(target=trainer.run, daemon=True)
 
-    def restores(reason: str) -> float:
-        return trainer.metrics.restores.labels(reason=reason)._value.get()  # noqa: SLF001
+    def decisions() -> list[str]:
+        """The trainer's choice on each assignment, in order (logged once it is made)."""
+        out = []
+        for r in caplog.records:
+            if r.name == "stream_app.trainer.loop" and "newly assigned" in r.getMessage():
+                out.append("keep" if "keeping the learner" in r.getMessage() else "restore")
+        return out
 
-    def assignments() -> int:
-        return sum(r.getMessage().startswith("assigned partitions=") for r in caplog.records
-                   if r.name == "stream_app.kafka.consumer")
+    def after(n: int, decision: str, what: str) -> None:
+        """Wait for `decision` among the decisions after the first `n`, and its restore's
+        end (`ready` is false from a restore's start to its end)."""
+        wait_until(lambda: decision in decisions()[n:] and trainer.ready, timeout=60,
+                   what=what)
 
     def drained() -> bool:
         return committed_total(kafka, cfg.group_id, inputs) >= end_total(kafka, inputs)
@@ -323,11 +330,13 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
     other = Consumer(member)
     try:
         wait_until(drained, timeout=120, what="the first events committed")
-        assert assignments() == 1 and restores("start") == 1
+        assert set(decisions()) == {"keep"}  # the start: restored just before, nothing since
+        n = len(decisions())
         other.subscribe([kafka.topics.score_requests])  # same group, another topic
-        wait_until(lambda: other.poll(0.1) is None and bool(other.assignment())
-                   and assignments() == 2, timeout=60, what="a rebalance")
-        assert restores("rebalance") == 0  # our own commits only: the learner is kept
+        wait_until(lambda: other.poll(0.1) is None and bool(other.assignment()), timeout=60,
+                   what="the other member to join")
+        after(n, "keep", "the rebalance to keep the learner")
+        assert "restore" not in decisions()[n:]  # our own commits only
 
         # Someone else writes to the changelog: a copy of a user row as a new user.
         some = next(r for k, r in latest_rows(kafka).items()
@@ -338,10 +347,9 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
                         value=encode_embedding(copy))
         assert foreign.flush(10) == 0
         users = trainer.learner.table_sizes()["users"]
+        n = len(decisions())
         other.close()  # leaves: the trainer's partitions come back once more
-        # `ready` is false from the restore's start to its end.
-        wait_until(lambda: assignments() == 3 and restores("rebalance") == 1 and trainer.ready,
-                   timeout=60, what="the rebalance after the foreign write to restore")
+        after(n, "restore", "the rebalance after the foreign write to restore")
         assert trainer.learner.table_sizes()["users"] == users + 1  # it read the foreign row
 
         produce(kafka, second)
@@ -351,18 +359,20 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
         # the trainer publishes only its own users meanwhile, then gets all back.
         taker = Consumer(member)
         try:
+            n = len(decisions())
             taker.subscribe(inputs)
-            wait_until(lambda: taker.poll(0.1) is None and bool(taker.assignment())
-                       and assignments() == 4, timeout=60, what="the taker to join")
-            assert restores("rebalance") == 1  # nobody wrote since: kept
+            wait_until(lambda: taker.poll(0.1) is None and bool(taker.assignment()),
+                       timeout=60, what="the taker to join")
+            after(n, "keep", "the taker's rebalance to keep the learner")
+            assert "restore" not in decisions()[n:]  # nobody wrote since
             before = committed_total(kafka, cfg.group_id, inputs)
             produce(kafka, third)
             wait_until(lambda: committed_total(kafka, cfg.group_id, inputs) > before,
                        timeout=120, what="a commit in partial scope")
+            n = len(decisions())
         finally:
             taker.close()
-        wait_until(lambda: assignments() == 5 and restores("rebalance") == 2 and trainer.ready,
-                   timeout=60, what="the partial scope's end to restore")
+        after(n, "restore", "the partial scope's end to restore")
         wait_until(drained, timeout=120, what="the third events committed")
     finally:
         trainer.stop.set()
@@ -372,4 +382,6 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
                  if k.startswith("user:") and k != "user:foreign" and r is not None}
     valid = [r.event for r in first + second + third if r.event is not None]
     assert sum(r.updates for r in user_rows.values()) == len(valid)
-    assert restores("abort") == 0
+    rebalance = trainer.metrics.restores.labels(reason="rebalance")._value.get()  # noqa: SLF001
+    assert rebalance == decisions().count("restore")
+    assert trainer.metrics.restores.labels(reason="abort")._value.get() == 0  # noqa: SLF001

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 from stream_app.kafka.transaction import (
     DeliveryTally,
@@ -109,16 +109,21 @@ def test_a_rewind_that_fails_on_a_partition_still_ours_stops_the_trainer() -> No
         rewind_to_committed(_SeekFails(owned=[("clicks", 1)]), batch, {})  # type: ignore[arg-type]
 
 
+def _delivered(topic: str, partition: int) -> Any:
+    """What a delivery report reads of a confluent_kafka.Message."""
+    return SimpleNamespace(topic=lambda: topic, partition=lambda: partition)
+
+
 def test_delivery_tally_counts_per_partition_only_when_every_record_is_confirmed() -> None:
     """The trainer grows its expected changelog ends by these counts; a count short of
     what was sent, or a failed delivery, must give None (restore) rather than a guess."""
     tally = DeliveryTally()
     tally.sent = 3
-    tally.report(None, Message(topic="emb", partition=1))
-    tally.report(None, Message(topic="emb", partition=1))
+    tally.report(None, _delivered("emb", 1))
+    tally.report(None, _delivered("emb", 1))
     assert tally.written() is None  # one report still missing
-    tally.report(None, Message(topic="dlq", partition=0))
+    tally.report(None, _delivered("dlq", 0))
     assert tally.written() == {("emb", 1): 2, ("dlq", 0): 1}
     tally.sent += 1
-    tally.report(KafkaError(KafkaError._PURGE_QUEUE), Message(topic="emb", partition=0))  # noqa: SLF001
+    tally.report(KafkaError(KafkaError._PURGE_QUEUE), _delivered("emb", 0))  # noqa: SLF001
     assert tally.written() is None
