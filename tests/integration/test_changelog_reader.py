@@ -9,20 +9,27 @@ from stream_app.kafka.consumer import GroupConsumer, read_to_end
 from tests.integration.kafka_helpers import wait_until
 
 
-def test_read_to_end_waits_out_an_open_transaction_and_sees_what_follows(
-        kafka: KafkaConfig) -> None:
+def _row_then_open_transaction(kafka: KafkaConfig, name: str, timeout_ms: int) -> Producer:
+    """user:a (offset 0), then user:z (offset 1) in a transaction left open: that of a
+    "killed trainer", open until the broker aborts it after `timeout_ms`."""
     topic = kafka.topics.embeddings
     plain = Producer({"bootstrap.servers": kafka.bootstrap_servers})
     plain.produce(topic, key=b"user:a", value=b"1", partition=0)
     plain.flush(10)
-    # A "killed trainer": its transaction stays open until the broker aborts it.
-    zombie = Producer({"bootstrap.servers": kafka.bootstrap_servers,
-                       "transactional.id": f"{kafka.topic_prefix}zombie",
-                       "transaction.timeout.ms": 3000})
-    zombie.init_transactions(10)
-    zombie.begin_transaction()
-    zombie.produce(topic, key=b"user:z", value=b"never", partition=0)
-    zombie.flush(10)
+    txn = Producer({"bootstrap.servers": kafka.bootstrap_servers,
+                    "transactional.id": f"{kafka.topic_prefix}{name}",
+                    "transaction.timeout.ms": timeout_ms})
+    txn.init_transactions(10)
+    txn.begin_transaction()
+    txn.produce(topic, key=b"user:z", value=b"never", partition=0)
+    txn.flush(10)
+    return txn
+
+
+def test_read_to_end_waits_out_an_open_transaction_and_sees_what_follows(
+        kafka: KafkaConfig) -> None:
+    topic = kafka.topics.embeddings
+    _row_then_open_transaction(kafka, "zombie", 3000)
     # Another trainer commits a row after it.
     live = Producer({"bootstrap.servers": kafka.bootstrap_servers,
                      "transactional.id": f"{kafka.topic_prefix}live"})
@@ -41,16 +48,7 @@ def test_stable_end_offsets_stop_at_an_open_transaction(kafka: KafkaConfig) -> N
     member's stable offsets stop where an open transaction starts, the true end does
     not; once it is aborted (its marker written) the two agree."""
     topic = kafka.topics.embeddings
-    plain = Producer({"bootstrap.servers": kafka.bootstrap_servers})
-    plain.produce(topic, key=b"user:a", value=b"1", partition=0)
-    plain.flush(10)
-    open_txn = Producer({"bootstrap.servers": kafka.bootstrap_servers,
-                         "transactional.id": f"{kafka.topic_prefix}open",
-                         "transaction.timeout.ms": 120_000})  # open until aborted below
-    open_txn.init_transactions(10)
-    open_txn.begin_transaction()
-    open_txn.produce(topic, key=b"user:z", value=b"pending", partition=0)
-    open_txn.flush(10)
+    open_txn = _row_then_open_transaction(kafka, "open", 120_000)  # open until aborted below
     member = GroupConsumer(kafka, client_id="t-lso", group_id=f"{kafka.topic_prefix}lso",
                            topics=[topic])
     try:
