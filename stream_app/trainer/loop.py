@@ -74,6 +74,8 @@ class Trainer:
         # The changelog's end offsets if only this trainer wrote to it since its last
         # restore: the restore's ends, grown by each of our commits (None: unknown).
         self._changelog_ends: dict[int, int] | None = None
+        self._default_partitioner = kafka.client.get("partitioner",
+                                                     "consistent_random") == "consistent_random"
         self._volatile: dict[str, Any] | None = None  # volatile_state() at the last commit
         self._own_users: set[str] | None = None  # see _scope
         self._aborts_in_a_row = 0
@@ -308,7 +310,8 @@ class Trainer:
         records = output_records(self.topics, blocks, tombstones, meta, dlq)
         txn_start = time.monotonic()
         self._beat("transaction")
-        outcome = publisher.commit(consumer, records, next_offsets(batch), first_offsets(batch))
+        outcome = publisher.commit(consumer, records, next_offsets(batch), first_offsets(batch),
+                                   spot_topic=self.topics.embeddings)
         published_ms = int(time.time() * 1000)
         self.metrics.transaction_seconds.observe(time.monotonic() - txn_start)
         if outcome is TxnOutcome.ABORTED:
@@ -324,9 +327,12 @@ class Trainer:
             self._aborts_in_a_row = 0
             self._volatile = self.learner.volatile_state()  # what an abort goes back to
             # In partial scope other users' rows change here unpublished (evictions,
-            # histories): the learner is no longer the changelog's.
-            self._changelog_ends = None if self._own_users is not None else ends_after_commit(
-                self._changelog_ends, self.topics.embeddings, publisher.written)
+            # histories): the learner is no longer the changelog's. With a partitioner of
+            # the user's (-X partitioner=...) our writes' partitions cannot be computed.
+            own = self._own_users is None and self._default_partitioner
+            self._changelog_ends = None if not own else ends_after_commit(
+                self._changelog_ends,
+                (r.key for r in records if r.topic == self.topics.embeddings), publisher.spot)
             if self._own_users is not None:
                 leave_scope(self._own_users, tombstones)
             observe_commit(self.metrics, self._counts, batch, decoded, blocks, dlq,

@@ -13,7 +13,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping
+import zlib
+from collections import Counter
+from collections.abc import Callable, Generator, Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from typing import TypeVar
@@ -187,26 +189,42 @@ def _apply_run(learner: Learner, run: list[tuple[bytes | None, bytes]]) -> tuple
     return counts["user"], counts["item"]
 
 
-def ends_after_commit(ends: dict[int, int] | None, topic: str,
-                      written: Mapping[tuple[str, int], int] | None) -> dict[int, int] | None:
-    """The changelog's end offsets after one of our transactions committed, if nobody
-    else wrote to it: each partition the transaction wrote grows by its records and
-    the commit marker.
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition librdkafka's default partitioner (`consistent_random`) gives a
+    non-empty key: CRC-32 of the key modulo the partition count.
 
-    None (unknown, so the next check restores) when `ends` or `written` is:
-    a delivery not confirmed, or no restore to count from.
+    >>> partition_for(b"user:42", 3), partition_for(b"item:7", 3), partition_for(b"user:1", 3)
+    (1, 1, 0)
+    """
+    return zlib.crc32(key) % partitions
 
-    >>> ends_after_commit({0: 10, 1: 4}, "emb", {("emb", 1): 3, ("dlq", 0): 2})
-    {0: 10, 1: 8}
-    >>> ends_after_commit({0: 10}, "emb", None) is None
+
+def ends_after_commit(ends: dict[int, int] | None, keys: Iterable[bytes],
+                      spot: tuple[bytes, int] | None) -> dict[int, int] | None:
+    """The changelog's end offsets after one of our transactions committed `keys`
+    there, if nobody else wrote to it: each partition written grows by its
+    records and the commit marker.
+
+    A key's partition is computed (`partition_for`); `spot`, where librdkafka
+    really put one of them, checks that. None (unknown, so the next assignment
+    restores) when `ends` is, or when a record was written but the check is
+    missing or fails (another partitioner, partitions added).
+
+    >>> ends_after_commit({0: 10, 1: 4, 2: 7}, [b"user:42", b"item:7"], (b"user:42", 1))
+    {0: 10, 1: 7, 2: 7}
+    >>> ends_after_commit({0: 10, 1: 4, 2: 7}, [b"user:42"], (b"user:42", 0)) is None
     True
     """
-    if ends is None or written is None:
+    if ends is None:
         return None
     out = dict(ends)
-    for (t, p), n in written.items():
-        if t == topic:
-            out[p] = out.get(p, 0) + n + 1
+    written = Counter(partition_for(k, len(ends)) for k in keys)
+    if not written:
+        return out
+    if spot is None or partition_for(spot[0], len(ends)) != spot[1]:
+        return None
+    for p, n in written.items():
+        out[p] = out.get(p, 0) + n + 1
     return out
 
 

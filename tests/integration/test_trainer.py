@@ -293,10 +293,12 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
         kafka: KafkaConfig, caplog: pytest.LogCaptureFixture) -> None:
     """A rebalance that hands a lone trainer its partitions back (here: a member of
     another topic joins and leaves its group) restored the whole changelog each
-    time. The trainer knows its own writes (confirmed records plus a commit marker
-    per partition and transaction), so it restores only when someone else wrote,
-    or after other members held some input partitions (it then publishes only its
-    own users, so its learner is not the changelog's)."""
+    time. The trainer knows its own writes (records in the partitions librdkafka's
+    default partitioner gives their keys, plus a commit marker per partition and
+    transaction), so it restores only when someone else wrote, or after other
+    members held some input partitions (it then publishes only its own users, so
+    its learner is not the changelog's). The first kept learner also shows the
+    computed partitions are librdkafka's: one record off and the ends differ."""
     caplog.set_level(logging.INFO, logger="stream_app")
     cfg = _cfg(group_id=f"{kafka.topic_prefix}trainer", exit_when_idle=None)
     inputs = [kafka.topics.clicks, kafka.topics.purchases]

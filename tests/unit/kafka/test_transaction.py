@@ -11,7 +11,8 @@ import pytest
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 from stream_app.kafka.transaction import (
-    DeliveryTally,
+    OutRecord,
+    SpotCheck,
     TxnOutcome,
     commit_batch,
     rewind_to_committed,
@@ -114,16 +115,40 @@ def _delivered(topic: str, partition: int) -> Any:
     return SimpleNamespace(topic=lambda: topic, partition=lambda: partition)
 
 
-def test_delivery_tally_counts_per_partition_only_when_every_record_is_confirmed() -> None:
-    """The trainer grows its expected changelog ends by these counts; a count short of
-    what was sent, or a failed delivery, must give None (restore) rather than a guess."""
-    tally = DeliveryTally()
-    tally.sent = 3
-    tally.report(None, _delivered("emb", 1))
-    tally.report(None, _delivered("emb", 1))
-    assert tally.written() is None  # one report still missing
-    tally.report(None, _delivered("dlq", 0))
-    assert tally.written() == {("emb", 1): 2, ("dlq", 0): 1}
-    tally.sent += 1
-    tally.report(KafkaError(KafkaError._PURGE_QUEUE), _delivered("emb", 0))  # noqa: SLF001
-    assert tally.written() is None
+def test_spot_check_keeps_the_first_record_of_its_topic_and_where_it_went() -> None:
+    """One delivery report per transaction checks the partitions the trainer computes;
+    an error leaves the partition unknown (so the trainer restores next time)."""
+    spot = SpotCheck("emb")
+    records = [OutRecord("dlq", b"k0", b"v"), OutRecord("emb", b"user:1", b"v"),
+               OutRecord("emb", b"user:2", b"v")]
+    producer = _Recording()
+    assert commit_batch(producer, consumer=_Group(), records=records,  # type: ignore[arg-type]
+                        offsets=[], starts={}, spot=spot) is TxnOutcome.COMMITTED
+    assert spot.key == b"user:1"
+    assert [cb is not None for _, cb in producer.produced] == [False, True, False]
+    spot.report(None, _delivered("emb", 2))
+    assert spot.partition == 2
+    failed = SpotCheck("emb")
+    failed.report(KafkaError(KafkaError._PURGE_QUEUE), _delivered("emb", 0))  # noqa: SLF001
+    assert failed.partition is None
+
+
+class _Recording:
+    """A producer that accepts everything and keeps (key, on_delivery) per record."""
+
+    def __init__(self) -> None:
+        self.produced: list[tuple[bytes, Any]] = []
+
+    def begin_transaction(self) -> None: ...
+    def send_offsets_to_transaction(self, *_: Any) -> None: ...
+    def commit_transaction(self, *_: Any) -> None: ...
+    def poll(self, *_: Any) -> int:
+        return 0
+
+    def produce(self, _topic: str, *, key: bytes, on_delivery: Any = None, **_: Any) -> None:
+        self.produced.append((key, on_delivery))
+
+
+class _Group:
+    def consumer_group_metadata(self) -> object:
+        return object()
