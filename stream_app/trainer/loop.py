@@ -42,7 +42,12 @@ from stream_app.trainer.batch import (
 )
 from stream_app.trainer.config import TrainerConfig, check_with_learner
 from stream_app.trainer.observe import observe_commit, report_lag, report_table_rows
-from stream_app.trainer.restore import ends_after_commit, keeps_learner, restore
+from stream_app.trainer.restore import (
+    default_partitioner,
+    ends_after_commit,
+    keeps_learner,
+    restore,
+)
 from stream_app.trainer.result import BatchResult, batch_result
 from stream_app.trainer.snapshot import Snapshots
 from stream_app.trainer.watchdog import EXIT_STALLED, Watchdog
@@ -74,8 +79,7 @@ class Trainer:
         # The changelog's end offsets if only this trainer wrote to it since its last
         # restore: the restore's ends, grown by each of our commits (None: unknown).
         self._changelog_ends: dict[int, int] | None = None
-        self._default_partitioner = kafka.client.get("partitioner",
-                                                     "consistent_random") == "consistent_random"
+        self._default_partitioner = default_partitioner(kafka.client)
         self._volatile: dict[str, Any] | None = None  # volatile_state() at the last commit
         self._own_users: set[str] | None = None  # see _scope
         self._aborts_in_a_row = 0

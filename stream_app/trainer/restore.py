@@ -15,7 +15,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from typing import TypeVar
@@ -197,6 +197,20 @@ def partition_for(key: bytes, partitions: int) -> int:
     (1, 1, 0)
     """
     return zlib.crc32(key) % partitions
+
+
+def default_partitioner(client: Mapping[str, str]) -> bool:
+    """Whether librdkafka settings leave the producer's partitioner at its default
+    (`partition_for`): `partitioner`, or `topic.partitioner` (librdkafka hands
+    unknown global keys to the topic config without the prefix).
+
+    >>> default_partitioner({}), default_partitioner({"partitioner": "consistent_random"})
+    (True, True)
+    >>> default_partitioner({"topic.partitioner": "murmur2_random"})
+    False
+    """
+    return all(str(v).strip() == "consistent_random" for k, v in client.items()
+               if k.strip().removeprefix("topic.") == "partitioner")
 
 
 def ends_after_commit(ends: dict[int, int] | None, keys: Iterable[bytes],
