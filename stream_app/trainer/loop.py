@@ -42,12 +42,8 @@ from stream_app.trainer.batch import (
 )
 from stream_app.trainer.config import TrainerConfig, check_with_learner
 from stream_app.trainer.observe import observe_commit, report_lag, report_table_rows
-from stream_app.trainer.restore import (
-    default_partitioner,
-    ends_after_commit,
-    keeps_learner,
-    restore,
-)
+from stream_app.trainer.own_writes import OwnWrites
+from stream_app.trainer.restore import restore
 from stream_app.trainer.result import BatchResult, batch_result
 from stream_app.trainer.snapshot import Snapshots
 from stream_app.trainer.watchdog import EXIT_STALLED, Watchdog
@@ -76,10 +72,7 @@ class Trainer:
         self.ready = False
         self._evals: list[EvalStats] = []
         self._counts = TxnCounts()
-        # The changelog's end offsets if only this trainer wrote to it since its last
-        # restore: the restore's ends, grown by each of our commits (None: unknown).
-        self._changelog_ends: dict[int, int] | None = None
-        self._default_partitioner = default_partitioner(kafka.client)
+        self._own_writes = OwnWrites(kafka.client)  # whether a rebalance must restore
         self._volatile: dict[str, Any] | None = None  # volatile_state() at the last commit
         self._own_users: set[str] | None = None  # see _scope
         self._aborts_in_a_row = 0
@@ -100,7 +93,7 @@ class Trainer:
     def _restore(self, reason: str = "start") -> None:
         started = time.monotonic()
         self.metrics.restores.labels(reason=reason).inc()
-        self._changelog_ends = None  # until this restore completes
+        self._own_writes.forget()  # until this restore completes
         self.learner = Learner(self.learner_cfg, device=self.device)
         tag = self._snapshots.load_into(self.learner) if self._snapshots else None
         if tag is None and self._snapshots is not None:
@@ -111,7 +104,7 @@ class Trainer:
                         start=None if tag is None else tag.ends)
         if self._volatile is not None:  # this process committed: its own state is exact
             self.learner.load_volatile_state(self._volatile)
-        self._changelog_ends = stats.ends
+        self._own_writes.restored(stats.ends)
         self.metrics.restore_snapshot_age.set(
             -1 if tag is None else time.time() - tag.written_ms / 1000)
         self.metrics.restore_seconds.set(time.monotonic() - started)
@@ -182,7 +175,7 @@ class Trainer:
         and every batch of ours is committed before we poll again, so the
         changelog also holds everything this trainer did. Skipped when the
         changelog provably holds nothing but our last restore and our own
-        commits since (`keeps_learner`: a lone trainer's start, or its
+        commits since (`OwnWrites`: a lone trainer's start, or its
         partitions coming back after a rebalance), while we published every
         user: the learner then equals what a restore would give.
         The end is read once the partitions' committed offsets are stable: a
@@ -199,8 +192,8 @@ class Trainer:
             # the broker after transaction.timeout.ms (which -X may raise past 60 s).
             consumer.settle(parts, timeout_s=max(60.0, self._txn_timeout_s() + 30.0))
             topic = self.topics.embeddings
-            if not keeps_learner(self._changelog_ends, consumer.end_offsets(topic),
-                                 consumer.stable_end_offsets(topic)):
+            if not self._own_writes.keeps_learner(consumer.end_offsets(topic),
+                                                  consumer.stable_end_offsets(topic)):
                 was, self.ready = self.ready, False  # /readyz says "restoring" meanwhile
                 log.info("partitions=%s newly assigned and the changelog is not ours alone "
                          "since the last restore: restoring", parts)
@@ -247,7 +240,7 @@ class Trainer:
         log.info("other trainers own some partitions: publishing only our users' rows")
         self._own_users = set()
         self.learner.clear_replay()
-        self._changelog_ends = None  # the replay buffer is no longer what a restore gives
+        self._own_writes.forget()  # the replay buffer is no longer what a restore gives
 
     def _loop(self, consumer: GroupConsumer, publisher: TransactionalPublisher) -> int:
         """Until stopped or idle (0), or until a partition is assigned but never fetched
@@ -330,14 +323,12 @@ class Trainer:
         else:
             self._aborts_in_a_row = 0
             self._volatile = self.learner.volatile_state()  # what an abort goes back to
-            # In partial scope other users' rows change here unpublished (evictions,
-            # histories): the learner is no longer the changelog's. With a partitioner of
-            # the user's (-X partitioner=...) our writes' partitions cannot be computed.
-            own = self._own_users is None and self._default_partitioner
-            self._changelog_ends = None if not own else ends_after_commit(
-                self._changelog_ends,
-                (r.key for r in records if r.topic == self.topics.embeddings), publisher.spot)
-            if self._own_users is not None:
+            if self._own_users is None:
+                self._own_writes.committed(
+                    (r.key for r in records if r.topic == self.topics.embeddings),
+                    publisher.spot)
+            else:  # other users' rows changed here unpublished (evictions, histories)
+                self._own_writes.forget()
                 leave_scope(self._own_users, tombstones)
             observe_commit(self.metrics, self._counts, batch, decoded, blocks, dlq,
                            published_ms, self.learner.table_sizes(), self._evals)

@@ -44,7 +44,7 @@ def test_read_to_end_waits_out_an_open_transaction_and_sees_what_follows(
 
 
 def test_stable_end_offsets_stop_at_an_open_transaction(kafka: KafkaConfig) -> None:
-    """What the trainer's rebalance check reads (`keeps_learner`): a read_committed
+    """What the trainer's rebalance check reads (`OwnWrites.keeps_learner`): a read_committed
     member's stable offsets stop where an open transaction starts, the true end does
     not; once it is aborted (its marker written) the two agree."""
     topic = kafka.topics.embeddings

@@ -12,19 +12,25 @@ from stream_app.kafka.consumer import GroupConsumer
 from stream_app.trainer.batch import event_time
 
 
+def _interleaved_backlog(kafka: KafkaConfig, per_partition: int) -> int:
+    """Event times 0, 1, 2, 3, ... spread round-robin over clicks 0, clicks 1 and
+    purchases 1, each partition written whole before the next, as a fetch would
+    hand them out; returns how many were sent."""
+    t = kafka.topics
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "linger.ms": 20})
+    for topic, partition, first in ((t.clicks, 0, 0), (t.clicks, 1, 1), (t.purchases, 1, 2)):
+        for k in range(per_partition):
+            producer.produce(topic, partition=partition, key=b"u",
+                             value=orjson.dumps({"ts": first + 3 * k}))
+    assert producer.flush(30) == 0
+    return 3 * per_partition
+
+
 def test_backlog_of_three_partitions_comes_out_in_event_time_order(
         make_kafka: object) -> None:
     kafka: KafkaConfig = make_kafka(partitions=2)  # type: ignore[operator]
     t = kafka.topics
-    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "linger.ms": 20})
-    # Each partition is written whole before the next, as a fetch would hand them out.
-    sent = 0
-    for topic, partition, first in ((t.clicks, 0, 0), (t.clicks, 1, 1), (t.purchases, 1, 2)):
-        for k in range(1500):
-            producer.produce(topic, partition=partition, key=b"u",
-                             value=orjson.dumps({"ts": first + 3 * k}))
-            sent += 1
-    producer.flush(30)
+    sent = _interleaved_backlog(kafka, 1500)
     consumer = GroupConsumer(kafka, client_id="order-test", group_id=f"{kafka.topic_prefix}g",
                              topics=[t.clicks, t.purchases], co_partitioned=True,
                              event_time=event_time)
@@ -56,12 +62,7 @@ def test_partitions_assigned_after_the_batch_wait_was_spent_still_come_out_in_or
     the deadline, with one partition's records ahead of the others' older ones."""
     kafka: KafkaConfig = make_kafka(partitions=2)  # type: ignore[operator]
     t = kafka.topics
-    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "linger.ms": 20})
-    for topic, partition, first in ((t.clicks, 0, 0), (t.clicks, 1, 1), (t.purchases, 1, 2)):
-        for k in range(100):
-            producer.produce(topic, partition=partition, key=b"u",
-                             value=orjson.dumps({"ts": first + 3 * k}))
-    assert producer.flush(30) == 0
+    assert _interleaved_backlog(kafka, 100) == 300
     wait_s = 3.0  # generous: the first fetches must all land within it
     restored = []
 
