@@ -9,19 +9,25 @@ APP     := $(VENV)/bin/stream-app
 # The editable install points at one clone: the stamp names this clone's path
 # too, so a venv shared by clones (or by CI runs in different folders) is
 # re-pointed at the clone being run instead of testing another one's code.
-STAMP   := $(VENV)/.stream-app-$(shell (cat pyproject.toml scripts/bootstrap.sh; echo "$(CURDIR)") | cksum | cut -d' ' -f1)
+STAMP   := $(VENV)/.stream-app-$(shell (cat pyproject.toml constraints.txt scripts/bootstrap.sh; echo "$(CURDIR)") | cksum | cut -d' ' -f1)
 DATA    ?= ../shared/data/movielens-1m
 # System tools (Java, Maven, kcat, Prometheus): installed when missing, see the script.
 SYSDEPS := bash scripts/sysdeps.sh
 
 PHONY_BENCH := bench-deps
-.PHONY: $(PHONY_BENCH) venv tools test test-unit test-integration test-long demo broker broker-stop topics bench bench-quick lint clean
+.PHONY: $(PHONY_BENCH) venv lock tools test test-unit test-integration test-long demo broker broker-stop topics bench bench-quick lint clean
 
 venv: $(STAMP)
-$(STAMP): pyproject.toml scripts/bootstrap.sh
+$(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
 	bash scripts/bootstrap.sh "$(VENV)"
 	rm -f $(VENV)/.stream-app-*
 	touch $@
+
+# constraints.txt pins every installed package to what the venv holds now: run it
+# after upgrading a dependency there, then `make test`, and commit both.
+lock: venv
+	{ sed -n '/^#/p' constraints.txt; $(VENV)/bin/pip freeze --all --exclude-editable; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 # Each target names the system tools it needs (TOOLS); `tools` installs the missing
 # ones before `venv` downloads torch, so a machine that cannot get them stops early.
@@ -59,7 +65,7 @@ topics: venv
 	$(APP) topics create
 
 bench-deps: venv
-	$(VENV)/bin/pip install -q -e ".[test,demo,bench]"
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[test,demo,bench]"
 
 bench: bench-deps
 	$(PY) -m bench.run --out bench/results

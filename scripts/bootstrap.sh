@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or update) the project venv outside the clone and install stream_app
-# into it, editable, with the test and demo extras. Safe to re-run; pip's cache under
+# into it, editable, with the test and demo extras, at the versions of
+# constraints.txt. Safe to re-run; pip's cache under
 # ~/.cache/pip keeps the multi-GB torch wheel, so reinstalls are quick.
 set -euo pipefail
 venv="${1:?usage: bootstrap.sh VENV_DIR}"
@@ -28,4 +29,4 @@ if [ ! -x "$venv/bin/pip" ]; then
   "$venv/bin/pip" install -q --upgrade pip
 fi
 echo "bootstrap: installing stream_app (first time downloads torch, several GB; cached after)"
-"$venv/bin/pip" install -q -e "$here[test,demo]"
+"$venv/bin/pip" install -q -c "$here/constraints.txt" -e "$here[test,demo]"
