@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from stream_app.config import ConfigError
 from stream_app.core import LearnerConfig
+from stream_app.trainer.own_writes import default_partitioner
 
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 INSTANCE_ID_MAX = 100
@@ -127,3 +129,17 @@ def check_with_learner(cfg: TrainerConfig, learner: LearnerConfig) -> None:
             f"idle for {(ttl - cfg.max_future_ms) / 3_600_000:.1f} h of event time. Lower "
             f"trainer.max_future_ms to {int(ttl * MAX_FUTURE_SHARE_OF_TTL)} or less, or raise "
             "learner.idle_ttl_ms")
+
+
+def check_with_client(cfg: TrainerConfig, client: Mapping[str, str]) -> None:
+    """Refuse librdkafka settings that break a trainer feature.
+
+    A snapshot is tagged with the changelog offsets the trainer's own commits
+    lead to (`own_writes`), computed with librdkafka's default partitioner; with
+    another one no snapshot could ever be shown to match the changelog.
+    """
+    if cfg.snapshot_dir is not None and not default_partitioner(client):
+        raise ConfigError(
+            "trainer.snapshot_dir needs librdkafka's default partitioner (consistent_random): "
+            "a snapshot's offsets are computed from it. Drop -X partitioner / "
+            "topic.partitioner, or trainer.snapshot_dir")

@@ -40,7 +40,7 @@ from stream_app.trainer.batch import (
     tombstones_to_publish,
     train_dlq,
 )
-from stream_app.trainer.config import TrainerConfig, check_with_learner
+from stream_app.trainer.config import TrainerConfig, check_with_client, check_with_learner
 from stream_app.trainer.observe import observe_commit, report_lag, report_table_rows
 from stream_app.trainer.own_writes import OwnWrites
 from stream_app.trainer.restore import restore
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 ABORT_BACKOFF_CAP_S = 30.0
 """Longest pause between two tries of a batch whose transaction keeps aborting."""
+MARKERS_WAIT_S = 5.0
+"""How long a snapshot waits for our last commit's markers to reach the changelog."""
 
 class Trainer:
     """Wiring of Kafka edges and the learning core; see the module docstring."""
@@ -61,6 +63,7 @@ class Trainer:
                  on_batch: Callable[[BatchResult], None] | None = None,
                  watchdog: Watchdog | None = None) -> None:
         check_with_learner(cfg, learner_cfg)
+        check_with_client(cfg, kafka.client)
         self.kafka, self.cfg, self.learner_cfg = kafka, cfg, learner_cfg
         self.watchdog = watchdog
         self.topics = kafka.topics
@@ -117,9 +120,13 @@ class Trainer:
         """Write the local snapshot when due (every interval, and when `stopping`, waiting
         for the write), and only while we own every input partition.
 
-        Called between transactions, so the learner holds exactly what the
-        changelog holds; owning all inputs means no other trainer published
-        rows it lacks. A failed write costs only restore speed: logged, not fatal.
+        Called between transactions, so the learner holds everything it
+        published; owning all inputs means no other trainer of the group
+        publishes rows meanwhile. The tag is the changelog's end only once
+        that end is provably our last restore plus our own commits
+        (`_proven_ends`): a restore from the snapshot reads only what follows
+        the tag, so a row someone else wrote before it would be lost. A failed
+        write costs only restore speed: logged, not fatal.
         """
         due = time.monotonic() - self._snapshot_at >= self.cfg.snapshot_interval_s
         if self._snapshots is None or not (due or stopping):
@@ -130,7 +137,35 @@ class Trainer:
         if self._own_users is not None or not self._owns_every_input(consumer):
             return
         self._beat("snapshot")
-        self._snapshots.write(self.learner, wait=stopping)
+        ends = self._proven_ends(consumer)
+        if ends is not None:
+            self._snapshots.write(self.learner, ends=ends, wait=stopping)
+
+    def _proven_ends(self, consumer: GroupConsumer) -> dict[int, int] | None:
+        """The changelog's end offsets when it holds just what the learner holds; else
+        None, logged. Our last commit's markers land just after the commit returns, so
+        while only they are missing this asks again, up to MARKERS_WAIT_S."""
+        topic = self.topics.embeddings
+        deadline = time.monotonic() + MARKERS_WAIT_S
+        try:
+            while True:
+                ends = consumer.end_offsets(topic)
+                if self._own_writes.keeps_learner(ends, consumer.stable_end_offsets(topic)):
+                    return ends
+                if not self._own_writes.may_become_ours(ends):
+                    log.warning("snapshot skipped: the changelog (end offsets %s) may hold rows "
+                                "this trainer did not write since its last restore; snapshots "
+                                "resume after the next restore", ends)
+                    return None
+                if time.monotonic() >= deadline:
+                    log.warning("snapshot skipped: the changelog's end offsets %s are not yet "
+                                "where this trainer's commits lead after %.0f s", ends,
+                                MARKERS_WAIT_S)
+                    return None
+                time.sleep(0.05)
+        except KafkaEdgeError as exc:
+            log.warning("snapshot skipped: %s", exc)
+            return None
 
     def run(self) -> int:
         """Run until stopped (SIGTERM/SIGINT/SIGHUP set `stop`) or idle too long: 0; or until a

@@ -43,6 +43,11 @@ class OwnWrites:
     def keeps_learner(self, ends: dict[int, int], stable: dict[int, int]) -> bool:
         return keeps_learner(self._ends, ends, stable)
 
+    def may_become_ours(self, ends: dict[int, int]) -> bool:
+        """Whether `ends` (high watermarks) fall short of ours only by markers still to be
+        written: waiting may then prove them (`keeps_learner`); past ours, never."""
+        return may_become_ours(self._ends, ends)
+
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition librdkafka's default partitioner (`consistent_random`) gives a
@@ -117,3 +122,16 @@ def keeps_learner(expected: dict[int, int] | None, ends: dict[int, int],
     (False, False)
     """
     return expected is not None and ends == expected and stable == ends
+
+
+def may_become_ours(expected: dict[int, int] | None, ends: dict[int, int]) -> bool:
+    """Whether no partition of `ends` is past `expected`: only our commit markers (written
+    after the commit returns) may be missing, and no foreign record is in.
+
+    >>> may_become_ours({0: 12, 1: 5}, {0: 11, 1: 5}), may_become_ours({0: 12}, {0: 13})
+    (True, False)
+    >>> may_become_ours(None, {0: 12}), may_become_ours({0: 12}, {0: 12, 1: 0})
+    (False, False)
+    """
+    return expected is not None and ends.keys() == expected.keys() and all(
+        ends[p] <= e for p, e in expected.items())

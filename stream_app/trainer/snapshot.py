@@ -128,11 +128,12 @@ class Snapshots:
         self.on_written = on_written
         self._writer: threading.Thread | None = None
 
-    def changelog_tag(self) -> SnapshotTag:
-        """The changelog now: what a snapshot written now matches."""
+    def changelog_tag(self, ends: dict[int, int] | None = None) -> SnapshotTag:
+        """The changelog now, at `ends` (default: its high watermarks)."""
         topic = self.kafka.topics.embeddings
-        return SnapshotTag(topic=topic, topic_id=topic_id(self.kafka, topic),
-                           ends=high_watermarks(self.kafka, topic, client_id=self.client_id),
+        if ends is None:
+            ends = high_watermarks(self.kafka, topic, client_id=self.client_id)
+        return SnapshotTag(topic=topic, topic_id=topic_id(self.kafka, topic), ends=ends,
                            written_ms=int(time.time() * 1000))
 
     def load_into(self, learner: Learner) -> SnapshotTag | None:
@@ -172,8 +173,10 @@ class Snapshots:
                  tag.ends)
         return tag
 
-    def write(self, learner: Learner, *, wait: bool) -> None:
-        """Take the learner's state now; write it in a background thread unless `wait`.
+    def write(self, learner: Learner, *, ends: dict[int, int], wait: bool) -> None:
+        """Take the learner's state now, tagged with the changelog's end offsets `ends`
+        (which must be what the learner holds); write it in a background thread unless
+        `wait`.
 
         Called between transactions: the state (tensors cloned, lists copied;
         ~0.4 s at 1M rows) is taken here, while serialising and fsyncing it
@@ -186,7 +189,7 @@ class Snapshots:
                 return
             self._writer.join()
         try:
-            tag = self.changelog_tag()
+            tag = self.changelog_tag(ends)
         except KafkaEdgeError as exc:
             log.warning("snapshot skipped: %s", exc)
             return

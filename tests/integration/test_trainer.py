@@ -199,6 +199,45 @@ def test_snapshot_restore_keeps_the_dedup_window_and_equals_the_changelog_restor
     assert from_snapshot.learner.global_state() == whole.learner.global_state()
 
 
+def test_no_snapshot_is_tagged_past_a_row_the_trainer_did_not_write(
+        kafka: KafkaConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A restore from a snapshot reads only the changelog after the snapshot's tag.
+    Tagged with the changelog's end at writing time, a snapshot taken after someone
+    else wrote a row (here a plain producer, between two of the trainer's batches)
+    hid that row from every later restore. The trainer now tags a snapshot only
+    with ends its own commits account for, and skips it otherwise."""
+    caplog.set_level(logging.INFO, logger="stream_app")
+    snap = _cfg(snapshot_dir=str(tmp_path))
+    produce(kafka, list(generate(300, n_users=25, n_items=20, seed=14)))
+    run_until_idle(kafka, snap)  # a clean stop writes the first snapshot
+    written = (tmp_path / f"{snap.transactional_id}.snapshot").stat().st_mtime_ns
+
+    some = next(r for k, r in latest_rows(kafka).items()
+                if k.startswith("user:") and r is not None)
+    copy = dataclasses.replace(some, id="foreign")
+
+    def write_foreign_row_once(result: BatchResult) -> None:
+        if trainer.on_batch is not None:
+            trainer.on_batch = None
+            foreign = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+            foreign.produce(kafka.topics.embeddings, key=copy.key.encode(),
+                            value=encode_embedding(copy))
+            assert foreign.flush(10) == 0
+
+    produce(kafka, list(generate(300, n_users=25, n_items=20, seed=15)))
+    trainer = make_trainer(kafka, snap, LEARNER)
+    trainer.on_batch = write_foreign_row_once
+    assert trainer.run() == 0
+    assert trainer.on_batch is None  # the foreign row was written mid-run
+    assert "may hold rows this trainer did not write" in caplog.text
+    assert (tmp_path / f"{snap.transactional_id}.snapshot").stat().st_mtime_ns == written
+
+    again = make_trainer(kafka, snap, LEARNER)
+    again._restore()
+    assert again.metrics.restore_snapshot_age._value.get() >= 0  # noqa: SLF001  (the first one)
+    assert "foreign" in again.learner.user_ids()
+
+
 def test_forget_publishes_a_tombstone(kafka: KafkaConfig) -> None:
     records = list(generate(200, n_users=10, n_items=20, seed=7))
     produce(kafka, records)
@@ -307,6 +346,14 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
     third = list(generate(200, n_users=30, n_items=25, seed=13))
     trainer = make_trainer(kafka, cfg, LEARNER)
     runner = threading.Thread(target=trainer.run, daemon=True)
+    restoring_ready: list[tuple[str, bool]] = []  # (reason, /readyz's flag) per restore
+    restore = trainer._restore
+
+    def spy(reason: str = "start") -> None:
+        restoring_ready.append((reason, trainer.ready))
+        restore(reason)
+
+    trainer._restore = spy  # type: ignore[method-assign]
 
     def decisions() -> list[str]:
         """The trainer's choice on each assignment, in order (logged once it is made)."""
@@ -386,4 +433,7 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
     assert sum(r.updates for r in user_rows.values()) == len(valid)
     rebalance = trainer.metrics.restores.labels(reason="rebalance")._value.get()  # noqa: SLF001
     assert rebalance == decisions().count("restore")
+    # /readyz answers "restoring" through each on-assign restore (the flag it reads).
+    flags = [ready for reason, ready in restoring_ready if reason == "rebalance"]
+    assert len(flags) == rebalance >= 2 and not any(flags)
     assert trainer.metrics.restores.labels(reason="abort")._value.get() == 0  # noqa: SLF001

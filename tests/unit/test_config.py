@@ -22,7 +22,7 @@ from stream_app.core import LearnerConfig
 from stream_app.kafka.clients import consumer_config, merge, producer_config
 from stream_app.kafka.exceptions import ConfigConflictError
 from stream_app.trainer import TrainerConfig
-from stream_app.trainer.config import check_with_learner
+from stream_app.trainer.config import check_with_client, check_with_learner
 
 
 def test_precedence_defaults_file_env_flags() -> None:
@@ -244,6 +244,19 @@ def test_an_instance_id_that_would_overflow_the_model_version_is_refused() -> No
     TrainerConfig(instance_id="a" * 100)
     with pytest.raises(ConfigError, match="instance_id must be at most 100 characters"):
         TrainerConfig(instance_id="a" * 101)
+
+
+def test_snapshots_with_another_partitioner_are_refused(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A snapshot's offsets are where the default partitioner puts our rows."""
+    snap = TrainerConfig(snapshot_dir=str(tmp_path))
+    check_with_client(snap, {"partitioner": "consistent_random"})
+    check_with_client(TrainerConfig(), {"partitioner": "murmur2_random"})  # no snapshots
+    with pytest.raises(ConfigError, match="snapshot_dir needs librdkafka's default partitioner"):
+        check_with_client(snap, {"topic.partitioner": "murmur2_random"})
+    assert main(["trainer", "--snapshot-dir", str(tmp_path), "-X", "partitioner=random",
+                 "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "Drop -X partitioner" in capsys.readouterr().err
 
 
 def test_a_future_allowance_that_would_expire_every_row_is_refused(

@@ -161,7 +161,7 @@ def test_a_snapshot_folder_that_cannot_be_created_is_a_config_error(tmp_path: Pa
 class _FixedTag(Snapshots):
     """The changelog's tag without a broker (the integration test covers the real one)."""
 
-    def changelog_tag(self) -> SnapshotTag:
+    def changelog_tag(self, ends: dict[int, int] | None = None) -> SnapshotTag:
         return _tag()
 
 
@@ -172,7 +172,7 @@ def test_a_background_write_holds_the_state_taken_when_it_was_asked_for(tmp_path
     learner = Learner(CONFIG, device=DEVICE)
     learner.learn(random_events(50, seed=1))
     before = _all_rows(learner)
-    store.write(learner, wait=False)
+    store.write(learner, ends=_tag().ends, wait=False)
     learner.learn(random_events(50, seed=2, start=50))  # the loop goes on meanwhile
     assert store._writer is not None
     store._writer.join()
@@ -182,7 +182,7 @@ def test_a_background_write_holds_the_state_taken_when_it_was_asked_for(tmp_path
     first.load_state_dict(found[1])
     _same(_all_rows(first), before)
 
-    store.write(learner, wait=True)
+    store.write(learner, ends=_tag().ends, wait=True)
     found = read_snapshot(store.path)
     assert found is not None
     second = Learner(CONFIG, device=DEVICE)
@@ -192,7 +192,7 @@ def test_a_background_write_holds_the_state_taken_when_it_was_asked_for(tmp_path
 
 
 class _BrokerDown(Snapshots):
-    def changelog_tag(self) -> SnapshotTag:
+    def changelog_tag(self, ends: dict[int, int] | None = None) -> SnapshotTag:
         raise KafkaEdgeError("cannot read the end offsets of t.embeddings: timed out")
 
 
@@ -201,7 +201,7 @@ def test_a_broker_that_cannot_tag_skips_the_snapshot_instead_of_stopping_the_tra
     store = _BrokerDown(KafkaConfig(bootstrap_servers="127.0.0.1:9092"), folder=str(tmp_path),
                         transactional_id="t", max_age_s=60)
     learner = Learner(CONFIG, device=DEVICE)
-    store.write(learner, wait=True)
+    store.write(learner, ends=_tag().ends, wait=True)
     assert not store.path.exists()
     write_state(store.path, learner.state_dict(), _tag())
     assert store.load_into(Learner(CONFIG, device=DEVICE)) is None  # whole changelog instead
