@@ -10,14 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from stream_app.config import KafkaConfig
-from stream_app.core import EvalStats, Learner, LearnerConfig
+from stream_app.core import Learner, LearnerConfig
 from stream_app.device import resolve_device
-from stream_app.events import DlqRecord, Event
 from stream_app.kafka.admin import require_topics
 from stream_app.kafka.clients import TRANSACTIONAL_DEFAULTS
 from stream_app.kafka.consumer import GroupConsumer
@@ -25,20 +23,14 @@ from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
 from stream_app.kafka.records import Partition, RawRecord, first_offsets, next_offsets
 from stream_app.kafka.transaction import TransactionalPublisher, TxnOutcome
-from stream_app.observability.metrics import EventOutcome, TrainerMetrics
+from stream_app.observability.metrics import TrainerMetrics
 from stream_app.trainer.batch import (
-    OUTCOMES,
-    REFUSED,
-    Decoded,
-    TxnCounts,
     decode_batch,
     event_time,
     leave_scope,
     output_records,
     own_users_only,
-    plan_steps,
     tombstones_to_publish,
-    train_dlq,
 )
 from stream_app.trainer.config import TrainerConfig, check_with_client, check_with_learner
 from stream_app.trainer.observe import observe_commit, report_lag, report_table_rows
@@ -46,6 +38,7 @@ from stream_app.trainer.own_writes import OwnWrites
 from stream_app.trainer.restore import restore
 from stream_app.trainer.result import BatchResult, batch_result
 from stream_app.trainer.snapshot import Snapshots
+from stream_app.trainer.steps import learn_batch
 from stream_app.trainer.watchdog import EXIT_STALLED, Watchdog
 
 log = logging.getLogger(__name__)
@@ -73,8 +66,6 @@ class Trainer:
         self.device = resolve_device(cfg.device, "trainer.device")
         self.learner = Learner(learner_cfg, device=self.device)
         self.ready = False
-        self._evals: list[EvalStats] = []
-        self._counts = TxnCounts()
         self._own_writes = OwnWrites(kafka.client)  # whether a rebalance must restore
         self._volatile: dict[str, Any] | None = None  # volatile_state() at the last commit
         self._own_users: set[str] | None = None  # see _scope
@@ -313,23 +304,14 @@ class Trainer:
         now_ms = int(time.time() * 1000)
         decoded = decode_batch(batch, self.topics, now_ms=now_ms,
                                max_future_ms=self.cfg.max_future_ms)
-        self._evals, self._counts = [], TxnCounts()
-        changed_users: set[str] = set()
-        changed_items: set[str] = set()
-        tombstones: list[str] = []
-        dlq: list[DlqRecord] = list(decoded.dlq)
-        applied, losses = self._learn(decoded, changed_users, changed_items, tombstones, dlq,
-                                      now_ms)
-        self._counts.losses = losses
-        pending_users, pending_items = self.learner.apply_pending()  # all of it is committed
-        changed_users.update(pending_users)
-        changed_items.update(pending_items)
+        ch = learn_batch(self.learner, decoded, step_max=self.cfg.step_max, now_ms=now_ms,
+                         metrics=self.metrics)
+        tombstones = ch.tombstones
         if self._own_users is not None:
             self._own_users |= decoded.users()
-            tombstones = own_users_only(self._own_users, changed_users, tombstones)
-        tombstones = tombstones_to_publish(tombstones, users=changed_users, items=changed_items)
-        blocks = self.learner.row_blocks(user_ids=sorted(changed_users),
-                                         item_ids=sorted(changed_items),
+            tombstones = own_users_only(self._own_users, ch.users, tombstones)
+        tombstones = tombstones_to_publish(tombstones, users=ch.users, items=ch.items)
+        blocks = self.learner.row_blocks(user_ids=sorted(ch.users), item_ids=sorted(ch.items),
                                          model_version=self.model_version, now_ms=now_ms)
         lc = self.learner_cfg
         meta = {**self.learner.global_state(), "model_version": self.model_version,
@@ -339,7 +321,7 @@ class Trainer:
                 "serving": {"history_weight": lc.history_weight,
                             "recent_decay": lc.recent_decay,
                             "recent_items": lc.recent_items}}
-        records = output_records(self.topics, blocks, tombstones, meta, dlq)
+        records = output_records(self.topics, blocks, tombstones, meta, ch.dlq)
         txn_start = time.monotonic()
         self._beat("transaction")
         outcome = publisher.commit(consumer, records, next_offsets(batch), first_offsets(batch),
@@ -365,11 +347,12 @@ class Trainer:
             else:  # other users' rows changed here unpublished (evictions, histories)
                 self._own_writes.forget()
                 leave_scope(self._own_users, tombstones)
-            observe_commit(self.metrics, self._counts, batch, decoded, blocks, dlq,
-                           published_ms, self.learner.table_sizes(), self._evals)
+            observe_commit(self.metrics, ch.counts, batch, decoded, blocks, ch.dlq,
+                           published_ms, self.learner.table_sizes(), ch.evals)
         self.metrics.batch_seconds.observe(time.monotonic() - started)
-        return batch_result(batch, decoded, self._evals, applied=applied, losses=losses,
-                            dlq=len(dlq), rows=sum(len(b) for b in blocks), outcome=outcome,
+        return batch_result(batch, decoded, ch.evals, applied=ch.applied,
+                            losses=ch.counts.losses, dlq=len(ch.dlq),
+                            rows=sum(len(b) for b in blocks), outcome=outcome,
                             published_ms=published_ms)
 
     def _back_off_after_abort(self) -> None:
@@ -392,62 +375,3 @@ class Trainer:
     @property
     def model_version(self) -> str:
         return f"{self.cfg.instance_id}-{self.learner.global_state()['step']}"
-
-    def _learn(self, decoded: Decoded, changed_users: set[str], changed_items: set[str],
-               tombstones: list[str], dlq: list[DlqRecord],
-               now_ms: int) -> tuple[int, list[tuple[float, int]]]:
-        """Evaluate then learn each segment in steps (`plan_steps`); apply forgets in order
-        between segments."""
-        applied = 0
-        losses: list[tuple[float, int]] = []  # (step loss, events applied)
-        plan = plan_steps([len(events) for events in decoded.segments],
-                          step_max=self.cfg.step_max,
-                          eval_max=self.learner_cfg.eval_max_events)
-        for i, (events, recs) in enumerate(zip(decoded.segments, decoded.records, strict=True)):
-            for step in plan[i]:
-                applied += self._learn_step(events[step.start:step.end],
-                                            recs[step.start:step.end], step.evaluate,
-                                            changed_users, changed_items, tombstones, dlq,
-                                            now_ms, losses)
-            if i < len(decoded.forgets):
-                # A tombstone even without a row here: one may still be in the
-                # changelog (a restore, another trainer, an eviction not published).
-                user = decoded.forgets[i]
-                self.learner.forget_user(user, requested=True)
-                tombstones.append(f"user:{user}")
-                changed_users.discard(user)
-        return applied, losses
-
-    def _learn_step(self, events: list[Event], recs: list[RawRecord], evaluate: bool,
-                    changed_users: set[str], changed_items: set[str], tombstones: list[str],
-                    dlq: list[DlqRecord], now_ms: int, losses: list[tuple[float, int]]) -> int:
-        ev = None
-        if evaluate:
-            started = time.monotonic()
-            ev = self.learner.evaluate(events)
-            self.metrics.evaluate_seconds.observe(time.monotonic() - started)
-        started = time.monotonic()
-        st = self.learner.learn(events)
-        self.metrics.step_seconds.observe(time.monotonic() - started)
-        if ev is not None and ev.n_events:
-            self._evals.append(ev)  # published with the commit (`observe_commit`)
-        counts: Counter[tuple[str, EventOutcome]] = Counter()
-        for event, rec, outcome in zip(events, recs, st.outcomes, strict=True):
-            if outcome == "applied":
-                self._counts.applied_times.append((event.ts, rec.timestamp_ms))
-            elif outcome in REFUSED:
-                dlq.append(train_dlq(rec, *REFUSED[outcome], now_ms))
-            counts[(rec.topic, OUTCOMES.get(outcome, EventOutcome.DLQ))] += 1
-        self._counts.events.update(counts)
-        if st.n_applied and st.loss == st.loss:
-            losses.append((float(st.loss), st.n_applied))  # the gauge: at the commit
-        changed_users.update(st.changed_user_ids)
-        changed_items.update(st.changed_item_ids)
-        tombstones.extend(f"user:{u}" for u in st.evicted_user_ids)
-        tombstones.extend(f"item:{i}" for i in st.evicted_item_ids)
-        self._counts.admissions.update(user=st.admitted_users, item=st.admitted_items)
-        self._counts.evictions.update(user=len(st.evicted_user_ids),
-                                      item=len(st.evicted_item_ids))
-        changed_users.difference_update(st.evicted_user_ids)
-        changed_items.difference_update(st.evicted_item_ids)
-        return sum(n for (_, o), n in counts.items() if o is EventOutcome.APPLIED)

@@ -1,0 +1,76 @@
+"""A decoded batch through the learner, without a broker: forgets in order, refusals to
+the DLQ, counts for the commit."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from stream_app.codec import encode_event
+from stream_app.config import TopicNames
+from stream_app.core import Learner, LearnerConfig
+from stream_app.events import Event, EventKind
+from stream_app.kafka.records import RawRecord
+from stream_app.observability.metrics import EventOutcome, TrainerMetrics
+from stream_app.trainer.batch import CONTROL_HEADER, decode_batch
+from stream_app.trainer.steps import Changes, learn_batch
+
+TOPICS = TopicNames(prefix="t.")
+NOW = 1_700_000_000_000
+CONFIG = LearnerConfig(dim=8, num_sampled_negatives=8, eval_max_items=100, eval_max_events=4)
+
+
+def _metrics() -> TrainerMetrics:
+    return TrainerMetrics(CollectorRegistry(), k=20, input_topics=[TOPICS.clicks],
+                          dlq_reasons=["event_id_reused"])
+
+
+def _click(offset: int, user: str, item: str, event_id: str | None = None) -> RawRecord:
+    event = Event(event_id=event_id or f"e{offset}", user_id=user, item_id=item,
+                  ts=NOW - 10_000 + (0 if event_id else offset), kind=EventKind.CLICK)
+    return RawRecord(topic=TOPICS.clicks, partition=0, offset=offset, key=user.encode(),
+                     value=encode_event(event), timestamp_ms=NOW - 5_000 + offset)
+
+
+def _forget(offset: int, user: str) -> RawRecord:
+    return RawRecord(topic=TOPICS.clicks, partition=0, offset=offset, key=user.encode(),
+                     value=b'{"type":"forget"}', timestamp_ms=NOW,
+                     headers=((CONTROL_HEADER, b"forget"),))
+
+
+def _learn(records: list[RawRecord], learner: Learner, step_max: int = 3) -> Changes:
+    decoded = decode_batch(records, TOPICS, now_ms=NOW, max_future_ms=0)
+    return learn_batch(learner, decoded, step_max=step_max, now_ms=NOW, metrics=_metrics())
+
+
+def test_a_forget_between_segments_drops_the_user_learned_before_it_only() -> None:
+    learner = Learner(CONFIG, device="cpu")
+    batch = [_click(0, "u1", "a"), _click(1, "u2", "b"), _click(2, "u1", "c"),
+             _forget(3, "u1"), _click(4, "u3", "a"), _forget(5, "u3"), _click(6, "u3", "d")]
+    out = _learn(batch, learner)
+    assert out.tombstones == ["user:u1", "user:u3"]
+    assert out.users == {"u2", "u3"}  # u3 came back after its forget, in the same batch
+    assert "u1" not in learner.user_ids() and "u3" in learner.user_ids()
+    assert out.items == {"a", "b", "c", "d"}
+    assert out.applied == 5 and sum(n for _, n in out.counts.losses) == 5
+    assert not out.dlq
+
+
+def test_a_reused_event_id_is_dead_lettered_and_counted_not_applied() -> None:
+    learner = Learner(CONFIG, device="cpu")
+    batch = [_click(0, "u1", "a", event_id="x"), _click(1, "u1", "a", event_id="x"),  # a copy
+             _click(2, "u2", "b", event_id="x"), _click(3, "u2", "c")]  # "x" with other content
+    out = _learn(batch, learner, step_max=10)
+    assert [(d.offset, d.reason) for d in out.dlq] == [(2, "event_id_reused")]
+    assert out.applied == 2
+    assert out.counts.events == {(TOPICS.clicks, EventOutcome.APPLIED): 2,
+                                 (TOPICS.clicks, EventOutcome.DUPLICATE): 1,
+                                 (TOPICS.clicks, EventOutcome.DLQ): 1}
+    assert [produced for _, produced in out.counts.applied_times] == [NOW - 5_000, NOW - 4_997]
+
+
+def test_only_the_planned_steps_are_evaluated() -> None:
+    """`eval_max_events` 4 with steps of 3: the first two steps are scored, not the third."""
+    learner = Learner(CONFIG, device="cpu")
+    _learn([_click(i, f"u{i % 3}", f"i{i % 4}") for i in range(9)], learner)  # a model first
+    out = _learn([_click(10 + i, f"u{i % 3}", f"i{i % 4}") for i in range(9)], learner)
+    assert sum(e.n_events for e in out.evals) == 6
