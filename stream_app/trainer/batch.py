@@ -57,6 +57,23 @@ def event_time(rec: RawRecord) -> int:
     return ts if isinstance(ts, int) and not isinstance(ts, bool) else -1
 
 
+def order_key(rec: RawRecord, latest_ms: int) -> int:
+    """`event_time`, except past `latest_ms` (the wall clock plus `trainer.max_future_ms`,
+    so decoding dead-letters the record): -1, first, like other bad input.
+
+    Ordered by its own `ts`, such a record (a clock years off, microseconds for
+    milliseconds) would hold back every later record of its partition for as
+    long as other partitions have older ones queued: through a backlog, until
+    they all ran dry, and then the partition's events came in late.
+
+    >>> rec = RawRecord("clicks", 0, 7, b"u1", b'{"ts": 42}', 0)
+    >>> order_key(rec, latest_ms=100), order_key(rec, latest_ms=41)
+    (42, -1)
+    """
+    ts = event_time(rec)
+    return -1 if ts > latest_ms else ts
+
+
 @dataclass(slots=True)
 class Decoded:
     """A micro-batch split into segments of events, separated by forget requests.

@@ -26,8 +26,8 @@ from stream_app.kafka.transaction import TransactionalPublisher, TxnOutcome
 from stream_app.observability.metrics import TrainerMetrics
 from stream_app.trainer.batch import (
     decode_batch,
-    event_time,
     leave_scope,
+    order_key,
     output_records,
     own_users_only,
     tombstones_to_publish,
@@ -180,7 +180,7 @@ class Trainer:
                                      topics=[self.topics.clicks, self.topics.purchases],
                                      on_assign=lambda parts: self._on_assign(consumer, parts),
                                      on_revoke=self.metrics.forget_partitions,
-                                     co_partitioned=True, event_time=event_time)
+                                     co_partitioned=True, event_time=self._order_key)
             self.ready = True
             status = self._loop(consumer, publisher)
             self._snapshot(consumer, stopping=True)  # the next start reads only what follows
@@ -190,6 +190,10 @@ class Trainer:
                 consumer.close()
             publisher.close()
         return status
+
+    def _order_key(self, rec: RawRecord) -> int:
+        """The consumer hands out partitions' records in this order (`order_key`)."""
+        return order_key(rec, latest_ms=int(time.time() * 1000) + self.cfg.max_future_ms)
 
     def _on_assign(self, consumer: GroupConsumer | None, parts: list[Partition]) -> None:
         """Reload the changelog before the first record of newly owned partitions.

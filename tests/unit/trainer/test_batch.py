@@ -9,8 +9,15 @@ import numpy as np
 from stream_app.codec import META_KEY, decode_dlq, decode_embedding, encode_event
 from stream_app.config import TopicNames
 from stream_app.events import EmbeddingRow, Event, EventKind, RowBlock
+from stream_app.kafka.event_time import EventTimeMerger
 from stream_app.kafka.records import RawRecord, next_offsets
-from stream_app.trainer.batch import CONTROL_HEADER, decode_batch, output_records, plan_steps
+from stream_app.trainer.batch import (
+    CONTROL_HEADER,
+    decode_batch,
+    order_key,
+    output_records,
+    plan_steps,
+)
 
 TOPICS = TopicNames(prefix="t.")
 NOW = 1_700_000_000_000
@@ -107,3 +114,19 @@ def test_steps_cover_every_segment_in_order_and_stay_under_step_max() -> None:
         assert sum(scored[:-1]) < eval_max  # stops once the budget is reached
         if sum(s.end - s.start for s in flat) >= eval_max:
             assert sum(scored) >= eval_max
+
+
+def test_a_record_past_the_future_allowance_does_not_hold_back_its_partition() -> None:
+    """Ordered by its own ts, a record ten days ahead kept partition 0's later
+    records queued while partition 1 had older ones: here, all of them."""
+    def rec(partition: int, offset: int, ts: int) -> RawRecord:
+        return RawRecord(topic="t.clicks", partition=partition, offset=offset, key=b"u",
+                         value=b'{"ts": %d}' % ts, timestamp_ms=NOW)
+
+    far = NOW + 10 * 86_400_000
+    merger = EventTimeMerger(lambda r: order_key(r, latest_ms=NOW + 86_400_000))
+    merger.add([rec(0, 0, NOW - 6), rec(0, 1, far), rec(0, 2, NOW - 4), rec(0, 3, NOW - 2)])
+    merger.add([rec(1, 0, NOW - 5), rec(1, 1, NOW - 3), rec(1, 2, NOW - 1)])
+    out = merger.release(10, waiting_for=[("t.clicks", 0), ("t.clicks", 1)])
+    assert [(r.partition, r.offset) for r in out] == [
+        (0, 0), (0, 1), (1, 0), (0, 2), (1, 1), (0, 3)]  # then partition 0 is empty: wait
