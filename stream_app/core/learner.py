@@ -16,6 +16,7 @@ applied, and the random generator position unless `global_state` is applied.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -106,12 +107,18 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         self._end_restore()
         self._resolve_deferred()
         self._purge_forgotten()
+        stats = self._learn(events, t0)
+        users, items = self._take_restore_evicted()  # after the step admitted its ids
+        if not users and not items:
+            return stats
+        return dataclasses.replace(stats, evicted_user_ids=(*stats.evicted_user_ids, *users),
+                                   evicted_item_ids=(*stats.evicted_item_ids, *items))
+
+    def _learn(self, events: Sequence[Event], t0: float) -> StepStats:
         outcomes, keep, rate_pending = screen(events, self._dedup, self._rate)
         if not keep:
-            gone = self._take_restore_evicted()
             return StepStats(step=self._step, loss=float("nan"), n_applied=0,
-                             outcomes=tuple(outcomes),
-                             evicted_user_ids=gone[0], evicted_item_ids=gone[1])
+                             outcomes=tuple(outcomes))
         kept = [events[i] for i in keep]
         cfg = self.config
         uids = [e.user_id for e in kept]
@@ -163,10 +170,8 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
             self._put_back(cleared)
             for i in keep:
                 outcomes[i] = Outcome.NON_FINITE
-            gone = self._take_restore_evicted()
             return StepStats(step=self._step, loss=float("nan"), n_applied=0,
-                             outcomes=tuple(outcomes),
-                             evicted_user_ids=gone[0], evicted_item_ids=gone[1])
+                             outcomes=tuple(outcomes))
         loss, (g_user_rows, g_user), (g_item_rows, g_item) = grads
 
         # Commit, in an order that keeps every structure consistent on its own.
@@ -197,13 +202,12 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
                                *([moved["user"]] if "user" in moved else [])])
         # Items whose release prior switched on or off changed their served bias.
         changed_i = torch.cat([i_t[fresh_t], flips, *([moved["item"]] if "item" in moved else [])])
-        gone = self._take_restore_evicted()  # after this step admitted its ids
         t4 = time.perf_counter()
         return StepStats(
             step=self._step, loss=loss, n_applied=len(kept), outcomes=tuple(outcomes),
             changed_user_ids=self._ids(self._user_vocab, changed_u),
             changed_item_ids=self._ids(self._item_vocab, changed_i),
-            evicted_user_ids=evicted[0] + gone[0], evicted_item_ids=evicted[1] + gone[1],
+            evicted_user_ids=evicted[0], evicted_item_ids=evicted[1],
             admitted_users=len(u_adm.new_ids), admitted_items=len(i_adm.new_ids),
             applied_update=applied,
             n_replayed=len(r_u),
