@@ -305,10 +305,24 @@ def high_watermarks(kafka: KafkaConfig, topic: str, *, client_id: str,
         consumer.close()
 
 
+def settled_ends(kafka: KafkaConfig, consumer: Consumer, topic: str, *, client_id: str,
+                 wait_s: float) -> dict[int, int]:
+    """The high watermarks of `topic` once the last stable offsets (what the
+    read_committed `consumer` sees) reach them; after `wait_s` (another writer's
+    long transaction) as they are."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        ends = high_watermarks(kafka, topic, client_id=client_id)
+        if time.monotonic() >= deadline or end_offsets(consumer, topic) == ends:
+            return ends
+        time.sleep(0.1)
+
+
 def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
                 batch: int = 5000, timeout_s: float = 600.0,
                 ends_seen: dict[int, int] | None = None,
-                start: dict[int, int] | None = None) -> Generator[list[KeyValue], None, None]:
+                start: dict[int, int] | None = None,
+                settle_s: float = 0.0) -> Generator[list[KeyValue], None, None]:
     """(key, value) of every committed record of `topic`, in chunks, up to the end
     offsets seen at start.
 
@@ -319,14 +333,18 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
     Used to restore the trainer from the compacted changelog: read_committed
     and no group, so it never disturbs anyone's committed offsets. The end
     offsets it reads up to are copied into `ends_seen` when given. `start`
-    gives the first offset per partition (default: the beginning).
+    gives the first offset per partition (default: the beginning). With
+    `settle_s`, the end offsets are taken once no transaction is open or
+    waiting for its markers (up to that long): a transaction's markers are
+    written after its commit or abort returns, and ends read before them are
+    short of the offsets the topic settles at.
     """
     eof: dict[str, Any] = {"enable.partition.eof": True}
     consumer = make_consumer(kafka, client_id, f"{client_id}-reader", **eof)
     try:
         # Read (committed records) up to the true end: with an open transaction
         # in the way this waits until it is committed or aborted.
-        ends = high_watermarks(kafka, topic, client_id=client_id)
+        ends = settled_ends(kafka, consumer, topic, client_id=client_id, wait_s=settle_s)
         if ends_seen is not None:
             ends_seen.update(ends)
         first = {p: (start or {}).get(p, OFFSET_BEGINNING) for p in ends}

@@ -34,7 +34,7 @@ from stream_app.trainer.batch import (
 )
 from stream_app.trainer.config import TrainerConfig, check_with_client, check_with_learner
 from stream_app.trainer.observe import observe_commit, report_lag, report_table_rows
-from stream_app.trainer.own_writes import OwnWrites
+from stream_app.trainer.own_writes import MARKERS_WAIT_S, OwnWrites
 from stream_app.trainer.restore import restore
 from stream_app.trainer.result import BatchResult, batch_result
 from stream_app.trainer.snapshot import Snapshots
@@ -45,8 +45,6 @@ log = logging.getLogger(__name__)
 
 ABORT_BACKOFF_CAP_S = 30.0
 """Longest pause between two tries of a batch whose transaction keeps aborting."""
-MARKERS_WAIT_S = 5.0
-"""How long a snapshot waits for our last commit's markers to reach the changelog."""
 
 class Trainer:
     """Wiring of Kafka edges and the learning core; see the module docstring."""
@@ -95,7 +93,7 @@ class Trainer:
             # have filled part of it
         stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"),
                         on_chunk=lambda: self._beat("restore"),
-                        start=None if tag is None else tag.ends)
+                        start=None if tag is None else tag.ends, settle_s=MARKERS_WAIT_S)
         if self._volatile is not None:  # this process committed: its own state is exact
             self.learner.load_volatile_state(self._volatile)
         self._own_writes.restored(stats.ends)
@@ -115,7 +113,7 @@ class Trainer:
         published; owning all inputs means no other trainer of the group
         publishes rows meanwhile. The tag is the changelog's end only once
         that end is provably our last restore plus our own commits
-        (`_proven_ends`): a restore from the snapshot reads only what follows
+        (`OwnWrites.proven_ends`): a restore from the snapshot reads only what follows
         the tag, so a row someone else wrote before it would be lost. A failed
         write costs only restore speed: logged, not fatal.
         """
@@ -128,35 +126,27 @@ class Trainer:
         if self._own_users is not None or not self._owns_every_input(consumer):
             return
         self._beat("snapshot")
-        ends = self._proven_ends(consumer)
-        if ends is not None:
-            self._snapshots.write(self.learner, ends=ends, wait=stopping)
-
-    def _proven_ends(self, consumer: GroupConsumer) -> dict[int, int] | None:
-        """The changelog's end offsets when it holds just what the learner holds; else
-        None, logged. Our last commit's markers land just after the commit returns, so
-        while only they are missing this asks again, up to MARKERS_WAIT_S."""
         topic = self.topics.embeddings
-        deadline = time.monotonic() + MARKERS_WAIT_S
+
+        def read() -> tuple[dict[int, int], dict[int, int]]:
+            return consumer.end_offsets(topic), consumer.stable_end_offsets(topic)
+
+        def pause(seconds: float) -> bool:  # a stop cuts the wait short, unless it is the stop's
+            if stopping:
+                time.sleep(seconds)
+                return True
+            return not self.stop.wait(seconds)
+
         try:
-            while True:
-                ends = consumer.end_offsets(topic)
-                if self._own_writes.keeps_learner(ends, consumer.stable_end_offsets(topic)):
-                    return ends
-                if not self._own_writes.may_become_ours(ends):
-                    log.warning("snapshot skipped: the changelog (end offsets %s) may hold rows "
-                                "this trainer did not write since its last restore; snapshots "
-                                "resume after the next restore", ends)
-                    return None
-                if time.monotonic() >= deadline:
-                    log.warning("snapshot skipped: the changelog's end offsets %s are not yet "
-                                "where this trainer's commits lead after %.0f s", ends,
-                                MARKERS_WAIT_S)
-                    return None
-                time.sleep(0.05)
+            ends = self._own_writes.proven_ends(read, pause=pause)
         except KafkaEdgeError as exc:
             log.warning("snapshot skipped: %s", exc)
-            return None
+            return
+        if ends is None:
+            log.warning("snapshot skipped (the warning before says why); while the changelog "
+                        "holds rows of another writer, snapshots resume after the next restore")
+            return
+        self._snapshots.write(self.learner, ends=ends, wait=stopping)
 
     def run(self) -> int:
         """Run until stopped (SIGTERM/SIGINT/SIGHUP set `stop`) or idle too long: 0; or until a

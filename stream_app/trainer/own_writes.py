@@ -13,9 +13,19 @@ transaction, not one per record (those cost 5-7% of the ingest rate).
 
 from __future__ import annotations
 
+import logging
+import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+
+log = logging.getLogger(__name__)
+
+MARKERS_WAIT_S = 5.0
+"""How long to wait for transaction markers to reach the changelog: they are written
+after a commit or abort returns, usually within milliseconds."""
+
+Ends = dict[int, int]
 
 
 class OwnWrites:
@@ -24,10 +34,11 @@ class OwnWrites:
 
     def __init__(self, client: Mapping[str, str]) -> None:
         self._partitions_known = default_partitioner(client)
-        self._ends: dict[int, int] | None = None
+        self._ends: Ends | None = None
+        self._marked: set[int] = set()  # partitions our last commit put a marker on
 
-    def restored(self, ends: dict[int, int]) -> None:
-        self._ends = dict(ends)
+    def restored(self, ends: Ends) -> None:
+        self._ends, self._marked = dict(ends), set()
 
     def forget(self) -> None:
         """The learner is no longer what a restore would give (a restore starting,
@@ -37,16 +48,34 @@ class OwnWrites:
     def committed(self, keys: Iterable[bytes], spot: tuple[bytes, int] | None) -> None:
         """One of our transactions committed `keys` to the changelog; `spot`: where
         librdkafka put one of them."""
-        self._ends = ends_after_commit(self._ends, keys, spot) if self._partitions_known \
-            else None
+        before = self._ends
+        self._ends = ends_after_commit(before, keys, spot) if self._partitions_known else None
+        if before is not None and self._ends is not None:
+            self._marked = {p for p, end in self._ends.items() if end != before.get(p)}
 
-    def keeps_learner(self, ends: dict[int, int], stable: dict[int, int]) -> bool:
+    def keeps_learner(self, ends: Ends, stable: Ends) -> bool:
         return keeps_learner(self._ends, ends, stable)
 
-    def may_become_ours(self, ends: dict[int, int]) -> bool:
-        """Whether `ends` (high watermarks) fall short of ours only by markers still to be
-        written: waiting may then prove them (`keeps_learner`); past ours, never."""
-        return may_become_ours(self._ends, ends)
+    def proven_ends(self, read: Callable[[], tuple[Ends, Ends]], *,
+                    pause: Callable[[float], bool], wait_s: float = MARKERS_WAIT_S
+                    ) -> Ends | None:
+        """The changelog's end offsets if it holds just what the learner holds, else None
+        (logged). `read` gives (high watermarks, stable offsets); while only our last
+        commit's markers are missing it is asked again after `pause(0.1)` (False: give
+        up), for up to `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            ends, stable = read()
+            if self.keeps_learner(ends, stable):
+                return ends
+            if not may_become_ours(self._ends, ends, self._marked):
+                log.warning("the changelog (end offsets %s) may hold rows this trainer did not "
+                            "write since its last restore", ends)
+                return None
+            if time.monotonic() >= deadline or not pause(0.1):
+                log.warning("the changelog's end offsets %s are not yet where this trainer's "
+                            "commits lead (expected %s)", ends, self._ends)
+                return None
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -124,14 +153,15 @@ def keeps_learner(expected: dict[int, int] | None, ends: dict[int, int],
     return expected is not None and ends == expected and stable == ends
 
 
-def may_become_ours(expected: dict[int, int] | None, ends: dict[int, int]) -> bool:
-    """Whether no partition of `ends` is past `expected`: only our commit markers (written
-    after the commit returns) may be missing, and no foreign record is in.
+def may_become_ours(expected: Ends | None, ends: Ends, marked: set[int]) -> bool:
+    """Whether `ends` (high watermarks) miss nothing of `expected` but the markers of our
+    last commit, on the partitions it `marked`, so waiting may yet prove them; with any
+    other difference (a foreign record, a truncated or re-created topic), never.
 
-    >>> may_become_ours({0: 12, 1: 5}, {0: 11, 1: 5}), may_become_ours({0: 12}, {0: 13})
+    >>> may_become_ours({0: 12, 1: 5}, {0: 11, 1: 5}, {0}), may_become_ours({0: 12}, {0: 13}, {0})
     (True, False)
-    >>> may_become_ours(None, {0: 12}), may_become_ours({0: 12}, {0: 12, 1: 0})
+    >>> may_become_ours({0: 12, 1: 5}, {0: 12, 1: 4}, {0}), may_become_ours(None, {0: 1}, set())
     (False, False)
     """
     return expected is not None and ends.keys() == expected.keys() and all(
-        ends[p] <= e for p, e in expected.items())
+        ends[p] == e or (p in marked and ends[p] == e - 1) for p, e in expected.items())

@@ -51,18 +51,21 @@ class RestoreStats:
 
 def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str,
             on_chunk: Callable[[], None] | None = None,
-            start: dict[int, int] | None = None) -> RestoreStats:
+            start: dict[int, int] | None = None, settle_s: float = 0.0) -> RestoreStats:
     """Apply every committed row of the changelog to `learner` (which should be fresh).
 
     With `start` (offsets per partition, from a snapshot's tag) only the
     records from there on are applied, onto the learner the snapshot loaded.
     `on_chunk` is called after each applied chunk (the trainer's watchdog beat).
+    `settle_s`: how long the end offsets may wait for open transactions and
+    pending markers (`read_to_end`), so that `ends` counts the markers of the
+    commits and aborts before the restore.
     """
     began = time.monotonic()
     users = items = tombstones = 0
     ends: dict[int, int] = {}
     chunks = read_to_end(kafka, kafka.topics.embeddings, client_id=client_id,
-                         ends_seen=ends, start=start)
+                         ends_seen=ends, start=start, settle_s=settle_s)
     with paused_gc(), closing(_read_ahead(chunks, READ_AHEAD)) as ready:
         for chunk in ready:
             u, i, t = apply_changelog(learner, chunk)

@@ -209,7 +209,10 @@ def test_no_snapshot_is_tagged_past_a_row_the_trainer_did_not_write(
     caplog.set_level(logging.INFO, logger="stream_app")
     snap = _cfg(snapshot_dir=str(tmp_path))
     produce(kafka, list(generate(300, n_users=25, n_items=20, seed=14)))
-    run_until_idle(kafka, snap)  # a clean stop writes the first snapshot
+    # One due after every batch: written right after a commit, once its markers land.
+    run_until_idle(kafka, dataclasses.replace(snap, snapshot_interval_s=0.001))
+    assert caplog.text.count("wrote snapshot") >= 2  # mid-run and at the stop
+    assert "snapshot skipped" not in caplog.text
     written = (tmp_path / f"{snap.transactional_id}.snapshot").stat().st_mtime_ns
 
     some = next(r for k, r in latest_rows(kafka).items()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 
 from stream_app.codec import META_KEY, decode_dlq, decode_embedding, encode_event
-from stream_app.config import TopicNames
+from stream_app.config import KafkaConfig, TopicNames
+from stream_app.core import LearnerConfig
 from stream_app.events import EmbeddingRow, Event, EventKind, RowBlock
 from stream_app.kafka.event_time import EventTimeMerger
 from stream_app.kafka.records import RawRecord, next_offsets
+from stream_app.trainer import TrainerConfig, make_trainer
 from stream_app.trainer.batch import (
     CONTROL_HEADER,
     decode_batch,
@@ -130,3 +133,15 @@ def test_a_record_past_the_future_allowance_does_not_hold_back_its_partition() -
     out = merger.release(10, waiting_for=[("t.clicks", 0), ("t.clicks", 1)])
     assert [(r.partition, r.offset) for r in out] == [
         (0, 0), (0, 1), (1, 0), (0, 2), (1, 1), (0, 3)]  # then partition 0 is empty: wait
+
+
+def test_the_trainer_orders_by_order_key_with_its_future_allowance() -> None:
+    kafka = KafkaConfig(bootstrap_servers="127.0.0.1:1")
+    trainer = make_trainer(kafka, TrainerConfig(max_future_ms=60_000), LearnerConfig(dim=8))
+    now = int(time.time() * 1000)
+
+    def rec(ts: int) -> RawRecord:
+        return RawRecord("t.clicks", 0, 0, b"u", b'{"ts": %d}' % ts, now)
+
+    assert trainer._order_key(rec(now + 30_000)) == now + 30_000
+    assert trainer._order_key(rec(now + 600_000)) == -1

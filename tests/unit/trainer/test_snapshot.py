@@ -162,7 +162,7 @@ class _FixedTag(Snapshots):
     """The changelog's tag without a broker (the integration test covers the real one)."""
 
     def changelog_tag(self, ends: dict[int, int] | None = None) -> SnapshotTag:
-        return _tag()
+        return _tag() if ends is None else _tag(ends=ends)
 
 
 def test_a_background_write_holds_the_state_taken_when_it_was_asked_for(tmp_path: Path) -> None:
@@ -172,12 +172,12 @@ def test_a_background_write_holds_the_state_taken_when_it_was_asked_for(tmp_path
     learner = Learner(CONFIG, device=DEVICE)
     learner.learn(random_events(50, seed=1))
     before = _all_rows(learner)
-    store.write(learner, ends=_tag().ends, wait=False)
+    store.write(learner, ends={0: 3, 1: 4}, wait=False)  # the ends the trainer proved
     learner.learn(random_events(50, seed=2, start=50))  # the loop goes on meanwhile
     assert store._writer is not None
     store._writer.join()
     found = read_snapshot(store.path)
-    assert found is not None and found[0] == _tag()
+    assert found is not None and found[0] == _tag(ends={0: 3, 1: 4})
     first = Learner(CONFIG, device=DEVICE)
     first.load_state_dict(found[1])
     _same(_all_rows(first), before)

@@ -3,6 +3,8 @@ the DLQ, counts for the commit."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from prometheus_client import CollectorRegistry
 
 from stream_app.codec import encode_event
@@ -74,3 +76,12 @@ def test_only_the_planned_steps_are_evaluated() -> None:
     _learn([_click(i, f"u{i % 3}", f"i{i % 4}") for i in range(9)], learner)  # a model first
     out = _learn([_click(10 + i, f"u{i % 3}", f"i{i % 4}") for i in range(9)], learner)
     assert sum(e.n_events for e in out.evals) == 6
+
+
+def test_gradients_still_accumulating_are_applied_with_the_batch() -> None:
+    """With `accumulate_steps` 3, two steps leave gradients cached: the batch commits
+    them too, so nothing learned is left out of what it publishes."""
+    learner = Learner(dataclasses.replace(CONFIG, accumulate_steps=3), device="cpu")
+    out = _learn([_click(i, f"u{i % 2}", f"i{i % 3}") for i in range(6)], learner)
+    assert out.applied == 6
+    assert learner.apply_pending() == ((), ())  # nothing left for the next batch
