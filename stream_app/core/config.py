@@ -92,6 +92,8 @@ class LearnerConfig:
     rate_cap_events: int = 0  # max events per user per window; 0 = off
     rate_cap_window_ms: int = 60_000
     dedup_window: int = 100_000  # remember this many event ids
+    max_time_jump_ms: int = 30 * DAY_MS  # refuse a few events this far ahead of the rest
+    # of their step and of the clock (guards.far_ahead); 0 = off
     # Evaluation.
     eval_k: int = 20
     eval_max_items: int = 200_000  # rank exactly up to here, else sample this many
@@ -113,7 +115,7 @@ class LearnerConfig:
                      "replay_ratio", "release_boost"):
             _non_negative(name, getattr(self, name))
         for name in ("warmup_steps", "idle_ttl_ms", "rate_cap_events", "num_sampled_negatives",
-                     "max_in_batch_negatives", "seed"):
+                     "max_in_batch_negatives", "seed", "max_time_jump_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"learner.{name} must be >= 0, got {getattr(self, name)!r}")
         for name, top in (("dim", DIM_MAX), ("recent_items", RECENT_ITEMS_MAX),

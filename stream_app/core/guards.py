@@ -1,4 +1,5 @@
-"""Input guards: duplicate event ids and per-user rate caps, both in event time.
+"""Input guards: duplicate event ids, per-user rate caps and events far ahead of the
+rest, all in event time.
 
 An event id seen again with the same content is a re-sent copy: applied once,
 counted. Seen again with other content it is a different event under a reused
@@ -15,9 +16,11 @@ remembered as seen.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from enum import StrEnum
 from typing import Any
+
+import numpy as np
 
 from stream_app.events import Event, EventKind
 
@@ -29,6 +32,7 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     ID_REUSED = "id_reused"
     RATE_LIMITED = "rate_limited"
+    FAR_AHEAD = "far_ahead"
     NON_FINITE = "non_finite"
 
 
@@ -145,17 +149,63 @@ class RateLimiter:
             self._counts = {u: wc for u, wc in self._counts.items() if wc[0] >= live}
 
 
+FAR_AHEAD_SHARE = 0.01
+"""At most this share of a step (at least one event) is refused as far ahead: a larger
+group that far ahead is the stream itself moving on after a gap."""
+
+
+def far_ahead(ts: Sequence[int], clock_ms: int | None, max_jump_ms: int) -> set[int]:
+    """Indices of the events timed over `max_jump_ms` ahead of the rest of their step and
+    of the learner's clock (its newest event time), when they are a few.
+
+    One event from a clock years off (or in microseconds) moves the learner's
+    clock that far. Its item's popularity then outweighs every other item's by
+    the decay of those years, and the item tops every list, in the changelog
+    too, until the stream catches up. The trainer's check against the wall
+    clock (`max_future_ms`) stops such events live, not in a replay of old
+    ones. A real gap in the stream (an outage, a quiet season) moves most of a
+    step, or all of it, and passes; a step that straddles one with at most
+    `FAR_AHEAD_SHARE` of its events after it refuses those (they go to the DLQ).
+
+    >>> far_ahead([10, 11, 10**12, 12], clock_ms=9, max_jump_ms=100)
+    {2}
+    >>> far_ahead([10**12, 10**12 + 1], clock_ms=9, max_jump_ms=100)  # the stream moved on
+    set()
+    >>> far_ahead([10, 500, 1000], clock_ms=None, max_jump_ms=100)  # sparse, not an outlier
+    set()
+    """
+    if max_jump_ms <= 0 or len(ts) < 2:
+        return set()
+    t = np.fromiter(ts, dtype=np.int64, count=len(ts))
+    order = np.argsort(t, kind="stable")
+    s = t[order]
+    # The newest time before each event: the clock and the step's earlier events.
+    before = np.maximum.accumulate(np.concatenate(([s[0] if clock_ms is None else clock_ms],
+                                                   s[:-1])))
+    jumps = np.flatnonzero(s - before > max_jump_ms)
+    if not len(jumps) or jumps[0] == 0:
+        return set()
+    first = int(jumps[0])
+    if len(s) - first > max(1, int(len(s) * FAR_AHEAD_SHARE)):
+        return set()
+    return set(order[first:].tolist())
+
+
 def screen(
-    events: Sequence[Event], dedup: Deduplicator, rate: RateLimiter
+    events: Sequence[Event], dedup: Deduplicator, rate: RateLimiter,
+    far: Collection[int] = ()
 ) -> tuple[list[Outcome], list[int], dict[str, tuple[int, int]]]:
     """Outcome per event (APPLIED for the ones to learn from), their indices, rate state.
 
-    Nothing is mutated; pass the returned state to `RateLimiter.commit` and the
-    kept event ids to `Deduplicator.commit` once the batch is applied.
+    `far`: indices refused as far ahead (`far_ahead`), unless a copy of an
+    applied event. Nothing is mutated; pass the returned state to
+    `RateLimiter.commit` and the kept event ids to `Deduplicator.commit` once
+    the batch is applied.
     """
     ids = [ev.event_id for ev in events]
     unique = set(ids)
-    if rate.cap <= 0 and len(unique) == len(ids) and not dedup.seen_any(unique):
+    if (rate.cap <= 0 and not far and len(unique) == len(ids)
+            and not dedup.seen_any(unique)):
         return [Outcome.APPLIED] * len(ids), list(range(len(ids))), {}  # the common case
     outcomes: list[Outcome] = []
     keep: list[int] = []
@@ -171,6 +221,9 @@ def screen(
             outcomes.append(Outcome.DUPLICATE if same else Outcome.ID_REUSED)
             continue
         in_batch[eid] = content(ev)
+        if i in far:
+            outcomes.append(Outcome.FAR_AHEAD)
+            continue
         if not rate.allowed(ev.user_id, ev.ts, pending):
             outcomes.append(Outcome.RATE_LIMITED)
             continue

@@ -27,7 +27,7 @@ import torch
 from stream_app.core import model as m
 from stream_app.core.config import LearnerConfig
 from stream_app.core.evaluate import EvalStats
-from stream_app.core.guards import Deduplicator, Outcome, RateLimiter, screen
+from stream_app.core.guards import Deduplicator, Outcome, RateLimiter, far_ahead, screen
 from stream_app.core.learner_ops import LearnerOps
 from stream_app.core.learner_snapshot import LearnerSnapshot
 from stream_app.core.learner_state import LearnerState
@@ -114,8 +114,13 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         return dataclasses.replace(stats, evicted_user_ids=(*stats.evicted_user_ids, *users),
                                    evicted_item_ids=(*stats.evicted_item_ids, *items))
 
+    def _far(self, events: Sequence[Event]) -> set[int]:
+        return far_ahead([e.ts for e in events], self._watermark_ms,
+                         self.config.max_time_jump_ms)
+
     def _learn(self, events: Sequence[Event], t0: float) -> StepStats:
-        outcomes, keep, rate_pending = screen(events, self._dedup, self._rate)
+        outcomes, keep, rate_pending = screen(events, self._dedup, self._rate,
+                                              self._far(events))
         if not keep:
             return StepStats(step=self._step, loss=float("nan"), n_applied=0,
                              outcomes=tuple(outcomes))
@@ -245,7 +250,8 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         re-sent event's item is already in the user's history, a sure miss.
         """
         self._resolve_deferred()
-        _, keep, _ = screen(events, self._dedup, self._rate)  # reads, commits nothing
+        _, keep, _ = screen(events, self._dedup, self._rate,
+                            self._far(events))  # reads, commits nothing
         if len(keep) < len(events):
             events = [events[i] for i in keep]
         limit = self.config.eval_max_events

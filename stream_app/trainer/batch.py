@@ -188,6 +188,8 @@ OUTCOMES = {"applied": EventOutcome.APPLIED, "duplicate": EventOutcome.DUPLICATE
 
 REFUSED = {
     "rate_limited": (DlqReason.RATE_LIMITED, "user over learner.rate_cap_events in its window"),
+    "far_ahead": (DlqReason.BAD_TIMESTAMP, "ts over learner.max_time_jump_ms ahead of the "
+                  "rest of its step and of the model's clock; not applied"),
     "id_reused": (DlqReason.EVENT_ID_REUSED, "event_id of an applied event whose user, item, "
                   "time, kind or purchase fields differ; not applied"),
     "non_finite": (DlqReason.NON_FINITE_LOSS, "loss or gradient not finite; batch not applied"),

@@ -3,9 +3,10 @@ from __future__ import annotations
 import dataclasses
 
 from stream_app.core import Learner, Outcome
+from stream_app.core.guards import far_ahead
 from stream_app.events import EventKind
 from tests.device import DEVICE
-from tests.unit.core.streams import T0, ev, small_config
+from tests.unit.core.streams import T0, ev, random_events, small_config
 
 
 def test_duplicate_event_ids_are_applied_once_within_and_across_batches() -> None:
@@ -61,3 +62,42 @@ def test_rate_cap_holds_when_old_and_new_timestamps_alternate() -> None:
     for k in range(10):  # and one event a batch
         ts = T0 + 60_001 + k if k % 2 == 0 else T0 + 1
         assert learner.learn([ev(f"c{k}", "bot", "i1", ts)]).n_applied == 0
+
+
+DAY = 86_400_000
+
+
+def test_far_ahead_picks_a_few_outliers_not_a_stream_that_moved_on() -> None:
+    step = [T0 + k for k in range(300)]
+    assert far_ahead([*step, T0 + 40 * DAY], T0, 30 * DAY) == {300}
+    assert far_ahead([*step, T0 + 20 * DAY], T0, 30 * DAY) == set()  # within the jump
+    assert far_ahead([*step, T0 + 40 * DAY], T0, 0) == set()  # off
+    # Up to 1% of the step (3 of 303) goes, more is the stream moving on after a gap.
+    assert far_ahead([*step, *[T0 + 40 * DAY] * 3], T0, 30 * DAY) == {300, 301, 302}
+    assert far_ahead([*step, *[T0 + 40 * DAY] * 4], T0, 30 * DAY) == set()
+    # A whole step past the clock (the first after an outage), and a lone event.
+    assert far_ahead([T0 + 40 * DAY + k for k in range(5)], T0, 30 * DAY) == set()
+    assert far_ahead([T0 + 40 * DAY], T0, 30 * DAY) == set()
+    # Ahead of the clock is what counts: the step's own oldest events may be late ones.
+    assert far_ahead([T0 - 50 * DAY, *step, T0 + 40 * DAY], T0, 30 * DAY) == {301}
+
+
+def test_one_event_years_ahead_in_a_replay_is_refused_and_moves_nothing() -> None:
+    """Without the guard its item outranked every other item for every user: the clock
+    jumped ten years, so everyone else's popularity looked decayed to nothing."""
+    events = random_events(600, users=20, items=30, seed=3)
+    late = dataclasses.replace(events[-1], event_id="far", item_id="i-far",
+                               ts=events[-1].ts + 3650 * DAY)
+    guarded, unguarded = (Learner(small_config(max_time_jump_ms=jump), device=DEVICE)
+                          for jump in (30 * DAY, 0))
+    for learner in (guarded, unguarded):
+        for k in range(0, 500, 100):
+            learner.learn(events[k:k + 100])
+        stats = learner.learn([*events[500:], late])
+        expected = Outcome.FAR_AHEAD if learner is guarded else Outcome.APPLIED
+        assert stats.outcomes[-1] == expected
+    assert guarded.global_state()["watermark_ms"] == max(e.ts for e in events)
+    assert "i-far" not in guarded.item_ids()
+    users = sorted({e.user_id for e in events} - {late.user_id})  # theirs is seen, left out
+    assert [top[0] for top in unguarded.recommend(users, k=1).item_ids] == ["i-far"] * len(users)
+    assert "i-far" not in {top[0] for top in guarded.recommend(users, k=1).item_ids}

@@ -26,9 +26,12 @@ def _metrics() -> TrainerMetrics:
                           dlq_reasons=["event_id_reused"])
 
 
-def _click(offset: int, user: str, item: str, event_id: str | None = None) -> RawRecord:
-    event = Event(event_id=event_id or f"e{offset}", user_id=user, item_id=item,
-                  ts=NOW - 10_000 + (0 if event_id else offset), kind=EventKind.CLICK)
+def _click(offset: int, user: str, item: str, event_id: str | None = None,
+           ts: int | None = None) -> RawRecord:
+    if ts is None:
+        ts = NOW - 10_000 + (0 if event_id else offset)
+    event = Event(event_id=event_id or f"e{offset}", user_id=user, item_id=item, ts=ts,
+                  kind=EventKind.CLICK)
     return RawRecord(topic=TOPICS.clicks, partition=0, offset=offset, key=user.encode(),
                      value=encode_event(event), timestamp_ms=NOW - 5_000 + offset)
 
@@ -85,3 +88,15 @@ def test_gradients_still_accumulating_are_applied_with_the_batch() -> None:
     out = _learn([_click(i, f"u{i % 2}", f"i{i % 3}") for i in range(6)], learner)
     assert out.applied == 6
     assert learner.apply_pending() == ((), ())  # nothing left for the next batch
+
+
+def test_an_event_years_ahead_of_a_replayed_step_is_dead_lettered() -> None:
+    """Within the wall clock's allowance (a replay of old events), so only the learner's
+    guard against its clock jumping (`max_time_jump_ms`) catches it."""
+    learner = Learner(CONFIG, device="cpu")
+    old = NOW - 400 * 86_400_000
+    batch = [*(_click(k, f"u{k % 2}", f"i{k}", ts=old + k) for k in range(5)),
+             _click(5, "u2", "i9", ts=NOW - 86_400_000)]
+    out = _learn(batch, learner, step_max=10)
+    assert [(d.offset, d.reason) for d in out.dlq] == [(5, "bad_timestamp")]
+    assert out.applied == 5 and "u2" not in out.users
