@@ -309,11 +309,13 @@ def settled_ends(kafka: KafkaConfig, consumer: Consumer, topic: str, *, client_i
                  wait_s: float) -> dict[int, int]:
     """The high watermarks of `topic` once the last stable offsets (what the
     read_committed `consumer` sees) reach them; after `wait_s` (another writer's
-    long transaction) as they are."""
+    long transaction) as they are. The stable offsets are read first: equal to
+    the ends read after them, nothing below those ends was open or unmarked."""
     deadline = time.monotonic() + wait_s
     while True:
+        stable = end_offsets(consumer, topic) if wait_s > 0 else None
         ends = high_watermarks(kafka, topic, client_id=client_id)
-        if time.monotonic() >= deadline or end_offsets(consumer, topic) == ends:
+        if stable == ends or time.monotonic() >= deadline:
             return ends
         time.sleep(0.1)
 

@@ -82,7 +82,19 @@ class Trainer:
         if self.watchdog is not None:
             self.watchdog.beat(step)
 
-    def _restore(self, reason: str = "start") -> None:
+    def _changelog_ends(self, consumer: GroupConsumer) -> tuple[dict[int, int], dict[int, int]]:
+        """The changelog's (high watermarks, last stable offsets), the stable ones read
+        first: equal, they then show that nothing below the end was still open or
+        waiting for its markers when the end was read."""
+        topic = self.topics.embeddings
+        stable = consumer.stable_end_offsets(topic)
+        return consumer.end_offsets(topic), stable
+
+    def _restore(self, reason: str = "start", *, settle: bool = True) -> None:
+        """Rebuild the learner from the snapshot and the changelog. `settle`: first wait
+        (up to MARKERS_WAIT_S) for pending transactions, so the ends it records count
+        their markers; pointless while other trainers commit all the time, since their
+        rows make us restore again anyway."""
         started = time.monotonic()
         self.metrics.restores.labels(reason=reason).inc()
         self._own_writes.forget()  # until this restore completes
@@ -93,7 +105,8 @@ class Trainer:
             # have filled part of it
         stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"),
                         on_chunk=lambda: self._beat("restore"),
-                        start=None if tag is None else tag.ends, settle_s=MARKERS_WAIT_S)
+                        start=None if tag is None else tag.ends,
+                        settle_s=MARKERS_WAIT_S if settle else 0.0)
         if self._volatile is not None:  # this process committed: its own state is exact
             self.learner.load_volatile_state(self._volatile)
         self._own_writes.restored(stats.ends)
@@ -126,10 +139,6 @@ class Trainer:
         if self._own_users is not None or not self._owns_every_input(consumer):
             return
         self._beat("snapshot")
-        topic = self.topics.embeddings
-
-        def read() -> tuple[dict[int, int], dict[int, int]]:
-            return consumer.end_offsets(topic), consumer.stable_end_offsets(topic)
 
         def pause(seconds: float) -> bool:  # a stop cuts the wait short, unless it is the stop's
             if stopping:
@@ -138,7 +147,8 @@ class Trainer:
             return not self.stop.wait(seconds)
 
         try:
-            ends = self._own_writes.proven_ends(read, pause=pause)
+            ends = self._own_writes.proven_ends(lambda: self._changelog_ends(consumer),
+                                                pause=pause)
         except KafkaEdgeError as exc:
             log.warning("snapshot skipped: %s", exc)
             return
@@ -211,14 +221,12 @@ class Trainer:
             # A previous owner's open transaction ends first: committed, or aborted by
             # the broker after transaction.timeout.ms (which -X may raise past 60 s).
             consumer.settle(parts, timeout_s=max(60.0, self._txn_timeout_s() + 30.0))
-            topic = self.topics.embeddings
-            if not self._own_writes.keeps_learner(consumer.end_offsets(topic),
-                                                  consumer.stable_end_offsets(topic)):
+            if not self._own_writes.keeps_learner(*self._changelog_ends(consumer)):
                 was, self.ready = self.ready, False  # /readyz says "restoring" meanwhile
                 log.info("partitions=%s newly assigned and the changelog is not ours alone "
                          "since the last restore: restoring", parts)
                 try:
-                    self._restore("rebalance")
+                    self._restore("rebalance", settle=whole)
                 finally:
                     self.ready = was
             else:
@@ -328,7 +336,7 @@ class Trainer:
             self.metrics.transaction_aborts.inc()
             self._back_off_after_abort()
             self._beat("restore after abort")
-            self._restore("abort")
+            self._restore("abort", settle=self._own_users is None)
             if self._own_users is not None:  # the assignment is unchanged: so is the scope,
                 self.learner.clear_replay()  # but the restore may have loaded a snapshot's
         else:

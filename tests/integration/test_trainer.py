@@ -352,9 +352,9 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
     restoring_ready: list[tuple[str, bool]] = []  # (reason, /readyz's flag) per restore
     restore = trainer._restore
 
-    def spy(reason: str = "start") -> None:
+    def spy(reason: str = "start", *, settle: bool = True) -> None:
         restoring_ready.append((reason, trainer.ready))
-        restore(reason)
+        restore(reason, settle=settle)
 
     trainer._restore = spy  # type: ignore[method-assign]
 

@@ -89,3 +89,20 @@ def test_nothing_is_proven_before_a_restore_or_after_a_forget() -> None:
     assert own.proven_ends(read, pause=lambda s: True) == {0: 1}
     own.forget()
     assert own.proven_ends(read, pause=lambda s: True) is None
+
+
+def test_only_the_last_commits_markers_may_be_missing() -> None:
+    """Kafka writes a transaction's markers before the same producer's next transaction
+    starts: after a second commit, the first's cannot be pending any more."""
+    own = OwnWrites({})
+    own.restored(RESTORED)
+    keys = {partition_for(k, 2): k for k in (b"user:1", b"user:2", b"user:3", b"user:4")}
+    own.committed([keys[0]], (keys[0], 0))
+    own.committed([keys[1]], (keys[1], 1))
+    expected = {0: RESTORED[0] + 2, 1: RESTORED[1] + 2}
+    read, seen = _reads(({0: expected[0] - 1, 1: expected[1]}, RESTORED))
+    assert own.proven_ends(read, pause=lambda s: True) is None
+    assert len(seen) == 1
+    own.committed([], None)  # a transaction that wrote nothing to the changelog
+    read, _ = _reads((expected, expected))
+    assert own.proven_ends(read, pause=lambda s: True) == expected
