@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 EXIT_STALLED = 75
 """Exit status of a process that stopped because only a restart fixes what it is stuck
 in (sysexits' EX_TEMPFAIL: "try again"): a hung librdkafka call (the trainer's
-watchdog), a partition librdkafka never fetches (`kafka.first_fetch`). Distinct
-from 1 (runtime failure) and 2 (configuration error)."""
+watchdog), a partition librdkafka never fetches (`kafka.first_fetch`), or no broker
+answering at all. Distinct from 1 (runtime failure) and 2 (configuration error), so
+a supervisor can restart on it and stop on a configuration error."""
 
 
 def _terminations() -> list[signal.Signals]:

@@ -1,7 +1,8 @@
 """`stream-app` command line: argument parsing only; each command lives in its module.
 
 Exit codes: 0 ok, 1 runtime failure, 2 configuration error (with what to fix),
-75 a process stuck in what only a restart cures (run under a supervisor), and
+75 try again later: no broker answered, or a process is stuck in what only a
+restart cures (run it under a supervisor), and
 128 + the signal for a one-shot command stopped by one: 130 Ctrl-C, 143 SIGTERM,
 129 SIGHUP.
 
@@ -21,7 +22,7 @@ from stream_app import __version__
 from stream_app.cli import demo, scorer, tools, trainer
 from stream_app.cli.common import Handler
 from stream_app.config import ConfigError
-from stream_app.signals import interrupt_on_termination, interrupted_status
+from stream_app.signals import EXIT_STALLED, interrupt_on_termination, interrupted_status
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from stream_app.kafka.exceptions import (
         BrokerError,
+        BrokerUnavailable,
         ConfigConflictError,
         KafkaEdgeError,
         TopicError,
@@ -59,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ConfigConflictError) as exc:
         print(f"stream-app: configuration error: {exc}", file=sys.stderr)
         return 2
+    except BrokerUnavailable as exc:  # the cluster is down or not there yet: try again
+        print(f"stream-app: {exc}", file=sys.stderr)
+        return EXIT_STALLED
     except (BrokerError, TopicError) as exc:
         print(f"stream-app: {exc}", file=sys.stderr)
         return 2

@@ -61,7 +61,7 @@ def add_commands(sub: Any) -> None:
 def _broker(args: argparse.Namespace) -> int:
     from stream_app.kafka import broker
     from stream_app.kafka.admin import wait_for_broker
-    from stream_app.kafka.exceptions import BrokerError
+    from stream_app.kafka.exceptions import BrokerUnavailable
 
     env = environment()
     check_environment(env, {})
@@ -79,7 +79,7 @@ def _broker(args: argparse.Namespace) -> int:
             source = ("--bootstrap-servers" if args.bootstrap_servers
                       else "STREAM_APP_BOOTSTRAP_SERVERS")
             if not wait_for_broker(given, timeout_s=10, raise_on_timeout=False):
-                raise BrokerError(f"no broker answers at {given} (from {source}, which "
+                raise BrokerUnavailable(f"no broker answers at {given} (from {source}, which "
                                   "reuses a running broker): unset it to start one here")
             print(f"reusing the running broker at {given} (from {source})")
             return 0

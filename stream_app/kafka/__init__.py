@@ -5,6 +5,7 @@ from __future__ import annotations
 from stream_app.kafka.exceptions import (
     AuthenticationError,
     BrokerError,
+    BrokerUnavailable,
     ConfigConflictError,
     FatalTransactionError,
     KafkaEdgeError,
@@ -14,6 +15,7 @@ from stream_app.kafka.exceptions import (
 __all__ = [
     "AuthenticationError",
     "BrokerError",
+    "BrokerUnavailable",
     "ConfigConflictError",
     "FatalTransactionError",
     "KafkaEdgeError",

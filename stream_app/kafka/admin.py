@@ -18,7 +18,12 @@ from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from stream_app.config import KafkaConfig, TopicNames
 from stream_app.kafka.clients import created, merge
-from stream_app.kafka.exceptions import AuthenticationError, BrokerError, TopicError
+from stream_app.kafka.exceptions import (
+    AuthenticationError,
+    BrokerError,
+    BrokerUnavailable,
+    TopicError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +80,7 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 10.0, *, raise_on_timeout
                 f"authentication failed at {bootstrap}: {auth_errors[0].str()}; check "
                 "sasl.username / sasl.password / sasl.mechanisms / security.protocol (-X)")
     if raise_on_timeout:
-        raise BrokerError(
+        raise BrokerUnavailable(
             f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f}s ({last}); "
             "start one with `stream-app broker start` or pass --bootstrap-servers"
         )
@@ -141,7 +146,7 @@ def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.
     try:
         meta = admin_client(kafka).list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise BrokerError(f"cannot list topics at {kafka.bootstrap_servers}: {exc}") from exc
+        raise BrokerUnavailable(f"cannot list topics at {kafka.bootstrap_servers}: {exc}") from exc
     missing = [t for t in topics if t not in meta.topics]
     if missing:
         raise TopicError(
