@@ -237,6 +237,13 @@ class GroupConsumer:
         except KafkaException as exc:
             raise KafkaEdgeError(f"cannot read the stable offsets of {topic}: {exc}") from exc
 
+    def ends_and_stable(self, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+        """`ends_and_stable` of `topic`, the stable offsets as this consumer sees them."""
+        try:
+            return ends_and_stable(self._kafka, self._consumer, topic, client_id=self._client_id)
+        except KafkaException as exc:
+            raise KafkaEdgeError(f"cannot read the stable offsets of {topic}: {exc}") from exc
+
     def lag(self) -> dict[Partition, int]:
         """Records not handed out yet per assigned partition: queued + behind the high watermark.
 
@@ -305,16 +312,25 @@ def high_watermarks(kafka: KafkaConfig, topic: str, *, client_id: str,
         consumer.close()
 
 
+def ends_and_stable(kafka: KafkaConfig, consumer: Consumer, topic: str, *,
+                    client_id: str) -> tuple[dict[int, int], dict[int, int]]:
+    """(high watermarks, last stable offsets) of `topic`, the stable offsets (what the
+    read_committed `consumer` sees) read first: equal to the ends read after them,
+    they show that nothing below those ends was open or waiting for its markers."""
+    stable = end_offsets(consumer, topic)
+    return high_watermarks(kafka, topic, client_id=client_id), stable
+
+
 def settled_ends(kafka: KafkaConfig, consumer: Consumer, topic: str, *, client_id: str,
                  wait_s: float) -> dict[int, int]:
-    """The high watermarks of `topic` once the last stable offsets (what the
-    read_committed `consumer` sees) reach them; after `wait_s` (another writer's
-    long transaction) as they are. The stable offsets are read first: equal to
-    the ends read after them, nothing below those ends was open or unmarked."""
+    """The high watermarks of `topic` once the last stable offsets reach them
+    (`ends_and_stable`); after `wait_s` (another writer's long transaction) as they
+    are."""
+    if wait_s <= 0:
+        return high_watermarks(kafka, topic, client_id=client_id)
     deadline = time.monotonic() + wait_s
     while True:
-        stable = end_offsets(consumer, topic) if wait_s > 0 else None
-        ends = high_watermarks(kafka, topic, client_id=client_id)
+        ends, stable = ends_and_stable(kafka, consumer, topic, client_id=client_id)
         if stable == ends or time.monotonic() >= deadline:
             return ends
         time.sleep(0.1)

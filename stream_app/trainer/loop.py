@@ -82,14 +82,6 @@ class Trainer:
         if self.watchdog is not None:
             self.watchdog.beat(step)
 
-    def _changelog_ends(self, consumer: GroupConsumer) -> tuple[dict[int, int], dict[int, int]]:
-        """The changelog's (high watermarks, last stable offsets), the stable ones read
-        first: equal, they then show that nothing below the end was still open or
-        waiting for its markers when the end was read."""
-        topic = self.topics.embeddings
-        stable = consumer.stable_end_offsets(topic)
-        return consumer.end_offsets(topic), stable
-
     def _restore(self, reason: str = "start", *, settle: bool = True) -> None:
         """Rebuild the learner from the snapshot and the changelog. `settle`: first wait
         (up to MARKERS_WAIT_S) for pending transactions, so the ends it records count
@@ -147,8 +139,8 @@ class Trainer:
             return not self.stop.wait(seconds)
 
         try:
-            ends = self._own_writes.proven_ends(lambda: self._changelog_ends(consumer),
-                                                pause=pause)
+            ends = self._own_writes.proven_ends(
+                lambda: consumer.ends_and_stable(self.topics.embeddings), pause=pause)
         except KafkaEdgeError as exc:
             log.warning("snapshot skipped: %s", exc)
             return
@@ -221,7 +213,8 @@ class Trainer:
             # A previous owner's open transaction ends first: committed, or aborted by
             # the broker after transaction.timeout.ms (which -X may raise past 60 s).
             consumer.settle(parts, timeout_s=max(60.0, self._txn_timeout_s() + 30.0))
-            if not self._own_writes.keeps_learner(*self._changelog_ends(consumer)):
+            if not self._own_writes.keeps_learner(
+                    *consumer.ends_and_stable(self.topics.embeddings)):
                 was, self.ready = self.ready, False  # /readyz says "restoring" meanwhile
                 log.info("partitions=%s newly assigned and the changelog is not ours alone "
                          "since the last restore: restoring", parts)
