@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import closing
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message
@@ -51,7 +52,7 @@ class GroupConsumer:
         if co_partitioned:
             enforce["partition.assignment.strategy"] = "range"
         self._consumer: Consumer = make_consumer(kafka, client_id, group_id, enforce=enforce)
-        self._kafka, self._client_id = kafka, client_id
+        self._watermarks = Watermarks(kafka, client_id=client_id)
         self._starts_at_end = starts_at_end(kafka, client_id, group_id)
         self._merger = EventTimeMerger(event_time)
         self._revoked: set[Partition] = set()
@@ -224,9 +225,8 @@ class GroupConsumer:
                             tp.partition, tp.error)
 
     def end_offsets(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
-        """True end (high watermark) of every partition of `topic`; see `high_watermarks`."""
-        return high_watermarks(self._kafka, topic, client_id=self._client_id,
-                               timeout_s=timeout_s)
+        """True end (high watermark) of every partition of `topic`; see `Watermarks`."""
+        return self._watermarks.of(topic, timeout_s)
 
     def stable_end_offsets(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
         """Last stable offset of every partition of `topic`: this consumer reads
@@ -240,7 +240,7 @@ class GroupConsumer:
     def ends_and_stable(self, topic: str) -> tuple[dict[int, int], dict[int, int]]:
         """`ends_and_stable` of `topic`, the stable offsets as this consumer sees them."""
         try:
-            return ends_and_stable(self._kafka, self._consumer, topic, client_id=self._client_id)
+            return ends_and_stable(self._consumer, self._watermarks, topic)
         except KafkaException as exc:
             raise KafkaEdgeError(f"cannot read the stable offsets of {topic}: {exc}") from exc
 
@@ -256,6 +256,7 @@ class GroupConsumer:
     def close(self) -> None:
         """Leave the group (revoking, so `on_revoke` may commit once more)."""
         leave_group(self._consumer)
+        self._watermarks.close()
 
 
 def starts_at_end(kafka: KafkaConfig, client_id: str, group_id: str) -> bool:
@@ -294,43 +295,64 @@ def end_offsets(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> dict
             for p in sorted(meta.topics[topic].partitions)}
 
 
-def high_watermarks(kafka: KafkaConfig, topic: str, *, client_id: str,
-                    timeout_s: float = 10.0) -> dict[int, int]:
-    """The true end of each partition, asked with isolation.level=read_uncommitted.
+class Watermarks:
+    """The true end of each partition, asked with isolation.level=read_uncommitted,
+    of one client kept open across calls (made at the first).
 
     A read_committed consumer's watermark query answers the last stable offset:
     it stops at another producer's open transaction (a killed trainer's, until
     `transaction.timeout.ms` aborts it) and so hides every committed record
     after it. Restoring up to that point would lose those records.
+    Kept open because the waits that ask it every 0.1 s (`settled_ends`, the
+    snapshot's proof) pause the trainer's loop: a client made and closed per
+    call took 68 ms on a local broker, a kept one 7 ms.
     """
-    consumer = make_consumer(kafka, client_id, f"{client_id}-hwm", read_committed=False)
-    try:
-        return end_offsets(consumer, topic, timeout_s)
-    except KafkaException as exc:
-        raise KafkaEdgeError(f"cannot read the end offsets of {topic}: {exc}") from exc
-    finally:
-        consumer.close()
+
+    def __init__(self, kafka: KafkaConfig, *, client_id: str) -> None:
+        self._kafka, self._client_id = kafka, client_id
+        self._consumer: Consumer | None = None
+
+    def of(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+        try:
+            if self._consumer is None:
+                self._consumer = make_consumer(self._kafka, self._client_id,
+                                               f"{self._client_id}-hwm", read_committed=False)
+            return end_offsets(self._consumer, topic, timeout_s)
+        except KafkaException as exc:
+            raise KafkaEdgeError(f"cannot read the end offsets of {topic}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
 
-def ends_and_stable(kafka: KafkaConfig, consumer: Consumer, topic: str, *,
-                    client_id: str) -> tuple[dict[int, int], dict[int, int]]:
+def high_watermarks(kafka: KafkaConfig, topic: str, *, client_id: str,
+                    timeout_s: float = 10.0) -> dict[int, int]:
+    """`Watermarks.of`, once."""
+    with closing(Watermarks(kafka, client_id=client_id)) as watermarks:
+        return watermarks.of(topic, timeout_s)
+
+
+def ends_and_stable(consumer: Consumer, watermarks: Watermarks,
+                    topic: str) -> tuple[dict[int, int], dict[int, int]]:
     """(high watermarks, last stable offsets) of `topic`, the stable offsets (what the
     read_committed `consumer` sees) read first: equal to the ends read after them,
     they show that nothing below those ends was open or waiting for its markers."""
     stable = end_offsets(consumer, topic)
-    return high_watermarks(kafka, topic, client_id=client_id), stable
+    return watermarks.of(topic), stable
 
 
-def settled_ends(kafka: KafkaConfig, consumer: Consumer, topic: str, *, client_id: str,
+def settled_ends(consumer: Consumer, watermarks: Watermarks, topic: str, *,
                  wait_s: float) -> dict[int, int]:
     """The high watermarks of `topic` once the last stable offsets reach them
     (`ends_and_stable`); after `wait_s` (another writer's long transaction) as they
     are."""
     if wait_s <= 0:
-        return high_watermarks(kafka, topic, client_id=client_id)
+        return watermarks.of(topic)
     deadline = time.monotonic() + wait_s
     while True:
-        ends, stable = ends_and_stable(kafka, consumer, topic, client_id=client_id)
+        ends, stable = ends_and_stable(consumer, watermarks, topic)
         if stable == ends or time.monotonic() >= deadline:
             return ends
         time.sleep(0.1)
@@ -362,7 +384,8 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
     try:
         # Read (committed records) up to the true end: with an open transaction
         # in the way this waits until it is committed or aborted.
-        ends = settled_ends(kafka, consumer, topic, client_id=client_id, wait_s=settle_s)
+        with closing(Watermarks(kafka, client_id=client_id)) as watermarks:
+            ends = settled_ends(consumer, watermarks, topic, wait_s=settle_s)
         if ends_seen is not None:
             ends_seen.update(ends)
         first = {p: (start or {}).get(p, OFFSET_BEGINNING) for p in ends}
