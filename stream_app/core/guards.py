@@ -220,13 +220,15 @@ def screen(
             same = first == content(ev)
             outcomes.append(Outcome.DUPLICATE if same else Outcome.ID_REUSED)
             continue
-        in_batch[eid] = content(ev)
         if i in far:
             outcomes.append(Outcome.FAR_AHEAD)
             continue
         if not rate.allowed(ev.user_id, ev.ts, pending):
             outcomes.append(Outcome.RATE_LIMITED)
             continue
+        # Only an applied event makes later ones copies or reused ids: a copy of a
+        # refused one is screened on its own (and, refused again, dead-lettered too).
+        in_batch[eid] = content(ev)
         outcomes.append(Outcome.APPLIED)
         keep.append(i)
     return outcomes, keep, pending

@@ -101,3 +101,22 @@ def test_one_event_years_ahead_in_a_replay_is_refused_and_moves_nothing() -> Non
     users = sorted({e.user_id for e in events} - {late.user_id})  # theirs is seen, left out
     assert [top[0] for top in unguarded.recommend(users, k=1).item_ids] == ["i-far"] * len(users)
     assert "i-far" not in {top[0] for top in guarded.recommend(users, k=1).item_ids}
+
+
+def test_a_copy_of_a_refused_event_is_refused_again_not_counted_as_a_copy() -> None:
+    """Only an applied event makes later ones copies: before, a copy of a rate-limited or
+    far-ahead event in the same step was counted as a duplicate (neither applied nor
+    dead-lettered), and a new event reusing a refused event's id went to the DLQ as a
+    reused id of an event that was never applied."""
+    learner = Learner(small_config(rate_cap_events=2, rate_cap_window_ms=60_000),
+                      device=DEVICE)
+    bot = [ev(f"b{k}", "bot", f"i{k}", T0 + k) for k in range(3)]
+    copy = dataclasses.replace(bot[2], context={"retry": 1})
+    reuse = ev("b2", "human", "i9", T0)
+    step = [ev(f"w{k}", f"u{k}", "i1", T0 + k) for k in range(200)]
+    far = ev("far", "u0", "i1", T0 + 40 * DAY)
+    stats = learner.learn([*bot, copy, reuse, *step, far, dataclasses.replace(far)])
+    assert stats.outcomes[:5] == (Outcome.APPLIED, Outcome.APPLIED, Outcome.RATE_LIMITED,
+                                  Outcome.RATE_LIMITED, Outcome.APPLIED)
+    assert stats.outcomes[-2:] == (Outcome.FAR_AHEAD, Outcome.FAR_AHEAD)
+    assert Outcome.DUPLICATE not in stats.outcomes and Outcome.ID_REUSED not in stats.outcomes
