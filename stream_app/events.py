@@ -227,23 +227,33 @@ class ChangelogRows:
                    state=state_columns([r.state for r in rows], _stacked_arrays))
 
 
+STATE_MAX_DEPTH = 64
+"""Deepest nesting a row's state may have (the learner's has 3 levels). Each level is a
+Python call or two: a row nested a thousand deep (the free-form `state` of the schema
+lets that through) raised RecursionError in whoever decoded it."""
+
+
 def state_columns(states: list[dict[str, Any]],
-                  leaf: Callable[[list[Any]], Any | None]) -> dict[str, Any]:
+                  leaf: Callable[[list[Any]], Any | None],
+                  depth: int = 0) -> dict[str, Any]:
     """The column tree of n per-row state dicts (inverse of `state_rows`).
 
     `leaf(values)` gives the column of one key's values, or None where they
     are nested objects (dicts, or None where a row lacks the key), which
-    become a nested column tree.
+    become a nested column tree. ValueError past `STATE_MAX_DEPTH` levels.
 
     >>> state_columns([{"opt": {"acc": 0.5}}, {"opt": {"acc": 0.25}, "at": 7}],
     ...               lambda v: None if any(type(x) is dict for x in v) else v)
     {'opt': {'acc': [0.5, 0.25]}, 'at': [None, 7]}
     """
+    if depth >= STATE_MAX_DEPTH:
+        raise ValueError(f"state nested over {STATE_MAX_DEPTH} levels")
     out: dict[str, Any] = {}
     for key in dict.fromkeys(k for s in states for k in s):
         values = [s.get(key) for s in states]
         column = leaf(values)
-        out[key] = state_columns([v or {} for v in values], leaf) if column is None else column
+        out[key] = (state_columns([v or {} for v in values], leaf, depth + 1)
+                    if column is None else column)
     return out
 
 

@@ -105,9 +105,13 @@ class _Block:
             bad = self.ids[int(np.argmin(finite))]
             raise DecodeError(DlqReason.NON_FINITE, f"{entity}:{bad[:64]}: vector holds NaN "
                               "or Infinity")
+        try:
+            state = state_columns(self.states, _state_leaf)
+        except ValueError as exc:
+            raise DecodeError(DlqReason.BAD_STATE, f"{entity} rows: {exc}") from exc
         return ChangelogRows(entity=entity, ids=self.ids, vectors=vectors, updates=self.updates,
                              last_event_ts=self.last_event_ts, recent_items=self.recent_items,
-                             state=state_columns(self.states, _state_leaf))
+                             state=state)
 
 
 def _state_leaf(values: list[Any]) -> Any | None:

@@ -88,7 +88,7 @@ _ROW_BIAS = (_ROW_PROPS["bias"]["minimum"], _ROW_PROPS["bias"]["maximum"])
 _ROW_VERSION_LEN = (_ROW_PROPS["model_version"]["minLength"],
                     _ROW_PROPS["model_version"]["maxLength"])
 _ROW_UPDATES_MIN: int = _ROW_PROPS["updates"]["minimum"]
-_ROW_RECENT_MAX: int = _ROW_PROPS["recent_items"]["maxItems"]
+ROW_RECENT_ITEMS_MAX: int = _ROW_PROPS["recent_items"]["maxItems"]
 if (_ROW_ID["pattern"], _ROW_ID["minLength"], _ROW_ID["maxLength"]) != \
         (_ID["pattern"], _ID_MIN_LEN, ID_MAX_LEN) or _ROW_ID["type"] != "string":
     raise SchemaError("embedding ids differ from event ids: update codec/fastcheck.py")
@@ -149,7 +149,7 @@ def _row_fields_ok(obj: dict[str, Any], ident: str) -> bool:
     if "state" in obj and type(obj["state"]) is not dict:
         return False
     recent = obj.get("recent_items", [])
-    if type(recent) is not list or len(recent) > _ROW_RECENT_MAX:
+    if type(recent) is not list or len(recent) > ROW_RECENT_ITEMS_MAX:
         return False
     if not all(type(i) is str and _ID_MIN_LEN <= len(i) <= ID_MAX_LEN for i in recent):
         return False

@@ -13,6 +13,7 @@ import numpy as np
 
 from stream_app.codec.exceptions import DecodeError, DlqReason, EncodeError
 from stream_app.codec.wire import b64decode, b64encode
+from stream_app.events import STATE_MAX_DEPTH
 
 ARRAY_KEYS = frozenset({"b64f32", "shape"})
 """The keys of an encoded array; an object with exactly these keys is one."""
@@ -55,18 +56,21 @@ def encode_state(state: Any, where: str) -> Any:
     return state
 
 
-def decode_state(obj: Any) -> Any:
+def decode_state(obj: Any, depth: int = 0) -> Any:
     """Inverse of `encode_state`: {"b64f32", "shape"} objects become writable float32 arrays.
 
     Scalars are kept without a call each: a restore decodes every row's state.
     """
     kind = type(obj)
-    if kind is dict:
+    if kind is dict or kind is list:
+        if depth >= STATE_MAX_DEPTH:  # a row nested 500 deep stopped every scorer loading it
+            raise DecodeError(DlqReason.BAD_STATE, f"state nested over {STATE_MAX_DEPTH} levels")
+        if kind is list:
+            return [v if type(v) in SCALARS else decode_state(v, depth + 1) for v in obj]
         if obj.keys() == ARRAY_KEYS:
             return _decode_array(obj)
-        return {k: v if type(v) in SCALARS else decode_state(v) for k, v in obj.items()}
-    if kind is list:
-        return [v if type(v) in SCALARS else decode_state(v) for v in obj]
+        return {k: v if type(v) in SCALARS else decode_state(v, depth + 1)
+                for k, v in obj.items()}
     return obj
 
 

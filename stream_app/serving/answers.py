@@ -8,6 +8,7 @@ is not left waiting. Embedding rows are applied through `apply_embedding`.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ from stream_app.codec import (
     split_embedding_key,
 )
 from stream_app.codec import decode_score_request as _decode_request
-from stream_app.codec.fastcheck import fast_id
+from stream_app.codec.fastcheck import ROW_RECENT_ITEMS_MAX, fast_id
 from stream_app.config import TopicNames
 from stream_app.events import Coordinates, Prediction, ScoreRequest
 from stream_app.serving.batching import Pending
@@ -155,16 +156,26 @@ def _ms_since(arrival: float) -> float:
 
 
 def serving_mix(value: bytes | None) -> ServingMix | None:
-    """The trainer's serving mix from `meta:trainer` (None when absent or unreadable)."""
-    try:
-        mix = decode_meta(value).get("serving") if value is not None else None
-        if not isinstance(mix, dict):
-            return None
-        return ServingMix(history_weight=float(mix["history_weight"]),
-                          recent_decay=float(mix["recent_decay"]),
-                          recent_items=int(mix["recent_items"]))
-    except (DecodeError, KeyError, TypeError, ValueError):
+    """The trainer's serving mix from `meta:trainer`: None when the record has none (a
+    tombstone, an older trainer). DecodeError when it is unusable: the scorer ranks with
+    it, and a negative `recent_items` from a foreign writer failed every request batch
+    with a warm user, which then came back after each restart."""
+    state = decode_meta(value) if value is not None else {}
+    mix = state.get("serving")
+    if mix is None:
         return None
+    try:
+        out = ServingMix(history_weight=float(mix["history_weight"]),
+                         recent_decay=float(mix["recent_decay"]),
+                         recent_items=mix["recent_items"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DecodeError(DlqReason.SCHEMA, f"meta:trainer serving: {exc!r}") from exc
+    if not (type(out.recent_items) is int and 0 < out.recent_items <= ROW_RECENT_ITEMS_MAX
+            and 0.0 <= out.recent_decay <= 1.0 and 0.0 <= out.history_weight < math.inf):
+        raise DecodeError(DlqReason.OUT_OF_RANGE,
+                          f"meta:trainer serving {mix!r}: needs 0 < recent_items <= "
+                          f"{ROW_RECENT_ITEMS_MAX}, recent_decay in [0, 1], history_weight >= 0")
+    return out
 
 
 def apply_embedding(table: EmbeddingTable, key: bytes | None, value: bytes | None) -> str | None:
@@ -174,7 +185,10 @@ def apply_embedding(table: EmbeddingTable, key: bytes | None, value: bytes | Non
     tombstone: the row is removed (an item's slot is freed for reuse).
     """
     if is_meta_key(key):
-        table.mix = serving_mix(value)
+        try:
+            table.mix = serving_mix(value)
+        except DecodeError as err:  # the table keeps the mix it had
+            return err.reason.value
         return None
     try:
         row = decode_embedding(key, value)
