@@ -15,7 +15,7 @@ from confluent_kafka import TopicPartition as _TP
 from stream_app.config import KafkaConfig
 from stream_app.events import KeyValue
 from stream_app.kafka.clients import consumer_config, leave_group, make_consumer
-from stream_app.kafka.event_time import EventTimeMerger
+from stream_app.kafka.event_time import Barrier, EventTimeMerger
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import FirstFetch, stuck
 from stream_app.kafka.polling import raise_if_fatal
@@ -30,6 +30,8 @@ class GroupConsumer:
     Records of different partitions come out oldest event time first (see
     `event_time.EventTimeMerger`); `event_time` reads it from a record, by
     default the Kafka timestamp. Records of one partition keep their order.
+    With `co_partitioned`, records that `barrier` names go out aligned across
+    the topics (`event_time`'s module docstring).
 
     Rebalance safety: records of partitions revoked while a batch is being
     gathered are dropped from it and from the queues (they were neither applied
@@ -41,7 +43,8 @@ class GroupConsumer:
                  on_assign: Callable[[list[Partition]], None] | None = None,
                  on_revoke: Callable[[list[Partition]], None] | None = None,
                  co_partitioned: bool = False,
-                 event_time: Callable[[RawRecord], int] = lambda r: r.timestamp_ms) -> None:
+                 event_time: Callable[[RawRecord], int] = lambda r: r.timestamp_ms,
+                 barrier: Barrier = lambda _r: None) -> None:
         # co_partitioned: partition i of every topic goes to the same member
         # (the range assignor; rebalances are eager). The trainer needs it: a
         # user's clicks and purchases share the partition number, and its row
@@ -54,7 +57,8 @@ class GroupConsumer:
         self._consumer: Consumer = make_consumer(kafka, client_id, group_id, enforce=enforce)
         self._watermarks = Watermarks(kafka, client_id=client_id)
         self._starts_at_end = starts_at_end(kafka, client_id, group_id)
-        self._merger = EventTimeMerger(event_time)
+        self._merger = EventTimeMerger(event_time, barrier=barrier,
+                                       co_partitioned=topics if co_partitioned else ())
         self._revoked: set[Partition] = set()
         self._assigned: set[Partition] = set()
         self._assigned_at = -math.inf

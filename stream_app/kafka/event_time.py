@@ -15,19 +15,46 @@ consumer bounds that wait by its batch wait (for a newly assigned partition,
 counted from its assignment), so a slow partition delays, and never stops,
 the others. Order within a partition is never changed, so offsets
 stay contiguous and what a batch commits is exactly what it handed out.
+
+Barriers: a record that `barrier` names (the trainer's forget request, sent
+to partition i of every co-partitioned topic) waits at its partition's head
+until the same barrier heads partition i of each other topic; then they go
+out together, in one batch, as one point in all of them (Flink's barrier
+alignment). Released alone, the first half deleted the user's row before
+their earlier events on the other topic were read, and the second half then
+deleted the events that came after the request too. Held records are not
+handed out, so not committed: a crash meanwhile reads them again. A barrier
+whose partners do not come (a half that was never written, or two requests
+crossed in order) goes out alone after `BARRIER_WAIT_S` in which no partner
+partition had anything else to hand out.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
+import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 
 from stream_app.kafka.records import Partition, RawRecord
+
+log = logging.getLogger(__name__)
+
+BARRIER_WAIT_S = 10.0
+"""How long a barrier waits for partners that cannot come before it (their partitions
+hold nothing else to hand out) before it goes out alone."""
+
+Barrier = Callable[[RawRecord], Hashable | None]
+_Entry = tuple[int, Hashable | None, RawRecord]  # (event time, barrier id, record)
+_Head = tuple[int, Partition, int]  # (event time, partition, offset): a heap entry
 
 
 class EventTimeMerger:
     """Per-partition queues of records, released oldest head first.
+
+    `co_partitioned`: the topics whose partition i align at barriers (see the
+    module docstring); without them, `barrier` is not asked.
 
     >>> m = EventTimeMerger(lambda r: r.timestamp_ms)
     >>> m.add([RawRecord("t", 0, 0, None, b"", 30), RawRecord("t", 1, 0, None, b"", 10)])
@@ -35,14 +62,19 @@ class EventTimeMerger:
     [1, 0]
     """
 
-    def __init__(self, event_time: Callable[[RawRecord], int]) -> None:
+    def __init__(self, event_time: Callable[[RawRecord], int], *,
+                 barrier: Barrier = lambda _r: None, co_partitioned: Sequence[str] = ()) -> None:
         self._event_time = event_time
-        self._queues: dict[Partition, deque[tuple[int, RawRecord]]] = {}
+        self._barrier = barrier if len(co_partitioned) > 1 else (lambda _r: None)
+        self._topics = tuple(co_partitioned)
+        self._queues: dict[Partition, deque[_Entry]] = {}
+        self._held_since: dict[Partition, float] = {}  # barrier heads without their partners
 
     def add(self, records: Iterable[RawRecord]) -> None:
         for rec in records:
             key = (rec.topic, rec.partition)
-            self._queues.setdefault(key, deque()).append((self._event_time(rec), rec))
+            self._queues.setdefault(key, deque()).append(
+                (self._event_time(rec), self._barrier(rec), rec))
 
     def queued(self, partition: Partition) -> int:
         return len(self._queues.get(partition, ()))
@@ -51,25 +83,83 @@ class EventTimeMerger:
         """Forget what is queued for `partitions`: revoked, or rewound to the committed offset."""
         for p in partitions:
             self._queues.pop(p, None)
+            self._held_since.pop(p, None)
 
-    def release(self, limit: int, waiting_for: Collection[Partition]) -> list[RawRecord]:
+    def release(self, limit: int, waiting_for: Collection[Partition],
+                now: float | None = None) -> list[RawRecord]:
         """Up to `limit` records, oldest head first, while no partition of `waiting_for` is empty.
 
         `waiting_for`: partitions with records on the broker beyond what is
         queued here. Pass none to release what is queued regardless (the wait
-        for a slow partition is over).
+        for a slow partition is over). Aligned barriers go out together, and may
+        take the batch past `limit` by the partners' count.
         """
         out: list[RawRecord] = []
         if any(not self._queues.get(p) for p in waiting_for):
             return out
-        heads = [(q[0][0], p) for p, q in self._queues.items() if q]
+        now = time.monotonic() if now is None else now
+        held: set[Partition] = set()
+        heads: list[_Head] = []
+        for p in self._queues:
+            self._classify(p, now, heads, held)
         heapq.heapify(heads)
         while heads and len(out) < limit:
-            _, p = heapq.heappop(heads)
-            queue = self._queues[p]
-            out.append(queue.popleft()[1])
-            if queue:
-                heapq.heappush(heads, (queue[0][0], p))
-            elif p in waiting_for:
+            _, p, offset = heapq.heappop(heads)
+            queue = self._queues.get(p)
+            if not queue or queue[0][2].offset != offset:
+                continue  # gone out already, as a barrier's partner
+            if queue[0][1] is None and not held:  # the common case, kept short
+                out.append(queue.popleft()[2])
+                if queue and queue[0][1] is None:
+                    heapq.heappush(heads, (queue[0][0], p, queue[0][2].offset))
+                elif queue:
+                    self._classify(p, now, heads, held, push=True)
+                elif p in waiting_for:
+                    break
+                continue
+            group = [p, *self._partners(p)] if self._aligned(p) else [p]
+            for q in group:
+                out.append(self._queues[q].popleft()[2])
+                self._held_since.pop(q, None)
+            if any(q in waiting_for and not self._queues[q] for q in group):
                 break
+            for q in {*group, *(h for h in held if set(group) & set(self._partners(h)))}:
+                held.discard(q)
+                self._classify(q, now, heads, held, push=True)
         return out
+
+    def _classify(self, p: Partition, now: float, heads: list[_Head], held: set[Partition],
+                  *, push: bool = False) -> None:
+        """Put `p`'s head on `heads`, unless it is a barrier waiting for its partners."""
+        queue = self._queues.get(p)
+        if not queue:
+            return
+        ts, barrier, rec = queue[0]
+        if barrier is not None and not self._aligned(p):
+            since = self._held_since.setdefault(p, now)
+            if self._partners_busy(p):
+                self._held_since[p] = since = now  # they may still bring the partner
+            if now - since < BARRIER_WAIT_S:
+                held.add(p)
+                return
+            log.warning("%s[%d] offset %d: its partners on %s did not come in %.0fs; "
+                        "handing it out alone", p[0], p[1], rec.offset,
+                        [q[0] for q in self._partners(p)], BARRIER_WAIT_S)
+        entry = (ts, p, rec.offset)
+        if push:
+            heapq.heappush(heads, entry)
+        else:
+            heads.append(entry)
+
+    def _partners(self, p: Partition) -> list[Partition]:
+        return [(t, p[1]) for t in self._topics if t != p[0]]
+
+    def _aligned(self, p: Partition) -> bool:
+        """Whether `p`'s head is a barrier that heads every partner partition too."""
+        barrier = self._queues[p][0][1]
+        return barrier is not None and all(
+            (q := self._queues.get(r)) and q[0][1] == barrier for r in self._partners(p))
+
+    def _partners_busy(self, p: Partition) -> bool:
+        """Whether a partner partition has something else to hand out first."""
+        return any((q := self._queues.get(r)) and q[0][1] is None for r in self._partners(p))

@@ -57,6 +57,28 @@ def event_time(rec: RawRecord) -> int:
     return ts if isinstance(ts, int) and not isinstance(ts, bool) else -1
 
 
+def forget_request(rec: RawRecord) -> tuple[bytes | None, str] | None:
+    """(user key, request id) of a forget request that `stream-app forget` sent, else None.
+
+    The consumer aligns the request's two records, one per event topic, on it
+    (`event_time`'s barriers). A forget record without a request id (written by
+    hand) is applied where each topic has it.
+
+    >>> forget = ((CONTROL_HEADER, b"forget"),)
+    >>> forget_request(RawRecord("clicks", 0, 7, b"u1", b'{"request_id": "r9"}', 0, forget))
+    (b'u1', 'r9')
+    >>> forget_request(RawRecord("clicks", 0, 7, b"u1", b'{"type": "forget"}', 0, forget))
+    >>> forget_request(RawRecord("clicks", 0, 8, b"u1", b'{"request_id": "r9"}', 0))
+    """
+    if not rec.headers or rec.header(CONTROL_HEADER) != b"forget":  # asked of every record
+        return None
+    try:
+        request = orjson.loads(rec.value or b"").get("request_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return (rec.key, request) if isinstance(request, str) and request else None
+
+
 def order_key(rec: RawRecord, latest_ms: int) -> int:
     """`event_time`, except past `latest_ms` (the wall clock plus `trainer.max_future_ms`,
     so decoding dead-letters the record): -1, first, like other bad input.

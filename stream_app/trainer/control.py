@@ -1,14 +1,17 @@
 """Control records for the trainer, sent on the event topics themselves.
 
 A forget request is keyed by the user id and goes to both `clicks` and
-`purchases`, so in each topic it lands on the partition of that user's events
-and is applied after every earlier event of the user there (the two topics
-are not ordered with each other: a purchase read after the clicks forget
-would re-create the row, and the purchases forget then drops it again). The
-trainer publishes a tombstone for `user:<id>`, which the scorer honours too.
+`purchases`, so in each topic it lands on the partition of that user's events.
+The two records carry one request id, and the trainer's consumer hands them
+out together once each heads its partition (`kafka.event_time`, barriers):
+the user is forgotten after every earlier event of theirs on both topics and
+before any later one. The trainer publishes a tombstone for `user:<id>`,
+which the scorer honours too.
 """
 
 from __future__ import annotations
+
+import uuid
 
 import orjson
 
@@ -23,7 +26,8 @@ def send_forget(kafka: KafkaConfig, user_id: str) -> None:
     if fast_id(user_id) is None:
         raise ConfigError(f"forget: {user_id[:64]!r} is not a user id (1-{ID_MAX_LEN} "
                           "characters, no control characters)")
-    value = orjson.dumps({"type": "forget", "user_id": user_id})
+    value = orjson.dumps({"type": "forget", "user_id": user_id,
+                          "request_id": uuid.uuid4().hex})
     with EventProducer(kafka, client_id="stream-app-forget") as producer:
         for topic in (kafka.topics.clicks, kafka.topics.purchases):
             producer.send(Outgoing(topic, user_id.encode(), value,

@@ -26,6 +26,7 @@ from stream_app.kafka.transaction import TransactionalPublisher, TxnOutcome
 from stream_app.observability.metrics import TrainerMetrics
 from stream_app.trainer.batch import (
     decode_batch,
+    forget_request,
     leave_scope,
     order_key,
     output_records,
@@ -172,7 +173,8 @@ class Trainer:
                                      topics=[self.topics.clicks, self.topics.purchases],
                                      on_assign=lambda parts: self._on_assign(consumer, parts),
                                      on_revoke=self.metrics.forget_partitions,
-                                     co_partitioned=True, event_time=self._order_key)
+                                     co_partitioned=True, event_time=self._order_key,
+                                     barrier=forget_request)
             self.ready = True
             status = self._loop(consumer, publisher)
             self._snapshot(consumer, stopping=True)  # the next start reads only what follows

@@ -281,6 +281,44 @@ def test_a_user_forgotten_then_seen_again_in_one_transaction_keeps_the_new_row(
     assert restored.learner.user_ids() == ["u1"]
 
 
+def test_a_forget_deletes_what_came_before_it_on_both_topics_and_keeps_what_came_after(
+        kafka: KafkaConfig) -> None:
+    """The request's two records go out together (`event_time`'s barriers). Released one
+    by one in event-time order, u1's later clicks went out before their earlier purchase
+    and the purchases half of the forget then deleted them (u1 had no row left), and
+    the mirrored case lost u2's later purchase."""
+    def event(n: int, user: str, kind: EventKind, ts: int) -> Outgoing:
+        purchase = kind is EventKind.PURCHASE
+        ev = Event(event_id=f"{user}-{n}", user_id=user, item_id=f"i{n}", ts=ts, kind=kind,
+                   quantity=1 if purchase else None, price=2.5 if purchase else None)
+        topic = kafka.topics.purchases if purchase else kafka.topics.clicks
+        return Outgoing(topic, user.encode(), encode_event(ev))
+
+    click, buy = EventKind.CLICK, EventKind.PURCHASE
+    before = [event(0, "u1", click, 1_000), event(1, "u1", click, 1_001),
+              event(2, "u1", buy, 5_000),  # sent before the request, timed after it
+              event(0, "u2", buy, 1_000), event(1, "u2", buy, 1_001),
+              event(2, "u2", click, 5_000)]
+    after = [event(3, "u1", click, 2_000), event(4, "u1", click, 2_001),
+             event(3, "u2", buy, 2_000)]
+    with EventProducer(kafka, client_id="test") as producer:
+        for out in before:
+            producer.send(out)
+    send_forget(kafka, "u1")
+    send_forget(kafka, "u2")
+    with EventProducer(kafka, client_id="test") as producer:
+        for out in after:
+            producer.send(out)
+
+    trainer = run_until_idle(kafka, _cfg(batch_max=1000))
+    rows = latest_rows(kafka)
+    u1, u2 = rows["user:u1"], rows["user:u2"]
+    assert u1 is not None and u1.updates == 2 and set(u1.recent_items) == {"i3", "i4"}
+    assert u2 is not None and u2.updates == 1 and set(u2.recent_items) == {"i3"}
+    assert not read_topic(kafka.bootstrap_servers, kafka.topics.dlq)
+    assert sorted(trainer.learner.user_ids()) == ["u1", "u2"]
+
+
 def test_trainer_refuses_event_topics_with_different_partition_counts(
         kafka: KafkaConfig) -> None:
     # Co-partitioning (a user's clicks and purchases on the same partition
