@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ from stream_app.codec.state import (
     decode_state,
     encode_state,
 )
-from stream_app.codec.wire import MESSAGE_MAX_BYTES
+from stream_app.codec.wire import MESSAGE_MAX_BYTES, intern_id
 from stream_app.events import ChangelogRows, Entity, state_columns
 
 
@@ -85,7 +84,7 @@ class _Block:
         self.updates.append(int(obj["updates"]))
         self.last_event_ts.append(int(obj["last_event_ts"]))
         # Interned, as `decode_embedding` does.
-        self.recent_items.append(tuple(map(sys.intern, obj.get("recent_items", ()))))
+        self.recent_items.append(tuple(map(intern_id, obj.get("recent_items", ()))))
         state = obj.get("state", {})
         if state.keys() == ARRAY_KEYS:
             decode_state(state)  # decode_embedding's reason if it is a bad array

@@ -7,7 +7,6 @@ restores its model bit-exactly from this topic (it is the model's changelog).
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import fastjsonschema
@@ -24,6 +23,7 @@ from stream_app.codec.wire import (
     b64encode,
     check_value,
     decode_key,
+    intern_id,
     parse_object,
 )
 from stream_app.events import EmbeddingRow, Entity, RowBlock, state_rows
@@ -166,10 +166,9 @@ def decode_embedding(
         updates=int(obj["updates"]),
         updated_at=int(obj["updated_at"]),
         last_event_ts=int(obj["last_event_ts"]),
-        # Interned: a user row lists up to 20 item ids, and without sharing every
-        # user held its own copies (at 20 per user 1.2 KB, seven times the user's
-        # vector, in the scorer's table and in a restore; BENCHMARKS.md, Restore).
-        recent_items=tuple(map(sys.intern, obj.get("recent_items", ()))),
+        # Interned (`intern_id`): shared across user rows, in the scorer's table and
+        # in a restore (BENCHMARKS.md, Restore).
+        recent_items=tuple(map(intern_id, obj.get("recent_items", ()))),
         state=decode_state(obj.get("state", {})) if with_state else {},
     )
 

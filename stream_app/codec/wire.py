@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import re
+import sys
 from typing import Any
 
 import orjson
@@ -97,6 +98,17 @@ def id_str(value: Any) -> str:
 def ids_tuple(values: Any) -> tuple[str, ...]:
     """A list of schema-valid ids as a tuple of strings."""
     return tuple(id_str(v) for v in values)
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
+intern_id = sys.intern if sys.version_info[:2] != (3, 12) else _as_is
+"""Share one string per item id across user rows' `recent_items` (without it, 20 ids a
+user took 1.2 KB, seven times the user's vector). Not on Python 3.12, where interned
+strings are never freed: a scorer would keep every item id it ever read (1M ids dropped
+kept 121 MiB there, 1 MiB on 3.11 and 3.13). On 3.12 each row holds its own copies."""
 
 
 def b64encode(raw: bytes) -> str:
