@@ -76,7 +76,7 @@ def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNa
             req = _decode_request(p.value, p.key)
         except DecodeError as err:
             out.errors.append(err.reason.value)
-            out.records.extend(_refusal(table, p, err, topics))
+            out.records.extend(_refusal(table, p, err, topics, ready))
             continue
         if req.k > cfg.max_k:  # capped, never refused: the schema already bounds k
             req = ScoreRequest(request_id=req.request_id, user_id=req.user_id, k=cfg.max_k,
@@ -91,8 +91,6 @@ def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNa
         fallback = ranking.fallback
         if fallback is not None and not ready:
             fallback = NOT_LOADED
-        if fallback is not None:
-            out.fallbacks.append(fallback)
         out.arrivals.append(p.arrival)
         out.produced_ms.append(p.produced_ms)
         pred = Prediction(request_id=req.request_id, user_id=req.user_id, items=ranking.items,
@@ -102,8 +100,10 @@ def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNa
             value = _encoded(pred)
         except DecodeError as err:
             out.errors.append(err.reason.value)
-            out.records.extend(_refusal(table, p, err, topics))
+            out.records.extend(_refusal(table, p, err, topics, ready))
             continue
+        if fallback is not None:  # counted for answers that carry it, not for refusals
+            out.fallbacks.append(fallback)
         out.records.append(Out(topics.predictions, req.request_id.encode(), value))
     return out
 
@@ -128,14 +128,14 @@ def _encoded(pred: Prediction) -> bytes:
 
 
 def _refusal(table: EmbeddingTable, p: Pending, err: DecodeError,
-             topics: TopicNames) -> list[Out]:
+             topics: TopicNames, ready: bool) -> list[Out]:
     where = Coordinates(topic=p.topic, partition=p.partition, offset=p.offset)
     dlq = dlq_record(where, p.key, p.value, err, ts=int(time.time() * 1000), stage="score")
     records = [Out(topics.dlq, dlq_key(dlq), encode_dlq(dlq))]
     if err.request_id is not None:
         pred = Prediction(request_id=err.request_id, user_id=_user_id(p.value), items=(),
                           model_version=table.model_version, fallback=False,
-                          latency_ms=_ms_since(p.arrival),
+                          latency_ms=_ms_since(p.arrival), ready=ready,
                           error=f"{err.reason.value}: {err.detail}"[:1024])
         records.append(Out(topics.predictions, err.request_id.encode(),
                            encode_prediction(pred)))

@@ -73,3 +73,22 @@ def test_a_prediction_over_the_size_bound_is_answered_with_an_error() -> None:
     [dlq] = [decode_dlq(v) for v in got[TOPICS.dlq]]
     assert dlq.reason == "answer_too_large"
     assert orjson.loads(dlq.value or b"")["request_id"] == "big"
+
+
+def test_a_refusal_while_loading_says_not_ready() -> None:
+    """Error answers said ready: true while the table loaded."""
+    table = EmbeddingTable(device=DEVICE)
+    table.upsert(_row("item", "huge", [3e38, 3e38]))
+    table.upsert(_row("item", "plain", [0.0, 1.0]))
+    table.upsert(_row("user", "u", [1.0, 1.0]))
+    bad = Pending(topic=TOPICS.score_requests, partition=0, offset=9, arrival=0.0, key=b"x",
+                  value=b'{"request_id": "r0", "user_id": "x", "k": 0}')
+    reqs = [ScoreRequest(request_id="r1", user_id="u", k=2),
+            ScoreRequest(request_id="r2", user_id="nobody", k=1)]
+    out = answer_batch(table, [bad, *(_pending(r, n) for n, r in enumerate(reqs))],
+                       topics=TOPICS, cfg=ScorerConfig(), ready=False)
+    preds = {p.request_id: p for p in (decode_prediction(r.value) for r in out.records
+                                       if r.topic == TOPICS.predictions)}
+    assert preds["r0"].error is not None and preds["r1"].error is not None
+    assert not any(p.ready for p in preds.values())
+    assert out.fallbacks == ["not_loaded"]  # r2's answer
