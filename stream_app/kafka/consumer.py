@@ -164,7 +164,7 @@ class GroupConsumer:
             self._merger.add(self._records(msgs))
             self._bound_queues(max_records)
         if len(batch) < max_records:
-            batch += self._merger.release(max_records - len(batch), ())
+            batch += self._merger.release(max_records - len(batch), (), behind=self._behind())
         return batch
 
     def _records(self, msgs: list[Message]) -> Iterator[RawRecord]:

@@ -26,7 +26,8 @@ deleted the events that came after the request too. Held records are not
 handed out, so not committed: a crash meanwhile reads them again. A barrier
 whose partners do not come (a half that was never written, or two requests
 crossed in order) goes out alone after `BARRIER_WAIT_S` in which no partner
-partition had anything else to hand out.
+partition had anything to hand out that was written (Kafka timestamp) before
+`BARRIER_SKEW_MS` after it, nor records on the broker not fetched yet.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 BARRIER_WAIT_S = 10.0
 """How long a barrier waits for partners that cannot come before it (their partitions
 hold nothing else to hand out) before it goes out alone."""
+
+BARRIER_SKEW_MS = 60_000
+"""A partner partition whose head was written (Kafka timestamp) this much after the
+held half no longer restarts the wait: the partner, written with it, is not before it."""
 
 Barrier = Callable[[RawRecord], Hashable | None]
 _Entry = tuple[int, Hashable | None, RawRecord]  # (event time, barrier id, record)
@@ -69,6 +74,7 @@ class EventTimeMerger:
         self._topics = tuple(co_partitioned)
         self._queues: dict[Partition, deque[_Entry]] = {}
         self._held_since: dict[Partition, float] = {}  # barrier heads without their partners
+        self._behind: Collection[Partition] = ()
 
     def add(self, records: Iterable[RawRecord]) -> None:
         for rec in records:
@@ -84,9 +90,12 @@ class EventTimeMerger:
         for p in partitions:
             self._queues.pop(p, None)
             self._held_since.pop(p, None)
+            for r in self._partners(p):  # rewound: it may bring the partner again
+                self._held_since.pop(r, None)
 
     def release(self, limit: int, waiting_for: Collection[Partition],
-                now: float | None = None) -> list[RawRecord]:
+                now: float | None = None, *,
+                behind: Collection[Partition] | None = None) -> list[RawRecord]:
         """Up to `limit` records, oldest head first, while no partition of `waiting_for` is empty.
 
         `waiting_for`: partitions with records on the broker beyond what is
@@ -98,6 +107,7 @@ class EventTimeMerger:
         if any(not self._queues.get(p) for p in waiting_for):
             return out
         now = time.monotonic() if now is None else now
+        self._behind = waiting_for if behind is None else behind
         held: set[Partition] = set()
         heads: list[_Head] = []
         for p in self._queues:
@@ -108,7 +118,7 @@ class EventTimeMerger:
             queue = self._queues.get(p)
             if not queue or queue[0][2].offset != offset:
                 continue  # gone out already, as a barrier's partner
-            if queue[0][1] is None and not held:  # the common case, kept short
+            if queue[0][1] is None and not (held and self._holds_partner(p, held)):
                 out.append(queue.popleft()[2])
                 if queue and queue[0][1] is None:
                     heapq.heappush(heads, (queue[0][0], p, queue[0][2].offset))
@@ -117,7 +127,11 @@ class EventTimeMerger:
                 elif p in waiting_for:
                     break
                 continue
-            group = [p, *self._partners(p)] if self._aligned(p) else [p]
+            aligned = self._aligned(p)
+            if not aligned and queue[0][1] is not None and self._hold(p, now):
+                held.add(p)  # classified as given up on, but a partner got busy since
+                continue
+            group = [p, *self._partners(p)] if aligned else [p]
             for q in group:
                 out.append(self._queues[q].popleft()[2])
                 self._held_since.pop(q, None)
@@ -136,10 +150,7 @@ class EventTimeMerger:
             return
         ts, barrier, rec = queue[0]
         if barrier is not None and not self._aligned(p):
-            since = self._held_since.setdefault(p, now)
-            if self._partners_busy(p):
-                self._held_since[p] = since = now  # they may still bring the partner
-            if now - since < BARRIER_WAIT_S:
+            if self._hold(p, now):
                 held.add(p)
                 return
             log.warning("%s[%d] offset %d: its partners on %s did not come in %.0fs; "
@@ -150,6 +161,16 @@ class EventTimeMerger:
             heapq.heappush(heads, entry)
         else:
             heads.append(entry)
+
+    def _hold(self, p: Partition, now: float) -> bool:
+        """Whether `p`'s unaligned barrier head keeps waiting for its partners."""
+        since = self._held_since.setdefault(p, now)
+        if self._partners_busy(p):
+            self._held_since[p] = since = now  # they may still bring the partner
+        return now - since < BARRIER_WAIT_S
+
+    def _holds_partner(self, p: Partition, held: set[Partition]) -> bool:
+        return any(r in held for r in self._partners(p))
 
     def _partners(self, p: Partition) -> list[Partition]:
         return [(t, p[1]) for t in self._topics if t != p[0]]
@@ -162,4 +183,12 @@ class EventTimeMerger:
 
     def _partners_busy(self, p: Partition) -> bool:
         """Whether a partner partition has something else to hand out first."""
-        return any((q := self._queues.get(r)) and q[0][1] is None for r in self._partners(p))
+        head = self._queues[p][0][2]
+        for r in self._partners(p):
+            q = self._queues.get(r)
+            if not q:
+                if r in self._behind:  # its next record, maybe the partner, is on the broker
+                    return True
+            elif q[0][1] is None and q[0][2].timestamp_ms <= head.timestamp_ms + BARRIER_SKEW_MS:
+                return True  # (a head written well after this half: the partner is not coming)
+        return False

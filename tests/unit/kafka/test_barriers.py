@@ -3,13 +3,16 @@ go out together, after every earlier record of both partitions and before any la
 
 from __future__ import annotations
 
-from hypothesis import given
+from collections import deque
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_app.kafka.event_time import BARRIER_WAIT_S, EventTimeMerger
-from stream_app.kafka.records import RawRecord
+from stream_app.kafka.records import Partition, RawRecord
 
 TOPICS = ("clicks", "purchases")
+C, P = ("clicks", 0), ("purchases", 0)
 
 
 def rec(topic: str, offset: int, ts: int, barrier: str | None = None,
@@ -118,3 +121,170 @@ def test_nothing_is_reordered_within_a_partition_or_lost(
     if events:
         pair = [i for i, r in enumerate(out) if r.value]
         assert len(pair) == 2 and pair[1] == pair[0] + 1
+
+
+# Found by a review of the first version: halves split although their partners could
+# still come, or a partition held for good.
+
+def test_crossed_requests_with_a_record_between_still_pair_the_second() -> None:
+    """purchases' B was judged alone at the start of the release (its partner partition
+    then headed by A, a barrier) and went out alone once A had."""
+    m = merger()
+    m.add([rec("clicks", 0, 0, "A"), rec("clicks", 1, 5), rec("clicks", 2, 0, "B")])
+    m.add([rec("purchases", 0, 0, "B"), rec("purchases", 1, 0, "A")])
+    assert m.release(100, waiting_for=(), now=0.0) == []
+    assert names(m.release(100, waiting_for=(), now=BARRIER_WAIT_S)) == ["c0", "c1", "c2",
+                                                                        "p0"]
+
+
+def test_a_lone_half_does_not_drag_the_next_request_apart() -> None:
+    """A half whose partner was never written (a failed send, retried as request B)."""
+    m = merger()
+    m.add([rec("clicks", 0, 0, "L"), rec("clicks", 1, 5), rec("clicks", 2, 0, "B")])
+    m.add([rec("purchases", 0, 0, "B"), rec("purchases", 1, 7)])
+    assert m.release(100, waiting_for=(), now=0.0) == []
+    assert names(m.release(100, waiting_for=(), now=BARRIER_WAIT_S)) == ["c0", "c1", "c2",
+                                                                        "p0", "p1"]
+
+
+def test_a_lone_half_is_not_held_for_good_by_a_steady_partner_stream() -> None:
+    """A purchase every 5 s restarted the wait at each release, and clicks[0] never moved
+    again. Records written (Kafka timestamp) well after the half cannot precede its
+    partner, so they no longer restart it."""
+    m = merger()
+    m.add([rec("clicks", 0, 0, "L"), rec("clicks", 1, 1)])
+    offset, released = 0, []
+    for second in range(600):
+        if second % 5 == 0:
+            m.add([rec("purchases", offset, 1000 * second)])
+            offset += 1
+        released += names(m.release(100, waiting_for=(), now=float(second)))
+    assert "c0" in released
+
+
+def _poll(m: EventTimeMerger, behind: set[Partition], now: float, limit: int = 100
+          ) -> list[str]:
+    """What `GroupConsumer.poll_batch` asks when nothing new was fetched."""
+    out = m.release(limit, behind, now=now)
+    return names(out + m.release(limit - len(out), (), now=now, behind=behind))
+
+
+def test_the_wait_does_not_run_out_while_the_partner_partition_is_behind() -> None:
+    """Its records on the broker, none fetched yet (a leader moving, a slow first fetch)."""
+    m = merger()
+    m.add([rec("clicks", 0, 0, "R"), rec("clicks", 1, 50)])
+    for t in range(11):
+        assert "c0" not in _poll(m, {P}, float(t))
+    m.add([rec("purchases", 0, 10), rec("purchases", 1, 0, "R")])
+    assert _poll(m, set(), 11.0) == ["p0", "c0", "p1", "c1"]
+
+
+def test_a_rewound_partner_does_not_inherit_an_old_timer() -> None:
+    """An abort drops (rewinds) the partner partition; the restore after it may take
+    longer than the wait, and the half then went out at once, alone."""
+    m = merger()
+    m.add([rec("clicks", 0, 0, "R")])
+    m.add([rec("purchases", 0, 10), rec("purchases", 1, 0, "R")])
+    assert _poll(m, {C, P}, 0.0, limit=1) == ["p0"]
+    m.drop([P])
+    assert "c0" not in _poll(m, {P}, 30.0)
+
+
+@st.composite
+def _schedules(draw: st.DrawFn) -> tuple[dict[Partition, list[tuple[int, str | None]]],
+                                         list[tuple[str, Partition, int, float]]]:
+    """Two topics x two partitions of records and barriers (paired, lone or crossed), fed
+    in chunks between releases at random times and limits, and rewinds."""
+    streams: dict[Partition, list[tuple[int, str | None]]] = {}
+    for part in (0, 1):
+        requests = [f"r{part}{k}" for k in range(draw(st.integers(0, 3)))]
+        for topic in TOPICS:
+            seq: list[tuple[int, str | None]] = [
+                (ts, None) for ts in draw(st.lists(st.integers(0, 30), max_size=8))]
+            mine = [r for r in requests if draw(st.booleans()) or topic == "clicks"]
+            for r in reversed(mine) if draw(st.booleans()) else mine:
+                seq.insert(draw(st.integers(0, len(seq))), (-1, r))
+            streams[(topic, part)] = seq
+    ops = draw(st.lists(st.tuples(st.sampled_from(["add", "release", "drop"]),
+                                  st.sampled_from(sorted(streams)), st.integers(1, 4),
+                                  st.floats(0, 12)), max_size=40))
+    return streams, ops
+
+
+@settings(max_examples=300, deadline=None)
+@given(_schedules())
+def test_no_record_is_lost_repeated_or_reordered_across_calls_and_rewinds(
+        schedule: tuple[dict[Partition, list[tuple[int, str | None]]],
+                        list[tuple[str, Partition, int, float]]]) -> None:
+    streams, ops = schedule
+    m = merger()
+    fed = dict.fromkeys(streams, 0)  # next index to add
+    position = dict.fromkeys(streams, 0)  # next index to hand out (the consumer's position)
+    now = 0.0
+
+    def handed_out(batch: list[RawRecord]) -> None:
+        for r in batch:
+            part = (r.topic, r.partition)
+            assert r.offset == position[part]
+            position[part] += 1
+
+    def feed(part: Partition, n: int) -> None:
+        chunk = streams[part][fed[part]:fed[part] + n]
+        m.add([rec(part[0], fed[part] + i, ts, b, part[1]) for i, (ts, b) in enumerate(chunk)])
+        fed[part] += len(chunk)
+
+    for kind, part, n, dt in ops:
+        now += dt
+        if kind == "add":
+            feed(part, n)
+        elif kind == "drop":
+            m.drop([part])
+            fed[part] = position[part]
+        else:
+            behind = {q for q in streams if fed[q] < len(streams[q])}
+            batch = m.release(n, behind, now=now)
+            handed_out(batch + m.release(max(0, n - len(batch)), (), now=now, behind=behind))
+    for part in streams:
+        feed(part, len(streams[part]))
+    for _ in range(60):  # time runs on: every record comes out
+        now += BARRIER_WAIT_S
+        handed_out(m.release(1000, (), now=now))
+    assert position == {part: len(seq) for part, seq in streams.items()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(TOPICS), st.integers(0, 20),
+                          st.sampled_from([None, None, None, "A", "B", "L"])), max_size=16),
+       st.integers(1, 6))
+def test_a_half_goes_alone_only_when_its_partner_is_not_just_behind_plain_records(
+        events: list[tuple[str, int, str | None]], limit: int) -> None:
+    offsets = dict.fromkeys(TOPICS, 0)
+    records: list[RawRecord] = []
+    seen: set[tuple[str, str]] = set()
+    for topic, ts, barrier in events:
+        if barrier is not None:
+            if (topic, barrier) in seen:
+                continue
+            seen.add((topic, barrier))
+        records.append(rec(topic, offsets[topic], ts, barrier))
+        offsets[topic] += 1
+    queued = {t: deque(r for r in records if r.topic == t) for t in TOPICS}
+    m = merger()
+    m.add(records)
+    now = 0.0
+    for _ in range(40):
+        out = m.release(limit, (), now=now)
+        i = 0
+        while i < len(out):
+            r = out[i]
+            queued[r.topic].popleft()
+            if r.value:
+                after = out[i + 1] if i + 1 < len(out) else None
+                if after is not None and after.value == r.value and after.topic != r.topic:
+                    queued[after.topic].popleft()
+                    i += 2
+                    continue
+                other = TOPICS[1] if r.topic == TOPICS[0] else TOPICS[0]
+                assert next((q.value for q in queued[other] if q.value), None) != r.value
+            i += 1
+        now += BARRIER_WAIT_S / 2
