@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 ERROR_REASONS = (*[r.value for r in DlqReason], "bad_embedding", "delivery")
 IDLE_POLL_S = 0.05
 """Longest block on an empty request topic (bounds how stale the table may get meanwhile)."""
+GROW_CHECK_S = 30.0
+"""How often the scorer asks whether `embeddings` gained partitions (a metadata round
+trip in the request loop)."""
 JOIN_CHECK_S = 2.0
 """While loading, how often a scorer that has not joined the request group looks whether
 the group still has members (replicas gone leave it within their session timeout)."""
@@ -86,6 +89,7 @@ class Scorer:
         self._last_commit = 0.0
         self._requests: RequestConsumer | None = None  # joined the request group
         self._join_check = 0.0  # monotonic time of the next look at the group, while loading
+        self._grow_check = time.monotonic() + GROW_CHECK_S  # of the next look at the partitions
         self._members_seen = 0  # the group's size at the last look, logged when it changes
         self._admin: AdminClient | None = None  # for those looks; dropped once joined
 
@@ -320,6 +324,14 @@ class Scorer:
         if now - self._last_lag < self.cfg.lag_interval_s:
             return
         self._last_lag = now
+        added: list[int] = []
+        if now >= self._grow_check:
+            added, self._grow_check = tail.grow(), now + GROW_CHECK_S
+        if added:
+            log.error("topic=%s gained partitions=%s: reading them from the beginning. Rows "
+                      "of one key may now sit in two partitions, and which one a reader "
+                      "applies last is not their order: run the model on a new topic prefix "
+                      "rather than add partitions to it", tail.topic, added)
         for partition, lag in tail.lag().items():
             self.metrics.set_lag(tail.topic, partition, lag)
         for (topic, partition), lag in (requests.lag() if requests else {}).items():

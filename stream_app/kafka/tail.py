@@ -8,11 +8,12 @@ transaction markers that are never delivered as records.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
@@ -28,6 +29,23 @@ class TailBatch:
 
     records: list[RawRecord] = field(default_factory=list)
     eof: dict[int, int] = field(default_factory=dict)
+
+
+_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+"""Not flagged retriable on a watermark query, but a leader election under way."""
+
+
+def _watermarks(consumer: Consumer, tp: _TP, deadline: float) -> tuple[int, int]:
+    """(low, high) of `tp`, asked again while the broker says it is moving (a topic just
+    created has no leader for a moment: NOT_LEADER_FOR_PARTITION)."""
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not (err.retriable() or err.code() in _MOVING) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 class TailReader:
@@ -52,13 +70,34 @@ class TailReader:
             if self.topic not in meta.topics or meta.topics[self.topic].error is not None:
                 raise KafkaEdgeError(f"topic {self.topic} does not exist")
             parts = sorted(meta.topics[self.topic].partitions)
-            self._opened_at = {p: consumer.get_watermark_offsets(_TP(self.topic, p),
-                                                                 timeout=timeout_s)
+            deadline = time.monotonic() + timeout_s
+            self._opened_at = {p: _watermarks(consumer, _TP(self.topic, p), deadline)
                                for p in parts}
             consumer.assign([_TP(self.topic, p, OFFSET_BEGINNING) for p in parts])
         except KafkaException as exc:
             raise KafkaEdgeError(f"cannot open {self.topic}: {exc}") from exc
         return {p: high for p, (_low, high) in self._opened_at.items()}
+
+    def grow(self, timeout_s: float = 10.0) -> list[int]:
+        """Assign, from the beginning, partitions added since `open()`; the new ones.
+
+        Rows keyed to them would otherwise never be read until a restart. Their
+        keys' older rows stay in the old partitions, so which one a reader applies
+        last is no longer the log's order: the caller warns.
+        """
+        consumer = self._opened()
+        try:
+            meta = consumer.list_topics(self.topic, timeout=timeout_s)
+        except KafkaException as exc:
+            raise KafkaEdgeError(f"cannot list {self.topic}: {exc}") from exc
+        topic = meta.topics.get(self.topic)
+        if topic is None or topic.error is not None:
+            return []
+        new = sorted(set(topic.partitions) - set(self._opened_at))
+        if new:
+            self._opened_at.update({p: (0, 0) for p in new})
+            consumer.incremental_assign([_TP(self.topic, p, OFFSET_BEGINNING) for p in new])
+        return new
 
     def poll(self, max_records: int, timeout_s: float) -> TailBatch:
         """What is fetched now (blocking at most `timeout_s` for the first record)."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from confluent_kafka import Producer
+from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
 
 from stream_app.config import KafkaConfig
+from stream_app.kafka.admin import admin_client
 from stream_app.kafka.tail import TailReader
 from tests.integration.kafka_helpers import wait_until
 
@@ -26,3 +28,23 @@ def test_lag_counts_a_partition_not_fetched_yet_then_falls_to_zero(kafka: KafkaC
             return read == 5 and tail.lag() == {0: 0, 1: 0, 2: 0}
 
         wait_until(caught_up, timeout=30, what="the tail read to the end")
+
+
+def test_partitions_added_after_open_are_read_from_their_beginning(kafka: KafkaConfig) -> None:
+    """They were never read until a restart: rows keyed to them missing from the table."""
+    admin = admin_client(kafka)
+    topic = kafka.topics.embeddings
+    with TailReader(kafka, topic, client_id="tail-grow") as tail:
+        tail.open()
+        assert tail.grow() == []
+        admin.create_partitions([NewPartitions(topic, 4)])[topic].result()
+        producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+        wait_until(lambda: len(producer.list_topics(topic, timeout=5).topics[topic].partitions)
+                   == 4, what="the new partition in the metadata")
+        producer.produce(topic, key=b"item:new", value=b"{}", partition=3)
+        assert producer.flush(30) == 0
+        wait_until(lambda: tail.grow() == [3], timeout=30, what="the tail to see partition 3")
+        seen: list[bytes | None] = []
+        wait_until(lambda: bool(seen.extend(r.key for r in tail.poll(100, 0.2).records))
+                   or seen == [b"item:new"], timeout=30, what="the row in partition 3")
+        assert 3 in tail.lag()
