@@ -17,15 +17,21 @@ import orjson
 
 from stream_app.codec.fastcheck import ID_MAX_LEN, fast_id
 from stream_app.config import ConfigError, KafkaConfig
+from stream_app.kafka.admin import require_topics
 from stream_app.kafka.produce import EventProducer, Outgoing
 from stream_app.trainer.batch import CONTROL_HEADER
 
 
 def send_forget(kafka: KafkaConfig, user_id: str) -> None:
-    """Raises ConfigError for a user id the trainer would refuse (it dead-letters those)."""
+    """Raises ConfigError for a user id the trainer would refuse (it dead-letters those),
+    and `require_topics`' errors (no broker: exit 75; refused credentials, missing
+    topics: exit 2) before sending anything."""
     if fast_id(user_id) is None:
         raise ConfigError(f"forget: {user_id[:64]!r} is not a user id (1-{ID_MAX_LEN} "
                           "characters, no control characters)")
+    # The broker, the credentials and the topics first: a send to a dead port or a missing
+    # topic waited out its 60 s delivery timeout, then failed without saying why.
+    require_topics(kafka, [kafka.topics.clicks, kafka.topics.purchases])
     value = orjson.dumps({"type": "forget", "user_id": user_id,
                           "request_id": uuid.uuid4().hex})
     with EventProducer(kafka, client_id="stream-app-forget") as producer:

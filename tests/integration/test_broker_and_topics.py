@@ -49,10 +49,18 @@ def test_unreachable_broker_fails_fast_with_try_again(capsys: pytest.CaptureFixt
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]  # bound but not listening: nothing answers
-    for command in (["topics", "create"], ["trainer"], ["scorer"]):
+    for command in (["topics", "create"], ["trainer"], ["scorer"], ["forget", "u1"]):
         code = main([*command, "--bootstrap-servers", f"127.0.0.1:{dead}"])
         assert code == 75, command
         assert "no Kafka broker answered" in capsys.readouterr().err
+
+
+def test_forget_without_its_topics_fails_at_once_saying_so(
+        bootstrap: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """It waited out a 60 s delivery timeout, then said "Unknown topic or partition"."""
+    code = main(["forget", "u1", "--bootstrap-servers", bootstrap, "--topic-prefix", "nope."])
+    assert code == 2
+    assert "stream-app topics create" in capsys.readouterr().err
 
 
 def test_broker_start_reuses_a_given_broker(bootstrap: str,
