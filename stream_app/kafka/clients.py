@@ -70,7 +70,8 @@ def merge(defaults: Mapping[str, Any], user: Mapping[str, str],
         if key in user and str(user[key]).lower() != str(value).lower():
             raise ConfigConflictError(
                 f"librdkafka setting {key}={user[key]!r} conflicts with {key}={value!r}, "
-                "which stream_app needs for its guarantees; remove it from -X/--kafka-config"
+                "which stream_app needs for its guarantees; remove it from -X, --kafka-config "
+                "or [kafka.client] in --config"
             )
     return {**defaults, **user, **enforced}
 

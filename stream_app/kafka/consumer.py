@@ -24,6 +24,10 @@ from stream_app.kafka.records import Partition, RawRecord, to_record
 log = logging.getLogger(__name__)
 
 
+CO_PARTITIONED_ASSIGNOR = "range"
+"""Gives partition i of every subscribed topic to one member (its rebalances are eager)."""
+
+
 class GroupConsumer:
     """A consumer group member that hands out micro-batches bounded by count and wait.
 
@@ -53,7 +57,7 @@ class GroupConsumer:
         # wait for) from one whose next record is still on the broker.
         enforce: dict[str, Any] = {"enable.partition.eof": True}
         if co_partitioned:
-            enforce["partition.assignment.strategy"] = "range"
+            enforce["partition.assignment.strategy"] = CO_PARTITIONED_ASSIGNOR
         self._consumer: Consumer = make_consumer(kafka, client_id, group_id, enforce=enforce)
         self._watermarks = Watermarks(kafka, client_id=client_id)
         self._starts_at_end = starts_at_end(kafka, client_id, group_id)
@@ -383,8 +387,8 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
     written after its commit or abort returns, and ends read before them are
     short of the offsets the topic settles at.
     """
-    eof: dict[str, Any] = {"enable.partition.eof": True}
-    consumer = make_consumer(kafka, client_id, f"{client_id}-reader", **eof)
+    consumer = make_consumer(kafka, client_id, f"{client_id}-reader",
+                             enforce={"enable.partition.eof": True})
     try:
         # Read (committed records) up to the true end: with an open transaction
         # in the way this waits until it is committed or aborted.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as _TP
@@ -62,8 +61,10 @@ class TailReader:
 
     def open(self, timeout_s: float = 10.0) -> dict[int, int]:
         """Assign from the beginning; partition -> end offset at this moment (the load target)."""
-        eof: dict[str, Any] = {"enable.partition.eof": True}
-        consumer = make_consumer(self.kafka, self.client_id, f"{self.client_id}-unused", **eof)
+        # Enforced: readiness is every partition's end reached, which only EOF events tell
+        # when the last offsets are transaction markers. A -X false kept the scorer loading.
+        consumer = make_consumer(self.kafka, self.client_id, f"{self.client_id}-unused",
+                                 enforce={"enable.partition.eof": True})
         self._consumer = consumer
         try:
             meta = consumer.list_topics(self.topic, timeout=timeout_s)

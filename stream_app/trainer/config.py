@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from stream_app.config import ConfigError
 from stream_app.core import LearnerConfig
+from stream_app.kafka.consumer import CO_PARTITIONED_ASSIGNOR
 from stream_app.trainer.own_writes import default_partitioner
 
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
@@ -132,12 +133,19 @@ def check_with_learner(cfg: TrainerConfig, learner: LearnerConfig) -> None:
 
 
 def check_with_client(cfg: TrainerConfig, client: Mapping[str, str]) -> None:
-    """Refuse librdkafka settings that break a trainer feature.
+    """Refuse librdkafka settings that break a trainer feature, before any long work.
 
     A snapshot is tagged with the changelog offsets the trainer's own commits
     lead to (`own_writes`), computed with librdkafka's default partitioner; with
     another one no snapshot could ever be shown to match the changelog.
     """
+    strategy = client.get("partition.assignment.strategy", CO_PARTITIONED_ASSIGNOR)
+    if str(strategy).lower() != CO_PARTITIONED_ASSIGNOR:
+        # Asked here, not when the group consumer is made: that comes after the restore.
+        raise ConfigError(
+            f"librdkafka setting partition.assignment.strategy={strategy!r}: the trainer needs "
+            f"{CO_PARTITIONED_ASSIGNOR!r} (a user's clicks and purchases, partition i of both "
+            "topics, go to one trainer). Remove it from -X, --kafka-config or [kafka.client]")
     if cfg.snapshot_dir is not None and not default_partitioner(client):
         raise ConfigError(
             "trainer.snapshot_dir needs librdkafka's default partitioner (consistent_random): "

@@ -21,6 +21,7 @@ from stream_app.config import (
 from stream_app.core import LearnerConfig
 from stream_app.kafka.clients import consumer_config, merge, producer_config
 from stream_app.kafka.exceptions import ConfigConflictError
+from stream_app.kafka.tail import TailReader
 from stream_app.trainer import TrainerConfig
 from stream_app.trainer.config import check_with_client, check_with_learner
 
@@ -257,6 +258,21 @@ def test_snapshots_with_another_partitioner_are_refused(
     assert main(["trainer", "--snapshot-dir", str(tmp_path), "-X", "partitioner=random",
                  "--bootstrap-servers", "127.0.0.1:1"]) == 2
     assert "Drop -X partitioner" in capsys.readouterr().err
+
+
+def test_settings_a_later_client_would_refuse_are_refused_before_any_long_work(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The trainer refused another assignor only when it made its group consumer, after
+    restoring the whole changelog; the scorer's tail took a -X enable.partition.eof=false
+    and then never saw the end of a partition whose last offsets are markers."""
+    check_with_client(TrainerConfig(), {"partition.assignment.strategy": "RANGE"})
+    assert main(["trainer", "-X", "partition.assignment.strategy=roundrobin",
+                 "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "needs 'range'" in capsys.readouterr().err
+    kafka = KafkaConfig(bootstrap_servers="127.0.0.1:1",
+                        client={"enable.partition.eof": "false"})
+    with pytest.raises(ConfigConflictError, match=r"enable.partition.eof.*\[kafka.client\]"):
+        TailReader(kafka, "t", client_id="c").open()
 
 
 def test_a_future_allowance_that_would_expire_every_row_is_refused(
