@@ -7,6 +7,7 @@ trainer's changelog, so it must never be deleted by retention.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,8 +55,10 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 10.0, *, raise_on_timeout
                     client: dict[str, str] | None = None) -> bool:
     """True once the cluster answers a metadata request within `timeout_s`."""
     auth_errors: list[KafkaError] = []
+    errors: list[KafkaError] = []
 
     def on_error(err: KafkaError) -> None:
+        errors.append(err)
         if err.code() == KafkaError._AUTHENTICATION:  # noqa: SLF001
             auth_errors.append(err)
 
@@ -80,11 +83,25 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 10.0, *, raise_on_timeout
                 f"authentication failed at {bootstrap}: {auth_errors[0].str()}; check "
                 "sasl.username / sasl.password / sasl.mechanisms / security.protocol (-X)")
     if raise_on_timeout:
+        hint = "start one with `stream-app broker start` or pass --bootstrap-servers"
+        if _listening(bootstrap):  # a listener there, wrong protocol or still starting
+            hint = ("something listens there: a broker still starting, or one that wants "
+                    "another security.protocol, SASL or SSL settings (-X, --kafka-config)")
+        reason = errors[-1].str() if errors else last
         raise BrokerUnavailable(
-            f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f}s ({last}); "
-            "start one with `stream-app broker start` or pass --bootstrap-servers"
-        )
+            f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f}s ({reason}); "
+            f"{hint}")
     return False
+
+
+def _listening(bootstrap: str) -> bool:
+    """Whether the first bootstrap address accepts a TCP connection."""
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=1):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def topic_specs(names: TopicNames, plan: TopicPlan) -> list[NewTopic]:
