@@ -109,14 +109,14 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
 
 def check_rate(rate: float) -> None:
     if not (rate == 0 or 0.001 <= rate < math.inf):  # NaN fails too
-        raise ConfigError(f"--rate must be 0 (as fast as possible) or 0.001..inf events/s, "
-                          f"got {rate}")
+        raise ConfigError(f"--rate must be 0 (as fast as possible) or a finite rate of at "
+                          f"least 0.001 events/s, got {rate}")
 
 
 def replay_file(kafka: KafkaConfig, path: Path, *, fmt: Format | None, limit: int | None,
                 rate: float, progress: bool, kind: EventKind | None = None) -> int:
-    if limit is not None and limit <= 0:
-        raise ConfigError(f"--limit must be > 0, got {limit}")
+    if limit is not None and not 0 < limit <= sys.maxsize:
+        raise ConfigError(f"--limit must be 1..{sys.maxsize}, got {limit}")
     check_rate(rate)
     records = itertools.islice(file_records(path, fmt, kind=kind), limit)
     return produce_records(kafka, records, total=limit, rate=rate, progress=progress,

@@ -179,7 +179,9 @@ class TrainerMetrics(_ProcessMetrics):
             "stream_app_batch_seconds", "Duration of one whole loop iteration (poll to commit).",
             buckets=STEP_BUCKETS_S, registry=r)
         self.training_loss = Gauge(
-            "stream_app_training_loss", "Loss of the latest learning step.", registry=r)
+            "stream_app_training_loss",
+            "Training loss of the latest committed batch, its steps weighted by events.",
+            registry=r)
         self.prequential_loss = Gauge(
             "stream_app_prequential_loss",
             "Full-softmax cross-entropy of the latest evaluated step, before learning from it.",
@@ -203,8 +205,9 @@ class TrainerMetrics(_ProcessMetrics):
         self.admissions = Counter(
             "stream_app_admissions_total", "Ids given their own row.", ["table"], registry=r)
         self.evictions = Counter(
-            "stream_app_evictions_total", "Rows evicted after being unseen too long.",
-            ["table"], registry=r)
+            "stream_app_evictions_total",
+            "Rows evicted: idle past learner.idle_ttl_ms of event time, or the least recent "
+            "at the learner.max_users / max_items cap.", ["table"], registry=r)
         self.rows_published = Counter(
             "stream_app_rows_published_total", "Rows published to the embeddings topic.",
             ["table"], registry=r)
@@ -221,7 +224,7 @@ class TrainerMetrics(_ProcessMetrics):
             "stream_app_restore_seconds",
             "Duration of the last restore from snapshot + changelog.", registry=r)
         self.restored_rows = Gauge(
-            "stream_app_restored_rows", "Rows restored at start-up, per table.",
+            "stream_app_restored_rows", "Rows in the learner after its last restore, per table.",
             ["table"], registry=r)
         self.restore_snapshot_age = Gauge(
             "stream_app_restore_snapshot_age_seconds",

@@ -15,6 +15,11 @@ from stream_app.config import ConfigError
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
+THREADS_MAX = 1024
+"""More torch threads than any host has cores: 100,000 failed to start threads and then
+crashed the process (exit 139)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScorerConfig:
     """How the scorer batches, ranks and reports.
@@ -96,9 +101,9 @@ class ScorerConfig:
             raise ConfigError(f"scorer.exit_when_idle must be > 0 seconds (or unset), "
                               f"got {self.exit_when_idle}")
         _positive("lag_interval_s", self.lag_interval_s)
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"scorer.threads must be >= 1 (or unset for torch's default), "
-                              f"got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= THREADS_MAX:
+            raise ConfigError(f"scorer.threads must be 1..{THREADS_MAX} (or unset for torch's "
+                              f"default), got {self.threads}")
 
 
 def _positive(name: str, value: float) -> None:

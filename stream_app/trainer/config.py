@@ -127,7 +127,8 @@ def check_with_learner(cfg: TrainerConfig, learner: LearnerConfig) -> None:
         raise ConfigError(
             f"trainer.max_future_ms ({cfg.max_future_ms}) must be at most a tenth of "
             f"learner.idle_ttl_ms ({ttl}): one event that far ahead would evict every row "
-            f"idle for {(ttl - cfg.max_future_ms) / 3_600_000:.1f} h of event time. Lower "
+            f"idle for over {max(0, ttl - cfg.max_future_ms) / 3_600_000:.1f} h of event "
+            "time. Lower "
             f"trainer.max_future_ms to {int(ttl * MAX_FUTURE_SHARE_OF_TTL)} or less, or raise "
             "learner.idle_ttl_ms")
 

@@ -14,7 +14,8 @@ def test_latency_defaults() -> None:
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("threads", 0, "scorer.threads must be >= 1"),
+    ("threads", 0, "scorer.threads must be 1..1024"),
+    ("threads", 100_000, "scorer.threads must be 1..1024"),
     ("commit_interval_ms", -1.0, "scorer.commit_interval_ms must be in 0..60000"),
     ("max_k", 1001, "scorer.max_k must be <= 1000"),
     ("explain_max", 101, "scorer.explain_max must be <= 100"),
