@@ -28,8 +28,14 @@ from types import TracebackType
 
 from confluent_kafka import KafkaError, Message
 
-from stream_app.codec import DecodeError, decode_prediction, encode_score_request
-from stream_app.config import KafkaConfig
+from stream_app.codec import (
+    DecodeError,
+    EncodeError,
+    decode_prediction,
+    decode_score_request,
+    encode_score_request,
+)
+from stream_app.config import ConfigError, KafkaConfig
 from stream_app.events import Prediction, ScoreRequest
 from stream_app.kafka.admin import require_topics
 from stream_app.kafka.clients import LATENCY_PRODUCER_DEFAULTS, make_producer
@@ -199,7 +205,17 @@ def format_prediction(pred: Prediction) -> str:
 
 def request_command(kafka: KafkaConfig, user_id: str, *, k: int, candidates: tuple[str, ...] | None,
                     exclude: tuple[str, ...], explain: bool, timeout_s: float) -> int:
-    """`stream-app request`: 0 with the answer printed, 1 when no scorer answers in time."""
+    """`stream-app request`: 0 with the answer printed, 1 when no scorer answers in time.
+
+    The request is checked here as the scorer will check it: a bad one was a round trip
+    (or, with no scorer running, a timeout) before its error came back.
+    """
+    probe = ScoreRequest(request_id="check", user_id=user_id, k=k, candidates=candidates,
+                         exclude=exclude, explain=explain)
+    try:
+        decode_score_request(encode_score_request(probe), user_id.encode("utf-8", "replace"))
+    except (DecodeError, EncodeError) as exc:
+        raise ConfigError(f"the scorer would refuse this request: {exc}") from exc
     require_topics(kafka, [kafka.topics.score_requests, kafka.topics.predictions])
     with ScoreClient(kafka) as client:
         try:

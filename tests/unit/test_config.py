@@ -318,6 +318,17 @@ def test_unreadable_or_odd_config_input_is_a_config_error_not_a_traceback(
     assert "lists no item ids" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("args", "reason"), [
+    (["u" * 300], "id_too_long"), (["a\u0007b"], "bad_id_chars"),
+    (["u1", "--candidates", ",".join(f"i{k}" for k in range(10_001))], "too_many_candidates"),
+])
+def test_a_request_the_scorer_would_refuse_is_refused_before_it_is_sent(
+        args: list[str], reason: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was sent, and came back refused (exit 1), or timed out with no scorer running."""
+    assert main(["request", *args, "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert f"the scorer would refuse this request: {reason}" in capsys.readouterr().err
+
+
 def test_demo_refuses_a_timeout_that_never_ends() -> None:
     from stream_app.demo.run import DemoOptions
 
