@@ -123,12 +123,13 @@ def create_topics(kafka: KafkaConfig, plan: TopicPlan | None = None,
                   timeout_s: float = 30.0) -> dict[str, str]:
     """Create the product's topics; existing ones are left as they are (idempotent).
 
-    Returns topic -> "created" | "exists".
+    Returns topic -> "created" | "exists", or for a topic that exists with another
+    partition count than asked, "exists with N partitions (asked M; left as it is)".
     """
     wait_for_broker(kafka.bootstrap_servers, min(timeout_s, 10.0), client=dict(kafka.client))
     admin = admin_client(kafka)
-    futures = admin.create_topics(topic_specs(kafka.topics, plan or TopicPlan()),
-                                  request_timeout=timeout_s)
+    specs = topic_specs(kafka.topics, plan or TopicPlan())
+    futures = admin.create_topics(specs, request_timeout=timeout_s)
     result: dict[str, str] = {}
     for topic, fut in futures.items():
         try:
@@ -141,6 +142,12 @@ def create_topics(kafka: KafkaConfig, plan: TopicPlan | None = None,
             else:
                 raise TopicError(f"could not create topic {topic}: {err}") from exc
     _wait_visible(admin, list(result), timeout_s)
+    meta = admin.list_topics(timeout=timeout_s).topics
+    for spec in specs:
+        have = len(meta[spec.topic].partitions)
+        if result[spec.topic] == "exists" and have != spec.num_partitions:
+            result[spec.topic] = (f"exists with {have} partitions (asked "
+                                  f"{spec.num_partitions}; left as it is)")
     return result
 
 

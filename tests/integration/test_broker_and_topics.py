@@ -10,7 +10,7 @@ from confluent_kafka.admin import ConfigResource, ResourceType
 
 from stream_app.cli import main
 from stream_app.config import KafkaConfig
-from stream_app.kafka.admin import admin_client, create_topics
+from stream_app.kafka.admin import TopicPlan, admin_client, create_topics
 
 
 def test_topics_create_is_idempotent_and_embeddings_compacted(
@@ -80,3 +80,7 @@ def test_create_topics_api_reports_outcomes(make_kafka: object, bootstrap: str) 
     kafka = KafkaConfig(bootstrap_servers=bootstrap, topic_prefix="api.")
     assert set(create_topics(kafka).values()) == {"created"}
     assert set(create_topics(kafka).values()) == {"exists"}
+    # Asked for other counts, existing topics are left as they are, and it says so.
+    again = create_topics(kafka, TopicPlan(event_partitions=5))
+    assert again[kafka.topics.clicks] == "exists with 3 partitions (asked 5; left as it is)"
+    assert again[kafka.topics.embeddings] == "exists"
