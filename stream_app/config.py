@@ -198,7 +198,9 @@ def build(cls: type[C], section: str, file_values: Mapping[str, Any],
     except (TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, ConfigError):
             raise
-        raise ConfigError(f"[{section}] {exc}") from exc
+        text = str(exc)  # the learner's own checks already name `learner.<key>`
+        raise ConfigError(text if text.startswith(f"{section}.") else f"[{section}] {text}") \
+            from exc
 
 
 def _file_value(value: Any, hint: Any, where: str) -> Any:

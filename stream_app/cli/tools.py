@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from stream_app.cli.common import kafka_args, kafka_config
-from stream_app.config import check_environment, environment
+from stream_app.config import ConfigError, check_environment, environment
 
 
 def add_commands(sub: Any) -> None:
@@ -100,6 +100,10 @@ def _broker(args: argparse.Namespace) -> int:
 def _topics(args: argparse.Namespace) -> int:
     from stream_app.kafka.admin import TopicPlan, create_topics
 
+    for flag, value in (("--partitions", args.partitions),
+                        ("--replication-factor", args.replication_factor)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
     plan = TopicPlan(event_partitions=args.partitions, embeddings_partitions=args.partitions,
                      request_partitions=args.partitions,
                      replication_factor=args.replication_factor)

@@ -346,3 +346,12 @@ def test_restore_can_be_set_back_by_flag() -> None:
     assert parse(["trainer", "--no-restore"]).restore is False
     file = {"restore": False}
     assert build(TrainerConfig, "trainer", file, {}, {"restore": True}).restore is True
+
+
+def test_messages_name_the_setting_once_and_the_flag_given(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trainer", "-L", "lr=-1", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "configuration error: learner.lr must be > 0" in capsys.readouterr().err
+    assert main(["topics", "create", "--partitions", "0", "--bootstrap-servers",
+                 "127.0.0.1:1"]) == 2
+    assert "configuration error: --partitions must be >= 1, got 0" in capsys.readouterr().err
