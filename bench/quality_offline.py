@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.common import machine
 from stream_app.core import Learner, LearnerConfig
 from stream_app.events import Event, EventKind
 from stream_app.sources.movielens import movies_beside, read_movies, release_times
@@ -354,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     n = len(d["ts"])
     n_train = int(n * 0.8)
     users, item_ids, seen, test = split(d, n_train)
-    results: dict[str, Any] = {"events": n, "train_events": n_train, "test_users": len(users)}
+    results: dict[str, Any] = {"benchmark": "quality_offline", "machine": machine(),
+                               "events": n, "train_events": n_train, "test_users": len(users)}
     table = []
     pop = popularity_scores(d, n_train, item_ids, None)
     table.append(("popularity", topk_metrics(np.tile(pop, (len(users), 1)), item_ids, users,
