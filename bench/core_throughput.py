@@ -132,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
                 with args.profile.open("a") as f:
                     f.write(profile(batch, dim, args) + "\n\n")
     if args.out:
+        params = {"device": args.device, "threads": args.threads, "users": args.users,
+                  "items": args.items, "negatives": args.negatives, "batches": args.batches,
+                  "warmup": args.warmup, "overrides": args.X}
         args.out.write_text(json.dumps({"benchmark": "core_throughput", "machine": machine(),
-                                        "results": results}, indent=2))
+                                        "params": params, "results": results}, indent=2))
     return 0
 
 

@@ -105,13 +105,24 @@ def _core(out: Path) -> list[str]:
         d = {"results": d}
     if not isinstance(d, dict):
         return []
-    rows = ["### Learning core alone (in-memory batches, CPU, 1 thread)", "",
+    rows = [f"### Learning core alone (in-memory batches, {_core_setting(d)})", "",
             *_measured_on(out, d),
             "| batch | dim | events/s | ms/batch | of which gradients ms |",
             "| --- | --- | --- | --- | --- |"]
     rows += [f"| {r['batch']} | {r['dim']} | {_f(r['events_per_s'])} | "
              f"{_f(r['ms_per_batch'], 1)} | {_f(r['ms_gradients'], 1)} |" for r in d["results"]]
     return [*rows, ""]
+
+
+def _core_setting(d: dict[str, Any]) -> str:
+    """The run's device, threads and overrides; a file written before it kept them came
+    from `bench.run`'s command, the defaults (CPU, 1 thread)."""
+    p = d.get("params")
+    if p is None:
+        return "CPU, 1 thread"
+    threads = f"{p['threads']} thread{'s' if p['threads'] != 1 else ''}"
+    extra = f", {' '.join(p['overrides'])}" if p["overrides"] else ""
+    return f"{p['device'].upper()}, {threads}{extra}"
 
 
 def _codec(out: Path) -> list[str]:
