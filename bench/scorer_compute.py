@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from bench.common import machine
 from stream_app.core import LearnerConfig
 from stream_app.events import EmbeddingRow, ScoreRequest
 from stream_app.serving import topk
@@ -133,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{items:9d} {batch:6d} {r['requests_per_s']:10,.0f} "
                   f"{r['ms_per_request']:8.3f} {r['ms_per_batch']:9.2f} "
                   f"{ref['ms_per_request']:18.3f} {speedup:7.2f}x")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+    if args.out:  # the command too: a table names the flags it came from
+        command = "python -m bench.scorer_compute " + " ".join(sys.argv[1:] if argv is None
+                                                               else argv)
+        args.out.write_text(json.dumps({"benchmark": "scorer_compute", "machine": machine(),
+                                        "command": command, "results": results}, indent=2))
     return 0
 
 

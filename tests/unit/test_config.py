@@ -355,3 +355,14 @@ def test_messages_name_the_setting_once_and_the_flag_given(
     assert main(["topics", "create", "--partitions", "0", "--bootstrap-servers",
                  "127.0.0.1:1"]) == 2
     assert "configuration error: --partitions must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_replay_limits_past_a_64_bit_count_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """islice raised ValueError on them, a traceback (exit 1)."""
+    events = tmp_path / "e.jsonl"
+    events.write_text("")
+    for limit in ("0", "99999999999999999999"):
+        assert main(["replay", str(events), "--limit", limit, "--bootstrap-servers",
+                     "127.0.0.1:1"]) == 2
+        assert "--limit must be 1.." in capsys.readouterr().err
