@@ -37,7 +37,7 @@ from stream_app.codec import encode_rows
 from stream_app.config import KafkaConfig
 from stream_app.core import Learner, LearnerConfig
 from stream_app.events import Event, EventKind
-from stream_app.kafka.consumer import read_to_end
+from stream_app.kafka.ends import read_to_end
 from stream_app.kafka.produce import EventProducer, Outgoing
 from stream_app.trainer.restore import restore
 from stream_app.trainer.snapshot import SnapshotTag, read_snapshot, write_state

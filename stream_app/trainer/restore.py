@@ -29,7 +29,7 @@ from stream_app.config import KafkaConfig
 from stream_app.core import Learner
 from stream_app.events import KeyValue
 from stream_app.heap import paused_gc, release_free_memory
-from stream_app.kafka.consumer import read_to_end
+from stream_app.kafka.ends import read_to_end
 from stream_app.kafka.exceptions import ChangelogError
 
 log = logging.getLogger(__name__)

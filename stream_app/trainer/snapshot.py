@@ -34,7 +34,7 @@ import torch
 from stream_app.config import ConfigError, KafkaConfig
 from stream_app.core import Learner
 from stream_app.kafka.admin import topic_id
-from stream_app.kafka.consumer import high_watermarks
+from stream_app.kafka.ends import high_watermarks
 from stream_app.kafka.exceptions import KafkaEdgeError
 
 log = logging.getLogger(__name__)

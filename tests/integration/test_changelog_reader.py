@@ -5,7 +5,8 @@ from __future__ import annotations
 from confluent_kafka import Producer
 
 from stream_app.config import KafkaConfig
-from stream_app.kafka.consumer import GroupConsumer, read_to_end
+from stream_app.kafka.consumer import GroupConsumer
+from stream_app.kafka.ends import read_to_end
 from tests.integration.kafka_helpers import wait_until
 
 

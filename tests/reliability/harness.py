@@ -33,7 +33,7 @@ from stream_app.core import LearnerConfig
 from stream_app.events import DlqRecord, EmbeddingRow, Event, KeyValue
 from stream_app.kafka import broker
 from stream_app.kafka.admin import admin_client
-from stream_app.kafka.consumer import read_to_end
+from stream_app.kafka.ends import read_to_end
 from stream_app.replay import produce_records
 from stream_app.sources import RawRecord
 from tests.integration.kafka_helpers import wait_until

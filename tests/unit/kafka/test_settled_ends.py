@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from stream_app.kafka import consumer as consumer_module
-from stream_app.kafka.consumer import settled_ends
+from stream_app.kafka import ends as ends_module
+from stream_app.kafka.ends import settled_ends
 
 CALLS: list[str] = []
 
@@ -31,7 +31,7 @@ def _script(monkeypatch: pytest.MonkeyPatch, stable: list[dict[int, int]],
             ends: list[dict[int, int]]) -> tuple[list[str], Any]:
     """The stable offsets and the ends from the lists in turn; the log of their order."""
     CALLS.clear()
-    monkeypatch.setattr(consumer_module, "end_offsets",
+    monkeypatch.setattr(ends_module, "end_offsets",
                         lambda _c, _t, *a: _next_of(stable, "stable"))
     return CALLS, _Watermarks(ends)
 
