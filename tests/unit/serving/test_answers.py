@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 
 from stream_app.codec import decode_dlq, decode_prediction, encode_score_request
 from stream_app.config import TopicNames
 from stream_app.events import EmbeddingRow, ScoreRequest
-from stream_app.serving import EmbeddingTable
+from stream_app.serving import EmbeddingTable, answers
 from stream_app.serving.answers import ANSWER_MAX_BYTES, answer_batch
 from stream_app.serving.batching import Pending
 from stream_app.serving.config import ScorerConfig
@@ -92,3 +93,21 @@ def test_a_refusal_while_loading_says_not_ready() -> None:
     assert preds["r0"].error is not None and preds["r1"].error is not None
     assert not any(p.ready for p in preds.values())
     assert out.fallbacks == ["not_loaded"]  # r2's answer
+
+
+def test_a_fallback_refused_at_encoding_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fallbacks` feeds the fallback counter: an answer refused as too large is an
+    error answer, not a popularity answer, so it is not counted as one."""
+    monkeypatch.setattr(answers, "ANSWER_MAX_BYTES", 2_000)
+    table = EmbeddingTable(device=DEVICE)
+    for n in range(50):
+        table.upsert(_row("item", f"{n:04d}" + "x" * 96, [0.0, 1.0]))
+    big = ScoreRequest(request_id="big", user_id="nobody", k=50)  # ~5 KB of ids
+    small = ScoreRequest(request_id="small", user_id="nobody", k=2)
+    out = answer_batch(table, [_pending(big, 0), _pending(small, 1)], topics=TOPICS,
+                       cfg=ScorerConfig(), ready=True)
+    preds = {p.request_id: p for p in (decode_prediction(r.value) for r in out.records
+                                       if r.topic == TOPICS.predictions)}
+    assert preds["big"].error is not None and preds["big"].error.startswith("answer_too_large")
+    assert preds["small"].error is None and preds["small"].fallback
+    assert out.fallbacks == ["unknown_user"]
