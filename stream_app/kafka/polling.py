@@ -67,4 +67,9 @@ def raise_if_fatal(err: KafkaError, msg: Message | None = None) -> None:
     if err.fatal():
         raise KafkaEdgeError(f"consumer failed fatally: {err.str()}")
     where = f" partition={msg.topic()}[{msg.partition()}]" if msg is not None else ""
-    log.warning("consumer error code=%s%s reason=%s", err.name(), where, err.str())
+    hint = ""
+    if err.code() == KafkaError._MAX_POLL_EXCEEDED:  # noqa: SLF001
+        hint = (" (the group dropped this member: what it had not committed is read again; "
+                "if every batch takes this long, lower batch_max or raise -X "
+                "max.poll.interval.ms)")
+    log.warning("consumer error code=%s%s reason=%s%s", err.name(), where, err.str(), hint)
