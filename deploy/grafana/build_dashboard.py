@@ -99,12 +99,20 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
             (f"sum by (table) (rate(stream_app_evictions_total[{RI}]))", "evict {{table}}"),
             (f"sum by (table) (rate(stream_app_rows_published_total[{RI}]))",
              "publish {{table}}")], "ops"),
-        _panel("Transaction aborts", [(
-            f"sum(increase(stream_app_transaction_aborts_total[{RI}]))", "aborts")], "short"),
-        _panel("Restores by reason", [(
-            f"sum by (reason) (increase(stream_app_restores_total[{RI}]))", "{{reason}}")],
-               "short", "Rebuilds of the trainer's learner from the changelog: start, abort, "
-               "or a rebalance when the changelog was not provably its own since."),
+        _panel("Transaction aborts (15 m)", [(
+            "sum(increase(stream_app_transaction_aborts_total[15m]))", "aborts")], "short",
+               "Aborted batches in the last 15 min (alert TransactionAbortsHigh: > 5)."),
+        _panel("Restores by reason (15 m)", [(
+            "sum by (reason) (increase(stream_app_restores_total[15m]))", "{{reason}}")],
+               "short", "Rebuilds of the trainer's learner from the changelog in the last "
+               "15 min: start, abort, or a rebalance when the changelog was not provably "
+               "its own since."),
+        _panel("Last restore", [
+            ("max by (instance) (stream_app_restore_seconds)", "seconds {{instance}}"),
+            ("max by (instance) (stream_app_restore_snapshot_age_seconds >= 0)",
+             "snapshot age {{instance}}")],
+               "s", "How long the trainer's last restore took, and the age of the local "
+               "snapshot it started from, if any (runbooks TrainerDown, ProcessRestarting)."),
         _panel("Local snapshot age", [(
             "time() - (stream_app_snapshot_written_timestamp_seconds > 0)", "{{instance}}")],
                "s", "Since the trainer's last local snapshot (none: snapshots off or not "
@@ -115,7 +123,8 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
         _panel("Process restarts (30 m)", [(
             'changes(process_start_time_seconds{job=~"stream-app-.*"}[30m])',
             "{{job}} {{instance}}")], "short",
-               "Starts seen in the last 30 min; status 75 exits are self-requested restarts."),
+               "Restarts in the last 30 min (a process started once shows 0); status 75 "
+               "exits are self-requested restarts."),
     ]),
     (_row("Scorer"), [
         _panel("Scorer latency p50 / p99", [
@@ -131,7 +140,7 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
              "share of requests")], "percentunit", "Alert ScorerMostlyFallback over 50%."),
         _panel("Scorer errors", [(
             f"sum by (reason) (rate(stream_app_scorer_errors_total[{RI}]))", "{{reason}}")],
-               "reqps", "Error answers and undelivered answers by reason (alert "
+               "ops", "Error answers and undelivered answers by reason (alert "
                "ScorerErrorsHigh); bad_embedding counts embeddings rows the scorer could "
                "not read, not requests (alert ScorerBadEmbeddings)."),
         _panel("Scorer request rate", [
