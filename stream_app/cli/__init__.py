@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sent = "" if exc.sent is None else f" ({exc.sent} record(s) sent before it)"
         print(f"stream-app: stopped at a bad input line{sent}: {exc}", file=sys.stderr)
         return 2
-    except KafkaEdgeError as exc:  # delivery failures, missing topics, a fenced producer
+    except KafkaEdgeError as exc:  # delivery failures, a fenced producer (TopicError: above)
         log.debug("stopped", exc_info=True)
         print(f"stream-app: {exc}", file=sys.stderr)
         return 1

@@ -184,7 +184,8 @@ class TrainerMetrics(_ProcessMetrics):
             registry=r)
         self.prequential_loss = Gauge(
             "stream_app_prequential_loss",
-            "Full-softmax cross-entropy of the latest evaluated step, before learning from it.",
+            "Full-softmax cross-entropy of the latest committed batch's evaluated events, "
+            "before learning from them.",
             registry=r)
         self.prequential_hit_rate = Gauge(
             "stream_app_prequential_hit_rate",
@@ -288,7 +289,8 @@ class ScorerMetrics(_ProcessMetrics):
         r = registry
         self.request_seconds = Histogram(
             "stream_app_scorer_request_seconds",
-            "Request latency by phase: queue (wait for batch), compute (top-k), total.",
+            "Request latency by phase: queue (wait for batch), compute (top-k), total "
+            "(read to answered), produced (produced to answered).",
             ["phase"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.batch_size_requests = Histogram(
             "stream_app_scorer_batch_size_requests", "Requests per scored micro-batch.",
