@@ -69,6 +69,29 @@ def decode_id_key(key: bytes | None) -> str:
     return text
 
 
+CONTEXT_MAX_DEPTH = 32
+"""Deepest nesting of an event's free-form `context` (objects and arrays, the context
+itself level 1). orjson reads 1,024 levels but writes 255: a deeper context passed the
+topic's checks, yet `replay` stopped with a traceback re-encoding such a file line; and
+a reader that walks the value recursively (as `state`'s did, see STATE_MAX_DEPTH) may
+run out of stack."""
+
+
+def _nested_deeper(value: Any, levels: int) -> bool:
+    """True when `value` nests objects or arrays more than `levels` deep (no recursion).
+
+    >>> _nested_deeper({"a": [1, {"b": 2}]}, 3), _nested_deeper({"a": [1, {"b": {}}]}, 3)
+    (False, True)
+    """
+    level = [value]
+    for _ in range(levels):
+        level = [v for c in level for v in (c.values() if type(c) is dict else c)
+                 if type(v) is dict or type(v) is list]
+        if not level:
+            return False
+    return True
+
+
 def parse_event(value: bytes | None, kind: EventKind) -> Event:
     """Like `decode_event` but without a Kafka key (files, replays)."""
     return event_from_object(parse_object(check_value(value, EVENT_MAX_BYTES)), kind)
@@ -90,6 +113,10 @@ def schema_event(obj: Any, kind: EventKind) -> Event:
         s.validate(obj)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise error_for(exc, s.name) from exc
+    context = obj.get("context")
+    if context is not None and _nested_deeper(context, CONTEXT_MAX_DEPTH):
+        raise DecodeError(DlqReason.SCHEMA,
+                          f"context is nested over {CONTEXT_MAX_DEPTH} levels")
     quantity, price, released = obj.get("quantity"), obj.get("price"), obj.get("item_released_at")
     return Event(
         event_id=id_str(obj["event_id"]),
@@ -100,7 +127,7 @@ def schema_event(obj: Any, kind: EventKind) -> Event:
         quantity=None if quantity is None else int(quantity),
         price=None if price is None else float(price),
         item_released_at=None if released is None else int(released),
-        context=obj.get("context"),
+        context=context,
     )
 
 
@@ -130,8 +157,9 @@ def _fast_optional(
     obj: dict[str, Any], kind: EventKind, event_id: str, user_id: str, item_id: str, ts: int
 ) -> Event | None:
     context = obj.get("context")
-    if "context" in obj and type(context) is not dict:
-        return None
+    if "context" in obj and (type(context) is not dict
+                             or _nested_deeper(context, CONTEXT_MAX_DEPTH)):
+        return None  # the schema path names why
     quantity = price = None
     if "quantity" in obj:
         quantity = fast_int(obj["quantity"], _QTY["minimum"], _QTY["maximum"])

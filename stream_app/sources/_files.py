@@ -49,14 +49,30 @@ def numbered_lines(path: Path, encoding: str | None = None) -> Iterator[tuple[in
         with _open(path, encoding) as handle:
             for number, line in enumerate(handle, start=1):
                 yield number, line
+    except UnicodeDecodeError as exc:  # raised a block ahead of the lines handed out
+        number = _first_undecodable(path, encoding or "utf-8") or number + 1
+        raise SourceError(path, number, f"cannot read the file: {_why(exc)}") from exc
     except READ_ERRORS as exc:
         raise SourceError(path, number + 1, f"cannot read the file: {_why(exc)}") from exc
 
 
+def _first_undecodable(path: Path, encoding: str) -> int | None:
+    """The number of the first line (split at newlines) that is not `encoding` text."""
+    try:
+        with _open(path, None) as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    line.decode(encoding)
+                except UnicodeDecodeError:
+                    return number
+    except READ_ERRORS:
+        return None
+    return None
+
+
 def _why(exc: BaseException) -> str:
     if isinstance(exc, UnicodeDecodeError):  # latin-1 (MovieLens) decodes any byte
-        return (f"not UTF-8 text ({exc.reason} at byte {exc.start} of a read block); "
-                "save the file as UTF-8")
+        return f"not UTF-8 text ({exc.reason}); save the file as UTF-8"
     if isinstance(exc, EOFError):
         return f"it ends early ({exc}): a truncated download or copy?"
     return str(exc)

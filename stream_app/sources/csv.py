@@ -29,12 +29,19 @@ def read_csv(path: Path | str) -> Iterator[Event]:
     path = Path(path)
     # utf-8-sig: a BOM (Excel's exports) is no field
     reader = csv.DictReader(line for _, line in numbered_lines(path, encoding="utf-8-sig"))
-    _check_header(path, reader.fieldnames)
-    for row in reader:
-        try:
-            yield _event(row)
-        except DecodeError as err:
-            raise SourceError(path, reader.line_num, err) from err
+    starts = 1  # the line the row being read starts on (csv counts only finished rows)
+    try:
+        _check_header(path, reader.fieldnames)
+        starts = reader.line_num + 1
+        for row in reader:
+            try:
+                yield _event(row)
+            except DecodeError as err:
+                raise SourceError(path, reader.line_num, err) from err
+            starts = reader.line_num + 1
+    except csv.Error as exc:  # an unclosed quote, a cell over the csv module's size limit
+        raise SourceError(path, starts, f"not CSV from here ({exc}); an unclosed quote "
+                          "takes in the lines after it as one cell") from exc
 
 
 def _check_header(path: Path, fields: Any) -> None:

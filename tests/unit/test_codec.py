@@ -120,6 +120,24 @@ def test_purchase_fields_and_context_survive() -> None:
     assert isinstance(back.price, float)
 
 
+def test_a_context_nested_past_the_bound_is_refused_on_both_paths() -> None:
+    """orjson reads 1,024 levels and writes 255: a context of 300 levels was valid on the
+    topic, and `replay` crashed re-encoding it from a file."""
+    def value(levels: int) -> bytes:
+        inner = b'{"x":' * (levels - 1) + b"{}" + b"}" * (levels - 1)
+        return b'{"event_id":"e","user_id":"u","item_id":"i","ts":1,"context":' + inner + b"}"
+
+    assert decode_event(value(32), b"u", EventKind.CLICK).context is not None
+    for levels in (33, 300, 1000):
+        with pytest.raises(DecodeError, match="nested over 32 levels") as caught:
+            decode_event(value(levels), b"u", EventKind.CLICK)
+        assert caught.value.reason is DlqReason.SCHEMA
+    deep_list = b'{"event_id":"e","user_id":"u","item_id":"i","ts":1,"context":{"a":' + \
+        b"[" * 40 + b"]" * 40 + b"}}"
+    with pytest.raises(DecodeError, match="nested over 32 levels"):
+        decode_event(deep_list, b"u", EventKind.CLICK)
+
+
 def test_size_bound_is_inclusive_and_checked_before_parsing() -> None:
     body = b'{"event_id":"e","user_id":"u","item_id":"i","ts":1}'
     at_bound = body + b" " * (EVENT_MAX_BYTES - len(body))

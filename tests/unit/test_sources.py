@@ -193,6 +193,48 @@ def test_csv_short_row_and_text_that_is_not_utf8(tmp_path: Path) -> None:
         list(read_csv(latin))
 
 
+def test_csv_that_the_csv_module_refuses_names_its_line(tmp_path: Path) -> None:
+    """An unclosed quote swallows the rest of the file into one cell, and a cell over
+    csv's field limit raised csv.Error: a traceback with no line (exit 1)."""
+    head = "event_id,user_id,item_id,ts,kind\n"
+    good = "".join(f"e{n},u1,i1,{n},click\n" for n in range(6000))
+    stray = tmp_path / "stray.csv"
+    stray.write_text(head + "e1,u1,i1,1,click\n" + 'e2,"u1,i1,2,click\n' + good)
+    with pytest.raises(SourceError, match="not CSV") as caught:
+        list(read_csv(stray))
+    assert caught.value.line == 3
+    big = tmp_path / "big.csv"
+    big.write_text(head + "e1,u1,i1,1,click\n" + "e2," + "u" * 200_000 + ",i1,2,click\n")
+    with pytest.raises(SourceError, match="not CSV") as caught:
+        list(read_csv(big))
+    assert caught.value.line == 3
+
+
+def test_a_jsonl_line_with_a_context_too_deep_to_write_stops_at_its_line(tmp_path: Path) -> None:
+    """It decoded (orjson reads 1,024 levels) and replay crashed re-encoding it (255)."""
+    from stream_app.replay import file_records
+
+    deep = b'{"x":' * 299 + b"{}" + b"}" * 299
+    path = tmp_path / "deep.jsonl"
+    path.write_bytes(b'{"kind":"click","event_id":"e1","user_id":"u","item_id":"i","ts":1}\n'
+                     b'{"kind":"click","event_id":"e2","user_id":"u","item_id":"i","ts":2,'
+                     b'"context":' + deep + b"}\n")
+    with pytest.raises(SourceError, match="nested over 32 levels") as caught:
+        list(file_records(path))
+    assert caught.value.line == 2
+
+
+def test_text_that_is_not_utf8_is_reported_at_its_own_line(tmp_path: Path) -> None:
+    """The text reader decodes 8 KiB blocks: a bad byte on line 91 was reported at line 1."""
+    rows = "".join(f"e{n},user-{n:05d},item-{n:05d},{n},click\n" for n in range(2, 91))
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"event_id,user_id,item_id,ts,kind\n" + rows.encode()
+                    + "e91,Jos\u00e9,i1,91,click\n".encode("latin-1"))
+    with pytest.raises(SourceError, match="not UTF-8 text") as caught:
+        list(read_csv(bad))
+    assert caught.value.line == 91
+
+
 def test_replay_input_checks_before_any_broker(tmp_path: Path) -> None:
     from stream_app.config import ConfigError, KafkaConfig
     from stream_app.replay import file_records, replay_generated
