@@ -37,9 +37,9 @@ _REQUIRED = frozenset(_SCHEMAS[EventKind.CLICK].definition["required"])
 _TS = _SCHEMAS[EventKind.CLICK].subschema("ts")
 _QTY = _SCHEMAS[EventKind.PURCHASE].definition["properties"]["quantity"]
 _PRICE = _SCHEMAS[EventKind.PURCHASE].definition["properties"]["price"]
-_TS_RANGE = (_TS["minimum"], _TS["exclusiveMaximum"])
+TS_RANGE = (_TS["minimum"], _TS["exclusiveMaximum"])  # event time, ms: [min, end)
 _RELEASED = _SCHEMAS[EventKind.CLICK].subschema("released_at")
-_RELEASED_RANGE = (_RELEASED["minimum"], _RELEASED["exclusiveMaximum"])
+RELEASED_RANGE = (_RELEASED["minimum"], _RELEASED["exclusiveMaximum"])
 if _REQUIRED != {"event_id", "user_id", "item_id", "ts"}:
     raise SchemaError(f"click.v1.json requires {sorted(_REQUIRED)}: update codec/events.py")
 
@@ -144,8 +144,8 @@ def fast_event(obj: Any, kind: EventKind) -> Event | None:
         event_id, user_id, item_id = fast_id(event_id), fast_id(user_id), fast_id(item_id)
         if event_id is None or user_id is None or item_id is None:
             return None
-    if type(ts) is not int or not _TS_RANGE[0] <= ts < _TS_RANGE[1]:
-        ts = fast_int(ts, *_TS_RANGE, hi_exclusive=True)
+    if type(ts) is not int or not TS_RANGE[0] <= ts < TS_RANGE[1]:
+        ts = fast_int(ts, *TS_RANGE, hi_exclusive=True)
         if ts is None:
             return None
     if len(obj) == 4:
@@ -172,7 +172,7 @@ def _fast_optional(
         price = float(raw)
     released = None
     if "item_released_at" in obj:
-        released = fast_int(obj["item_released_at"], *_RELEASED_RANGE, hi_exclusive=True)
+        released = fast_int(obj["item_released_at"], *RELEASED_RANGE, hi_exclusive=True)
         if released is None:
             return None
     return Event(

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
+from stream_app.codec.events import RELEASED_RANGE, TS_RANGE
+from stream_app.codec.fastcheck import ID_MAX_LEN
 from stream_app.events import Event, EventKind
 from stream_app.sources._files import numbered_lines
 from stream_app.sources.records import SourceError
@@ -64,7 +66,6 @@ def rating_events(
 ) -> list[Event]:
     """The one or two events of one rating."""
     user, item, stars, seconds = rating
-    base = f"ml-{user}-{item}-{seconds}"
     ts = seconds * 1000
     liked = stars >= purchase_threshold
 
@@ -72,10 +73,17 @@ def rating_events(
         return Event(event_id=event_id, user_id=str(user), item_id=str(item), ts=ts, kind=kind,
                      item_released_at=released_at)
 
+    base = _event_id(user, item, seconds, purchase=False)
     if mode == "split":
         return [event(base, EventKind.PURCHASE if liked else EventKind.CLICK)]
     click = event(base, EventKind.CLICK)
-    return [click, event(f"{base}-p", EventKind.PURCHASE)] if liked else [click]
+    return [click, event(_event_id(user, item, seconds, purchase=True), EventKind.PURCHASE)] \
+        if liked else [click]
+
+
+def _event_id(user: int, item: int, seconds: int, *, purchase: bool) -> str:
+    """`ml-{user}-{item}-{ts}`, `-p` added for the purchase of mode "both"."""
+    return f"ml-{user}-{item}-{seconds}" + ("-p" if purchase else "")
 
 
 def read_raw_ratings(path: Path) -> Iterator[Rating]:
@@ -94,8 +102,12 @@ def read_raw_ratings(path: Path) -> Iterator[Rating]:
             raise SourceError(path, number, f"bad field: {exc}") from exc
         if not 0 <= stars <= 10:  # NaN fails too
             raise SourceError(path, number, f"rating {parts[2]!r} out of range")
-        if seconds < 0:
-            raise SourceError(path, number, f"negative timestamp {seconds}")
+        if not 0 <= seconds * 1000 < TS_RANGE[1]:
+            raise SourceError(path, number, f"timestamp {seconds} is not seconds since 1970 "
+                              "before the year 3000")
+        if len(_event_id(user, item, seconds, purchase=True)) > ID_MAX_LEN:
+            raise SourceError(path, number, f"user or movie id too long: their event id "
+                              f"would be over {ID_MAX_LEN} characters")
         yield user, item, stars, seconds
 
 
@@ -125,12 +137,17 @@ def movies_beside(ratings: Path) -> Path | None:
 def release_times(titles: Mapping[str, str]) -> dict[str, int]:
     """Item id -> January 1 (UTC, ms) of the year in its title ("Heat (1995)"); no year, no entry.
 
-    >>> release_times({"1": "Toy Story (1995)", "2": "Untitled"})
+    A year that events cannot carry (`item_released_at` is from year 1 to 2999) is no
+    year either: attached, it would have sent every event of the film to the DLQ.
+
+    >>> release_times({"1": "Toy Story (1995)", "2": "Untitled", "3": "Far Future (3001)"})
     {'1': 788918400000}
     """
     out = {}
     for item, title in titles.items():
         match = re.search(r"\((\d{4})\)\s*$", title)
         if match:
-            out[item] = calendar.timegm((int(match.group(1)), 1, 1, 0, 0, 0)) * 1000
+            released = calendar.timegm((int(match.group(1)), 1, 1, 0, 0, 0)) * 1000
+            if RELEASED_RANGE[0] <= released < RELEASED_RANGE[1]:
+                out[item] = released
     return out

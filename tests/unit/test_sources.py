@@ -59,6 +59,13 @@ def test_movielens_bad_line_names_file_and_line(tmp_path: Path) -> None:
     path.write_text("1::2::3::4\n1::2::three::4\n")
     with pytest.raises(SourceError, match=r"ratings.dat:2"):
         list(read_ratings(path))
+    # Lines the events could not carry were sent, and dead-lettered by the trainer.
+    for line, why in (("1::2::3::40000000000", "before the year 3000"),
+                      (f"{'9' * 250}::2::3::4", "id too long")):
+        path.write_text(f"1::2::3::4\n{line}\n")
+        with pytest.raises(SourceError, match=why) as caught:
+            list(read_ratings(path, sort_by_time=True))
+        assert caught.value.line == 2
 
 
 def test_movielens_10m_half_stars(tmp_path: Path) -> None:
