@@ -20,6 +20,26 @@ from stream_app.config import (
 Handler = Callable[[argparse.Namespace], int]
 
 
+def utf8_text(value: str) -> str:
+    """An argparse `type` for ids: bytes that are not UTF-8 (a terminal in another
+    encoding) reach Python as lone surrogates, which no encoder writes; exit 2 here.
+
+    >>> utf8_text("u42")
+    'u42'
+    >>> utf8_text("u\\udcff42")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 'u\\udcff42' is not UTF-8 text (check ...)
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not UTF-8 text (check the encoding of the terminal or script)"
+        ) from exc
+    return value
+
+
 def kafka_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("kafka")
     g.add_argument("--config", type=Path, help="TOML config file ([kafka], [trainer], ...)")

@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Any
 
-from stream_app.cli.common import component_args, kafka_args, kafka_config
+from stream_app.cli.common import component_args, kafka_args, kafka_config, utf8_text
 from stream_app.config import ConfigError, environment, read_file
 
 
@@ -22,10 +22,11 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=_scorer)
 
     p = sub.add_parser("request", help="ask the running scorer for a user's top-K items")
-    p.add_argument("user", help="user id")
+    p.add_argument("user", type=utf8_text, help="user id")
     p.add_argument("--k", type=int, default=20, help="how many items (default 20)")
-    p.add_argument("--candidates", help="comma-separated item ids to re-rank (default: all)")
-    p.add_argument("--exclude", help="comma-separated item ids never to return")
+    p.add_argument("--candidates", type=utf8_text,
+                   help="comma-separated item ids to re-rank (default: all)")
+    p.add_argument("--exclude", type=utf8_text, help="comma-separated item ids never to return")
     p.add_argument("--explain", action="store_true",
                    help="show which recent items of the user support each item")
     p.add_argument("--timeout", type=float, default=10.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from stream_app.cli.common import component_args, kafka_args, kafka_config
+from stream_app.cli.common import component_args, kafka_args, kafka_config, utf8_text
 from stream_app.config import environment, parse_kv, read_file
 
 
@@ -37,7 +37,7 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=_trainer)
 
     p = sub.add_parser("forget", help="delete a user from the model (tombstone published)")
-    p.add_argument("user", help="user id")
+    p.add_argument("user", type=utf8_text, help="user id")
     kafka_args(p)
     p.set_defaults(handler=_forget)
 

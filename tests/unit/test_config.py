@@ -329,6 +329,19 @@ def test_a_request_the_scorer_would_refuse_is_refused_before_it_is_sent(
     assert f"the scorer would refuse this request: {reason}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args", [
+    ["request", "u\udcff42"], ["request", "u1", "--candidates", "a,\udcff"],
+    ["request", "u1", "--exclude", "\udcff"], ["forget", "u\udcff42"],
+])
+def test_an_id_that_is_not_utf8_text_is_refused_by_the_command_line(
+        args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Bytes that are not UTF-8 on the command line raised TypeError in orjson (exit 1)."""
+    with pytest.raises(SystemExit) as caught:
+        main([*args, "--bootstrap-servers", "127.0.0.1:1"])
+    assert caught.value.code == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+
+
 def test_demo_refuses_a_timeout_that_never_ends() -> None:
     from stream_app.demo.run import DemoOptions
 
