@@ -21,13 +21,30 @@ from stream_app.kafka.clients import make_consumer
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.polling import raise_if_fatal
 
+_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+"""Not flagged retriable on a watermark query, but a leader election under way."""
+
+
+def watermark_offsets(consumer: Consumer, tp: _TP, deadline: float) -> tuple[int, int]:
+    """(low, high) of `tp`, asked again until `deadline` (monotonic) while the broker says
+    its leader is moving: a topic just created has none for a moment."""
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not (err.retriable() or err.code() in _MOVING) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
 
 def end_offsets(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
     """High watermark of every partition of `topic`, asked of the broker."""
     meta = consumer.list_topics(topic, timeout=timeout_s)
     if topic not in meta.topics or meta.topics[topic].error is not None:
         raise KafkaEdgeError(f"topic {topic} does not exist")
-    return {p: consumer.get_watermark_offsets(_TP(topic, p), timeout=timeout_s)[1]
+    deadline = time.monotonic() + timeout_s
+    return {p: watermark_offsets(consumer, _TP(topic, p), deadline)[1]
             for p in sorted(meta.topics[topic].partitions)}
 
 

@@ -9,6 +9,7 @@ one is resolved lazily and could land after an answer to a request sent next.
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 
 from confluent_kafka import Consumer, KafkaException
@@ -16,6 +17,7 @@ from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
 from stream_app.kafka.clients import LATENCY_CONSUMER_DEFAULTS, make_consumer
+from stream_app.kafka.ends import watermark_offsets
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.polling import poll_available
 from stream_app.kafka.records import RawRecord
@@ -37,8 +39,8 @@ class ReplyReader:
             if self.topic not in meta.topics or meta.topics[self.topic].error is not None:
                 raise KafkaEdgeError(f"topic {self.topic} does not exist (create the topics: "
                                      "`stream-app topics create` with the same prefix)")
-            ends = [_TP(self.topic, p,
-                        consumer.get_watermark_offsets(_TP(self.topic, p), timeout=timeout_s)[1])
+            deadline = time.monotonic() + timeout_s  # a topic just created has no leader yet
+            ends = [_TP(self.topic, p, watermark_offsets(consumer, _TP(self.topic, p), deadline)[1])
                     for p in sorted(meta.topics[self.topic].partitions)]
             consumer.assign(ends)
         except KafkaException as exc:

@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
 from stream_app.kafka.clients import make_consumer
+from stream_app.kafka.ends import watermark_offsets
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.polling import poll_available
 from stream_app.kafka.records import RawRecord
@@ -28,23 +29,6 @@ class TailBatch:
 
     records: list[RawRecord] = field(default_factory=list)
     eof: dict[int, int] = field(default_factory=dict)
-
-
-_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
-"""Not flagged retriable on a watermark query, but a leader election under way."""
-
-
-def _watermarks(consumer: Consumer, tp: _TP, deadline: float) -> tuple[int, int]:
-    """(low, high) of `tp`, asked again while the broker says it is moving (a topic just
-    created has no leader for a moment: NOT_LEADER_FOR_PARTITION)."""
-    while True:
-        try:
-            return consumer.get_watermark_offsets(tp, timeout=max(0.1, deadline - time.monotonic()))
-        except KafkaException as exc:
-            err = exc.args[0]
-            if not (err.retriable() or err.code() in _MOVING) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.1)
 
 
 class TailReader:
@@ -72,7 +56,7 @@ class TailReader:
                 raise KafkaEdgeError(f"topic {self.topic} does not exist")
             parts = sorted(meta.topics[self.topic].partitions)
             deadline = time.monotonic() + timeout_s
-            self._opened_at = {p: _watermarks(consumer, _TP(self.topic, p), deadline)
+            self._opened_at = {p: watermark_offsets(consumer, _TP(self.topic, p), deadline)
                                for p in parts}
             consumer.assign([_TP(self.topic, p, OFFSET_BEGINNING) for p in parts])
         except KafkaException as exc:
