@@ -39,7 +39,7 @@ from stream_app.config import ConfigError, KafkaConfig
 from stream_app.events import Prediction, ScoreRequest
 from stream_app.kafka.admin import require_topics
 from stream_app.kafka.clients import LATENCY_PRODUCER_DEFAULTS, make_producer
-from stream_app.kafka.produce import DeliveryError
+from stream_app.kafka.produce import DeliveryError, Outgoing, produce_waiting
 from stream_app.kafka.reply_reader import ReplyReader
 
 KEEP = 100_000
@@ -81,8 +81,6 @@ class ScoreClient:
     def send(self, request: ScoreRequest) -> str:
         """Produce one request (keyed by user id); returns its request id."""
         rid = request.request_id
-        self._in_flight.add(rid)
-        self._remember(rid)
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             self._in_flight.discard(rid)
@@ -90,8 +88,12 @@ class ScoreClient:
             if err is not None and rid in self._sent:
                 self.undelivered[rid] = err.str()
 
-        self._producer.produce(self.topics.score_requests, key=request.user_id.encode(),
-                               value=encode_score_request(request), on_delivery=delivered)
+        # Delivery reports run inside poll(), after the bookkeeping below.
+        produce_waiting(self._producer, Outgoing(self.topics.score_requests,
+                                                 request.user_id.encode(),
+                                                 encode_score_request(request)), delivered)
+        self._in_flight.add(rid)
+        self._remember(rid)
         self._producer.poll(0)
         return rid
 

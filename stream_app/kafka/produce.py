@@ -7,7 +7,7 @@ one user's events stay ordered in one partition.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -23,6 +23,19 @@ class Outgoing:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def produce_waiting(producer: Producer, rec: Outgoing,
+                    on_delivery: Callable[[KafkaError | None, Message], None]) -> None:
+    """`produce`, waiting while librdkafka's local queue is full instead of raising
+    BufferError: a caller that sends faster than the broker takes slows down to it."""
+    while True:
+        try:
+            producer.produce(rec.topic, key=rec.key, value=rec.value,
+                             headers=list(rec.headers) or None, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)
 
 
 class Pacer:
@@ -84,17 +97,11 @@ class EventProducer:
             self.first_errors.append(err.str())
 
     def send(self, rec: Outgoing) -> None:
-        while True:
-            try:
-                self._producer.produce(rec.topic, key=rec.key, value=rec.value,
-                                       headers=list(rec.headers) or None,
-                                       on_delivery=self._on_delivery)
-                self._producer.poll(0)
-                return
-            except BufferError:
-                self._producer.poll(0.05)
-            except KafkaException as exc:
-                raise DeliveryError(f"produce to {rec.topic} failed: {exc}") from exc
+        try:
+            produce_waiting(self._producer, rec, self._on_delivery)
+        except KafkaException as exc:
+            raise DeliveryError(f"produce to {rec.topic} failed: {exc}") from exc
+        self._producer.poll(0)
 
     def send_all(self, records: Iterable[Outgoing], rate: float = 0.0) -> Iterator[int]:
         """Send every record, paced; yields the running count for progress display."""

@@ -307,6 +307,22 @@ def test_a_large_catalogue_is_ranked_exactly_by_the_bounded_scan(kafka: KafkaCon
         wait_until(lambda: exact(client), what="answers exact after the updates")
 
 
+def test_a_client_sending_past_its_local_queue_waits_instead_of_failing(
+        make_kafka) -> None:  # type: ignore[no-untyped-def]
+    """`send` raised BufferError once librdkafka's queue was full (100,000 requests by
+    default), leaving the request counted in flight; EventProducer already waited."""
+    import dataclasses
+
+    kafka: KafkaConfig = make_kafka()
+    small = dataclasses.replace(kafka, client={"queue.buffering.max.messages": "5"})
+    reqs = [ScoreRequest(request_id=f"r{n}", user_id=f"u{n % 7}", k=5) for n in range(200)]
+    with ScoreClient(small, client_id="full-queue") as client:
+        assert client.send_many(reqs) == [r.request_id for r in reqs]
+        assert not client.undelivered
+    sent = read_topic(kafka.bootstrap_servers, kafka.topics.score_requests, expect=200)
+    assert sorted(m.key() for m in sent) == sorted(r.user_id.encode() for r in reqs)
+
+
 def test_request_without_its_topics_says_what_is_missing(
         make_kafka, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     from confluent_kafka.admin import NewTopic
