@@ -10,12 +10,13 @@ the stream every user's taste moves to the next cluster and item popularity
 is redrawn (new hits), so stale models visibly decay.
 
 Event time advances by exponential gaps at `events_per_second` (event time,
-not wall-clock). A share `malformed_share` of records is corrupted on purpose
+not wall-clock). Event ids name the seed and the stream's shape (`generate`). A share `malformed_share` of records is corrupted on purpose
 (`RawRecord.event` None, `expected_reason` set) to exercise the DLQ.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -84,14 +85,23 @@ def generate(
 ) -> Iterator[RawRecord]:
     """`n_events` records; the same arguments always give the same bytes.
 
+    Event ids are `g{seed}-{stream}-{n}`: `stream` names everything that shapes the
+    events but the count (without `drift`, a longer run starts with the shorter one's
+    events, so replaying both sends copies, not new events). Two runs that differ in
+    anything else no longer share ids: the trainer dead-lettered the second one's
+    events as `event_id_reused`.
+
     >>> recs = list(generate(5, n_users=3, n_items=10, seed=1))
-    >>> [r.event.event_id for r in recs if r.event] == [f"g1-{i}" for i in range(5)]
-    True
+    >>> [r.event.event_id for r in recs if r.event][:2]
+    ['g1-6ad2e2-0', 'g1-6ad2e2-1']
     """
     if not 0.0 <= malformed_share <= 1.0 or not 0.0 <= taste <= 1.0:
         raise ValueError("malformed_share and taste must be within [0, 1]")
     if events_per_second <= 0:
         raise ValueError(f"events_per_second must be > 0, got {events_per_second}")
+    shape = (n_users, n_items, drift and n_events, start_ts, events_per_second, n_clusters,
+             taste, zipf, purchase_share)
+    prefix = f"g{seed}-{hashlib.blake2b(repr(shape).encode(), digest_size=3).hexdigest()}"
     rng = np.random.default_rng(seed)
     world = make_world(n_users, n_items, rng, n_clusters=n_clusters, zipf=zipf)
     late = _drifted(world, rng) if drift else world
@@ -107,7 +117,8 @@ def generate(
         kinds, amounts, breaks = rng.random((3, size)).tolist()
         for j in range(size):
             shares = (kinds[j], amounts[j])
-            event = _event(seed, first + j, chunk, j, int(times[j]), shares, purchase_share)
+            event = _event(f"{prefix}-{first + j}", chunk, j, int(times[j]), shares,
+                           purchase_share)
             if breaks[j] < malformed_share:
                 yield corrupt(event, CORRUPTIONS[int(amounts[j] * 1e6) % len(CORRUPTIONS)])
             else:
@@ -168,8 +179,7 @@ def _items(
 
 
 def _event(
-    seed: int,
-    n: int,
+    event_id: str,
     chunk: dict[str, Any],
     j: int,
     ts: int,
@@ -181,7 +191,7 @@ def _event(
         quantity = 1 + int(shares[1] * 3)
         price = round(1.0 + 99.0 * shares[1], 2)
         return Event(
-            event_id=f"g{seed}-{n}", user_id=user, item_id=item, ts=ts,
+            event_id=event_id, user_id=user, item_id=item, ts=ts,
             kind=EventKind.PURCHASE, quantity=quantity, price=price,
         )  # fmt: skip
-    return Event(event_id=f"g{seed}-{n}", user_id=user, item_id=item, ts=ts, kind=EventKind.CLICK)
+    return Event(event_id=event_id, user_id=user, item_id=item, ts=ts, kind=EventKind.CLICK)

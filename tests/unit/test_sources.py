@@ -269,6 +269,21 @@ def test_generate_is_deterministic_by_seed() -> None:
     assert [(r.key, r.value) for r in first] != [(r.key, r.value) for r in other]
 
 
+def test_generated_streams_of_other_shapes_share_no_event_ids() -> None:
+    """Ids were g{seed}-{n} whatever the shape: a second run with other --users reused
+    the first run's ids, and the trainer dead-lettered it as event_id_reused."""
+    def ids(**kw: object) -> list[str]:
+        args: dict[str, object] = {"n_users": 50, "n_items": 40, "seed": 0, **kw}
+        return [r.event.event_id for r in generate(200, **args) if r.event]  # type: ignore[arg-type]
+
+    base = ids()
+    assert not set(base) & set(ids(n_users=51))
+    assert not set(base) & set(ids(taste=0.5))
+    longer = [r.event for r in generate(300, n_users=50, n_items=40, seed=0) if r.event]
+    assert [e.event_id for e in longer[:200]] == base  # the same events: copies, not new ones
+    assert ids() == base
+
+
 def test_generated_records_decode_as_promised() -> None:
     records = list(generate(2000, 50, 300, seed=3, malformed_share=0.2, events_per_second=10))
     bad = [r for r in records if r.event is None]
