@@ -60,8 +60,8 @@ class Pacer:
         now = time.monotonic()
         if self._start is None:
             self._start = now
+        ahead = self._sent / self.rate - (now - self._start)  # record n goes at n / rate
         self._sent += 1
-        ahead = self._sent / self.rate - (now - self._start)
         if ahead < -self.burst_s:
             self._start -= ahead + self.burst_s  # forget the stall beyond one burst
             ahead = -self.burst_s

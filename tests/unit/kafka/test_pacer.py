@@ -32,7 +32,16 @@ def test_the_clock_starts_at_the_first_send(clock: FakeClock) -> None:
     start = clock.now
     for _ in range(200):
         pacer.wait()
-    assert clock.now - start == pytest.approx(2.0)  # 200 sends at 100/s, no catch-up burst
+    assert clock.now - start == pytest.approx(1.99)  # send n at n/100 s, no catch-up burst
+
+
+def test_the_first_record_goes_at_once(clock: FakeClock) -> None:
+    """It waited one interval first: with --rate 0.001, nothing was sent for 1,000 s."""
+    pacer = Pacer(rate=0.001)
+    pacer.wait()
+    assert clock.now == 100.0
+    pacer.wait()
+    assert clock.now == pytest.approx(1100.0)
 
 
 def test_a_stall_is_caught_up_by_one_burst_at_most(clock: FakeClock) -> None:
