@@ -33,10 +33,12 @@ def infer_format(path: Path) -> Format:
     """The format a file's name says: `.jsonl`/`.ndjson`/`.json` (one event a line) and
     `.csv` (also gzipped), else MovieLens (`ratings.dat`, `u.data`).
 
-    >>> infer_format(Path("events.jsonl.gz")), infer_format(Path("ratings.dat"))
-    ('jsonl', 'movielens')
+    >>> infer_format(Path("events.jsonl.gz")), infer_format(Path("EVENTS.JSONL.GZ"))
+    ('jsonl', 'jsonl')
+    >>> infer_format(Path("ratings.dat"))
+    'movielens'
     """
-    suffixes = [s for s in path.suffixes if s != ".gz"]
+    suffixes = [s for s in path.suffixes if s.lower() != ".gz"]
     last = suffixes[-1].lower() if suffixes else ""
     if last in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
@@ -93,7 +95,7 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
             for _ in producer.send_all(outgoing(records, kafka.topics), rate=rate):
                 bar.advance()
     except SourceError as exc:
-        exc.sent = producer.acked
+        exc.sent, exc.dropped = producer.acked, producer.dropped
         raise
     except KeyboardInterrupt:
         interrupted = True

@@ -21,7 +21,7 @@ READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
 
 
 def _open(path: Path, encoding: str | None) -> IO[Any]:
-    if path.suffix == ".gz":
+    if path.suffix.lower() == ".gz":
         if encoding is None:
             return gzip.open(path, "rb")  # type: ignore[return-value]  # a GzipFile reads bytes
         return gzip.open(path, "rt", encoding=encoding, newline="")

@@ -23,7 +23,7 @@ from stream_app.sources.records import RawRecord, SourceError
 def read_jsonl(path: Path | str, *, kind: EventKind | None = None) -> Iterator[Event]:
     """Validated events; the first bad line raises `SourceError` (file, line, reason)."""
     path = Path(path)
-    for number, line in numbered_lines(path):
+    for number, line in _lines(path):
         if not line.strip():
             continue
         try:
@@ -40,7 +40,7 @@ def read_jsonl_records(path: Path | str, *, kind: EventKind | None = None) -> It
     """
     path = Path(path)
     default = kind or EventKind.CLICK
-    for _, line in numbered_lines(path):
+    for _, line in _lines(path):
         line = line.rstrip(b"\r\n")
         if not line.strip():
             continue
@@ -52,6 +52,13 @@ def read_jsonl_records(path: Path | str, *, kind: EventKind | None = None) -> It
         yield RawRecord(
             kind=event.kind, key=event_key(event), value=encode_event(event), event=event
         )
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """`numbered_lines`, without a UTF-8 byte order mark before the first (editors on
+    Windows write one; it is no JSON)."""
+    for number, line in numbered_lines(path):
+        yield number, line.removeprefix(b"\xef\xbb\xbf") if number == 1 else line
 
 
 def write_jsonl(path: Path | str, events: Iterator[Event] | list[Event]) -> int:

@@ -231,6 +231,22 @@ def test_a_jsonl_line_with_a_context_too_deep_to_write_stops_at_its_line(tmp_pat
     assert caught.value.line == 2
 
 
+def test_jsonl_with_a_byte_order_mark_and_an_upper_case_gz_suffix(tmp_path: Path) -> None:
+    """A BOM before the first line was refused as not JSON; `.GZ` was read as MovieLens
+    ("expected 4 fields, got 2")."""
+    from stream_app.replay import file_records
+
+    lines = (b'{"kind":"click","event_id":"e1","user_id":"u","item_id":"i","ts":1}\n'
+             b'{"kind":"click","event_id":"e2","user_id":"u","item_id":"i","ts":2}\n')
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + lines)
+    assert [r.event.event_id for r in file_records(bom) if r.event] == ["e1", "e2"]
+    assert all(r.event is not None for r in read_jsonl_records(bom))  # none sent as bad input
+    shouting = tmp_path / "EVENTS.JSONL.GZ"
+    shouting.write_bytes(gzip.compress(lines))
+    assert [r.event.event_id for r in file_records(shouting) if r.event] == ["e1", "e2"]
+
+
 def test_text_that_is_not_utf8_is_reported_at_its_own_line(tmp_path: Path) -> None:
     """The text reader decodes 8 KiB blocks: a bad byte on line 91 was reported at line 1."""
     rows = "".join(f"e{n},user-{n:05d},item-{n:05d},{n},click\n" for n in range(2, 91))
