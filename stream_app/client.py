@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -46,6 +46,36 @@ KEEP = 100_000
 """Requests sent through `send` whose answers the client keeps for `wait`."""
 
 
+class RecentIds:
+    """The `size` ids added last; one added again counts from then.
+
+    With a list of sends beside a set, a request id sent again kept its first
+    place: it fell out early and its answer was ignored.
+
+    >>> ids = RecentIds(2)
+    >>> ids.add("r1"), ids.add("r2"), ids.add("r1"), ids.add("r3")
+    ([], [], [], ['r2'])
+    >>> "r1" in ids, "r2" in ids
+    (True, False)
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, rid: str) -> list[str]:
+        """Keep `rid` as the newest; returns the oldest ids dropped to stay within size."""
+        self._ids[rid] = None
+        self._ids.move_to_end(rid)
+        return [self._ids.popitem(last=False)[0] for _ in range(len(self._ids) - self.size)]
+
+    def discard(self, rid: str) -> None:
+        self._ids.pop(rid, None)
+
+    def __contains__(self, rid: object) -> bool:
+        return rid in self._ids
+
+
 class ScoreClient:
     """Send score requests and collect their predictions by request id.
 
@@ -67,8 +97,7 @@ class ScoreClient:
         except BaseException:
             self._answers_in.close()
             raise
-        self._sent: set[str] = set()  # request ids whose answers are kept (at most KEEP)
-        self._order: deque[str] = deque()
+        self._sent = RecentIds(KEEP)  # request ids whose answers are kept
         self._answers: dict[str, Prediction] = {}
         self.undelivered: dict[str, str] = {}
         """Requests the broker refused: request id -> error."""
@@ -98,10 +127,8 @@ class ScoreClient:
         return rid
 
     def _remember(self, rid: str) -> None:
-        self._sent.add(rid)
-        self._order.append(rid)
-        while len(self._order) > KEEP:
-            self._forget(self._order.popleft())
+        for old in self._sent.add(rid):
+            self._forget(old)
 
     def _forget(self, rid: str) -> None:
         """Stop keeping `rid`'s answer; a later copy of it is ignored."""
