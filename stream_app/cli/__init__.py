@@ -68,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stream-app: {exc}", file=sys.stderr)
         return 2
     except SourceError as exc:
-        sent = "" if exc.sent is None else f" ({exc.sent} record(s) sent before it)"
+        dropped = f", {exc.dropped} queued ones dropped unsent" if exc.dropped else ""
+        sent = "" if exc.sent is None else f" ({exc.sent} record(s) sent before it{dropped})"
         print(f"stream-app: stopped at a bad input line{sent}: {exc}", file=sys.stderr)
         return 2
     except KafkaEdgeError as exc:  # delivery failures, a fenced producer (TopicError: above)

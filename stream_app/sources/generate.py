@@ -10,7 +10,8 @@ the stream every user's taste moves to the next cluster and item popularity
 is redrawn (new hits), so stale models visibly decay.
 
 Event time advances by exponential gaps at `events_per_second` (event time,
-not wall-clock). Event ids name the seed and the stream's shape (`generate`). A share `malformed_share` of records is corrupted on purpose
+not wall-clock). Event ids name the seed and the stream's shape (`generate`).
+A share `malformed_share` of records is corrupted on purpose
 (`RawRecord.event` None, `expected_reason` set) to exercise the DLQ.
 """
 

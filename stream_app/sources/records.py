@@ -34,8 +34,9 @@ class SourceError(Exception):
     """A line of an input file is unusable; names the file and line, keeps the codec reason.
 
     `sent` is how many records the broker had acknowledged when the line
-    stopped a replay (None: nothing was being sent). It need not be the
-    records before the line: MovieLens is read whole and sorted first.
+    stopped a replay (None: nothing was being sent), `dropped` how many queued
+    ones were then given up unsent. They need not be the records before the
+    line: MovieLens is read whole and sorted first.
     """
 
     def __init__(self, path: Path, line: int, error: DecodeError | str) -> None:
@@ -43,4 +44,5 @@ class SourceError(Exception):
         self.line = line
         self.reason: DlqReason | None = error.reason if isinstance(error, DecodeError) else None
         self.sent: int | None = None
+        self.dropped = 0
         super().__init__(f"{path}:{line}: {error}")
