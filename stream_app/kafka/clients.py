@@ -69,11 +69,16 @@ def merge(defaults: Mapping[str, Any], user: Mapping[str, str],
     for key, value in enforced.items():
         if key in user and str(user[key]).lower() != str(value).lower():
             raise ConfigConflictError(
-                f"librdkafka setting {key}={user[key]!r} conflicts with {key}={value!r}, "
+                f"librdkafka setting {key}={user[key]} conflicts with {key}={_text(value)}, "
                 "which stream_app needs for its guarantees; remove it from -X, --kafka-config "
                 "or [kafka.client] in --config"
             )
     return {**defaults, **user, **enforced}
+
+
+def _text(value: Any) -> str:
+    """A setting as librdkafka spells it (`false`, not Python's `False`)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _base(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:

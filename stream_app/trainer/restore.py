@@ -76,8 +76,11 @@ def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str,
     release_free_memory()
     stats = RestoreStats(users=users, items=items, tombstones=tombstones,
                          seconds=time.monotonic() - began, ends=ends)
-    log.info("restored users=%d items=%d tombstones=%d seconds=%.2f", stats.users, stats.items,
-             stats.tombstones, stats.seconds)
+    sizes = learner.table_sizes()
+    log.info("restored from the changelog%s: users=%d items=%d tombstones=%d seconds=%.2f; "
+             "the model holds users=%d items=%d", " after the snapshot" if start else "",
+             stats.users, stats.items, stats.tombstones, stats.seconds,
+             sizes["users"], sizes["items"])
     return stats
 
 

@@ -77,7 +77,9 @@ def test_settings_stream_app_owns_are_refused_as_librdkafka_settings(key: str, f
 
 def test_enforced_settings_cannot_be_overridden() -> None:
     kafka = KafkaConfig(client={"enable.auto.commit": "true"})
-    with pytest.raises(ConfigConflictError, match="enable.auto.commit"):
+    # Spelled as librdkafka's settings are, not as Python's False
+    with pytest.raises(ConfigConflictError,
+                       match="enable.auto.commit=true conflicts with enable.auto.commit=false,"):
         consumer_config(kafka, "c", "g")
     conf = consumer_config(KafkaConfig(client={"linger.ms": "9"}), "c", "g")
     assert conf["isolation.level"] == "read_committed" and conf["enable.auto.commit"] is False
