@@ -24,7 +24,13 @@ from stream_app.sources import RawRecord, SourceError, to_record
 from stream_app.sources.csv import read_csv
 from stream_app.sources.generate import generate
 from stream_app.sources.jsonl import read_jsonl
-from stream_app.sources.movielens import movies_beside, read_movies, read_ratings, release_times
+from stream_app.sources.movielens import (
+    movies_beside,
+    ratings_in,
+    read_movies,
+    read_ratings,
+    release_times,
+)
 
 Format = Literal["movielens", "jsonl", "csv"]
 
@@ -54,8 +60,11 @@ def file_records(path: Path, fmt: Format | None = None, *,
     """
     if not path.exists():
         raise ConfigError(f"replay input {path} does not exist")
+    if path.is_dir() and fmt in (None, "movielens"):  # a MovieLens folder, as demo --data
+        path = ratings_in(path) or path
     if not path.is_file():
-        raise ConfigError(f"replay input {path} is not a file")
+        raise ConfigError(f"replay input {path} is not a file (nor a MovieLens folder with "
+                          "ratings.dat(.gz) or u.data)")
     fmt = fmt or infer_format(path)
     if kind is not None and fmt != "jsonl":
         raise ConfigError(f"--kind applies to JSON Lines input only ({path} is read as {fmt}, "

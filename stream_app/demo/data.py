@@ -14,7 +14,13 @@ from pathlib import Path
 
 from stream_app.sources import RawRecord, to_record
 from stream_app.sources.generate import generate
-from stream_app.sources.movielens import movies_beside, read_movies, read_ratings, release_times
+from stream_app.sources.movielens import (
+    movies_beside,
+    ratings_in,
+    read_movies,
+    read_ratings,
+    release_times,
+)
 
 RECENT = 5
 
@@ -41,18 +47,11 @@ class DemoInput:
         return [user for user, _ in ranked[:n]]
 
 
-def _movielens_files(data: Path) -> tuple[Path, Path | None] | None:
-    for name in ("ratings.dat.gz", "ratings.dat", "u.data"):
-        if (data / name).is_file():
-            return data / name, movies_beside(data / name)
-    return None
-
-
 def load_input(data: Path | None, limit: int, *, seed: int = 0) -> DemoInput:
     """MovieLens from `data` if its files are there, else the synthetic generator."""
-    files = _movielens_files(data) if data is not None else None
-    if files is not None:
-        ratings, movies = files
+    ratings = ratings_in(data) if data is not None else None
+    if ratings is not None:
+        movies = movies_beside(ratings)
         titles = read_movies(movies) if movies is not None else {}
         events = itertools.islice(read_ratings(ratings, sort_by_time=True,
                                                released=release_times(titles)), limit)

@@ -128,6 +128,12 @@ def read_movies(path: Path | str) -> dict[str, str]:
     return titles
 
 
+def ratings_in(folder: Path) -> Path | None:
+    """The ratings file of a MovieLens folder (ML-1M/10M `ratings.dat(.gz)`, ML-100K `u.data`)."""
+    return next((folder / name for name in ("ratings.dat.gz", "ratings.dat", "u.data")
+                 if (folder / name).is_file()), None)
+
+
 def movies_beside(ratings: Path) -> Path | None:
     """`movies.dat.gz` or `movies.dat` in the folder of a ratings file, if there."""
     return next((m for m in (ratings.with_name("movies.dat.gz"), ratings.with_name("movies.dat"))

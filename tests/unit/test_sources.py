@@ -264,6 +264,13 @@ def test_replay_input_checks_before_any_broker(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="is not a file"):
         file_records(tmp_path)
+    # A MovieLens folder, as `demo --data` takes it: its ratings file (and release times).
+    movielens = tmp_path / "ml"
+    movielens.mkdir()
+    (movielens / "ratings.dat").write_text("1::10::5::978300760\n")
+    (movielens / "movies.dat").write_text("10::GoldenEye (1995)::Action\n")
+    [rec] = list(file_records(movielens))
+    assert rec.event is not None and rec.event.item_released_at == 788918400000
     with pytest.raises(ConfigError, match="--kind applies to JSON Lines"):
         file_records(DATA / "events_small.csv", kind=EventKind.CLICK)
     plain = tmp_path / "plain.jsonl"  # event values as on the topic: no "kind"
