@@ -233,14 +233,15 @@ def format_prediction(pred: Prediction) -> str:
 
 
 def request_command(kafka: KafkaConfig, user_id: str, *, k: int, candidates: tuple[str, ...] | None,
-                    exclude: tuple[str, ...], explain: bool, timeout_s: float) -> int:
+                    exclude: tuple[str, ...], explain: bool, timeout_s: float,
+                    exclude_seen: bool = True) -> int:
     """`stream-app request`: 0 with the answer printed, 1 when no scorer answers in time.
 
     The request is checked here as the scorer will check it: a bad one was a round trip
     (or, with no scorer running, a timeout) before its error came back.
     """
     probe = ScoreRequest(request_id="check", user_id=user_id, k=k, candidates=candidates,
-                         exclude=exclude, explain=explain)
+                         exclude=exclude, exclude_seen=exclude_seen, explain=explain)
     try:
         decode_score_request(encode_score_request(probe), user_id.encode("utf-8", "replace"))
     except (DecodeError, EncodeError) as exc:
@@ -249,7 +250,8 @@ def request_command(kafka: KafkaConfig, user_id: str, *, k: int, candidates: tup
     with ScoreClient(kafka) as client:
         try:
             pred = client.request(user_id, k=k, candidates=candidates, exclude=exclude,
-                                  explain=explain, timeout_s=timeout_s)
+                                  exclude_seen=exclude_seen, explain=explain,
+                                  timeout_s=timeout_s)
         except TimeoutError as exc:
             print(f"stream-app: {exc}", file=sys.stderr)
             return 1

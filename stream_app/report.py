@@ -66,8 +66,8 @@ class Stats:
 def load_stats(path: Path) -> Stats:
     """Read a stats JSONL file; aborted batches are left out (they were re-read)."""
     if not path.is_file():
-        raise ConfigError(f"{path} not found: run the trainer with --stats-file, "
-                          "or point `stream-app report` at a demo report folder")
+        raise ConfigError(f"{path} not found: run the trainer with --stats-file "
+                          f"{path}, or point `stream-app report` at a demo report folder")
     rows: list[dict[str, Any]] = []
     lines = path.read_bytes().splitlines()
     for number, line in enumerate(lines, 1):

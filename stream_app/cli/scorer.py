@@ -29,6 +29,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--exclude", type=utf8_text, help="comma-separated item ids never to return")
     p.add_argument("--explain", action="store_true",
                    help="show which recent items of the user support each item")
+    p.add_argument("--keep-seen", action="store_true",
+                   help="may return items the user already interacted with (exclude_seen false)")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds to wait for the answer (default 10; exit 1 after)")
     kafka_args(p)
@@ -73,4 +75,5 @@ def _request(args: argparse.Namespace) -> int:
     return request_command(kafka_config(args), args.user, k=args.k,
                            candidates=_ids(args.candidates, "--candidates"),
                            exclude=_ids(args.exclude, "--exclude") or (),
-                           explain=args.explain, timeout_s=args.timeout)
+                           explain=args.explain, exclude_seen=not args.keep_seen,
+                           timeout_s=args.timeout)

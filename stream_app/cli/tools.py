@@ -46,11 +46,12 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=_replay)
 
     p = sub.add_parser("generate", help="produce a synthetic event stream")
-    p.add_argument("--events", type=int, default=100_000, help="number of events")
-    p.add_argument("--users", type=int, default=5_000, help="distinct users")
-    p.add_argument("--items", type=int, default=2_000, help="distinct items")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--malformed-share", type=float, default=0.0, help="share of bad records")
+    p.add_argument("--events", type=int, default=100_000, help="number of events (default 100000)")
+    p.add_argument("--users", type=int, default=5_000, help="distinct users (default 5000)")
+    p.add_argument("--items", type=int, default=2_000, help="distinct items (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--malformed-share", type=float, default=0.0,
+                   help="share of bad records, for the DLQ (default 0)")
     p.add_argument("--drift", action="store_true", help="user tastes drift over time")
     p.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
