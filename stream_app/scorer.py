@@ -37,6 +37,7 @@ from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.heap import release_free_memory
 from stream_app.kafka.admin import AdminClient, admin_client, group_members, require_topics
+from stream_app.kafka.clients import consumer_config
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
 from stream_app.kafka.records import Partition, RawRecord
@@ -103,6 +104,9 @@ class Scorer:
         """Serve until stopped; 0 on a clean stop, 1 if a prediction could not be delivered,
         EXIT_STALLED if a request partition is never fetched (`kafka.first_fetch`)."""
         t, cid = self.topics, self.cfg.client_id
+        # A -X setting that conflicts with an enforced one fails here, before the broker
+        # checks, the metrics server and the clients (it failed after all three).
+        consumer_config(self.kafka, cid, self.cfg.group_id, enforce={"enable.partition.eof": True})
         require_topics(self.kafka, [t.embeddings, t.score_requests, t.predictions, t.dlq])
         if self.cfg.threads is not None:
             set_threads(self.cfg.threads)

@@ -75,6 +75,19 @@ def test_settings_stream_app_owns_are_refused_as_librdkafka_settings(key: str, f
         load_kafka({"kafka": {"client": {key: "x"}}}, {}, {}, {})
 
 
+@pytest.mark.parametrize(("command", "setting"), [
+    ("scorer", "enable.auto.commit=true"), ("scorer", "enable.partition.eof=false"),
+    ("trainer", "enable.auto.commit=true"), ("trainer", "enable.idempotence=false"),
+])
+def test_a_conflicting_setting_is_refused_before_looking_for_a_broker(
+        command: str, setting: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """They started their metrics server first, and with no broker waited 10 s and
+    exited 75 ("try again") for a setting no retry fixes."""
+    assert main([command, "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "0",
+                 "-X", setting]) == 2
+    assert "conflicts with" in capsys.readouterr().err
+
+
 def test_enforced_settings_cannot_be_overridden() -> None:
     kafka = KafkaConfig(client={"enable.auto.commit": "true"})
     # Spelled as librdkafka's settings are, not as Python's False
