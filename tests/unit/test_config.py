@@ -357,6 +357,35 @@ def test_an_id_that_is_not_utf8_text_is_refused_by_the_command_line(
     assert "is not UTF-8 text" in capsys.readouterr().err
 
 
+def test_request_keep_seen_asks_for_seen_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`exclude_seen` had no flag; --keep-seen sets it false, and it is true without."""
+    import stream_app.client
+
+    asked: list[bool] = []
+    monkeypatch.setattr(stream_app.client, "request_command",
+                        lambda *_a, **kw: asked.append(kw["exclude_seen"]) or 0)
+    assert main(["request", "u1", "--keep-seen"]) == 0
+    assert main(["request", "u1"]) == 0
+    assert asked == [False, True]
+
+
+def test_a_bad_line_that_stops_a_replay_says_what_was_sent_and_dropped(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import stream_app.replay
+    from stream_app.sources import SourceError
+
+    def stopped(*_a: object, **_kw: object) -> int:
+        err = SourceError(tmp_path / "e.csv", 7, "bad ts")
+        err.sent, err.dropped = 5, 2
+        raise err
+
+    monkeypatch.setattr(stream_app.replay, "replay_file", stopped)
+    assert main(["replay", str(tmp_path / "e.csv")]) == 2
+    assert "(5 record(s) sent before it, 2 queued ones dropped unsent)" in \
+        capsys.readouterr().err
+
+
 def test_demo_refuses_a_timeout_that_never_ends() -> None:
     from stream_app.demo.run import DemoOptions
 
