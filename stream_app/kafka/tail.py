@@ -8,6 +8,7 @@ transaction markers that are never delivered as records.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -21,6 +22,8 @@ from stream_app.kafka.ends import watermark_offsets
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.polling import poll_available
 from stream_app.kafka.records import RawRecord
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +71,18 @@ class TailReader:
 
         Rows keyed to them would otherwise never be read until a restart. Their
         keys' older rows stay in the old partitions, so which one a reader applies
-        last is no longer the log's order: the caller warns.
+        last is no longer the log's order: the caller warns. A check the cluster
+        cannot answer (an outage) finds nothing and is made again next time: it
+        stopped the scorer (exit 1) in the middle of an outage it would have
+        ridden out.
         """
         consumer = self._opened()
         try:
             meta = consumer.list_topics(self.topic, timeout=timeout_s)
         except KafkaException as exc:
-            raise KafkaEdgeError(f"cannot list {self.topic}: {exc}") from exc
+            log.warning("cannot list %s to look for new partitions (%s); looking again "
+                        "at the next check", self.topic, exc)
+            return []
         topic = meta.topics.get(self.topic)
         if topic is None or topic.error is not None:
             return []
