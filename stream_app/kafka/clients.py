@@ -59,6 +59,12 @@ LATENCY_CONSUMER_DEFAULTS: dict[str, Any] = {
 and an idle fetch is re-sent every 10 ms. Defaults: a user -X wins."""
 
 
+REPORT_EOF: Mapping[str, Any] = {"enable.partition.eof": True}
+"""Enforced on every consumer that must tell a caught-up partition from one whose next
+record is still on the broker (the trainer's, the scorer's, the tail, the changelog read);
+checked up front by the trainer and the scorer before anything starts."""
+
+
 def merge(defaults: Mapping[str, Any], user: Mapping[str, str],
           enforced: Mapping[str, Any]) -> dict[str, Any]:
     """defaults < user < enforced; a conflicting user value raises.

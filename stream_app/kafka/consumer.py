@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
-from stream_app.kafka.clients import consumer_config, leave_group, make_consumer
+from stream_app.kafka.clients import REPORT_EOF, consumer_config, leave_group, make_consumer
 from stream_app.kafka.ends import Watermarks, end_offsets, ends_and_stable
 from stream_app.kafka.event_time import Barrier, EventTimeMerger
 from stream_app.kafka.exceptions import KafkaEdgeError
@@ -54,7 +54,7 @@ class GroupConsumer:
         # must be learned by one trainer only.
         # enable.partition.eof tells a partition that is caught up (nothing to
         # wait for) from one whose next record is still on the broker.
-        enforce: dict[str, Any] = {"enable.partition.eof": True}
+        enforce: dict[str, Any] = dict(REPORT_EOF)
         if co_partitioned:
             enforce["partition.assignment.strategy"] = CO_PARTITIONED_ASSIGNOR
         self._consumer: Consumer = make_consumer(kafka, client_id, group_id, enforce=enforce)

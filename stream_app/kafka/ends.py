@@ -17,7 +17,7 @@ from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
 from stream_app.events import KeyValue
-from stream_app.kafka.clients import make_consumer
+from stream_app.kafka.clients import REPORT_EOF, make_consumer
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.polling import raise_if_fatal
 
@@ -133,7 +133,7 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
     short of the offsets the topic settles at.
     """
     consumer = make_consumer(kafka, client_id, f"{client_id}-reader",
-                             enforce={"enable.partition.eof": True})
+                             enforce=REPORT_EOF)
     try:
         # Read (committed records) up to the true end: with an open transaction
         # in the way this waits until it is committed or aborted.

@@ -19,7 +19,12 @@ from confluent_kafka import Consumer, KafkaException, Message
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
-from stream_app.kafka.clients import LATENCY_CONSUMER_DEFAULTS, leave_group, make_consumer
+from stream_app.kafka.clients import (
+    LATENCY_CONSUMER_DEFAULTS,
+    REPORT_EOF,
+    leave_group,
+    make_consumer,
+)
 from stream_app.kafka.consumer import lag_behind, starts_at_end
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import SILENT_AFTER_S, FirstFetch, stuck
@@ -46,7 +51,7 @@ class RequestConsumer:
         # enable.partition.eof: a fetched partition is heard from even when idle,
         # so one librdkafka never started fetching can be told apart (first_fetch).
         self._consumer: Consumer = make_consumer(kafka, client_id, group_id,
-                                                 enforce={"enable.partition.eof": True},
+                                                 enforce=REPORT_EOF,
                                                  **LATENCY_CONSUMER_DEFAULTS)
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
         self._starts_at_end = starts_at_end(kafka, client_id, group_id)

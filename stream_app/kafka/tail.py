@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
-from stream_app.kafka.clients import make_consumer
+from stream_app.kafka.clients import REPORT_EOF, make_consumer
 from stream_app.kafka.ends import watermark_offsets
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.polling import poll_available
@@ -51,7 +51,7 @@ class TailReader:
         # Enforced: readiness is every partition's end reached, which only EOF events tell
         # when the last offsets are transaction markers. A -X false kept the scorer loading.
         consumer = make_consumer(self.kafka, self.client_id, f"{self.client_id}-unused",
-                                 enforce={"enable.partition.eof": True})
+                                 enforce=REPORT_EOF)
         self._consumer = consumer
         try:
             meta = consumer.list_topics(self.topic, timeout=timeout_s)

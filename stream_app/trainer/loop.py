@@ -17,7 +17,12 @@ from stream_app.config import KafkaConfig
 from stream_app.core import Learner, LearnerConfig
 from stream_app.device import resolve_device
 from stream_app.kafka.admin import require_topics
-from stream_app.kafka.clients import TRANSACTIONAL_DEFAULTS, consumer_config, producer_config
+from stream_app.kafka.clients import (
+    REPORT_EOF,
+    TRANSACTIONAL_DEFAULTS,
+    consumer_config,
+    producer_config,
+)
 from stream_app.kafka.consumer import GroupConsumer
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
@@ -58,7 +63,7 @@ class Trainer:
         check_with_client(cfg, kafka.client)
         # A -X setting that conflicts with an enforced one fails here, before the metrics
         # server and the broker checks (with no broker it exited 75, "try again").
-        consumer_config(kafka, "check", cfg.group_id, enforce={"enable.partition.eof": True})
+        consumer_config(kafka, "check", cfg.group_id, enforce=REPORT_EOF)
         producer_config(kafka, "check", transactional_id=cfg.transactional_id)
         self.kafka, self.cfg, self.learner_cfg = kafka, cfg, learner_cfg
         self.watchdog = watchdog
