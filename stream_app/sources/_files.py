@@ -19,6 +19,11 @@ from stream_app.sources.records import SourceError
 READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
 """What reading a file can raise (gzip.BadGzipFile is an OSError)."""
 
+LINE_MAX = 16 * 1024 * 1024
+"""Longest line read (bytes, or characters of a text file): a file that is one huge
+line (a JSON array, newlines lost) stops at that line instead of filling memory.
+An event's value is at most 64 KiB, so a line this long is no event anyway."""
+
 
 def _open(path: Path, encoding: str | None) -> IO[Any]:
     if path.suffix.lower() == ".gz":
@@ -47,7 +52,14 @@ def numbered_lines(path: Path, encoding: str | None = None) -> Iterator[tuple[in
     number = 0
     try:
         with _open(path, encoding) as handle:
-            for number, line in enumerate(handle, start=1):
+            end: str | bytes = "" if encoding else b""
+            lines = iter(lambda: handle.readline(LINE_MAX + 1), end)
+            for number, line in enumerate(lines, start=1):
+                if len(line) > LINE_MAX:
+                    raise SourceError(path, number, f"the line is longer than {LINE_MAX:,} "
+                                      f"{'characters' if encoding else 'bytes'}: the input is "
+                                      "one record per line (a JSON array, or a file whose "
+                                      "newlines were lost, is not)")
                 yield number, line
     except UnicodeDecodeError as exc:  # raised a block ahead of the lines handed out
         number = _first_undecodable(path, encoding or "utf-8") or number + 1

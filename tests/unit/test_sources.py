@@ -258,6 +258,29 @@ def test_text_that_is_not_utf8_is_reported_at_its_own_line(tmp_path: Path) -> No
     assert caught.value.line == 91
 
 
+def test_a_line_past_the_line_limit_stops_its_reader_at_that_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JSON array (one line) was read whole into memory before any check."""
+    from stream_app.sources import _files
+
+    monkeypatch.setattr(_files, "LINE_MAX", 200)
+    event = b'{"kind":"click","event_id":"e1","user_id":"u","item_id":"i","ts":1}'
+    fits = event[:-1] + b',"context":{"pad":"' + b"x" * (197 - len(event) - 19) + b'"}}\n'
+    assert len(fits) == 200  # the limit, newline included
+    array = tmp_path / "array.jsonl"
+    array.write_bytes(fits + b"[" + b",".join([event] * 40) + b"]\n" + event + b"\n")
+    for read in (read_jsonl, read_jsonl_records):
+        with pytest.raises(SourceError, match="longer than 200 bytes.*JSON array") as caught:
+            list(read(array))
+        assert caught.value.line == 2
+    table = tmp_path / "long.csv"
+    table.write_text("event_id,user_id,item_id,ts,kind\n" + "é" * 201 + ",u,i,1,click\n",
+                     encoding="utf-8")
+    with pytest.raises(SourceError, match="longer than 200 characters") as caught:
+        list(read_csv(table))
+    assert caught.value.line == 2
+
+
 def test_replay_input_checks_before_any_broker(tmp_path: Path) -> None:
     from stream_app.config import ConfigError, KafkaConfig
     from stream_app.replay import file_records, replay_generated
