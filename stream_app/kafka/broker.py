@@ -129,10 +129,16 @@ def _java() -> str:
     return java
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(*, other_than: int = 0) -> int:
+    """A port free on 127.0.0.1 right now (its user binds it a moment later), and not
+    `other_than`: the kernel may hand out a port it just returned again, and a broker
+    whose listener and controller got the same one failed to start."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port != other_than:
+            return port
 
 
 def _port_in_use(port: int) -> bool:
@@ -238,7 +244,7 @@ def _start(settings: BrokerSettings) -> RunningBroker:
     state = settings.state_dir
     props = state / "server.properties"
     reuse = settings.keep_data and props.exists() and (state / "data" / "meta.properties").exists()
-    port = _listener_port(props) if reuse else settings.port or _free_port()
+    port = _listener_port(props) if reuse else settings.port or free_port()
     if _port_in_use(port):
         raise BrokerError(
             f"port {port} on 127.0.0.1 is already in use: stop what listens there "
@@ -250,7 +256,7 @@ def _start(settings: BrokerSettings) -> RunningBroker:
         state.mkdir(parents=True, exist_ok=True)
         props.unlink(missing_ok=True)
         props.touch(mode=0o600)  # it may hold the SASL password
-        props.write_text(server_properties(settings, port, _free_port()))
+        props.write_text(server_properties(settings, port, free_port(other_than=port)))
     (state / "log4j.properties").write_text(LOG4J)
     classpath = f"{libs}/*"
     jvm = [java, f"-Xmx{settings.heap}", "-Xms128m", "-XX:+UseG1GC",

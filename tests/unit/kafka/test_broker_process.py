@@ -98,3 +98,27 @@ def test_a_non_ascii_sasl_password_is_refused(tmp_path: Path) -> None:
     """Kafka reads server.properties as ISO-8859-1: the broker got a garbled password."""
     with pytest.raises(BrokerError, match="ASCII"):
         _settings(tmp_path, sasl_user="alice", sasl_password="p\u00e4ss")  # noqa: S106
+
+
+def test_the_controller_port_is_never_the_listener_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel handed out the same free port twice in a row, and the broker refused to
+    start: "If you have two listeners on the same port then one needs to be IPv4 and the
+    other IPv6"."""
+    handed_out = iter([47315, 47315, 47316])
+
+    class OneSocket:
+        def __enter__(self) -> OneSocket:
+            return self
+
+        def __exit__(self, *_exc: object) -> None:
+            pass
+
+        def bind(self, _address: object) -> None:
+            self.port = next(handed_out)
+
+        def getsockname(self) -> tuple[str, int]:
+            return "127.0.0.1", self.port
+
+    monkeypatch.setattr(broker.socket, "socket", OneSocket)
+    listener = broker.free_port()
+    assert broker.free_port(other_than=listener) == 47316
