@@ -70,7 +70,7 @@ class GroupConsumer:
         self._first_fetch = FirstFetch()
         self._on_assign = on_assign
         self._on_revoke = on_revoke
-        self._polled_at = self._returned_at = time.monotonic()
+        self._polled_at = time.monotonic()
         self._max_poll_interval_s = float(kafka.client.get("max.poll.interval.ms", 300_000)) / 1000
         self._consumer.subscribe(list(topics), on_assign=self._assign, on_revoke=self._revoke,
                                  on_lost=self._revoke)
@@ -79,6 +79,10 @@ class GroupConsumer:
     def raw(self) -> Consumer:
         """The librdkafka consumer, for the transaction function only."""
         return self._consumer
+
+    @property
+    def max_poll_interval_s(self) -> float:
+        return self._max_poll_interval_s
 
     @property
     def assignment(self) -> set[Partition]:
@@ -149,17 +153,19 @@ class GroupConsumer:
         with the first partition's records ahead of the others' older ones.
         """
         started = self._polled_at = time.monotonic()
-        warning = slow_step(started - self._returned_at, self._max_poll_interval_s)
-        if warning:
-            log.warning(warning)
         batch: list[RawRecord] = []
+        fetched = False
         while True:
             batch += self._merger.release(max_records - len(batch), self._behind())
             left = max(started, self._assigned_at) + max_wait_s - time.monotonic()
-            if len(batch) >= max_records or left <= 0:
+            # At least one consume() a batch, even when the queue holds a batch already:
+            # max.poll.interval.ms counts from the last one, and rebalances run in it.
+            done = len(batch) >= max_records or left <= 0
+            if done and fetched:
                 break
+            fetched = True
             self._revoked.clear()
-            msgs = self._consumer.consume(max_records, timeout=min(left, 0.1))
+            msgs = self._consumer.consume(max_records, timeout=0 if done else min(left, 0.1))
             if self._revoked:
                 # A rebalance ran inside consume(): records gathered before it of
                 # a revoked partition are dropped, even when the partition came
@@ -171,7 +177,6 @@ class GroupConsumer:
             self._bound_queues(max_records)
         if len(batch) < max_records:
             batch += self._merger.release(max_records - len(batch), (), behind=self._behind())
-        self._returned_at = time.monotonic()
         return batch
 
     def _records(self, msgs: list[Message]) -> Iterator[RawRecord]:
@@ -296,23 +301,3 @@ def lag_behind(consumer: Consumer, parts: list[_TP], *,
             out[(tp.topic, tp.partition)] = max(0, high - start)
     return out
 
-
-def slow_step(between_polls_s: float, max_poll_interval_s: float) -> str | None:
-    """A warning when the work between two polls took over half of max.poll.interval.ms.
-
-    Past the whole interval the group drops the member: its open transaction
-    aborts and the batch is read again (tests/reliability/test_slow_step.py).
-    A batch that always takes that long would be retried for ever, so the
-    warning comes at half, before it does, and names what to change.
-
-    >>> slow_step(10.0, 300.0) is None
-    True
-    >>> print(slow_step(200.0, 300.0)[:71])
-    a batch took 200 s between two polls, over half of max.poll.interval.ms
-    """
-    if between_polls_s <= max_poll_interval_s / 2:
-        return None
-    return (f"a batch took {between_polls_s:.0f} s between two polls, over half of "
-            f"max.poll.interval.ms ({max_poll_interval_s:.0f} s): past it the group drops "
-            "this member and the batch is read again; lower batch_max or raise -X "
-            "max.poll.interval.ms")

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from stream_app.config import KafkaConfig
 from stream_app.kafka.consumer import GroupConsumer
 from stream_app.trainer.batch import event_time
+
+
+class CountingConsume:
+    """A librdkafka consumer whose consume() calls are counted."""
+
+    def __init__(self, inner: Consumer) -> None:
+        self.inner, self.calls = inner, 0
+
+    def consume(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.inner.consume(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 def _interleaved_backlog(kafka: KafkaConfig, per_partition: int) -> int:
@@ -34,17 +49,24 @@ def test_backlog_of_three_partitions_comes_out_in_event_time_order(
     consumer = GroupConsumer(kafka, client_id="order-test", group_id=f"{kafka.topic_prefix}g",
                              topics=[t.clicks, t.purchases], co_partitioned=True,
                              event_time=event_time)
-    got = []
+    counted = CountingConsume(consumer._consumer)  # noqa: SLF001
+    consumer._consumer = counted  # type: ignore[assignment]  # noqa: SLF001
+    got, consumes = [], []
     try:
         for _ in range(200):
             # A long wait: a batch whose wait runs out goes out, by design, with
             # what is queued. Asking for no more than is left keeps the last
             # batch from waiting its whole time.
+            before = counted.calls
             got += consumer.poll_batch(min(400, sent - len(got)), 30.0)
+            consumes.append(counted.calls - before)
             if len(got) >= sent:
                 break
     finally:
         consumer.close()
+    # librdkafka's max.poll.interval.ms counts from the last consume(): a batch served
+    # from the queue alone let several batches' work run between two of them.
+    assert min(consumes) >= 1, consumes
     times = [event_time(r) for r in got]
     assert len(times) == sent
     assert times == sorted(times)
