@@ -70,6 +70,6 @@ def raise_if_fatal(err: KafkaError, msg: Message | None = None) -> None:
     hint = ""
     if err.code() == KafkaError._MAX_POLL_EXCEEDED:  # noqa: SLF001
         hint = (" (the group dropped this member: what it had not committed is read again; "
-                "if every batch takes this long, lower batch_max or raise -X "
+                "a trainer takes fewer records a poll after it; if it stays slow, raise -X "
                 "max.poll.interval.ms)")
     log.warning("consumer error code=%s%s reason=%s%s", err.name(), where, err.str(), hint)

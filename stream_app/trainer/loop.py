@@ -38,6 +38,7 @@ from stream_app.trainer.batch import (
     own_users_only,
     tombstones_to_publish,
 )
+from stream_app.trainer.batch_cap import next_batch_cap
 from stream_app.trainer.config import TrainerConfig, check_with_client, check_with_learner
 from stream_app.trainer.observe import observe_commit, report_lag, report_table_rows
 from stream_app.trainer.own_writes import MARKERS_WAIT_S, OwnWrites
@@ -78,6 +79,8 @@ class Trainer:
         self._volatile: dict[str, Any] | None = None  # volatile_state() at the last commit
         self._own_users: set[str] | None = None  # see _scope
         self._aborts_in_a_row = 0
+        self._batch_cap = cfg.batch_max  # lowered while batches near max.poll.interval.ms
+        self._outcome_at = 0.0  # when the last batch's transaction committed or aborted
         self._snapshot_at = time.monotonic()
         self._snapshots = None if cfg.snapshot_dir is None else Snapshots(
             kafka, folder=cfg.snapshot_dir, transactional_id=cfg.transactional_id,
@@ -280,7 +283,8 @@ class Trainer:
         idle_since = time.monotonic()
         while not self.stop.is_set():
             self._beat("poll")
-            batch = consumer.poll_batch(self.cfg.batch_max, self.cfg.batch_wait_ms / 1000)
+            batch = consumer.poll_batch(self._batch_cap, self.cfg.batch_wait_ms / 1000)
+            polled = time.monotonic()
             report_lag(self.metrics, consumer.lag())
             self._beat("first-fetch check")  # it may ask the broker (up to 5 s)
             stuck = consumer.stuck(self.cfg.stall_timeout_s)
@@ -297,6 +301,7 @@ class Trainer:
                 continue
             idle_since = time.monotonic()
             result = self.process(batch, consumer, publisher)
+            self._resize(len(batch), self._outcome_at - polled, consumer.max_poll_interval_s)
             if self.on_batch is not None:
                 self.on_batch(result)
             if result.outcome is not TxnOutcome.ABORTED:
@@ -311,7 +316,7 @@ class Trainer:
         decoded = decode_batch(batch, self.topics, now_ms=now_ms,
                                max_future_ms=self.cfg.max_future_ms)
         ch = learn_batch(self.learner, decoded, step_max=self.cfg.step_max, now_ms=now_ms,
-                         metrics=self.metrics)
+                         metrics=self.metrics, on_step=lambda: self._beat("learn"))
         tombstones = ch.tombstones
         if self._own_users is not None:
             self._own_users |= decoded.users()
@@ -333,6 +338,7 @@ class Trainer:
         outcome = publisher.commit(consumer, records, next_offsets(batch), first_offsets(batch),
                                    spot_topic=self.topics.embeddings)
         published_ms = int(time.time() * 1000)
+        self._outcome_at = time.monotonic()
         self.metrics.transaction_seconds.observe(time.monotonic() - txn_start)
         if outcome is TxnOutcome.ABORTED:
             # The learner already moved; the batch will be read again, so go back
@@ -360,6 +366,20 @@ class Trainer:
                             losses=ch.counts.losses, dlq=len(ch.dlq),
                             rows=sum(len(b) for b in blocks), outcome=outcome,
                             published_ms=published_ms)
+
+    def _resize(self, taken: int, seconds: float, max_poll_interval_s: float) -> None:
+        """Take fewer records a poll while batches near max.poll.interval.ms (`batch_cap`)."""
+        cap = next_batch_cap(self._batch_cap, configured=self.cfg.batch_max, taken=taken,
+                             seconds=seconds, max_poll_interval_s=max_poll_interval_s)
+        if cap < self._batch_cap:
+            log.warning("a batch of %d records took %.1f s from its poll to its commit, over "
+                        "half of max.poll.interval.ms (%.0f s): taking at most %d records a "
+                        "poll until batches are faster (batch_max %d)", taken, seconds,
+                        max_poll_interval_s, cap, self.cfg.batch_max)
+        elif cap > self._batch_cap:
+            log.info("batches are fast again: taking at most %d records a poll (batch_max %d)",
+                     cap, self.cfg.batch_max)
+        self._batch_cap = cap
 
     def _back_off_after_abort(self) -> None:
         """Wait 0.5 s, 1 s, 2 s ... (capped) between aborts in a row.

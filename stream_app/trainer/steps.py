@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stream_app.core import EvalStats, Learner
@@ -33,10 +34,11 @@ class Changes:
 
 
 def learn_batch(learner: Learner, decoded: Decoded, *, step_max: int, now_ms: int,
-                metrics: TrainerMetrics) -> Changes:
+                metrics: TrainerMetrics, on_step: Callable[[], None] = lambda: None) -> Changes:
     """Evaluate then learn each segment in steps (`plan_steps`), applying the forget
     requests in order between segments; then apply any accumulated gradients, since
-    all of the batch is committed together."""
+    all of the batch is committed together. `on_step` runs after each step: the
+    stall watchdog's beat, so a long batch is not taken for a hung one."""
     out = Changes(dlq=list(decoded.dlq))
     plan = plan_steps([len(events) for events in decoded.segments], step_max=step_max,
                       eval_max=learner.config.eval_max_events)
@@ -44,6 +46,7 @@ def learn_batch(learner: Learner, decoded: Decoded, *, step_max: int, now_ms: in
         for step in plan[i]:
             _step(learner, events[step.start:step.end], recs[step.start:step.end],
                   step.evaluate, out, now_ms, metrics)
+            on_step()
         if i < len(decoded.forgets):
             # A tombstone even without a row here: one may still be in the
             # changelog (a restore, another trainer, an eviction not published).

@@ -5,7 +5,8 @@ librdkafka 2.16 can block forever in `send_offsets_to_transaction()` /
 goes away mid-transaction (confluentinc/librdkafka#5456, #5511). No Python
 code runs in the stuck thread, so nothing in the loop can notice. This daemon
 thread can: the loop calls `beat(step)` whenever it makes progress (each
-iteration, each transaction, each restored chunk), and when no beat came for
+iteration, each learning step, each transaction, each restored chunk), and
+when no beat came for
 `limit_s` the thread logs the step it was in, dumps every thread's stack and
 calls `on_stall` (in the process: `os._exit(EXIT_STALLED)`).
 
