@@ -87,7 +87,7 @@ _ROW_DIM = (_ROW_PROPS["dim"]["minimum"], _ROW_PROPS["dim"]["maximum"])
 _ROW_BIAS = (_ROW_PROPS["bias"]["minimum"], _ROW_PROPS["bias"]["maximum"])
 _ROW_VERSION_LEN = (_ROW_PROPS["model_version"]["minLength"],
                     _ROW_PROPS["model_version"]["maxLength"])
-_ROW_UPDATES_MIN: int = _ROW_PROPS["updates"]["minimum"]
+_ROW_UPDATES = (_ROW_PROPS["updates"]["minimum"], _ROW_PROPS["updates"]["maximum"])
 ROW_RECENT_ITEMS_MAX: int = _ROW_PROPS["recent_items"]["maxItems"]
 if (_ROW_ID["pattern"], _ROW_ID["minLength"], _ROW_ID["maxLength"]) != \
         (_ID["pattern"], _ID_MIN_LEN, ID_MAX_LEN) or _ROW_ID["type"] != "string":
@@ -144,7 +144,7 @@ def _row_fields_ok(obj: dict[str, Any], ident: str) -> bool:
                 and fast_int(ts, lo, hi, hi_exclusive=True) is None:
             return False
     if fast_int(obj["dim"], *_ROW_DIM) is None \
-            or fast_int(obj["updates"], _ROW_UPDATES_MIN, float("inf")) is None:
+            or fast_int(obj["updates"], *_ROW_UPDATES) is None:
         return False
     if "state" in obj and type(obj["state"]) is not dict:
         return False

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from stream_app.codec.exceptions import DecodeError, DlqReason, EncodeError
+from stream_app.codec.schemas import schema
 from stream_app.codec.wire import b64decode, b64encode
 from stream_app.events import STATE_MAX_DEPTH
 
@@ -88,9 +89,22 @@ def _decode_array(obj: dict[str, Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
     return np.frombuffer(raw, dtype=F32).reshape(shape).astype(np.float32)
 
 
+_SHAPE = schema("embedding").subschema("f32array")["properties"]["shape"]
+SHAPE_MAX_DIMS: int = _SHAPE["maxItems"]
+SHAPE_DIM_MAX: int = _SHAPE["items"]["maximum"]
+"""The schema's bounds on a state array's shape: numpy refused [2**63, 0] (an empty
+array, so its bytes matched) and 70 dimensions, with errors no reader caught."""
+
+
 def is_shape(shape: Any) -> bool:
-    """True for a list of ints >= 0 (3.0 and True are not; they compare equal to 3 and 1)."""
-    return type(shape) is list and all(type(n) is int and n >= 0 for n in shape)
+    """True for a list of at most SHAPE_MAX_DIMS ints in [0, SHAPE_DIM_MAX] (3.0 and True
+    are not: they compare equal to 3 and 1).
+
+    >>> is_shape([4]), is_shape([2**63, 0]), is_shape([1] * 9), is_shape([True])
+    (True, False, False, False)
+    """
+    return type(shape) is list and len(shape) <= SHAPE_MAX_DIMS \
+        and all(type(n) is int and 0 <= n <= SHAPE_DIM_MAX for n in shape)
 
 
 def array_column(values: list[dict[str, Any]]) -> np.ndarray[Any, np.dtype[np.float32]] | None:

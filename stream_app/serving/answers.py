@@ -164,6 +164,8 @@ def serving_mix(value: bytes | None) -> ServingMix | None:
     mix = state.get("serving")
     if mix is None:
         return None
+    if type(mix) is not dict:  # an encoded array decodes to an ndarray, which indexing fails
+        raise DecodeError(DlqReason.SCHEMA, f"meta:trainer serving is not an object: {mix!r}")
     try:
         out = ServingMix(history_weight=float(mix["history_weight"]),
                          recent_decay=float(mix["recent_decay"]),
@@ -184,13 +186,10 @@ def apply_embedding(table: EmbeddingTable, key: bytes | None, value: bytes | Non
     `meta:trainer` is the trainer's own state and is skipped. A null value is a
     tombstone: the row is removed (an item's slot is freed for reuse).
     """
-    if is_meta_key(key):
-        try:
-            table.mix = serving_mix(value)
-        except DecodeError as err:  # the table keeps the mix it had
-            return err.reason.value
-        return None
     try:
+        if is_meta_key(key):
+            table.mix = serving_mix(value)  # refused: the table keeps the mix it had
+            return None
         row = decode_embedding(key, value)
         if row is None:
             table.delete(*split_embedding_key(key))
@@ -200,4 +199,9 @@ def apply_embedding(table: EmbeddingTable, key: bytes | None, value: bytes | Non
         return err.reason.value
     except TableError as err:
         return f"table: {err}"
+    except (ValueError, TypeError, OverflowError, IndexError, KeyError) as exc:
+        # A value the decoder's checks let through and numpy or the table cannot hold:
+        # skipped like any bad row. Raised, it stopped every replica at every restart,
+        # since the compacted topic keeps the row (the known cases are checked above).
+        return f"unusable row: {exc!r}"
     return None

@@ -17,6 +17,7 @@ matrices, and each user's recent items (most recent first) for
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,12 @@ from stream_app.serving.bounds import BoundIndex
 from stream_app.serving.users import UserRows
 
 FREE_BIAS = float("-inf")
+
+VECTOR_NORM_MAX = 1e6
+"""Largest norm an item vector may have. A learned vector's is a few units; one item row
+of [3e38, 3e38] (finite, so it decoded) overflowed every score against it, and every
+personalised request was refused as non-finite until the row was replaced. A user's
+vector is not bounded: an overflowing one sends that user alone to the fallback."""
 
 
 class TableError(ValueError):
@@ -80,7 +87,8 @@ class EmbeddingTable:
 
     # -- writes -------------------------------------------------------------------------
     def upsert(self, row: EmbeddingRow) -> None:
-        """Insert or replace one row; raises `TableError` on a dimension mismatch."""
+        """Insert or replace one row; raises `TableError` on a dimension mismatch or an
+        item vector norm over VECTOR_NORM_MAX."""
         vector = np.asarray(row.vector, dtype=np.float32)
         self._check_dim(vector, row.key)
         if row.entity == "user":
@@ -89,6 +97,10 @@ class EmbeddingTable:
                            id_vec if isinstance(id_vec, np.ndarray) and id_vec.shape == vector.shape
                            else None)
         else:
+            norm = math.sqrt(float(np.dot(vector.astype(np.float64), vector)))
+            if not norm <= VECTOR_NORM_MAX:
+                raise TableError(f"{row.key}: vector norm {norm:.3g} is over "
+                                 f"{VECTOR_NORM_MAX:g}: its scores could overflow float32")
             slot = self.item_slot.get(row.id)
             if slot is None:
                 slot = self._allocate(row.id)

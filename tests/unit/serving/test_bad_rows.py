@@ -47,11 +47,45 @@ def test_a_row_with_a_deeply_nested_state_is_refused_by_scorer_and_restore(depth
     assert apply_embedding(table, b"item:a", _nested(3)) is None  # shallow is fine
 
 
+def _row(**fields: Any) -> bytes:
+    row = EmbeddingRow(entity="item", id="a", vector=np.ones(4, np.float32), bias=0.0,
+                       model_version="v", updates=1, updated_at=1, last_event_ts=1)
+    obj = orjson.loads(encode_embedding(row))
+    return orjson.dumps({**obj, **fields})
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"updates": 2**63}, "out_of_range"),  # OverflowError into the int64 column
+    ({"updates": 1e300}, "out_of_range"),
+    ({"state": {"v": {"b64f32": "", "shape": [2**63, 0]}}}, "bad_state"),  # numpy ValueError
+    ({"state": {"v": {"b64f32": "AACAPw==", "shape": [1] * 9}}}, "bad_state"),
+])
+def test_a_row_numpy_cannot_hold_is_refused_by_scorer_and_restore(
+        fields: dict[str, Any], reason: str) -> None:
+    """Each stopped the scorer with an exception the loop did not catch, at every restart."""
+    table = EmbeddingTable(device=DEVICE)
+    assert apply_embedding(table, b"item:a", _row(**fields)) == reason
+    assert table.n_items == 0
+    with pytest.raises(DecodeError):
+        list(decode_changelog_rows([(b"item:a", _row(**fields))]))
+
+
+def test_an_item_vector_whose_scores_would_overflow_is_refused() -> None:
+    """A finite [3e38, ...] item made every personalised request fail as non-finite."""
+    huge = EmbeddingRow(entity="item", id="a", vector=np.full(4, 3e38, np.float32), bias=0.0,
+                        model_version="v", updates=1, updated_at=1, last_event_ts=1)
+    table = EmbeddingTable(device=DEVICE)
+    reason = apply_embedding(table, b"item:a", encode_embedding(huge))
+    assert reason is not None and "vector norm 6e+38 is over 1e+06" in reason
+    assert table.n_items == 0
+
+
 @pytest.mark.parametrize("serving", [
     {**MIX, "recent_items": -1}, {**MIX, "recent_items": 0}, {**MIX, "recent_items": 10**7},
     {**MIX, "recent_items": "20"}, {**MIX, "recent_items": 20.5},
     {**MIX, "recent_decay": 1.5}, {**MIX, "history_weight": -1.0},
     {**MIX, "history_weight": "big"}, {"history_weight": 1.0, "recent_decay": 0.9}, [1, 2, 3],
+    {"b64f32": "AACAPw==", "shape": [1]},  # decodes to an array: IndexError stopped the scorer
 ])
 def test_an_unusable_serving_mix_is_refused_and_the_table_keeps_the_one_it_had(
         serving: Any) -> None:
