@@ -78,6 +78,27 @@ class Deduplicator:
     def seen_any(self, event_ids: set[str]) -> bool:
         return not self._seen.keys().isdisjoint(event_ids)
 
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def forget(self, user_ids: Collection[str]) -> None:
+        """Drop the events of `user_ids`: an erased user's ids and contents (which name
+        the user, the items and the times) must not stay here, nor in the snapshots
+        that copy this window. A copy of one re-sent later is applied as new.
+
+        >>> from stream_app.events import EventKind
+        >>> d = Deduplicator(window=3)
+        >>> d.commit([Event(event_id=i, user_id=u, item_id="x", ts=1, kind=EventKind.CLICK)
+        ...           for i, u in (("a", "ann"), ("b", "bo"), ("c", "ann"))])
+        >>> d.forget({"ann"}); d.state()["ids"]
+        ['b']
+        """
+        gone = {i for i, c in self._seen.items() if c[0] in user_ids}
+        if gone:
+            for event_id in gone:
+                del self._seen[event_id]
+            self._order = deque(i for i in self._order if i not in gone)
+
     def commit(self, events: Sequence[Event]) -> None:
         """Remember `events` (unique ids, none seen before: what `screen` kept)."""
         self._remember([ev.event_id for ev in events], [content(ev) for ev in events])

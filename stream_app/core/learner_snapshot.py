@@ -50,13 +50,15 @@ class LearnerSnapshot(LearnerFields):
         loaded from; other, another trainer wrote it (each counts its own, under
         one meta key). Tombstones may not reach the restore (a user forgotten and
         back in one transaction has none; a chunk or compaction keeps only the
-        newer row), and the snapshot's replay buffer and rate counters may hold
-        the erased users' events: both are emptied.
+        newer row), and the snapshot's replay buffer, rate counters and duplicate
+        check may hold the erased users' events: all three are emptied (a copy of a
+        recent event re-sent after that restore is then applied again).
         """
         requests = int(state.get("forget_requests", 0))
         if requests != self._forget_requests:
             self._replay.clear()
             self._rate = RateLimiter(self.config.rate_cap_events, self.config.rate_cap_window_ms)
+            self._dedup = Deduplicator(self.config.dedup_window)
         self._forget_requests = requests
         self._step = int(state["step"])
         self._applied_steps = int(state["applied_steps"])
@@ -106,17 +108,18 @@ class LearnerSnapshot(LearnerFields):
     def load_volatile_state(self, state: dict[str, Any]) -> None:
         """Put a `volatile_state()` back over rows just restored from the changelog.
 
-        Ids that have a row now are not pending. The replay buffer and the rate
-        counters stay as the restore left them (emptied) when it read another count
-        of forget requests than the state's: a forget the state does not reflect
-        (another trainer's) may have erased users whose events they hold.
+        Ids that have a row now are not pending. The replay buffer, the rate
+        counters and the duplicate check stay as the restore left them (emptied)
+        when it read another count of forget requests than the state's: a forget
+        the state does not reflect (another trainer's) may have erased users whose
+        events they hold.
         """
         for name, v in (("users", self._user_vocab), ("items", self._item_vocab)):
             v.pending.clear()
             v.pending.update((i, n) for i, n in state["pending"][name] if i not in v.index)
-        self._dedup = Deduplicator(self.config.dedup_window)
-        self._dedup.load(state["dedup"])
         if int(state["forget_requests"]) == self._forget_requests:
+            self._dedup = Deduplicator(self.config.dedup_window)
+            self._dedup.load(state["dedup"])
             self._load_replay(state["replay"])
             self._rate = RateLimiter(self.config.rate_cap_events,
                                      self.config.rate_cap_window_ms)

@@ -65,8 +65,8 @@ class LearnerState(LearnerFields):
         return {"users": len(self._user_vocab), "items": len(self._item_vocab)}
 
     def forget_user(self, user_id: str, *, requested: bool = False) -> bool:
-        """Delete a user's row, history, replay entries and rate count (GDPR erase); True if
-        the row existed.
+        """Delete a user's row, history, replay entries, duplicate-check entries and rate
+        count (GDPR erase); True if the row existed.
 
         `requested`: a forget request, not a tombstone read back by a restore. Their
         count travels in `global_state()`, so a learner restored from an older
@@ -77,7 +77,7 @@ class LearnerState(LearnerFields):
         """
         if requested:
             self._forget_requests += 1
-        if len(self._replay):  # out of the buffer before it is next read (empty: nothing)
+        if len(self._replay) or len(self._dedup):  # purged before they are next read
             self._forgotten.add(user_id)
         self._rate.forget(user_id)
         row = self._user_vocab.remove(user_id)
@@ -88,13 +88,15 @@ class LearnerState(LearnerFields):
 
     def _purge_forgotten(self) -> None:
         """Drop forgotten users' events from the replay buffer, which holds them by id,
-        admitted or not (a returning user's new row would learn from them).
+        admitted or not (a returning user's new row would learn from them), and from
+        the duplicate check's window.
 
-        Deferred to one pass over the buffer: a restore forgets every user
-        whose tombstone it reads, evicted or forgotten (~1 ms a user, one by one).
+        Deferred to one pass over each: a restore forgets every user whose
+        tombstone it reads, evicted or forgotten (~1 ms a user, one by one).
         """
         if self._forgotten:
             self._replay.remove_users(self._forgotten)
+            self._dedup.forget(self._forgotten)
             self._forgotten = set()
 
     def clear_replay(self) -> None:

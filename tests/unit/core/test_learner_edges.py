@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -52,3 +53,23 @@ def test_with_recent_decay_0_older_history_items_do_not_move_under_adam() -> Non
     learner.learn([ev("e", "u", "E", T0 + 2), ev("f", "w", "F", T0 + 2)])
     assert torch.equal(learner._items.vec[row], before)  # noqa: SLF001
 
+
+
+def test_a_forgotten_user_leaves_nothing_in_the_duplicate_check_or_its_snapshots() -> None:
+    """The dedup window kept an erased user's events (user, item, time, price) for up to
+    100,000 events, in the trainer's state after each commit and in every snapshot."""
+    learner = Learner(small_config(replay_ratio=0.0), device=DEVICE)
+    alice = [ev(f"a{n}", "alice", f"i{n % 3}", T0 + n) for n in range(3)]
+    bob = ev("b0", "bob", "i0", T0 + 3)
+    learner.learn([*alice, bob])
+    assert learner.forget_user("alice", requested=True)
+
+    def names_alice(dedup: dict[str, list[Any]]) -> bool:
+        return any(c[0] == "alice" for c in dedup["contents"]) \
+            or any(i.startswith("a") for i in dedup["ids"])
+
+    assert not names_alice(learner.volatile_state()["dedup"])
+    assert not names_alice(learner.state_dict()["volatile"]["dedup"])
+    # Bob's copy is still a duplicate; alice's, re-sent after the erase, is a new event.
+    again = learner.learn([bob, alice[0]])
+    assert list(again.outcomes) == [Outcome.DUPLICATE, Outcome.APPLIED]
