@@ -84,8 +84,13 @@ class LearnerSnapshot(LearnerFields):
             tables[name] = t.state()
         vocabs = {name: {"ids": list(v.ids), "last_ts": v.last_ts.copy(), "free": list(v.free)}
                   for name, v in (("users", self._user_vocab), ("items", self._item_vocab))}
+        # Ids a restore evicted over the caps whose tombstones the next step owes: a
+        # snapshot taken before it (an idle trainer's stop) lost them, and the rows
+        # stayed in the changelog and the scorers.
+        owed = [list(ids) for ids in self._restore_evicted]
         return {"config": dataclasses.asdict(self.config), "global": self.global_state(),
-                "tables": tables, "vocabs": vocabs, "volatile": self.volatile_state()}
+                "tables": tables, "vocabs": vocabs, "volatile": self.volatile_state(),
+                "restore_evicted": owed}
 
     def volatile_state(self) -> dict[str, Any]:
         """What rows do not carry, copied: the dedup window, the rate-cap counters, the
@@ -156,4 +161,6 @@ class LearnerSnapshot(LearnerFields):
         self.apply_global_state(state["global"])
         self._deferred = {}
         self._forgotten = set()
+        users, items = state.get("restore_evicted", ([], []))  # older snapshots: none
+        self._restore_evicted = (list(users), list(items))
         self.load_volatile_state(state["volatile"])  # its own forget count: all of it loads

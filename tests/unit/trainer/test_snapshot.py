@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from stream_app.codec import encode_rows
 from stream_app.config import ConfigError, KafkaConfig, TopicNames
-from stream_app.core import Learner, Outcome
-from stream_app.events import EmbeddingRow, Event
+from stream_app.core import Learner, LearnerConfig, Outcome
+from stream_app.events import EmbeddingRow, Event, EventKind
 from stream_app.kafka.exceptions import ChangelogError, KafkaEdgeError
 from stream_app.trainer.batch import output_records
 from stream_app.trainer.restore import apply_changelog
@@ -327,3 +328,26 @@ def test_a_changelog_record_that_does_not_decode_stops_the_restore_with_what_to_
     with pytest.raises(ChangelogError, match=r"key_mismatch.*tombstone for its key"):
         apply_changelog(Learner(CONFIG, device=DEVICE), [*log, (b"user:someone-else", value)])
     apply_changelog(Learner(CONFIG, device=DEVICE), log)  # without it, the log restores
+
+
+def test_a_snapshot_keeps_the_tombstones_a_restore_over_the_cap_still_owes() -> None:
+    """A restore over `max_users` evicts rows and the next step publishes their
+    tombstones; a snapshot written before that step (an idle trainer's stop snapshot)
+    dropped them, so a restart from it left those rows in the changelog for good."""
+    big = Learner(LearnerConfig(max_users=20), device="cpu", seed=1)
+    big.learn([Event(event_id=f"e{k}", user_id=f"u{k:02d}", item_id=f"i{k % 3}", ts=1000 * k,
+                     kind=EventKind.CLICK) for k in range(20)])
+    blocks = big.row_blocks(user_ids=big.user_ids(), item_ids=big.item_ids(),
+                            model_version="v", now_ms=1)
+    changelog = [(f"{b.entity}:{i}".encode(), v) for b in blocks
+                 for i, v in zip(b.ids, encode_rows(b), strict=True)]
+    capped = LearnerConfig(max_users=10)  # a takeover trainer's cap, or a lowered one
+    restored = Learner(capped, device="cpu", seed=1)
+    apply_changelog(restored, changelog)
+    restored.finish_restore()
+    from_snapshot = Learner(capped, device="cpu", seed=1)
+    from_snapshot.load_state_dict(restored.state_dict())
+    new = [Event(event_id="n1", user_id="new", item_id="i0", ts=50_000, kind=EventKind.CLICK)]
+    owed = set(restored.learn(new).evicted_user_ids)
+    assert len(owed) == 11  # ten over the cap, and one more to make room for "new"
+    assert set(from_snapshot.learn(new).evicted_user_ids) == owed
