@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from types import TracebackType
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from stream_app.codec import (
     DecodeError,
@@ -108,7 +108,8 @@ class ScoreClient:
         while the request is remembered."""
 
     def send(self, request: ScoreRequest) -> str:
-        """Produce one request (keyed by user id); returns its request id."""
+        """Produce one request (keyed by user id); returns its request id. `DeliveryError`
+        when the producer refuses it outright."""
         rid = request.request_id
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
@@ -118,9 +119,13 @@ class ScoreClient:
                 self.undelivered[rid] = err.str()
 
         # Delivery reports run inside poll(), after the bookkeeping below.
-        produce_waiting(self._producer, Outgoing(self.topics.score_requests,
-                                                 request.user_id.encode(),
-                                                 encode_score_request(request)), delivered)
+        try:
+            produce_waiting(self._producer, Outgoing(self.topics.score_requests,
+                                                     request.user_id.encode(),
+                                                     encode_score_request(request)), delivered)
+        except KafkaException as exc:  # refused before it was queued (e.g. its size)
+            raise DeliveryError(f"request {rid} was not sent to "
+                                f"{self.topics.score_requests}: {exc.args[0].str()}") from exc
         self._in_flight.add(rid)
         self._remember(rid)
         self._producer.poll(0)

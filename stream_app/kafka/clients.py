@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
+from stream_app.codec.wire import MESSAGE_MAX_BYTES
 from stream_app.config import ConfigError, KafkaConfig, redact
 from stream_app.kafka.exceptions import ConfigConflictError
 
@@ -45,8 +46,11 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 LATENCY_PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 1,
     "socket.nagle.disable": True,
+    "message.max.bytes": MESSAGE_MAX_BYTES + 64 * 1024,
 }
-"""Request/response producers (scorer answers, client requests): at most 1 ms of batching.
+"""Request/response producers (scorer answers, client requests): at most 1 ms of batching,
+and room for any message the codecs accept (librdkafka's default, 1,000,000 bytes, is
+less than their 1 MiB: a request the scorer takes could not be sent).
 
 Not for the trainer, which wants throughput. Still defaults: a user -X wins."""
 

@@ -19,10 +19,17 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from stream_app.client import ScoreClient
-from stream_app.codec import decode_dlq, decode_prediction, encode_embedding
+from stream_app.codec import (
+    MESSAGE_MAX_BYTES,
+    decode_dlq,
+    decode_prediction,
+    encode_embedding,
+    encode_score_request,
+)
 from stream_app.config import KafkaConfig
 from stream_app.events import EmbeddingRow, Prediction, ScoreRequest
 from stream_app.kafka.clients import make_producer
+from stream_app.kafka.produce import DeliveryError
 from stream_app.scorer import JOIN_CHECK_S, Scorer
 from stream_app.serving import ScorerConfig
 from stream_app.serving.topk import prunes
@@ -321,6 +328,28 @@ def test_a_client_sending_past_its_local_queue_waits_instead_of_failing(
         assert not client.undelivered
     sent = read_topic(kafka.bootstrap_servers, kafka.topics.score_requests, expect=200)
     assert sorted(m.key() for m in sent) == sorted(r.user_id.encode() for r in reqs)
+
+
+def test_a_request_as_large_as_the_scorer_takes_can_be_sent(
+        make_kafka) -> None:  # type: ignore[no-untyped-def]
+    """librdkafka refuses messages over 1,000,000 bytes by default, less than the 1 MiB the
+    scorer takes: such a request raised KafkaException out of `send` (a traceback from
+    `stream-app request`), not the DeliveryError it documents."""
+    import dataclasses
+
+    kafka: KafkaConfig = make_kafka()
+    big = ScoreRequest(request_id="big", user_id="u1", k=10,
+                       candidates=tuple(f"item-{n:0250d}" for n in range(3_900)))
+    size = len(encode_score_request(big))
+    assert 1_000_000 < size < MESSAGE_MAX_BYTES
+    capped = dataclasses.replace(kafka, client={"message.max.bytes": "100000"})
+    with ScoreClient(capped, client_id="capped") as client, \
+            pytest.raises(DeliveryError, match="(?i)too large"):
+        client.send(big)
+    with ScoreClient(kafka, client_id="big") as client:
+        client.send(big)
+    [sent] = read_topic(kafka.bootstrap_servers, kafka.topics.score_requests, expect=1)
+    assert len(sent.value()) == size
 
 
 def test_request_without_its_topics_says_what_is_missing(
