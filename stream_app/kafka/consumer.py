@@ -219,7 +219,8 @@ class GroupConsumer:
             self._consumer.resume([_TP(t, p) for t, p in resume])
             self._paused.difference_update(resume)
 
-    def settle(self, parts: list[Partition], timeout_s: float = 60.0) -> None:
+    def settle(self, parts: list[Partition], timeout_s: float = 60.0,
+               on_wait: Callable[[], None] = lambda: None) -> None:
         """Wait until no open transaction holds offsets for `parts` (KIP-447).
 
         `committed()` of a read_committed consumer asks for stable offsets, and
@@ -229,9 +230,11 @@ class GroupConsumer:
         its rows in the changelog once this returns; the end offsets read after
         it include them. On timeout (a dead owner's transaction, aborted by the
         broker after `transaction.timeout.ms`) or error, logged and left.
+        `on_wait` runs every SETTLE_STEP_S of the wait (the stall watchdog's beat).
         """
         try:
-            got = self._consumer.committed([_TP(t, p) for t, p in parts], timeout=timeout_s)
+            got = committed_within(self._consumer, [_TP(t, p) for t, p in parts], timeout_s,
+                                   on_wait)
         except KafkaException as exc:
             log.warning("committed offsets of %s not settled: %s", parts, exc)
             return
@@ -273,6 +276,30 @@ class GroupConsumer:
         """Leave the group (revoking, so `on_revoke` may commit once more)."""
         leave_group(self._consumer)
         self._watermarks.close()
+
+
+SETTLE_STEP_S = 5.0
+"""The longest single wait of `committed_within` between two `on_wait` calls."""
+
+
+def committed_within(consumer: Consumer, parts: list[_TP], timeout_s: float,
+                     on_wait: Callable[[], None]) -> list[_TP]:
+    """`consumer.committed(parts)`, asked in waits of at most SETTLE_STEP_S until
+    `timeout_s`, calling `on_wait` between them; KafkaException as `committed` raises it.
+
+    One call of up to the whole timeout (the transaction timeout + 30 s) gave the
+    stall watchdog no beat: with `-X transaction.timeout.ms` past ~90 s it took a
+    takeover's wait for a hung trainer.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return list(consumer.committed(parts, timeout=max(0.1, min(left, SETTLE_STEP_S))))
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._TIMED_OUT or left <= SETTLE_STEP_S:  # noqa: SLF001
+                raise
+        on_wait()
 
 
 def starts_at_end(kafka: KafkaConfig, client_id: str, group_id: str) -> bool:

@@ -226,7 +226,8 @@ class Trainer:
         if self.cfg.restore:
             # A previous owner's open transaction ends first: committed, or aborted by
             # the broker after transaction.timeout.ms (which -X may raise past 60 s).
-            consumer.settle(parts, timeout_s=max(60.0, self._txn_timeout_s() + 30.0))
+            consumer.settle(parts, timeout_s=max(60.0, self._txn_timeout_s() + 30.0),
+                            on_wait=lambda: self._beat("settle"))
             if not self._own_writes.keeps_learner(
                     *consumer.ends_and_stable(self.topics.embeddings)):
                 was, self.ready = self.ready, False  # /readyz says "restoring" meanwhile

@@ -84,6 +84,10 @@ def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str,
     return stats
 
 
+WAIT_BEAT_S = 1.0
+"""While the changelog read waits, how often `_read_ahead` hands out an empty chunk."""
+
+
 def _read_ahead(chunks: Generator[T, None, None], depth: int) -> Generator[T, None, None]:
     """The items of `chunks`, read by a thread that keeps up to `depth` of them ready.
 
@@ -92,20 +96,24 @@ def _read_ahead(chunks: Generator[T, None, None], depth: int) -> Generator[T, No
     overlap. When this generator ends or is closed, the thread is stopped
     (between two chunks: empty ones are skipped, so a waiting read stops
     too) and `chunks` closed (which closes its consumer) first; the thread's
-    error, if any, is raised here.
+    error, if any, is raised here. Empty items go out at most every WAIT_BEAT_S.
     """
     ready: queue.Queue[T | _End] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def read() -> None:
         end = _End(None)
+        handed = time.monotonic()
         try:
             with closing(chunks):
                 for chunk in chunks:  # empty ones come while the read waits
                     if stop.is_set():
                         break
-                    if chunk:
+                    # One empty chunk a second goes out too: the caller's on_chunk beats
+                    # the stall watchdog while the read waits on an open transaction.
+                    if chunk or time.monotonic() - handed >= WAIT_BEAT_S:
                         ready.put(chunk)
+                        handed = time.monotonic()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             end = _End(exc)
         ready.put(end)

@@ -79,6 +79,25 @@ def test_closing_it_while_the_read_waits_stops_between_empty_chunks() -> None:
 
     with pytest.raises(RuntimeError), closing(_read_ahead(chunks(), depth=2)) as ahead:
         for chunk in ahead:
-            assert chunk  # empty chunks are not handed out
+            assert chunk  # the first empty chunk waits a second
             raise RuntimeError("the caller failed")
     assert waits < 2_000 and not reader_alive()
+
+
+def test_a_waiting_read_hands_out_an_empty_chunk_each_second() -> None:
+    """The caller beats the stall watchdog per chunk: while the read waited behind an
+    open transaction (up to transaction.timeout.ms, which -X may raise past the
+    watchdog's 120 s) none came, and the watchdog took the restore for a hung one."""
+
+    def chunks() -> Generator[list[int], None, None]:
+        yield [1]
+        for _ in range(500):  # 2.5 s of waiting
+            time.sleep(0.005)
+            yield []
+        yield [2]
+
+    got = list(_read_ahead(chunks(), depth=2))
+    assert got[0] == [1] and got[-1] == [2]
+    waits = got[1:-1]
+    assert all(chunk == [] for chunk in waits)
+    assert 1 <= len(waits) <= 5  # one a second of the wait, not all 500
