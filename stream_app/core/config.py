@@ -34,6 +34,10 @@ def _non_negative(name: str, value: float) -> None:
         raise ValueError(f"learner.{name} must be >= 0, got {value!r}")
 
 
+EPS_MIN = 1e-30
+"""Smallest optimiser `eps`: float32 (the tables' type) holds it, well above its
+smallest normal number (1.2e-38); below ~1.4e-45 it rounds to 0."""
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LearnerConfig:
     """Settings of `Learner`; all times are *event* time in milliseconds.
@@ -57,7 +61,8 @@ class LearnerConfig:
     lr: float = 0.05
     warmup_steps: int = 0
     lr_decay: float = 0.0  # lr_t = lr * warmup(t) / (1 + lr_decay * t)
-    grad_clip: float = 0.0  # global L2 norm of one applied update; 0 = off
+    grad_clip: float = 0.0  # global L2 norm of the gradient before the optimiser; 0 = off
+    # (Adagrad and Adam rescale by the gradient's own size, so it bounds the step little)
     accumulate_steps: int = 1  # apply cached gradients every N steps (the trainer: and at commit)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -110,6 +115,9 @@ class LearnerConfig:
                 raise ValueError(f"learner.{name} must be > 0, got {value!r}")
         for name in ("lr", "init_std", "eps"):
             _positive(name, getattr(self, name))
+        if self.eps < EPS_MIN:  # float32 rounds it to 0: a zero row's first step is 0/0 = NaN
+            raise ValueError(f"learner.eps must be at least {EPS_MIN:g} (float32 rounds a "
+                             f"smaller one to 0), got {self.eps!r}")
         for name in ("lr_decay", "grad_clip", "click_weight", "purchase_weight",
                      "negative_pop_exponent", "history_weight", "pop_weight",
                      "replay_ratio", "release_boost"):

@@ -192,6 +192,8 @@ def far_ahead(ts: Sequence[int], clock_ms: int | None, max_jump_ms: int) -> set[
     {2}
     >>> far_ahead([10**12, 10**12 + 1], clock_ms=9, max_jump_ms=100)  # the stream moved on
     set()
+    >>> far_ahead([10**12, 10**12 + 1, 10**12 + 2, 10**15], clock_ms=9, max_jump_ms=100)
+    {3}
     >>> far_ahead([10, 500, 1000], clock_ms=None, max_jump_ms=100)  # sparse, not an outlier
     set()
     """
@@ -204,7 +206,10 @@ def far_ahead(ts: Sequence[int], clock_ms: int | None, max_jump_ms: int) -> set[
     before = np.maximum.accumulate(np.concatenate(([s[0] if clock_ms is None else clock_ms],
                                                    s[:-1])))
     jumps = np.flatnonzero(s - before > max_jump_ms)
-    if not len(jumps) or jumps[0] == 0:
+    # A jump at the step's oldest event is the stream moving on after a gap, not an
+    # outlier; a later one in the same step still is (it was let through).
+    jumps = jumps[jumps > 0]
+    if not len(jumps):
         return set()
     first = int(jumps[0])
     if len(s) - first > max(1, int(len(s) * FAR_AHEAD_SHARE)):

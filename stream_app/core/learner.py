@@ -10,8 +10,10 @@ restore the model exactly (`apply_rows`, `apply_global_state`). NOT restored
 from rows: the replay buffer, the dedup window, rate-cap counters, pending
 admission counts, gradients cached by `accumulate_steps > 1` that were not yet
 applied, and the random generator position unless `global_state` is applied.
-`state_dict()` / `load_state_dict()` snapshot everything, including those
-(the trainer's `--snapshot-dir` writes them to disk).
+`state_dict()` / `load_state_dict()` snapshot all of those but the cached
+gradients (the trainer's `--snapshot-dir` writes them to disk; it applies
+cached gradients before every commit, so a snapshot never has any to keep):
+call `apply_pending()` before `state_dict()` to keep them.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
     Exact restore = `apply_rows(all latest rows)` + `apply_global_state(...)`.
     Not restored that way (see the module docstring): replay buffer, dedup
     window, rate-cap counters, pending admission counts, un-applied
-    accumulated gradients; `state_dict()` covers everything.
+    accumulated gradients; `state_dict()` covers all but the last.
 
     >>> from stream_app.events import Event, EventKind
     >>> lr = Learner(LearnerConfig(dim=8, num_sampled_negatives=4), device="cpu")
@@ -215,7 +217,7 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
             evicted_user_ids=evicted[0], evicted_item_ids=evicted[1],
             admitted_users=len(u_adm.new_ids), admitted_items=len(i_adm.new_ids),
             applied_update=applied,
-            n_replayed=len(r_u),
+            n_replayed=len(r_u), n_trained=int(train_u.numel()),
             timings={"screen": t1 - t0, "vocab": t2 - t1, "gradients": t3 - t2,
                      "commit": t4 - t3, "total": t4 - t0})
 

@@ -27,6 +27,11 @@ class Negatives:
     accidental: torch.Tensor
 
 
+MULTINOMIAL_MAX = 2**24
+"""`torch.multinomial` refuses more categories (one per item row): past them, about 13M
+items as the table grows by quarters, every step raised."""
+
+
 def sample_negatives(logpop: torch.Tensor, n: int, exponent: float,
                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw `n` rows with replacement from q ∝ exp(exponent * logpop).
@@ -37,7 +42,12 @@ def sample_negatives(logpop: torch.Tensor, n: int, exponent: float,
     # -inf stays -inf at exponent 0 (uniform over items), not 0 * -inf = NaN.
     logits = torch.where(torch.isinf(logpop), logpop, exponent * logpop)
     log_q = torch.log_softmax(logits, dim=0)
-    rows = torch.multinomial(log_q.exp().float(), n, replacement=True, generator=generator)
+    if len(log_q) <= MULTINOMIAL_MAX:
+        rows = torch.multinomial(log_q.exp().float(), n, replacement=True, generator=generator)
+    else:  # by inverse CDF: multinomial raises past 2**24 categories
+        cdf = torch.cumsum(log_q.exp(), dim=0)
+        u = torch.rand(n, dtype=cdf.dtype, device=cdf.device, generator=generator) * cdf[-1]
+        rows = torch.searchsorted(cdf, u, right=True).clamp_(max=len(cdf) - 1)
     return rows, log_q
 
 

@@ -20,6 +20,8 @@ class StepStats:
     - `evicted_*_ids`: rows freed by TTL / cap (publish tombstones).
     - `admitted_*`: ids given their own row by this step.
     - `applied_update`: False while gradients are being accumulated.
+    - `n_trained`: events in the loss, replayed ones included; 0 when none was (all
+      below the admission threshold or weighted 0), and `loss` then means nothing.
     - `timings`: seconds per phase (wall clock; not event time).
     """
 
@@ -35,6 +37,7 @@ class StepStats:
     admitted_items: int = 0
     applied_update: bool = False
     n_replayed: int = 0
+    n_trained: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
 

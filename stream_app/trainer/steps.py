@@ -80,7 +80,7 @@ def _step(learner: Learner, events: list[Event], recs: list[RawRecord], evaluate
             out.dlq.append(train_dlq(rec, *REFUSED[outcome], now_ms))
         counts[(rec.topic, OUTCOMES.get(outcome, EventOutcome.DLQ))] += 1
     out.counts.events.update(counts)
-    if st.n_applied and st.loss == st.loss:
+    if st.n_applied and st.n_trained and st.loss == st.loss:  # not a step that trained nothing
         out.counts.losses.append((float(st.loss), st.n_applied))  # the gauge: at the commit
     out.users.update(st.changed_user_ids)
     out.items.update(st.changed_item_ids)

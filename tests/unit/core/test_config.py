@@ -24,6 +24,8 @@ from stream_app.core import LearnerConfig
     ({"dim": 4097}, "learner.dim must be at most 4096, got 4097"),
     ({"recent_items": 1001}, "learner.recent_items must be at most 1000, got 1001"),
     ({"seed": 2**64}, "learner.seed must be at most 4294967295"),
+    # float32 rounds it to 0: a zero row's first update was 0/0, NaN rows published
+    ({"eps": 1e-50}, "learner.eps must be at least 1e-30 (float32 rounds a smaller one to 0)"),
 ])
 def test_invalid_values_name_the_field_and_fix(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")

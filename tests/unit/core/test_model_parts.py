@@ -171,3 +171,21 @@ def test_negatives_at_exponent_zero_are_uniform_over_items() -> None:
     assert log_q[1].item() == pytest.approx(math.log(0.5)) and log_q[2] == log_q[1]
     learner = Learner(small_config(negative_pop_exponent=0.0), device=DEVICE)
     assert learner.learn([ev("e1", "u1", "i1", T0), ev("e2", "u2", "i2", T0)]).n_applied == 2
+
+
+def test_negatives_past_multinomials_category_limit_follow_q(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.multinomial refuses over 2**24 categories (one per item row): every step of a
+    table of ~13M items raised. Past the limit (patched down to 4 here) rows are drawn by
+    inverse CDF, with the same q and never a row without an item."""
+    from stream_app.core import sampler
+
+    logpop = torch.tensor([float("-inf"), 0.0, math.log(3.0), float("-inf"), math.log(6.0),
+                           float("-inf")], dtype=torch.float64)
+    monkeypatch.setattr(sampler, "MULTINOMIAL_MAX", 4)
+    rows, log_q = sample_negatives(logpop, 20_000, 1.0, torch.Generator().manual_seed(0))
+    counts = torch.bincount(rows, minlength=6).tolist()
+    assert counts[0] == counts[3] == counts[5] == 0
+    shares = [c / 20_000 for c in (counts[1], counts[2], counts[4])]
+    assert shares == pytest.approx([0.1, 0.3, 0.6], abs=0.015)  # 3+ standard errors
+    assert log_q[4].item() == pytest.approx(math.log(0.6))

@@ -100,3 +100,12 @@ def test_an_event_years_ahead_of_a_replayed_step_is_dead_lettered() -> None:
     out = _learn(batch, learner, step_max=10)
     assert [(d.offset, d.reason) for d in out.dlq] == [(5, "bad_timestamp")]
     assert out.applied == 5 and "u2" not in out.users
+
+
+def test_a_step_that_trained_nothing_gives_no_loss_to_the_gauge() -> None:
+    """Events below the admission threshold count but train nothing; their step's loss
+    of 0.0 went into stream_app_training_loss, weighted by those events, pulling the
+    gauge (and TrainingLossRising's baseline) down."""
+    learner = Learner(dataclasses.replace(CONFIG, admission_threshold=3), device="cpu")
+    out = _learn([_click(n, f"u{n}", f"new{n}") for n in range(4)], learner, step_max=10)
+    assert out.applied == 4 and out.counts.losses == []
