@@ -219,12 +219,15 @@ def far_ahead(ts: Sequence[int], clock_ms: int | None, max_jump_ms: int) -> set[
 
 def screen(
     events: Sequence[Event], dedup: Deduplicator, rate: RateLimiter,
-    far: Collection[int] = ()
+    far: Collection[int] = (), clock_ms: int | None = None
 ) -> tuple[list[Outcome], list[int], dict[str, tuple[int, int]]]:
     """Outcome per event (APPLIED for the ones to learn from), their indices, rate state.
 
     `far`: indices refused as far ahead (`far_ahead`), unless a copy of an
-    applied event. Nothing is mutated; pass the returned state to
+    applied event. `clock_ms`: the learner's clock (its newest event time); an
+    event older than it counts against the rate cap in the clock's window, so a
+    bot stamping each burst with another past minute (every one newer than its
+    last) does not open a fresh window each time. Nothing is mutated; pass the returned state to
     `RateLimiter.commit` and the kept event ids to `Deduplicator.commit` once
     the batch is applied.
     """
@@ -249,7 +252,8 @@ def screen(
         if i in far:
             outcomes.append(Outcome.FAR_AHEAD)
             continue
-        if not rate.allowed(ev.user_id, ev.ts, pending):
+        at = ev.ts if clock_ms is None else max(ev.ts, clock_ms)
+        if not rate.allowed(ev.user_id, at, pending):
             outcomes.append(Outcome.RATE_LIMITED)
             continue
         # Only an applied event makes later ones copies or reused ids: a copy of a

@@ -122,7 +122,7 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
 
     def _learn(self, events: Sequence[Event], t0: float) -> StepStats:
         outcomes, keep, rate_pending = screen(events, self._dedup, self._rate,
-                                              self._far(events))
+                                              self._far(events), self._watermark_ms)
         if not keep:
             return StepStats(step=self._step, loss=float("nan"), n_applied=0,
                              outcomes=tuple(outcomes))
@@ -252,8 +252,8 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         re-sent event's item is already in the user's history, a sure miss.
         """
         self._resolve_deferred()
-        _, keep, _ = screen(events, self._dedup, self._rate,
-                            self._far(events))  # reads, commits nothing
+        _, keep, _ = screen(events, self._dedup, self._rate, self._far(events),
+                            self._watermark_ms)  # reads, commits nothing
         if len(keep) < len(events):
             events = [events[i] for i in keep]
         limit = self.config.eval_max_events

@@ -67,6 +67,19 @@ def test_rate_cap_holds_when_old_and_new_timestamps_alternate() -> None:
 DAY = 86_400_000
 
 
+def test_rate_cap_holds_when_each_burst_is_stamped_with_another_past_minute() -> None:
+    """Each burst newer than the last, all older than the learner's clock: every one
+    opened a fresh window (1,000 of 1,000 applied at a cap of 2)."""
+    learner = Learner(small_config(rate_cap_events=2, rate_cap_window_ms=60_000), device=DEVICE)
+    learner.learn([ev(f"n{k}", f"u{k % 5}", f"i{k % 7}", T0 + k) for k in range(50)])
+    backdated = [ev(f"b{k}", "bot", f"i{k % 7}", T0 - DAY + k * 60_000) for k in range(1_000)]
+    assert learner.learn(backdated).n_applied == 2
+    # Users whose events come after the clock are counted in their own windows, as before.
+    fresh = [ev(f"f{k}", "later", f"i{k % 7}", T0 + 60_000 * (k + 1)) for k in range(5)]
+    assert learner.learn(fresh).n_applied == 5
+
+
+
 def test_far_ahead_picks_a_few_outliers_not_a_stream_that_moved_on() -> None:
     step = [T0 + k for k in range(300)]
     assert far_ahead([*step, T0 + 40 * DAY], T0, 30 * DAY) == {300}
