@@ -145,11 +145,17 @@ CASES: list[Case] = [
          series={f"stream_app_transaction_aborts_total{{{T}}}": "0+0.1x30"}),
     # Snapshots every 5 min from a trainer started at 0: none written, one stuck at 5 min.
     Case(alert="SnapshotStale", eval_time="60m",
-         series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0x70"},
+         series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0x70",
+                 _APPLIED: "0+100x70"},
          fires=[(TRAINER, "Trainer trainer:9464 has written no local snapshot for 1h 0m 0s")]),
     Case(alert="SnapshotStale", eval_time="60m",
-         series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0x5 300x65"},
+         series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0x5 300x65",
+                 _APPLIED: "0+100x70"},
          fires=[(TRAINER, "Trainer trainer:9464 has written no local snapshot for 55m 0s")]),
+    # Idle since minute 5, when it wrote its last snapshot: nothing to snapshot since.
+    Case(alert="SnapshotStale", eval_time="60m",
+         series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0x5 300x65",
+                 _APPLIED: "0+100x5 500x65"}),
     # Written every minute; snapshots off; started 40 min ago with a 30 min interval.
     Case(alert="SnapshotStale", eval_time="60m",
          series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0+60x70"}),
