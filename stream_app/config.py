@@ -28,6 +28,11 @@ SECRET_PATTERN = re.compile(r"password|secret|sasl\.oauthbearer\.|\.key$|key\.pe
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]*$")
 
 
+CONSUME_MAX = 1_000_000
+"""The most records confluent-kafka's `consume()` hands out in one call: a larger
+`batch_max` or `load_batch` raised ValueError at the first poll."""
+
+
 class ConfigError(ValueError):
     """A configuration value is wrong; the message says which and how to fix it."""
 

@@ -22,6 +22,9 @@ is refused by every reader, the trainer's own restore included (a unit test
 holds these to schemas/embedding.v1.json)."""
 SEED_MAX = 2**32 - 1
 """Seeds derived from it (`seed * 1_000_003 + step`) must fit a generator's 64 bits."""
+REPLAY_CAPACITY_MAX = 100_000_000
+"""The replay buffer is allocated whole at start (about 20 bytes a slot): past this a
+typo became a traceback or an out-of-memory kill instead of a configuration error."""
 
 
 def _positive(name: str, value: float) -> None:
@@ -128,7 +131,7 @@ class LearnerConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"learner.{name} must be >= 0, got {getattr(self, name)!r}")
         for name, top in (("dim", DIM_MAX), ("recent_items", RECENT_ITEMS_MAX),
-                          ("seed", SEED_MAX)):
+                          ("seed", SEED_MAX), ("replay_capacity", REPLAY_CAPACITY_MAX)):
             if getattr(self, name) > top:
                 raise ValueError(f"learner.{name} must be at most {top}, got "
                                  f"{getattr(self, name)!r}")

@@ -43,6 +43,18 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "heartbeat.interval.ms": 1_000,
 }
 
+def ms_setting(kafka: KafkaConfig, key: str, default: int) -> int:
+    """A librdkafka millisecond setting as an int, for our own timing; ConfigError when a
+    `-X` value is not plain digits (librdkafka reads `600000ms` as 600000, float() did not).
+    """
+    value = kafka.client.get(key, default)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"-X {key}={value!r}: give a whole number of milliseconds, "
+                          f"e.g. -X {key}={default}") from None
+
+
 LATENCY_PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 1,
     "socket.nagle.disable": True,

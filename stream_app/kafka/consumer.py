@@ -12,7 +12,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
-from stream_app.kafka.clients import REPORT_EOF, consumer_config, leave_group, make_consumer
+from stream_app.kafka.clients import (
+    REPORT_EOF,
+    consumer_config,
+    leave_group,
+    make_consumer,
+    ms_setting,
+)
 from stream_app.kafka.ends import Watermarks, end_offsets, ends_and_stable
 from stream_app.kafka.event_time import Barrier, EventTimeMerger
 from stream_app.kafka.exceptions import KafkaEdgeError
@@ -71,7 +77,7 @@ class GroupConsumer:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._polled_at = time.monotonic()
-        self._max_poll_interval_s = float(kafka.client.get("max.poll.interval.ms", 300_000)) / 1000
+        self._max_poll_interval_s = ms_setting(kafka, "max.poll.interval.ms", 300_000) / 1000
         self._consumer.subscribe(list(topics), on_assign=self._assign, on_revoke=self._revoke,
                                  on_lost=self._revoke)
 

@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from stream_app.config import ConfigError
+from stream_app.config import CONSUME_MAX, ConfigError
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -76,6 +76,10 @@ class ScorerConfig:
                               "give an address, e.g. 127.0.0.1 or 0.0.0.0")
         for name in ("batch_max", "load_batch", "max_k", "explain_max"):
             _positive(name, getattr(self, name))
+        for name in ("batch_max", "load_batch"):
+            if getattr(self, name) > CONSUME_MAX:
+                raise ConfigError(f"scorer.{name} must be at most {CONSUME_MAX:,} (what one "
+                                  f"Kafka consume call takes), got {getattr(self, name)}")
         for name in ("history_max", "min_user_updates"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"scorer.{name} must be >= 0, got {getattr(self, name)}")

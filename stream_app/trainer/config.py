@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from stream_app.config import ConfigError
+from stream_app.config import CONSUME_MAX, ConfigError
 from stream_app.core import LearnerConfig
 from stream_app.kafka.consumer import CO_PARTITIONED_ASSIGNOR
 from stream_app.trainer.own_writes import default_partitioner
@@ -79,8 +79,9 @@ class TrainerConfig:
                               f"(it prefixes the published model version), got "
                               f"{len(self.instance_id)}")
         for name in ("batch_max", "step_max"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"trainer.{name} must be > 0, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) <= CONSUME_MAX:
+                raise ConfigError(f"trainer.{name} must be in 1..{CONSUME_MAX:,} (what one "
+                                  f"Kafka consume call takes), got {getattr(self, name)}")
         if not 0 <= self.batch_wait_ms < math.inf:
             raise ConfigError(f"trainer.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if not 0 <= self.metrics_port <= 65535:
@@ -91,6 +92,10 @@ class TrainerConfig:
         if not 1 <= self.stall_timeout_s <= 86_400:
             raise ConfigError(f"trainer.stall_timeout_s must be in 1..86400 seconds, got "
                               f"{self.stall_timeout_s}")
+        if self.batch_wait_ms >= self.stall_timeout_s * 1000 / 2:
+            raise ConfigError(f"trainer.batch_wait_ms ({self.batch_wait_ms}) must be under half "
+                              f"of trainer.stall_timeout_s ({self.stall_timeout_s:g} s): an idle "
+                              "poll waits that long, and the watchdog would take it for a stall")
         for name in ("snapshot_interval_s", "snapshot_max_age_s"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"trainer.{name} must be > 0 seconds, got "
@@ -103,10 +108,15 @@ class TrainerConfig:
             raise ConfigError("trainer.snapshot_dir needs restore: without it (--no-restore) the "
                               "model does not match the changelog a snapshot is tagged with; "
                               "drop one of the two")
+        name_bytes = len(f"{self.transactional_id}.snapshot".encode())
+        if self.snapshot_dir is not None and name_bytes > 255:
+            raise ConfigError(f"the snapshot file <group_id>.<instance_id>.snapshot would be "
+                              f"{name_bytes} bytes, over the 255 a file name may have: shorten "
+                              "trainer.group_id or trainer.instance_id")
         if self.max_future_ms < 0:
             raise ConfigError(f"trainer.max_future_ms must be >= 0, got {self.max_future_ms}")
         if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
-            raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got "
+            raise ConfigError(f"trainer.device must be auto, cpu, cuda, cuda:N or mps, got "
                               f"{self.device!r}")
 
     @property

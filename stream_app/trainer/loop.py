@@ -21,6 +21,7 @@ from stream_app.kafka.clients import (
     REPORT_EOF,
     TRANSACTIONAL_DEFAULTS,
     consumer_config,
+    ms_setting,
     producer_config,
 )
 from stream_app.kafka.consumer import GroupConsumer
@@ -66,6 +67,9 @@ class Trainer:
         # server and the broker checks (with no broker it exited 75, "try again").
         consumer_config(kafka, "check", cfg.group_id, enforce=REPORT_EOF)
         producer_config(kafka, "check", transactional_id=cfg.transactional_id)
+        for key, default in (("transaction.timeout.ms", 60_000),
+                             ("max.poll.interval.ms", 300_000)):
+            ms_setting(kafka, key, default)  # values our own timing reads: refused here too
         self.kafka, self.cfg, self.learner_cfg = kafka, cfg, learner_cfg
         self.watchdog = watchdog
         self.topics = kafka.topics
@@ -243,9 +247,8 @@ class Trainer:
         self._scope(whole)
 
     def _txn_timeout_s(self) -> float:
-        ms = self.kafka.client.get("transaction.timeout.ms",
-                                   TRANSACTIONAL_DEFAULTS["transaction.timeout.ms"])
-        return float(ms) / 1000
+        return ms_setting(self.kafka, "transaction.timeout.ms",
+                          TRANSACTIONAL_DEFAULTS["transaction.timeout.ms"]) / 1000
 
     def _owns_every_input(self, consumer: GroupConsumer) -> bool:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,9 +20,10 @@ from stream_app.config import (
     redact,
 )
 from stream_app.core import LearnerConfig
-from stream_app.kafka.clients import consumer_config, merge, producer_config
+from stream_app.kafka.clients import consumer_config, merge, ms_setting, producer_config
 from stream_app.kafka.exceptions import ConfigConflictError
 from stream_app.kafka.tail import TailReader
+from stream_app.serving import ScorerConfig
 from stream_app.trainer import TrainerConfig
 from stream_app.trainer.config import check_with_client, check_with_learner
 
@@ -40,7 +42,7 @@ def test_unknown_file_key_names_the_known_ones() -> None:
 
 
 def test_bad_values_say_what_to_fix() -> None:
-    with pytest.raises(ConfigError, match="trainer.batch_max must be > 0, got 0"):
+    with pytest.raises(ConfigError, match="trainer.batch_max must be in 1..1,000,000"):
         build(TrainerConfig, "trainer", {}, {}, {"batch_max": 0})
     with pytest.raises(ConfigError, match="STREAM_APP_TRAINER_BATCH_MAX='x' is not a valid int"):
         build(TrainerConfig, "trainer", {}, {"STREAM_APP_TRAINER_BATCH_MAX": "x"}, {})
@@ -115,7 +117,7 @@ def test_cli_config_error_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: 
     bad = tmp_path / "c.toml"
     bad.write_text("[trainer]\nbatch_max = -1\n")
     assert main(["trainer", "--config", str(bad), "--bootstrap-servers", "127.0.0.1:1"]) == 2
-    assert "trainer.batch_max must be > 0" in capsys.readouterr().err
+    assert "trainer.batch_max must be in 1..1,000,000" in capsys.readouterr().err
     assert main(["trainer", "-L", "dim=0", "--bootstrap-servers", "127.0.0.1:1"]) == 2
     assert "learner.dim must be > 0" in capsys.readouterr().err
     bad.write_text("not toml [")
@@ -246,6 +248,35 @@ def test_tuple_settings_from_the_environment_and_learner_flags() -> None:
     for bad in ([0.9], [0.9, "x"], 0.9):
         with pytest.raises(ConfigError, match=r"\[learner\] adam_betas must be"):
             build(LearnerConfig, "learner", {"adam_betas": bad}, {}, {})
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    # confluent-kafka's consume() takes at most 1M: a traceback at the first poll
+    (lambda: TrainerConfig(batch_max=2_000_000), "trainer.batch_max must be in 1..1,000,000"),
+    (lambda: ScorerConfig(load_batch=2_000_000), "scorer.load_batch must be at most 1,000,000"),
+    # the watchdog exited 75 on every idle poll
+    (lambda: TrainerConfig(batch_wait_ms=6_000, stall_timeout_s=3),
+     r"batch_wait_ms \(6000\) must be under half of trainer.stall_timeout_s \(3 s\)"),
+    # ENAMETOOLONG at the restore, a traceback
+    (lambda: TrainerConfig(group_id="g" * 200, instance_id="i" * 60, snapshot_dir="snaps"),
+     "snapshot file .* would be 270 bytes, over the 255"),
+    # allocated whole at start: a traceback or an out-of-memory kill
+    (lambda: LearnerConfig(replay_capacity=10**10), "replay_capacity must be at most"),
+])
+def test_values_that_failed_later_with_a_traceback_are_refused_up_front(
+        make: Any, message: str) -> None:
+    with pytest.raises((ConfigError, ValueError), match=message):
+        make()
+
+
+def test_a_millisecond_setting_our_timing_cannot_read_is_a_config_error() -> None:
+    """librdkafka reads `600000ms` as 600000; float() raised ValueError after the consumer
+    was made."""
+    kafka = KafkaConfig(client={"max.poll.interval.ms": "600000ms"})
+    with pytest.raises(ConfigError, match="-X max.poll.interval.ms='600000ms': give a whole"):
+        ms_setting(kafka, "max.poll.interval.ms", 300_000)
+    assert ms_setting(KafkaConfig(client={"max.poll.interval.ms": " 600000"}),
+                      "max.poll.interval.ms", 1) == 600_000
 
 
 def test_a_bad_topic_prefix_is_reported_as_one(capsys: pytest.CaptureFixture[str]) -> None:
