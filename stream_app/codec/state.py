@@ -86,7 +86,10 @@ def _decode_array(obj: dict[str, Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
         raise DecodeError(DlqReason.BAD_STATE, f"state array: {len(raw)} bytes for shape {shape}")
     # Reshaped before the copy: the copy is then the only array left (a view after it
     # kept a second array object, 112 bytes, for every user row the scorer holds).
-    return np.frombuffer(raw, dtype=F32).reshape(shape).astype(np.float32)
+    try:
+        return np.frombuffer(raw, dtype=F32).reshape(shape).astype(np.float32)
+    except ValueError as exc:  # in the schema's bounds, but not a shape numpy makes
+        raise DecodeError(DlqReason.BAD_STATE, f"state array of shape {shape}: {exc}") from exc
 
 
 _SHAPE = schema("embedding").subschema("f32array")["properties"]["shape"]

@@ -48,11 +48,12 @@ def ms_setting(kafka: KafkaConfig, key: str, default: int) -> int:
     `-X` value is not plain digits (librdkafka reads `600000ms` as 600000, float() did not).
     """
     value = kafka.client.get(key, default)
-    try:
-        return int(str(value).strip())
-    except ValueError:
+    text = str(value).strip()
+    if not text.isascii() or not text.isdigit():  # int() takes "1000_000", which
+        # librdkafka reads as 1000
         raise ConfigError(f"-X {key}={value!r}: give a whole number of milliseconds, "
-                          f"e.g. -X {key}={default}") from None
+                          f"e.g. -X {key}={default}")
+    return int(text)
 
 
 LATENCY_PRODUCER_DEFAULTS: dict[str, Any] = {

@@ -39,8 +39,10 @@ from stream_app.serving.topk import rank
 NOT_LOADED = "not_loaded"
 ANSWER_MAX_BYTES = 990_000
 """Largest prediction value produced: under librdkafka's default `message.max.bytes`
-(1,000,000), with room for the key and headers. A request for k=1000 with explanations
-over long ids can ask for more; it gets an error prediction instead of a failed send."""
+(1,000,000; our producers default to more, but a user -X may restore it) and the
+broker's default max.message.bytes, with room for the key and headers. A request for
+k=1000 with explanations over long ids can ask for more; it gets an error prediction
+instead of a failed send."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,11 +108,11 @@ class TrainerConfig:
             raise ConfigError("trainer.snapshot_dir needs restore: without it (--no-restore) the "
                               "model does not match the changelog a snapshot is tagged with; "
                               "drop one of the two")
-        name_bytes = len(f"{self.transactional_id}.snapshot".encode())
+        name_bytes = len(f"{self.transactional_id}.snapshot.tmp".encode())  # as written
         if self.snapshot_dir is not None and name_bytes > 255:
-            raise ConfigError(f"the snapshot file <group_id>.<instance_id>.snapshot would be "
-                              f"{name_bytes} bytes, over the 255 a file name may have: shorten "
-                              "trainer.group_id or trainer.instance_id")
+            raise ConfigError(f"the snapshot file <group_id>.<instance_id>.snapshot.tmp would "
+                              f"be {name_bytes} bytes, over the 255 a file name may have: "
+                              "shorten trainer.group_id or trainer.instance_id")
         if self.max_future_ms < 0:
             raise ConfigError(f"trainer.max_future_ms must be >= 0, got {self.max_future_ms}")
         if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):

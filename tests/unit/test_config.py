@@ -259,7 +259,10 @@ def test_tuple_settings_from_the_environment_and_learner_flags() -> None:
      r"batch_wait_ms \(6000\) must be under half of trainer.stall_timeout_s \(3 s\)"),
     # ENAMETOOLONG at the restore, a traceback
     (lambda: TrainerConfig(group_id="g" * 200, instance_id="i" * 60, snapshot_dir="snaps"),
-     "snapshot file .* would be 270 bytes, over the 255"),
+     "snapshot file .* would be 274 bytes, over the 255"),
+    # .snapshot.tmp is written first: 254 bytes passed, then every write failed
+    (lambda: TrainerConfig(group_id="g" * 200, instance_id="i" * 44, snapshot_dir="snaps"),
+     "snapshot file .* would be 258 bytes, over the 255"),
     # allocated whole at start: a traceback or an out-of-memory kill
     (lambda: LearnerConfig(replay_capacity=10**10), "replay_capacity must be at most"),
 ])
@@ -277,6 +280,9 @@ def test_a_millisecond_setting_our_timing_cannot_read_is_a_config_error() -> Non
         ms_setting(kafka, "max.poll.interval.ms", 300_000)
     assert ms_setting(KafkaConfig(client={"max.poll.interval.ms": " 600000"}),
                       "max.poll.interval.ms", 1) == 600_000
+    with pytest.raises(ConfigError, match="whole number"):  # int() read 1,000,000
+        ms_setting(KafkaConfig(client={"transaction.timeout.ms": "1000_000"}),
+                   "transaction.timeout.ms", 30_000)
 
 
 def test_a_bad_topic_prefix_is_reported_as_one(capsys: pytest.CaptureFixture[str]) -> None:

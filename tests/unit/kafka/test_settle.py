@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -34,11 +35,22 @@ def test_each_wait_is_short_and_followed_by_a_beat(monkeypatch: pytest.MonkeyPat
     assert len(beats) == 3 and max(fake.asked) == 0.5
 
 
+class SlowUnstable(Unstable):
+    """Each ask waits its whole timeout, as librdkafka's does while offsets are unstable."""
+
+    def committed(self, parts: list[_TP], timeout: float) -> list[_TP]:
+        time.sleep(timeout)
+        return super().committed(parts, timeout)
+
+
 def test_the_whole_timeout_still_ends_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(consumer_module, "SETTLE_STEP_S", 0.5)
+    monkeypatch.setattr(consumer_module, "SETTLE_STEP_S", 0.05)
+    fake = SlowUnstable(times=10**6)
+    started = time.monotonic()
     with pytest.raises(KafkaException):
-        committed_within(Unstable(times=10**6), [_TP("t", 0)], 0.0,  # type: ignore[arg-type]
-                         lambda: None)
+        committed_within(fake, [_TP("t", 0)], 0.3, lambda: None)  # type: ignore[arg-type]
+    assert 0.25 <= time.monotonic() - started < 2.0
+    assert 3 <= len(fake.asked) <= 6  # several short asks (at least 0.1 s each), then done
 
 
 def test_an_error_other_than_a_timeout_is_raised_at_once() -> None:

@@ -59,6 +59,7 @@ def _row(**fields: Any) -> bytes:
     ({"updates": 1e300}, "out_of_range"),
     ({"state": {"v": {"b64f32": "", "shape": [2**63, 0]}}}, "bad_state"),  # numpy ValueError
     ({"state": {"v": {"b64f32": "AACAPw==", "shape": [1] * 9}}}, "bad_state"),
+    ({"state": {"v": {"b64f32": "", "shape": [2**31 - 1] * 3 + [0]}}}, "bad_state"),  # bounds
 ])
 def test_a_row_numpy_cannot_hold_is_refused_by_scorer_and_restore(
         fields: dict[str, Any], reason: str) -> None:
