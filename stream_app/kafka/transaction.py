@@ -182,15 +182,26 @@ def _produce(producer: Producer, rec: OutRecord,
             producer.poll(0.05)
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
-            if err.txn_requires_abort():
+            # Once a record of the transaction failed delivery (a topic refusing its size,
+            # say), librdkafka's produce() answers _STATE without txn_requires_abort: the
+            # transaction must abort all the same. Taken for fatal, a batch of 2,000+ rows
+            # stopped the trainer (exit 1) where a smaller one aborted at its commit.
+            if err.txn_requires_abort() or (err.code() == KafkaError._STATE  # noqa: SLF001
+                                            and not err.fatal()):
                 raise AbortRequired(f"produce: {err.str()}", by_broker=True) from exc
             raise FatalTransactionError(f"produce to {rec.topic} failed: {err.str()}") from exc
+
+
+REWIND_TRIES = 3
+"""How often the abort path asks for the committed offsets before it rewinds to the
+batch's first offsets instead."""
 
 
 def rewind_to_committed(consumer: Consumer, partitions: list[TopicPartition],
                         starts: Mapping[Partition, int]) -> None:
     """Seek each partition back to its committed offset, or, with none (a new group, a
-    new partition) or an error for it, to the batch's first offset in `starts`.
+    new partition) or an error for it or for the whole request, to the batch's first
+    offset in `starts`.
 
     Not to offset 0: with `auto.offset.reset=latest` that replayed history the
     operator chose to skip, or, retention having deleted offset 0, reset to the
@@ -198,8 +209,19 @@ def rewind_to_committed(consumer: Consumer, partitions: list[TopicPartition],
     """
     if not partitions:
         return
-    committed = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in partitions],
-                                   timeout=30)
+    asked = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+    for attempt in range(REWIND_TRIES):
+        try:
+            committed = consumer.committed(asked, timeout=30)
+            break
+        except KafkaException as exc:
+            # A coordinator moving (NOT_COORDINATOR) raised out of the abort path. The
+            # batch began where the last commit left each partition: its starts serve.
+            log.warning("committed offsets unreadable (%s)%s", exc.args[0].str(),
+                        "; retrying" if attempt + 1 < REWIND_TRIES
+                        else ": rewinding to the batch's first offsets")
+            committed = asked  # offset -1 each: `starts` below
+            time.sleep(1.0 if attempt + 1 < REWIND_TRIES else 0.0)
     for tp in committed:
         offset = tp.offset
         if offset < 0 or tp.error is not None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
+from stream_app.kafka import transaction
 from stream_app.kafka.transaction import (
     OutRecord,
     SpotCheck,
@@ -83,6 +84,27 @@ def test_an_aborted_batch_is_read_again_from_its_first_offset_when_none_is_commi
                         {("clicks", 0): 150, ("clicks", 1): 5000, ("clicks", 2): 7000})
     # The committed offset wins where there is one (120, not the batch's 150).
     assert consumer.seeks == [("clicks", 0, 120), ("clicks", 1, 5000), ("clicks", 2, 7000)]
+
+
+class _CommittedFails(_Positions):
+    """`committed` raises (the group coordinator moved) every time."""
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self.asked = getattr(self, "asked", 0) + 1
+        raise KafkaException(KafkaError(KafkaError.NOT_COORDINATOR, "Not coordinator"))
+
+
+def test_an_abort_whose_committed_offsets_cannot_be_read_rewinds_to_the_batch_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """NOT_COORDINATOR from committed() raised out of the abort path: the trainer exited
+    with a traceback instead of reading the batch again."""
+    monkeypatch.setattr(transaction.time, "sleep", lambda _s: None)
+    consumer = _CommittedFails({})
+    batch = [TopicPartition("clicks", p, 0) for p in range(2)]
+    rewind_to_committed(consumer, batch,  # type: ignore[arg-type]
+                        {("clicks", 0): 150, ("clicks", 1): 5000})
+    assert consumer.seeks == [("clicks", 0, 150), ("clicks", 1, 5000)]
+    assert consumer.asked == transaction.REWIND_TRIES
 
 
 class _SeekFails(_Positions):

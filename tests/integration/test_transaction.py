@@ -1,0 +1,43 @@
+"""`commit_batch` against a real broker: a topic that refuses the batch's rows aborts it.
+
+librdkafka marks the transaction "must abort" as soon as one record fails delivery,
+and from then on `produce()` answers _STATE without saying that an abort is required.
+A batch large enough that the first failure arrives while it is still producing
+(about 2,000 rows) used to stop the trainer with exit 1 and its transaction open.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream_app.config import KafkaConfig
+from stream_app.kafka.clients import make_consumer, make_producer
+from stream_app.kafka.transaction import OutRecord, TxnOutcome, commit_batch
+
+
+@pytest.mark.parametrize("rows", [50, 20_000])
+def test_rows_the_topic_refuses_abort_the_batch_whatever_its_size(
+        kafka: KafkaConfig, rows: int) -> None:
+    small = f"{kafka.topic_prefix}small"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    for done in admin.create_topics([NewTopic(small, 3, 1,
+                                              config={"max.message.bytes": "128"})]).values():
+        done.result(30)
+    producer = make_producer(kafka, "txn-test", transactional_id=f"{kafka.topic_prefix}txn")
+    producer.init_transactions(30)
+    consumer = make_consumer(kafka, "txn-test-consumer", f"{kafka.topic_prefix}txn-group")
+    try:
+        records = [OutRecord(small, b"user:%d" % n, os.urandom(300)) for n in range(rows)]
+        outcome = commit_batch(producer, consumer, records, [TopicPartition(small, 0, 1)],
+                               starts={(small, 0): 0}, timeout_s=20)
+        assert outcome is TxnOutcome.ABORTED
+        # The producer is usable again: the next transaction commits.
+        ok = [OutRecord(kafka.topics.embeddings, b"user:u1", b"{}")]
+        assert commit_batch(producer, consumer, ok, [], starts={},
+                            timeout_s=20) is TxnOutcome.COMMITTED
+    finally:
+        consumer.close()
