@@ -104,7 +104,8 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
             for _ in producer.send_all(outgoing(records, kafka.topics), rate=rate):
                 bar.advance()
     except SourceError as exc:
-        exc.sent, exc.dropped = producer.acked, producer.dropped
+        exc.sent, exc.dropped, exc.refused = producer.acked, producer.dropped, producer.refused
+        exc.first_refusal = next(iter(producer.first_errors), "")
         raise
     except KeyboardInterrupt:
         interrupted = True
@@ -112,10 +113,25 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
     finally:
         bar.close()
         if interrupted:
-            dropped = f", {producer.dropped} dropped unsent" if producer.dropped else ""
+            lost = not_delivered(producer.dropped, producer.refused, producer.first_errors)
             print(f"{label} interrupted: {producer.acked} records acknowledged by the "
-                  f"broker{dropped}", file=sys.stderr)
+                  f"broker{lost}", file=sys.stderr)
     return producer.acked
+
+
+def not_delivered(dropped: int, refused: int, first_errors: list[str]) -> str:
+    """What a stopped replay or generate did not get to the broker, for its last line:
+    refused records are not in the acknowledged count, and a re-run from after the
+    stopping line would lose them without this.
+
+    >>> not_delivered(3, 2, ["Broker: Message size too large"])
+    ', 3 dropped unacknowledged, 2 refused by the broker (Broker: Message size too large)'
+    """
+    out = f", {dropped} dropped unacknowledged" if dropped else ""
+    if refused:
+        first = f" ({first_errors[0]})" if first_errors else ""
+        out += f", {refused} refused by the broker{first}"
+    return out
 
 
 def check_rate(rate: float) -> None:

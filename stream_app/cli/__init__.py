@@ -68,8 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stream-app: {exc}", file=sys.stderr)
         return 2
     except SourceError as exc:
-        dropped = f", {exc.dropped} queued ones dropped unsent" if exc.dropped else ""
-        sent = "" if exc.sent is None else f" ({exc.sent} record(s) sent before it{dropped})"
+        from stream_app.replay import not_delivered
+
+        lost = not_delivered(exc.dropped, exc.refused,
+                             [exc.first_refusal] if exc.first_refusal else [])
+        sent = "" if exc.sent is None else f" ({exc.sent} record(s) sent before it{lost})"
         print(f"stream-app: stopped at a bad input line{sent}: {exc}", file=sys.stderr)
         return 2
     except KafkaEdgeError as exc:  # delivery failures, a fenced producer (TopicError: above)

@@ -35,8 +35,9 @@ class SourceError(Exception):
 
     `sent` is how many records the broker had acknowledged when the line
     stopped a replay (None: nothing was being sent), `dropped` how many queued
-    ones were then given up unsent. They need not be the records before the
-    line: MovieLens is read whole and sorted first.
+    ones were then given up unacknowledged, `refused` how many the broker had
+    refused (with the first of its errors). They need not be the records before
+    the line: MovieLens is read whole and sorted first.
     """
 
     def __init__(self, path: Path, line: int, error: DecodeError | str) -> None:
@@ -45,4 +46,6 @@ class SourceError(Exception):
         self.reason: DlqReason | None = error.reason if isinstance(error, DecodeError) else None
         self.sent: int | None = None
         self.dropped = 0
+        self.refused = 0
+        self.first_refusal = ""
         super().__init__(f"{path}:{line}: {error}")

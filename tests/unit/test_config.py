@@ -415,12 +415,14 @@ def test_a_bad_line_that_stops_a_replay_says_what_was_sent_and_dropped(
     def stopped(*_a: object, **_kw: object) -> int:
         err = SourceError(tmp_path / "e.csv", 7, "bad ts")
         err.sent, err.dropped = 5, 2
+        err.refused, err.first_refusal = 3, "Broker: Message size too large"
         raise err
 
     monkeypatch.setattr(stream_app.replay, "replay_file", stopped)
     assert main(["replay", str(tmp_path / "e.csv")]) == 2
-    assert "(5 record(s) sent before it, 2 queued ones dropped unsent)" in \
-        capsys.readouterr().err
+    # The refused ones were missing: a re-run from after line 7 lost them silently.
+    assert ("(5 record(s) sent before it, 2 dropped unacknowledged, 3 refused by the broker "
+            "(Broker: Message size too large))") in capsys.readouterr().err
 
 
 def test_demo_refuses_a_timeout_that_never_ends() -> None:
