@@ -107,7 +107,8 @@ class Scorer:
         # A -X setting that conflicts with an enforced one fails here, before the broker
         # checks, the metrics server and the clients (it failed after all three).
         consumer_config(self.kafka, cid, self.cfg.group_id, enforce=REPORT_EOF)
-        require_topics(self.kafka, [t.embeddings, t.score_requests, t.predictions, t.dlq])
+        require_topics(self.kafka, [t.embeddings, t.score_requests, t.predictions, t.dlq],
+                       compacted=[t.embeddings])
         if self.cfg.threads is not None:
             set_threads(self.cfg.threads)
         with MetricsServer(self.registry, self.cfg.metrics_host, self.cfg.metrics_port,

@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient as AdminClient  # re-exported for annotations
-from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType  # type: ignore[attr-defined]
 
 from stream_app.config import KafkaConfig, TopicNames
 from stream_app.kafka.clients import created, merge
@@ -142,6 +142,8 @@ def create_topics(kafka: KafkaConfig, plan: TopicPlan | None = None,
             else:
                 raise TopicError(f"could not create topic {topic}: {err}") from exc
     _wait_visible(admin, list(result), timeout_s)
+    if result.get(kafka.topics.embeddings) == "exists":
+        require_compacted(admin, kafka.topics.embeddings, timeout_s)
     meta = admin.list_topics(timeout=timeout_s).topics
     for spec in specs:
         have = len(meta[spec.topic].partitions)
@@ -162,13 +164,14 @@ def _wait_visible(admin: AdminClient, topics: list[str], timeout_s: float) -> No
 
 
 def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.0, *,
-                   co_partitioned: Sequence[str] = ()) -> None:
-    """Fail fast, before the first poll, when a topic we need does not exist, or when
+                   co_partitioned: Sequence[str] = (), compacted: Sequence[str] = ()) -> None:
+    """Fail fast, before the first poll, when a topic we need does not exist, when
     the `co_partitioned` topics (the trainer's clicks and purchases) differ in
-    partition count."""
+    partition count, or when a `compacted` one (`embeddings`) is not compacted."""
     wait_for_broker(kafka.bootstrap_servers, timeout_s, client=dict(kafka.client))
+    admin = admin_client(kafka)
     try:
-        meta = admin_client(kafka).list_topics(timeout=timeout_s)
+        meta = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise BrokerUnavailable(f"cannot list topics at {kafka.bootstrap_servers}: {exc}") from exc
     missing = [t for t in topics if t not in meta.topics]
@@ -185,6 +188,32 @@ def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.
             "partitions: a user's events are keyed by user id and must land on the same "
             "partition number in each; recreate them (or add partitions) to the same count"
         )
+    for topic in compacted:
+        require_compacted(admin, topic, timeout_s)
+
+
+def require_compacted(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> None:
+    """TopicError when `topic` exists with a cleanup.policy that is not compact.
+
+    The changelog is the model: under `delete` (a topic made by hand, or by a
+    broker's auto-create) retention drops rows after retention.ms, and a restore
+    then silently loses them. A cluster that will not show the topic's
+    configuration (no DescribeConfigs right) is trusted, with a warning.
+    """
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    try:
+        configs = admin.describe_configs([resource], request_timeout=timeout_s)[resource]
+        policy = str(configs.result(timeout=timeout_s)["cleanup.policy"].value)
+    except (KafkaException, KeyError, TimeoutError) as exc:
+        log.warning("cannot read the cleanup.policy of %s (%s): not checked", topic, exc)
+        return
+    if "compact" not in policy.split(","):
+        raise TopicError(
+            f"topic {topic} has cleanup.policy={policy}, not compact: retention would delete "
+            "rows of the model, and a restore would miss them. Make it compacted "
+            f"(kafka-configs --alter --entity-type topics --entity-name {topic} "
+            "--add-config cleanup.policy=compact) or recreate it with `stream-app topics "
+            "create`")
 
 
 def delete_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 30.0) -> None:

@@ -174,7 +174,7 @@ class Trainer:
         # a user's clicks and purchases) needs equal partition counts.
         inputs = [self.topics.clicks, self.topics.purchases]
         require_topics(self.kafka, [*inputs, self.topics.embeddings, self.topics.dlq],
-                       co_partitioned=inputs)
+                       co_partitioned=inputs, compacted=[self.topics.embeddings])
         # Step 0. init_transactions fences a zombie and aborts its open
         # transaction before we read the changelog, so restore sees only
         # committed rows that match the committed input offsets.

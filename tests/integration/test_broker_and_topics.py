@@ -32,6 +32,28 @@ def test_topics_create_is_idempotent_and_embeddings_compacted(
     assert len(meta.topics[f"{prefix}clicks"].partitions) == 3
 
 
+def test_an_embeddings_topic_that_is_not_compacted_is_refused(
+        make_kafka: object, capsys: pytest.CaptureFixture[str]) -> None:
+    """Made by hand (or auto-created) with cleanup.policy=delete, `topics create` said
+    "exists" and exited 0, and the trainer ran on it: after retention.ms a restore lost
+    rows of the model without a word."""
+    from confluent_kafka.admin import NewTopic
+
+    from stream_app.kafka.admin import require_topics
+    from stream_app.kafka.exceptions import TopicError
+
+    kafka: KafkaConfig = make_kafka(create=False)  # type: ignore[operator]
+    admin = admin_client(kafka)
+    for done in admin.create_topics([NewTopic(kafka.topics.embeddings, 1, 1)]).values():
+        done.result(30)
+    argv = ["topics", "create", "--bootstrap-servers", kafka.bootstrap_servers,
+            "--topic-prefix", kafka.topic_prefix]
+    assert main(argv) == 2
+    assert "has cleanup.policy=delete, not compact" in capsys.readouterr().err
+    with pytest.raises(TopicError, match="cleanup.policy=compact"):
+        require_topics(kafka, [kafka.topics.embeddings], compacted=[kafka.topics.embeddings])
+
+
 def test_broker_start_on_a_taken_port_fails_with_a_fix(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as s:
