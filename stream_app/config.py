@@ -385,3 +385,14 @@ def check_environment(env: Mapping[str, str], sections: Mapping[str, type[Any]])
 def environment() -> dict[str, str]:
     """The only read of the process environment: `STREAM_APP_*` and `KAFKA_HOME`."""
     return {k: v for k, v in os.environ.items() if k.startswith("STREAM_APP_") or k == "KAFKA_HOME"}
+
+
+def make_folder(path: Path, what: str) -> Path:
+    """`path` created (parents too), or a ConfigError naming `what` (a flag) and why: a
+    folder the user named that cannot be made is theirs to fix, not a traceback."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{what} {str(path)!r} cannot be created: {exc.strerror or exc}") \
+            from exc
+    return path

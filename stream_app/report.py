@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from stream_app.config import ConfigError
+from stream_app.config import ConfigError, make_folder
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -262,8 +262,7 @@ def build_report(run_dir: Path, out: Path | None = None) -> list[Path]:
     """Write the four PNGs of `run_dir` into `out` (default: `run_dir`); returns their paths."""
     require_plotting()
     stats = load_stats(run_dir / STATS_FILE)
-    out = out or run_dir
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out or run_dir, "report --out")
     metrics = run_dir / METRICS_FILE
     page = metrics.read_text() if metrics.is_file() else None
     return [plot_loss(stats, out), plot_hit_rate(stats, out, _k(run_dir)),

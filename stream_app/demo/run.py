@@ -29,7 +29,7 @@ from typing import TextIO
 import orjson
 
 from stream_app.client import ScoreClient
-from stream_app.config import ConfigError, KafkaConfig
+from stream_app.config import ConfigError, KafkaConfig, make_folder
 from stream_app.demo import scrape
 from stream_app.demo.data import DemoInput, load_input
 from stream_app.demo.display import LiveDisplay, Shown, prediction_text
@@ -139,7 +139,7 @@ def run_demo(opts: DemoOptions, kafka: KafkaConfig, *, start_broker: bool,
 
 def _prepare_report_dir(path: Path) -> Path:
     """Create it and drop the previous run's files (the trainer appends to its stats)."""
-    path.mkdir(parents=True, exist_ok=True)
+    make_folder(path, "demo --report-dir")
     for name in (*OUTPUTS, "loss.png", "hit_rate.png", "freshness.png", "throughput.png"):
         (path / name).unlink(missing_ok=True)
     return path

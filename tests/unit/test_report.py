@@ -86,6 +86,10 @@ def test_cli_report_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     _assert_pngs(tmp_path / "out")
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "--stats-file" in capsys.readouterr().err
+    # An --out that cannot be made (under a file here) was a traceback, exit 1.
+    (tmp_path / "a-file").write_text("")
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "a-file" / "x")]) == 2
+    assert "report --out" in capsys.readouterr().err
 
 
 def test_empty_or_broken_stats_are_config_errors(tmp_path: Path) -> None:
