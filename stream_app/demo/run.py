@@ -102,7 +102,9 @@ def local_broker(display: LiveDisplay) -> Iterator[tuple[str, bool]]:
 
 def run_demo(opts: DemoOptions, kafka: KafkaConfig, *, start_broker: bool,
              stream: TextIO) -> int:
-    """The whole demo; 0 when every step worked. `kafka.topic_prefix` must be fresh."""
+    """The whole demo; 0 when every step worked, 1 when the trainer or the scorer
+    exited with an error when stopped (their logs are in the report folder).
+    `kafka.topic_prefix` must be fresh."""
     require_plotting()
     began = time.monotonic()
     display = LiveDisplay(stream)
@@ -121,7 +123,8 @@ def run_demo(opts: DemoOptions, kafka: KafkaConfig, *, start_broker: bool,
             stack.callback(delete_topics, kafka, list(kafka.topics.all()))
         display.note(f"topics {kafka.topics.prefix}* on {kafka.bootstrap_servers}")
         children: list[Child] = []
-        stack.callback(_stop_children, children, display)
+        failed: dict[str, int] = {}
+        stack.callback(_stop_children, children, display, failed)
         _start_children(opts, kafka, report, children)
         replayer = Replayer(kafka, inp.records)
         stack.callback(replayer.stop)
@@ -134,7 +137,7 @@ def run_demo(opts: DemoOptions, kafka: KafkaConfig, *, start_broker: bool,
         status = _tick(watcher, replayer, display, report, force=True)  # with scorer latency
         _save_pages(watcher, report)
     _finish(display, report, status, time.monotonic() - began, inp)
-    return 0
+    return 1 if failed else 0
 
 
 def _prepare_report_dir(path: Path) -> Path:
@@ -158,13 +161,16 @@ def _start_children(opts: DemoOptions, kafka: KafkaConfig, report: Path,
                                     log_dir=report))
 
 
-def _stop_children(children: list[Child], display: LiveDisplay) -> None:
+def _stop_children(children: list[Child], display: LiveDisplay,
+                   failed: dict[str, int]) -> None:
+    """Stop them; a non-zero exit goes into `failed`, and the demo exits 1 (it only
+    showed a note, so a component failing at shutdown went unnoticed)."""
     if not children:
         return
     codes = stop_all(children)
-    bad = {name: code for name, code in codes.items() if code not in (0, None)}
-    if bad:
-        display.note(f"stopped with non-zero exit codes: {bad}")
+    failed.update({name: code for name, code in codes.items() if code not in (0, None)})
+    if failed:
+        display.note(f"stopped with non-zero exit codes: {failed} (logs in the report folder)")
 
 
 def _check(children: list[Child], replayer: Replayer) -> None:

@@ -1,0 +1,43 @@
+"""The demo's exit status counts how its trainer and scorer stopped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stream_app.demo.processes import Child
+from stream_app.demo.run import _stop_children
+
+ON_TERM = ("import signal, sys, time\n"
+           "signal.signal(signal.SIGTERM, lambda *_: sys.exit({code}))\n"
+           "print('ready', flush=True)\n"
+           "time.sleep(30)\n")
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def note(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def _child(name: str, code: int, tmp_path: Path) -> Child:
+    proc = subprocess.Popen([sys.executable, "-c", ON_TERM.format(code=code)],  # noqa: S603
+                            stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    return Child(name=name, proc=proc, metrics_url="", log_file=tmp_path / f"{name}.log")
+
+
+def test_a_component_that_fails_as_it_stops_fails_the_demo(tmp_path: Path) -> None:
+    """It only left a note: run_demo returned 0 whatever the exit codes."""
+    children = [_child("trainer", 0, tmp_path), _child("scorer", 3, tmp_path)]
+    failed: dict[str, int] = {}
+    notes = Notes()
+    started = time.monotonic()
+    _stop_children(children, notes, failed)  # type: ignore[arg-type]
+    assert failed == {"scorer": 3}
+    assert "non-zero exit codes: {'scorer': 3}" in notes.lines[0]
+    assert time.monotonic() - started < 10
