@@ -67,7 +67,8 @@ class Trainer:
         # server and the broker checks (with no broker it exited 75, "try again").
         consumer_config(kafka, "check", cfg.group_id, enforce=REPORT_EOF)
         producer_config(kafka, "check", transactional_id=cfg.transactional_id)
-        for key, default in (("transaction.timeout.ms", 60_000),
+        for key, default in (("transaction.timeout.ms",
+                              TRANSACTIONAL_DEFAULTS["transaction.timeout.ms"]),
                              ("max.poll.interval.ms", 300_000)):
             ms_setting(kafka, key, default)  # values our own timing reads: refused here too
         self.kafka, self.cfg, self.learner_cfg = kafka, cfg, learner_cfg

@@ -46,10 +46,8 @@ class SlowUnstable(Unstable):
 def test_the_whole_timeout_still_ends_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(consumer_module, "SETTLE_STEP_S", 0.05)
     fake = SlowUnstable(times=10**6)
-    started = time.monotonic()
     with pytest.raises(KafkaException):
         committed_within(fake, [_TP("t", 0)], 0.3, lambda: None)  # type: ignore[arg-type]
-    assert 0.25 <= time.monotonic() - started < 2.0
     assert 3 <= len(fake.asked) <= 6  # several short asks (at least 0.1 s each), then done
 
 
