@@ -42,6 +42,10 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "session.timeout.ms": 10_000,
     "heartbeat.interval.ms": 1_000,
 }
+MAX_POLL_INTERVAL_MS = 300_000
+"""librdkafka's max.poll.interval.ms when -X does not set it; not sent, only read by our
+own timing (the consumer's poll budget, the trainer's batch cap)."""
+
 
 def ms_setting(kafka: KafkaConfig, key: str, default: int) -> int:
     """A librdkafka millisecond setting as an int, for our own timing; ConfigError when a

@@ -13,6 +13,7 @@ from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
 from stream_app.kafka.clients import (
+    MAX_POLL_INTERVAL_MS,
     REPORT_EOF,
     consumer_config,
     leave_group,
@@ -77,7 +78,8 @@ class GroupConsumer:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._polled_at = time.monotonic()
-        self._max_poll_interval_s = ms_setting(kafka, "max.poll.interval.ms", 300_000) / 1000
+        self._max_poll_interval_s = ms_setting(kafka, "max.poll.interval.ms",
+                                               MAX_POLL_INTERVAL_MS) / 1000
         self._consumer.subscribe(list(topics), on_assign=self._assign, on_revoke=self._revoke,
                                  on_lost=self._revoke)
 

@@ -43,9 +43,9 @@ class TrainerConfig:
     an abort may wait for the broker, hence the default of 120 s.
 
     `snapshot_dir`: where to keep a local snapshot of the learner (off when
-    unset), written every `snapshot_interval_s` and at shutdown; a restore
-    older than `snapshot_max_age_s` ignores it (keep that below the
-    `embeddings` topic's delete.retention.ms, 24 h by default). See
+    unset), written every `snapshot_interval_s` (idle too, after changes) and at
+    shutdown; a restore older than `snapshot_max_age_s` ignores it (keep that below
+    the `embeddings` topic's delete.retention.ms, 24 h by default). See
     `stream_app.trainer.snapshot`.
     """
 

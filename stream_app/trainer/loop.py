@@ -18,6 +18,7 @@ from stream_app.core import Learner, LearnerConfig
 from stream_app.device import resolve_device
 from stream_app.kafka.admin import require_topics
 from stream_app.kafka.clients import (
+    MAX_POLL_INTERVAL_MS,
     REPORT_EOF,
     TRANSACTIONAL_DEFAULTS,
     consumer_config,
@@ -69,7 +70,7 @@ class Trainer:
         producer_config(kafka, "check", transactional_id=cfg.transactional_id)
         for key, default in (("transaction.timeout.ms",
                               TRANSACTIONAL_DEFAULTS["transaction.timeout.ms"]),
-                             ("max.poll.interval.ms", 300_000)):
+                             ("max.poll.interval.ms", MAX_POLL_INTERVAL_MS)):
             ms_setting(kafka, key, default)  # values our own timing reads: refused here too
         self.kafka, self.cfg, self.learner_cfg = kafka, cfg, learner_cfg
         self.watchdog = watchdog
@@ -87,6 +88,7 @@ class Trainer:
         self._batch_cap = cfg.batch_max  # lowered while batches near max.poll.interval.ms
         self._outcome_at = 0.0  # when the last batch's transaction committed or aborted
         self._snapshot_at = time.monotonic()
+        self._unsnapshotted = False  # a commit since the last snapshot was taken
         self._snapshots = None if cfg.snapshot_dir is None else Snapshots(
             kafka, folder=cfg.snapshot_dir, transactional_id=cfg.transactional_id,
             max_age_s=cfg.snapshot_max_age_s,
@@ -129,8 +131,10 @@ class Trainer:
         report_table_rows(self.metrics, sizes)  # before any commit
 
     def _snapshot(self, consumer: GroupConsumer, *, stopping: bool = False) -> None:
-        """Write the local snapshot when due (every interval, and when `stopping`, waiting
-        for the write), and only while we own every input partition.
+        """Write the local snapshot when due (every interval while commits came since the
+        last one, also when idle, so a crash after the last batch re-applies nothing the
+        dedup window saw; and when `stopping`, waiting for the write), and only while we
+        own every input partition.
 
         Called between transactions, so the learner holds everything it
         published; owning all inputs means no other trainer of the group
@@ -140,7 +144,8 @@ class Trainer:
         the tag, so a row someone else wrote before it would be lost. A failed
         write costs only restore speed: logged, not fatal.
         """
-        due = time.monotonic() - self._snapshot_at >= self.cfg.snapshot_interval_s
+        due = (self._unsnapshotted
+               and time.monotonic() - self._snapshot_at >= self.cfg.snapshot_interval_s)
         if self._snapshots is None or not (due or stopping):
             return
         self._snapshot_at = time.monotonic()  # due again one interval on, written or not
@@ -166,7 +171,8 @@ class Trainer:
             log.warning("snapshot skipped (the warning before says why); while the changelog "
                         "holds rows of another writer, snapshots resume after the next restore")
             return
-        self._snapshots.write(self.learner, ends=ends, wait=stopping)
+        if self._snapshots.write(self.learner, ends=ends, wait=stopping):
+            self._unsnapshotted = False
 
     def run(self) -> int:
         """Run until stopped (SIGTERM/SIGINT/SIGHUP set `stop`) or idle too long: 0; or until a
@@ -303,6 +309,7 @@ class Trainer:
                 if self.cfg.exit_when_idle is not None and idle >= self.cfg.exit_when_idle:
                     log.info("no input for %.1fs: exiting (exit_when_idle)", idle)
                     return 0
+                self._snapshot(consumer)  # the last batches' changes, once due
                 continue
             idle_since = time.monotonic()
             result = self.process(batch, consumer, publisher)
@@ -356,6 +363,7 @@ class Trainer:
                 self.learner.clear_replay()  # but the restore may have loaded a snapshot's
         else:
             self._aborts_in_a_row = 0
+            self._unsnapshotted = True
             self._volatile = self.learner.volatile_state()  # what an abort goes back to
             if self._own_users is None:
                 self._own_writes.committed(

@@ -173,10 +173,10 @@ class Snapshots:
                  tag.ends)
         return tag
 
-    def write(self, learner: Learner, *, ends: dict[int, int], wait: bool) -> None:
+    def write(self, learner: Learner, *, ends: dict[int, int], wait: bool) -> bool:
         """Take the learner's state now, tagged with the changelog's end offsets `ends`
         (which must be what the learner holds); write it in a background thread unless
-        `wait`.
+        `wait`. False when it was skipped (a write still running, or no tag).
 
         Called between transactions: the state (tensors cloned, lists copied;
         ~0.4 s at 1M rows) is taken here, while serialising and fsyncing it
@@ -186,20 +186,21 @@ class Snapshots:
         """
         if self._writer is not None and self._writer.is_alive():
             if not wait:
-                return
+                return False
             self._writer.join()
         try:
             tag = self.changelog_tag(ends)
         except KafkaEdgeError as exc:
             log.warning("snapshot skipped: %s", exc)
-            return
+            return False
         state = learner.state_dict()
         if wait:
             self._write(state, tag)
-            return
+            return True
         self._writer = threading.Thread(target=self._write, args=(state, tag),
                                         name="snapshot-writer", daemon=True)
         self._writer.start()
+        return True
 
     def _write(self, state: dict[str, Any], tag: SnapshotTag) -> None:
         """A failed write costs only restore speed: logged, not raised."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from stream_app.config import KafkaConfig
 from stream_app.core import LearnerConfig
 from stream_app.events import EmbeddingRow, Event, EventKind
 from stream_app.kafka.admin import admin_client
+from stream_app.kafka.ends import high_watermarks
 from stream_app.kafka.exceptions import TopicError
 from stream_app.kafka.produce import EventProducer, Outgoing
 from stream_app.replay import produce_records
@@ -32,6 +34,7 @@ from stream_app.sources.generate import generate
 from stream_app.trainer import BatchResult, Trainer, TrainerConfig, make_trainer
 from stream_app.trainer.batch import CONTROL_HEADER
 from stream_app.trainer.control import send_forget
+from stream_app.trainer.snapshot import read_snapshot
 from tests.integration.kafka_helpers import read_topic, wait_until
 from tests.reliability.harness import committed_total, end_total
 
@@ -239,6 +242,45 @@ def test_no_snapshot_is_tagged_past_a_row_the_trainer_did_not_write(
     again._restore()
     assert again.metrics.restore_snapshot_age._value.get() >= 0  # noqa: SLF001  (the first one)
     assert "foreign" in again.learner.user_ids()
+
+
+def test_an_idle_trainer_snapshots_its_last_batches_once(
+        kafka: KafkaConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A snapshot was due only after a batch: a trainer whose traffic stopped kept its
+    last batches out of every snapshot until it stopped, so a crash while idle cost
+    a longer restore and could apply re-sent events again. It now writes one once
+    due while idle, and only one: an idle trainer with nothing new writes none."""
+    caplog.set_level(logging.INFO, logger="stream_app")
+    snap = _cfg(snapshot_dir=str(tmp_path), snapshot_interval_s=1.0, exit_when_idle=None)
+    produce(kafka, list(generate(300, n_users=25, n_items=20, seed=16)))
+    stop = threading.Event()
+    trainer = make_trainer(kafka, snap, LEARNER, stop=stop)
+
+    def not_due_after_a_batch(result: BatchResult) -> None:
+        trainer._snapshot_at = time.monotonic()  # as if one had just been written
+
+    trainer.on_batch = not_due_after_a_batch
+    runner = threading.Thread(target=trainer.run, daemon=True)
+    runner.start()
+    path = tmp_path / f"{snap.transactional_id}.snapshot"
+    inputs = [kafka.topics.clicks, kafka.topics.purchases]
+
+    def holds_the_last_batch() -> bool:
+        found = read_snapshot(path)
+        ends = high_watermarks(kafka, kafka.topics.embeddings, client_id="test-ends")
+        return found is not None and found[0].ends == ends
+
+    try:
+        wait_until(lambda: committed_total(kafka, snap.group_id, inputs)
+                   >= end_total(kafka, inputs), timeout=60, what="the input drained")
+        wait_until(holds_the_last_batch, timeout=30, what="a snapshot of the last batch")
+        written = caplog.text.count("wrote snapshot")
+        stop.wait(3.5)  # three more intervals, idle
+        assert caplog.text.count("wrote snapshot") == written
+    finally:
+        stop.set()
+        runner.join(60)
+    assert not runner.is_alive()
 
 
 def test_forget_publishes_a_tombstone(kafka: KafkaConfig) -> None:
