@@ -66,6 +66,15 @@ def _broker(args: argparse.Namespace) -> int:
 
     env = environment()
     check_environment(env, {})
+    if args.action != "start":
+        given_flags = [flag for flag, value in (
+            ("--port", args.port), ("--bootstrap-servers", args.bootstrap_servers),
+            ("--sasl-user", args.sasl_user), ("--sasl-password", args.sasl_password))
+            if value is not None]
+        if given_flags:  # ignored, they read as if stop/status would act on that broker
+            raise ConfigError(f"broker {args.action}: {', '.join(given_flags)} apply to "
+                              f"`broker start` only; {args.action} finds the broker this "
+                              "command started by --state-dir")
     flags: dict[str, Any] = {"port": args.port, "state_dir": args.state_dir,
                              "cache_dir": args.cache_dir, "sasl_user": args.sasl_user,
                              "sasl_password": args.sasl_password

@@ -462,3 +462,16 @@ def test_replay_limits_past_a_64_bit_count_are_refused(
         assert main(["replay", str(events), "--limit", limit, "--bootstrap-servers",
                      "127.0.0.1:1"]) == 2
         assert "--limit must be 1.." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [["--port", "9093"], ["--bootstrap-servers", "h:9092"],
+                                  ["--sasl-user", "u"], ["--sasl-password", "p"]])
+@pytest.mark.parametrize("action", ["stop", "status"])
+def test_broker_stop_and_status_refuse_the_flags_they_would_ignore(
+        action: str, flag: list[str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`broker stop --port 9093` stopped (or reported) the broker of the state folder,
+    whatever its port: a flag that reads as choosing a broker must not be ignored."""
+    assert main(["broker", action, "--state-dir", str(tmp_path), *flag]) == 2
+    err = capsys.readouterr().err
+    assert flag[0] in err and "apply to `broker start` only" in err
