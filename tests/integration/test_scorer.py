@@ -7,6 +7,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -435,3 +436,30 @@ def test_a_lone_scorer_joins_while_loading_and_says_it_is_not_ready(
         wait_until(lambda: b._requests is not None, what="joined an empty group while loading")
         got = ask(client, [ScoreRequest(request_id="r", user_id="u1", k=3)])
         assert not got["r"].ready and not b.ready.is_set()
+
+
+def test_a_replica_that_gives_up_partitions_commits_what_it_answered(
+        kafka: KafkaConfig, world) -> None:  # type: ignore[no-untyped-def]
+    """On a revoke the scorer commits the requests it answered before the partitions
+    move, so their new owner does not answer them again. The periodic commit is made
+    rare here (60 s), so only the revoke's commit can keep the answers single."""
+    items, bias, users = world
+    publish(kafka, rows_of(items, bias, users))
+    first = [ScoreRequest(request_id=f"a{n}", user_id=f"u{n % 6}", k=3, exclude_seen=False)
+             for n in range(30)]
+    second = [ScoreRequest(request_id=f"b{n}", user_id=f"u{n % 6}", k=3, exclude_seen=False)
+              for n in range(30)]
+    with running(kafka, commit_interval_ms=60_000) as a, ScoreClient(kafka) as client:
+        group = a.cfg.group_id
+        ask(client, first)
+        with running(kafka, commit_interval_ms=60_000) as b:
+            wait_until(lambda: _members(kafka, group) == 2, what="both replicas assigned")
+            wait_until(lambda: b._requests is not None and b._requests._owned,  # noqa: SLF001
+                       what="b took partitions")
+            got = ask(client, second)
+            assert all(p.ready for p in got.values())
+            answers = read_topic(kafka.bootstrap_servers, kafka.topics.predictions,
+                                 expect=len(first) + len(second))
+    counts = Counter(decode_prediction(m.value()).request_id for m in answers)
+    assert set(counts) == {r.request_id for r in first + second}
+    assert [rid for rid, n in counts.items() if n > 1] == []  # none answered twice
