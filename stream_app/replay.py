@@ -18,7 +18,7 @@ from typing import Literal
 from stream_app.config import ConfigError, KafkaConfig, TopicNames
 from stream_app.events import EventKind
 from stream_app.kafka.admin import require_topics
-from stream_app.kafka.produce import EventProducer, Outgoing
+from stream_app.kafka.produce import DeliveryError, EventProducer, Outgoing
 from stream_app.progress import Progress
 from stream_app.sources import RawRecord, SourceError, to_record
 from stream_app.sources.csv import read_csv
@@ -34,21 +34,32 @@ from stream_app.sources.movielens import (
 
 Format = Literal["movielens", "jsonl", "csv"]
 
+GENERATE_IDS_MAX = 100_000_000
+"""Most users or items `generate` takes: it draws per-id weights up front (8 bytes each)."""
+
 
 def infer_format(path: Path) -> Format:
-    """The format a file's name says: `.jsonl`/`.ndjson`/`.json` (one event a line) and
-    `.csv` (also gzipped), else MovieLens (`ratings.dat`, `u.data`).
+    """The format a file's name says: `.jsonl`/`.ndjson`/`.json` (one event a line),
+    `.csv`, and MovieLens's `.dat`/`.data` (`ratings.dat`, `u.data`), each also gzipped.
+    Any other name is a ConfigError: read as MovieLens, an `events.txt` of JSON lines or
+    an `.xz` file failed with "expected 4 fields", which named neither cause.
 
     >>> infer_format(Path("events.jsonl.gz")), infer_format(Path("EVENTS.JSONL.GZ"))
     ('jsonl', 'jsonl')
-    >>> infer_format(Path("ratings.dat"))
-    'movielens'
+    >>> infer_format(Path("ratings.dat")), infer_format(Path("u.data"))
+    ('movielens', 'movielens')
     """
     suffixes = [s for s in path.suffixes if s.lower() != ".gz"]
     last = suffixes[-1].lower() if suffixes else ""
     if last in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
-    return "csv" if last == ".csv" else "movielens"
+    if last == ".csv":
+        return "csv"
+    if last in (".dat", ".data"):
+        return "movielens"
+    raise ConfigError(f"cannot tell the format of {path} from its name: pass --format "
+                      "movielens, jsonl or csv (names it knows: .jsonl .ndjson .json .csv "
+                      ".dat .data; compressed: .gz only)")
 
 
 def file_records(path: Path, fmt: Format | None = None, *,
@@ -107,6 +118,10 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
         exc.sent, exc.dropped, exc.refused = producer.acked, producer.dropped, producer.refused
         exc.first_refusal = next(iter(producer.first_errors), "")
         raise
+    except DeliveryError as exc:  # say where a re-run would pick up, as for a bad line
+        lost = not_delivered(producer.dropped, 0, [])
+        raise DeliveryError(f"{label} stopped: {exc}; {producer.acked} records acknowledged "
+                            f"by the broker{lost}") from exc
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -146,7 +161,8 @@ def replay_file(kafka: KafkaConfig, path: Path, *, fmt: Format | None, limit: in
         raise ConfigError(f"--limit must be 1..{sys.maxsize}, got {limit}")
     check_rate(rate)
     records = itertools.islice(file_records(path, fmt, kind=kind), limit)
-    return produce_records(kafka, records, total=limit, rate=rate, progress=progress,
+    # No total: --limit is an upper bound, and a shorter file ended the bar at 0%.
+    return produce_records(kafka, records, total=None, rate=rate, progress=progress,
                            label="replay")
 
 
@@ -155,6 +171,9 @@ def replay_generated(kafka: KafkaConfig, *, n_events: int, n_users: int, n_items
                      progress: bool) -> int:
     if min(n_events, n_users, n_items) <= 0:
         raise ConfigError("--events, --users and --items must all be > 0")
+    if max(n_users, n_items) > GENERATE_IDS_MAX:  # arrays of that length are made first
+        raise ConfigError(f"--users and --items must be at most {GENERATE_IDS_MAX:,}, "
+                          f"got {n_users:,} and {n_items:,}")
     if seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {seed}")
     if not 0.0 <= malformed_share <= 1.0:  # NaN fails too

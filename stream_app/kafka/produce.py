@@ -116,16 +116,22 @@ class EventProducer:
         if left or self.refused:
             raise DeliveryError(
                 f"{left + self.refused} record(s) not delivered ({self.refused} refused by "
-                f"the broker, {left} still queued after {timeout_s:g}s; {self.acked} "
-                f"acknowledged); first errors: {self.first_errors}")
+                f"the broker, {left} still queued after {timeout_s:g}s); first errors: "
+                f"{self.first_errors}")
 
     def abandon(self, timeout_s: float = 5.0) -> int:
         """Stopped early: deliver what the broker takes within `timeout_s`, drop the rest
-        (returned), and raise nothing, so the reason for stopping stays the error."""
-        left = self._producer.flush(timeout_s)
-        if left:
-            self._producer.purge()
-            self._producer.flush(0)
+        (added to `dropped`, and returned), and raise nothing, so the reason for stopping
+        stays the error. A second Ctrl-C during the wait cuts it short; what is left is
+        still dropped and counted (it was neither delivered nor reported)."""
+        try:
+            self._producer.flush(timeout_s)
+        finally:
+            left = len(self._producer)
+            if left:
+                self._producer.purge()
+                self._producer.flush(0)
+            self.dropped += left
         return left
 
     def __enter__(self) -> EventProducer:
@@ -133,10 +139,10 @@ class EventProducer:
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if exc_type is not None:
-            self.dropped = self.abandon()
+            self.abandon()
             return
         try:
             self.close()
         except BaseException:  # interrupted (or refused) during the final flush
-            self.dropped = self.abandon(timeout_s=0)
+            self.abandon(timeout_s=0)
             raise

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import orjson
 
-from stream_app.codec import DecodeError, DlqReason, encode_event, event_key
+from stream_app.codec import DecodeError, DlqReason, encode_event
 from stream_app.codec.events import event_from_object
 from stream_app.codec.wire import EVENT_MAX_BYTES, check_value, parse_object
 from stream_app.events import Event, EventKind
 from stream_app.sources._files import numbered_lines
-from stream_app.sources.records import RawRecord, SourceError
+from stream_app.sources.records import SourceError
 
 
 def read_jsonl(path: Path | str, *, kind: EventKind | None = None) -> Iterator[Event]:
@@ -32,32 +32,13 @@ def read_jsonl(path: Path | str, *, kind: EventKind | None = None) -> Iterator[E
             raise SourceError(path, number, err) from err
 
 
-def read_jsonl_records(path: Path | str, *, kind: EventKind | None = None) -> Iterator[RawRecord]:
-    """Records to produce as they are, bad lines included (the trainer dead-letters them).
-
-    Valid lines are re-encoded canonically (without `kind`); a bad line is sent
-    as its raw bytes with no key, on the reader's `kind` topic (clicks by default).
-    """
-    path = Path(path)
-    default = kind or EventKind.CLICK
-    for _, line in _lines(path):
-        line = line.rstrip(b"\r\n")
-        if not line.strip():
-            continue
-        try:
-            event = _event(line, kind)
-        except DecodeError as err:
-            yield RawRecord(kind=default, key=None, value=line, expected_reason=err.reason)
-            continue
-        yield RawRecord(
-            kind=event.kind, key=event_key(event), value=encode_event(event), event=event
-        )
-
-
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """`numbered_lines`, without a UTF-8 byte order mark before the first (editors on
-    Windows write one; it is no JSON)."""
+    """`numbered_lines` without their line ending (it is not part of the value, and
+    counted towards the size bound it refused a value of exactly the bound), and without
+    a UTF-8 byte order mark before the first (editors on Windows write one; it is no
+    JSON)."""
     for number, line in numbered_lines(path):
+        line = line.rstrip(b"\r\n")
         yield number, line.removeprefix(b"\xef\xbb\xbf") if number == 1 else line
 
 
@@ -74,7 +55,10 @@ def write_jsonl(path: Path | str, events: Iterator[Event] | list[Event]) -> int:
 
 def _event(line: bytes, kind: EventKind | None) -> Event:
     obj = parse_object(check_value(line, EVENT_MAX_BYTES))
-    if isinstance(obj, dict) and "kind" in obj:
+    if not isinstance(obj, dict):  # said before the kind: --kind would not help
+        raise DecodeError(DlqReason.NOT_OBJECT, f"a line must be one JSON object, got "
+                          f"{type(obj).__name__} (a JSON array file is not JSON lines)")
+    if "kind" in obj:
         raw_kind = obj.pop("kind")
         try:
             kind = EventKind(raw_kind)

@@ -146,13 +146,14 @@ def release_times(titles: Mapping[str, str]) -> dict[str, int]:
     A year that events cannot carry (`item_released_at` is from year 1 to 2999) is no
     year either: attached, it would have sent every event of the film to the DLQ.
 
-    >>> release_times({"1": "Toy Story (1995)", "2": "Untitled", "3": "Far Future (3001)"})
+    >>> release_times({"1": "Toy Story (1995)", "2": "Untitled", "3": "Far Future (3001)",
+    ...                "4": "Typo (0000)"})
     {'1': 788918400000}
     """
     out = {}
     for item, title in titles.items():
         match = re.search(r"\((\d{4})\)\s*$", title)
-        if match:
+        if match and int(match.group(1)) >= 1:  # year 0 has no calendar date
             released = calendar.timegm((int(match.group(1)), 1, 1, 0, 0, 0)) * 1000
             if RELEASED_RANGE[0] <= released < RELEASED_RANGE[1]:
                 out[item] = released

@@ -17,7 +17,7 @@ from stream_app.sources import SourceError
 from stream_app.sources.corrupt import CORRUPTIONS, corrupt, corrupt_click
 from stream_app.sources.csv import read_csv
 from stream_app.sources.generate import generate, make_world
-from stream_app.sources.jsonl import read_jsonl, read_jsonl_records, write_jsonl
+from stream_app.sources.jsonl import read_jsonl, write_jsonl
 from stream_app.sources.movielens import read_movies, read_ratings, release_times
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -120,15 +120,35 @@ def test_jsonl_without_default_kind_refuses_kindless_lines() -> None:
     assert caught.value.line == 4 and caught.value.reason is DlqReason.MISSING_FIELD
 
 
-def test_jsonl_records_keep_bad_lines_with_their_reason() -> None:
-    records = list(read_jsonl_records(DATA / "events_bad.jsonl"))
-    assert [r.expected_reason for r in records] == [None, DlqReason.EMPTY_ID, DlqReason.NOT_JSON]
-    good = records[0]
-    assert good.event is not None
-    assert decode_event(good.value, good.key, good.kind) == good.event
+def test_jsonl_stops_at_the_first_bad_line_with_its_reason() -> None:
     with pytest.raises(SourceError) as caught:
         list(read_jsonl(DATA / "events_bad.jsonl"))
     assert caught.value.line == 2 and caught.value.reason is DlqReason.EMPTY_ID
+
+
+@pytest.mark.parametrize("line", [b'[{"kind":"click"}]', b'"hello"', b"3"])
+def test_a_jsonl_line_that_is_no_object_is_not_told_to_add_a_kind(
+        tmp_path: Path, line: bytes) -> None:
+    """A JSON array file was told to pass --kind, which only changed the error."""
+    path = tmp_path / "arr.json"
+    path.write_bytes(line + b"\n")
+    for kind in (None, EventKind.CLICK):
+        with pytest.raises(SourceError, match="must be one JSON object") as caught:
+            list(read_jsonl(path, kind=kind))
+        assert caught.value.reason is DlqReason.NOT_OBJECT and "--kind" not in str(caught.value)
+
+
+def test_a_value_as_long_as_the_bound_is_read_from_a_file(tmp_path: Path) -> None:
+    """The line ending counted towards the 64 KiB bound: a value the topic takes was
+    refused from a file as too_large."""
+    from stream_app.codec.wire import EVENT_MAX_BYTES
+
+    head = b'{"kind":"click","event_id":"e1","user_id":"u","item_id":"i","ts":1,"context":{"p":"'
+    line = head + b"x" * (EVENT_MAX_BYTES - len(head) - 3) + b'"}}'
+    assert len(line) == EVENT_MAX_BYTES
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(line + b"\r\n")
+    assert [e.event_id for e in read_jsonl(path)] == ["e1"]
 
 
 def test_jsonl_write_read_round_trip(tmp_path: Path) -> None:
@@ -241,7 +261,6 @@ def test_jsonl_with_a_byte_order_mark_and_an_upper_case_gz_suffix(tmp_path: Path
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b"\xef\xbb\xbf" + lines)
     assert [r.event.event_id for r in file_records(bom) if r.event] == ["e1", "e2"]
-    assert all(r.event is not None for r in read_jsonl_records(bom))  # none sent as bad input
     shouting = tmp_path / "EVENTS.JSONL.GZ"
     shouting.write_bytes(gzip.compress(lines))
     assert [r.event.event_id for r in file_records(shouting) if r.event] == ["e1", "e2"]
@@ -269,10 +288,9 @@ def test_a_line_past_the_line_limit_stops_its_reader_at_that_line(
     assert len(fits) == 200  # the limit, newline included
     array = tmp_path / "array.jsonl"
     array.write_bytes(fits + b"[" + b",".join([event] * 40) + b"]\n" + event + b"\n")
-    for read in (read_jsonl, read_jsonl_records):
-        with pytest.raises(SourceError, match="longer than 200 bytes.*JSON array") as caught:
-            list(read(array))
-        assert caught.value.line == 2
+    with pytest.raises(SourceError, match="longer than 200 bytes.*JSON array") as caught:
+        list(read_jsonl(array))
+    assert caught.value.line == 2
     table = tmp_path / "long.csv"
     table.write_text("event_id,user_id,item_id,ts,kind\n" + "é" * 201 + ",u,i,1,click\n",
                      encoding="utf-8")
@@ -305,6 +323,30 @@ def test_replay_input_checks_before_any_broker(tmp_path: Path) -> None:
         replay_generated(KafkaConfig(bootstrap_servers="127.0.0.1:1"), n_events=1, n_users=1,
                          n_items=1, seed=-1, malformed_share=0, drift=False, rate=0,
                          progress=False)
+    # It drew 10**13 weights first: a 72 TiB allocation's traceback.
+    with pytest.raises(ConfigError, match="--users and --items must be at most"):
+        replay_generated(KafkaConfig(bootstrap_servers="127.0.0.1:1"), n_events=1,
+                         n_users=10**13, n_items=1, seed=0, malformed_share=0, drift=False,
+                         rate=0, progress=False)
+    # Read as MovieLens, these said "expected 4 fields", naming neither cause.
+    for name in ("events.txt", "events.jsonl.bz2", "events.jsonl.xz", "ratings"):
+        (tmp_path / name).write_text('{"event_id": "e1"}\n')
+        with pytest.raises(ConfigError, match="pass --format"):
+            file_records(tmp_path / name)
+    (tmp_path / "events.txt").write_bytes(plain.read_bytes())
+    assert [r.event.event_id for r in file_records(tmp_path / "events.txt", "jsonl",
+                                                    kind=EventKind.CLICK) if r.event] == \
+        ["e1", "e2"]  # --format says how to read it
+
+
+def test_a_film_whose_year_has_no_date_counts_as_no_year(tmp_path: Path) -> None:
+    """"(0000)" in movies.dat stopped a replay with a Python traceback."""
+    from stream_app.replay import file_records
+
+    (tmp_path / "ratings.dat").write_text("1::10::5::978300760\n")
+    (tmp_path / "movies.dat").write_text("10::Typo (0000)::Drama\n")
+    [rec] = list(file_records(tmp_path))
+    assert rec.event is not None and rec.event.item_released_at is None
 
 
 def test_generate_is_deterministic_by_seed() -> None:
@@ -401,9 +443,8 @@ def test_a_file_that_cannot_be_read_to_its_end_stops_its_reader_with_file_and_li
                      for i in range(3000))
     jsonl = tmp_path / "events.jsonl.gz"
     jsonl.write_bytes(gzip.compress(events.encode())[:-20])
-    for reader in (read_jsonl, read_jsonl_records):
-        with pytest.raises(SourceError, match="ends early"):
-            list(reader(jsonl, kind=EventKind.CLICK))
+    with pytest.raises(SourceError, match="ends early"):
+        list(read_jsonl(jsonl, kind=EventKind.CLICK))
     movies = tmp_path / "movies.dat.gz"
     movies.write_bytes(b"not gzip at all\n")
     with pytest.raises(SourceError, match="movies.dat.gz:1: cannot read the file"):

@@ -3,7 +3,10 @@ the exception that stopped it is the one raised (a stand-in for librdkafka's pro
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from stream_app.kafka import produce
 from stream_app.kafka.produce import DeliveryError, EventProducer
@@ -24,6 +27,9 @@ class _Stuck:
     def purge(self) -> None:
         self.calls.append("purge")
         self.queued = 0
+
+    def __len__(self) -> int:
+        return self.queued
 
 
 @pytest.fixture
@@ -65,3 +71,62 @@ def test_an_interrupt_in_the_final_flush_still_counts_what_it_drops(
         pass
     assert producer.dropped == 3
     assert fake.calls == ["flush 60", "flush 0", "purge", "flush 0"]
+
+
+class _InterruptedTwice(_Stuck):
+    """A second Ctrl-C arrives during the 5 s wait for what was queued."""
+
+    def flush(self, timeout: float) -> int:
+        super().flush(timeout)
+        if timeout == 5:
+            raise KeyboardInterrupt
+        return self.queued
+
+
+def test_a_second_interrupt_during_the_wait_still_drops_and_counts_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait was cut short before the purge: 0 dropped was reported, 3 records neither
+    delivered nor counted."""
+    fake = stand_in(monkeypatch, produce, "make_producer", _InterruptedTwice())
+    producer = EventProducer(NO_BROKER)
+    with pytest.raises(KeyboardInterrupt), producer:
+        raise KeyboardInterrupt
+    assert producer.dropped == 3
+    assert fake.calls == ["flush 5", "purge", "flush 0"]
+
+
+class _FailsOnFourth:
+    """Acknowledges each record at once; produce() of the fourth fails (a fatal error)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def produce(self, *_a: object, on_delivery: Callable[..., None], **_k: object) -> None:
+        self.sent += 1
+        if self.sent == 4:
+            raise KafkaException(KafkaError(KafkaError._FATAL, "fenced"))  # noqa: SLF001
+        on_delivery(None, None)
+
+    def poll(self, _timeout: float) -> int:
+        return 0
+
+    def flush(self, _timeout: float) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return 0
+
+
+def test_a_replay_stopped_by_a_failed_produce_says_what_the_broker_took(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a bad line or Ctrl-C reported the count; a produce() failure lost it, and with
+    it where a re-run would pick up."""
+    import stream_app.replay
+    from stream_app.sources.generate import generate
+
+    stand_in(monkeypatch, produce, "make_producer", _FailsOnFourth())
+    monkeypatch.setattr(stream_app.replay, "require_topics", lambda *_a, **_k: None)
+    with pytest.raises(DeliveryError, match=r"replay stopped: produce to \S+ failed: .*fenced.*; "
+                       r"3 records acknowledged by the broker$"):
+        stream_app.replay.produce_records(NO_BROKER, generate(10, 3, 5, seed=0), total=None,
+                                          rate=0, progress=False, label="replay")
