@@ -51,6 +51,12 @@ def _hist(metric: str, labels: str, buckets: dict[str, str]) -> dict[str, str]:
 _SLOW_FRESH = {"0.5": "0+90x30", "1": "0+95x30", "2": "0+100x30", "+Inf": "0+100x30"}
 _FAST_FRESH = {"0.5": "0+100x30", "1": "0+100x30", "2": "0+100x30", "+Inf": "0+100x30"}
 _SLOW_SCORE = {"0.01": "0+90x30", "0.02": "0+95x30", "0.05": "0+100x30", "+Inf": "0+100x30"}
+_EDGE_FRESH_UNDER = {"0.5": "0+90x30", "1": "0+100x30", "2": "0+100x30", "+Inf": "0+100x30"}
+_EDGE_FRESH_OVER = {"0.5": "0+900x30", "1": "0+989x30", "2": "0+1000x30", "+Inf": "0+1000x30"}
+_EDGE_SCORE_UNDER = {"0.01": "0+90x30", "0.02": "0+100x30", "0.05": "0+100x30",
+                     "+Inf": "0+100x30"}
+_EDGE_SCORE_OVER = {"0.01": "0+900x30", "0.02": "0+989x30", "0.05": "0+1000x30",
+                    "+Inf": "0+1000x30"}
 _FAST_SCORE = {"0.01": "0+100x30", "0.02": "0+100x30", "0.05": "0+100x30", "+Inf": "0+100x30"}
 _APPLIED = f'stream_app_events_total{{{T},topic="clicks",outcome="applied"}}'
 _LAG = f'stream_app_consumer_lag_messages{{{T},topic="clicks",partition="0"}}'
@@ -73,6 +79,8 @@ CASES: list[Case] = [
     Case(alert="ScorerDown", eval_time="6m", series={f"up{{{S}}}": "1 1 0x10"},
          fires=[(SCORER, "A scorer is down or not scraped")]),
     Case(alert="ScorerDown", eval_time="6m", series={f"up{{{S}}}": "1x10"}),
+    Case(alert="ScorerDown", eval_time="5m", series={f"up{{{T}}}": "1x10"},
+         fires=[({"job": "stream-app-scorer"}, "A scorer is down or not scraped")]),
     Case(alert="ScorerNotReady", eval_time="12m",
          series={f"stream_app_scorer_ready{{{S}}}": "0x15"},
          fires=[(SCORER, "Scorer scorer:9465 has not been ready for 10 minutes")]),
@@ -83,6 +91,8 @@ CASES: list[Case] = [
          fires=[(TRAINER, "trainer:9464 started 3 times in 30 minutes")]),
     Case(alert="ProcessRestarting", eval_time="30m",
          series={f"process_start_time_seconds{{{S}}}": "1000x19 1600x19"}),
+    Case(alert="ProcessRestarting", eval_time="30m",  # two restarts: one short of three
+         series={f"process_start_time_seconds{{{T}}}": "1000x9 1600x9 2200x19"}),
     Case(alert="ConsumerLagGrowing", eval_time="25m", series={_LAG: "0+200x30"},
          fires=[({**TRAINER, "topic": "clicks"},
                  "trainer:9464 lag on clicks is 5k and growing")]),
@@ -107,6 +117,11 @@ CASES: list[Case] = [
         _APPLIED: "0+995x30",
         f'stream_app_events_total{{{T},topic="clicks",outcome="dlq"}}': "0+5x30",
         f'stream_app_dlq_records_total{{{T},reason="schema"}}': "0+5x30"}),
+    Case(alert="DlqRateHigh", eval_time="25m", series={  # 1.5%: just over
+        _APPLIED: "0+985x30",
+        f'stream_app_events_total{{{T},topic="clicks",outcome="dlq"}}': "0+15x30",
+        f'stream_app_dlq_records_total{{{T},reason="schema"}}': "0+15x30"},
+         fires=[({"job": "stream-app-trainer"}, "1.5% of trainer input goes to the DLQ")]),
     Case(alert="DlqRateHigh", eval_time="9m", series={  # 5% from 1m: pending until 11m
         _APPLIED: "0+95x30",
         f'stream_app_events_total{{{T},topic="clicks",outcome="dlq"}}': "0+5x30",
@@ -128,6 +143,11 @@ CASES: list[Case] = [
          series={f"stream_app_training_loss{{{T}}}": "1x240"}),
     Case(alert="TrainingLossRising", eval_time="210m",  # 30% up: under the 50% threshold
          series={f"stream_app_training_loss{{{T}}}": "1x150 1.3x90"}),
+    # A step to 2.2x at 150m: still over 1.5x the 2 h that end 30 m ago (1.3 at 210m); a
+    # baseline that took in the last 30 m (1.6) would have absorbed it.
+    Case(alert="TrainingLossRising", eval_time="210m",
+         series={f"stream_app_training_loss{{{T}}}": "1x150 2.2x90"},
+         fires=[(TRAINER, "Training loss is 50% above its previous 2 h average")]),
     # Deployed, an hour without traffic (the gauge reads 0 before a step), then steady.
     Case(alert="TrainingLossRising", eval_time="150m",
          series={f"stream_app_training_loss{{{T}}}": "0x60 2x200"}),
@@ -137,6 +157,12 @@ CASES: list[Case] = [
                  "Embedding freshness p99 is 1.8s (target 1s)")]),
     Case(alert="FreshnessP99High", eval_time="25m", series=_hist(
         "stream_app_freshness_seconds", f'{T},since="produce_time"', _FAST_FRESH)),
+    Case(alert="FreshnessP99High", eval_time="25m", series=_hist(  # p99 0.95 s: just under
+        "stream_app_freshness_seconds", f'{T},since="produce_time"', _EDGE_FRESH_UNDER)),
+    Case(alert="FreshnessP99High", eval_time="25m", series=_hist(  # p99 1.09 s: just over
+        "stream_app_freshness_seconds", f'{T},since="produce_time"', _EDGE_FRESH_OVER),
+         fires=[({"job": "stream-app-trainer"},
+                 "Embedding freshness p99 is 1.091s (target 1s)")]),
     Case(alert="TransactionAbortsHigh", eval_time="25m",
          series={f"stream_app_transaction_aborts_total{{{T}}}": "0+1x30"},
          fires=[({"job": "stream-app-trainer"},
@@ -156,33 +182,50 @@ CASES: list[Case] = [
     Case(alert="SnapshotStale", eval_time="60m",
          series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0x5 300x65",
                  _APPLIED: "0+100x5 500x65"}),
-    # Written every minute; snapshots off; started 40 min ago with a 30 min interval.
+    # Learning all along, and: written every minute; snapshots off; none written yet by
+    # a trainer started 10 min ago (the age counts from its start, not from time 0).
     Case(alert="SnapshotStale", eval_time="60m",
-         series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0+60x70"}),
+         series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0+60x70",
+                 _APPLIED: "0+100x70"}),
     Case(alert="SnapshotStale", eval_time="60m",
-         series={_SNAP_EVERY: "0x70", _STARTED: "0x70", _SNAP_AT: "0x70"}),
+         series={_SNAP_EVERY: "0x70", _STARTED: "0x70", _SNAP_AT: "0x70",
+                 _APPLIED: "0+100x70"}),
     Case(alert="SnapshotStale", eval_time="60m",
-         series={_SNAP_EVERY: "1800x70", _STARTED: "1200x70", _SNAP_AT: "0x70"}),
+         series={_SNAP_EVERY: "300x70", _STARTED: "3000x70", _SNAP_AT: "0x70",
+                 _APPLIED: "0+100x70"}),
     Case(alert="ScorerP99High", eval_time="25m", series=_hist(
         "stream_app_scorer_request_seconds", f'{S},phase="total"', _SLOW_SCORE),
          fires=[({"job": "stream-app-scorer"}, "Scorer p99 latency is 44ms (target 20ms)")]),
     Case(alert="ScorerP99High", eval_time="25m", series=_hist(
         "stream_app_scorer_request_seconds", f'{S},phase="total"', _FAST_SCORE)),
+    Case(alert="ScorerP99High", eval_time="25m", series=_hist(  # p99 19 ms: just under
+        "stream_app_scorer_request_seconds", f'{S},phase="total"', _EDGE_SCORE_UNDER)),
+    Case(alert="ScorerP99High", eval_time="25m", series=_hist(  # p99 22.7 ms: just over
+        "stream_app_scorer_request_seconds", f'{S},phase="total"', _EDGE_SCORE_OVER),
+         fires=[({"job": "stream-app-scorer"}, "Scorer p99 latency is 22.73ms (target 20ms)")]),
     Case(alert="ScorerMostlyFallback", eval_time="25m",
          series={_FB: "0+80x30", _REQ: "0+100x30"},
          fires=[({"job": "stream-app-scorer"},
                  "80% of score requests get the popularity fallback")]),
     Case(alert="ScorerMostlyFallback", eval_time="25m",
          series={_FB: "0+10x30", _REQ: "0+100x30"}),
+    Case(alert="ScorerMostlyFallback", eval_time="25m",  # 45%: just under half
+         series={_FB: "0+45x30", _REQ: "0+100x30"}),
+    Case(alert="ScorerMostlyFallback", eval_time="25m",  # 55%: just over
+         series={_FB: "0+55x30", _REQ: "0+100x30"},
+         fires=[({"job": "stream-app-scorer"},
+                 "55% of score requests get the popularity fallback")]),
     Case(alert="ScorerErrorsHigh", eval_time="25m",
          series={_ERR: "0+5x30", _REQ: "0+95x30"},
          fires=[({"job": "stream-app-scorer"}, "5% of score requests get an error answer")]),
     Case(alert="ScorerErrorsHigh", eval_time="25m",
          series={_ERR: "0+0.5x30", _REQ: "0+99.5x30"}),
     # Undecodable embeddings rows are not requests: they used to read as 100% errors.
+    # (The scorer exports every reason from its start, at 0: without a request-error
+    # series the ratio's denominator is empty and no numerator could make it fire.)
     Case(alert="ScorerErrorsHigh", eval_time="25m",
-         series={_BAD_ROW: "0+1x30", _REQ: "0+50x30"}),
-    Case(alert="ScorerErrorsHigh", eval_time="25m", series={_BAD_ROW: "0+1x30"}),
+         series={_BAD_ROW: "0+1x30", _REQ: "0+50x30", _ERR: "0x30"}),
+    Case(alert="ScorerErrorsHigh", eval_time="25m", series={_BAD_ROW: "0+1x30", _ERR: "0x30"}),
     Case(alert="ScorerBadEmbeddings", eval_time="10m", series={_BAD_ROW: "0x5 3x10"},
          fires=[(SCORER, "Scorer scorer:9465 skipped 3 embeddings rows it cannot read")]),
     Case(alert="ScorerBadEmbeddings", eval_time="10m", series={_BAD_ROW: "3x10"}),
