@@ -44,8 +44,9 @@ def observe_commit(m: TrainerMetrics, counts: TxnCounts, batch: list[RawRecord],
     # Applied events only: a duplicate, a rate-limited or a dead-lettered one has no row.
     m.observe_freshness(FreshnessSince.EVENT_TIME,
                         ((published_ms - ts) / 1000 for ts, _ in counts.applied_times))
-    m.observe_freshness(FreshnessSince.PRODUCE_TIME,
-                        ((published_ms - at) / 1000 for _, at in counts.applied_times))
+    m.observe_freshness(FreshnessSince.PRODUCE_TIME,  # a record without a timestamp
+                        ((published_ms - at) / 1000 for _, at in counts.applied_times
+                         if at > 0))  # (-1) would count as 56 years late
     if counts.losses:
         m.training_loss.set(sum(x * n for x, n in counts.losses)
                             / sum(n for _, n in counts.losses))

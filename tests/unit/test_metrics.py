@@ -167,6 +167,21 @@ def test_freshness_clamps_clock_skew_to_zero() -> None:
     assert _value(reg, "stream_app_freshness_seconds_count", since="event_time") == 0.0
 
 
+def test_an_event_whose_record_has_no_timestamp_has_no_produce_time_freshness() -> None:
+    """librdkafka gives -1 for a record without one: it counted as ~56 years late."""
+    from stream_app.trainer.batch import Decoded, TxnCounts
+    from stream_app.trainer.observe import observe_commit
+
+    m = _trainer()
+    counts = TxnCounts(applied_times=[(1_000, 1_500), (1_000, -1)])
+    observe_commit(m, counts, [], Decoded(), [], [], published_ms=2_000,
+                   table_sizes={"users": 0, "items": 0}, evals=[])
+    reg = m.registry
+    assert _value(reg, "stream_app_freshness_seconds_count", since="event_time") == 2.0
+    assert _value(reg, "stream_app_freshness_seconds_count", since="produce_time") == 1.0
+    assert _value(reg, "stream_app_freshness_seconds_sum", since="produce_time") == 0.5
+
+
 def test_lag_is_set_and_forgotten_on_revoke() -> None:
     m = _trainer()
     m.set_lag("clicks", 0, 42)
