@@ -300,7 +300,8 @@ class ScorerMetrics(_ProcessMetrics):
             "Requests answered from popularity instead of the user's vector.",
             ["reason"], registry=r)
         self.errors = Counter(
-            "stream_app_scorer_errors_total", "Requests that could not be answered, by reason.",
+            "stream_app_scorer_errors_total", "Requests answered with an error or not delivered, "
+            "and embeddings rows skipped (bad_embedding), by reason.",
             ["reason"], registry=r)
         self.table_rows = Gauge(
             "stream_app_scorer_table_rows", "Rows materialised per table.", ["table"],
