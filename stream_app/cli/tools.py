@@ -33,9 +33,11 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=_topics)
 
     p = sub.add_parser("replay", help="produce events from a file to clicks/purchases")
-    p.add_argument("path", type=Path, help="ratings.dat(.gz), u.data, .jsonl or .csv")
+    p.add_argument("path", type=Path, help="ratings.dat(.gz), u.data, .jsonl or .csv, or a "
+                   "MovieLens folder")
     p.add_argument("--format", choices=["movielens", "jsonl", "csv"],
-                   help="default: from the file name (.jsonl/.ndjson, .csv, else movielens)")
+                   help="default: from the file name (.jsonl/.ndjson/.json, .csv, "
+                   ".dat/.data for movielens; others need this flag)")
     p.add_argument("--kind", choices=["click", "purchase"],
                    help="kind of the JSON lines that carry no \"kind\" field (default: "
                    "every line must carry one)")

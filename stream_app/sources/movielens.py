@@ -90,6 +90,8 @@ def read_raw_ratings(path: Path) -> Iterator[Rating]:
     """(user, item, rating, ts seconds) per non-empty line, `::` or tab separated."""
     for number, line in numbered_lines(path, encoding="latin-1"):
         line = line.strip()
+        if number == 1:  # a UTF-8 byte order mark (an editor's), as latin-1 reads it
+            line = line.removeprefix("\u00ef\u00bb\u00bf")
         if not line:
             continue
         parts = line.split("::") if "::" in line else line.split("\t")

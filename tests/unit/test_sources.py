@@ -449,3 +449,10 @@ def test_a_file_that_cannot_be_read_to_its_end_stops_its_reader_with_file_and_li
     movies.write_bytes(b"not gzip at all\n")
     with pytest.raises(SourceError, match="movies.dat.gz:1: cannot read the file"):
         read_movies(movies)
+
+
+def test_a_ratings_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Its first line failed with "bad field: invalid literal for int() ... 'ï»¿1'"."""
+    path = tmp_path / "ratings.dat"
+    path.write_bytes(b"\xef\xbb\xbf1::10::5::978300760\n2::10::3::978300761\n")
+    assert [r.user_id for r in read_ratings(path)] == ["1", "2"]
