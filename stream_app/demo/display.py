@@ -24,6 +24,13 @@ def _f(value: float | None, fmt: str, unit: str = "") -> str:
 
 
 def _ms(seconds: float) -> str:
+    """Milliseconds, or seconds from 10 s on (a backlog's freshness is minutes).
+
+    >>> _ms(0.0123), _ms(82.75)
+    ('12.3 ms', '82.8 s')
+    """
+    if seconds >= 10:
+        return _f(seconds, ",.1f", " s")
     return _f(seconds * 1000 if not math.isnan(seconds) else math.nan, ",.1f", " ms")
 
 

@@ -182,6 +182,20 @@ def test_an_event_whose_record_has_no_timestamp_has_no_produce_time_freshness() 
     assert _value(reg, "stream_app_freshness_seconds_sum", since="produce_time") == 0.5
 
 
+def test_freshness_buckets_resolve_a_backlog_of_minutes() -> None:
+    """A batch 60-83 s behind read as p99 297.6 s (the 60-300 s bucket's top) in the demo."""
+    import numpy as np
+
+    from stream_app.demo.scrape import quantile
+
+    bounds = sorted(b for b in FRESHNESS_BUCKETS_S if 1.0 <= b <= 600.0)
+    assert all(hi / lo <= 2.0 for lo, hi in zip(bounds, bounds[1:], strict=False))
+    values = np.linspace(60.5, 83.0, 10_000)
+    cumulative = [(le, float((values <= le).sum())) for le in FRESHNESS_BUCKETS_S]
+    estimate = quantile(0.99, [*cumulative, (math.inf, float(len(values)))])
+    assert estimate == pytest.approx(float(np.quantile(values, 0.99)), rel=0.1)
+
+
 def test_lag_is_set_and_forgotten_on_revoke() -> None:
     m = _trainer()
     m.set_lag("clicks", 0, 42)
