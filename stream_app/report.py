@@ -69,21 +69,26 @@ def load_stats(path: Path) -> Stats:
         raise ConfigError(f"{path} not found: run the trainer with --stats-file "
                           f"{path}, or point `stream-app report` at a demo report folder")
     rows: list[dict[str, Any]] = []
-    lines = path.read_bytes().splitlines()
-    for number, line in enumerate(lines, 1):
+    cut: list[int] = []
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            if number == len(lines):  # cut off by a trainer killed mid-write
-                log.warning("%s:%d: not JSON, a cut-off last line: skipped", path, number)
-                continue
-            raise ConfigError(f"{path}:{number}: not JSON ({exc})") from exc
+        except orjson.JSONDecodeError:
+            # A trainer killed mid-write leaves a cut line; restarted, it appends the
+            # next one to it (the file is opened for appending), anywhere in the file.
+            cut.append(number)
+            continue
         if not isinstance(row, dict):
             raise ConfigError(f"{path}:{number}: not a JSON object")
         if row.get("outcome", "committed") == "committed":
             rows.append(row)
+    if cut and not rows:
+        raise ConfigError(f"{path}:{cut[0]}: not JSON: not a trainer --stats-file?")
+    if cut:
+        log.warning("%s: %d line(s) not JSON, cut off by a trainer killed mid-write, "
+                    "skipped (lines %s)", path, len(cut), ", ".join(map(str, cut[:10])))
     if not rows:
         raise ConfigError(f"{path} holds no committed batch: nothing to plot")
     names = [k for k, v in rows[0].items() if isinstance(v, int | float) or v is None]
@@ -175,8 +180,12 @@ def freshness_cdf(page: str) -> tuple[list[float], list[float]]:
     """(bound, share of events at or under it) from a /metrics page's freshness buckets."""
     from stream_app.demo import scrape
 
-    buckets = scrape.buckets(scrape.parse(page), "stream_app_freshness_seconds",
-                             since="produce_time")
+    try:
+        parsed = scrape.parse(page)
+    except ValueError as exc:  # a page cut off mid-line: plot without it
+        log.warning("the saved /metrics page is unreadable (%s): no freshness CDF", exc)
+        return [], []
+    buckets = scrape.buckets(parsed, "stream_app_freshness_seconds", since="produce_time")
     finite = [(le, c) for le, c in buckets if math.isfinite(le)]
     if not buckets or buckets[-1][1] <= 0:
         return [], []
@@ -205,7 +214,8 @@ def plot_freshness(stats: Stats, out: Path, page: str | None) -> Path:
         left.set_title("Per-batch freshness p99 (histogram)")
         left.set_ylabel("batches")
     left.set_xlabel("produced → embedding published (s)")
-    wall = (stats["wall_ms"] - stats["wall_ms"][0]) / 1000
+    wall = (stats["wall_ms"] - stats["wall_ms"].min()) / 1000  # the first need not be the
+    # earliest: rows are in event-time order, and a wall clock may step back
     right.plot(wall, stats["freshness_p50_s"], color="tab:blue", label="p50")
     right.plot(wall, stats["freshness_p99_s"], color="tab:red", label="p99")
     right.set_title("Per-batch freshness over wall time")
@@ -224,7 +234,8 @@ def throughput(stats: Stats, bin_s: float = 1.0) -> tuple[Floats, Floats]:
     >>> [x.tolist() for x in throughput(s)]
     [[0.0, 1.0], [20.0, 5.0]]
     """
-    wall = (stats["wall_ms"] - stats["wall_ms"][0]) / 1000
+    wall = (stats["wall_ms"] - stats["wall_ms"].min()) / 1000  # the first need not be the
+    # earliest: rows are in event-time order, and a wall clock may step back
     bins = np.floor(wall / bin_s).astype(np.int64)
     counts = np.bincount(bins, weights=stats["events"])
     return np.arange(len(counts), dtype=np.float64) * bin_s, counts / bin_s

@@ -11,8 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 
-from stream_app.config import ConfigError, KafkaConfig
-from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.config import KafkaConfig
 from stream_app.replay import produce_records
 from stream_app.sources import RawRecord
 
@@ -46,8 +45,8 @@ class Replayer:
         try:
             self.acked = produce_records(self.kafka, self._counted(), total=self.total, rate=0.0,
                                          progress=False, label="demo")
-        except (KafkaEdgeError, ConfigError) as exc:  # handed to the main thread by raise_error
-            self._error = exc
+        except Exception as exc:  # noqa: BLE001  handed to the main thread by raise_error:
+            self._error = exc  # any failure, or `done` would call a partial replay finished
         finally:
             self._finished.set()
 

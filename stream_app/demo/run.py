@@ -254,8 +254,10 @@ def _save_pages(watcher: Watcher, report: Path) -> None:
     """The last /metrics pages: the report plots the per-event freshness from them."""
     for name, url in (("trainer", watcher.trainer_url), ("scorer", watcher.scorer_url)):
         page = scrape.fetch(url) if url else None
-        if page is not None:
-            (report / f"{name}-metrics.prom").write_text(page)
+        if page is not None:  # whole or not at all: the report parses it
+            tmp = report / f"{name}-metrics.prom.tmp"
+            tmp.write_text(page)
+            tmp.replace(report / f"{name}-metrics.prom")
 
 
 def _finish(display: LiveDisplay, report: Path, status: Status, wall_s: float,

@@ -98,8 +98,8 @@ def test_empty_or_broken_stats_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no committed batch"):
         load_stats(path)
     good = orjson.dumps(dataclasses.asdict(_batches(1)[0])).decode()
-    path.write_text(f"{{not json\n{good}\n")
-    with pytest.raises(ConfigError, match=":1: not JSON"):
+    path.write_text("event_id,user_id\ne1,u1\n")  # a CSV, say
+    with pytest.raises(ConfigError, match=":1: not JSON: not a trainer --stats-file"):
         load_stats(path)
     path.write_text(f"{good}\n[]\n")
     with pytest.raises(ConfigError, match=":2: not a JSON object"):
@@ -123,6 +123,34 @@ def test_a_cut_off_last_line_is_skipped(tmp_path: Path) -> None:
     lines = [orjson.dumps(dataclasses.asdict(b)).decode() for b in _batches(3)]
     path.write_text("\n".join(lines) + "\n" + lines[0][:40])
     assert len(load_stats(path)) == 3
+
+
+def test_a_cut_line_a_restarted_trainer_appended_to_is_skipped(tmp_path: Path) -> None:
+    """Killed mid-write and restarted, the trainer appends its next line to the cut one,
+    mid-file: the report refused the whole file."""
+    path = tmp_path / "trainer-stats.jsonl"
+    lines = [orjson.dumps(dataclasses.asdict(b)).decode() for b in _batches(4)]
+    path.write_text(f"{lines[0]}\n{lines[1][:40]}{lines[2]}\n{lines[3]}\n")
+    assert len(load_stats(path)) == 2
+
+
+def test_throughput_takes_a_wall_clock_that_steps_back() -> None:
+    """Bins counted from the first row went negative: np.bincount raised, a traceback."""
+    s = Stats({"wall_ms": np.array([5_000.0, 0.0, 6_000.0]), "events": np.array([1.0, 2, 3])})
+    starts, rates = throughput(s)
+    assert starts.tolist()[:1] == [0.0] and rates.sum() == 6.0
+
+
+def test_a_cut_metrics_page_only_loses_the_freshness_cdf(tmp_path: Path) -> None:
+    from stream_app.report import freshness_cdf
+
+    _write_run(tmp_path, _batches(5))
+    page = (tmp_path / "trainer-metrics.prom").read_text()
+    cut = page[:page.index("stream_app_freshness_seconds_bucket") + 20]
+    assert freshness_cdf(cut) == ([], [])
+    (tmp_path / "trainer-metrics.prom").write_text(cut)
+    build_report(tmp_path)
+    _assert_pngs(tmp_path)
 
 
 def test_rolling_mean_is_event_weighted_and_skips_nan() -> None:
