@@ -46,7 +46,7 @@ def status_lines(st: Status) -> list[str]:
     return [
         f"  elapsed            {st.elapsed_s:6.0f} s      ({procs})",
         f"  events replayed    {st.replayed:>12,} / {st.replay_total:,}  ({replay})",
-        f"  events trained     {st.events_done:>12,.0f}   {_f(st.trained_per_s, ',.0f', ' /s')}",
+        f"  events processed   {st.events_done:>12,.0f}   {_f(st.trained_per_s, ',.0f', ' /s')}",
         f"  training loss      {_f(st.loss, '12.4f')}",
         f"  HitRate@{st.k:<3}        model {_f(st.hit_rate, '.3f')}   "
         f"popularity {_f(st.hit_rate_popularity, '.3f')}   (prequential, last batch)",
@@ -59,7 +59,7 @@ def status_lines(st: Status) -> list[str]:
 
 def one_line(st: Status) -> str:
     """The status as a single log line (non-TTY output)."""
-    return (f"[{st.elapsed_s:5.0f}s] replayed={st.replayed} trained={st.events_done:.0f} "
+    return (f"[{st.elapsed_s:5.0f}s] replayed={st.replayed} processed={st.events_done:.0f} "
             f"rate={_f(st.trained_per_s, '.0f')}/s loss={_f(st.loss, '.4f')} "
             f"hit@{st.k}={_f(st.hit_rate, '.3f')} pop={_f(st.hit_rate_popularity, '.3f')} "
             f"lag={_f(st.lag, '.0f')} fresh_p99={_ms(st.freshness_p99_s)} "
