@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 
 KAFKA_VERSION = "3.9.1"
 POM = Path(__file__).with_name("broker-pom.xml")
+MVN_TRIES = 3
+MVN_TIMEOUT_S = 900.0
+"""One try's limit: the jars are ~100 MB; each try goes on from what ~/.m2 already holds."""
+MVN_READ_TIMEOUT_MS = 60_000
+"""Maven 3.8 waits 30 minutes for a stalled response by default, printing nothing."""
 
 
 def ensure_jars(cache_dir: Path, kafka_home: Path | None) -> Path:
@@ -43,13 +48,29 @@ def ensure_jars(cache_dir: Path, kafka_home: Path | None) -> Path:
     libs.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
     log.info("resolving Kafka %s broker jars with Maven into %s", KAFKA_VERSION, libs)
-    cmd = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+    timeouts = [f"-Dmaven.wagon.rto={MVN_READ_TIMEOUT_MS}",  # Maven 3.8's wagon transport
+                f"-Daether.connector.requestTimeout={MVN_READ_TIMEOUT_MS}",  # newer ones
+                f"-Daether.connector.connectTimeout={MVN_READ_TIMEOUT_MS // 2}"]
+    cmd = [mvn, "-q", "-B", *timeouts, "-f", str(POM), "dependency:copy-dependencies",
            f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
-    if proc.returncode != 0:
+    failure = ""
+    for attempt in range(1, MVN_TRIES + 1):
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False,  # noqa: S603
+                                  timeout=MVN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            failure = f"mvn did not finish within {MVN_TIMEOUT_S:.0f}s"
+        else:
+            if proc.returncode == 0:
+                break
+            failure = f"mvn exited {proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        log.warning("resolving the Kafka jars, try %d of %d failed: %s", attempt, MVN_TRIES,
+                    failure.splitlines()[0])
+    else:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise BrokerError(f"mvn could not resolve the Kafka jars:\n{proc.stdout[-2000:]}"
-                          f"{proc.stderr[-2000:]}")
+        raise BrokerError(f"could not resolve the Kafka jars from Maven Central in {MVN_TRIES} "
+                          f"tries (set KAFKA_HOME to a Kafka distribution to skip this); last: "
+                          f"{failure}")
     (tmp / ".complete").write_text(digest)
     shutil.rmtree(libs, ignore_errors=True)
     tmp.rename(libs)

@@ -1,0 +1,53 @@
+"""Resolving the broker jars: a stalled or failing Maven is retried, then named; never a
+silent 30-minute wait. A stand-in `mvn` script on PATH plays Maven."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from stream_app.kafka import broker_jars
+from stream_app.kafka.exceptions import BrokerError
+
+
+def _fake_mvn(folder: Path, body: str) -> Path:
+    """An `mvn` that counts its calls in `calls` and runs `body` (bash; $out is the
+    -DoutputDirectory it was given)."""
+    script = folder / "mvn"
+    script.write_text("#!/usr/bin/env bash\n"
+                      f'echo x >> "{folder}/calls"\n'
+                      'for a in "$@"; do case "$a" in -DoutputDirectory=*) '
+                      'out="${a#-DoutputDirectory=}";; esac; done\n' + body + "\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return folder / "calls"
+
+
+@pytest.fixture
+def bin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return folder
+
+
+def test_a_failing_maven_is_tried_again_and_its_jars_kept(bin_dir: Path, tmp_path: Path) -> None:
+    calls = _fake_mvn(bin_dir, f'[ $(wc -l < "{bin_dir}/calls") -lt 3 ] && exit 1\n'
+                               'touch "$out/kafka.jar"')
+    libs = broker_jars.ensure_jars(tmp_path / "cache", None)
+    assert (libs / "kafka.jar").exists() and len(calls.read_text().split()) == 3
+    assert broker_jars.ensure_jars(tmp_path / "cache", None) == libs  # cached: no fourth call
+    assert len(calls.read_text().split()) == 3
+
+
+def test_a_stalled_maven_is_cut_short_and_named(
+        bin_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Maven 3.8 waits 30 minutes for a stalled mirror by default, printing nothing."""
+    calls = _fake_mvn(bin_dir, "exec sleep 30")
+    monkeypatch.setattr(broker_jars, "MVN_TIMEOUT_S", 0.5)
+    with pytest.raises(BrokerError, match="in 3 tries .*KAFKA_HOME.*did not finish within"):
+        broker_jars.ensure_jars(tmp_path / "cache", None)
+    assert len(calls.read_text().split()) == 3
+    assert not list((tmp_path / "cache").glob("kafka-*/libs*"))  # nothing half-made is kept
