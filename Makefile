@@ -18,7 +18,9 @@ PHONY_BENCH := bench-deps
 .PHONY: $(PHONY_BENCH) venv lock tools test test-unit test-integration test-long demo broker broker-stop topics bench bench-quick lint clean
 
 venv: $(STAMP)
-$(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
+# Order-only: the stamp's name already hashes these files' content. As normal
+# prerequisites, a fresh clone's newer timestamps re-ran the install every time.
+$(STAMP): | pyproject.toml constraints.txt scripts/bootstrap.sh
 	bash scripts/bootstrap.sh "$(VENV)"
 	rm -f $(VENV)/.stream-app-*
 	touch $@

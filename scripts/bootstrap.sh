@@ -13,11 +13,12 @@ python3 - <<'PY' || { echo "bootstrap: Python >= 3.11 is required" >&2; exit 2; 
 import sys; sys.exit(sys.version_info < (3, 11))
 PY
 
-# A venv without pip is what a failed `python3 -m venv` leaves (Debian without
-# python3-venv): make it again rather than stop at a missing pip on every run.
-if [ ! -x "$venv/bin/pip" ]; then
+# A venv whose python cannot import pip is what a failed `python3 -m venv` leaves
+# (Debian without python3-venv), or a cached venv whose base Python moved (another
+# pyenv patch release): make it again rather than fail the same way on every run.
+if ! "$venv/bin/python" -c "import pip" >/dev/null 2>&1; then
   if [ -f "$venv/pyvenv.cfg" ]; then
-    echo "bootstrap: $venv has no pip; making it again"
+    echo "bootstrap: $venv has no working python with pip; making it again"
     rm -rf "$venv"
   fi
   echo "bootstrap: creating venv $venv"
@@ -26,7 +27,7 @@ if [ ! -x "$venv/bin/pip" ]; then
     echo "bootstrap: python3 -m venv failed; on Debian/Ubuntu: apt-get install python3-venv" >&2
     exit 2
   }
-  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -c "$here/constraints.txt" --upgrade pip
 fi
 echo "bootstrap: installing stream_app (first time downloads torch, several GB; cached after)"
-"$venv/bin/pip" install -q -c "$here/constraints.txt" -e "$here[test,demo]"
+"$venv/bin/python" -m pip install -q -c "$here/constraints.txt" -e "$here[test,demo]"
