@@ -21,6 +21,7 @@ venv: $(STAMP)
 # Order-only: the stamp's name already hashes these files' content. As normal
 # prerequisites, a fresh clone's newer timestamps re-ran the install every time.
 $(STAMP): | pyproject.toml constraints.txt scripts/bootstrap.sh
+	$(SYSDEPS) venv
 	bash scripts/bootstrap.sh "$(VENV)"
 	rm -f $(VENV)/.stream-app-*
 	touch $@

@@ -14,12 +14,20 @@ declare -A PACKAGE=(
   [kcat]=kcat                   # an independent client in the contract tests
   [promtool]=prometheus         # checks the alert rules and dashboard queries
   [prometheus]=prometheus       # scrapes the processes in an integration test
+  [venv]=python3-venv           # `python3 -m venv` (Debian splits it from python3)
 )
+
+have() {
+  case "$1" in
+    venv) python3 -c "import ensurepip" >/dev/null 2>&1 ;;
+    *) command -v "$1" >/dev/null ;;
+  esac
+}
 
 missing=()
 for tool in "$@"; do
   package=${PACKAGE[$tool]:?"sysdeps: unknown tool '$tool'"}
-  command -v "$tool" >/dev/null && continue
+  have "$tool" && continue
   [[ " ${missing[*]:-} " == *" $package "* ]] || missing+=("$package")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
@@ -41,5 +49,6 @@ fi
 echo "sysdeps: installing ${missing[*]}"
 "${sudo[@]}" apt-get update -q
 # No recommended extras: Debian's prometheus package recommends node-exporter, a daemon.
-DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends \
+# Through env: sudo drops the caller's environment, DEBIAN_FRONTEND included.
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
   "${missing[@]}"
