@@ -26,9 +26,8 @@ from stream_app.kafka.clients import (
     producer_config,
 )
 from stream_app.kafka.consumer import GroupConsumer
-from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
-from stream_app.kafka.records import Partition, RawRecord, first_offsets, next_offsets
+from stream_app.kafka.records import RawRecord, first_offsets, next_offsets
 from stream_app.kafka.transaction import TransactionalPublisher, TxnOutcome
 from stream_app.observability.metrics import TrainerMetrics
 from stream_app.trainer.batch import (
@@ -42,9 +41,9 @@ from stream_app.trainer.batch import (
 )
 from stream_app.trainer.batch_cap import next_batch_cap
 from stream_app.trainer.config import TrainerConfig, check_with_client, check_with_learner
-from stream_app.trainer.observe import observe_commit, report_lag, report_table_rows
-from stream_app.trainer.own_writes import MARKERS_WAIT_S, OwnWrites
-from stream_app.trainer.restore import restore
+from stream_app.trainer.observe import observe_commit, report_lag
+from stream_app.trainer.own_writes import OwnWrites
+from stream_app.trainer.ownership import Ownership
 from stream_app.trainer.result import BatchResult, batch_result
 from stream_app.trainer.snapshot import Snapshots
 from stream_app.trainer.steps import learn_batch
@@ -55,8 +54,10 @@ log = logging.getLogger(__name__)
 ABORT_BACKOFF_CAP_S = 30.0
 """Longest pause between two tries of a batch whose transaction keeps aborting."""
 
-class Trainer:
-    """Wiring of Kafka edges and the learning core; see the module docstring."""
+
+class Trainer(Ownership):
+    """Wiring of Kafka edges and the learning core; see the module docstring. Restores,
+    scope and snapshots are `Ownership`'s (`trainer.ownership`)."""
 
     def __init__(self, kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConfig, *,
                  metrics: TrainerMetrics, stop: threading.Event | None = None,
@@ -95,85 +96,6 @@ class Trainer:
             on_written=lambda: metrics.snapshot_written.set(time.time()))
         metrics.snapshot_interval.set(0 if self._snapshots is None else cfg.snapshot_interval_s)
 
-    def _client_id(self, role: str) -> str:
-        return f"{self.cfg.transactional_id}-{role}"
-
-    def _beat(self, step: str) -> None:
-        if self.watchdog is not None:
-            self.watchdog.beat(step)
-
-    def _restore(self, reason: str = "start", *, settle: bool = True) -> None:
-        """Rebuild the learner from the snapshot and the changelog. `settle`: first wait
-        (up to MARKERS_WAIT_S) for pending transactions, so the ends it records count
-        their markers; pointless while other trainers commit all the time, since their
-        rows make us restore again anyway."""
-        started = time.monotonic()
-        self.metrics.restores.labels(reason=reason).inc()
-        self._own_writes.forget()  # until this restore completes
-        self.learner = Learner(self.learner_cfg, device=self.device)
-        tag = self._snapshots.load_into(self.learner) if self._snapshots else None
-        if tag is None and self._snapshots is not None:
-            self.learner = Learner(self.learner_cfg, device=self.device)  # a failed load may
-            # have filled part of it
-        stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"),
-                        on_chunk=lambda: self._beat("restore"),
-                        start=None if tag is None else tag.ends,
-                        settle_s=MARKERS_WAIT_S if settle else 0.0)
-        if self._volatile is not None:  # this process committed: its own state is exact
-            self.learner.load_volatile_state(self._volatile)
-        self._own_writes.restored(stats.ends)
-        self.metrics.restore_snapshot_age.set(
-            -1 if tag is None else time.time() - tag.written_ms / 1000)
-        self.metrics.restore_seconds.set(time.monotonic() - started)
-        sizes = self.learner.table_sizes()  # not the records applied: a key read in two
-        self.metrics.restored_rows.labels(table="user").set(sizes["users"])  # chunks is one row
-        self.metrics.restored_rows.labels(table="item").set(sizes["items"])
-        report_table_rows(self.metrics, sizes)  # before any commit
-
-    def _snapshot(self, consumer: GroupConsumer, *, stopping: bool = False) -> None:
-        """Write the local snapshot when due (every interval while commits came since the
-        last one, also when idle, so a crash after the last batch re-applies nothing the
-        dedup window saw; and when `stopping`, waiting for the write), and only while we
-        own every input partition.
-
-        Called between transactions, so the learner holds everything it
-        published; owning all inputs means no other trainer of the group
-        publishes rows meanwhile. The tag is the changelog's end only once
-        that end is provably our last restore plus our own commits
-        (`OwnWrites.proven_ends`): a restore from the snapshot reads only what follows
-        the tag, so a row someone else wrote before it would be lost. A failed
-        write costs only restore speed: logged, not fatal.
-        """
-        due = (self._unsnapshotted
-               and time.monotonic() - self._snapshot_at >= self.cfg.snapshot_interval_s)
-        if self._snapshots is None or not (due or stopping):
-            return
-        self._snapshot_at = time.monotonic()  # due again one interval on, written or not
-        # In partial scope (`_scope`) the learner differs from the changelog by rows
-        # other trainers publish: only a full-scope learner is a snapshot of it.
-        if self._own_users is not None or not self._owns_every_input(consumer):
-            return
-        self._beat("snapshot")
-
-        def pause(seconds: float) -> bool:  # a stop cuts the wait short, unless it is the stop's
-            if stopping:
-                time.sleep(seconds)
-                return True
-            return not self.stop.wait(seconds)
-
-        try:
-            ends = self._own_writes.proven_ends(
-                lambda: consumer.ends_and_stable(self.topics.embeddings), pause=pause)
-        except KafkaEdgeError as exc:
-            log.warning("snapshot skipped: %s", exc)
-            return
-        if ends is None:
-            log.warning("snapshot skipped (the warning before says why); while the changelog "
-                        "holds rows of another writer, snapshots resume after the next restore")
-            return
-        if self._snapshots.write(self.learner, ends=ends, wait=stopping):
-            self._unsnapshotted = False
-
     def run(self) -> int:
         """Run until stopped (SIGTERM/SIGINT/SIGHUP set `stop`) or idle too long: 0; or until a
         partition is assigned but never fetched: EXIT_STALLED (see `_loop`)."""
@@ -211,82 +133,6 @@ class Trainer:
     def _order_key(self, rec: RawRecord) -> int:
         """The consumer hands out partitions' records in this order (`order_key`)."""
         return order_key(rec, latest_ms=int(time.time() * 1000) + self.cfg.max_future_ms)
-
-    def _on_assign(self, consumer: GroupConsumer | None, parts: list[Partition]) -> None:
-        """Reload the changelog before the first record of newly owned partitions.
-
-        Their previous owner (another trainer, or this one before a rebalance)
-        may have published rows of their users since our last restore, and
-        learning on stale rows would publish them over its work. Runs inside
-        the rebalance callback, so no record of `parts` has been fetched yet;
-        and every batch of ours is committed before we poll again, so the
-        changelog also holds everything this trainer did. Skipped when the
-        changelog provably holds nothing but our last restore and our own
-        commits since (`OwnWrites`: a lone trainer's start, or its
-        partitions coming back after a rebalance), while we published every
-        user: the learner then equals what a restore would give.
-        The end is read once the partitions' committed offsets are stable: a
-        previous owner dropped from the group with a transaction still open
-        would otherwise have its last rows missing from our restore while its
-        offsets still commit, and we would publish stale rows over them.
-        """
-        if not parts or consumer is None:
-            return
-        whole = self._owns_every_input(consumer)  # asked first: a long restore makes the
-        # consumer look too long without a poll, and the answer False
-        if self.cfg.restore:
-            # A previous owner's open transaction ends first: committed, or aborted by
-            # the broker after transaction.timeout.ms (which -X may raise past 60 s).
-            consumer.settle(parts, timeout_s=max(60.0, self._txn_timeout_s() + 30.0),
-                            on_wait=lambda: self._beat("settle"))
-            if not self._own_writes.keeps_learner(
-                    *consumer.ends_and_stable(self.topics.embeddings)):
-                was, self.ready = self.ready, False  # /readyz says "restoring" meanwhile
-                log.info("partitions=%s newly assigned and the changelog is not ours alone "
-                         "since the last restore: restoring", parts)
-                try:
-                    self._restore("rebalance", settle=whole)
-                finally:
-                    self.ready = was
-            else:
-                log.info("partitions=%s newly assigned; the changelog holds only our own "
-                         "commits since the last restore: keeping the learner", parts)
-        self._scope(whole)
-
-    def _txn_timeout_s(self) -> float:
-        return ms_setting(self.kafka, "transaction.timeout.ms",
-                          TRANSACTIONAL_DEFAULTS["transaction.timeout.ms"]) / 1000
-
-    def _owns_every_input(self, consumer: GroupConsumer) -> bool:
-        try:
-            return consumer.owns_all([self.topics.clicks, self.topics.purchases])
-        except KafkaEdgeError as exc:
-            log.warning("cannot tell whether we own every partition (%s): assuming not", exc)
-            return False
-
-    def _scope(self, whole: bool) -> None:
-        """While other trainers own some input partitions, publish only our own users.
-
-        A restore loads every user, and a snapshot's replay buffer holds every
-        user's events (it was written while we owned all partitions). Through
-        them a step changes users of other trainers: replaying their events,
-        evicting their rows, dropping an evicted item from their histories.
-        Those rows are the other trainers' to publish; ours are stale copies
-        (tests/reliability/test_two_trainers.py). So on a partial assignment
-        the replay buffer starts empty, and the users published are those with
-        an event or a forget on our partitions since (`_own_users`). A user of
-        ours whose row is evicted before their next event keeps it in the
-        changelog. A user leaves the set when their tombstone commits; one who
-        never got a row (every event a duplicate or dead-lettered, or still
-        waiting for admission) stays until the next assignment.
-        """
-        if whole:
-            self._own_users = None
-            return
-        log.info("other trainers own some partitions: publishing only our users' rows")
-        self._own_users = set()
-        self.learner.clear_replay()
-        self._own_writes.forget()  # the replay buffer is no longer what a restore gives
 
     def _loop(self, consumer: GroupConsumer, publisher: TransactionalPublisher) -> int:
         """Until stopped or idle (0), or until a partition is assigned but never fetched

@@ -442,7 +442,7 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
         """The trainer's choice on each assignment, in order (logged once it is made)."""
         out = []
         for r in caplog.records:
-            if r.name == "stream_app.trainer.loop" and "newly assigned" in r.getMessage():
+            if r.name == "stream_app.trainer.ownership" and "newly assigned" in r.getMessage():
                 out.append("keep" if "keeping the learner" in r.getMessage() else "restore")
         return out
 
