@@ -4,10 +4,10 @@ No Kafka: batches are pre-built `Event` lists (a Zipf-like stream over
 `--users` x `--items`), so this measures the core alone (screening, vocab,
 gradient step, commit). Works on CPU and CUDA:
 
-    python bench/core_throughput.py --batch 1024 4096 --dim 32 64
-    python bench/core_throughput.py --device cuda --batch 4096 16384 65536 --dim 64 128
-    python bench/core_throughput.py -X replay_ratio=0 -X negatives=sampled   # cheapest step
-    python bench/core_throughput.py --device cuda --batch 16384 --profile prof.txt
+    python -m bench.core_throughput --batch 1024 4096 --dim 32 64
+    python -m bench.core_throughput --device cuda --batch 4096 16384 65536 --dim 64 128
+    python -m bench.core_throughput -X replay_ratio=0 -X negatives=sampled   # cheapest step
+    python -m bench.core_throughput --device cuda --batch 16384 --profile prof.txt
 
 `--profile` adds one untimed torch.profiler run per setting (host and device
 time per operator), to see whether the host's Python or the device is the limit.

@@ -123,8 +123,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     learner = LearnerConfig(dim=args.dim)
     with bench_broker() as bootstrap, fresh_topics(bootstrap) as kafka:
         filled = fill(kafka, args.events, args.users, args.items)
-        raw = raw_consume(kafka, filled)
+        # The reference three times (two before the trainer, one after), its median
+        # kept: on the same machine single reads fell in two clusters (~135K and ~230K
+        # events/s) from run to run, which moved a one-read ratio by 1.7x.
+        raws = [raw_consume(kafka, filled), raw_consume(kafka, filled)]
         ours = trainer_run(kafka, filled, learner, args.batch_max, args.step_max, None)
+        raws.append(raw_consume(kafka, filled))
+        raw = sorted(raws, key=lambda r: r["events_per_s"])[1]
         # A second trainer (its own group) reads the same events again under the profiler.
         profiled = trainer_run(kafka, filled, learner, args.batch_max, args.step_max,
                                args.profile) \
@@ -132,7 +137,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "ingest", "machine": machine(),
         "params": vars(args) | {"profile": str(args.profile) if args.profile else None},
-        "reference_raw_consume": raw, "trainer": ours,
+        "reference_raw_consume": raw,
+        "reference_raw_consume_runs_events_per_s": [r["events_per_s"] for r in raws],
+        "trainer": ours,
         "ratio_trainer_vs_raw": ours["events_per_s"] / raw["events_per_s"],
     }
     if args.profile:

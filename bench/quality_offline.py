@@ -21,8 +21,8 @@ With `movies.dat` beside the ratings, a second learner runs on events that
 carry each film's release time (`item_released_at`), against decayed
 popularity given the same release prior (see `with_release_times`).
 
-    python bench/quality_offline.py --out /tmp/q.json
-    python bench/quality_offline.py --limit 100000 -X dim=32   # quick
+    python -m bench.quality_offline --out /tmp/q.json
+    python -m bench.quality_offline --limit 100000 -X dim=32   # quick
 """
 
 from __future__ import annotations

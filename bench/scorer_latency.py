@@ -23,11 +23,15 @@ force, with the scorer's thread count. `--baseline-src` runs a second scorer
 from another checkout first, on the same broker, topics and load (A/B).
 CPU use of the scorer, the broker and this client is reported per rate: on a
 small machine they share the cores, which is where much of the time goes.
+Each arm waits for the broker to go quiet (under 0.2 cores) before its first
+rate (`wait_quiet`), so the first arm no longer runs beside the broker's
+post-publish work while the second does not.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -150,6 +154,24 @@ def cpu_seconds(pid: int | None) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(pid: int | None, *, below_cores: float = 0.2, window_s: float = 3.0,
+               limit_s: float = 180.0) -> dict[str, float]:
+    """Wait until `pid` (the broker) uses under `below_cores` over `window_s`, at most
+    `limit_s`. Right after the rows are published the broker is busy for a while
+    (flushing, cleaning the compacted topic): whichever arm ran first shared the two
+    cores with it (about 1 core against 0.4-0.6 for the second arm), so arms and
+    reruns were not alike. Returns the wait and the last window's cores."""
+    start = time.monotonic()
+    cores = math.nan
+    while pid is not None and time.monotonic() - start < limit_s:
+        before = cpu_seconds(pid)
+        time.sleep(window_s)
+        cores = (cpu_seconds(pid) - before) / window_s
+        if cores < below_cores:
+            break
+    return {"waited_s": round(time.monotonic() - start, 1), "broker_cores": round(cores, 2)}
 
 
 class Receiver(threading.Thread):
@@ -301,6 +323,7 @@ def run_scorer(kafka: KafkaConfig, args: argparse.Namespace, label: str, src: Pa
     recv.start()
     try:
         warm_up(kafka, recv)
+        settled = wait_quiet(broker_pid)
         pids = {"scorer": proc.pid, "broker": broker_pid, "client": os.getpid()}
         rates = [run_rate(kafka, float(r), args, recv, label, pids)
                  for r in args.rates.split(",")]
@@ -311,7 +334,8 @@ def run_scorer(kafka: KafkaConfig, args: argparse.Namespace, label: str, src: Pa
         recv.join(10)
     sustained = [r["rate"] for r in rates if r["sustained"]]
     return {"src": str(src) if src else "this checkout", "load_s": round(load_s, 1),
-            "rates": rates, "max_sustained_rps": max(sustained) if sustained else 0.0}
+            "broker_settle": settled, "rates": rates,
+            "max_sustained_rps": max(sustained) if sustained else 0.0}
 
 
 def summarise(run: dict[str, Any], ref: dict[str, float]) -> None:
