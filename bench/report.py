@@ -145,6 +145,7 @@ def _freshness(out: Path) -> list[str]:
     if not isinstance(d, dict):
         return []
     rows = ["### Freshness (produce → row readable with read_committed)", "",
+            *_measured_on(out, d),
             "| rate ev/s (achieved) | p50 ms | p99 ms | p99 ms, all events (never fresh = ∞) | "
             "reference p50/p99 ms (input topic, read_committed) | not fresh after 60 s |",
             "| --- | --- | --- | --- | --- | --- |"]
