@@ -4,7 +4,8 @@ On the Zipf table of `bench.scorer_compute` (the trainer's bias over a
 Zipf(1) catalogue), one CPU thread, for each catalogue size:
 
 - blocks needed: per user (served vectors, rebuilt from the 20 most recent of the
-  50 items each row lists, the serving mix's `recent_items`, as in production), how many blocks of 1,024 items in bias order have a bound
+  50 items each row lists, the serving mix's `recent_items`, as in production),
+  how many blocks of 1,024 items in bias order have a bound
   above the user's true K-th score (computed by the full product); the scan
   reads those and stops. Percentiles 5 / 50 / 95 over `--users` users.
 - raise: `BoundIndex.raise_bounds` for `--writes` random rows, what every
