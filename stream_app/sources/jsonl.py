@@ -39,6 +39,9 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     JSON)."""
     for number, line in numbered_lines(path):
         line = line.rstrip(b"\r\n")
+        if number == 1 and line.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise SourceError(path, 1, "the file is UTF-16 (Windows PowerShell's > writes it), "
+                              "not UTF-8: save it as UTF-8")
         yield number, line.removeprefix(b"\xef\xbb\xbf") if number == 1 else line
 
 

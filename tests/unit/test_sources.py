@@ -456,3 +456,13 @@ def test_a_ratings_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> 
     path = tmp_path / "ratings.dat"
     path.write_bytes(b"\xef\xbb\xbf1::10::5::978300760\n2::10::3::978300761\n")
     assert [r.user_id for r in read_ratings(path)] == ["1", "2"]
+
+
+def test_a_utf16_jsonl_file_says_so(tmp_path: Path) -> None:
+    """It failed with the codec's bad_utf8 on line 1, naming no cause."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes('{"kind":"click","event_id":"e1","user_id":"u","item_id":"i","ts":1}\n'
+                     .encode("utf-16"))
+    with pytest.raises(SourceError, match="UTF-16 .* save it as UTF-8") as caught:
+        list(read_jsonl(path))
+    assert caught.value.line == 1
