@@ -273,5 +273,14 @@ class Vocab:
         if len(candidates) == 0:
             return np.zeros(0, dtype=np.int64)
         n = min(n, len(candidates))
-        order = np.argsort(ts[candidates], kind="stable")[:n]
-        return candidates[order].astype(np.int64)
+        order = np.argsort(ts[candidates], kind="stable")
+        chosen = candidates[order[:n]]
+        # Rows tied with the last one chosen are picked by id, not by row number: a
+        # restore lays rows out in another order, and must evict what the live learner did.
+        cut = ts[chosen[-1]]
+        tied = candidates[ts[candidates] == cut]
+        if len(tied) > 1 and n < len(candidates) and ts[candidates[order[n]]] == cut:
+            below = chosen[ts[chosen] < cut]
+            by_id = sorted(tied.tolist(), key=lambda r: self.ids[r] or "")
+            chosen = np.concatenate([below, np.array(by_id[: n - len(below)], dtype=np.int64)])
+        return chosen.astype(np.int64)

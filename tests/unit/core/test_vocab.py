@@ -40,6 +40,21 @@ def test_cap_evicts_least_recently_used_by_event_time() -> None:
     assert sorted(v.index) == ["a", "c", "d"]
 
 
+def test_rows_tied_on_event_time_are_evicted_by_id_whatever_their_row_order() -> None:
+    """A restore lays rows out in changelog order: with ties at the cap broken by row
+    number, it evicted another row than the live learner (named in stop 31's note)."""
+    def evicted(order: list[str]) -> tuple[str, ...]:
+        v = Vocab(max_rows=4, admission_threshold=1, idle_ttl_ms=0)
+        for id_ in order:
+            _assign(v, [id_], 10 if id_ != "z" else 5)  # z oldest, the rest tied
+        return v.assign(["new1", "new2"], np.array([50, 50]), np.array([1, 1]),
+                        now_ms=50).evicted_ids
+
+    assert set(evicted(["z", "b", "c", "a"])) == {"z", "a"}
+    assert set(evicted(["c", "a", "z", "b"])) == {"z", "a"}
+    assert set(evicted(["b", "z", "a", "c"])) == {"z", "a"}
+
+
 def test_memory_stays_bounded_by_the_cap_under_a_flood_of_new_ids() -> None:
     learner = Learner(small_config(max_users=50, max_items=40), device=DEVICE)
     evicted_items: set[str] = set()
