@@ -61,12 +61,19 @@ def stop_all(children: Sequence[Child], timeout_s: float = 20.0) -> dict[str, in
         if child.proc.poll() is None:
             child.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    for child in children:
-        try:
-            child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.warning("component=%s pid=%d ignored SIGTERM for %.0fs; killing it",
-                        child.name, child.proc.pid, timeout_s)
-            child.proc.kill()
-            child.proc.wait(timeout=10)
+    try:
+        for child in children:
+            try:
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("component=%s pid=%d ignored SIGTERM for %.0fs; killing it",
+                            child.name, child.proc.pid, timeout_s)
+                child.proc.kill()
+                child.proc.wait(timeout=10)
+    except KeyboardInterrupt:  # a second Ctrl-C: wait no more, but leave nothing running
+        for child in children:
+            if child.proc.poll() is None:
+                child.proc.kill()
+                child.proc.wait(timeout=10)
+        raise
     return {child.name: child.proc.returncode for child in children}
