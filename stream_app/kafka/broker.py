@@ -240,7 +240,6 @@ def _check_same(existing: RunningBroker, settings: BrokerSettings) -> None:
 
 def _start(settings: BrokerSettings) -> RunningBroker:
     java = _java()
-    libs = ensure_jars(settings.cache_dir, settings.kafka_home)
     state = settings.state_dir
     props = state / "server.properties"
     reuse = settings.keep_data and props.exists() and (state / "data" / "meta.properties").exists()
@@ -251,6 +250,13 @@ def _start(settings: BrokerSettings) -> RunningBroker:
             f"(`ss -ltnp | grep {port}`), choose another with --port, or reuse that "
             f"broker with --bootstrap-servers 127.0.0.1:{port}"
         )
+    controller = _controller_port(props) if reuse else None
+    if controller is not None and _port_in_use(controller):  # kept data keeps its ports
+        raise BrokerError(
+            f"port {controller} on 127.0.0.1, the controller port of the broker kept in "
+            f"{state}, is in use: stop what listens there (`ss -ltnp | grep {controller}`), "
+            "or start with fresh data (another --state-dir)")
+    libs = ensure_jars(settings.cache_dir, settings.kafka_home)  # after the quick checks
     if not reuse:
         shutil.rmtree(state / "data", ignore_errors=True)
         state.mkdir(parents=True, exist_ok=True)
@@ -302,6 +308,14 @@ def _listener_port(props: Path) -> int:
         if line.startswith("advertised.listeners="):
             return int(line.rsplit(":", 1)[1])
     raise BrokerError(f"{props} has no advertised.listeners; remove the state folder")
+
+
+def _controller_port(props: Path) -> int | None:
+    """The KRaft controller port of an existing server.properties (restart on kept data)."""
+    for line in props.read_text().splitlines():
+        if line.startswith("controller.quorum.voters="):
+            return int(line.rsplit(":", 1)[1])
+    return None
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], bootstrap: str, settings: BrokerSettings) -> None:

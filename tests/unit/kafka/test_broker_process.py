@@ -122,3 +122,23 @@ def test_the_controller_port_is_never_the_listener_port(monkeypatch: pytest.Monk
     monkeypatch.setattr(broker.socket, "socket", OneSocket)
     listener = broker.free_port()
     assert broker.free_port(other_than=listener) == 47316
+
+
+def test_a_restart_on_kept_data_names_a_taken_controller_port(tmp_path: Path) -> None:
+    """Kept data keeps its controller port; only the client port was checked, so a taken
+    controller port surfaced as a broker that never became ready (after 90 s)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        controller = taken.getsockname()[1]
+        client = broker.free_port(other_than=controller)
+        settings = _settings(tmp_path, keep_data=True)
+        (settings.state_dir / "data").mkdir(parents=True)
+        (settings.state_dir / "data" / "meta.properties").write_text("cluster.id=x\n")
+        (settings.state_dir / "server.properties").write_text(
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{client}\n"
+            f"controller.quorum.voters=1@127.0.0.1:{controller}\n")
+        with pytest.raises(BrokerError, match=f"port {controller} .*controller port"):
+            broker._start(settings)  # noqa: SLF001
