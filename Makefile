@@ -9,7 +9,8 @@ APP     := $(VENV)/bin/stream-app
 # The editable install points at one clone: the stamp names this clone's path
 # too, so a venv shared by clones (or by CI runs in different folders) is
 # re-pointed at the clone being run instead of testing another one's code.
-STAMP   := $(VENV)/.stream-app-$(shell (cat pyproject.toml constraints.txt scripts/bootstrap.sh; echo "$(CURDIR)") | cksum | cut -d' ' -f1)
+# And the Python that makes it: a cached venv whose base Python moved is made again.
+STAMP   := $(VENV)/.stream-app-$(shell (cat pyproject.toml constraints.txt scripts/bootstrap.sh; echo "$(CURDIR)"; python3 -c 'import sys; print(sys.executable, sys.version)') | cksum | cut -d' ' -f1)
 DATA    ?= ../shared/data/movielens-1m
 # System tools (Java, Maven, kcat, Prometheus): installed when missing, see the script.
 SYSDEPS := bash scripts/sysdeps.sh
@@ -21,7 +22,7 @@ venv: $(STAMP)
 # Order-only: the stamp's name already hashes these files' content. As normal
 # prerequisites, a fresh clone's newer timestamps re-ran the install every time.
 $(STAMP): | pyproject.toml constraints.txt scripts/bootstrap.sh
-	$(SYSDEPS) venv
+	$(PY) -c "import pip" 2>/dev/null || $(SYSDEPS) venv
 	bash scripts/bootstrap.sh "$(VENV)"
 	rm -f $(VENV)/.stream-app-*
 	touch $@

@@ -31,7 +31,6 @@ post-publish work while the second does not.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import subprocess
 import sys
@@ -164,14 +163,15 @@ def wait_quiet(pid: int | None, *, below_cores: float = 0.2, window_s: float = 3
     cores with it (about 1 core against 0.4-0.6 for the second arm), so arms and
     reruns were not alike. Returns the wait and the last window's cores."""
     start = time.monotonic()
-    cores = math.nan
+    cores: float | None = None  # no broker of ours to watch (strict JSON has no NaN)
     while pid is not None and time.monotonic() - start < limit_s:
         before = cpu_seconds(pid)
         time.sleep(window_s)
         cores = (cpu_seconds(pid) - before) / window_s
         if cores < below_cores:
             break
-    return {"waited_s": round(time.monotonic() - start, 1), "broker_cores": round(cores, 2)}
+    return {"waited_s": round(time.monotonic() - start, 1),
+            "broker_cores": None if cores is None else round(cores, 2)}
 
 
 class Receiver(threading.Thread):

@@ -40,14 +40,15 @@ GENERATE_IDS_MAX = 100_000_000
 
 def infer_format(path: Path) -> Format:
     """The format a file's name says: `.jsonl`/`.ndjson`/`.json` (one event a line),
-    `.csv`, and MovieLens's `.dat`/`.data` (`ratings.dat`, `u.data`), each also gzipped.
-    Any other name is a ConfigError: read as MovieLens, an `events.txt` of JSON lines or
-    an `.xz` file failed with "expected 4 fields", which named neither cause.
+    `.csv`, and MovieLens's `.dat`/`.data` (`ratings.dat`, `u.data`; also 100K's splits,
+    `u1.base`, `ua.test`), each also gzipped. Any other name is a ConfigError: read as
+    MovieLens, an `events.txt` of JSON lines or an `.xz` file failed with "expected 4
+    fields", which named neither cause.
 
     >>> infer_format(Path("events.jsonl.gz")), infer_format(Path("EVENTS.JSONL.GZ"))
     ('jsonl', 'jsonl')
-    >>> infer_format(Path("ratings.dat")), infer_format(Path("u.data"))
-    ('movielens', 'movielens')
+    >>> infer_format(Path("ratings.dat")), infer_format(Path("u.data")), infer_format(Path("u1.base"))
+    ('movielens', 'movielens', 'movielens')
     """
     suffixes = [s for s in path.suffixes if s.lower() != ".gz"]
     last = suffixes[-1].lower() if suffixes else ""
@@ -55,11 +56,11 @@ def infer_format(path: Path) -> Format:
         return "jsonl"
     if last == ".csv":
         return "csv"
-    if last in (".dat", ".data"):
+    if last in (".dat", ".data", ".base", ".test"):  # ML-100K's splits: u1.base, ua.test
         return "movielens"
     raise ConfigError(f"cannot tell the format of {path} from its name: pass --format "
                       "movielens, jsonl or csv (names it knows: .jsonl .ndjson .json .csv "
-                      ".dat .data; compressed: .gz only)")
+                      ".dat .data .base .test; compressed: .gz only)")
 
 
 def file_records(path: Path, fmt: Format | None = None, *,
@@ -119,7 +120,10 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
         exc.first_refusal = next(iter(producer.first_errors), "")
         raise
     except DeliveryError as exc:  # say where a re-run would pick up, as for a bad line
-        lost = not_delivered(producer.dropped, 0, [])
+        # close()'s error (no cause) already names what was refused and still queued;
+        # a failed produce() (its cause a KafkaException) names neither.
+        lost = "" if exc.__cause__ is None else not_delivered(
+            producer.dropped, producer.refused, producer.first_errors)
         raise DeliveryError(f"{label} stopped: {exc}; {producer.acked} records acknowledged "
                             f"by the broker{lost}") from exc
     except KeyboardInterrupt:

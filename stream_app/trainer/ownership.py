@@ -179,8 +179,9 @@ class Ownership:
         the tag, so a row someone else wrote before it would be lost. A failed
         write costs only restore speed: logged, not fatal.
         """
-        due = (self._unsnapshotted
-               and time.monotonic() - self._snapshot_at >= self.cfg.snapshot_interval_s)
+        changed = self._unsnapshotted or (self._snapshots is not None
+                                          and self._snapshots.write_failed)
+        due = changed and time.monotonic() - self._snapshot_at >= self.cfg.snapshot_interval_s
         if self._snapshots is None or not (due or stopping):
             return
         self._snapshot_at = time.monotonic()  # due again one interval on, written or not

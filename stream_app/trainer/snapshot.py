@@ -126,6 +126,7 @@ class Snapshots:
         self.client_id = f"{transactional_id}-snapshot"
         self.max_age_ms = int(max_age_s * 1000)
         self.on_written = on_written
+        self.write_failed = False  # the last write's outcome: a failed one is due again
         self._writer: threading.Thread | None = None
 
     def changelog_tag(self, ends: dict[int, int] | None = None) -> SnapshotTag:
@@ -207,8 +208,10 @@ class Snapshots:
         try:
             write_state(self.path, state, tag)
         except OSError as exc:
+            self.write_failed = True
             log.warning("could not write snapshot %s: %s", self.path, exc)
             return
+        self.write_failed = False
         log.info("wrote snapshot %s", self.path)
         if self.on_written is not None:
             self.on_written()

@@ -192,6 +192,30 @@ def test_a_background_write_holds_the_state_taken_when_it_was_asked_for(tmp_path
     assert written == [True, True]
 
 
+def test_a_background_write_that_fails_says_so_until_one_succeeds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write() returns once the thread starts; a write that then failed (disk full) left
+    the idle trainer thinking its last batches were in a snapshot, so it never tried
+    again. `write_failed` makes it due again (ownership._snapshot)."""
+    import stream_app.trainer.snapshot as snapshot_module
+
+    store = _FixedTag(KafkaConfig(bootstrap_servers="127.0.0.1:9092"), folder=str(tmp_path),
+                      transactional_id="t", max_age_s=60)
+    learner = Learner(CONFIG, device=DEVICE)
+
+    def disk_full(*_a: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(snapshot_module, "write_state", disk_full)
+    assert store.write(learner, ends=_tag().ends, wait=False)
+    assert store._writer is not None
+    store._writer.join()
+    assert store.write_failed and not store.path.exists()
+    monkeypatch.undo()
+    assert store.write(learner, ends=_tag().ends, wait=True)
+    assert not store.write_failed and store.path.exists()
+
+
 class _BrokerDown(Snapshots):
     def changelog_tag(self, ends: dict[int, int] | None = None) -> SnapshotTag:
         raise KafkaEdgeError("cannot read the end offsets of t.embeddings: timed out")
