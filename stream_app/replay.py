@@ -47,8 +47,8 @@ def infer_format(path: Path) -> Format:
 
     >>> infer_format(Path("events.jsonl.gz")), infer_format(Path("EVENTS.JSONL.GZ"))
     ('jsonl', 'jsonl')
-    >>> infer_format(Path("ratings.dat")), infer_format(Path("u.data")), infer_format(Path("u1.base"))
-    ('movielens', 'movielens', 'movielens')
+    >>> [infer_format(Path(name)) for name in ("ratings.dat", "u.data", "u1.base")]
+    ['movielens', 'movielens', 'movielens']
     """
     suffixes = [s for s in path.suffixes if s.lower() != ".gz"]
     last = suffixes[-1].lower() if suffixes else ""
