@@ -273,14 +273,16 @@ class Vocab:
         if len(candidates) == 0:
             return np.zeros(0, dtype=np.int64)
         n = min(n, len(candidates))
-        order = np.argsort(ts[candidates], kind="stable")
-        chosen = candidates[order[:n]]
-        # Rows tied with the last one chosen are picked by id, not by row number: a
-        # restore lays rows out in another order, and must evict what the live learner did.
-        cut = ts[chosen[-1]]
-        tied = candidates[ts[candidates] == cut]
-        if len(tied) > 1 and n < len(candidates) and ts[candidates[order[n]]] == cut:
-            below = chosen[ts[chosen] < cut]
+        times = ts[candidates]
+        # The n oldest by a partial sort (a full one cost ~140 ms a step at 1M rows).
+        cut = np.partition(times, n - 1)[n - 1]
+        below = candidates[times < cut]
+        tied = candidates[times == cut]
+        if len(below) + len(tied) > n:
+            # Ties at the boundary are picked by id, not by row number: a restore lays
+            # rows out in another order, and must evict what the live learner did.
             by_id = sorted(tied.tolist(), key=lambda r: self.ids[r] or "")
-            chosen = np.concatenate([below, np.array(by_id[: n - len(below)], dtype=np.int64)])
-        return chosen.astype(np.int64)
+            tied = np.array(by_id[: n - len(below)], dtype=np.int64)
+        chosen = np.concatenate([below, tied]).astype(np.int64)
+        names = np.array([self.ids[r] or "" for r in chosen.tolist()], dtype=object)
+        return chosen[np.lexsort((names, ts[chosen]))]  # oldest first, then by id

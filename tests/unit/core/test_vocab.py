@@ -55,6 +55,25 @@ def test_rows_tied_on_event_time_are_evicted_by_id_whatever_their_row_order() ->
     assert set(evicted(["b", "z", "a", "c"])) == {"z", "a"}
 
 
+def test_the_rows_evicted_at_the_cap_are_the_oldest_by_time_then_id() -> None:
+    """The partial sort (a full one cost ~140 ms a step at 1M rows) against a plain sort
+    by (event time, id), over random layouts, ties, protected rows and counts."""
+    rng = np.random.default_rng(7)
+    for case in range(300):
+        size = int(rng.integers(1, 40))
+        v = Vocab(max_rows=size, admission_threshold=1, idle_ttl_ms=0)
+        ids = [f"id{k}" for k in rng.permutation(size)]
+        times = rng.integers(0, 5, size)  # few distinct times: many ties
+        for id_, t in zip(ids, times, strict=True):
+            _assign(v, [id_], int(t))
+        protect = np.array([v.index[i] for i in ids if rng.random() < 0.2], dtype=np.int64)
+        n = int(rng.integers(1, size + 1))
+        got = v._evict_lru(n, protect)  # noqa: SLF001
+        live = sorted((int(v.last_ts[v.index[i]]), i) for i in ids
+                      if v.index[i] not in set(protect.tolist()))
+        assert [v.ids[r] for r in got.tolist()] == [i for _, i in live[:n]], case
+
+
 def test_memory_stays_bounded_by_the_cap_under_a_flood_of_new_ids() -> None:
     learner = Learner(small_config(max_users=50, max_items=40), device=DEVICE)
     evicted_items: set[str] = set()
