@@ -36,14 +36,15 @@ class OwnWrites:
         self._partitions_known = default_partitioner(client)
         self._ends: Ends | None = None
         self._marked: set[int] = set()  # partitions our last commit put a marker on
+        self.foreign = False  # proven_ends saw offsets our commits cannot explain
 
     def restored(self, ends: Ends) -> None:
-        self._ends, self._marked = dict(ends), set()
+        self._ends, self._marked, self.foreign = dict(ends), set(), False
 
     def forget(self) -> None:
         """The learner is no longer what a restore would give (a restore starting,
         partial scope): the next assignment restores."""
-        self._ends = None
+        self._ends, self.foreign = None, False
 
     def committed(self, keys: Iterable[bytes], spot: tuple[bytes, int] | None) -> None:
         """One of our transactions committed `keys` to the changelog; `spot`: where
@@ -71,6 +72,7 @@ class OwnWrites:
             if not may_become_ours(self._ends, ends, self._marked):
                 log.warning("the changelog (end offsets %s) may hold rows this trainer did not "
                             "write since its last restore", ends)
+                self.foreign = True  # until the next restore: no commit of ours explains it
                 return None
             if time.monotonic() >= deadline or not pause(0.1):
                 log.warning("the changelog's end offsets %s are not yet where this trainer's "

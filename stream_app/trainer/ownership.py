@@ -189,6 +189,8 @@ class Ownership:
         # other trainers publish: only a full-scope learner is a snapshot of it.
         if self._own_users is not None or not self._owns_every_input(consumer):
             return
+        if self._own_writes.foreign:  # said once (below); no snapshot until a restore
+            return
         self._beat("snapshot")
 
         def pause(seconds: float) -> bool:  # a stop cuts the wait short, unless it is the stop's
