@@ -250,7 +250,7 @@ def _start(settings: BrokerSettings) -> RunningBroker:
             f"(`ss -ltnp | grep {port}`), choose another with --port, or reuse that "
             f"broker with --bootstrap-servers 127.0.0.1:{port}"
         )
-    controller = _controller_port(props) if reuse else None
+    controller = _port_in_properties(props, "controller.quorum.voters") if reuse else None
     if controller is not None and _port_in_use(controller):  # kept data keeps its ports
         raise BrokerError(
             f"port {controller} on 127.0.0.1, the controller port of the broker kept in "
@@ -304,16 +304,16 @@ def _start(settings: BrokerSettings) -> RunningBroker:
 
 def _listener_port(props: Path) -> int:
     """The client listener port of an existing server.properties (restart on kept data)."""
-    for line in props.read_text().splitlines():
-        if line.startswith("advertised.listeners="):
-            return int(line.rsplit(":", 1)[1])
-    raise BrokerError(f"{props} has no advertised.listeners; remove the state folder")
+    port = _port_in_properties(props, "advertised.listeners")
+    if port is None:
+        raise BrokerError(f"{props} has no advertised.listeners; remove the state folder")
+    return port
 
 
-def _controller_port(props: Path) -> int | None:
-    """The KRaft controller port of an existing server.properties (restart on kept data)."""
+def _port_in_properties(props: Path, key: str) -> int | None:
+    """The port that ends `key`'s value in server.properties (`...127.0.0.1:PORT`)."""
     for line in props.read_text().splitlines():
-        if line.startswith("controller.quorum.voters="):
+        if line.startswith(f"{key}="):
             return int(line.rsplit(":", 1)[1])
     return None
 

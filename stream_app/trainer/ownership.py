@@ -179,10 +179,11 @@ class Ownership:
         the tag, so a row someone else wrote before it would be lost. A failed
         write costs only restore speed: logged, not fatal.
         """
-        changed = self._unsnapshotted or (self._snapshots is not None
-                                          and self._snapshots.write_failed)
+        if self._snapshots is None:
+            return
+        changed = self._unsnapshotted or self._snapshots.write_failed
         due = changed and time.monotonic() - self._snapshot_at >= self.cfg.snapshot_interval_s
-        if self._snapshots is None or not (due or stopping):
+        if not (due or stopping):
             return
         self._snapshot_at = time.monotonic()  # due again one interval on, written or not
         # In partial scope (`_scope`) the learner differs from the changelog by rows

@@ -53,11 +53,16 @@ def test_a_producer_closed_normally_reports_what_it_could_not_deliver(stuck: _St
 
 
 class _Interrupted(_Stuck):
-    """Ctrl-C arrives during the final flush."""
+    """Ctrl-C arrives during the flush of `at` seconds (60: the final one; 5: the wait
+    after a first Ctrl-C)."""
+
+    def __init__(self, at: float) -> None:
+        super().__init__()
+        self.at = at
 
     def flush(self, timeout: float) -> int:
         super().flush(timeout)
-        if timeout == 60:
+        if timeout == self.at:
             raise KeyboardInterrupt
         return self.queued
 
@@ -65,7 +70,7 @@ class _Interrupted(_Stuck):
 def test_an_interrupt_in_the_final_flush_still_counts_what_it_drops(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """close() was interrupted before abandon() ran: 0 dropped was reported for 3 lost."""
-    fake = stand_in(monkeypatch, produce, "make_producer", _Interrupted())
+    fake = stand_in(monkeypatch, produce, "make_producer", _Interrupted(at=60))
     producer = EventProducer(NO_BROKER)
     with pytest.raises(KeyboardInterrupt), producer:
         pass
@@ -73,21 +78,11 @@ def test_an_interrupt_in_the_final_flush_still_counts_what_it_drops(
     assert fake.calls == ["flush 60", "flush 0", "purge", "flush 0"]
 
 
-class _InterruptedTwice(_Stuck):
-    """A second Ctrl-C arrives during the 5 s wait for what was queued."""
-
-    def flush(self, timeout: float) -> int:
-        super().flush(timeout)
-        if timeout == 5:
-            raise KeyboardInterrupt
-        return self.queued
-
-
 def test_a_second_interrupt_during_the_wait_still_drops_and_counts_the_rest(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The wait was cut short before the purge: 0 dropped was reported, 3 records neither
     delivered nor counted."""
-    fake = stand_in(monkeypatch, produce, "make_producer", _InterruptedTwice())
+    fake = stand_in(monkeypatch, produce, "make_producer", _Interrupted(at=5))
     producer = EventProducer(NO_BROKER)
     with pytest.raises(KeyboardInterrupt), producer:
         raise KeyboardInterrupt
@@ -117,19 +112,24 @@ class _FailsOnFourth:
         return 0
 
 
+def _replay_ten(monkeypatch: pytest.MonkeyPatch, fake: _FailsOnFourth) -> None:
+    """`replay.produce_records` of ten generated records through `fake`."""
+    import stream_app.replay
+    from stream_app.sources.generate import generate
+
+    stand_in(monkeypatch, produce, "make_producer", fake)
+    monkeypatch.setattr(stream_app.replay, "require_topics", lambda *_a, **_k: None)
+    stream_app.replay.produce_records(NO_BROKER, generate(10, 3, 5, seed=0), total=None,
+                                      rate=0, progress=False, label="replay")
+
+
 def test_a_replay_stopped_by_a_failed_produce_says_what_the_broker_took(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Only a bad line or Ctrl-C reported the count; a produce() failure lost it, and with
     it where a re-run would pick up."""
-    import stream_app.replay
-    from stream_app.sources.generate import generate
-
-    stand_in(monkeypatch, produce, "make_producer", _FailsOnFourth())
-    monkeypatch.setattr(stream_app.replay, "require_topics", lambda *_a, **_k: None)
     with pytest.raises(DeliveryError, match=r"replay stopped: produce to \S+ failed: .*fenced.*; "
                        r"3 records acknowledged by the broker$"):
-        stream_app.replay.produce_records(NO_BROKER, generate(10, 3, 5, seed=0), total=None,
-                                          rate=0, progress=False, label="replay")
+        _replay_ten(monkeypatch, _FailsOnFourth())
 
 
 class _RefusesThirdFailsOnFourth(_FailsOnFourth):
@@ -148,12 +148,6 @@ def test_a_failed_produce_also_names_the_records_refused_before_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Only close()'s error named refusals: after a failed produce() a re-run from the
     acknowledged count lost the refused record (helper review of this change)."""
-    import stream_app.replay
-    from stream_app.sources.generate import generate
-
-    stand_in(monkeypatch, produce, "make_producer", _RefusesThirdFailsOnFourth())
-    monkeypatch.setattr(stream_app.replay, "require_topics", lambda *_a, **_k: None)
     with pytest.raises(DeliveryError, match=r"2 records acknowledged by the broker, "
                        r"1 refused by the broker"):
-        stream_app.replay.produce_records(NO_BROKER, generate(10, 3, 5, seed=0), total=None,
-                                          rate=0, progress=False, label="replay")
+        _replay_ten(monkeypatch, _RefusesThirdFailsOnFourth())
