@@ -120,7 +120,7 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
         exc.first_refusal = next(iter(producer.first_errors), "")
         raise
     except DeliveryError as exc:  # say where a re-run would pick up, as for a bad line
-        # close()'s error (no cause) already names what was refused and still queued;
+        # close()'s error (no cause) already names what was refused and dropped;
         # a failed produce() (its cause a KafkaException) names neither.
         lost = "" if exc.__cause__ is None else not_delivered(
             producer.dropped, producer.refused, producer.first_errors)

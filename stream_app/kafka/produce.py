@@ -112,12 +112,15 @@ class EventProducer:
             yield n
 
     def close(self, timeout_s: float = 60.0) -> None:
-        left = self._producer.flush(timeout_s)
+        """Wait up to `timeout_s` for every acknowledgement; what is still queued then is
+        dropped and counted here, so the error names each lost record once."""
+        self._producer.flush(timeout_s)
+        left = self._drop_queued()
         if left or self.refused:
             raise DeliveryError(
                 f"{left + self.refused} record(s) not delivered ({self.refused} refused by "
-                f"the broker, {left} still queued after {timeout_s:g}s); first errors: "
-                f"{self.first_errors}")
+                f"the broker, {left} unacknowledged after {timeout_s:g}s and dropped); "
+                f"first errors: {self.first_errors}")
 
     def abandon(self, timeout_s: float = 5.0) -> int:
         """Stopped early: deliver what the broker takes within `timeout_s`, drop the rest
@@ -127,11 +130,15 @@ class EventProducer:
         try:
             self._producer.flush(timeout_s)
         finally:
-            left = len(self._producer)
-            if left:
-                self._producer.purge()
-                self._producer.flush(0)
-            self.dropped += left
+            left = self._drop_queued()
+        return left
+
+    def _drop_queued(self) -> int:
+        left = len(self._producer)
+        if left:
+            self._producer.purge()
+            self._producer.flush(0)
+        self.dropped += left
         return left
 
     def __enter__(self) -> EventProducer:
