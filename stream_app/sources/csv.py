@@ -1,7 +1,9 @@
 """Events from CSV files with the header `event_id,user_id,item_id,ts,kind[,quantity,price]`.
 
-Cells are strings; `ts` and `quantity` must be integers, `price` a number, and
-empty `quantity` / `price` cells mean absent. Each row then goes through the
+Cells are strings; `ts` and `quantity` must be integers, `price` a number, both
+written as JSON writes them (so `1_000`, ` 5` or `+5`, which Python's `int()` takes,
+are refused like the same value on the topic), and empty `quantity` / `price`
+cells mean absent. Each row then goes through the
 same validation as a Kafka value, so a file cannot smuggle in what the topic
 would refuse. Extra columns are refused (the schemas forbid unknown fields).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,17 @@ from stream_app.events import Event, EventKind
 from stream_app.sources._files import numbered_lines
 from stream_app.sources.records import SourceError
 
+_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+"""JSON's number grammar (ASCII digits only: `int()` also takes other scripts' digits)."""
+
 REQUIRED_COLUMNS = ("event_id", "user_id", "item_id", "ts", "kind")
 OPTIONAL_COLUMNS = ("quantity", "price")
 
 
 def read_csv(path: Path | str) -> Iterator[Event]:
-    """Validated events, in file order; a bad row raises `SourceError` (line = file line)."""
+    """Validated events, in file order; a bad row raises `SourceError` (line = the file
+    line the row starts on: a quoted cell may span lines)."""
     path = Path(path)
     # utf-8-sig: a BOM (Excel's exports) is no field
     reader = csv.DictReader(line for _, line in numbered_lines(path, encoding="utf-8-sig"))
@@ -37,7 +45,7 @@ def read_csv(path: Path | str) -> Iterator[Event]:
             try:
                 yield _event(row)
             except DecodeError as err:
-                raise SourceError(path, reader.line_num, err) from err
+                raise SourceError(path, starts, err) from err
             starts = reader.line_num + 1
     except csv.Error as exc:  # an unclosed quote, a cell over the csv module's size limit
         raise SourceError(path, starts, f"not CSV from here ({exc}); an unclosed quote "
@@ -81,11 +89,11 @@ def _event(row: dict[str, Any]) -> Event:
     return event_from_object(obj, kind)
 
 
-def _number(cell: Any, convert: type[int] | type[float], reason: DlqReason, column: str) -> Any:
-    try:
-        value = convert(cell)
-    except (TypeError, ValueError) as exc:
-        raise DecodeError(reason, f"{column}: {cell!r} is not a {convert.__name__}") from exc
-    if isinstance(value, float) and not math.isfinite(value):
+def _number(cell: str, convert: type[int] | type[float], reason: DlqReason, column: str) -> Any:
+    if not (_INT if convert is int else _NUMBER).fullmatch(cell):
+        what = "an integer" if convert is int else "a number"
+        raise DecodeError(reason, f"{column}: {cell!r} is not {what} as JSON writes it")
+    value = convert(cell)
+    if isinstance(value, float) and not math.isfinite(value):  # 1e999
         raise DecodeError(DlqReason.NON_FINITE, f"{column}: {cell!r}")
     return value

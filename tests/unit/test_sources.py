@@ -220,6 +220,35 @@ def test_csv_short_row_and_text_that_is_not_utf8(tmp_path: Path) -> None:
         list(read_csv(latin))
 
 
+def test_csv_numbers_are_read_as_json_writes_them(tmp_path: Path) -> None:
+    """int() and float() took `1_700`, ` 5`, `+5`, `\u0665` (Arabic five) and `nan`, which the
+    same value on the topic would have had refused."""
+    head = "event_id,user_id,item_id,ts,kind,quantity,price\n"
+    for ts, quantity, price, reason in [("1_700", "", "", DlqReason.BAD_TIMESTAMP),
+                                        (" 5", "", "", DlqReason.BAD_TIMESTAMP),
+                                        ("\u0665", "", "", DlqReason.BAD_TIMESTAMP),
+                                        ("5", "+2", "1", DlqReason.WRONG_TYPE),
+                                        ("5", "2", "nan", DlqReason.WRONG_TYPE),
+                                        ("5", "2", "1e999", DlqReason.NON_FINITE)]:
+        path = tmp_path / "n.csv"
+        path.write_text(head + f"e,u,i,{ts},purchase,{quantity},{price}\n", encoding="utf-8")
+        with pytest.raises(SourceError) as caught:
+            list(read_csv(path))
+        assert caught.value.reason is reason, (ts, quantity, price)
+    path = tmp_path / "ok.csv"
+    path.write_text(head + "e,u,i,5,purchase,1,1.5e2\n")
+    assert [(e.ts, e.quantity, e.price) for e in read_csv(path)] == [(5, 1, 150.0)]
+
+
+def test_a_bad_row_over_several_lines_is_named_by_its_first(tmp_path: Path) -> None:
+    """A quoted cell with line breaks made the error name the row's last line."""
+    path = tmp_path / "multi.csv"
+    path.write_text('event_id,user_id,item_id,ts,kind\ne1,"u\n1\n",i1,soon,click\n')
+    with pytest.raises(SourceError) as caught:
+        list(read_csv(path))
+    assert caught.value.line == 2
+
+
 def test_csv_that_the_csv_module_refuses_names_its_line(tmp_path: Path) -> None:
     """An unclosed quote swallows the rest of the file into one cell, and a cell over
     csv's field limit raised csv.Error: a traceback with no line (exit 1)."""
