@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import shutil
@@ -35,9 +36,24 @@ def ensure_jars(cache_dir: Path, kafka_home: Path | None) -> Path:
         return kafka_home / "libs"
     libs = cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()
-    done = libs / ".complete"
-    if done.exists() and done.read_text().strip() == digest:
+    if _complete(libs, digest):
         return libs
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    # One resolver at a time (a test run and a demo started together): a second one would
+    # replace the folder under the first one's broker, whose JVM opens jars lazily.
+    with (libs.parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _complete(libs, digest):  # another process may have resolved them meanwhile
+            _resolve(libs, digest)
+    return libs
+
+
+def _complete(libs: Path, digest: str) -> bool:
+    done = libs / ".complete"
+    return done.exists() and done.read_text().strip() == digest
+
+
+def _resolve(libs: Path, digest: str) -> None:
     mvn = shutil.which("mvn")
     if mvn is None:
         raise BrokerError(
@@ -45,7 +61,6 @@ def ensure_jars(cache_dir: Path, kafka_home: Path | None) -> Path:
             "Central. Install it (apt-get install maven), or set KAFKA_HOME to a Kafka "
             "distribution, or pass --bootstrap-servers of a running broker"
         )
-    libs.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
     log.info("resolving Kafka %s broker jars with Maven into %s", KAFKA_VERSION, libs)
     timeouts = [f"-Dmaven.wagon.rto={MVN_READ_TIMEOUT_MS}",  # Maven 3.8's wagon transport
@@ -74,4 +89,3 @@ def ensure_jars(cache_dir: Path, kafka_home: Path | None) -> Path:
     (tmp / ".complete").write_text(digest)
     shutil.rmtree(libs, ignore_errors=True)
     tmp.rename(libs)
-    return libs

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,17 @@ def test_a_stalled_maven_is_cut_short_and_named(
         broker_jars.ensure_jars(tmp_path / "cache", None)
     assert len(calls.read_text().split()) == 3
     assert not list((tmp_path / "cache").glob("kafka-*/libs*"))  # nothing half-made is kept
+
+
+def test_two_processes_resolving_at_once_run_maven_once(bin_dir: Path, tmp_path: Path) -> None:
+    """Without a lock both resolved, and the second replaced the folder the first one's broker
+    was reading its jars from."""
+    calls = _fake_mvn(bin_dir, 'sleep 1; touch "$out/kafka.jar"')
+    code = ("import sys; from pathlib import Path; from stream_app.kafka import broker_jars; "
+            "print(broker_jars.ensure_jars(Path(sys.argv[1]), None))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "cache")],  # noqa: S603
+                              env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and outs[0] == outs[1]
+    assert len(calls.read_text().split()) == 1
