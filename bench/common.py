@@ -29,7 +29,8 @@ def bench_broker() -> Iterator[str]:
         yield given
         return
     with tempfile.TemporaryDirectory(prefix="bench-broker-") as state:
-        settings = broker.BrokerSettings(port=0, state_dir=Path(state), heap="1g")
+        settings = broker.BrokerSettings(port=0, state_dir=Path(state), heap="1g",
+                                         dies_with_caller=True)
         try:
             yield broker.start(settings).bootstrap_servers
         finally:

@@ -378,7 +378,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     given = os.environ.get("STREAM_APP_BOOTSTRAP_SERVERS")
-    settings = broker.BrokerSettings(port=0, heap="1g",
+    settings = broker.BrokerSettings(port=0, heap="1g", dies_with_caller=True,
                                      state_dir=Path(tempfile.mkdtemp(prefix="bench-broker-")))
     running = None if given else broker.start(settings)
     bootstrap = given or running.bootstrap_servers  # type: ignore[union-attr]

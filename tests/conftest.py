@@ -39,7 +39,8 @@ def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_for_broker(given, timeout_s=30)
         yield given
         return
-    settings = broker.BrokerSettings(port=0, state_dir=tmp_path_factory.mktemp("broker"))
+    settings = broker.BrokerSettings(port=0, state_dir=tmp_path_factory.mktemp("broker"),
+                                       dies_with_caller=True)
     try:
         yield broker.start(settings).bootstrap_servers
     finally:

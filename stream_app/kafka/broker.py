@@ -53,6 +53,11 @@ class BrokerSettings:
     too): clients need `security.protocol=SASL_PLAINTEXT`,
     `sasl.mechanisms=PLAIN` and the credentials. The password is written only
     to `server.properties` (mode 0600); Kafka logs it as `[hidden]`.
+
+    `dies_with_caller=True` (tests, benchmarks) has the kernel SIGTERM the broker
+    when the thread that started it dies, even by SIGKILL, so a killed test run
+    leaves no broker behind (Linux, through util-linux's `setpriv`; elsewhere it
+    is ignored). By default the broker outlives the command that started it.
     """
 
     cache_dir: Path = field(default_factory=default_cache_dir)
@@ -65,6 +70,7 @@ class BrokerSettings:
     keep_data: bool = False
     sasl_user: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
+    dies_with_caller: bool = False
 
     def __post_init__(self) -> None:
         # Absolute: the broker's command line names its server.properties, which is how
@@ -286,8 +292,8 @@ def _start(settings: BrokerSettings) -> RunningBroker:
     # cluster starts a fresh log; a restart on kept data appends to it.
     with settings.log_file.open("ab" if reuse else "wb") as out:
         proc = subprocess.Popen(  # noqa: S603
-            [*jvm, MAIN_CLASS, str(props)], stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            [*_death_signal(settings), *jvm, MAIN_CLASS, str(props)], stdout=out,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             env={k: v for k, v in os.environ.items() if k != "STREAM_APP_BROKER_SASL_PASSWORD"},
         )
     bootstrap = f"127.0.0.1:{port}"
@@ -316,6 +322,13 @@ def _port_in_properties(props: Path, key: str) -> int | None:
         if line.startswith(f"{key}="):
             return int(line.rsplit(":", 1)[1])
     return None
+
+
+def _death_signal(settings: BrokerSettings) -> list[str]:
+    """`setpriv` execs the JVM (same pid) with the parent-death signal set; a Popen
+    preexec_fn would do the same without it, but is unsafe once client threads run."""
+    setpriv = shutil.which("setpriv") if settings.dies_with_caller else None
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], bootstrap: str, settings: BrokerSettings) -> None:

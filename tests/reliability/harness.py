@@ -48,6 +48,7 @@ class ControlledBroker:
 
     def __init__(self, state_dir: Path, **settings: object) -> None:
         self.settings = broker.BrokerSettings(port=0, state_dir=state_dir, keep_data=True,
+                                              dies_with_caller=True,
                                               **settings)  # type: ignore[arg-type]
         self.bootstrap = ""
 
