@@ -72,4 +72,13 @@ def _event(line: bytes, kind: EventKind | None) -> Event:
     if kind is None:
         raise DecodeError(DlqReason.MISSING_FIELD, "line has no \"kind\" (click or purchase) "
                           "and no default kind was given (replay --kind)")
-    return event_from_object(obj, kind)
+    event = event_from_object(obj, kind)
+    # The topic gets the event re-encoded (ids as strings, numbers as orjson writes them:
+    # 1e15 is 1000000000000000.0), which can pass the bound that the line was under; the
+    # trainer would dead-letter it as too large.
+    size = len(encode_event(event))
+    if size > EVENT_MAX_BYTES:
+        raise DecodeError(DlqReason.TOO_LARGE, f"the value as sent to the topic would be {size} "
+                          f"bytes (ids as strings, numbers as JSON writes them), limit "
+                          f"{EVENT_MAX_BYTES}")
+    return event

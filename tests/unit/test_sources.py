@@ -151,6 +151,21 @@ def test_a_value_as_long_as_the_bound_is_read_from_a_file(tmp_path: Path) -> Non
     assert [e.event_id for e in read_jsonl(path)] == ["e1"]
 
 
+def test_a_line_that_grows_past_the_bound_when_re_encoded_stops_at_its_line(
+        tmp_path: Path) -> None:
+    """Numbers are re-encoded as orjson writes them (1e15: 1000000000000000.0), so a 30 KB
+    line became a value over 64 KiB that replay sent and the trainer dead-lettered."""
+    numbers = b",".join([b"1e15"] * 6000)
+    line = b'{"kind":"click","event_id":"e1","user_id":"u","item_id":"i","ts":1,"context":{"n":[' \
+        + numbers + b']}}'
+    path = tmp_path / "grows.jsonl"
+    path.write_bytes(b'{"kind":"click","event_id":"e0","user_id":"u","item_id":"i","ts":1}\n'
+                     + line + b"\n")
+    with pytest.raises(SourceError, match="grows.jsonl:2: too_large") as caught:
+        list(read_jsonl(path))
+    assert caught.value.reason is DlqReason.TOO_LARGE and len(line) < 32 * 1024
+
+
 def test_jsonl_write_read_round_trip(tmp_path: Path) -> None:
     events = [r.event for r in generate(50, 5, 20, seed=2) if r.event is not None]
     assert write_jsonl(tmp_path / "out.jsonl", events) == 50
