@@ -52,6 +52,11 @@ class Stats:
     def __len__(self) -> int:
         return len(self.columns["wall_ms"])
 
+    def prequential_weights(self) -> Floats:
+        """Events scored per batch; a file from before `evaluated` was written has only
+        the events applied, which equal them unless evaluation was sampled."""
+        return self.columns.get("evaluated", self["applied"])
+
     def by_event_time(self) -> Stats:
         """Batches sorted by their newest event, without batches that had no valid event.
 
@@ -164,7 +169,7 @@ def plot_hit_rate(stats: Stats, out: Path, k: int | None) -> Path:
     cut = f"@{k}" if k else ""
     fig, ax = _figure(f"Prequential HitRate{cut} (test-then-train) over event time")
     stats = stats.by_event_time()
-    t, w, n = _event_times(stats), stats["applied"], _window(len(stats))
+    t, w, n = _event_times(stats), stats.prequential_weights(), _window(len(stats))
     ax.plot(t, rolling(stats["hit_rate"], w, n), color="tab:green", label="model")
     ax.plot(t, rolling(stats["hit_rate_popularity"], w, n), color="tab:gray",
             linestyle="--", label="popularity baseline")
@@ -296,13 +301,15 @@ def _k(run_dir: Path) -> int | None:
 
 
 def summary(stats: Stats, last_share: float = 0.25) -> dict[str, float]:
-    """Event-weighted means over the last `last_share` of batches (for the final print)."""
+    """Event-weighted means over the last `last_share` of batches (for the final print):
+    the loss by events applied, hit rates by events scored."""
     start = int(len(stats) * (1 - last_share))
-    w = stats["applied"][start:]
 
-    def mean(name: str) -> float:
-        x = stats[name][start:]
+    def mean(name: str, weights: Floats) -> float:
+        x, w = stats[name][start:], weights[start:]
         ok = np.isfinite(x) & (w > 0)
         return float((x[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else math.nan
 
-    return {name: mean(name) for name in ("loss", "hit_rate", "hit_rate_popularity")}
+    scored = stats.prequential_weights()
+    return {"loss": mean("loss", stats["applied"]), "hit_rate": mean("hit_rate", scored),
+            "hit_rate_popularity": mean("hit_rate_popularity", scored)}

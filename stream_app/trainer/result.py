@@ -20,13 +20,17 @@ class BatchResult:
     """What one iteration did: the stats file (`--stats-file`), the demo and tests read it.
 
     Prequential figures are event-weighted over the batch's segments (NaN when
-    nothing was evaluated); freshness is produce time → published, in seconds.
+    nothing was evaluated), and `evaluated` is their weight: the events scored
+    before learning, which a sampled evaluation or a forget's split can make
+    differ from `applied`, the loss's weight. Freshness is produce time →
+    published, in seconds.
     """
 
     wall_ms: int
     event_ts_max: int
     events: int
     applied: int
+    evaluated: int
     dlq: int
     rows: int
     loss: float
@@ -54,7 +58,7 @@ def batch_result(batch: Sequence[RawRecord], decoded: Decoded, evals: Sequence[E
     events = [e for seg in decoded.segments for e in seg]
     return BatchResult(
         wall_ms=published_ms, event_ts_max=max((e.ts for e in events), default=0),
-        events=len(batch), applied=applied, dlq=dlq, rows=rows,
+        events=len(batch), applied=applied, evaluated=n, dlq=dlq, rows=rows,
         loss=sum(x * n for x, n in losses) / sum(n for _, n in losses) if losses
         else float("nan"),
         hit_rate=avg(lambda e: e.model.hit_rate),

@@ -74,8 +74,8 @@ def prequential_hit_rate(trainer: TrainerProc) -> float:
     """Event-weighted HitRate@20 of the committed batches in the stats file."""
     rows = [orjson.loads(line) for line in trainer.stats_path.read_bytes().splitlines()]
     rows = [r for r in rows if r["outcome"] == "committed" and r["hit_rate"] == r["hit_rate"]]
-    return float(sum(r["hit_rate"] * r["applied"] for r in rows)
-                 / sum(r["applied"] for r in rows))
+    return float(sum(r["hit_rate"] * r["evaluated"] for r in rows)
+                 / sum(r["evaluated"] for r in rows))
 
 
 def run_with_kills(trainer: TrainerProc, kills: int, total: int, rng: random.Random) -> None:

@@ -28,7 +28,7 @@ def _batches(n: int = 120) -> list[BatchResult]:
     for i in range(n):
         out.append(BatchResult(
             wall_ms=1_000_000 + i * 250, event_ts_max=978_300_000_000 + i * 3_600_000,
-            events=2000, applied=1990, dlq=10, rows=800,
+            events=2000, applied=1990, evaluated=1995, dlq=10, rows=800,
             loss=math.nan if i == 7 else 1.0 / (1 + i / 20) + rng.normal(0, 0.02),
             hit_rate=min(0.05 + i / 400, 0.3), hit_rate_popularity=0.12,
             recall=0.1, recall_popularity=0.1, mrr=0.05, mrr_popularity=0.04,
@@ -64,6 +64,19 @@ def test_stats_skip_aborted_batches_and_restore_nan(tmp_path: Path) -> None:
     last = summary(stats)
     assert last["hit_rate_popularity"] == pytest.approx(0.12)
     assert 0.25 < last["hit_rate"] <= 0.3
+
+
+def test_hit_rates_are_weighted_by_events_scored_and_the_loss_by_events_applied(
+        tmp_path: Path) -> None:
+    """Hit rates were weighted by the events applied: a batch that scored many events but
+    applied few (duplicates, rate-capped) counted for little."""
+    base = _batches(1)[0]
+    batches = [dataclasses.replace(base, hit_rate=0.1, loss=1.0, applied=900, evaluated=100),
+               dataclasses.replace(base, hit_rate=0.5, loss=2.0, applied=100, evaluated=900)]
+    _write_run(tmp_path, batches)
+    last = summary(load_stats(tmp_path / "trainer-stats.jsonl"), last_share=1.0)
+    assert last["hit_rate"] == pytest.approx(0.46)
+    assert last["loss"] == pytest.approx(1.1)
 
 
 def test_build_report_writes_four_pngs(tmp_path: Path) -> None:
