@@ -153,5 +153,8 @@ class LearnerConfig:
         if not 0.0 <= self.recent_decay <= 1.0:
             raise ValueError(f"learner.recent_decay must be in [0, 1], got {self.recent_decay!r}")
         b1, b2 = self.adam_betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"learner.adam_betas must be in [0, 1), got {self.adam_betas!r}")
+        # A beta that float32 rounds to 1 makes Adam's bias correction 1 - b**t zero in the
+        # row slots (float32): 0/0, NaN rows. 1 - 2**-25 is the first value that rounds up.
+        if not (0.0 <= b1 < 1.0 - 2**-25 and 0.0 <= b2 < 1.0 - 2**-25):
+            raise ValueError(f"learner.adam_betas must be in [0, 1), and below 1 in float32 "
+                             f"(at most 0.99999994), got {self.adam_betas!r}")

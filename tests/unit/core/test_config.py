@@ -21,6 +21,8 @@ from stream_app.core import LearnerConfig
     ({"idle_ttl_ms": -5}, "learner.idle_ttl_ms must be >= 0, got -5"),
     ({"eval_k": 0}, "learner.eval_k must be > 0, got 0"),
     ({"adam_betas": (1.0, 0.9)}, "learner.adam_betas must be in [0, 1)"),
+    # float32 rounds it to 1: Adam's bias correction was 0/0, NaN rows published
+    ({"adam_betas": (0.9, 0.99999999)}, "below 1 in float32 (at most 0.99999994)"),
     ({"dim": 4097}, "learner.dim must be at most 4096, got 4097"),
     ({"recent_items": 1001}, "learner.recent_items must be at most 1000, got 1001"),
     ({"seed": 2**64}, "learner.seed must be at most 4294967295"),
