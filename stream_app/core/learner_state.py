@@ -272,6 +272,7 @@ class LearnerState(LearnerFields):
         if not len(evicted):
             return
         ev = torch.as_tensor(evicted, device=self.device)
+        self._accum.discard("user" if is_user else "item", ev)  # the row's next id starts clean
         if is_user:
             for r in evicted.tolist():
                 self._deferred.pop(r, None)

@@ -184,6 +184,26 @@ def test_accumulate_n_defers_updates_until_n_batches() -> None:
     assert not torch.equal(vec[: len(vec)], learner._items.vec[: len(vec)])
 
 
+def test_a_row_a_restore_drops_takes_no_cached_gradient_to_its_next_id() -> None:
+    """Rows dropped on the restore path (`apply_rows` over the cap, then `trim`) kept their
+    cached gradients, which the next id given the row would have received (helper review;
+    the trainer restores into a fresh learner, so only the library API reached it)."""
+    cfg = small_config(max_items=2, accumulate_steps=3, replay_ratio=0)
+    source = Learner(cfg, device=DEVICE)
+    source.learn([ev("x", "v", "c", T0 + 10)])
+    learner = Learner(cfg, device=DEVICE)
+    learner.learn([ev("1", "u", "a", T0), ev("2", "u", "b", T0 + 1)])  # a's, b's grads cached
+    old_rows = [learner._item_vocab.row(i) for i in ("a", "b")]
+    learner.apply_rows(source.rows(item_ids=["c"], model_version="v", now_ms=0))
+    stats = learner.learn([ev("3", "w", "d", T0 + 20)])  # trim drops a and b
+    assert set(stats.evicted_item_ids) == {"a", "b"}
+    cached = torch.cat([r for r, _ in learner._accum.cached().get("item", [])] or
+                       [torch.zeros(0, dtype=torch.long)]).tolist()
+    live = {learner._item_vocab.row(i) for i in ("c", "d")}
+    assert set(old_rows) - live, "no dropped row is left free to check"
+    assert not (set(old_rows) - live) & set(cached)
+
+
 def test_accumulator_with_one_step_hands_back_the_same_gradient() -> None:
     acc = GradAccumulator(steps=1)
     rows, grad = torch.tensor([2, 5]), torch.randn(2, 3)
