@@ -108,7 +108,7 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
                "15 min: start, abort, or a rebalance when the changelog was not provably "
                "its own since."),
         _panel("Last restore", [
-            ("max by (instance) (stream_app_restore_seconds)", "seconds {{instance}}"),
+            ("max by (instance) (stream_app_restore_seconds > 0)", "seconds {{instance}}"),
             ("max by (instance) (stream_app_restore_snapshot_age_seconds >= 0)",
              "snapshot age {{instance}}")],
                "s", "How long the trainer's last restore took, and the age of the local "
@@ -136,7 +136,7 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
                "reqps", "Answers from popularity, not the user's vector."),
         _panel("Fallback share", [
             (f"sum(rate(stream_app_scorer_fallbacks_total[{RI}])) / "
-             f'sum(rate(stream_app_scorer_request_seconds_count{{phase="total"}}[{RI}]))',
+             f'(sum(rate(stream_app_scorer_request_seconds_count{{phase="total"}}[{RI}])) > 0)',
              "share of requests")], "percentunit", "Alert ScorerMostlyFallback over 50%."),
         _panel("Scorer errors", [(
             f"sum by (reason) (rate(stream_app_scorer_errors_total[{RI}]))", "{{reason}}")],

@@ -50,7 +50,8 @@ STEP_BUCKETS_S: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     30.0, 60.0, 300.0,
 )
-BATCH_EVENTS_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(0, 16))
+BATCH_EVENTS_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(0, 21))
+"""Up to 2**20: `batch_max` and `step_max` go to 1,000,000 (a GPU wants large steps)."""
 BATCH_REQUESTS_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(0, 12))
 
 
@@ -234,7 +235,8 @@ class TrainerMetrics(_ProcessMetrics):
         self.restore_snapshot_age = Gauge(
             "stream_app_restore_snapshot_age_seconds",
             "Age of the local snapshot the last restore started from; -1 when it read the "
-            "whole changelog.", registry=r)
+            "whole changelog (and before the first restore).", registry=r)
+        self.restore_snapshot_age.set(-1)
         self.snapshot_written = Gauge(
             "stream_app_snapshot_written_timestamp_seconds",
             "Unix time of the last local snapshot written (0: none yet).", registry=r)

@@ -34,6 +34,7 @@ from stream_app.observability import (
 )
 from stream_app.observability import server as server_module
 from stream_app.observability.metrics import (
+    BATCH_EVENTS_BUCKETS,
     FRESHNESS_BUCKETS_S,
     LATENCY_BUCKETS_S,
     metric_objects,
@@ -107,6 +108,16 @@ def test_buckets_resolve_the_targets() -> None:
     assert 1.0 in FRESHNESS_BUCKETS_S and sum(b < 1.0 for b in FRESHNESS_BUCKETS_S) >= 8
     assert 0.02 in LATENCY_BUCKETS_S
     assert sum(0.001 <= b <= 0.05 for b in LATENCY_BUCKETS_S) >= 12
+
+
+def test_batch_sizes_resolve_up_to_the_largest_batch_and_no_restore_reads_as_none() -> None:
+    """The batch-size buckets stopped at 2**15 while batch_max goes to 1,000,000 (a p99
+    flattened there), and before any restore the dashboard read 'snapshot age 0 s'."""
+    from stream_app.config import CONSUME_MAX
+
+    assert max(BATCH_EVENTS_BUCKETS) >= CONSUME_MAX
+    m = _trainer(input_topics=["clicks"], dlq_reasons=["schema"])
+    assert _value(m.registry, "stream_app_restore_snapshot_age_seconds") == -1.0
 
 
 def test_trainer_counters_exist_at_zero_and_count() -> None:
