@@ -34,8 +34,10 @@ SCORE_BUDGET = 1 << 25
 """Largest (batch x items) score block computed at once (128 MiB of float32)."""
 PRUNE_MIN_SLOTS = 8 * BLOCK
 """Per CPU thread: below this many slots one full product costs about what pruning saves."""
-GATHER_BUDGET = 1 << 18
-"""Largest (batch x candidates) block gathered at once (times dim floats)."""
+GATHER_FLOATS = 1 << 24
+"""Largest gathered block (requests x candidates x dim, or users x recent items x dim) in
+floats: 64 MiB of float32. It counted requests x candidates only, so at dim 1024 a chunk of
+requests took ~1 GiB (~4 GiB at the schema's largest dim, 4096)."""
 
 UNKNOWN_USER = "unknown_user"
 COLD_USER = "cold_user"
@@ -144,9 +146,12 @@ def mixed_vectors(table: EmbeddingTable, mix: ServingMix,
     weights = mix.recent_decay ** torch.arange(length, device=table.device, dtype=torch.float32)
     w = weights.unsqueeze(0) * valid
     norm = w.sum(dim=1, keepdim=True).clamp(min=1e-12)
-    hist = matrix.index_select(0, slots.flatten()).view(n, length, -1)
-    mean = (w.unsqueeze(2) * hist).sum(dim=1) / norm
-    return ids.to(table.device) + mix.history_weight * mean
+    per = max(1, GATHER_FLOATS // (length * matrix.shape[1]))  # users gathered at once
+    sums = [(w[s:s + per].unsqueeze(2)
+             * matrix.index_select(0, slots[s:s + per].flatten()).view(-1, length,
+                                                                       matrix.shape[1])
+             ).sum(dim=1) for s in range(0, n, per)]
+    return ids.to(table.device) + mix.history_weight * (torch.cat(sums) / norm)
 
 
 def exclusions(table: EmbeddingTable, req: ScoreRequest) -> set[int]:
@@ -206,7 +211,7 @@ def _rank_candidates(table: EmbeddingTable, requests: Sequence[ScoreRequest],
         width = len(lists[todo[start]])
         for i in todo[start + 1:]:
             w = max(width, len(lists[i]))
-            if w * (len(chunk) + 1) > GATHER_BUDGET:
+            if w * (len(chunk) + 1) * (table.dim or 1) > GATHER_FLOATS:
                 break
             chunk.append(i)
             width = w

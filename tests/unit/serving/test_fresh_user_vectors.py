@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from stream_app.codec import encode_meta
 from stream_app.core import Learner, LearnerConfig
@@ -103,3 +104,26 @@ def test_a_known_user_is_answered_before_any_item_row_is_loaded() -> None:
     np.testing.assert_array_equal(got.cpu().numpy()[0], table.users["u1"].id_vec)
     [answer] = rank(table, [ScoreRequest(request_id="r", user_id="u1", k=3)])
     assert answer.items == ()
+
+
+def test_the_mix_is_gathered_in_blocks_of_users_with_the_same_result(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """users x recent items x dim was gathered at once: 256 users x 1,000 items at dim 4096
+    is 4 GiB. A budget of one user's floats gives the same vectors as one block."""
+    from stream_app.serving import topk
+
+    table = EmbeddingTable(device=DEVICE)
+    rng = np.random.default_rng(0)
+    for n in range(5):
+        table.upsert(EmbeddingRow(entity="item", id=f"i{n}", vector=rng.normal(size=3)
+                                  .astype(np.float32), bias=0.0, model_version="v", updates=1,
+                                  updated_at=1, last_event_ts=1))
+    table.flush()
+    users = [UserState(vector=np.zeros(3, np.float32), recent_items=(), updates=1,
+                       id_vec=rng.normal(size=3).astype(np.float32),
+                       recent_mix=tuple(f"i{m}" for m in rng.permutation(5)[:3]))
+             for _ in range(7)]
+    mix = ServingMix(history_weight=0.7, recent_decay=0.5, recent_items=3)
+    whole = mixed_vectors(table, mix, users).cpu().numpy()
+    monkeypatch.setattr(topk, "GATHER_FLOATS", 3 * 3)
+    np.testing.assert_allclose(mixed_vectors(table, mix, users).cpu().numpy(), whole, rtol=1e-6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -222,3 +224,29 @@ def test_mixed_batch_matches_one_by_one(world) -> None:  # type: ignore[no-untyp
             [(i.item_id, i.because) for i in alone.items]
         check(pairs(got), pairs(alone))
     assert batched[3].items[0].because  # u6 has recent items i1..i3 to explain with
+
+
+def test_candidate_blocks_count_the_dimension(world: Any, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    """The gather budget counted requests x candidates, not x dim: at dim 1024 one block of
+    requests took ~1 GiB. With a budget of two requests' floats, the answers are those of
+    one block."""
+    from stream_app.serving import topk
+
+    table, items, biases, users = world
+    reqs = [ScoreRequest(request_id=f"r{n}", user_id=f"u{n}", k=4, exclude_seen=False,
+                         candidates=tuple(f"i{m}" for m in range(n, 100 + n))) for n in range(6)]
+    blocks: list[int] = []
+    score = topk._score_padded  # noqa: SLF001
+
+    def counting(*args: object) -> None:
+        blocks.append(len(args[3]))  # type: ignore[arg-type]
+        score(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(topk, "_score_padded", counting)
+    monkeypatch.setattr(topk, "GATHER_FLOATS", 2 * 100 * DIM)
+    got = rank(table, reqs)
+    assert blocks == [2, 2, 2]
+    for req, ranking in zip(reqs, got, strict=True):
+        allowed = set(req.candidates or ())
+        check(pairs(ranking), brute(users[req.user_id], items, biases, 4, allowed=allowed))
