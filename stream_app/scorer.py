@@ -47,7 +47,7 @@ from stream_app.kafka.tail import TailReader
 from stream_app.observability import MetricsServer, ScorerMetrics
 from stream_app.serving import EmbeddingTable, ScorerConfig, resolve_device, set_threads
 from stream_app.serving.answers import BatchAnswer, answer_batch, apply_embedding
-from stream_app.serving.batching import CommitTracker, Pending, due, next_offsets
+from stream_app.serving.batching import CommitTracker, Pending, due, next_offsets, take_batch
 from stream_app.serving.loading import LoadProgress
 from stream_app.signals import EXIT_STALLED, stop_on_signals
 
@@ -281,8 +281,9 @@ class Scorer:
         return 0
 
     def _answer(self, producer: ReplyProducer) -> None:
-        """Rank the pending batch, produce its answers, and track them for the commit."""
-        batch, self._pending = self._pending, []
+        """Rank the pending batch (or its first `BATCH_BYTES_MAX`), produce its answers, and
+        track them for the commit."""
+        batch, self._pending = take_batch(self._pending)
         result = answer_batch(self.table, batch, topics=self.topics, cfg=self.cfg,
                               ready=self.ready.is_set())
         tracked = self._tracker.open(next_offsets(batch))
@@ -350,7 +351,7 @@ class Scorer:
             log.info("scorer stopped")
             return
         try:
-            if self._pending:
+            while self._pending:
                 self._answer(producer)
             left = producer.flush(10)
             if left:

@@ -100,6 +100,27 @@ class Pending:
     produced_ms: int | None = None
 
 
+BATCH_BYTES_MAX = 4 * 1024 * 1024
+"""Request bytes scored in one batch (at least one request). 256 requests of ~1 MiB each
+(5,000 candidates and excludes, k=1000) took 8.5 s as one batch, answering nothing else
+meanwhile; the same work in slices lets the loop poll, commit and check between them."""
+
+
+def take_batch(pending: list[Pending]) -> tuple[list[Pending], list[Pending]]:
+    """The next batch to score (in arrival order, up to `BATCH_BYTES_MAX`) and the rest.
+
+    >>> big = Pending("t", 0, 0, arrival=1.0, key=None, value=b"x" * BATCH_BYTES_MAX)
+    >>> [len(part) for part in take_batch([big, big, big])]
+    [1, 2]
+    """
+    size = 0
+    for n, p in enumerate(pending):
+        size += len(p.value or b"")
+        if size > BATCH_BYTES_MAX and n > 0:
+            return pending[:n], pending[n:]
+    return pending, []
+
+
 def due(pending: list[Pending], now: float, *, ready: bool, batch_max: int,
         batch_wait_s: float, ready_hold_s: float) -> bool:
     """Score the batch now? Full, or the oldest waited long enough (longer while loading).
