@@ -3,9 +3,12 @@
 Why a dict and not hashing: hashing gives collisions between live ids, and a
 dict of a few million strings is cheap next to the embedding rows themselves.
 Row 0 is the shared *cold-start* row: ids below the admission threshold map to
-it. Freed rows are reused, and `capacity` never exceeds `max_rows + 1`, so
-memory stays bounded by the cap whatever the stream does; a restore may add
-up to `overflow` rows past it (see `force`), which stay allocated.
+it, and so do new ids that would not stay: one whose newest event is already
+past the TTL, or, at the cap, one older than every row it could evict (the
+table keeps the most recent ids). Freed rows are reused, and `capacity` never
+exceeds `max_rows + 1`, so memory stays bounded by the cap whatever the stream
+does; a restore may add up to `overflow` rows past it (see `force`), which stay
+allocated.
 """
 
 from __future__ import annotations
@@ -109,14 +112,20 @@ class Vocab:
         self.last_ts[touched] = np.maximum(prev, last_ts[known])
         to_admit: list[int] = []
         seen_of: dict[int, int] = {}
+        horizon = now_ms - self.idle_ttl_ms if self.idle_ttl_ms > 0 else _NEVER
         for j in np.flatnonzero(~known).tolist():
             seen = self.pending.pop(ids[j], 0) + int(counts[j])
-            if seen >= self.admission_threshold:
+            # An id whose newest event is already past the TTL is idle: a row for it
+            # would be evicted at the next step, and may have cost a live row.
+            if seen >= self.admission_threshold and int(last_ts[j]) >= horizon:
                 to_admit.append(j)
                 seen_of[j] = seen
             else:
                 self.pending[ids[j]] = seen
                 rows[j] = COLD_ROW
+        # Newest first, the newcomers take the free rows, then evict the oldest rows they are
+        # newer than; rows are then given in batch order (a restore lays them out so).
+        ranked = sorted(to_admit, key=lambda j: (int(last_ts[j]), ids[j]), reverse=True)
         dropped = []
         while len(self.pending) > self.max_rows:
             dropped.append(self.pending.popitem(last=False))
@@ -124,22 +133,28 @@ class Vocab:
         evicted = self._evict_idle(now_ms, protect)
         evicted_ts = self.last_ts[evicted]
         evicted_ids = self._release(evicted)
-        need = len(to_admit) - (self.max_rows - len(self.index))
+        free = self.max_rows - len(self.index)
+        need = len(to_admit) - free
         if need > 0:
             lru = self._evict_lru(need, protect)
+            # At the cap the table keeps the most recent ids (by event time, then id): a late
+            # event's new id does not push out a row newer than itself.
+            lru = lru[:_newer_count(
+                [(int(last_ts[j]), ids[j]) for j in ranked[free:free + len(lru)]],
+                [(int(self.last_ts[r]), self.ids[r] or "") for r in lru.tolist()])]
             evicted_ts = np.concatenate([evicted_ts, self.last_ts[lru]])
             evicted_ids += self._release(lru)
             evicted = np.concatenate([evicted, lru])
-        room = self.max_rows - len(self.index)
+        admitted = set(ranked[:self.max_rows - len(self.index)])
         new_rows = []
-        for j in to_admit[:room]:
-            r = self._allocate(ids[j], int(last_ts[j]))
-            rows[j] = r
-            new_rows.append(r)
-        for j in to_admit[room:]:  # no room: every live row is in this batch
-            rows[j] = COLD_ROW
-            self.pending[ids[j]] = seen_of[j]  # its events still count toward admission
-        new_ids = tuple(ids[j] for j in to_admit[:room])
+        for j in to_admit:
+            if j in admitted:
+                rows[j] = self._allocate(ids[j], int(last_ts[j]))
+                new_rows.append(rows[j])
+            else:  # no room: the rows left are in this batch, or newer than the id
+                rows[j] = COLD_ROW
+                self.pending[ids[j]] = seen_of[j]  # its events still count toward admission
+        new_ids = tuple(ids[j] for j in to_admit if j in admitted)
         return Admission(rows=rows, new_ids=new_ids, new_rows=np.array(new_rows, dtype=np.int64),
                          evicted_ids=tuple(evicted_ids), evicted_rows=evicted,
                          evicted_ts=evicted_ts, dropped_pending=tuple(dropped),
@@ -286,3 +301,16 @@ class Vocab:
         chosen = np.concatenate([below, tied]).astype(np.int64)
         names = np.array([self.ids[r] or "" for r in chosen.tolist()], dtype=object)
         return chosen[np.lexsort((names, ts[chosen]))]  # oldest first, then by id
+
+
+def _newer_count(newcomers: list[tuple[int, str]], oldest: list[tuple[int, str]]) -> int:
+    """How many of the `oldest` rows (oldest first) the newcomers (newest first) replace:
+    the k-th newest newcomer takes the k-th oldest row only if it is the more recent.
+
+    >>> _newer_count([(9, "c"), (5, "d")], [(3, "a"), (7, "b")])
+    1
+    """
+    n = 0
+    while n < min(len(newcomers), len(oldest)) and newcomers[n] > oldest[n]:
+        n += 1
+    return n

@@ -167,3 +167,33 @@ def test_ids_without_room_at_the_cap_keep_their_counts_toward_admission() -> Non
     assert full.new_ids == () and full.rows[1] == COLD_ROW
     later = v.assign(["b"], np.array([30]), one, now_ms=30)  # b's third event
     assert later.new_ids == ("b",) and later.evicted_ids == ("a",)
+
+
+def test_a_late_event_of_a_new_id_does_not_evict_a_newer_row_at_the_cap() -> None:
+    """The cap keeps the most recent ids: a new id seen only a day late took the row of a
+    user active an hour ago, and was itself the first evicted at the next admission
+    (helper review)."""
+    v = Vocab(max_rows=2, admission_threshold=1, idle_ttl_ms=0)
+    _assign(v, ["alice", "bob"], 3_600_000)
+    late = v.assign(["late"], np.array([-86_400_000]), np.array([1]), now_ms=3_600_000)
+    assert late.evicted_ids == () and late.rows.tolist() == [COLD_ROW]
+    assert sorted(v.index) == ["alice", "bob"]
+    # Newcomers take the oldest rows they are newer than, newest first: "c" (t=5) is
+    # older than bob (t=7), so only "d" (t=9) gets a row, alice's (t=3).
+    v = Vocab(max_rows=2, admission_threshold=1, idle_ttl_ms=0)
+    _assign(v, ["alice"], 3)
+    _assign(v, ["bob"], 7)
+    adm = v.assign(["c", "d"], np.array([5, 9]), np.array([1, 1]), now_ms=9)
+    assert adm.evicted_ids == ("alice",) and adm.new_ids == ("d",)
+    assert adm.rows[0] == COLD_ROW and sorted(v.index) == ["bob", "d"]
+
+
+def test_a_new_id_already_past_the_ttl_gets_no_row() -> None:
+    """Its row would be evicted at the next step; admitted, it evicted a row still inside
+    its TTL at the cap (helper review)."""
+    v = Vocab(max_rows=2, admission_threshold=1, idle_ttl_ms=10_000)
+    _assign(v, ["a"], 5_000)
+    _assign(v, ["b"], 6_000)
+    adm = v.assign(["late"], np.array([-50_000]), np.array([1]), now_ms=6_000)
+    assert adm.rows.tolist() == [COLD_ROW] and adm.evicted_ids == ()
+    assert sorted(v.index) == ["a", "b"] and v.pending["late"] == 1
