@@ -28,6 +28,10 @@ class _Stuck:
         self.calls.append("purge")
         self.queued = 0
 
+    def poll(self, timeout: float) -> int:
+        self.calls.append(f"poll {timeout:g}")
+        return 0
+
     def __len__(self) -> int:
         return self.queued
 
@@ -43,7 +47,7 @@ def test_an_interrupted_producer_drops_what_is_left_and_keeps_the_interrupt(
     with pytest.raises(KeyboardInterrupt), producer:
         raise KeyboardInterrupt
     assert producer.dropped == 3
-    assert stuck.calls == ["flush 5", "purge", "flush 0"]
+    assert stuck.calls == ["flush 5", "poll 0", "purge", "poll 0"]
 
 
 def test_a_producer_closed_normally_reports_what_it_could_not_deliver(stuck: _Stuck) -> None:
@@ -54,7 +58,8 @@ def test_a_producer_closed_normally_reports_what_it_could_not_deliver(stuck: _St
                        r"broker, 3 unacknowledged after 60s and dropped\)"), producer:
         pass
     assert producer.dropped == 3
-    assert stuck.calls == ["flush 60", "purge", "flush 0", "flush 0"]  # last: exit's abandon(0)
+    assert stuck.calls == ["flush 60", "poll 0", "purge", "poll 0",
+                           "flush 0", "poll 0"]  # the last two: the exit's abandon(0)
 
 
 class _Interrupted(_Stuck):
@@ -80,7 +85,7 @@ def test_an_interrupt_in_the_final_flush_still_counts_what_it_drops(
     with pytest.raises(KeyboardInterrupt), producer:
         pass
     assert producer.dropped == 3
-    assert fake.calls == ["flush 60", "flush 0", "purge", "flush 0"]
+    assert fake.calls == ["flush 60", "flush 0", "poll 0", "purge", "poll 0"]
 
 
 def test_a_second_interrupt_during_the_wait_still_drops_and_counts_the_rest(
@@ -92,7 +97,36 @@ def test_a_second_interrupt_during_the_wait_still_drops_and_counts_the_rest(
     with pytest.raises(KeyboardInterrupt), producer:
         raise KeyboardInterrupt
     assert producer.dropped == 3
-    assert fake.calls == ["flush 5", "purge", "flush 0"]
+    assert fake.calls == ["flush 5", "poll 0", "purge", "poll 0"]
+
+
+class _AckWaiting(_Stuck):
+    """Of the three records len() counts, one's acknowledgement has arrived but waits in
+    the report queue for a poll."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report: Callable[..., None] | None = None
+
+    def poll(self, timeout: float) -> int:
+        super().poll(timeout)
+        if self.report is not None:
+            report, self.report = self.report, None
+            self.queued -= 1
+            report(None, None)
+        return 0
+
+
+def test_an_acknowledgement_waiting_to_be_served_is_not_counted_dropped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """len() counts reports not yet served, and the purge's flush(0) served none: a record
+    the broker had taken was reported dropped."""
+    fake = stand_in(monkeypatch, produce, "make_producer", _AckWaiting())
+    producer = EventProducer(NO_BROKER)
+    fake.report = producer._on_delivery  # noqa: SLF001
+    with pytest.raises(KeyboardInterrupt), producer:
+        raise KeyboardInterrupt
+    assert (producer.acked, producer.dropped) == (1, 2)
 
 
 class _FailsOnFourth:
