@@ -72,8 +72,11 @@ class TrainerConfig:
                               "give an address, e.g. 127.0.0.1 or 0.0.0.0")
         for name in ("group_id", "instance_id"):
             if not _ID_RE.match(getattr(self, name)):
+                default = ("; its default is the topic prefix + 'stream-app-trainer', so a "
+                           "prefix over 182 characters needs its own --group-id"
+                           if name == "group_id" else "")
                 raise ConfigError(f"trainer.{name} must be 1-200 of [A-Za-z0-9._-], "
-                                  f"got {getattr(self, name)!r}")
+                                  f"got {getattr(self, name)!r}{default}")
         if len(self.instance_id) > INSTANCE_ID_MAX:
             raise ConfigError(f"trainer.instance_id must be at most {INSTANCE_ID_MAX} characters "
                               f"(it prefixes the published model version), got "

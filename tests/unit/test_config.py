@@ -293,6 +293,15 @@ def test_a_bad_topic_prefix_is_reported_as_one(capsys: pytest.CaptureFixture[str
     assert "topic_prefix may only hold" in err and "group" not in err
 
 
+def test_a_long_topic_prefix_says_the_default_group_id_needs_replacing(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A valid prefix of 183-200 characters made the derived group id too long, and the
+    error named only trainer.group_id, which the user never set."""
+    assert main(["trainer", "--topic-prefix", "a" * 190,
+                 "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "prefix over 182 characters needs its own --group-id" in capsys.readouterr().err
+
+
 def test_an_instance_id_that_would_overflow_the_model_version_is_refused() -> None:
     TrainerConfig(instance_id="a" * 100)
     with pytest.raises(ConfigError, match="instance_id must be at most 100 characters"):
