@@ -121,7 +121,7 @@ class Vocab:
                 to_admit.append(j)
                 seen_of[j] = seen
             else:
-                self.pending[ids[j]] = seen
+                self._wait(ids[j], seen)
                 rows[j] = COLD_ROW
         # Newest first, the newcomers take the free rows, then evict the oldest rows they are
         # newer than; rows are then given in batch order (a restore lays them out so).
@@ -153,12 +153,18 @@ class Vocab:
                 new_rows.append(rows[j])
             else:  # no room: the rows left are in this batch, or newer than the id
                 rows[j] = COLD_ROW
-                self.pending[ids[j]] = seen_of[j]  # its events still count toward admission
+                self._wait(ids[j], seen_of[j])  # its events still count toward admission
         new_ids = tuple(ids[j] for j in to_admit if j in admitted)
         return Admission(rows=rows, new_ids=new_ids, new_rows=np.array(new_rows, dtype=np.int64),
                          evicted_ids=tuple(evicted_ids), evicted_rows=evicted,
                          evicted_ts=evicted_ts, dropped_pending=tuple(dropped),
                          touched_rows=touched, touched_prev_ts=prev)
+
+    def _wait(self, id_: str, seen: int) -> None:
+        """Keep an id's count toward admission; at threshold 1 one event always reaches it,
+        so an id turned away for want of a row keeps none (`pending_of` relies on that)."""
+        if self.admission_threshold > 1:
+            self.pending[id_] = seen
 
     def pending_of(self, ids: Sequence[str]) -> dict[str, int | None]:
         """The admission counts of `ids` (None: not pending), to put back with

@@ -196,4 +196,7 @@ def test_a_new_id_already_past_the_ttl_gets_no_row() -> None:
     _assign(v, ["b"], 6_000)
     adm = v.assign(["late"], np.array([-50_000]), np.array([1]), now_ms=6_000)
     assert adm.rows.tolist() == [COLD_ROW] and adm.evicted_ids == ()
-    assert sorted(v.index) == ["a", "b"] and v.pending["late"] == 1
+    assert sorted(v.index) == ["a", "b"] and not v.pending  # threshold 1: no count to keep
+    v = Vocab(max_rows=2, admission_threshold=2, idle_ttl_ms=10_000)
+    v.assign(["late"], np.array([-50_000]), np.array([2]), now_ms=6_000)
+    assert not v.index and v.pending["late"] == 2
