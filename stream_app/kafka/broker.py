@@ -13,6 +13,7 @@ The state folder holds `server.properties`, the data, `broker.pid` and
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
 import re
@@ -327,8 +328,23 @@ def _port_in_properties(props: Path, key: str) -> int | None:
 def _death_signal(settings: BrokerSettings) -> list[str]:
     """`setpriv` execs the JVM (same pid) with the parent-death signal set; a Popen
     preexec_fn would do the same without it, but is unsafe once client threads run."""
-    setpriv = shutil.which("setpriv") if settings.dies_with_caller else None
-    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
+    return _setpriv_pdeathsig() if settings.dies_with_caller else []
+
+
+@functools.cache
+def _setpriv_pdeathsig() -> list[str]:
+    """The command prefix, if this `setpriv` has `--pdeathsig` (util-linux 2.33, 2018, and
+    later); an older one would make every start fail, so it is tried once first."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return []
+    prefix = [setpriv, "--pdeathsig", "TERM"]
+    try:
+        ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=10,  # noqa: S603
+                            check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return prefix if ok else []
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], bootstrap: str, settings: BrokerSettings) -> None:

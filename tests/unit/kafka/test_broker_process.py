@@ -142,3 +142,21 @@ def test_a_restart_on_kept_data_names_a_taken_controller_port(tmp_path: Path) ->
             f"controller.quorum.voters=1@127.0.0.1:{controller}\n")
         with pytest.raises(BrokerError, match=f"port {controller} .*controller port"):
             broker._start(settings)  # noqa: SLF001
+
+
+@pytest.mark.parametrize(("script", "expected"), [("exit 0", True), ("exit 1", False)])
+def test_a_setpriv_without_pdeathsig_starts_the_broker_plainly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str, expected: bool) -> None:
+    """Only setpriv's presence was checked: one without --pdeathsig (util-linux before
+    2.33) exits 1, and every test and benchmark broker would have failed to start."""
+    fake = tmp_path / "setpriv"
+    fake.write_text(f"#!/bin/sh\n{script}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    broker._setpriv_pdeathsig.cache_clear()  # noqa: SLF001
+    try:
+        prefix = broker._death_signal(_settings(tmp_path, dies_with_caller=True))  # noqa: SLF001
+        assert prefix == ([str(fake), "--pdeathsig", "TERM"] if expected else [])
+        assert broker._death_signal(_settings(tmp_path)) == []  # noqa: SLF001
+    finally:
+        broker._setpriv_pdeathsig.cache_clear()  # noqa: SLF001
