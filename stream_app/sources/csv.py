@@ -1,9 +1,9 @@
 """Events from CSV files with the header `event_id,user_id,item_id,ts,kind[,quantity,price]`.
 
-Cells are strings; `ts` and `quantity` must be integers, `price` a number, both
-written as JSON writes them (so `1_000`, ` 5` or `+5`, which Python's `int()` takes,
-are refused like the same value on the topic), and empty `quantity` / `price`
-cells mean absent. Each row then goes through the
+Cells are strings; `ts` and `quantity` must be integers (`2.0` is one, as in a
+JSON value), `price` a number, all written as JSON writes them (so `1_000`, ` 5`
+or `+5`, which Python's `int()` takes, are refused like the same value on the
+topic), and empty `quantity` / `price` cells mean absent. Each row then goes through the
 same validation as a Kafka value, so a file cannot smuggle in what the topic
 would refuse. Extra columns are refused (the schemas forbid unknown fields).
 """
@@ -90,10 +90,19 @@ def _event(row: dict[str, Any]) -> Event:
 
 
 def _number(cell: str, convert: type[int] | type[float], reason: DlqReason, column: str) -> Any:
-    if not (_INT if convert is int else _NUMBER).fullmatch(cell):
+    """The cell as the topic would read it in a JSON value: an integer column also takes
+    a number with a zero fraction (`2.0`, `1.7e12`; pandas writes an integer column with
+    blanks as floats), as JSON Schema's `integer` does."""
+    if convert is int and _INT.fullmatch(cell):
+        return int(cell)  # exact at any size, where a float would round
+    if not _NUMBER.fullmatch(cell):
         what = "an integer" if convert is int else "a number"
         raise DecodeError(reason, f"{column}: {cell!r} is not {what} as JSON writes it")
-    value = convert(cell)
-    if isinstance(value, float) and not math.isfinite(value):  # 1e999
+    value = float(cell)
+    if not math.isfinite(value):  # 1e999
         raise DecodeError(DlqReason.NON_FINITE, f"{column}: {cell!r}")
+    if convert is int:
+        if not value.is_integer():
+            raise DecodeError(reason, f"{column}: {cell!r} is not an integer")
+        return int(value)
     return value

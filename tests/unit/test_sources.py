@@ -253,6 +253,13 @@ def test_csv_numbers_are_read_as_json_writes_them(tmp_path: Path) -> None:
     path = tmp_path / "ok.csv"
     path.write_text(head + "e,u,i,5,purchase,1,1.5e2\n")
     assert [(e.ts, e.quantity, e.price) for e in read_csv(path)] == [(5, 1, 150.0)]
+    # A zero fraction is an integer, on the topic too (pandas writes an integer column
+    # with blanks as 2.0); a fraction is not.
+    path.write_text(head + "e,u,i,1.7e12,purchase,2.0,1\n")
+    assert [(e.ts, e.quantity) for e in read_csv(path)] == [(1_700_000_000_000, 2)]
+    path.write_text(head + "e,u,i,5,purchase,2.5,1\n")
+    with pytest.raises(SourceError, match="quantity: '2.5' is not an integer"):
+        list(read_csv(path))
 
 
 def test_a_bad_row_over_several_lines_is_named_by_its_first(tmp_path: Path) -> None:
