@@ -141,3 +141,34 @@ def test_large_requests_are_scored_in_slices_of_bounded_bytes() -> None:
     assert slices == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # in order, none left out
     huge = req(0, 2 * BATCH_BYTES_MAX)
     assert take_batch([huge, *small[:2]]) == ([huge], small[:2])  # alone, not refused
+
+
+def test_the_scorer_answers_a_slice_and_keeps_the_rest_pending() -> None:
+    """`Scorer._answer` took every pending request as one batch."""
+    import threading
+    from typing import Any, cast
+
+    from stream_app.config import KafkaConfig
+    from stream_app.scorer import Scorer
+
+    class Producer:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def send(self, topic: str, *_a: object) -> None:
+            self.sent.append(topic)
+
+        def poll(self, _timeout: float) -> int:
+            return 0
+
+    scorer = Scorer(KafkaConfig(), ScorerConfig(device="cpu"), stop=threading.Event())
+    three = [Pending("score-requests", 0, n, 0.0, b"u", b"x" * (3 * 1024 * 1024))
+             for n in range(3)]  # over 1 MiB each: dead-lettered, one record each
+    scorer._pending = list(three)  # noqa: SLF001
+    producer = Producer()
+    scorer._answer(cast(Any, producer))  # noqa: SLF001
+    assert scorer._pending == three[1:] and len(producer.sent) == 1  # noqa: SLF001
+    while scorer._pending:  # noqa: SLF001
+        scorer._answer(cast(Any, producer))  # noqa: SLF001
+    assert len(producer.sent) == 3
+

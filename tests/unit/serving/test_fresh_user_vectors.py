@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from stream_app.codec import encode_meta
 from stream_app.core import Learner, LearnerConfig
@@ -125,5 +126,15 @@ def test_the_mix_is_gathered_in_blocks_of_users_with_the_same_result(
              for _ in range(7)]
     mix = ServingMix(history_weight=0.7, recent_decay=0.5, recent_items=3)
     whole = mixed_vectors(table, mix, users).cpu().numpy()
+    gathers: list[int] = []
+    index_select = torch.Tensor.index_select
+
+    def counting(self: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+        gathers.append(len(index))
+        return index_select(self, dim, index)
+
     monkeypatch.setattr(topk, "GATHER_FLOATS", 3 * 3)
-    np.testing.assert_allclose(mixed_vectors(table, mix, users).cpu().numpy(), whole, rtol=1e-6)
+    monkeypatch.setattr(torch.Tensor, "index_select", counting)
+    blocks = mixed_vectors(table, mix, users).cpu().numpy()
+    assert gathers == [3] * 7  # one user's 3 recent items at a time
+    np.testing.assert_allclose(blocks, whole, rtol=1e-6)
