@@ -54,7 +54,7 @@ class Stats:
 
     def prequential_weights(self) -> Floats:
         """Events scored per batch; a file from before `evaluated` was written has only
-        the events applied, which equal them unless evaluation was sampled."""
+        the events applied (the same weights where each batch scores the same share)."""
         return self.columns.get("evaluated", self["applied"])
 
     def by_event_time(self) -> Stats:
