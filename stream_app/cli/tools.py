@@ -82,8 +82,6 @@ def _broker(args: argparse.Namespace) -> int:
                              "sasl_password": args.sasl_password
                              or env.get("STREAM_APP_BROKER_SASL_PASSWORD")}
     values = {k: v for k, v in flags.items() if v is not None}
-    if env.get("KAFKA_HOME"):
-        values["kafka_home"] = Path(env["KAFKA_HOME"])
     settings = broker.BrokerSettings(**values)
     given = args.bootstrap_servers or env.get("STREAM_APP_BOOTSTRAP_SERVERS")
     if args.action == "start":

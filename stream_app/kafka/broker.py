@@ -23,6 +23,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +65,7 @@ class BrokerSettings:
     cache_dir: Path = field(default_factory=default_cache_dir)
     state_dir: Path = field(default_factory=lambda: default_cache_dir() / "broker")
     port: int = 9092
-    kafka_home: Path | None = None
+    kafka_home: Path | None = field(default_factory=lambda: _kafka_home(os.environ))
     heap: str = "768m"
     start_timeout_s: float = 90.0
     extra_properties: tuple[tuple[str, str], ...] = ()
@@ -323,6 +324,12 @@ def _port_in_properties(props: Path, key: str) -> int | None:
         if line.startswith(f"{key}="):
             return int(line.rsplit(":", 1)[1])
     return None
+
+
+def _kafka_home(env: Mapping[str, str]) -> Path | None:
+    """`KAFKA_HOME`, an unpacked Kafka distribution whose jars replace Maven's, for every
+    broker this package starts (the CLI's, the demo's, the tests')."""
+    return Path(env["KAFKA_HOME"]) if env.get("KAFKA_HOME") else None
 
 
 def _death_signal(settings: BrokerSettings) -> list[str]:

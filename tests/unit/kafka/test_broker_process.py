@@ -160,3 +160,14 @@ def test_a_setpriv_without_pdeathsig_starts_the_broker_plainly(
         assert broker._death_signal(_settings(tmp_path)) == []  # noqa: SLF001
     finally:
         broker._setpriv_pdeathsig.cache_clear()  # noqa: SLF001
+
+
+def test_kafka_home_reaches_every_broker_the_package_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only `stream-app broker` read KAFKA_HOME: the demo fetched the jars with Maven even
+    though its own error said to set it (helper review)."""
+    (tmp_path / "kafka" / "libs").mkdir(parents=True)
+    monkeypatch.setenv("KAFKA_HOME", str(tmp_path / "kafka"))
+    assert _settings(tmp_path).kafka_home == tmp_path / "kafka"
+    monkeypatch.delenv("KAFKA_HOME")
+    assert _settings(tmp_path).kafka_home is None
