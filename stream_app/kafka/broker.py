@@ -93,6 +93,8 @@ class BrokerSettings:
                               "server.properties, which Kafka reads as ISO-8859-1)")
         if not 0 <= self.port <= 65535:
             raise BrokerError(f"broker.port must be in 0..65535, got {self.port}")
+        if self.state_dir.exists() and not self.state_dir.is_dir():
+            raise BrokerError(f"broker --state-dir {self.state_dir} is a file, not a folder")
         if self.kafka_home is not None and not (self.kafka_home / "libs").is_dir():
             raise BrokerError(
                 f"KAFKA_HOME={self.kafka_home} has no libs/ folder: point it at an "
@@ -212,12 +214,12 @@ log4j.logger.org.apache.kafka.controller=WARN
 
 def running(settings: BrokerSettings) -> RunningBroker | None:
     """The broker this state folder started, if its process is still alive."""
+    pid = _recorded_pid(settings)
     try:
-        pid = int(settings.pid_file.read_text().strip())
         bootstrap = settings.bootstrap_file.read_text().strip()
-    except (FileNotFoundError, ValueError):
+    except FileNotFoundError:
         return None
-    if not is_broker(pid, settings.state_dir / "server.properties"):
+    if pid is None or not is_broker(pid, settings.state_dir / "server.properties"):
         return None
     return RunningBroker(pid=pid, bootstrap_servers=bootstrap, log_file=settings.log_file)
 
@@ -376,13 +378,20 @@ def stop(settings: BrokerSettings, timeout_s: float = 30.0) -> bool:
         return _stop(settings, timeout_s)
 
 
-def _stop(settings: BrokerSettings, timeout_s: float = 30.0) -> bool:
+def _recorded_pid(settings: BrokerSettings) -> int | None:
+    """The pid file's pid; None when there is none, or no usable one: 0 or -1 would name a
+    process group to kill(), and a pid past the kernel's range made kill() overflow."""
     try:
         pid = int(settings.pid_file.read_text().strip())
     except (FileNotFoundError, ValueError):
-        return False
+        return None
+    return pid if 0 < pid <= 2**22 else None  # Linux's pid_max is at most 2**22
+
+
+def _stop(settings: BrokerSettings, timeout_s: float = 30.0) -> bool:
+    pid = _recorded_pid(settings)
     stopped = False
-    if is_broker(pid, settings.state_dir / "server.properties"):
+    if pid is not None and is_broker(pid, settings.state_dir / "server.properties"):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while pid_alive(pid) and time.monotonic() < deadline:

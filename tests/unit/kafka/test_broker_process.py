@@ -171,3 +171,22 @@ def test_kafka_home_reaches_every_broker_the_package_starts(
     assert _settings(tmp_path).kafka_home == tmp_path / "kafka"
     monkeypatch.delenv("KAFKA_HOME")
     assert _settings(tmp_path).kafka_home is None
+
+
+@pytest.mark.parametrize("recorded", ["0", "-1", "99999999999999999999"])
+def test_a_pid_file_that_names_no_single_process_is_ignored(
+        tmp_path: Path, recorded: str) -> None:
+    """0 and -1 name process groups to kill(), and a pid past the kernel's range made
+    `broker status` and `stop` end in an OverflowError traceback (helper review)."""
+    settings = _settings(tmp_path)
+    _record(settings, 1)
+    settings.pid_file.write_text(f"{recorded}\n")
+    assert broker.running(settings) is None
+    assert broker.stop(settings) is False
+
+
+def test_a_state_dir_that_is_a_file_is_refused_with_its_name(tmp_path: Path) -> None:
+    """`broker status --state-dir FILE` ended in a NotADirectoryError traceback."""
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(BrokerError, match="afile is a file, not a folder"):
+        BrokerSettings(state_dir=tmp_path / "afile")
