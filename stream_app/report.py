@@ -101,7 +101,11 @@ def load_stats(path: Path) -> Stats:
     if missing:
         raise ConfigError(f"{path} is not a trainer --stats-file: its first batch has no "
                           f"number for {', '.join(missing)}")
-    return Stats({k: np.array([_float(r.get(k)) for r in rows]) for k in names})
+    try:
+        return Stats({k: np.array([_float(r.get(k)) for r in rows]) for k in names})
+    except (TypeError, ValueError) as exc:  # a batch with "loss": "x", say
+        raise ConfigError(f"{path}: a batch has a value that is not a number ({exc}): "
+                          "not a trainer --stats-file?") from exc
 
 
 PLOTTED = ("event_ts_max", "wall_ms", "events", "applied", "loss", "hit_rate",
@@ -262,7 +266,10 @@ def plot_throughput(stats: Stats, out: Path) -> Path:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path)
+    try:
+        fig.savefig(path)
+    except OSError as exc:  # a folder that exists but cannot be written
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
 
 
@@ -275,12 +282,17 @@ def require_plotting() -> None:
 
 
 def build_report(run_dir: Path, out: Path | None = None) -> list[Path]:
-    """Write the four PNGs of `run_dir` into `out` (default: `run_dir`); returns their paths."""
+    """Write the four PNGs of `run_dir` into `out` (default: `run_dir`); returns their paths.
+
+    `run_dir` may also be the stats file itself (any name): its folder is then the run's.
+    """
     require_plotting()
-    stats = load_stats(run_dir / STATS_FILE)
+    stats_file = run_dir if run_dir.is_file() else run_dir / STATS_FILE
+    run_dir = stats_file.parent
+    stats = load_stats(stats_file)
     out = make_folder(out or run_dir, "report --out")
     metrics = run_dir / METRICS_FILE
-    page = metrics.read_text() if metrics.is_file() else None
+    page = metrics.read_text(errors="replace") if metrics.is_file() else None
     return [plot_loss(stats, out), plot_hit_rate(stats, out, _k(run_dir)),
             plot_freshness(stats, out, page), plot_throughput(stats, out)]
 

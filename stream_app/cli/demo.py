@@ -38,7 +38,8 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("report", help="PNG plots of a run (demo report folder or a folder "
                        "with the trainer's --stats-file output)")
-    p.add_argument("run_dir", type=Path, help="folder holding trainer-stats.jsonl")
+    p.add_argument("run_dir", type=Path,
+                   help="folder holding trainer-stats.jsonl, or a stats file itself")
     p.add_argument("--out", type=Path, help="where to write the PNGs (default RUN_DIR)")
     p.set_defaults(handler=_report)
 

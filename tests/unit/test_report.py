@@ -194,3 +194,31 @@ def test_prequential_plots_follow_event_time_not_commit_order() -> None:
     assert ordered["event_ts_max"].tolist() == [100.0, 300.0]
     assert ordered["hit_rate"].tolist() == [0.1, 0.3]
 
+
+def test_report_takes_the_stats_file_itself_and_names_bad_input(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Given the stats file, report looked for <file>/trainer-stats.jsonl and told the user
+    to run the trainer with that; a non-number in a batch, an unwritable --out and a
+    metrics page that is not UTF-8 ended in tracebacks (helper review)."""
+    _write_run(tmp_path / "run", _batches(12))  # the last one committed (the 10th aborted)
+    stats = tmp_path / "run" / "mine.jsonl"
+    (tmp_path / "run" / "trainer-stats.jsonl").rename(stats)
+    (tmp_path / "run" / "trainer-metrics.prom").write_bytes(b"# \xff\xfe not utf-8\n")
+    assert main(["report", str(stats), "--out", str(tmp_path / "out")]) == 0
+    _assert_pngs(tmp_path / "out")
+    capsys.readouterr()
+    head, last = stats.read_text().rsplit('"loss":', 1)  # a later batch: the first is checked
+    stats.write_text(head + '"loss":"x","was":' + last)
+    assert main(["report", str(stats), "--out", str(tmp_path / "out")]) == 2
+    assert "not a number" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/1").is_dir(), reason="needs Linux's /proc")
+def test_an_out_folder_that_takes_no_files_is_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """savefig's OSError was a traceback. /proc/1 is a folder that takes no new file, even
+    for root (who writes in a read-only folder)."""
+    _write_run(tmp_path, _batches(10))
+    assert main(["report", str(tmp_path), "--out", "/proc/1"]) == 2
+    assert "cannot write /proc/1/loss.png" in capsys.readouterr().err
+
