@@ -207,6 +207,7 @@ class Trainer(Ownership):
             self._restore("abort", settle=self._own_users is None)
             if self._own_users is not None:  # the assignment is unchanged: so is the scope,
                 self.learner.clear_replay()  # but the restore may have loaded a snapshot's
+                self._own_writes.forget()  # as in `_scope`: no longer what a restore gives
         else:
             self._aborts_in_a_row = 0
             self._unsnapshotted = True
