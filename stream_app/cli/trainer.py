@@ -22,7 +22,9 @@ def add_commands(sub: Any) -> None:
                         "time (200)")
     p.add_argument("--restore", action=argparse.BooleanOptionalAction, default=None,
                    help="rebuild the model from the embeddings changelog at start (default; "
-                   "--no-restore starts from an empty model)")
+                   "--no-restore starts from an empty model, for a lone trainer: an aborted "
+                   "transaction still restores the changelog, and partitions it takes over "
+                   "in a group are not restored)")
     p.add_argument("--stats-file", help="append one JSON line per batch (for `stream-app report`)")
     p.add_argument("--stall-timeout", dest="stall_timeout_s", type=float, metavar="SECONDS",
                    help="exit with status 75 when the loop makes no progress this long, "
