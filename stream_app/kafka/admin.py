@@ -164,10 +164,12 @@ def _wait_visible(admin: AdminClient, topics: list[str], timeout_s: float) -> No
 
 
 def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.0, *,
-                   co_partitioned: Sequence[str] = (), compacted: Sequence[str] = ()) -> None:
+                   co_partitioned: Sequence[str] = (), compacted: Sequence[str] = ()
+                   ) -> dict[str, int]:
     """Fail fast, before the first poll, when a topic we need does not exist, when
     the `co_partitioned` topics (the trainer's clicks and purchases) differ in
-    partition count, or when a `compacted` one (`embeddings`) is not compacted."""
+    partition count, or when a `compacted` one (`embeddings`) is not compacted.
+    Returns the `compacted` topics' delete.retention.ms, where the cluster shows it."""
     wait_for_broker(kafka.bootstrap_servers, timeout_s, client=dict(kafka.client))
     admin = admin_client(kafka)
     try:
@@ -188,12 +190,13 @@ def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.
             "partitions: a user's events are keyed by user id and must land on the same "
             "partition number in each; recreate them (or add partitions) to the same count"
         )
-    for topic in compacted:
-        require_compacted(admin, topic, timeout_s)
+    retention = {topic: require_compacted(admin, topic, timeout_s) for topic in compacted}
+    return {topic: ms for topic, ms in retention.items() if ms is not None}
 
 
-def require_compacted(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> None:
-    """TopicError when `topic` exists with a cleanup.policy that is not compact.
+def require_compacted(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> int | None:
+    """TopicError when `topic` exists with a cleanup.policy that is not compact; else its
+    delete.retention.ms (None: not shown), how long compaction keeps a tombstone.
 
     The changelog is the model: under `delete` (a topic made by hand, or by a
     broker's auto-create) retention drops rows after retention.ms, and a restore
@@ -203,10 +206,11 @@ def require_compacted(admin: AdminClient, topic: str, timeout_s: float = 10.0) -
     resource = ConfigResource(ResourceType.TOPIC, topic)
     try:
         configs = admin.describe_configs([resource], request_timeout=timeout_s)[resource]
-        policy = str(configs.result(timeout=timeout_s)["cleanup.policy"].value)
+        entries = configs.result(timeout=timeout_s)
+        policy = str(entries["cleanup.policy"].value)
     except (KafkaException, KeyError, TimeoutError) as exc:
         log.warning("cannot read the cleanup.policy of %s (%s): not checked", topic, exc)
-        return
+        return None
     if "compact" not in policy.split(","):
         raise TopicError(
             f"topic {topic} has cleanup.policy={policy}, not compact: retention would delete "
@@ -214,6 +218,11 @@ def require_compacted(admin: AdminClient, topic: str, timeout_s: float = 10.0) -
             f"(kafka-configs --alter --entity-type topics --entity-name {topic} "
             "--add-config cleanup.policy=compact) or recreate it with `stream-app topics "
             "create`")
+    retention = entries.get("delete.retention.ms")
+    try:
+        return None if retention is None else int(str(retention.value))
+    except ValueError:
+        return None
 
 
 def delete_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 30.0) -> None:

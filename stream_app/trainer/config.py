@@ -44,8 +44,8 @@ class TrainerConfig:
 
     `snapshot_dir`: where to keep a local snapshot of the learner (off when
     unset), written every `snapshot_interval_s` (idle too, after changes) and at
-    shutdown; a restore older than `snapshot_max_age_s` ignores it (keep that below
-    the `embeddings` topic's delete.retention.ms, 24 h by default). See
+    shutdown; a restore older than `snapshot_max_age_s` ignores it (and one older than
+    the `embeddings` topic's delete.retention.ms, 24 h by default, read at start). See
     `stream_app.trainer.snapshot`.
     """
 

@@ -102,8 +102,10 @@ class Trainer(Ownership):
         # Co-partitioning (one trainer owns partition i of both event topics, so
         # a user's clicks and purchases) needs equal partition counts.
         inputs = [self.topics.clicks, self.topics.purchases]
-        require_topics(self.kafka, [*inputs, self.topics.embeddings, self.topics.dlq],
-                       co_partitioned=inputs, compacted=[self.topics.embeddings])
+        kept = require_topics(self.kafka, [*inputs, self.topics.embeddings, self.topics.dlq],
+                              co_partitioned=inputs, compacted=[self.topics.embeddings])
+        if self._snapshots is not None and self.topics.embeddings in kept:
+            self._snapshots.cap_age(kept[self.topics.embeddings])
         # Step 0. init_transactions fences a zombie and aborts its open
         # transaction before we read the changelog, so restore sees only
         # committed rows that match the committed input offsets.

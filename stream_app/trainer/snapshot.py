@@ -129,6 +129,16 @@ class Snapshots:
         self.write_failed = False  # the last write's outcome: a failed one is due again
         self._writer: threading.Thread | None = None
 
+    def cap_age(self, tombstones_kept_ms: int) -> None:
+        """Use no snapshot older than the changelog keeps tombstones (its
+        delete.retention.ms): one older may miss a forget whose tombstone compaction
+        has removed since, and restore the forgotten user."""
+        if tombstones_kept_ms < self.max_age_ms:
+            log.warning("trainer.snapshot_max_age_s (%.0f s) is not below the changelog's "
+                        "delete.retention.ms (%.0f s): snapshots older than that are not used",
+                        self.max_age_ms / 1000, tombstones_kept_ms / 1000)
+            self.max_age_ms = tombstones_kept_ms
+
     def changelog_tag(self, ends: dict[int, int] | None = None) -> SnapshotTag:
         """The changelog now, at `ends` (default: its high watermarks)."""
         topic = self.kafka.topics.embeddings

@@ -30,6 +30,13 @@ def test_topics_create_is_idempotent_and_embeddings_compacted(
     assert configs["cleanup.policy"].value == "compact"
     meta = admin.list_topics(timeout=10)
     assert len(meta.topics[f"{prefix}clicks"].partitions) == 3
+    # How long the changelog keeps a tombstone bounds which snapshots the trainer uses.
+    from stream_app.kafka.admin import require_topics
+
+    kafka = KafkaConfig(bootstrap_servers=bootstrap, topic_prefix=prefix)
+    kept = require_topics(kafka, [kafka.topics.embeddings], compacted=[kafka.topics.embeddings])
+    assert kept == {kafka.topics.embeddings: int(configs["delete.retention.ms"].value)} \
+        and kept[kafka.topics.embeddings] > 0
 
 
 def test_an_embeddings_topic_that_is_not_compacted_is_refused(

@@ -375,3 +375,17 @@ def test_a_snapshot_keeps_the_tombstones_a_restore_over_the_cap_still_owes() -> 
     owed = set(restored.learn(new).evicted_user_ids)
     assert len(owed) == 11  # ten over the cap, and one more to make room for "new"
     assert set(from_snapshot.learn(new).evicted_user_ids) == owed
+
+
+def test_no_snapshot_older_than_the_changelog_keeps_tombstones_is_used(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A snapshot 3 h old passed the 6 h default while the topic kept tombstones 1 h: a
+    forget after it, its tombstone compacted away, was missing from the restore, and the
+    forgotten user came back (helper review)."""
+    snapshots = Snapshots(KafkaConfig(), folder=str(tmp_path), transactional_id="t",
+                          max_age_s=6 * 3600)
+    snapshots.cap_age(86_400_000)  # Kafka's default, a day: the 6 h stays
+    assert snapshots.max_age_ms == 6 * 3_600_000 and not caplog.records
+    snapshots.cap_age(3_600_000)
+    assert snapshots.max_age_ms == 3_600_000
+    assert "not below the changelog's delete.retention.ms" in caplog.text
