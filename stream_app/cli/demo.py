@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stream_app.cli.common import kafka_args, kafka_config
+from stream_app.cli.trainer import learner_config
 from stream_app.config import environment, read_file
 from stream_app.signals import interrupted_status
 
@@ -19,7 +20,8 @@ def add_commands(sub: Any) -> None:
                        description="Starts a local broker unless --bootstrap-servers (or "
                        "STREAM_APP_BOOTSTRAP_SERVERS) names one; every run uses fresh topics.")
     p.add_argument("--data", type=Path, help="folder with ratings.dat.gz + movies.dat.gz "
-                   "(MovieLens 1M); the synthetic stream is used when they are absent")
+                   "(MovieLens 1M), or the ratings file; the synthetic stream is used when "
+                   "the path is not there")
     p.add_argument("--limit", type=int, default=300_000,
                    help="events to replay, first by event time (default 300000)")
     p.add_argument("--report-dir", type=Path, default=Path("demo-report"),
@@ -77,6 +79,9 @@ def _demo(args: argparse.Namespace) -> int:
     if args.log_level.upper() == "INFO":  # keep library INFO lines out of the live view
         logging.getLogger().setLevel(logging.WARNING)
     kafka = kafka_config(args)
+    # The trainer it starts would refuse a bad -L only after the broker and topics are up,
+    # and the demo then exited 1, not 2 (helper review).
+    learner_config(args.learner_settings, read_file(args.config))
     given = args.bootstrap_servers or environment().get("STREAM_APP_BOOTSTRAP_SERVERS") \
         or read_file(args.config).get("kafka", {}).get("bootstrap_servers")
     prefix = demo_prefix(kafka.topic_prefix)

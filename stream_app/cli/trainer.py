@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream_app.cli.common import component_args, kafka_args, kafka_config, utf8_text
 from stream_app.config import environment, parse_kv, read_file
+
+if TYPE_CHECKING:
+    from stream_app.core import LearnerConfig
 
 
 def add_commands(sub: Any) -> None:
@@ -57,10 +60,17 @@ def _trainer(args: argparse.Namespace) -> int:
     kafka = kafka_config(args, {"trainer": TrainerConfig, "learner": LearnerConfig})
     cfg = build(TrainerConfig, "trainer", file.get("trainer", {}), environment(), flags,
                 derived={"group_id": default_group_id(kafka, "trainer")})
-    learner_flags = _typed(LearnerConfig, parse_kv(args.learner_settings, "-L"))
-    learner = build(LearnerConfig, "learner", file.get("learner", {}), environment(),
-                    learner_flags)
-    return run_trainer(kafka, cfg, learner)
+    return run_trainer(kafka, cfg, learner_config(args.learner_settings, file))
+
+
+def learner_config(settings: list[str] | None, file: dict[str, Any]) -> LearnerConfig:
+    """The learner's configuration from the file, `STREAM_APP_LEARNER_*` and `-L` pairs
+    (also checked by `demo` before it starts anything)."""
+    from stream_app.config import build
+    from stream_app.core import LearnerConfig
+
+    return build(LearnerConfig, "learner", file.get("learner", {}), environment(),
+                 _typed(LearnerConfig, parse_kv(settings, "-L")))
 
 
 def _typed(cls: Any, raw: dict[str, str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stream_app.config import ConfigError
 from stream_app.sources import RawRecord, to_record
 from stream_app.sources.generate import generate
 from stream_app.sources.movielens import (
@@ -48,8 +49,19 @@ class DemoInput:
 
 
 def load_input(data: Path | None, limit: int, *, seed: int = 0) -> DemoInput:
-    """MovieLens from `data` if its files are there, else the synthetic generator."""
-    ratings = ratings_in(data) if data is not None else None
+    """MovieLens from `data` (a folder, or its ratings file), else the synthetic generator.
+
+    Only a `data` that is not there falls back (`make demo` on a machine without the
+    shared data); a folder without ratings is an error, not a quiet switch of input.
+    """
+    ratings = None
+    if data is not None and data.is_file():
+        ratings = data
+    elif data is not None and data.is_dir():
+        ratings = ratings_in(data)
+        if ratings is None:
+            raise ConfigError(f"demo --data {data} holds no MovieLens ratings (ratings.dat, "
+                              "ratings.dat.gz or u.data); pass that folder or the file")
     if ratings is not None:
         movies = movies_beside(ratings)
         titles = read_movies(movies) if movies is not None else {}

@@ -108,7 +108,7 @@ def run_demo(opts: DemoOptions, kafka: KafkaConfig, *, start_broker: bool,
     require_plotting()
     began = time.monotonic()
     display = LiveDisplay(stream)
-    report = _prepare_report_dir(opts.report_dir)
+    report = make_folder(opts.report_dir, "demo --report-dir")
     inp = load_input(opts.data, opts.limit)
     if inp.note:
         display.note(inp.note)
@@ -125,6 +125,7 @@ def run_demo(opts: DemoOptions, kafka: KafkaConfig, *, start_broker: bool,
         children: list[Child] = []
         failed: dict[str, int] = {}
         stack.callback(_stop_children, children, display, failed)
+        _clear_report(report)  # only now: a run that fails before keeps the last report
         _start_children(opts, kafka, report, children)
         replayer = Replayer(kafka, inp.records)
         stack.callback(replayer.stop)
@@ -140,12 +141,10 @@ def run_demo(opts: DemoOptions, kafka: KafkaConfig, *, start_broker: bool,
     return 1 if failed else 0
 
 
-def _prepare_report_dir(path: Path) -> Path:
-    """Create it and drop the previous run's files (the trainer appends to its stats)."""
-    make_folder(path, "demo --report-dir")
+def _clear_report(path: Path) -> None:
+    """Drop the previous run's files (the trainer appends to its stats)."""
     for name in (*OUTPUTS, "loss.png", "hit_rate.png", "freshness.png", "throughput.png"):
         (path / name).unlink(missing_ok=True)
-    return path
 
 
 def _start_children(opts: DemoOptions, kafka: KafkaConfig, report: Path,

@@ -1,0 +1,42 @@
+"""The demo's input: MovieLens from a folder or its ratings file, the generator only when
+the given path is not there (no broker)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from stream_app.config import ConfigError
+from stream_app.demo.data import load_input
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def test_the_ratings_file_itself_is_read_and_a_folder_without_ratings_is_refused(
+        tmp_path: Path) -> None:
+    """A ratings file, which `replay` takes, and a folder holding none were both replaced
+    by the synthetic stream with only a note (helper review)."""
+    shutil.copy(DATA / "ratings_small.dat", tmp_path / "ratings.dat")
+    from_file = load_input(tmp_path / "ratings.dat", 10)
+    assert from_file.note is None and "MovieLens" in from_file.description
+    assert [r.event.user_id for r in from_file.records if r.event] == \
+        [r.event.user_id for r in load_input(tmp_path, 10).records if r.event]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no MovieLens ratings"):
+        load_input(tmp_path / "empty", 10)
+    missing = load_input(tmp_path / "not-there", 100)  # make demo without the shared data
+    assert missing.note and "synthetic" in missing.description
+
+
+def test_a_bad_learner_setting_stops_the_demo_before_it_starts_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The trainer child refused `-L dimm=32` after the broker, the topics and the report
+    folder were set up, and the demo exited 1 rather than 2 (helper review)."""
+    from stream_app.cli import main
+
+    code = main(["demo", "-L", "dimm=32", "--bootstrap-servers", "127.0.0.1:1",
+                 "--report-dir", str(tmp_path / "report")])
+    assert code == 2 and "unknown learner setting(s): dimm" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
