@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lost = not_delivered(exc.dropped, exc.refused,
                              [exc.first_refusal] if exc.first_refusal else [])
         sent = "" if exc.sent is None else f" ({exc.sent} record(s) sent before it{lost})"
-        print(f"stream-app: stopped at a bad input line{sent}: {exc}", file=sys.stderr)
+        print(f"stream-app: stopped reading the input{sent}: {exc}", file=sys.stderr)
         return 2
     except KafkaEdgeError as exc:  # delivery failures, a fenced producer (TopicError: above)
         log.debug("stopped", exc_info=True)

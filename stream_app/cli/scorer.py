@@ -68,6 +68,8 @@ def _scorer(args: argparse.Namespace) -> int:
 def _request(args: argparse.Namespace) -> int:
     from stream_app.client import request_command
 
+    if not args.user:  # was "missing_key: record has no key"
+        raise ConfigError("the user id is empty: give the id of the user to score for")
     if args.k < 1 or args.k > 1000:
         raise ConfigError(f"--k must be in 1..1000, got {args.k}")
     if not 0 < args.timeout < math.inf:  # NaN fails too

@@ -54,6 +54,9 @@ def read_csv(path: Path | str) -> Iterator[Event]:
 
 def _check_header(path: Path, fields: Any) -> None:
     columns = list(fields or [])
+    if not columns:
+        raise SourceError(path, 1, f"the file is empty: a CSV needs the header "
+                          f"{','.join(REQUIRED_COLUMNS)}")
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     extra = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if missing or extra:

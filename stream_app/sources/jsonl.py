@@ -57,7 +57,13 @@ def write_jsonl(path: Path | str, events: Iterator[Event] | list[Event]) -> int:
 
 
 def _event(line: bytes, kind: EventKind | None) -> Event:
-    obj = parse_object(check_value(line, EVENT_MAX_BYTES))
+    try:
+        obj = parse_object(check_value(line, EVENT_MAX_BYTES))
+    except DecodeError as err:
+        if line.lstrip().startswith(b"["):  # the first line of a pretty-printed array
+            raise DecodeError(err.reason, f"{err.detail}; a JSON array file is not JSON "
+                              "lines (one event object per line)") from err
+        raise
     if not isinstance(obj, dict):  # said before the kind: --kind would not help
         raise DecodeError(DlqReason.NOT_OBJECT, f"a line must be one JSON object, got "
                           f"{type(obj).__name__} (a JSON array file is not JSON lines)")

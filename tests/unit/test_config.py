@@ -484,3 +484,10 @@ def test_broker_stop_and_status_refuse_the_flags_they_would_ignore(
     assert main(["broker", action, "--state-dir", str(tmp_path), *flag]) == 2
     err = capsys.readouterr().err
     assert flag[0] in err and "apply to `broker start` only" in err
+
+
+def test_a_request_for_an_empty_user_id_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """It went out and came back as 'missing_key: record has no key' (helper review)."""
+    assert main(["request", "", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "the user id is empty" in capsys.readouterr().err
+

@@ -517,3 +517,17 @@ def test_a_utf16_jsonl_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="UTF-16 .* save it as UTF-8") as caught:
         list(read_jsonl(path))
     assert caught.value.line == 1
+
+
+def test_an_empty_csv_and_a_pretty_printed_json_array_say_what_they_are(
+        tmp_path: Path) -> None:
+    """An empty CSV was reported as a header missing all five columns, and a JSON array
+    written over several lines got only 'unexpected end of data' (helper review)."""
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(SourceError, match="empty.csv:1: the file is empty: a CSV needs"):
+        list(read_csv(empty))
+    array = tmp_path / "events.json"
+    array.write_text('[\n  {"event_id": "e1", "user_id": "u", "item_id": "i", "ts": 1}\n]\n')
+    with pytest.raises(SourceError, match="events.json:1: .*a JSON array file is not JSON"):
+        list(read_jsonl(array, kind=EventKind.CLICK))
