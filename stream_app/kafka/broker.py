@@ -13,7 +13,6 @@ The state folder holds `server.properties`, the data, `broker.pid` and
 from __future__ import annotations
 
 import base64
-import functools
 import logging
 import os
 import re
@@ -28,7 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stream_app.kafka.broker_jars import ensure_jars
-from stream_app.kafka.broker_process import MAIN_CLASS, is_broker, locked, pid_alive
+from stream_app.kafka.broker_process import (
+    MAIN_CLASS,
+    is_broker,
+    locked,
+    pdeathsig_prefix,
+    pid_alive,
+    recorded_pid,
+)
 from stream_app.kafka.exceptions import BrokerError
 
 log = logging.getLogger(__name__)
@@ -214,7 +220,7 @@ log4j.logger.org.apache.kafka.controller=WARN
 
 def running(settings: BrokerSettings) -> RunningBroker | None:
     """The broker this state folder started, if its process is still alive."""
-    pid = _recorded_pid(settings)
+    pid = recorded_pid(settings.pid_file)
     try:
         bootstrap = settings.bootstrap_file.read_text().strip()
     except FileNotFoundError:
@@ -337,23 +343,7 @@ def _kafka_home(env: Mapping[str, str]) -> Path | None:
 def _death_signal(settings: BrokerSettings) -> list[str]:
     """`setpriv` execs the JVM (same pid) with the parent-death signal set; a Popen
     preexec_fn would do the same without it, but is unsafe once client threads run."""
-    return _setpriv_pdeathsig() if settings.dies_with_caller else []
-
-
-@functools.cache
-def _setpriv_pdeathsig() -> list[str]:
-    """The command prefix, if this `setpriv` has `--pdeathsig` (util-linux 2.33, 2018, and
-    later); an older one would make every start fail, so it is tried once first."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return []
-    prefix = [setpriv, "--pdeathsig", "TERM"]
-    try:
-        ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=10,  # noqa: S603
-                            check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        ok = False
-    return prefix if ok else []
+    return pdeathsig_prefix() if settings.dies_with_caller else []
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], bootstrap: str, settings: BrokerSettings) -> None:
@@ -378,18 +368,8 @@ def stop(settings: BrokerSettings, timeout_s: float = 30.0) -> bool:
         return _stop(settings, timeout_s)
 
 
-def _recorded_pid(settings: BrokerSettings) -> int | None:
-    """The pid file's pid; None when there is none, or no usable one: 0 or -1 would name a
-    process group to kill(), and a pid past the kernel's range made kill() overflow."""
-    try:
-        pid = int(settings.pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    return pid if 0 < pid <= 2**22 else None  # Linux's pid_max is at most 2**22
-
-
 def _stop(settings: BrokerSettings, timeout_s: float = 30.0) -> bool:
-    pid = _recorded_pid(settings)
+    pid = recorded_pid(settings.pid_file)
     stopped = False
     if pid is not None and is_broker(pid, settings.state_dir / "server.properties"):
         os.kill(pid, signal.SIGTERM)

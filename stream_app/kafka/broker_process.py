@@ -1,4 +1,5 @@
-"""Which process is the local broker, and one start or stop at a time.
+"""Which process is the local broker (its pid file, its command line), how a test broker dies
+with its caller, and one start or stop at a time.
 
 A pid file outlives its process (a crash, a reboot), and the pid may then
 belong to anything: `broker stop` would signal it and `status` report it. So
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,3 +70,29 @@ def pid_alive(pid: int) -> bool:
     except ChildProcessError:
         return True
     return done == 0
+
+
+def recorded_pid(pid_file: Path) -> int | None:
+    """The pid file's pid; None when there is none, or no usable one: 0 or -1 would name a
+    process group to kill(), and a pid past the kernel's range made kill() overflow."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if 0 < pid <= 2**22 else None  # Linux's pid_max is at most 2**22
+
+
+@functools.cache
+def pdeathsig_prefix() -> list[str]:
+    """`setpriv --pdeathsig TERM`, if this `setpriv` has the option (util-linux 2.33, 2018,
+    and later); an older one would make every start fail, so it is tried once first."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return []
+    prefix = [setpriv, "--pdeathsig", "TERM"]
+    try:
+        ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=10,  # noqa: S603
+                            check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return prefix if ok else []

@@ -153,13 +153,13 @@ def test_a_setpriv_without_pdeathsig_starts_the_broker_plainly(
     fake.write_text(f"#!/bin/sh\n{script}\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    broker._setpriv_pdeathsig.cache_clear()  # noqa: SLF001
+    broker_process.pdeathsig_prefix.cache_clear()
     try:
         prefix = broker._death_signal(_settings(tmp_path, dies_with_caller=True))  # noqa: SLF001
         assert prefix == ([str(fake), "--pdeathsig", "TERM"] if expected else [])
         assert broker._death_signal(_settings(tmp_path)) == []  # noqa: SLF001
     finally:
-        broker._setpriv_pdeathsig.cache_clear()  # noqa: SLF001
+        broker_process.pdeathsig_prefix.cache_clear()
 
 
 def test_kafka_home_reaches_every_broker_the_package_starts(
