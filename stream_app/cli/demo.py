@@ -82,6 +82,10 @@ def _demo(args: argparse.Namespace) -> int:
     # The trainer it starts would refuse a bad -L only after the broker and topics are up,
     # and the demo then exited 1, not 2 (helper review).
     learner_config(args.learner_settings, read_file(args.config))
+    if args.device is not None:  # likewise for a device this machine lacks
+        from stream_app.device import resolve_device
+
+        resolve_device(args.device, "--device")
     given = args.bootstrap_servers or environment().get("STREAM_APP_BOOTSTRAP_SERVERS") \
         or read_file(args.config).get("kafka", {}).get("bootstrap_servers")
     prefix = demo_prefix(kafka.topic_prefix)

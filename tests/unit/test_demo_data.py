@@ -40,3 +40,15 @@ def test_a_bad_learner_setting_stops_the_demo_before_it_starts_anything(
                  "--report-dir", str(tmp_path / "report")])
     assert code == 2 and "unknown learner setting(s): dimm" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "tpu"])
+def test_a_device_this_machine_lacks_stops_the_demo_before_it_starts_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str) -> None:
+    """Only the demo's trainer child checked `--device`, after the broker and topics were up."""
+    from stream_app.cli import main
+
+    code = main(["demo", "--device", device, "--bootstrap-servers", "127.0.0.1:1",
+                 "--report-dir", str(tmp_path / "report")])
+    assert code == 2 and f"--device={device!r}" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
