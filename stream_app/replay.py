@@ -64,8 +64,8 @@ def infer_format(path: Path) -> Format:
 
 
 def file_records(path: Path, fmt: Format | None = None, *,
-                 kind: EventKind | None = None) -> Iterator[RawRecord]:
-    """The records of an input file; MovieLens is replayed in event-time order.
+                 kind: EventKind | None = None, limit: int | None = None) -> Iterator[RawRecord]:
+    """The first `limit` records of an input file; MovieLens in event-time order.
 
     `fmt` None: from the file's name (`infer_format`). `kind`: the kind of
     JSONL lines that carry no `"kind"` (a file of plain event values).
@@ -85,12 +85,12 @@ def file_records(path: Path, fmt: Format | None = None, *,
         # A movies file beside the ratings gives each event its film's release time.
         movies = movies_beside(path)
         released = release_times(read_movies(movies)) if movies is not None else None
-        events = read_ratings(path, sort_by_time=True, released=released)
+        events = read_ratings(path, sort_by_time=True, released=released, limit=limit)
     elif fmt == "jsonl":
         events = read_jsonl(path, kind=kind)
     else:
         events = read_csv(path)
-    return (to_record(e) for e in events)
+    return (to_record(e) for e in itertools.islice(events, limit))
 
 
 def outgoing(records: Iterable[RawRecord], topics: TopicNames) -> Iterator[Outgoing]:
@@ -164,7 +164,7 @@ def replay_file(kafka: KafkaConfig, path: Path, *, fmt: Format | None, limit: in
     if limit is not None and not 0 < limit <= sys.maxsize:
         raise ConfigError(f"--limit must be 1..{sys.maxsize}, got {limit}")
     check_rate(rate)
-    records = itertools.islice(file_records(path, fmt, kind=kind), limit)
+    records = file_records(path, fmt, kind=kind, limit=limit)
     # No total: --limit is an upper bound, and a shorter file ended the bar at 0%.
     return produce_records(kafka, records, total=None, rate=rate, progress=progress,
                            label="replay")

@@ -7,7 +7,6 @@ movies to show beside the predictions and to pick users worth asking about.
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,9 +64,8 @@ def load_input(data: Path | None, limit: int, *, seed: int = 0) -> DemoInput:
     if ratings is not None:
         movies = movies_beside(ratings)
         titles = read_movies(movies) if movies is not None else {}
-        events = itertools.islice(read_ratings(ratings, sort_by_time=True,
-                                               released=release_times(titles)), limit)
-        records = [to_record(e) for e in events]
+        records = [to_record(e) for e in read_ratings(
+            ratings, sort_by_time=True, released=release_times(titles), limit=limit)]
         return _with_history(DemoInput(
             records=records, titles=titles,
             description=f"MovieLens ({ratings}), first {len(records):,} ratings by time"))

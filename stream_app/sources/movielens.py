@@ -18,6 +18,7 @@ film's release time, January 1 of the year in its title, as `item_released_at`.
 from __future__ import annotations
 
 import calendar
+import heapq
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -41,8 +42,13 @@ def read_ratings(
     mode: Mode = "split",
     sort_by_time: bool = False,
     released: Mapping[str, int] | None = None,
+    limit: int | None = None,
 ) -> Iterator[Event]:
     """Events from a ratings file; see the module docstring for the mapping.
+
+    `limit`: at most that many events. Sorted by time, only the first `limit` ratings
+    are held while the file is read, so a short replay of a large file (ML-10M's 10M
+    ratings are ~1 GB as tuples) needs memory for the replay, not the file.
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "ratings.dat"
@@ -50,14 +56,29 @@ def read_ratings(
     >>> [(e.event_id, e.kind.value) for e in read_ratings(p)]
     [('ml-1-1193-978300760', 'purchase'), ('ml-1-661-978302109', 'click')]
     """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
     ratings: Iterable[Rating] = read_raw_ratings(Path(path))
     if sort_by_time:
-        # Stable sort on (ts, user, item): ties replay in a deterministic order.
-        ratings = sorted(ratings, key=lambda r: (r[3], r[0], r[1]))
+        # Sorted on (ts, user, item): ties replay in a deterministic order. A rating
+        # gives at least one event, so the first `limit` ratings hold the first `limit`
+        # events.
+        ratings = sorted(ratings, key=_time_order) if limit is None \
+            else heapq.nsmallest(limit, ratings, key=_time_order)
     released = released or {}
+    remaining = limit
     for rating in ratings:
-        yield from rating_events(rating, purchase_threshold=purchase_threshold, mode=mode,
-                                 released_at=released.get(str(rating[1])))
+        for event in rating_events(rating, purchase_threshold=purchase_threshold, mode=mode,
+                                   released_at=released.get(str(rating[1]))):
+            if remaining is not None:
+                if remaining == 0:
+                    return
+                remaining -= 1
+            yield event
+
+
+def _time_order(rating: Rating) -> tuple[int, int, int]:
+    return rating[3], rating[0], rating[1]
 
 
 def rating_events(

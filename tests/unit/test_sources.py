@@ -43,6 +43,38 @@ def test_movielens_threshold_both_mode_and_time_order() -> None:
     assert [e.ts for e in ordered] == sorted(e.ts for e in ordered)
 
 
+@pytest.mark.parametrize("mode", ["split", "both"])
+def test_a_limited_time_ordered_read_is_the_head_of_the_full_one(mode: str) -> None:
+    full = [e.event_id for e in read_ratings(DATA / "ratings_small.dat", mode=mode,
+                                             sort_by_time=True)]
+    for limit in (0, 1, 2, 3, len(full) - 1, len(full), len(full) + 5):
+        assert [e.event_id for e in read_ratings(DATA / "ratings_small.dat", mode=mode,
+                                                 sort_by_time=True, limit=limit)] \
+            == full[:limit]
+
+
+def test_a_limited_time_ordered_read_holds_only_the_replayed_ratings(tmp_path: Path) -> None:
+    """Sorting for `--limit 1000` held every rating of the file (gap named in stop 33)."""
+    import tracemalloc
+
+    path = tmp_path / "ratings.dat"
+    rng = np.random.default_rng(0)
+    path.write_text("".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in zip(
+        rng.integers(1, 5000, 100_000), rng.integers(1, 4000, 100_000),
+        rng.integers(1, 6, 100_000), rng.integers(956_703_932, 1_046_454_590, 100_000))))
+
+    def peak(limit: int | None) -> int:
+        tracemalloc.start()
+        try:
+            for _ in read_ratings(path, sort_by_time=True, limit=limit):
+                pass
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    assert peak(100) * 10 < peak(None)
+
+
 def test_movielens_tab_variant_and_gzip(tmp_path: Path) -> None:
     assert [e.event_id for e in read_ratings(DATA / "u_small.data")] == [
         "ml-196-242-881250949",
