@@ -123,9 +123,6 @@ class Vocab:
             else:
                 self._wait(ids[j], seen)
                 rows[j] = COLD_ROW
-        # Newest first, the newcomers take the free rows, then evict the oldest rows they are
-        # newer than; rows are then given in batch order (a restore lays them out so).
-        ranked = sorted(to_admit, key=lambda j: (int(last_ts[j]), ids[j]), reverse=True)
         dropped = []
         while len(self.pending) > self.max_rows:
             dropped.append(self.pending.popitem(last=False))
@@ -135,7 +132,12 @@ class Vocab:
         evicted_ids = self._release(evicted)
         free = self.max_rows - len(self.index)
         need = len(to_admit) - free
+        ranked = to_admit
         if need > 0:
+            # Newest first, the newcomers take the free rows, then evict the oldest rows they
+            # are newer than; rows are then given in batch order (a restore lays them out so).
+            # Below the cap every newcomer gets a row, and the order is not needed.
+            ranked = sorted(to_admit, key=lambda j: (int(last_ts[j]), ids[j]), reverse=True)
             lru = self._evict_lru(need, protect)
             # At the cap the table keeps the most recent ids (by event time, then id): a late
             # event's new id does not push out a row newer than itself.
