@@ -1,4 +1,4 @@
-"""`release_free_memory` and `paused_gc`: memory handling around a restore."""
+"""`release_free_memory`, `paused_gc` and `freeze_survivors`: memory handling around a load."""
 
 from __future__ import annotations
 
@@ -43,3 +43,27 @@ def test_paused_gc_leaves_a_collector_that_was_off_off() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_freeze_survivors_collects_the_garbage_and_freezes_what_lives() -> None:
+    """What a loaded scorer keeps is frozen (full collections no longer walk it on the
+    request path), and the load's garbage cycles are freed first, not frozen for good."""
+    import weakref
+
+    from stream_app.heap import freeze_survivors
+
+    class Node:
+        other: object = None
+
+    kept, cycle = [Node() for _ in range(1000)], Node()
+    cycle.other = cycle
+    dead = weakref.ref(cycle)
+    del cycle
+    before = gc.get_freeze_count()
+    try:
+        freeze_survivors()
+        assert dead() is None
+        assert gc.get_freeze_count() >= before + len(kept)
+        assert not any(gc.is_tracked(x) and x in gc.get_objects() for x in kept[:3])
+    finally:
+        gc.unfreeze()
