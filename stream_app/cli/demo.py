@@ -14,6 +14,14 @@ from stream_app.config import environment, read_file
 from stream_app.signals import interrupted_status
 
 
+def _child_sections() -> dict[str, type[Any]]:
+    from stream_app.core import LearnerConfig
+    from stream_app.serving import ScorerConfig
+    from stream_app.trainer import TrainerConfig
+
+    return {"trainer": TrainerConfig, "learner": LearnerConfig, "scorer": ScorerConfig}
+
+
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("demo", help="the whole product on this machine: replay MovieLens, "
                        "watch it learn live, ask for predictions, write a report",
@@ -78,14 +86,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.log_level.upper() == "INFO":  # keep library INFO lines out of the live view
         logging.getLogger().setLevel(logging.WARNING)
-    kafka = kafka_config(args)
-    # The trainer it starts would refuse a bad -L only after the broker and topics are up,
-    # and the demo then exited 1, not 2 (helper review).
-    learner_config(args.learner_settings, read_file(args.config))
-    if args.device is not None:  # likewise for a device this machine lacks
-        from stream_app.device import resolve_device
-
-        resolve_device(args.device, "--device")
+    kafka = kafka_config(args, _child_sections())
+    _check_children(args)
     given = args.bootstrap_servers or environment().get("STREAM_APP_BOOTSTRAP_SERVERS") \
         or read_file(args.config).get("kafka", {}).get("bootstrap_servers")
     prefix = demo_prefix(kafka.topic_prefix)
@@ -104,6 +106,23 @@ def _demo(args: argparse.Namespace) -> int:
         print("\nstream-app demo: interrupted; the processes it started were stopped",
               file=sys.stderr)
         return interrupted_status(exc)
+
+
+def _check_children(args: argparse.Namespace) -> None:
+    """Refuse what the trainer and scorer it starts would refuse, before anything starts:
+    they found a bad -L, `STREAM_APP_TRAINER_*`/`_SCORER_*` value or device only after the
+    broker and topics were up, and the demo then exited 1, not 2 (helper reviews)."""
+    from stream_app.config import build
+    from stream_app.device import resolve_device
+
+    if args.device is not None:
+        resolve_device(args.device, "--device")
+    file, env, sections = read_file(args.config), environment(), _child_sections()
+    learner_config(args.learner_settings, file)
+    flags = {"group_id": "demo", "device": args.device, "metrics_port": 0}
+    for section, cls in sections.items():
+        if section != "learner":
+            build(cls, section, file.get(section, {}), env, flags)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -52,3 +52,24 @@ def test_a_device_this_machine_lacks_stops_the_demo_before_it_starts_anything(
                  "--report-dir", str(tmp_path / "report")])
     assert code == 2 and f"--device={device!r}" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("STREAM_APP_LEARNER_DIMM", "3", "STREAM_APP_LEARNER_DIM"),
+    ("STREAM_APP_SCORER_BATCH_MAXX", "3", "STREAM_APP_SCORER_BATCH_MAX"),
+    ("STREAM_APP_TRAINER_BATCH_MAX", "0", "batch_max"),
+    ("STREAM_APP_SCORER_BATCH_WAIT_MS", "soon", "STREAM_APP_SCORER_BATCH_WAIT_MS"),
+])
+def test_a_setting_the_demos_processes_would_refuse_stops_it_before_it_starts_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        name: str, value: str, says: str) -> None:
+    """The demo checked only the shared Kafka variables; a misspelt or bad trainer, learner
+    or scorer one was found by its child after the broker and topics were up (README
+    review)."""
+    from stream_app.cli import main
+
+    monkeypatch.setenv(name, value)
+    code = main(["demo", "--bootstrap-servers", "127.0.0.1:1",
+                 "--report-dir", str(tmp_path / "report")])
+    assert code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
