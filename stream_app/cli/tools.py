@@ -37,7 +37,7 @@ def add_commands(sub: Any) -> None:
                    "MovieLens folder")
     p.add_argument("--format", choices=["movielens", "jsonl", "csv"],
                    help="default: from the file name (.jsonl/.ndjson/.json, .csv, "
-                   ".dat/.data for movielens; others need this flag)")
+                   ".dat/.data/.base/.test for movielens; others need this flag)")
     p.add_argument("--kind", choices=["click", "purchase"],
                    help="kind of the JSON lines that carry no \"kind\" field (default: "
                    "every line must carry one)")
