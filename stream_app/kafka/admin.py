@@ -105,16 +105,26 @@ def _listening(bootstrap: str) -> bool:
 
 
 def topic_specs(names: TopicNames, plan: TopicPlan) -> list[NewTopic]:
+    """The product's topics. With 3+ replicas a write (all of ours wait for every in-sync
+    replica) must reach 2 of them: under the broker default of 1 an acknowledged record, a
+    committed transaction's rows among them, can sit on the leader alone and die with it.
+
+    >>> [t.config for t in topic_specs(TopicNames(), TopicPlan(replication_factor=3))][0]
+    {'min.insync.replicas': '2'}
+    >>> topic_specs(TopicNames(), TopicPlan())[0].config
+    {}
+    """
     rf = plan.replication_factor
+    durable = {"min.insync.replicas": "2"} if rf >= 3 else {}
     compact = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
-               "segment.ms": "600000"}
-    dlq = {"retention.ms": str(30 * 24 * 3600 * 1000)}
+               "segment.ms": "600000", **durable}
+    dlq = {"retention.ms": str(30 * 24 * 3600 * 1000), **durable}
     return [
-        NewTopic(names.clicks, plan.event_partitions, rf),
-        NewTopic(names.purchases, plan.event_partitions, rf),
+        NewTopic(names.clicks, plan.event_partitions, rf, config=durable),
+        NewTopic(names.purchases, plan.event_partitions, rf, config=durable),
         NewTopic(names.embeddings, plan.embeddings_partitions, rf, config=compact),
-        NewTopic(names.score_requests, plan.request_partitions, rf),
-        NewTopic(names.predictions, plan.request_partitions, rf),
+        NewTopic(names.score_requests, plan.request_partitions, rf, config=durable),
+        NewTopic(names.predictions, plan.request_partitions, rf, config=durable),
         NewTopic(names.dlq, 1, rf, config=dlq),
     ]
 
