@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from bench.common import bench_broker, fresh_topics, machine, write_json
 from stream_app.config import KafkaConfig
 from stream_app.core import LearnerConfig
+from stream_app.heap import freeze_survivors
 from stream_app.kafka.transaction import TxnOutcome
 from stream_app.replay import produce_records
 from stream_app.sources.generate import generate
@@ -71,6 +72,7 @@ def trainer_run(kafka: KafkaConfig, n: int, learner: LearnerConfig, batch_max: i
     cfg = TrainerConfig(group_id=f"bench-{uuid.uuid4().hex[:8]}", batch_max=batch_max,
                         step_max=step_max, batch_wait_ms=100, metrics_port=0,
                         exit_when_idle=2.0, restore=False)
+    freeze_survivors()  # as `run_trainer` does before it makes its trainer
     trainer = make_trainer(kafka, cfg, learner)
     marks: list[tuple[float, int, int]] = []
 

@@ -162,7 +162,6 @@ class Scorer:
         if not self.ready.is_set() and self._progress.done():
             # The load's garbage (fetch buffers, a decoded object per row) stays in
             # glibc's heap unless handed back: 1M rows, RSS growth 887 -> 676 MiB.
-            freeze_survivors()
             release_free_memory()
             self.ready.set()
             self.metrics.set_ready(True)
@@ -375,4 +374,5 @@ def run_scorer(kafka: KafkaConfig, cfg: ScorerConfig, *, registry: CollectorRegi
     """The `stream-app scorer` process: SIGTERM/SIGINT/SIGHUP stop it cleanly."""
     stop = stop if stop is not None else threading.Event()
     stop_on_signals(stop)
+    freeze_survivors()
     return Scorer(kafka, cfg, registry=registry, stop=stop).run()

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from stream_app.codec import DlqReason
 from stream_app.config import ConfigError, KafkaConfig
 from stream_app.core import LearnerConfig
+from stream_app.heap import freeze_survivors
 from stream_app.observability import MetricsServer, TrainerMetrics
 from stream_app.signals import stop_on_signals
 from stream_app.trainer.config import TrainerConfig
@@ -43,6 +44,7 @@ def run_trainer(kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConf
     stop = threading.Event()
     stop_on_signals(stop)
     watchdog = Watchdog(cfg.stall_timeout_s)
+    freeze_survivors()
     trainer = make_trainer(kafka, cfg, learner_cfg, stop=stop, watchdog=watchdog)
 
     def ready() -> tuple[bool, str]:

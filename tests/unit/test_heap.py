@@ -46,8 +46,8 @@ def test_paused_gc_leaves_a_collector_that_was_off_off() -> None:
 
 
 def test_freeze_survivors_collects_the_garbage_and_freezes_what_lives() -> None:
-    """What a loaded scorer keeps is frozen (full collections no longer walk it on the
-    request path), and the load's garbage cycles are freed first, not frozen for good."""
+    """What a process has at its start (its modules) is frozen, so full collections no
+    longer walk it; garbage cycles are freed first, not frozen for good."""
     import weakref
 
     from stream_app.heap import freeze_survivors
