@@ -57,6 +57,9 @@ def ranks_of_targets(scores: torch.Tensor, target_scores: torch.Tensor,
     0.5, so a constant scorer does not look perfect. scores: (B, N) with the
     target among them; target_scores: (B,); valid: (N,) bool or None (all valid).
     Returns (B,) float64.
+
+    >>> ranks_of_targets(torch.tensor([[2.0, 1.0, 1.0]]), torch.tensor([1.0]), None)
+    tensor([1.5000], dtype=torch.float64)
     """
     t = target_scores.unsqueeze(1)
     # int32 counts: summing booleans into the default int64 takes twice as long.
