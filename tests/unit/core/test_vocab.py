@@ -21,6 +21,18 @@ def test_admission_threshold_shares_cold_row_until_enough_events() -> None:
     assert len(v) == 1
 
 
+def test_ids_waiting_for_admission_are_bounded_by_the_cap_oldest_out_first() -> None:
+    """A flood of ids seen once each (a scan, a bot) keeps at most `max_rows` counts; no
+    test covered the bound, so removing it left memory unbounded (helper review)."""
+    v = Vocab(max_rows=2, admission_threshold=3, idle_ttl_ms=0)
+    dropped: list[tuple[str, int]] = []
+    for n in range(1000):
+        adm = v.assign([f"x{n}"], np.array([n]), np.array([1]), now_ms=n)
+        dropped += adm.dropped_pending
+    assert list(v.pending.items()) == [("x998", 1), ("x999", 1)]
+    assert dropped == [(f"x{n}", 1) for n in range(998)] and len(v) == 0
+
+
 def test_ttl_evicts_idle_rows_in_event_time_and_reuses_them() -> None:
     v = Vocab(max_rows=10, admission_threshold=1, idle_ttl_ms=100)
     _assign(v, ["a", "b"], 0)
