@@ -151,16 +151,22 @@ def test_a_batch_publishes_its_evaluated_steps_weighted_by_their_events() -> Non
     from stream_app.trainer.observe import report_prequential
 
     def step(n: int, hit: float, loss: float) -> EvalStats:
-        met = RankMetrics(hit_rate=hit, recall=hit / 2, mrr=hit / 4)
-        return EvalStats(n_events=n, k=10, model=met, popularity=met, loss=loss, exact=True)
+        # Popularity's figures differ from the model's: swapped labels must show.
+        return EvalStats(n_events=n, k=10, loss=loss, exact=True,
+                         model=RankMetrics(hit_rate=hit, recall=hit / 2, mrr=hit / 4),
+                         popularity=RankMetrics(hit_rate=hit / 3, recall=hit / 6,
+                                                mrr=hit / 12))
 
     m = _trainer()
     report_prequential(m, [step(997, 0.3, 2.0), step(3, 1.0, float("nan"))])
     reg = m.registry
     hit = _value(reg, "stream_app_prequential_hit_rate", model="model", k="10")
     assert hit == pytest.approx(0.3 * 0.997 + 1.0 * 0.003)
-    assert _value(reg, "stream_app_prequential_recall", model="popularity", k="10") == \
-        pytest.approx(hit / 2)
+    for name, model, popularity in (("hit_rate", hit, hit / 3), ("recall", hit / 2, hit / 6),
+                                    ("mrr", hit / 4, hit / 12)):
+        metric = f"stream_app_prequential_{name}"
+        assert _value(reg, metric, model="model", k="10") == pytest.approx(model)
+        assert _value(reg, metric, model="popularity", k="10") == pytest.approx(popularity)
     assert _value(reg, "stream_app_prequential_loss") == 2.0
     report_prequential(m, [])  # nothing evaluated: the gauges keep the last batch's values
     assert _value(reg, "stream_app_prequential_hit_rate", model="model", k="10") == hit
