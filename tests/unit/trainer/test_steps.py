@@ -109,3 +109,19 @@ def test_a_step_that_trained_nothing_gives_no_loss_to_the_gauge() -> None:
     learner = Learner(dataclasses.replace(CONFIG, admission_threshold=3), device="cpu")
     out = _learn([_click(n, f"u{n}", f"new{n}") for n in range(4)], learner, step_max=10)
     assert out.applied == 4 and out.counts.losses == []
+
+
+def test_rows_the_learner_evicts_become_tombstones_and_are_not_published() -> None:
+    """Rows pushed out by the cap or idle past the TTL get tombstones, so the scorer drops
+    them too; no unit or integration test evicted anything (helper review)."""
+    learner = Learner(dataclasses.replace(CONFIG, max_items=2, idle_ttl_ms=1_000), device="cpu")
+    batch = [_click(0, "u1", "a", ts=NOW - 5_400), _click(1, "u1", "b", ts=NOW - 5_400),
+             # c takes a's row (the cap; a and b tie on time, a goes first by id) ...
+             _click(2, "u2", "c", ts=NOW - 5_000), _click(3, "u2", "c", ts=NOW - 5_000),
+             # ... and 2 s on, u1, u2 and b are idle past the TTL.
+             _click(4, "u3", "c", ts=NOW - 3_000), _click(5, "u3", "c", ts=NOW - 3_000)]
+    out = _learn(batch, learner, step_max=2)  # three steps of two
+    assert sorted(out.tombstones) == ["item:a", "item:b", "user:u1", "user:u2"]
+    assert out.tombstones.index("item:a") < out.tombstones.index("item:b")
+    assert out.users == {"u3"} and out.items == {"c"}
+    assert sorted(learner.user_ids()) == ["u3"]
