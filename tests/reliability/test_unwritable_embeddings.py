@@ -8,10 +8,10 @@ transactional id stuck in PrepareAbort until the broker restarts, even after
 the config is restored; and raising `min.insync.replicas` above the
 replication factor does not block a single-broker cluster: Kafka caps it at
 the replica count.) Meanwhile the trainer gets new events. Checked while it lasts:
-the process stays up, does not spin (CPU sampled from /proc), its RSS stays
-bounded, and the group's committed offsets do not move (nothing is
-committed that could not be published). Aborts in a row are spaced by a
-capped back-off; when librdkafka cannot finish an abort (seen: messages timed
+the process stays up, does not spin (it aborts no more often than its back-off
+allows; its CPU, sampled from /proc, is printed), its RSS stays bounded, and
+the group's committed offsets do not move (nothing is committed that could
+not be published). Aborts in a row are spaced by a capped back-off; when librdkafka cannot finish an abort (seen: messages timed
 out, then `abort_transaction()` never returns) the watchdog exits the process
 (75) and the test restarts it, as a supervisor would. Then the config is restored: the
 trainer catches up and every user row's update count is exact.
@@ -52,6 +52,20 @@ def _proc_sample(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
+def _aborts_within(seconds: float, cap_s: float) -> int:
+    """The most aborts in a row that the back-off (0.5 s, 1 s, 2 s ... capped) lets one
+    process make in `seconds`, were every try to fail at once.
+
+    >>> _aborts_within(4.0, 10.0)  # at 0, 0.5, 1.5 and 3.5 s
+    4
+    """
+    n, waited = 1, 0.0
+    while waited + min(cap_s, 0.5 * 2 ** (n - 1)) <= seconds:
+        waited += min(cap_s, 0.5 * 2 ** (n - 1))
+        n += 1
+    return n
+
+
 def test_trainer_waits_while_embeddings_is_unwritable_then_catches_up(
         make_kafka: object, tmp_path: Path, trainers: list[TrainerProc]) -> None:
     kafka: KafkaConfig = make_kafka()  # type: ignore[operator]
@@ -84,10 +98,15 @@ def test_trainer_waits_while_embeddings_is_unwritable_then_catches_up(
         rss0, rss_max = rss0 or rss, max(rss_max, rss)
         committed_seen.add(committed_total(kafka, GROUP, topics))
         time.sleep(1.0)
-    cpu_share = sum(last - first for first, last in cpu.values()) / (time.monotonic() - t0)
+    blocked_s = time.monotonic() - t0
+    cpu_share = sum(last - first for first, last in cpu.values()) / blocked_s
     blocked_log = trainer.log_text()
     assert committed_seen == {before}, "offsets moved while nothing could be published"
-    assert cpu_share < 0.5, f"trainer used {cpu_share:.0%} of a core while blocked"
+    # A trainer that retried at once would abort hundreds of times; a CPU-share bound
+    # said the same as a timing, which the tests do not assert (test review).
+    allowed = (1 + trainer.stall_restarts) * _aborts_within(blocked_s + 5, STALL_S / 2)
+    spun = blocked_log.count("transaction aborted:")
+    assert spun <= allowed, f"{spun} aborts while blocked, the back-off allows {allowed}"
     assert rss_max < rss0 + 200 * 2**20, f"RSS grew from {rss0 >> 20} to {rss_max >> 20} MiB"
 
     # Step 3. Writable again: it catches up, exactly once.
