@@ -11,8 +11,9 @@ the replica count.) Meanwhile the trainer gets new events. Checked while it last
 the process stays up, does not spin (it aborts no more often than its back-off
 allows; its CPU, sampled from /proc, is printed), its RSS stays bounded, and
 the group's committed offsets do not move (nothing is committed that could
-not be published). Aborts in a row are spaced by a capped back-off; when librdkafka cannot finish an abort (seen: messages timed
-out, then `abort_transaction()` never returns) the watchdog exits the process
+not be published). Aborts in a row are spaced by a capped back-off; when
+librdkafka cannot finish an abort (seen: messages timed out, then
+`abort_transaction()` never returns) the watchdog exits the process
 (75) and the test restarts it, as a supervisor would. Then the config is restored: the
 trainer catches up and every user row's update count is exact.
 """
