@@ -161,6 +161,42 @@ def test_answers_are_the_exact_top_k(kafka: KafkaConfig, world) -> None:  # type
         assert ids(p) == brute(None, items, bias, 3)
 
 
+def test_rows_of_an_aborted_transaction_are_never_served(kafka: KafkaConfig, world) -> None:  # type: ignore[no-untyped-def]
+    """The scorer reads `embeddings` read_committed: a trainer's aborted transaction (a
+    crash, a fenced zombie) changes no answer (integration test review: nothing wrote
+    an aborted transaction while a scorer ran)."""
+    items, bias, users = world
+    publish(kafka, rows_of(items, bias, users), transactional=True)
+    with running(kafka), ScoreClient(kafka) as client:
+        producer = make_producer(kafka, "test-aborted", transactional_id=f"t-{uuid.uuid4().hex}")
+        producer.init_transactions(30)
+        producer.begin_transaction()
+        producer.produce(kafka.topics.embeddings, key=b"user:u0",
+                         value=encode_embedding(_row("user", "u0", -10 * users["u0"])))
+        producer.produce(kafka.topics.embeddings, key=b"user:u1", value=None)
+        producer.flush(30)
+        producer.abort_transaction(30)
+        # Committed after the abort, on every partition: once the scorer has these, it has
+        # read past the aborted records.
+        markers = [f"m{n}" for n in range(12)]
+        publish(kafka, [(f"item:{m}", encode_embedding(_row("item", m, np.zeros(DIM, np.float32),
+                                                              -100.0)))
+                        for m in markers], transactional=True)
+
+        def has_markers() -> bool:
+            rid = uuid.uuid4().hex
+            p = ask(client, [ScoreRequest(request_id=rid, user_id="u0", k=len(markers),
+                                          candidates=tuple(markers), exclude_seen=False)])[rid]
+            return len(p.items) == len(markers)
+
+        wait_until(has_markers, what="the rows committed after the abort")
+        got = ask(client, [ScoreRequest(request_id=u, user_id=u, k=5) for u in ("u0", "u1")])
+        seen = frozenset({"i1", "i2"})
+        for u in ("u0", "u1"):
+            assert not got[u].fallback
+            assert ids(got[u]) == brute(users[u], items, bias, 5, banned=seen)
+
+
 def test_malformed_request_gets_error_and_dlq(kafka: KafkaConfig, world) -> None:  # type: ignore[no-untyped-def]
     items, bias, users = world
     publish(kafka, rows_of(items, bias, users))
