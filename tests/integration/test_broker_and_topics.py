@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from stream_app.kafka.admin import TopicPlan, admin_client, create_topics
 
 def test_topics_create_is_idempotent_and_embeddings_compacted(
         bootstrap: str, capsys: pytest.CaptureFixture[str]) -> None:
-    prefix = "idem."
+    prefix = f"idem{uuid.uuid4().hex[:6]}."  # a reused broker (STREAM_APP_BOOTSTRAP_SERVERS)
     argv = ["topics", "create", "--bootstrap-servers", bootstrap, "--topic-prefix", prefix]
     assert main(argv) == 0
     first = capsys.readouterr().out
@@ -106,7 +107,7 @@ def test_topic_prefix_with_bad_characters_is_a_config_error(
 
 
 def test_create_topics_api_reports_outcomes(make_kafka: object, bootstrap: str) -> None:
-    kafka = KafkaConfig(bootstrap_servers=bootstrap, topic_prefix="api.")
+    kafka = KafkaConfig(bootstrap_servers=bootstrap, topic_prefix=f"api{uuid.uuid4().hex[:6]}.")
     assert set(create_topics(kafka).values()) == {"created"}
     assert set(create_topics(kafka).values()) == {"exists"}
     # Asked for other counts, existing topics are left as they are, and it says so.

@@ -494,8 +494,9 @@ def test_a_replica_that_gives_up_partitions_commits_what_it_answered(
                        what="b took partitions")
             got = ask(client, second)
             assert all(p.ready for p in got.values())
-            answers = read_topic(kafka.bootstrap_servers, kafka.topics.predictions,
-                                 expect=len(first) + len(second))
+    # Read to the end once both replicas stopped: with `expect` the read stopped at the
+    # 60th answer, before a late second answer (test review).
+    answers = read_topic(kafka.bootstrap_servers, kafka.topics.predictions)
     counts = Counter(decode_prediction(m.value()).request_id for m in answers)
     assert set(counts) == {r.request_id for r in first + second}
     assert [rid for rid, n in counts.items() if n > 1] == []  # none answered twice

@@ -139,7 +139,7 @@ def test_trainer_survives_kill9_with_exact_update_counts(
     run_with_kills(victim, kills, len(train), random.Random(kills))  # noqa: S311
     assert ref.wait(300) == 0, ref.log_text()[-3000:]
     drain(victim)
-    assert victim.kills == kills
+    assert victim.kills == kills >= 1, "STREAM_APP_TEST_KILLS=0 would test no crash"
 
     # Exactly once: user rows add up to the valid events, row by row.
     got, want = audit(killed), audit(reference)
