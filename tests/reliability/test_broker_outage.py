@@ -33,6 +33,7 @@ from tests.reliability.harness import (
     committed_total,
     end_total,
     expected_user_updates,
+    latest_rows,
     produce,
     scrape,
 )
@@ -129,6 +130,18 @@ def test_trainer_rides_out_broker_stop_and_kill9(
     # as a supervisor would) and answers from the final rows.
     scorer.supervise()
     assert scorer.alive(), scorer.log_text()[-3000:]
+    # It has the last rows the trainer committed (all 20 users below are known from the
+    # first chunk: a scorer that stopped reading rows after the kill -9 would still
+    # answer them without fallback; integration test review).
+    newest_s = max(r.updated_at for r in latest_rows(kafka).values() if r) / 1000
+
+    def has_newest() -> bool:
+        before = time.time()  # staleness = its now - newest row: this bounds the row's time
+        found = re.search(r"^stream_app_scorer_staleness_seconds (\S+)$",
+                          scrape(scorer.metrics_port(timeout=5)), re.M)
+        return found is not None and before - float(found.group(1)) >= newest_s - 0.01
+
+    wait_until(has_newest, timeout=60, interval=0.5, what="the scorer to load the last rows")
     users = sorted(got.users)[:20]
     with ScoreClient(kafka, client_id="rel-outage-client") as client:
         reqs = [ScoreRequest(request_id=uuid.uuid4().hex, user_id=u, k=5) for u in users]
