@@ -25,6 +25,7 @@ from stream_app.kafka.exceptions import (
     BrokerUnavailable,
     TopicError,
 )
+from stream_app.kafka.scopes import for_producer
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ class TopicPlan:
 
 def admin_client(kafka: KafkaConfig) -> AdminClient:
     return created(AdminClient,
-                   merge({}, kafka.client, {"bootstrap.servers": kafka.bootstrap_servers}))
+                   merge({}, for_producer(kafka.client),
+                         {"bootstrap.servers": kafka.bootstrap_servers}))
 
 
 def wait_for_broker(bootstrap: str, timeout_s: float = 10.0, *, raise_on_timeout: bool = True,
@@ -136,7 +138,8 @@ def create_topics(kafka: KafkaConfig, plan: TopicPlan | None = None,
     Returns topic -> "created" | "exists", or for a topic that exists with another
     partition count than asked, "exists with N partitions (asked M; left as it is)".
     """
-    wait_for_broker(kafka.bootstrap_servers, min(timeout_s, 10.0), client=dict(kafka.client))
+    wait_for_broker(kafka.bootstrap_servers, min(timeout_s, 10.0),
+                    client=for_producer(kafka.client))
     admin = admin_client(kafka)
     specs = topic_specs(kafka.topics, plan or TopicPlan())
     futures = admin.create_topics(specs, request_timeout=timeout_s)
@@ -180,7 +183,7 @@ def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.
     the `co_partitioned` topics (the trainer's clicks and purchases) differ in
     partition count, or when a `compacted` one (`embeddings`) is not compacted.
     Returns the `compacted` topics' delete.retention.ms, where the cluster shows it."""
-    wait_for_broker(kafka.bootstrap_servers, timeout_s, client=dict(kafka.client))
+    wait_for_broker(kafka.bootstrap_servers, timeout_s, client=for_producer(kafka.client))
     admin = admin_client(kafka)
     try:
         meta = admin.list_topics(timeout=timeout_s)

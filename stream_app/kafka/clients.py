@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from stream_app.codec.wire import MESSAGE_MAX_BYTES
 from stream_app.config import ConfigError, KafkaConfig, redact
 from stream_app.kafka.exceptions import ConfigConflictError
+from stream_app.kafka.scopes import for_consumer, for_producer
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def producer_config(kafka: KafkaConfig, client_id: str, *,
     if transactional_id is not None:
         enforced |= {"transactional.id": transactional_id, "enable.idempotence": True}
         defaults = PRODUCER_DEFAULTS | TRANSACTIONAL_DEFAULTS
-    return merge(defaults | extra, kafka.client, enforced)
+    return merge(defaults | extra, for_producer(kafka.client), enforced)
 
 
 def consumer_config(kafka: KafkaConfig, client_id: str, group_id: str, *,
@@ -138,7 +139,7 @@ def consumer_config(kafka: KafkaConfig, client_id: str, group_id: str, *,
         "enable.auto.commit": False,
         "isolation.level": "read_committed" if read_committed else "read_uncommitted",
     } | dict(enforce or {})
-    return merge(CONSUMER_DEFAULTS | extra, kafka.client, enforced)
+    return merge(CONSUMER_DEFAULTS | extra, for_consumer(kafka.client), enforced)
 
 
 def make_producer(kafka: KafkaConfig, client_id: str, *,
