@@ -72,7 +72,6 @@ def trainer_run(kafka: KafkaConfig, n: int, learner: LearnerConfig, batch_max: i
     cfg = TrainerConfig(group_id=f"bench-{uuid.uuid4().hex[:8]}", batch_max=batch_max,
                         step_max=step_max, batch_wait_ms=100, metrics_port=0,
                         exit_when_idle=2.0, restore=False)
-    freeze_survivors()  # as `run_trainer` does before it makes its trainer
     trainer = make_trainer(kafka, cfg, learner)
     marks: list[tuple[float, int, int]] = []
 
@@ -123,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     learner = LearnerConfig(dim=args.dim)
+    freeze_survivors()  # what `run_trainer` does at its start, once
     with bench_broker() as bootstrap, fresh_topics(bootstrap) as kafka:
         filled = fill(kafka, args.events, args.users, args.items)
         # The reference three times (two before the trainer, one after), its median

@@ -10,6 +10,7 @@ they start none.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 
@@ -17,6 +18,17 @@ import pytest
 
 from stream_app.kafka import broker
 from stream_app.kafka.admin import wait_for_broker
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen() -> Iterator[None]:
+    """`run_trainer` and `run_scorer` own their process and freeze what exists at their
+    start (`freeze_survivors`); a test that calls one in the pytest process (through
+    `main([...])`) must not leave the session's objects out of the collector's reach."""
+    frozen = gc.get_freeze_count()
+    yield
+    if gc.get_freeze_count() > frozen:
+        gc.unfreeze()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

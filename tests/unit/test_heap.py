@@ -60,10 +60,7 @@ def test_freeze_survivors_collects_the_garbage_and_freezes_what_lives() -> None:
     dead = weakref.ref(cycle)
     del cycle
     before = gc.get_freeze_count()
-    try:
-        freeze_survivors()
-        assert dead() is None
-        assert gc.get_freeze_count() >= before + len(kept)
-        assert not any(gc.is_tracked(x) and x in gc.get_objects() for x in kept[:3])
-    finally:
-        gc.unfreeze()
+    freeze_survivors()  # the conftest's fixture unfreezes after the test
+    assert dead() is None
+    assert gc.get_freeze_count() >= before + len(kept)
+    assert not any(gc.is_tracked(x) and x in gc.get_objects() for x in kept[:3])
