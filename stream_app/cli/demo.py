@@ -87,10 +87,10 @@ def _demo(args: argparse.Namespace) -> int:
     if args.log_level.upper() == "INFO":  # keep library INFO lines out of the live view
         logging.getLogger().setLevel(logging.WARNING)
     kafka = kafka_config(args, _child_sections())
-    _check_children(args)
+    prefix = demo_prefix(kafka.topic_prefix)
+    _check_children(args, prefix)
     given = args.bootstrap_servers or environment().get("STREAM_APP_BOOTSTRAP_SERVERS") \
         or read_file(args.config).get("kafka", {}).get("bootstrap_servers")
-    prefix = demo_prefix(kafka.topic_prefix)
     opts = DemoOptions(
         data=args.data, limit=args.limit, report_dir=args.report_dir, show_users=args.users,
         k=args.k, timeout_s=args.timeout, keep_topics=args.keep_topics,
@@ -108,10 +108,11 @@ def _demo(args: argparse.Namespace) -> int:
         return interrupted_status(exc)
 
 
-def _check_children(args: argparse.Namespace) -> None:
+def _check_children(args: argparse.Namespace, prefix: str) -> None:
     """Refuse what the trainer and scorer it starts would refuse, before anything starts:
     they found a bad -L, `STREAM_APP_TRAINER_*`/`_SCORER_*` value or device only after the
-    broker and topics were up, and the demo then exited 1, not 2 (helper reviews)."""
+    broker and topics were up, and the demo then exited 1, not 2 (helper reviews). Each
+    is built with the flags `run_demo` gives it."""
     from stream_app.config import build
     from stream_app.device import resolve_device
 
@@ -119,10 +120,12 @@ def _check_children(args: argparse.Namespace) -> None:
         resolve_device(args.device, "--device")
     file, env, sections = read_file(args.config), environment(), _child_sections()
     learner_config(args.learner_settings, file)
-    flags = {"group_id": "demo", "device": args.device, "metrics_port": 0}
-    for section, cls in sections.items():
-        if section != "learner":
-            build(cls, section, file.get(section, {}), env, flags)
+    given = {"trainer": {"stats_file": "trainer-stats.jsonl"}, "scorer": {}}
+    for section, extra in given.items():
+        flags = {"group_id": f"{prefix}{section}", "device": args.device, "metrics_port": 0,
+                 **extra}
+        cfg = build(sections[section], section, file.get(section, {}), env, flags)
+        resolve_device(cfg.device, f"{section}.device")
 
 
 def _report(args: argparse.Namespace) -> int:

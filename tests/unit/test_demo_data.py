@@ -73,3 +73,25 @@ def test_a_setting_the_demos_processes_would_refuse_stops_it_before_it_starts_an
                  "--report-dir", str(tmp_path / "report")])
     assert code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+def test_the_up_front_check_builds_each_process_as_the_demo_starts_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the demo overrides is not refused (an empty stats file: the trainer gets the
+    report's), and what its processes would refuse is: a device in the config file, and
+    a group id made too long by the demo's topic prefix (review of this session's diff)."""
+    from stream_app.cli import build_parser
+    from stream_app.cli.demo import _check_children
+    from stream_app.config import ConfigError
+
+    def check(*argv: str, prefix: str = "demo-1-ab12.") -> None:
+        _check_children(build_parser().parse_args(["demo", *argv]), prefix)
+
+    monkeypatch.setenv("STREAM_APP_TRAINER_STATS_FILE", "")
+    check()
+    config = tmp_path / "c.toml"
+    config.write_text("[trainer]\ndevice = \"cuda:99\"\n")
+    with pytest.raises(ConfigError, match="trainer.device"):
+        check("--config", str(config))
+    with pytest.raises(ConfigError, match="group_id"):
+        check(prefix="p" * 240 + ".")
