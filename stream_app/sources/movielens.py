@@ -48,7 +48,8 @@ def read_ratings(
 
     `limit`: at most that many events. Sorted by time, only the first `limit` ratings
     are held while the file is read, so a short replay of a large file (ML-10M's 10M
-    ratings are ~1 GB as tuples) needs memory for the replay, not the file.
+    ratings are ~1 GB as tuples) needs memory for the replay, not the file (a limit
+    past the file's size holds all of it, ~1.3x what a plain sort holds).
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "ratings.dat"
@@ -67,14 +68,15 @@ def read_ratings(
             else heapq.nsmallest(limit, ratings, key=_time_order)
     released = released or {}
     remaining = limit
-    for rating in ratings:
-        for event in rating_events(rating, purchase_threshold=purchase_threshold, mode=mode,
-                                   released_at=released.get(str(rating[1]))):
-            if remaining is not None:
-                if remaining == 0:
-                    return
-                remaining -= 1
-            yield event
+    for rating in ratings if remaining != 0 else ():
+        events = rating_events(rating, purchase_threshold=purchase_threshold, mode=mode,
+                               released_at=released.get(str(rating[1])))
+        if remaining is not None:
+            events = events[:remaining]
+            remaining -= len(events)
+        yield from events
+        if remaining == 0:  # not one line further: it could be a bad one
+            return
 
 
 def _time_order(rating: Rating) -> tuple[int, int, int]:

@@ -53,6 +53,15 @@ def test_a_limited_time_ordered_read_is_the_head_of_the_full_one(mode: str) -> N
             == full[:limit]
 
 
+def test_a_limited_read_stops_before_the_line_after_its_last_event(tmp_path: Path) -> None:
+    """Unsorted, the line after the limit was read too, and a bad one there raised."""
+    path = tmp_path / "ratings.dat"
+    path.write_text("1::1::5::10\n1::2::3::11\nnot a rating\n")
+    assert [e.event_id for e in read_ratings(path, limit=2)] == ["ml-1-1-10", "ml-1-2-11"]
+    assert [e.event_id for e in read_ratings(path, limit=2, mode="both")] == [
+        "ml-1-1-10", "ml-1-1-10-p"]
+
+
 def test_a_limited_time_ordered_read_holds_only_the_replayed_ratings(tmp_path: Path) -> None:
     """Sorting for `--limit 1000` held every rating of the file (gap named in stop 33)."""
     import tracemalloc
@@ -60,8 +69,8 @@ def test_a_limited_time_ordered_read_holds_only_the_replayed_ratings(tmp_path: P
     path = tmp_path / "ratings.dat"
     rng = np.random.default_rng(0)
     path.write_text("".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in zip(
-        rng.integers(1, 5000, 100_000), rng.integers(1, 4000, 100_000),
-        rng.integers(1, 6, 100_000), rng.integers(956_703_932, 1_046_454_590, 100_000))))
+        rng.integers(1, 5000, 20_000), rng.integers(1, 4000, 20_000),
+        rng.integers(1, 6, 20_000), rng.integers(956_703_932, 1_046_454_590, 20_000))))
 
     def peak(limit: int | None) -> int:
         tracemalloc.start()
