@@ -107,9 +107,10 @@ def _listening(bootstrap: str) -> bool:
 
 
 def topic_specs(names: TopicNames, plan: TopicPlan) -> list[NewTopic]:
-    """The product's topics. With 3+ replicas a write (all of ours wait for every in-sync
-    replica) must reach 2 of them: under the broker default of 1 an acknowledged record, a
-    committed transaction's rows among them, can sit on the leader alone and die with it.
+    """The product's topics. With 3+ replicas a write must reach 2 of them: our producers
+    wait for every in-sync replica (acks=all, unless -X says otherwise), but under the
+    broker default of 1 an acknowledged record, a committed transaction's rows among them,
+    can sit on the leader alone and die with it.
 
     >>> [t.config for t in topic_specs(TopicNames(), TopicPlan(replication_factor=3))][0]
     {'min.insync.replicas': '2'}
