@@ -107,18 +107,18 @@ def _listening(bootstrap: str) -> bool:
 
 
 def topic_specs(names: TopicNames, plan: TopicPlan) -> list[NewTopic]:
-    """The product's topics. With 3+ replicas a write must reach 2 of them: our producers
-    wait for every in-sync replica (acks=all, unless -X says otherwise), but under the
-    broker default of 1 an acknowledged record, a committed transaction's rows among them,
-    can sit on the leader alone and die with it.
+    """The product's topics. With 3+ replicas a write must reach a majority of them (2 of
+    3, 3 of 5): our producers wait for every in-sync replica (acks=all, unless -X says
+    otherwise), but under the broker default of 1 an acknowledged record, a committed
+    transaction's rows among them, can sit on the leader alone and die with it.
 
-    >>> [t.config for t in topic_specs(TopicNames(), TopicPlan(replication_factor=3))][0]
-    {'min.insync.replicas': '2'}
+    >>> [t.config for t in topic_specs(TopicNames(), TopicPlan(replication_factor=5))][0]
+    {'min.insync.replicas': '3'}
     >>> topic_specs(TopicNames(), TopicPlan())[0].config
     {}
     """
     rf = plan.replication_factor
-    durable = {"min.insync.replicas": "2"} if rf >= 3 else {}
+    durable = {"min.insync.replicas": str(rf // 2 + 1)} if rf >= 3 else {}
     compact = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
                "segment.ms": "600000", **durable}
     dlq = {"retention.ms": str(30 * 24 * 3600 * 1000), **durable}
