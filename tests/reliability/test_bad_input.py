@@ -119,7 +119,6 @@ def test_every_bad_event_is_dead_lettered_with_its_reason(
     wait_until(lambda: committed_total(kafka, GROUP, topics) >= end_total(kafka, topics),
                timeout=180, interval=0.5, what="the trainer to read everything")
     assert trainer.alive(), trainer.log_text()[-3000:]
-    metrics = scrape(trainer.metrics_port())
 
     # Step 3. Each case and reused id in the DLQ once, with its reason; duplicates not there.
     dlq = dlq_records(kafka)
@@ -139,10 +138,16 @@ def test_every_bad_event_is_dead_lettered_with_its_reason(
     assert any(d.value_truncated for d in dlq)  # the 1 MB case
     # Valid events applied exactly once; the duplicates counted, not applied.
     assert audit(kafka).users == expected_user_updates(valid)
-    dup = sum(float(v) for v in re.findall(
-        r'stream_app_events_total\{[^}]*outcome="duplicate"[^}]*\} (\S+)', metrics))
-    assert dup == duplicates
-    dlq_metric = Counter({m[0]: float(m[1]) for m in re.findall(
-        r'stream_app_dlq_records_total\{reason="([^"]+)"\} (\S+)', metrics)})
-    assert +dlq_metric == Counter(want.values())
+    # Counted just after the commit returns, so the offsets may lead the counters for a
+    # moment (test review): wait for them to reach the totals, then check them exactly.
+    def counts() -> tuple[float, Counter[str]]:
+        metrics = scrape(trainer.metrics_port())
+        dup = sum(float(v) for v in re.findall(
+            r'stream_app_events_total\{[^}]*outcome="duplicate"[^}]*\} (\S+)', metrics))
+        return dup, +Counter({m[0]: float(m[1]) for m in re.findall(
+            r'stream_app_dlq_records_total\{reason="([^"]+)"\} (\S+)', metrics)})
+
+    wait_until(lambda: counts()[0] >= duplicates and counts()[1].total() >= len(want),
+               timeout=30, interval=0.5, what="the last commit's counts")
+    assert counts() == (duplicates, Counter(want.values()))
     assert trainer.terminate() == 0, trainer.log_text()[-3000:]
