@@ -3,7 +3,8 @@
 The same generated stream (unique event ids, a few malformed records) goes to
 two topic sets. One trainer drains the first set without interruption (the
 reference); on the second, a trainer is SIGKILLed `kills` times, each at a
-random moment after it has committed at least one more batch, and restarted
+random moment after it has committed at least one more batch (every third
+time inside an open transaction, found by probing the broker), and restarted
 with the same instance id (so `init_transactions` fences and aborts what the
 dead one left open). A last restart drains the rest with `--exit-when-idle`.
 
@@ -29,12 +30,14 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 from collections import Counter
 from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from stream_app.config import KafkaConfig
 from stream_app.core import EvalStats
@@ -78,20 +81,66 @@ def prequential_hit_rate(trainer: TrainerProc) -> float:
                  / sum(r["evaluated"] for r in rows))
 
 
-def run_with_kills(trainer: TrainerProc, kills: int, total: int, rng: random.Random) -> None:
+def run_with_kills(trainer: TrainerProc, kills: int, total: int,
+                   rng: random.Random) -> list[int]:
+    """Kill it `kills` times; every third kill lands inside an open transaction (the
+    broker holds some of its records, uncommitted). Returns the probes each of those
+    took."""
     kafka = trainer.kafka
     topics = [kafka.topics.clicks, kafka.topics.purchases]
-    progress = 0
-    for _ in range(kills):
+    progress, probes = 0, []
+    for n in range(kills):
         trainer.start()
         # Kill only once it has committed something new, then at a random
         # moment: while learning, producing, committing or polling.
         progress = _wait_progress(kafka, topics, progress, total, trainer)
         assert progress < total, f"input drained after {trainer.kills} kills: make it longer"
-        time.sleep(rng.uniform(0.0, 0.3))
-        assert trainer.alive(), trainer.log_text()[-3000:]
-        trainer.kill9()
+        if n % 3 == 0:
+            probes.append(kill9_in_transaction(trainer, rng))
+        else:
+            time.sleep(rng.uniform(0.0, 0.3))
+            assert trainer.alive(), trainer.log_text()[-3000:]
+            trainer.kill9()
         progress = committed_total(kafka, GROUP, topics)  # what it got done before dying
+    return probes
+
+
+def kill9_in_transaction(trainer: TrainerProc, rng: random.Random,
+                         timeout_s: float = 90.0) -> int:
+    """Stop the trainer (SIGSTOP) at random moments until the broker shows it inside a
+    transaction, then SIGKILL it there. Random kills alone reached that state only by
+    chance (a transaction lasts milliseconds; integration test review). The sign: a
+    read_committed reader's end of some `embeddings` partition (its last stable offset)
+    short of the log's end; nothing else writes to this topic set."""
+    kafka, proc = trainer.kafka, trainer.proc
+    assert proc is not None
+    probes = {iso: Consumer({"bootstrap.servers": kafka.bootstrap_servers,
+                             "group.id": f"probe-{iso}", "isolation.level": iso})
+              for iso in ("read_committed", "read_uncommitted")}
+    try:
+        meta = probes["read_committed"].list_topics(kafka.topics.embeddings, timeout=10)
+        parts = [TopicPartition(kafka.topics.embeddings, p)
+                 for p in meta.topics[kafka.topics.embeddings].partitions]
+
+        def open_transaction() -> bool:
+            return any(probes["read_committed"].get_watermark_offsets(tp, 10, False)[1]
+                       < probes["read_uncommitted"].get_watermark_offsets(tp, 10, False)[1]
+                       for tp in parts)
+
+        deadline, tries = time.monotonic() + timeout_s, 0
+        while time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.0, 0.05))
+            assert trainer.alive(), trainer.log_text()[-3000:]
+            proc.send_signal(signal.SIGSTOP)
+            tries += 1
+            if open_transaction():
+                trainer.kill9()
+                return tries
+            proc.send_signal(signal.SIGCONT)
+        raise AssertionError(f"no open transaction seen in {timeout_s:.0f}s of probes")
+    finally:
+        for probe in probes.values():
+            probe.close()
 
 
 def _wait_progress(kafka: KafkaConfig, topics: list[str], before: int, total: int,
@@ -137,10 +186,10 @@ def test_trainer_survives_kill9_with_exact_update_counts(
     ref.start()
     victim = TrainerProc(killed, tmp_path / "killed", group_id=GROUP, batch_max=50)
     trainers.append(victim)
-    run_with_kills(victim, kills, len(train), random.Random(kills))  # noqa: S311
+    probes = run_with_kills(victim, kills, len(train), random.Random(kills))  # noqa: S311
     assert ref.wait(300) == 0, ref.log_text()[-3000:]
     drain(victim)
-    assert victim.kills == kills
+    assert victim.kills == kills and len(probes) == -(-kills // 3)
 
     # Exactly once: user rows add up to the valid events, row by row.
     got, want = audit(killed), audit(reference)
@@ -156,7 +205,8 @@ def test_trainer_survives_kill9_with_exact_update_counts(
     ref_hr, ref_recall = held_out_quality(reference, tail)
     got_hr, got_recall = held_out_quality(killed, tail)
     ref_pq, got_pq = prequential_hit_rate(ref), prequential_hit_rate(victim)
-    print(f"kills={kills} events={len(valid)} dlq={len(dlq)} prequential HitRate@20 "
+    print(f"kills={kills} (probes before each in-transaction kill: {probes}) "
+          f"events={len(valid)} dlq={len(dlq)} prequential HitRate@20 "
           f"ref={ref_pq:.4f} killed={got_pq:.4f}; held-out HitRate@20 ref={ref_hr:.4f} "
           f"killed={got_hr:.4f} Recall@20 ref={ref_recall:.4f} killed={got_recall:.4f}")
     assert abs(got_pq - ref_pq) < 0.01
