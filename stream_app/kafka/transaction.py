@@ -289,9 +289,13 @@ class TransactionalPublisher:
         return outcome
 
     def close(self) -> None:
+        """Flush what is queued. A fenced or failed producer cannot, and nothing it raises
+        here may mask the error that stopped the loop (this runs in the loop's `finally`):
+        a fenced producer's flush raised SystemError from a delivery callback ("returned a
+        result with an exception set"), which replaced the fencing error (walkthrough)."""
         try:
             self._producer.flush(self._timeout_s)
         except KafkaException as exc:
-            # A fenced or failed producer cannot flush; don't let that mask the
-            # error that stopped the loop (this runs in its `finally`).
             log.warning("producer close: %s", exc.args[0].str())
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.warning("producer close: %s: %s", type(exc).__name__, exc)

@@ -174,3 +174,23 @@ class _Recording:
 class _Group:
     def consumer_group_metadata(self) -> object:
         return object()
+
+
+@pytest.mark.parametrize("error", [
+    KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True)),  # noqa: SLF001
+    SystemError("<function SpotCheck.report> returned a result with an exception set"),
+])
+def test_closing_a_failed_producer_never_masks_the_error_that_stopped_the_loop(
+        error: Exception, caplog: pytest.LogCaptureFixture) -> None:
+    """A fenced producer's flush raised SystemError from a delivery callback, which
+    replaced the fencing error on its way out of the loop's `finally` (walkthrough)."""
+    from stream_app.kafka.transaction import TransactionalPublisher
+
+    def flush(timeout: float) -> int:
+        raise error
+
+    publisher = object.__new__(TransactionalPublisher)  # no broker: only close() runs
+    publisher._producer = SimpleNamespace(flush=flush)  # type: ignore[assignment]  # noqa: SLF001
+    publisher._timeout_s = 1.0  # noqa: SLF001
+    publisher.close()
+    assert "producer close" in caplog.text
