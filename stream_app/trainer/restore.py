@@ -25,7 +25,7 @@ from stream_app.codec import (
     is_meta_key,
     split_embedding_key,
 )
-from stream_app.config import KafkaConfig
+from stream_app.config import ConfigError, KafkaConfig
 from stream_app.core import Learner
 from stream_app.events import KeyValue
 from stream_app.heap import paused_gc, release_free_memory
@@ -170,6 +170,10 @@ def _apply_latest(learner: Learner, records: list[KeyValue]) -> tuple[int, int, 
         if key is not None:
             latest.pop(key, None)  # keep log order: re-insert at the end
             latest[key] = value
+    for key, value in latest.items():  # before any row: a row of another shape fails less clearly
+        if is_meta_key(key) and value is not None:
+            meta = decode_meta(value)
+            _check_shape(learner, len(meta["cold_user"]["vec"]), set(meta["cold_user"]["opt"]))
     users = items = tombstones = 0
     run: list[tuple[bytes | None, bytes]] = []  # rows since the last tombstone
     for key, value in latest.items():
@@ -196,6 +200,25 @@ def _apply_run(learner: Learner, run: list[tuple[bytes | None, bytes]]) -> tuple
     """Decode and apply rows as columns; (users, items) applied."""
     counts = {"user": 0, "item": 0}
     for rows in decode_changelog_rows(run):
+        opt = rows.state.get("opt")
+        _check_shape(learner, rows.vectors.shape[1], set(opt) if isinstance(opt, dict) else None)
         learner.apply_columns(rows)
         counts[rows.entity] = len(rows)
     return counts["user"], counts["item"]
+
+
+def _check_shape(learner: Learner, dim: int, slots: set[str] | None) -> None:
+    """The changelog's model must have this learner's `dim` and optimiser: a trainer
+    started with other settings than the one that published it (-L dim=8 on a model of 64)
+    failed with a tensor-size RuntimeError deep in the restore, exit 1 (walkthrough)."""
+    cfg = learner.config
+    want = {"acc"} if cfg.optimizer == "adagrad" else {"m", "v", "t"}
+    problems = [] if dim == cfg.dim else [f"dim={dim} (this trainer: dim={cfg.dim})"]
+    if slots is not None and slots != want:
+        problems.append(f"optimiser state {sorted(slots)} (this trainer's "
+                        f"optimizer={cfg.optimizer} keeps {sorted(want)})")
+    if problems:
+        raise ConfigError(
+            f"the embeddings changelog holds a model with {' and '.join(problems)}. Start "
+            "the trainer with the settings that model was learned with (-L, [learner], "
+            "STREAM_APP_LEARNER_*), or start a new model on a new --topic-prefix")

@@ -389,3 +389,20 @@ def test_no_snapshot_older_than_the_changelog_keeps_tombstones_is_used(
     snapshots.cap_age(3_600_000)
     assert snapshots.max_age_ms == 3_600_000
     assert "not below the changelog's delete.retention.ms" in caplog.text
+
+
+@pytest.mark.parametrize("changed", [{"dim": 4}, {"optimizer": "adam"}])
+def test_a_changelog_of_other_learner_settings_is_a_configuration_error(
+        changed: dict[str, object]) -> None:
+    """-L dim=8 on a model learned at 64 failed with a tensor-size RuntimeError deep in the
+    restore (exit 1, a supervisor restarting it for ever); now it says what to do (exit 2),
+    before any row is applied, whether the meta record or rows come first (walkthrough)."""
+    source = Learner(CONFIG, device=DEVICE)
+    log = _publish(source, random_events(60, users=10, items=12, seed=1))
+    rows_only = [(k, v) for k, v in log if k is not None and not k.startswith(b"meta:")]
+    for records in (log, rows_only):
+        other = Learner(dataclasses.replace(CONFIG, **changed), device=DEVICE)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="-L, \\[learner\\]") as err:
+            apply_changelog(other, records)
+        assert not other.user_ids() and not other.item_ids()
+        assert ("dim=4" if "dim" in changed else "optimizer=adam") in str(err.value)
