@@ -17,6 +17,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--state-dir", type=Path, help="data, pid and log (~/.cache/stream-app/broker)")
     p.add_argument("--cache-dir", type=Path, help="where the broker jars are cached")
     p.add_argument("--bootstrap-servers", help="reuse this running broker instead of starting one")
+    p.add_argument("--fresh", action="store_true",
+                   help="start: delete the topics and offsets a former broker left in "
+                   "--state-dir (kept by default, and the broker comes back on its port)")
     p.add_argument("--sasl-user", help="listen with SASL_PLAINTEXT/PLAIN for this one user "
                    "(clients: security.protocol=SASL_PLAINTEXT, sasl.mechanisms=PLAIN, "
                    "sasl.username=U, sasl.password=P in a --kafka-config file, which `ps` "
@@ -71,7 +74,8 @@ def _broker(args: argparse.Namespace) -> int:
     if args.action != "start":
         given_flags = [flag for flag, value in (
             ("--port", args.port), ("--bootstrap-servers", args.bootstrap_servers),
-            ("--sasl-user", args.sasl_user), ("--sasl-password", args.sasl_password))
+            ("--sasl-user", args.sasl_user), ("--sasl-password", args.sasl_password),
+            ("--fresh", args.fresh or None))
             if value is not None]
         if given_flags:  # ignored, they read as if stop/status would act on that broker
             raise ConfigError(f"broker {args.action}: {', '.join(given_flags)} apply to "
@@ -82,7 +86,7 @@ def _broker(args: argparse.Namespace) -> int:
                              "sasl_password": args.sasl_password
                              or env.get("STREAM_APP_BROKER_SASL_PASSWORD")}
     values = {k: v for k, v in flags.items() if v is not None}
-    settings = broker.BrokerSettings(**values)
+    settings = broker.BrokerSettings(**values, keep_data=not args.fresh)
     given = args.bootstrap_servers or env.get("STREAM_APP_BOOTSTRAP_SERVERS")
     if args.action == "start":
         if given:
@@ -93,8 +97,16 @@ def _broker(args: argparse.Namespace) -> int:
                                   "reuses a running broker): unset it to start one here")
             print(f"reusing the running broker at {given} (from {source})")
             return 0
+        kept = broker.kept_port(settings)
+        if kept is not None and args.port is not None and args.port not in (0, kept):
+            raise ConfigError(f"the broker data in {settings.state_dir} is served on port "
+                              f"{kept}: drop --port, or pass --fresh to start an empty "
+                              f"broker on {args.port}")
         b = broker.start(settings)
         print(f"broker running: bootstrap={b.bootstrap_servers} pid={b.pid} log={b.log_file}")
+        print(f"  {'kept the topics and offsets in' if kept else 'new, empty cluster in'} "
+              f"{settings.state_dir} (--fresh starts an empty one); its address is also in "
+              f"{settings.state_dir / 'bootstrap'}")
     elif args.action == "stop":
         print("broker stopped" if broker.stop(settings) else "no broker was running")
     else:

@@ -258,8 +258,9 @@ def _start(settings: BrokerSettings) -> RunningBroker:
     java = _java()
     state = settings.state_dir
     props = state / "server.properties"
-    reuse = settings.keep_data and props.exists() and (state / "data" / "meta.properties").exists()
-    port = _listener_port(props) if reuse else settings.port or free_port()
+    kept = kept_port(settings)
+    reuse = kept is not None
+    port = kept if kept is not None else settings.port or free_port()
     if _port_in_use(port):
         raise BrokerError(
             f"port {port} on 127.0.0.1 is already in use: stop what listens there "
@@ -316,6 +317,16 @@ def _start(settings: BrokerSettings) -> RunningBroker:
         _stop(settings)
         raise
     return RunningBroker(pid=proc.pid, bootstrap_servers=bootstrap, log_file=settings.log_file)
+
+
+def kept_port(settings: BrokerSettings) -> int | None:
+    """The port `start` will reuse with the state folder's kept data, or None (a fresh
+    cluster: `keep_data` off, or no data there)."""
+    props = settings.state_dir / "server.properties"
+    if not (settings.keep_data and props.exists()
+            and (settings.state_dir / "data" / "meta.properties").exists()):
+        return None
+    return _listener_port(props)
 
 
 def _listener_port(props: Path) -> int:

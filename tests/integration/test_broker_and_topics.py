@@ -114,3 +114,36 @@ def test_create_topics_api_reports_outcomes(make_kafka: object, bootstrap: str) 
     again = create_topics(kafka, TopicPlan(event_partitions=5))
     assert again[kafka.topics.clicks] == "exists with 3 partitions (asked 5; left as it is)"
     assert again[kafka.topics.embeddings] == "exists"
+
+
+def test_a_restarted_broker_keeps_its_topics_unless_started_fresh(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`broker stop` then `broker start` on the same folder wiped every topic, the model
+    and the offsets, silently (walkthrough); now only `--fresh` does."""
+    state = ["--state-dir", str(tmp_path / "broker")]
+    bootstrap_file = tmp_path / "broker" / "bootstrap"
+
+    def topics_say(expected: str) -> None:
+        argv = ["topics", "create", "--bootstrap-servers", bootstrap_file.read_text().strip(),
+                "--topic-prefix", "kept."]
+        assert main(argv) == 0
+        assert capsys.readouterr().out.count(f": {expected}") == 6
+
+    try:
+        assert main(["broker", "start", "--port", "0", *state]) == 0
+        assert "new, empty cluster" in capsys.readouterr().out
+        first = bootstrap_file.read_text()
+        topics_say("created")
+        assert main(["broker", "stop", *state]) == 0
+        assert main(["broker", "start", *state]) == 0
+        assert "kept the topics and offsets" in capsys.readouterr().out
+        assert bootstrap_file.read_text() == first  # back on its port
+        topics_say("exists")
+        assert main(["broker", "stop", *state]) == 0
+        assert main(["broker", "start", "--port", "1", *state]) == 2  # not the kept one
+        assert "pass --fresh" in capsys.readouterr().err
+        assert main(["broker", "start", "--port", "0", "--fresh", *state]) == 0
+        assert "new, empty cluster" in capsys.readouterr().out
+        topics_say("created")
+    finally:
+        main(["broker", "stop", *state])
