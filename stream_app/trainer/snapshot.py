@@ -58,9 +58,13 @@ class SnapshotTag:
 
 
 def write_state(path: Path, state: dict[str, Any], tag: SnapshotTag) -> None:
-    """Write atomically (temp file, fsync, rename): a crash leaves the old one intact."""
+    """Write atomically (temp file, fsync, rename): a crash leaves the old one intact.
+
+    Owner-only (0600): it is a pickle (whoever can write it runs code in the trainer)
+    and holds every user's learned state."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    tmp.unlink(missing_ok=True)  # a left-over one may have wider permissions
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
         torch.save({"format": FORMAT, "tag": dataclasses.asdict(tag), "state": state}, f)
         f.flush()
         os.fsync(f.fileno())
@@ -116,7 +120,7 @@ class Snapshots:
     def __init__(self, kafka: KafkaConfig, *, folder: str, transactional_id: str,
                  max_age_s: float, on_written: Callable[[], None] | None = None) -> None:
         try:
-            Path(folder).mkdir(parents=True, exist_ok=True)
+            Path(folder).mkdir(mode=0o700, parents=True, exist_ok=True)  # a new one: private
         except OSError as exc:
             raise ConfigError(f"trainer.snapshot_dir {folder!r} cannot be created: {exc}") from exc
         if not os.access(folder, os.W_OK | os.X_OK):

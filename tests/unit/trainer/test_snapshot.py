@@ -406,3 +406,19 @@ def test_a_changelog_of_other_learner_settings_is_a_configuration_error(
             apply_changelog(other, records)
         assert not other.user_ids() and not other.item_ids()
         assert ("dim=4" if "dim" in changed else "optimizer=adam") in str(err.value)
+
+
+def test_snapshots_are_private_to_their_owner(tmp_path: Path) -> None:
+    """The folder was made 0755 and the pickle 0644, while the README says to keep them
+    private (walkthrough): a pickle runs code when loaded, and holds every user's state."""
+    import stat
+
+    folder = tmp_path / "snaps"
+    Snapshots(KafkaConfig(bootstrap_servers="127.0.0.1:9092"), folder=str(folder),
+              transactional_id="t", max_age_s=1)
+    path = folder / "t.snapshot"
+    path.with_name("t.snapshot.tmp").write_bytes(b"left over")
+    path.with_name("t.snapshot.tmp").chmod(0o644)
+    write_state(path, Learner(CONFIG, device=DEVICE).state_dict(), _tag())
+    assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
