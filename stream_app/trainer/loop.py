@@ -44,7 +44,7 @@ from stream_app.trainer.config import TrainerConfig, check_with_client, check_wi
 from stream_app.trainer.observe import observe_commit, report_lag
 from stream_app.trainer.own_writes import OwnWrites
 from stream_app.trainer.ownership import Ownership
-from stream_app.trainer.result import BatchResult, batch_result
+from stream_app.trainer.result import BatchResult, ProgressLine, batch_result
 from stream_app.trainer.snapshot import Snapshots
 from stream_app.trainer.steps import learn_batch
 from stream_app.trainer.watchdog import EXIT_STALLED, Watchdog
@@ -52,6 +52,8 @@ from stream_app.trainer.watchdog import EXIT_STALLED, Watchdog
 log = logging.getLogger(__name__)
 
 ABORT_BACKOFF_CAP_S = 30.0
+PROGRESS_LOG_S = 60.0
+"""How often a trainer at INFO says what it committed (`ProgressLine`)."""
 """Longest pause between two tries of a batch whose transaction keeps aborting."""
 
 
@@ -86,6 +88,7 @@ class Trainer(Ownership):
         self._volatile: dict[str, Any] | None = None  # volatile_state() at the last commit
         self._own_users: set[str] | None = None  # see _scope
         self._aborts_in_a_row = 0
+        self._progress = ProgressLine(every_s=PROGRESS_LOG_S, started=time.monotonic())
         self._batch_cap = cfg.batch_max  # lowered while batches near max.poll.interval.ms
         self._outcome_at = 0.0  # when the last batch's transaction committed or aborted
         self._snapshot_at = time.monotonic()
@@ -130,6 +133,7 @@ class Trainer(Ownership):
             if consumer is not None:
                 consumer.close()
             publisher.close()
+        log.info("trainer stopped (status %d)", status)
         return status
 
     def _order_key(self, rec: RawRecord) -> int:
@@ -162,6 +166,9 @@ class Trainer(Ownership):
             idle_since = time.monotonic()
             result = self.process(batch, consumer, publisher)
             self._resize(len(batch), self._outcome_at - polled, consumer.max_poll_interval_s)
+            line = self._progress.add(result, now=time.monotonic())
+            if line is not None:
+                log.info("%s", line)
             if self.on_batch is not None:
                 self.on_batch(result)
             if result.outcome is not TxnOutcome.ABORTED:

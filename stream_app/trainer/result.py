@@ -69,3 +69,44 @@ def batch_result(batch: Sequence[RawRecord], decoded: Decoded, evals: Sequence[E
         freshness_p50_s=fresh[len(fresh) // 2],
         freshness_p99_s=fresh[min(len(fresh) - 1, int(len(fresh) * 0.99))],
         outcome=outcome)
+
+
+@dataclass(slots=True)
+class ProgressLine:
+    """One log line per `every_s` of committed batches: what the trainer got done.
+
+    After "assigned partitions" a trainer at INFO said nothing while it learned
+    (walkthrough). Aborted batches are read again, so they count when committed.
+
+    >>> from types import SimpleNamespace as Batch
+    >>> p = ProgressLine(every_s=60.0, started=0.0)
+    >>> def done(events: int, dlq: int = 0) -> Batch:
+    ...     return Batch(applied=events - dlq, dlq=dlq, rows=2 * events,
+    ...                  outcome=TxnOutcome.COMMITTED)
+    >>> p.add(done(100), now=30.0) is None
+    True
+    >>> p.add(done(50, dlq=1), now=61.0)
+    'last 61s: 2 batches committed, 149 events applied, 1 dead-lettered, 300 rows published'
+    """
+
+    every_s: float
+    started: float
+    batches: int = 0
+    applied: int = 0
+    dlq: int = 0
+    rows: int = 0
+
+    def add(self, result: BatchResult, *, now: float) -> str | None:
+        """Count a batch; the line once `every_s` has passed since the last one."""
+        if result.outcome is not TxnOutcome.ABORTED:
+            self.batches += 1
+            self.applied += result.applied
+            self.dlq += result.dlq
+            self.rows += result.rows
+        if now - self.started < self.every_s:
+            return None
+        line = (f"last {now - self.started:.0f}s: {self.batches} batches committed, "
+                f"{self.applied} events applied, {self.dlq} dead-lettered, "
+                f"{self.rows} rows published")
+        self.started, self.batches, self.applied, self.dlq, self.rows = now, 0, 0, 0, 0
+        return line

@@ -7,6 +7,7 @@ counts in the metrics only once that commits).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from stream_app.events import DlqRecord, Event
 from stream_app.kafka.records import RawRecord
 from stream_app.observability.metrics import EventOutcome, TrainerMetrics
 from stream_app.trainer.batch import OUTCOMES, REFUSED, Decoded, TxnCounts, plan_steps, train_dlq
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -51,7 +54,9 @@ def learn_batch(learner: Learner, decoded: Decoded, *, step_max: int, now_ms: in
             # A tombstone even without a row here: one may still be in the
             # changelog (a restore, another trainer, an eviction not published).
             user = decoded.forgets[i]
-            learner.forget_user(user, requested=True)
+            held = learner.forget_user(user, requested=True)
+            log.info("forget user=%s: %s; its tombstone goes out with this batch", user,
+                     "row dropped" if held else "no row here")
             out.tombstones.append(f"user:{user}")
             out.users.discard(user)
     pending_users, pending_items = learner.apply_pending()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from stream_app.codec import encode_event
@@ -47,11 +48,14 @@ def _learn(records: list[RawRecord], learner: Learner, step_max: int = 3) -> Cha
     return learn_batch(learner, decoded, step_max=step_max, now_ms=NOW, metrics=_metrics())
 
 
-def test_a_forget_between_segments_drops_the_user_learned_before_it_only() -> None:
+def test_a_forget_between_segments_drops_the_user_learned_before_it_only(
+        caplog: pytest.LogCaptureFixture) -> None:
     learner = Learner(CONFIG, device="cpu")
     batch = [_click(0, "u1", "a"), _click(1, "u2", "b"), _click(2, "u1", "c"),
              _forget(3, "u1"), _click(4, "u3", "a"), _forget(5, "u3"), _click(6, "u3", "d")]
-    out = _learn(batch, learner)
+    with caplog.at_level("INFO", logger="stream_app.trainer.steps"):
+        out = _learn(batch, learner)
+    assert "forget user=u1: row dropped" in caplog.text  # an operator can see it happened
     assert out.tombstones == ["user:u1", "user:u3"]
     assert out.users == {"u2", "u3"}  # u3 came back after its forget, in the same batch
     assert "u1" not in learner.user_ids() and "u3" in learner.user_ids()
