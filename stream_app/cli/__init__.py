@@ -30,7 +30,9 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stream-app", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="stream-app", description="Learn recommendation embeddings from Kafka click and "
+        "purchase events, and serve top-K predictions from the freshest model.")
     parser.add_argument("--version", action="version", version=f"stream-app {__version__}")
     parser.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -152,5 +152,7 @@ def _generate(args: argparse.Namespace) -> int:
                              n_items=args.items, seed=args.seed,
                              malformed_share=args.malformed_share, drift=args.drift,
                              rate=args.rate, progress=not args.quiet)
-    print(f"generated {acked} records")
+    print(f"generated {acked} records (their event ids follow --seed {args.seed} and the "
+          "sizes: a second run re-sends the same events, which the trainer drops as "
+          "duplicates; give another --seed for new ones)")
     return 0
