@@ -120,7 +120,11 @@ def error_for(exc: fastjsonschema.JsonSchemaValueException, schema_name: str) ->
     """Map a schema failure to the most specific reason; `detail` keeps the failing field."""
     reason = _reason_for(exc, schema_name)
     detail = exc.message
-    if exc.rule == "additionalProperties" and isinstance(exc.value, dict):
+    if reason is DlqReason.BAD_ID_CHARS and exc.rule == "pattern":
+        # fastjsonschema's message quotes the id pattern, a regex of invisible characters.
+        detail = (f"{exc.name} {str(exc.value)[:64]!r}: an id may not hold control "
+                  "characters or line / paragraph separators")
+    elif exc.rule == "additionalProperties" and isinstance(exc.value, dict):
         extra = sorted(set(exc.value) - set((exc.definition or {}).get("properties", {})))
         detail = f"{exc.name}: unknown field(s) {extra}"
     return DecodeError(reason, detail)

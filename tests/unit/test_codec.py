@@ -321,3 +321,19 @@ def test_dlq_of_a_keyless_tombstone() -> None:
     record = dlq_record(Coordinates(topic="clicks", partition=0, offset=0), None, None, error, ts=1)
     back = decode_dlq(encode_dlq(record))
     assert back.key is None and back.value is None and back.value_size == 0
+
+
+def test_a_bad_id_character_is_named_in_words_not_by_the_schemas_regex() -> None:
+    """The DLQ detail quoted the id pattern, a regex of invisible characters (walkthrough)."""
+    import orjson
+
+    from stream_app.codec import DecodeError, decode_event
+    from stream_app.events import EventKind
+
+    value = orjson.dumps({"event_id": "e1", "user_id": "u", "item_id": "i\u0001x",
+                          "ts": 1_700_000_000_000})
+    with pytest.raises(DecodeError) as err:
+        decode_event(value, b"u", EventKind.CLICK)
+    assert err.value.reason == "bad_id_chars"
+    assert err.value.detail == ("data.item_id 'i\\x01x': an id may not hold control characters "
+                                "or line / paragraph separators")
