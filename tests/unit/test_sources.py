@@ -572,3 +572,22 @@ def test_an_empty_csv_and_a_pretty_printed_json_array_say_what_they_are(
     array.write_text('[\n  {"event_id": "e1", "user_id": "u", "item_id": "i", "ts": 1}\n]\n')
     with pytest.raises(SourceError, match="events.json:1: .*a JSON array file is not JSON"):
         list(read_jsonl(array, kind=EventKind.CLICK))
+
+
+def test_a_file_in_seconds_is_warned_about_once(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """`ts` in seconds replayed as January 1970, silently (walkthrough)."""
+    from stream_app.replay import file_records
+
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(f'{{"kind":"click","event_id":"e{n}","user_id":"u","item_id":"i",'
+                            f'"ts":{1_700_000_000 + n}}}\n' for n in range(3)))
+    with caplog.at_level("WARNING", logger="stream_app.replay"):
+        assert len(list(file_records(path))) == 3  # still replayed: 1970 may be meant
+    assert caplog.text.count("needs them times 1000") == 1 and "1970-01-20" in caplog.text
+    caplog.clear()
+    path.write_text('{"kind":"click","event_id":"e","user_id":"u","item_id":"i",'
+                    '"ts":1700000000000}\n')
+    with caplog.at_level("WARNING", logger="stream_app.replay"):
+        list(file_records(path))
+    assert not caplog.text
