@@ -227,7 +227,13 @@ class ScoreClient:
 
 
 def format_prediction(pred: Prediction) -> str:
-    """Readable text of one answer (the `stream-app request` output)."""
+    """Readable text of one answer (the `stream-app request` output).
+
+    >>> print(format_prediction(Prediction(request_id="r", user_id="u", items=(),
+    ...                                    model_version="", fallback=True, latency_ms=1.0)))
+    user u: 0 items (model -, 1.0 ms, popularity fallback)
+      the scorer holds no model yet: no trainer has published to embeddings
+    """
     if pred.error is not None:
         return f"request {pred.request_id}: error: {pred.error}"
     flags = [f for f, on in (("popularity fallback", pred.fallback),
@@ -235,6 +241,8 @@ def format_prediction(pred: Prediction) -> str:
     head = (f"user {pred.user_id}: {len(pred.items)} items (model {pred.model_version or '-'}, "
             f"{pred.latency_ms:.1f} ms{', ' + ', '.join(flags) if flags else ''})")
     lines = [head]
+    if not pred.items and not pred.model_version:
+        lines.append("  the scorer holds no model yet: no trainer has published to embeddings")
     for n, item in enumerate(pred.items, 1):
         why = f"  because {', '.join(item.because)}" if item.because else ""
         lines.append(f"{n:>4}. {item.item_id:<24} {item.score:10.4f}{why}")
