@@ -257,6 +257,7 @@ class TransactionalPublisher:
                  timeout_s: float = 60.0) -> None:
         self._producer = make_producer(kafka, client_id, transactional_id=transactional_id)
         self._timeout_s = timeout_s
+        self._failed = False
         self.spot: tuple[bytes, int] | None = None
         """Key and partition of the first record of `spot_topic` in the last
         transaction, when it committed and its delivery was reported; else None."""
@@ -276,8 +277,12 @@ class TransactionalPublisher:
         `spot` for `spot_topic`."""
         tps = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
         spot = None if spot_topic is None else SpotCheck(spot_topic)
-        outcome = commit_batch(self._producer, consumer.raw, records, tps, starts=starts,
-                               timeout_s=self._timeout_s, spot=spot)
+        try:
+            outcome = commit_batch(self._producer, consumer.raw, records, tps, starts=starts,
+                                   timeout_s=self._timeout_s, spot=spot)
+        except FatalTransactionError:
+            self._failed = True  # nothing it holds can be delivered: `close` skips the flush
+            raise
         self.spot = None
         if (outcome is TxnOutcome.COMMITTED and spot is not None and spot.key is not None
                 and spot.partition is not None):
@@ -293,6 +298,9 @@ class TransactionalPublisher:
         here may mask the error that stopped the loop (this runs in the loop's `finally`):
         a fenced producer's flush raised SystemError from a delivery callback ("returned a
         result with an exception set"), which replaced the fencing error (walkthrough)."""
+        if self._failed:  # fenced or fatal: its queue is lost, and its callbacks misbehave
+            log.info("producer close: not flushed after a fatal transaction error")
+            return
         try:
             self._producer.flush(self._timeout_s)
         except KafkaException as exc:

@@ -192,5 +192,21 @@ def test_closing_a_failed_producer_never_masks_the_error_that_stopped_the_loop(
     publisher = object.__new__(TransactionalPublisher)  # no broker: only close() runs
     publisher._producer = SimpleNamespace(flush=flush)  # type: ignore[assignment]  # noqa: SLF001
     publisher._timeout_s = 1.0  # noqa: SLF001
+    publisher._failed = False  # noqa: SLF001 - not known to have failed: it flushes
     publisher.close()
     assert "producer close" in caplog.text
+
+
+def test_a_publisher_whose_transaction_failed_fatally_is_closed_without_a_flush() -> None:
+    """Its queue cannot be delivered, and confluent_kafka ran a delivery callback with an
+    exception set (SystemError) when such a producer was flushed (walkthrough)."""
+    from stream_app.kafka.transaction import TransactionalPublisher
+
+    def flush(timeout: float) -> int:
+        raise AssertionError("flushed")
+
+    publisher = object.__new__(TransactionalPublisher)  # no broker: only close() runs
+    publisher._producer = SimpleNamespace(flush=flush)  # type: ignore[assignment]  # noqa: SLF001
+    publisher._timeout_s = 1.0  # noqa: SLF001
+    publisher._failed = True  # noqa: SLF001 - what commit() sets on FatalTransactionError
+    publisher.close()
