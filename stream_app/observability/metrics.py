@@ -214,6 +214,10 @@ class TrainerMetrics(_ProcessMetrics):
             "stream_app_evictions_total",
             "Rows evicted: idle past learner.idle_ttl_ms of event time, or the least recent "
             "at the learner.max_users / max_items cap.", ["table"], registry=r)
+        self.forgets = Counter(
+            "stream_app_forgets_total",
+            "Forget requests applied and committed (each publishes its user's tombstone).",
+            registry=r)
         self.rows_published = Counter(
             "stream_app_rows_published_total", "Rows published to the embeddings topic.",
             ["table"], registry=r)

@@ -227,6 +227,8 @@ class TxnCounts:
     events: Counter[tuple[str, EventOutcome]] = field(default_factory=Counter)
     admissions: Counter[str] = field(default_factory=Counter)
     evictions: Counter[str] = field(default_factory=Counter)
+    forgets: int = 0
+    """Forget requests applied (each publishes its user's tombstone)."""
     applied_times: list[tuple[int, int]] = field(default_factory=list)
     """(event time, produce time) in ms of each applied event: their freshness."""
     losses: list[tuple[float, int]] = field(default_factory=list)

@@ -35,6 +35,7 @@ def observe_commit(m: TrainerMetrics, counts: TxnCounts, batch: list[RawRecord],
         m.admissions.labels(table=table).inc(n)
     for table, n in counts.evictions.items():
         m.evictions.labels(table=table).inc(n)
+    m.forgets.inc(counts.forgets)
     for rec in dlq:
         m.count_dlq(rec.reason)
     for topic, n in Counter(d.source_topic for d in decoded.dlq).items():

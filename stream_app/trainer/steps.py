@@ -55,6 +55,7 @@ def learn_batch(learner: Learner, decoded: Decoded, *, step_max: int, now_ms: in
             # changelog (a restore, another trainer, an eviction not published).
             user = decoded.forgets[i]
             held = learner.forget_user(user, requested=True)
+            out.counts.forgets += 1
             log.info("forget user=%s: %s; its tombstone goes out with this batch", user,
                      "row dropped" if held else "no row here")
             out.tombstones.append(f"user:{user}")

@@ -190,10 +190,11 @@ def test_an_event_whose_record_has_no_timestamp_has_no_produce_time_freshness() 
     from stream_app.trainer.observe import observe_commit
 
     m = _trainer()
-    counts = TxnCounts(applied_times=[(1_000, 1_500), (1_000, -1)])
+    counts = TxnCounts(applied_times=[(1_000, 1_500), (1_000, -1)], forgets=2)
     observe_commit(m, counts, [], Decoded(), [], [], published_ms=2_000,
                    table_sizes={"users": 0, "items": 0}, evals=[])
     reg = m.registry
+    assert _value(reg, "stream_app_forgets_total") == 2.0  # counted at the commit
     assert _value(reg, "stream_app_freshness_seconds_count", since="event_time") == 2.0
     assert _value(reg, "stream_app_freshness_seconds_count", since="produce_time") == 1.0
     assert _value(reg, "stream_app_freshness_seconds_sum", since="produce_time") == 0.5

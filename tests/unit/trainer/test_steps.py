@@ -56,6 +56,7 @@ def test_a_forget_between_segments_drops_the_user_learned_before_it_only(
     with caplog.at_level("INFO", logger="stream_app.trainer.steps"):
         out = _learn(batch, learner)
     assert "forget user=u1: row dropped" in caplog.text  # an operator can see it happened
+    assert out.counts.forgets == 2  # stream_app_forgets_total, once the batch commits
     assert out.tombstones == ["user:u1", "user:u3"]
     assert out.users == {"u2", "u3"}  # u3 came back after its forget, in the same batch
     assert "u1" not in learner.user_ids() and "u3" in learner.user_ids()
