@@ -303,7 +303,6 @@ class TransactionalPublisher:
             return
         try:
             self._producer.flush(self._timeout_s)
-        except KafkaException as exc:
-            log.warning("producer close: %s", exc.args[0].str())
         except Exception as exc:  # noqa: BLE001 - see above
-            log.warning("producer close: %s: %s", type(exc).__name__, exc)
+            log.warning("producer close: %s", exc.args[0].str()
+                        if isinstance(exc, KafkaException) else f"{type(exc).__name__}: {exc}")

@@ -27,6 +27,7 @@ from stream_app.codec import (
 )
 from stream_app.config import ConfigError, KafkaConfig
 from stream_app.core import Learner
+from stream_app.core.optim import SLOTS
 from stream_app.events import KeyValue
 from stream_app.heap import paused_gc, release_free_memory
 from stream_app.kafka.ends import read_to_end
@@ -212,7 +213,7 @@ def _check_shape(learner: Learner, dim: int, slots: set[str] | None) -> None:
     started with other settings than the one that published it (-L dim=8 on a model of 64)
     failed with a tensor-size RuntimeError deep in the restore, exit 1 (walkthrough)."""
     cfg = learner.config
-    want = {"acc"} if cfg.optimizer == "adagrad" else {"m", "v", "t"}
+    want = set(SLOTS[cfg.optimizer])
     problems = [] if dim == cfg.dim else [f"dim={dim} (this trainer: dim={cfg.dim})"]
     if slots is not None and slots != want:
         problems.append(f"optimiser state {sorted(slots)} (this trainer's "
