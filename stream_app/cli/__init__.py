@@ -29,8 +29,27 @@ log = logging.getLogger(__name__)
 __all__ = ["build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a flag no command knows with that command's usage.
+
+    argparse leaves a subcommand's unknown flags to the top-level parser, whose
+    error shows the list of commands: `stream-app replay --limt 3` would not say
+    which flags `replay` takes.
+    """
+
+    commands: dict[str, argparse.ArgumentParser] = {}
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = self.commands.get(getattr(parsed, "command", None) or "", self)
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stream-app", description="Learn recommendation embeddings from Kafka click and "
         "purchase events, and serve top-K predictions from the freshest model.")
     parser.add_argument("--version", action="version", version=f"stream-app {__version__}")
@@ -39,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for module in (tools, trainer, scorer, demo):
         module.add_commands(sub)
+    parser.commands = dict(sub.choices)
     return parser
 
 

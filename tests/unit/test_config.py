@@ -491,3 +491,16 @@ def test_a_request_for_an_empty_user_id_says_so(capsys: pytest.CaptureFixture[st
     assert main(["request", "", "--bootstrap-servers", "127.0.0.1:1"]) == 2
     assert "the user id is empty" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("args", [["replay", "e.jsonl", "--limt", "3"], ["trainer", "--bogus"],
+                                  ["topics", "create", "--partitons", "2"]])
+def test_an_unknown_flag_is_reported_with_its_commands_usage(
+        args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse reported it with the top-level usage, which lists commands, not their flags."""
+    with pytest.raises(SystemExit) as caught:
+        main(args)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert f"stream-app {args[0]}: error: unrecognized arguments: " in err
+    assert "{broker,topics" not in err
