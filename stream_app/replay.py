@@ -12,13 +12,12 @@ import itertools
 import logging
 import math
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
 from stream_app.config import ConfigError, KafkaConfig, TopicNames
-from stream_app.events import Event, EventKind
+from stream_app.events import EventKind
 from stream_app.kafka.admin import require_topics
 from stream_app.kafka.produce import DeliveryError, EventProducer, Outgoing
 from stream_app.progress import Progress
@@ -91,32 +90,10 @@ def file_records(path: Path, fmt: Format | None = None, *,
         released = release_times(read_movies(movies)) if movies is not None else None
         events = read_ratings(path, sort_by_time=True, released=released, limit=limit)
     elif fmt == "jsonl":
-        events = warn_seconds(read_jsonl(path, kind=kind), path)
+        events = read_jsonl(path, kind=kind)
     else:
-        events = warn_seconds(read_csv(path), path)
+        events = read_csv(path)
     return (to_record(e) for e in itertools.islice(events, limit))
-
-
-SECONDS_LIKE_MS = 100_000_000_000
-"""Event times below this (March 1973 in milliseconds) look like seconds since 1970."""
-
-
-def warn_seconds(events: Iterable[Event], path: Path) -> Iterator[Event]:
-    """Pass `events` on; say once if one's time looks like seconds, not milliseconds.
-
-    The topics take any time from 1970 on, so a file written in seconds replays as
-    January 1970: the trainer applies it, and every event-time window and plot is
-    off by decades (walkthrough). A warning, since an event of 1970 may be real.
-    """
-    warned = False
-    for n, event in enumerate(events, 1):
-        if not warned and 0 <= event.ts < SECONDS_LIKE_MS:
-            warned = True
-            log.warning("%s: event %d (%s) has ts=%d, %s if read as milliseconds, which "
-                        "event times are: a file in seconds needs them times 1000", path, n,
-                        event.event_id, event.ts,
-                        time.strftime("%Y-%m-%d", time.gmtime(event.ts / 1000)))
-        yield event
 
 
 def outgoing(records: Iterable[RawRecord], topics: TopicNames) -> Iterator[Outgoing]:

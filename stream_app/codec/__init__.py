@@ -6,11 +6,11 @@ raise only `DecodeError` (with a `DlqReason`); encoders raise `EncodeError`
 when our own code would publish something the schema refuses.
 
 >>> from stream_app.events import EventKind
->>> decode_event(b'{"event_id":"e1","user_id":7,"item_id":"i9","ts":1}', b"7",
+>>> decode_event(b'{"event_id":"e1","user_id":7,"item_id":"i9","ts":1700000000001}', b"7",
 ...              EventKind.CLICK).user_id
 '7'
 >>> try:
-...     decode_event(b'{"event_id":"e1","user_id":"","item_id":"i9","ts":1}', b"x",
+...     decode_event(b'{"event_id":"e1","user_id":"","item_id":"i9","ts":1700000000001}', b"x",
 ...                  EventKind.CLICK)
 ... except DecodeError as err:
 ...     err.reason

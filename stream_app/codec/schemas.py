@@ -124,6 +124,10 @@ def error_for(exc: fastjsonschema.JsonSchemaValueException, schema_name: str) ->
         # fastjsonschema's message quotes the id pattern, a regex of invisible characters.
         detail = (f"{exc.name} {str(exc.value)[:64]!r}: an id may not hold control "
                   "characters or line / paragraph separators")
+    elif reason is DlqReason.BAD_TIMESTAMP and exc.rule == "minimum" \
+            and isinstance(exc.value, int) and exc.value >= 0:
+        detail = (f"{exc.name} {exc.value} is before 1973-03-03 read as milliseconds since "
+                  "1970, which event times are: seconds need multiplying by 1000")
     elif exc.rule == "additionalProperties" and isinstance(exc.value, dict):
         extra = sorted(set(exc.value) - set((exc.definition or {}).get("properties", {})))
         detail = f"{exc.name}: unknown field(s) {extra}"

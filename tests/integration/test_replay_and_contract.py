@@ -105,7 +105,7 @@ def test_replay_limit_and_missing_file(kafka: KafkaConfig, tmp_path: Path,
     assert "does not exist" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"kind": "click", "event_id": "e1", "user_id": "u1", "item_id": "i1", '
-                   '"ts": 1}\n{"kind": "click", "event_id": "e2", "user_id": "u1", '
+                   '"ts": 1700000000001}\n{"kind": "click", "event_id": "e2", "user_id": "u1", '
                    '"item_id": "i1", "ts": "x"}\n')
     assert main(["replay", str(bad), "--format", "jsonl", *base]) == 2  # not a traceback
     err = capsys.readouterr().err

@@ -38,6 +38,8 @@ from stream_app.trainer.snapshot import read_snapshot
 from tests.integration.kafka_helpers import read_topic, wait_until
 from tests.reliability.harness import committed_total, end_total
 
+T0 = 1_700_000_000_000  # event times are milliseconds from 1973 on; tests add small offsets
+
 LEARNER = LearnerConfig(dim=8, num_sampled_negatives=16, eval_max_items=1000)
 
 
@@ -309,7 +311,7 @@ def test_a_user_forgotten_then_seen_again_in_one_transaction_keeps_the_new_row(
         kafka: KafkaConfig) -> None:
     """The forget's tombstone must not follow, and so delete, the row re-created after it."""
     def click(i: int) -> Outgoing:
-        event = Event(event_id=f"e{i}", user_id="u1", item_id=f"i{i % 3}", ts=1_000 + i,
+        event = Event(event_id=f"e{i}", user_id="u1", item_id=f"i{i % 3}", ts=T0 + i,
                       kind=EventKind.CLICK)
         return Outgoing(kafka.topics.clicks, b"u1", encode_event(event))
 
@@ -339,7 +341,7 @@ def test_a_forget_deletes_what_came_before_it_on_both_topics_and_keeps_what_came
     the mirrored case lost u2's later purchase."""
     def event(n: int, user: str, kind: EventKind, ts: int) -> Outgoing:
         purchase = kind is EventKind.PURCHASE
-        ev = Event(event_id=f"{user}-{n}", user_id=user, item_id=f"i{n}", ts=ts, kind=kind,
+        ev = Event(event_id=f"{user}-{n}", user_id=user, item_id=f"i{n}", ts=T0 + ts, kind=kind,
                    quantity=1 if purchase else None, price=2.5 if purchase else None)
         topic = kafka.topics.purchases if purchase else kafka.topics.clicks
         return Outgoing(topic, user.encode(), encode_event(ev))

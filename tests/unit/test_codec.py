@@ -111,7 +111,7 @@ def test_integer_ids_are_normalised_and_key_compared_as_text() -> None:
 
 def test_purchase_fields_and_context_survive() -> None:
     event = Event(
-        event_id="p1", user_id="ü-ser", item_id="i 1", ts=0, kind=EventKind.PURCHASE,
+        event_id="p1", user_id="ü-ser", item_id="i 1", ts=1700000000000, kind=EventKind.PURCHASE,
         quantity=3, price=0.0, item_released_at=946_684_800_000,
         context={"nested": {"a": [1, None]}},
     )  # fmt: skip
@@ -125,21 +125,23 @@ def test_a_context_nested_past_the_bound_is_refused_on_both_paths() -> None:
     topic, and `replay` crashed re-encoding it from a file."""
     def value(levels: int) -> bytes:
         inner = b'{"x":' * (levels - 1) + b"{}" + b"}" * (levels - 1)
-        return b'{"event_id":"e","user_id":"u","item_id":"i","ts":1,"context":' + inner + b"}"
+        return (b'{"event_id":"e","user_id":"u","item_id":"i","ts":1700000000001,"context":'
+                + inner + b"}")
 
     assert decode_event(value(32), b"u", EventKind.CLICK).context is not None
     for levels in (33, 300, 1000):
         with pytest.raises(DecodeError, match="nested over 32 levels") as caught:
             decode_event(value(levels), b"u", EventKind.CLICK)
         assert caught.value.reason is DlqReason.SCHEMA
-    deep_list = b'{"event_id":"e","user_id":"u","item_id":"i","ts":1,"context":{"a":' + \
+    deep_list = b'{"event_id":"e","user_id":"u","item_id":"i","ts":1700000000001,"context":' + \
+        b'{"a":' + \
         b"[" * 40 + b"]" * 40 + b"}}"
     with pytest.raises(DecodeError, match="nested over 32 levels"):
         decode_event(deep_list, b"u", EventKind.CLICK)
 
 
 def test_size_bound_is_inclusive_and_checked_before_parsing() -> None:
-    body = b'{"event_id":"e","user_id":"u","item_id":"i","ts":1}'
+    body = b'{"event_id":"e","user_id":"u","item_id":"i","ts":1700000000001}'
     at_bound = body + b" " * (EVENT_MAX_BYTES - len(body))
     assert decode_event(at_bound, b"u", EventKind.CLICK).user_id == "u"
     with pytest.raises(DecodeError) as caught:
@@ -157,11 +159,13 @@ def test_library_errors_are_chained() -> None:
 
 
 def test_encode_refuses_what_the_schema_would_refuse() -> None:
-    click = Event(event_id="e", user_id="u", item_id="i", ts=1, kind=EventKind.CLICK, price=1.0)
+    click = Event(event_id="e", user_id="u", item_id="i", ts=1700000000001, kind=EventKind.CLICK,
+                  price=1.0)
     with pytest.raises(EncodeError):
         encode_event(click)
     purchase = Event(
-        event_id="e", user_id="u", item_id="i", ts=1, kind=EventKind.PURCHASE, price=float("nan")
+        event_id="e", user_id="u", item_id="i", ts=1700000000001, kind=EventKind.PURCHASE,
+        price=float("nan")
     )
     with pytest.raises(EncodeError):
         encode_event(purchase)
@@ -169,7 +173,8 @@ def test_encode_refuses_what_the_schema_would_refuse() -> None:
 
 def test_detail_is_bounded() -> None:
     many = {f"field_{i}_{'x' * 50}": 1 for i in range(100)}
-    value = orjson.dumps({"event_id": "e", "user_id": "u", "item_id": "i", "ts": 1, **many})
+    value = orjson.dumps({"event_id": "e", "user_id": "u", "item_id": "i", "ts": 1700000000001,
+                          **many})
     with pytest.raises(DecodeError) as caught:
         decode_event(value, b"u", EventKind.CLICK)
     assert caught.value.reason is DlqReason.UNKNOWN_FIELD
