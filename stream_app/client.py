@@ -243,6 +243,9 @@ def format_prediction(pred: Prediction) -> str:
     lines = [head]
     if not pred.items and not pred.model_version:
         lines.append("  the scorer holds no model yet: no trainer has published to embeddings")
+    if pred.unknown_candidates:
+        lines.append(f"  {pred.unknown_candidates} candidate(s) left out: the model has no row "
+                     "for them (never seen, not yet admitted, evicted or forgotten)")
     for n, item in enumerate(pred.items, 1):
         why = f"  because {', '.join(item.because)}" if item.because else ""
         lines.append(f"{n:>4}. {item.item_id:<24} {item.score:10.4f}{why}")

@@ -304,6 +304,9 @@ class Prediction:
     `ready` is False while the scorer is still loading `embeddings`, so a
     client never mistakes a half-loaded table for the real answer. `error` is
     set (and `items` empty) when the request was malformed but had a request id.
+    `unknown_candidates` counts the request's candidates the model has no row for,
+    which no ranking can include: without it, fewer items than asked for read
+    as a scorer fault.
     """
 
     request_id: str
@@ -314,6 +317,7 @@ class Prediction:
     latency_ms: float
     error: str | None = None
     ready: bool = True
+    unknown_candidates: int | None = None
 
 
 DlqStage = Literal["decode", "train", "score"]

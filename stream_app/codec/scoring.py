@@ -106,6 +106,8 @@ def encode_prediction(prediction: Prediction) -> bytes:
     }
     if prediction.error is not None:
         obj["error"] = prediction.error
+    if prediction.unknown_candidates is not None:
+        obj["unknown_candidates"] = prediction.unknown_candidates
     return orjson.dumps(obj)
 
 
@@ -130,4 +132,5 @@ def decode_prediction(value: bytes | None) -> Prediction:
         latency_ms=float(obj["latency_ms"]),
         error=obj.get("error"),
         ready=obj.get("ready", _READY_DEFAULT),
+        unknown_candidates=obj.get("unknown_candidates"),
     )

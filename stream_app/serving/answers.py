@@ -97,7 +97,8 @@ def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNa
         out.produced_ms.append(p.produced_ms)
         pred = Prediction(request_id=req.request_id, user_id=req.user_id, items=ranking.items,
                           model_version=table.model_version, fallback=fallback is not None,
-                          latency_ms=_ms_since(p.arrival), ready=ready)
+                          latency_ms=_ms_since(p.arrival), ready=ready,
+                          unknown_candidates=ranking.unknown_candidates)
         try:
             value = _encoded(pred)
         except DecodeError as err:

@@ -50,10 +50,12 @@ Scored = list[tuple[int, float]]
 @dataclass(frozen=True, slots=True)
 class Ranking:
     """One request's answer; `fallback` is None or why popularity was served (unknown_user,
-    cold_user, bad_user_vector)."""
+    cold_user, bad_user_vector). `unknown_candidates`: how many distinct candidate ids
+    have no row here (None without candidates)."""
 
     items: tuple[PredictedItem, ...]
     fallback: str | None
+    unknown_candidates: int | None = None
 
 
 def rank(table: EmbeddingTable, requests: Sequence[ScoreRequest], *,
@@ -260,7 +262,10 @@ def _answer(table: EmbeddingTable, req: ScoreRequest, scored: Scored, fallback: 
                if req.explain and scored else [()] * len(scored))
     items = tuple(PredictedItem(item_id=names[s] or "", score=v, because=b)
                   for (s, v), b in zip(scored, because, strict=True))
-    return Ranking(items=items, fallback=fallback)
+    unknown = None
+    if req.candidates is not None:
+        unknown = sum(1 for c in set(req.candidates) if c not in table.item_slot)
+    return Ranking(items=items, fallback=fallback, unknown_candidates=unknown)
 
 
 def explain(table: EmbeddingTable, user_id: str, slots: list[int],

@@ -141,6 +141,8 @@ def test_answers_are_the_exact_top_k(kafka: KafkaConfig, world) -> None:  # type
             assert not got[f"full-{u}"].fallback and got[f"full-{u}"].ready
         assert ids(got["cand"]) == brute(users["u0"], items, bias, 3,
                                          allowed={"i3", "i4", "i5", "i6"})
+        assert got["cand"].unknown_candidates == 1  # "nope", through the topic
+        assert got["excl"].unknown_candidates is None
         assert ids(got["excl"]) == brute(users["u1"], items, bias, 4,
                                          banned=seen | {"i7", "i8"})
         assert got["ghost"].fallback and ids(got["ghost"]) == brute(None, items, bias, 4)

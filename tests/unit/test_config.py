@@ -504,3 +504,12 @@ def test_an_unknown_flag_is_reported_with_its_commands_usage(
     err = capsys.readouterr().err
     assert f"stream-app {args[0]}: error: unrecognized arguments: " in err
     assert "{broker,topics" not in err
+
+
+def test_the_request_output_says_how_many_candidates_the_model_lacks() -> None:
+    from stream_app.client import format_prediction
+    from stream_app.events import Prediction
+
+    pred = Prediction(request_id="r", user_id="u", items=(), model_version="v", fallback=False,
+                      latency_ms=1.0, unknown_candidates=3)
+    assert "3 candidate(s) left out: the model has no row for them" in format_prediction(pred)

@@ -86,8 +86,13 @@ def test_candidates_are_reranked(world) -> None:  # type: ignore[no-untyped-def]
     req = ScoreRequest(request_id="r", user_id="u3", k=3, candidates=cands, exclude=("i40",))
     got = rank(table, [req])[0]
     check(pairs(got), brute(users["u3"], items, biases, 3, allowed={"i5", "i9", "i77"}))
+    # Only "nope" has no row (i40 is excluded and i1 seen, but both are known): an answer
+    # shorter than asked said nothing of why.
+    assert got.unknown_candidates == 1
     empty = rank(table, [ScoreRequest(request_id="e", user_id="u3", k=3, candidates=())])[0]
-    assert empty.items == ()
+    assert empty.items == () and empty.unknown_candidates == 0
+    whole = rank(table, [ScoreRequest(request_id="w", user_id="u3", k=3)])[0]
+    assert whole.unknown_candidates is None
 
 
 def test_unknown_and_cold_users_get_popularity(world) -> None:  # type: ignore[no-untyped-def]
