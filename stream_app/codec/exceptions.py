@@ -33,7 +33,7 @@ class DlqReason(StrEnum):
     EMPTY_ID = "empty_id"
     ID_TOO_LONG = "id_too_long"  # over 256 characters, or an integer id out of int64
     BAD_ID_CHARS = "bad_id_chars"  # control characters / separators in an id
-    BAD_TIMESTAMP = "bad_timestamp"  # not an integer, negative, or not before year 3000
+    BAD_TIMESTAMP = "bad_timestamp"  # not an integer, before 1973 (seconds?), or not before 3000
     OUT_OF_RANGE = "out_of_range"  # any other minimum / maximum (quantity, price, dim...)
     BAD_K = "bad_k"
     TOO_MANY_CANDIDATES = "too_many_candidates"

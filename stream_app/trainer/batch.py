@@ -102,11 +102,14 @@ class Decoded:
 
     `segments[i]` is learned before `forgets[i]` is applied; `records[i]` holds
     the raw record of each event in `segments[i]` (same order) for dead-lettering.
+    `forget_requests[i]` is the request id of `forgets[i]` (None if it has none):
+    one request has a record on each event topic, and is counted once.
     """
 
     segments: list[list[Event]] = field(default_factory=lambda: [[]])
     records: list[list[RawRecord]] = field(default_factory=lambda: [[]])
     forgets: list[str] = field(default_factory=list)
+    forget_requests: list[str | None] = field(default_factory=list)
     dlq: list[DlqRecord] = field(default_factory=list)
 
     def users(self) -> set[str]:
@@ -123,6 +126,8 @@ def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
         try:
             if rec.header(CONTROL_HEADER) == b"forget":  # the key is the user to forget
                 out.forgets.append(decode_id_key(rec.key))
+                request = forget_request(rec)
+                out.forget_requests.append(None if request is None else request[1])
                 out.segments.append([])
                 out.records.append([])
                 continue

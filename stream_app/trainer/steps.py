@@ -45,6 +45,7 @@ def learn_batch(learner: Learner, decoded: Decoded, *, step_max: int, now_ms: in
     out = Changes(dlq=list(decoded.dlq))
     plan = plan_steps([len(events) for events in decoded.segments], step_max=step_max,
                       eval_max=learner.config.eval_max_events)
+    requests_seen: set[str] = set()
     for i, (events, recs) in enumerate(zip(decoded.segments, decoded.records, strict=True)):
         for step in plan[i]:
             _step(learner, events[step.start:step.end], recs[step.start:step.end],
@@ -53,11 +54,14 @@ def learn_batch(learner: Learner, decoded: Decoded, *, step_max: int, now_ms: in
         if i < len(decoded.forgets):
             # A tombstone even without a row here: one may still be in the
             # changelog (a restore, another trainer, an eviction not published).
-            user = decoded.forgets[i]
+            user, request = decoded.forgets[i], decoded.forget_requests[i]
             held = learner.forget_user(user, requested=True)
-            out.counts.forgets += 1
-            log.info("forget user=%s: %s; its tombstone goes out with this batch", user,
-                     "row dropped" if held else "no row here")
+            if request is None or request not in requests_seen:  # its other topic's record
+                out.counts.forgets += 1
+                log.info("forget user=%s: %s; its tombstone goes out with this batch", user,
+                         "row dropped" if held else "no row here")
+            if request is not None:
+                requests_seen.add(request)
             out.tombstones.append(f"user:{user}")
             out.users.discard(user)
     pending_users, pending_items = learner.apply_pending()

@@ -37,10 +37,12 @@ def _click(offset: int, user: str, item: str, event_id: str | None = None,
                      value=encode_event(event), timestamp_ms=NOW - 5_000 + offset)
 
 
-def _forget(offset: int, user: str) -> RawRecord:
-    return RawRecord(topic=TOPICS.clicks, partition=0, offset=offset, key=user.encode(),
-                     value=b'{"type":"forget"}', timestamp_ms=NOW,
-                     headers=((CONTROL_HEADER, b"forget"),))
+def _forget(offset: int, user: str, request: str | None = None,
+            topic: str = TOPICS.clicks) -> RawRecord:
+    value = b'{"type":"forget"}' if request is None else \
+        b'{"type":"forget","request_id":"%s"}' % request.encode()
+    return RawRecord(topic=topic, partition=0, offset=offset, key=user.encode(),
+                     value=value, timestamp_ms=NOW, headers=((CONTROL_HEADER, b"forget"),))
 
 
 def _learn(records: list[RawRecord], learner: Learner, step_max: int = 3) -> Changes:
@@ -63,6 +65,22 @@ def test_a_forget_between_segments_drops_the_user_learned_before_it_only(
     assert out.items == {"a", "b", "c", "d"}
     assert out.applied == 5 and sum(n for _, n in out.counts.losses) == 5
     assert not out.dlq
+
+
+def test_one_forget_request_is_counted_and_logged_once_for_its_two_records(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`stream-app forget` writes a record on each event topic; both were counted (the
+    metric read 2 for one request) and the second was logged as "no row here"."""
+    learner = Learner(CONFIG, device="cpu")
+    batch = [_click(0, "u1", "a"), _forget(1, "u1", "r1"),
+             _forget(0, "u1", "r1", topic=TOPICS.purchases),
+             _forget(2, "u2", "r2"), _forget(1, "u2", "r2", topic=TOPICS.purchases)]
+    with caplog.at_level("INFO", logger="stream_app.trainer.steps"):
+        out = _learn(batch, learner)
+    assert out.counts.forgets == 2
+    assert caplog.text.count("forget user=u1") == 1 and "no row here" in caplog.text  # u2
+    assert "u1" not in learner.user_ids()
+    assert out.tombstones == ["user:u1", "user:u1", "user:u2", "user:u2"]
 
 
 def test_a_reused_event_id_is_dead_lettered_and_counted_not_applied() -> None:
