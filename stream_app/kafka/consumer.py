@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
@@ -73,6 +73,7 @@ class GroupConsumer:
         self._assigned: set[Partition] = set()
         self._assigned_at = -math.inf
         self._at_end: set[Partition] = set()
+        self._ends_heard: dict[Partition, int] = {}  # where an end event said it ended
         self._paused: set[Partition] = set()
         self._first_fetch = FirstFetch()
         self._on_assign = on_assign
@@ -138,6 +139,8 @@ class GroupConsumer:
         parts = set(partitions)
         self._merger.drop(parts)
         self._at_end -= parts
+        for part in parts:
+            self._ends_heard.pop(part, None)
         # A rewound partition must fetch again, and librdkafka keeps a pause
         # flag across rebalances: a revoked one that came straight back would
         # stay paused for good.
@@ -197,6 +200,7 @@ class GroupConsumer:
                 yield to_record(msg)
             elif err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
                 self._at_end.add(part)
+                self._ends_heard[part] = msg.offset() or 0
                 self._first_fetch.heard((part,))
             else:
                 raise_if_fatal(err)
@@ -277,7 +281,7 @@ class GroupConsumer:
         The high watermark is librdkafka's cached one (from fetch responses).
         """
         behind = lag_behind(self._consumer, [_TP(t, p) for t, p in self._assigned],
-                            starts_at_end=self._starts_at_end)
+                            starts_at_end=self._starts_at_end, ends_heard=self._ends_heard)
         return {part: n + self._merger.queued(part) for part, n in behind.items()}
 
     def close(self) -> None:
@@ -317,21 +321,26 @@ def starts_at_end(kafka: KafkaConfig, client_id: str, group_id: str) -> bool:
     return str(reset).lower() in ("latest", "largest", "end")
 
 
-def lag_behind(consumer: Consumer, parts: list[_TP], *,
-               starts_at_end: bool) -> dict[Partition, int]:
+def lag_behind(consumer: Consumer, parts: list[_TP], *, starts_at_end: bool,
+               ends_heard: Mapping[Partition, int]) -> dict[Partition, int]:
     """Records behind librdkafka's cached high watermark per partition.
 
-    Before the first record the position is invalid: count from where the
-    reset policy starts, so a fresh backlog (or a partition librdkafka never
-    fetches) shows as lag instead of vanishing, and history skipped by
-    `auto.offset.reset=latest` does not.
+    Before the first record the position is invalid. A partition whose end was
+    heard (`enable.partition.eof`: the offset it was reached at) counts from
+    there: a restarted process, caught up at its committed offsets, showed
+    every idle partition's whole log as lag (operator walkthrough). Otherwise
+    count from where the reset policy starts, so a fresh backlog (or a
+    partition librdkafka never fetches) shows as lag instead of vanishing, and
+    history skipped by `auto.offset.reset=latest` does not.
     """
     out: dict[Partition, int] = {}
     if not parts:
         return out
     for tp in consumer.position(parts):
         low, high = consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
-        start = tp.offset if tp.offset >= 0 else (high if starts_at_end else low)
+        start = tp.offset
+        if start < 0:
+            start = ends_heard.get((tp.topic, tp.partition), high if starts_at_end else low)
         if start >= 0 and high >= 0:
             out[(tp.topic, tp.partition)] = max(0, high - start)
     return out

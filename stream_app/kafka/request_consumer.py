@@ -58,6 +58,7 @@ class RequestConsumer:
         self._first_fetch = FirstFetch()
         self._owned: set[Partition] = set()
         self._latest: dict[Partition, int] = {}  # the highest offset asked to commit
+        self._ends_heard: dict[Partition, int] = {}  # where an end event said it ended
         self._revoked: set[Partition] = set()  # since the current poll's first message
         self._drained = True  # the last poll emptied librdkafka's queue
         self.silent_after_s = SILENT_AFTER_S
@@ -93,6 +94,7 @@ class RequestConsumer:
         self._revoked.update(gone)
         for part in gone:
             self._latest.pop(part, None)
+            self._ends_heard.pop(part, None)
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         """Up to `max_records` requests, blocking at most `timeout_s` for the first one.
@@ -113,6 +115,7 @@ class RequestConsumer:
         polled = poll_available(self._consumer, max_records, timeout_s, on_first=took)
         self._first_fetch.heard({(r.topic, r.partition) for r in polled.records}
                                 | polled.eof.keys())
+        self._ends_heard.update((p, o) for p, o in polled.eof.items() if p in self._owned)
         self._drained = polled.drained
         records = polled.records
         if first and first[0][:2] in self._revoked:
@@ -159,9 +162,10 @@ class RequestConsumer:
 
     def lag(self) -> dict[Partition, int]:
         """Requests behind the high watermark per assigned partition (cached statistics;
-        before a partition's first request, from where the reset policy starts)."""
+        before a partition's first request, from where its end was heard or else where
+        the reset policy starts)."""
         return lag_behind(self._consumer, self._consumer.assignment(),
-                          starts_at_end=self._starts_at_end)
+                          starts_at_end=self._starts_at_end, ends_heard=self._ends_heard)
 
     def close(self) -> None:
         """Leave the group (revoking, so `on_revoke` may commit once more)."""
