@@ -70,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stream_app.kafka.exceptions import (
         BrokerError,
         BrokerUnavailable,
+        ChangelogError,
         ConfigConflictError,
         KafkaEdgeError,
         TopicError,
@@ -86,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokerUnavailable as exc:  # the cluster is down or not there yet: try again
         print(f"stream-app: {exc}", file=sys.stderr)
         return EXIT_STALLED
-    except (BrokerError, TopicError) as exc:
+    except (BrokerError, TopicError, ChangelogError) as exc:  # an operator must act first
         print(f"stream-app: {exc}", file=sys.stderr)
         return 2
     except SourceError as exc:

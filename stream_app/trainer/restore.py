@@ -21,6 +21,7 @@ from typing import TypeVar
 from stream_app.codec import (
     DecodeError,
     decode_changelog_rows,
+    decode_embedding,
     decode_meta,
     is_meta_key,
     split_embedding_key,
@@ -157,12 +158,30 @@ def apply_changelog(learner: Learner,
     try:
         return _apply_latest(learner, records)
     except DecodeError as exc:
+        key = _bad_key(records)
+        named = "its key" if key is None else f"its key, {key!r}"
         raise ChangelogError(
-            f"the embeddings changelog holds a record the trainer cannot restore ({exc}). "
+            f"the embeddings changelog holds a record the trainer cannot restore"
+            f"{'' if key is None else f' (key {key!r})'}: {exc}. "
             "Only this model's trainers write that topic: the record came from another "
-            "producer or a stream_app version with another row format. Delete it with a "
-            "tombstone for its key (printf 'KEY|' | kcat -P -b BROKER -t TOPIC -K'|' -Z), "
-            "or start the model on a new topic prefix") from exc
+            f"producer or a stream_app version with another row format. Delete it with a "
+            f"tombstone for {named} (printf '{key or 'KEY'}|' | kcat -P -b BROKER -t TOPIC "
+            "-K'|' -Z), or start the model on a new topic prefix") from exc
+
+
+def _bad_key(records: list[KeyValue]) -> str | None:
+    """The key of the last record of a key that does not decode on its own (the columnar
+    decode that failed does not say which): the one an operator must tombstone."""
+    latest = {key: value for key, value in records}
+    for key, value in latest.items():
+        try:
+            if is_meta_key(key):
+                decode_meta(value)
+            else:
+                decode_embedding(key, value)
+        except DecodeError:
+            return None if key is None else key.decode("utf-8", "replace")
+    return None
 
 
 def _apply_latest(learner: Learner, records: list[KeyValue]) -> tuple[int, int, int]:

@@ -513,3 +513,17 @@ def test_the_request_output_says_how_many_candidates_the_model_lacks() -> None:
     pred = Prediction(request_id="r", user_id="u", items=(), model_version="v", fallback=False,
                       latency_ms=1.0, unknown_candidates=3)
     assert "3 candidate(s) left out: the model has no row for them" in format_prediction(pred)
+
+
+def test_a_changelog_the_trainer_cannot_restore_exits_2(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """It exited 1, which a supervisor restarts on, into the same record (walkthrough)."""
+    import stream_app.trainer
+    from stream_app.kafka.exceptions import ChangelogError
+
+    def restore_fails(*_a: object, **_kw: object) -> int:
+        raise ChangelogError("the embeddings changelog holds a record ... (key 'item:zzz')")
+
+    monkeypatch.setattr(stream_app.trainer, "run_trainer", restore_fails)
+    assert main(["trainer", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "(key 'item:zzz')" in capsys.readouterr().err
