@@ -7,6 +7,7 @@ trainer's changelog, so it must never be deleted by retention.
 from __future__ import annotations
 
 import logging
+import shlex
 import socket
 import time
 from collections.abc import Sequence
@@ -192,9 +193,12 @@ def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.
         raise BrokerUnavailable(f"cannot list topics at {kafka.bootstrap_servers}: {exc}") from exc
     missing = [t for t in topics if t not in meta.topics]
     if missing:
+        # The prefix spelled out: run as printed, the command made unprefixed topics.
+        prefix = f" --topic-prefix {shlex.quote(kafka.topic_prefix)}" if kafka.topic_prefix else ""
         raise TopicError(
             f"missing topic(s): {', '.join(missing)} (topic prefix {kafka.topic_prefix!r}); "
-            "create them with `stream-app topics create` or fix --topic-prefix"
+            f"create them with `stream-app topics create{prefix}` (and this command's "
+            "--bootstrap-servers and -X settings) or fix --topic-prefix"
         )
     counts = {t: len(meta.topics[t].partitions) for t in co_partitioned}
     if len(set(counts.values())) > 1:

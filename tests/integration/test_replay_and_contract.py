@@ -138,7 +138,10 @@ def test_replay_to_a_missing_topic_prefix_fails_fast(bootstrap: str,
     code = main(["replay", str(path), "--quiet", "--bootstrap-servers", bootstrap,
                  "--topic-prefix", "no-such-prefix."])
     assert code == 2
-    assert "missing topic(s): no-such-prefix.clicks" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "missing topic(s): no-such-prefix.clicks" in err
+    # Run as printed, the command made topics without the prefix (walkthrough).
+    assert "`stream-app topics create --topic-prefix no-such-prefix.`" in err
 
 
 def test_an_event_produced_by_kcat_is_read_by_our_consumer(kafka: KafkaConfig) -> None:
