@@ -67,6 +67,7 @@ _ERR = f'stream_app_scorer_errors_total{{{S},reason="schema"}}'
 _SNAP_EVERY = f"stream_app_snapshot_interval_seconds{{{T}}}"
 _SNAP_AT = f"stream_app_snapshot_written_timestamp_seconds{{{T}}}"
 _STARTED = f"process_start_time_seconds{{{T}}}"
+_COMMIT = f"stream_app_last_commit_timestamp_seconds{{{T}}}"
 _BAD_ROW = f'stream_app_scorer_errors_total{{{S},reason="bad_embedding"}}'
 
 CASES: list[Case] = [
@@ -88,7 +89,7 @@ CASES: list[Case] = [
          series={f"stream_app_scorer_ready{{{S}}}": "0x5 1x10"}),
     Case(alert="ProcessRestarting", eval_time="30m",
          series={f"process_start_time_seconds{{{T}}}": "1000x9 1600x9 2200x9 2800x9"},
-         fires=[(TRAINER, "trainer:9464 started 3 times in 30 minutes")]),
+         fires=[(TRAINER, "trainer:9464 restarted 3 times in 30 minutes")]),
     Case(alert="ProcessRestarting", eval_time="30m",
          series={f"process_start_time_seconds{{{S}}}": "1000x19 1600x19"}),
     Case(alert="ProcessRestarting", eval_time="30m",  # two restarts: one short of three
@@ -170,29 +171,39 @@ CASES: list[Case] = [
     Case(alert="TransactionAbortsHigh", eval_time="25m",
          series={f"stream_app_transaction_aborts_total{{{T}}}": "0+0.1x30"}),
     # Snapshots every 5 min from a trainer started at 0: none written, one stuck at 5 min.
+    # Committing every minute (the gauge holds the commit's time): none written, one stuck
+    # at 5 min.
     Case(alert="SnapshotStale", eval_time="60m",
          series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0x70",
-                 _APPLIED: "0+100x70"},
+                 _COMMIT: "0+60x70"},
          fires=[(TRAINER, "Trainer trainer:9464 has written no local snapshot for 1h 0m 0s")]),
     Case(alert="SnapshotStale", eval_time="60m",
          series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0x5 300x65",
-                 _APPLIED: "0+100x70"},
+                 _COMMIT: "0+60x70"},
          fires=[(TRAINER, "Trainer trainer:9464 has written no local snapshot for 55m 0s")]),
-    # Idle since minute 5, when it wrote its last snapshot: nothing to snapshot since.
+    # Idle since minute 5, when it wrote its last snapshot: nothing to snapshot since,
+    # with 5-minute snapshots and with 30-second ones (which fired while the trainer had
+    # learned within the last 15 minutes: operator walkthrough).
     Case(alert="SnapshotStale", eval_time="60m",
          series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0x5 300x65",
-                 _APPLIED: "0+100x5 500x65"}),
-    # Learning all along, and: written every minute; snapshots off; none written yet by
-    # a trainer started 10 min ago (the age counts from its start, not from time 0).
+                 _COMMIT: "0+60x4 290x65"}),
+    Case(alert="SnapshotStale", eval_time="18m",
+         series={_SNAP_EVERY: "30x70", _STARTED: "0x70", _SNAP_AT: "0x5 300x65",
+                 _COMMIT: "0+60x4 290x65"}),
+    # Committing all along, and: written every minute; snapshots off; none written yet by
+    # a trainer started 50 min in (the age counts from its start, not from time 0).
     Case(alert="SnapshotStale", eval_time="60m",
          series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0+60x70",
-                 _APPLIED: "0+100x70"}),
+                 _COMMIT: "0+60x70"}),
     Case(alert="SnapshotStale", eval_time="60m",
          series={_SNAP_EVERY: "0x70", _STARTED: "0x70", _SNAP_AT: "0x70",
-                 _APPLIED: "0+100x70"}),
+                 _COMMIT: "0+60x70"}),
     Case(alert="SnapshotStale", eval_time="60m",
          series={_SNAP_EVERY: "300x70", _STARTED: "3000x70", _SNAP_AT: "0x70",
-                 _APPLIED: "0+100x70"}),
+                 _COMMIT: "0+60x70"}),
+    # Started, never committed (an idle start): nothing to snapshot.
+    Case(alert="SnapshotStale", eval_time="60m",
+         series={_SNAP_EVERY: "300x70", _STARTED: "0x70", _SNAP_AT: "0x70", _COMMIT: "0x70"}),
     Case(alert="ScorerP99High", eval_time="25m", series=_hist(
         "stream_app_scorer_request_seconds", f'{S},phase="total"', _SLOW_SCORE),
          fires=[({"job": "stream-app-scorer"}, "Scorer p99 latency is 44ms (target 20ms)")]),

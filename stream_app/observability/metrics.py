@@ -244,6 +244,9 @@ class TrainerMetrics(_ProcessMetrics):
         self.snapshot_written = Gauge(
             "stream_app_snapshot_written_timestamp_seconds",
             "Unix time of the last local snapshot written (0: none yet).", registry=r)
+        self.last_commit = Gauge(
+            "stream_app_last_commit_timestamp_seconds",
+            "Unix time of the trainer's last committed transaction (0: none yet).", registry=r)
         self.snapshot_interval = Gauge(
             "stream_app_snapshot_interval_seconds",
             "How often a local snapshot is due (trainer.snapshot_interval_s); 0 when "

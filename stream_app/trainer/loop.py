@@ -220,6 +220,7 @@ class Trainer(Ownership):
         else:
             self._aborts_in_a_row = 0
             self._unsnapshotted = True
+            self.metrics.last_commit.set(time.time())
             self._volatile = self.learner.volatile_state()  # what an abort goes back to
             if self._own_users is None:
                 self._own_writes.committed(
