@@ -36,7 +36,7 @@ class LearnerOps(LearnerFields):
         start, exactly what the scorer serves. (Training on per-event histories
         that include the batch's earlier events was tried: Recall@20 on the
         MovieLens split fell from 0.286 to 0.205.)
-        Returns None if the loss or any gradient is not finite.
+        Returns None if the loss or any gradient (or its square) is not finite.
         """
         cfg = self.config
         empty = (torch.zeros(0, dtype=torch.int64, device=self.device),
@@ -73,7 +73,11 @@ class LearnerOps(LearnerFields):
             neg.accidental, w)
         loss.backward()  # type: ignore[no-untyped-call]
         assert p.grad is not None and v.grad is not None  # noqa: S101
-        finite = torch.isfinite(loss) & torch.isfinite(p.grad).all() & torch.isfinite(v.grad).all()
+        # Squared, as the optimisers accumulate them: a gradient over ~1.8e19 (a model
+        # taken far off by a huge lr) is finite, but its square would put inf in the
+        # optimiser state, which no row can carry to the changelog (the trainer crashed).
+        finite = (torch.isfinite(loss) & torch.isfinite(p.grad.pow(2).sum())
+                  & torch.isfinite(v.grad.pow(2).sum()))
         if not bool(finite):
             return None
         return float(loss.detach()), (uniq_u, p.grad), (needed, v.grad)

@@ -607,3 +607,19 @@ def test_a_restore_from_an_older_snapshot_keeps_nothing_of_a_user_erased_since()
     assert replayed(d, "u1") == 1
     d.apply_global_state({**a.global_state(), "forget_requests": 0})
     assert replayed(d, "u1") == 0
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
+def test_a_runaway_learning_rate_dead_letters_batches_and_keeps_every_row_publishable(
+        optimizer: str) -> None:
+    """At lr=1e20 the second batch's gradients were finite but their squares were not: the
+    optimiser state took inf, and the trainer crashed encoding the rows (operator
+    walkthrough). Such a step is now refused like a non-finite loss."""
+    learner = Learner(small_config(lr=1e20, optimizer=optimizer), device=DEVICE)
+    outcomes: set[Outcome] = set()
+    for n in range(6):
+        stats = learner.learn(random_events(50, users=10, items=15, seed=n, start=n * 50))
+        outcomes |= set(stats.outcomes)
+        for row in _all_rows(learner):
+            encode_embedding(row)  # raises on a non-finite vector or state
+    assert Outcome.NON_FINITE in outcomes
