@@ -114,9 +114,45 @@ def _base(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:
             "error_cb": _log_error}
 
 
-def _log_error(err: KafkaError) -> None:
-    # Transient broker-down errors are retried by librdkafka; log them once each.
-    log.warning("kafka error code=%s fatal=%s reason=%s", err.name(), err.fatal(), err.str())
+REPEAT_WINDOW_S = 30.0
+"""A non-fatal client error of a code said in the last this many seconds is counted, not
+logged again."""
+
+
+class ErrorLog:
+    """Logs client errors, a non-fatal code at most once per REPEAT_WINDOW_S.
+
+    librdkafka retries transient errors itself and reports each retry: a minute of
+    broker outage logged ~1,900 connection refusals from one trainer (operator
+    walkthrough), burying what an operator reads the log for. The next line of a
+    code says how many were left out.
+
+    >>> said = []
+    >>> errors = ErrorLog(say=said.append, clock=iter([0.0, 1.0, 2.0, 40.0]).__next__)
+    >>> for _ in range(4):
+    ...     errors(KafkaError(KafkaError._TRANSPORT, "Connection refused"))
+    >>> [s.split(" reason=")[1] for s in said]
+    ['Connection refused', 'Connection refused (and 2 more like it since 40s ago)']
+    """
+
+    def __init__(self, say: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._say = say or log.warning
+        self._clock = clock
+        self._said: dict[int, tuple[float, int]] = {}  # code -> (when said, left out since)
+
+    def __call__(self, err: KafkaError) -> None:
+        now = self._clock()
+        said_at, left_out = self._said.get(err.code(), (-REPEAT_WINDOW_S, 0))
+        if not err.fatal() and now - said_at < REPEAT_WINDOW_S:
+            self._said[err.code()] = (said_at, left_out + 1)
+            return
+        self._said[err.code()] = (now, 0)
+        more = f" (and {left_out} more like it since {now - said_at:.0f}s ago)" if left_out else ""
+        self._say(f"kafka error code={err.name()} fatal={err.fatal()} reason={err.str()}{more}")
+
+
+_log_error = ErrorLog()
 
 
 def producer_config(kafka: KafkaConfig, client_id: str, *,
