@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 SECRET_PATTERN = re.compile(r"password|secret|sasl\.oauthbearer\.|\.key$|key\.pem", re.I)
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]*$")
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]*")  # fullmatch: `$` also matches before a "\n"
 
 
 CONSUME_MAX = 1_000_000
@@ -53,7 +53,7 @@ class TopicNames:
     prefix: str = ""
 
     def __post_init__(self) -> None:
-        if not _TOPIC_RE.match(self.prefix) or len(self.prefix) > 200:
+        if not _TOPIC_RE.fullmatch(self.prefix) or len(self.prefix) > 200:
             raise ConfigError(
                 f"topic_prefix may only hold letters, digits, '.', '_' and '-' "
                 f"(at most 200), got {self.prefix!r}"

@@ -87,8 +87,8 @@ class BrokerSettings:
         if (self.sasl_user is None) != (self.sasl_password is None):
             raise BrokerError("broker SASL needs both a user and a password "
                               "(--sasl-user and --sasl-password)")
-        if self.sasl_user is not None and not re.match(r"^[A-Za-z0-9._-]{1,100}$",
-                                                       self.sasl_user):
+        if self.sasl_user is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,100}",
+                                                           self.sasl_user):
             raise BrokerError(f"broker sasl_user must be 1-100 of [A-Za-z0-9._-], "
                               f"got {self.sasl_user!r}")
         if self.sasl_password is not None and (not self.sasl_password

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from stream_app.config import CONSUME_MAX, ConfigError
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 THREADS_MAX = 1024
@@ -95,7 +95,7 @@ class ScorerConfig:
                               f"`because`), got {self.explain_max}")
         if not self.group_id.strip():
             raise ConfigError("scorer.group_id is empty: pass --group-id NAME")
-        if not _DEVICE_RE.match(self.device):
+        if not _DEVICE_RE.fullmatch(self.device):
             raise ConfigError(f"scorer.device must be auto, cpu, mps, cuda or cuda:N, "
                               f"got {self.device!r}")
         if not 0 <= self.metrics_port <= 65535:

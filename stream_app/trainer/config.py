@@ -12,7 +12,7 @@ from stream_app.core import LearnerConfig
 from stream_app.kafka.consumer import CO_PARTITIONED_ASSIGNOR
 from stream_app.trainer.own_writes import default_partitioner
 
-_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")  # fullmatch: `$` also matches before a "\n"
 INSTANCE_ID_MAX = 100
 """It prefixes the model version, `<instance_id>-<step>`, which the embedding and
 meta schemas cap at 128 characters (a step has up to 19 digits)."""
@@ -71,7 +71,7 @@ class TrainerConfig:
             raise ConfigError("trainer.metrics_host is empty (it would bind every interface); "
                               "give an address, e.g. 127.0.0.1 or 0.0.0.0")
         for name in ("group_id", "instance_id"):
-            if not _ID_RE.match(getattr(self, name)):
+            if not _ID_RE.fullmatch(getattr(self, name)):
                 default = ("; its default is the topic prefix + 'stream-app-trainer', so a "
                            "prefix over 182 characters needs its own --group-id"
                            if name == "group_id" else "")
@@ -118,7 +118,7 @@ class TrainerConfig:
                               "shorten trainer.group_id or trainer.instance_id")
         if self.max_future_ms < 0:
             raise ConfigError(f"trainer.max_future_ms must be >= 0, got {self.max_future_ms}")
-        if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise ConfigError(f"trainer.device must be auto, cpu, cuda, cuda:N or mps, got "
                               f"{self.device!r}")
 

@@ -527,3 +527,22 @@ def test_a_changelog_the_trainer_cannot_restore_exits_2(
     monkeypatch.setattr(stream_app.trainer, "run_trainer", restore_fails)
     assert main(["trainer", "--bootstrap-servers", "127.0.0.1:1"]) == 2
     assert "(key 'item:zzz')" in capsys.readouterr().err
+
+
+def test_names_with_a_trailing_newline_are_refused() -> None:
+    """`re.match` with `$` accepts a final "\\n" (an env file or a secret read from a file
+    often ends in one): the prefix failed later at the broker, and a SASL user split the
+    JAAS line of server.properties."""
+    from stream_app.kafka.broker import BrokerSettings
+    from stream_app.kafka.exceptions import BrokerError
+
+    with pytest.raises(ConfigError, match="topic_prefix may only hold"):
+        TopicNames(prefix="shop.\n")
+    with pytest.raises(ConfigError, match="trainer.group_id must be"):
+        build(TrainerConfig, "trainer", {}, {}, {"group_id": "g\n"})
+    with pytest.raises(ConfigError, match="trainer.device"):
+        build(TrainerConfig, "trainer", {}, {}, {"device": "cpu\n"})
+    with pytest.raises(ConfigError, match="scorer.device"):
+        build(ScorerConfig, "scorer", {}, {}, {"device": "cpu\n"})
+    with pytest.raises(BrokerError, match="sasl_user must be"):
+        BrokerSettings(sasl_user="alice\n", sasl_password="pw")
