@@ -545,4 +545,4 @@ def test_names_with_a_trailing_newline_are_refused() -> None:
     with pytest.raises(ConfigError, match="scorer.device"):
         build(ScorerConfig, "scorer", {}, {}, {"device": "cpu\n"})
     with pytest.raises(BrokerError, match="sasl_user must be"):
-        BrokerSettings(sasl_user="alice\n", sasl_password="pw")
+        BrokerSettings(sasl_user="alice\n", sasl_password="pw")  # noqa: S106
