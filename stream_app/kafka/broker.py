@@ -273,10 +273,12 @@ def _start(settings: BrokerSettings) -> RunningBroker:
             f"port {controller} on 127.0.0.1, the controller port of the broker kept in "
             f"{state}, is in use: stop what listens there (`ss -ltnp | grep {controller}`), "
             "or start with fresh data (another --state-dir)")
+    if not reuse:
+        _check_ours(state)
     libs = ensure_jars(settings.cache_dir, settings.kafka_home)  # after the quick checks
     if not reuse:
         shutil.rmtree(state / "data", ignore_errors=True)
-        state.mkdir(parents=True, exist_ok=True)
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)  # the topics' data is in it
         props.unlink(missing_ok=True)
         props.touch(mode=0o600)  # it may hold the SASL password
         props.write_text(server_properties(settings, port, free_port(other_than=port)))
@@ -317,6 +319,24 @@ def _start(settings: BrokerSettings) -> RunningBroker:
         _stop(settings)
         raise
     return RunningBroker(pid=proc.pid, bootstrap_servers=bootstrap, log_file=settings.log_file)
+
+
+def _check_ours(state: Path) -> None:
+    """Refuse to start a fresh cluster in a folder a former broker did not leave.
+
+    A fresh start deletes `data/` and rewrites the folder's properties and log:
+    `--state-dir ~` deleted ~/data (security review). Ours: missing, empty, or
+    with the server.properties `server_properties` writes (log.dirs is its data/).
+    """
+    if not state.exists() or not any(state.iterdir()):
+        return
+    props = state / "server.properties"
+    if props.is_file() and f"log.dirs={state / 'data'}" in props.read_text().splitlines():
+        return
+    raise BrokerError(
+        f"{state} is not an empty folder nor one a stream-app broker left: starting a "
+        "cluster there would delete its data/ and rewrite server.properties; choose a new "
+        "or empty --state-dir")
 
 
 def kept_port(settings: BrokerSettings) -> int | None:

@@ -190,3 +190,28 @@ def test_a_state_dir_that_is_a_file_is_refused_with_its_name(tmp_path: Path) -> 
     (tmp_path / "afile").write_text("")
     with pytest.raises(BrokerError, match="afile is a file, not a folder"):
         BrokerSettings(state_dir=tmp_path / "afile")
+
+
+@pytest.mark.parametrize("keep_data", [True, False])
+def test_a_fresh_start_in_a_folder_no_broker_left_deletes_nothing(
+        tmp_path: Path, keep_data: bool) -> None:
+    """A fresh start deleted <state-dir>/data wherever it was: `--state-dir ~` would have
+    deleted ~/data (security review). Refused before anything is touched."""
+    settings = _settings(tmp_path, keep_data=keep_data)
+    (settings.state_dir / "data").mkdir(parents=True)
+    (settings.state_dir / "data" / "important.txt").write_text("precious")
+    (settings.state_dir / "server.properties").write_text("log.dirs=/var/lib/kafka\n")
+    with pytest.raises(BrokerError, match="is not an empty folder nor one a stream-app broker"):
+        broker._start(settings)  # noqa: SLF001
+    assert (settings.state_dir / "data" / "important.txt").read_text() == "precious"
+    assert (settings.state_dir / "server.properties").read_text() == "log.dirs=/var/lib/kafka\n"
+
+
+def test_a_folder_a_broker_left_is_recognised_by_its_properties(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    settings.state_dir.mkdir(parents=True)
+    broker._check_ours(settings.state_dir)  # noqa: SLF001  # empty: ours to fill
+    (settings.state_dir / "server.properties").write_text(
+        broker.server_properties(settings, 9092, 9093))
+    (settings.state_dir / "broker.log").write_text("")
+    broker._check_ours(settings.state_dir)  # noqa: SLF001
