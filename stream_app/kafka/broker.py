@@ -321,6 +321,10 @@ def _start(settings: BrokerSettings) -> RunningBroker:
     return RunningBroker(pid=proc.pid, bootstrap_servers=bootstrap, log_file=settings.log_file)
 
 
+_OWN_FILES = frozenset({".lock", "broker.pid", "broker.log", "log4j.properties"})
+"""What the command itself writes before server.properties (the lock first of all)."""
+
+
 def _check_ours(state: Path) -> None:
     """Refuse to start a fresh cluster in a folder a former broker did not leave.
 
@@ -328,7 +332,7 @@ def _check_ours(state: Path) -> None:
     `--state-dir ~` deleted ~/data (security review). Ours: missing, empty, or
     with the server.properties `server_properties` writes (log.dirs is its data/).
     """
-    if not state.exists() or not any(state.iterdir()):
+    if not state.exists() or not any(p.name not in _OWN_FILES for p in state.iterdir()):
         return
     props = state / "server.properties"
     if props.is_file() and f"log.dirs={state / 'data'}" in props.read_text().splitlines():

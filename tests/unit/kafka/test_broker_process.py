@@ -211,6 +211,8 @@ def test_a_folder_a_broker_left_is_recognised_by_its_properties(tmp_path: Path) 
     settings = _settings(tmp_path)
     settings.state_dir.mkdir(parents=True)
     broker._check_ours(settings.state_dir)  # noqa: SLF001  # empty: ours to fill
+    (settings.state_dir / ".lock").write_text("")  # `start` takes it before it looks
+    broker._check_ours(settings.state_dir)  # noqa: SLF001
     (settings.state_dir / "server.properties").write_text(
         broker.server_properties(settings, 9092, 9093))
     (settings.state_dir / "broker.log").write_text("")
