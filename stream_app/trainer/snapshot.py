@@ -14,12 +14,15 @@ another learner configuration, or an age past `snapshot_max_age_s` (compaction
 removes tombstones after the topic's `delete.retention.ms`, and a deleted row
 must not come back).
 
-The file is a pickle (`torch.save`): keep the folder private to the trainer.
+The file is written by `torch.save` and read back with `weights_only` (tensors,
+numpy arrays and plain values only), so a planted file cannot run code; keep the
+folder private to the trainer all the same: the file holds every user's state.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 import threading
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from stream_app.config import ConfigError, KafkaConfig
@@ -60,8 +64,7 @@ class SnapshotTag:
 def write_state(path: Path, state: dict[str, Any], tag: SnapshotTag) -> None:
     """Write atomically (temp file, fsync, rename): a crash leaves the old one intact.
 
-    Owner-only (0600): it is a pickle (whoever can write it runs code in the trainer)
-    and holds every user's learned state."""
+    Owner-only (0600): it holds every user's learned state."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)  # a left-over one may have wider permissions
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
@@ -69,6 +72,15 @@ def write_state(path: Path, state: dict[str, Any], tag: SnapshotTag) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+_NUMPY_GLOBALS: list[Any] = [getattr(importlib.import_module("numpy._core.multiarray"),
+                                      "_reconstruct"),
+                              np.ndarray, np.dtype,
+                              *(getattr(np.dtypes, name) for name in np.dtypes.__all__)]
+"""What the learner's state holds besides tensors and plain values: numpy arrays.
+`weights_only` loading builds nothing else, so a snapshot file someone else could write
+runs no code in the trainer (security review: a pickle's __reduce__ ran at load)."""
 
 
 def read_snapshot(path: Path) -> tuple[SnapshotTag, dict[str, Any]] | None:
@@ -79,7 +91,8 @@ def read_snapshot(path: Path) -> tuple[SnapshotTag, dict[str, Any]] | None:
     if not path.exists():
         return None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
         if obj.get("format") not in READABLE:
             raise ValueError(f"format {obj.get('format')!r}, expected one of {sorted(READABLE)}")
         tag = obj["tag"]

@@ -424,3 +424,24 @@ def test_snapshots_are_private_to_their_owner(tmp_path: Path) -> None:
     write_state(path, Learner(CONFIG, device=DEVICE).state_dict(), _tag())
     assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+class _Planted:
+    """A pickle that runs code when loaded: what anyone able to write the file could plant."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_planted_snapshot_runs_no_code_and_is_refused_as_unreadable(tmp_path: Path) -> None:
+    """Loaded with weights_only=False, the pickle's __reduce__ ran in the trainer before the
+    format check refused it (security review)."""
+    marker = tmp_path / "pwned.txt"
+    path = tmp_path / "t.snapshot"
+    torch.save({"format": 1, "tag": {}, "state": _Planted(marker)}, path)
+    with pytest.raises(ValueError, match="is unreadable"):
+        read_snapshot(path)
+    assert not marker.exists()
