@@ -24,6 +24,7 @@ from stream_app.codec import (
     encode_meta,
     encode_rows,
 )
+from stream_app.codec.fastcheck import fast_id
 from stream_app.config import TopicNames
 from stream_app.events import DlqRecord, Event, EventKind, RowBlock
 from stream_app.kafka.records import RawRecord
@@ -79,6 +80,33 @@ def forget_request(rec: RawRecord) -> tuple[bytes | None, str] | None:
     return (rec.key, request) if isinstance(request, str) and request else None
 
 
+def check_forget_value(value: bytes | None, user: str) -> None:
+    """A forget record's value must say it is one, and name the key's user if it names one.
+
+    The header alone decided: a click sent with it by mistake erased its user and was
+    not learned, and a value naming another user than the key was ignored (contract
+    review). Either goes to the DLQ now; `{"type": "forget"}` written by hand is enough.
+
+    >>> check_forget_value(b'{"type": "forget", "user_id": 42}', "42")
+    >>> check_forget_value(b'{"event_id": "e1", "user_id": "u1"}', "u1")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    stream_app.codec.exceptions.DecodeError: schema: ... not a forget request, and erases nothing
+    """
+    try:
+        obj = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(DlqReason.NOT_JSON, f"forget request: {exc}") from exc
+    if not isinstance(obj, dict) or obj.get("type") != "forget":
+        raise DecodeError(DlqReason.SCHEMA, "a record with the header stream-app-control: "
+                          'forget must have the value {"type": "forget", "user_id": <its key>}; '
+                          "this one is not a forget request, and erases nothing")
+    named = obj.get("user_id")
+    if named is not None and fast_id(named) != user:
+        raise DecodeError(DlqReason.KEY_MISMATCH, f"forget request for user_id {named!r} "
+                          f"keyed {user!r}: the key is the user forgotten; nothing erased")
+
+
 def order_key(rec: RawRecord, latest_ms: int) -> int:
     """`event_time`, except past `latest_ms` (the wall clock plus `trainer.max_future_ms`,
     so decoding dead-letters the record): -1, first, like other bad input.
@@ -125,7 +153,9 @@ def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
     for rec in batch:
         try:
             if rec.header(CONTROL_HEADER) == b"forget":  # the key is the user to forget
-                out.forgets.append(decode_id_key(rec.key))
+                user = decode_id_key(rec.key)
+                check_forget_value(rec.value, user)
+                out.forgets.append(user)
                 request = forget_request(rec)
                 out.forget_requests.append(None if request is None else request[1])
                 out.segments.append([])

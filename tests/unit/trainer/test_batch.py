@@ -63,6 +63,20 @@ def test_a_forget_whose_key_is_no_id_is_dead_lettered_not_applied() -> None:
         (0, "bad_utf8"), (1, "bad_id_chars"), (2, "id_too_long"), (3, "missing_key")]
 
 
+def test_a_forget_header_on_a_record_that_is_no_forget_request_erases_nothing() -> None:
+    """The header alone decided: a click sent with it erased its user and was not learned,
+    and a value naming another user than the key was ignored (contract review)."""
+    headers = ((CONTROL_HEADER, b"forget"),)
+    batch = [_rec(0, _event(0), headers=headers),  # a click, with the header by mistake
+             _rec(1, b'{"type":"forget","user_id":"u7"}', headers=headers),  # keyed u1
+             _rec(2, b"not json", headers=headers),
+             _rec(3, b'{"type":"forget","user_id":"u1","request_id":"r"}', headers=headers)]
+    out = decode_batch(batch, TOPICS, now_ms=NOW, max_future_ms=86_400_000)
+    assert out.forgets == ["u1"] and out.forget_requests == ["r"]
+    assert [(d.offset, d.reason) for d in out.dlq] == [
+        (0, "schema"), (1, "key_mismatch"), (2, "not_json")]
+
+
 def test_forget_control_records_split_the_batch_in_order() -> None:
     forget = _rec(1, b'{"type":"forget"}', headers=((CONTROL_HEADER, b"forget"),))
     out = decode_batch([_rec(0, _event(0)), forget, _rec(2, _event(2))], TOPICS,
