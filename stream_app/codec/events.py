@@ -156,22 +156,22 @@ def fast_event(obj: Any, kind: EventKind) -> Event | None:
 def _fast_optional(
     obj: dict[str, Any], kind: EventKind, event_id: str, user_id: str, item_id: str, ts: int
 ) -> Event | None:
+    # An optional field given as null is absent (Jackson and Go write nulls by default).
     context = obj.get("context")
-    if "context" in obj and (type(context) is not dict
-                             or _nested_deeper(context, CONTEXT_MAX_DEPTH)):
+    if context is not None and (type(context) is not dict
+                                or _nested_deeper(context, CONTEXT_MAX_DEPTH)):
         return None  # the schema path names why
-    quantity = price = None
-    if "quantity" in obj:
+    quantity = price = released = None
+    if obj.get("quantity") is not None:
         quantity = fast_int(obj["quantity"], _QTY["minimum"], _QTY["maximum"])
         if quantity is None:
             return None
-    if "price" in obj:
+    if obj.get("price") is not None:
         raw = obj["price"]
         if type(raw) not in (int, float) or not _PRICE["minimum"] <= raw <= _PRICE["maximum"]:
             return None
         price = float(raw)
-    released = None
-    if "item_released_at" in obj:
+    if obj.get("item_released_at") is not None:
         released = fast_int(obj["item_released_at"], *RELEASED_RANGE, hi_exclusive=True)
         if released is None:
             return None

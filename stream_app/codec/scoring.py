@@ -61,10 +61,14 @@ def _build_request(obj: dict[str, Any]) -> ScoreRequest:
         user_id=id_str(obj["user_id"]),
         k=int(obj["k"]),
         candidates=None if candidates is None else ids_tuple(candidates),
-        exclude=ids_tuple(obj.get("exclude", ())),
-        exclude_seen=obj.get("exclude_seen", _EXCLUDE_SEEN_DEFAULT),
-        explain=obj.get("explain", _EXPLAIN_DEFAULT),
+        exclude=ids_tuple(obj.get("exclude") or ()),  # null: as absent
+        exclude_seen=_or_default(obj.get("exclude_seen"), _EXCLUDE_SEEN_DEFAULT),
+        explain=_or_default(obj.get("explain"), _EXPLAIN_DEFAULT),
     )
+
+
+def _or_default(value: bool | None, default: bool) -> bool:
+    return default if value is None else value
 
 
 def encode_score_request(request: ScoreRequest) -> bytes:

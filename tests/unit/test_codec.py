@@ -342,3 +342,22 @@ def test_a_bad_id_character_is_named_in_words_not_by_the_schemas_regex() -> None
     assert err.value.reason == "bad_id_chars"
     assert err.value.detail == ("data.item_id 'i\\x01x': an id may not hold control characters "
                                 "or line / paragraph separators")
+
+
+def test_an_optional_field_given_as_null_is_absent_on_both_paths() -> None:
+    """Jackson writes nulls by default and Go without `omitempty` too; each was refused as
+    wrong_type (contract review)."""
+    from stream_app.codec.events import event_from_object
+
+    base = {"event_id": "p1", "user_id": "u1", "item_id": "i1", "ts": 1_700_000_000_000}
+    nulls = {"quantity": None, "price": None, "item_released_at": None, "context": None}
+    for fast in (True, False):
+        got = event_from_object({**base, **nulls}, EventKind.PURCHASE, fast=fast)
+        assert got == event_from_object(base, EventKind.PURCHASE, fast=fast)
+        assert got.quantity is got.price is got.item_released_at is got.context is None
+    value = orjson.dumps({"request_id": "r", "user_id": "u1", "k": 3, "candidates": None,
+                          "exclude": None, "exclude_seen": None, "explain": None})
+    assert decode_score_request(value, b"u1") == ScoreRequest(request_id="r", user_id="u1", k=3)
+    with pytest.raises(DecodeError) as caught:  # null is absent, not a wildcard type
+        decode_event(orjson.dumps({**base, "event_id": None}), b"u1", EventKind.PURCHASE)
+    assert caught.value.reason is DlqReason.WRONG_TYPE
