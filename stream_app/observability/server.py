@@ -76,10 +76,40 @@ class _ThreadingWSGIServer6(_ThreadingWSGIServer):
     address_family = socket.AF_INET6
 
 
+REQUEST_DEADLINE_S = 5.0
+"""Time a connection has to send its request line and headers, however it trickles them."""
+
+
 class _QuietHandler(WSGIRequestHandler):
-    """Access lines go to our logger at DEBUG, not to stderr on every scrape."""
+    """Access lines go to our logger at DEBUG, not to stderr on every scrape.
+
+    A connection that has not sent its whole request head within REQUEST_DEADLINE_S is
+    closed: the idle timeout counts per read, so clients sending a byte every few seconds
+    held every slot and /healthz failed for as long as they kept on (security review).
+    """
 
     timeout = 10.0  # seconds a connection may sit idle
+
+    def setup(self) -> None:
+        super().setup()
+        self._deadline = threading.Timer(REQUEST_DEADLINE_S, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _cut(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # reads the headers
+        self._deadline.cancel()
+        return ok
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
         log.debug("metrics_http %s", format % args)

@@ -362,6 +362,44 @@ def test_connections_over_the_cap_are_closed_and_the_cap_frees_up(
         wait_until(scraped, timeout=5, interval=0.05, what="the cap to free up")
 
 
+def test_connections_trickling_their_request_lose_their_slot_at_the_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idle timeout counts per read: clients sending a byte every few seconds held
+    every slot, and /healthz failed for as long as they kept on (security review)."""
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(server_module, "REQUEST_DEADLINE_S", 0.5)
+    with MetricsServer(CollectorRegistry(), port=0) as server:
+        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+        stop = threading.Event()
+
+        def trickle() -> None:  # a byte a connection every 0.2 s, far under the idle timeout
+            while not stop.wait(0.2):
+                for s in held:
+                    try:
+                        s.sendall(b"G")
+                    except OSError:
+                        pass
+
+        feeder = threading.Thread(target=trickle, daemon=True)
+        feeder.start()
+        url = f"http://127.0.0.1:{server.port}/healthz"
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (localhost)
+                    return resp.status == 200
+            except (OSError, http.client.HTTPException):
+                return False
+
+        try:
+            wait_until(healthy, timeout=5, interval=0.1, what="a slot freed by the deadline")
+        finally:
+            stop.set()
+            feeder.join()
+            for s in held:
+                s.close()
+
+
 def test_recorder_writes_jsonl_snapshots(tmp_path: Path) -> None:
     m = _trainer(input_topics=["clicks"])
     path = tmp_path / "runs" / "metrics.jsonl"
