@@ -349,17 +349,17 @@ def test_connections_over_the_cap_are_closed_and_the_cap_frees_up(
         extra.close()
         for s in held:
             s.close()
-        url = f"http://127.0.0.1:{server.port}/metrics"
-
-        def scraped() -> bool:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (localhost)
-                    return resp.status == 200
-            except (OSError, http.client.HTTPException):
-                return False
-
         # The held handlers notice the close and give their slots back.
-        wait_until(scraped, timeout=5, interval=0.05, what="the cap to free up")
+        wait_until(lambda: _answers(f"http://127.0.0.1:{server.port}/metrics"), timeout=5,
+                   interval=0.05, what="the cap to free up")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (localhost)
+            return bool(resp.status == 200)
+    except (OSError, http.client.HTTPException):
+        return False
 
 
 def test_connections_trickling_their_request_lose_their_slot_at_the_deadline(
@@ -382,17 +382,9 @@ def test_connections_trickling_their_request_lose_their_slot_at_the_deadline(
 
         feeder = threading.Thread(target=trickle, daemon=True)
         feeder.start()
-        url = f"http://127.0.0.1:{server.port}/healthz"
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (localhost)
-                    return resp.status == 200
-            except (OSError, http.client.HTTPException):
-                return False
-
         try:
-            wait_until(healthy, timeout=5, interval=0.1, what="a slot freed by the deadline")
+            wait_until(lambda: _answers(f"http://127.0.0.1:{server.port}/healthz"), timeout=5,
+                       interval=0.1, what="a slot freed by the deadline")
         finally:
             stop.set()
             feeder.join()
