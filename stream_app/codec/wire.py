@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import re
 import sys
+import unicodedata
 from typing import Any
 
 import orjson
@@ -70,9 +71,23 @@ def parse_error(value: bytes, exc: orjson.JSONDecodeError) -> DecodeError:
 
 
 def check_key_matches(key: str, expected: str, what: str) -> None:
-    """The key routes the record to a partition, so it must be the id it claims to be."""
+    """The key routes the record to a partition, so it must be the id it claims to be.
+
+    Text that differs only in its Unicode normalisation (NFC "é" against NFD "e" and a
+    combining accent) is shown escaped: printed as it is, the two looked equal.
+
+    >>> check_key_matches("caf\u00e9", "cafe\u0301", "user_id")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    stream_app.codec.exceptions.DecodeError: key_mismatch: key 'caf\xe9' != user_id 'cafe\u0301' ...
+    """
     if key != expected:
-        raise DecodeError(DlqReason.KEY_MISMATCH, f"key {key[:64]!r} != {what} {expected[:64]!r}")
+        shown = repr
+        note = ""
+        if unicodedata.normalize("NFC", key) == unicodedata.normalize("NFC", expected):
+            shown, note = ascii, " (the same text in another Unicode normalisation form)"
+        raise DecodeError(DlqReason.KEY_MISMATCH,
+                          f"key {shown(key[:64])} != {what} {shown(expected[:64])}{note}")
 
 
 EXACT_FLOAT_INT = 2**53
