@@ -206,7 +206,7 @@ class Scorer:
             return
         now = time.monotonic()
         self._pending.extend(Pending(r.topic, r.partition, r.offset, now, r.key, r.value,
-                                     r.timestamp_ms if r.timestamp_ms > 0 else None)
+                                     r.timestamp_ms if r.timestamp_ms > 0 else None, r.headers)
                              for r in records)
         self._last_input = now
 
@@ -295,7 +295,7 @@ class Scorer:
 
         for rec in result.records:
             self._tracker.sent(tracked)
-            producer.send(rec.topic, rec.key, rec.value, on_delivered)
+            producer.send(rec.topic, rec.key, rec.value, on_delivered, rec.headers)
         self._tracker.seal(tracked)
         producer.poll(0)  # hand the answers to the network thread now, not at the next turn
         self._observe(batch, result)

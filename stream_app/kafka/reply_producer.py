@@ -28,13 +28,15 @@ class ReplyProducer:
     def __init__(self, kafka: KafkaConfig, *, client_id: str) -> None:
         self._producer: Producer = make_producer(kafka, client_id, **LATENCY_PRODUCER_DEFAULTS)
 
-    def send(self, topic: str, key: bytes | None, value: bytes, on_delivered: OnDelivered) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes, on_delivered: OnDelivered,
+             headers: tuple[tuple[str, bytes], ...] = ()) -> None:
         def report(err: KafkaError | None, _msg: Message) -> None:
             on_delivered(None if err is None else err.str())
 
         while True:
             try:
-                self._producer.produce(topic, key=key, value=value, on_delivery=report)
+                self._producer.produce(topic, key=key, value=value, on_delivery=report,
+                                       headers=list(headers) or None)
                 return
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self._producer.poll(0.05)

@@ -52,6 +52,7 @@ class Out:
     topic: str
     key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(slots=True)
@@ -107,7 +108,7 @@ def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNa
             continue
         if fallback is not None:  # counted for answers that carry it, not for refusals
             out.fallbacks.append(fallback)
-        out.records.append(Out(topics.predictions, req.request_id.encode(), value))
+        out.records.append(Out(topics.predictions, req.request_id.encode(), value, p.headers))
     return out
 
 
@@ -141,7 +142,7 @@ def _refusal(table: EmbeddingTable, p: Pending, err: DecodeError,
                           latency_ms=_ms_since(p.arrival), ready=ready,
                           error=f"{err.reason.value}: {err.detail}"[:1024])
         records.append(Out(topics.predictions, err.request_id.encode(),
-                           encode_prediction(pred)))
+                           encode_prediction(pred), p.headers))
     return records
 
 

@@ -98,6 +98,7 @@ class Pending:
     key: bytes | None
     value: bytes | None
     produced_ms: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()  # copied onto the answer
 
 
 BATCH_BYTES_MAX = 4 * 1024 * 1024

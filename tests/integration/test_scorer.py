@@ -204,8 +204,14 @@ def test_malformed_request_gets_error_and_dlq(kafka: KafkaConfig, world) -> None
     publish(kafka, rows_of(items, bias, users))
     producer = make_producer(kafka, "test-bad")
     bad = orjson.dumps({"request_id": "bad-1", "user_id": "u0", "k": 0})
-    producer.produce(kafka.topics.score_requests, key=b"u0", value=bad)
+    # Answers carry the request's headers: a requester's correlation id and reply route
+    # (contract review: they were dropped, so answers could only be matched by id).
+    producer.produce(kafka.topics.score_requests, key=b"u0", value=bad,
+                     headers=[("correlation-id", b"c-bad")])
     producer.produce(kafka.topics.score_requests, key=b"u0", value=b"{not json")
+    good = orjson.dumps({"request_id": "good-1", "user_id": "u0", "k": 2})
+    producer.produce(kafka.topics.score_requests, key=b"u0", value=good,
+                     headers=[("correlation-id", b"c-good"), ("reply-to", b"svc-a")])
     assert producer.flush(10) == 0
     with running(kafka), ScoreClient(kafka) as client:
         dlq = read_topic(kafka.bootstrap_servers, kafka.topics.dlq, expect=2)
@@ -213,10 +219,14 @@ def test_malformed_request_gets_error_and_dlq(kafka: KafkaConfig, world) -> None
         assert sorted(r.reason for r in records) == ["bad_k", "not_json"]
         assert all(r.stage == "score" and r.source_topic == kafka.topics.score_requests
                    for r in records)
-        preds = [decode_prediction(m.value())
-                 for m in read_topic(kafka.bootstrap_servers, kafka.topics.predictions, expect=1)]
-        assert [(p.request_id, p.items) for p in preds] == [("bad-1", ())]
-        assert preds[0].error is not None and preds[0].error.startswith("bad_k")
+        answers = read_topic(kafka.bootstrap_servers, kafka.topics.predictions, expect=2)
+        preds = {decode_prediction(m.value()).request_id: m for m in answers}
+        refused = decode_prediction(preds["bad-1"].value())
+        assert refused.items == () and refused.error is not None
+        assert refused.error.startswith("bad_k")
+        assert preds["bad-1"].headers() == [("correlation-id", b"c-bad")]
+        assert preds["good-1"].headers() == [("correlation-id", b"c-good"),
+                                             ("reply-to", b"svc-a")]
         # ...and the process keeps answering.
         assert ask(client, [ScoreRequest(request_id="ok", user_id="u0", k=2)])["ok"].items
 
