@@ -51,7 +51,7 @@ def is_broker(pid: int, props: Path) -> bool:
 def locked(state_dir: Path) -> Iterator[None]:
     """One start or stop at a time per state folder: two starts at once both wiped
     `data/`, launched a broker, and left one that no pid file named."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new one: the topics' data
     with (state_dir / ".lock").open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield

@@ -217,3 +217,15 @@ def test_a_folder_a_broker_left_is_recognised_by_its_properties(tmp_path: Path) 
         broker.server_properties(settings, 9092, 9093))
     (settings.state_dir / "broker.log").write_text("")
     broker._check_ours(settings.state_dir)  # noqa: SLF001
+
+
+def test_a_new_state_folder_is_private(tmp_path: Path) -> None:
+    """The lock made the folder first, with the default mode (0755 under umask 022), so
+    the 0700 asked for later did nothing and other local users could read the topics'
+    data (docs check)."""
+    from stream_app.kafka.broker_process import locked
+
+    folder = tmp_path / "new" / "state"
+    with locked(folder):
+        pass
+    assert folder.stat().st_mode & 0o777 == 0o700
