@@ -8,6 +8,7 @@ guarantees in DESIGN.md depend on them.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -111,7 +112,7 @@ def _text(value: Any) -> str:
 
 def _base(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:
     return {"bootstrap.servers": kafka.bootstrap_servers, "client.id": client_id,
-            "error_cb": _log_error}
+            "error_cb": ErrorLog(client_id)}
 
 
 REPEAT_WINDOW_S = 30.0
@@ -128,31 +129,32 @@ class ErrorLog:
     code says how many were left out.
 
     >>> said = []
-    >>> errors = ErrorLog(say=said.append, clock=iter([0.0, 1.0, 2.0, 40.0]).__next__)
+    >>> errors = ErrorLog("c1", say=said.append, clock=iter([0.0, 1.0, 2.0, 40.0]).__next__)
     >>> for _ in range(4):
     ...     errors(KafkaError(KafkaError._TRANSPORT, "Connection refused"))
     >>> [s.split(" reason=")[1] for s in said]
     ['Connection refused', 'Connection refused (and 2 more like it since 40s ago)']
     """
 
-    def __init__(self, say: Callable[[str], None] | None = None,
+    def __init__(self, client_id: str, say: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        self._client_id = client_id  # one per client: one client's errors hide no other's
         self._say = say or log.warning
         self._clock = clock
         self._said: dict[int, tuple[float, int]] = {}  # code -> (when said, left out since)
+        self._lock = threading.Lock()  # callbacks of one client may come from two threads
 
     def __call__(self, err: KafkaError) -> None:
-        now = self._clock()
-        said_at, left_out = self._said.get(err.code(), (-REPEAT_WINDOW_S, 0))
-        if not err.fatal() and now - said_at < REPEAT_WINDOW_S:
-            self._said[err.code()] = (said_at, left_out + 1)
-            return
-        self._said[err.code()] = (now, 0)
+        with self._lock:
+            now = self._clock()
+            said_at, left_out = self._said.get(err.code(), (-REPEAT_WINDOW_S, 0))
+            if not err.fatal() and now - said_at < REPEAT_WINDOW_S:
+                self._said[err.code()] = (said_at, left_out + 1)
+                return
+            self._said[err.code()] = (now, 0)
         more = f" (and {left_out} more like it since {now - said_at:.0f}s ago)" if left_out else ""
-        self._say(f"kafka error code={err.name()} fatal={err.fatal()} reason={err.str()}{more}")
-
-
-_log_error = ErrorLog()
+        self._say(f"kafka error client={self._client_id} code={err.name()} fatal={err.fatal()} "
+                  f"reason={err.str()}{more}")
 
 
 def producer_config(kafka: KafkaConfig, client_id: str, *,

@@ -127,9 +127,9 @@ def read_raw_ratings(path: Path) -> Iterator[Rating]:
             raise SourceError(path, number, f"bad field: {exc}") from exc
         if not 0 <= stars <= 10:  # NaN fails too
             raise SourceError(path, number, f"rating {parts[2]!r} out of range")
-        if not 0 <= seconds * 1000 < TS_RANGE[1]:
+        if not TS_RANGE[0] <= seconds * 1000 < TS_RANGE[1]:
             raise SourceError(path, number, f"timestamp {seconds} is not seconds since 1970 "
-                              "before the year 3000")
+                              "from 1973-03-03 to before the year 3000 (the events' range)")
         if len(_event_id(user, item, seconds, purchase=True)) > ID_MAX_LEN:
             raise SourceError(path, number, f"user or movie id too long: their event id "
                               f"would be over {ID_MAX_LEN} characters")

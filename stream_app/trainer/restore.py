@@ -172,15 +172,17 @@ def apply_changelog(learner: Learner,
 def _bad_key(records: list[KeyValue]) -> str | None:
     """The key of the last record of a key that does not decode on its own (the columnar
     decode that failed does not say which): the one an operator must tombstone."""
-    latest = {key: value for key, value in records}
+    latest = {key: value for key, value in records if key is not None}
     for key, value in latest.items():
+        if value is None:  # a tombstone decodes to nothing, and fails nothing
+            continue
         try:
             if is_meta_key(key):
                 decode_meta(value)
             else:
                 decode_embedding(key, value)
         except DecodeError:
-            return None if key is None else key.decode("utf-8", "replace")
+            return key.decode("utf-8", "replace")
     return None
 
 

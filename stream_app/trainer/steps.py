@@ -45,7 +45,7 @@ def learn_batch(learner: Learner, decoded: Decoded, *, step_max: int, now_ms: in
     out = Changes(dlq=list(decoded.dlq))
     plan = plan_steps([len(events) for events in decoded.segments], step_max=step_max,
                       eval_max=learner.config.eval_max_events)
-    requests_seen: set[str] = set()
+    requests_seen: set[tuple[str, str]] = set()  # (user, request id)
     for i, (events, recs) in enumerate(zip(decoded.segments, decoded.records, strict=True)):
         for step in plan[i]:
             _step(learner, events[step.start:step.end], recs[step.start:step.end],
@@ -56,12 +56,12 @@ def learn_batch(learner: Learner, decoded: Decoded, *, step_max: int, now_ms: in
             # changelog (a restore, another trainer, an eviction not published).
             user, request = decoded.forgets[i], decoded.forget_requests[i]
             held = learner.forget_user(user, requested=True)
-            if request is None or request not in requests_seen:  # its other topic's record
+            if request is None or (user, request) not in requests_seen:  # the other half
                 out.counts.forgets += 1
                 log.info("forget user=%s: %s; its tombstone goes out with this batch", user,
                          "row dropped" if held else "no row here")
             if request is not None:
-                requests_seen.add(request)
+                requests_seen.add((user, request))
             out.tombstones.append(f"user:{user}")
             out.users.discard(user)
     pending_users, pending_items = learner.apply_pending()

@@ -353,6 +353,11 @@ def test_a_changelog_record_that_does_not_decode_stops_the_restore_with_what_to_
     with pytest.raises(ChangelogError, match=r"\(key 'user:someone-else'\): key_mismatch.*"
                        r"printf 'user:someone-else\|' \| kcat"):
         apply_changelog(Learner(CONFIG, device=DEVICE), [*log, (b"user:someone-else", value)])
+    # Tombstones and keyless records decode to nothing: the key named is still the bad one.
+    with pytest.raises(ChangelogError, match=r"\(key 'user:someone-else'\)"):
+        apply_changelog(Learner(CONFIG, device=DEVICE),
+                        [(None, b"x"), *log, (b"meta:trainer", None),
+                         (b"user:someone-else", value)])
     apply_changelog(Learner(CONFIG, device=DEVICE), log)  # without it, the log restores
 
 

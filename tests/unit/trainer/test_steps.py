@@ -74,13 +74,14 @@ def test_one_forget_request_is_counted_and_logged_once_for_its_two_records(
     learner = Learner(CONFIG, device="cpu")
     batch = [_click(0, "u1", "a"), _forget(1, "u1", "r1"),
              _forget(0, "u1", "r1", topic=TOPICS.purchases),
-             _forget(2, "u2", "r2"), _forget(1, "u2", "r2", topic=TOPICS.purchases)]
+             _forget(2, "u2", "r2"), _forget(1, "u2", "r2", topic=TOPICS.purchases),
+             _forget(3, "u3", "r2")]  # a request id reused for another user: its own erasure
     with caplog.at_level("INFO", logger="stream_app.trainer.steps"):
         out = _learn(batch, learner)
-    assert out.counts.forgets == 2
+    assert out.counts.forgets == 3 and "forget user=u3" in caplog.text
     assert caplog.text.count("forget user=u1") == 1 and "no row here" in caplog.text  # u2
     assert "u1" not in learner.user_ids()
-    assert out.tombstones == ["user:u1", "user:u1", "user:u2", "user:u2"]
+    assert out.tombstones == ["user:u1", "user:u1", "user:u2", "user:u2", "user:u3"]
 
 
 def test_a_reused_event_id_is_dead_lettered_and_counted_not_applied() -> None:
