@@ -56,10 +56,11 @@ def test_a_limited_time_ordered_read_is_the_head_of_the_full_one(mode: str) -> N
 def test_a_limited_read_stops_before_the_line_after_its_last_event(tmp_path: Path) -> None:
     """Unsorted, the line after the limit was read too, and a bad one there raised."""
     path = tmp_path / "ratings.dat"
-    path.write_text("1::1::5::10\n1::2::3::11\nnot a rating\n")
-    assert [e.event_id for e in read_ratings(path, limit=2)] == ["ml-1-1-10", "ml-1-2-11"]
+    path.write_text("1::1::5::978300010\n1::2::3::978300011\nnot a rating\n")
+    assert [e.event_id for e in read_ratings(path, limit=2)] == [
+        "ml-1-1-978300010", "ml-1-2-978300011"]
     assert [e.event_id for e in read_ratings(path, limit=2, mode="both")] == [
-        "ml-1-1-10", "ml-1-1-10-p"]
+        "ml-1-1-978300010", "ml-1-1-978300010-p"]
 
 
 def test_a_limited_time_ordered_read_holds_only_the_replayed_ratings(tmp_path: Path) -> None:
@@ -97,13 +98,14 @@ def test_movielens_tab_variant_and_gzip(tmp_path: Path) -> None:
 
 def test_movielens_bad_line_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "ratings.dat"
-    path.write_text("1::2::3::4\n1::2::three::4\n")
+    path.write_text("1::2::3::978300000\n1::2::three::978300000\n")
     with pytest.raises(SourceError, match=r"ratings.dat:2"):
         list(read_ratings(path))
     # Lines the events could not carry were sent, and dead-lettered by the trainer.
     for line, why in (("1::2::3::40000000000", "before the year 3000"),
-                      (f"{'9' * 250}::2::3::4", "id too long")):
-        path.write_text(f"1::2::3::4\n{line}\n")
+                      ("1::2::3::4", "from 1973-03-03"),
+                      (f"{'9' * 250}::2::3::978300000", "id too long")):
+        path.write_text(f"1::2::3::978300000\n{line}\n")
         with pytest.raises(SourceError, match=why) as caught:
             list(read_ratings(path, sort_by_time=True))
         assert caught.value.line == 2
@@ -529,7 +531,7 @@ def test_a_file_that_cannot_be_read_to_its_end_stops_its_reader_with_file_and_li
         tmp_path: Path) -> None:
     """A truncated or corrupt .gz ended a replay in a traceback (EOFError, BadGzipFile),
     possibly after records were sent and not reported."""
-    ratings = "".join(f"{u}::{u % 97}::4::{1_000_000 + u * 7}\n" for u in range(1, 3000))
+    ratings = "".join(f"{u}::{u % 97}::4::{978_300_000 + u * 7}\n" for u in range(1, 3000))
     cut = tmp_path / "ratings.dat.gz"
     cut.write_bytes(gzip.compress(ratings.encode())[:-20])
     with pytest.raises(SourceError, match="cannot read the file: it ends early") as caught:
