@@ -47,7 +47,14 @@ from stream_app.kafka.tail import TailReader
 from stream_app.observability import MetricsServer, ScorerMetrics
 from stream_app.serving import EmbeddingTable, ScorerConfig, resolve_device, set_threads
 from stream_app.serving.answers import BatchAnswer, answer_batch, apply_embedding
-from stream_app.serving.batching import CommitTracker, Pending, due, next_offsets, take_batch
+from stream_app.serving.batching import (
+    CommitTracker,
+    Pending,
+    copied_headers,
+    due,
+    next_offsets,
+    take_batch,
+)
 from stream_app.serving.loading import LoadProgress
 from stream_app.signals import EXIT_STALLED, stop_on_signals
 
@@ -206,7 +213,8 @@ class Scorer:
             return
         now = time.monotonic()
         self._pending.extend(Pending(r.topic, r.partition, r.offset, now, r.key, r.value,
-                                     r.timestamp_ms if r.timestamp_ms > 0 else None, r.headers)
+                                     r.timestamp_ms if r.timestamp_ms > 0 else None,
+                                     copied_headers(r.headers))
                              for r in records)
         self._last_input = now
 

@@ -98,7 +98,29 @@ class Pending:
     key: bytes | None
     value: bytes | None
     produced_ms: int | None = None
-    headers: tuple[tuple[str, bytes], ...] = ()  # copied onto the answer
+    headers: tuple[tuple[str, bytes], ...] = ()  # copied onto the answer (`copied_headers`)
+
+
+HEADERS_COPIED_MAX = 16 * 1024
+"""Bytes of a request's headers (names and values) copied onto its answer, in order; the
+rest are left off. Answers are bounded by ANSWER_MAX_BYTES for their value: uncapped,
+a request with large headers made an answer the producer refuses, which stopped the
+scorer on that request after every restart (code review)."""
+
+
+def copied_headers(headers: tuple[tuple[str, bytes], ...]) -> tuple[tuple[str, bytes], ...]:
+    """The leading headers that fit in HEADERS_COPIED_MAX.
+
+    >>> copied_headers((("a", b"x" * 10), ("b", b"y" * HEADERS_COPIED_MAX)))
+    (('a', b'xxxxxxxxxx'),)
+    """
+    out, size = [], 0
+    for name, value in headers:
+        size += len(name.encode()) + len(value)
+        if size > HEADERS_COPIED_MAX:
+            break
+        out.append((name, value))
+    return tuple(out)
 
 
 BATCH_BYTES_MAX = 4 * 1024 * 1024
