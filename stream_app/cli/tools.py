@@ -67,6 +67,7 @@ def add_commands(sub: Any) -> None:
 def _broker(args: argparse.Namespace) -> int:
     from stream_app.kafka import broker
     from stream_app.kafka.admin import wait_for_broker
+    from stream_app.kafka.broker_state import kept_port
     from stream_app.kafka.exceptions import BrokerUnavailable
 
     env = environment()
@@ -97,7 +98,7 @@ def _broker(args: argparse.Namespace) -> int:
                                   "reuses a running broker): unset it to start one here")
             print(f"reusing the running broker at {given} (from {source})")
             return 0
-        kept = broker.kept_port(settings)
+        kept = kept_port(settings)
         if kept is not None and args.port is not None and args.port not in (0, kept):
             raise ConfigError(f"the broker data in {settings.state_dir} is served on port "
                               f"{kept}: drop --port, or pass --fresh to start an empty "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.kafka import broker, broker_process
+from stream_app.kafka import broker, broker_process, broker_state
 from stream_app.kafka.broker import BrokerSettings
 from stream_app.kafka.exceptions import BrokerError
 
@@ -210,13 +210,13 @@ def test_a_fresh_start_in_a_folder_no_broker_left_deletes_nothing(
 def test_a_folder_a_broker_left_is_recognised_by_its_properties(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     settings.state_dir.mkdir(parents=True)
-    broker._check_ours(settings.state_dir)  # noqa: SLF001  # empty: ours to fill
+    broker_state.check_ours(settings.state_dir)  # empty: ours to fill
     (settings.state_dir / ".lock").write_text("")  # `start` takes it before it looks
-    broker._check_ours(settings.state_dir)  # noqa: SLF001
+    broker_state.check_ours(settings.state_dir)
     (settings.state_dir / "server.properties").write_text(
-        broker.server_properties(settings, 9092, 9093))
+        broker_state.server_properties(settings, 9092, 9093))
     (settings.state_dir / "broker.log").write_text("")
-    broker._check_ours(settings.state_dir)  # noqa: SLF001
+    broker_state.check_ours(settings.state_dir)
 
 
 def test_a_new_state_folder_is_private(tmp_path: Path) -> None:
