@@ -80,14 +80,17 @@ def forget_request(rec: RawRecord) -> tuple[bytes | None, str] | None:
     return (rec.key, request) if isinstance(request, str) and request else None
 
 
-def check_forget_value(value: bytes | None, user: str) -> None:
-    """A forget record's value must say it is one, and name the key's user if it names one.
+def check_forget_value(value: bytes | None, user: str) -> str | None:
+    """A forget record's value must say it is one, and name the key's user if it names one;
+    returns its request id (None without one), parsed once with the check.
 
     The header alone decided: a click sent with it by mistake erased its user and was
     not learned, and a value naming another user than the key was ignored (contract
     review). Either goes to the DLQ now; `{"type": "forget"}` written by hand is enough.
 
     >>> check_forget_value(b'{"type": "forget", "user_id": 42}', "42")
+    >>> check_forget_value(b'{"type": "forget", "request_id": "r9"}', "u1")
+    'r9'
     >>> check_forget_value(b'{"event_id": "e1", "user_id": "u1"}', "u1")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -105,6 +108,8 @@ def check_forget_value(value: bytes | None, user: str) -> None:
     if named is not None and fast_id(named) != user:
         raise DecodeError(DlqReason.KEY_MISMATCH, f"forget request for user_id {named!r} "
                           f"keyed {user!r}: the key is the user forgotten; nothing erased")
+    request = obj.get("request_id")
+    return request if isinstance(request, str) and request else None  # as `forget_request`
 
 
 def order_key(rec: RawRecord, latest_ms: int) -> int:
@@ -154,10 +159,8 @@ def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
         try:
             if rec.header(CONTROL_HEADER) == b"forget":  # the key is the user to forget
                 user = decode_id_key(rec.key)
-                check_forget_value(rec.value, user)
+                out.forget_requests.append(check_forget_value(rec.value, user))
                 out.forgets.append(user)
-                request = forget_request(rec)
-                out.forget_requests.append(None if request is None else request[1])
                 out.segments.append([])
                 out.records.append([])
                 continue
