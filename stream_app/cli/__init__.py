@@ -17,6 +17,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from stream_app import __version__
 from stream_app.cli import demo, scorer, tools, trainer
@@ -37,7 +38,9 @@ class _Parser(argparse.ArgumentParser):
     which flags `replay` takes.
     """
 
-    commands: dict[str, argparse.ArgumentParser] = {}
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
 
     def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                    namespace: argparse.Namespace | None = None) -> argparse.Namespace:
