@@ -293,6 +293,11 @@ class TransactionalPublisher:
             consumer.discard_queued(offsets)
         return outcome
 
+    def serve(self) -> None:
+        """Serve the producer's callbacks between transactions: its error and librdkafka
+        log lines wait for a poll (`clients.ClientLog`), and an idle trainer made none."""
+        self._producer.poll(0)
+
     def close(self) -> None:
         """Flush what is queued. A fenced or failed producer cannot, and nothing it raises
         here may mask the error that stopped the loop (this runs in the loop's `finally`):

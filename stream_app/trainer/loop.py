@@ -162,6 +162,7 @@ class Trainer(Ownership):
                     log.info("no input for %.1fs: exiting (exit_when_idle)", idle)
                     return 0
                 self._snapshot(consumer)  # the last batches' changes, once due
+                publisher.serve()
                 continue
             idle_since = time.monotonic()
             result = self.process(batch, consumer, publisher)
