@@ -191,6 +191,13 @@ def test_snapshot_restore_keeps_the_dedup_window_and_equals_the_changelog_restor
     valid = [r.event for r in first + second if r.event is not None]
     assert _updates(users) == Counter(e.user_id for e in valid)  # re-sent ones not applied
 
+    def counted(outcome: str) -> float:  # recognised as duplicates, not refused (review)
+        return sum(two.metrics.registry.get_sample_value(
+            "stream_app_events_total", {"topic": t, "outcome": outcome}) or 0.0
+            for t in (kafka.topics.clicks, kafka.topics.purchases))
+    assert counted("duplicate") == sum(r.event is not None for r in first[:50]) > 0
+    assert counted("dlq") == sum(r.event is None for r in second + first[:50])
+
     produce(kafka, list(generate(200, n_users=30, n_items=25, seed=10)))
     run_until_idle(kafka, _cfg())  # rows after the snapshot: the tail a restore must read
     from_snapshot, whole = make_trainer(kafka, snap, LEARNER), make_trainer(kafka, _cfg(), LEARNER)

@@ -182,13 +182,20 @@ def test_accumulate_one_equals_applying_every_batch() -> None:
 
 
 def test_accumulate_n_defers_updates_until_n_batches() -> None:
-    learner = Learner(small_config(accumulate_steps=2), device=DEVICE)
-    learner.learn(random_events(32, seed=0))
-    vec = learner._items.vec.clone()
+    """Checked on the rows themselves, not only on the learner's own `applied_update`
+    flag: a learner applying every step with the flag set right passed (test review)."""
+    learner = Learner(small_config(accumulate_steps=2, replay_ratio=0), device=DEVICE)
+    s0 = learner.learn(random_events(32, seed=0))
+    rows = np.flatnonzero(learner._item_vocab.active_mask())
+    before = learner._items.vec[rows].clone()
     s1 = learner.learn(random_events(32, seed=1, start=100))
+    assert (s0.applied_update, s1.applied_update) == (False, True)
+    assert not torch.equal(before, learner._items.vec[rows])  # both steps' gradients, now
+    rows = np.flatnonzero(learner._item_vocab.active_mask())
+    before = learner._items.vec[rows].clone()
     s2 = learner.learn(random_events(32, seed=2, start=200))
-    assert (s1.applied_update, s2.applied_update) == (True, False)
-    assert not torch.equal(vec[: len(vec)], learner._items.vec[: len(vec)])
+    assert not s2.applied_update
+    assert torch.equal(before, learner._items.vec[rows])  # held until the fourth
 
 
 def test_a_row_a_restore_drops_takes_no_cached_gradient_to_its_next_id() -> None:

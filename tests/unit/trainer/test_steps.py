@@ -4,8 +4,10 @@ the DLQ, counts for the commit."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
+import torch
 from prometheus_client import CollectorRegistry
 
 from stream_app.codec import encode_event
@@ -108,10 +110,32 @@ def test_only_the_planned_steps_are_evaluated() -> None:
 def test_gradients_still_accumulating_are_applied_with_the_batch() -> None:
     """With `accumulate_steps` 3, two steps leave gradients cached: the batch commits
     them too, so nothing learned is left out of what it publishes."""
-    learner = Learner(dataclasses.replace(CONFIG, accumulate_steps=3), device="cpu")
-    out = _learn([_click(i, f"u{i % 2}", f"i{i % 3}") for i in range(6)], learner)
+    learner = Learner(dataclasses.replace(CONFIG, accumulate_steps=3, replay_ratio=0),
+                      device="cpu")
+    _learn([_click(i, f"u{i % 4}", f"i{i % 15}") for i in range(30)], learner)  # rows first
+    users, items = [f"u{n}" for n in range(4)], [f"i{n}" for n in range(15)]
+    before = _vectors(learner, users, items)
+    out = _learn([_click(100 + i, f"u{i % 2}", f"i{i % 3}") for i in range(6)], learner)
     assert out.applied == 6
     assert learner.apply_pending() == ((), ())  # nothing left for the next batch
+    after = _vectors(learner, users, items)
+    moved = {key for key in before if not torch.equal(before[key], after[key])}
+    # Applied, not dropped (test review: a learn_batch that discarded them passed) ...
+    assert {"user:u0", "user:u1", "item:i0", "item:i1", "item:i2"} <= moved
+    assert moved - {"item:i0", "item:i1", "item:i2"}, "no negative outside the batch moved"
+    # ... and every row they moved is published, sampled negatives included.
+    assert moved <= {f"user:{u}" for u in out.users} | {f"item:{i}" for i in out.items}
+
+
+def _vectors(learner: Learner, users: list[str], items: list[str]) -> dict[str, torch.Tensor]:
+    def row(vocab: Any, id_: str) -> int:
+        at = vocab.row(id_)
+        assert at is not None, id_
+        return int(at)
+    return {**{f"user:{u}": learner._users.vec[row(learner._user_vocab, u)].clone()
+               for u in users},
+            **{f"item:{i}": learner._items.vec[row(learner._item_vocab, i)].clone()
+               for i in items}}
 
 
 def test_an_event_years_ahead_of_a_replayed_step_is_dead_lettered() -> None:
