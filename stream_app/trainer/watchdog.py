@@ -48,7 +48,7 @@ class Watchdog:
     >>> fired = []
     >>> with Watchdog(0.2, on_stall=lambda: fired.append(True), dump_stacks=False) as dog:
     ...     dog.beat("working")
-    ...     time.sleep(0.6)
+    ...     time.sleep(1.0)
     >>> fired
     [True]
     """

@@ -80,15 +80,20 @@ def test_our_broker_is_found_and_stopped_and_reused_only_as_asked(
 def test_starts_and_stops_of_one_state_folder_take_turns(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     order: list[str] = []
+    trying = threading.Event()
 
     def second() -> None:
+        trying.set()
         with broker_process.locked(settings.state_dir):
             order.append("second")
 
     with broker_process.locked(settings.state_dir):
         waiter = threading.Thread(target=second)
         waiter.start()
-        time.sleep(0.3)
+        # The waiter is at the lock before the sleep starts: a thread scheduled late
+        # made the order right with no lock at all (test review).
+        assert trying.wait(10)
+        time.sleep(0.3)  # room for a lock that does not hold to let it in
         order.append("first")
     waiter.join(timeout=5)
     assert order == ["first", "second"]

@@ -22,14 +22,16 @@ def test_fires_once_when_beats_stop_and_never_while_they_come() -> None:
         calls.append(time.monotonic())
         fired.set()
 
-    with Watchdog(0.4, on_stall=on_stall, dump_stacks=False) as dog:
-        for _ in range(12):  # 1.2 s of steady progress: no stall
+    # A 1 s limit against beats 0.1 s apart: only a 1 s pause of this thread (a loaded
+    # machine) fires it early; 0.4 s left too little room (test review).
+    with Watchdog(1.0, on_stall=on_stall, dump_stacks=False) as dog:
+        for _ in range(30):  # 3 s of steady progress, three limits: no stall
             dog.beat("poll")
             time.sleep(0.1)
         assert not calls
         dog.beat("transaction")
-        assert fired.wait(3.0)
-        time.sleep(0.5)
+        assert fired.wait(10.0)
+        time.sleep(1.5)  # past another limit: it fires once, not once per limit
     assert len(calls) == 1
 
 
