@@ -2,7 +2,8 @@
 
 Stand-ins for the producer and the request consumer: the callback's logic
 (flush, commit, forget the partitions) is what is tested; the commit against
-a real broker is tests/reliability/test_scorer_kill.py's.
+a real broker is tests/integration/test_scorer.py's
+test_a_replica_that_gives_up_partitions_commits_what_it_answered.
 """
 
 from __future__ import annotations
