@@ -68,10 +68,10 @@ fi
 if wanted scorer; then
 step "scorer compute (each setting pruned and exhaustive)"
 timeout 150 python3 -m bench.scorer_compute --device "$DEV" --items 100000 1000000 \
-    --batch 32 256 --out "$OUT/scorer_$DEV.json"
+    --batch 32 256 --rounds 10 --out "$OUT/scorer_$DEV.json"
 check scorer
 timeout 150 python3 -m bench.scorer_compute --device "$DEV" --bias zipf --items 1000000 \
-    --batch 32 256 --out "$OUT/scorer_${DEV}_zipf.json"
+    --batch 32 256 --rounds 10 --out "$OUT/scorer_${DEV}_zipf.json"
 check scorer-zipf
 timeout 150 python3 -m bench.scorer_compute --device cpu --threads 16 --items 100000 1000000 \
     --batch 32 256 --rounds 10 --out "$OUT/scorer_cpu16.json"

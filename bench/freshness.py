@@ -188,9 +188,11 @@ def _with_trainer(kafka: KafkaConfig, args: argparse.Namespace, rate: float) -> 
         # for their first seconds (the input topic's own latency showed it), and
         # that start-up is not what freshness under steady load means.
         first_ts = int(time.time() * 1000) - 3_600_000
-        measure(kafka, rate, WARM_UP_S, args.users, args.items, first_ts, label="w")
-        return measure(kafka, rate, args.seconds, args.users, args.items,
-                       first_ts + int(rate * WARM_UP_S))
+        warm = measure(kafka, rate, WARM_UP_S, args.users, args.items, first_ts, label="w")
+        result = measure(kafka, rate, args.seconds, args.users, args.items,
+                         first_ts + int(rate * WARM_UP_S))
+        # Above 0, the measured pass did not start from a caught-up trainer.
+        return {**result, "warm_up_not_fresh_after_60s": warm["not_fresh_after_60s"]}
     finally:
         proc.terminate()
         proc.wait(30)

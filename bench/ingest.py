@@ -89,8 +89,8 @@ def trainer_run(kafka: KafkaConfig, n: int, learner: LearnerConfig, batch_max: i
         prof.disable()
         prof.dump_stats(str(profile))
     events = sum(e for _, e, _ in marks)
-    # From the first poll (start of run minus start-up) to the last commit: the
-    # first mark's events count, its time does not (it includes the group join).
+    # From the first batch's commit to the last: neither the first batch's time (it
+    # includes the group join) nor its events count in the rate.
     seconds = marks[-1][0] - marks[0][0]
     steady = events - marks[0][1]
     return {"events": events, "batches": len(marks), "rows_published": sum(r for *_, r in marks),
