@@ -86,6 +86,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.log_level.upper() == "INFO":  # keep library INFO lines out of the live view
         logging.getLogger().setLevel(logging.WARNING)
+        # and librdkafka's retries at start-up ("Coordinator load in progress: retrying"):
+        # client errors still show, through ErrorLog
+        logging.getLogger("stream_app.librdkafka").setLevel(logging.ERROR)
     kafka = kafka_config(args, _child_sections())
     prefix = demo_prefix(kafka.topic_prefix)
     _check_children(args, prefix)
