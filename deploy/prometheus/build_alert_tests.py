@@ -127,6 +127,14 @@ CASES: list[Case] = [
         _APPLIED: "0+95x30",
         f'stream_app_events_total{{{T},topic="clicks",outcome="dlq"}}': "0+5x30",
         f'stream_app_dlq_records_total{{{T},reason="schema"}}': "0+5x30"}),
+    Case(alert="EventsMisrouted", eval_time="10m", series={
+        f'stream_app_events_misrouted_total{{{T},topic="clicks"}}': "0 0 0 3 3 3 3 3 3 3 3"},
+         fires=[({"job": "stream-app-trainer", "topic": "clicks"},
+                 "Events on clicks land on partitions their user id does not map to")]),
+    Case(alert="EventsMisrouted", eval_time="10m", series={
+        f'stream_app_events_misrouted_total{{{T},topic="clicks"}}': "0x10", _APPLIED: "0+100x10"}),
+    Case(alert="EventsMisrouted", eval_time="30m", series={  # 3 once, 20 m ago: quiet again
+        f'stream_app_events_misrouted_total{{{T},topic="clicks"}}': "0 0 3x28"}),
     Case(alert="TrainingLossNotFinite", eval_time="5m",
          series={_NON_FINITE: "0 0 0 40 40 40 40"},
          fires=[(TRAINER, "Training loss is NaN or infinite on trainer:9464")]),

@@ -113,6 +113,15 @@ class GroupConsumer:
         wanted = {(t, p) for t in topics if t in meta.topics for p in meta.topics[t].partitions}
         return bool(wanted) and wanted <= self._assigned
 
+    def partition_counts(self, topics: Iterable[str], timeout_s: float = 10.0) -> dict[str, int]:
+        """Each topic's partition count in the cluster's metadata now (topics it lacks left
+        out)."""
+        try:
+            meta = self._consumer.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            raise KafkaEdgeError(f"cannot list topics: {exc}") from exc
+        return {t: len(meta.topics[t].partitions) for t in topics if t in meta.topics}
+
     def _assign(self, _c: Consumer, parts: list[_TP]) -> None:
         got = [(tp.topic, tp.partition) for tp in parts]
         self._assigned.update(got)

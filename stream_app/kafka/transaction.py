@@ -60,7 +60,7 @@ class SpotCheck:
     """Where librdkafka put the first record of `topic` in a transaction.
 
     The trainer counts its own writes per partition by computing each key's
-    partition (`trainer.own_writes.partition_for`, librdkafka's default
+    partition (`kafka.partitioners.consistent_random`, librdkafka's default
     partitioner) rather than asking for a delivery report per record, which
     cost 5-7% of its ingest rate; one report per transaction checks the
     computation.

@@ -166,6 +166,12 @@ class TrainerMetrics(_ProcessMetrics):
         self.events = Counter(
             "stream_app_events_total", "Input events read, by topic and outcome.",
             ["topic", "outcome"], registry=r)
+        self.events_misrouted = Counter(
+            "stream_app_events_misrouted_total",
+            "Input events on a partition where neither librdkafka's default partitioner nor "
+            "Java's puts their user id: learned all the same, but such a user's events and "
+            "forget requests are split over partitions (README, Partitioner).",
+            ["topic"], registry=r)
         self.batch_size_events = Histogram(
             "stream_app_batch_size_events", "Events per polled micro-batch.",
             buckets=BATCH_EVENTS_BUCKETS, registry=r)
@@ -255,6 +261,7 @@ class TrainerMetrics(_ProcessMetrics):
 
     def _precreate(self, input_topics: Sequence[str], tables: Sequence[str]) -> None:
         for topic in input_topics:
+            self.events_misrouted.labels(topic=topic)
             for outcome in EventOutcome:
                 self.events.labels(topic=topic, outcome=outcome)
         for table in tables:

@@ -7,7 +7,7 @@ trainer loop reads as wiring and these rules are unit-tested on their own.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -27,6 +27,7 @@ from stream_app.codec import (
 from stream_app.codec.fastcheck import fast_id
 from stream_app.config import TopicNames
 from stream_app.events import DlqRecord, Event, EventKind, RowBlock
+from stream_app.kafka.partitioners import routed_by_a_known_partitioner
 from stream_app.kafka.records import RawRecord
 from stream_app.kafka.transaction import OutRecord
 from stream_app.observability.metrics import EventOutcome
@@ -175,6 +176,14 @@ def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
         out.segments[-1].append(event)
         out.records[-1].append(rec)
     return out
+
+
+def misrouted(decoded: Decoded, partitions: Mapping[str, int]) -> list[RawRecord]:
+    """The decoded events' records on a partition where neither common partitioner puts
+    their key (`kafka.partitioners`); none of a topic whose count is not known yet."""
+    return [rec for recs in decoded.records for rec in recs
+            if rec.key and rec.topic in partitions
+            and not routed_by_a_known_partitioner(rec.key, rec.partition, partitions[rec.topic])]
 
 
 @dataclass(frozen=True, slots=True)

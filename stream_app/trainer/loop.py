@@ -21,6 +21,7 @@ from stream_app.kafka.clients import (
     MAX_POLL_INTERVAL_MS,
     REPORT_EOF,
     TRANSACTIONAL_DEFAULTS,
+    Repeats,
     consumer_config,
     ms_setting,
     producer_config,
@@ -34,6 +35,7 @@ from stream_app.trainer.batch import (
     decode_batch,
     forget_request,
     leave_scope,
+    misrouted,
     order_key,
     output_records,
     own_users_only,
@@ -41,7 +43,7 @@ from stream_app.trainer.batch import (
 )
 from stream_app.trainer.batch_cap import next_batch_cap
 from stream_app.trainer.config import TrainerConfig, check_with_client, check_with_learner
-from stream_app.trainer.observe import observe_commit, report_lag
+from stream_app.trainer.observe import observe_commit, report_lag, report_misrouted
 from stream_app.trainer.own_writes import OwnWrites
 from stream_app.trainer.ownership import Ownership
 from stream_app.trainer.result import BatchResult, ProgressLine, batch_result
@@ -87,6 +89,8 @@ class Trainer(Ownership):
         self._own_writes = OwnWrites(kafka.client)  # whether a rebalance must restore
         self._volatile: dict[str, Any] | None = None  # volatile_state() at the last commit
         self._own_users: set[str] | None = None  # see _scope
+        self._input_partitions: dict[str, int] = {}  # counts at the last assignment
+        self._misrouted_said = Repeats()
         self._aborts_in_a_row = 0
         self._progress = ProgressLine(every_s=PROGRESS_LOG_S, started=time.monotonic())
         self._batch_cap = cfg.batch_max  # lowered while batches near max.poll.interval.ms
@@ -232,6 +236,8 @@ class Trainer(Ownership):
                 leave_scope(self._own_users, tombstones)
             observe_commit(self.metrics, ch.counts, batch, decoded, blocks, ch.dlq,
                            published_ms, self.learner.table_sizes(), ch.evals)
+            report_misrouted(self.metrics, misrouted(decoded, self._input_partitions),
+                             self._input_partitions, self._misrouted_said)
         self.metrics.batch_seconds.observe(time.monotonic() - started)
         return batch_result(batch, decoded, ch.evals, applied=ch.applied,
                             losses=ch.counts.losses, dlq=len(ch.dlq),

@@ -6,6 +6,7 @@ what it counted (`TxnCounts`) would be counted twice.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,8 @@ import numpy as np
 
 from stream_app.core import EvalStats
 from stream_app.events import DlqRecord, RowBlock
+from stream_app.kafka.clients import Repeats
+from stream_app.kafka.partitioners import consistent_random, murmur2_random
 from stream_app.kafka.records import Partition, RawRecord
 from stream_app.observability.metrics import (
     EvalModel,
@@ -22,6 +25,8 @@ from stream_app.observability.metrics import (
     TrainerMetrics,
 )
 from stream_app.trainer.batch import Decoded, TxnCounts
+
+log = logging.getLogger(__name__)
 
 
 def observe_commit(m: TrainerMetrics, counts: TxnCounts, batch: list[RawRecord],
@@ -81,3 +86,25 @@ def report_prequential(m: TrainerMetrics, evals: Sequence[EvalStats]) -> None:
 def report_lag(m: TrainerMetrics, lag: Mapping[Partition, int]) -> None:
     for (topic, partition), n in lag.items():
         m.set_lag(topic, partition, n)
+
+
+def report_misrouted(m: TrainerMetrics, wrong: Sequence[RawRecord],
+                     partitions: Mapping[str, int], repeats: Repeats) -> None:
+    """Count the committed batch's misrouted events (`batch.misrouted`) and say so, once
+    per topic per REPEAT_WINDOW_S: nothing else shows a producer with another
+    partitioner, whose users' events and forget requests then part ways."""
+    for topic, n in Counter(rec.topic for rec in wrong).items():
+        m.events_misrouted.labels(topic=topic).inc(n)
+    for rec in wrong:
+        more = repeats.admit(rec.topic)
+        if more is None or rec.key is None:
+            continue
+        n = partitions[rec.topic]
+        log.warning("misrouted events on %s: user %r is on partition %d, where librdkafka's "
+                    "default partitioner puts it on %d and Java's on %d%s; a producer of %s "
+                    "uses another partitioner, or partitions were added. The events are "
+                    "learned, but such a user's events and forget requests can overtake each "
+                    "other (README, Partitioner); counted in "
+                    "stream_app_events_misrouted_total", rec.topic,
+                    rec.key.decode(errors="replace"), rec.partition,
+                    consistent_random(rec.key, n), murmur2_random(rec.key, n), more, rec.topic)

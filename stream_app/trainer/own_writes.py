@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+
+from stream_app.kafka.partitioners import consistent_random
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +81,9 @@ class OwnWrites:
                 return None
 
 
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition librdkafka's default partitioner (`consistent_random`) gives a
-    non-empty key: CRC-32 of the key modulo the partition count.
-
-    >>> partition_for(b"user:42", 3), partition_for(b"item:7", 3), partition_for(b"user:1", 3)
-    (1, 1, 0)
-    """
-    return zlib.crc32(key) % partitions
-
-
 def default_partitioner(client: Mapping[str, str]) -> bool:
     """Whether librdkafka settings leave the producer's partitioner at its default
-    (`partition_for`): `partitioner`, or `topic.partitioner` (librdkafka hands
+    (`consistent_random`): `partitioner`, or `topic.partitioner` (librdkafka hands
     unknown global keys to the topic config without the prefix).
 
     >>> default_partitioner({}), default_partitioner({"partitioner": "consistent_random"})
@@ -110,7 +101,7 @@ def ends_after_commit(ends: dict[int, int] | None, keys: Iterable[bytes],
     there, if nobody else wrote to it: each partition written grows by its
     records and the commit marker.
 
-    A key's partition is computed (`partition_for`); `spot`, where librdkafka
+    A key's partition is computed (`consistent_random`); `spot`, where librdkafka
     really put one of them, checks that. None (unknown, so the next assignment
     restores) when `ends` is, or when a record was written but the check is
     missing or fails (another partitioner, partitions added).
@@ -123,10 +114,10 @@ def ends_after_commit(ends: dict[int, int] | None, keys: Iterable[bytes],
     if ends is None:
         return None
     out = dict(ends)
-    written = Counter(partition_for(k, len(ends)) for k in keys)
+    written = Counter(consistent_random(k, len(ends)) for k in keys)
     if not written:
         return out
-    if spot is None or partition_for(spot[0], len(ends)) != spot[1]:
+    if spot is None or consistent_random(spot[0], len(ends)) != spot[1]:
         return None
     for p, n in written.items():
         out[p] = out.get(p, 0) + n + 1

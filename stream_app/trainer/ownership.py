@@ -50,6 +50,7 @@ class Ownership:
     _own_writes: OwnWrites  # whether a rebalance must restore
     _volatile: dict[str, Any] | None  # volatile_state() at the last commit
     _own_users: set[str] | None  # see _scope
+    _input_partitions: dict[str, int]  # input topics' partition counts, for batch.misrouted
     _snapshots: Snapshots | None
     _snapshot_at: float
     _unsnapshotted: bool  # a commit since the last snapshot was taken
@@ -109,6 +110,9 @@ class Ownership:
         """
         if not parts or consumer is None:
             return
+        # What `batch.misrouted` checks against: partitions added since show here.
+        self._input_partitions = consumer.partition_counts([self.topics.clicks,
+                                                            self.topics.purchases])
         whole = self._owns_every_input(consumer)  # asked first: a long restore makes the
         # consumer look too long without a poll, and the answer False
         if self.cfg.restore:

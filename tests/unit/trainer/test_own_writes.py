@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from stream_app.trainer.own_writes import OwnWrites, partition_for
+from stream_app.kafka.partitioners import consistent_random as partition_for
+from stream_app.trainer.own_writes import OwnWrites
 
 Ends = dict[int, int]
 RESTORED = {0: 10, 1: 4}

@@ -16,7 +16,7 @@ from stream_app.core import Learner, LearnerConfig
 from stream_app.events import Event, EventKind
 from stream_app.kafka.records import RawRecord
 from stream_app.observability.metrics import EventOutcome, TrainerMetrics
-from stream_app.trainer.batch import CONTROL_HEADER, decode_batch
+from stream_app.trainer.batch import CONTROL_HEADER, decode_batch, misrouted
 from stream_app.trainer.steps import Changes, learn_batch
 
 TOPICS = TopicNames(prefix="t.")
@@ -173,3 +173,15 @@ def test_rows_the_learner_evicts_become_tombstones_and_are_not_published() -> No
     assert out.tombstones.index("item:a") < out.tombstones.index("item:b")
     assert out.users == {"u3"} and out.items == {"c"}
     assert sorted(learner.user_ids()) == ["u3"]
+
+
+def test_events_off_both_common_partitioners_are_found_misrouted() -> None:
+    """u1 is CRC-32's partition 2 and murmur2's 1 of 3 (`kafka.partitioners`); a record of
+    u1 on 0 comes from neither, as does one on a partition a topic does not have yet."""
+    def on(partition: int, offset: int, user: str = "u1") -> RawRecord:
+        return dataclasses.replace(_click(offset, user, "a"), partition=partition)
+
+    records = [on(2, 0), on(1, 1), on(0, 2), on(0, 3, user="u2"), on(5, 4, user="u2")]
+    decoded = decode_batch(records, TOPICS, now_ms=NOW, max_future_ms=0)
+    assert [r.offset for r in misrouted(decoded, {TOPICS.clicks: 3})] == [2, 4]
+    assert misrouted(decoded, {}) == []  # counts not known yet: nothing is judged
