@@ -113,7 +113,7 @@ def _text(value: Any) -> str:
 
 def _base(kafka: KafkaConfig, client_id: str) -> dict[str, Any]:
     return {"bootstrap.servers": kafka.bootstrap_servers, "client.id": client_id,
-            "error_cb": ErrorLog(client_id), "logger": ClientLog()}
+            "error_cb": ErrorLog(client_id)}
 
 
 REPEAT_WINDOW_S = 30.0
@@ -192,7 +192,9 @@ class ClientLog:
     ErrorLog's one line per 30 s that already said so. Lines of a kind differ in numbers
     only (ports, milliseconds); debug lines (`-X debug=...`, seen with --log-level
     DEBUG) are asked for and all said. confluent-kafka hands them over from the
-    client's poll(), so each client we make is polled while idle too.
+    client's poll() and queues them until then, so a client given one must be polled
+    while idle too, as the trainer's and scorer's are; one a program may leave idle
+    (`ScoreClient`'s) passes `logger=None` and keeps librdkafka's stderr lines.
 
     >>> said = []
     >>> lines = ClientLog(say=lambda level, line: said.append(line),
@@ -229,7 +231,7 @@ def producer_config(kafka: KafkaConfig, client_id: str, *,
     if transactional_id is not None:
         enforced |= {"transactional.id": transactional_id, "enable.idempotence": True}
         defaults = PRODUCER_DEFAULTS | TRANSACTIONAL_DEFAULTS
-    return merge(defaults | extra, for_producer(kafka.client), enforced)
+    return merge({"logger": ClientLog()} | defaults | extra, for_producer(kafka.client), enforced)
 
 
 def consumer_config(kafka: KafkaConfig, client_id: str, group_id: str, *,
@@ -241,7 +243,8 @@ def consumer_config(kafka: KafkaConfig, client_id: str, group_id: str, *,
         "enable.auto.commit": False,
         "isolation.level": "read_committed" if read_committed else "read_uncommitted",
     } | dict(enforce or {})
-    return merge(CONSUMER_DEFAULTS | extra, for_consumer(kafka.client), enforced)
+    return merge({"logger": ClientLog()} | CONSUMER_DEFAULTS | extra, for_consumer(kafka.client),
+                 enforced)
 
 
 def make_producer(kafka: KafkaConfig, client_id: str, *,

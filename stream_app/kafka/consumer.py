@@ -120,7 +120,8 @@ class GroupConsumer:
             meta = self._consumer.list_topics(timeout=timeout_s)
         except KafkaException as exc:
             raise KafkaEdgeError(f"cannot list topics: {exc}") from exc
-        return {t: len(meta.topics[t].partitions) for t in topics if t in meta.topics}
+        return {t: len(meta.topics[t].partitions) for t in topics
+                if t in meta.topics and meta.topics[t].error is None and meta.topics[t].partitions}
 
     def _assign(self, _c: Consumer, parts: list[_TP]) -> None:
         got = [(tp.topic, tp.partition) for tp in parts]
@@ -173,6 +174,7 @@ class GroupConsumer:
         with the first partition's records ahead of the others' older ones.
         """
         started = self._polled_at = time.monotonic()
+        self._watermarks.serve()
         batch: list[RawRecord] = []
         fetched = False
         while True:

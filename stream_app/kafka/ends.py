@@ -73,6 +73,14 @@ class Watermarks:
             return end_offsets(self._consumer, topic, timeout_s)
         except KafkaException as exc:
             raise KafkaEdgeError(f"cannot read the end offsets of {topic}: {exc}") from exc
+        finally:
+            self.serve()
+
+    def serve(self) -> None:
+        """Serve the client's error and log lines (`clients.ClientLog`): nothing else polls
+        it, and while queries are far apart they would wait, and pile up, in its queue."""
+        if self._consumer is not None:
+            self._consumer.poll(0)  # no subscription: hands out no record
 
     def close(self) -> None:
         if self._consumer is not None:

@@ -31,8 +31,8 @@ class ReplyReader:
         self._consumer: Consumer | None = None
 
     def open(self, timeout_s: float = 10.0) -> None:
-        consumer = make_consumer(self.kafka, self.client_id, self.group_id,
-                                 **LATENCY_CONSUMER_DEFAULTS)
+        consumer = make_consumer(self.kafka, self.client_id, self.group_id, logger=None,
+                                 **LATENCY_CONSUMER_DEFAULTS)  # polled only while waiting
         self._consumer = consumer
         try:
             meta = consumer.list_topics(self.topic, timeout=timeout_s)

@@ -110,9 +110,15 @@ class Ownership:
         """
         if not parts or consumer is None:
             return
-        # What `batch.misrouted` checks against: partitions added since show here.
-        self._input_partitions = consumer.partition_counts([self.topics.clicks,
-                                                            self.topics.purchases])
+        # What `batch.misrouted` checks against: partitions added since show here. Only a
+        # warning's input: a metadata error skips the check, it must not stop the trainer.
+        try:
+            self._input_partitions = consumer.partition_counts([self.topics.clicks,
+                                                                self.topics.purchases])
+        except KafkaEdgeError as exc:
+            log.warning("partition counts unreadable (%s): misrouted events are not counted "
+                        "until the next assignment", exc)
+            self._input_partitions = {}
         whole = self._owns_every_input(consumer)  # asked first: a long restore makes the
         # consumer look too long without a poll, and the answer False
         if self.cfg.restore:

@@ -14,9 +14,11 @@ from stream_app.codec import encode_event
 from stream_app.config import TopicNames
 from stream_app.core import Learner, LearnerConfig
 from stream_app.events import Event, EventKind
+from stream_app.kafka.clients import Repeats
 from stream_app.kafka.records import RawRecord
 from stream_app.observability.metrics import EventOutcome, TrainerMetrics
 from stream_app.trainer.batch import CONTROL_HEADER, decode_batch, misrouted
+from stream_app.trainer.observe import report_misrouted
 from stream_app.trainer.steps import Changes, learn_batch
 
 TOPICS = TopicNames(prefix="t.")
@@ -185,3 +187,20 @@ def test_events_off_both_common_partitioners_are_found_misrouted() -> None:
     decoded = decode_batch(records, TOPICS, now_ms=NOW, max_future_ms=0)
     assert [r.offset for r in misrouted(decoded, {TOPICS.clicks: 3})] == [2, 4]
     assert misrouted(decoded, {}) == []  # counts not known yet: nothing is judged
+
+
+def test_misrouted_events_are_counted_each_and_said_once_a_window(
+        caplog: pytest.LogCaptureFixture) -> None:
+    metrics = _metrics()
+    said = Repeats(clock=iter([0.0, 1.0, 2.0, 40.0]).__next__)
+    wrong = [dataclasses.replace(_click(n, "u1", "a"), partition=0) for n in range(3)]
+    with caplog.at_level("WARNING", logger="stream_app.trainer.observe"):
+        report_misrouted(metrics, wrong, {TOPICS.clicks: 3}, said)  # 3 events, said once
+        report_misrouted(metrics, wrong[:1], {TOPICS.clicks: 3}, said)  # 40 s on: said again
+    assert metrics.registry.get_sample_value(
+        "stream_app_events_misrouted_total", {"topic": TOPICS.clicks}) == 4
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert "user 'u1' is on partition 0, where librdkafka's default partitioner puts it on 2 " \
+        "and Java's on 1" in lines[0]
+    assert "(and 2 more like it since 40s ago)" in lines[1]
