@@ -198,7 +198,7 @@ class GroupConsumer:
             self._merger.add(self._records(msgs))
             self._bound_queues(max_records)
         if len(batch) < max_records:
-            batch += self._merger.release(max_records - len(batch), (), behind=self._behind())
+            batch += self._merger.release_due(max_records - len(batch), self._behind())
         return batch
 
     def _records(self, msgs: list[Message]) -> Iterator[RawRecord]:

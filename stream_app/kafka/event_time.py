@@ -12,8 +12,15 @@ oldest head among them, Kafka Streams' rule (its `max.task.idle.ms`): while a
 partition that still has records on the broker has nothing queued, nothing is
 handed out, since its next record may be older than every queued one. The
 consumer bounds that wait by its batch wait (for a newly assigned partition,
-counted from its assignment), so a slow partition delays, and never stops,
-the others. Order within a partition is never changed, so offsets
+counted from its assignment); the batch then takes only what is no newer
+than such a partition's last record (`release_due`), for up to
+ORDER_WAIT_S, and after that everything queued, so a slow partition delays,
+and never stops, the others. Before that frontier, a replay's first batches
+(fetches of a 390K-event backlog lag the 200 ms batch wait) went out sorted
+within themselves but each up to 47 days ahead of the next: 31% of the
+events came after one over an hour newer, and Recall@20 through Kafka was
+0.312 against 0.324 offline on the same events (0.3225 with every batch
+waiting 2 s). Order within a partition is never changed, so offsets
 stay contiguous and what a batch commits is exactly what it handed out.
 
 Barriers: a record that `barrier` names (the trainer's forget request, sent
@@ -46,9 +53,16 @@ BARRIER_WAIT_S = 10.0
 """How long a barrier waits for partners that cannot come before it (their partitions
 hold nothing else to hand out) before it goes out alone."""
 
+ORDER_WAIT_S = 2.0
+"""How long, past the batch wait, records newer than a starved partition's last one are
+held back (`release_due`); a partition starved longer no longer holds the others."""
+
 BARRIER_SKEW_MS = 60_000
 """A partner partition whose head was written (Kafka timestamp) this much after the
 held half no longer restarts the wait: the partner, written with it, is not before it."""
+
+_NEVER = -(1 << 62)  # the last event time of a partition not heard from yet
+_FOREVER = 1 << 62
 
 Barrier = Callable[[RawRecord], Hashable | None]
 _Entry = tuple[int, Hashable | None, RawRecord]  # (event time, barrier id, record)
@@ -75,12 +89,16 @@ class EventTimeMerger:
         self._queues: dict[Partition, deque[_Entry]] = {}
         self._held_since: dict[Partition, float] = {}  # barrier heads without their partners
         self._behind: Collection[Partition] = ()
+        self._last_time: dict[Partition, int] = {}  # event time of each partition's last record
+        self._starved_since: dict[Partition, float] = {}  # behind, with nothing queued
 
     def add(self, records: Iterable[RawRecord]) -> None:
         for rec in records:
             key = (rec.topic, rec.partition)
-            self._queues.setdefault(key, deque()).append(
-                (self._event_time(rec), self._barrier(rec), rec))
+            et = self._event_time(rec)
+            self._queues.setdefault(key, deque()).append((et, self._barrier(rec), rec))
+            self._last_time[key] = et
+            self._starved_since.pop(key, None)
 
     def queued(self, partition: Partition) -> int:
         return len(self._queues.get(partition, ()))
@@ -90,18 +108,48 @@ class EventTimeMerger:
         for p in partitions:
             self._queues.pop(p, None)
             self._held_since.pop(p, None)
+            self._last_time.pop(p, None)  # rewound: its next record is an older one
+            self._starved_since.pop(p, None)
             for r in self._partners(p):  # rewound: it may bring the partner again
                 self._held_since.pop(r, None)
 
+    def release_due(self, limit: int, behind: Collection[Partition],
+                    now: float | None = None) -> list[RawRecord]:
+        """Once a batch's wait is over: up to `limit` records, oldest head first, no newer
+        than the last record of any partition of `behind` (records on the broker beyond
+        what is queued) with nothing queued, its next record being likely no older. Such
+        a partition holds the others back for ORDER_WAIT_S, one never heard from too.
+
+        >>> m = EventTimeMerger(lambda r: r.timestamp_ms)
+        >>> m.add([RawRecord("t", 0, 0, None, b"", 10), RawRecord("t", 1, 0, None, b"", 20),
+        ...        RawRecord("t", 1, 1, None, b"", 30)])
+        >>> [(r.partition, r.offset) for r in m.release_due(9, behind={("t", 0)}, now=0.0)]
+        [(0, 0)]
+        >>> [(r.partition, r.offset) for r in m.release_due(9, behind={("t", 0)}, now=2.5)]
+        [(1, 0), (1, 1)]
+
+        (t[0]'s next record is likely no older than 10; after ORDER_WAIT_S, t[1] goes on.)
+        """
+        now = time.monotonic() if now is None else now
+        starved = {p for p in behind if not self._queues.get(p)}
+        for p in set(self._starved_since) - starved:
+            del self._starved_since[p]
+        holding = [p for p in starved
+                   if now - self._starved_since.setdefault(p, now) < ORDER_WAIT_S]
+        upto = min((self._last_time.get(p, _NEVER) for p in holding), default=_FOREVER)
+        return self.release(limit, (), now, behind=behind, upto=upto)
+
     def release(self, limit: int, waiting_for: Collection[Partition],
                 now: float | None = None, *,
-                behind: Collection[Partition] | None = None) -> list[RawRecord]:
+                behind: Collection[Partition] | None = None,
+                upto: int | None = None) -> list[RawRecord]:
         """Up to `limit` records, oldest head first, while no partition of `waiting_for` is empty.
 
         `waiting_for`: partitions with records on the broker beyond what is
         queued here. Pass none to release what is queued regardless (the wait
-        for a slow partition is over). Aligned barriers go out together, and may
-        take the batch past `limit` by the partners' count.
+        for a slow partition is over), up to event time `upto` if given. Aligned
+        barriers go out together, and may take the batch past `limit` by the
+        partners' count.
         """
         out: list[RawRecord] = []
         if any(not self._queues.get(p) for p in waiting_for):
@@ -114,6 +162,8 @@ class EventTimeMerger:
             self._classify(p, now, heads, held)
         heapq.heapify(heads)
         while heads and len(out) < limit:
+            if upto is not None and heads[0][0] > upto:
+                break
             _, p, offset = heapq.heappop(heads)
             queue = self._queues.get(p)
             if not queue or queue[0][2].offset != offset:
@@ -126,6 +176,9 @@ class EventTimeMerger:
                     self._classify(p, now, heads, held, push=True)
                 elif p in waiting_for:
                     break
+                elif upto is not None and p in self._behind:  # drained: it holds the rest
+                    self._starved_since[p] = now
+                    upto = min(upto, self._last_time.get(p, _NEVER))
                 continue
             aligned = self._aligned(p)
             if not aligned and queue[0][1] is not None and self._hold(p, now):
