@@ -97,8 +97,9 @@ class GroupConsumer:
     def assignment(self) -> set[Partition]:
         return set(self._assigned)
 
-    def owns_all(self, topics: Iterable[str], timeout_s: float = 10.0) -> bool:
-        """True when every partition of `topics` is assigned to this member.
+    def owns_all(self, counts: Mapping[str, int]) -> bool:
+        """True when every partition of the topics with these partition counts
+        (`partition_counts`) is assigned to this member.
 
         The assignment seen here is updated only inside a poll: after more
         than half of max.poll.interval.ms without one, the group may already
@@ -106,11 +107,7 @@ class GroupConsumer:
         """
         if time.monotonic() - self._polled_at > self._max_poll_interval_s / 2:
             return False
-        try:
-            meta = self._consumer.list_topics(timeout=timeout_s)
-        except KafkaException as exc:
-            raise KafkaEdgeError(f"cannot list topics: {exc}") from exc
-        wanted = {(t, p) for t in topics if t in meta.topics for p in meta.topics[t].partitions}
+        wanted = {(t, p) for t, n in counts.items() for p in range(n)}
         return bool(wanted) and wanted <= self._assigned
 
     def partition_counts(self, topics: Iterable[str], timeout_s: float = 10.0) -> dict[str, int]:

@@ -110,17 +110,11 @@ class Ownership:
         """
         if not parts or consumer is None:
             return
-        # What `batch.misrouted` checks against: partitions added since show here. Only a
-        # warning's input: a metadata error skips the check, it must not stop the trainer.
-        try:
-            self._input_partitions = consumer.partition_counts([self.topics.clicks,
-                                                                self.topics.purchases])
-        except KafkaEdgeError as exc:
-            log.warning("partition counts unreadable (%s): misrouted events are not counted "
-                        "until the next assignment", exc)
-            self._input_partitions = {}
-        whole = self._owns_every_input(consumer)  # asked first: a long restore makes the
-        # consumer look too long without a poll, and the answer False
+        # One metadata request answers both whether we own every input partition and what
+        # `batch.misrouted` checks against (partitions added since show here).
+        self._input_partitions = self._input_counts(consumer)
+        whole = consumer.owns_all(self._input_partitions)  # asked first: a long restore
+        # makes the consumer look too long without a poll, and the answer False
         if self.cfg.restore:
             # A previous owner's open transaction ends first: committed, or aborted by
             # the broker after transaction.timeout.ms (which -X may raise past 60 s).
@@ -165,11 +159,17 @@ class Ownership:
         self._own_writes.forget()  # the replay buffer is no longer what a restore gives
 
     def _owns_every_input(self, consumer: GroupConsumer) -> bool:
+        return consumer.owns_all(self._input_counts(consumer))
+
+    def _input_counts(self, consumer: GroupConsumer) -> dict[str, int]:
+        """The input topics' partition counts; none when unreadable, which reads as not owning
+        every partition and skips the misrouted check (it must not stop the trainer)."""
         try:
-            return consumer.owns_all([self.topics.clicks, self.topics.purchases])
+            return consumer.partition_counts([self.topics.clicks, self.topics.purchases])
         except KafkaEdgeError as exc:
-            log.warning("cannot tell whether we own every partition (%s): assuming not", exc)
-            return False
+            log.warning("cannot read the input topics' partition counts (%s): assuming we do "
+                        "not own every partition", exc)
+            return {}
 
     def _txn_timeout_s(self) -> float:
         return ms_setting(self.kafka, "transaction.timeout.ms",
