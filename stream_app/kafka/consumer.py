@@ -283,6 +283,11 @@ class GroupConsumer:
         except KafkaException as exc:
             raise KafkaEdgeError(f"cannot read the stable offsets of {topic}: {exc}") from exc
 
+    def queued(self) -> int:
+        """Records fetched and not handed out yet: an empty batch with some is not idleness
+        (event-time order or a barrier holds them for seconds)."""
+        return len(self._merger)
+
     def lag(self) -> dict[Partition, int]:
         """Records not handed out yet per assigned partition: queued + behind the high watermark.
 

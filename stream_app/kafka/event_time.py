@@ -103,6 +103,10 @@ class EventTimeMerger:
     def queued(self, partition: Partition) -> int:
         return len(self._queues.get(partition, ()))
 
+    def __len__(self) -> int:
+        """Records queued in all partitions: held back (order, barriers) or not taken yet."""
+        return sum(len(q) for q in self._queues.values())
+
     def drop(self, partitions: Iterable[Partition]) -> None:
         """Forget what is queued for `partitions`: revoked, or rewound to the committed offset."""
         for p in partitions:

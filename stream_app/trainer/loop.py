@@ -158,8 +158,10 @@ class Trainer(Ownership):
             if stuck:
                 log_never_fetched(stuck, self.cfg.stall_timeout_s, "trainer")
                 return EXIT_STALLED
-            if not consumer.assignment:
-                idle_since = time.monotonic()  # idle counts from the first assignment
+            if not consumer.assignment or consumer.queued():
+                # Idle counts from the first assignment, and not while records wait
+                # in the consumer (held for event-time order or a barrier's partner).
+                idle_since = time.monotonic()
             if not batch:
                 idle = time.monotonic() - idle_since
                 if self.cfg.exit_when_idle is not None and idle >= self.cfg.exit_when_idle:

@@ -340,6 +340,29 @@ def test_a_user_forgotten_then_seen_again_in_one_transaction_keeps_the_new_row(
     assert restored.learner.user_ids() == ["u1"]
 
 
+def test_a_held_forget_half_is_not_idleness(kafka: KafkaConfig) -> None:
+    """A request's clicks half whose purchases half never came waits BARRIER_WAIT_S (10 s)
+    in the consumer, then goes out alone. With `exit_when_idle` under that, the trainer
+    counted the wait as idle and exited, the forget neither applied nor committed."""
+    def click(i: int) -> Outgoing:
+        event = Event(event_id=f"e{i}", user_id="u1", item_id=f"i{i}", ts=T0 + i,
+                      kind=EventKind.CLICK)
+        return Outgoing(kafka.topics.clicks, b"u1", encode_event(event))
+
+    half = Outgoing(kafka.topics.clicks, b"u1",
+                    b'{"type":"forget","user_id":"u1","request_id":"r1"}',
+                    headers=((CONTROL_HEADER, b"forget"),))
+    with EventProducer(kafka, client_id="test") as producer:
+        for out in [click(0), click(1), half]:
+            producer.send(out)
+
+    trainer = run_until_idle(kafka, _cfg(exit_when_idle=2.0))
+    assert latest_rows(kafka)["user:u1"] is None  # the tombstone
+    assert trainer.learner.user_ids() == []
+    topics = [kafka.topics.clicks, kafka.topics.purchases]
+    assert committed_total(kafka, trainer.cfg.group_id, topics) == end_total(kafka, topics)
+
+
 def test_a_forget_deletes_what_came_before_it_on_both_topics_and_keeps_what_came_after(
         kafka: KafkaConfig) -> None:
     """The request's two records go out together (`event_time`'s barriers). Released one
