@@ -22,6 +22,8 @@ events came after one over an hour newer, and Recall@20 through Kafka was
 0.312 against 0.324 offline on the same events (0.3225 with every batch
 waiting 2 s). Order within a partition is never changed, so offsets
 stay contiguous and what a batch commits is exactly what it handed out.
+A negative event time is unknown (bad input, a forget request): it goes out
+first, and does not move its partition's last event time.
 
 Barriers: a record that `barrier` names (the trainer's forget request, sent
 to partition i of every co-partitioned topic) waits at its partition's head
@@ -97,7 +99,8 @@ class EventTimeMerger:
             key = (rec.topic, rec.partition)
             et = self._event_time(rec)
             self._queues.setdefault(key, deque()).append((et, self._barrier(rec), rec))
-            self._last_time[key] = et
+            if et >= 0:  # unknown (bad input, a forget request) says nothing of what follows
+                self._last_time[key] = et
             self._starved_since.pop(key, None)
 
     def queued(self, partition: Partition) -> int:
@@ -180,9 +183,8 @@ class EventTimeMerger:
                     self._classify(p, now, heads, held, push=True)
                 elif p in waiting_for:
                     break
-                elif upto is not None and p in self._behind:  # drained: it holds the rest
-                    self._starved_since[p] = now
-                    upto = min(upto, self._last_time.get(p, _NEVER))
+                elif upto is not None:
+                    upto = self._frontier(upto, [p], now)
                 continue
             aligned = self._aligned(p)
             if not aligned and queue[0][1] is not None and self._hold(p, now):
@@ -194,10 +196,21 @@ class EventTimeMerger:
                 self._held_since.pop(q, None)
             if any(q in waiting_for and not self._queues[q] for q in group):
                 break
+            if upto is not None:
+                upto = self._frontier(upto, [q for q in group if not self._queues[q]], now)
             for q in {*group, *(h for h in held if set(group) & set(self._partners(h)))}:
                 held.discard(q)
                 self._classify(q, now, heads, held, push=True)
         return out
+
+    def _frontier(self, upto: int, drained: Iterable[Partition], now: float) -> int:
+        """`upto`, lowered to the last event time of each `drained` partition still behind:
+        its next record is likely no older, so newer ones wait for it (`release_due`)."""
+        for p in drained:
+            if p in self._behind:
+                self._starved_since[p] = now
+                upto = min(upto, self._last_time.get(p, _NEVER))
+        return upto
 
     def _classify(self, p: Partition, now: float, heads: list[_Head], held: set[Partition],
                   *, push: bool = False) -> None:

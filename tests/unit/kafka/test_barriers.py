@@ -288,3 +288,14 @@ def test_a_half_goes_alone_only_when_its_partner_is_not_just_behind_plain_record
                 assert next((q.value for q in queued[other] if q.value), None) != r.value
             i += 1
         now += BARRIER_WAIT_S / 2
+
+
+def test_a_pair_that_drains_a_partition_behind_holds_newer_records_after_the_wait() -> None:
+    """Once a batch's wait is over (`release_due`), a partition that is behind and drained
+    holds back what is newer than its last record; a forget pair that drained it did not."""
+    m = merger()
+    m.add([rec("clicks", 0, 10), rec("clicks", 1, 0, "R")])
+    m.add([rec("purchases", 0, 0, "R")])
+    m.add([rec("clicks", 0, 20, partition=1), rec("clicks", 1, 30, partition=1)])
+    assert names(m.release_due(100, behind={C}, now=0.0)) == ["c0", "c1", "p0"]
+    assert names(m.release_due(100, behind={C}, now=2.5)) == ["c0", "c1"]  # waited enough

@@ -108,3 +108,13 @@ def test_a_partition_never_heard_from_holds_the_others_only_for_the_order_wait()
     behind = {("clicks", 0), ("clicks", 1)}
     assert m.release_due(10, behind, now=0.0) == []
     assert coords(m.release_due(10, behind, now=2.0)) == [(1, 0)]
+
+
+def test_a_record_without_event_time_does_not_move_its_partitions_frontier() -> None:
+    """Bad input and forget requests order as -1; as a drained partition's last record, that
+    held every later record of the others for the whole ORDER_WAIT_S."""
+    m = by_ts()
+    m.add([rec(0, 0, 10), rec(0, 1, -1)])
+    assert coords(m.release_due(10, {("clicks", 0)}, now=0.0)) == [(0, 0), (0, 1)]
+    m.add([rec(1, 0, 8)])  # a partition whose fetch came late, older than partition 0's last
+    assert coords(m.release_due(10, {("clicks", 0)}, now=0.5)) == [(1, 0)]
