@@ -213,13 +213,16 @@ def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.
 
 
 def require_compacted(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> int | None:
-    """TopicError when `topic` exists with a cleanup.policy that is not compact; else its
-    delete.retention.ms (None: not shown), how long compaction keeps a tombstone.
+    """TopicError when `topic` exists with a cleanup.policy that is not compact, or is
+    `compact,delete` with a time or size retention; else its delete.retention.ms (None:
+    not shown), how long compaction keeps a tombstone.
 
     The changelog is the model: under `delete` (a topic made by hand, or by a
     broker's auto-create) retention drops rows after retention.ms, and a restore
-    then silently loses them. A cluster that will not show the topic's
-    configuration (no DescribeConfigs right) is trusted, with a warning.
+    then silently loses them; `compact,delete` (set to bound the topic's size)
+    drops the rows of every id idle for that long just the same. A cluster that
+    will not show the topic's configuration (no DescribeConfigs right) is
+    trusted, with a warning.
     """
     resource = ConfigResource(ResourceType.TOPIC, topic)
     try:
@@ -229,7 +232,18 @@ def require_compacted(admin: AdminClient, topic: str, timeout_s: float = 10.0) -
     except (KafkaException, KeyError, TimeoutError) as exc:
         log.warning("cannot read the cleanup.policy of %s (%s): not checked", topic, exc)
         return None
-    if "compact" not in policy.split(","):
+    policies = {p.strip() for p in policy.split(",")}
+    if "compact" in policies and "delete" in policies:
+        bounded = [f"{name}={entries[name].value}" for name in ("retention.ms", "retention.bytes")
+                   if name in entries and str(entries[name].value) != "-1"]
+        if bounded:
+            raise TopicError(
+                f"topic {topic} has cleanup.policy={policy} with {' and '.join(bounded)}: "
+                "retention would delete the rows of ids idle that long, and a restore "
+                "would miss them. Make it compact only (kafka-configs --alter --entity-type "
+                f"topics --entity-name {topic} --add-config cleanup.policy=compact) or set "
+                "retention.ms=-1 and retention.bytes=-1")
+    elif "compact" not in policies:
         raise TopicError(
             f"topic {topic} has cleanup.policy={policy}, not compact: retention would delete "
             "rows of the model, and a restore would miss them. Make it compacted "

@@ -7,11 +7,18 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import ConfigResource, ResourceType
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 from stream_app.cli import main
 from stream_app.config import KafkaConfig
 from stream_app.kafka.admin import TopicPlan, admin_client, create_topics
+from tests.integration.kafka_helpers import wait_until
 
 
 def test_topics_create_is_idempotent_and_embeddings_compacted(
@@ -60,6 +67,27 @@ def test_an_embeddings_topic_that_is_not_compacted_is_refused(
     assert "has cleanup.policy=delete, not compact" in capsys.readouterr().err
     with pytest.raises(TopicError, match="cleanup.policy=compact"):
         require_topics(kafka, [kafka.topics.embeddings], compacted=[kafka.topics.embeddings])
+
+    # compact,delete (to bound the topic's size) deletes idle ids' rows after retention.ms.
+    _set_topic_config(admin, kafka.topics.embeddings, {"cleanup.policy": "compact,delete"})
+    with pytest.raises(TopicError, match="compact,delete with retention.ms="):
+        require_topics(kafka, [kafka.topics.embeddings], compacted=[kafka.topics.embeddings])
+    _set_topic_config(admin, kafka.topics.embeddings, {"cleanup.policy": "compact,delete",
+                                                       "retention.ms": "-1"})
+    assert kafka.topics.embeddings in require_topics(
+        kafka, [kafka.topics.embeddings], compacted=[kafka.topics.embeddings])
+
+
+def _set_topic_config(admin: AdminClient, topic: str, values: dict[str, str]) -> None:
+    """Set `values` and wait until a describe shows them."""
+    res = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in values.items()])
+    for done in admin.incremental_alter_configs([res]).values():
+        done.result(30)
+    wait_until(lambda: all(
+        admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)])[
+            ConfigResource(ResourceType.TOPIC, topic)].result()[k].value == v
+        for k, v in values.items()), timeout=30, what=f"{topic}'s new configuration")
 
 
 def test_broker_start_on_a_taken_port_fails_with_a_fix(tmp_path: Path,
