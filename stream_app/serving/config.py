@@ -39,8 +39,9 @@ class ScorerConfig:
       held up to this long hoping the load finishes; after that they are
       answered from the partial table with `ready: false` (never silently).
     - `history_max`: how many of a user's `recent_items` (most recent first)
-      are kept for `exclude_seen` and `explain`; the trainer bounds the list
-      too, so "seen" means "among the newest `history_max` interactions".
+      `exclude_seen` and `explain` use; the trainer bounds the list too
+      (`learner.recent_items`), so "seen" means "among the newest
+      `min(history_max, recent_items)` interactions".
     - `min_user_updates`: user rows with fewer training updates are "cold" and
       served the popularity ranking (flagged `fallback`).
     - `max_k`: largest `k` served (the schema allows up to 1000).
@@ -80,9 +81,11 @@ class ScorerConfig:
             if getattr(self, name) > CONSUME_MAX:
                 raise ConfigError(f"scorer.{name} must be at most {CONSUME_MAX:,} (what one "
                                   f"Kafka consume call takes), got {getattr(self, name)}")
-        for name in ("history_max", "min_user_updates"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"scorer.{name} must be >= 0, got {getattr(self, name)}")
+        if self.min_user_updates < 0:
+            raise ConfigError(f"scorer.min_user_updates must be >= 0, got {self.min_user_updates}")
+        if self.history_max < 1:  # 0 turned exclude_seen off without a word
+            raise ConfigError(f"scorer.history_max must be >= 1, got {self.history_max}; a "
+                              "request turns exclusion off with exclude_seen=false")
         for name in ("batch_wait_ms", "ready_hold_ms", "commit_interval_ms"):
             if not 0 <= getattr(self, name) <= 60_000:
                 raise ConfigError(f"scorer.{name} must be in 0..60000 ms, "

@@ -254,6 +254,8 @@ def test_tuple_settings_from_the_environment_and_learner_flags() -> None:
     # confluent-kafka's consume() takes at most 1M: a traceback at the first poll
     (lambda: TrainerConfig(batch_max=2_000_000), "trainer.batch_max must be in 1..1,000,000"),
     (lambda: ScorerConfig(load_batch=2_000_000), "scorer.load_batch must be at most 1,000,000"),
+    # not a traceback but a silent change: exclude_seen then excluded nothing
+    (lambda: ScorerConfig(history_max=0), "scorer.history_max must be >= 1"),
     # the watchdog exited 75 on every idle poll
     (lambda: TrainerConfig(batch_wait_ms=6_000, stall_timeout_s=3),
      r"batch_wait_ms \(6000\) must be under half of trainer.stall_timeout_s \(3 s\)"),
