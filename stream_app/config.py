@@ -108,6 +108,8 @@ class KafkaConfig:
             host, sep, port = server.strip().rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ConfigError(f"bootstrap_servers entries must be HOST:PORT, got {server!r}")
+            if not 1 <= int(port) <= 65535:  # librdkafka wraps it (99999 -> 34463), silently
+                raise ConfigError(f"bootstrap_servers port must be in 1..65535, got {server!r}")
         TopicNames(prefix=self.topic_prefix)  # checked here, before ids are derived from it
         object.__setattr__(self, "client", types.MappingProxyType(dict(self.client)))
 

@@ -52,6 +52,10 @@ def test_bad_values_say_what_to_fix() -> None:
         build(TrainerConfig, "trainer", {}, {"STREAM_APP_TRAINER_SNAPSHOT_INTERVAL_S": "0"}, {})
     with pytest.raises(ConfigError, match="bootstrap_servers entries must be HOST:PORT"):
         KafkaConfig(bootstrap_servers="localhost")
+    for port in ("0", "99999"):  # librdkafka took 99999 as 34463, and the CLI then said
+        # "no broker answered" (exit 75, try again) instead of naming the mistake
+        with pytest.raises(ConfigError, match="port must be in 1..65535"):
+            KafkaConfig(bootstrap_servers=f"a:9092,127.0.0.1:{port}")
     with pytest.raises(ConfigError, match="topic_prefix may only hold"):
         TopicNames(prefix="bad prefix")
 
