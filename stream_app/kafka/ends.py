@@ -120,7 +120,7 @@ def settled_ends(consumer: Consumer, watermarks: Watermarks, topic: str, *,
 
 
 def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
-                batch: int = 5000, timeout_s: float = 600.0,
+                batch: int = 5000, stall_s: float = 600.0,
                 ends_seen: dict[int, int] | None = None,
                 start: dict[int, int] | None = None,
                 settle_s: float = 0.0) -> Generator[list[KeyValue], None, None]:
@@ -138,7 +138,10 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
     `settle_s`, the end offsets are taken once no transaction is open or
     waiting for its markers (up to that long): a transaction's markers are
     written after its commit or abort returns, and ends read before them are
-    short of the offsets the topic settles at.
+    short of the offsets the topic settles at. KafkaEdgeError once `stall_s` pass
+    without a record or a partition done, the caller's time with a chunk
+    included: a changelog of tens of millions of rows takes longer than any
+    fixed limit, and a restart would meet the same limit again.
     """
     consumer = make_consumer(kafka, client_id, f"{client_id}-reader",
                              enforce=REPORT_EOF)
@@ -152,11 +155,13 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
         first = {p: (start or {}).get(p, OFFSET_BEGINNING) for p in ends}
         pending = {p for p, end in ends.items() if end > max(first[p], 0)}
         consumer.assign([_TP(topic, p, first[p]) for p in pending])
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + stall_s
         while pending:
             if time.monotonic() > deadline:
-                raise KafkaEdgeError(f"reading {topic} to its end took over {timeout_s}s")
+                raise KafkaEdgeError(f"reading {topic} to its end: no record for {stall_s:g}s "
+                                     f"with partitions {sorted(pending)} short of their ends")
             chunk: list[KeyValue] = []
+            left = len(pending)
             for msg in consumer.consume(batch, timeout=0.5):
                 err = msg.error()
                 if err is not None:
@@ -178,6 +183,8 @@ def read_to_end(kafka: KafkaConfig, topic: str, *, client_id: str,
                 if tp.offset >= ends[tp.partition]:
                     pending.discard(tp.partition)
             yield chunk
+            if chunk or len(pending) < left:
+                deadline = time.monotonic() + stall_s
     except KafkaException as exc:
         raise KafkaEdgeError(f"reading {topic} failed: {exc}") from exc
     finally:

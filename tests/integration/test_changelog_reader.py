@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from confluent_kafka import Producer
 
 from stream_app.config import KafkaConfig
@@ -39,9 +41,26 @@ def test_read_to_end_waits_out_an_open_transaction_and_sees_what_follows(
     live.produce(topic, key=b"user:b", value=b"2", partition=0)
     live.commit_transaction(10)
 
-    chunks = list(read_to_end(kafka, topic, client_id="t", timeout_s=90))
+    chunks = list(read_to_end(kafka, topic, client_id="t", stall_s=90))
     assert [kv for chunk in chunks for kv in chunk] == [(b"user:a", b"1"), (b"user:b", b"2")]
     assert [] in chunks  # the wait showed as empty chunks: a reader thread can stop there
+
+
+def test_a_long_read_that_keeps_making_progress_is_not_cut_off(kafka: KafkaConfig) -> None:
+    """The limit is on a read without progress, the caller's time with each chunk included.
+    A fixed 600 s for the whole read stopped a restore of some 35M rows (15-18 s a
+    million here) at every start: a crash loop."""
+    topic = kafka.topics.embeddings
+    plain = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    for n in range(40):
+        plain.produce(topic, key=b"user:%d" % n, value=b"v", partition=0)
+    plain.flush(10)
+    began, rows = time.monotonic(), 0
+    for chunk in read_to_end(kafka, topic, client_id="t", batch=4, stall_s=5):
+        rows += len(chunk)
+        time.sleep(0.5 if chunk else 0)  # applying it
+    assert rows == 40
+    assert time.monotonic() - began > 5  # else the case under test did not happen
 
 
 def test_stable_end_offsets_stop_at_an_open_transaction(kafka: KafkaConfig) -> None:
