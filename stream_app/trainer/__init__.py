@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import threading
+from collections.abc import Callable
+from typing import BinaryIO
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -13,6 +16,7 @@ from stream_app.codec import DlqReason
 from stream_app.config import ConfigError, KafkaConfig
 from stream_app.core import LearnerConfig
 from stream_app.heap import freeze_survivors
+from stream_app.kafka.clients import Repeats
 from stream_app.observability import MetricsServer, TrainerMetrics
 from stream_app.signals import stop_on_signals
 from stream_app.trainer.config import TrainerConfig
@@ -22,6 +26,8 @@ from stream_app.trainer.watchdog import EXIT_STALLED, Watchdog
 
 __all__ = ["EXIT_STALLED", "BatchResult", "Trainer", "TrainerConfig", "make_trainer",
            "run_trainer"]
+
+log = logging.getLogger(__name__)
 
 
 def make_trainer(kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConfig, *,
@@ -61,9 +67,25 @@ def run_trainer(kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConf
                 raise ConfigError(f"cannot open trainer.stats_file {cfg.stats_file}: "
                                   f"{exc.strerror}") from exc
 
-            def write(result: BatchResult) -> None:
-                out.write(orjson.dumps(dataclasses.asdict(result)) + b"\n")
-                out.flush()
-
-            trainer.on_batch = write
+            trainer.on_batch = stats_writer(out, cfg.stats_file)
         return trainer.run()
+
+
+def stats_writer(out: BinaryIO, name: str, repeats: Repeats | None = None
+                 ) -> Callable[[BatchResult], None]:
+    """Appends each batch's result to `out` as a JSON line. A failed write (a full disk) is
+    logged, at most once per 30 s, and training goes on: the batch is committed already,
+    and raised it stopped the trainer at every restart's first batch."""
+    repeats = repeats or Repeats()
+
+    def write(result: BatchResult) -> None:
+        try:
+            out.write(orjson.dumps(dataclasses.asdict(result)) + b"\n")
+            out.flush()
+        except OSError as exc:
+            suffix = repeats.admit("write")
+            if suffix is not None:
+                log.warning("cannot write trainer.stats_file %s (%s): a batch's line is lost, "
+                            "training goes on%s", name, exc.strerror or exc, suffix)
+
+    return write
