@@ -10,9 +10,11 @@ fields below with the loop, declared here so each side type-checks alone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -21,7 +23,15 @@ from stream_app.config import KafkaConfig, TopicNames
 from stream_app.core import Learner, LearnerConfig
 from stream_app.kafka.clients import TRANSACTIONAL_DEFAULTS, ms_setting
 from stream_app.kafka.consumer import GroupConsumer
-from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.exceptions import (
+    BrokerError,
+    BrokerUnavailable,
+    ChangelogError,
+    ConfigConflictError,
+    FatalTransactionError,
+    KafkaEdgeError,
+    TopicError,
+)
 from stream_app.kafka.records import Partition
 from stream_app.observability.metrics import TrainerMetrics
 from stream_app.trainer.config import TrainerConfig
@@ -32,6 +42,36 @@ from stream_app.trainer.snapshot import Snapshots
 from stream_app.trainer.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def transient(what: str) -> Iterator[None]:
+    """A Kafka error meanwhile (a broker bouncing) ends the trainer as BrokerUnavailable, exit
+    75: a restart restores from the changelog and the committed offsets, as this would
+    have. Exit 1 (any other failure) was what a supervisor that restarts on 75 left down.
+    Errors an operator must act on (a bad changelog row, missing topics, a fenced
+    producer) pass unchanged.
+
+    >>> try:
+    ...     with transient("the restore"):
+    ...         raise KafkaEdgeError("timed out")
+    ... except BrokerUnavailable as exc:
+    ...     print(exc)
+    the restore failed: timed out; stopping (exit 75): a restart restores from the changelog
+    >>> with transient("the restore"):
+    ...     raise ChangelogError("user:u1 at offset 7 cannot be restored")
+    Traceback (most recent call last):
+    ...
+    stream_app.kafka.exceptions.ChangelogError: user:u1 at offset 7 cannot be restored
+    """
+    try:
+        yield
+    except (BrokerError, ChangelogError, TopicError, FatalTransactionError,
+            ConfigConflictError):
+        raise
+    except KafkaEdgeError as exc:
+        raise BrokerUnavailable(f"{what} failed: {exc}; stopping (exit 75): a restart "
+                                "restores from the changelog") from exc
 
 
 class Ownership:
@@ -75,10 +115,11 @@ class Ownership:
         if tag is None and self._snapshots is not None:
             self.learner = Learner(self.learner_cfg, device=self.device)  # a failed load may
             # have filled part of it
-        stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"),
-                        on_chunk=lambda: self._beat("restore"),
-                        start=None if tag is None else tag.ends,
-                        settle_s=MARKERS_WAIT_S if settle else 0.0)
+        with transient(f"the restore ({reason})"):
+            stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"),
+                            on_chunk=lambda: self._beat("restore"),
+                            start=None if tag is None else tag.ends,
+                            settle_s=MARKERS_WAIT_S if settle else 0.0)
         if self._volatile is not None:  # this process committed: its own state is exact
             self.learner.load_volatile_state(self._volatile)
         self._own_writes.restored(stats.ends)
@@ -120,8 +161,9 @@ class Ownership:
             # the broker after transaction.timeout.ms (which -X may raise past 60 s).
             consumer.settle(parts, timeout_s=max(60.0, self._txn_timeout_s() + 30.0),
                             on_wait=lambda: self._beat("settle"))
-            if not self._own_writes.keeps_learner(
-                    *consumer.ends_and_stable(self.topics.embeddings)):
+            with transient("reading the changelog's ends after a rebalance"):
+                ends = consumer.ends_and_stable(self.topics.embeddings)
+            if not self._own_writes.keeps_learner(*ends):
                 was, self.ready = self.ready, False  # /readyz says "restoring" meanwhile
                 log.info("partitions=%s newly assigned and the changelog is not ours alone "
                          "since the last restore: restoring", parts)
