@@ -204,14 +204,21 @@ class Ownership:
         return consumer.owns_all(self._input_counts(consumer))
 
     def _input_counts(self, consumer: GroupConsumer) -> dict[str, int]:
-        """The input topics' partition counts; none when unreadable, which reads as not owning
-        every partition and skips the misrouted check (it must not stop the trainer)."""
-        try:
-            return consumer.partition_counts([self.topics.clicks, self.topics.purchases])
-        except KafkaEdgeError as exc:
-            log.warning("cannot read the input topics' partition counts (%s): assuming we do "
-                        "not own every partition", exc)
-            return {}
+        """The input topics' partition counts, asked up to 3 times. Unreadable, they stop the
+        trainer (`transient`, exit 75): read as "not every partition is ours", they kept a
+        lone trainer in the shared scope (no snapshots, no replay buffer) until the next
+        rebalance, days away."""
+        topics = [self.topics.clicks, self.topics.purchases]
+        for _ in range(2):
+            self._beat("partition counts")
+            try:
+                return consumer.partition_counts(topics)
+            except KafkaEdgeError as exc:
+                log.warning("cannot read the input topics' partition counts (%s): asking again",
+                            exc)
+        self._beat("partition counts")
+        with transient("reading the input topics' partition counts"):
+            return consumer.partition_counts(topics)
 
     def _txn_timeout_s(self) -> float:
         return ms_setting(self.kafka, "transaction.timeout.ms",
