@@ -37,7 +37,7 @@ from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.heap import freeze_survivors, release_free_memory
 from stream_app.kafka.admin import AdminClient, admin_client, group_members, require_topics
-from stream_app.kafka.clients import REPORT_EOF, consumer_config
+from stream_app.kafka.clients import REPORT_EOF, check_consumer_settings
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
 from stream_app.kafka.records import Partition, RawRecord
@@ -117,7 +117,7 @@ class Scorer:
         t, cid = self.topics, self.cfg.client_id
         # A -X setting that conflicts with an enforced one fails here, before the broker
         # checks, the metrics server and the clients (it failed after all three).
-        consumer_config(self.kafka, cid, self.cfg.group_id, enforce=REPORT_EOF)
+        check_consumer_settings(self.kafka, cid, self.cfg.group_id, enforce=REPORT_EOF)
         require_topics(self.kafka, [t.embeddings, t.score_requests, t.predictions, t.dlq],
                        compacted=[t.embeddings])
         if self.cfg.threads is not None:

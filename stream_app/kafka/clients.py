@@ -263,6 +263,15 @@ def make_consumer(kafka: KafkaConfig, client_id: str, group_id: str, *,
     return created(Consumer, conf)
 
 
+def check_consumer_settings(kafka: KafkaConfig, client_id: str, group_id: str, *,
+                            enforce: Mapping[str, Any] | None = None) -> None:
+    """ConfigError now for a consumer setting librdkafka refuses, or one that conflicts with
+    `enforce`. librdkafka checks values only when a client is made, and the first one
+    made was the broker check's producer-side client: with no broker, a bad consumer-only
+    value (-X fetch.wait.max.ms=abc) was reported as "no broker" (exit 75, try again)."""
+    make_consumer(kafka, client_id, group_id, enforce=enforce).close()  # no broker needed
+
+
 T = TypeVar("T")
 
 

@@ -22,7 +22,7 @@ from stream_app.kafka.clients import (
     REPORT_EOF,
     TRANSACTIONAL_DEFAULTS,
     Repeats,
-    consumer_config,
+    check_consumer_settings,
     ms_setting,
     producer_config,
 )
@@ -71,7 +71,7 @@ class Trainer(Ownership):
         check_with_client(cfg, kafka.client)
         # A -X setting that conflicts with an enforced one fails here, before the metrics
         # server and the broker checks (with no broker it exited 75, "try again").
-        consumer_config(kafka, "check", cfg.group_id, enforce=REPORT_EOF)
+        check_consumer_settings(kafka, "check", cfg.group_id, enforce=REPORT_EOF)
         producer_config(kafka, "check", transactional_id=cfg.transactional_id)
         for key, default in (("transaction.timeout.ms",
                               TRANSACTIONAL_DEFAULTS["transaction.timeout.ms"]),

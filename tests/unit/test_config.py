@@ -94,6 +94,17 @@ def test_a_conflicting_setting_is_refused_before_looking_for_a_broker(
     assert "conflicts with" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["scorer", "trainer"])
+def test_a_bad_consumer_only_value_is_refused_before_looking_for_a_broker(
+        command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """librdkafka checks values when a client is made; the first was the broker check's
+    producer-side one, so with no broker this exited 75 ("no broker answered")."""
+    assert main([command, "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "0",
+                 "-X", "fetch.wait.max.ms=abc"]) == 2
+    assert 'Invalid value for configuration property "fetch.wait.max.ms"' in \
+        capsys.readouterr().err
+
+
 def test_enforced_settings_cannot_be_overridden() -> None:
     kafka = KafkaConfig(client={"enable.auto.commit": "true"})
     # Spelled as librdkafka's settings are, not as Python's False
