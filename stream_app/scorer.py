@@ -36,17 +36,28 @@ from prometheus_client import CollectorRegistry
 from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.heap import freeze_survivors, release_free_memory
-from stream_app.kafka.admin import AdminClient, admin_client, group_members, require_topics
+from stream_app.kafka.admin import (
+    AdminClient,
+    admin_client,
+    group_members,
+    require_record_room,
+    require_topics,
+)
 from stream_app.kafka.clients import REPORT_EOF, check_consumer_settings
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
 from stream_app.kafka.records import Partition, RawRecord
-from stream_app.kafka.reply_producer import ReplyProducer
+from stream_app.kafka.reply_producer import ReplyProducer, check_message_room
 from stream_app.kafka.request_consumer import RequestConsumer
 from stream_app.kafka.tail import TailReader
 from stream_app.observability import MetricsServer, ScorerMetrics
 from stream_app.serving import EmbeddingTable, ScorerConfig, resolve_device, set_threads
-from stream_app.serving.answers import BatchAnswer, answer_batch, apply_embedding
+from stream_app.serving.answers import (
+    ANSWER_RECORD_MAX,
+    BatchAnswer,
+    answer_batch,
+    apply_embedding,
+)
 from stream_app.serving.batching import (
     CommitTracker,
     Pending,
@@ -118,8 +129,10 @@ class Scorer:
         # A -X setting that conflicts with an enforced one fails here, before the broker
         # checks, the metrics server and the clients (it failed after all three).
         check_consumer_settings(self.kafka, cid, self.cfg.group_id, enforce=REPORT_EOF)
+        check_message_room(self.kafka, f"{cid}-producer", ANSWER_RECORD_MAX)
         require_topics(self.kafka, [t.embeddings, t.score_requests, t.predictions, t.dlq],
                        compacted=[t.embeddings])
+        require_record_room(self.kafka, {t.predictions: ANSWER_RECORD_MAX})
         if self.cfg.threads is not None:
             set_threads(self.cfg.threads)
         with MetricsServer(self.registry, self.cfg.metrics_host, self.cfg.metrics_port,

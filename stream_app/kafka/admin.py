@@ -10,7 +10,7 @@ import logging
 import shlex
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -255,6 +255,30 @@ def require_compacted(admin: AdminClient, topic: str, timeout_s: float = 10.0) -
         return None if retention is None else int(str(retention.value))
     except ValueError:
         return None
+
+
+def require_record_room(kafka: KafkaConfig, needs: Mapping[str, int],
+                        timeout_s: float = 10.0) -> None:
+    """TopicError when a topic's max.message.bytes is below the largest record we write to it
+    (`needs`: topic -> bytes). The broker refuses such a record for good: a scorer stopped
+    on it, unanswered, and every restart (every replica) met the same request again. A
+    cluster that will not show the configuration is trusted, with a warning."""
+    admin = admin_client(kafka)
+    resources = {topic: ConfigResource(ResourceType.TOPIC, topic) for topic in needs}
+    try:
+        futures = admin.describe_configs(list(resources.values()), request_timeout=timeout_s)
+        limits = {topic: int(str(futures[res].result(timeout=timeout_s)[
+            "max.message.bytes"].value)) for topic, res in resources.items()}
+    except (KafkaException, KeyError, TimeoutError, ValueError) as exc:
+        log.warning("cannot read max.message.bytes of %s (%s): not checked", list(needs), exc)
+        return
+    for topic, need in needs.items():
+        if limits[topic] < need:
+            raise TopicError(
+                f"topic {topic} has max.message.bytes={limits[topic]}, under the {need} bytes "
+                "a record to it may take: the broker would refuse it. Raise it (kafka-configs "
+                f"--alter --entity-type topics --entity-name {topic} --add-config "
+                f"max.message.bytes={need})")
 
 
 def delete_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 30.0) -> None:

@@ -31,7 +31,7 @@ from stream_app.codec import decode_score_request as _decode_request
 from stream_app.codec.fastcheck import ROW_RECENT_ITEMS_MAX, fast_id
 from stream_app.config import TopicNames
 from stream_app.events import Coordinates, Prediction, ScoreRequest
-from stream_app.serving.batching import Pending
+from stream_app.serving.batching import HEADERS_COPIED_MAX, Pending
 from stream_app.serving.config import ScorerConfig
 from stream_app.serving.table import EmbeddingTable, ServingMix, TableError
 from stream_app.serving.topk import rank
@@ -43,6 +43,10 @@ ANSWER_MAX_BYTES = 990_000
 broker's default max.message.bytes, with room for the key and headers. A request for
 k=1000 with explanations over long ids can ask for more; it gets an error prediction
 instead of a failed send."""
+ANSWER_RECORD_MAX = ANSWER_MAX_BYTES + 3 * HEADERS_COPIED_MAX + 4096
+"""Bound on a whole answer record as the broker counts it: the value, the copied headers
+with a few bytes of framing each, the key and the batch's header. The scorer refuses to
+start on a `predictions` topic (or a producer `message.max.bytes`) smaller than this."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,6 +94,15 @@ def test_a_conflicting_setting_is_refused_before_looking_for_a_broker(
     assert "conflicts with" in capsys.readouterr().err
 
 
+def test_an_answer_producer_too_small_for_the_largest_answer_is_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """librdkafka refuses such an answer for good: the scorer stopped on that request, and
+    every restart met it again."""
+    assert main(["scorer", "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "0",
+                 "-X", "message.max.bytes=100000"]) == 2
+    assert "-X message.max.bytes=100000 is under the" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["scorer", "trainer"])
 def test_a_bad_consumer_only_value_is_refused_before_looking_for_a_broker(
         command: str, capsys: pytest.CaptureFixture[str]) -> None:
