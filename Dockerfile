@@ -10,15 +10,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # CPU-only torch first, in its own layer: the default wheel pulls ~3 GB of CUDA
 # libraries, and this layer stays cached while the app code changes. For a GPU
 # image build with --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124
+# The torch version is constraints.txt's (that of the last green run), as below for
+# everything else: unpinned, each build took whatever was newest that day.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN pip install --index-url "${TORCH_INDEX_URL}" torch
+COPY constraints.txt /tmp/constraints.txt
+RUN pip install --index-url "${TORCH_INDEX_URL}" "$(grep '^torch==' /tmp/constraints.txt)"
 
 # A plain install: the wheel carries schemas/ as package data (stream_app/schemas).
 WORKDIR /app
 COPY . /app
 # /var/lib/stream-app: the trainer's snapshot volume (a named volume takes the
 # owner of the image's folder, so the unprivileged user can write it).
-RUN pip install /app \
+RUN pip install -c /app/constraints.txt /app \
     && useradd --system --uid 10001 --home-dir /app --no-create-home stream-app \
     && install -d -o stream-app -g stream-app /var/lib/stream-app
 

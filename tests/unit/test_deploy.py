@@ -221,6 +221,13 @@ def test_referenced_files_exist() -> None:
         assert (PROM / rule_file).is_file()
 
 
+def test_the_image_installs_the_versions_of_the_last_green_run() -> None:
+    """Unpinned, each image build took whatever torch and librdkafka were newest that day."""
+    installs = [line for line in (ROOT / "Dockerfile").read_text().splitlines()
+                if "pip install" in line]
+    assert installs and all("constraints.txt" in line for line in installs), installs
+
+
 def flags_of(service: dict[str, Any]) -> dict[str, str]:
     cmd: list[str] = service["command"]
     return dict(zip(cmd[2::2], cmd[3::2], strict=True))
@@ -268,9 +275,10 @@ def test_dockerfile_installs_the_repo_with_its_schemas() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
     assert re.search(r"^COPY \. /app$", text, re.M)
-    assert "pip install /app" in text  # the wheel carries the schemas: test_packaging.py
+    assert "pip install -c /app/constraints.txt /app" in text  # the wheel carries the
+    # schemas: test_packaging.py
     ignored = {ln.strip().rstrip("/") for ln in (ROOT / ".dockerignore").read_text().splitlines()}
-    assert not ignored & {"schemas", "stream_app", "pyproject.toml", "*"}
+    assert not ignored & {"schemas", "stream_app", "pyproject.toml", "constraints.txt", "*"}
 
 
 def test_compose_commands_parse_with_the_real_cli() -> None:
