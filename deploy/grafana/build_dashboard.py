@@ -11,6 +11,7 @@ unit). tests/unit/test_deploy.py checks the JSON is current and that every
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -189,8 +190,12 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=f"Write {OUTPUT.name} (it is generated).")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if the file is stale")
+    check = parser.parse_args(argv).check  # --help or a typo wrote the file and exited 0
     text = render()
-    if "--check" in argv:
+    if check:
         if not OUTPUT.exists() or OUTPUT.read_text() != text:
             print(f"{OUTPUT} is stale: run python {Path(__file__).name}")
             return 1

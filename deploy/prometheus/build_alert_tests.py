@@ -13,6 +13,7 @@ runs `promtool test rules` on it.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from dataclasses import dataclass, field
@@ -302,8 +303,12 @@ def build() -> str:
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=f"Write {OUTPUT.name} (it is generated).")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if the file is stale")
+    check = parser.parse_args(argv).check  # --help or a typo wrote the file and exited 0
     text = build()
-    if "--check" in argv:
+    if check:
         current = OUTPUT.read_text() if OUTPUT.exists() else ""
         if current != text:
             print(f"{OUTPUT} is stale: run python {Path(__file__).name}")
