@@ -187,7 +187,8 @@ class TrainerMetrics(_ProcessMetrics):
             "Duration of publish + send_offsets + commit of one Kafka transaction.",
             buckets=STEP_BUCKETS_S, registry=r)
         self.batch_seconds = Histogram(
-            "stream_app_batch_seconds", "Duration of one whole loop iteration (poll to commit).",
+            "stream_app_batch_seconds",
+            "One batch's work: from its poll's return to its commit or abort.",
             buckets=STEP_BUCKETS_S, registry=r)
         self.training_loss = Gauge(
             "stream_app_training_loss",
