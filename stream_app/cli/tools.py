@@ -82,13 +82,16 @@ def _broker(args: argparse.Namespace) -> int:
             raise ConfigError(f"broker {args.action}: {', '.join(given_flags)} apply to "
                               f"`broker start` only; {args.action} finds the broker this "
                               "command started by --state-dir")
+    given = args.bootstrap_servers or env.get("STREAM_APP_BOOTSTRAP_SERVERS")
+    # The variable is for a broker this command starts: read by stop and status (or a reused
+    # broker's start) too, it made them refuse "a password without a user".
+    starts = args.action == "start" and not given
     flags: dict[str, Any] = {"port": args.port, "state_dir": args.state_dir,
                              "cache_dir": args.cache_dir, "sasl_user": args.sasl_user,
                              "sasl_password": args.sasl_password
-                             or env.get("STREAM_APP_BROKER_SASL_PASSWORD")}
+                             or (env.get("STREAM_APP_BROKER_SASL_PASSWORD") if starts else None)}
     values = {k: v for k, v in flags.items() if v is not None}
     settings = broker.BrokerSettings(**values, keep_data=not args.fresh)
-    given = args.bootstrap_servers or env.get("STREAM_APP_BOOTSTRAP_SERVERS")
     if args.action == "start":
         if given:
             source = ("--bootstrap-servers" if args.bootstrap_servers

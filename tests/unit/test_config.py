@@ -572,3 +572,16 @@ def test_names_with_a_trailing_newline_are_refused() -> None:
         build(ScorerConfig, "scorer", {}, {}, {"device": "cpu\n"})
     with pytest.raises(BrokerError, match="sasl_user must be"):
         BrokerSettings(sasl_user="alice\n", sasl_password="pw")  # noqa: S106
+
+
+@pytest.mark.parametrize("action", ["status", "stop"])
+def test_the_broker_password_variable_does_not_block_stop_and_status(
+        action: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The variable `--sasl-password` recommends over the flag was read by every action, and
+    stop and status (which refuse --sasl-user) then refused "a password without a user"."""
+    monkeypatch.setenv("STREAM_APP_BROKER_SASL_PASSWORD", "secret")
+    code = main(["broker", action, "--state-dir", str(tmp_path)])
+    out = capsys.readouterr()
+    assert "needs both a user and a password" not in out.err
+    assert code in (0, 1) and "no broker" in out.out + out.err
