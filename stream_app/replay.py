@@ -19,7 +19,7 @@ from typing import Literal
 from stream_app.config import ConfigError, KafkaConfig, TopicNames
 from stream_app.events import EventKind
 from stream_app.kafka.admin import require_topics
-from stream_app.kafka.produce import DeliveryError, EventProducer, Outgoing
+from stream_app.kafka.produce import DeliveryError, EventProducer, Outgoing, TimedOut
 from stream_app.progress import Progress
 from stream_app.sources import RawRecord, SourceError, to_record
 from stream_app.sources.csv import read_csv
@@ -123,9 +123,9 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
         exc.first_refusal = next(iter(producer.first_errors), "")
         raise
     except DeliveryError as exc:  # say where a re-run would pick up, as for a bad line
-        # close()'s error (no cause) already names what was refused and dropped;
-        # a failed produce() (its cause a KafkaException) names neither.
-        lost = "" if exc.__cause__ is None else not_delivered(
+        # close()'s error (no cause) already names what was refused and dropped; a failed
+        # produce() (its cause a KafkaException) and a stop at a timeout name neither.
+        lost = "" if exc.__cause__ is None and not isinstance(exc, TimedOut) else not_delivered(
             producer.dropped, producer.refused, producer.first_errors)
         raise DeliveryError(f"{label} stopped: {exc}; {producer.acked} records acknowledged "
                             f"by the broker{lost}") from exc
@@ -151,7 +151,7 @@ def not_delivered(dropped: int, refused: int, first_errors: list[str]) -> str:
     """
     out = f", {dropped} dropped unacknowledged" if dropped else ""
     if refused:
-        first = f" ({first_errors[0]})" if first_errors else ""
+        first = f" ({'; '.join(first_errors)})" if first_errors else ""
         out += f", {refused} refused by the broker{first}"
     return out
 

@@ -76,6 +76,10 @@ class DeliveryError(KafkaEdgeError):
     """At least one record was not acknowledged by the broker."""
 
 
+class TimedOut(DeliveryError):
+    """A record timed out undelivered (no broker took it): `send_all` stops there."""
+
+
 class EventProducer:
     """Produce records and count broker acknowledgements; `close()` flushes."""
 
@@ -85,6 +89,7 @@ class EventProducer:
         self.refused = 0
         self.dropped = 0  # still queued when a stopped producer gave up on them
         self.first_errors: list[str] = []
+        self.timed_out = False  # a record waited out message.timeout.ms: no broker takes them
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is None:
@@ -93,7 +98,8 @@ class EventProducer:
         if err.code() in _PURGED:
             return  # dropped by `abandon`, and counted there
         self.refused += 1
-        if len(self.first_errors) < 10:
+        self.timed_out |= err.code() == KafkaError._MSG_TIMED_OUT  # noqa: SLF001
+        if len(self.first_errors) < 10 and err.str() not in self.first_errors:
             self.first_errors.append(err.str())
 
     def send(self, rec: Outgoing) -> None:
@@ -104,11 +110,18 @@ class EventProducer:
         self._producer.poll(0)
 
     def send_all(self, records: Iterable[Outgoing], rate: float = 0.0) -> Iterator[int]:
-        """Send every record, paced; yields the running count for progress display."""
+        """Send every record, paced; yields the running count for progress display. Stops
+        (`TimedOut`) once a record timed out undelivered: with the broker gone, a replay went
+        on through the whole file, each full local queue waiting out message.timeout.ms (5
+        minutes), for hours. A record the broker refuses (too large) is counted, and the
+        rest go on."""
         pacer = Pacer(rate)
         for n, rec in enumerate(records, 1):
             pacer.wait()
             self.send(rec)
+            if self.timed_out:
+                raise TimedOut(f"a record was not delivered within message.timeout.ms (is the "
+                               f"broker up?); stopped after sending {n}")
             yield n
 
     def close(self, timeout_s: float = 60.0) -> None:

@@ -190,3 +190,21 @@ def test_a_failed_produce_also_names_the_records_refused_before_it(
     with pytest.raises(DeliveryError, match=r"2 records acknowledged by the broker, "
                        r"1 refused by the broker"):
         _replay_ten(monkeypatch, _RefusesThirdFailsOnFourth())
+
+
+def test_sending_stops_once_a_record_times_out_undelivered() -> None:
+    """A real librdkafka producer with no broker: the first record times out after
+    message.timeout.ms, and the rest are not sent. A replay went on through the whole
+    file, each full local queue waiting out the timeout (5 minutes by default), for hours."""
+    from stream_app.config import KafkaConfig
+    from stream_app.kafka.produce import Outgoing, TimedOut
+
+    kafka = KafkaConfig(bootstrap_servers="127.0.0.1:1", client={"message.timeout.ms": "300"})
+    producer = EventProducer(kafka, client_id="t")
+    records = (Outgoing("clicks", b"u", b"{}") for _ in range(5000))
+    sent = 0
+    with pytest.raises(TimedOut, match="not delivered within message.timeout.ms"):
+        for sent in producer.send_all(records, rate=500):  # 10 s for them all
+            pass
+    assert sent < 2500 and producer.refused >= 1
+    assert producer.abandon(timeout_s=0) >= 0
