@@ -36,20 +36,46 @@ def read_csv(path: Path | str) -> Iterator[Event]:
     line the row starts on: a quoted cell may span lines)."""
     path = Path(path)
     # utf-8-sig: a BOM (Excel's exports) is no field
-    reader = csv.DictReader(line for _, line in numbered_lines(path, encoding="utf-8-sig"))
-    starts = 1  # the line the row being read starts on (csv counts only finished rows)
+    lines = _RowStarts(numbered_lines(path, encoding="utf-8-sig"))
+    reader = csv.DictReader(lines)
     try:
         _check_header(path, reader.fieldnames)
-        starts = reader.line_num + 1
+        lines.next_row()
         for row in reader:
             try:
                 yield _event(row)
             except DecodeError as err:
-                raise SourceError(path, starts, err) from err
-            starts = reader.line_num + 1
+                raise SourceError(path, lines.start, err) from err
+            lines.next_row()
     except csv.Error as exc:  # an unclosed quote, a cell over the csv module's size limit
-        raise SourceError(path, starts, f"not CSV from here ({exc}); an unclosed quote "
+        raise SourceError(path, lines.start, f"not CSV from here ({exc}); an unclosed quote "
                           "takes in the lines after it as one cell") from exc
+
+
+class _RowStarts:
+    r"""The file's lines for csv, noting the line the row being read starts on: csv counts
+    only finished rows and skips blank lines, so counting from the last row's end named
+    the first blank line before a bad row.
+
+    >>> lines = _RowStarts(enumerate(["h\n", "\n", "\r\n", "a,\n"], start=1))
+    >>> rows = csv.DictReader(lines); _ = rows.fieldnames; lines.next_row(); _ = next(rows)
+    >>> lines.start
+    4
+    """
+
+    def __init__(self, numbered: Iterator[tuple[int, str]]) -> None:
+        self._numbered = numbered
+        self.start = 1
+        self._fresh = True
+
+    def __iter__(self) -> Iterator[str]:
+        for number, line in self._numbered:
+            if self._fresh and line.strip("\r\n"):
+                self.start, self._fresh = number, False
+            yield line
+
+    def next_row(self) -> None:
+        self._fresh = True
 
 
 def _check_header(path: Path, fields: Any) -> None:

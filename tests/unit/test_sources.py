@@ -263,6 +263,19 @@ def test_csv_bad_row_and_bad_header(tmp_path: Path) -> None:
     assert caught.value.reason is DlqReason.WRONG_TOPIC
 
 
+def test_a_bad_csv_row_after_blank_lines_is_named_by_its_own_line(tmp_path: Path) -> None:
+    """csv skips blank lines and counts only finished rows: the error named the first blank
+    line after the previous row."""
+    head = "event_id,user_id,item_id,ts,kind"
+    for newline in ("\n", "\r\n"):
+        path = tmp_path / "blank.csv"
+        path.write_bytes(newline.join([head, "e1,u1,i1,1700000000001,click", "", "", "",
+                                       "e2,u1,i1,1700000000002,clik", ""]).encode())
+        with pytest.raises(SourceError) as caught:
+            list(read_csv(path))
+        assert caught.value.line == 6 and caught.value.reason is DlqReason.WRONG_TYPE
+
+
 def test_csv_short_row_and_text_that_is_not_utf8(tmp_path: Path) -> None:
     short = tmp_path / "short.csv"
     short.write_text("event_id,user_id,item_id,ts,kind\ne1,u1,i1,1700000000001,click\ne2,u1,i1\n")
