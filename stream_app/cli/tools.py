@@ -158,5 +158,7 @@ def _generate(args: argparse.Namespace) -> int:
                              rate=args.rate, progress=not args.quiet)
     print(f"generated {acked} records (their event ids follow --seed {args.seed} and the "
           "sizes: a second run re-sends the same events, which the trainer drops as "
-          "duplicates; give another --seed for new ones)")
+          "duplicates only within its last learner.dedup_window applied events, 100,000 by "
+          "default, kept across restarts only with --snapshot-dir; give another --seed "
+          "for new ones)")
     return 0

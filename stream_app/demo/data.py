@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stream_app.config import ConfigError
+from stream_app.replay import infer_format
 from stream_app.sources import RawRecord, to_record
 from stream_app.sources.generate import generate
 from stream_app.sources.movielens import (
@@ -55,6 +56,15 @@ def load_input(data: Path | None, limit: int, *, seed: int = 0) -> DemoInput:
     """
     ratings = None
     if data is not None and data.is_file():
+        try:
+            fmt = infer_format(data)
+        except ConfigError:
+            fmt = None
+        if fmt != "movielens":  # read as ratings, it failed at line 1 with "expected 4
+            # fields", naming neither the cause nor the fix
+            raise ConfigError(f"demo --data {data}: the demo replays MovieLens ratings "
+                              "(ratings.dat, ratings.dat.gz or u.data); to send events of "
+                              "your own, start a trainer and use `stream-app replay`")
         ratings = data
     elif data is not None and data.is_dir():
         ratings = ratings_in(data)

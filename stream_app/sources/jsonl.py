@@ -63,6 +63,9 @@ def _event(line: bytes, kind: EventKind | None) -> Event:
         if line.lstrip().startswith(b"["):  # the first line of a pretty-printed array
             raise DecodeError(err.reason, f"{err.detail}; a JSON array file is not JSON "
                               "lines (one event object per line)") from err
+        if line.strip() == b"{":  # the first line of a pretty-printed object
+            raise DecodeError(err.reason, f"{err.detail}; an object over several lines is "
+                              "not JSON lines (one event object per line)") from err
         raise
     if not isinstance(obj, dict):  # said before the kind: --kind would not help
         raise DecodeError(DlqReason.NOT_OBJECT, f"a line must be one JSON object, got "

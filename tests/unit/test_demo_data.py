@@ -95,3 +95,12 @@ def test_the_up_front_check_builds_each_process_as_the_demo_starts_it(
         check("--config", str(config))
     with pytest.raises(ConfigError, match="group_id"):
         check(prefix="p" * 240 + ".")
+
+
+def test_a_data_file_that_is_not_movielens_says_the_demo_takes_movielens(tmp_path: Path) -> None:
+    """Read as ratings, it failed at line 1 with "expected 4 fields"."""
+    for name in ("events.jsonl", "events.csv", "notes.txt"):
+        path = tmp_path / name
+        path.write_text("{}\n")
+        with pytest.raises(ConfigError, match="the demo replays MovieLens ratings"):
+            load_input(path, limit=10)

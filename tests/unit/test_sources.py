@@ -594,6 +594,11 @@ def test_an_empty_csv_and_a_pretty_printed_json_array_say_what_they_are(
                      ' "ts": 1700000000001}\n]\n')
     with pytest.raises(SourceError, match="events.json:1: .*a JSON array file is not JSON"):
         list(read_jsonl(array, kind=EventKind.CLICK))
+    pretty = tmp_path / "event.json"  # one object, pretty-printed: "unexpected end of data"
+    pretty.write_text('{\n  "event_id": "e1",\n  "user_id": "u"\n}\n')
+    with pytest.raises(SourceError, match="event.json:1: .*an object over several lines is not "
+                                          "JSON lines"):
+        list(read_jsonl(pretty, kind=EventKind.CLICK))
 
 
 def test_a_file_in_seconds_is_refused_with_what_to_fix(tmp_path: Path) -> None:
