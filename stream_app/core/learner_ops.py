@@ -147,6 +147,7 @@ class LearnerOps(LearnerFields):
         seen_target = ((hist == target.unsqueeze(1)) & (hist >= 0)).any(dim=1)
         vecs, cbias = self._items.vec.index_select(0, cand), bias.index_select(0, cand)
         ranks = torch.empty(len(events), dtype=torch.float64, device=self.device)
+        pop_rank = torch.empty(len(events), dtype=torch.float64, device=self.device)
         lse = torch.empty(len(events), dtype=torch.float64, device=self.device)
         chunk = max(1, _SCORE_BUDGET // max(len(cand), 1))
         for s in range(0, len(events), chunk):
@@ -156,6 +157,7 @@ class LearnerOps(LearnerFields):
             if exact:  # read the target's own entry, so it ties with itself exactly
                 col = torch.searchsorted(cand, target[sl]).clamp(max=max(len(cand) - 1, 0))
                 t_score = scores.gather(1, col.unsqueeze(1)).squeeze(1)
+                drawn = None
             else:
                 t_score = (xs * self._items.vec.index_select(0, target[sl])).sum(1) \
                     + bias[target[sl]]
@@ -169,15 +171,20 @@ class LearnerOps(LearnerFields):
             # learner's row order differs, so its loss agrees to float rounding.
             lse[sl] = torch.logsumexp(scores, dim=1).double() + float(np.log(scale))
             _mask_history(scores, cand, hist[sl])
-            ranks[sl] = ranks_of_targets(scores, t_score, None) * scale
+            ranks[sl] = _rank_among(scores, t_score, drawn) * scale
             lse[sl] = lse[sl] - torch.where(known[sl], t_score.double(),
                                             torch.full_like(lse[sl], float("nan")))
-        sorted_bias = torch.sort(bias[live]).values
-        above = n_live - torch.searchsorted(sorted_bias, bias[target], right=True)
-        ties = torch.searchsorted(sorted_bias, bias[target], right=True) \
-            - torch.searchsorted(sorted_bias, bias[target], right=False)
-        pop_rank = above.double() + 0.5 * (ties - 1).clamp(min=0).double() \
-            - _history_above(hist, bias, target)
+            if not exact:  # popularity ranked against the same sample, as like for like
+                scores.copy_(cbias.unsqueeze(0).expand_as(scores))
+                _mask_history(scores, cand, hist[sl])
+                pop_rank[sl] = _rank_among(scores, bias[target[sl]], drawn) * scale
+        if exact:
+            sorted_bias = torch.sort(bias[live]).values
+            above = n_live - torch.searchsorted(sorted_bias, bias[target], right=True)
+            ties = torch.searchsorted(sorted_bias, bias[target], right=True) \
+                - torch.searchsorted(sorted_bias, bias[target], right=False)
+            pop_rank = above.double() + 0.5 * (ties - 1).clamp(min=0).double() \
+                - _history_above(hist, bias, target)
         shown = known & ~seen_target
         ranks = torch.where(shown, ranks, torch.full_like(ranks, float("inf")))
         pop_rank = torch.where(shown, pop_rank, torch.full_like(pop_rank, float("inf")))
@@ -237,6 +244,24 @@ class LearnerOps(LearnerFields):
         scores = x @ self._items.vec.index_select(0, cols).T + bias.index_select(0, cols)
         ids = tuple(self._item_vocab.ids[c] or "" for c in cols.tolist())
         return ids, scores.cpu().numpy()
+
+
+def _rank_among(scores: torch.Tensor, t_score: torch.Tensor,
+                drawn: torch.Tensor | None) -> torch.Tensor:
+    """`ranks_of_targets` over a candidate sample: a target not `drawn` (None: every one
+    is) is not among `scores`, so a tie there is another item's, not its own.
+
+    >>> s = torch.tensor([[2.0, 1.0, 0.0]])
+    >>> _rank_among(s, torch.tensor([1.0]), torch.tensor([True])).item()
+    1.0
+    >>> _rank_among(s, torch.tensor([1.0]), torch.tensor([False])).item()
+    1.5
+    """
+    ranks = ranks_of_targets(scores, t_score, None)
+    if drawn is None:
+        return ranks
+    tied = (scores == t_score.unsqueeze(1)).any(dim=1)
+    return ranks + 0.5 * (tied & ~drawn).double()
 
 
 def _mask_history(scores: torch.Tensor, cand: torch.Tensor, hist: torch.Tensor) -> None:
