@@ -37,6 +37,11 @@ def _non_negative(name: str, value: float) -> None:
         raise ValueError(f"learner.{name} must be >= 0, got {value!r}")
 
 
+STEP_MAX = 1e3
+"""Largest `lr` and `init_std`: Adagrad and Adam move a row by about `lr` a step, and new
+items start at about `init_std`. Far past it (1e39 passed) the float32 rows became
+inf or NaN: applied, the changelog refused them; at the start, every batch with a new
+item was non-finite and dead-lettered, for good."""
 EPS_MIN = 1e-30
 """Smallest optimiser `eps`: float32 (the tables' type) holds it, well above its
 smallest normal number (1.2e-38); below ~1.4e-45 it rounds to 0."""
@@ -132,7 +137,8 @@ class LearnerConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"learner.{name} must be >= 0, got {getattr(self, name)!r}")
         for name, top in (("dim", DIM_MAX), ("recent_items", RECENT_ITEMS_MAX),
-                          ("seed", SEED_MAX), ("replay_capacity", REPLAY_CAPACITY_MAX)):
+                          ("seed", SEED_MAX), ("replay_capacity", REPLAY_CAPACITY_MAX),
+                          ("lr", STEP_MAX), ("init_std", STEP_MAX)):
             if getattr(self, name) > top:
                 raise ValueError(f"learner.{name} must be at most {top}, got "
                                  f"{getattr(self, name)!r}")

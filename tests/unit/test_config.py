@@ -291,6 +291,10 @@ def test_tuple_settings_from_the_environment_and_learner_flags() -> None:
      "snapshot file .* would be 258 bytes, over the 255"),
     # allocated whole at start: a traceback or an out-of-memory kill
     (lambda: LearnerConfig(replay_capacity=10**10), "replay_capacity must be at most"),
+    # float32 rows went inf/NaN: applied (the changelog refused them), or every batch with
+    # a new item dead-lettered as non-finite
+    (lambda: LearnerConfig(lr=1e39), "learner.lr must be at most 1000"),
+    (lambda: LearnerConfig(init_std=1e39), "learner.init_std must be at most 1000"),
 ])
 def test_values_that_failed_later_with_a_traceback_are_refused_up_front(
         make: Any, message: str) -> None:
