@@ -162,7 +162,8 @@ def serving_vectors(config: LearnerConfig, users: Table, items: Table,
     """Serving vectors (n, d) of `user_rows` from the current tables (no grad)."""
     hist = users.history(user_rows)
     valid = hist >= 0
-    hist_vecs = items.vec.index_select(0, hist.clamp(min=0).flatten()).view(*hist.shape, -1)
+    hist_vecs = items.vec.index_select(0, hist.clamp(min=0).flatten()).view(
+        *hist.shape, items.vec.shape[1])  # -1 cannot be inferred for no users
     return serving(config, users.vec.index_select(0, user_rows), hist_vecs, valid)
 
 

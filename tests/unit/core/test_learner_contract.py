@@ -238,6 +238,9 @@ def test_click_changes_next_recommendations() -> None:
     assert not np.array_equal(before.vector, after.vector)
     top = learner.recommend(["u1"], k=5)
     assert "i7" not in top.item_ids[0]  # exclude_seen
+    none = learner.recommend([], k=5)  # raised: a view of 0 rows cannot infer its -1
+    assert len(none.item_ids) == 0
+    assert learner.score_all([])[1].shape[0] == 0
 
 
 
