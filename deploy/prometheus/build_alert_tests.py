@@ -99,6 +99,15 @@ CASES: list[Case] = [
          fires=[({**TRAINER, "topic": "clicks"},
                  "trainer:9464 lag on clicks is 5k and growing")]),
     Case(alert="ConsumerLagGrowing", eval_time="25m", series={_LAG: "5000x30"}),
+    # A busy trainer on a ramp: lag 2000-2300 and rising, but under a minute of its input
+    # (100 events/s): it keeps up.
+    Case(alert="ConsumerLagGrowing", eval_time="25m",
+         series={_LAG: "2000+10x30", _APPLIED: "0+6000x30"}),
+    # The same lag while it takes in 10 events/s: over three minutes behind.
+    Case(alert="ConsumerLagGrowing", eval_time="25m",
+         series={_LAG: "2000+10x30", _APPLIED: "0+600x30"},
+         fires=[({**TRAINER, "topic": "clicks"},
+                 "trainer:9464 lag on clicks is 2.25k and growing")]),
     # Over 1000 from 6m on: still pending at 14m (`for: 10m`).
     Case(alert="ConsumerLagGrowing", eval_time="14m", series={_LAG: "0+200x30"}),
     # Rising, but under 1000.
