@@ -209,6 +209,11 @@ class TrainerMetrics(_ProcessMetrics):
         self.prequential_mrr = Gauge(
             "stream_app_prequential_mrr", "Prequential mean reciprocal rank (cut at k).",
             ["model", "k"], registry=r)
+        self.prequential_sampled = Gauge(
+            "stream_app_prequential_sampled",
+            "1 when the latest batch's prequential ranks are estimates from a sample of "
+            "learner.eval_max_items items (the catalogue is larger; model and popularity "
+            "ranked in the same sample), else 0.", registry=r)
         self.freshness_seconds = BulkHistogram(
             "stream_app_freshness_seconds",
             "Time from an event (event time or produce time) until its rows are published.",

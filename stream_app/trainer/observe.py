@@ -77,6 +77,7 @@ def report_prequential(m: TrainerMetrics, evals: Sequence[EvalStats]) -> None:
                                        weights=weights))
                 for name in ("hit_rate", "recall", "mrr")}
         m.set_prequential(model, **mean)
+    m.prequential_sampled.set(float(any(not ev.exact for ev in evals)))
     finite = [(ev.loss, w) for ev, w in zip(evals, weights, strict=True) if math.isfinite(ev.loss)]
     if finite:
         m.prequential_loss.set(float(np.average([x for x, _ in finite],

@@ -44,7 +44,7 @@ from tests.integration.kafka_helpers import wait_until
 BOUNDED_LABELS = {"topic", "partition", "outcome", "reason", "table", "model", "k", "since",
                   "phase"}
 UNIT_SUFFIXES = ("_total", "_seconds", "_events", "_requests", "_rows", "_messages", "_info",
-                 "_loss", "_hit_rate", "_recall", "_mrr", "_ready")
+                 "_loss", "_hit_rate", "_recall", "_mrr", "_ready", "_sampled")
 
 
 def _trainer(**kwargs: object) -> TrainerMetrics:
@@ -89,7 +89,8 @@ def test_required_names_are_declared() -> None:
         "stream_app_transaction_seconds_bucket",
         "stream_app_batch_seconds_bucket", "stream_app_training_loss",
         "stream_app_prequential_hit_rate", "stream_app_prequential_recall",
-        "stream_app_prequential_mrr", "stream_app_freshness_seconds_bucket",
+        "stream_app_prequential_mrr", "stream_app_prequential_sampled",
+        "stream_app_freshness_seconds_bucket",
         "stream_app_table_rows", "stream_app_admissions_total", "stream_app_evictions_total",
         "stream_app_dlq_records_total", "stream_app_consumer_lag_messages",
         "stream_app_transaction_aborts_total", "stream_app_restore_seconds",
@@ -150,9 +151,9 @@ def test_a_batch_publishes_its_evaluated_steps_weighted_by_their_events() -> Non
     from stream_app.core.evaluate import EvalStats, RankMetrics
     from stream_app.trainer.observe import report_prequential
 
-    def step(n: int, hit: float, loss: float) -> EvalStats:
+    def step(n: int, hit: float, loss: float, exact: bool = True) -> EvalStats:
         # Popularity's figures differ from the model's: swapped labels must show.
-        return EvalStats(n_events=n, k=10, loss=loss, exact=True,
+        return EvalStats(n_events=n, k=10, loss=loss, exact=exact,
                          model=RankMetrics(hit_rate=hit, recall=hit / 2, mrr=hit / 4),
                          popularity=RankMetrics(hit_rate=hit / 3, recall=hit / 6,
                                                 mrr=hit / 12))
@@ -168,8 +169,11 @@ def test_a_batch_publishes_its_evaluated_steps_weighted_by_their_events() -> Non
         assert _value(reg, metric, model="model", k="10") == pytest.approx(model)
         assert _value(reg, metric, model="popularity", k="10") == pytest.approx(popularity)
     assert _value(reg, "stream_app_prequential_loss") == 2.0
+    assert _value(reg, "stream_app_prequential_sampled") == 0.0
     report_prequential(m, [])  # nothing evaluated: the gauges keep the last batch's values
     assert _value(reg, "stream_app_prequential_hit_rate", model="model", k="10") == hit
+    report_prequential(m, [step(10, 0.3, 2.0), step(10, 0.3, 2.0, exact=False)])
+    assert _value(reg, "stream_app_prequential_sampled") == 1.0  # ranks are estimates
 
 
 def test_freshness_clamps_clock_skew_to_zero() -> None:
