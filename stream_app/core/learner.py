@@ -96,6 +96,7 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         self._watermark_ms: int | None = None
         self._deferred: dict[int, tuple[str, ...]] = {}  # user row -> recent ids to resolve
         self._forgotten: set[str] = set()  # users to drop from the replay buffer
+        self._tombstoned: set[str] = set()  # users whose tombstone a restore read
         self._restore_evicted: tuple[list[str], list[str]] = ([], [])
         self._forget_requests = 0  # forget requests applied, over the learner's history
 

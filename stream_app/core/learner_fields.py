@@ -37,6 +37,7 @@ class LearnerFields:
     _watermark_ms: int | None
     _deferred: dict[int, tuple[str, ...]]
     _forgotten: set[str]
+    _tombstoned: set[str]
     _restore_evicted: tuple[list[str], list[str]]  # (users, items) a restore evicted
     _forget_requests: int
 

@@ -117,11 +117,18 @@ class LearnerSnapshot(LearnerFields):
         counters and the duplicate check stay as the restore left them (emptied)
         when it read another count of forget requests than the state's: a forget
         the state does not reflect (another trainer's) may have erased users whose
-        events they hold.
+        events they hold. Either way, every user whose tombstone the restore read
+        is dropped from what is loaded: the count is one for all trainers, the
+        last writer's, so it matched when this trainer's own commit came after
+        another's forget, and the erased user came back here (and into the next
+        snapshot). A user this trainer evicted goes too (a tombstone does not say
+        why): their replayed events and duplicate-check entries, a small loss.
         """
+        gone, self._tombstoned = self._tombstoned, set()
         for name, v in (("users", self._user_vocab), ("items", self._item_vocab)):
             v.pending.clear()
-            v.pending.update((i, n) for i, n in state["pending"][name] if i not in v.index)
+            v.pending.update((i, n) for i, n in state["pending"][name]
+                             if i not in v.index and not (name == "users" and i in gone))
         if int(state["forget_requests"]) == self._forget_requests:
             self._dedup = Deduplicator(self.config.dedup_window)
             self._dedup.load(state["dedup"])
@@ -129,7 +136,9 @@ class LearnerSnapshot(LearnerFields):
             self._rate = RateLimiter(self.config.rate_cap_events,
                                      self.config.rate_cap_window_ms)
             self._rate.commit(state["rate"], self._watermark_ms or 0)
-            self._forgotten = set()  # the state is the live one: nothing left to purge
+            self._forgotten = gone  # purged before they are next read
+            for user in gone:
+                self._rate.forget(user)
 
     def _replay_state(self) -> dict[str, Any]:
         return {"seen": self._replay.seen, "size": self._replay.size,
@@ -160,7 +169,7 @@ class LearnerSnapshot(LearnerFields):
         self._forget_requests = int(state["global"].get("forget_requests", 0))  # its own
         self.apply_global_state(state["global"])
         self._deferred = {}
-        self._forgotten = set()
+        self._forgotten, self._tombstoned = set(), set()
         users, items = state.get("restore_evicted", ([], []))  # older snapshots: none
         self._restore_evicted = (list(users), list(items))
         self.load_volatile_state(state["volatile"])  # its own forget count: all of it loads

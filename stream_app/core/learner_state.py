@@ -77,6 +77,8 @@ class LearnerState(LearnerFields):
         """
         if requested:
             self._forget_requests += 1
+        else:  # read back by a restore: `load_volatile_state` must not bring the user back
+            self._tombstoned.add(user_id)
         if len(self._replay) or len(self._dedup):  # purged before they are next read
             self._forgotten.add(user_id)
         self._rate.forget(user_id)

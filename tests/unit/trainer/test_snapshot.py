@@ -450,3 +450,34 @@ def test_a_planted_snapshot_runs_no_code_and_is_refused_as_unreadable(tmp_path: 
     with pytest.raises(ValueError, match="is unreadable"):
         read_snapshot(path)
     assert not marker.exists()
+
+
+def test_a_restore_does_not_bring_back_a_user_another_trainer_erased() -> None:
+    """Trainer A saw u; trainer B erased u; A committed after B, so the changelog's one
+    forget count (the last writer's) matched A's saved state, which A then put back over
+    the restore: u's events (dedup window), rate count and admission count
+    came back, and into A's next snapshot (review)."""
+    cfg = small_config(admission_threshold=3, rate_cap_events=100)
+    topics = TopicNames(prefix="t.")
+    a = Learner(cfg, device=DEVICE)
+    a.learn([ev("e1", "u", "i1", T0), ev("e2", "u", "i2", T0 + 1)])  # u pending, 2 events
+    b = Learner(cfg, device=DEVICE)
+    b.forget_user("u", requested=True)
+    b.forget_user("u", requested=True)
+    meta_b = {**b.global_state(), "model_version": "b", "updated_at": 0}
+    log = [(r.key, r.value) for r in output_records(topics, [], ["user:u"], meta_b, [])]
+    a.learn([ev("e3", "w", "i1", T0 + 2)])  # A commits after B's forget
+    saved = a.volatile_state()
+    assert "u" in saved["rate"] and dict(saved["pending"]["users"]).get("u") == 2
+    assert any(c[0] == "u" for c in saved["dedup"]["contents"])
+    meta_a = {**a.global_state(), "model_version": "a", "updated_at": 0}
+    blocks = a.row_blocks(user_ids=["w"], item_ids=["i1"], model_version="a", now_ms=0)
+    log += [(r.key, r.value) for r in output_records(topics, blocks, [], meta_a, [])]
+    restored = Learner(cfg, device=DEVICE)
+    apply_changelog(restored, log)
+    restored.finish_restore()
+    restored.load_volatile_state(saved)
+    state = restored.volatile_state()
+    assert "u" not in state["rate"] and "u" not in dict(state["pending"]["users"])
+    assert not any(c[0] == "u" for c in state["dedup"]["contents"])
+    assert "w" in state["rate"]  # the rest of the saved state is back
