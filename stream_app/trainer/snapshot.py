@@ -67,11 +67,15 @@ def write_state(path: Path, state: dict[str, Any], tag: SnapshotTag) -> None:
     Owner-only (0600): it holds every user's learned state."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)  # a left-over one may have wider permissions
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-        torch.save({"format": FORMAT, "tag": dataclasses.asdict(tag), "state": state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            torch.save({"format": FORMAT, "tag": dataclasses.asdict(tag), "state": state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written file holds users' state too
+        raise
 
 
 _NUMPY_GLOBALS: list[Any] = [getattr(importlib.import_module("numpy._core.multiarray"),
@@ -234,7 +238,9 @@ class Snapshots:
         """A failed write costs only restore speed: logged, not raised."""
         try:
             write_state(self.path, state, tag)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # torch.save's full disk is a RuntimeError
+            # ("[enforce fail at inline_container.cc] ... file write failed"): it killed the
+            # background writer unlogged, and raised out of a clean stop (exit 1)
             self.write_failed = True
             log.warning("could not write snapshot %s: %s", self.path, exc)
             return

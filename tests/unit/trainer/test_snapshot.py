@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -214,6 +215,30 @@ def test_a_background_write_that_fails_says_so_until_one_succeeds(
     monkeypatch.undo()
     assert store.write(learner, ends=_tag().ends, wait=True)
     assert not store.write_failed and store.path.exists()
+
+
+def test_a_write_torch_fails_is_logged_and_leaves_no_partial_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save reports a full disk as RuntimeError ("[enforce fail at
+    inline_container.cc] ... file write failed"), not OSError: the background writer died
+    unlogged with write_failed unset and the half-written .tmp left on disk, and the
+    write at a clean stop raised out of the trainer (exit 1)."""
+    import stream_app.trainer.snapshot as snapshot_module
+
+    def full_disk(_obj: object, f: Any) -> None:
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:671] . file write failed")
+
+    store = _FixedTag(KafkaConfig(bootstrap_servers="127.0.0.1:9092"), folder=str(tmp_path),
+                      transactional_id="t", max_age_s=60)
+    learner = Learner(CONFIG, device=DEVICE)
+    monkeypatch.setattr(snapshot_module.torch, "save", full_disk)
+    assert store.write(learner, ends=_tag().ends, wait=False)
+    assert store._writer is not None
+    store._writer.join()
+    assert store.write_failed and list(tmp_path.iterdir()) == []
+    assert store.write(learner, ends=_tag().ends, wait=True)  # the stop's write: no raise
+    assert store.write_failed and list(tmp_path.iterdir()) == []
 
 
 class _BrokerDown(Snapshots):
