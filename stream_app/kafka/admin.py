@@ -18,6 +18,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient as AdminClient  # re-exported for annotations
 from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType  # type: ignore[attr-defined]
 
+from stream_app.codec.wire import MESSAGE_MAX_BYTES
 from stream_app.config import KafkaConfig, TopicNames
 from stream_app.kafka.clients import created, merge
 from stream_app.kafka.exceptions import (
@@ -120,8 +121,11 @@ def topic_specs(names: TopicNames, plan: TopicPlan) -> list[NewTopic]:
     """
     rf = plan.replication_factor
     durable = {"min.insync.replicas": str(rf // 2 + 1)} if rf >= 3 else {}
+    # Rows up to the codecs' 1 MiB with their keys: the broker's default (1,048,588) is
+    # within a key's length of it.
     compact = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
-               "segment.ms": "600000", **durable}
+               "segment.ms": "600000", "max.message.bytes": str(MESSAGE_MAX_BYTES + 64 * 1024),
+               **durable}
     dlq = {"retention.ms": str(30 * 24 * 3600 * 1000), **durable}
     return [
         NewTopic(names.clicks, plan.event_partitions, rf, config=durable),

@@ -28,6 +28,10 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "compression.type": "lz4",
     "enable.idempotence": True,
     "acks": "all",
+    # Room for any record the codecs accept (1 MiB) with its key and headers: librdkafka's
+    # default, 1,000,000 bytes, refused the largest embedding rows the schema allows, and
+    # in the trainer's transaction that is fatal (a crash at the same batch each restart).
+    "message.max.bytes": MESSAGE_MAX_BYTES + 64 * 1024,
 }
 TRANSACTIONAL_DEFAULTS: dict[str, Any] = {
     # A killed trainer leaves its transaction open; read_committed readers of
@@ -66,11 +70,8 @@ def ms_setting(kafka: KafkaConfig, key: str, default: int) -> int:
 LATENCY_PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 1,
     "socket.nagle.disable": True,
-    "message.max.bytes": MESSAGE_MAX_BYTES + 64 * 1024,
 }
-"""Request/response producers (scorer answers, client requests): at most 1 ms of batching,
-and room for any message the codecs accept (librdkafka's default, 1,000,000 bytes, is
-less than their 1 MiB: a request the scorer takes could not be sent).
+"""Request/response producers (scorer answers, client requests): at most 1 ms of batching.
 
 Not for the trainer, which wants throughput. Still defaults: a user -X wins."""
 

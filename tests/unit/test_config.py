@@ -589,3 +589,19 @@ def test_the_broker_password_variable_does_not_block_stop_and_status(
     out = capsys.readouterr()
     assert "needs both a user and a password" not in out.err
     assert code in (0, 1) and "no broker" in out.out + out.err
+
+
+def test_every_producer_and_the_changelog_take_the_largest_row_the_codecs_accept() -> None:
+    """librdkafka's default message.max.bytes (1,000,000) refused the largest embedding rows
+    the schema allows (1 MiB): in the trainer's transaction a fatal error, met again at the
+    same batch after each restart (codec review)."""
+    from stream_app.codec.wire import MESSAGE_MAX_BYTES
+    from stream_app.kafka.admin import TopicPlan, topic_specs
+    from stream_app.kafka.clients import producer_config
+
+    room = MESSAGE_MAX_BYTES + 4096  # a row, its key (at most 1 KiB) and the batch framing
+    for transactional_id in (None, "trainer-0"):
+        conf = producer_config(KafkaConfig(), "t", transactional_id=transactional_id)
+        assert int(conf["message.max.bytes"]) >= room
+    specs = {t.topic: t for t in topic_specs(TopicNames(), TopicPlan())}
+    assert int(specs["embeddings"].config["max.message.bytes"]) >= room
