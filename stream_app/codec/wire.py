@@ -8,7 +8,6 @@ value not UTF-8 / not JSON / non-finite -> not an object -> schema -> key mismat
 from __future__ import annotations
 
 import binascii
-import re
 import sys
 import unicodedata
 from typing import Any
@@ -23,7 +22,7 @@ EVENT_MAX_BYTES = 64 * KIB
 MESSAGE_MAX_BYTES = 1024 * KIB
 """Score requests (up to 10000 candidates), predictions and embedding rows."""
 
-_NON_FINITE = re.compile(rb"NaN|Infinity")
+_NON_FINITE = (b"NaN", b"Infinity")
 
 
 def check_value(value: bytes | None, limit: int) -> bytes:
@@ -64,8 +63,10 @@ def parse_error(value: bytes, exc: orjson.JSONDecodeError) -> DecodeError:
         return DecodeError(DlqReason.BAD_UTF8, f"value: {utf8_exc}")
     if "surrogate" in exc.msg:  # "\ud800" escapes: valid JSON syntax, not valid Unicode
         return DecodeError(DlqReason.BAD_UTF8, f"value: {exc}")
-    near = value[max(0, exc.pos - 1) : exc.pos + 9]
-    if "infinity" in exc.msg or _NON_FINITE.search(near):
+    # Only where a value was due: a key named "NaN" after a missing comma, or an unquoted
+    # NaN key, is a syntax error like any other (they were labelled non_finite).
+    value_due = "expected a JSON value" in exc.msg or "no digit after sign" in exc.msg
+    if "infinity" in exc.msg or (value_due and value[exc.pos:].startswith(_NON_FINITE)):
         return DecodeError(DlqReason.NON_FINITE, f"NaN/Infinity are not JSON: {exc}")
     return DecodeError(DlqReason.NOT_JSON, str(exc))
 

@@ -78,3 +78,19 @@ def test_bad_input_is_refused_with_its_reason(case: dict[str, Any]) -> None:
         decoder(raw(case["value"]), raw(case["key"]))
     assert caught.value.reason == case["reason"], caught.value.detail
     assert caught.value.detail
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (b'{"event_id":"e","ts":NaN}', "non_finite"),
+    (b'{"event_id":"e","ts":-Infinity}', "non_finite"),
+    (b'{"event_id":"e","ts":[1,Infinity]}', "non_finite"),
+    (b'{"event_id":"e","ts":1e999}', "non_finite"),
+    # Syntax errors near the text NaN were labelled non_finite (codec review).
+    (b'{"event_id":"e","user_id":"u" "NaN":1}', "not_json"),
+    (b'{"event_id":"e",NaN:1}', "not_json"),
+])
+def test_nan_and_infinity_are_told_from_syntax_errors_near_them(value: bytes,
+                                                              reason: str) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_event(value, b"u", EventKind.CLICK)
+    assert caught.value.reason.value == reason
