@@ -234,16 +234,17 @@ lets that through) raised RecursionError in whoever decoded it."""
 
 
 def state_columns(states: list[dict[str, Any]],
-                  leaf: Callable[[list[Any]], Any | None],
+                  leaf: Callable[[list[Any], int], Any | None],
                   depth: int = 0) -> dict[str, Any]:
     """The column tree of n per-row state dicts (inverse of `state_rows`).
 
-    `leaf(values)` gives the column of one key's values, or None where they
-    are nested objects (dicts, or None where a row lacks the key), which
-    become a nested column tree. ValueError past `STATE_MAX_DEPTH` levels.
+    `leaf(values, depth)` gives the column of one key's values (nested `depth` + 1
+    levels in the state), or None where they are nested objects (dicts, or None
+    where a row lacks the key), which become a nested column tree. ValueError past
+    `STATE_MAX_DEPTH` levels.
 
     >>> state_columns([{"opt": {"acc": 0.5}}, {"opt": {"acc": 0.25}, "at": 7}],
-    ...               lambda v: None if any(type(x) is dict for x in v) else v)
+    ...               lambda v, _depth: None if any(type(x) is dict for x in v) else v)
     {'opt': {'acc': [0.5, 0.25]}, 'at': [None, 7]}
     """
     if depth >= STATE_MAX_DEPTH:
@@ -251,13 +252,13 @@ def state_columns(states: list[dict[str, Any]],
     out: dict[str, Any] = {}
     for key in dict.fromkeys(k for s in states for k in s):
         values = [s.get(key) for s in states]
-        column = leaf(values)
+        column = leaf(values, depth)
         out[key] = (state_columns([v or {} for v in values], leaf, depth + 1)
                     if column is None else column)
     return out
 
 
-def _stacked_arrays(values: list[Any]) -> Any | None:
+def _stacked_arrays(values: list[Any], _depth: int) -> Any | None:
     """`state_columns`' leaf for decoded states: arrays of one shape stack into one."""
     if any(type(v) is dict for v in values):
         return None if all(type(v) is dict or v is None for v in values) else values

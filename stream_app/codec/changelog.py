@@ -113,14 +113,16 @@ class _Block:
                              state=state)
 
 
-def _state_leaf(values: list[Any]) -> Any | None:
-    """`state_columns`' leaf for encoded states: arrays of one shape decode into one."""
+def _state_leaf(values: list[Any], depth: int) -> Any | None:
+    """`state_columns`' leaf for encoded states: arrays of one shape decode into one. Values
+    are decoded at their depth in the state, so the nesting limit is `decode_embedding`'s:
+    from 0 at each key, a row nested deeper than a lone row may be was restored."""
     arrays = [type(v) is dict and v.keys() == ARRAY_KEYS for v in values]
     if not any(arrays):
         if any(type(v) is dict for v in values) \
                 and all(type(v) is dict or v is None for v in values):
             return None
-        return [v if type(v) in SCALARS else decode_state(v) for v in values]
+        return [v if type(v) in SCALARS else decode_state(v, depth + 1) for v in values]
     if all(arrays) and (column := array_column(values)) is not None:
         return column
-    return [decode_state(v) for v in values]  # each row's own array, or its own error
+    return [decode_state(v, depth + 1) for v in values]  # each row's own array, or error

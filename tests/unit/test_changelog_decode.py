@@ -215,3 +215,30 @@ def test_an_id_vector_of_another_dim_is_refused_on_apply() -> None:
     obj["state"]["opt"] = {"acc": 0.0}
     with pytest.raises(ValueError, match="shape"):
         fresh.apply_columns(decode_changelog_rows([(key, orjson.dumps(obj))])[0])
+
+
+@pytest.mark.parametrize("wrap", [lambda v: [v], lambda v: {"k": v}])
+def test_the_nesting_limit_is_a_lone_row_s(wrap: Any) -> None:
+    """The columnar decode restarted the depth count under each key of the state, so a row
+    that decode_embedding refuses (nested past STATE_MAX_DEPTH) was restored (codec review)."""
+    from stream_app.events import STATE_MAX_DEPTH
+
+    for levels, refused in ((STATE_MAX_DEPTH - 1, False), (STATE_MAX_DEPTH, True)):
+        nested: Any = 1
+        for _ in range(levels):
+            nested = wrap(nested)
+        row = orjson.dumps({"entity": "item", "id": "i1", "dim": 1, "vector": "AACAPw==",
+                            "bias": 0.5, "model_version": "v1", "updates": 3,
+                            "updated_at": 1, "last_event_ts": 1, "state": {"a": nested}})
+        alone: Any
+        try:
+            alone = decode_embedding(b"item:i1", row)
+        except DecodeError as err:
+            alone = err.reason
+        together: Any
+        try:
+            together = decode_changelog_rows([(b"item:i1", row)])
+        except DecodeError as err:
+            together = err.reason
+        assert isinstance(alone, DlqReason) == refused
+        assert isinstance(together, DlqReason) == refused, (levels, together)
