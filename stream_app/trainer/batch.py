@@ -281,6 +281,8 @@ class TxnCounts:
     evictions: Counter[str] = field(default_factory=Counter)
     forgets: int = 0
     """Forget requests applied (each publishes its user's tombstone)."""
+    forget_requests: set[tuple[str, str]] = field(default_factory=set)
+    """(user, request id) of the requests counted in `forgets` (`CountedRequests`)."""
     applied_times: list[tuple[int, int]] = field(default_factory=list)
     """(event time, produce time) in ms of each applied event: their freshness."""
     losses: list[tuple[float, int]] = field(default_factory=list)

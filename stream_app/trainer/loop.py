@@ -48,7 +48,7 @@ from stream_app.trainer.own_writes import OwnWrites
 from stream_app.trainer.ownership import Ownership
 from stream_app.trainer.result import BatchResult, ProgressLine, batch_result
 from stream_app.trainer.snapshot import Snapshots
-from stream_app.trainer.steps import learn_batch
+from stream_app.trainer.steps import CountedRequests, learn_batch
 from stream_app.trainer.watchdog import EXIT_STALLED, Watchdog
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class Trainer(Ownership):
         self._volatile: dict[str, Any] | None = None  # volatile_state() at the last commit
         self._own_users: set[str] | None = None  # see _scope
         self._input_partitions: dict[str, int] = {}  # counts at the last assignment
+        self._forgets_counted = CountedRequests()
         self._misrouted_said = Repeats()
         self._aborts_in_a_row = 0
         self._progress = ProgressLine(every_s=PROGRESS_LOG_S, started=time.monotonic())
@@ -190,7 +191,8 @@ class Trainer(Ownership):
         decoded = decode_batch(batch, self.topics, now_ms=now_ms,
                                max_future_ms=self.cfg.max_future_ms)
         ch = learn_batch(self.learner, decoded, step_max=self.cfg.step_max, now_ms=now_ms,
-                         metrics=self.metrics, on_step=lambda: self._beat("learn"))
+                         metrics=self.metrics, on_step=lambda: self._beat("learn"),
+                         counted=self._forgets_counted)
         tombstones = ch.tombstones
         if self._own_users is not None:
             self._own_users |= decoded.users()
@@ -236,6 +238,7 @@ class Trainer(Ownership):
             else:  # other users' rows changed here unpublished (evictions, histories)
                 self._own_writes.forget()
                 leave_scope(self._own_users, tombstones)
+            self._forgets_counted.add(ch.counts.forget_requests)
             observe_commit(self.metrics, ch.counts, batch, decoded, blocks, ch.dlq,
                            published_ms, self.learner.table_sizes(), ch.evals)
             report_misrouted(self.metrics, misrouted(decoded, self._input_partitions),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from stream_app.core import EvalStats, Learner
@@ -36,8 +36,33 @@ class Changes:
     applied: int = 0
 
 
+class CountedRequests:
+    """The forget requests counted by the last `MAX` committed ones: a request's two halves
+    count once, also when they go out in two batches (a half alone after BARRIER_WAIT_S,
+    its partner in a later batch), which counted it twice. Fed at commit only: an aborted
+    batch's requests are read and counted again.
+
+    >>> seen = CountedRequests(); seen.add({("u", "r1")}); ("u", "r1") in seen
+    True
+    """
+
+    MAX = 10_000
+
+    def __init__(self) -> None:
+        self._pairs: dict[tuple[str, str], None] = {}  # insertion order: oldest first
+
+    def __contains__(self, pair: object) -> bool:
+        return pair in self._pairs
+
+    def add(self, pairs: Collection[tuple[str, str]]) -> None:
+        self._pairs.update(dict.fromkeys(pairs))
+        while len(self._pairs) > self.MAX:
+            del self._pairs[next(iter(self._pairs))]
+
+
 def learn_batch(learner: Learner, decoded: Decoded, *, step_max: int, now_ms: int,
-                metrics: TrainerMetrics, on_step: Callable[[], None] = lambda: None) -> Changes:
+                metrics: TrainerMetrics, on_step: Callable[[], None] = lambda: None,
+                counted: CountedRequests | None = None) -> Changes:
     """Evaluate then learn each segment in steps (`plan_steps`), applying the forget
     requests in order between segments; then apply any accumulated gradients, since
     all of the batch is committed together. `on_step` runs after each step: the
@@ -45,7 +70,8 @@ def learn_batch(learner: Learner, decoded: Decoded, *, step_max: int, now_ms: in
     out = Changes(dlq=list(decoded.dlq))
     plan = plan_steps([len(events) for events in decoded.segments], step_max=step_max,
                       eval_max=learner.config.eval_max_events)
-    requests_seen: set[tuple[str, str]] = set()  # (user, request id)
+    seen = out.counts.forget_requests  # (user, request id), this batch's
+    before = counted if counted is not None else CountedRequests()
     for i, (events, recs) in enumerate(zip(decoded.segments, decoded.records, strict=True)):
         for step in plan[i]:
             _step(learner, events[step.start:step.end], recs[step.start:step.end],
@@ -56,12 +82,13 @@ def learn_batch(learner: Learner, decoded: Decoded, *, step_max: int, now_ms: in
             # changelog (a restore, another trainer, an eviction not published).
             user, request = decoded.forgets[i], decoded.forget_requests[i]
             held = learner.forget_user(user, requested=True)
-            if request is None or (user, request) not in requests_seen:  # the other half
+            pair = None if request is None else (user, request)
+            if pair is None or (pair not in seen and pair not in before):  # the other half
                 out.counts.forgets += 1
                 log.info("forget user=%s: %s; its tombstone goes out with this batch", user,
                          "row dropped" if held else "no row here")
-            if request is not None:
-                requests_seen.add((user, request))
+            if pair is not None:
+                seen.add(pair)
             out.tombstones.append(f"user:{user}")
             out.users.discard(user)
     pending_users, pending_items = learner.apply_pending()

@@ -19,7 +19,7 @@ from stream_app.kafka.records import RawRecord
 from stream_app.observability.metrics import EventOutcome, TrainerMetrics
 from stream_app.trainer.batch import CONTROL_HEADER, decode_batch, misrouted
 from stream_app.trainer.observe import report_misrouted
-from stream_app.trainer.steps import Changes, learn_batch
+from stream_app.trainer.steps import Changes, CountedRequests, learn_batch
 
 TOPICS = TopicNames(prefix="t.")
 NOW = 1_700_000_000_000
@@ -86,6 +86,27 @@ def test_one_forget_request_is_counted_and_logged_once_for_its_two_records(
     assert caplog.text.count("forget user=u1") == 1 and "no row here" in caplog.text  # u2
     assert "u1" not in learner.user_ids()
     assert out.tombstones == ["user:u1", "user:u1", "user:u2", "user:u2", "user:u3"]
+
+
+def test_a_request_whose_halves_go_out_in_two_batches_is_counted_once() -> None:
+    """A half goes out alone after BARRIER_WAIT_S and its partner in a later batch: each
+    batch counted the request. What a committed batch counted is remembered; an aborted
+    batch's is not, so its requests count when it is read again."""
+    learner = Learner(CONFIG, device="cpu")
+    counted = CountedRequests()
+    first = learn_batch(learner, decode_batch([_forget(0, "u1", "r1")], TOPICS, now_ms=NOW,
+                                              max_future_ms=0),
+                        step_max=3, now_ms=NOW, metrics=_metrics(), counted=counted)
+    assert first.counts.forgets == 1 and first.counts.forget_requests == {("u1", "r1")}
+    second_half = decode_batch([_forget(0, "u1", "r1", topic=TOPICS.purchases)], TOPICS,
+                               now_ms=NOW, max_future_ms=0)
+    aborted = learn_batch(learner, second_half, step_max=3, now_ms=NOW, metrics=_metrics(),
+                          counted=counted)
+    assert aborted.counts.forgets == 1  # the first batch was not committed: not remembered
+    counted.add(first.counts.forget_requests)  # what the trainer does at the commit
+    again = learn_batch(learner, second_half, step_max=3, now_ms=NOW, metrics=_metrics(),
+                        counted=counted)
+    assert again.counts.forgets == 0 and again.tombstones == ["user:u1"]
 
 
 def test_a_reused_event_id_is_dead_lettered_and_counted_not_applied() -> None:
