@@ -92,6 +92,21 @@ def _nested_deeper(value: Any, levels: int) -> bool:
     return True
 
 
+def _non_finite_in(value: Any) -> bool:
+    """True when a float in `value` (a context: dicts, lists, scalars) is NaN or infinite.
+
+    >>> _non_finite_in({"a": [1.5, {"b": float("nan")}]}), _non_finite_in({"a": [1.5]})
+    (True, False)
+    """
+    level = [value]
+    while level:
+        if any(type(v) is float and not math.isfinite(v) for v in level):
+            return True
+        level = [v for c in level if type(c) is dict or type(c) is list
+                 for v in (c.values() if type(c) is dict else c)]
+    return False
+
+
 def parse_event(value: bytes | None, kind: EventKind) -> Event:
     """Like `decode_event` but without a Kafka key (files, replays)."""
     return event_from_object(parse_object(check_value(value, EVENT_MAX_BYTES)), kind)
@@ -201,6 +216,11 @@ def encode_event(event: Event) -> bytes:
     if event.item_released_at is not None:
         obj["item_released_at"] = event.item_released_at
     if event.context is not None:
+        if _nested_deeper(event.context, CONTEXT_MAX_DEPTH) or _non_finite_in(event.context):
+            # orjson writes NaN as null (the context changed silently) and would write a
+            # context every decoder refuses as too deep
+            raise EncodeError(f"event {event.event_id!r}: context must hold finite numbers "
+                              f"only, nested at most {CONTEXT_MAX_DEPTH} levels")
         obj["context"] = event.context
     try:
         return orjson.dumps(obj)

@@ -169,6 +169,14 @@ def test_encode_refuses_what_the_schema_would_refuse() -> None:
     )
     with pytest.raises(EncodeError):
         encode_event(purchase)
+    # orjson wrote NaN as null: the context changed without a word (codec review).
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    for context in ({"x": float("nan")}, {"a": [1, {"b": float("inf")}]}, {"d": deep}):
+        with pytest.raises(EncodeError, match="context must hold finite numbers"):
+            encode_event(Event(event_id="e", user_id="u", item_id="i", ts=1700000000001,
+                               kind=EventKind.CLICK, context=context))
 
 
 def test_detail_is_bounded() -> None:
