@@ -36,13 +36,7 @@ from prometheus_client import CollectorRegistry
 from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.heap import freeze_survivors, release_free_memory
-from stream_app.kafka.admin import (
-    AdminClient,
-    admin_client,
-    group_members,
-    require_record_room,
-    require_topics,
-)
+from stream_app.kafka.admin import AdminClient, admin_client, group_members, require_topics
 from stream_app.kafka.clients import REPORT_EOF, check_consumer_settings
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
@@ -131,8 +125,7 @@ class Scorer:
         check_consumer_settings(self.kafka, cid, self.cfg.group_id, enforce=REPORT_EOF)
         check_message_room(self.kafka, f"{cid}-producer", ANSWER_RECORD_MAX)
         require_topics(self.kafka, [t.embeddings, t.score_requests, t.predictions, t.dlq],
-                       compacted=[t.embeddings])
-        require_record_room(self.kafka, {t.predictions: ANSWER_RECORD_MAX})
+                       compacted=[t.embeddings], record_room={t.predictions: ANSWER_RECORD_MAX})
         if self.cfg.threads is not None:
             set_threads(self.cfg.threads)
         with MetricsServer(self.registry, self.cfg.metrics_host, self.cfg.metrics_port,

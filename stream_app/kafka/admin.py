@@ -183,11 +183,12 @@ def _wait_visible(admin: AdminClient, topics: list[str], timeout_s: float) -> No
 
 
 def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.0, *,
-                   co_partitioned: Sequence[str] = (), compacted: Sequence[str] = ()
-                   ) -> dict[str, int]:
+                   co_partitioned: Sequence[str] = (), compacted: Sequence[str] = (),
+                   record_room: Mapping[str, int] | None = None) -> dict[str, int]:
     """Fail fast, before the first poll, when a topic we need does not exist, when
     the `co_partitioned` topics (the trainer's clicks and purchases) differ in
-    partition count, or when a `compacted` one (`embeddings`) is not compacted.
+    partition count, when a `compacted` one (`embeddings`) is not compacted, or when
+    a topic of `record_room` (topic -> bytes) takes smaller records (`require_room`).
     Returns the `compacted` topics' delete.retention.ms, where the cluster shows it."""
     wait_for_broker(kafka.bootstrap_servers, timeout_s, client=for_producer(kafka.client))
     admin = admin_client(kafka)
@@ -213,6 +214,8 @@ def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.
             "partition number in each; recreate them (or add partitions) to the same count"
         )
     retention = {topic: require_compacted(admin, topic, timeout_s) for topic in compacted}
+    if record_room:
+        require_room(admin, record_room, timeout_s)
     return {topic: ms for topic, ms in retention.items() if ms is not None}
 
 
@@ -261,13 +264,11 @@ def require_compacted(admin: AdminClient, topic: str, timeout_s: float = 10.0) -
         return None
 
 
-def require_record_room(kafka: KafkaConfig, needs: Mapping[str, int],
-                        timeout_s: float = 10.0) -> None:
+def require_room(admin: AdminClient, needs: Mapping[str, int], timeout_s: float = 10.0) -> None:
     """TopicError when a topic's max.message.bytes is below the largest record we write to it
     (`needs`: topic -> bytes). The broker refuses such a record for good: a scorer stopped
     on it, unanswered, and every restart (every replica) met the same request again. A
     cluster that will not show the configuration is trusted, with a warning."""
-    admin = admin_client(kafka)
     resources = {topic: ConfigResource(ResourceType.TOPIC, topic) for topic in needs}
     try:
         futures = admin.describe_configs(list(resources.values()), request_timeout=timeout_s)

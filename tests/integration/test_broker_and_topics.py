@@ -81,17 +81,17 @@ def test_an_embeddings_topic_that_is_not_compacted_is_refused(
 def test_a_topic_whose_records_must_be_smaller_than_ours_is_refused(make_kafka: object) -> None:
     """The broker refuses a larger answer for good: the scorer stopped on that request at
     every restart. Checked at the scorer's start instead."""
-    from stream_app.kafka.admin import require_record_room
+    from stream_app.kafka.admin import require_topics
     from stream_app.kafka.exceptions import TopicError
     from stream_app.serving.answers import ANSWER_RECORD_MAX
 
     kafka: KafkaConfig = make_kafka()  # type: ignore[operator]
     topic = kafka.topics.predictions
-    require_record_room(kafka, {topic: ANSWER_RECORD_MAX})  # the broker's default fits
+    require_topics(kafka, [topic], record_room={topic: ANSWER_RECORD_MAX})  # the default fits
     _set_topic_config(admin_client(kafka), topic, {"max.message.bytes": "100000"})
     with pytest.raises(TopicError, match=f"{topic} has max.message.bytes=100000, under the "
                                          f"{ANSWER_RECORD_MAX} bytes"):
-        require_record_room(kafka, {topic: ANSWER_RECORD_MAX})
+        require_topics(kafka, [topic], record_room={topic: ANSWER_RECORD_MAX})
 
 
 def _set_topic_config(admin: AdminClient, topic: str, values: dict[str, str]) -> None:
