@@ -3,7 +3,7 @@
 Why a script: panel JSON is long and repetitive, and gridPos/ids are easy to
 get wrong by hand; here each panel is one line of intent (title, queries,
 unit). tests/unit/test_deploy.py checks the JSON is current and that every
-`stream_app_*` name used exists in stream_app/observability/metrics.py.
+`stream_app_*` name used exists in stream_app/observability/ (metrics.py, scorer_metrics.py).
 
     python deploy/grafana/build_dashboard.py          # rewrite the JSON
     python deploy/grafana/build_dashboard.py --check  # exit 1 if stale

@@ -6,15 +6,13 @@ from __future__ import annotations
 from stream_app.observability.metrics import (
     EvalModel,
     EventOutcome,
-    FallbackReason,
     FreshnessSince,
-    RequestPhase,
-    ScorerMetrics,
     TrainerMetrics,
     declared_metric_names,
     exposed_names,
 )
 from stream_app.observability.recorder import MetricsRecorder, snapshot
+from stream_app.observability.scorer_metrics import FallbackReason, RequestPhase, ScorerMetrics
 from stream_app.observability.server import MetricsServer, ReadyCheck, always_ready
 
 __all__ = [

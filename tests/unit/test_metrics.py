@@ -36,9 +36,9 @@ from stream_app.observability import server as server_module
 from stream_app.observability.metrics import (
     BATCH_EVENTS_BUCKETS,
     FRESHNESS_BUCKETS_S,
-    LATENCY_BUCKETS_S,
     metric_objects,
 )
+from stream_app.observability.scorer_metrics import LATENCY_BUCKETS_S
 from tests.integration.kafka_helpers import wait_until
 
 BOUNDED_LABELS = {"topic", "partition", "outcome", "reason", "table", "model", "k", "since",
