@@ -197,7 +197,12 @@ def _fast_optional(
 
 
 def encode_event(event: Event) -> bytes:
-    """The JSON value for `event`'s topic (its key is `event.user_id.encode()`)."""
+    """The JSON value for `event`'s topic (its key is `event.user_id.encode()`).
+
+    `EncodeError` for an event the topic's readers would dead-letter (an id, time,
+    quantity or price out of the schema's bounds, a value over the size limit): a
+    producer learns of it here, not from the DLQ later.
+    """
     obj: dict[str, Any] = {
         "event_id": event.event_id,
         "user_id": event.user_id,
@@ -223,9 +228,38 @@ def encode_event(event: Event) -> bytes:
                               f"only, nested at most {CONTEXT_MAX_DEPTH} levels")
         obj["context"] = event.context
     try:
-        return orjson.dumps(obj)
+        if not _surely_valid(event):
+            event_from_object(obj, event.kind)  # what every reader will check, checked here
+        value = orjson.dumps(obj)
+    except DecodeError as err:
+        raise EncodeError(f"event {event.event_id!r}: {err}", reason=err.reason) from err
     except orjson.JSONEncodeError as exc:
         raise EncodeError(f"event {event.event_id!r}: {exc}") from exc
+    if len(value) > EVENT_MAX_BYTES:
+        raise EncodeError(f"event {event.event_id!r}: the value would be {len(value)} bytes "
+                          f"(ids as strings, numbers as JSON writes them), limit "
+                          f"{EVENT_MAX_BYTES}", reason=DlqReason.TOO_LARGE)
+    return value
+
+
+def _surely_valid(event: Event) -> bool:
+    """True for an event whose fields the schema accepts, read off the typed `Event`.
+
+    Cheaper than re-checking the encoded value as a reader does; False only means "ask
+    the full check", which names the reason. A context's depth is checked by the caller.
+    """
+    quantity, price, released = event.quantity, event.price, event.item_released_at
+    return (type(event.ts) is int and TS_RANGE[0] <= event.ts < TS_RANGE[1]
+            and type(event.event_id) is str and type(event.user_id) is str
+            and type(event.item_id) is str
+            and fast_str_ids(event.event_id, event.user_id, event.item_id)
+            and (quantity is None
+                 or (type(quantity) is int and _QTY["minimum"] <= quantity <= _QTY["maximum"]))
+            and (price is None or (type(price) in (int, float)
+                                   and _PRICE["minimum"] <= price <= _PRICE["maximum"]))
+            and (released is None or (type(released) is int
+                                      and RELEASED_RANGE[0] <= released < RELEASED_RANGE[1]))
+            and (event.context is None or type(event.context) is dict))
 
 
 def event_key(event: Event) -> bytes:

@@ -67,7 +67,15 @@ class DecodeError(Exception):
 
 
 class EncodeError(ValueError):
-    """Our own code tried to publish a value the schema would refuse (a bug, not bad input)."""
+    """Our own code tried to publish a value the schema would refuse (a bug, not bad input).
+
+    `reason` is the DLQ reason a reader would give the value, where one applies, so a
+    caller that encodes what a file said can report the line as bad input.
+    """
+
+    def __init__(self, message: str, *, reason: DlqReason | None = None) -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class SchemaError(Exception):

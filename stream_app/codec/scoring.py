@@ -14,7 +14,7 @@ from typing import Any
 import fastjsonschema
 import orjson
 
-from stream_app.codec.exceptions import DecodeError, EncodeError
+from stream_app.codec.exceptions import DecodeError, DlqReason, EncodeError
 from stream_app.codec.fastcheck import fast_id
 from stream_app.codec.schemas import error_for, schema
 from stream_app.codec.wire import (
@@ -72,7 +72,11 @@ def _or_default(value: bool | None, default: bool) -> bool:
 
 
 def encode_score_request(request: ScoreRequest) -> bytes:
-    """The JSON value of a request (its key is `request.user_id.encode()`)."""
+    """The JSON value of a request (its key is `request.user_id.encode()`).
+
+    `EncodeError` for a request the scorer would refuse (k out of range, a bad id, too
+    many candidates): the caller hears it now rather than in an error answer.
+    """
     obj: dict[str, Any] = {"request_id": request.request_id, "user_id": request.user_id}
     obj["k"] = request.k
     if request.candidates is not None:
@@ -81,7 +85,19 @@ def encode_score_request(request: ScoreRequest) -> bytes:
         obj["exclude"] = request.exclude
     obj["exclude_seen"] = request.exclude_seen
     obj["explain"] = request.explain
-    return orjson.dumps(obj)
+    try:
+        _REQUEST.validate(obj)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        err = error_for(exc, _REQUEST.name)
+        raise EncodeError(str(err), reason=err.reason) from exc
+    try:
+        value = orjson.dumps(obj)
+    except orjson.JSONEncodeError as exc:  # a lone surrogate in an id
+        raise EncodeError(f"{DlqReason.BAD_UTF8}: {exc}", reason=DlqReason.BAD_UTF8) from exc
+    if len(value) > MESSAGE_MAX_BYTES:
+        raise EncodeError(f"{DlqReason.TOO_LARGE}: the value would be {len(value)} bytes, "
+                          f"limit {MESSAGE_MAX_BYTES}", reason=DlqReason.TOO_LARGE)
+    return value
 
 
 def encode_prediction(prediction: Prediction) -> bytes:

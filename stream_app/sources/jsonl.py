@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from stream_app.codec import DecodeError, DlqReason, encode_event
+from stream_app.codec import DecodeError, DlqReason, EncodeError, encode_event
 from stream_app.codec.events import event_from_object
 from stream_app.codec.wire import EVENT_MAX_BYTES, check_value, parse_object
 from stream_app.events import Event, EventKind
@@ -85,9 +85,8 @@ def _event(line: bytes, kind: EventKind | None) -> Event:
     # The topic gets the event re-encoded (ids as strings, numbers as orjson writes them:
     # 1e15 is 1000000000000000.0), which can pass the bound that the line was under; the
     # trainer would dead-letter it as too large.
-    size = len(encode_event(event))
-    if size > EVENT_MAX_BYTES:
-        raise DecodeError(DlqReason.TOO_LARGE, f"the value as sent to the topic would be {size} "
-                          f"bytes (ids as strings, numbers as JSON writes them), limit "
-                          f"{EVENT_MAX_BYTES}")
+    try:
+        encode_event(event)
+    except EncodeError as err:
+        raise DecodeError(err.reason or DlqReason.SCHEMA, str(err)) from err
     return event

@@ -179,6 +179,44 @@ def test_encode_refuses_what_the_schema_would_refuse() -> None:
                                kind=EventKind.CLICK, context=context))
 
 
+_GOOD = Event(event_id="e", user_id="u", item_id="i", ts=1700000000001, kind=EventKind.PURCHASE)
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"ts": 1700000000}, DlqReason.BAD_TIMESTAMP),  # seconds, not milliseconds
+    ({"price": 1e13}, DlqReason.OUT_OF_RANGE),
+    ({"quantity": 0}, DlqReason.OUT_OF_RANGE),
+    ({"item_id": "i" * 257}, DlqReason.ID_TOO_LONG),
+    ({"user_id": ""}, DlqReason.EMPTY_ID),
+    ({"event_id": "e\n"}, DlqReason.BAD_ID_CHARS),
+    ({"context": {"note": "x" * EVENT_MAX_BYTES}}, DlqReason.TOO_LARGE),
+])
+def test_encode_refuses_an_event_every_reader_would_dead_letter(
+        changes: dict[str, Any], reason: DlqReason) -> None:
+    """A producer built such an event, sent it, and heard of it only from the DLQ."""
+    with pytest.raises(EncodeError) as caught:
+        encode_event(dataclasses.replace(_GOOD, **changes))
+    assert caught.value.reason is reason
+    assert decode_event(encode_event(_GOOD), b"u", EventKind.PURCHASE) == _GOOD
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"k": 0}, DlqReason.BAD_K),
+    ({"k": 1001}, DlqReason.BAD_K),
+    ({"candidates": ("a", "")}, DlqReason.EMPTY_ID),
+    ({"exclude": tuple(f"i{n}" for n in range(10_001))}, DlqReason.TOO_MANY_EXCLUSIONS),
+    ({"user_id": "u\udcff"}, DlqReason.BAD_UTF8),
+])
+def test_encode_refuses_a_request_the_scorer_would_refuse(
+        changes: dict[str, Any], reason: DlqReason) -> None:
+    good = ScoreRequest(request_id="r", user_id="u", k=5, candidates=("a", "b"))
+    with pytest.raises(EncodeError) as caught:
+        encode_score_request(dataclasses.replace(good, **changes))
+    assert caught.value.reason is reason
+    assert str(caught.value).startswith(f"{reason}: ")
+    assert decode_score_request(encode_score_request(good), b"u") == good
+
+
 def test_detail_is_bounded() -> None:
     many = {f"field_{i}_{'x' * 50}": 1 for i in range(100)}
     value = orjson.dumps({"event_id": "e", "user_id": "u", "item_id": "i", "ts": 1700000000001,

@@ -21,9 +21,10 @@ from stream_app.codec import (
     decode_prediction,
     decode_score_request,
     encode_embedding,
+    encode_event,
     load_schemas,
 )
-from stream_app.codec.events import fast_event, schema_event
+from stream_app.codec.events import _surely_valid, fast_event, schema_event
 from stream_app.codec.fastcheck import fast_row_vector
 from stream_app.core import Learner, LearnerConfig
 from stream_app.events import Event, EventKind
@@ -117,6 +118,34 @@ def test_fast_path_agrees_with_schema_on_the_corpus(kind: EventKind) -> None:
     assert len(corpus) > 150
     for obj in corpus:
         _agree(obj, kind)
+
+
+EVENT_FIELDS = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "ts": 1700000000000,
+                "quantity": 2, "price": 9.5, "item_released_at": 0}
+BOUND_VALUES = [0, 1, -1, 1e12, 1e12 + 1, 10**12, 10**12 + 1, 1000000, 1000001,
+                -62135596800000, -62135596800001, 100000000000, 99999999999,
+                32503679999999, 32503680000000, 2.0, True, "7", "", "x" * 256, "x" * 257]
+
+
+@FUZZ
+@given(changes=st.dictionaries(st.sampled_from(list(EVENT_FIELDS)),
+                               st.one_of(scalars, st.sampled_from(BOUND_VALUES)), max_size=2),
+       kind=st.sampled_from(list(EventKind)))
+def test_what_the_encoder_lets_through_unchecked_every_reader_accepts(
+        changes: dict[str, Any], kind: EventKind) -> None:
+    """`encode_event` skips the full check for events `_surely_valid` passes."""
+    _encoder_agrees(Event(kind=kind, **{**EVENT_FIELDS, **changes}))
+
+
+def test_the_encoders_own_check_agrees_with_the_schema_near_every_bound() -> None:
+    for field in EVENT_FIELDS:
+        for value in BOUND_VALUES:
+            _encoder_agrees(Event(kind=EventKind.PURCHASE, **{**EVENT_FIELDS, field: value}))
+
+
+def _encoder_agrees(event: Event) -> None:
+    if event.kind is EventKind.PURCHASE and _surely_valid(event):
+        assert schema_event(orjson.loads(encode_event(event)), event.kind) == event
 
 
 TS_VARIANTS = [0, -1, 32503679999999, 32503680000000, 1.0, 1.5, True, "1"]
