@@ -142,9 +142,10 @@ class TrainerMetrics(_ProcessMetrics):
             ["topic", "outcome"], registry=r)
         self.events_misrouted = Counter(
             "stream_app_events_misrouted_total",
-            "Input events on a partition where neither librdkafka's default partitioner nor "
-            "Java's puts their user id: learned all the same, but such a user's events and "
-            "forget requests are split over partitions (README, Partitioner).",
+            "Input events and forget requests on a partition where neither librdkafka's "
+            "default partitioner nor Java's puts their user id: applied all the same, but "
+            "such a user's events and forget requests are split over partitions (README, "
+            "Partitioner).",
             ["topic"], registry=r)
         self.batch_size_events = Histogram(
             "stream_app_batch_size_events", "Events per polled micro-batch.",

@@ -149,6 +149,7 @@ class Decoded:
     records: list[list[RawRecord]] = field(default_factory=lambda: [[]])
     forgets: list[str] = field(default_factory=list)
     forget_requests: list[str | None] = field(default_factory=list)
+    forget_records: list[RawRecord] = field(default_factory=list)
     dlq: list[DlqRecord] = field(default_factory=list)
 
     def users(self) -> set[str]:
@@ -167,6 +168,7 @@ def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
                 user = decode_id_key(rec.key)
                 out.forget_requests.append(check_forget_value(rec.value, user))
                 out.forgets.append(user)
+                out.forget_records.append(rec)
                 out.segments.append([])
                 out.records.append([])
                 continue
@@ -184,9 +186,10 @@ def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
 
 
 def misrouted(decoded: Decoded, partitions: Mapping[str, int]) -> list[RawRecord]:
-    """The decoded events' records on a partition where neither common partitioner puts
-    their key (`kafka.partitioners`); none of a topic whose count is not known yet."""
-    return [rec for recs in decoded.records for rec in recs
+    """The decoded events' and forget requests' records on a partition where neither
+    common partitioner puts their key (`kafka.partitioners`); none of a topic whose count
+    is not known yet."""
+    return [rec for recs in (*decoded.records, decoded.forget_records) for rec in recs
             if rec.key and rec.topic in partitions
             and not routed_by_a_known_partitioner(rec.key, rec.partition, partitions[rec.topic])]
 

@@ -24,7 +24,7 @@ from stream_app.observability.metrics import (
     FreshnessSince,
     TrainerMetrics,
 )
-from stream_app.trainer.batch import Decoded, TxnCounts
+from stream_app.trainer.batch import CONTROL_HEADER, Decoded, TxnCounts
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +91,27 @@ def report_lag(m: TrainerMetrics, lag: Mapping[Partition, int]) -> None:
 
 def report_misrouted(m: TrainerMetrics, wrong: Sequence[RawRecord],
                      partitions: Mapping[str, int], repeats: Repeats) -> None:
-    """Count the committed batch's misrouted events (`batch.misrouted`) and say so, once
-    per topic per REPEAT_WINDOW_S: nothing else shows a producer with another
-    partitioner, whose users' events and forget requests then part ways."""
+    """Count the committed batch's misrouted events and forget requests (`batch.misrouted`)
+    and say so, once per topic per REPEAT_WINDOW_S: nothing else shows a producer with
+    another partitioner, whose users' events and forget requests then part ways."""
     for topic, n in Counter(rec.topic for rec in wrong).items():
         m.events_misrouted.labels(topic=topic).inc(n)
     for rec in wrong:
-        more = repeats.admit(rec.topic)
+        forget = rec.header(CONTROL_HEADER) == b"forget"
+        more = repeats.admit((rec.topic, forget))
         if more is None or rec.key is None:
             continue
         n = partitions[rec.topic]
+        if forget:
+            log.error("misrouted forget request on %s: user %r is on partition %d, where "
+                      "librdkafka's default partitioner puts it on %d and Java's on %d%s. It "
+                      "is applied here, but with two or more trainers the user's row may be "
+                      "learned by another one, which never sees it: forget the user again "
+                      "with `stream-app forget` (README, Partitioner); counted in "
+                      "stream_app_events_misrouted_total", rec.topic,
+                      rec.key.decode(errors="replace"), rec.partition,
+                      consistent_random(rec.key, n), murmur2_random(rec.key, n), more)
+            continue
         log.warning("misrouted events on %s: user %r is on partition %d, where librdkafka's "
                     "default partitioner puts it on %d and Java's on %d%s; a producer of %s "
                     "uses another partitioner, or partitions were added. The events are "
