@@ -47,6 +47,11 @@ class Event:
     context: dict[str, Any] | None = field(default=None, compare=False)
 
 
+Headers = tuple[tuple[str, bytes | None], ...]
+"""A Kafka record's headers in order; a value may be null (None), which Kafka tells from
+empty."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Coordinates:
     """Where a record was read from: enough to find it again or dead-letter it."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Message
 
-from stream_app.events import Coordinates
+from stream_app.events import Coordinates, Headers
 
 Partition = tuple[str, int]
 
@@ -28,7 +28,7 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: Headers = ()
 
     @property
     def coords(self) -> Coordinates:
@@ -47,10 +47,8 @@ def to_record(msg: Message) -> RawRecord:
                      tuple((str(h[0]), _bytes(h[1])) for h in headers) if headers else ())
 
 
-def _bytes(value: str | bytes | None) -> bytes:
-    if value is None:
-        return b""
-    return value if isinstance(value, bytes) else value.encode()
+def _bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
 
 
 def first_offsets(records: Sequence[RawRecord]) -> dict[Partition, int]:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stream_app.config import ConfigError, KafkaConfig
+from stream_app.events import Headers
 from stream_app.kafka.clients import LATENCY_PRODUCER_DEFAULTS, make_producer, producer_config
 from stream_app.kafka.exceptions import KafkaEdgeError
 
@@ -40,7 +41,7 @@ class ReplyProducer:
         self._producer: Producer = make_producer(kafka, client_id, **LATENCY_PRODUCER_DEFAULTS)
 
     def send(self, topic: str, key: bytes | None, value: bytes, on_delivered: OnDelivered,
-             headers: tuple[tuple[str, bytes], ...] = ()) -> None:
+             headers: Headers = ()) -> None:
         def report(err: KafkaError | None, _msg: Message) -> None:
             on_delivered(None if err is None else err.str())
 

@@ -30,7 +30,7 @@ from stream_app.codec import (
 from stream_app.codec import decode_score_request as _decode_request
 from stream_app.codec.fastcheck import ROW_RECENT_ITEMS_MAX, fast_id
 from stream_app.config import TopicNames
-from stream_app.events import Coordinates, Prediction, ScoreRequest
+from stream_app.events import Coordinates, Headers, Prediction, ScoreRequest
 from stream_app.serving.batching import HEADERS_COPIED_MAX, Pending
 from stream_app.serving.config import ScorerConfig
 from stream_app.serving.table import EmbeddingTable, ServingMix, TableError
@@ -56,7 +56,7 @@ class Out:
     topic: str
     key: bytes | None
     value: bytes
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: Headers = ()
 
 
 @dataclass(slots=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from stream_app.events import Headers
+
 TopicPartitionKey = tuple[str, int]
 
 
@@ -98,7 +100,7 @@ class Pending:
     key: bytes | None
     value: bytes | None
     produced_ms: int | None = None
-    headers: tuple[tuple[str, bytes], ...] = ()  # copied onto the answer (`copied_headers`)
+    headers: Headers = ()  # copied onto the answer (`copied_headers`)
 
 
 HEADERS_COPIED_MAX = 16 * 1024
@@ -108,15 +110,15 @@ a request with large headers made an answer the producer refuses, which stopped 
 scorer on that request after every restart (code review)."""
 
 
-def copied_headers(headers: tuple[tuple[str, bytes], ...]) -> tuple[tuple[str, bytes], ...]:
-    """The leading headers that fit in HEADERS_COPIED_MAX.
+def copied_headers(headers: Headers) -> Headers:
+    """The leading headers that fit in HEADERS_COPIED_MAX; a null value stays null.
 
-    >>> copied_headers((("a", b"x" * 10), ("b", b"y" * HEADERS_COPIED_MAX)))
-    (('a', b'xxxxxxxxxx'),)
+    >>> copied_headers((("a", b"x" * 10), ("n", None), ("b", b"y" * HEADERS_COPIED_MAX)))
+    (('a', b'xxxxxxxxxx'), ('n', None))
     """
     out, size = [], 0
     for name, value in headers:
-        size += len(name.encode()) + len(value)
+        size += len(name.encode()) + (0 if value is None else len(value))
         if size > HEADERS_COPIED_MAX:
             break
         out.append((name, value))

@@ -211,7 +211,8 @@ def test_malformed_request_gets_error_and_dlq(kafka: KafkaConfig, world) -> None
     producer.produce(kafka.topics.score_requests, key=b"u0", value=b"{not json")
     good = orjson.dumps({"request_id": "good-1", "user_id": "u0", "k": 2})
     producer.produce(kafka.topics.score_requests, key=b"u0", value=good,
-                     headers=[("correlation-id", b"c-good"), ("reply-to", b"svc-a")])
+                     headers=[("correlation-id", b"c-good"), ("reply-to", b"svc-a"),
+                              ("trace", None), ("empty", b"")])
     assert producer.flush(10) == 0
     with running(kafka), ScoreClient(kafka) as client:
         dlq = read_topic(kafka.bootstrap_servers, kafka.topics.dlq, expect=2)
@@ -226,7 +227,8 @@ def test_malformed_request_gets_error_and_dlq(kafka: KafkaConfig, world) -> None
         assert refused.error.startswith("bad_k")
         assert preds["bad-1"].headers() == [("correlation-id", b"c-bad")]
         assert preds["good-1"].headers() == [("correlation-id", b"c-good"),
-                                             ("reply-to", b"svc-a")]
+                                             ("reply-to", b"svc-a"), ("trace", None),
+                                             ("empty", b"")]  # null stays null
         # ...and the process keeps answering.
         assert ask(client, [ScoreRequest(request_id="ok", user_id="u0", k=2)])["ok"].items
 
