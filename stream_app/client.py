@@ -121,10 +121,10 @@ class ScoreClient:
                 self.undelivered[rid] = err.str()
 
         # Delivery reports run inside poll(), after the bookkeeping below.
+        value = encode_score_request(request)  # first: its EncodeError names a bad user id
         try:
             produce_waiting(self._producer, Outgoing(self.topics.score_requests,
-                                                     request.user_id.encode(),
-                                                     encode_score_request(request)), delivered)
+                                                     request.user_id.encode(), value), delivered)
         except KafkaException as exc:  # refused before it was queued (e.g. its size)
             raise DeliveryError(f"request {rid} was not sent to "
                                 f"{self.topics.score_requests}: {exc.args[0].str()}") from exc

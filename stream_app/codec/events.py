@@ -209,32 +209,27 @@ def encode_event(event: Event) -> bytes:
         "item_id": event.item_id,
         "ts": event.ts,
     }
-    if event.quantity is not None or event.price is not None:
-        if event.kind is not EventKind.PURCHASE:
-            raise EncodeError(f"event {event.event_id!r}: only purchases carry quantity/price")
-        if event.quantity is not None:
-            obj["quantity"] = event.quantity
-        if event.price is not None:
-            if not math.isfinite(event.price):
-                raise EncodeError(f"event {event.event_id!r}: price must be finite")
-            obj["price"] = event.price
-    if event.item_released_at is not None:
-        obj["item_released_at"] = event.item_released_at
-    if event.context is not None:
-        if _nested_deeper(event.context, CONTEXT_MAX_DEPTH) or _non_finite_in(event.context):
-            # orjson writes NaN as null (the context changed silently) and would write a
-            # context every decoder refuses as too deep
-            raise EncodeError(f"event {event.event_id!r}: context must hold finite numbers "
-                              f"only, nested at most {CONTEXT_MAX_DEPTH} levels")
-        obj["context"] = event.context
+    for name, field in (("quantity", event.quantity), ("price", event.price),
+                        ("item_released_at", event.item_released_at),
+                        ("context", event.context)):
+        if field is not None:
+            obj[name] = field
+    # orjson writes NaN as null: the value would change without a word
+    if isinstance(event.price, float) and not math.isfinite(event.price):
+        raise EncodeError(f"event {event.event_id!r}: price must be finite",
+                          reason=DlqReason.NON_FINITE)
+    if type(event.context) is dict and _non_finite_in(event.context):
+        raise EncodeError(f"event {event.event_id!r}: context must hold finite numbers only",
+                          reason=DlqReason.NON_FINITE)
     try:
         if not _surely_valid(event):
             event_from_object(obj, event.kind)  # what every reader will check, checked here
         value = orjson.dumps(obj)
     except DecodeError as err:
         raise EncodeError(f"event {event.event_id!r}: {err}", reason=err.reason) from err
-    except orjson.JSONEncodeError as exc:
-        raise EncodeError(f"event {event.event_id!r}: {exc}") from exc
+    except orjson.JSONEncodeError as exc:  # a lone surrogate, a type JSON has not
+        reason = DlqReason.BAD_UTF8 if "surrogates" in str(exc) else DlqReason.WRONG_TYPE
+        raise EncodeError(f"event {event.event_id!r}: {exc}", reason=reason) from exc
     if len(value) > EVENT_MAX_BYTES:
         raise EncodeError(f"event {event.event_id!r}: the value would be {len(value)} bytes "
                           f"(ids as strings, numbers as JSON writes them), limit "
@@ -246,9 +241,11 @@ def _surely_valid(event: Event) -> bool:
     """True for an event whose fields the schema accepts, read off the typed `Event`.
 
     Cheaper than re-checking the encoded value as a reader does; False only means "ask
-    the full check", which names the reason. A context's depth is checked by the caller.
+    the full check", which names the reason.
     """
     quantity, price, released = event.quantity, event.price, event.item_released_at
+    if event.kind is not EventKind.PURCHASE and (quantity is not None or price is not None):
+        return False  # the reader names it (wrong_topic)
     return (type(event.ts) is int and TS_RANGE[0] <= event.ts < TS_RANGE[1]
             and type(event.event_id) is str and type(event.user_id) is str
             and type(event.item_id) is str
@@ -259,7 +256,8 @@ def _surely_valid(event: Event) -> bool:
                                    and _PRICE["minimum"] <= price <= _PRICE["maximum"]))
             and (released is None or (type(released) is int
                                       and RELEASED_RANGE[0] <= released < RELEASED_RANGE[1]))
-            and (event.context is None or type(event.context) is dict))
+            and (event.context is None or (type(event.context) is dict and not _nested_deeper(
+                event.context, CONTEXT_MAX_DEPTH))))
 
 
 def event_key(event: Event) -> bytes:

@@ -87,9 +87,12 @@ def encode_score_request(request: ScoreRequest) -> bytes:
     obj["explain"] = request.explain
     try:
         _REQUEST.validate(obj)
+        _build_request(obj)  # ids as the scorer reads them (a float past 2**53 is none)
     except fastjsonschema.JsonSchemaValueException as exc:
         err = error_for(exc, _REQUEST.name)
         raise EncodeError(str(err), reason=err.reason) from exc
+    except DecodeError as err:
+        raise EncodeError(str(err), reason=err.reason) from err
     try:
         value = orjson.dumps(obj)
     except orjson.JSONEncodeError as exc:  # a lone surrogate in an id

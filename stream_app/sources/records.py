@@ -27,7 +27,8 @@ class RawRecord:
 
 def to_record(event: Event) -> RawRecord:
     """The valid record of `event`: key = user id, value = `encode_event`."""
-    return RawRecord(kind=event.kind, key=event_key(event), value=encode_event(event), event=event)
+    value = encode_event(event)  # first: its EncodeError names what is wrong with an id
+    return RawRecord(kind=event.kind, key=event_key(event), value=value, event=event)
 
 
 class SourceError(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -173,8 +174,10 @@ def test_encode_refuses_what_the_schema_would_refuse() -> None:
     deep: Any = 1
     for _ in range(40):
         deep = [deep]
-    for context in ({"x": float("nan")}, {"a": [1, {"b": float("inf")}]}, {"d": deep}):
-        with pytest.raises(EncodeError, match="context must hold finite numbers"):
+    for context, said in (({"x": float("nan")}, "context must hold finite numbers"),
+                          ({"a": [1, {"b": float("inf")}]}, "context must hold finite numbers"),
+                          ({"d": deep}, "context is nested over 32 levels")):
+        with pytest.raises(EncodeError, match=said):
             encode_event(Event(event_id="e", user_id="u", item_id="i", ts=1700000000001,
                                kind=EventKind.CLICK, context=context))
 
@@ -190,6 +193,12 @@ _GOOD = Event(event_id="e", user_id="u", item_id="i", ts=1700000000001, kind=Eve
     ({"user_id": ""}, DlqReason.EMPTY_ID),
     ({"event_id": "e\n"}, DlqReason.BAD_ID_CHARS),
     ({"context": {"note": "x" * EVENT_MAX_BYTES}}, DlqReason.TOO_LARGE),
+    ({"price": "5"}, DlqReason.WRONG_TYPE),  # raised TypeError (codec review)
+    ({"price": 10**400}, DlqReason.OUT_OF_RANGE),  # raised OverflowError
+    ({"kind": EventKind.CLICK, "quantity": 1}, DlqReason.WRONG_TOPIC),
+    ({"context": [1]}, DlqReason.WRONG_TYPE),
+    ({"context": {"tags": {1, 2}}}, DlqReason.WRONG_TYPE),  # a set: no JSON for it
+    ({"user_id": "u\udcff"}, DlqReason.BAD_UTF8),
 ])
 def test_encode_refuses_an_event_every_reader_would_dead_letter(
         changes: dict[str, Any], reason: DlqReason) -> None:
@@ -200,12 +209,26 @@ def test_encode_refuses_an_event_every_reader_would_dead_letter(
     assert decode_event(encode_event(_GOOD), b"u", EventKind.PURCHASE) == _GOOD
 
 
+def test_ids_of_a_str_subclass_are_sent_as_plain_text() -> None:
+    """numpy.str_ (pandas columns) and StrEnum ids encoded before the encoder checked its
+    output; the check then raised ValueError from int() (codec review)."""
+    class Who(StrEnum):
+        ALICE = "alice"
+
+    event = dataclasses.replace(_GOOD, user_id=Who.ALICE, item_id=np.str_("sku-1"))
+    assert orjson.loads(encode_event(event))["user_id"] == "alice"
+    back = decode_event(encode_event(event), b"alice", EventKind.PURCHASE)
+    assert (back.user_id, back.item_id) == ("alice", "sku-1")
+    assert type(back.user_id) is str and type(back.item_id) is str
+
+
 @pytest.mark.parametrize(("changes", "reason"), [
     ({"k": 0}, DlqReason.BAD_K),
     ({"k": 1001}, DlqReason.BAD_K),
     ({"candidates": ("a", "")}, DlqReason.EMPTY_ID),
     ({"exclude": tuple(f"i{n}" for n in range(10_001))}, DlqReason.TOO_MANY_EXCLUSIONS),
     ({"user_id": "u\udcff"}, DlqReason.BAD_UTF8),
+    ({"candidates": (2.0**60,)}, DlqReason.ID_TOO_LONG),  # a float id past 2**53
 ])
 def test_encode_refuses_a_request_the_scorer_would_refuse(
         changes: dict[str, Any], reason: DlqReason) -> None:
