@@ -61,9 +61,10 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
             f"sum by (topic, outcome) (rate(stream_app_events_total[{RI}]))",
             "{{topic}} {{outcome}}"), (
             f"sum by (topic) (rate(stream_app_events_misrouted_total[{RI}]))",
-            "{{topic}} misrouted (also counted above)")], "ops",
-               "Every event read gets exactly one outcome. Misrouted: on a partition neither "
-               "common partitioner gives its user id (alert EventsMisrouted)."),
+            "{{topic}} misrouted")], "ops",
+               "Every event read gets exactly one outcome. Misrouted: events (also counted "
+               "by outcome) and forget requests on a partition neither common partitioner "
+               "gives their user id (alert EventsMisrouted)."),
         _panel("Loss", [("stream_app_training_loss", "{{instance}} training (sampled)"),
                         ("stream_app_prequential_loss", "{{instance}} prequential (full softmax)")],
                "none", "Training: the step's sampled-softmax loss (alert TrainingLossRising; a "

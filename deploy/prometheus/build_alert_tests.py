@@ -140,7 +140,7 @@ CASES: list[Case] = [
     Case(alert="EventsMisrouted", eval_time="10m", series={
         f'stream_app_events_misrouted_total{{{T},topic="clicks"}}': "0 0 0 3 3 3 3 3 3 3 3"},
          fires=[({"job": "stream-app-trainer", "topic": "clicks"},
-                 "Events on clicks land on partitions their user id does not map to")]),
+                 "Events or forgets on clicks land on partitions their user id does not map to")]),
     Case(alert="EventsMisrouted", eval_time="10m", series={
         f'stream_app_events_misrouted_total{{{T},topic="clicks"}}': "0x10", _APPLIED: "0+100x10"}),
     Case(alert="EventsMisrouted", eval_time="30m", series={  # 3 once, 20 m ago: quiet again

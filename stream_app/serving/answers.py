@@ -45,7 +45,7 @@ k=1000 with explanations over long ids can ask for more; it gets an error predic
 instead of a failed send."""
 ANSWER_RECORD_MAX = ANSWER_MAX_BYTES + 3 * HEADERS_COPIED_MAX + 4096
 """Bound on a whole answer record as the broker counts it: the value, the copied headers
-with a few bytes of framing each, the key and the batch's header. The scorer refuses to
+(their framing counted in HEADERS_COPIED_MAX), the key and the batch's header. The scorer refuses to
 start on a `predictions` topic (or a producer `message.max.bytes`) smaller than this."""
 
 

@@ -98,7 +98,8 @@ def report_misrouted(m: TrainerMetrics, wrong: Sequence[RawRecord],
         m.events_misrouted.labels(topic=topic).inc(n)
     for rec in wrong:
         forget = rec.header(CONTROL_HEADER) == b"forget"
-        more = repeats.admit((rec.topic, forget))
+        # Every forget is named: each user it names must be forgotten again.
+        more = repeats.admit((rec.topic, forget), always=forget)
         if more is None or rec.key is None:
             continue
         n = partitions[rec.topic]

@@ -216,18 +216,22 @@ def test_a_misrouted_forget_request_is_found_counted_and_said_as_an_error(
     partition: the row stays, and nothing said so."""
     records = [dataclasses.replace(_forget(0, "u1"), partition=2),  # CRC-32's partition
                dataclasses.replace(_click(1, "u1", "a"), partition=0),
-               dataclasses.replace(_forget(2, "u1"), partition=0)]
+               dataclasses.replace(_forget(2, "u1"), partition=0),
+               dataclasses.replace(_forget(3, "u2"), partition=2)]  # u2: 1 or 0
     decoded = decode_batch(records, TOPICS, now_ms=NOW, max_future_ms=0)
     wrong = misrouted(decoded, {TOPICS.clicks: 3})
-    assert [r.offset for r in wrong] == [1, 2]
+    assert [r.offset for r in wrong] == [1, 2, 3]
     metrics = _metrics()
     with caplog.at_level("WARNING", logger="stream_app.trainer.observe"):
         report_misrouted(metrics, wrong, {TOPICS.clicks: 3}, Repeats())
     assert metrics.registry.get_sample_value(
-        "stream_app_events_misrouted_total", {"topic": TOPICS.clicks}) == 2
-    said = {r.levelname: r.getMessage() for r in caplog.records}
-    assert "misrouted events on" in said["WARNING"]  # the forget is not left out after it
-    assert said["ERROR"].startswith(f"misrouted forget request on {TOPICS.clicks}: user 'u1'")
+        "stream_app_events_misrouted_total", {"topic": TOPICS.clicks}) == 3
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said[0][0] == "WARNING" and "misrouted events on" in said[0][1]
+    # Each forget is named, whatever the window: each user must be forgotten again.
+    assert [(level, line.split(":")[0], line.split("'")[1]) for level, line in said[1:]] == [
+        ("ERROR", f"misrouted forget request on {TOPICS.clicks}", "u1"),
+        ("ERROR", f"misrouted forget request on {TOPICS.clicks}", "u2")]
 
 
 def test_misrouted_events_are_counted_each_and_said_once_a_window(
