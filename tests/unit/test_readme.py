@@ -8,10 +8,14 @@ from pathlib import Path
 
 import fastjsonschema
 import orjson
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 
 from stream_app.codec import load_schemas
 from stream_app.config import build, load_kafka
 from stream_app.core import LearnerConfig
+from stream_app.observability import ScorerMetrics, TrainerMetrics
+from stream_app.observability.bulk import BulkHistogram
 from stream_app.serving import ScorerConfig
 from stream_app.trainer import TrainerConfig
 
@@ -47,3 +51,37 @@ def test_config_example_loads() -> None:
     build(TrainerConfig, "trainer", file["trainer"], {}, {})
     build(LearnerConfig, "learner", file["learner"], {}, {})
     assert build(ScorerConfig, "scorer", file["scorer"], {}, {}).threads == 1
+
+
+def _registered() -> dict[str, tuple[str, set[str]]]:
+    """Every metric the trainer and scorer register: exposed name -> (type, labels)."""
+    out: dict[str, tuple[str, set[str]]] = {}
+    for metrics in (TrainerMetrics(CollectorRegistry(), k=20), ScorerMetrics(CollectorRegistry())):
+        for obj in vars(metrics).values():
+            if isinstance(obj, BulkHistogram):
+                out[obj.name] = ("histogram", {obj.label})
+            elif isinstance(obj, MetricWrapperBase):
+                kind = obj._type  # noqa: SLF001 (no public accessor in prometheus_client)
+                name = obj._name + {"counter": "_total", "info": "_info"}.get(kind, "")  # noqa: SLF001
+                labels = set(obj._labelnames)  # noqa: SLF001
+                if kind == "info":  # an info's labels are its value's keys
+                    labels = {k for family in obj.collect() for sample in family.samples
+                              for k in sample.labels}
+                out[name] = (kind, labels)
+    return out
+
+
+def test_the_metrics_table_lists_every_metric_with_its_type_and_labels() -> None:
+    """A metric added without a README row, or a row left after its metric went, or a
+    label added to one and not the other, is a README that no longer tells the truth."""
+    rows: dict[str, tuple[str, set[str]]] = {}
+    for line in README.read_text().splitlines():
+        if line.startswith("| `stream_app_"):
+            names, kind, labels = (cell.strip() for cell in line.split("|")[1:4])
+            for name in re.findall(r"`(stream_app_\w+)`", names):
+                rows[name] = (kind, {lb.strip() for lb in labels.split(",") if lb.strip()})
+    registered = _registered()
+    assert len(registered) >= 30
+    assert sorted(rows) == sorted(registered)
+    for name, (kind, labels) in registered.items():
+        assert rows[name] == (kind, labels), name
