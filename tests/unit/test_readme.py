@@ -85,3 +85,13 @@ def test_the_metrics_table_lists_every_metric_with_its_type_and_labels() -> None
     assert sorted(rows) == sorted(registered)
     for name, (kind, labels) in registered.items():
         assert rows[name] == (kind, labels), name
+
+
+def test_every_alert_has_a_readme_row_and_every_row_an_alert() -> None:
+    rules = Path(README.parent / "deploy" / "prometheus" / "alerts.yml").read_text()
+    alerts = set(re.findall(r"^\s+- alert: (\w+)$", rules, flags=re.M))
+    rows = {name for line in README.read_text().splitlines()
+            if (cells := re.match(r"\| ((?:[A-Z]\w+)(?: / [A-Z]\w+)*) \|", line))
+            for name in cells.group(1).split(" / ")}
+    assert len(alerts) >= 15
+    assert rows == alerts
