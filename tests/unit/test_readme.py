@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import tomllib
 from pathlib import Path
@@ -11,6 +12,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
+from stream_app.cli import build_parser
 from stream_app.codec import load_schemas
 from stream_app.config import build, load_kafka
 from stream_app.core import LearnerConfig
@@ -95,3 +97,40 @@ def test_every_alert_has_a_readme_row_and_every_row_an_alert() -> None:
             for name in cells.group(1).split(" / ")}
     assert len(alerts) >= 15
     assert rows == alerts
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    """Each command's parser; `broker` and `topics` nest one level more."""
+    def choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        for action in parser._actions:  # noqa: SLF001 (argparse keeps no public list)
+            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+                return dict(action.choices)
+        return {}
+
+    out: dict[str, argparse.ArgumentParser] = {}
+    for name, parser in choices(build_parser()).items():
+        out[name] = parser
+        for inner, nested in choices(parser).items():
+            out[f"{name} {inner}"] = nested
+    return out
+
+
+def test_every_flag_in_the_commands_block_is_one_the_command_takes() -> None:
+    parts = README.read_text().split("```")  # fenced blocks are the odd parts
+    (block,) = [p.removeprefix("\n") for p in parts[1::2]
+                if p.startswith("\nstream-app broker start|")]
+    commands = _subcommands()
+    seen, current = set(), ""
+    for line in block.splitlines():
+        line = line.split("#")[0]
+        if line.startswith("stream-app "):
+            words = line.split()
+            current = words[1]
+            if f"{current} {words[2].split('|')[0]}" in commands:  # `broker start|stop|status`
+                current = f"{current} {words[2].split('|')[0]}"
+            seen.add(current.split()[0])
+        for flag in re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", line):
+            options = {o for a in commands[current]._actions  # noqa: SLF001
+                       for o in a.option_strings}
+            assert flag in options, f"README: `stream-app {current}` has no {flag}"
+    assert seen == {name.split()[0] for name in commands}  # every command is in the block
