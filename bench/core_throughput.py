@@ -2,7 +2,9 @@
 
 No Kafka: batches are pre-built `Event` lists (a Zipf-like stream over
 `--users` x `--items`), so this measures the core alone (screening, vocab,
-gradient step, commit). Works on CPU and CUDA:
+gradient step, commit). The reference, measured in the same run on the same batches
+and device (each batch timed for both, in turn), is `BareStep`: the same kind of
+step in plain torch, without the learner's features. Works on CPU and CUDA:
 
     python -m bench.core_throughput --batch 1024 4096 --dim 32 64
     python -m bench.core_throughput --device cuda --batch 4096 16384 65536 --dim 64 128
@@ -16,8 +18,10 @@ time per operator), to see whether the host's Python or the device is the limit.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +31,7 @@ from bench.common import machine
 from bench.quality_offline import parse_overrides
 from stream_app.core import Learner, LearnerConfig
 from stream_app.events import Event, EventKind
+from stream_app.heap import freeze_survivors
 
 
 def make_batches(n_batches: int, batch: int, users: int, items: int,
@@ -63,20 +68,76 @@ def warm_learner(batch: int, dim: int,
 
 
 def measure(batch: int, dim: int, args: argparse.Namespace) -> dict[str, float]:
+    """The learner's rate and the bare step's, timed batch by batch in turn, so that both
+    see the same machine: on this shared 2-core host, back-to-back runs of the same
+    command moved the learner's rate by half."""
     learner, batches = warm_learner(batch, dim, args)
-    device = learner.device
+    bare = BareStep(batch, dim, args)
+    freeze_survivors()  # as the trainer at start-up: without, collections that the bare
+    device = learner.device  # step's allocations set off walked the learner (commit 3 -> 12 ms)
     phases: dict[str, float] = {}
-    t0 = time.perf_counter()
+    secs = bare_secs = 0.0
     for b in batches:
+        t0 = time.perf_counter()
         st = learner.learn(b)
+        sync(device)
+        secs += time.perf_counter() - t0
+        bare_secs += bare.timed(b)
         for k, v in st.timings.items():
             phases[k] = phases.get(k, 0.0) + v
-    sync(device)
-    secs = time.perf_counter() - t0
+    gc.unfreeze()
     n = batch * args.batches
     return {"batch": batch, "dim": dim, "events_per_s": n / secs,
             "ms_per_batch": 1000 * secs / args.batches,
-            **{f"ms_{k}": 1000 * v / args.batches for k, v in phases.items()}}
+            **{f"ms_{k}": 1000 * v / args.batches for k, v in phases.items()},
+            "bare_step_events_per_s": n / bare_secs, "ratio_vs_bare_step": bare_secs / secs}
+
+
+class BareStep:
+    """The same kind of step written the way plain torch offers it
+    (`nn.Embedding(sparse=True)` and `torch.optim.Adagrad`), on the same batches and
+    device: the reference the learner is reported against.
+
+    User and item tables of `--users` x `--items` rows (no vocabulary: ids are already
+    row numbers), row-wise sparse Adagrad, and each event's softmax over its positive
+    and the learner's default candidates (up to `max_in_batch_negatives` of the batch's
+    items plus `--negatives` drawn, here uniformly; de-duplicated, as the learner's),
+    and nothing else: no purchase weights, popularity correction or bias, history mix,
+    replay, screening, dedup or rate cap, commit of row state. What the learner costs
+    beyond it is what those features cost.
+    """
+
+    def __init__(self, batch: int, dim: int, args: argparse.Namespace) -> None:
+        self.device = torch.device(args.device)
+        torch.manual_seed(dim)
+        self.users = torch.nn.Embedding(args.users, dim, sparse=True, device=self.device)
+        self.items = torch.nn.Embedding(args.items, dim, sparse=True, device=self.device)
+        self.opt = torch.optim.Adagrad([self.users.weight, self.items.weight], lr=0.05)
+        warnings.filterwarnings("ignore", message="Sparse invariant checks")  # Adagrad's
+        cap = LearnerConfig(**parse_overrides(args.X)).max_in_batch_negatives
+        self.in_batch = min(batch, cap)
+        self.n_items, self.negatives = args.items, args.negatives
+        self.target = torch.zeros(batch, dtype=torch.int64, device=self.device)  # positive
+        for b in make_batches(args.warmup, batch, args.users, args.items, seed=dim + 1):
+            self.timed(b)
+
+    def timed(self, events: list[Event]) -> float:
+        """Seconds of one step on `events` (their ids are row numbers)."""
+        u = torch.tensor([int(e.user_id) for e in events], device=self.device)
+        i = torch.tensor([int(e.item_id) for e in events], device=self.device)
+        sync(self.device)
+        t0 = time.perf_counter()
+        negatives = torch.randint(self.n_items, (self.negatives,), device=self.device)
+        x = self.users(u)
+        positive = (x * self.items(i)).sum(1, keepdim=True)
+        candidates = self.items(torch.unique(torch.cat([i[: self.in_batch], negatives])))
+        logits = torch.cat([positive, x @ candidates.T], 1)
+        loss = torch.nn.functional.cross_entropy(logits, self.target)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.opt.step()
+        sync(self.device)
+        return time.perf_counter() - t0
 
 
 def profile(batch: int, dim: int, args: argparse.Namespace) -> str:
@@ -127,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             ph = " ".join(f"{k[3:]}={v:.1f}" for k, v in r.items()
                           if k.startswith("ms_") and k != "ms_per_batch")
-            print(f"{batch:7d} {dim:4d} {r['events_per_s']:12,.0f} {r['ms_per_batch']:9.1f}  {ph}")
+            print(f"{batch:7d} {dim:4d} {r['events_per_s']:12,.0f} {r['ms_per_batch']:9.1f}  {ph}"
+                  f"  bare step {r['bare_step_events_per_s']:,.0f}/s "
+                  f"({r['ratio_vs_bare_step']:.3f}x)")
             if args.profile:
                 with args.profile.open("a") as f:
                     f.write(profile(batch, dim, args) + "\n\n")
