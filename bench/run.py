@@ -65,16 +65,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render-only", action="store_true",
                     help="only re-render BENCHMARKS.md from the JSON files in --out")
     args = ap.parse_args(argv)
+    unknown = sorted(set(args.only or ()) - set(FULL))
+    if unknown:  # ran nothing and said nothing before
+        ap.error(f"--only {' '.join(unknown)}: not run by bench.run (it runs {', '.join(FULL)}); "
+                 "run that script on its own, as BENCHMARKS.md says")
     args.out.mkdir(parents=True, exist_ok=True)
     plan = QUICK if args.quick else FULL
     mode = "quick" if args.quick else "full"
+    run_file = args.out / "run.json"
+    if args.render_only and run_file.exists():  # label the tables as the run was made
+        mode = json.loads(run_file.read_text()).get("mode", mode)
     status: dict[str, Any] = {}
     if not args.render_only:
         for name, cmd in plan.items():
             if args.only and name not in args.only:
                 continue
             status[name] = run_one(name, cmd, args.out)
-        run_file = args.out / "run.json"
         # --only re-runs some benchmarks: the others' results (and status) still stand.
         kept = json.loads(run_file.read_text()) if args.only and run_file.exists() else {}
         kept_status = kept.get("status", {}) if kept.get("mode") == mode else {}
