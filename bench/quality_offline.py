@@ -364,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     n_train = int(n * 0.8)
     users, item_ids, seen, test = split(d, n_train)
     results: dict[str, Any] = {"benchmark": "quality_offline", "machine": machine(),
+                               "params": {"limit": args.limit, "batch": args.batch, "k": args.k,
+                                          "device": args.device, "seeds": args.seeds,
+                                          "baselines": args.baselines, "overrides": args.X},
                                "events": n, "train_events": n_train, "test_users": len(users)}
     table = []
     pop = popularity_scores(d, n_train, item_ids, None)
