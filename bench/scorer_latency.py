@@ -4,6 +4,7 @@
     python -m bench.scorer_latency --quick --threads 1  # 20K items, 3 s per rate, 500/2000
     python -m bench.scorer_latency --quick --baseline-src /path/to/old/checkout
     python -m bench.scorer_latency --bias zipf          # biases spread like popularity
+    python -m bench.scorer_latency --row-rate 5000      # while rows arrive, as from a trainer
 
 Publishes `--items` item rows and `--users` user rows, starts `stream-app scorer`
 as a subprocess, waits for /readyz, then sends requests at fixed rates (open
@@ -85,14 +86,8 @@ def publish_rows(kafka: KafkaConfig, n_items: int, n_users: int, dim: int,
     stamp = int(time.time() * 1000)
     for entity, mat in (("item", items), ("user", users)):
         for n, vec in enumerate(mat):
-            row = EmbeddingRow(entity=entity, id=f"{entity[0]}{n}", vector=vec,  # type: ignore[arg-type]
-                               bias=float(biases[n]) if entity == "item" else 0.0,
-                               model_version="bench", updates=5, updated_at=stamp,
-                               last_event_ts=stamp,
-                               recent_items=tuple(f"i{j}" for j in rng.integers(
-                                   0, n_items, learner_cfg.recent_items))
-                               if entity == "user" else (),
-                               state={"id_vec": vec} if entity == "user" else {})
+            row = _row(entity, n, vec, float(biases[n]) if entity == "item" else 0.0,
+                       rng, n_items, stamp)
             while True:
                 try:
                     producer.produce(kafka.topics.embeddings, key=row.key.encode(),
@@ -107,6 +102,57 @@ def publish_rows(kafka: KafkaConfig, n_items: int, n_users: int, dim: int,
                         "recent_items": learner_cfg.recent_items}}
     producer.produce(kafka.topics.embeddings, key=META_KEY, value=encode_meta(meta))
     producer.flush(120)
+
+
+def _row(entity: str, n: int, vec: np.ndarray, bias: float, rng: np.random.Generator,
+         n_items: int, stamp: int) -> EmbeddingRow:
+    """Row `n` of `entity` as the trainer writes it (users: id vector, 20 recent items)."""
+    user = entity == "user"
+    recent = tuple(f"i{j}" for j in rng.integers(0, n_items, LearnerConfig().recent_items))
+    return EmbeddingRow(entity=entity, id=f"{entity[0]}{n}", vector=vec,  # type: ignore[arg-type]
+                        bias=bias, model_version="bench", updates=5, updated_at=stamp,
+                        last_event_ts=stamp, recent_items=recent if user else (),
+                        state={"id_vec": vec} if user else {})
+
+
+class RowStream(threading.Thread):
+    """`rate` rows a second republished while requests are timed, in one burst a second,
+    as a trainer's commits arrive: the scorer applies them between its answers, as in
+    production. Rows of existing ids (items and users in the table's proportion) with
+    new vectors, encoded before the run so the client's own cost stays small."""
+
+    def __init__(self, kafka: KafkaConfig, rate: int, n_items: int, n_users: int,
+                 dim: int) -> None:
+        super().__init__(daemon=True)
+        self.kafka, self.rate, self.published = kafka, rate, 0
+        self.stop = threading.Event()
+        rng = np.random.default_rng(1)
+        stamp = int(time.time() * 1000)
+        self.pool: list[tuple[bytes, bytes]] = []
+        for _ in range(rate):
+            entity = "item" if rng.random() < n_items / (n_items + n_users) else "user"
+            n = int(rng.integers(0, n_items if entity == "item" else n_users))
+            vec = (rng.normal(size=dim) / np.sqrt(dim)).astype(np.float32)
+            row = _row(entity, n, vec, float(rng.normal()) if entity == "item" else 0.0,
+                       rng, n_items, stamp)
+            self.pool.append((row.key.encode(), encode_embedding(row)))
+
+    def run(self) -> None:
+        producer = make_producer(self.kafka, "bench-row-stream")
+        due = time.monotonic()
+        while not self.stop.is_set():
+            for key, value in self.pool:
+                while True:
+                    try:
+                        producer.produce(self.kafka.topics.embeddings, key=key, value=value)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            producer.poll(0)
+            self.published += len(self.pool)
+            due += 1.0
+            self.stop.wait(max(0.0, due - time.monotonic()))
+        producer.flush(10)
 
 
 def start_group_at_end(kafka: KafkaConfig, group: str) -> None:
@@ -229,9 +275,16 @@ def _pcts(values: list[float] | np.ndarray, qs: tuple[float, ...] = (50, 99)) ->
 
 def run_rate(kafka: KafkaConfig, rate: float, args: argparse.Namespace, recv: Receiver,
              tag: str, pids: dict[str, int | None]) -> dict[str, Any]:
+    stream = RowStream(kafka, args.row_rate, args.items, args.users, args.dim) \
+        if args.row_rate else None
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     wall0 = time.time()
+    if stream is not None:
+        stream.start()
     sent, t0, send_end = send_at_rate(kafka, rate, args.duration, args.users, args.k, tag)
+    if stream is not None:
+        stream.stop.set()
+        stream.join(30)
     window_end = t0 + args.duration + 1.0
     while time.time() < window_end and not sent.keys() <= recv.received.keys():
         time.sleep(0.02)
@@ -264,6 +317,7 @@ def run_rate(kafka: KafkaConfig, rate: float, args: argparse.Namespace, recv: Re
                  and p99_all <= args.target_p99_ms)
     span = wall1 - wall0
     return {"rate": rate, "sent": n, "send_rate": round(send_rate, 1), "answered": len(e2e),
+            "rows_published": stream.published if stream is not None else 0,
             "answered_in_run": in_run, "p99_all_ms": round(p99_all, 3),
             "e2e_ms": {**_pcts(e2e, (50, 90, 99, 99.9)),
                        "max": round(max(e2e), 3) if e2e else float("nan")},
@@ -364,6 +418,9 @@ def parse_args() -> argparse.Namespace:
                    help="also run the scorer of this checkout first, same load (A/B)")
     p.add_argument("--bias", choices=("gaussian", "zipf"), default="gaussian",
                    help="item table shape (see publish_rows; default gaussian)")
+    p.add_argument("--row-rate", type=int, default=0,
+                   help="embedding rows a second republished while requests are timed, in "
+                        "one burst a second, as a trainer's commits (default 0: a still table)")
     p.add_argument("--quick", action="store_true", help="20K items, 3 s per rate, 500,2000")
     p.add_argument("--out", type=Path, help="JSON result (default bench/results/...)")
     args = p.parse_args()
@@ -403,6 +460,7 @@ def main() -> int:
                   "bias": args.bias,
                   "device": args.device, "threads": args.threads, "batch_max": args.batch_max,
                   "batch_wait_ms": args.batch_wait_ms, "duration_s": args.duration,
+                  "row_rate": args.row_rate,
                   "target_p99_ms": args.target_p99_ms, "machine": machine(),
                   "loadavg_before_after": [load_before, os.getloadavg()],
                   "publish_s": round(publish_s, 1), "reference": ref, **runs}
