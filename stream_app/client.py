@@ -144,6 +144,11 @@ class ScoreClient:
         self.undelivered.pop(rid, None)
 
     def send_many(self, requests: Iterable[ScoreRequest]) -> list[str]:
+        """Send all, or none when one is a request the scorer would refuse (`EncodeError`,
+        raised before any is produced, so no sent id is lost with the exception)."""
+        requests = list(requests)
+        for request in requests:
+            encode_score_request(request)
         ids = [self.send(r) for r in requests]
         self._producer.flush(10)
         return ids

@@ -85,11 +85,16 @@ def _nested_deeper(value: Any, levels: int) -> bool:
     """
     level = [value]
     for _ in range(levels):
-        level = [v for c in level for v in (c.values() if type(c) is dict else c)
-                 if type(v) is dict or type(v) is list]
+        level = [v for c in level for v in (c.values() if isinstance(c, dict) else c)
+                 if isinstance(v, _CONTAINERS)]
         if not level:
             return False
     return True
+
+
+_CONTAINERS = (dict, list, tuple)
+"""What JSON writes as an object or an array: orjson takes dict subclasses and tuples too,
+so an encoder's checks must look inside them (a tuple 40 deep got past them)."""
 
 
 def _non_finite_in(value: Any) -> bool:
@@ -100,10 +105,10 @@ def _non_finite_in(value: Any) -> bool:
     """
     level = [value]
     while level:
-        if any(type(v) is float and not math.isfinite(v) for v in level):
+        if any(isinstance(v, float) and not math.isfinite(v) for v in level):
             return True
-        level = [v for c in level if type(c) is dict or type(c) is list
-                 for v in (c.values() if type(c) is dict else c)]
+        level = [v for c in level if isinstance(c, _CONTAINERS)
+                 for v in (c.values() if isinstance(c, dict) else c)]
     return False
 
 
@@ -218,7 +223,7 @@ def encode_event(event: Event) -> bytes:
     if isinstance(event.price, float) and not math.isfinite(event.price):
         raise EncodeError(f"event {event.event_id!r}: price must be finite",
                           reason=DlqReason.NON_FINITE)
-    if type(event.context) is dict and _non_finite_in(event.context):
+    if event.context is not None and _non_finite_in(event.context):
         raise EncodeError(f"event {event.event_id!r}: context must hold finite numbers only",
                           reason=DlqReason.NON_FINITE)
     try:

@@ -103,7 +103,7 @@ def id_str(value: Any) -> str:
     still calls an integer: -9223372036854775809 reads as -2**63, in range.
     """
     if isinstance(value, str):
-        return str(value)  # a subclass (numpy.str_, an enum) as plain text
+        return str.__str__(value)  # a subclass (numpy.str_, an enum) as plain text
     if type(value) is float and abs(value) >= EXACT_FLOAT_INT:
         raise DecodeError(DlqReason.ID_TOO_LONG,
                           f"id {value!r} is not an exact integer (past int64, or a float past "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -126,7 +127,7 @@ EVENT_FIELDS = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "ts": 170000
 BOUND_VALUES = [None, 0, 1, -1, 1e12, 1e12 + 1, 10**12, 10**12 + 1, 1000000, 1000001,
                 -62135596800000, -62135596800001, 100000000000, 99999999999,
                 32503679999999, 32503680000000, 2.0, True, "7", "", "x" * 256, "x" * 257,
-                [1], {}, {"a": {"b": [1, None]}}]
+                [1], {}, {"a": {"b": [1, None]}}, {"t": (1, (2,))}, OrderedDict(a=[1])]
 
 
 def _base(kind: EventKind) -> dict[str, Any]:
