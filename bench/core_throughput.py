@@ -55,11 +55,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def learner_config(dim: int, args: argparse.Namespace) -> LearnerConfig:
+    return LearnerConfig(**{"num_sampled_negatives": args.negatives, **parse_overrides(args.X),
+                            "dim": dim})
+
+
 def warm_learner(batch: int, dim: int,
                  args: argparse.Namespace) -> tuple[Learner, list[list[Event]]]:
     """A learner that has seen `--warmup` batches, and the batches still to time."""
-    overrides = {"num_sampled_negatives": args.negatives, **parse_overrides(args.X), "dim": dim}
-    learner = Learner(LearnerConfig(**overrides), device=torch.device(args.device))
+    learner = Learner(learner_config(dim, args), device=torch.device(args.device))
     batches = make_batches(args.warmup + args.batches, batch, args.users, args.items, seed=dim)
     for b in batches[: args.warmup]:
         learner.learn(b)
@@ -99,9 +103,11 @@ class BareStep:
     device: the reference the learner is reported against.
 
     User and item tables of `--users` x `--items` rows (no vocabulary: ids are already
-    row numbers), row-wise sparse Adagrad, and each event's softmax over its positive
-    and the learner's default candidates (up to `max_in_batch_negatives` of the batch's
-    items plus `--negatives` drawn, here uniformly; de-duplicated, as the learner's),
+    row numbers), torch's sparse Adagrad (an accumulator per element, where the
+    learner's is per row), and each event's softmax over its positive and the learner's
+    candidates (up to `max_in_batch_negatives` of the batch's items and
+    `num_sampled_negatives` drawn, here uniformly, as its `negatives` mode says;
+    de-duplicated, as the learner's),
     and nothing else: no purchase weights, popularity correction or bias, history mix,
     replay, screening, dedup or rate cap, commit of row state. What the learner costs
     beyond it is what those features cost.
@@ -114,9 +120,13 @@ class BareStep:
         self.items = torch.nn.Embedding(args.items, dim, sparse=True, device=self.device)
         self.opt = torch.optim.Adagrad([self.users.weight, self.items.weight], lr=0.05)
         warnings.filterwarnings("ignore", message="Sparse invariant checks")  # Adagrad's
-        cap = LearnerConfig(**parse_overrides(args.X)).max_in_batch_negatives
-        self.in_batch = min(batch, cap)
-        self.n_items, self.negatives = args.items, args.negatives
+        cfg = learner_config(dim, args)
+        if cfg.optimizer != "adagrad":
+            raise SystemExit(f"bench.core_throughput: the bare step is Adagrad; with "
+                             f"optimizer={cfg.optimizer} the ratio would compare two steps")
+        self.in_batch = 0 if cfg.negatives == "sampled" else min(batch, cfg.max_in_batch_negatives)
+        self.negatives = 0 if cfg.negatives == "in_batch" else cfg.num_sampled_negatives
+        self.n_items = args.items
         self.target = torch.zeros(batch, dtype=torch.int64, device=self.device)  # positive
         for b in make_batches(args.warmup, batch, args.users, args.items, seed=dim + 1):
             self.timed(b)

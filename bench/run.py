@@ -73,21 +73,25 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     mode = "quick" if args.quick else "full"
     run_file = args.out / "run.json"
-    if args.render_only and run_file.exists():  # label the tables as the run was made
-        mode = json.loads(run_file.read_text()).get("mode", mode)
-    status: dict[str, Any] = {}
+    # --only re-runs some benchmarks: the others' results (and status) still stand.
+    kept = json.loads(run_file.read_text()) if run_file.exists() else {}
+    status: dict[str, Any] = {
+        name: {"mode": kept.get("mode", "full"), **s}  # files before the mode was per entry
+        for name, s in kept.get("status", {}).items()} if args.only or args.render_only else {}
+    ran: dict[str, Any] = {}
     if not args.render_only:
         for name, cmd in plan.items():
             if args.only and name not in args.only:
                 continue
-            status[name] = run_one(name, cmd, args.out)
-        # --only re-runs some benchmarks: the others' results (and status) still stand.
-        kept = json.loads(run_file.read_text()) if args.only and run_file.exists() else {}
-        kept_status = kept.get("status", {}) if kept.get("mode") == mode else {}
-        run_file.write_text(json.dumps({"mode": mode, "status": {**kept_status, **status}},
-                                       indent=2))
-    render(args.out, Path("BENCHMARKS.md"), mode=mode)
-    return 1 if any(s["exit"] for s in status.values()) else 0
+            ran[name] = {"mode": mode, **run_one(name, cmd, args.out)}
+        status.update(ran)
+    modes = {s["mode"] for s in status.values()} or {mode}
+    label = modes.pop() if len(modes) == 1 else "mixed: " + ", ".join(
+        f"{name} {s['mode']}" for name, s in status.items())
+    if not args.render_only:
+        run_file.write_text(json.dumps({"mode": label, "status": status}, indent=2))
+    render(args.out, Path("BENCHMARKS.md"), mode=label)
+    return 1 if any(s["exit"] for s in ran.values()) else 0
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import orjson
 import torch
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from bench.common import free_port, machine, wait_http_ok, write_json
 from bench.scorer_compute import ZIPF_SCALE, zipf_biases
@@ -74,14 +74,7 @@ def publish_rows(kafka: KafkaConfig, n_items: int, n_users: int, dim: int,
     """
     rng = np.random.default_rng(0)
     learner_cfg = LearnerConfig(dim=dim)
-    if bias == "zipf":
-        items = (rng.normal(size=(n_items, dim)) * ZIPF_SCALE).astype(np.float32)
-        users = (rng.normal(size=(n_users, dim)) * ZIPF_SCALE).astype(np.float32)
-        biases = zipf_biases(rng, n_items)
-    else:
-        items = (rng.normal(size=(n_items, dim)) / np.sqrt(dim)).astype(np.float32)
-        users = rng.normal(size=(n_users, dim)).astype(np.float32)
-        biases = rng.normal(size=n_items)
+    items, users, biases = _table(bias, n_items, n_users, dim, rng)
     producer = make_producer(kafka, "bench-rows")
     stamp = int(time.time() * 1000)
     for entity, mat in (("item", items), ("user", users)):
@@ -104,6 +97,18 @@ def publish_rows(kafka: KafkaConfig, n_items: int, n_users: int, dim: int,
     producer.flush(120)
 
 
+def _table(bias: str, n_items: int, n_users: int, dim: int,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Item vectors, user vectors and item biases of the `bias` shape (`publish_rows`)."""
+    if bias == "zipf":
+        items = (rng.normal(size=(n_items, dim)) * ZIPF_SCALE).astype(np.float32)
+        users = (rng.normal(size=(n_users, dim)) * ZIPF_SCALE).astype(np.float32)
+        return items, users, zipf_biases(rng, n_items)
+    items = (rng.normal(size=(n_items, dim)) / np.sqrt(dim)).astype(np.float32)
+    users = rng.normal(size=(n_users, dim)).astype(np.float32)
+    return items, users, rng.normal(size=n_items)
+
+
 def _row(entity: str, n: int, vec: np.ndarray, bias: float, rng: np.random.Generator,
          n_items: int, stamp: int) -> EmbeddingRow:
     """Row `n` of `entity` as the trainer writes it (users: id vector, 20 recent items)."""
@@ -118,41 +123,61 @@ def _row(entity: str, n: int, vec: np.ndarray, bias: float, rng: np.random.Gener
 class RowStream(threading.Thread):
     """`rate` rows a second republished while requests are timed, in one burst a second,
     as a trainer's commits arrive: the scorer applies them between its answers, as in
-    production. Rows of existing ids (items and users in the table's proportion) with
-    new vectors, encoded before the run so the client's own cost stays small."""
+    production. Each burst rewrites other ids (items and users in the table's
+    proportion, drawn afresh), with vectors and biases drawn as the table's own
+    (`_table`), so the scorer's bound index sees new slots written as it would from a
+    trainer. Encoded before the timing starts, so the client's own cost stays small."""
 
-    def __init__(self, kafka: KafkaConfig, rate: int, n_items: int, n_users: int,
-                 dim: int) -> None:
+    def __init__(self, kafka: KafkaConfig, rate: int, bursts: int,
+                 args: argparse.Namespace) -> None:
         super().__init__(daemon=True)
-        self.kafka, self.rate, self.published = kafka, rate, 0
+        self.kafka, self.published, self.errors = kafka, 0, 0
+        self.first_error = ""
         self.stop = threading.Event()
         rng = np.random.default_rng(1)
+        items, users, biases = _table(args.bias, args.items, args.users, args.dim, rng)
         stamp = int(time.time() * 1000)
-        self.pool: list[tuple[bytes, bytes]] = []
-        for _ in range(rate):
-            entity = "item" if rng.random() < n_items / (n_items + n_users) else "user"
-            n = int(rng.integers(0, n_items if entity == "item" else n_users))
-            vec = (rng.normal(size=dim) / np.sqrt(dim)).astype(np.float32)
-            row = _row(entity, n, vec, float(rng.normal()) if entity == "item" else 0.0,
-                       rng, n_items, stamp)
-            self.pool.append((row.key.encode(), encode_embedding(row)))
+        item_share = args.items / (args.items + args.users)
+        self.bursts: list[list[tuple[bytes, bytes]]] = []
+        for _ in range(bursts):
+            burst = []
+            for _ in range(rate):
+                entity = "item" if rng.random() < item_share else "user"
+                n = int(rng.integers(0, args.items if entity == "item" else args.users))
+                vec, bias = (items[n], float(biases[n])) if entity == "item" else (users[n], 0.0)
+                row = _row(entity, n, vec, bias, rng, args.items, stamp)
+                burst.append((row.key.encode(), encode_embedding(row)))
+            self.bursts.append(burst)
+
+    def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self.errors += 1
+            self.first_error = self.first_error or err.str()
 
     def run(self) -> None:
         producer = make_producer(self.kafka, "bench-row-stream")
         due = time.monotonic()
-        while not self.stop.is_set():
-            for key, value in self.pool:
-                while True:
-                    try:
-                        producer.produce(self.kafka.topics.embeddings, key=key, value=value)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-            producer.poll(0)
-            self.published += len(self.pool)
-            due += 1.0
-            self.stop.wait(max(0.0, due - time.monotonic()))
-        producer.flush(10)
+        try:
+            for burst in self.bursts:
+                if self.stop.is_set():
+                    break
+                for key, value in burst:
+                    while True:
+                        try:
+                            producer.produce(self.kafka.topics.embeddings, key=key,
+                                             value=value, on_delivery=self._delivered)
+                            break
+                        except BufferError:
+                            producer.poll(0.05)
+                producer.poll(0)
+                self.published += len(burst)
+                due += 1.0
+                self.stop.wait(max(0.0, due - time.monotonic()))
+        except Exception as exc:  # noqa: BLE001 (said in the result, not lost in a thread)
+            self.first_error = self.first_error or repr(exc)
+            self.errors += 1
+        finally:
+            producer.flush(10)
 
 
 def start_group_at_end(kafka: KafkaConfig, group: str) -> None:
@@ -275,16 +300,18 @@ def _pcts(values: list[float] | np.ndarray, qs: tuple[float, ...] = (50, 99)) ->
 
 def run_rate(kafka: KafkaConfig, rate: float, args: argparse.Namespace, recv: Receiver,
              tag: str, pids: dict[str, int | None]) -> dict[str, Any]:
-    stream = RowStream(kafka, args.row_rate, args.items, args.users, args.dim) \
+    stream = RowStream(kafka, args.row_rate, int(args.duration) + 2, args) \
         if args.row_rate else None
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     wall0 = time.time()
     if stream is not None:
         stream.start()
-    sent, t0, send_end = send_at_rate(kafka, rate, args.duration, args.users, args.k, tag)
-    if stream is not None:
-        stream.stop.set()
-        stream.join(30)
+    try:
+        sent, t0, send_end = send_at_rate(kafka, rate, args.duration, args.users, args.k, tag)
+    finally:
+        if stream is not None:
+            stream.stop.set()
+            stream.join(30)
     window_end = t0 + args.duration + 1.0
     while time.time() < window_end and not sent.keys() <= recv.received.keys():
         time.sleep(0.02)
@@ -318,6 +345,7 @@ def run_rate(kafka: KafkaConfig, rate: float, args: argparse.Namespace, recv: Re
     span = wall1 - wall0
     return {"rate": rate, "sent": n, "send_rate": round(send_rate, 1), "answered": len(e2e),
             "rows_published": stream.published if stream is not None else 0,
+            "row_errors": [stream.errors, stream.first_error] if stream is not None else None,
             "answered_in_run": in_run, "p99_all_ms": round(p99_all, 3),
             "e2e_ms": {**_pcts(e2e, (50, 90, 99, 99.9)),
                        "max": round(max(e2e), 3) if e2e else float("nan")},

@@ -120,17 +120,18 @@ def test_every_flag_in_the_commands_block_is_one_the_command_takes() -> None:
     (block,) = [p.removeprefix("\n") for p in parts[1::2]
                 if p.startswith("\nstream-app broker start|")]
     commands = _subcommands()
-    seen, current = set(), ""
+    seen, current = set(), [""]
     for line in block.splitlines():
         line = line.split("#")[0]
         if line.startswith("stream-app "):
-            words = line.split()
-            current = words[1]
-            if f"{current} {words[2].split('|')[0]}" in commands:  # `broker start|stop|status`
-                current = f"{current} {words[2].split('|')[0]}"
-            seen.add(current.split()[0])
+            words = [*line.split(), ""]
+            inner = [f"{words[1]} {w}" for w in words[2].split("|")]  # broker start|stop|status
+            current = inner if all(c in commands for c in inner) else [words[1]]
+            seen.add(words[1])
         for flag in re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", line):
-            options = {o for a in commands[current]._actions  # noqa: SLF001
-                       for o in a.option_strings}
-            assert flag in options, f"README: `stream-app {current}` has no {flag}"
+            for command in current:  # each of `start|stop|status` takes the line's flags
+                assert command in commands, f"README: no command `stream-app {command}`"
+                options = {o for a in commands[command]._actions  # noqa: SLF001
+                           for o in a.option_strings}
+                assert flag in options, f"README: `stream-app {command}` has no {flag}"
     assert seen == {name.split()[0] for name in commands}  # every command is in the block
