@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from stream_app.client import ScoreClient
 from stream_app.codec import (
     MESSAGE_MAX_BYTES,
+    EncodeError,
     decode_dlq,
     decode_prediction,
     encode_embedding,
@@ -401,6 +402,20 @@ def test_a_request_as_large_as_the_scorer_takes_can_be_sent(
         client.send(big)
     [sent] = read_topic(kafka.bootstrap_servers, kafka.topics.score_requests, expect=1)
     assert len(sent.value()) == size
+
+
+def test_send_many_sends_none_when_one_request_would_be_refused(
+        make_kafka) -> None:  # type: ignore[no-untyped-def]
+    """It sent the requests before the refused one and raised: their ids were lost with
+    the exception, so their answers could not be collected (diff review)."""
+    kafka: KafkaConfig = make_kafka()
+    good = ScoreRequest(request_id="ok-1", user_id="u1", k=5)
+    with ScoreClient(kafka, client_id="many") as client:
+        with pytest.raises(EncodeError, match="bad_k"):
+            client.send_many([good, ScoreRequest(request_id="bad-1", user_id="u1", k=0)])
+        assert client.send_many([good]) == ["ok-1"]
+    [sent] = read_topic(kafka.bootstrap_servers, kafka.topics.score_requests, expect=1)
+    assert orjson.loads(sent.value())["request_id"] == "ok-1"
 
 
 def test_request_without_its_topics_says_what_is_missing(
