@@ -112,6 +112,10 @@ class ScoreClient:
         """Produce one request (keyed by user id); returns its request id. `EncodeError`
         for a request the scorer would refuse, `DeliveryError` when the producer refuses
         it outright."""
+        # Encoded first: its EncodeError names a bad user id before the key is made.
+        return self._send(request, encode_score_request(request))
+
+    def _send(self, request: ScoreRequest, value: bytes) -> str:
         rid = request.request_id
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
@@ -121,7 +125,6 @@ class ScoreClient:
                 self.undelivered[rid] = err.str()
 
         # Delivery reports run inside poll(), after the bookkeeping below.
-        value = encode_score_request(request)  # first: its EncodeError names a bad user id
         try:
             produce_waiting(self._producer, Outgoing(self.topics.score_requests,
                                                      request.user_id.encode(), value), delivered)
@@ -146,10 +149,8 @@ class ScoreClient:
     def send_many(self, requests: Iterable[ScoreRequest]) -> list[str]:
         """Send all, or none when one is a request the scorer would refuse (`EncodeError`,
         raised before any is produced, so no sent id is lost with the exception)."""
-        requests = list(requests)
-        for request in requests:
-            encode_score_request(request)
-        ids = [self.send(r) for r in requests]
+        encoded = [(r, encode_score_request(r)) for r in requests]
+        ids = [self._send(r, value) for r, value in encoded]
         self._producer.flush(10)
         return ids
 

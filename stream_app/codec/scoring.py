@@ -42,16 +42,21 @@ def decode_score_request(value: bytes | None, key: bytes | None) -> ScoreRequest
     obj = parse_object(value)
     try:
         key_text = decode_key(key)
-        try:
-            _REQUEST.validate(obj)
-        except fastjsonschema.JsonSchemaValueException as exc:
-            raise error_for(exc, _REQUEST.name) from exc
-        request = _build_request(obj)
+        request = _request_of(obj)
         check_key_matches(key_text, request.user_id, "user_id")
     except DecodeError as err:
         err.request_id = fast_id(obj.get("request_id")) if isinstance(obj, dict) else None
         raise
     return request
+
+
+def _request_of(obj: Any) -> ScoreRequest:
+    """The request `obj` holds, checked as the scorer checks it; else `DecodeError`."""
+    try:
+        _REQUEST.validate(obj)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise error_for(exc, _REQUEST.name) from exc
+    return _build_request(obj)
 
 
 def _build_request(obj: dict[str, Any]) -> ScoreRequest:
@@ -86,11 +91,7 @@ def encode_score_request(request: ScoreRequest) -> bytes:
     obj["exclude_seen"] = request.exclude_seen
     obj["explain"] = request.explain
     try:
-        _REQUEST.validate(obj)
-        _build_request(obj)  # ids as the scorer reads them (a float past 2**53 is none)
-    except fastjsonschema.JsonSchemaValueException as exc:
-        err = error_for(exc, _REQUEST.name)
-        raise EncodeError(str(err), reason=err.reason) from exc
+        _request_of(obj)  # ids as the scorer reads them too (a float past 2**53 is none)
     except DecodeError as err:
         raise EncodeError(str(err), reason=err.reason) from err
     try:
