@@ -20,7 +20,7 @@ from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType  # type
 
 from stream_app.codec.wire import MESSAGE_MAX_BYTES
 from stream_app.config import KafkaConfig, TopicNames
-from stream_app.kafka.clients import created, merge
+from stream_app.kafka.clients import check_producer_settings, created, merge
 from stream_app.kafka.exceptions import (
     AuthenticationError,
     BrokerError,
@@ -189,7 +189,10 @@ def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.
     the `co_partitioned` topics (the trainer's clicks and purchases) differ in
     partition count, when a `compacted` one (`embeddings`) is not compacted, or when
     a topic of `record_room` (topic -> bytes) takes smaller records (`require_room`).
+    Every caller produces, so librdkafka's refusal of the producer settings comes first
+    (`check_producer_settings`): after the broker check it read as "no broker".
     Returns the `compacted` topics' delete.retention.ms, where the cluster shows it."""
+    check_producer_settings(kafka, "check")
     wait_for_broker(kafka.bootstrap_servers, timeout_s, client=for_producer(kafka.client))
     admin = admin_client(kafka)
     try:

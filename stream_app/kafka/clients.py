@@ -273,6 +273,15 @@ def check_consumer_settings(kafka: KafkaConfig, client_id: str, group_id: str, *
     make_consumer(kafka, client_id, group_id, enforce=enforce).close()  # no broker needed
 
 
+def check_producer_settings(kafka: KafkaConfig, client_id: str, *,
+                            transactional_id: str | None = None) -> None:
+    """ConfigError now for producer settings librdkafka refuses together (-X acks=1 with
+    idempotence on; -X message.timeout.ms over transaction.timeout.ms): it checks them
+    only when a producer is made, which came after the broker check, so with no broker
+    they were reported as "no broker" (exit 75, try again)."""
+    make_producer(kafka, client_id, transactional_id=transactional_id)  # no broker needed
+
+
 T = TypeVar("T")
 
 

@@ -33,7 +33,7 @@ from confluent_kafka import (
 from stream_app.config import KafkaConfig
 from stream_app.kafka.clients import make_producer
 from stream_app.kafka.consumer import GroupConsumer
-from stream_app.kafka.exceptions import FatalTransactionError
+from stream_app.kafka.exceptions import BrokerUnavailable, FatalTransactionError
 from stream_app.kafka.records import Partition
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,10 @@ class AbortRequired(Exception):  # noqa: N818 - a signal inside this module, not
         self.by_broker = by_broker
 
 
+STEP_TIMEOUT_S = 60.0
+"""How long a transaction's begin and offsets steps retry a broker that is away before
+the batch is given up (aborted, then tried again), and `init_transactions` waits."""
+
 _MUST_FINISH = ("commit", "abort")
 """Steps that are never given up: once a commit or an abort has started, only
 finishing it tells us what the broker did, so they are retried (the broker may
@@ -121,7 +125,7 @@ def _call(step: str, fn: Callable[[], T], deadline: float) -> T:
 
 def commit_batch(producer: Producer, consumer: Consumer, records: Iterable[OutRecord],
                  offsets: list[TopicPartition], *, starts: Mapping[Partition, int],
-                 timeout_s: float = 60.0, spot: SpotCheck | None = None) -> TxnOutcome:
+                 timeout_s: float = STEP_TIMEOUT_S, spot: SpotCheck | None = None) -> TxnOutcome:
     """Produce `records` and commit `offsets` (next offset to read) in one transaction.
 
     `starts`: the batch's first offset per partition, where an aborted batch is
@@ -254,7 +258,7 @@ class TransactionalPublisher:
     """
 
     def __init__(self, kafka: KafkaConfig, *, transactional_id: str, client_id: str,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = STEP_TIMEOUT_S) -> None:
         self._producer = make_producer(kafka, client_id, transactional_id=transactional_id)
         self._timeout_s = timeout_s
         self._failed = False
@@ -264,6 +268,11 @@ class TransactionalPublisher:
         try:
             self._producer.init_transactions(timeout_s)
         except KafkaException as exc:
+            if exc.args[0].retriable():  # no coordinator yet, a broker bouncing: try later
+                raise BrokerUnavailable(
+                    f"init_transactions for transactional.id={transactional_id} did not "
+                    f"finish in {timeout_s:.0f} s: {exc.args[0].str()}; stopping (exit 75): "
+                    "a restart tries again") from exc
             raise FatalTransactionError(
                 f"init_transactions for transactional.id={transactional_id} failed: "
                 f"{exc.args[0].str()}; check the broker is reachable and the credentials "

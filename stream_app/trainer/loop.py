@@ -23,13 +23,13 @@ from stream_app.kafka.clients import (
     TRANSACTIONAL_DEFAULTS,
     Repeats,
     check_consumer_settings,
+    check_producer_settings,
     ms_setting,
-    producer_config,
 )
 from stream_app.kafka.consumer import GroupConsumer
 from stream_app.kafka.first_fetch import log_never_fetched
 from stream_app.kafka.records import RawRecord, first_offsets, next_offsets
-from stream_app.kafka.transaction import TransactionalPublisher, TxnOutcome
+from stream_app.kafka.transaction import STEP_TIMEOUT_S, TransactionalPublisher, TxnOutcome
 from stream_app.observability.metrics import TrainerMetrics
 from stream_app.trainer.batch import (
     decode_batch,
@@ -72,11 +72,16 @@ class Trainer(Ownership):
         # A -X setting that conflicts with an enforced one fails here, before the metrics
         # server and the broker checks (with no broker it exited 75, "try again").
         check_consumer_settings(kafka, "check", cfg.group_id, enforce=REPORT_EOF)
-        producer_config(kafka, "check", transactional_id=cfg.transactional_id)
+        check_producer_settings(kafka, "check", transactional_id=cfg.transactional_id)
         for key, default in (("transaction.timeout.ms",
                               TRANSACTIONAL_DEFAULTS["transaction.timeout.ms"]),
                              ("max.poll.interval.ms", MAX_POLL_INTERVAL_MS)):
             ms_setting(kafka, key, default)  # values our own timing reads: refused here too
+        if cfg.stall_timeout_s <= STEP_TIMEOUT_S:
+            log.warning("trainer.stall_timeout_s=%g is not over the %g s a transaction step "
+                        "waits for the broker: a broker away that long (a leader election) "
+                        "restarts the trainer (exit 75) instead of aborting and retrying the "
+                        "batch", cfg.stall_timeout_s, STEP_TIMEOUT_S)
         self.kafka, self.cfg, self.learner_cfg = kafka, cfg, learner_cfg
         self.watchdog = watchdog
         self.topics = kafka.topics

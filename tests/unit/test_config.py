@@ -114,6 +114,24 @@ def test_a_bad_consumer_only_value_is_refused_before_looking_for_a_broker(
         capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["trainer", "--metrics-port", "0", "-X", "acks=1"], "`acks` must be set to `all`"),
+    (["trainer", "--metrics-port", "0", "-X", "message.timeout.ms=600000"],
+     "`message.timeout.ms` must be set <= `transaction.timeout.ms`"),
+    (["scorer", "--metrics-port", "0", "-X", "acks=1"], "`acks` must be set to `all`"),
+    (["forget", "u1", "-X", "acks=1"], "`acks` must be set to `all`"),
+    (["request", "u1", "-X", "acks=1"], "`acks` must be set to `all`"),
+    (["generate", "--events", "5", "-X", "max.in.flight.requests.per.connection=10"],
+     "`max.in.flight` must be set <= 5"),
+])
+def test_producer_settings_librdkafka_refuses_are_refused_before_looking_for_a_broker(
+        args: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """librdkafka checks a combination only when the producer is made, which came after
+    the broker check: with no broker they exited 75 ("try again") for good."""
+    assert main([*args, "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert says in capsys.readouterr().err
+
+
 def test_enforced_settings_cannot_be_overridden() -> None:
     kafka = KafkaConfig(client={"enable.auto.commit": "true"})
     # Spelled as librdkafka's settings are, not as Python's False

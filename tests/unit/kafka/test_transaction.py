@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
+from stream_app.config import KafkaConfig
 from stream_app.kafka import transaction
+from stream_app.kafka.exceptions import BrokerUnavailable
 from stream_app.kafka.transaction import (
     OutRecord,
     SpotCheck,
@@ -218,3 +220,12 @@ def test_a_publisher_whose_transaction_failed_fatally_is_closed_without_a_flush(
     publisher.close()
     assert flushes == []
     assert "not flushed after a fatal transaction error" in caplog.text
+
+
+def test_a_transaction_coordinator_that_does_not_answer_is_retriable() -> None:
+    """init_transactions timing out (no broker here; in production a coordinator still
+    being elected) is exit 75, try again: as FatalTransactionError it was exit 1, which
+    a supervisor that restarts on 75 left down."""
+    with pytest.raises(BrokerUnavailable, match="did not finish in 1 s.*exit 75"):
+        transaction.TransactionalPublisher(KafkaConfig(bootstrap_servers="127.0.0.1:1"),
+                                           transactional_id="t", client_id="c", timeout_s=1.0)

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from stream_app.config import ConfigError, build
-from stream_app.trainer import EXIT_STALLED, TrainerConfig
+from stream_app.config import ConfigError, KafkaConfig, build
+from stream_app.core import LearnerConfig
+from stream_app.trainer import EXIT_STALLED, TrainerConfig, make_trainer
 from stream_app.trainer.watchdog import Watchdog
 
 
@@ -53,3 +54,13 @@ def test_stall_timeout_is_configurable_and_checked() -> None:
     assert TrainerConfig().stall_timeout_s == 120.0
     with pytest.raises(ConfigError, match="trainer.stall_timeout_s must be in 1..86400"):
         TrainerConfig(stall_timeout_s=0)
+
+
+@pytest.mark.parametrize(("stall_s", "warned"), [(45.0, True), (60.0, True), (61.0, False)])
+def test_a_stall_timeout_a_transaction_step_can_outlast_is_warned_of(
+        stall_s: float, warned: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """Accepted (a restart is safe), but a broker away for a transaction step's 60 s then
+    restarts the trainer where a longer timeout would abort and retry the batch."""
+    make_trainer(KafkaConfig(bootstrap_servers="127.0.0.1:1"),
+                 TrainerConfig(stall_timeout_s=stall_s), LearnerConfig())  # no broker needed
+    assert ("is not over the 60 s a transaction step waits" in caplog.text) is warned
