@@ -45,7 +45,7 @@ from stream_app.trainer.batch_cap import next_batch_cap
 from stream_app.trainer.config import TrainerConfig, check_with_client, check_with_learner
 from stream_app.trainer.observe import observe_commit, report_lag, report_misrouted
 from stream_app.trainer.own_writes import OwnWrites
-from stream_app.trainer.ownership import Ownership
+from stream_app.trainer.ownership import Ownership, RestoreStopped
 from stream_app.trainer.result import BatchResult, ProgressLine, batch_result
 from stream_app.trainer.snapshot import Snapshots
 from stream_app.trainer.steps import CountedRequests, learn_batch
@@ -128,6 +128,8 @@ class Trainer(Ownership):
         try:
             if self.cfg.restore:
                 self._restore()
+                if self.stop.is_set():  # during its last chunk: do not join the group
+                    raise RestoreStopped
             consumer = GroupConsumer(self.kafka, client_id=self._client_id("consumer"),
                                      group_id=self.cfg.group_id,
                                      topics=[self.topics.clicks, self.topics.purchases],
@@ -138,6 +140,9 @@ class Trainer(Ownership):
             self.ready = True
             status = self._loop(consumer, publisher)
             self._snapshot(consumer, stopping=True)  # the next start reads only what follows
+        except RestoreStopped:
+            log.info("stopped during a restore: nothing to commit, no snapshot")
+            status = 0
         finally:
             self.ready = False
             if consumer is not None:
