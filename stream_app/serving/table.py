@@ -90,6 +90,12 @@ class EmbeddingTable:
         """Insert or replace one row; raises `TableError` on a dimension mismatch or an
         item vector norm over VECTOR_NORM_MAX."""
         vector = np.asarray(row.vector, dtype=np.float32)
+        if row.entity == "item":  # before the first row fixes the dim: a refused one did,
+            flat = vector.ravel().astype(np.float64)
+            norm = math.sqrt(float(np.dot(flat, flat)))
+            if not norm <= VECTOR_NORM_MAX:  # and every row of the model's dim was refused
+                raise TableError(f"{row.key}: vector norm {norm:.3g} is over "
+                                 f"{VECTOR_NORM_MAX:g}: its scores could overflow float32")
         self._check_dim(vector, row.key)
         if row.entity == "user":
             id_vec = row.state.get("id_vec")
@@ -97,10 +103,6 @@ class EmbeddingTable:
                            id_vec if isinstance(id_vec, np.ndarray) and id_vec.shape == vector.shape
                            else None)
         else:
-            norm = math.sqrt(float(np.dot(vector.astype(np.float64), vector)))
-            if not norm <= VECTOR_NORM_MAX:
-                raise TableError(f"{row.key}: vector norm {norm:.3g} is over "
-                                 f"{VECTOR_NORM_MAX:g}: its scores could overflow float32")
             slot = self.item_slot.get(row.id)
             if slot is None:
                 slot = self._allocate(row.id)

@@ -79,6 +79,12 @@ def test_an_item_vector_whose_scores_would_overflow_is_refused() -> None:
     reason = apply_embedding(table, b"item:a", encode_embedding(huge))
     assert reason is not None and "vector norm 6e+38 is over 1e+06" in reason
     assert table.n_items == 0
+    # Refused, it does not fix the table's dim: read first, it made the scorer refuse
+    # every row of the model's own dim, and answer empty until a restart met it again.
+    good = EmbeddingRow(entity="item", id="b", vector=np.ones(8, np.float32), bias=0.0,
+                        model_version="v", updates=1, updated_at=1, last_event_ts=1)
+    assert apply_embedding(table, b"item:b", encode_embedding(good)) is None
+    assert table.n_items == 1 and table.dim == 8
 
 
 @pytest.mark.parametrize("serving", [
