@@ -129,8 +129,9 @@ def mixed_vectors(table: EmbeddingTable, mix: ServingMix,
                   users: list[UserState]) -> torch.Tensor:
     """id_vec + w * decayed mean of the current vectors of each user's recent items: (n, dim).
 
-    Recent items the table lacks add no weight; with none of them (or no item row
-    at all yet) the vector is id_vec alone, as the learner computes it.
+    Recent items the table lacks are left out and the rest move up, as the learner
+    compacts a history when an item goes (`compact_history`, and a restore); with
+    none of them (or no item row at all yet) the vector is id_vec alone.
     """
     ids = torch.from_numpy(np.stack([u.id_vec for u in users if u.id_vec is not None]))
     matrix, _ = table.items()
@@ -140,8 +141,8 @@ def mixed_vectors(table: EmbeddingTable, mix: ServingMix,
     found = np.full((n, length), -1, dtype=np.int64)  # built on the host, sent once
     get = table.item_slot.get
     for r, user in enumerate(users):
-        row = [get(item, -1) for item in user.recent_mix[:length]]
-        found[r, :len(row)] = row
+        row = [slot for slot in (get(item, -1) for item in user.recent_mix) if slot >= 0]
+        found[r, :min(len(row), length)] = row[:length]
     valid_np = found >= 0
     slots = torch.from_numpy(np.where(valid_np, found, 0)).to(table.device)
     valid = torch.from_numpy(valid_np).to(table.device)

@@ -74,18 +74,22 @@ def test_without_the_mix_the_published_vector_is_served() -> None:
 
 
 def test_recent_items_the_table_lacks_are_left_out_of_the_mix() -> None:
-    """A tombstoned (or not yet read) item adds no weight to the user's decayed mean."""
+    """A tombstoned (or not yet read) item adds no weight to the user's decayed mean, and
+    the items after it move up, as in the learner's history (`compact_history`). Kept in
+    its place, a gap mid-list weighed the later items less than the learner does."""
     table = EmbeddingTable(device=DEVICE)
-    for ident, vec in (("a", [1.0, 0.0]), ("b", [0.0, 1.0])):
+    for ident, vec in (("a", [1.0, 0.0]), ("b", [0.0, 1.0]), ("c", [5.0, 5.0])):
         table.upsert(EmbeddingRow(entity="item", id=ident, vector=np.array(vec, np.float32),
                                   bias=0.0, model_version="v", updates=1, updated_at=1,
                                   last_event_ts=1))
     table.flush()
     user = UserState(vector=np.zeros(2, np.float32), recent_items=(), updates=1,
-                     id_vec=np.array([0.5, 0.0], np.float32), recent_mix=("gone", "a", "b"))
-    mix = ServingMix(history_weight=1.0, recent_decay=0.5, recent_items=3)
+                     id_vec=np.array([0.5, 0.0], np.float32),
+                     recent_mix=("a", "gone", "b", "c"))
+    mix = ServingMix(history_weight=1.0, recent_decay=0.5, recent_items=2)
     got = mixed_vectors(table, mix, [user]).cpu().numpy()[0]
-    # positions 1 and 2 weigh 0.5 and 0.25: mean = (0.5 a + 0.25 b) / 0.75
+    # a and b at positions 0 and 1 weigh 1 and 0.5 (the learner's recent_items=2 takes
+    # the first two it knows): mean = (a + 0.5 b) / 1.5
     np.testing.assert_allclose(got, [0.5 + 2 / 3, 1 / 3], rtol=1e-6)
 
 
