@@ -176,8 +176,11 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
                 vocab.untouch(adm)
                 vocab.restore_pending(saved)  # a re-sent event counts once
             self._put_back(cleared)
-            for i in keep:
-                outcomes[i] = Outcome.NON_FINITE
+            refused = {events[i].event_id for i in keep}
+            for i, outcome in enumerate(outcomes):  # its copies in the step too: counted as
+                if outcome in (Outcome.APPLIED, Outcome.DUPLICATE) \
+                        and events[i].event_id in refused:  # duplicates, none reached the DLQ
+                    outcomes[i] = Outcome.NON_FINITE
             return StepStats(step=self._step, loss=float("nan"), n_applied=0,
                              outcomes=tuple(outcomes))
         loss, (g_user_rows, g_user), (g_item_rows, g_item) = grads

@@ -522,6 +522,19 @@ def test_a_non_finite_batch_leaves_the_admission_counts_as_they_were() -> None:
     assert learner._item_vocab.pending == {"z": 1}
 
 
+def test_a_copy_of_an_event_in_a_non_finite_step_is_refused_with_it() -> None:
+    """Counted as a duplicate of an event that was never applied, a producer's re-send in
+    the same step reached neither the model nor the DLQ."""
+    learner = Learner(small_config(), device=DEVICE)
+    learner.learn([ev("e0", "u0", "i1", T0)])
+    row = learner._item_vocab.row("i1")
+    assert row is not None
+    learner._items.vec[row] = float("nan")
+    bad = learner.learn([ev("x1", "u1", "i1", T0 + 1), ev("x1", "u1", "i1", T0 + 1),
+                         ev("e0", "u0", "i1", T0)])  # a copy of an applied event stays one
+    assert bad.outcomes == (Outcome.NON_FINITE, Outcome.NON_FINITE, Outcome.DUPLICATE)
+
+
 def test_a_non_finite_batch_gives_back_the_pending_counts_it_pushed_out() -> None:
     """Pending counts are bounded by the cap: new ids push the oldest out."""
     learner = Learner(small_config(admission_threshold=2, max_users=2), device=DEVICE)
