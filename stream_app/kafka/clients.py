@@ -239,6 +239,13 @@ def consumer_config(kafka: KafkaConfig, client_id: str, group_id: str, *,
                     read_committed: bool = True, enforce: Mapping[str, Any] | None = None,
                     **extra: Any) -> dict[str, Any]:
     """`extra` are defaults a user value overrides; `enforce` are not (a conflict raises)."""
+    protocol = str(kafka.client.get("group.protocol", "classic")).lower()
+    if protocol != "classic":  # librdkafka's own refusal named session.timeout.ms
+        raise ConfigError(
+            f"-X group.protocol={protocol}: stream_app's consumer groups need the classic "
+            "protocol (their assignors run in the client: the trainer's co-partitioned "
+            "range, the scorer's cooperative-sticky by default). Remove it from -X, "
+            "--kafka-config or [kafka.client]")
     enforced = _base(kafka, client_id) | {
         "group.id": group_id,
         "enable.auto.commit": False,

@@ -132,6 +132,16 @@ def test_producer_settings_librdkafka_refuses_are_refused_before_looking_for_a_b
     assert says in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["scorer", "trainer"])
+def test_the_consumer_group_protocol_is_refused_with_what_to_do(
+        command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """librdkafka's own refusal named session.timeout.ms, a setting the user never gave."""
+    assert main([command, "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "0",
+                 "-X", "group.protocol=consumer"]) == 2
+    assert "group.protocol=consumer: stream_app's consumer groups need the classic" in \
+        capsys.readouterr().err
+
+
 def test_enforced_settings_cannot_be_overridden() -> None:
     kafka = KafkaConfig(client={"enable.auto.commit": "true"})
     # Spelled as librdkafka's settings are, not as Python's False
