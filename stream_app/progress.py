@@ -31,25 +31,27 @@ class Progress:
         self._stream = stream
         self._live = stream is not None and stream.isatty()
         self._interval = 1.0 / hz if hz > 0 else 0.0
-        self._start = time.monotonic()
-        self._last_draw = 0.0
+        self._start: float | None = None  # the first advance: reading and sorting the
+        self._last_draw = 0.0  # input before it (MovieLens: seconds) is no send time
 
     def advance(self, n: int = 1, extra: str | None = None) -> None:
+        now = time.monotonic()
+        if self._start is None:
+            self._start = self._last_draw = now  # a rate over no time is not drawn
         self.count += n
         if extra is not None:
             self.extra = extra
-        now = time.monotonic()
         if self._live and now - self._last_draw >= self._interval:
             self._last_draw = now
             self._draw(now)
 
-    def rate(self) -> float:
-        return self.count / max(time.monotonic() - self._start, 1e-9)
+    def _rate(self, now: float) -> float:
+        return 0.0 if self._start is None else self.count / max(now - self._start, 1e-9)
 
     def _draw(self, now: float, end: str = "\r") -> None:
         if self._stream is None:
             return
-        rate = self.count / max(now - self._start, 1e-9)
+        rate = self._rate(now)
         if self.total:
             done = min(self.count / self.total, 1.0)
             bar = "#" * int(done * 30) + "." * (30 - int(done * 30))

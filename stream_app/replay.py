@@ -125,10 +125,11 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
     except DeliveryError as exc:  # say where a re-run would pick up, as for a bad line
         # close()'s error (no cause) already names what was refused and dropped; a failed
         # produce() (its cause a KafkaException) and a stop at a timeout name neither.
-        lost = "" if exc.__cause__ is None and not isinstance(exc, TimedOut) else not_delivered(
+        finished = exc.__cause__ is None and not isinstance(exc, TimedOut)
+        lost = "" if finished else not_delivered(
             producer.dropped, producer.refused, producer.first_errors)
-        raise DeliveryError(f"{label} stopped: {exc}; {producer.acked} records acknowledged "
-                            f"by the broker{lost}") from exc
+        raise DeliveryError(f"{label} {'finished' if finished else 'stopped'}: {exc}; "
+                            f"{producer.acked} records acknowledged by the broker{lost}") from exc
     except KeyboardInterrupt:
         interrupted = True
         raise

@@ -192,6 +192,24 @@ def test_a_failed_produce_also_names_the_records_refused_before_it(
         _replay_ten(monkeypatch, _RefusesThirdFailsOnFourth())
 
 
+class _RefusesThird(_FailsOnFourth):
+    """Record 3 is refused by the broker; every other one is acknowledged."""
+
+    def produce(self, *_a: object, on_delivery: Callable[..., None], **_k: object) -> None:
+        self.sent += 1
+        on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if self.sent == 3 else None,
+                    None)
+
+
+def test_a_replay_that_read_its_whole_input_says_it_finished(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """It said 'replay stopped' (a reader would look for the line it stopped at) though
+    every record was sent and one was refused."""
+    with pytest.raises(DeliveryError, match=r"^replay finished: 1 record\(s\) not delivered "
+                       r"\(1 refused .*; 9 records acknowledged by the broker$"):
+        _replay_ten(monkeypatch, _RefusesThird())
+
+
 def test_sending_stops_once_a_record_times_out_undelivered() -> None:
     """A real librdkafka producer with no broker: the first record times out after
     message.timeout.ms, and the rest are not sent. A replay went on through the whole
