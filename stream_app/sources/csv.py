@@ -11,6 +11,7 @@ would refuse. Extra columns are refused (the schemas forbid unknown fields).
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import re
 from collections.abc import Iterator
@@ -36,7 +37,9 @@ def read_csv(path: Path | str) -> Iterator[Event]:
     line the row starts on: a quoted cell may span lines)."""
     path = Path(path)
     # utf-8-sig: a BOM (Excel's exports) is no field
-    lines = _RowStarts(numbered_lines(path, encoding="utf-8-sig"))
+    lines = _RowStarts(itertools.dropwhile(  # blank lines before the header: no header
+        lambda numbered: not numbered[1].strip("\r\n"),
+        numbered_lines(path, encoding="utf-8-sig")))
     reader = csv.DictReader(lines)
     try:
         _check_header(path, reader.fieldnames)
@@ -45,6 +48,9 @@ def read_csv(path: Path | str) -> Iterator[Event]:
             try:
                 yield _event(row)
             except DecodeError as err:
+                if any("\n" in cell for cell in row.values() if isinstance(cell, str)):
+                    err = DecodeError(err.reason, f"{err.detail}; a cell spans lines from "
+                                      "here: an unclosed quote takes in the lines after it")
                 raise SourceError(path, lines.start, err) from err
             lines.next_row()
     except csv.Error as exc:  # an unclosed quote, a cell over the csv module's size limit

@@ -56,9 +56,15 @@ def write_jsonl(path: Path | str, events: Iterator[Event] | list[Event]) -> int:
     return count
 
 
+LINE_MAX_BYTES = 4 * EVENT_MAX_BYTES
+"""A line may hold `kind`, spaces and escapes (`\\u00e9`: 6 bytes, 2 once encoded) that
+the value sent does not; that value is held to EVENT_MAX_BYTES (`encode_event`, below).
+Held to it here, a line whose value the topic takes was refused."""
+
+
 def _event(line: bytes, kind: EventKind | None) -> Event:
     try:
-        obj = parse_object(check_value(line, EVENT_MAX_BYTES))
+        obj = parse_object(check_value(line, LINE_MAX_BYTES))
     except DecodeError as err:
         if line.lstrip().startswith(b"["):  # the first line of a pretty-printed array
             raise DecodeError(err.reason, f"{err.detail}; a JSON array file is not JSON "

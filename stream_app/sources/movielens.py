@@ -104,8 +104,13 @@ def rating_events(
         if liked else [click]
 
 
+BOM_LATIN1 = "\u00ef\u00bb\u00bf"
+"""A UTF-8 byte order mark (an editor's) as latin-1 reads it."""
+
+
 def _event_id(user: int, item: int, seconds: int, *, purchase: bool) -> str:
-    """`ml-{user}-{item}-{ts}`, `-p` added for the purchase of mode "both"."""
+    """`ml-{user}-{item}-{seconds}` (the file's timestamp, not the event's milliseconds),
+    `-p` added for the purchase of mode "both"."""
     return f"ml-{user}-{item}-{seconds}" + ("-p" if purchase else "")
 
 
@@ -113,13 +118,16 @@ def read_raw_ratings(path: Path) -> Iterator[Rating]:
     """(user, item, rating, ts seconds) per non-empty line, `::` or tab separated."""
     for number, line in numbered_lines(path, encoding="latin-1"):
         line = line.strip()
-        if number == 1:  # a UTF-8 byte order mark (an editor's), as latin-1 reads it
-            line = line.removeprefix("\u00ef\u00bb\u00bf")
+        if number == 1:
+            line = line.removeprefix(BOM_LATIN1)
         if not line:
             continue
         parts = line.split("::") if "::" in line else line.split("\t")
         if len(parts) != 4:
-            raise SourceError(path, number, f"expected 4 fields, got {len(parts)}")
+            raise SourceError(path, number, f"expected 4 fields, got {len(parts)}: a ratings "
+                              "line is UserID::MovieID::Rating::Timestamp (ML-1M and ML-10M "
+                              "ratings.dat) or the same four separated by tabs (ML-100K "
+                              "u.data)")
         try:  # stars in halves from ML-10M on
             user, item, seconds = int(parts[0]), int(parts[1]), int(parts[3])
             stars = float(parts[2])
@@ -142,6 +150,8 @@ def read_movies(path: Path | str) -> dict[str, str]:
     titles: dict[str, str] = {}
     for number, line in numbered_lines(path, encoding="latin-1"):
         line = line.rstrip("\r\n")
+        if number == 1:
+            line = line.removeprefix(BOM_LATIN1)
         if not line:
             continue
         # Split on the first and last "::" so a title containing "::" survives.

@@ -123,6 +123,21 @@ def test_read_movies_latin1_and_titles_with_separator() -> None:
     assert titles == {"1": "Toy Story (1995)", "2": "Café Society (1995)", "3": "A::B::C (1999)"}
 
 
+def test_movies_with_a_byte_order_mark_keep_their_first_title(tmp_path: Path) -> None:
+    """Its first id read as 'ï»¿1': film 1 lost its title and release time, unsaid."""
+    movies = tmp_path / "movies.dat"
+    movies.write_bytes(b"\xef\xbb\xbf" + (DATA / "movies_small.dat").read_bytes())
+    assert read_movies(movies)["1"] == "Toy Story (1995)"
+
+
+def test_a_file_that_is_not_ratings_says_what_a_ratings_line_is(tmp_path: Path) -> None:
+    """'expected 4 fields, got 1' named neither separator (a u.data with spaces)."""
+    path = tmp_path / "u.data"
+    path.write_text("196 242 3 881250949\n")
+    with pytest.raises(SourceError, match="got 1: a ratings line is UserID::MovieID"):
+        list(read_ratings(path))
+
+
 def test_release_times_from_titles_ride_on_the_events() -> None:
     released = release_times(read_movies(DATA / "movies_small.dat"))
     assert released == {"1": 788_918_400_000, "2": 788_918_400_000,  # 1995-01-01 UTC
@@ -193,6 +208,16 @@ def test_a_value_as_long_as_the_bound_is_read_from_a_file(tmp_path: Path) -> Non
     path = tmp_path / "big.jsonl"
     path.write_bytes(line + b"\r\n")
     assert [e.event_id for e in read_jsonl(path)] == ["e1"]
+    # The bound is the value's, which has no "kind": a line held to it was refused
+    # though the value sent would have fitted exactly; one byte more is too large.
+    kind = b'"kind":"click",'
+    fits = line[:-3] + b"x" * len(kind) + b'"}}'
+    path.write_bytes(fits + b"\n")
+    (event,) = read_jsonl(path)
+    assert len(encode_event(event)) == EVENT_MAX_BYTES
+    path.write_bytes(fits[:-3] + b'x"}}\n')
+    with pytest.raises(SourceError, match="too_large"):
+        list(read_jsonl(path))
 
 
 def test_a_line_that_grows_past_the_bound_when_re_encoded_stops_at_its_line(
@@ -234,6 +259,24 @@ def test_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
     path = tmp_path / "bom.csv"
     path.write_bytes(b"\xef\xbb\xbf" + (DATA / "events_small.csv").read_bytes())
     assert list(read_csv(path)) == list(read_csv(DATA / "events_small.csv"))
+
+
+def test_csv_with_blank_lines_before_its_header(tmp_path: Path) -> None:
+    """The header was not looked for past a blank first line: 'the file is empty'."""
+    path = tmp_path / "lead.csv"
+    path.write_text("\n\r\nevent_id,user_id,item_id,ts,kind\ne1,u1,i1,1700000000000,click\n")
+    assert [e.event_id for e in read_csv(path)] == ["e1"]
+
+
+def test_an_unclosed_quote_is_named_where_its_row_starts(tmp_path: Path) -> None:
+    """The row took in the next lines as one cell and was refused for missing cells, a
+    row that visibly has five, without a word about the quote."""
+    path = tmp_path / "q.csv"
+    row = "u1,i1,1700000000000,click\n"
+    path.write_text(f"event_id,user_id,item_id,ts,kind\ne1,{row}\"e2,{row}e3,{row}")
+    with pytest.raises(SourceError, match="an unclosed quote takes in the lines") as caught:
+        list(read_csv(path))
+    assert caught.value.line == 3
 
 
 def test_jsonl_reads_gzip_and_csv_refuses_a_column_named_twice(tmp_path: Path) -> None:
