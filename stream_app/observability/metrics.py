@@ -39,7 +39,7 @@ FRESHNESS_BUCKETS_S: tuple[float, ...] = (
 catching up on a backlog sits there, and a quantile interpolated inside 60-300 s read
 82 s as 297 s (the demo's live p99)."""
 #: Trainer loop phases (step, transaction, whole batch): sub-ms to seconds, and past
-#: transaction.timeout.ms (30 s) for an abort's back-off and restore.
+#: transaction.timeout.ms (30 s) for a commit that waits out a broker.
 STEP_BUCKETS_S: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     30.0, 60.0, 300.0,
@@ -176,7 +176,8 @@ class TrainerMetrics(_ProcessMetrics):
             registry=r)
         self.prequential_hit_rate = Gauge(
             "stream_app_prequential_hit_rate",
-            "Share of events whose item was in the top-k before learning from them.",
+            "Prequential HitRate@k of the latest committed batch: per user within a step, "
+            "any of their events' items in the top-k before learning from them.",
             ["model", "k"], registry=r)
         self.prequential_recall = Gauge(
             "stream_app_prequential_recall", "Prequential recall at k of the latest batch.",

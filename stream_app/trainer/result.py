@@ -23,7 +23,8 @@ class BatchResult:
     nothing was evaluated), and `evaluated` is their weight: the events scored
     before learning, which a sampled evaluation or a forget's split can make
     differ from `applied`, the loss's weight. Freshness is produce time →
-    published, in seconds.
+    published, in seconds, over the batch's records that carry a produce time (NaN
+    when none does).
     """
 
     wall_ms: int
@@ -49,7 +50,8 @@ def batch_result(batch: Sequence[RawRecord], decoded: Decoded, evals: Sequence[E
                  applied: int, losses: Sequence[tuple[float, int]], dlq: int, rows: int,
                  outcome: TxnOutcome, published_ms: int) -> BatchResult:
     """`losses` are (step loss, events applied) pairs; the batch loss weighs them by the latter."""
-    fresh = sorted((published_ms - r.timestamp_ms) / 1000 for r in batch)
+    # A record without a timestamp (-1; 0 from a test) counted as 56 years late.
+    fresh = sorted((published_ms - r.timestamp_ms) / 1000 for r in batch if r.timestamp_ms > 0)
     n = sum(e.n_events for e in evals)
 
     def avg(get: Callable[[EvalStats], float]) -> float:
@@ -66,8 +68,9 @@ def batch_result(batch: Sequence[RawRecord], decoded: Decoded, evals: Sequence[E
         recall=avg(lambda e: e.model.recall),
         recall_popularity=avg(lambda e: e.popularity.recall),
         mrr=avg(lambda e: e.model.mrr), mrr_popularity=avg(lambda e: e.popularity.mrr),
-        freshness_p50_s=fresh[len(fresh) // 2],
-        freshness_p99_s=fresh[min(len(fresh) - 1, int(len(fresh) * 0.99))],
+        freshness_p50_s=fresh[len(fresh) // 2] if fresh else float("nan"),
+        freshness_p99_s=fresh[min(len(fresh) - 1, int(len(fresh) * 0.99))] if fresh
+        else float("nan"),
         outcome=outcome)
 
 
