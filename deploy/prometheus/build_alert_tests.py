@@ -176,6 +176,10 @@ CASES: list[Case] = [
                  "Embedding freshness p99 is 1.8s (target 1s)")]),
     Case(alert="FreshnessP99High", eval_time="25m", series=_hist(
         "stream_app_freshness_seconds", f'{T},since="produce_time"', _FAST_FRESH)),
+    # Event-time freshness (a replay of old events: years) is not the target's.
+    Case(alert="FreshnessP99High", eval_time="25m", series=_hist(
+        "stream_app_freshness_seconds", f'{T},since="produce_time"', _FAST_FRESH) | _hist(
+        "stream_app_freshness_seconds", f'{T},since="event_time"', _SLOW_FRESH)),
     Case(alert="FreshnessP99High", eval_time="25m", series=_hist(  # p99 0.95 s: just under
         "stream_app_freshness_seconds", f'{T},since="produce_time"', _EDGE_FRESH_UNDER)),
     Case(alert="FreshnessP99High", eval_time="25m", series=_hist(  # p99 1.09 s: just over
@@ -250,11 +254,12 @@ CASES: list[Case] = [
     Case(alert="ScorerErrorsHigh", eval_time="25m",
          series={_ERR: "0+0.5x30", _REQ: "0+99.5x30"}),
     # Undecodable embeddings rows are not requests: they used to read as 100% errors.
-    # (The scorer exports every reason from its start, at 0: without a request-error
-    # series the ratio's denominator is empty and no numerator could make it fire.)
+    # (The scorer exports every reason and the request count from its start, at 0:
+    # without them the ratio's terms are empty and no numerator could make it fire.)
     Case(alert="ScorerErrorsHigh", eval_time="25m",
          series={_BAD_ROW: "0+1x30", _REQ: "0+50x30", _ERR: "0x30"}),
-    Case(alert="ScorerErrorsHigh", eval_time="25m", series={_BAD_ROW: "0+1x30", _ERR: "0x30"}),
+    Case(alert="ScorerErrorsHigh", eval_time="25m",  # an idle scorer
+         series={_BAD_ROW: "0+1x30", _REQ: "0x30", _ERR: "0x30"}),
     Case(alert="ScorerBadEmbeddings", eval_time="10m", series={_BAD_ROW: "0x5 3x10"},
          fires=[(SCORER, "Scorer scorer:9465 skipped 3 embeddings rows it cannot read")]),
     Case(alert="ScorerBadEmbeddings", eval_time="10m", series={_BAD_ROW: "3x10"}),

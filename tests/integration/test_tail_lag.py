@@ -48,3 +48,29 @@ def test_partitions_added_after_open_are_read_from_their_beginning(kafka: KafkaC
         wait_until(lambda: bool(seen.extend(r.key for r in tail.poll(100, 0.2).records))
                    or seen == [b"item:new"], timeout=30, what="the row in partition 3")
         assert 3 in tail.lag()
+
+
+def test_a_partition_that_holds_only_aborted_rows_shows_no_lag_once_its_end_is_heard(
+        kafka: KafkaConfig) -> None:
+    """read_committed delivers none of them. A review feared the position would then stay
+    unknown and the lag count from the log's start for good (ScorerNotReady's runbook
+    reads it); librdkafka moves the position past them, which this holds it to."""
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers,
+                         "transactional.id": f"{kafka.topic_prefix}tail-aborts"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for k in range(5):
+        producer.produce(kafka.topics.embeddings, key=b"item:%d" % k, value=b"{}", partition=0)
+    assert producer.flush(30) == 0  # on the broker, or the abort purges them unsent
+    producer.abort_transaction(30)
+    with TailReader(kafka, kafka.topics.embeddings, client_id="tail-aborts") as tail:
+        assert tail.open()[0] == 6  # five rows and the abort marker
+        heard: dict[int, int] = {}
+
+        def caught_up() -> bool:
+            batch = tail.poll(100, 0.2)
+            assert not batch.records
+            heard.update(batch.eof)
+            return heard.get(0) == 6 and tail.lag() == {0: 0, 1: 0, 2: 0}
+
+        wait_until(caught_up, timeout=30, what="the tail to hear partition 0's end")
