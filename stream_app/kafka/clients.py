@@ -98,13 +98,27 @@ def merge(defaults: Mapping[str, Any], user: Mapping[str, str],
     {'a': '2', 'b': True}
     """
     for key, value in enforced.items():
-        if key in user and str(user[key]).lower() != str(value).lower():
+        if key in user and _spelled(user[key], value) != _text(value).lower():
             raise ConfigConflictError(
                 f"librdkafka setting {key}={user[key]} conflicts with {key}={_text(value)}, "
                 "which stream_app needs for its guarantees; remove it from -X, --kafka-config "
                 "or [kafka.client] in --config"
             )
     return {**defaults, **user, **enforced}
+
+
+_BOOLS = {"true": "true", "t": "true", "1": "true", "false": "false", "f": "false", "0": "false"}
+"""librdkafka's spellings of a boolean setting."""
+
+
+def _spelled(user_value: Any, ours: Any) -> str:
+    """The user's value as ours is spelled, to compare: `-X enable.auto.commit=0` is ours.
+
+    >>> _spelled("0", False), _spelled("T", True), _spelled("Range", "range")
+    ('false', 'true', 'range')
+    """
+    text = str(user_value).strip().lower()
+    return _BOOLS.get(text, text) if isinstance(ours, bool) else text
 
 
 def _text(value: Any) -> str:

@@ -153,6 +153,13 @@ def test_enforced_settings_cannot_be_overridden() -> None:
     prod = producer_config(KafkaConfig(client={"linger.ms": "9"}), "p", transactional_id="t")
     assert prod["transactional.id"] == "t" and prod["linger.ms"] == "9"
     assert merge({"a": 1}, {"a": "2"}, {}) == {"a": "2"}
+    # librdkafka's other spellings of the value we enforce are the same setting, not a
+    # conflict (-X enable.auto.commit=0 was refused as one).
+    for same in ("0", "f", "FALSE"):
+        conf = consumer_config(KafkaConfig(client={"enable.auto.commit": same}), "c", "g")
+        assert conf["enable.auto.commit"] is False
+    with pytest.raises(ConfigConflictError, match="enable.auto.commit=1 conflicts"):
+        consumer_config(KafkaConfig(client={"enable.auto.commit": "1"}), "c", "g")
 
 
 @pytest.mark.parametrize("key", [
