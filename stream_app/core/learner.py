@@ -306,7 +306,7 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         """Past events to mix in, of users and items that still have rows. An item without
         popularity (re-admitted by events of a kind weighted 0 only) is left out: its
         log Q is -inf, and one such replayed event made the whole step non-finite."""
-        n = int(round(self.config.replay_ratio * n_fresh))
+        n = self._replay.count_for(self.config.replay_ratio * n_fresh)
         users, items, weights = self._replay.sample(n)
         ur = self._t(self._user_vocab.lookup(list(users)))
         ir = self._t(self._item_vocab.lookup(list(items)))

@@ -87,11 +87,17 @@ class LearnerOps(LearnerFields):
         cfg = self.config
         clip_([g for _, g in grads.values()], cfg.grad_clip)
         lr = learning_rate(cfg, self._applied_steps)
+        moved = {}
         for name, (rows, grad) in grads.items():
+            if cfg.optimizer == "adam":  # lazy Adam: a row whose gradient is exactly zero
+                # (every negative of a one-user step masked) does not move by its momentum
+                nonzero = grad.ne(0).any(dim=1)
+                rows, grad = rows[nonzero], grad[nonzero]
             table = self._users if name == "user" else self._items
             apply_update(cfg, table.vec, table.slots, rows, grad, lr)
+            moved[name] = rows
         self._applied_steps += 1
-        return {name: rows for name, (rows, _) in grads.items()}
+        return moved
 
     # -------------------------------------------------------------- scoring
     def _serving(self, user_rows: torch.Tensor) -> torch.Tensor:

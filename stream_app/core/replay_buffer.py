@@ -8,6 +8,7 @@ whose user or item has since been evicted is skipped by the learner.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 
 import numpy as np
@@ -81,6 +82,19 @@ class ReplayBuffer:
             self.weights[len(keep): self.size] = 0.0
             self.size = len(keep)
         return removed
+
+    def count_for(self, expected: float) -> int:
+        """How many to replay for `expected` (ratio x fresh events): its whole part, and
+        one more with the chance of its fraction. Rounded per step, a ratio of 0.5 over
+        one-event steps (slow input) replayed nothing, and 0.3 over five-event steps 0.4.
+        A whole `expected` (the default ratio 1) draws nothing.
+
+        >>> ReplayBuffer(10, seed=0).count_for(3.0)
+        3
+        """
+        whole = math.floor(expected)
+        fraction = expected - whole
+        return whole + int(fraction > 0 and self.rng.random() < fraction)
 
     def sample(self, n: int) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.object_],
                                       npt.NDArray[np.float32]]:

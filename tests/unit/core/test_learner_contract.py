@@ -506,6 +506,28 @@ def test_adam_without_history_moves_only_rows_with_a_gradient() -> None:
     assert "h" not in stats.changed_item_ids
 
 
+def test_adam_does_not_move_rows_whose_gradient_is_zero() -> None:
+    """A one-user step with in-batch negatives masks every negative: loss and gradients
+    are 0, and Adam moved each row by its momentum all the same (up to 0.046 at lr 0.01)."""
+    learner = Learner(small_config(optimizer="adam", lr=0.01, negatives="in_batch",
+                                   replay_ratio=0.0, history_weight=0.0), device=DEVICE)
+    for b in range(3):
+        learner.learn(random_events(64, seed=b, start=64 * b))
+    users, items = learner._users.vec.clone(), learner._items.vec.clone()
+    stats = learner.learn([ev(f"z{k}", "u1", f"i{k}", T0 + 10**6 + k) for k in range(3)])
+    assert stats.loss == 0.0
+    assert torch.equal(learner._users.vec, users) and torch.equal(learner._items.vec, items)
+
+
+def test_the_replay_ratio_holds_over_steps_of_one_event() -> None:
+    """The count was rounded per step: 0.5 of one event is 0 (round half to even), so a
+    slow input, one event a step, replayed nothing at all."""
+    learner = Learner(small_config(replay_ratio=0.5), device=DEVICE)
+    events = random_events(400, seed=3)
+    replayed = sum(learner.learn(events[k:k + 1]).n_replayed for k in range(400))
+    assert 150 <= replayed <= 250  # 200 expected; seeded, so the same every run
+
+
 def test_a_non_finite_batch_leaves_the_admission_counts_as_they_were() -> None:
     """Its events go to the DLQ and may be sent again: counted twice, an id would be
     admitted early (or, once over the threshold, not at all)."""
