@@ -177,9 +177,9 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
                 vocab.restore_pending(saved)  # a re-sent event counts once
             self._put_back(cleared)
             refused = {events[i].event_id for i in keep}
-            for i, outcome in enumerate(outcomes):  # its copies in the step too: counted as
-                if outcome in (Outcome.APPLIED, Outcome.DUPLICATE) \
-                        and events[i].event_id in refused:  # duplicates, none reached the DLQ
+            for i, outcome in enumerate(outcomes):  # its copies in the step too (counted as
+                if outcome in (Outcome.APPLIED, Outcome.DUPLICATE, Outcome.ID_REUSED) \
+                        and events[i].event_id in refused:  # duplicates: in no DLQ record)
                     outcomes[i] = Outcome.NON_FINITE
             return StepStats(step=self._step, loss=float("nan"), n_applied=0,
                              outcomes=tuple(outcomes))

@@ -42,7 +42,7 @@ def read_csv(path: Path | str) -> Iterator[Event]:
         numbered_lines(path, encoding="utf-8-sig")))
     reader = csv.DictReader(lines)
     try:
-        _check_header(path, reader.fieldnames)
+        _check_header(path, reader.fieldnames, lines.start)
         lines.next_row()
         for row in reader:
             try:
@@ -84,7 +84,7 @@ class _RowStarts:
         self._fresh = True
 
 
-def _check_header(path: Path, fields: Any) -> None:
+def _check_header(path: Path, fields: Any, line: int) -> None:
     columns = list(fields or [])
     if not columns:
         raise SourceError(path, 1, f"the file is empty: a CSV needs the header "
@@ -92,10 +92,10 @@ def _check_header(path: Path, fields: Any) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     extra = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if missing or extra:
-        raise SourceError(path, 1, f"header: missing {missing}, unknown {extra}")
+        raise SourceError(path, line, f"header: missing {missing}, unknown {extra}")
     twice = sorted({c for c in columns if columns.count(c) > 1})
     if twice:  # csv.DictReader would keep the last cell of each silently
-        raise SourceError(path, 1, f"header: columns named twice {twice}")
+        raise SourceError(path, line, f"header: columns named twice {twice}")
 
 
 def _event(row: dict[str, Any]) -> Event:

@@ -98,6 +98,7 @@ class Trainer(Ownership):
         self._forgets_counted = CountedRequests()
         self._misrouted_said = Repeats()
         self._aborts_in_a_row = 0
+        self._leaving = False
         self._progress = ProgressLine(every_s=PROGRESS_LOG_S, started=time.monotonic())
         self._batch_cap = cfg.batch_max  # lowered while batches near max.poll.interval.ms
         self._outcome_at = 0.0  # when the last batch's transaction committed or aborted
@@ -145,6 +146,7 @@ class Trainer(Ownership):
             status = 0
         finally:
             self.ready = False
+            self._leaving = True
             if consumer is not None:
                 consumer.close()
             publisher.close()
@@ -162,6 +164,8 @@ class Trainer(Ownership):
         while not self.stop.is_set():
             self._beat("poll")
             batch = consumer.poll_batch(self._batch_cap, self.cfg.batch_wait_ms / 1000)
+            if self.stop.is_set():  # during the poll: a partition it assigned is not
+                break  # restored (`_on_assign`), so its records must not be learned
             polled = time.monotonic()
             report_lag(self.metrics, consumer.lag())
             self._beat("first-fetch check")  # it may ask the broker (up to 5 s)

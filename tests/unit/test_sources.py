@@ -266,6 +266,10 @@ def test_csv_with_blank_lines_before_its_header(tmp_path: Path) -> None:
     path = tmp_path / "lead.csv"
     path.write_text("\n\r\nevent_id,user_id,item_id,ts,kind\ne1,u1,i1,1700000000000,click\n")
     assert [e.event_id for e in read_csv(path)] == ["e1"]
+    path.write_text("\n\r\nevent_id,user_id,item_id,ts\ne1,u1,i1,1700000000000\n")
+    with pytest.raises(SourceError, match="header: missing") as caught:
+        list(read_csv(path))
+    assert caught.value.line == 3
 
 
 def test_an_unclosed_quote_is_named_where_its_row_starts(tmp_path: Path) -> None:

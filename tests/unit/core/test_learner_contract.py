@@ -553,8 +553,10 @@ def test_a_copy_of_an_event_in_a_non_finite_step_is_refused_with_it() -> None:
     assert row is not None
     learner._items.vec[row] = float("nan")
     bad = learner.learn([ev("x1", "u1", "i1", T0 + 1), ev("x1", "u1", "i1", T0 + 1),
+                         ev("x1", "u2", "i1", T0 + 1),  # not a reused id: x1 never applied
                          ev("e0", "u0", "i1", T0)])  # a copy of an applied event stays one
-    assert bad.outcomes == (Outcome.NON_FINITE, Outcome.NON_FINITE, Outcome.DUPLICATE)
+    assert bad.outcomes == (Outcome.NON_FINITE, Outcome.NON_FINITE, Outcome.NON_FINITE,
+                            Outcome.DUPLICATE)
 
 
 def test_a_non_finite_batch_gives_back_the_pending_counts_it_pushed_out() -> None:
