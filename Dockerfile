@@ -9,12 +9,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # CPU-only torch first, in its own layer: the default wheel pulls ~3 GB of CUDA
 # libraries, and this layer stays cached while the app code changes. For a GPU
-# image build with --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124
+# image build with --build-arg TORCH_INDEX_URL=https://pypi.org/simple (PyPI's torch
+# is the CUDA build constraints.txt pins; PyTorch's cu124 index stops at torch 2.6).
 # The torch version is constraints.txt's (that of the last green run), as below for
-# everything else: unpinned, each build took whatever was newest that day.
+# everything else: unpinned, each build took whatever was newest that day. Only torch
+# comes from that index (--no-deps): its own requirements come from PyPI at
+# constraints.txt's versions with the app below, whether or not the index has them.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 COPY constraints.txt /tmp/constraints.txt
-RUN pip install --index-url "${TORCH_INDEX_URL}" "$(grep '^torch==' /tmp/constraints.txt)"
+RUN pip install --no-deps --index-url "${TORCH_INDEX_URL}" "$(grep '^torch==' /tmp/constraints.txt)"
 
 # A plain install: the wheel carries schemas/ as package data (stream_app/schemas).
 WORKDIR /app

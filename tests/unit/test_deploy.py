@@ -228,6 +228,16 @@ def test_the_image_installs_the_versions_of_the_last_green_run() -> None:
     assert installs and all("constraints.txt" in line for line in installs), installs
 
 
+def test_torch_alone_comes_from_its_index_and_the_trainer_has_time_for_its_snapshot() -> None:
+    """Its requirements came from the CPU index too, at whatever versions that hosts; and
+    Docker's 10 s before SIGKILL could cut off the snapshot a stopping trainer writes."""
+    (torch_install,) = [line for line in (ROOT / "Dockerfile").read_text().splitlines()
+                        if "TORCH_INDEX_URL}" in line]
+    assert "--no-deps" in torch_install
+    grace = _compose()["services"]["trainer"]["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) >= 30
+
+
 def flags_of(service: dict[str, Any]) -> dict[str, str]:
     cmd: list[str] = service["command"]
     return dict(zip(cmd[2::2], cmd[3::2], strict=True))
