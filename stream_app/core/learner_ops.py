@@ -96,7 +96,8 @@ class LearnerOps(LearnerFields):
             table = self._users if name == "user" else self._items
             apply_update(cfg, table.vec, table.slots, rows, grad, lr)
             moved[name] = rows
-        self._applied_steps += 1
+        if any(rows.numel() for rows in moved.values()):  # a step that moved no row is no
+            self._applied_steps += 1  # step of the schedule (nor of Adam's bias correction)
         return moved
 
     # -------------------------------------------------------------- scoring

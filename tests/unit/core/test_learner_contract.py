@@ -514,9 +514,11 @@ def test_adam_does_not_move_rows_whose_gradient_is_zero() -> None:
     for b in range(3):
         learner.learn(random_events(64, seed=b, start=64 * b))
     users, items = learner._users.vec.clone(), learner._items.vec.clone()
+    steps = learner._applied_steps
     stats = learner.learn([ev(f"z{k}", "u1", f"i{k}", T0 + 10**6 + k) for k in range(3)])
     assert stats.loss == 0.0
     assert torch.equal(learner._users.vec, users) and torch.equal(learner._items.vec, items)
+    assert learner._applied_steps == steps  # nor a step of the learning-rate schedule
 
 
 def test_the_replay_ratio_holds_over_steps_of_one_event() -> None:
