@@ -58,3 +58,27 @@ def test_a_batch_polled_as_the_stop_came_is_not_learned() -> None:
 
     assert trainer._loop(cast(Any, Polls()), cast(Any, None)) == 0  # noqa: SLF001
     assert learned == []
+
+
+def test_a_stop_during_a_rebalance_s_settle_wait_ends_it() -> None:
+    """The wait for a previous owner's open transaction (up to the transaction timeout
+    + 30 s) beat the watchdog but never looked at the stop."""
+    from stream_app.trainer.ownership import RestoreStopped
+
+    trainer = _trainer()
+
+    class Settling:
+        def partition_counts(self, topics: list[str]) -> dict[str, int]:
+            return {t: 1 for t in topics}
+
+        def owns_all(self, _counts: dict[str, int]) -> bool:
+            return True
+
+        def settle(self, _parts: object, *, timeout_s: float, on_wait: Any) -> None:
+            on_wait()  # a 5 s wait passed: nothing yet
+            trainer.stop.set()  # SIGTERM
+            on_wait()
+            raise AssertionError("the wait went on after the stop")
+
+    with pytest.raises(RestoreStopped):
+        trainer._on_assign(cast(Any, Settling()), [("clicks", 0)])  # noqa: SLF001
