@@ -77,6 +77,7 @@ class GroupConsumer:
         self._paused: set[Partition] = set()
         self._first_fetch = FirstFetch()
         self._on_assign = on_assign
+        self._closing = False  # an assignment `close` meets is not handed on
         self._on_revoke = on_revoke
         self._polled_at = time.monotonic()
         self._max_poll_interval_s = ms_setting(kafka, "max.poll.interval.ms",
@@ -123,6 +124,11 @@ class GroupConsumer:
     def _assign(self, _c: Consumer, parts: list[_TP]) -> None:
         got = [(tp.topic, tp.partition) for tp in parts]
         self._assigned.update(got)
+        if self._closing:
+            # Delivered inside leave_group's poll: the owner's restore ran there, and its
+            # error (or a restore outlasting the leave's wait) crashed the client at close.
+            log.info("partitions=%s assigned while leaving the group: left unread", got)
+            return
         log.info("assigned partitions=%s", got)
         if self._on_assign:
             self._on_assign(got)
@@ -299,6 +305,7 @@ class GroupConsumer:
 
     def close(self) -> None:
         """Leave the group (revoking, so `on_revoke` may commit once more)."""
+        self._closing = True
         leave_group(self._consumer)
         self._watermarks.close()
 

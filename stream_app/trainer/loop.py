@@ -98,7 +98,6 @@ class Trainer(Ownership):
         self._forgets_counted = CountedRequests()
         self._misrouted_said = Repeats()
         self._aborts_in_a_row = 0
-        self._leaving = False
         self._progress = ProgressLine(every_s=PROGRESS_LOG_S, started=time.monotonic())
         self._batch_cap = cfg.batch_max  # lowered while batches near max.poll.interval.ms
         self._outcome_at = 0.0  # when the last batch's transaction committed or aborted
@@ -146,7 +145,6 @@ class Trainer(Ownership):
             status = 0
         finally:
             self.ready = False
-            self._leaving = True
             if consumer is not None:
                 consumer.close()
             publisher.close()

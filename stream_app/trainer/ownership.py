@@ -98,7 +98,6 @@ class Ownership:
     _own_users: set[str] | None  # see _scope
     _input_partitions: dict[str, int]  # input topics' partition counts, for batch.misrouted
     _snapshots: Snapshots | None
-    _leaving: bool  # the consumer is closing: an assignment then is neither restored nor read
     _snapshot_at: float
     _unsnapshotted: bool  # a commit since the last snapshot was taken
 
@@ -109,8 +108,8 @@ class Ownership:
         if self.watchdog is not None:
             self.watchdog.beat(step)
 
-    def _restored_chunk(self, step: str = "restore") -> None:
-        """Between chunks of a restore, and waits before one: a stop ends it here."""
+    def _beat_or_stop(self, step: str = "restore") -> None:
+        """Between a restore's chunks and a rebalance's settle waits: a stop ends them here."""
         self._beat(step)
         if self.stop.is_set():
             raise RestoreStopped
@@ -130,7 +129,7 @@ class Ownership:
             # have filled part of it
         with transient(f"the restore ({reason})"):
             stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"),
-                            on_chunk=self._restored_chunk,
+                            on_chunk=self._beat_or_stop,
                             start=None if tag is None else tag.ends,
                             settle_s=MARKERS_WAIT_S if settle else 0.0)
         if self._volatile is not None:  # this process committed: its own state is exact
@@ -164,10 +163,9 @@ class Ownership:
         """
         if not parts or consumer is None:
             return
-        if self._leaving or self.stop.is_set():
-            # Its restore would run inside leave_group's poll (a crash of the client at
-            # close when it raised or outlasted the wait), and nothing will read them:
-            # the loop takes no batch once stopped, and their offsets stay as they are.
+        if self.stop.is_set():
+            # Nothing will read them: the loop takes no batch once stopped, and their
+            # offsets stay as they are (one met while closing: `GroupConsumer.close`).
             log.info("partitions=%s assigned while stopping: left unread", parts)
             return
         # One metadata request answers both whether we own every input partition and what
@@ -179,7 +177,7 @@ class Ownership:
             # A previous owner's open transaction ends first: committed, or aborted by
             # the broker after transaction.timeout.ms (which -X may raise past 60 s).
             consumer.settle(parts, timeout_s=max(60.0, self._txn_timeout_s() + 30.0),
-                            on_wait=lambda: self._restored_chunk("settle"))
+                            on_wait=lambda: self._beat_or_stop("settle"))
             with transient("reading the changelog's ends after a rebalance"):
                 ends = consumer.ends_and_stable(self.topics.embeddings)
             if not self._own_writes.keeps_learner(*ends):

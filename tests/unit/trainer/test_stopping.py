@@ -13,9 +13,11 @@ import logging
 from typing import Any, cast
 
 import pytest
+from confluent_kafka import TopicPartition
 
 from stream_app.config import KafkaConfig
 from stream_app.core import LearnerConfig
+from stream_app.kafka.consumer import GroupConsumer
 from stream_app.trainer import TrainerConfig, make_trainer
 
 
@@ -31,17 +33,25 @@ def _trainer() -> Any:
                         TrainerConfig(metrics_port=0), LearnerConfig(dim=4))
 
 
-@pytest.mark.parametrize("how", ["stop", "leaving"])
-def test_an_assignment_while_stopping_is_left_unread(
-        how: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_assignment_while_stopping_is_left_unread(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     trainer = _trainer()
-    if how == "stop":
-        trainer.stop.set()
-    else:
-        trainer._leaving = True  # noqa: SLF001 (set by run() before consumer.close())
+    trainer.stop.set()
     trainer._on_assign(cast(Any, _Consumer()), [("clicks", 0)])  # noqa: SLF001
     assert "assigned while stopping: left unread" in caplog.text
+
+
+def test_an_assignment_met_while_leaving_the_group_is_left_unread(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Closing, the consumer hands no assignment to its owner (no broker needed)."""
+    caplog.set_level(logging.INFO)
+    handed: list[object] = []
+    consumer = GroupConsumer(KafkaConfig(bootstrap_servers="127.0.0.1:1"), client_id="c",
+                             group_id="g", topics=["clicks"], on_assign=handed.append)
+    consumer._closing = True  # noqa: SLF001 (set by close() before it leaves the group)
+    consumer._assign(cast(Any, None), [TopicPartition("clicks", 0)])  # noqa: SLF001
+    assert handed == [] and "assigned while leaving the group: left unread" in caplog.text
+    consumer.raw.close()
 
 
 def test_a_batch_polled_as_the_stop_came_is_not_learned() -> None:
