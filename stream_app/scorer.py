@@ -62,6 +62,7 @@ from stream_app.serving.batching import (
 )
 from stream_app.serving.loading import LoadProgress
 from stream_app.signals import EXIT_STALLED, stop_on_signals
+from stream_app.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +85,19 @@ class Scorer:
     """In-process scorer: `run()` blocks until `stop` is set (or idle exit); thread-safe stop.
 
     `ready` is set once the initial load caught up; `metrics_port` once /metrics listens.
+    `watchdog` (the process's, see `run_scorer`) is told of each turn of the loop.
     """
 
     def __init__(self, kafka: KafkaConfig, cfg: ScorerConfig, *,
                  registry: CollectorRegistry | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None,
+                 watchdog: Watchdog | None = None) -> None:
         self.kafka, self.cfg, self.topics = kafka, cfg, kafka.topics
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ScorerMetrics(self.registry, dlq_reasons=[r.value for r in DlqReason],
                                      error_reasons=ERROR_REASONS)
         self.stop = stop if stop is not None else threading.Event()
+        self.watchdog = watchdog
         self.table = EmbeddingTable(device=resolve_device(cfg.device, "scorer.device"),
                                     history_max=cfg.history_max)
         self.ready = threading.Event()
@@ -248,6 +252,7 @@ class Scorer:
         # failed commit (no coordinator while the broker is away) costs only
         # duplicate answers, which clients drop: raised here, it would leave
         # poll() and stop the scorer mid-rebalance.
+        self._beat("revoke")  # a flush and a commit that takes no timeout (watchdog.py)
         producer.flush(10)
         if self._tracker.failure() is None:  # else the next commit stops the scorer
             try:
@@ -277,6 +282,7 @@ class Scorer:
         cfg = self.cfg
         commit_every = cfg.commit_interval_ms / 1000.0
         while not self.stop.is_set():
+            self._beat("loop")
             ready = self.ready.is_set()
             more_rows = self._tail(tail, 0.0 if ready else IDLE_POLL_S)
             requests = self._join(producer)
@@ -336,6 +342,10 @@ class Scorer:
             m.errors.labels(reason=reason).inc()
             m.count_dlq(reason)
 
+    def _beat(self, step: str) -> None:
+        if self.watchdog is not None:
+            self.watchdog.beat(step)
+
     def _idle_exit(self, now: float) -> bool:
         limit = self.cfg.exit_when_idle
         if limit is None or self._pending or len(self._tracker):
@@ -367,6 +377,7 @@ class Scorer:
 
     def _shutdown(self, producer: ReplyProducer) -> None:
         """Answer what is pending, wait for deliveries, commit them, leave the group."""
+        self._beat("shutdown")
         requests = self._requests
         if requests is None:  # stopped before it joined: nothing read, nothing to commit
             producer.flush(10)
@@ -393,8 +404,10 @@ class Scorer:
 
 def run_scorer(kafka: KafkaConfig, cfg: ScorerConfig, *, registry: CollectorRegistry | None = None,
                stop: threading.Event | None = None) -> int:
-    """The `stream-app scorer` process: SIGTERM/SIGINT/SIGHUP stop it cleanly."""
+    """The `stream-app scorer` process: SIGTERM/SIGINT/SIGHUP stop it cleanly; the watchdog
+    exits it (status 75) when the loop stalls for `cfg.stall_timeout_s`."""
     stop = stop if stop is not None else threading.Event()
     stop_on_signals(stop)
     freeze_survivors()
-    return Scorer(kafka, cfg, registry=registry, stop=stop).run()
+    with Watchdog(cfg.stall_timeout_s, component="scorer") as watchdog:
+        return Scorer(kafka, cfg, registry=registry, stop=stop, watchdog=watchdog).run()

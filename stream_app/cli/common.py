@@ -78,4 +78,7 @@ def component_args(p: argparse.ArgumentParser, metrics_port: int) -> None:
                    help=f"port of /metrics, /healthz, /readyz (default {metrics_port}, 0 = free)")
     p.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
                    help="exit after this long without input (tests, demo, benchmarks)")
+    p.add_argument("--stall-timeout", dest="stall_timeout_s", type=float, metavar="SECONDS",
+                   help="exit with status 75 when the loop makes no progress this long, "
+                        "so a supervisor restarts it (default 120)")
     kafka_args(p)

@@ -55,7 +55,7 @@ def _scorer(args: argparse.Namespace) -> int:
     flags = {"group_id": args.group_id, "device": args.device, "metrics_host": args.metrics_host,
              "metrics_port": args.metrics_port, "exit_when_idle": args.exit_when_idle,
              "batch_max": args.batch_max, "batch_wait_ms": args.batch_wait_ms,
-             "threads": args.threads}
+             "threads": args.threads, "stall_timeout_s": args.stall_timeout_s}
     file_values = read_file(args.config).get("scorer", {})
     from stream_app.config import build, default_group_id
 

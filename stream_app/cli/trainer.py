@@ -29,9 +29,6 @@ def add_commands(sub: Any) -> None:
                    "transaction still restores the changelog, and partitions it takes over "
                    "in a group are not restored)")
     p.add_argument("--stats-file", help="append one JSON line per batch (for `stream-app report`)")
-    p.add_argument("--stall-timeout", dest="stall_timeout_s", type=float, metavar="SECONDS",
-                   help="exit with status 75 when the loop makes no progress this long, "
-                        "so a supervisor restarts it (default 120)")
     p.add_argument("--snapshot-dir", metavar="DIR",
                    help="keep a local snapshot of the model here, so a restart reads only "
                         "the changelog written since (default: off)")

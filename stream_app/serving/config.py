@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from stream_app.config import CONSUME_MAX, ConfigError
+from stream_app.config import CONSUME_MAX, ConfigError, check_stall_timeout
 
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -48,6 +48,9 @@ class ScorerConfig:
     - `explain_max`: at most this many supporting recent items per returned item.
     - `exit_when_idle`: stop after this many seconds without any input (tests,
       demo, benchmarks); None runs until SIGTERM/SIGINT.
+    - `stall_timeout_s`: the process exits with status 75 when its loop makes
+      no progress this long (a hung librdkafka call, see `stream_app.watchdog`),
+      so a supervisor restarts it. An idle turn takes at most `batch_wait_ms`.
 
     >>> ScorerConfig(batch_max=64).batch_max
     64
@@ -70,6 +73,7 @@ class ScorerConfig:
     explain_max: int = 3
     min_user_updates: int = 1
     lag_interval_s: float = 1.0
+    stall_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         if not self.metrics_host.strip():
@@ -108,6 +112,7 @@ class ScorerConfig:
             raise ConfigError(f"scorer.exit_when_idle must be > 0 seconds (or unset), "
                               f"got {self.exit_when_idle}")
         _positive("lag_interval_s", self.lag_interval_s)
+        check_stall_timeout("scorer", self.stall_timeout_s, self.batch_wait_ms)
         if self.threads is not None and not 1 <= self.threads <= THREADS_MAX:
             raise ConfigError(f"scorer.threads must be 1..{THREADS_MAX} (or unset for torch's "
                               f"default), got {self.threads}")

@@ -22,7 +22,7 @@ from stream_app.signals import stop_on_signals
 from stream_app.trainer.config import TrainerConfig
 from stream_app.trainer.loop import Trainer
 from stream_app.trainer.result import BatchResult
-from stream_app.trainer.watchdog import EXIT_STALLED, Watchdog
+from stream_app.watchdog import EXIT_STALLED, Watchdog
 
 __all__ = ["EXIT_STALLED", "BatchResult", "Trainer", "TrainerConfig", "make_trainer",
            "run_trainer"]
@@ -49,7 +49,7 @@ def run_trainer(kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConf
     """
     stop = threading.Event()
     stop_on_signals(stop)
-    watchdog = Watchdog(cfg.stall_timeout_s)
+    watchdog = Watchdog(cfg.stall_timeout_s, component="trainer")
     freeze_survivors()
     trainer = make_trainer(kafka, cfg, learner_cfg, stop=stop, watchdog=watchdog)
 

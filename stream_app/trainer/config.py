@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from stream_app.config import CONSUME_MAX, ConfigError
+from stream_app.config import CONSUME_MAX, ConfigError, check_stall_timeout
 from stream_app.core import LearnerConfig
 from stream_app.kafka.consumer import CO_PARTITIONED_ASSIGNOR
 from stream_app.trainer.own_writes import default_partitioner
@@ -38,7 +38,7 @@ class TrainerConfig:
 
     `stall_timeout_s`: the process exits with status 75 when the loop makes no
     progress (an iteration, a transaction, a restored chunk) for this long, so
-    a supervisor restarts it; see `stream_app.trainer.watchdog`. It must exceed
+    a supervisor restarts it; see `stream_app.watchdog`. It must exceed
     the longest legitimate step: a transaction's steps give up after 60 s and
     an abort may wait for the broker, hence the default of 120 s.
 
@@ -92,13 +92,7 @@ class TrainerConfig:
         if self.exit_when_idle is not None and not 0 < self.exit_when_idle < math.inf:
             raise ConfigError(f"trainer.exit_when_idle must be > 0 seconds, got "
                               f"{self.exit_when_idle}")
-        if not 1 <= self.stall_timeout_s <= 86_400:
-            raise ConfigError(f"trainer.stall_timeout_s must be in 1..86400 seconds, got "
-                              f"{self.stall_timeout_s}")
-        if self.batch_wait_ms >= self.stall_timeout_s * 1000 / 2:
-            raise ConfigError(f"trainer.batch_wait_ms ({self.batch_wait_ms}) must be under half "
-                              f"of trainer.stall_timeout_s ({self.stall_timeout_s:g} s): an idle "
-                              "poll waits that long, and the watchdog would take it for a stall")
+        check_stall_timeout("trainer", self.stall_timeout_s, self.batch_wait_ms)
         for name in ("snapshot_interval_s", "snapshot_max_age_s"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"trainer.{name} must be > 0 seconds, got "

@@ -49,7 +49,7 @@ from stream_app.trainer.ownership import Ownership, RestoreStopped
 from stream_app.trainer.result import BatchResult, ProgressLine, batch_result
 from stream_app.trainer.snapshot import Snapshots
 from stream_app.trainer.steps import CountedRequests, learn_batch
-from stream_app.trainer.watchdog import EXIT_STALLED, Watchdog
+from stream_app.watchdog import EXIT_STALLED, Watchdog
 
 log = logging.getLogger(__name__)
 

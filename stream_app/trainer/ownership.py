@@ -39,7 +39,7 @@ from stream_app.trainer.observe import report_table_rows
 from stream_app.trainer.own_writes import MARKERS_WAIT_S, OwnWrites
 from stream_app.trainer.restore import restore
 from stream_app.trainer.snapshot import Snapshots
-from stream_app.trainer.watchdog import Watchdog
+from stream_app.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 

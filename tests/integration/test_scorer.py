@@ -19,6 +19,7 @@ import torch
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
+import stream_app.scorer
 from stream_app.client import ScoreClient
 from stream_app.codec import (
     MESSAGE_MAX_BYTES,
@@ -35,6 +36,7 @@ from stream_app.kafka.produce import DeliveryError
 from stream_app.scorer import JOIN_CHECK_S, Scorer
 from stream_app.serving import ScorerConfig
 from stream_app.serving.topk import prunes
+from stream_app.watchdog import Watchdog
 from tests.integration.kafka_helpers import read_topic, wait_until
 
 torch.set_num_threads(1)
@@ -89,10 +91,11 @@ def brute(u: npt.NDArray[np.float32] | None, items: Vecs, bias: dict[str, float]
 
 @contextmanager
 def running(kafka: KafkaConfig, *, kind: type[Scorer] = Scorer, wait_ready: bool = True,
-            **overrides: object) -> Iterator[Scorer]:
+            watchdog: Watchdog | None = None, **overrides: object) -> Iterator[Scorer]:
     cfg = ScorerConfig(device="cpu", metrics_port=0, batch_wait_ms=1.0,
                        group_id=f"scorer-{kafka.topic_prefix}", **overrides)  # type: ignore[arg-type]
-    scorer = kind(kafka, cfg, registry=CollectorRegistry(), stop=threading.Event())
+    scorer = kind(kafka, cfg, registry=CollectorRegistry(), stop=threading.Event(),
+                  watchdog=watchdog)
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(scorer.run()), daemon=True)
     thread.start()
@@ -162,6 +165,45 @@ def test_answers_are_the_exact_top_k(kafka: KafkaConfig, world) -> None:  # type
             return p if p.fallback and top not in ids(p) else None
         p = wait_until(after, what="tombstone applied")
         assert ids(p) == brute(None, items, bias, 3)
+
+
+def test_the_watchdog_fires_on_a_hung_turn_and_never_while_the_scorer_serves(  # type: ignore[no-untyped-def]
+        kafka: KafkaConfig, world, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung librdkafka call (a synchronous commit takes no timeout) stopped the loop for
+    good while /healthz, on its own thread, still said alive: nothing restarted the
+    scorer. Every turn now beats the process's watchdog, which exits it (status 75,
+    `test_watchdog.py`) when none came for `stall_timeout_s`. Here a turn that ranks is
+    held, as a hung call would hold it."""
+    items, bias, users = world
+    publish(kafka, rows_of(items, bias, users), transactional=True)
+    hang, release, stalls = threading.Event(), threading.Event(), threading.Event()
+    answer = stream_app.scorer.answer_batch
+
+    def held(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if hang.is_set():
+            release.wait(60)
+        return answer(*args, **kwargs)
+
+    monkeypatch.setattr(stream_app.scorer, "answer_batch", held)
+    # 2 s against turns of at most 0.05 s when idle: only a 2 s pause of the loop's
+    # thread (a loaded machine) fires it early.
+    dog = Watchdog(2.0, component="scorer", on_stall=stalls.set, dump_stacks=False)
+    try:
+        with dog, running(kafka, watchdog=dog), ScoreClient(kafka) as client:
+            got = ask(client, [ScoreRequest(request_id="r0", user_id="u0", k=3)])
+            assert ids(got["r0"]) == brute(users["u0"], items, bias, 3, banned=frozenset(
+                {"i1", "i2"}))
+            time.sleep(6)  # three limits loaded, answering and idle: no stall
+            assert not stalls.is_set()
+            hang.set()
+            client.send_many([ScoreRequest(request_id="r1", user_id="u1", k=3)])
+            assert stalls.wait(30)
+            assert dog._step == "loop"  # the turn it was in
+            release.set()  # the stand-in does not exit: the turn goes on, r1 is answered
+            assert ids(client.wait(["r1"], timeout_s=30)["r1"]) == brute(
+                users["u1"], items, bias, 3, banned=frozenset({"i1", "i2"}))
+    finally:
+        release.set()
 
 
 def test_rows_of_an_aborted_transaction_are_never_served(kafka: KafkaConfig, world) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stream_app.config import KafkaConfig
-from stream_app.trainer.watchdog import EXIT_STALLED
+from stream_app.watchdog import EXIT_STALLED
 from tests.integration.kafka_helpers import wait_until
 
 LEARNER_FLAGS = ("-L", "dim=8", "-L", "num_sampled_negatives=16", "-L", "eval_max_items=1000")

@@ -1,19 +1,23 @@
-"""A stall watchdog: turn a hung trainer into a process exit a supervisor restarts.
+"""A stall watchdog: turn a hung trainer or scorer into a process exit a supervisor restarts.
 
 librdkafka 2.16 can block forever in `send_offsets_to_transaction()` /
 `commit_transaction()`, ignoring the timeout it was given, when the broker
-goes away mid-transaction (confluentinc/librdkafka#5456, #5511). No Python
-code runs in the stuck thread, so nothing in the loop can notice. This daemon
-thread can: the loop calls `beat(step)` whenever it makes progress (each
-iteration, each learning step, each transaction, each restored chunk), and
-when no beat came for
-`limit_s` the thread logs the step it was in, dumps every thread's stack and
-calls `on_stall` (in the process: `os._exit(EXIT_STALLED)`).
+goes away mid-transaction (confluentinc/librdkafka#5456, #5511), and a
+synchronous `commit()`, which takes no timeout at all, can hang too
+(confluentinc/confluent-kafka-python#1801); the scorer makes one on each
+revoke and at shutdown. No Python code runs in the stuck thread, so nothing
+in the loop can notice, and `/healthz` (another thread) still answers. This
+daemon thread can: the loop calls `beat(step)` whenever it makes progress
+(each iteration; the trainer also each learning step, transaction and
+restored chunk), and when no beat came for `limit_s` the thread logs the step
+it was in, dumps every thread's stack and calls `on_stall` (in the process:
+`os._exit(EXIT_STALLED)`).
 
-Exiting mid-transaction is safe by design (DESIGN.md, Semantics): nothing of
+Exiting is safe by design (DESIGN.md, Semantics). For the trainer, nothing of
 an unfinished transaction is visible; the next start fences this instance
 (`init_transactions`), aborts what it left open, restores from the changelog
-and resumes from the committed offsets.
+and resumes from the committed offsets. For the scorer, requests whose
+answers were not committed are answered again (clients dedupe by request id).
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ __all__ = ["EXIT_STALLED", "Watchdog", "exit_stalled"]
 
 log = logging.getLogger(__name__)
 
+AFTER_RESTART = {
+    "trainer": "the restart fences, aborts the open transaction and restores",
+    "scorer": "the restart answers again the requests whose answers were not committed",
+}
+
 
 def exit_stalled() -> None:
     """Leave at once: a hung librdkafka call would block a normal exit (atexit, close)."""
@@ -42,22 +51,25 @@ def exit_stalled() -> None:
 class Watchdog:
     """Calls `on_stall` once if `beat()` is not called for `limit_s` seconds.
 
-    `step` names what the loop was doing at its last beat, for the log line.
+    `step` names what the loop was doing at its last beat, for the log line;
+    `component` names the process and its setting there (`<component>.stall_timeout_s`).
     Use as a context manager (thread started on enter, stopped on exit).
 
     >>> fired = []
-    >>> with Watchdog(0.2, on_stall=lambda: fired.append(True), dump_stacks=False) as dog:
+    >>> with Watchdog(0.2, component="trainer", on_stall=lambda: fired.append(True),
+    ...               dump_stacks=False) as dog:
     ...     dog.beat("working")
     ...     time.sleep(1.0)
     >>> fired
     [True]
     """
 
-    def __init__(self, limit_s: float, *, on_stall: Callable[[], None] = exit_stalled,
-                 dump_stacks: bool = True) -> None:
+    def __init__(self, limit_s: float, *, component: str,
+                 on_stall: Callable[[], None] = exit_stalled, dump_stacks: bool = True) -> None:
         if limit_s <= 0:
             raise ValueError(f"watchdog limit must be > 0 seconds, got {limit_s}")
         self.limit_s = limit_s
+        self.component = component
         self._on_stall = on_stall
         self._dump_stacks = dump_stacks
         self._last = time.monotonic()
@@ -84,11 +96,11 @@ class Watchdog:
             stalled = time.monotonic() - self._last
             if stalled < self.limit_s:
                 continue
-            log.error("watchdog: no progress for %.1fs in step=%s (over trainer.stall_timeout_s="
-                      "%g); exiting with status %d so a supervisor restarts the trainer "
-                      "(a librdkafka call may be hung: confluentinc/librdkafka#5456); the "
-                      "restart fences, aborts the open transaction and restores",
-                      stalled, self._step, self.limit_s, EXIT_STALLED)
+            log.error("watchdog: no progress for %.1fs in step=%s (over %s.stall_timeout_s=%g); "
+                      "exiting with status %d so a supervisor restarts the %s (a librdkafka "
+                      "call may be hung: confluentinc/librdkafka#5456); %s",
+                      stalled, self._step, self.component, self.limit_s, EXIT_STALLED,
+                      self.component, AFTER_RESTART.get(self.component, ""))
             if self._dump_stacks:
                 faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
             self._on_stall()

@@ -11,8 +11,9 @@ import pytest
 
 from stream_app.config import ConfigError, KafkaConfig, build
 from stream_app.core import LearnerConfig
+from stream_app.serving import ScorerConfig
 from stream_app.trainer import EXIT_STALLED, TrainerConfig, make_trainer
-from stream_app.trainer.watchdog import Watchdog
+from stream_app.watchdog import Watchdog
 
 
 def test_fires_once_when_beats_stop_and_never_while_they_come() -> None:
@@ -25,7 +26,7 @@ def test_fires_once_when_beats_stop_and_never_while_they_come() -> None:
 
     # A 1 s limit against beats 0.1 s apart: only a 1 s pause of this thread (a loaded
     # machine) fires it early; 0.4 s left too little room (test review).
-    with Watchdog(1.0, on_stall=on_stall, dump_stacks=False) as dog:
+    with Watchdog(1.0, component="trainer", on_stall=on_stall, dump_stacks=False) as dog:
         for _ in range(30):  # 3 s of steady progress, three limits: no stall
             dog.beat("poll")
             time.sleep(0.1)
@@ -36,24 +37,29 @@ def test_fires_once_when_beats_stop_and_never_while_they_come() -> None:
     assert len(calls) == 1
 
 
-def test_stall_logs_the_step_and_exits_the_process_with_75() -> None:
+@pytest.mark.parametrize(("component", "step"), [("trainer", "transaction"), ("scorer", "revoke")])
+def test_stall_logs_the_step_and_exits_the_process_with_75(component: str, step: str) -> None:
     code = ("import logging, time; logging.basicConfig(); "
-            "from stream_app.trainer.watchdog import Watchdog; "
-            "dog = Watchdog(0.5).__enter__(); dog.beat('transaction'); time.sleep(30)")
+            "from stream_app.watchdog import Watchdog; "
+            f"dog = Watchdog(0.5, component={component!r}).__enter__(); dog.beat({step!r}); "
+            "time.sleep(30)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,  # noqa: S603
                          check=False)
     assert out.returncode == EXIT_STALLED
     err = out.stderr.decode()
-    assert "no progress" in err and "step=transaction" in err
+    assert "no progress" in err and f"step={step}" in err
+    assert f"{component}.stall_timeout_s=0.5" in err and f"restarts the {component}" in err
     assert "stall-watchdog" in err or "Thread" in err  # every thread's stack was dumped
 
 
-def test_stall_timeout_is_configurable_and_checked() -> None:
-    cfg = build(TrainerConfig, "trainer", {}, {"STREAM_APP_TRAINER_STALL_TIMEOUT_S": "45"}, {})
-    assert cfg.stall_timeout_s == 45.0
-    assert TrainerConfig().stall_timeout_s == 120.0
-    with pytest.raises(ConfigError, match="trainer.stall_timeout_s must be in 1..86400"):
-        TrainerConfig(stall_timeout_s=0)
+@pytest.mark.parametrize(("cls", "section"), [(TrainerConfig, "trainer"), (ScorerConfig, "scorer")])
+def test_stall_timeout_is_configurable_and_checked(cls: type[TrainerConfig | ScorerConfig],
+                                                   section: str) -> None:
+    env = {f"STREAM_APP_{section.upper()}_STALL_TIMEOUT_S": "45"}
+    assert build(cls, section, {}, env, {}).stall_timeout_s == 45.0
+    assert cls().stall_timeout_s == 120.0
+    with pytest.raises(ConfigError, match=f"{section}.stall_timeout_s must be in 1..86400"):
+        cls(stall_timeout_s=0)
 
 
 @pytest.mark.parametrize(("stall_s", "warned"), [(45.0, True), (60.0, True), (61.0, False)])
