@@ -120,6 +120,7 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
                 bar.advance()
     except SourceError as exc:
         exc.sent, exc.dropped, exc.refused = producer.acked, producer.dropped, producer.refused
+        exc.expired = producer.expired
         exc.first_refusal = next(iter(producer.first_errors), "")
         raise
     except DeliveryError as exc:  # say where a re-run would pick up, as for a bad line
@@ -127,7 +128,7 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
         # produce() (its cause a KafkaException) and a stop at a timeout name neither.
         finished = exc.__cause__ is None and not isinstance(exc, TimedOut)
         lost = "" if finished else not_delivered(
-            producer.dropped, producer.refused, producer.first_errors)
+            producer.dropped, producer.refused, producer.first_errors, producer.expired)
         raise DeliveryError(f"{label} {'finished' if finished else 'stopped'}: {exc}; "
                             f"{producer.acked} records acknowledged by the broker{lost}") from exc
     except KeyboardInterrupt:
@@ -136,21 +137,26 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
     finally:
         bar.close()
         if interrupted:
-            lost = not_delivered(producer.dropped, producer.refused, producer.first_errors)
+            lost = not_delivered(producer.dropped, producer.refused, producer.first_errors,
+                                 producer.expired)
             print(f"{label} interrupted: {producer.acked} records acknowledged by the "
                   f"broker{lost}", file=sys.stderr)
     return producer.acked
 
 
-def not_delivered(dropped: int, refused: int, first_errors: list[str]) -> str:
+def not_delivered(dropped: int, refused: int, first_errors: list[str], expired: int = 0) -> str:
     """What a stopped replay or generate did not get to the broker, for its last line:
     refused records are not in the acknowledged count, and a re-run from after the
     stopping line would lose them without this.
 
     >>> not_delivered(3, 2, ["Broker: Message size too large"])
     ', 3 dropped unacknowledged, 2 refused by the broker (Broker: Message size too large)'
+    >>> not_delivered(0, 0, [], expired=4)
+    ', 4 timed out with no broker taking them'
     """
     out = f", {dropped} dropped unacknowledged" if dropped else ""
+    if expired:
+        out += f", {expired} timed out with no broker taking them"
     if refused:
         first = f" ({'; '.join(first_errors)})" if first_errors else ""
         out += f", {refused} refused by the broker{first}"

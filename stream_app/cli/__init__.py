@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stream_app.replay import not_delivered
 
         lost = not_delivered(exc.dropped, exc.refused,
-                             [exc.first_refusal] if exc.first_refusal else [])
+                             [exc.first_refusal] if exc.first_refusal else [], exc.expired)
         sent = "" if exc.sent is None else f" ({exc.sent} record(s) sent before it{lost})"
         print(f"stream-app: stopped reading the input{sent}: {exc}", file=sys.stderr)
         return 2

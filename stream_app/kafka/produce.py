@@ -86,10 +86,14 @@ class EventProducer:
     def __init__(self, kafka: KafkaConfig, client_id: str = "stream-app-producer") -> None:
         self._producer: Producer = make_producer(kafka, client_id)
         self.acked = 0
-        self.refused = 0
+        self.refused = 0  # the broker answered no (too large, not authorised ...)
+        self.expired = 0  # waited out message.timeout.ms: no broker took them
         self.dropped = 0  # still queued when a stopped producer gave up on them
-        self.first_errors: list[str] = []
-        self.timed_out = False  # a record waited out message.timeout.ms: no broker takes them
+        self.first_errors: list[str] = []  # of the refusals
+
+    @property
+    def timed_out(self) -> bool:
+        return self.expired > 0
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is None:
@@ -97,8 +101,10 @@ class EventProducer:
             return
         if err.code() in _PURGED:
             return  # dropped by `abandon`, and counted there
+        if err.code() == KafkaError._MSG_TIMED_OUT:  # noqa: SLF001
+            self.expired += 1  # no answer at all: "refused by the broker" misled
+            return
         self.refused += 1
-        self.timed_out |= err.code() == KafkaError._MSG_TIMED_OUT  # noqa: SLF001
         if len(self.first_errors) < 10 and err.str() not in self.first_errors:
             self.first_errors.append(err.str())
 
@@ -129,11 +135,14 @@ class EventProducer:
         dropped and counted here, so the error names each lost record once."""
         self._producer.flush(timeout_s)
         left = self._drop_queued()
-        if left or self.refused:
+        counts = {"refused by the broker": self.refused,
+                  "timed out with no broker taking them": self.expired,
+                  f"unacknowledged after {timeout_s:g}s and dropped": left}
+        if any(counts.values()):
+            first = f"; first errors: {self.first_errors}" if self.first_errors else ""
             raise DeliveryError(
-                f"{left + self.refused} record(s) not delivered ({self.refused} refused by "
-                f"the broker, {left} unacknowledged after {timeout_s:g}s and dropped); "
-                f"first errors: {self.first_errors}")
+                f"{sum(counts.values())} record(s) not delivered ("
+                f"{', '.join(f'{n} {what}' for what, n in counts.items() if n)}){first}")
 
     def abandon(self, timeout_s: float = 5.0) -> int:
         """Stopped early: deliver what the broker takes within `timeout_s`, drop the rest

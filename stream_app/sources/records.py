@@ -37,7 +37,8 @@ class SourceError(Exception):
     `sent` is how many records the broker had acknowledged when the line
     stopped a replay (None: nothing was being sent), `dropped` how many queued
     ones were then given up unacknowledged, `refused` how many the broker had
-    refused (with the first of its errors). They need not be the records before
+    refused (with the first of its errors), `expired` how many timed out with no
+    broker taking them. They need not be the records before
     the line: MovieLens is read whole and sorted first.
     """
 
@@ -48,5 +49,6 @@ class SourceError(Exception):
         self.sent: int | None = None
         self.dropped = 0
         self.refused = 0
+        self.expired = 0
         self.first_refusal = ""
         super().__init__(f"{path}:{line}: {error}")
