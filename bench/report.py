@@ -272,7 +272,7 @@ def _quality(out: Path) -> list[str]:
                  "| method | Recall@20 | HitRate@20 | NDCG@20 |", "| --- | --- | --- | --- |"]
         rows += [f"| {m} | {v['recall']:.4f} | {v['hit_rate']:.4f} | {v['ndcg']:.4f} |"
                  for m, v in d["methods"].items()]
-        ratios = [f"{k} = **{v:.3f}**" for k, v in d.items()
+        ratios = [f"{k} = **{v:.4f}**" for k, v in d.items()
                   if k.startswith("ratio") and isinstance(v, float)]
         ratios += [f"95% bootstrap interval over users ({k.removesuffix('_interval95')}) "
                    f"{v[0]:.3f}–{v[1]:.3f}" for k, v in d.items() if k.endswith("_interval95")]
@@ -282,6 +282,13 @@ def _quality(out: Path) -> list[str]:
         if seeds:
             rows += [f"The learner's figures are the mean over seeds {_seeds(d)} "
                      f"(Recall@20 per seed {', '.join(f'{r:.4f}' for r in seeds)}).", ""]
+        kafka = d["methods"].get("trainer_scorer_kafka", {}).get("recall_per_seed")
+        if kafka:
+            offline = d["methods"]["core_offline"]["recall_per_seed"]
+            rows += ["The trainer and scorer's figures, and the offline core's, are the mean "
+                     f"over seeds {_seeds(d)}, one run of each (Recall@20 per seed through "
+                     f"Kafka {', '.join(f'{r:.4f}' for r in kafka)}; offline "
+                     f"{', '.join(f'{r:.4f}' for r in offline)}).", ""]
         if "oracle_test_popularity" in d:
             rows += ["Headroom reference, not a baseline (it reads the test part): popularity "
                      f"over the test part reaches Recall@20 "
@@ -326,7 +333,8 @@ def _full_recall(d: dict[str, Any]) -> list[str]:
 
 
 def _seeds(d: dict[str, Any]) -> str:
-    return ", ".join(str(s) for s in d.get("seeds", [d["config"]["seed"]]))
+    seeds = d.get("seeds") or d.get("params", {}).get("seeds") or [d["config"]["seed"]]
+    return ", ".join(str(s) for s in seeds)
 
 
 def render(out: Path, doc: Path, mode: str) -> None:

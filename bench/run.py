@@ -29,7 +29,7 @@ QUICK: dict[str, list[str]] = {
     "scorer_latency": ["-m", "bench.scorer_latency", "--quick", "--threads", "1"],
     "restore_memory": ["-m", "bench.restore_memory", "--rows", "100000"],
     "quality_offline": ["-m", "bench.quality_offline", "--limit", "150000"],
-    "quality_kafka": ["-m", "bench.quality_kafka", "--limit", "150000"],
+    "quality_kafka": ["-m", "bench.quality_kafka", "--limit", "150000", "--seeds", "0"],
 }
 FULL: dict[str, list[str]] = {
     "codec_speed": ["-m", "bench.codec_speed"],
@@ -39,7 +39,7 @@ FULL: dict[str, list[str]] = {
     "scorer_latency": ["-m", "bench.scorer_latency", "--threads", "1"],
     "restore_memory": ["-m", "bench.restore_memory", "--rows", "1000000"],
     "quality_offline": ["-m", "bench.quality_offline", "--baselines"],
-    "quality_kafka": ["-m", "bench.quality_kafka"],
+    "quality_kafka": ["-m", "bench.quality_kafka", "--seeds", *[str(s) for s in range(10)]],
 }
 # How each script takes its output path.
 OUT_FLAG = {"codec_speed": "--json"}
