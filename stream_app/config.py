@@ -39,12 +39,12 @@ class ConfigError(ValueError):
 
 def check_stall_timeout(section: str, stall_timeout_s: float, batch_wait_ms: float) -> None:
     """The watchdog's limit (`stream_app.watchdog`) of a trainer or scorer: 1 s to a day,
-    and over twice the longest poll the loop makes while it waits for a batch to fill."""
+    and at least twice the longest poll the loop makes while it waits for a batch to fill."""
     if not 1 <= stall_timeout_s <= 86_400:
         raise ConfigError(f"{section}.stall_timeout_s must be in 1..86400 seconds, got "
                           f"{stall_timeout_s}")
-    if batch_wait_ms >= stall_timeout_s * 1000 / 2:
-        raise ConfigError(f"{section}.batch_wait_ms ({batch_wait_ms:g}) must be under half of "
+    if batch_wait_ms > stall_timeout_s * 1000 / 2:
+        raise ConfigError(f"{section}.batch_wait_ms ({batch_wait_ms:g}) must be at most half of "
                           f"{section}.stall_timeout_s ({stall_timeout_s:g} s): a poll waits "
                           "that long for a batch to fill, and the watchdog would take it for "
                           "a stall")

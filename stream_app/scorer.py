@@ -76,6 +76,8 @@ IDLE_POLL_S = 0.05
 GROW_CHECK_S = 30.0
 """How often the scorer asks whether `embeddings` gained partitions (a metadata round
 trip in the request loop)."""
+STALL_WARN_S = 60.0
+"""A `stall_timeout_s` under this is warned of (see `Scorer.__init__`)."""
 JOIN_CHECK_S = 2.0
 """While loading, how often a scorer that has not joined the request group looks whether
 the group still has members (replicas gone leave it within their session timeout)."""
@@ -98,6 +100,11 @@ class Scorer:
                                      error_reasons=ERROR_REASONS)
         self.stop = stop if stop is not None else threading.Event()
         self.watchdog = watchdog
+        if cfg.stall_timeout_s < STALL_WARN_S:
+            log.warning("scorer.stall_timeout_s=%g is under %g s: a broker outage can hold one "
+                        "turn of the loop that long (metadata waits of 10 s, a revoke's flush "
+                        "and commit), and the watchdog would then restart a scorer that was "
+                        "riding it out", cfg.stall_timeout_s, STALL_WARN_S)
         self.table = EmbeddingTable(device=resolve_device(cfg.device, "scorer.device"),
                                     history_max=cfg.history_max)
         self.ready = threading.Event()
@@ -124,6 +131,7 @@ class Scorer:
         """Serve until stopped; 0 on a clean stop, 1 if a prediction could not be delivered,
         EXIT_STALLED if a request partition is never fetched (`kafka.first_fetch`)."""
         t, cid = self.topics, self.cfg.client_id
+        self._beat("topics")  # each step below waits 10-20 s at most for the broker
         # A -X setting that conflicts with an enforced one fails here, before the broker
         # checks, the metrics server and the clients (it failed after all three).
         check_consumer_settings(self.kafka, cid, self.cfg.group_id, enforce=REPORT_EOF)
@@ -137,6 +145,7 @@ class Scorer:
                 TailReader(self.kafka, t.embeddings, client_id=f"{cid}-embeddings") as tail:
             self.metrics_port = server.port
             producer = ReplyProducer(self.kafka, client_id=f"{cid}-producer")
+            self._beat("open embeddings")
             self._open_tail(tail)
             try:
                 return self._loop(tail, producer)
@@ -158,7 +167,9 @@ class Scorer:
         batch = tail.poll(limit, timeout)
         if not batch.records and not batch.eof:
             return False
-        for rec in batch.records:
+        for n, rec in enumerate(batch.records):
+            if n % LIVE_ROWS == 0:  # a load turn of 1M rows takes about a minute
+                self._beat("rows")
             self._apply_row(rec)
             self._progress.read(rec.partition, rec.offset)
         for partition, offset in batch.eof.items():
@@ -385,6 +396,7 @@ class Scorer:
             return
         try:
             while self._pending:
+                self._beat("shutdown")
                 self._answer(producer)
             left = producer.flush(10)
             if left:

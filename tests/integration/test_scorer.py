@@ -185,15 +185,15 @@ def test_the_watchdog_fires_on_a_hung_turn_and_never_while_the_scorer_serves(  #
         return answer(*args, **kwargs)
 
     monkeypatch.setattr(stream_app.scorer, "answer_batch", held)
-    # 2 s against turns of at most 0.05 s when idle: only a 2 s pause of the loop's
-    # thread (a loaded machine) fires it early.
-    dog = Watchdog(2.0, component="scorer", on_stall=stalls.set, dump_stacks=False)
+    # 4 s against turns of at most 0.05 s when idle, and start-up steps of well under a
+    # second each: only a 4 s pause of the loop's thread (a loaded machine) fires it early.
+    dog = Watchdog(4.0, component="scorer", on_stall=stalls.set, dump_stacks=False)
     try:
         with dog, running(kafka, watchdog=dog), ScoreClient(kafka) as client:
             got = ask(client, [ScoreRequest(request_id="r0", user_id="u0", k=3)])
             assert ids(got["r0"]) == brute(users["u0"], items, bias, 3, banned=frozenset(
                 {"i1", "i2"}))
-            time.sleep(6)  # three limits loaded, answering and idle: no stall
+            time.sleep(9)  # over two limits of idling after loading and answering: no stall
             assert not stalls.is_set()
             hang.set()
             client.send_many([ScoreRequest(request_id="r1", user_id="u1", k=3)])

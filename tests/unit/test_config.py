@@ -317,9 +317,9 @@ def test_tuple_settings_from_the_environment_and_learner_flags() -> None:
     (lambda: ScorerConfig(history_max=0), "scorer.history_max must be >= 1"),
     # the watchdog exited 75 on every idle poll
     (lambda: TrainerConfig(batch_wait_ms=6_000, stall_timeout_s=3),
-     r"batch_wait_ms \(6000\) must be under half of trainer.stall_timeout_s \(3 s\)"),
+     r"batch_wait_ms \(6000\) must be at most half of trainer.stall_timeout_s \(3 s\)"),
     (lambda: ScorerConfig(batch_wait_ms=6_000, stall_timeout_s=3),
-     r"batch_wait_ms \(6000\) must be under half of scorer.stall_timeout_s \(3 s\)"),
+     r"batch_wait_ms \(6000\) must be at most half of scorer.stall_timeout_s \(3 s\)"),
     (lambda: ScorerConfig(stall_timeout_s=0.5), r"scorer.stall_timeout_s must be in 1..86400"),
     # ENAMETOOLONG at the restore, a traceback
     (lambda: TrainerConfig(group_id="g" * 200, instance_id="i" * 60, snapshot_dir="snaps"),

@@ -11,6 +11,7 @@ import pytest
 
 from stream_app.config import ConfigError, KafkaConfig, build
 from stream_app.core import LearnerConfig
+from stream_app.scorer import Scorer
 from stream_app.serving import ScorerConfig
 from stream_app.trainer import EXIT_STALLED, TrainerConfig, make_trainer
 from stream_app.watchdog import Watchdog
@@ -70,3 +71,13 @@ def test_a_stall_timeout_a_transaction_step_can_outlast_is_warned_of(
     make_trainer(KafkaConfig(bootstrap_servers="127.0.0.1:1"),
                  TrainerConfig(stall_timeout_s=stall_s), LearnerConfig())  # no broker needed
     assert ("is not over the 60 s a transaction step waits" in caplog.text) is warned
+
+
+@pytest.mark.parametrize(("stall_s", "warned"), [(30.0, True), (60.0, False)])
+def test_a_scorer_stall_timeout_an_outage_can_outlast_is_warned_of(
+        stall_s: float, warned: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """Accepted (a restart is safe), but one turn of a scorer riding out a broker outage
+    can wait tens of seconds (metadata waits of 10 s, a revoke's flush and commit)."""
+    Scorer(KafkaConfig(bootstrap_servers="127.0.0.1:1"),
+           ScorerConfig(stall_timeout_s=stall_s, device="cpu"))  # no broker needed
+    assert ("scorer.stall_timeout_s=" in caplog.text) is warned
