@@ -206,6 +206,35 @@ def test_the_watchdog_fires_on_a_hung_turn_and_never_while_the_scorer_serves(  #
         release.set()
 
 
+class _Counting(Watchdog):
+    """A watchdog that never fires and keeps the name of every beat."""
+
+    def __init__(self) -> None:
+        super().__init__(3600.0, component="scorer", dump_stacks=False)
+        self.steps: list[str] = []
+
+    def beat(self, step: str) -> None:
+        self.steps.append(step)
+        super().beat(step)
+
+
+def test_a_load_turn_beats_the_watchdog_every_128_rows(kafka: KafkaConfig) -> None:
+    """One load turn applies up to `load_batch` rows (1M allowed, about a minute at
+    45-67 us a row) with no loop beat between: a watchdog under that limit killed a
+    healthy scorer mid-load, and each restart loaded from the beginning again."""
+    rng = np.random.default_rng(5)
+    rows = [(f"item:i{n}", encode_embedding(_row("item", f"i{n}",
+                                                 rng.normal(size=DIM).astype(np.float32))))
+            for n in range(3000)]
+    publish(kafka, rows, transactional=True)
+    dog = _Counting()
+    with dog, running(kafka, watchdog=dog, load_batch=5000) as scorer:
+        assert scorer.table.n_items == 3000
+    # Each poll of n rows beats ceil(n / 128) times, however the rows were split.
+    assert dog.steps.count("rows") >= 3000 / 128
+    assert dog.steps[:3] == ["start", "topics", "open embeddings"]
+
+
 def test_rows_of_an_aborted_transaction_are_never_served(kafka: KafkaConfig, world) -> None:  # type: ignore[no-untyped-def]
     """The scorer reads `embeddings` read_committed: a trainer's aborted transaction (a
     crash, a fenced zombie) changes no answer (integration test review: nothing wrote
