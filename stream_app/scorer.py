@@ -62,7 +62,7 @@ from stream_app.serving.batching import (
 )
 from stream_app.serving.loading import LoadProgress
 from stream_app.signals import EXIT_STALLED, stop_on_signals
-from stream_app.watchdog import Watchdog
+from stream_app.watchdog import NO_WATCHDOG, Heartbeat, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Scorer:
     def __init__(self, kafka: KafkaConfig, cfg: ScorerConfig, *,
                  registry: CollectorRegistry | None = None,
                  stop: threading.Event | None = None,
-                 watchdog: Watchdog | None = None) -> None:
+                 watchdog: Heartbeat = NO_WATCHDOG) -> None:
         self.kafka, self.cfg, self.topics = kafka, cfg, kafka.topics
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ScorerMetrics(self.registry, dlq_reasons=[r.value for r in DlqReason],
@@ -131,7 +131,7 @@ class Scorer:
         """Serve until stopped; 0 on a clean stop, 1 if a prediction could not be delivered,
         EXIT_STALLED if a request partition is never fetched (`kafka.first_fetch`)."""
         t, cid = self.topics, self.cfg.client_id
-        self._beat("topics")  # each step below waits 10-20 s at most for the broker
+        self.watchdog.beat("topics")  # each step below waits 10-20 s at most for the broker
         # A -X setting that conflicts with an enforced one fails here, before the broker
         # checks, the metrics server and the clients (it failed after all three).
         check_consumer_settings(self.kafka, cid, self.cfg.group_id, enforce=REPORT_EOF)
@@ -145,7 +145,7 @@ class Scorer:
                 TailReader(self.kafka, t.embeddings, client_id=f"{cid}-embeddings") as tail:
             self.metrics_port = server.port
             producer = ReplyProducer(self.kafka, client_id=f"{cid}-producer")
-            self._beat("open embeddings")
+            self.watchdog.beat("open embeddings")
             self._open_tail(tail)
             try:
                 return self._loop(tail, producer)
@@ -169,7 +169,7 @@ class Scorer:
             return False
         for n, rec in enumerate(batch.records):
             if n % LIVE_ROWS == 0:  # a load turn of 1M rows takes about a minute
-                self._beat("rows")
+                self.watchdog.beat("rows")
             self._apply_row(rec)
             self._progress.read(rec.partition, rec.offset)
         for partition, offset in batch.eof.items():
@@ -263,7 +263,7 @@ class Scorer:
         # failed commit (no coordinator while the broker is away) costs only
         # duplicate answers, which clients drop: raised here, it would leave
         # poll() and stop the scorer mid-rebalance.
-        self._beat("revoke")  # a flush and a commit that takes no timeout (watchdog.py)
+        self.watchdog.beat("revoke")  # a flush and a commit that takes no timeout (watchdog.py)
         producer.flush(10)
         if self._tracker.failure() is None:  # else the next commit stops the scorer
             try:
@@ -293,7 +293,7 @@ class Scorer:
         cfg = self.cfg
         commit_every = cfg.commit_interval_ms / 1000.0
         while not self.stop.is_set():
-            self._beat("loop")
+            self.watchdog.beat("loop")
             ready = self.ready.is_set()
             more_rows = self._tail(tail, 0.0 if ready else IDLE_POLL_S)
             requests = self._join(producer)
@@ -353,10 +353,6 @@ class Scorer:
             m.errors.labels(reason=reason).inc()
             m.count_dlq(reason)
 
-    def _beat(self, step: str) -> None:
-        if self.watchdog is not None:
-            self.watchdog.beat(step)
-
     def _idle_exit(self, now: float) -> bool:
         limit = self.cfg.exit_when_idle
         if limit is None or self._pending or len(self._tracker):
@@ -388,7 +384,7 @@ class Scorer:
 
     def _shutdown(self, producer: ReplyProducer) -> None:
         """Answer what is pending, wait for deliveries, commit them, leave the group."""
-        self._beat("shutdown")
+        self.watchdog.beat("shutdown")
         requests = self._requests
         if requests is None:  # stopped before it joined: nothing read, nothing to commit
             producer.flush(10)
@@ -396,7 +392,7 @@ class Scorer:
             return
         try:
             while self._pending:
-                self._beat("shutdown")
+                self.watchdog.beat("shutdown")
                 self._answer(producer)
             left = producer.flush(10)
             if left:

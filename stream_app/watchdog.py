@@ -29,10 +29,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from stream_app.signals import EXIT_STALLED
 
-__all__ = ["EXIT_STALLED", "Watchdog", "exit_stalled"]
+__all__ = ["EXIT_STALLED", "NO_WATCHDOG", "Heartbeat", "Watchdog", "exit_stalled"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,23 @@ def exit_stalled() -> None:
     """Leave at once: a hung librdkafka call would block a normal exit (atexit, close)."""
     logging.shutdown()
     os._exit(EXIT_STALLED)
+
+
+class Heartbeat(Protocol):
+    """What a loop tells of its progress: a `Watchdog`, or `NO_WATCHDOG`."""
+
+    def beat(self, step: str) -> None: ...
+
+
+class _NoWatchdog:
+    """Beats that go nowhere: a loop run in-process (tests, benchmarks, the demo) has no
+    supervisor to restart it, so nothing may exit its process."""
+
+    def beat(self, step: str) -> None:
+        pass
+
+
+NO_WATCHDOG: Heartbeat = _NoWatchdog()
 
 
 class Watchdog:

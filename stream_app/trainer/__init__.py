@@ -22,7 +22,7 @@ from stream_app.signals import stop_on_signals
 from stream_app.trainer.config import TrainerConfig
 from stream_app.trainer.loop import Trainer
 from stream_app.trainer.result import BatchResult
-from stream_app.watchdog import EXIT_STALLED, Watchdog
+from stream_app.watchdog import EXIT_STALLED, NO_WATCHDOG, Heartbeat, Watchdog
 
 __all__ = ["EXIT_STALLED", "BatchResult", "Trainer", "TrainerConfig", "make_trainer",
            "run_trainer"]
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def make_trainer(kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConfig, *,
                  registry: CollectorRegistry | None = None,
                  stop: threading.Event | None = None,
-                 watchdog: Watchdog | None = None) -> Trainer:
+                 watchdog: Heartbeat = NO_WATCHDOG) -> Trainer:
     topics = kafka.topics
     metrics = TrainerMetrics(registry or CollectorRegistry(), k=learner_cfg.eval_k,
                              input_topics=[topics.clicks, topics.purchases],

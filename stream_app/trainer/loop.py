@@ -49,7 +49,7 @@ from stream_app.trainer.ownership import Ownership, RestoreStopped
 from stream_app.trainer.result import BatchResult, ProgressLine, batch_result
 from stream_app.trainer.snapshot import Snapshots
 from stream_app.trainer.steps import CountedRequests, learn_batch
-from stream_app.watchdog import EXIT_STALLED, Watchdog
+from stream_app.watchdog import EXIT_STALLED, NO_WATCHDOG, Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Trainer(Ownership):
     def __init__(self, kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConfig, *,
                  metrics: TrainerMetrics, stop: threading.Event | None = None,
                  on_batch: Callable[[BatchResult], None] | None = None,
-                 watchdog: Watchdog | None = None) -> None:
+                 watchdog: Heartbeat = NO_WATCHDOG) -> None:
         check_with_learner(cfg, learner_cfg)
         check_with_client(cfg, kafka.client)
         # A -X setting that conflicts with an enforced one fails here, before the metrics
@@ -160,13 +160,13 @@ class Trainer(Ownership):
         (EXIT_STALLED: librdkafka#5586, see `kafka.first_fetch`)."""
         idle_since = time.monotonic()
         while not self.stop.is_set():
-            self._beat("poll")
+            self.watchdog.beat("poll")
             batch = consumer.poll_batch(self._batch_cap, self.cfg.batch_wait_ms / 1000)
             if self.stop.is_set():  # during the poll: a partition it assigned is not
                 break  # restored (`_on_assign`), so its records must not be learned
             polled = time.monotonic()
             report_lag(self.metrics, consumer.lag())
-            self._beat("first-fetch check")  # it may ask the broker (up to 5 s)
+            self.watchdog.beat("first-fetch check")  # it may ask the broker (up to 5 s)
             stuck = consumer.stuck(self.cfg.stall_timeout_s)
             if stuck:
                 log_never_fetched(stuck, self.cfg.stall_timeout_s, "trainer")
@@ -203,7 +203,7 @@ class Trainer(Ownership):
         decoded = decode_batch(batch, self.topics, now_ms=now_ms,
                                max_future_ms=self.cfg.max_future_ms)
         ch = learn_batch(self.learner, decoded, step_max=self.cfg.step_max, now_ms=now_ms,
-                         metrics=self.metrics, on_step=lambda: self._beat("learn"),
+                         metrics=self.metrics, on_step=lambda: self.watchdog.beat("learn"),
                          counted=self._forgets_counted)
         tombstones = ch.tombstones
         if self._own_users is not None:
@@ -222,7 +222,7 @@ class Trainer(Ownership):
                             "recent_items": lc.recent_items}}
         records = output_records(self.topics, blocks, tombstones, meta, ch.dlq)
         txn_start = time.monotonic()
-        self._beat("transaction")
+        self.watchdog.beat("transaction")
         outcome = publisher.commit(consumer, records, next_offsets(batch), first_offsets(batch),
                                    spot_topic=self.topics.embeddings)
         published_ms = int(time.time() * 1000)
@@ -236,7 +236,7 @@ class Trainer(Ownership):
             # to exactly the committed state (the changelog) to apply it once.
             self.metrics.transaction_aborts.inc()
             self._back_off_after_abort()
-            self._beat("restore after abort")
+            self.watchdog.beat("restore after abort")
             self._restore("abort", settle=self._own_users is None)
             if self._own_users is not None:  # the assignment is unchanged: so is the scope,
                 self.learner.clear_replay()  # but the restore may have loaded a snapshot's
@@ -291,7 +291,7 @@ class Trainer(Ownership):
         delay = min(cap, 0.5 * 2 ** (self._aborts_in_a_row - 1))
         log.warning("transaction aborted %d time(s) in a row: backing off %.1fs before "
                     "retrying the batch", self._aborts_in_a_row, delay)
-        self._beat("back-off after abort")
+        self.watchdog.beat("back-off after abort")
         self.stop.wait(delay)
 
     @property

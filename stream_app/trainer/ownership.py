@@ -39,7 +39,7 @@ from stream_app.trainer.observe import report_table_rows
 from stream_app.trainer.own_writes import MARKERS_WAIT_S, OwnWrites
 from stream_app.trainer.restore import restore
 from stream_app.trainer.snapshot import Snapshots
-from stream_app.watchdog import Watchdog
+from stream_app.watchdog import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Ownership:
     metrics: TrainerMetrics
     topics: TopicNames
     stop: threading.Event
-    watchdog: Watchdog | None
+    watchdog: Heartbeat
     ready: bool
     _own_writes: OwnWrites  # whether a rebalance must restore
     _volatile: dict[str, Any] | None  # volatile_state() at the last commit
@@ -104,13 +104,9 @@ class Ownership:
     def _client_id(self, role: str) -> str:
         return f"{self.cfg.transactional_id}-{role}"
 
-    def _beat(self, step: str) -> None:
-        if self.watchdog is not None:
-            self.watchdog.beat(step)
-
     def _beat_or_stop(self, step: str = "restore") -> None:
         """Between a restore's chunks and a rebalance's settle waits: a stop ends them here."""
-        self._beat(step)
+        self.watchdog.beat(step)
         if self.stop.is_set():
             raise RestoreStopped
 
@@ -221,7 +217,7 @@ class Ownership:
         """False, with a warning, when the partition counts cannot be read (asked once):
         only the snapshot is skipped. Through `_input_counts` a stop during a broker outage
         took three 10 s metadata waits, then exited 75, not 0."""
-        self._beat("partition counts")
+        self.watchdog.beat("partition counts")
         try:
             counts = consumer.partition_counts([self.topics.clicks, self.topics.purchases])
         except KafkaEdgeError as exc:
@@ -237,13 +233,13 @@ class Ownership:
         rebalance, days away."""
         topics = [self.topics.clicks, self.topics.purchases]
         for _ in range(2):
-            self._beat("partition counts")
+            self.watchdog.beat("partition counts")
             try:
                 return consumer.partition_counts(topics)
             except KafkaEdgeError as exc:
                 log.warning("cannot read the input topics' partition counts (%s): asking again",
                             exc)
-        self._beat("partition counts")
+        self.watchdog.beat("partition counts")
         with transient("reading the input topics' partition counts"):
             return consumer.partition_counts(topics)
 
@@ -278,7 +274,7 @@ class Ownership:
             return
         if self._own_writes.foreign:  # said once (below); no snapshot until a restore
             return
-        self._beat("snapshot")
+        self.watchdog.beat("snapshot")
 
         def pause(seconds: float) -> bool:  # a stop cuts the wait short, unless it is the stop's
             if stopping:

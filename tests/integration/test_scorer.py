@@ -36,7 +36,7 @@ from stream_app.kafka.produce import DeliveryError
 from stream_app.scorer import JOIN_CHECK_S, Scorer
 from stream_app.serving import ScorerConfig
 from stream_app.serving.topk import prunes
-from stream_app.watchdog import Watchdog
+from stream_app.watchdog import NO_WATCHDOG, Heartbeat, Watchdog
 from tests.integration.kafka_helpers import read_topic, wait_until
 
 torch.set_num_threads(1)
@@ -91,7 +91,7 @@ def brute(u: npt.NDArray[np.float32] | None, items: Vecs, bias: dict[str, float]
 
 @contextmanager
 def running(kafka: KafkaConfig, *, kind: type[Scorer] = Scorer, wait_ready: bool = True,
-            watchdog: Watchdog | None = None, **overrides: object) -> Iterator[Scorer]:
+            watchdog: Heartbeat = NO_WATCHDOG, **overrides: object) -> Iterator[Scorer]:
     cfg = ScorerConfig(device="cpu", metrics_port=0, batch_wait_ms=1.0,
                        group_id=f"scorer-{kafka.topic_prefix}", **overrides)  # type: ignore[arg-type]
     scorer = kind(kafka, cfg, registry=CollectorRegistry(), stop=threading.Event(),

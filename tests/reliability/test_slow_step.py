@@ -23,7 +23,7 @@ from stream_app.core import Learner
 from stream_app.sources.generate import generate
 from stream_app.trainer import TrainerConfig, make_trainer
 from stream_app.trainer.loop import Trainer
-from stream_app.watchdog import Watchdog
+from stream_app.watchdog import NO_WATCHDOG, Watchdog
 from tests.reliability.harness import LEARNER, audit, expected_user_updates, produce
 
 POLL_INTERVAL_MS = 6_000  # the broker's smallest session timeout; max.poll.interval may not be less
@@ -65,7 +65,7 @@ def run_slowed(make_kafka: object, monkeypatch: pytest.MonkeyPatch, *, seed: int
     dog = None if watchdog_s is None else Watchdog(
         watchdog_s, component="trainer", on_stall=lambda: stalls.append("stalled"),
         dump_stacks=False)
-    trainer = make_trainer(kafka, cfg, LEARNER, watchdog=dog)
+    trainer = make_trainer(kafka, cfg, LEARNER, watchdog=dog or NO_WATCHDOG)
     deadline = threading.Timer(DEADLINE_S, trainer.stop.set)
     deadline.start()
     try:
