@@ -19,7 +19,7 @@ import torch
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
-import stream_app.scorer
+import stream_app.scorer.loop
 from stream_app.client import ScoreClient
 from stream_app.codec import (
     MESSAGE_MAX_BYTES,
@@ -33,7 +33,8 @@ from stream_app.config import KafkaConfig
 from stream_app.events import EmbeddingRow, Prediction, ScoreRequest
 from stream_app.kafka.clients import make_producer
 from stream_app.kafka.produce import DeliveryError
-from stream_app.scorer import JOIN_CHECK_S, Scorer
+from stream_app.scorer import Scorer
+from stream_app.scorer.loop import JOIN_CHECK_S
 from stream_app.serving import ScorerConfig
 from stream_app.serving.topk import prunes
 from stream_app.watchdog import NO_WATCHDOG, Heartbeat, Watchdog
@@ -177,14 +178,14 @@ def test_the_watchdog_fires_on_a_hung_turn_and_never_while_the_scorer_serves(  #
     items, bias, users = world
     publish(kafka, rows_of(items, bias, users), transactional=True)
     hang, release, stalls = threading.Event(), threading.Event(), threading.Event()
-    answer = stream_app.scorer.answer_batch
+    answer = stream_app.scorer.loop.answer_batch
 
     def held(*args, **kwargs):  # type: ignore[no-untyped-def]
         if hang.is_set():
             release.wait(60)
         return answer(*args, **kwargs)
 
-    monkeypatch.setattr(stream_app.scorer, "answer_batch", held)
+    monkeypatch.setattr(stream_app.scorer.loop, "answer_batch", held)
     # 4 s against turns of at most 0.05 s when idle, and start-up steps of well under a
     # second each: only a 4 s pause of the loop's thread (a loaded machine) fires it early.
     dog = Watchdog(4.0, component="scorer", on_stall=stalls.set, dump_stacks=False)
@@ -517,10 +518,13 @@ class _HeldLoad(Scorer):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.release = threading.Event()
+        check = self.embeddings._check_ready  # noqa: SLF001
 
-    def _check_ready(self) -> None:
-        if self.release.is_set():
-            super()._check_ready()
+        def held() -> None:
+            if self.release.is_set():
+                check()
+
+        self.embeddings._check_ready = held  # type: ignore[method-assign]  # noqa: SLF001
 
 
 @contextmanager
@@ -544,7 +548,8 @@ def test_a_loading_replica_leaves_the_requests_to_the_ready_one(kafka: KafkaConf
         group = a.cfg.group_id
         wait_until(lambda: _all_members(kafka, group) == 1, what="the ready replica joined")
         with loading(kafka) as b:
-            wait_until(lambda: b._progress.records >= len(items) + len(users), what="b read all")
+            wait_until(lambda: b.embeddings.progress.records >= len(items) + len(users),
+                       what="b read all")
             time.sleep(2 * JOIN_CHECK_S)  # b has looked at the group at least once since
             assert b._requests is None and _all_members(kafka, group) == 1
             # Its load is still watched: the runbook of ScorerNotReady reads this lag.

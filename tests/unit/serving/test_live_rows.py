@@ -17,7 +17,8 @@ from stream_app.config import KafkaConfig
 from stream_app.events import EmbeddingRow
 from stream_app.kafka.records import Partition, RawRecord
 from stream_app.kafka.tail import TailBatch
-from stream_app.scorer import LIVE_ROWS, Scorer
+from stream_app.scorer import Scorer
+from stream_app.scorer.embeddings import LIVE_ROWS
 from stream_app.serving import ScorerConfig
 
 ROWS = 5 * LIVE_ROWS + 7

@@ -92,3 +92,32 @@ def test_after_a_failed_delivery_the_final_commit_still_stops_the_scorer() -> No
     with pytest.raises(KafkaEdgeError, match="not delivered"):
         scorer._shutdown(cast(Any, _Producer()))  # noqa: SLF001
     assert requests.commits == [] and requests.closed
+
+
+class _Beats:
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+
+    def beat(self, step: str) -> None:
+        self.steps.append(step)
+
+
+def test_a_stopping_scorer_beats_the_watchdog_before_each_batch_it_still_answers() -> None:
+    """At a stop the scorer answers all it holds, up to 4 MiB of requests a batch: with one
+    beat for all of them, a long queue could outlast `stall_timeout_s` and a clean stop
+    become a watchdog exit."""
+    beats = _Beats()
+    scorer = Scorer(KafkaConfig(), ScorerConfig(device="cpu"), stop=threading.Event(),
+                    watchdog=beats)
+    scorer._pending = [Pending("score-requests", 0, n, 0.0, b"u", b"{}")  # noqa: SLF001
+                       for n in range(3)]
+    beats_at_answer: list[int] = []
+
+    def answer_one(producer: object) -> None:  # one request a batch
+        beats_at_answer.append(beats.steps.count("shutdown"))
+        del scorer._pending[0]  # noqa: SLF001
+
+    scorer._answer = answer_one  # type: ignore[method-assign,assignment]  # noqa: SLF001
+    scorer._requests = cast(Any, _Closing())  # noqa: SLF001
+    scorer._shutdown(cast(Any, _Producer()))  # noqa: SLF001
+    assert beats_at_answer == [2, 3, 4]  # one as the shutdown starts, then one a batch

@@ -1,15 +1,14 @@
-"""The scorer: materialise `embeddings`, answer `score-requests` on `predictions`.
+"""The scorer's loop: keep `embeddings` copied, answer `score-requests` on `predictions`.
 
-Wiring only (Kafka edges <-> `stream_app.serving`). One loop thread:
+Wiring only (Kafka edges <-> `stream_app.serving`). One loop thread; each turn:
 
-1. Tail `embeddings` (all partitions assigned from the beginning, no group,
-   read_committed) into the `EmbeddingTable`. Ready = every partition read up to
-   the end offset taken at start. A scorer joins the request group once ready,
-   or at once if the group has no member: while other replicas serve it, a
-   loading one must not take partitions from them (a rolling restart would
-   answer a share of requests from a partial table for the whole load). A
-   scorer that joins while loading holds requests up to `ready_hold_ms`, then
-   answers them from the partial table with `ready: false`.
+1. Apply a slice of `embeddings` rows (`scorer.embeddings`). A scorer joins the
+   request group once its load caught up, or at once if the group has no
+   member: while other replicas serve it, a loading one must not take
+   partitions from them (a rolling restart would answer a share of requests
+   from a partial table for the whole load). A scorer that joins while loading
+   holds requests up to `ready_hold_ms`, then answers them from the partial
+   table with `ready: false`.
 2. Read `score-requests` in the scorer group (cooperative-sticky,
    read_committed) with low-latency fetch settings. A poll returns as soon as
    one request is there, with whatever else is already fetched; that batch
@@ -35,22 +34,22 @@ from prometheus_client import CollectorRegistry
 
 from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
-from stream_app.heap import freeze_survivors, release_free_memory
+from stream_app.heap import freeze_survivors
 from stream_app.kafka.admin import AdminClient, admin_client, group_members, require_topics
 from stream_app.kafka.clients import REPORT_EOF, check_consumer_settings
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
-from stream_app.kafka.records import Partition, RawRecord
+from stream_app.kafka.records import Partition
 from stream_app.kafka.reply_producer import ReplyProducer, check_message_room
 from stream_app.kafka.request_consumer import RequestConsumer
 from stream_app.kafka.tail import TailReader
 from stream_app.observability import MetricsServer, ScorerMetrics
+from stream_app.scorer.embeddings import EmbeddingsCopy
 from stream_app.serving import EmbeddingTable, ScorerConfig, resolve_device, set_threads
 from stream_app.serving.answers import (
     ANSWER_RECORD_MAX,
     BatchAnswer,
     answer_batch,
-    apply_embedding,
 )
 from stream_app.serving.batching import (
     CommitTracker,
@@ -60,22 +59,14 @@ from stream_app.serving.batching import (
     next_offsets,
     take_batch,
 )
-from stream_app.serving.loading import LoadProgress
 from stream_app.signals import EXIT_STALLED, stop_on_signals
 from stream_app.watchdog import NO_WATCHDOG, Heartbeat, Watchdog
 
 log = logging.getLogger(__name__)
 
 ERROR_REASONS = (*[r.value for r in DlqReason], "bad_embedding", "delivery")
-LIVE_ROWS = 128
-"""Embedding rows applied per loop turn once ready (at most `load_batch`): requests are
-read between turns. A trainer commit's rows in 5,000-row turns held every request for
-up to 0.3 s on the development machine (45-67 us a row); 128 rows is under 10 ms."""
 IDLE_POLL_S = 0.05
 """Longest block on an empty request topic (bounds how stale the table may get meanwhile)."""
-GROW_CHECK_S = 30.0
-"""How often the scorer asks whether `embeddings` gained partitions (a metadata round
-trip in the request loop)."""
 STALL_WARN_S = 60.0
 """A `stall_timeout_s` under this is warned of (see `Scorer.__init__`)."""
 JOIN_CHECK_S = 2.0
@@ -107,9 +98,10 @@ class Scorer:
                         "riding it out", cfg.stall_timeout_s, STALL_WARN_S)
         self.table = EmbeddingTable(device=resolve_device(cfg.device, "scorer.device"),
                                     history_max=cfg.history_max)
-        self.ready = threading.Event()
+        self.embeddings = EmbeddingsCopy(self.table, metrics=self.metrics,
+                                         load_batch=cfg.load_batch, watchdog=watchdog)
+        self.ready = self.embeddings.ready
         self.metrics_port: int | None = None
-        self._progress = LoadProgress(ends={})
         self._pending: list[Pending] = []
         self._tracker = CommitTracker()
         self._last_input = time.monotonic()
@@ -117,15 +109,12 @@ class Scorer:
         self._last_commit = 0.0
         self._requests: RequestConsumer | None = None  # joined the request group
         self._join_check = 0.0  # monotonic time of the next look at the group, while loading
-        self._grow_check = time.monotonic() + GROW_CHECK_S  # of the next look at the partitions
         self._members_seen = 0  # the group's size at the last look, logged when it changes
         self._admin: AdminClient | None = None  # for those looks; dropped once joined
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: ready only once the initial `embeddings` load caught up."""
-        if self.ready.is_set():
-            return True, f"ready: {self.table.n_users} users, {self.table.n_items} items"
-        return False, self._progress.describe()
+        return self.ready.is_set(), self.embeddings.describe()
 
     def run(self) -> int:
         """Serve until stopped; 0 on a clean stop, 1 if a prediction could not be delivered,
@@ -146,62 +135,11 @@ class Scorer:
             self.metrics_port = server.port
             producer = ReplyProducer(self.kafka, client_id=f"{cid}-producer")
             self.watchdog.beat("open embeddings")
-            self._open_tail(tail)
+            self.embeddings.open(tail)
             try:
                 return self._loop(tail, producer)
             finally:
                 self._shutdown(producer)
-
-    # -- embeddings ---------------------------------------------------------------------
-    def _open_tail(self, tail: TailReader) -> None:
-        """Assign every `embeddings` partition from the beginning; note the end offsets."""
-        ends = tail.open()
-        self._progress = LoadProgress(ends=ends)
-        log.info("loading topic=%s end_offsets=%s", tail.topic, ends)
-        self._check_ready()
-
-    def _tail(self, tail: TailReader, timeout: float) -> bool:
-        """Apply one poll's worth of embedding rows and tombstones to the table; True when
-        the poll was full, so more rows may be waiting."""
-        limit = min(LIVE_ROWS, self.cfg.load_batch) if self.ready.is_set() else self.cfg.load_batch
-        batch = tail.poll(limit, timeout)
-        if not batch.records and not batch.eof:
-            return False
-        for n, rec in enumerate(batch.records):
-            if n % LIVE_ROWS == 0:  # a load turn of 1M rows takes about a minute
-                self.watchdog.beat("rows")
-            self._apply_row(rec)
-            self._progress.read(rec.partition, rec.offset)
-        for partition, offset in batch.eof.items():
-            self._progress.eof(partition, offset)
-        self._last_input = time.monotonic()
-        self.table.flush()
-        self._report_table()
-        self._check_ready()
-        return len(batch.records) >= limit
-
-    def _apply_row(self, rec: RawRecord) -> None:
-        reason = apply_embedding(self.table, rec.key, rec.value)
-        if reason is not None:
-            self.metrics.errors.labels(reason="bad_embedding").inc()
-            log.warning("bad embedding row partition=%s[%s] offset=%s reason=%s",
-                        rec.topic, rec.partition, rec.offset, reason)
-
-    def _report_table(self) -> None:
-        self.metrics.table_rows.labels(table="user").set(self.table.n_users)
-        self.metrics.table_rows.labels(table="item").set(self.table.n_items)
-        if self.table.newest_updated_at is not None:
-            self.metrics.set_newest_row_time(self.table.newest_updated_at / 1000.0)
-
-    def _check_ready(self) -> None:
-        if not self.ready.is_set() and self._progress.done():
-            # The load's garbage (fetch buffers, a decoded object per row) stays in
-            # glibc's heap unless handed back: 1M rows, RSS growth 887 -> 676 MiB.
-            release_free_memory()
-            self.ready.set()
-            self.metrics.set_ready(True)
-            log.info("ready users=%d items=%d records=%d", self.table.n_users,
-                     self.table.n_items, self._progress.records)
 
     # -- requests -----------------------------------------------------------------------
     def _join(self, producer: ReplyProducer) -> RequestConsumer | None:
@@ -295,7 +233,7 @@ class Scorer:
         while not self.stop.is_set():
             self.watchdog.beat("loop")
             ready = self.ready.is_set()
-            more_rows = self._tail(tail, 0.0 if ready else IDLE_POLL_S)
+            more_rows = self.embeddings.turn(tail, 0.0 if ready else IDLE_POLL_S)
             requests = self._join(producer)
             if requests is None:  # loading while other replicas serve the group
                 self._lag_due(tail, None)
@@ -357,8 +295,9 @@ class Scorer:
         limit = self.cfg.exit_when_idle
         if limit is None or self._pending or len(self._tracker):
             return False
-        if now - self._last_input >= limit:
-            log.info("no input for %.1fs: exiting (exit_when_idle)", now - self._last_input)
+        last_input = max(self._last_input, self.embeddings.last_input)
+        if now - last_input >= limit:
+            log.info("no input for %.1fs: exiting (exit_when_idle)", now - last_input)
             return True
         return False
 
@@ -369,16 +308,7 @@ class Scorer:
         if now - self._last_lag < self.cfg.lag_interval_s:
             return
         self._last_lag = now
-        added: list[int] = []
-        if now >= self._grow_check:
-            added, self._grow_check = tail.grow(), now + GROW_CHECK_S
-        if added:
-            log.error("topic=%s gained partitions=%s: reading them from the beginning. Rows "
-                      "of one key may now sit in two partitions, and which one a reader "
-                      "applies last is not their order: run the model on a new topic prefix "
-                      "rather than add partitions to it", tail.topic, added)
-        for partition, lag in tail.lag().items():
-            self.metrics.set_lag(tail.topic, partition, lag)
+        self.embeddings.report_lag(tail, now)
         for (topic, partition), lag in (requests.lag() if requests else {}).items():
             self.metrics.set_lag(topic, partition, lag)
 
