@@ -56,7 +56,7 @@ class Heartbeat(Protocol):
 
 
 class _NoWatchdog:
-    """Beats that go nowhere: a loop run in-process (tests, benchmarks, the demo) has no
+    """Beats that go nowhere: a loop run in-process (tests, benchmarks) has no
     supervisor to restart it, so nothing may exit its process."""
 
     def beat(self, step: str) -> None:

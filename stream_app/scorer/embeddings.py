@@ -49,9 +49,9 @@ class EmbeddingsCopy:
         self.last_input = time.monotonic()
         self._grow_check = time.monotonic() + GROW_CHECK_S
 
-    def describe(self) -> str:
-        """For /readyz."""
-        if self.ready.is_set():
+    def describe(self, ready: bool) -> str:
+        """For /readyz, whose status `ready` is (read once, so that text and status agree)."""
+        if ready:
             return f"ready: {self.table.n_users} users, {self.table.n_items} items"
         return self.progress.describe()
 
@@ -84,7 +84,8 @@ class EmbeddingsCopy:
         return len(batch.records) >= limit
 
     def report_lag(self, tail: TailReader, now: float) -> None:
-        """Every `GROW_CHECK_S` also look for new partitions, which are then read too."""
+        """Set the tail's lag gauges; at most every `GROW_CHECK_S` also look for new
+        partitions, which are then read from the beginning."""
         added: list[int] = []
         if now >= self._grow_check:
             added, self._grow_check = tail.grow(), now + GROW_CHECK_S

@@ -2,13 +2,14 @@
 
 Wiring only (Kafka edges <-> `stream_app.serving`). One loop thread; each turn:
 
-1. Apply a slice of `embeddings` rows (`scorer.embeddings`). A scorer joins the
-   request group once its load caught up, or at once if the group has no
-   member: while other replicas serve it, a loading one must not take
-   partitions from them (a rolling restart would answer a share of requests
-   from a partial table for the whole load). A scorer that joins while loading
-   holds requests up to `ready_hold_ms`, then answers them from the partial
-   table with `ready: false`.
+1. Apply `embeddings` rows (`scorer.embeddings`): up to `load_batch` while
+   loading, then slices of `LIVE_ROWS`. A scorer joins the request group once
+   its load caught up, or at once if the group has no member: while other
+   replicas serve it, a loading one must not take partitions from them (a
+   rolling restart would answer a share of requests from a partial table for
+   the whole load). A scorer that joins while loading holds requests up to
+   `ready_hold_ms`, then answers them from the partial table with
+   `ready: false`.
 2. Read `score-requests` in the scorer group (cooperative-sticky,
    read_committed) with low-latency fetch settings. A poll returns as soon as
    one request is there, with whatever else is already fetched; that batch
@@ -114,7 +115,8 @@ class Scorer:
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: ready only once the initial `embeddings` load caught up."""
-        return self.ready.is_set(), self.embeddings.describe()
+        ready = self.ready.is_set()
+        return ready, self.embeddings.describe(ready)
 
     def run(self) -> int:
         """Serve until stopped; 0 on a clean stop, 1 if a prediction could not be delivered,

@@ -117,7 +117,7 @@ def test_a_stopping_scorer_beats_the_watchdog_before_each_batch_it_still_answers
         beats_at_answer.append(beats.steps.count("shutdown"))
         del scorer._pending[0]  # noqa: SLF001
 
-    scorer._answer = answer_one  # type: ignore[method-assign,assignment]  # noqa: SLF001
+    scorer._answer = answer_one  # type: ignore[method-assign]  # noqa: SLF001
     scorer._requests = cast(Any, _Closing())  # noqa: SLF001
     scorer._shutdown(cast(Any, _Producer()))  # noqa: SLF001
     assert beats_at_answer == [2, 3, 4]  # one as the shutdown starts, then one a batch
