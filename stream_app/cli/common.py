@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from stream_app.config import (
-    KafkaConfig,
+from stream_app.config import KafkaConfig
+from stream_app.config_load import (
     check_environment,
     environment,
     load_kafka,

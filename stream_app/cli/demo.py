@@ -10,7 +10,7 @@ from typing import Any
 
 from stream_app.cli.common import kafka_args, kafka_config
 from stream_app.cli.trainer import learner_config
-from stream_app.config import environment, read_file
+from stream_app.config_load import environment, read_file
 from stream_app.signals import interrupted_status
 
 
@@ -116,7 +116,7 @@ def _check_children(args: argparse.Namespace, prefix: str) -> None:
     they found a bad -L, `STREAM_APP_TRAINER_*`/`_SCORER_*` value or device only after the
     broker and topics were up, and the demo then exited 1, not 2 (helper reviews). Each
     is built with the flags `run_demo` gives it."""
-    from stream_app.config import build
+    from stream_app.config_load import build
     from stream_app.device import resolve_device
 
     if args.device is not None:

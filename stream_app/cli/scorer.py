@@ -7,7 +7,8 @@ import math
 from typing import Any
 
 from stream_app.cli.common import component_args, kafka_args, kafka_config, utf8_text
-from stream_app.config import ConfigError, environment, read_file
+from stream_app.config import ConfigError
+from stream_app.config_load import environment, read_file
 
 
 def add_commands(sub: Any) -> None:
@@ -57,7 +58,8 @@ def _scorer(args: argparse.Namespace) -> int:
              "batch_max": args.batch_max, "batch_wait_ms": args.batch_wait_ms,
              "threads": args.threads, "stall_timeout_s": args.stall_timeout_s}
     file_values = read_file(args.config).get("scorer", {})
-    from stream_app.config import build, default_group_id
+    from stream_app.config import default_group_id
+    from stream_app.config_load import build
 
     kafka = kafka_config(args, {"scorer": ScorerConfig})
     cfg = build(ScorerConfig, "scorer", file_values, environment(), flags,

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from stream_app.cli.common import kafka_args, kafka_config
-from stream_app.config import ConfigError, check_environment, environment
+from stream_app.config import ConfigError
+from stream_app.config_load import check_environment, environment
 
 
 def add_commands(sub: Any) -> None:

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from stream_app.cli.common import component_args, kafka_args, kafka_config, utf8_text
-from stream_app.config import environment, parse_kv, read_file
+from stream_app.config_load import environment, parse_kv, read_file
 
 if TYPE_CHECKING:
     from stream_app.core import LearnerConfig
@@ -45,7 +45,8 @@ def add_commands(sub: Any) -> None:
 
 
 def _trainer(args: argparse.Namespace) -> int:
-    from stream_app.config import build, default_group_id
+    from stream_app.config import default_group_id
+    from stream_app.config_load import build
     from stream_app.core import LearnerConfig
     from stream_app.trainer import TrainerConfig, run_trainer
 
@@ -63,7 +64,7 @@ def _trainer(args: argparse.Namespace) -> int:
 def learner_config(settings: list[str] | None, file: dict[str, Any]) -> LearnerConfig:
     """The learner's configuration from the file, `STREAM_APP_LEARNER_*` and `-L` pairs
     (also checked by `demo` before it starts anything)."""
-    from stream_app.config import build
+    from stream_app.config_load import build
     from stream_app.core import LearnerConfig
 
     return build(LearnerConfig, "learner", file.get("learner", {}), environment(),
@@ -72,7 +73,7 @@ def learner_config(settings: list[str] | None, file: dict[str, Any]) -> LearnerC
 
 def _typed(cls: Any, raw: dict[str, str]) -> dict[str, Any]:
     """Convert `-L key=value` strings with the same rules as the environment."""
-    from stream_app.config import from_text
+    from stream_app.config_load import from_text
 
     return {k: from_text(cls, k, v, f"-L {k}") for k, v in raw.items()}
 

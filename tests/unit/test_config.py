@@ -9,16 +9,8 @@ from typing import Any
 import pytest
 
 from stream_app.cli import main
-from stream_app.config import (
-    ConfigError,
-    KafkaConfig,
-    TopicNames,
-    build,
-    load_kafka,
-    parse_kv,
-    read_properties,
-    redact,
-)
+from stream_app.config import ConfigError, KafkaConfig, TopicNames, redact
+from stream_app.config_load import build, load_kafka, parse_kv, read_properties
 from stream_app.core import LearnerConfig
 from stream_app.kafka.clients import consumer_config, merge, ms_setting, producer_config
 from stream_app.kafka.exceptions import ConfigConflictError
@@ -264,7 +256,7 @@ def test_idle_exit_and_intervals_refuse_nan_and_infinity(value: float) -> None:
 
 def test_unknown_environment_variables_are_refused_where_their_section_is_read(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from stream_app.config import check_environment
+    from stream_app.config_load import check_environment
     from stream_app.core import LearnerConfig
 
     trainer = {"trainer": TrainerConfig, "learner": LearnerConfig}

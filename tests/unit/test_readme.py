@@ -14,7 +14,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from stream_app.cli import build_parser
 from stream_app.codec import load_schemas
-from stream_app.config import build, load_kafka
+from stream_app.config_load import build, load_kafka
 from stream_app.core import LearnerConfig
 from stream_app.observability import ScorerMetrics, TrainerMetrics
 from stream_app.observability.bulk import BulkHistogram

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from stream_app.config import ConfigError, KafkaConfig, build
+from stream_app.config import ConfigError, KafkaConfig
+from stream_app.config_load import build
 from stream_app.core import LearnerConfig
 from stream_app.scorer import Scorer
 from stream_app.serving import ScorerConfig
