@@ -138,6 +138,29 @@ def test_in_batch_negatives_log_q_and_accidental_hits() -> None:
                                        [True, True, False], [True, False, True]]
 
 
+def test_sampled_log_q_stays_finite_for_an_item_whose_popularity_decayed_away() -> None:
+    """q of an item ~1,000 nats of popularity below the top is 0 in float64: its log Q
+    was -inf, its offset +inf, and with `negatives="sampled"` every step holding it
+    (a late event, or the replay buffer drawing it, again and again) was refused."""
+    log_q_all = torch.tensor([0.0, -1200.0], dtype=torch.float64)
+    neg = batch_negatives(torch.tensor([1]), torch.tensor([0]), 1, 0, torch.tensor([0, 0]),
+                          log_q_all, torch.Generator())
+    assert torch.isfinite(neg.pos_log_q).all()
+    assert neg.pos_log_q.tolist() == pytest.approx([math.log(2) - 1200.0])
+    assert neg.rows.tolist() == [0] and neg.log_q.tolist() == pytest.approx([math.log(2)])
+
+
+def test_sampled_negatives_learn_a_late_event_of_a_long_forgotten_item() -> None:
+    hour = 3_600_000
+    learner = Learner(small_config(negatives="sampled", popularity_half_life_ms=hour),
+                      device=DEVICE)
+    learner.learn([ev("a0", "u0", "old", T0), ev("a1", "u1", "x", T0)])
+    later = T0 + 60 * 24 * hour  # 1,440 half-lives: "old" is ~998 nats below "x"
+    learner.learn([ev("b0", "u2", "x", later)])
+    stats = learner.learn([ev("late", "u3", "old", T0 + 1_000), ev("c0", "u4", "x", later)])
+    assert [o.value for o in stats.outcomes] == ["applied", "applied"]
+
+
 def test_replay_buffer_is_a_bounded_uniform_reservoir() -> None:
     buf = ReplayBuffer(capacity=100, seed=0)
     for b in range(100):
