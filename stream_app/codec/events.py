@@ -97,6 +97,25 @@ _CONTAINERS = (dict, list, tuple)
 so an encoder's checks must look inside them (a tuple 40 deep got past them)."""
 
 
+def _too_many_elements(value: Any) -> bool:
+    """True when `value` holds more elements than an event's bytes could (each takes at
+    least one byte of JSON): a context that refers to itself, or shares lists into a
+    huge tree, made the walks below and orjson run without end.
+
+    >>> loop: dict[str, Any] = {}; loop["self"] = loop
+    >>> _too_many_elements(loop), _too_many_elements({"a": [1, 2]})
+    (True, False)
+    """
+    budget, level = EVENT_MAX_BYTES, [value]
+    while level:
+        budget -= len(level)
+        if budget < 0:
+            return True
+        level = [v for c in level if isinstance(c, _CONTAINERS)
+                 for v in (c.values() if isinstance(c, dict) else c)]
+    return False
+
+
 def _non_finite_in(value: Any) -> bool:
     """True when a float in `value` (a context: dicts, lists, scalars) is NaN or infinite.
 
@@ -223,6 +242,10 @@ def encode_event(event: Event) -> bytes:
     if isinstance(event.price, float) and not math.isfinite(event.price):
         raise EncodeError(f"event {event.event_id!r}: price must be finite",
                           reason=DlqReason.NON_FINITE)
+    if event.context is not None and _too_many_elements(event.context):
+        raise EncodeError(f"event {event.event_id!r}: context holds more elements than "
+                          f"{EVENT_MAX_BYTES} bytes of JSON could (does it refer to itself?)",
+                          reason=DlqReason.TOO_LARGE)
     if event.context is not None and _non_finite_in(event.context):
         raise EncodeError(f"event {event.event_id!r}: context must hold finite numbers only",
                           reason=DlqReason.NON_FINITE)

@@ -8,6 +8,7 @@ value not UTF-8 / not JSON / non-finite -> not an object -> schema -> key mismat
 from __future__ import annotations
 
 import binascii
+import reprlib
 import sys
 import unicodedata
 from typing import Any
@@ -22,7 +23,20 @@ EVENT_MAX_BYTES = 64 * KIB
 MESSAGE_MAX_BYTES = 1024 * KIB
 """Score requests (up to 10000 candidates), predictions and embedding rows."""
 
-_NON_FINITE = (b"NaN", b"Infinity")
+_NON_FINITE = ("NaN", "Infinity")
+_SHOWN = reprlib.Repr()  # Python 3.11's takes no arguments
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 80, 80
+
+
+def shown(value: object) -> str:
+    """A parsed JSON value for an error message, bounded in depth and length: repr() of
+    1,000 nested arrays (orjson reads 1,024) raised RecursionError, which escaped the
+    trainer's decode and stopped it on the same record at every restart.
+
+    >>> shown([[[[["deep"]]]]]), shown("x" * 1000)[:12]
+    ('[[[[...]]]]', "'xxxxxxxxxxx")
+    """
+    return _SHOWN.repr(value)
 
 
 def check_value(value: bytes | None, limit: int) -> bytes:
@@ -58,7 +72,7 @@ def parse_object(value: bytes) -> Any:
 def parse_error(value: bytes, exc: orjson.JSONDecodeError) -> DecodeError:
     """Classify a parse failure; runs only on the error path, so it may be slow."""
     try:
-        value.decode("utf-8")
+        text = value.decode("utf-8")  # exc.pos counts characters, not bytes
     except UnicodeDecodeError as utf8_exc:
         return DecodeError(DlqReason.BAD_UTF8, f"value: {utf8_exc}")
     if "surrogate" in exc.msg:  # "\ud800" escapes: valid JSON syntax, not valid Unicode
@@ -66,7 +80,7 @@ def parse_error(value: bytes, exc: orjson.JSONDecodeError) -> DecodeError:
     # Only where a value was due: a key named "NaN" after a missing comma, or an unquoted
     # NaN key, is a syntax error like any other (they were labelled non_finite).
     value_due = "expected a JSON value" in exc.msg or "no digit after sign" in exc.msg
-    if "infinity" in exc.msg or (value_due and value[exc.pos:].startswith(_NON_FINITE)):
+    if "infinity" in exc.msg or (value_due and text[exc.pos:].startswith(_NON_FINITE)):
         return DecodeError(DlqReason.NON_FINITE, f"NaN/Infinity are not JSON: {exc}")
     return DecodeError(DlqReason.NOT_JSON, str(exc))
 

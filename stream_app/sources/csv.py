@@ -129,7 +129,12 @@ def _number(cell: str, convert: type[int] | type[float], reason: DlqReason, colu
     a number with a zero fraction (`2.0`, `1.7e12`; pandas writes an integer column with
     blanks as floats), as JSON Schema's `integer` does."""
     if convert is int and _INT.fullmatch(cell):
-        return int(cell)  # exact at any size, where a float would round
+        try:
+            return int(cell)  # exact at any size, where a float would round
+        except ValueError as exc:  # over Python's 4,300 digits: far past the schema's range
+            raise DecodeError(DlqReason.BAD_TIMESTAMP if column == "ts" else
+                              DlqReason.OUT_OF_RANGE, f"{column}: an integer of "
+                              f"{len(cell)} characters") from exc
     if not _NUMBER.fullmatch(cell):
         what = "an integer" if convert is int else "a number"
         raise DecodeError(reason, f"{column}: {cell!r} is not {what} as JSON writes it")

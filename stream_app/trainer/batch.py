@@ -26,6 +26,7 @@ from stream_app.codec import (
     encode_rows,
 )
 from stream_app.codec.fastcheck import fast_id, fast_int
+from stream_app.codec.wire import shown
 from stream_app.config import TopicNames
 from stream_app.events import DlqRecord, Event, EventKind, RowBlock
 from stream_app.kafka.partitioners import routed_by_a_known_partitioner
@@ -112,7 +113,7 @@ def check_forget_value(value: bytes | None, user: str) -> str | None:
                           "this one is not a forget request, and erases nothing")
     named = obj.get("user_id")
     if named is not None and fast_id(named) != user:
-        raise DecodeError(DlqReason.KEY_MISMATCH, f"forget request for user_id {named!r} "
+        raise DecodeError(DlqReason.KEY_MISMATCH, f"forget request for user_id {shown(named)} "
                           f"keyed {user!r}: the key is the user forgotten; nothing erased")
     request = obj.get("request_id")
     return request if isinstance(request, str) and request else None  # as `forget_request`

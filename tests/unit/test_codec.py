@@ -122,6 +122,23 @@ def test_purchase_fields_and_context_survive() -> None:
     assert isinstance(back.price, float)
 
 
+def test_a_context_that_refers_to_itself_or_shares_lists_into_a_huge_tree_is_refused(
+        ) -> None:
+    """The encoder's walks over the context never ended on either (producer API only:
+    nothing decoded from Kafka can hold a cycle)."""
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    shared: list[object] = []
+    for _ in range(60):  # 2**60 leaves once written out
+        shared = [shared, shared]
+    for context in (loop, {"a": shared}):
+        event = Event(event_id="e", user_id="u", item_id="i", ts=1_700_000_000_001,
+                      kind=EventKind.CLICK, context=context)  # type: ignore[arg-type]
+        with pytest.raises(EncodeError, match="more elements") as caught:
+            encode_event(event)
+        assert caught.value.reason is DlqReason.TOO_LARGE
+
+
 def test_a_context_nested_past_the_bound_is_refused_on_both_paths() -> None:
     """orjson reads 1,024 levels and writes 255: a context of 300 levels was valid on the
     topic, and `replay` crashed re-encoding it from a file."""

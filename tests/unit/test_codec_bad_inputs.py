@@ -85,6 +85,9 @@ def test_bad_input_is_refused_with_its_reason(case: dict[str, Any]) -> None:
     (b'{"event_id":"e","ts":-Infinity}', "non_finite"),
     (b'{"event_id":"e","ts":[1,Infinity]}', "non_finite"),
     (b'{"event_id":"e","ts":1e999}', "non_finite"),
+    # After a non-ASCII character: the parser counts characters, not bytes.
+    ('{"event_id":"\u00e9\u4e2d","ts":NaN}'.encode(), "non_finite"),
+    ('{"event_id":"\u00e9","ts":-Infinity}'.encode(), "non_finite"),
     # Syntax errors near the text NaN were labelled non_finite (codec review).
     (b'{"event_id":"e","user_id":"u" "NaN":1}', "not_json"),
     (b'{"event_id":"e",NaN:1}', "not_json"),

@@ -367,6 +367,30 @@ def test_csv_numbers_are_read_as_json_writes_them(tmp_path: Path) -> None:
         list(read_csv(path))
 
 
+def test_csv_integers_past_pythons_digit_limit_are_refused_at_their_line(
+        tmp_path: Path) -> None:
+    """int() refuses over 4,300 digits with a ValueError, which ended replay with a
+    traceback rather than the line and its reason."""
+    head = "event_id,user_id,item_id,ts,kind,quantity\n"
+    for ts, quantity, reason in [("1" + "0" * 5000, "", DlqReason.BAD_TIMESTAMP),
+                                 ("5", "9" * 5000, DlqReason.OUT_OF_RANGE)]:
+        path = tmp_path / "big.csv"
+        path.write_text(head + f"e,u,i,{ts},purchase,{quantity}\n", encoding="utf-8")
+        with pytest.raises(SourceError) as caught:
+            list(read_csv(path))
+        assert caught.value.line == 2 and caught.value.reason is reason
+
+
+def test_a_jsonl_kind_nested_a_thousand_deep_stops_at_its_line(tmp_path: Path) -> None:
+    """The message held the kind's repr(), which raised RecursionError at 1,000 levels."""
+    path = tmp_path / "deep.jsonl"
+    path.write_bytes(b'{"event_id":"e","user_id":"u","item_id":"i","ts":1700000000001,'
+                     b'"kind":' + b"[" * 1000 + b"]" * 1000 + b"}\n")
+    with pytest.raises(SourceError, match="is not click/purchase") as caught:
+        list(read_jsonl(path))
+    assert caught.value.reason is DlqReason.WRONG_TYPE
+
+
 def test_a_bad_row_over_several_lines_is_named_by_its_first(tmp_path: Path) -> None:
     """A quoted cell with line breaks made the error name the row's last line."""
     path = tmp_path / "multi.csv"

@@ -77,6 +77,19 @@ def test_a_forget_header_on_a_record_that_is_no_forget_request_erases_nothing() 
         (0, "schema"), (1, "key_mismatch"), (2, "not_json")]
 
 
+def test_a_forget_naming_a_deeply_nested_user_id_is_dead_lettered_with_the_batch_kept() -> None:
+    """Its error message was the value's repr(), which raised RecursionError at 1,000
+    levels (orjson reads 1,024): the batch failed and the trainer stopped, on the same
+    record at every restart."""
+    headers = ((CONTROL_HEADER, b"forget"),)
+    deep = b'{"type":"forget","user_id":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    out = decode_batch([_rec(0, deep, headers=headers), _rec(1, _event(1))], TOPICS,
+                       now_ms=NOW, max_future_ms=86_400_000)
+    assert out.forgets == [] and [e.event_id for e in out.segments[0]] == ["e1"]
+    assert [(d.offset, d.reason) for d in out.dlq] == [(0, "key_mismatch")]
+    assert len(out.dlq[0].detail) < 300
+
+
 def test_forget_control_records_split_the_batch_in_order() -> None:
     forget = _rec(1, b'{"type":"forget"}', headers=((CONTROL_HEADER, b"forget"),))
     out = decode_batch([_rec(0, _event(0)), forget, _rec(2, _event(2))], TOPICS,
