@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import dataclasses
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -110,8 +111,10 @@ class LearnerSnapshot(LearnerFields):
                 "replay": self._replay_state(), "dedup": self._dedup.state(),
                 "rate": dict(self._rate._counts)}  # noqa: SLF001
 
-    def load_volatile_state(self, state: dict[str, Any]) -> None:
-        """Put a `volatile_state()` back over rows just restored from the changelog.
+    def load_volatile_state(self, state: dict[str, Any], *,
+                            own_tombstones: Collection[str] = ()) -> bool:
+        """Put a `volatile_state()` back over rows just restored from the changelog; True
+        when all of it was loaded.
 
         Ids that have a row now are not pending. The replay buffer, the rate
         counters and the duplicate check stay as the restore left them (emptied)
@@ -121,10 +124,12 @@ class LearnerSnapshot(LearnerFields):
         is dropped from what is loaded: the count is one for all trainers, the
         last writer's, so it matched when this trainer's own commit came after
         another's forget, and the erased user came back here (and into the next
-        snapshot). A user this trainer evicted goes too (a tombstone does not say
-        why): their replayed events and duplicate-check entries, a small loss.
+        snapshot). Except `own_tombstones`, users whose tombstone the learner that
+        saved `state` published itself, with no other writer since: what the
+        state holds of them came after it (`trainer.own_writes.OwnTombstones`).
         """
         gone, self._tombstoned = self._tombstoned, set()
+        gone.difference_update(own_tombstones)
         for name, v in (("users", self._user_vocab), ("items", self._item_vocab)):
             v.pending.clear()
             v.pending.update((i, n) for i, n in state["pending"][name]
@@ -139,6 +144,8 @@ class LearnerSnapshot(LearnerFields):
             self._forgotten = gone  # purged before they are next read
             for user in gone:
                 self._rate.forget(user)
+            return True
+        return False
 
     def _replay_state(self) -> dict[str, Any]:
         return {"seen": self._replay.seen, "size": self._replay.size,

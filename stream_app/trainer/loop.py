@@ -44,7 +44,7 @@ from stream_app.trainer.batch import (
 from stream_app.trainer.batch_cap import next_batch_cap
 from stream_app.trainer.config import TrainerConfig, check_with_client, check_with_learner
 from stream_app.trainer.observe import observe_commit, report_lag, report_misrouted
-from stream_app.trainer.own_writes import OwnWrites
+from stream_app.trainer.own_writes import OwnTombstones, OwnWrites
 from stream_app.trainer.ownership import Ownership, RestoreStopped
 from stream_app.trainer.result import BatchResult, ProgressLine, batch_result
 from stream_app.trainer.snapshot import Snapshots
@@ -92,6 +92,7 @@ class Trainer(Ownership):
         self.learner = Learner(learner_cfg, device=self.device)
         self.ready = False
         self._own_writes = OwnWrites(kafka.client)  # whether a rebalance must restore
+        self._own_tombstones = OwnTombstones()  # what an abort's restore may keep
         self._volatile: dict[str, Any] | None = None  # volatile_state() at the last commit
         self._own_users: set[str] | None = None  # see _scope
         self._input_partitions: dict[str, int] = {}  # counts at the last assignment
@@ -237,15 +238,18 @@ class Trainer(Ownership):
             self.metrics.transaction_aborts.inc()
             self._back_off_after_abort()
             self.watchdog.beat("restore after abort")
-            self._restore("abort", settle=self._own_users is None)
+            kept_all = self._restore("abort", settle=self._own_users is None)
             if self._own_users is not None:  # the assignment is unchanged: so is the scope,
-                self.learner.clear_replay()  # but the restore may have loaded a snapshot's
+                if not kept_all:  # but the restore may have loaded a snapshot's replay
+                    self.learner.clear_replay()
                 self._own_writes.forget()  # as in `_scope`: no longer what a restore gives
         else:
             self._aborts_in_a_row = 0
             self._unsnapshotted = True
             self.metrics.last_commit.set(time.time())
             self._volatile = self.learner.volatile_state()  # what an abort goes back to
+            self._own_tombstones.committed(tombstones, published_users=(
+                i for block in blocks if block.entity == "user" for i in block.ids))
             if self._own_users is None:
                 self._own_writes.committed(
                     (r.key for r in records if r.topic == self.topics.embeddings),

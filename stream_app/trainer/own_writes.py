@@ -22,6 +22,9 @@ from stream_app.kafka.partitioners import consistent_random
 
 log = logging.getLogger(__name__)
 
+OWN_TOMBSTONES_MAX = 100_000
+"""Users `OwnTombstones` lists at most (a few MiB of ids); past them it gives up until
+the next assignment."""
 MARKERS_WAIT_S = 5.0
 """How long to wait for transaction markers to reach the changelog: they are written
 after a commit or abort returns, usually within milliseconds."""
@@ -158,3 +161,45 @@ def may_become_ours(expected: Ends | None, ends: Ends, marked: set[int]) -> bool
     """
     return expected is not None and ends.keys() == expected.keys() and all(
         ends[p] == e or (p in marked and ends[p] == e - 1) for p, e in expected.items())
+
+
+class OwnTombstones:
+    """Users whose tombstone this trainer committed since its partitions were assigned,
+    and who have had no row published since.
+
+    An abort's restore reads those tombstones back. Taken for another trainer's
+    erasures, they made `Learner.load_volatile_state` drop what the state kept at
+    the last commit holds of the user, though all of it came after the tombstone:
+    the admission count of a committed event (the event without effect) or an
+    evicted user's event ids (a re-sent copy applied twice). Another trainer can
+    write a user's rows only after a reassignment, so the list starts empty at
+    each; past `limit` users it is dropped until the next (those restores drop
+    the users' entries, as before it existed).
+
+    >>> own = OwnTombstones()
+    >>> own.committed(["user:a", "user:b", "item:x"], published_users=[])
+    >>> own.committed([], published_users=["a"]); sorted(own.users())
+    ['b']
+    """
+
+    def __init__(self, limit: int = OWN_TOMBSTONES_MAX) -> None:
+        self.limit = limit
+        self._users: set[str] | None = set()
+
+    def reassigned(self) -> None:
+        self._users = set()
+
+    def committed(self, tombstones: Iterable[str], *, published_users: Iterable[str]) -> None:
+        """A transaction committed: rows go before tombstones in it (`output_records`)."""
+        if self._users is None:
+            return
+        if self._users:  # most commits tombstone nobody: no walk over their rows
+            self._users.difference_update(published_users)
+        self._users.update(t[5:] for t in tombstones if t.startswith("user:"))
+        if len(self._users) > self.limit:
+            log.info("over %d users tombstoned since the assignment: an abort's restore "
+                     "now drops their kept admission counts and event ids", self.limit)
+            self._users = None
+
+    def users(self) -> set[str]:
+        return set() if self._users is None else self._users

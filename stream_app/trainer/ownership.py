@@ -36,7 +36,7 @@ from stream_app.kafka.records import Partition
 from stream_app.observability.metrics import TrainerMetrics
 from stream_app.trainer.config import TrainerConfig
 from stream_app.trainer.observe import report_table_rows
-from stream_app.trainer.own_writes import MARKERS_WAIT_S, OwnWrites
+from stream_app.trainer.own_writes import MARKERS_WAIT_S, OwnTombstones, OwnWrites
 from stream_app.trainer.restore import restore
 from stream_app.trainer.snapshot import Snapshots
 from stream_app.watchdog import Heartbeat
@@ -94,6 +94,7 @@ class Ownership:
     watchdog: Heartbeat
     ready: bool
     _own_writes: OwnWrites  # whether a rebalance must restore
+    _own_tombstones: OwnTombstones  # what an abort's restore may keep
     _volatile: dict[str, Any] | None  # volatile_state() at the last commit
     _own_users: set[str] | None  # see _scope
     _input_partitions: dict[str, int]  # input topics' partition counts, for batch.misrouted
@@ -110,11 +111,13 @@ class Ownership:
         if self.stop.is_set():
             raise RestoreStopped
 
-    def _restore(self, reason: str = "start", *, settle: bool = True) -> None:
-        """Rebuild the learner from the snapshot and the changelog. `settle`: first wait
-        (up to MARKERS_WAIT_S) for pending transactions, so the ends it records count
-        their markers; pointless while other trainers commit all the time, since their
-        rows make us restore again anyway."""
+    def _restore(self, reason: str = "start", *, settle: bool = True) -> bool:
+        """Rebuild the learner from the snapshot and the changelog, and put back the state
+        rows do not carry as of our last commit; True if all of it went back (see
+        `Learner.load_volatile_state`). `settle`: first wait (up to MARKERS_WAIT_S) for
+        pending transactions, so the ends it records count their markers; pointless
+        while other trainers commit all the time, since their rows make us restore
+        again anyway."""
         started = time.monotonic()
         self.metrics.restores.labels(reason=reason).inc()
         self._own_writes.forget()  # until this restore completes
@@ -128,8 +131,10 @@ class Ownership:
                             on_chunk=self._beat_or_stop,
                             start=None if tag is None else tag.ends,
                             settle_s=MARKERS_WAIT_S if settle else 0.0)
+        kept_all = False
         if self._volatile is not None:  # this process committed: its own state is exact
-            self.learner.load_volatile_state(self._volatile)
+            kept_all = self.learner.load_volatile_state(
+                self._volatile, own_tombstones=self._own_tombstones.users())
         self._own_writes.restored(stats.ends)
         self.metrics.restore_snapshot_age.set(
             -1 if tag is None else time.time() - tag.written_ms / 1000)
@@ -138,6 +143,7 @@ class Ownership:
         self.metrics.restored_rows.labels(table="user").set(sizes["users"])  # chunks is one row
         self.metrics.restored_rows.labels(table="item").set(sizes["items"])
         report_table_rows(self.metrics, sizes)  # before any commit
+        return kept_all
 
     def _on_assign(self, consumer: GroupConsumer | None, parts: list[Partition]) -> None:
         """Reload the changelog before the first record of newly owned partitions.
@@ -157,6 +163,7 @@ class Ownership:
         would otherwise have its last rows missing from our restore while its
         offsets still commit, and we would publish stale rows over them.
         """
+        self._own_tombstones.reassigned()  # others may have written our users' rows meanwhile
         if not parts or consumer is None:
             return
         if self.stop.is_set():

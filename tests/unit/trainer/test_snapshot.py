@@ -7,6 +7,7 @@ No broker: the changelog is the list of records the trainer's own
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -367,6 +368,50 @@ def test_a_restore_in_a_running_trainer_keeps_what_rows_do_not_carry() -> None:
     assert got.outcomes == want.outcomes == (Outcome.DUPLICATE, Outcome.APPLIED)
     assert "u9" in restored.user_ids()
     _same(_all_rows(restored), _all_rows(ref))
+
+
+def _restored(config: LearnerConfig, log: Log, kept: dict[str, Any],
+              own: Collection[str]) -> Learner:
+    """An abort's restore: the changelog, then the state kept at the last commit."""
+    restored = Learner(config, device=DEVICE)
+    apply_changelog(restored, log)
+    restored.finish_restore()
+    assert restored.load_volatile_state(kept, own_tombstones=own)
+    return restored
+
+
+def test_an_aborts_restore_keeps_what_came_after_the_trainers_own_tombstones() -> None:
+    """The restore read back our own tombstones and took them for another trainer's
+    erasures: it dropped the admission count of an event committed after a forget (the
+    event without effect), and an evicted user's event ids, so a re-sent copy of a
+    committed event was applied twice (review of the trainer)."""
+    config = small_config(admission_threshold=2)
+    live = Learner(config, device=DEVICE)
+    log = _publish(live, [ev("e1", "u", "i1", T0), ev("e2", "u", "i2", T0 + 1)])
+    log += _publish(live, [ev("w1", "w", "i1", T0 + 2)], forget=("u",))
+    assert (b"user:u", None) in log
+    log += _publish(live, [ev("e3", "u", "i1", T0 + 3)])  # u is back: 1 event of 2
+    kept = live.volatile_state()
+    after = [ev("e4", "u", "i2", T0 + 4)]
+    want = live.learn(after)
+    assert "u" in live.user_ids()
+    restored = _restored(config, log, kept, own={"u"})
+    assert restored.learn(after).outcomes == want.outcomes
+    assert "u" in restored.user_ids()
+    _same(_all_rows(restored), _all_rows(live))
+    # Another trainer's tombstone (not ours): the user's kept entries go, as before.
+    assert "u" not in _restored(config, log, kept, own=()).user_ids()
+
+    capped = small_config(max_users=1)
+    live = Learner(capped, device=DEVICE)
+    log = _publish(live, [ev("e1", "u", "i1", T0)])
+    log += _publish(live, [ev("e2", "v", "i1", T0 + 1)])  # evicts u at the cap
+    assert (b"user:u", None) in log
+    kept = live.volatile_state()
+    resent = [ev("e1", "u", "i1", T0)]
+    assert live.learn(resent).outcomes == (Outcome.DUPLICATE,)
+    assert _restored(capped, log, kept, own={"u"}).learn(resent).outcomes == (
+        Outcome.DUPLICATE,)
 
 
 def test_a_changelog_record_that_does_not_decode_stops_the_restore_with_what_to_do() -> None:

@@ -1,0 +1,135 @@
+"""After an aborted transaction the trainer goes back to its last commit exactly.
+
+Stand-ins: a publisher that commits to an in-memory changelog or aborts when told,
+and the restore reading that changelog. What is tested is the trainer's abort
+path (`Trainer.process` -> `_restore("abort")` -> the state kept at the commit);
+the transaction against a real broker is tests/integration/test_transaction.py's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import stream_app.trainer.ownership
+from stream_app.codec import encode_event
+from stream_app.config import KafkaConfig
+from stream_app.core import Learner, LearnerConfig
+from stream_app.events import Event, EventKind
+from stream_app.kafka.records import RawRecord
+from stream_app.kafka.transaction import TxnOutcome
+from stream_app.trainer import BatchResult, TrainerConfig, make_trainer
+from stream_app.trainer.batch import CONTROL_HEADER
+from stream_app.trainer.restore import RestoreStats, apply_changelog
+from tests.unit.core.streams import T0, small_config
+
+Log = list[tuple[bytes, bytes | None]]
+
+
+class _Publisher:
+    """Commits each transaction's embeddings records to `log`, or aborts it when the
+    next of `aborts` says so."""
+
+    spot = None
+
+    def __init__(self, topic: str, aborts: Iterator[bool]) -> None:
+        self.topic, self.aborts, self.log = topic, aborts, []  # type: Log
+
+    def commit(self, consumer: object, records: list[Any], offsets: object, starts: object,
+               *, spot_topic: str | None = None) -> TxnOutcome:
+        if next(self.aborts):
+            return TxnOutcome.ABORTED
+        self.log += [(r.key, r.value) for r in records if r.topic == self.topic]
+        return TxnOutcome.COMMITTED
+
+
+def _trainer(monkeypatch: pytest.MonkeyPatch, config: LearnerConfig,
+             aborts: list[bool]) -> tuple[Any, _Publisher]:
+    trainer: Any = make_trainer(KafkaConfig(bootstrap_servers="127.0.0.1:1"),
+                                TrainerConfig(metrics_port=0), config)
+    publisher = _Publisher(trainer.topics.embeddings, iter(aborts + [False] * 10))
+
+    def restore(learner: Learner, *_a: object, **_k: object) -> RestoreStats:
+        apply_changelog(learner, list(publisher.log))
+        learner.finish_restore()
+        return RestoreStats(0, 0, 0, 0.0, {0: len(publisher.log)})
+
+    monkeypatch.setattr(stream_app.trainer.ownership, "restore", restore)
+    monkeypatch.setattr(trainer, "_back_off_after_abort", lambda: None)
+    trainer._restore()  # noqa: SLF001 (the start's, from the empty changelog)
+    return trainer, publisher
+
+
+def _click(topic: str, offset: int, user: str, event_id: str, item: str = "i1") -> RawRecord:
+    event = Event(event_id=event_id, user_id=user, item_id=item, ts=T0 + offset,
+                  kind=EventKind.CLICK)
+    return RawRecord(topic, 0, offset, user.encode(), encode_event(event), T0)
+
+
+def _committed(trainer: Any, publisher: _Publisher, batch: list[RawRecord]) -> BatchResult:
+    """Process `batch` until a transaction of it commits (an abort re-reads it)."""
+    while (result := trainer.process(batch, None, publisher)).outcome is not \
+            TxnOutcome.COMMITTED:
+        pass
+    return result
+
+
+@pytest.mark.parametrize("abort", [False, True])
+def test_an_abort_keeps_an_admission_count_committed_after_the_users_forget(
+        monkeypatch: pytest.MonkeyPatch, abort: bool) -> None:
+    """The restore read back the trainer's own tombstone of u and dropped u's admission
+    count, committed after it: u's event at offset 3 was committed without effect."""
+    trainer, publisher = _trainer(monkeypatch, small_config(admission_threshold=2),
+                                  aborts=[False, abort])
+    clicks = trainer.topics.clicks
+    forget = RawRecord(clicks, 0, 2, b"u", b'{"type":"forget"}', T0,
+                       ((CONTROL_HEADER, b"forget"),))
+    _committed(trainer, publisher, [_click(clicks, 0, "u", "e0"), _click(clicks, 1, "u", "e1"),
+                                    forget, _click(clicks, 3, "u", "e3")])
+    assert publisher.log.count((b"user:u", None)) == 1  # forgotten, then 1 event of 2
+    _committed(trainer, publisher, [_click(clicks, 4, "u", "e4")])
+    assert "u" in trainer.learner.user_ids()
+
+
+@pytest.mark.parametrize("abort", [False, True])
+def test_an_abort_does_not_apply_a_resent_event_of_an_evicted_user_twice(
+        monkeypatch: pytest.MonkeyPatch, abort: bool) -> None:
+    trainer, publisher = _trainer(monkeypatch, small_config(max_users=1),
+                                  aborts=[False, False, abort])
+    clicks = trainer.topics.clicks
+    _committed(trainer, publisher, [_click(clicks, 0, "u", "e1")])
+    _committed(trainer, publisher, [_click(clicks, 1, "v", "e2")])  # evicts u at the cap
+    assert (b"user:u", None) in publisher.log
+    assert _committed(trainer, publisher, [_click(clicks, 2, "u", "e1")]).applied == 0
+
+
+def test_after_a_reassignment_the_trainers_old_tombstones_count_as_anyones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another trainer may have owned u's partition in between and erased u again."""
+    trainer, publisher = _trainer(monkeypatch, small_config(admission_threshold=2),
+                                  aborts=[False, True])
+    clicks = trainer.topics.clicks
+    forget = RawRecord(clicks, 0, 2, b"u", b'{"type":"forget"}', T0,
+                       ((CONTROL_HEADER, b"forget"),))
+    _committed(trainer, publisher, [_click(clicks, 0, "u", "e0"), _click(clicks, 1, "u", "e1"),
+                                    forget, _click(clicks, 3, "u", "e3")])
+    trainer._on_assign(None, [])  # noqa: SLF001 (a rebalance; this trainer gets no partition)
+    _committed(trainer, publisher, [_click(clicks, 4, "u", "e4")])
+    assert "u" not in trainer.learner.user_ids()  # its count of 1 dropped: one event of 2
+
+
+def test_an_abort_in_partial_scope_keeps_the_replay_buffer_of_the_last_commit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The abort path emptied the replay buffer it had just put back, so what the model
+    learned next depended on how many transactions had aborted."""
+    trainer, publisher = _trainer(monkeypatch, small_config(), aborts=[False, True])
+    trainer._scope(False)  # noqa: SLF001 (other trainers own some input partitions)
+    clicks = trainer.topics.clicks
+    _committed(trainer, publisher, [_click(clicks, n, f"u{n % 3}", f"e{n}", f"i{n % 4}")
+                                    for n in range(12)])
+    kept = trainer.learner.volatile_state()["replay"]["size"]
+    assert kept > 0
+    trainer.process([_click(clicks, 12, "u0", "e12")], None, publisher)  # aborts
+    assert trainer.learner.volatile_state()["replay"]["size"] == kept
