@@ -108,6 +108,10 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         """
         t0 = time.perf_counter()
         self._end_restore()
+        # Which users' tombstones a restore read: only `load_volatile_state`, called
+        # before any step, needs them; kept, they held every user evicted or erased in
+        # the changelog for the learner's whole life.
+        self._tombstoned.clear()
         self._resolve_deferred()
         self._purge_forgotten()
         stats = self._learn(events, t0)
@@ -256,6 +260,7 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         re-sent event's item is already in the user's history, a sure miss.
         """
         self._resolve_deferred()
+        self._purge_forgotten()  # an erased user's event ids are no duplicates to `learn`
         _, keep, _ = screen(events, self._dedup, self._rate, self._far(events),
                             self._watermark_ms)  # reads, commits nothing
         if len(keep) < len(events):

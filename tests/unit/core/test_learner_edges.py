@@ -73,3 +73,30 @@ def test_a_forgotten_user_leaves_nothing_in_the_duplicate_check_or_its_snapshots
     # Bob's copy is still a duplicate; alice's, re-sent after the erase, is a new event.
     again = learner.learn([bob, alice[0]])
     assert list(again.outcomes) == [Outcome.DUPLICATE, Outcome.APPLIED]
+
+
+def test_an_erased_users_resent_event_is_scored_before_it_is_learned() -> None:
+    """The prequential score screened it against a duplicate check that still held the
+    user's event ids (dropped at the next step), so it went unscored, then was learned."""
+    learner = Learner(small_config(), device=DEVICE)
+    alice = ev("a0", "alice", "i0", T0)
+    learner.learn([alice, ev("b0", "bob", "i1", T0 + 1)])
+    assert learner.forget_user("alice", requested=True)
+    assert learner.evaluate([alice]).n_events == 1
+    assert list(learner.learn([alice]).outcomes) == [Outcome.APPLIED]
+
+
+def test_the_tombstones_a_restore_read_are_let_go_at_the_first_step() -> None:
+    """Only `load_volatile_state`, right after the restore, reads them: a trainer that
+    restored without a state to put back kept every evicted or erased user's id."""
+    source = Learner(small_config(), device=DEVICE)
+    source.learn([ev("a0", "alice", "i0", T0)])
+    learner = Learner(small_config(), device=DEVICE)
+    learner.apply_rows(source.rows(user_ids=["alice"], item_ids=["i0"], model_version="v",
+                                   now_ms=0))
+    learner.forget_user("alice")  # a tombstone read back
+    learner.finish_restore()
+    assert learner._tombstoned == {"alice"}  # noqa: SLF001
+    learner.learn([ev("b0", "bob", "i0", T0 + 1)])
+    assert learner._tombstoned == set()  # noqa: SLF001
+
