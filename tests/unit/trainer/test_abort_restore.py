@@ -76,20 +76,28 @@ def _committed(trainer: Any, publisher: _Publisher, batch: list[RawRecord]) -> B
     return result
 
 
-@pytest.mark.parametrize("abort", [False, True])
-def test_an_abort_keeps_an_admission_count_committed_after_the_users_forget(
-        monkeypatch: pytest.MonkeyPatch, abort: bool) -> None:
-    """The restore read back the trainer's own tombstone of u and dropped u's admission
-    count, committed after it: u's event at offset 3 was committed without effect."""
+def _forgotten_then_back(monkeypatch: pytest.MonkeyPatch, *,
+                         second_aborts: bool) -> tuple[Any, _Publisher]:
+    """User u admitted (2 events of `admission_threshold` 2), forgotten, then back with one
+    event, in one committed transaction; the next transaction aborts once if told."""
     trainer, publisher = _trainer(monkeypatch, small_config(admission_threshold=2),
-                                  aborts=[False, abort])
+                                  aborts=[False, second_aborts])
     clicks = trainer.topics.clicks
     forget = RawRecord(clicks, 0, 2, b"u", b'{"type":"forget"}', T0,
                        ((CONTROL_HEADER, b"forget"),))
     _committed(trainer, publisher, [_click(clicks, 0, "u", "e0"), _click(clicks, 1, "u", "e1"),
                                     forget, _click(clicks, 3, "u", "e3")])
-    assert publisher.log.count((b"user:u", None)) == 1  # forgotten, then 1 event of 2
-    _committed(trainer, publisher, [_click(clicks, 4, "u", "e4")])
+    assert publisher.log.count((b"user:u", None)) == 1
+    return trainer, publisher
+
+
+@pytest.mark.parametrize("abort", [False, True])
+def test_an_abort_keeps_an_admission_count_committed_after_the_users_forget(
+        monkeypatch: pytest.MonkeyPatch, abort: bool) -> None:
+    """The restore read back the trainer's own tombstone of u and dropped u's admission
+    count, committed after it: u's event at offset 3 was committed without effect."""
+    trainer, publisher = _forgotten_then_back(monkeypatch, second_aborts=abort)
+    _committed(trainer, publisher, [_click(trainer.topics.clicks, 4, "u", "e4")])
     assert "u" in trainer.learner.user_ids()
 
 
@@ -108,15 +116,9 @@ def test_an_abort_does_not_apply_a_resent_event_of_an_evicted_user_twice(
 def test_after_a_reassignment_the_trainers_old_tombstones_count_as_anyones(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Another trainer may have owned u's partition in between and erased u again."""
-    trainer, publisher = _trainer(monkeypatch, small_config(admission_threshold=2),
-                                  aborts=[False, True])
-    clicks = trainer.topics.clicks
-    forget = RawRecord(clicks, 0, 2, b"u", b'{"type":"forget"}', T0,
-                       ((CONTROL_HEADER, b"forget"),))
-    _committed(trainer, publisher, [_click(clicks, 0, "u", "e0"), _click(clicks, 1, "u", "e1"),
-                                    forget, _click(clicks, 3, "u", "e3")])
+    trainer, publisher = _forgotten_then_back(monkeypatch, second_aborts=True)
     trainer._on_assign(None, [])  # noqa: SLF001 (a rebalance; this trainer gets no partition)
-    _committed(trainer, publisher, [_click(clicks, 4, "u", "e4")])
+    _committed(trainer, publisher, [_click(trainer.topics.clicks, 4, "u", "e4")])
     assert "u" not in trainer.learner.user_ids()  # its count of 1 dropped: one event of 2
 
 
