@@ -44,6 +44,7 @@ class DlqReason(StrEnum):
     BAD_KEY = "bad_key"  # embeddings key not `user:<id>` / `item:<id>`
     BAD_VECTOR = "bad_vector"  # bad base64, wrong byte length for dim, non-finite values
     BAD_STATE = "bad_state"  # a {"b64f32", "shape"} state array that does not decode
+    DECODER_ERROR = "decoder_error"  # our decoder raised something else: a bug, not the input
     # Later stages (set by the trainer / scorer, not by the codec).
     EVENT_ID_REUSED = "event_id_reused"  # an applied event's id on an event that says otherwise
     RATE_LIMITED = "rate_limited"

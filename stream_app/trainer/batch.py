@@ -6,6 +6,7 @@ trainer loop reads as wiring and these rules are unit-tested on their own.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +34,8 @@ from stream_app.kafka.partitioners import routed_by_a_known_partitioner
 from stream_app.kafka.records import RawRecord
 from stream_app.kafka.transaction import OutRecord
 from stream_app.observability.metrics import EventOutcome
+
+log = logging.getLogger(__name__)
 
 CONTROL_HEADER = "stream-app-control"
 """Header of control records on the event topics; value `forget` deletes the key's user.
@@ -180,6 +183,13 @@ def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
                                   "future (over trainer.max_future_ms)")
         except DecodeError as err:
             out.dlq.append(dlq_record(rec.coords, rec.key, rec.value, err, ts=now_ms))
+            continue
+        except Exception as exc:  # noqa: BLE001 (a bug of ours must not stop the trainer
+            # on this record at every restart; the record stays in the DLQ to replay)
+            log.exception("decoding %s[%d]@%d raised: dead-lettered as decoder_error",
+                          rec.topic, rec.partition, rec.offset)
+            bug = DecodeError(DlqReason.DECODER_ERROR, f"{type(exc).__name__}: {exc}"[:500])
+            out.dlq.append(dlq_record(rec.coords, rec.key, rec.value, bug, ts=now_ms))
             continue
         out.segments[-1].append(event)
         out.records[-1].append(rec)

@@ -6,7 +6,9 @@ import random
 import time
 
 import numpy as np
+import pytest
 
+import stream_app.trainer.batch
 from stream_app.codec import META_KEY, decode_dlq, decode_embedding, encode_event
 from stream_app.config import KafkaConfig, TopicNames
 from stream_app.core import LearnerConfig
@@ -88,6 +90,25 @@ def test_a_forget_naming_a_deeply_nested_user_id_is_dead_lettered_with_the_batch
     assert out.forgets == [] and [e.event_id for e in out.segments[0]] == ["e1"]
     assert [(d.offset, d.reason) for d in out.dlq] == [(0, "key_mismatch")]
     assert len(out.dlq[0].detail) < 300
+
+
+def test_a_decoder_bug_dead_letters_its_record_and_keeps_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything but a DecodeError escaped the batch's decode, so the trainer stopped, and
+    stopped again on the same record at every restart (its offset never commits)."""
+    real = stream_app.trainer.batch.decode_event
+
+    def buggy(value: bytes | None, key: bytes | None, kind: EventKind) -> Event:
+        if value == _event(1):
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(value, key, kind)
+
+    monkeypatch.setattr(stream_app.trainer.batch, "decode_event", buggy)
+    out = decode_batch([_rec(0, _event(0)), _rec(1, _event(1)), _rec(2, _event(2))], TOPICS,
+                       now_ms=NOW, max_future_ms=86_400_000)
+    assert [e.event_id for e in out.segments[0]] == ["e0", "e2"]
+    assert [(d.offset, d.reason) for d in out.dlq] == [(1, "decoder_error")]
+    assert "RecursionError" in out.dlq[0].detail
 
 
 def test_forget_control_records_split_the_batch_in_order() -> None:
