@@ -106,13 +106,16 @@ def _too_many_elements(value: Any) -> bool:
     >>> _too_many_elements(loop), _too_many_elements({"a": [1, 2]})
     (True, False)
     """
-    budget, level = EVENT_MAX_BYTES, [value]
-    while level:
-        budget -= len(level)
+    budget, todo = EVENT_MAX_BYTES, [value]
+    while todo:  # counted one container at a time: a level built whole could not be held
+        budget -= 1
+        item = todo.pop()
+        if isinstance(item, _CONTAINERS):
+            if len(item) > budget:
+                return True
+            todo.extend(item.values() if isinstance(item, dict) else item)
         if budget < 0:
             return True
-        level = [v for c in level if isinstance(c, _CONTAINERS)
-                 for v in (c.values() if isinstance(c, dict) else c)]
     return False
 
 
