@@ -1,6 +1,6 @@
 """`ScorerConfig`: every knob of the scorer, frozen and checked before any client exists.
 
-Loaded by `stream_app.config.build(ScorerConfig, "scorer", ...)` from the
+Loaded by `stream_app.config_load.build(ScorerConfig, "scorer", ...)` from the
 `[scorer]` file section, `STREAM_APP_SCORER_*` env and CLI flags.
 """
 

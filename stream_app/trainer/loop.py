@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from stream_app.codec import DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.core import Learner, LearnerConfig
 from stream_app.device import resolve_device
@@ -32,6 +33,7 @@ from stream_app.kafka.records import RawRecord, first_offsets, next_offsets
 from stream_app.kafka.transaction import STEP_TIMEOUT_S, TransactionalPublisher, TxnOutcome
 from stream_app.observability.metrics import TrainerMetrics
 from stream_app.trainer.batch import (
+    Decoded,
     decode_batch,
     forget_request,
     leave_scope,
@@ -55,6 +57,11 @@ log = logging.getLogger(__name__)
 
 ABORT_BACKOFF_CAP_S = 30.0
 PROGRESS_LOG_S = 60.0
+DECODER_ERRORS_MAX = 1_000
+"""Records in a row whose decoding raised an unexpected error (`decoder_error`) after
+which the trainer stops rather than dead-letter more: one is a record that meets a bug,
+a run of them a broken build, which would drain the input into the DLQ, forget requests
+included, with its offsets committed."""
 """How often a trainer at INFO says what it committed (`ProgressLine`)."""
 """Longest pause between two tries of a batch whose transaction keeps aborting."""
 
@@ -99,6 +106,7 @@ class Trainer(Ownership):
         self._forgets_counted = CountedRequests()
         self._misrouted_said = Repeats()
         self._aborts_in_a_row = 0
+        self._decoder_errors_in_a_row = 0
         self._progress = ProgressLine(every_s=PROGRESS_LOG_S, started=time.monotonic())
         self._batch_cap = cfg.batch_max  # lowered while batches near max.poll.interval.ms
         self._outcome_at = 0.0  # when the last batch's transaction committed or aborted
@@ -203,6 +211,7 @@ class Trainer(Ownership):
         now_ms = int(time.time() * 1000)
         decoded = decode_batch(batch, self.topics, now_ms=now_ms,
                                max_future_ms=self.cfg.max_future_ms)
+        self._count_decoder_errors(decoded, batch)
         ch = learn_batch(self.learner, decoded, step_max=self.cfg.step_max, now_ms=now_ms,
                          metrics=self.metrics, on_step=lambda: self.watchdog.beat("learn"),
                          counted=self._forgets_counted)
@@ -239,9 +248,9 @@ class Trainer(Ownership):
             self._back_off_after_abort()
             self.watchdog.beat("restore after abort")
             kept_all = self._restore("abort", settle=self._own_users is None)
-            if self._own_users is not None:  # the assignment is unchanged: so is the scope,
-                if not kept_all:  # but the restore may have loaded a snapshot's replay
-                    self.learner.clear_replay()
+            if self._own_users is not None:  # the assignment is unchanged: so is the scope.
+                if not kept_all:  # The kept replay is of our users (`_scope`); without
+                    self.learner.clear_replay()  # it a snapshot's may have been loaded
                 self._own_writes.forget()  # as in `_scope`: no longer what a restore gives
         else:
             self._aborts_in_a_row = 0
@@ -266,6 +275,25 @@ class Trainer(Ownership):
                             losses=ch.counts.losses, dlq=len(ch.dlq),
                             rows=sum(len(b) for b in blocks), outcome=outcome,
                             published_ms=published_ms)
+
+    def _count_decoder_errors(self, decoded: Decoded, batch: list[RawRecord]) -> None:
+        """Stop, before anything commits, at DECODER_ERRORS_MAX in a row."""
+        bugs = {(d.source_topic, d.partition, d.offset) for d in decoded.dlq
+                if d.reason == DlqReason.DECODER_ERROR}
+        if not bugs:
+            self._decoder_errors_in_a_row = 0
+            return
+        for rec in batch:
+            if (rec.topic, rec.partition, rec.offset) not in bugs:
+                self._decoder_errors_in_a_row = 0
+                continue
+            self._decoder_errors_in_a_row += 1
+            if self._decoder_errors_in_a_row >= DECODER_ERRORS_MAX:
+                raise RuntimeError(
+                    f"{self._decoder_errors_in_a_row} records in a row raised an unexpected "
+                    "error in stream_app's decoder (decoder_error, tracebacks above): a bug "
+                    "in this build, not bad input; stopping without committing them, so "
+                    "they are read again by a fixed build")
 
     def _resize(self, taken: int, seconds: float, max_poll_interval_s: float) -> None:
         """Take fewer records a poll while batches near max.poll.interval.ms (`batch_cap`)."""

@@ -174,7 +174,11 @@ class OwnTombstones:
     evicted user's event ids (a re-sent copy applied twice). Another trainer can
     write a user's rows only after a reassignment, so the list starts empty at
     each; past `limit` users it is dropped until the next (those restores drop
-    the users' entries, as before it existed).
+    the users' entries, as before it existed). That holds while each user's
+    events sit on one partition: with producers of two partitioners, which
+    `batch.misrouted` cannot tell from either, two trainers may own one user and
+    an abort here may keep what another trainer's erasure dropped (as, without
+    an abort, this trainer never reads that erasure: README, Operations).
 
     >>> own = OwnTombstones()
     >>> own.committed(["user:a", "user:b", "item:x"], published_users=[])

@@ -219,6 +219,8 @@ class Ownership:
         self._own_users = set()
         self.learner.clear_replay()
         self._own_writes.forget()  # the replay buffer is no longer what a restore gives
+        if self._volatile is not None:  # what an abort goes back to, the replay buffer
+            self._volatile = self.learner.volatile_state()  # too: no batch since a commit
 
     def _owns_every_input(self, consumer: GroupConsumer) -> bool:
         """False, with a warning, when the partition counts cannot be read (asked once):

@@ -135,3 +135,17 @@ def test_an_abort_in_partial_scope_keeps_the_replay_buffer_of_the_last_commit(
     assert kept > 0
     trainer.process([_click(clicks, 12, "u0", "e12")], None, publisher)  # aborts
     assert trainer.learner.volatile_state()["replay"]["size"] == kept
+
+
+def test_an_abort_just_after_the_scope_narrowed_does_not_bring_back_others_events(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state kept at the last commit, in full scope, held every user's replayed
+    events; the first abort after a partial assignment put them back (review)."""
+    trainer, publisher = _trainer(monkeypatch, small_config(), aborts=[False, True])
+    clicks = trainer.topics.clicks
+    _committed(trainer, publisher, [_click(clicks, n, f"u{n % 3}", f"e{n}", f"i{n % 4}")
+                                    for n in range(12)])
+    assert trainer.learner.volatile_state()["replay"]["size"] > 0
+    trainer._scope(False)  # noqa: SLF001 (a rebalance: other trainers own some partitions)
+    trainer.process([_click(clicks, 12, "u0", "e12")], None, publisher)  # aborts
+    assert trainer.learner.volatile_state()["replay"]["size"] == 0
