@@ -45,7 +45,13 @@ from stream_app.codec.events import (
     event_key,
     parse_event,
 )
-from stream_app.codec.exceptions import DecodeError, DlqReason, EncodeError, SchemaError
+from stream_app.codec.exceptions import (
+    DecodeError,
+    DlqReason,
+    EncodeError,
+    SchemaError,
+    decoder_bug,
+)
 from stream_app.codec.schemas import SCHEMA_DIR, Schema, load_schemas
 from stream_app.codec.scoring import (
     decode_prediction,
@@ -63,6 +69,7 @@ __all__ = [
     "META_KEY",
     "SCHEMA_DIR",
     "DecodeError",
+    "decoder_bug",
     "DlqReason",
     "EncodeError",
     "Schema",

@@ -67,6 +67,17 @@ class DecodeError(Exception):
         super().__init__(f"{reason}: {self.detail}")
 
 
+def decoder_bug(exc: Exception) -> DecodeError:
+    """What a process dead-letters when decoding raised something else than DecodeError:
+    a bug of ours that this record meets. Raised on, it stopped the process, and again on
+    the same record, never committed, at every restart.
+
+    >>> decoder_bug(RecursionError("too deep")).detail
+    'RecursionError: too deep'
+    """
+    return DecodeError(DlqReason.DECODER_ERROR, f"{type(exc).__name__}: {exc}")
+
+
 class EncodeError(ValueError):
     """Our own code tried to publish a value the schema would refuse (a bug, not bad input).
 

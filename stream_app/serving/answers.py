@@ -8,6 +8,7 @@ is not left waiting. Embedding rows are applied through `apply_embedding`.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from stream_app.codec import (
     EncodeError,
     decode_embedding,
     decode_meta,
+    decoder_bug,
     dlq_key,
     dlq_record,
     encode_dlq,
@@ -35,6 +37,8 @@ from stream_app.serving.batching import HEADERS_COPIED_MAX, Pending
 from stream_app.serving.config import ScorerConfig
 from stream_app.serving.table import EmbeddingTable, ServingMix, TableError
 from stream_app.serving.topk import rank
+
+log = logging.getLogger(__name__)
 
 NOT_LOADED = "not_loaded"
 ANSWER_MAX_BYTES = 990_000
@@ -84,6 +88,12 @@ def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNa
         except DecodeError as err:
             out.errors.append(err.reason.value)
             out.records.extend(_refusal(table, p, err, topics, ready))
+            continue
+        except Exception as exc:  # noqa: BLE001 (see `codec.decoder_bug`)
+            log.exception("decoding request %s[%d]@%d raised: refused as decoder_error",
+                          p.topic, p.partition, p.offset)
+            out.errors.append(DlqReason.DECODER_ERROR.value)
+            out.records.extend(_refusal(table, p, decoder_bug(exc), topics, ready))
             continue
         if req.k > cfg.max_k:  # capped, never refused: the schema already bounds k
             req = ScoreRequest(request_id=req.request_id, user_id=req.user_id, k=cfg.max_k,

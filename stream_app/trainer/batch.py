@@ -20,6 +20,7 @@ from stream_app.codec import (
     DlqReason,
     decode_event,
     decode_id_key,
+    decoder_bug,
     dlq_key,
     dlq_record,
     encode_dlq,
@@ -188,8 +189,8 @@ def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
             # on this record at every restart; the record stays in the DLQ to replay)
             log.exception("decoding %s[%d]@%d raised: dead-lettered as decoder_error",
                           rec.topic, rec.partition, rec.offset)
-            bug = DecodeError(DlqReason.DECODER_ERROR, f"{type(exc).__name__}: {exc}"[:500])
-            out.dlq.append(dlq_record(rec.coords, rec.key, rec.value, bug, ts=now_ms))
+            out.dlq.append(dlq_record(rec.coords, rec.key, rec.value, decoder_bug(exc),
+                                      ts=now_ms))
             continue
         out.segments[-1].append(event)
         out.records[-1].append(rec)

@@ -172,3 +172,26 @@ def test_the_scorer_answers_a_slice_and_keeps_the_rest_pending() -> None:
         scorer._answer(cast(Any, producer))  # noqa: SLF001
     assert len(producer.sent) == 3
 
+
+
+def test_a_request_that_meets_a_bug_in_the_decoder_is_refused_and_the_rest_answered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything but a DecodeError escaped `answer_batch`: the scorer stopped, and the
+    restarted one read the same request again, never committed."""
+    real = answers._decode_request
+
+    def buggy(value: bytes | None, key: bytes | None) -> ScoreRequest:
+        req = real(value, key)
+        if req.request_id == "r1":
+            raise RecursionError("maximum recursion depth exceeded")
+        return req
+
+    monkeypatch.setattr(answers, "_decode_request", buggy)
+    table = EmbeddingTable(device=DEVICE)
+    table.upsert(_row("item", "i", [1.0, 0.0]))
+    table.upsert(_row("user", "u", [1.0, 0.0]))
+    got = _answers(table, [ScoreRequest(request_id="r1", user_id="u", k=1),
+                           ScoreRequest(request_id="r2", user_id="u", k=1)])
+    assert [decode_prediction(v).request_id for v in got[TOPICS.predictions]] == ["r2"]
+    [dead] = [decode_dlq(v) for v in got[TOPICS.dlq]]
+    assert dead.reason == "decoder_error" and "RecursionError" in dead.detail
