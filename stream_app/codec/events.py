@@ -97,14 +97,18 @@ _CONTAINERS = (dict, list, tuple)
 so an encoder's checks must look inside them (a tuple 40 deep got past them)."""
 
 
-def _too_many_elements(value: Any) -> bool:
-    """True when `value` holds more elements than an event's bytes could (each takes at
-    least one byte of JSON): a context that refers to itself, or shares lists into a
-    huge tree, made the walks below and orjson run without end.
+def _context_problem(value: Any) -> DlqReason | None:
+    """Why orjson must not write this context, in one walk: TOO_LARGE when it holds more
+    elements than an event's bytes could (each takes at least one byte of JSON), as a
+    context that refers to itself, or shares lists into a huge tree, does (the walks
+    and orjson ran without end); NON_FINITE for a NaN or infinite float (written as
+    null: the value would change without a word).
 
     >>> loop: dict[str, Any] = {}; loop["self"] = loop
-    >>> _too_many_elements(loop), _too_many_elements({"a": [1, 2]})
-    (True, False)
+    >>> _context_problem(loop), _context_problem({"a": [1.5, {"b": float("nan")}]})
+    (<DlqReason.TOO_LARGE: 'too_large'>, <DlqReason.NON_FINITE: 'non_finite'>)
+    >>> _context_problem({"a": [1.5]}) is None
+    True
     """
     budget, todo = EVENT_MAX_BYTES, [value]
     while todo:  # counted one container at a time: a level built whole could not be held
@@ -112,26 +116,13 @@ def _too_many_elements(value: Any) -> bool:
         item = todo.pop()
         if isinstance(item, _CONTAINERS):
             if len(item) > budget:
-                return True
+                return DlqReason.TOO_LARGE
             todo.extend(item.values() if isinstance(item, dict) else item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return DlqReason.NON_FINITE
         if budget < 0:
-            return True
-    return False
-
-
-def _non_finite_in(value: Any) -> bool:
-    """True when a float in `value` (a context: dicts, lists, scalars) is NaN or infinite.
-
-    >>> _non_finite_in({"a": [1.5, {"b": float("nan")}]}), _non_finite_in({"a": [1.5]})
-    (True, False)
-    """
-    level = [value]
-    while level:
-        if any(isinstance(v, float) and not math.isfinite(v) for v in level):
-            return True
-        level = [v for c in level if isinstance(c, _CONTAINERS)
-                 for v in (c.values() if isinstance(c, dict) else c)]
-    return False
+            return DlqReason.TOO_LARGE
+    return None
 
 
 def parse_event(value: bytes | None, kind: EventKind) -> Event:
@@ -245,13 +236,14 @@ def encode_event(event: Event) -> bytes:
     if isinstance(event.price, float) and not math.isfinite(event.price):
         raise EncodeError(f"event {event.event_id!r}: price must be finite",
                           reason=DlqReason.NON_FINITE)
-    if event.context is not None and _too_many_elements(event.context):
+    problem = None if event.context is None else _context_problem(event.context)
+    if problem is DlqReason.TOO_LARGE:
         raise EncodeError(f"event {event.event_id!r}: context holds more elements than "
                           f"{EVENT_MAX_BYTES} bytes of JSON could (does it refer to itself?)",
-                          reason=DlqReason.TOO_LARGE)
-    if event.context is not None and _non_finite_in(event.context):
+                          reason=problem)
+    if problem is DlqReason.NON_FINITE:
         raise EncodeError(f"event {event.event_id!r}: context must hold finite numbers only",
-                          reason=DlqReason.NON_FINITE)
+                          reason=problem)
     try:
         if not _surely_valid(event):
             event_from_object(obj, event.kind)  # what every reader will check, checked here
