@@ -51,6 +51,7 @@ class DlqReason(StrEnum):
     NON_FINITE_LOSS = "non_finite_loss"
     NON_FINITE_SCORE = "non_finite_score"  # a score overflowed (rows too large for float32)
     ANSWER_TOO_LARGE = "answer_too_large"  # the prediction would exceed ANSWER_MAX_BYTES
+    RANK_ERROR = "rank_error"  # ranking this request alone raised: a bug, not the request
 
 
 class DecodeError(Exception):

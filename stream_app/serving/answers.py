@@ -36,7 +36,7 @@ from stream_app.events import Coordinates, Headers, Prediction, ScoreRequest
 from stream_app.serving.batching import HEADERS_COPIED_MAX, Pending
 from stream_app.serving.config import ScorerConfig
 from stream_app.serving.table import EmbeddingTable, ServingMix, TableError
-from stream_app.serving.topk import rank
+from stream_app.serving.topk import Ranking, rank
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,15 @@ def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNa
                                exclude_seen=req.exclude_seen, explain=req.explain)
         good.append((p, req))
     start = time.monotonic()
-    rankings = rank(table, [r for _, r in good], min_user_updates=cfg.min_user_updates,
-                    explain_max=cfg.explain_max)
+    rankings = _rank(table, [r for _, r in good], cfg)
     out.started, out.compute_s = start, time.monotonic() - start
     for (p, req), ranking in zip(good, rankings, strict=True):
+        if isinstance(ranking, Exception):
+            failed = DecodeError(DlqReason.RANK_ERROR, f"{type(ranking).__name__}: {ranking}",
+                                 request_id=req.request_id)
+            out.errors.append(failed.reason.value)
+            out.records.extend(_refusal(table, p, failed, topics, ready))
+            continue
         fallback = ranking.fallback
         if fallback is not None and not ready:
             fallback = NOT_LOADED
@@ -123,6 +128,29 @@ def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNa
         if fallback is not None:  # counted for answers that carry it, not for refusals
             out.fallbacks.append(fallback)
         out.records.append(Out(topics.predictions, req.request_id.encode(), value, p.headers))
+    return out
+
+
+def _rank(table: EmbeddingTable, reqs: list[ScoreRequest],
+          cfg: ScorerConfig) -> list[Ranking | Exception]:
+    """One top-K call for the batch; if it raises, each request alone, so a request that
+    meets a bug gets an error answer instead of stopping the scorer (which then read it
+    again at every restart, never committed)."""
+    try:
+        return list(rank(table, reqs, min_user_updates=cfg.min_user_updates,
+                         explain_max=cfg.explain_max))
+    except Exception:  # noqa: BLE001
+        log.exception("ranking a batch of %d requests raised: ranking them one by one",
+                      len(reqs))
+    out: list[Ranking | Exception] = []
+    for req in reqs:
+        try:
+            out.extend(rank(table, [req], min_user_updates=cfg.min_user_updates,
+                            explain_max=cfg.explain_max))
+        except Exception as exc:  # noqa: BLE001
+            log.exception("ranking request %s raised: answered with rank_error",
+                          req.request_id)
+            out.append(exc)
     return out
 
 

@@ -174,6 +174,15 @@ def test_the_scorer_answers_a_slice_and_keeps_the_rest_pending() -> None:
 
 
 
+def _two_requests_to_one_item() -> dict[str, list[bytes]]:
+    """Requests r1 and r2 of user u, over a table of one item."""
+    table = EmbeddingTable(device=DEVICE)
+    table.upsert(_row("item", "i", [1.0, 0.0]))
+    table.upsert(_row("user", "u", [1.0, 0.0]))
+    return _answers(table, [ScoreRequest(request_id="r1", user_id="u", k=1),
+                            ScoreRequest(request_id="r2", user_id="u", k=1)])
+
+
 def test_a_request_that_meets_a_bug_in_the_decoder_is_refused_and_the_rest_answered(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Anything but a DecodeError escaped `answer_batch`: the scorer stopped, and the
@@ -187,11 +196,28 @@ def test_a_request_that_meets_a_bug_in_the_decoder_is_refused_and_the_rest_answe
         return req
 
     monkeypatch.setattr(answers, "_decode_request", buggy)
-    table = EmbeddingTable(device=DEVICE)
-    table.upsert(_row("item", "i", [1.0, 0.0]))
-    table.upsert(_row("user", "u", [1.0, 0.0]))
-    got = _answers(table, [ScoreRequest(request_id="r1", user_id="u", k=1),
-                           ScoreRequest(request_id="r2", user_id="u", k=1)])
+    got = _two_requests_to_one_item()
     assert [decode_prediction(v).request_id for v in got[TOPICS.predictions]] == ["r2"]
     [dead] = [decode_dlq(v) for v in got[TOPICS.dlq]]
     assert dead.reason == "decoder_error" and "RecursionError" in dead.detail
+
+
+def test_a_request_whose_ranking_raises_gets_an_error_answer_and_the_rest_are_ranked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch's one top-K call raised for everyone in it, and stopped the scorer: the
+    restarted one read the same requests again, never committed."""
+    real = answers.rank
+
+    def buggy(table: EmbeddingTable, reqs: list[ScoreRequest], **kw: int) -> list[object]:
+        if any(r.request_id == "r1" for r in reqs):
+            raise IndexError("a bug")
+        return real(table, reqs, **kw)  # type: ignore[return-value]
+
+    monkeypatch.setattr(answers, "rank", buggy)
+    got = _two_requests_to_one_item()
+    preds = {p.request_id: p for p in map(decode_prediction, got[TOPICS.predictions])}
+    assert preds["r2"].error is None and [i.item_id for i in preds["r2"].items] == ["i"]
+    assert preds["r1"].items == () and preds["r1"].error is not None
+    assert preds["r1"].error.startswith("rank_error: IndexError")
+    [dead] = [decode_dlq(v) for v in got[TOPICS.dlq]]
+    assert dead.reason == "rank_error" and dead.offset == 0
