@@ -68,15 +68,16 @@ class DecodeError(Exception):
         super().__init__(f"{reason}: {self.detail}")
 
 
-def decoder_bug(exc: Exception) -> DecodeError:
-    """What a process dead-letters when decoding raised something else than DecodeError:
-    a bug of ours that this record meets. Raised on, it stopped the process, and again on
-    the same record, never committed, at every restart.
+def decoder_bug(exc: Exception, reason: DlqReason = DlqReason.DECODER_ERROR, *,
+                request_id: str | None = None) -> DecodeError:
+    """What a process dead-letters when decoding (or `reason`: ranking) a record raised
+    something else than DecodeError: a bug of ours that this record meets. Raised on, it
+    stopped the process, and again on the same record, never committed, at every restart.
 
     >>> decoder_bug(RecursionError("too deep")).detail
     'RecursionError: too deep'
     """
-    return DecodeError(DlqReason.DECODER_ERROR, f"{type(exc).__name__}: {exc}")
+    return DecodeError(reason, f"{type(exc).__name__}: {exc}", request_id=request_id)
 
 
 class EncodeError(ValueError):

@@ -105,8 +105,7 @@ def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNa
     out.started, out.compute_s = start, time.monotonic() - start
     for (p, req), ranking in zip(good, rankings, strict=True):
         if isinstance(ranking, Exception):
-            failed = DecodeError(DlqReason.RANK_ERROR, f"{type(ranking).__name__}: {ranking}",
-                                 request_id=req.request_id)
+            failed = decoder_bug(ranking, DlqReason.RANK_ERROR, request_id=req.request_id)
             out.errors.append(failed.reason.value)
             out.records.extend(_refusal(table, p, failed, topics, ready))
             continue
@@ -136,17 +135,19 @@ def _rank(table: EmbeddingTable, reqs: list[ScoreRequest],
     """One top-K call for the batch; if it raises, each request alone, so a request that
     meets a bug gets an error answer instead of stopping the scorer (which then read it
     again at every restart, never committed)."""
+    def ranked(some: list[ScoreRequest]) -> list[Ranking]:
+        return rank(table, some, min_user_updates=cfg.min_user_updates,
+                    explain_max=cfg.explain_max)
+
     try:
-        return list(rank(table, reqs, min_user_updates=cfg.min_user_updates,
-                         explain_max=cfg.explain_max))
+        return list(ranked(reqs))
     except Exception:  # noqa: BLE001
         log.exception("ranking a batch of %d requests raised: ranking them one by one",
                       len(reqs))
     out: list[Ranking | Exception] = []
     for req in reqs:
         try:
-            out.extend(rank(table, [req], min_user_updates=cfg.min_user_updates,
-                            explain_max=cfg.explain_max))
+            out.extend(ranked([req]))
         except Exception as exc:  # noqa: BLE001
             log.exception("ranking request %s raised: answered with rank_error",
                           req.request_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -316,6 +316,15 @@ def own_users_only(own: set[str], changed_users: set[str], tombstones: list[str]
     return [t for t in tombstones if not t.startswith("user:") or t[5:] in own]
 
 
+def tombstoned_users(tombstones: Iterable[str]) -> Iterator[str]:
+    """The user ids among embeddings tombstone keys.
+
+    >>> list(tombstoned_users(["user:a", "item:b"]))
+    ['a']
+    """
+    return (t[5:] for t in tombstones if t.startswith("user:"))
+
+
 def leave_scope(own: set[str], tombstones: Iterable[str]) -> None:
     """Drop from `own` the users whose tombstone committed: they hold no row, and their
     next event brings them back into the set. Without it the set grew with every
@@ -325,7 +334,7 @@ def leave_scope(own: set[str], tombstones: Iterable[str]) -> None:
     >>> leave_scope(own, ["user:a", "item:b"]); own
     {'b'}
     """
-    own.difference_update(t[5:] for t in tombstones if t.startswith("user:"))
+    own.difference_update(tombstoned_users(tombstones))
 
 
 def output_records(topics: TopicNames, blocks: Iterable[RowBlock],

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
 from stream_app.kafka.partitioners import consistent_random
+from stream_app.trainer.batch import tombstoned_users
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ class OwnTombstones:
             return
         if self._users:  # most commits tombstone nobody: no walk over their rows
             self._users.difference_update(published_users)
-        self._users.update(t[5:] for t in tombstones if t.startswith("user:"))
+        self._users.update(tombstoned_users(tombstones))
         if len(self._users) > self.limit:
             log.info("over %d users tombstoned since the assignment: an abort's restore "
                      "now drops their kept admission counts and event ids", self.limit)
