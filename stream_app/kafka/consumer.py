@@ -254,20 +254,31 @@ class GroupConsumer:
         A previous owner whose offsets were sent in a transaction still open
         (dropped from the group between its send_offsets and its commit) has
         its rows in the changelog once this returns; the end offsets read after
-        it include them. On timeout (a dead owner's transaction, aborted by the
-        broker after `transaction.timeout.ms`) or error, logged and left.
+        it include them. A timeout (a dead owner's transaction, which the broker
+        aborts after `transaction.timeout.ms`) is logged and left. Any other
+        error raises KafkaEdgeError: going on could restore without the previous
+        owner's last rows while its offsets commit, and we would publish stale
+        rows over its work (logged and left, it did, until 2026-12-07).
         `on_wait` runs every SETTLE_STEP_S of the wait (the stall watchdog's beat).
         """
         try:
             got = committed_within(self._consumer, [_TP(t, p) for t, p in parts], timeout_s,
                                    on_wait)
         except KafkaException as exc:
-            log.warning("committed offsets of %s not settled: %s", parts, exc)
+            if exc.args[0].code() not in _UNSETTLED:
+                raise KafkaEdgeError(f"cannot read the committed offsets of {parts}: {exc}") \
+                    from exc
+            log.warning("committed offsets of %s not settled within %.0f s: %s", parts,
+                        timeout_s, exc)
             return
         for tp in got:
-            if tp.error is not None:
-                log.warning("committed offset of %s[%d] not settled: %s", tp.topic,
-                            tp.partition, tp.error)
+            if tp.error is None:
+                continue
+            if tp.error.code() not in _UNSETTLED:
+                raise KafkaEdgeError(f"cannot read the committed offset of {tp.topic}"
+                                     f"[{tp.partition}]: {tp.error}")
+            log.warning("committed offset of %s[%d] not settled within %.0f s: %s", tp.topic,
+                        tp.partition, timeout_s, tp.error)
 
     def end_offsets(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
         """True end (high watermark) of every partition of `topic`; see `Watermarks`."""
@@ -321,17 +332,40 @@ def committed_within(consumer: Consumer, parts: list[_TP], timeout_s: float,
 
     One call of up to the whole timeout (the transaction timeout + 30 s) gave the
     stall watchdog no beat: with `-X transaction.timeout.ms` past ~90 s it took a
-    takeover's wait for a hung trainer.
+    takeover's wait for a hung trainer. A coordinator moving or a broker bouncing
+    (`_PASSING`, in the call's error or a partition's) is asked again too, until
+    the deadline; librdkafka flags none of them retriable here.
     """
     deadline = time.monotonic() + timeout_s
     while True:
         left = deadline - time.monotonic()
         try:
-            return list(consumer.committed(parts, timeout=max(0.1, min(left, SETTLE_STEP_S))))
+            got = list(consumer.committed(parts, timeout=max(0.1, min(left, SETTLE_STEP_S))))
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._TIMED_OUT or left <= SETTLE_STEP_S:  # noqa: SLF001
+            code = exc.args[0].code()
+            if code not in _PASSING or left <= SETTLE_STEP_S:
                 raise
+        else:
+            codes = {tp.error.code() for tp in got if tp.error is not None}
+            if left <= SETTLE_STEP_S or not codes or not codes <= _PASSING:
+                return got
+            code = min(codes)
         on_wait()
+        if code not in _UNSETTLED:  # answered at once: do not spin on it
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+_PASSING = frozenset({
+    KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,  # noqa: SLF001
+    KafkaError._WAIT_COORD, KafkaError.COORDINATOR_NOT_AVAILABLE,  # noqa: SLF001
+    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.UNSTABLE_OFFSET_COMMIT,
+})
+"""Errors of `committed` that a wait can outlast: the group coordinator moving or
+loading, a broker bouncing, offsets held by an open transaction."""
+
+_UNSETTLED = frozenset({KafkaError._TIMED_OUT, KafkaError.UNSTABLE_OFFSET_COMMIT})  # noqa: SLF001
+"""Of those, the ones that mean a transaction still holds the offsets (asked with a wait)."""
 
 
 def starts_at_end(kafka: KafkaConfig, client_id: str, group_id: str) -> bool:

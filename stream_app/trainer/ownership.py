@@ -179,9 +179,9 @@ class Ownership:
         if self.cfg.restore:
             # A previous owner's open transaction ends first: committed, or aborted by
             # the broker after transaction.timeout.ms (which -X may raise past 60 s).
-            consumer.settle(parts, timeout_s=max(60.0, self._txn_timeout_s() + 30.0),
-                            on_wait=lambda: self._beat_or_stop("settle"))
             with transient("reading the changelog's ends after a rebalance"):
+                consumer.settle(parts, timeout_s=max(60.0, self._txn_timeout_s() + 30.0),
+                                on_wait=lambda: self._beat_or_stop("settle"))
                 ends = consumer.ends_and_stable(self.topics.embeddings)
             if not self._own_writes.keeps_learner(*ends):
                 was, self.ready = self.ready, False  # /readyz says "restoring" meanwhile

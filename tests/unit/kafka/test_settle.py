@@ -1,8 +1,10 @@
-"""`committed_within`: the takeover's wait for a previous owner's transaction beats."""
+"""`committed_within` and `settle`: the takeover's wait for a previous owner's transaction
+beats, outlasts a coordinator moving, and stops the trainer on an error it cannot outlast."""
 
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -10,20 +12,28 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.kafka import consumer as consumer_module
-from stream_app.kafka.consumer import committed_within
+from stream_app.kafka.consumer import GroupConsumer, committed_within
+from stream_app.kafka.exceptions import KafkaEdgeError
 
 
 class Unstable:
-    """`committed` times out (offsets held by an open transaction) `times` times."""
+    """`committed` times out (offsets held by an open transaction) `times` times; with
+    `per_partition`, it answers at once with the error on each partition instead."""
 
-    def __init__(self, times: int, error: int = KafkaError._TIMED_OUT) -> None:  # noqa: SLF001
-        self.times, self.error, self.asked = times, error, []
+    def __init__(self, times: int, error: int = KafkaError._TIMED_OUT,  # noqa: SLF001
+                 *, per_partition: bool = False) -> None:
+        self.times, self.error, self.per_partition = times, error, per_partition
+        self.asked: list[float] = []
 
     def committed(self, parts: list[_TP], timeout: float) -> list[_TP]:
         self.asked.append(timeout)
-        if len(self.asked) <= self.times:
+        if len(self.asked) > self.times:
+            return [_TP(p.topic, p.partition, 7) for p in parts]
+        if not self.per_partition:
             raise KafkaException(KafkaError(self.error))
-        return [_TP(p.topic, p.partition, 7) for p in parts]
+        # librdkafka's TopicPartition takes no error from Python: a stand-in with one
+        return [SimpleNamespace(topic=p.topic, partition=p.partition, offset=-1001,  # type: ignore[misc]
+                                error=KafkaError(self.error)) for p in parts]
 
 
 def test_each_wait_is_short_and_followed_by_a_beat(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,8 +61,44 @@ def test_the_whole_timeout_still_ends_the_wait(monkeypatch: pytest.MonkeyPatch) 
     assert 3 <= len(fake.asked) <= 6  # several short asks (at least 0.1 s each), then done
 
 
-def test_an_error_other_than_a_timeout_is_raised_at_once() -> None:
-    fake = Unstable(times=1, error=KafkaError._TRANSPORT)  # noqa: SLF001
+def test_an_error_a_wait_cannot_outlast_is_raised_at_once() -> None:
+    fake = Unstable(times=1, error=KafkaError.GROUP_AUTHORIZATION_FAILED)
     with pytest.raises(KafkaException):
         committed_within(fake, [_TP("t", 0)], 60.0, lambda: None)  # type: ignore[arg-type]
     assert len(fake.asked) == 1
+
+
+@pytest.mark.parametrize("per_partition", [False, True])
+@pytest.mark.parametrize("error", [KafkaError.NOT_COORDINATOR,
+                                   KafkaError._TRANSPORT])  # noqa: SLF001
+def test_a_coordinator_moving_is_asked_again(monkeypatch: pytest.MonkeyPatch, error: int,
+                                             per_partition: bool) -> None:
+    monkeypatch.setattr(consumer_module, "SETTLE_STEP_S", 0.5)
+    fake = Unstable(times=2, error=error, per_partition=per_partition)
+    got = committed_within(fake, [_TP("t", 0)], 60.0, lambda: None)  # type: ignore[arg-type]
+    assert [(tp.offset, tp.error) for tp in got] == [(7, None)] and len(fake.asked) == 3
+
+
+def settle(fake: Unstable, timeout_s: float = 60.0) -> None:
+    """`GroupConsumer.settle` over `fake` in place of librdkafka's consumer."""
+    GroupConsumer.settle(SimpleNamespace(_consumer=fake), [("t", 0)],  # type: ignore[arg-type]
+                         timeout_s=timeout_s)
+
+
+@pytest.mark.parametrize("per_partition", [False, True])
+def test_settle_stops_on_an_error_it_cannot_outlast(per_partition: bool) -> None:
+    """Going on would restore without a previous owner's last rows (exit 75 instead)."""
+    fake = Unstable(times=10**6, error=KafkaError.GROUP_AUTHORIZATION_FAILED,
+                    per_partition=per_partition)
+    with pytest.raises(KafkaEdgeError, match="committed offset"):
+        settle(fake)
+
+
+def test_settle_leaves_a_transaction_that_outlasts_its_wait(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """By then the broker has aborted a dead owner's transaction: logged, and the trainer
+    goes on."""
+    monkeypatch.setattr(consumer_module, "SETTLE_STEP_S", 0.05)
+    fake = SlowUnstable(times=10**6)
+    settle(fake, timeout_s=0.3)
+    assert len(fake.asked) >= 3
