@@ -46,6 +46,7 @@ from stream_app.codec.events import (
     parse_event,
 )
 from stream_app.codec.exceptions import (
+    BugRun,
     DecodeError,
     DlqReason,
     EncodeError,
@@ -68,6 +69,7 @@ __all__ = [
     "MESSAGE_MAX_BYTES",
     "META_KEY",
     "SCHEMA_DIR",
+    "BugRun",
     "DecodeError",
     "decoder_bug",
     "DlqReason",

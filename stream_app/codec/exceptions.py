@@ -7,6 +7,7 @@ loop has exactly one thing to catch and the DLQ can be counted by reason.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 DETAIL_MAX_CHARS = 1024
@@ -78,6 +79,35 @@ def decoder_bug(exc: Exception, reason: DlqReason = DlqReason.DECODER_ERROR, *,
     'RecursionError: too deep'
     """
     return DecodeError(reason, f"{type(exc).__name__}: {exc}", request_id=request_id)
+
+
+class BugRun:
+    """Counts records in a row that met a bug of ours (`decoder_bug`); `count` raises
+    RuntimeError at `limit`, before the caller commits them. One such record is dead-
+    lettered and the process goes on; a run of them is a broken build (or a dead
+    device), which would otherwise drain the input into the DLQ, offsets committed.
+
+    >>> run = BugRun(3, "requests", "rank_error")
+    >>> run.count([True, True, False, True, True])
+    >>> try:
+    ...     run.count([True])
+    ... except RuntimeError as exc:
+    ...     print(str(exc)[:52])
+    3 requests in a row met a bug in this build (rank_er
+    """
+
+    def __init__(self, limit: int, what: str, reasons: str) -> None:
+        self.limit, self.what, self.reasons = limit, what, reasons
+        self.run = 0
+
+    def count(self, bugs: Iterable[bool]) -> None:
+        for bug in bugs:
+            self.run = self.run + 1 if bug else 0
+            if self.run >= self.limit:
+                raise RuntimeError(
+                    f"{self.run} {self.what} in a row met a bug in this build ({self.reasons}, "
+                    "tracebacks above), not bad input; stopping without committing them, so "
+                    "that a fixed build reads them again")
 
 
 class EncodeError(ValueError):

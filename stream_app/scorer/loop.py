@@ -33,7 +33,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from stream_app.codec import DlqReason
+from stream_app.codec import BugRun, DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.heap import freeze_survivors
 from stream_app.kafka.admin import AdminClient, admin_client, group_members, require_topics
@@ -70,6 +70,11 @@ IDLE_POLL_S = 0.05
 """Longest block on an empty request topic (bounds how stale the table may get meanwhile)."""
 STALL_WARN_S = 60.0
 """A `stall_timeout_s` under this is warned of (see `Scorer.__init__`)."""
+BUGS_MAX = 1_000
+"""Requests in a row that met a bug of ours (decoder_error, rank_error) after which the
+scorer stops rather than dead-letter more: one is a request that meets a bug, a run of
+them a broken build or a device gone bad (every `rank()` raising), which would answer
+every request with an error, offsets committed, while /readyz said ready."""
 JOIN_CHECK_S = 2.0
 """While loading, how often a scorer that has not joined the request group looks whether
 the group still has members (replicas gone leave it within their session timeout)."""
@@ -105,6 +110,7 @@ class Scorer:
         self.metrics_port: int | None = None
         self._pending: list[Pending] = []
         self._tracker = CommitTracker()
+        self._bugs = BugRun(BUGS_MAX, "requests", "decoder_error or rank_error")
         self._last_input = time.monotonic()
         self._last_lag = 0.0
         self._last_commit = 0.0
@@ -263,8 +269,16 @@ class Scorer:
         """Rank the pending batch (or its first `BATCH_BYTES_MAX`), produce its answers, and
         track them for the commit."""
         batch, self._pending = take_batch(self._pending)
-        result = answer_batch(self.table, batch, topics=self.topics, cfg=self.cfg,
-                              ready=self.ready.is_set())
+        try:
+            result = answer_batch(self.table, batch, topics=self.topics, cfg=self.cfg,
+                                  ready=self.ready.is_set(),
+                                  on_rank=lambda: self.watchdog.beat("rank"))
+            self._bugs.count(result.bugs)  # before the answers go out: a run stops uncommitted
+        except BaseException:
+            # The shutdown must not answer and commit later requests past this batch's:
+            # none of these is answered or committed, so a restart reads them all again.
+            self._pending.clear()
+            raise
         tracked = self._tracker.open(next_offsets(batch))
 
         def on_delivered(error: str | None) -> None:

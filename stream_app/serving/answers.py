@@ -2,8 +2,8 @@
 
 Decoding happens here, not at poll time, so a request's latency clock starts
 when it was read. A malformed request yields a DLQ record (stage "score") and,
-when the codec recovered its request id, an error prediction so the client
-is not left waiting. Embedding rows are applied through `apply_embedding`.
+when its request id can be read, an error prediction so the client is not
+left waiting. Embedding rows are applied through `apply_embedding`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -66,7 +67,9 @@ class Out:
 @dataclass(slots=True)
 class BatchAnswer:
     """Records to produce plus what the metrics need: arrivals of the ranked requests
-    (monotonic s), when ranking started and how long it took, fallback and error reasons."""
+    (monotonic s), when ranking started and how long it took, fallback and error reasons,
+    and which requests, in the batch's order, met a bug of ours (`bugs`: decoder_error or
+    rank_error; the scorer stops at a long run of them, see `scorer.loop.BUGS_MAX`)."""
 
     records: list[Out] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
@@ -75,14 +78,18 @@ class BatchAnswer:
     compute_s: float = 0.0
     fallbacks: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    bugs: list[bool] = field(default_factory=list)
 
 
 def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNames,
-                 cfg: ScorerConfig, ready: bool) -> BatchAnswer:
-    """Decode, rank (one top-K call) and encode the answers of one micro-batch."""
+                 cfg: ScorerConfig, ready: bool,
+                 on_rank: Callable[[], None] = lambda: None) -> BatchAnswer:
+    """Decode, rank (one top-K call) and encode the answers of one micro-batch.
+    `on_rank` runs before each `rank()` call (the watchdog's beat)."""
     out = BatchAnswer()
-    good: list[tuple[Pending, ScoreRequest]] = []
-    for p in batch:
+    out.bugs = [False] * len(batch)
+    good: list[tuple[int, Pending, ScoreRequest]] = []
+    for n, p in enumerate(batch):
         try:
             req = _decode_request(p.value, p.key)
         except DecodeError as err:
@@ -93,20 +100,23 @@ def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNa
             log.exception("decoding request %s[%d]@%d raised: refused as decoder_error",
                           p.topic, p.partition, p.offset)
             out.errors.append(DlqReason.DECODER_ERROR.value)
-            out.records.extend(_refusal(table, p, decoder_bug(exc), topics, ready))
+            out.bugs[n] = True
+            failed = decoder_bug(exc, request_id=_id_field(p.value, "request_id"))
+            out.records.extend(_refusal(table, p, failed, topics, ready))
             continue
         if req.k > cfg.max_k:  # capped, never refused: the schema already bounds k
             req = ScoreRequest(request_id=req.request_id, user_id=req.user_id, k=cfg.max_k,
                                candidates=req.candidates, exclude=req.exclude,
                                exclude_seen=req.exclude_seen, explain=req.explain)
-        good.append((p, req))
+        good.append((n, p, req))
     start = time.monotonic()
-    rankings = _rank(table, [r for _, r in good], cfg)
+    rankings = _rank(table, [r for _, _, r in good], cfg, on_rank)
     out.started, out.compute_s = start, time.monotonic() - start
-    for (p, req), ranking in zip(good, rankings, strict=True):
+    for (n, p, req), ranking in zip(good, rankings, strict=True):
         if isinstance(ranking, Exception):
             failed = decoder_bug(ranking, DlqReason.RANK_ERROR, request_id=req.request_id)
             out.errors.append(failed.reason.value)
+            out.bugs[n] = True
             out.records.extend(_refusal(table, p, failed, topics, ready))
             continue
         fallback = ranking.fallback
@@ -130,12 +140,13 @@ def answer_batch(table: EmbeddingTable, batch: list[Pending], *, topics: TopicNa
     return out
 
 
-def _rank(table: EmbeddingTable, reqs: list[ScoreRequest],
-          cfg: ScorerConfig) -> list[Ranking | Exception]:
+def _rank(table: EmbeddingTable, reqs: list[ScoreRequest], cfg: ScorerConfig,
+          on_rank: Callable[[], None]) -> list[Ranking | Exception]:
     """One top-K call for the batch; if it raises, each request alone, so a request that
     meets a bug gets an error answer instead of stopping the scorer (which then read it
     again at every restart, never committed)."""
     def ranked(some: list[ScoreRequest]) -> list[Ranking]:
+        on_rank()  # one by one, a batch of a large catalogue outlasted the stall timeout
         return rank(table, some, min_user_updates=cfg.min_user_updates,
                     explain_max=cfg.explain_max)
 
@@ -191,11 +202,18 @@ def _refusal(table: EmbeddingTable, p: Pending, err: DecodeError,
 
 def _user_id(value: bytes | None) -> str:
     """The user id of a refused request when it is still a usable id, else ""."""
+    return _id_field(value, "user_id") or ""
+
+
+def _id_field(value: bytes | None, name: str) -> str | None:
+    """Field `name` of a request's JSON object when it is a usable id: what a request
+    whose decoding raised is still answered to. Never raises, since the decoder that
+    did may share this code."""
     try:
         obj = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        return ""
-    return (fast_id(obj.get("user_id")) or "") if isinstance(obj, dict) else ""
+        return fast_id(obj.get(name)) if isinstance(obj, dict) else None
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _ms_since(arrival: float) -> float:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stream_app.codec import DlqReason
+from stream_app.codec import BugRun, DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.core import Learner, LearnerConfig
 from stream_app.device import resolve_device
@@ -106,7 +106,7 @@ class Trainer(Ownership):
         self._forgets_counted = CountedRequests()
         self._misrouted_said = Repeats()
         self._aborts_in_a_row = 0
-        self._decoder_errors_in_a_row = 0
+        self._decoder_bugs = BugRun(DECODER_ERRORS_MAX, "records", "decoder_error")
         self._progress = ProgressLine(every_s=PROGRESS_LOG_S, started=time.monotonic())
         self._batch_cap = cfg.batch_max  # lowered while batches near max.poll.interval.ms
         self._outcome_at = 0.0  # when the last batch's transaction committed or aborted
@@ -280,20 +280,11 @@ class Trainer(Ownership):
         """Stop, before anything commits, at DECODER_ERRORS_MAX in a row."""
         bugs = {(d.source_topic, d.partition, d.offset) for d in decoded.dlq
                 if d.reason == DlqReason.DECODER_ERROR}
-        if not bugs:
-            self._decoder_errors_in_a_row = 0
+        if not bugs:  # the usual batch: the run ends, without a walk over its records
+            self._decoder_bugs.count((False,))
             return
-        for rec in batch:
-            if (rec.topic, rec.partition, rec.offset) not in bugs:
-                self._decoder_errors_in_a_row = 0
-                continue
-            self._decoder_errors_in_a_row += 1
-            if self._decoder_errors_in_a_row >= DECODER_ERRORS_MAX:
-                raise RuntimeError(
-                    f"{self._decoder_errors_in_a_row} records in a row raised an unexpected "
-                    "error in stream_app's decoder (decoder_error, tracebacks above): a bug "
-                    "in this build, not bad input; stopping without committing them, so "
-                    "they are read again by a fixed build")
+        self._decoder_bugs.count((rec.topic, rec.partition, rec.offset) in bugs
+                                 for rec in batch)
 
     def _resize(self, taken: int, seconds: float, max_poll_interval_s: float) -> None:
         """Take fewer records a poll while batches near max.poll.interval.ms (`batch_cap`)."""

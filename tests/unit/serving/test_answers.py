@@ -197,7 +197,12 @@ def test_a_request_that_meets_a_bug_in_the_decoder_is_refused_and_the_rest_answe
 
     monkeypatch.setattr(answers, "_decode_request", buggy)
     got = _two_requests_to_one_item()
-    assert [decode_prediction(v).request_id for v in got[TOPICS.predictions]] == ["r2"]
+    preds = {p.request_id: p for p in map(decode_prediction, got[TOPICS.predictions])}
+    assert preds["r2"].error is None and [i.item_id for i in preds["r2"].items] == ["i"]
+    # Its id read from the JSON, so the client is not left waiting for its own timeout.
+    assert preds["r1"].items == () and preds["r1"].error is not None
+    assert preds["r1"].error.startswith("decoder_error: RecursionError")
+    assert len(got[TOPICS.predictions]) == 2
     [dead] = [decode_dlq(v) for v in got[TOPICS.dlq]]
     assert dead.reason == "decoder_error" and "RecursionError" in dead.detail
 
@@ -221,3 +226,24 @@ def test_a_request_whose_ranking_raises_gets_an_error_answer_and_the_rest_are_ra
     assert preds["r1"].error.startswith("rank_error: IndexError")
     [dead] = [decode_dlq(v) for v in got[TOPICS.dlq]]
     assert dead.reason == "rank_error" and dead.offset == 0
+
+
+def test_each_rank_call_is_preceded_by_a_beat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranked one by one after the batch's call raised, 256 requests of a large catalogue
+    could outlast the stall timeout with no beat between them."""
+    real = answers.rank
+
+    def buggy(table: EmbeddingTable, reqs: list[ScoreRequest], **kw: int) -> list[object]:
+        if len(reqs) > 1:
+            raise IndexError("a bug of batches")
+        return real(table, reqs, **kw)  # type: ignore[return-value]
+
+    monkeypatch.setattr(answers, "rank", buggy)
+    table = EmbeddingTable(device=DEVICE)
+    table.upsert(_row("item", "i", [1.0, 0.0]))
+    table.upsert(_row("user", "u", [1.0, 0.0]))
+    reqs = [ScoreRequest(request_id=f"r{n}", user_id="u", k=1) for n in range(3)]
+    beats: list[int] = []
+    out = answer_batch(table, [_pending(r, n) for n, r in enumerate(reqs)], topics=TOPICS,
+                       cfg=ScorerConfig(), ready=True, on_rank=lambda: beats.append(1))
+    assert len(beats) == 4 and out.bugs == [False] * 3 and len(out.records) == 3

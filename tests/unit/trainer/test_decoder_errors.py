@@ -38,7 +38,7 @@ def test_a_run_of_decoder_errors_stops_the_trainer_before_it_commits(
                             publisher)
     assert first.outcome is TxnOutcome.COMMITTED and first.dlq == 3
     committed = list(publisher.log)
-    with pytest.raises(RuntimeError, match="5 records in a row raised an unexpected error"):
+    with pytest.raises(RuntimeError, match="5 records in a row met a bug in this build"):
         trainer.process([_click(clicks, n, "u", f"e{n}") for n in range(3, 5)], None,
                         publisher)
     assert publisher.log == committed
