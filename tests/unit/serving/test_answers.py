@@ -224,6 +224,7 @@ def test_a_request_whose_ranking_raises_gets_an_error_answer_and_the_rest_are_ra
     assert preds["r2"].error is None and [i.item_id for i in preds["r2"].items] == ["i"]
     assert preds["r1"].items == () and preds["r1"].error is not None
     assert preds["r1"].error.startswith("rank_error: IndexError")
+    assert len(got[TOPICS.predictions]) == 2  # one answer each, none twice
     [dead] = [decode_dlq(v) for v in got[TOPICS.dlq]]
     assert dead.reason == "rank_error" and dead.offset == 0
 
