@@ -144,6 +144,7 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         origin = self._origin_ms if self._origin_ms is not None else int(ts_np.min())
         t1 = time.perf_counter()
         pending = (self._user_vocab.pending_of(uids), self._item_vocab.pending_of(iids))
+        draws = (self._gen.get_state(), self._replay.rng.bit_generator.state)
         u_rows, u_adm = self._assign(self._user_vocab, uids, ts_np, now)
         i_rows, i_adm = self._assign(self._item_vocab, iids, ts_np, now)
         self._sync_tables()
@@ -180,6 +181,10 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
                 vocab.untouch(adm)
                 vocab.restore_pending(saved)  # a re-sent event counts once
             self._put_back(cleared)
+            # Nor its draws: learning goes on as if the batch had not come (but for the
+            # rows its new ids had taken, given back in another order).
+            self._gen.set_state(draws[0])
+            self._replay.rng.bit_generator.state = draws[1]
             refused = {events[i].event_id for i in keep}
             for i, outcome in enumerate(outcomes):  # its copies in the step too (counted as
                 if outcome in (Outcome.APPLIED, Outcome.DUPLICATE, Outcome.ID_REUSED) \

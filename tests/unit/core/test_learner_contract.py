@@ -675,3 +675,21 @@ def test_a_runaway_learning_rate_dead_letters_batches_and_keeps_every_row_publis
         for row in _all_rows(learner):
             encode_embedding(row)  # raises on a non-finite vector or state
     assert Outcome.NON_FINITE in outcomes
+
+
+def test_a_non_finite_batch_leaves_the_random_draws_where_they_were() -> None:
+    """Its row initialisations, negatives and replay sample were drawn and thrown away:
+    kept, every later step drew other negatives and replayed other events than a
+    learner that never saw the batch (review of the refusal path)."""
+    learner = Learner(small_config(replay_ratio=1.0), device=DEVICE)
+    learner.learn(random_events(64, seed=1))
+    gen, replay = learner._gen.get_state(), learner._replay.rng.bit_generator.state
+    row = learner._item_vocab.row("i3")
+    assert row is not None
+    saved = learner._items.vec[row].clone()
+    learner._items.vec[row] = float("nan")
+    bad = learner.learn([ev("x1", "u1", "i3", T0 + 10**6), ev("x2", "new", "new", T0 + 10**6)])
+    assert set(bad.outcomes) == {Outcome.NON_FINITE}
+    learner._items.vec[row] = saved
+    assert torch.equal(learner._gen.get_state(), gen)
+    assert learner._replay.rng.bit_generator.state == replay
