@@ -9,7 +9,11 @@ Error branches, all here (confluent-kafka docs, "Transactional producer API"):
 - abortable (`err.txn_requires_abort()`): abort, rewind the consumer to its
   committed offsets, and tell the caller, who must roll its own state back;
 - anything else (fenced by a newer instance with our transactional.id, fatal
-  producer error): `FatalTransactionError`; the process must stop.
+  producer error): `FatalTransactionError`; the process must stop. One
+  exception: fenced in a transaction older than `transaction.timeout.ms`, which
+  the broker aborted itself, bumping the producer's epoch (a commit that waited
+  out a broker, a slow host); `TransactionalPublisher` then starts a new
+  producer and the batch counts as aborted.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from confluent_kafka import (
 )
 
 from stream_app.config import KafkaConfig
-from stream_app.kafka.clients import make_producer
+from stream_app.kafka.clients import TRANSACTIONAL_DEFAULTS, make_producer, ms_setting
 from stream_app.kafka.consumer import GroupConsumer
 from stream_app.kafka.exceptions import BrokerUnavailable, FatalTransactionError
 from stream_app.kafka.records import Partition
@@ -88,6 +92,10 @@ class AbortRequired(Exception):  # noqa: N818 - a signal inside this module, not
 STEP_TIMEOUT_S = 60.0
 """How long a transaction's begin and offsets steps retry a broker that is away before
 the batch is given up (aborted, then tried again), and `init_transactions` waits."""
+
+_FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED,  # noqa: SLF001
+                     KafkaError.INVALID_PRODUCER_EPOCH})
+"""How librdkafka and the broker say a producer's epoch is stale."""
 
 _MUST_FINISH = ("commit", "abort")
 """Steps that are never given up: once a commit or an abort has started, only
@@ -259,25 +267,36 @@ class TransactionalPublisher:
 
     def __init__(self, kafka: KafkaConfig, *, transactional_id: str, client_id: str,
                  timeout_s: float = STEP_TIMEOUT_S) -> None:
-        self._producer = make_producer(kafka, client_id, transactional_id=transactional_id)
+        self._kafka, self._id, self._client_id = kafka, transactional_id, client_id
         self._timeout_s = timeout_s
+        self._txn_timeout_s = ms_setting(kafka, "transaction.timeout.ms",
+                                         TRANSACTIONAL_DEFAULTS["transaction.timeout.ms"]) / 1000
         self._failed = False
+        self.renewals = 0
+        """Producers started again after the broker timed out a transaction (see `commit`)."""
         self.spot: tuple[bytes, int] | None = None
         """Key and partition of the first record of `spot_topic` in the last
         transaction, when it committed and its delivery was reported; else None."""
+        self._producer = self._start()
+
+    def _start(self) -> Producer:
+        """A producer with our transactional.id, its transactions initialised: any zombie
+        with the id is fenced and what it left open aborted."""
+        producer = make_producer(self._kafka, self._client_id, transactional_id=self._id)
         try:
-            self._producer.init_transactions(timeout_s)
+            producer.init_transactions(self._timeout_s)
         except KafkaException as exc:
             if exc.args[0].retriable():  # no coordinator yet, a broker bouncing: try later
                 raise BrokerUnavailable(
-                    f"init_transactions for transactional.id={transactional_id} did not "
-                    f"finish in {timeout_s:.0f} s: {exc.args[0].str()}; stopping (exit 75): "
-                    "a restart tries again") from exc
+                    f"init_transactions for transactional.id={self._id} did not "
+                    f"finish in {self._timeout_s:.0f} s: {exc.args[0].str()}; stopping "
+                    "(exit 75): a restart tries again") from exc
             raise FatalTransactionError(
-                f"init_transactions for transactional.id={transactional_id} failed: "
+                f"init_transactions for transactional.id={self._id} failed: "
                 f"{exc.args[0].str()}; check the broker is reachable and the credentials "
                 "allow transactions"
             ) from exc
+        return producer
 
     def commit(self, consumer: GroupConsumer, records: Iterable[OutRecord],
                offsets: dict[Partition, int], starts: Mapping[Partition, int], *,
@@ -286,12 +305,17 @@ class TransactionalPublisher:
         `spot` for `spot_topic`."""
         tps = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
         spot = None if spot_topic is None else SpotCheck(spot_topic)
+        begun = time.monotonic()
         try:
             outcome = commit_batch(self._producer, consumer.raw, records, tps, starts=starts,
                                    timeout_s=self._timeout_s, spot=spot)
-        except FatalTransactionError:
+        except FatalTransactionError as exc:
             self._failed = True  # nothing it holds can be delivered: `close` skips the flush
-            raise
+            if not (_fenced(exc) and time.monotonic() - begun >= self._txn_timeout_s):
+                raise
+            self._renew(exc, time.monotonic() - begun)
+            rewind_to_committed(consumer.raw, tps, starts)
+            outcome = TxnOutcome.ABORTED
         self.spot = None
         if (outcome is TxnOutcome.COMMITTED and spot is not None and spot.key is not None
                 and spot.partition is not None):
@@ -301,6 +325,21 @@ class TransactionalPublisher:
             # will be fetched again.
             consumer.discard_queued(offsets)
         return outcome
+
+    def _renew(self, exc: FatalTransactionError, open_s: float) -> None:
+        """Start a new producer in place of one the broker fenced after timing out its
+        transaction. Not done on a fencing within the timeout: that is a newer instance
+        with our id, which a new producer would fence in turn, and so on."""
+        log.warning("transaction open %.1f s, past transaction.timeout.ms (%.0f s): the "
+                    "broker aborted it and fenced this producer (%s); starting a new one "
+                    "and reading the batch again", open_s, self._txn_timeout_s, exc)
+        old, self._producer = self._producer, self._start()
+        self._failed = False
+        self.renewals += 1
+        try:  # its queue is lost: what it held was in the aborted transaction
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+        except KafkaException as err:
+            log.debug("purging the fenced producer: %s", err)
 
     def serve(self) -> None:
         """Serve the producer's callbacks between transactions: its error and librdkafka
@@ -320,3 +359,10 @@ class TransactionalPublisher:
         except Exception as exc:  # noqa: BLE001 - see above
             log.warning("producer close: %s", exc.args[0].str()
                         if isinstance(exc, KafkaException) else f"{type(exc).__name__}: {exc}")
+
+
+def _fenced(exc: FatalTransactionError) -> bool:
+    """Whether librdkafka's error behind `exc` says the producer's epoch is stale."""
+    cause = exc.__cause__
+    return (isinstance(cause, KafkaException) and isinstance(cause.args[0], KafkaError)
+            and cause.args[0].code() in _FENCED)

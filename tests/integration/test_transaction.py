@@ -9,6 +9,8 @@ A batch large enough that the first failure arrives while it is still producing
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -40,4 +42,36 @@ def test_rows_the_topic_refuses_abort_the_batch_whatever_its_size(
         assert commit_batch(producer, consumer, ok, [], starts={},
                             timeout_s=20) is TxnOutcome.COMMITTED
     finally:
+        consumer.close()
+
+
+def test_a_transaction_the_broker_timed_out_is_given_up_and_the_next_one_commits(
+        kafka: KafkaConfig) -> None:
+    """The broker aborts a transaction open past transaction.timeout.ms and bumps the
+    producer's epoch (its abort check runs every 10 s). Whatever librdkafka makes of it,
+    abortable or fenced, the batch is given up and the publisher commits the next one:
+    fenced, it stopped the trainer with exit 1, with no newer instance to yield to."""
+    from stream_app.kafka.consumer import GroupConsumer
+    from stream_app.kafka.transaction import TransactionalPublisher
+
+    short = KafkaConfig(bootstrap_servers=kafka.bootstrap_servers,
+                        topic_prefix=kafka.topic_prefix,
+                        client={"transaction.timeout.ms": "2000"})
+    publisher = TransactionalPublisher(short, transactional_id=f"{kafka.topic_prefix}slow",
+                                       client_id="slow")
+    consumer = GroupConsumer(short, client_id="slow-in", group_id=f"{kafka.topic_prefix}slow",
+                             topics=[kafka.topics.clicks])
+    row = OutRecord(kafka.topics.embeddings, b"user:u1", b"{}")
+
+    def slow() -> Iterator[OutRecord]:
+        yield row
+        time.sleep(14.0)  # past the timeout and the broker's next check
+        yield row
+
+    try:
+        first = publisher.commit(consumer, slow(), {}, {})
+        assert first is TxnOutcome.ABORTED
+        assert publisher.commit(consumer, [row], {}, {}) is TxnOutcome.COMMITTED
+    finally:
+        publisher.close()
         consumer.close()

@@ -229,3 +229,80 @@ def test_a_transaction_coordinator_that_does_not_answer_is_retriable() -> None:
     with pytest.raises(BrokerUnavailable, match="did not finish in 1 s.*exit 75"):
         transaction.TransactionalPublisher(KafkaConfig(bootstrap_servers="127.0.0.1:1"),
                                            transactional_id="t", client_id="c", timeout_s=1.0)
+
+
+class _Txn(_Recording):
+    """A producer whose commit fails with `error` (None: it commits); `calls` in order."""
+
+    def __init__(self, error: KafkaError | None = None) -> None:
+        super().__init__()
+        self.error, self.calls = error, []
+
+    def init_transactions(self, _timeout: float) -> None:
+        self.calls.append("init")
+
+    def commit_transaction(self, *_: Any) -> None:
+        self.calls.append("commit")
+        if self.error is not None:
+            raise KafkaException(self.error)
+
+    def abort_transaction(self, *_: Any) -> None:
+        self.calls.append("abort")
+
+    def purge(self, **_: Any) -> None:
+        self.calls.append("purge")
+
+
+class _Consumer(_Positions):
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("in", 0)]
+
+
+FENCED = KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)  # noqa: SLF001
+
+
+def _publish(monkeypatch: pytest.MonkeyPatch, producers: list[_Txn], timeout_ms: str,
+             batches: int) -> tuple[list[TxnOutcome], _Consumer]:
+    """`batches` commits of one record through a publisher whose producers are `producers`,
+    in the order it starts them, under -X transaction.timeout.ms=`timeout_ms`."""
+    from stream_app.kafka.transaction import TransactionalPublisher
+
+    started = iter(producers)
+    monkeypatch.setattr(transaction, "make_producer", lambda *_a, **_k: next(started))
+    kafka = KafkaConfig(bootstrap_servers="127.0.0.1:1",
+                        client={"transaction.timeout.ms": timeout_ms})
+    publisher = TransactionalPublisher(kafka, transactional_id="t", client_id="c",
+                                       timeout_s=1.0)
+    raw = _Consumer({("in", 0): 5})
+    group = SimpleNamespace(raw=raw, discard_queued=lambda _offsets: None)
+    outcomes = [publisher.commit(group, [OutRecord("emb", b"k", b"v")],  # type: ignore[arg-type]
+                                 {("in", 0): 9}, {("in", 0): 5}) for _ in range(batches)]
+    return outcomes, raw
+
+
+def test_a_producer_fenced_after_its_transaction_outlived_the_timeout_is_started_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker aborts a transaction open past transaction.timeout.ms and bumps the
+    producer's epoch: librdkafka then says fenced, fatally. With no newer instance to
+    yield to, the trainer exited 1 (a reliability run on a loaded host: a commit after
+    a partial produce failure waited out the test's 8 s timeout)."""
+    fenced, fresh = _Txn(FENCED), _Txn()
+    outcomes, raw = _publish(monkeypatch, [fenced, fresh], timeout_ms="0", batches=2)
+    assert outcomes == [TxnOutcome.ABORTED, TxnOutcome.COMMITTED]
+    assert raw.seeks == [("in", 0, 5)]  # the batch is read again from the committed offset
+    assert fenced.calls == ["init", "commit", "purge"] and fresh.calls == ["init", "commit"]
+
+
+@pytest.mark.parametrize(("error", "timeout_ms"), [
+    (FENCED, "60000"),  # within the timeout: a newer instance has our transactional.id
+    (KafkaError(KafkaError._FATAL, "fatal idempotence error", fatal=True), "0"),  # noqa: SLF001
+])
+def test_a_producer_fenced_by_a_newer_instance_or_failed_otherwise_still_stops_the_trainer(
+        monkeypatch: pytest.MonkeyPatch, error: KafkaError, timeout_ms: str) -> None:
+    from stream_app.kafka.exceptions import FatalTransactionError
+
+    with pytest.raises(FatalTransactionError):
+        _publish(monkeypatch, [_Txn(error), _Txn()], timeout_ms=timeout_ms, batches=1)
