@@ -329,7 +329,10 @@ class TransactionalPublisher:
     def _renew(self, exc: FatalTransactionError, open_s: float) -> None:
         """Start a new producer in place of one the broker fenced after timing out its
         transaction. Not done on a fencing within the timeout: that is a newer instance
-        with our id, which a new producer would fence in turn, and so on."""
+        with our id, which a new producer would fence in turn. Time alone cannot tell the
+        two apart: a zombie paused past the timeout while its replacement started renews
+        too and fences the replacement, which exits 1 at its next commit; the group
+        generation on `send_offsets` keeps the zombie's batches out all the same."""
         log.warning("transaction open %.1f s, past transaction.timeout.ms (%.0f s): the "
                     "broker aborted it and fenced this producer (%s); starting a new one "
                     "and reading the batch again", open_s, self._txn_timeout_s, exc)
