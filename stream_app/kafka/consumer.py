@@ -22,7 +22,7 @@ from stream_app.kafka.clients import (
 )
 from stream_app.kafka.ends import Watermarks, end_offsets, ends_and_stable
 from stream_app.kafka.event_time import Barrier, EventTimeMerger
-from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.exceptions import BrokerError, KafkaEdgeError
 from stream_app.kafka.first_fetch import FirstFetch, stuck
 from stream_app.kafka.polling import raise_if_fatal
 from stream_app.kafka.records import Partition, RawRecord, to_record
@@ -265,20 +265,11 @@ class GroupConsumer:
             got = committed_within(self._consumer, [_TP(t, p) for t, p in parts], timeout_s,
                                    on_wait)
         except KafkaException as exc:
-            if exc.args[0].code() not in _UNSETTLED:
-                raise KafkaEdgeError(f"cannot read the committed offsets of {parts}: {exc}") \
-                    from exc
-            log.warning("committed offsets of %s not settled within %.0f s: %s", parts,
-                        timeout_s, exc)
+            _unsettled(exc.args[0], f"{parts}", timeout_s)
             return
         for tp in got:
-            if tp.error is None:
-                continue
-            if tp.error.code() not in _UNSETTLED:
-                raise KafkaEdgeError(f"cannot read the committed offset of {tp.topic}"
-                                     f"[{tp.partition}]: {tp.error}")
-            log.warning("committed offset of %s[%d] not settled within %.0f s: %s", tp.topic,
-                        tp.partition, timeout_s, tp.error)
+            if tp.error is not None:
+                _unsettled(tp.error, f"{tp.topic}[{tp.partition}]", timeout_s)
 
     def end_offsets(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
         """True end (high watermark) of every partition of `topic`; see `Watermarks`."""
@@ -323,6 +314,26 @@ class GroupConsumer:
 
 SETTLE_STEP_S = 5.0
 """The longest single wait of `committed_within` between two `on_wait` calls."""
+
+
+def _unsettled(err: KafkaError, what: str, timeout_s: float) -> None:
+    """Log a wait that ran out; raise on any other error of `settle`: BrokerError (exit 2,
+    an operator must grant access) when the broker refuses us, else KafkaEdgeError."""
+    if err.code() in _UNSETTLED:
+        log.warning("committed offsets of %s not settled within %.0f s: %s", what, timeout_s,
+                    err.str())
+        return
+    if err.code() in _REFUSED:
+        raise BrokerError(f"the broker refuses to give the committed offsets of {what} "
+                          f"({err.str()}): grant this client's principal Describe on the "
+                          "consumer group and the input topics")
+    raise KafkaEdgeError(f"cannot read the committed offsets of {what}: {err.str()}")
+
+
+_REFUSED = frozenset({KafkaError.GROUP_AUTHORIZATION_FAILED,
+                      KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                      KafkaError._AUTHENTICATION})  # noqa: SLF001
+"""Errors no wait or restart outlasts."""
 
 
 def committed_within(consumer: Consumer, parts: list[_TP], timeout_s: float,

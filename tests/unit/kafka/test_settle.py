@@ -13,7 +13,7 @@ from confluent_kafka import TopicPartition as _TP
 
 from stream_app.kafka import consumer as consumer_module
 from stream_app.kafka.consumer import GroupConsumer, committed_within
-from stream_app.kafka.exceptions import KafkaEdgeError
+from stream_app.kafka.exceptions import BrokerError, KafkaEdgeError
 
 
 class Unstable:
@@ -86,12 +86,17 @@ def settle(fake: Unstable, timeout_s: float = 60.0) -> None:
 
 
 @pytest.mark.parametrize("per_partition", [False, True])
-def test_settle_stops_on_an_error_it_cannot_outlast(per_partition: bool) -> None:
-    """Going on would restore without a previous owner's last rows (exit 75 instead)."""
-    fake = Unstable(times=10**6, error=KafkaError.GROUP_AUTHORIZATION_FAILED,
-                    per_partition=per_partition)
-    with pytest.raises(KafkaEdgeError, match="committed offset"):
+@pytest.mark.parametrize(("error", "raised"), [
+    (KafkaError.INVALID_GROUP_ID, KafkaEdgeError),  # exit 75 through `transient`
+    (KafkaError.GROUP_AUTHORIZATION_FAILED, BrokerError),  # exit 2: grant access first
+])
+def test_settle_stops_on_an_error_it_cannot_outlast(per_partition: bool, error: int,
+                                                    raised: type[Exception]) -> None:
+    """Going on would restore without a previous owner's last rows."""
+    fake = Unstable(times=10**6, error=error, per_partition=per_partition)
+    with pytest.raises(raised, match="committed offsets") as info:
         settle(fake)
+    assert raised is BrokerError or not isinstance(info.value, BrokerError)
 
 
 def test_settle_leaves_a_transaction_that_outlasts_its_wait(
