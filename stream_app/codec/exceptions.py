@@ -77,8 +77,17 @@ def decoder_bug(exc: Exception, reason: DlqReason = DlqReason.DECODER_ERROR, *,
 
     >>> decoder_bug(RecursionError("too deep")).detail
     'RecursionError: too deep'
+    >>> decoder_bug(ValueError("bad \\udc80 byte")).detail  # JSON cannot hold a lone surrogate
+    'ValueError: bad ? byte'
     """
-    return DecodeError(reason, f"{type(exc).__name__}: {exc}", request_id=request_id)
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - its __str__ is as likely to hold the bug
+        text = "(its message cannot be shown)"
+    # The detail goes into a DLQ record and an error answer: what orjson cannot write
+    # would raise there, on the same record, at every restart.
+    text = text[:DETAIL_MAX_CHARS].encode("utf-8", "replace").decode("utf-8")
+    return DecodeError(reason, f"{type(exc).__name__}: {text}", request_id=request_id)
 
 
 class BugRun:

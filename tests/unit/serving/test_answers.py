@@ -248,3 +248,28 @@ def test_each_rank_call_is_preceded_by_a_beat(monkeypatch: pytest.MonkeyPatch) -
     out = answer_batch(table, [_pending(r, n) for n, r in enumerate(reqs)], topics=TOPICS,
                        cfg=ScorerConfig(), ready=True, on_rank=lambda: beats.append(1))
     assert len(beats) == 4 and out.bugs == [False] * 3 and len(out.records) == 3
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("a second bug")
+
+
+@pytest.mark.parametrize("error", [ValueError("bad \udc80 byte"), _Unprintable()])
+def test_a_decoder_bug_whose_message_json_cannot_hold_is_still_dead_lettered(
+        monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """Its message goes into the DLQ record and the error answer: a lone surrogate
+    (orjson refuses it) or a raising __str__ escaped `answer_batch` (helper review)."""
+    real = answers._decode_request
+
+    def buggy(value: bytes | None, key: bytes | None) -> ScoreRequest:
+        req = real(value, key)
+        if req.request_id == "r1":
+            raise error
+        return req
+
+    monkeypatch.setattr(answers, "_decode_request", buggy)
+    got = _two_requests_to_one_item()
+    [dead] = [decode_dlq(v) for v in got[TOPICS.dlq]]
+    assert dead.reason == "decoder_error"
+    assert sorted(decode_prediction(v).request_id for v in got[TOPICS.predictions]) == ["r1", "r2"]
