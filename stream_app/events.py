@@ -7,6 +7,7 @@ came from so a bad one can always be sent to the dead-letter topic with them.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -217,6 +218,8 @@ class ChangelogRows:
     last_event_ts: list[int]
     recent_items: list[tuple[str, ...]]
     state: dict[str, Any] = field(default_factory=dict, compare=False)
+    writers: list[str] = field(default_factory=list, compare=False)
+    """Each row's publisher: its model version without the step (`writer_of`)."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -229,7 +232,19 @@ class ChangelogRows:
                    updates=[r.updates for r in rows],
                    last_event_ts=[r.last_event_ts for r in rows],
                    recent_items=[tuple(r.recent_items) for r in rows],
-                   state=state_columns([r.state for r in rows], _stacked_arrays))
+                   state=state_columns([r.state for r in rows], _stacked_arrays),
+                   writers=[writer_of(r.model_version) for r in rows])
+
+
+def writer_of(model_version: str) -> str:
+    """The trainer instance that published a row: a trainer's model version is
+    `<instance id>-<step>`.
+
+    >>> writer_of("trainer-0-1200"), writer_of("v")
+    ('trainer-0', 'v')
+    """
+    head, _, step = model_version.rpartition("-")
+    return sys.intern(head if head and step.isdigit() else model_version)
 
 
 STATE_MAX_DEPTH = 64

@@ -19,7 +19,7 @@ from stream_app.codec.state import (
     encode_state,
 )
 from stream_app.codec.wire import MESSAGE_MAX_BYTES, intern_id
-from stream_app.events import ChangelogRows, Entity, state_columns
+from stream_app.events import ChangelogRows, Entity, state_columns, writer_of
 
 
 def decode_changelog_rows(records: list[tuple[bytes | None, bytes]]) -> list[ChangelogRows]:
@@ -60,8 +60,9 @@ def _checked_row(key: bytes | None, value: bytes) -> tuple[dict[str, Any], bytes
     if row is None:
         raise DecodeError(DlqReason.MISSING_VALUE, "value is null")
     obj = {"entity": row.entity, "id": row.id, "dim": len(row.vector),
-           "updates": row.updates, "last_event_ts": row.last_event_ts,
-           "recent_items": list(row.recent_items), "state": encode_state(row.state, row.key)}
+           "model_version": row.model_version, "updates": row.updates,
+           "last_event_ts": row.last_event_ts, "recent_items": list(row.recent_items),
+           "state": encode_state(row.state, row.key)}
     return obj, row.vector.astype(F32).tobytes()
 
 
@@ -76,6 +77,7 @@ class _Block:
         self.last_event_ts: list[int] = []
         self.recent_items: list[tuple[str, ...]] = []
         self.states: list[dict[str, Any]] = []
+        self.writers: list[str] = []
 
     def add(self, obj: dict[str, Any], vector: bytes) -> None:
         self.ids.append(obj["id"])
@@ -83,6 +85,7 @@ class _Block:
         self.dims.add(obj["dim"])
         self.updates.append(int(obj["updates"]))
         self.last_event_ts.append(int(obj["last_event_ts"]))
+        self.writers.append(writer_of(obj["model_version"]))
         # Interned, as `decode_embedding` does.
         self.recent_items.append(tuple(map(intern_id, obj.get("recent_items", ()))))
         state = obj.get("state", {})
@@ -110,7 +113,7 @@ class _Block:
             raise DecodeError(DlqReason.BAD_STATE, f"{entity} rows: {exc}") from exc
         return ChangelogRows(entity=entity, ids=self.ids, vectors=vectors, updates=self.updates,
                              last_event_ts=self.last_event_ts, recent_items=self.recent_items,
-                             state=state)
+                             state=state, writers=self.writers)
 
 
 def _state_leaf(values: list[Any], depth: int) -> Any | None:

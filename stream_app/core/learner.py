@@ -97,6 +97,7 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         self._deferred: dict[int, tuple[str, ...]] = {}  # user row -> recent ids to resolve
         self._forgotten: set[str] = set()  # users to drop from the replay buffer
         self._tombstoned: set[str] = set()  # users whose tombstone a restore read
+        self._foreign: set[str] = set()  # users a restore read another trainer's row of
         self._restore_evicted: tuple[list[str], list[str]] = ([], [])
         self._forget_requests = 0  # forget requests applied, over the learner's history
 
@@ -112,6 +113,7 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         # before any step, needs them; kept, they held every user evicted or erased in
         # the changelog for the learner's whole life.
         self._tombstoned.clear()
+        self._foreign.clear()
         self._resolve_deferred()
         self._purge_forgotten()
         stats = self._learn(events, t0)

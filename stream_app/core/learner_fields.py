@@ -38,6 +38,7 @@ class LearnerFields:
     _deferred: dict[int, tuple[str, ...]]
     _forgotten: set[str]
     _tombstoned: set[str]
+    _foreign: set[str]
     _restore_evicted: tuple[list[str], list[str]]  # (users, items) a restore evicted
     _forget_requests: int
 

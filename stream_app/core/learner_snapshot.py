@@ -127,9 +127,13 @@ class LearnerSnapshot(LearnerFields):
         snapshot). Except `own_tombstones`, users whose tombstone the learner that
         saved `state` published itself, with no other writer since: what the
         state holds of them came after it (`trainer.own_writes.OwnTombstones`).
+        Users the restore `distrust`ed (another trainer published their row) are
+        dropped too, whatever the count.
         """
         gone, self._tombstoned = self._tombstoned, set()
         gone.difference_update(own_tombstones)
+        gone |= self._foreign  # see `distrust`
+        self._foreign = set()
         for name, v in (("users", self._user_vocab), ("items", self._item_vocab)):
             v.pending.clear()
             v.pending.update((i, n) for i, n in state["pending"][name]
@@ -176,7 +180,7 @@ class LearnerSnapshot(LearnerFields):
         self._forget_requests = int(state["global"].get("forget_requests", 0))  # its own
         self.apply_global_state(state["global"])
         self._deferred = {}
-        self._forgotten, self._tombstoned = set(), set()
+        self._forgotten, self._tombstoned, self._foreign = set(), set(), set()
         users, items = state.get("restore_evicted", ([], []))  # older snapshots: none
         self._restore_evicted = (list(users), list(items))
         self.load_volatile_state(state["volatile"])  # its own forget count: all of it loads

@@ -88,6 +88,23 @@ class LearnerState(LearnerFields):
         self._evict_rows(np.array([row], dtype=np.int64), np.zeros(0, dtype=np.int64))
         return True
 
+    def distrust(self, user_ids: Iterable[str]) -> None:
+        """Users whose row, read by a restore, another trainer published: what this learner
+        holds of them besides their row (replay, duplicate-check, rate and pending
+        entries, from a snapshot or kept across the restore) may predate an erasure no
+        tombstone shows (that trainer forgot them and saw them again in one transaction,
+        which publishes their new row and no tombstone), and the shared forget count
+        (`apply_global_state`) cannot show it either: the last writer's wins. It is
+        dropped; their rows stay."""
+        users = set(user_ids)
+        if not users:
+            return
+        self._foreign |= users  # for `load_volatile_state`, after the restore
+        if len(self._replay) or len(self._dedup):  # a snapshot's: purged before next read
+            self._forgotten |= users
+        for user in users:
+            self._rate.forget(user)
+
     def _purge_forgotten(self) -> None:
         """Drop forgotten users' events from the replay buffer, which holds them by id,
         admitted or not (a returning user's new row would learn from them), and from

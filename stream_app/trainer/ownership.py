@@ -101,6 +101,7 @@ class Ownership:
     _snapshots: Snapshots | None
     _snapshot_at: float
     _unsnapshotted: bool  # a commit since the last snapshot was taken
+    _forgot_unsnapshotted: bool  # a committed forget request the snapshot file predates
 
     def _client_id(self, role: str) -> str:
         return f"{self.cfg.transactional_id}-{role}"
@@ -130,7 +131,8 @@ class Ownership:
             stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"),
                             on_chunk=self._beat_or_stop,
                             start=None if tag is None else tag.ends,
-                            settle_s=MARKERS_WAIT_S if settle else 0.0)
+                            settle_s=MARKERS_WAIT_S if settle else 0.0,
+                            instance_id=self.cfg.instance_id)
         kept_all = False
         if self._volatile is not None:  # this process committed: its own state is exact
             kept_all = self.learner.load_volatile_state(
@@ -277,12 +279,25 @@ class Ownership:
         if not (due or stopping):
             return
         self._snapshot_at = time.monotonic()  # due again one interval on, written or not
+        ends = self._snapshot_ends(consumer, stopping=stopping)
+        if ends is None:
+            if self._forgot_unsnapshotted:  # the file holds the erased users' events
+                self._snapshots.discard("a forget request committed since it was written, "
+                                        "and none without the user can be written now")
+                self._forgot_unsnapshotted = False
+            return
+        if self._snapshots.write(self.learner, ends=ends, wait=stopping):
+            self._unsnapshotted = self._forgot_unsnapshotted = False
+
+    def _snapshot_ends(self, consumer: GroupConsumer, *, stopping: bool) -> dict[int, int] | None:
+        """The changelog's end offsets a snapshot of the learner now may be tagged with;
+        None (said why, once) when the learner is not what they lead to."""
         # In partial scope (`_scope`) the learner differs from the changelog by rows
         # other trainers publish: only a full-scope learner is a snapshot of it.
         if self._own_users is not None or not self._owns_every_input(consumer):
-            return
+            return None
         if self._own_writes.foreign:  # said once (below); no snapshot until a restore
-            return
+            return None
         self.watchdog.beat("snapshot")
 
         def pause(seconds: float) -> bool:  # a stop cuts the wait short, unless it is the stop's
@@ -296,10 +311,8 @@ class Ownership:
                 lambda: consumer.ends_and_stable(self.topics.embeddings), pause=pause)
         except KafkaEdgeError as exc:
             log.warning("snapshot skipped: %s", exc)
-            return
+            return None
         if ends is None:
             log.warning("snapshot skipped (the warning before says why); while the changelog "
                         "holds rows of another writer, snapshots resume after the next restore")
-            return
-        if self._snapshots.write(self.learner, ends=ends, wait=stopping):
-            self._unsnapshotted = False
+        return ends

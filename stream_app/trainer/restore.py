@@ -53,7 +53,8 @@ class RestoreStats:
 
 def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str,
             on_chunk: Callable[[], None] | None = None,
-            start: dict[int, int] | None = None, settle_s: float = 0.0) -> RestoreStats:
+            start: dict[int, int] | None = None, settle_s: float = 0.0,
+            instance_id: str | None = None) -> RestoreStats:
     """Apply every committed row of the changelog to `learner` (which should be fresh).
 
     With `start` (offsets per partition, from a snapshot's tag) only the
@@ -61,7 +62,8 @@ def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str,
     `on_chunk` is called after each applied chunk (the trainer's watchdog beat).
     `settle_s`: how long the end offsets may wait for open transactions and
     pending markers (`read_to_end`), so that `ends` counts the markers of the
-    commits and aborts before the restore.
+    commits and aborts before the restore. `instance_id`: the restoring trainer's;
+    see `apply_changelog`.
     """
     began = time.monotonic()
     users = items = tombstones = 0
@@ -70,7 +72,7 @@ def restore(learner: Learner, kafka: KafkaConfig, *, client_id: str,
                          ends_seen=ends, start=start, settle_s=settle_s)
     with paused_gc(), closing(_read_ahead(chunks, READ_AHEAD)) as ready:
         for chunk in ready:
-            u, i, t = apply_changelog(learner, chunk)
+            u, i, t = apply_changelog(learner, chunk, instance_id=instance_id)
             users, items, tombstones = users + u, items + i, tombstones + t
             if on_chunk is not None:
                 on_chunk()
@@ -145,8 +147,8 @@ class _End:
     error: BaseException | None
 
 
-def apply_changelog(learner: Learner,
-                    records: list[KeyValue]) -> tuple[int, int, int]:
+def apply_changelog(learner: Learner, records: list[KeyValue], *,
+                    instance_id: str | None = None) -> tuple[int, int, int]:
     """Apply changelog records (key, value) in log order; (users, items, tombstones) applied.
 
     Only the last value per key counts, so a chunk is reduced to its latest
@@ -154,9 +156,12 @@ def apply_changelog(learner: Learner,
     an evicted item. A record that does not decode raises `ChangelogError`:
     skipping it would drop that row's learned state and its update count, so
     the restored model would no longer be the one that published.
+    With `instance_id`, users whose row another trainer published are
+    `Learner.distrust`ed: that trainer may have erased them and seen them again
+    in one transaction, which publishes their new row and no tombstone.
     """
     try:
-        return _apply_latest(learner, records)
+        return _apply_latest(learner, records, instance_id)
     except DecodeError as exc:
         key = _bad_key(records)
         named = "its key" if key is None else f"its key, {key!r}"
@@ -186,7 +191,8 @@ def _bad_key(records: list[KeyValue]) -> str | None:
     return None
 
 
-def _apply_latest(learner: Learner, records: list[KeyValue]) -> tuple[int, int, int]:
+def _apply_latest(learner: Learner, records: list[KeyValue],
+                  instance_id: str | None) -> tuple[int, int, int]:
     latest: dict[bytes, bytes | None] = {}
     for key, value in records:
         if key is not None:
@@ -206,7 +212,7 @@ def _apply_latest(learner: Learner, records: list[KeyValue]) -> tuple[int, int, 
         if value is not None:
             run.append((key, value))
             continue
-        u, i = _apply_run(learner, run)
+        u, i = _apply_run(learner, run, instance_id)
         users, items, run = users + u, items + i, []
         entity, ident = split_embedding_key(key)
         if entity == "user":
@@ -214,11 +220,12 @@ def _apply_latest(learner: Learner, records: list[KeyValue]) -> tuple[int, int, 
         else:
             learner.forget_item(ident)
         tombstones += 1
-    u, i = _apply_run(learner, run)
+    u, i = _apply_run(learner, run, instance_id)
     return users + u, items + i, tombstones
 
 
-def _apply_run(learner: Learner, run: list[tuple[bytes | None, bytes]]) -> tuple[int, int]:
+def _apply_run(learner: Learner, run: list[tuple[bytes | None, bytes]],
+               instance_id: str | None) -> tuple[int, int]:
     """Decode and apply rows as columns; (users, items) applied."""
     counts = {"user": 0, "item": 0}
     for rows in decode_changelog_rows(run):
@@ -226,6 +233,9 @@ def _apply_run(learner: Learner, run: list[tuple[bytes | None, bytes]]) -> tuple
         _check_shape(learner, rows.vectors.shape[1], set(opt) if isinstance(opt, dict) else None)
         learner.apply_columns(rows)
         counts[rows.entity] = len(rows)
+        if rows.entity == "user" and instance_id is not None:
+            learner.distrust(u for u, w in zip(rows.ids, rows.writers, strict=True)
+                             if w != instance_id)
     return counts["user"], counts["item"]
 
 

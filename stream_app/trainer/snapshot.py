@@ -234,6 +234,18 @@ class Snapshots:
         self._writer.start()
         return True
 
+    def discard(self, why: str) -> None:
+        """Delete the snapshot file (after a write still running): a restart then restores
+        from the whole changelog."""
+        if self._writer is not None and self._writer.is_alive():
+            self._writer.join()
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not delete snapshot %s (%s): %s", self.path, why, exc)
+            return
+        log.info("deleted snapshot %s: %s", self.path, why)
+
     def _write(self, state: dict[str, Any], tag: SnapshotTag) -> None:
         """A failed write costs only restore speed: logged, not raised."""
         try:

@@ -51,8 +51,9 @@ def _trainer(monkeypatch: pytest.MonkeyPatch, config: LearnerConfig,
                                 TrainerConfig(metrics_port=0), config)
     publisher = _Publisher(trainer.topics.embeddings, iter(aborts + [False] * 10))
 
-    def restore(learner: Learner, *_a: object, **_k: object) -> RestoreStats:
-        apply_changelog(learner, list(publisher.log))
+    def restore(learner: Learner, *_a: object, instance_id: str | None = None,
+                **_k: object) -> RestoreStats:
+        apply_changelog(learner, list(publisher.log), instance_id=instance_id)
         learner.finish_restore()
         return RestoreStats(0, 0, 0, 0.0, {0: len(publisher.log)})
 

@@ -37,15 +37,17 @@ CONFIG = small_config(idle_ttl_ms=40_000)  # items idle 40 s of event time are e
 Log = list[tuple[bytes | None, bytes | None]]
 
 
-def _publish(learner: Learner, events: list[Event], forget: tuple[str, ...] = ()) -> Log:
-    """What one trainer transaction appends to the changelog (rows, tombstones, meta)."""
+def _publish(learner: Learner, events: list[Event], forget: tuple[str, ...] = (),
+             version: str = "v") -> Log:
+    """What one trainer transaction appends to the changelog (rows, tombstones, meta), as
+    trainer `version`."""
     st = learner.learn(events)
     gone = {f"user:{u}" for u in st.evicted_user_ids} | {f"item:{i}" for i in st.evicted_item_ids}
     gone |= {f"user:{u}" for u in forget if learner.forget_user(u)}
     users = sorted(set(st.changed_user_ids) - {g[5:] for g in gone if g.startswith("user:")})
     items = sorted(set(st.changed_item_ids) - {g[5:] for g in gone if g.startswith("item:")})
-    rows = learner.row_blocks(user_ids=users, item_ids=items, model_version="v", now_ms=0)
-    meta = {**learner.global_state(), "model_version": "v", "updated_at": 0}
+    rows = learner.row_blocks(user_ids=users, item_ids=items, model_version=version, now_ms=0)
+    meta = {**learner.global_state(), "model_version": version, "updated_at": 0}
     return [(r.key, r.value) for r in output_records(TOPICS, rows, sorted(gone), meta, [])]
 
 
@@ -587,3 +589,63 @@ def test_items_evicted_and_admitted_again_restore_alike_from_snapshot_or_changel
     _same(_all_rows(whole), _all_rows(live))
     [idle] = live.rows(user_ids=["idle"], model_version="v", now_ms=0)
     assert idle.recent_items == ()
+
+
+def _rows(learner: Learner, users: list[str], version: str) -> Log:
+    """The changelog records of `users`' rows, published as trainer `version`."""
+    blocks = learner.row_blocks(user_ids=users, model_version=version, now_ms=0)
+    return [(f"user:{ident}".encode(), value)
+            for block in blocks for ident, value in zip(block.ids, encode_rows(block))]
+
+
+@pytest.mark.parametrize("writer", ["trainer-b-7", "trainer-a-9"])
+def test_what_is_kept_of_a_user_another_trainer_published_is_dropped_at_a_restore(
+        writer: str) -> None:
+    """Trainer B forgets y and sees y again in one transaction: it publishes y's new row and
+    no tombstone, and the shared forget count is trainer A's again at A's next commit.
+    A's restore then put back the duplicate-check entries of y's erased events, into
+    its next snapshot too (helper review of the forget path). A's own row is the control."""
+    config = small_config(replay_ratio=1.0)
+    a = Learner(config, device=DEVICE)
+    log = _publish(a, [ev("y-old", "y", "i1", T0), ev("z-old", "z", "i2", T0)],
+                   version="trainer-a-1")
+    kept = a.volatile_state()
+    b = Learner(config, device=DEVICE)
+    apply_changelog(b, log)
+    b.finish_restore()
+    b.forget_user("y", requested=True)
+    b.learn([ev("y-new", "y", "i2", T0 + 1_000)])
+    log += _rows(b, ["y"], writer)  # (A's meta, written last, keeps A's count)
+    restored = Learner(config, device=DEVICE)
+    apply_changelog(restored, log, instance_id="trainer-a")
+    restored.finish_restore()
+    assert restored.load_volatile_state(kept)
+    restored._purge_forgotten()  # noqa: SLF001 (what the next evaluate or learn does first)
+    assert "z-old" in restored._dedup  # noqa: SLF001
+    assert ("y-old" in restored._dedup) is (writer == "trainer-a-9")  # noqa: SLF001
+    replayed = set(restored._replay.users[:restored._replay.size])  # noqa: SLF001
+    assert "z" in replayed and ("y" in replayed) is (writer == "trainer-a-9")
+
+
+def test_a_snapshot_keeps_nothing_of_a_user_another_trainer_published_after_it() -> None:
+    """The same through a snapshot: written by trainer A before B forgot y and saw y again,
+    loaded after, its duplicate-check entries and replay events of y came back."""
+    config = small_config(replay_ratio=1.0)
+    a = Learner(config, device=DEVICE)
+    log = _publish(a, [ev("y-old", "y", "i1", T0), ev("z-old", "z", "i2", T0)],
+                   version="trainer-a-1")
+    snapshot, at = a.state_dict(), len(log)
+    b = Learner(config, device=DEVICE)
+    apply_changelog(b, log)
+    b.finish_restore()
+    b.forget_user("y", requested=True)
+    b.learn([ev("y-new", "y", "i2", T0 + 1_000)])
+    log += _rows(b, ["y"], "trainer-b-7")
+    restored = Learner(config, device=DEVICE)
+    restored.load_state_dict(snapshot)
+    apply_changelog(restored, log[at:], instance_id="trainer-a")
+    restored.finish_restore()
+    restored._purge_forgotten()  # noqa: SLF001 (what the next evaluate or learn does first)
+    assert "z-old" in restored._dedup and "y-old" not in restored._dedup  # noqa: SLF001
+    replayed = set(restored._replay.users[:restored._replay.size])  # noqa: SLF001
+    assert replayed == {"z"}

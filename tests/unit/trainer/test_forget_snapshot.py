@@ -1,0 +1,43 @@
+"""A committed forget request makes the local snapshot due at once; when none can be
+written (other trainers share the input, the changelog holds another writer's rows), the
+old file is deleted: it holds the erased user's events, and kept until the next write it
+could sit on disk for as long as the partitions stay shared (helper review of the forget
+path). Stand-ins for the publisher and the restore: `test_abort_restore`'s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stream_app.kafka.records import RawRecord
+from stream_app.trainer.control import CONTROL_HEADER
+from tests.unit.core.streams import T0, small_config
+from tests.unit.trainer.test_abort_restore import _click, _committed, _trainer
+
+
+def _with_old_snapshot(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Any, Any]:
+    trainer, publisher = _trainer(monkeypatch, small_config(), aborts=[])
+    from stream_app.trainer.snapshot import Snapshots
+
+    trainer._snapshots = Snapshots(trainer.kafka, folder=str(tmp_path),  # noqa: SLF001
+                                   transactional_id="t", max_age_s=3600.0)
+    trainer._snapshots.path.write_bytes(b"a snapshot holding u's events")  # noqa: SLF001
+    trainer._own_users = set()  # noqa: SLF001 (partial scope: no snapshot can be written)
+    return trainer, publisher
+
+
+@pytest.mark.parametrize("forgets", [False, True])
+def test_a_forget_deletes_a_snapshot_that_cannot_be_written_again(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, forgets: bool) -> None:
+    trainer, publisher = _with_old_snapshot(monkeypatch, tmp_path)
+    clicks = trainer.topics.clicks
+    batch = [_click(clicks, 0, "u", "e0")]
+    if forgets:
+        batch.append(RawRecord(clicks, 0, 1, b"u", b'{"type":"forget"}', T0,
+                               ((CONTROL_HEADER, b"forget"),)))
+    _committed(trainer, publisher, batch)
+    trainer._snapshot(consumer=None)  # noqa: SLF001 (the loop's call after the batch)
+    assert trainer._snapshots.path.exists() is not forgets  # noqa: SLF001
