@@ -105,6 +105,11 @@ class LearnerState(LearnerFields):
         for user in users:
             self._rate.forget(user)
 
+    def distrusted(self) -> int:
+        """How many users the restore under way `distrust`ed (until `load_volatile_state`
+        or the first step)."""
+        return len(self._foreign)
+
     def _purge_forgotten(self) -> None:
         """Drop forgotten users' events from the replay buffer, which holds them by id,
         admitted or not (a returning user's new row would learn from them), and from

@@ -8,7 +8,6 @@ together) or dead-lettered with a reason inside the same transaction.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -113,7 +112,7 @@ class Trainer(Ownership):
         self._outcome_at = 0.0  # when the last batch's transaction committed or aborted
         self._snapshot_at = time.monotonic()
         self._unsnapshotted = False  # a commit since the last snapshot was taken
-        self._forgot_unsnapshotted = False  # a committed forget the snapshot file predates
+        self._erasures = 0  # committed forgets and distrusting restores (`_snapshot`)
         self._snapshots = None if cfg.snapshot_dir is None else Snapshots(
             kafka, folder=cfg.snapshot_dir, transactional_id=cfg.transactional_id,
             max_age_s=cfg.snapshot_max_age_s,
@@ -269,9 +268,8 @@ class Trainer(Ownership):
                 self._own_writes.forget()
                 leave_scope(self._own_users, tombstones)
             self._forgets_counted.add(ch.counts.forget_requests)
-            if ch.counts.forgets:  # the snapshot file holds the user: write one now, or
-                self._forgot_unsnapshotted = True  # delete it (`_snapshot`)
-                self._snapshot_at = -math.inf
+            if decoded.forgets:  # either half: the snapshot file holds the user's events
+                self._erasures += 1
             observe_commit(self.metrics, ch.counts, batch, decoded, blocks, ch.dlq,
                            published_ms, self.learner.table_sizes(), ch.evals)
             report_misrouted(self.metrics, misrouted(decoded, self._input_partitions),

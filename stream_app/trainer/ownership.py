@@ -101,7 +101,7 @@ class Ownership:
     _snapshots: Snapshots | None
     _snapshot_at: float
     _unsnapshotted: bool  # a commit since the last snapshot was taken
-    _forgot_unsnapshotted: bool  # a committed forget request the snapshot file predates
+    _erasures: int  # committed forgets and distrusting restores, for `_snapshot`
 
     def _client_id(self, role: str) -> str:
         return f"{self.cfg.transactional_id}-{role}"
@@ -134,6 +134,8 @@ class Ownership:
                             settle_s=MARKERS_WAIT_S if settle else 0.0,
                             instance_id=self.cfg.instance_id)
         kept_all = False
+        if self.learner.distrusted():  # a snapshot file from before may hold erased users
+            self._erasures += 1
         if self._volatile is not None:  # this process committed: its own state is exact
             kept_all = self.learner.load_volatile_state(
                 self._volatile, own_tombstones=self._own_tombstones.users())
@@ -271,23 +273,28 @@ class Ownership:
         (`OwnWrites.proven_ends`): a restore from the snapshot reads only what follows
         the tag, so a row someone else wrote before it would be lost. A failed
         write costs only restore speed: logged, not fatal.
+        A file older than an erasure (`_erasures`: a committed forget, a restore
+        that distrusted users) may hold the erased users' events: it is due at
+        once, at every turn until a write of it lands, and deleted when none can
+        be written (no proven ends, or the last write failed).
         """
         if self._snapshots is None:
             return
+        erased = self._snapshots.erasures < self._erasures
         changed = self._unsnapshotted or self._snapshots.write_failed
-        due = changed and time.monotonic() - self._snapshot_at >= self.cfg.snapshot_interval_s
+        due = erased or (changed and time.monotonic() - self._snapshot_at
+                         >= self.cfg.snapshot_interval_s)
         if not (due or stopping):
             return
         self._snapshot_at = time.monotonic()  # due again one interval on, written or not
         ends = self._snapshot_ends(consumer, stopping=stopping)
-        if ends is None:
-            if self._forgot_unsnapshotted:  # the file holds the erased users' events
-                self._snapshots.discard("a forget request committed since it was written, "
-                                        "and none without the user can be written now")
-                self._forgot_unsnapshotted = False
+        if erased and (ends is None or self._snapshots.write_failed):
+            self._snapshots.discard("users were erased since it was written, and none "
+                                    "without them can be written now", self._erasures)
             return
-        if self._snapshots.write(self.learner, ends=ends, wait=stopping):
-            self._unsnapshotted = self._forgot_unsnapshotted = False
+        if ends is not None and self._snapshots.write(self.learner, ends=ends, wait=stopping,
+                                                      erasures=self._erasures):
+            self._unsnapshotted = False
 
     def _snapshot_ends(self, consumer: GroupConsumer, *, stopping: bool) -> dict[int, int] | None:
         """The changelog's end offsets a snapshot of the learner now may be tagged with;

@@ -148,6 +148,9 @@ class Snapshots:
         self.max_age_ms = int(max_age_s * 1000)
         self.on_written = on_written
         self.write_failed = False  # the last write's outcome: a failed one is due again
+        self.erasures = 0
+        """The trainer's count of erasures (`Ownership._snapshot`) the file reflects: as of
+        the last write that landed, or of its deletion."""
         self._writer: threading.Thread | None = None
 
     def cap_age(self, tombstones_kept_ms: int) -> None:
@@ -205,7 +208,8 @@ class Snapshots:
                  tag.ends)
         return tag
 
-    def write(self, learner: Learner, *, ends: dict[int, int], wait: bool) -> bool:
+    def write(self, learner: Learner, *, ends: dict[int, int], wait: bool,
+              erasures: int = 0) -> bool:
         """Take the learner's state now, tagged with the changelog's end offsets `ends`
         (which must be what the learner holds); write it in a background thread unless
         `wait`. False when it was skipped (a write still running, or no tag).
@@ -227,14 +231,14 @@ class Snapshots:
             return False
         state = learner.state_dict()
         if wait:
-            self._write(state, tag)
+            self._write(state, tag, erasures)
             return True
-        self._writer = threading.Thread(target=self._write, args=(state, tag),
+        self._writer = threading.Thread(target=self._write, args=(state, tag, erasures),
                                         name="snapshot-writer", daemon=True)
         self._writer.start()
         return True
 
-    def discard(self, why: str) -> None:
+    def discard(self, why: str, erasures: int) -> None:
         """Delete the snapshot file (after a write still running): a restart then restores
         from the whole changelog."""
         if self._writer is not None and self._writer.is_alive():
@@ -244,9 +248,10 @@ class Snapshots:
         except OSError as exc:
             log.warning("could not delete snapshot %s (%s): %s", self.path, why, exc)
             return
+        self.erasures = erasures
         log.info("deleted snapshot %s: %s", self.path, why)
 
-    def _write(self, state: dict[str, Any], tag: SnapshotTag) -> None:
+    def _write(self, state: dict[str, Any], tag: SnapshotTag, erasures: int = 0) -> None:
         """A failed write costs only restore speed: logged, not raised."""
         try:
             write_state(self.path, state, tag)
@@ -257,6 +262,7 @@ class Snapshots:
             log.warning("could not write snapshot %s: %s", self.path, exc)
             return
         self.write_failed = False
+        self.erasures = max(self.erasures, erasures)
         log.info("wrote snapshot %s", self.path)
         if self.on_written is not None:
             self.on_written()
