@@ -284,17 +284,22 @@ class Ownership:
         changed = self._unsnapshotted or self._snapshots.write_failed
         due = erased or (changed and time.monotonic() - self._snapshot_at
                          >= self.cfg.snapshot_interval_s)
-        if not (due or stopping):
-            return
+        if not (due or stopping) or (self._snapshots.busy() and not stopping):
+            return  # (a write still running: `write` would skip, after the broker's answers)
         self._snapshot_at = time.monotonic()  # due again one interval on, written or not
         ends = self._snapshot_ends(consumer, stopping=stopping)
         if erased and (ends is None or self._snapshots.write_failed):
-            self._snapshots.discard("users were erased since it was written, and none "
-                                    "without them can be written now", self._erasures)
+            self._discard_erased(self._snapshots)
             return
         if ends is not None and self._snapshots.write(self.learner, ends=ends, wait=stopping,
                                                       erasures=self._erasures):
             self._unsnapshotted = False
+        if erased and stopping and self._snapshots.write_failed:  # no later turn to do it
+            self._discard_erased(self._snapshots)
+
+    def _discard_erased(self, snapshots: Snapshots) -> None:
+        snapshots.discard("users were erased since it was written, and none without them "
+                          "can be written now", self._erasures)
 
     def _snapshot_ends(self, consumer: GroupConsumer, *, stopping: bool) -> dict[int, int] | None:
         """The changelog's end offsets a snapshot of the learner now may be tagged with;

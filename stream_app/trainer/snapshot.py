@@ -228,6 +228,7 @@ class Snapshots:
             tag = self.changelog_tag(ends)
         except KafkaEdgeError as exc:
             log.warning("snapshot skipped: %s", exc)
+            self.write_failed = True  # due again; a file older than an erasure goes
             return False
         state = learner.state_dict()
         if wait:
@@ -238,17 +239,23 @@ class Snapshots:
         self._writer.start()
         return True
 
+    def busy(self) -> bool:
+        """A background write is still running."""
+        return self._writer is not None and self._writer.is_alive()
+
     def discard(self, why: str, erasures: int) -> None:
         """Delete the snapshot file (after a write still running): a restart then restores
-        from the whole changelog."""
+        from the whole changelog. Tried once per call's `erasures`: a file that cannot be
+        deleted is reported as an error, not again at every turn."""
         if self._writer is not None and self._writer.is_alive():
             self._writer.join()
+        self.erasures = erasures
         try:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
-            log.warning("could not delete snapshot %s (%s): %s", self.path, why, exc)
+            log.error("could not delete snapshot %s (%s): %s; delete it by hand", self.path,
+                      why, exc)
             return
-        self.erasures = erasures
         log.info("deleted snapshot %s: %s", self.path, why)
 
     def _write(self, state: dict[str, Any], tag: SnapshotTag, erasures: int = 0) -> None:

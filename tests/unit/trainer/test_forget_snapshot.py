@@ -61,3 +61,45 @@ def test_a_restore_that_distrusts_users_deletes_a_snapshot_that_cannot_be_writte
     trainer._restore("rebalance")  # noqa: SLF001
     trainer._snapshot(consumer=None)  # noqa: SLF001
     assert not trainer._snapshots.path.exists()  # noqa: SLF001
+
+
+def _half(topic: str, offset: int) -> RawRecord:
+    value = b'{"type":"forget","user_id":"u","request_id":"' + b"a" * 32 + b'"}'
+    return RawRecord(topic, 0, offset, b"u", value, T0, ((CONTROL_HEADER, b"forget"),))
+
+
+def test_the_second_half_of_a_forget_in_a_later_batch_deletes_the_snapshot_too(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """It erases what the user sent on its topic: counted once per request (the first
+    half), it left a snapshot written in between holding those events."""
+    trainer, publisher = _with_old_snapshot(monkeypatch, tmp_path)
+    clicks, purchases = trainer.topics.clicks, trainer.topics.purchases
+    _committed(trainer, publisher, [_click(clicks, 0, "u", "e0"), _half(clicks, 1)])
+    trainer._snapshot(consumer=None)  # noqa: SLF001
+    assert not trainer._snapshots.path.exists()  # noqa: SLF001
+    trainer._snapshots.path.write_bytes(b"written between the halves")  # noqa: SLF001
+    _committed(trainer, publisher, [_half(purchases, 0)])
+    trainer._snapshot(consumer=None)  # noqa: SLF001
+    assert not trainer._snapshots.path.exists()  # noqa: SLF001
+
+
+def test_a_snapshot_that_fails_to_be_written_after_a_forget_is_deleted_at_the_stop(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A clean stop wrote it synchronously; on a full disk the old file stayed, holding the
+    user, and the restarted trainer does not know of the erasure."""
+    import stream_app.trainer.snapshot
+
+    def full_disk(*_a: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    trainer, publisher = _with_old_snapshot(monkeypatch, tmp_path)
+    trainer._own_users = None  # noqa: SLF001 (whole scope: a snapshot may be written)
+    monkeypatch.setattr(trainer, "_snapshot_ends", lambda *_a, **_k: {0: len(publisher.log)})
+    monkeypatch.setattr(stream_app.trainer.snapshot, "write_state", full_disk)
+    monkeypatch.setattr(trainer._snapshots, "changelog_tag",  # noqa: SLF001
+                        lambda ends: stream_app.trainer.snapshot.SnapshotTag(
+                            topic="t", topic_id="id", ends=ends, written_ms=0))
+    clicks = trainer.topics.clicks
+    _committed(trainer, publisher, [_click(clicks, 0, "u", "e0"), _half(clicks, 1)])
+    trainer._snapshot(consumer=None, stopping=True)  # noqa: SLF001
+    assert not trainer._snapshots.path.exists()  # noqa: SLF001
