@@ -11,9 +11,10 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import TopicPartition as _TP
 
-from stream_app.kafka import consumer as consumer_module
-from stream_app.kafka.consumer import GroupConsumer, committed_within
+from stream_app.kafka import settle as settle_module
+from stream_app.kafka.consumer import GroupConsumer
 from stream_app.kafka.exceptions import BrokerError, KafkaEdgeError
+from stream_app.kafka.settle import committed_within
 
 
 class Unstable:
@@ -37,7 +38,7 @@ class Unstable:
 
 
 def test_each_wait_is_short_and_followed_by_a_beat(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(consumer_module, "SETTLE_STEP_S", 0.5)
+    monkeypatch.setattr(settle_module, "SETTLE_STEP_S", 0.5)
     beats: list[Any] = []
     fake = Unstable(times=3)
     got = committed_within(fake, [_TP("t", 0)], 60.0, lambda: beats.append(1))  # type: ignore[arg-type]
@@ -54,7 +55,7 @@ class SlowUnstable(Unstable):
 
 
 def test_the_whole_timeout_still_ends_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(consumer_module, "SETTLE_STEP_S", 0.05)
+    monkeypatch.setattr(settle_module, "SETTLE_STEP_S", 0.05)
     fake = SlowUnstable(times=10**6)
     with pytest.raises(KafkaException):
         committed_within(fake, [_TP("t", 0)], 0.3, lambda: None)  # type: ignore[arg-type]
@@ -73,7 +74,7 @@ def test_an_error_a_wait_cannot_outlast_is_raised_at_once() -> None:
                                    KafkaError._TRANSPORT])  # noqa: SLF001
 def test_a_coordinator_moving_is_asked_again(monkeypatch: pytest.MonkeyPatch, error: int,
                                              per_partition: bool) -> None:
-    monkeypatch.setattr(consumer_module, "SETTLE_STEP_S", 0.5)
+    monkeypatch.setattr(settle_module, "SETTLE_STEP_S", 0.5)
     fake = Unstable(times=2, error=error, per_partition=per_partition)
     got = committed_within(fake, [_TP("t", 0)], 60.0, lambda: None)  # type: ignore[arg-type]
     assert [(tp.offset, tp.error) for tp in got] == [(7, None)] and len(fake.asked) == 3
@@ -103,7 +104,7 @@ def test_settle_leaves_a_transaction_that_outlasts_its_wait(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """By then the broker has aborted a dead owner's transaction: logged, and the trainer
     goes on."""
-    monkeypatch.setattr(consumer_module, "SETTLE_STEP_S", 0.05)
+    monkeypatch.setattr(settle_module, "SETTLE_STEP_S", 0.05)
     fake = SlowUnstable(times=10**6)
     settle(fake, timeout_s=0.3)
     assert len(fake.asked) >= 3

@@ -183,19 +183,24 @@ def _two_requests_to_one_item() -> dict[str, list[bytes]]:
                             ScoreRequest(request_id="r2", user_id="u", k=1)])
 
 
-def test_a_request_that_meets_a_bug_in_the_decoder_is_refused_and_the_rest_answered(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Anything but a DecodeError escaped `answer_batch`: the scorer stopped, and the
-    restarted one read the same request again, never committed."""
+def _decoding_r1_raises(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """The scorer's request decoder meets a bug (raises `error`) on request r1 only."""
     real = answers._decode_request
 
     def buggy(value: bytes | None, key: bytes | None) -> ScoreRequest:
         req = real(value, key)
         if req.request_id == "r1":
-            raise RecursionError("maximum recursion depth exceeded")
+            raise error
         return req
 
     monkeypatch.setattr(answers, "_decode_request", buggy)
+
+
+def test_a_request_that_meets_a_bug_in_the_decoder_is_refused_and_the_rest_answered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything but a DecodeError escaped `answer_batch`: the scorer stopped, and the
+    restarted one read the same request again, never committed."""
+    _decoding_r1_raises(monkeypatch, RecursionError("maximum recursion depth exceeded"))
     got = _two_requests_to_one_item()
     preds = {p.request_id: p for p in map(decode_prediction, got[TOPICS.predictions])}
     assert preds["r2"].error is None and [i.item_id for i in preds["r2"].items] == ["i"]
@@ -260,15 +265,7 @@ def test_a_decoder_bug_whose_message_json_cannot_hold_is_still_dead_lettered(
         monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
     """Its message goes into the DLQ record and the error answer: a lone surrogate
     (orjson refuses it) or a raising __str__ escaped `answer_batch` (helper review)."""
-    real = answers._decode_request
-
-    def buggy(value: bytes | None, key: bytes | None) -> ScoreRequest:
-        req = real(value, key)
-        if req.request_id == "r1":
-            raise error
-        return req
-
-    monkeypatch.setattr(answers, "_decode_request", buggy)
+    _decoding_r1_raises(monkeypatch, error)
     got = _two_requests_to_one_item()
     [dead] = [decode_dlq(v) for v in got[TOPICS.dlq]]
     assert dead.reason == "decoder_error"
