@@ -45,14 +45,11 @@ class TailReader:
         self.kafka, self.topic, self.client_id = kafka, topic, client_id
         self._consumer: Consumer | None = None
         self._opened_at: dict[int, tuple[int, int]] = {}  # partition -> (low, high) at open
+        self.failed_checks = 0  # grow() calls in a row that could not list the topic
 
     def open(self, timeout_s: float = 10.0) -> dict[int, int]:
         """Assign from the beginning; partition -> end offset at this moment (the load target)."""
-        # Enforced: readiness is every partition's end reached, which only EOF events tell
-        # when the last offsets are transaction markers. A -X false kept the scorer loading.
-        consumer = make_consumer(self.kafka, self.client_id, f"{self.client_id}-unused",
-                                 enforce=REPORT_EOF)
-        self._consumer = consumer
+        consumer = self._consumer = self._new_consumer()
         try:
             meta = consumer.list_topics(self.topic, timeout=timeout_s)
             if self.topic not in meta.topics or meta.topics[self.topic].error is not None:
@@ -80,9 +77,11 @@ class TailReader:
         try:
             meta = consumer.list_topics(self.topic, timeout=timeout_s)
         except KafkaException as exc:
+            self.failed_checks += 1
             log.warning("cannot list %s to look for new partitions (%s); looking again "
                         "at the next check", self.topic, exc)
             return []
+        self.failed_checks = 0
         topic = meta.topics.get(self.topic)
         if topic is None or topic.error is not None:
             return []
@@ -91,6 +90,27 @@ class TailReader:
             self._opened_at.update({p: (0, 0) for p in new})
             consumer.incremental_assign([_TP(self.topic, p, OFFSET_BEGINNING) for p in new])
         return new
+
+    def renew(self) -> None:
+        """Replace the client, each partition going on from its position.
+
+        Once (in a CI run), after the broker came back from a stop on the same
+        port, this client stayed cut off for good: every check failed with
+        _TRANSPORT while the scorer's request client, in the same process, was
+        served again. A new client is what a restart would bring, without
+        reading the whole table again. Rows read twice are harmless (the last
+        row of a key wins).
+        """
+        old = self._opened()
+        positions = {tp.partition: tp.offset for tp in old.position(old.assignment())}
+        new = self._new_consumer()
+        new.assign([_TP(self.topic, p, offset if offset >= 0 else OFFSET_BEGINNING)
+                    for p, offset in sorted(positions.items())])
+        self._consumer, self.failed_checks = new, 0
+        try:
+            old.close()
+        except KafkaException as exc:
+            log.warning("closing the replaced %s client: %s", self.topic, exc)
 
     def poll(self, max_records: int, timeout_s: float) -> TailBatch:
         """What is fetched now (blocking at most `timeout_s` for the first record)."""
@@ -115,6 +135,12 @@ class TailReader:
             if position >= 0 and high >= 0:
                 out[tp.partition] = max(0, high - position)
         return out
+
+    def _new_consumer(self) -> Consumer:
+        # Enforced: readiness is every partition's end reached, which only EOF events tell
+        # when the last offsets are transaction markers. A -X false kept the scorer loading.
+        return make_consumer(self.kafka, self.client_id, f"{self.client_id}-unused",
+                             enforce=REPORT_EOF)
 
     def _opened(self) -> Consumer:
         if self._consumer is None:

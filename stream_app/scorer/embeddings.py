@@ -31,6 +31,10 @@ up to 0.3 s on the development machine (45-67 us a row); 128 rows is under 10 ms
 GROW_CHECK_S = 30.0
 """How often the scorer asks whether `embeddings` gained partitions (a metadata round
 trip in the request loop)."""
+RENEW_AFTER_FAILED_CHECKS = 2
+"""Checks in a row that cannot reach the cluster before the tail's client is replaced
+(`TailReader.renew`): about a minute. In an outage every client fails and a new one
+costs a connection attempt; a client cut off alone is cured by nothing else."""
 
 
 class EmbeddingsCopy:
@@ -89,6 +93,11 @@ class EmbeddingsCopy:
         added: list[int] = []
         if now >= self._grow_check:
             added, self._grow_check = tail.grow(), now + GROW_CHECK_S
+            if tail.failed_checks >= RENEW_AFTER_FAILED_CHECKS:
+                log.warning("topic=%s could not be listed at %d checks in a row: replacing "
+                            "its client, which goes on from where it was", tail.topic,
+                            tail.failed_checks)
+                tail.renew()
         if added:
             log.error("topic=%s gained partitions=%s: reading them from the beginning. Rows "
                       "of one key may now sit in two partitions, and which one a reader "

@@ -168,5 +168,48 @@ def test_the_scorers_partition_check_waits_out_an_outage(controlled_broker: Any)
         tail.open()
         broker.stop(signal.SIGKILL)
         assert tail.grow(timeout_s=2) == []
+        assert tail.failed_checks == 1
         assert broker.start() == kafka.bootstrap_servers
         assert tail.grow() == []  # the same partitions: nothing new, and no error
+        assert tail.failed_checks == 0
+
+
+def test_a_tail_client_replaced_during_an_outage_reads_on_once_the_broker_is_back(
+        controlled_broker: Any) -> None:
+    """The scorer replaces a tail client that cannot list its topic at two checks in a
+    row (`TailReader.renew`); in an outage every client fails, so the new one must
+    connect when the broker returns and go on from the old one's positions."""
+    from confluent_kafka import Producer
+
+    from stream_app.kafka.tail import TailReader
+
+    broker = controlled_broker()
+    kafka = new_kafka(broker.start())
+    topic = kafka.topics.embeddings
+
+    def produce_rows(keys: list[bytes]) -> None:
+        producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+        for n, key in enumerate(keys):
+            producer.produce(topic, key=key, value=b"{}", partition=n % 3)
+        assert producer.flush(30) == 0
+
+    produce_rows([b"item:a", b"item:b", b"item:c"])
+    seen: list[bytes] = []
+
+    def read(n: int) -> bool:
+        seen.extend(r.key or b"" for r in tail.poll(100, 0.2).records)
+        return len(seen) >= n
+
+    with TailReader(kafka, topic, client_id="rel-outage-renew") as tail:
+        tail.open()
+        wait_until(lambda: read(3), timeout=30, what="the first rows")
+        broker.stop(signal.SIGKILL)
+        tail.grow(timeout_s=2)
+        tail.grow(timeout_s=2)
+        assert tail.failed_checks == 2
+        tail.renew()
+        assert broker.start() == kafka.bootstrap_servers
+        produce_rows([b"item:d", b"item:e", b"item:f"])
+        wait_until(lambda: read(6), timeout=60, what="the rows written after the outage")
+        assert sorted(seen) == [b"item:a", b"item:b", b"item:c", b"item:d", b"item:e",
+                                b"item:f"]  # each once: not again from the beginning
