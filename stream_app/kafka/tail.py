@@ -45,6 +45,7 @@ class TailReader:
         self.kafka, self.topic, self.client_id = kafka, topic, client_id
         self._consumer: Consumer | None = None
         self._opened_at: dict[int, tuple[int, int]] = {}  # partition -> (low, high) at open
+        self._next: dict[int, int] = {}  # partition -> offset after the last record or end heard
         self.failed_checks = 0  # grow() calls in a row that could not list the topic
 
     def open(self, timeout_s: float = 10.0) -> dict[int, int]:
@@ -92,20 +93,27 @@ class TailReader:
         return new
 
     def renew(self) -> None:
-        """Replace the client, each partition going on from its position.
+        """Replace the client, each partition going on after the last record or end it
+        handed out.
 
         Once (in a CI run), after the broker came back from a stop on the same
         port, this client stayed cut off for good: every check failed with
         _TRANSPORT while the scorer's request client, in the same process, was
         served again. A new client is what a restart would bring, without
-        reading the whole table again. Rows read twice are harmless (the last
-        row of a key wins).
+        reading the whole table again. The offsets are this reader's own, not
+        the client's `position()`: that stays unknown on a new client until a
+        partition's next record, so a second renewal in one outage (or of a
+        quiet partition) would have read it again from the start, older rows of
+        a key over newer ones meanwhile.
         """
         old = self._opened()
-        positions = {tp.partition: tp.offset for tp in old.position(old.assignment())}
         new = self._new_consumer()
-        new.assign([_TP(self.topic, p, offset if offset >= 0 else OFFSET_BEGINNING)
-                    for p, offset in sorted(positions.items())])
+        try:
+            new.assign([_TP(self.topic, p, self._next.get(p, OFFSET_BEGINNING))
+                         for p in sorted(self._opened_at)])
+        except KafkaException:
+            new.close()
+            raise
         self._consumer, self.failed_checks = new, 0
         try:
             old.close()
@@ -115,8 +123,13 @@ class TailReader:
     def poll(self, max_records: int, timeout_s: float) -> TailBatch:
         """What is fetched now (blocking at most `timeout_s` for the first record)."""
         polled = poll_available(self._opened(), max_records, timeout_s)
-        return TailBatch(polled.records,
-                         {partition: offset for (_, partition), offset in polled.eof.items()})
+        batch = TailBatch(polled.records,
+                          {partition: offset for (_, partition), offset in polled.eof.items()})
+        for rec in batch.records:
+            self._next[rec.partition] = rec.offset + 1
+        for partition, offset in batch.eof.items():
+            self._next[partition] = max(self._next.get(partition, 0), offset)
+        return batch
 
     def lag(self) -> dict[int, int]:
         """Records behind the high watermark per partition (cached statistics, no round trip).
@@ -124,13 +137,14 @@ class TailReader:
         Before a partition's first fetch neither its position nor its cached
         watermark is known: it counts from its start to its end as `open()` saw
         them, so a partition not fetched yet shows its whole backlog, not nothing.
+        After a `renew()` it counts from where the old client got to.
         """
         consumer = self._opened()
         out: dict[int, int] = {}
         for tp in consumer.position(consumer.assignment()):
             start, end = self._opened_at.get(tp.partition, (-1, -1))
             _low, high = consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
-            position = tp.offset if tp.offset >= 0 else start
+            position = tp.offset if tp.offset >= 0 else self._next.get(tp.partition, start)
             high = high if high >= 0 else end
             if position >= 0 and high >= 0:
                 out[tp.partition] = max(0, high - position)
