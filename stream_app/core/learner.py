@@ -36,7 +36,7 @@ from stream_app.core.learner_state import LearnerState
 from stream_app.core.optim import GradAccumulator
 from stream_app.core.replay_buffer import ReplayBuffer
 from stream_app.core.stats import StepStats
-from stream_app.core.vocab import COLD_ROW, Vocab
+from stream_app.core.vocab import COLD_ROW, Vocab, counting_only
 from stream_app.events import Event, EventKind
 
 DEFERRED_CHUNK = 65_536
@@ -147,8 +147,8 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         t1 = time.perf_counter()
         pending = (self._user_vocab.pending_of(uids), self._item_vocab.pending_of(iids))
         draws = (self._gen.get_state(), self._replay.rng.bit_generator.state)
-        u_rows, u_adm = self._assign(self._user_vocab, uids, ts_np, now)
-        i_rows, i_adm = self._assign(self._item_vocab, iids, ts_np, now)
+        u_rows, u_adm = self._assign(self._user_vocab, uids, ts_np, now, pending[0])
+        i_rows, i_adm = self._assign(self._item_vocab, iids, ts_np, now, pending[1])
         self._sync_tables()
         cleared = self._evict_rows(u_adm.evicted_rows, i_adm.evicted_rows)
         self._users.reset_rows(self._t(u_adm.new_rows), self._gen)
@@ -282,9 +282,10 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
     def _t(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(array, device=self.device)
 
-    def _assign(self, vocab: Vocab, ids: list[str], ts: np.ndarray,
-                now: int) -> tuple[np.ndarray, Any]:
-        """Per-event rows for `ids`, admitting/evicting in `vocab`."""
+    def _assign(self, vocab: Vocab, ids: list[str], ts: np.ndarray, now: int,
+                pending_before: dict[str, int | None]) -> tuple[np.ndarray, Any]:
+        """Per-event rows for `ids`, admitting/evicting in `vocab`; the events that only
+        brought an id to its threshold stay on the cold row (`vocab.counting_only`)."""
         index: dict[str, int] = {}
         inverse = np.fromiter((index.setdefault(i, len(index)) for i in ids),
                               dtype=np.int64, count=len(ids))
@@ -292,7 +293,11 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         np.maximum.at(last, inverse, ts)
         counts = np.bincount(inverse, minlength=len(index)).astype(np.int64)
         adm = vocab.assign(list(index), last, counts, now)
-        return adm.rows[inverse], adm
+        rows = adm.rows[inverse]
+        if vocab.admission_threshold > 1 and adm.new_ids:
+            rows[counting_only(ids, ts, adm.new_ids, pending_before,
+                               vocab.admission_threshold)] = COLD_ROW
+        return rows, adm
 
     def _sync_tables(self) -> None:
         self._users.ensure(self._user_vocab.allocated)

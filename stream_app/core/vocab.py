@@ -311,6 +311,33 @@ class Vocab:
         return chosen[np.lexsort((names, ts[chosen]))]  # oldest first, then by id
 
 
+def counting_only(ids: Sequence[str], ts: npt.NDArray[np.int64], admitted: Sequence[str],
+                  pending_before: dict[str, int | None],
+                  threshold: int) -> npt.NDArray[np.bool_]:
+    """Per event: the events of an id admitted in this batch that only brought it to its
+    threshold (its earliest by event time, then position), which count for admission
+    alone, as they would have in earlier batches.
+
+    Without it every event of the admitting batch learned in the new row and counted in
+    its `updates`, so the count hung on how the events were split into steps: three
+    events at threshold 3 gave 3 in one step and 1 in three, and an aborted batch read
+    again in other steps published other counts.
+
+    >>> counting_only(["u", "u", "v", "u"], np.array([5, 3, 1, 9]), ["u"], {"u": 1}, 3)
+    array([False,  True, False, False])
+    """
+    need = {i: threshold - 1 - (pending_before.get(i) or 0) for i in admitted}
+    mask = np.zeros(len(ids), dtype=np.bool_)
+    if not any(n > 0 for n in need.values()):
+        return mask
+    for k in sorted((k for k, i in enumerate(ids) if need.get(i, 0) > 0),
+                    key=lambda k: (int(ts[k]), k)):
+        if need[ids[k]] > 0:
+            mask[k] = True
+            need[ids[k]] -= 1
+    return mask
+
+
 def _newer_count(newcomers: list[tuple[int, str]], oldest: list[tuple[int, str]]) -> int:
     """How many of the `oldest` rows (oldest first) the newcomers (newest first) replace:
     the k-th newest newcomer takes the k-th oldest row only if it is the more recent.

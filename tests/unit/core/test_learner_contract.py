@@ -693,3 +693,25 @@ def test_a_non_finite_batch_leaves_the_random_draws_where_they_were() -> None:
     learner._items.vec[row] = saved
     assert torch.equal(learner._gen.get_state(), gen)
     assert learner._replay.rng.bit_generator.state == replay
+
+
+def _updates(learner: Learner, user: str, item: str) -> list[tuple[str, str, int]]:
+    rows = learner.rows(user_ids=[user], item_ids=[item], model_version="v", now_ms=0)
+    return sorted((r.entity, r.id, r.updates) for r in rows)
+
+
+def test_an_admitted_rows_updates_do_not_hang_on_how_its_events_fell_into_steps() -> None:
+    """At threshold 3 the events that bring an id to it count for admission alone. Before,
+    every event of the admitting step landed in the new row: one step of three gave
+    `updates` 3, three steps of one gave 1, and an aborted batch read again in other
+    steps published other counts than the uninterrupted run."""
+    events = [ev(f"e{k}", "u", "x", T0 + k) for k in range(5)]
+    splits = ([events[:3], events[3:]], [[e] for e in events], [events[:1], events[1:]],
+              [events[:2], events[2:4], events[4:]], [list(reversed(events))])
+    seen = set()
+    for steps in splits:
+        learner = Learner(small_config(admission_threshold=3), device=DEVICE)
+        for step in steps:
+            learner.learn(step)
+        seen.add(tuple(_updates(learner, "u", "x")))
+    assert seen == {(("item", "x", 3), ("user", "u", 3))}
