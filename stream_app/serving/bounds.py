@@ -164,8 +164,10 @@ class BoundIndex:
         bound = torch.nan_to_num(bound, nan=float("inf"), posinf=float("inf"),
                                  neginf=NEG_INF)
         # Float32 rounding of a dot product is at most ~dim * 6e-8 * |x||v| (1e-4
-        # covers dim <= ~1,600), of the bias sum ~6e-8 * |bound|: both inside this slack.
-        slack = 1e-4 * norms * self.max_norm.unsqueeze(0) + 1e-6 * (1 + bound.abs())
+        # covers dim <= ~1,600; the schema allows 4,096), of the bias sum
+        # ~6e-8 * |bound|: both inside this slack.
+        rel = max(1e-4, 1.2e-7 * users.shape[1])
+        slack = rel * norms * self.max_norm.unsqueeze(0) + 1e-6 * (1 + bound.abs())
         bound = torch.where(torch.isfinite(bound), bound + slack, bound)
         return bound.flip(1).cummax(dim=1).values.flip(1)
 
