@@ -12,7 +12,12 @@ from typing import Any
 import fastjsonschema
 import orjson
 
-from stream_app.codec.exceptions import DETAIL_MAX_CHARS, DecodeError, DlqReason
+from stream_app.codec.exceptions import (
+    DETAIL_MAX_CHARS,
+    DecodeError,
+    DlqReason,
+    bounded_detail,
+)
 from stream_app.codec.schemas import error_for, schema
 from stream_app.codec.wire import MESSAGE_MAX_BYTES, b64decode, b64encode, check_value, parse_object
 from stream_app.events import Coordinates, DlqRecord, DlqStage
@@ -57,7 +62,7 @@ def make_dlq_record(
         partition=partition,
         offset=offset,
         reason=str(reason),
-        detail=detail[:DETAIL_MAX_CHARS],
+        detail=bounded_detail(detail),
         key=None if key is None else key[:DLQ_BYTES_MAX],
         value=None if value is None else value[:DLQ_BYTES_MAX],
         value_truncated=size > DLQ_BYTES_MAX,

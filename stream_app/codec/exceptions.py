@@ -55,6 +55,21 @@ class DlqReason(StrEnum):
     RANK_ERROR = "rank_error"  # ranking this request alone raised: a bug, not the request
 
 
+def bounded_detail(detail: str) -> str:
+    """`detail` within DETAIL_MAX_CHARS, saying how much was cut: a detail that ended
+    mid-word (200 unknown fields) read as the whole of it.
+
+    >>> bounded_detail("ab"), len(bounded_detail("x" * 5000))
+    ('ab', 1024)
+    >>> bounded_detail("x" * 5000)[-27:]
+    '... (4,003 more characters)'
+    """
+    if len(detail) <= DETAIL_MAX_CHARS:
+        return detail
+    keep = DETAIL_MAX_CHARS - len(f"... ({len(detail):,} more characters)")  # at most as long
+    return f"{detail[:keep]}... ({len(detail) - keep:,} more characters)"
+
+
 class DecodeError(Exception):
     """A record cannot be used; `.reason` is its DLQ reason, `.detail` says where.
 
@@ -64,7 +79,7 @@ class DecodeError(Exception):
 
     def __init__(self, reason: DlqReason, detail: str, *, request_id: str | None = None) -> None:
         self.reason = reason
-        self.detail = detail[:DETAIL_MAX_CHARS]
+        self.detail = bounded_detail(detail)
         self.request_id = request_id
         super().__init__(f"{reason}: {self.detail}")
 

@@ -80,7 +80,9 @@ def parse_error(value: bytes, exc: orjson.JSONDecodeError) -> DecodeError:
     # Only where a value was due: a key named "NaN" after a missing comma, or an unquoted
     # NaN key, is a syntax error like any other (they were labelled non_finite).
     value_due = "expected a JSON value" in exc.msg or "no digit after sign" in exc.msg
-    if "infinity" in exc.msg or (value_due and text[exc.pos:].startswith(_NON_FINITE)):
+    if "infinity" in exc.msg:  # 1e400, or an integer of 400 digits: no NaN/Infinity in it
+        return DecodeError(DlqReason.NON_FINITE, f"a number too large for a double: {exc}")
+    if value_due and text[exc.pos:].startswith(_NON_FINITE):
         return DecodeError(DlqReason.NON_FINITE, f"NaN/Infinity are not JSON: {exc}")
     return DecodeError(DlqReason.NOT_JSON, str(exc))
 

@@ -91,6 +91,30 @@ def forget_request(rec: RawRecord) -> tuple[bytes | None, str] | None:
     return (rec.key, request) if isinstance(request, str) and request else None
 
 
+def forget_user(control: bytes, key: bytes | None) -> str:
+    """The user a record with the control header asks to forget.
+
+    Any other value of the header went on to be decoded as an event: a forget sent
+    as "Forget" was learned, or dead-lettered as a click missing its fields, and
+    erased nothing (review of the DLQ path). A key error says it was a forget.
+
+    >>> forget_user(b"forget", b"u1")
+    'u1'
+    >>> forget_user(b"Forget", b"u1")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    stream_app.codec.exceptions.DecodeError: schema: ...'Forget'... erases nothing
+    """
+    if control != b"forget":
+        raise DecodeError(DlqReason.SCHEMA, f"unknown value {control[:64]!r} of the header "
+                          f"{CONTROL_HEADER} (only b'forget' is known, in lower case): the "
+                          "record is not learned, and erases nothing")
+    try:
+        return decode_id_key(key)
+    except DecodeError as err:
+        raise DecodeError(err.reason, f"forget request: {err.detail}") from err
+
+
 def check_forget_value(value: bytes | None, user: str) -> str | None:
     """A forget record's value must say it is one, and name the key's user if it names one;
     returns its request id (None without one), parsed once with the check.
@@ -169,8 +193,9 @@ def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
     out = Decoded()
     for rec in batch:
         try:
-            if rec.header(CONTROL_HEADER) == b"forget":  # the key is the user to forget
-                user = decode_id_key(rec.key)
+            control = rec.header(CONTROL_HEADER)
+            if control is not None:  # the key is the user to forget
+                user = forget_user(control, rec.key)
                 out.forget_requests.append(check_forget_value(rec.value, user))
                 out.forgets.append(user)
                 out.forget_records.append(rec)

@@ -26,6 +26,7 @@ from stream_app.codec import (
     decode_meta,
     decode_prediction,
     decode_score_request,
+    make_dlq_record,
 )
 from stream_app.events import EventKind
 
@@ -97,3 +98,25 @@ def test_nan_and_infinity_are_told_from_syntax_errors_near_them(value: bytes,
     with pytest.raises(DecodeError) as caught:
         decode_event(value, b"u", EventKind.CLICK)
     assert caught.value.reason.value == reason
+
+
+@pytest.mark.parametrize("number", [b"1" * 400, b"1e400", b"-1e999"])
+def test_a_number_too_large_for_a_double_is_not_called_nan_or_infinity(number: bytes) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_event(b'{"event_id":' + number + b',"ts":1}', b"u", EventKind.CLICK)
+    assert caught.value.reason.value == "non_finite"
+    assert caught.value.detail.startswith("a number too large for a double")
+
+
+def test_a_detail_cut_to_its_bound_says_how_much_was_left_out() -> None:
+    """It ended mid-name (`'field_0070', 'field`) and read as the whole list."""
+    fields = ",".join(f'"field_{n:04d}":1' for n in range(200))
+    value = b'{"event_id":"e","user_id":"u","item_id":"i","ts":1700000000000,' + \
+        fields.encode() + b"}"
+    with pytest.raises(DecodeError) as caught:
+        decode_event(value, b"u", EventKind.CLICK)
+    assert caught.value.reason.value == "unknown_field"
+    assert caught.value.detail.endswith(" more characters)")
+    record = make_dlq_record(source_topic="t", partition=0, offset=0, reason=DlqReason.SCHEMA,
+                             detail="x" * 5000, key=None, value=b"v", ts=0, stage="decode")
+    assert record.detail.endswith("... (4,003 more characters)") and len(record.detail) == 1024

@@ -63,6 +63,20 @@ def test_a_forget_whose_key_is_no_id_is_dead_lettered_not_applied() -> None:
     assert out.forgets == ["u2"]
     assert [(d.offset, d.reason) for d in out.dlq] == [
         (0, "bad_utf8"), (1, "bad_id_chars"), (2, "id_too_long"), (3, "missing_key")]
+    assert all(d.detail.startswith("forget request: ") for d in out.dlq)  # not a click's
+
+
+def test_an_unknown_value_of_the_control_header_is_dead_lettered_not_learned() -> None:
+    """Any value but b"forget" went on to be decoded as an event: a forget sent as
+    "Forget" was learned when its value was an event, or dead-lettered as a click
+    missing its fields, and erased nothing either way (review of the DLQ path)."""
+    batch = [_rec(0, b'{"type":"forget","user_id":"u1"}', headers=((CONTROL_HEADER, b"Forget"),)),
+             _rec(1, _event(1), headers=((CONTROL_HEADER, b"FORGET"),)),
+             _rec(2, _event(2), headers=(("trace-id", b"abc"),))]  # other headers: an event
+    out = decode_batch(batch, TOPICS, now_ms=NOW, max_future_ms=86_400_000)
+    assert out.forgets == [] and [e.event_id for e in out.segments[0]] == ["e2"]
+    assert [(d.offset, d.reason) for d in out.dlq] == [(0, "schema"), (1, "schema")]
+    assert "b'Forget'" in out.dlq[0].detail and CONTROL_HEADER in out.dlq[0].detail
 
 
 def test_a_forget_header_on_a_record_that_is_no_forget_request_erases_nothing() -> None:
