@@ -131,8 +131,11 @@ def check_forget_value(value: bytes | None, user: str) -> str | None:
     ...
     stream_app.codec.exceptions.DecodeError: schema: ... not a forget request, and erases nothing
     """
+    if not value:
+        raise DecodeError(DlqReason.MISSING_VALUE, 'forget request: no value; it must be '
+                          '{"type": "forget", "user_id": <its key>}')
     try:
-        obj = orjson.loads(value or b"")
+        obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(DlqReason.NOT_JSON, f"forget request: {exc}") from exc
     if not isinstance(obj, dict) or obj.get("type") != "forget":

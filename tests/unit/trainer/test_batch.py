@@ -86,11 +86,13 @@ def test_a_forget_header_on_a_record_that_is_no_forget_request_erases_nothing() 
     batch = [_rec(0, _event(0), headers=headers),  # a click, with the header by mistake
              _rec(1, b'{"type":"forget","user_id":"u7"}', headers=headers),  # keyed u1
              _rec(2, b"not json", headers=headers),
-             _rec(3, b'{"type":"forget","user_id":"u1","request_id":"r"}', headers=headers)]
+             _rec(3, b'{"type":"forget","user_id":"u1","request_id":"r"}', headers=headers),
+             _rec(4, None, headers=headers), _rec(5, b"", headers=headers)]
     out = decode_batch(batch, TOPICS, now_ms=NOW, max_future_ms=86_400_000)
     assert out.forgets == ["u1"] and out.forget_requests == ["r"]
     assert [(d.offset, d.reason) for d in out.dlq] == [
-        (0, "schema"), (1, "key_mismatch"), (2, "not_json")]
+        (0, "schema"), (1, "key_mismatch"), (2, "not_json"), (4, "missing_value"),
+        (5, "missing_value")]
 
 
 def test_a_forget_naming_a_deeply_nested_user_id_is_dead_lettered_with_the_batch_kept() -> None:
