@@ -37,7 +37,11 @@ from stream_app.codec import (
 from stream_app.config import ConfigError, KafkaConfig
 from stream_app.events import Prediction, ScoreRequest
 from stream_app.kafka.admin import require_topics
-from stream_app.kafka.clients import LATENCY_PRODUCER_DEFAULTS, make_producer
+from stream_app.kafka.clients import (
+    LATENCY_PRODUCER_DEFAULTS,
+    check_consumer_settings,
+    make_producer,
+)
 from stream_app.kafka.produce import DeliveryError, Outgoing, produce_waiting
 from stream_app.kafka.reply_reader import ReplyReader
 
@@ -274,6 +278,9 @@ def request_command(kafka: KafkaConfig, user_id: str, *, k: int, candidates: tup
         encode_score_request(probe)
     except EncodeError as exc:
         raise ConfigError(f"the scorer would refuse this request: {exc}") from exc
+    # A bad consumer-only -X value (fetch.wait.max.ms=abc) was reported as "no broker"
+    # (exit 75) when the cluster was down: librdkafka checks it when the client is made.
+    check_consumer_settings(kafka, "stream-app-client-consumer", "stream-app-client-check")
     require_topics(kafka, [kafka.topics.score_requests, kafka.topics.predictions])
     with ScoreClient(kafka) as client:
         try:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from stream_app.cli.common import kafka_args, kafka_config
-from stream_app.config import ConfigError
+from stream_app.config import ConfigError, KafkaConfig
 from stream_app.config_load import check_environment, environment
 
 
@@ -97,6 +97,7 @@ def _broker(args: argparse.Namespace) -> int:
         if given:
             source = ("--bootstrap-servers" if args.bootstrap_servers
                       else "STREAM_APP_BOOTSTRAP_SERVERS")
+            KafkaConfig(bootstrap_servers=given)  # HOST:PORT, or a ConfigError (exit 2) now
             if not wait_for_broker(given, timeout_s=10, raise_on_timeout=False):
                 raise BrokerUnavailable(f"no broker answers at {given} (from {source}, which "
                                   "reuses a running broker): unset it to start one here")

@@ -133,14 +133,21 @@ class Scorer:
         # checks, the metrics server and the clients (it failed after all three).
         check_consumer_settings(self.kafka, cid, self.cfg.group_id, enforce=REPORT_EOF)
         check_message_room(self.kafka, f"{cid}-producer", ANSWER_RECORD_MAX)
-        require_topics(self.kafka, [t.embeddings, t.score_requests, t.predictions, t.dlq],
-                       compacted=[t.embeddings], record_room={t.predictions: ANSWER_RECORD_MAX})
         if self.cfg.threads is not None:
             set_threads(self.cfg.threads)
+        # The metrics address before the broker, as the trainer: a port in use was
+        # reported as "no broker" (exit 75, try again) when the cluster was down.
         with MetricsServer(self.registry, self.cfg.metrics_host, self.cfg.metrics_port,
-                           ready=self.readiness) as server, \
-                TailReader(self.kafka, t.embeddings, client_id=f"{cid}-embeddings") as tail:
+                           ready=self.readiness) as server:
             self.metrics_port = server.port
+            require_topics(self.kafka, [t.embeddings, t.score_requests, t.predictions, t.dlq],
+                           compacted=[t.embeddings],
+                           record_room={t.predictions: ANSWER_RECORD_MAX})
+            return self._serve()
+
+    def _serve(self) -> int:
+        t, cid = self.topics, self.cfg.client_id
+        with TailReader(self.kafka, t.embeddings, client_id=f"{cid}-embeddings") as tail:
             producer = ReplyProducer(self.kafka, client_id=f"{cid}-producer")
             self.watchdog.beat("open embeddings")
             self.embeddings.open(tail)

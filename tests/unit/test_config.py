@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,37 @@ def test_a_bad_consumer_only_value_is_refused_before_looking_for_a_broker(
                  "-X", "fetch.wait.max.ms=abc"]) == 2
     assert 'Invalid value for configuration property "fetch.wait.max.ms"' in \
         capsys.readouterr().err
+
+
+def test_request_refuses_a_bad_consumer_only_value_before_looking_for_a_broker(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["request", "u1", "--bootstrap-servers", "127.0.0.1:1",
+                 "-X", "fetch.wait.max.ms=abc"]) == 2
+    assert 'Invalid value for configuration property "fetch.wait.max.ms"' in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["scorer", "trainer"])
+def test_a_metrics_address_that_cannot_be_served_is_refused_before_looking_for_a_broker(
+        command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The scorer checked its topics first: with no broker, a port in use or a bad host
+    exited 75 ("try again") for good."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main([command, "--bootstrap-servers", "127.0.0.1:1",
+                     "--metrics-port", str(port)]) == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("servers", ["nohost", "127.0.0.1:99999"])
+def test_broker_start_refuses_a_bad_address_to_reuse_before_waiting_for_it(
+        servers: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """It waited 10 s and said "no broker answers" (exit 75); librdkafka takes port
+    99999 for 34463, where another broker could answer."""
+    assert main(["broker", "start", "--bootstrap-servers", servers]) == 2
+    assert "bootstrap_servers" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("args", "says"), [
