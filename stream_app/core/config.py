@@ -42,6 +42,16 @@ STEP_MAX = 1e3
 items start at about `init_std`. Far past it (1e39 passed) the float32 rows became
 inf or NaN: applied, the changelog refused them; at the start, every batch with a new
 item was non-finite and dead-lettered, for good."""
+WEIGHT_MAX = 1e6
+"""Largest loss and score weight (clicks, purchases, history, popularity, release boost,
+lr decay). Far past it a typo raised (purchase_weight 1e100: "invalid multinomial
+distribution") or made every loss non-finite (history_weight 1e30), every event
+dead-lettered; at the bound, learning was checked to stay finite."""
+TIME_MS_MAX = 1000 * 365 * DAY_MS
+"""Largest event-time span (1,000 years): 10**20 ms raised OverflowError in the model."""
+EVAL_K_MAX = 10_000
+NEGATIVES_MAX = 100_000
+"""Largest sampled or in-batch negative count: 10**9 was an out-of-memory kill."""
 EPS_MIN = 1e-30
 """Smallest optimiser `eps`: float32 (the tables' type) holds it, well above its
 smallest normal number (1.2e-38); below ~1.4e-45 it rounds to 0."""
@@ -138,7 +148,16 @@ class LearnerConfig:
                 raise ValueError(f"learner.{name} must be >= 0, got {getattr(self, name)!r}")
         for name, top in (("dim", DIM_MAX), ("recent_items", RECENT_ITEMS_MAX),
                           ("seed", SEED_MAX), ("replay_capacity", REPLAY_CAPACITY_MAX),
-                          ("lr", STEP_MAX), ("init_std", STEP_MAX)):
+                          ("lr", STEP_MAX), ("init_std", STEP_MAX),
+                          ("click_weight", WEIGHT_MAX), ("purchase_weight", WEIGHT_MAX),
+                          ("history_weight", WEIGHT_MAX), ("pop_weight", WEIGHT_MAX),
+                          ("release_boost", WEIGHT_MAX), ("lr_decay", WEIGHT_MAX),
+                          ("replay_ratio", 100), ("negative_pop_exponent", 10),
+                          ("eval_k", EVAL_K_MAX), ("num_sampled_negatives", NEGATIVES_MAX),
+                          ("max_in_batch_negatives", NEGATIVES_MAX),
+                          *((name, TIME_MS_MAX) for name in (
+                              "idle_ttl_ms", "rate_cap_window_ms", "popularity_half_life_ms",
+                              "release_window_ms", "max_time_jump_ms"))):
             if getattr(self, name) > top:
                 raise ValueError(f"learner.{name} must be at most {top}, got "
                                  f"{getattr(self, name)!r}")

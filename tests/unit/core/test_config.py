@@ -28,6 +28,13 @@ from stream_app.core import LearnerConfig
     ({"seed": 2**64}, "learner.seed must be at most 4294967295"),
     # float32 rounds it to 0: a zero row's first update was 0/0, NaN rows published
     ({"eps": 1e-50}, "learner.eps must be at least 1e-30 (float32 rounds a smaller one to 0)"),
+    # Far past these a typo raised in the model or the sampler after the trainer had
+    # joined its group (exit 1 at every restart), or dead-lettered every event.
+    ({"purchase_weight": 1e100}, "learner.purchase_weight must be at most 1000000.0"),
+    ({"history_weight": 1e30}, "learner.history_weight must be at most 1000000.0"),
+    ({"release_window_ms": 10**20}, "learner.release_window_ms must be at most 31536000000000"),
+    ({"eval_k": 10**20}, "learner.eval_k must be at most 10000"),
+    ({"num_sampled_negatives": 10**9}, "learner.num_sampled_negatives must be at most 100000"),
 ])
 def test_invalid_values_name_the_field_and_fix(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")
