@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stream_app.kafka.broker import free_port
+from stream_app.kafka.broker_process import pdeathsig_prefix
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,14 @@ class Child:
 
 
 def start_component(name: str, args: Sequence[str], *, log_dir: Path) -> Child:
-    """`stream-app <name> <args> --metrics-port <free>`, output to `<log_dir>/<name>.log`."""
+    """`stream-app <name> <args> --metrics-port <free>`, output to `<log_dir>/<name>.log`.
+
+    The kernel stops it when the thread that started it dies (`pdeathsig_prefix`):
+    a demo killed by SIGKILL left its trainer and scorer running, in their own sessions.
+    """
     port = free_port()
-    cmd = [sys.executable, "-m", "stream_app.cli", name, *args, "--metrics-port", str(port)]
+    cmd = [*pdeathsig_prefix(), sys.executable, "-m", "stream_app.cli", name, *args,
+           "--metrics-port", str(port)]
     log_file = log_dir / f"{name}.log"
     with log_file.open("ab") as out:
         proc = subprocess.Popen(  # noqa: S603 (our own interpreter and module)

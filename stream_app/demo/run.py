@@ -85,10 +85,14 @@ class DemoOptions:
 def local_broker(display: LiveDisplay) -> Iterator[tuple[str, bool]]:
     """A broker under ~/.cache/stream-app/demo-broker, and whether we started it (then it
     is stopped after, and its next start wipes its data)."""
-    settings = broker.BrokerSettings(port=0, state_dir=broker.default_cache_dir() / "demo-broker")
+    # dies_with_caller: a demo killed by SIGKILL (an OOM kill, a CI timeout) left the
+    # broker running, and the next demo reused it and never stopped it.
+    settings = broker.BrokerSettings(port=0, state_dir=broker.default_cache_dir() / "demo-broker",
+                                     dies_with_caller=True)
     existing = broker.running(settings)
     if existing is not None:
-        display.note(f"reusing the demo broker at {existing.bootstrap_servers}")
+        display.note(f"reusing the demo broker at {existing.bootstrap_servers} (another demo's; "
+                     f"`stream-app broker stop --state-dir {settings.state_dir}` stops it)")
         yield existing.bootstrap_servers, False
         return
     display.note("starting a local Kafka broker (KRaft, first run resolves its jars) ...")

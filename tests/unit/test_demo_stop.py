@@ -8,6 +8,7 @@ from pathlib import Path
 
 from stream_app.demo.processes import Child
 from stream_app.demo.run import _stop_children
+from tests.integration.kafka_helpers import wait_until
 
 ON_TERM = ("import signal, sys, time\n"
            "signal.signal(signal.SIGTERM, lambda *_: sys.exit({code}))\n"
@@ -72,3 +73,31 @@ def test_a_second_interrupt_while_stopping_leaves_no_component_running(
     with pytest.raises(KeyboardInterrupt):
         stop_all([child])
     assert stubborn.poll() is not None  # killed, not left behind
+
+
+PARENT = ("import sys, time\n"
+          "from pathlib import Path\n"
+          "from stream_app.demo.processes import start_component\n"
+          "child = start_component('scorer', ['--bootstrap-servers', '127.0.0.1:1'],\n"
+          "                        log_dir=Path(sys.argv[1]))\n"
+          "print(child.proc.pid, flush=True)\n"
+          "time.sleep(60)\n")
+
+
+def test_a_component_is_told_to_stop_when_the_demo_is_killed(tmp_path: Path) -> None:
+    """In its own session, it outlived a demo killed by SIGKILL (an OOM kill, a CI
+    timeout). The scorer here waits for a broker at 127.0.0.1:1 that never answers and
+    then exits on its own; its log says whether the kernel's SIGTERM reached it first."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path)],  # noqa: S603
+                              stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    log = tmp_path / "scorer.log"
+    wait_until(lambda: "metrics_http listening" in log.read_text(), timeout=60,
+               what="the scorer to start")
+    parent.kill()
+    parent.wait()
+    wait_until(lambda: not Path(f"/proc/{child}").exists()
+               or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z",
+               timeout=60, what="the scorer to exit")
+    assert "signal=SIGTERM" in log.read_text()
