@@ -14,7 +14,12 @@ is fetched (no waiting for a full batch).
 Memory stays bounded in a long-lived client: answers to other clients'
 requests (the topic is shared) are not kept, `request` drops its answer once
 returned, and `send`/`wait` remember the last `KEEP` requests sent, with their
-answers.
+answers (about 3 KiB an answer at k=20, 150 KiB at k=1000): a program that
+sends many should `release` the ids it is done with.
+
+An answer may be an error (`Prediction.error` set, no items): the scorer
+refused the request or could not rank it (`answer_too_large`, `rank_error`,
+...). A client one thread uses at a time; it holds no locks.
 """
 
 from __future__ import annotations
@@ -174,6 +179,12 @@ class ScoreClient:
             self._receive(min(left, 0.1))
         return {r: self._answers[r] for r in wanted if r in self._answers}
 
+    def release(self, request_ids: Iterable[str]) -> None:
+        """Stop keeping these requests and their answers (a later copy is ignored): what
+        a program that sends many does with the ids it has handled."""
+        for rid in request_ids:
+            self._forget(rid)
+
     def _receive(self, timeout: float) -> None:
         """Take the answers that are there (blocking at most `timeout` for the first)."""
         for rec in self._answers_in.poll(1000, timeout):
@@ -198,7 +209,8 @@ class ScoreClient:
                 exclude: tuple[str, ...] = (), exclude_seen: bool = True, explain: bool = False,
                 timeout_s: float = 10.0) -> Prediction:
         """Send one request and wait for its answer; `TimeoutError` if none comes in time,
-        `DeliveryError` if the request itself never reached Kafka."""
+        `DeliveryError` if the request itself never reached Kafka. The answer may be an
+        error answer: check `.error` before reading `.items` as "nothing to recommend"."""
         req = ScoreRequest(request_id=uuid.uuid4().hex, user_id=user_id, k=k,
                            candidates=candidates, exclude=exclude, exclude_seen=exclude_seen,
                            explain=explain)

@@ -52,3 +52,20 @@ def test_others_answers_are_skipped_by_key_before_decoding(
     client._receive(0.0)  # noqa: SLF001
     assert list(client._answers) == ["mine"] and client.duplicates == 1  # noqa: SLF001
     assert len(decoded) == 2
+
+
+def test_released_requests_keep_no_answer_and_ignore_later_copies() -> None:
+    """`send`/`wait` kept every answer until `KEEP` later sends pushed it out: at k=1000,
+    about 14 GiB for a program that never stopped sending."""
+    client = ScoreClient.__new__(ScoreClient)
+    client._sent = RecentIds(KEEP)  # noqa: SLF001
+    client._answers, client.undelivered, client.duplicates = {}, {}, 0  # noqa: SLF001
+    for rid in ("a", "b"):
+        client._sent.add(rid)  # noqa: SLF001
+    client._answers_in = _Topic([_answer("a"), _answer("b")])  # type: ignore[assignment]  # noqa: SLF001
+    client._receive(0.0)  # noqa: SLF001
+    client.release(["a"])
+    assert list(client._answers) == ["b"]  # noqa: SLF001
+    client._answers_in = _Topic([_answer("a")])  # type: ignore[assignment]  # noqa: SLF001
+    client._receive(0.0)  # noqa: SLF001
+    assert list(client._answers) == ["b"]  # noqa: SLF001
