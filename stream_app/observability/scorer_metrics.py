@@ -21,7 +21,9 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175,
     0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
 )
-BATCH_REQUESTS_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(0, 12))
+BATCH_REQUESTS_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(0, 21))
+"""Up to 2**20: `scorer.batch_max` may be 1,000,000, and buckets that stopped at 2,048
+flattened the dashboard's batch-size p50 there."""
 
 
 class RequestPhase(StrEnum):
