@@ -91,7 +91,7 @@ def forget_request(rec: RawRecord) -> tuple[bytes | None, str] | None:
     return (rec.key, request) if isinstance(request, str) and request else None
 
 
-def forget_user(control: bytes, key: bytes | None) -> str:
+def forget_user(control: bytes | None, key: bytes | None) -> str:
     """The user a record with the control header asks to forget.
 
     Any other value of the header went on to be decoded as an event: a forget sent
@@ -106,7 +106,8 @@ def forget_user(control: bytes, key: bytes | None) -> str:
     stream_app.codec.exceptions.DecodeError: schema: ...'Forget'... erases nothing
     """
     if control != b"forget":
-        raise DecodeError(DlqReason.SCHEMA, f"unknown value {control[:64]!r} of the header "
+        shown_value = "null" if control is None else repr(control[:64])
+        raise DecodeError(DlqReason.SCHEMA, f"unknown value {shown_value} of the header "
                           f"{CONTROL_HEADER} (only b'forget' is known, in lower case): the "
                           "record is not learned, and erases nothing")
     try:
@@ -196,9 +197,8 @@ def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
     out = Decoded()
     for rec in batch:
         try:
-            control = rec.header(CONTROL_HEADER)
-            if control is not None:  # the key is the user to forget
-                user = forget_user(control, rec.key)
+            if rec.headers and any(k == CONTROL_HEADER for k, _ in rec.headers):
+                user = forget_user(rec.header(CONTROL_HEADER), rec.key)  # the key's user
                 out.forget_requests.append(check_forget_value(rec.value, user))
                 out.forgets.append(user)
                 out.forget_records.append(rec)

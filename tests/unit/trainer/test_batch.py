@@ -72,10 +72,13 @@ def test_an_unknown_value_of_the_control_header_is_dead_lettered_not_learned() -
     missing its fields, and erased nothing either way (review of the DLQ path)."""
     batch = [_rec(0, b'{"type":"forget","user_id":"u1"}', headers=((CONTROL_HEADER, b"Forget"),)),
              _rec(1, _event(1), headers=((CONTROL_HEADER, b"FORGET"),)),
-             _rec(2, _event(2), headers=(("trace-id", b"abc"),))]  # other headers: an event
+             _rec(2, _event(2), headers=(("trace-id", b"abc"),)),  # other headers: an event
+             _rec(3, _event(3), headers=((CONTROL_HEADER, None),))]  # type: ignore[arg-type]
     out = decode_batch(batch, TOPICS, now_ms=NOW, max_future_ms=86_400_000)
     assert out.forgets == [] and [e.event_id for e in out.segments[0]] == ["e2"]
-    assert [(d.offset, d.reason) for d in out.dlq] == [(0, "schema"), (1, "schema")]
+    assert [(d.offset, d.reason) for d in out.dlq] == [(0, "schema"), (1, "schema"),
+                                                       (3, "schema")]
+    assert "unknown value null" in out.dlq[2].detail
     assert "b'Forget'" in out.dlq[0].detail and CONTROL_HEADER in out.dlq[0].detail
 
 
