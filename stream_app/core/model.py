@@ -116,12 +116,16 @@ class Table:
                 getattr(self, name)[rows] = value
 
     def state(self) -> dict[str, Any]:
-        """Copies of the tensors, for `Learner.state_dict`: a snapshot is written by a
-        background thread while learning goes on."""
-        return {"vec": self.vec.clone(), "updates": self.updates.clone(),
-                "logpop": self.logpop.clone(), "hist": self.hist.clone(),
-                "released": self.released.clone(),
-                "slots": {k: v.clone() for k, v in self.slots.items()}}
+        """Copies of the tensors in host memory, for `Learner.state_dict`: a snapshot is
+        written by a background thread while learning goes on, and copies kept on a GPU
+        doubled the tables' device memory for the seconds the write takes."""
+        def copy(t: torch.Tensor) -> torch.Tensor:
+            return t.to("cpu", copy=True)
+
+        return {"vec": copy(self.vec), "updates": copy(self.updates),
+                "logpop": copy(self.logpop), "hist": copy(self.hist),
+                "released": copy(self.released),
+                "slots": {k: copy(v) for k, v in self.slots.items()}}
 
     def load_state(self, src: dict[str, Any]) -> None:
         """Take `state()`'s tensors; a snapshot from before the entity split (every

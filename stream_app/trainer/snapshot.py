@@ -76,6 +76,17 @@ def write_state(path: Path, state: dict[str, Any], tag: SnapshotTag) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # a half-written file holds users' state too
         raise
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder after a rename or a delete in it: without it, a power loss could
+    bring back the file before (an older snapshot, or one deleted after an erasure)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _NUMPY_GLOBALS: list[Any] = [getattr(importlib.import_module("numpy._core.multiarray"),
@@ -90,16 +101,19 @@ runs no code in the trainer (security review: a pickle's __reduce__ ran at load)
 def read_snapshot(path: Path) -> tuple[SnapshotTag, dict[str, Any]] | None:
     """(tag, learner state) of the file, or None when there is none.
 
-    Raises ValueError when the file is there but unreadable or of another format.
+    Raises ValueError when the file is there but unreadable or of another format, or
+    the folder cannot be read (an error there stopped the trainer at its next restore).
     """
-    if not path.exists():
-        return None
     try:
+        if not path.exists():
+            return None
         with torch.serialization.safe_globals(_NUMPY_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
         if obj.get("format") not in READABLE:
             raise ValueError(f"format {obj.get('format')!r}, expected one of {sorted(READABLE)}")
         tag = obj["tag"]
+        if not isinstance(obj["state"], dict):
+            raise ValueError(f"its state is a {type(obj['state']).__name__}, not a dict")
         return SnapshotTag(topic=tag["topic"], topic_id=tag["topic_id"],
                            ends={int(p): int(o) for p, o in tag["ends"].items()},
                            written_ms=int(tag["written_ms"])), obj["state"]
@@ -230,7 +244,12 @@ class Snapshots:
             log.warning("snapshot skipped: %s", exc)
             self.write_failed = True  # due again; a file older than an erasure goes
             return False
-        state = learner.state_dict()
+        try:
+            state = learner.state_dict()
+        except (RuntimeError, MemoryError) as exc:  # out of memory (host, or CUDA's own)
+            log.error("snapshot skipped: the learner's state could not be copied: %s", exc)
+            self.write_failed = True
+            return False
         if wait:
             self._write(state, tag, erasures)
             return True
@@ -252,6 +271,7 @@ class Snapshots:
         self.erasures = erasures
         try:
             self.path.unlink(missing_ok=True)
+            sync_folder(self.path.parent)
         except OSError as exc:
             log.error("could not delete snapshot %s (%s): %s; delete it by hand", self.path,
                       why, exc)

@@ -649,3 +649,42 @@ def test_a_snapshot_keeps_nothing_of_a_user_another_trainer_published_after_it()
     assert "z-old" in restored._dedup and "y-old" not in restored._dedup  # noqa: SLF001
     replayed = set(restored._replay.users[:restored._replay.size])  # noqa: SLF001
     assert replayed == {"z"}
+
+
+def test_a_folder_that_cannot_be_read_or_a_foreign_state_falls_back_to_the_changelog(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error from the folder's stat (permissions changed, NFS, a failing disk) and a
+    file whose state is no dict escaped `load_into`: the trainer stopped (exit 1) at its
+    next restore, where a snapshot is only a speed-up (review of the snapshot path)."""
+    store = _FixedTag(KafkaConfig(bootstrap_servers="127.0.0.1:9092"), folder=str(tmp_path),
+                      transactional_id="t", max_age_s=60)
+    learner = Learner(CONFIG, device=DEVICE)
+    write_state(store.path, [1, 2], _tag())  # type: ignore[arg-type]
+    assert store.load_into(Learner(CONFIG, device=DEVICE)) is None
+    write_state(store.path, learner.state_dict(), _tag())
+
+    def unreadable(_path: Path) -> bool:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "exists", unreadable)
+    assert store.load_into(Learner(CONFIG, device=DEVICE)) is None
+    monkeypatch.undo()
+    assert store.load_into(Learner(CONFIG, device=DEVICE)) == _tag()  # the control
+
+
+def test_a_state_that_cannot_be_copied_skips_the_snapshot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of memory while copying the tables (on a GPU, the copies stayed there for the
+    seconds the write takes) stopped the trainer, where a failed write only costs the
+    next restart's speed."""
+    store = _FixedTag(KafkaConfig(bootstrap_servers="127.0.0.1:9092"), folder=str(tmp_path),
+                      transactional_id="t", max_age_s=60)
+    learner = Learner(CONFIG, device=DEVICE)
+
+    def out_of_memory() -> dict[str, Any]:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(learner, "state_dict", out_of_memory)
+    assert store.write(learner, ends=_tag().ends, wait=True) is False
+    assert store.write_failed and not store.path.exists()
+
