@@ -182,6 +182,27 @@ def _wait_visible(admin: AdminClient, topics: list[str], timeout_s: float) -> No
     raise TopicError(f"topics {topics} were created but did not appear within {timeout_s}s")
 
 
+def check_co_partitioned(counts: dict[str, int]) -> None:
+    """TopicError unless every topic of `counts` has as many partitions: a user's events
+    are keyed by user id and must land on the same partition number in each.
+
+    >>> check_co_partitioned({"clicks": 3, "purchases": 3})
+    >>> check_co_partitioned({"clicks": 3, "purchases": 4})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    stream_app.kafka.exceptions.TopicError: topics must have the same partition count ...
+    """
+    if len(set(counts.values())) > 1:
+        shown = ", ".join(f"{t} has {n}" for t, n in counts.items())
+        raise TopicError(
+            f"topics must have the same partition count to be co-partitioned, but {shown} "
+            "partitions: a user's events are keyed by user id and must land on the same "
+            "partition number in each. Recreate them with one count, or run on a new "
+            "topic prefix (partitions added to both move users to other partitions: "
+            "README, Operations)"
+        )
+
+
 def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.0, *,
                    co_partitioned: Sequence[str] = (), compacted: Sequence[str] = (),
                    record_room: Mapping[str, int] | None = None) -> dict[str, int]:
@@ -208,14 +229,7 @@ def require_topics(kafka: KafkaConfig, topics: list[str], timeout_s: float = 10.
             f"create them with `stream-app topics create{prefix}` (and this command's "
             "--bootstrap-servers and -X settings) or fix --topic-prefix"
         )
-    counts = {t: len(meta.topics[t].partitions) for t in co_partitioned}
-    if len(set(counts.values())) > 1:
-        shown = ", ".join(f"{t} has {n}" for t, n in counts.items())
-        raise TopicError(
-            f"topics must have the same partition count to be co-partitioned, but {shown} "
-            "partitions: a user's events are keyed by user id and must land on the same "
-            "partition number in each; recreate them (or add partitions) to the same count"
-        )
+    check_co_partitioned({t: len(meta.topics[t].partitions) for t in co_partitioned})
     retention = {topic: require_compacted(admin, topic, timeout_s) for topic in compacted}
     if record_room:
         require_room(admin, record_room, timeout_s)

@@ -21,6 +21,7 @@ import torch
 
 from stream_app.config import KafkaConfig, TopicNames
 from stream_app.core import Learner, LearnerConfig
+from stream_app.kafka.admin import check_co_partitioned
 from stream_app.kafka.clients import TRANSACTIONAL_DEFAULTS, ms_setting
 from stream_app.kafka.consumer import GroupConsumer
 from stream_app.kafka.exceptions import (
@@ -178,6 +179,10 @@ class Ownership:
         # One metadata request answers both whether we own every input partition and what
         # `batch.misrouted` checks against (partitions added since show here).
         self._input_partitions = self._input_counts(consumer)
+        # Checked at start too; partitions added to one input topic while trainers run
+        # made the range assignor split a user's clicks and purchases between two of
+        # them, each publishing the user's row over the other's. Stop (exit 2) instead.
+        check_co_partitioned(self._input_partitions)
         whole = consumer.owns_all(self._input_partitions)  # asked first: a long restore
         # makes the consumer look too long without a poll, and the answer False
         if self.cfg.restore:

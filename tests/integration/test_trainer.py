@@ -416,6 +416,41 @@ def test_trainer_refuses_event_topics_with_different_partition_counts(
         make_trainer(kafka, _cfg(), LEARNER).run()
 
 
+def test_trainer_stops_when_partitions_added_to_one_event_topic_break_co_partitioning(
+        kafka: KafkaConfig) -> None:
+    """Checked only at start before: the range assignor then split a user's clicks and
+    purchases between two trainers, each publishing the user's row over the other's."""
+    produce(kafka, list(generate(200, n_users=20, n_items=10, seed=21)))
+    refresh = dataclasses.replace(kafka, client={**kafka.client,
+                                                 "topic.metadata.refresh.interval.ms": "1000"})
+    stop = threading.Event()
+    trainer = make_trainer(refresh, _cfg(exit_when_idle=None), LEARNER, stop=stop)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            trainer.run()
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            raised.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    inputs = [kafka.topics.clicks, kafka.topics.purchases]
+    try:
+        wait_until(lambda: committed_total(kafka, _cfg().group_id, inputs)
+                   >= end_total(kafka, inputs), timeout=60, what="the input drained")
+        admin = admin_client(kafka)
+        admin.create_partitions([NewPartitions(kafka.topics.clicks, 4)])[
+            kafka.topics.clicks].result()
+        runner.join(60)
+    finally:
+        stop.set()
+        runner.join(30)
+    assert not runner.is_alive()
+    assert len(raised) == 1 and isinstance(raised[0], TopicError), raised
+    assert "clicks has 4" in str(raised[0])
+
+
 def test_release_times_reach_the_published_bias_and_survive_a_restore(
         kafka: KafkaConfig) -> None:
     day = 86_400_000

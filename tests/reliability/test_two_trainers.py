@@ -1,7 +1,7 @@
 """Two trainers in one group: partitions move twice, no event lost or applied twice.
 
-A starts alone; B joins (cooperative rebalance: some of A's partitions move to
-B, which must reload their rows from the changelog first); then A is SIGKILLed
+A starts alone; B joins (an eager range rebalance: some of A's partitions move
+to B, which must reload their rows from the changelog first); then A is SIGKILLed
 mid-run and never restarted (after the session timeout its partitions move to
 B, whose restore waits for A's open transaction to be aborted by the broker:
 `transaction.timeout.ms`, 30 s by default). More events are produced after
