@@ -102,6 +102,8 @@ class ScorerConfig:
                               f"`because`), got {self.explain_max}")
         if not self.group_id.strip():
             raise ConfigError("scorer.group_id is empty: pass --group-id NAME")
+        if not self.client_id.strip():  # its clients' ids would be "-embeddings", "-producer"
+            raise ConfigError("scorer.client_id is empty: give a name, e.g. stream-app-scorer")
         if not _DEVICE_RE.fullmatch(self.device):
             raise ConfigError(f"scorer.device must be auto, cpu, mps, cuda or cuda:N, "
                               f"got {self.device!r}")

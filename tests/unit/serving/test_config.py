@@ -19,6 +19,7 @@ def test_latency_defaults() -> None:
     ("commit_interval_ms", -1.0, "scorer.commit_interval_ms must be in 0..60000"),
     ("max_k", 1001, "scorer.max_k must be <= 1000"),
     ("explain_max", 101, "scorer.explain_max must be <= 100"),
+    ("client_id", " ", "scorer.client_id is empty"),
 ])
 def test_bad_values_name_the_field(field: str, value: float, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
