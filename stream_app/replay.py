@@ -149,12 +149,16 @@ def not_delivered(dropped: int, refused: int, first_errors: list[str], expired: 
     refused records are not in the acknowledged count, and a re-run from after the
     stopping line would lose them without this.
 
-    >>> not_delivered(3, 2, ["Broker: Message size too large"])
-    ', 3 dropped unacknowledged, 2 refused by the broker (Broker: Message size too large)'
+    A dropped record may have been sent and written with its answer lost: a re-run
+    that sends the dropped ones again may write some twice (the trainer applies an
+    event id once within its duplicate window).
+
+    >>> not_delivered(3, 2, ["Broker: Message size too large"])  # doctest: +ELLIPSIS
+    ', 3 dropped unacknowledged (some may have been written), 2 refused by the broker (...)'
     >>> not_delivered(0, 0, [], expired=4)
     ', 4 timed out with no broker taking them'
     """
-    out = f", {dropped} dropped unacknowledged" if dropped else ""
+    out = f", {dropped} dropped unacknowledged (some may have been written)" if dropped else ""
     if expired:
         out += f", {expired} timed out with no broker taking them"
     if refused:

@@ -137,7 +137,8 @@ class EventProducer:
         left = self._drop_queued()
         counts = {"refused by the broker": self.refused,
                   "timed out with no broker taking them": self.expired,
-                  f"unacknowledged after {timeout_s:g}s and dropped": left}
+                  f"unacknowledged after {timeout_s:g}s and dropped (some may have been "
+                  "written)": left}
         if any(counts.values()):
             first = f"; first errors: {self.first_errors}" if self.first_errors else ""
             raise DeliveryError(

@@ -45,6 +45,9 @@ def read_csv(path: Path | str) -> Iterator[Event]:
         _check_header(path, reader.fieldnames, lines.start)
         lines.next_row()
         for row in reader:
+            if not any(cell.strip() for cell in row.values() if isinstance(cell, str)):
+                lines.next_row()  # a line of spaces (an editor's last line): blank, as in JSONL
+                continue
             try:
                 yield _event(row)
             except DecodeError as err:

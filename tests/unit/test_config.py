@@ -522,7 +522,8 @@ def test_a_bad_line_that_stops_a_replay_says_what_was_sent_and_dropped(
     monkeypatch.setattr(stream_app.replay, "replay_file", stopped)
     assert main(["replay", str(tmp_path / "e.csv")]) == 2
     # The refused ones were missing: a re-run from after line 7 lost them silently.
-    assert ("(5 record(s) sent before it, 2 dropped unacknowledged, 3 refused by the broker "
+    assert ("(5 record(s) sent before it, 2 dropped unacknowledged (some may have been "
+            "written), 3 refused by the broker "
             "(Broker: Message size too large))") in capsys.readouterr().err
 
 

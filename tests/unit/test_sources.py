@@ -272,6 +272,20 @@ def test_csv_with_blank_lines_before_its_header(tmp_path: Path) -> None:
     assert caught.value.line == 3
 
 
+def test_a_csv_line_of_spaces_is_blank_and_a_bad_row_after_it_keeps_its_line(
+        tmp_path: Path) -> None:
+    """It stopped the replay: 'row has fewer cells than the header' (JSONL skips such a
+    line)."""
+    path = tmp_path / "spaces.csv"
+    path.write_text("event_id,user_id,item_id,ts,kind\ne1,u1,i1,1700000000000,click\n   \n"
+                    " , \ne2,u1,i2,1700000000001,click\n  \n")
+    assert [e.event_id for e in read_csv(path)] == ["e1", "e2"]
+    path.write_text("event_id,user_id,item_id,ts,kind\n  \ne1,u1,i1,oops,click\n")
+    with pytest.raises(SourceError) as caught:
+        list(read_csv(path))
+    assert caught.value.line == 3
+
+
 def test_an_unclosed_quote_is_named_where_its_row_starts(tmp_path: Path) -> None:
     """The row took in the next lines as one cell and was refused for missing cells, a
     row that visibly has five, without a word about the quote."""

@@ -55,7 +55,7 @@ def test_a_producer_closed_normally_reports_what_it_could_not_deliver(stuck: _St
     and the exit's abandon() then dropped them under a second name."""
     producer = EventProducer(NO_BROKER)
     with pytest.raises(DeliveryError, match=r"3 record\(s\) not delivered \(3 unacknowledged "
-                       r"after 60s and dropped\)$"), producer:
+                       r"after 60s and dropped \(some may have been written\)\)$"), producer:
         pass
     assert producer.dropped == 3
     assert stuck.calls == ["flush 60", "poll 0", "purge", "poll 0",
