@@ -45,7 +45,7 @@ def read_csv(path: Path | str) -> Iterator[Event]:
         _check_header(path, reader.fieldnames, lines.start)
         lines.next_row()
         for row in reader:
-            if not any(cell.strip() for cell in row.values() if isinstance(cell, str)):
+            if _spaces_only(row):
                 lines.next_row()  # a line of spaces (an editor's last line): blank, as in JSONL
                 continue
             try:
@@ -59,6 +59,16 @@ def read_csv(path: Path | str) -> Iterator[Event]:
     except csv.Error as exc:  # an unclosed quote, a cell over the csv module's size limit
         raise SourceError(path, lines.start, f"not CSV from here ({exc}); an unclosed quote "
                           "takes in the lines after it as one cell") from exc
+
+
+def _spaces_only(row: dict[Any, Any]) -> bool:
+    """A line of spaces alone: one cell, blank. `,,,,` (empty cells) stays a bad row.
+
+    >>> _spaces_only({"a": "  ", "b": None}), _spaces_only({"a": "", "b": ""})
+    (True, False)
+    """
+    first, *rest = row.values()
+    return isinstance(first, str) and not first.strip() and all(c is None for c in rest)
 
 
 class _RowStarts:

@@ -81,12 +81,20 @@ def write_state(path: Path, state: dict[str, Any], tag: SnapshotTag) -> None:
 
 def sync_folder(folder: Path) -> None:
     """fsync a folder after a rename or a delete in it: without it, a power loss could
-    bring back the file before (an older snapshot, or one deleted after an erasure)."""
-    fd = os.open(folder, os.O_RDONLY)
+    bring back the file before (an older snapshot, or one deleted after an erasure).
+
+    Best effort: some filesystems (FUSE, NFS) refuse fsync on a folder, and counted as
+    a failure it made every write and delete there look failed after it had been done.
+    """
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.debug("fsync of folder %s refused (%s): a power loss may undo its last change",
+                  folder, exc)
 
 
 _NUMPY_GLOBALS: list[Any] = [getattr(importlib.import_module("numpy._core.multiarray"),
@@ -228,7 +236,7 @@ class Snapshots:
         (which must be what the learner holds); write it in a background thread unless
         `wait`. False when it was skipped (a write still running, or no tag).
 
-        Called between transactions: the state (tensors cloned, lists copied;
+        Called between transactions: the state (tensors copied to host memory, lists copied;
         ~0.4 s at 1M rows) is taken here, while serialising and fsyncing it
         (seconds at 1M rows) runs beside the loop. A write still running when
         the next is due makes that one skip; `wait` (a clean stop) waits for

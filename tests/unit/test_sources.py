@@ -278,12 +278,16 @@ def test_a_csv_line_of_spaces_is_blank_and_a_bad_row_after_it_keeps_its_line(
     line)."""
     path = tmp_path / "spaces.csv"
     path.write_text("event_id,user_id,item_id,ts,kind\ne1,u1,i1,1700000000000,click\n   \n"
-                    " , \ne2,u1,i2,1700000000001,click\n  \n")
+                    "\t\ne2,u1,i2,1700000000001,click\n  \n")
     assert [e.event_id for e in read_csv(path)] == ["e1", "e2"]
     path.write_text("event_id,user_id,item_id,ts,kind\n  \ne1,u1,i1,oops,click\n")
     with pytest.raises(SourceError) as caught:
         list(read_csv(path))
     assert caught.value.line == 3
+    path.write_text("event_id,user_id,item_id,ts,kind\n,,,,\n")  # empty cells: a bad row
+    with pytest.raises(SourceError) as caught:
+        list(read_csv(path))
+    assert caught.value.line == 2
 
 
 def test_an_unclosed_quote_is_named_where_its_row_starts(tmp_path: Path) -> None:

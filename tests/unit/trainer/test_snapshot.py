@@ -688,3 +688,30 @@ def test_a_state_that_cannot_be_copied_skips_the_snapshot(
     assert store.write(learner, ends=_tag().ends, wait=True) is False
     assert store.write_failed and not store.path.exists()
 
+
+
+def test_a_folder_that_refuses_fsync_still_takes_writes_and_deletes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some filesystems (FUSE, NFS) refuse fsync on a folder: counted as a failure, every
+    write there looked failed after it was done, rewritten at every interval, and the
+    file written after an erasure was then deleted (review of the folder fsync)."""
+    import errno
+    import os
+    import stat
+
+    import stream_app.trainer.snapshot as snapshot_module
+
+    real_fsync = os.fsync
+
+    def refusing(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(snapshot_module.os, "fsync", refusing)
+    store = _FixedTag(KafkaConfig(bootstrap_servers="127.0.0.1:9092"), folder=str(tmp_path),
+                      transactional_id="t", max_age_s=60)
+    assert store.write(Learner(CONFIG, device=DEVICE), ends=_tag().ends, wait=True)
+    assert not store.write_failed and store.path.exists()
+    store.discard("test", erasures=1)
+    assert not store.path.exists()
