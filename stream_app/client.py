@@ -7,7 +7,8 @@ request_id and ignores the rest.
 
 The client reads every `predictions` partition from the end offsets taken
 when it starts (read_committed, no group, nothing committed; `ReplyReader`),
-so it only sees answers to requests sent after it was created. Requests go
+so it only sees answers to requests sent after it was created; partitions
+added later are read from their beginning. Requests go
 out with at most 1 ms of batching, and an answer is handed over as soon as it
 is fetched (no waiting for a full batch).
 

@@ -5,6 +5,8 @@ group and nothing committed, read_committed, and only answers produced after
 `open()` are seen. Exact end offsets are taken up front, not OFFSET_END: that
 one is resolved lazily and could land after an answer to a request sent next.
 `poll` returns as soon as one answer is there (low-latency defaults apply).
+Partitions added to the topic later are read from their beginning, looked for
+every `GROW_CHECK_S`: an answer keyed to one timed out in a long-lived client.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import time
 from types import TracebackType
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
@@ -22,6 +24,9 @@ from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.polling import poll_available
 from stream_app.kafka.records import RawRecord
 
+GROW_CHECK_S = 30.0
+"""How often `poll` asks whether the topic gained partitions (a metadata round trip)."""
+
 
 class ReplyReader:
     """`open()` assigns `topic` at its current ends; `poll` hands out what arrives after."""
@@ -29,6 +34,8 @@ class ReplyReader:
     def __init__(self, kafka: KafkaConfig, topic: str, *, client_id: str, group_id: str) -> None:
         self.kafka, self.topic, self.client_id, self.group_id = kafka, topic, client_id, group_id
         self._consumer: Consumer | None = None
+        self._partitions: set[int] = set()
+        self._grow_at = 0.0
 
     def open(self, timeout_s: float = 10.0) -> None:
         consumer = make_consumer(self.kafka, self.client_id, self.group_id, logger=None,
@@ -43,6 +50,8 @@ class ReplyReader:
             ends = [_TP(self.topic, p, watermark_offsets(consumer, _TP(self.topic, p), deadline)[1])
                     for p in sorted(meta.topics[self.topic].partitions)]
             consumer.assign(ends)
+            self._partitions = {tp.partition for tp in ends}
+            self._grow_at = time.monotonic() + GROW_CHECK_S
         except KafkaException as exc:
             raise KafkaEdgeError(f"cannot open {self.topic}: {exc}") from exc
 
@@ -50,8 +59,26 @@ class ReplyReader:
         """Up to `max_records` answers, blocking at most `timeout_s` for the first one."""
         if self._consumer is None:
             raise KafkaEdgeError(f"ReplyReader({self.topic}) used before open()")
+        if time.monotonic() >= self._grow_at:
+            self._grow(self._consumer)
         records = poll_available(self._consumer, max_records, timeout_s).records
         return records
+
+    def _grow(self, consumer: Consumer) -> None:
+        """Assign partitions added since `open()` from their beginning; a cluster that
+        cannot answer now is asked again at the next check."""
+        self._grow_at = time.monotonic() + GROW_CHECK_S
+        try:
+            meta = consumer.list_topics(self.topic, timeout=2.0)
+        except KafkaException:
+            return
+        topic = meta.topics.get(self.topic)
+        if topic is None or topic.error is not None:
+            return
+        new = sorted(set(topic.partitions) - self._partitions)
+        if new:
+            consumer.incremental_assign([_TP(self.topic, p, OFFSET_BEGINNING) for p in new])
+            self._partitions.update(new)
 
     def close(self) -> None:
         if self._consumer is not None:
