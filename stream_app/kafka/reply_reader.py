@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from types import TracebackType
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaException
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
@@ -23,6 +23,7 @@ from stream_app.kafka.ends import watermark_offsets
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.polling import poll_available
 from stream_app.kafka.records import RawRecord
+from stream_app.kafka.tail import assign_added
 
 GROW_CHECK_S = 30.0
 """How often `poll` asks whether the topic gained partitions (a metadata round trip)."""
@@ -69,16 +70,9 @@ class ReplyReader:
         cannot answer now is asked again at the next check."""
         self._grow_at = time.monotonic() + GROW_CHECK_S
         try:
-            meta = consumer.list_topics(self.topic, timeout=2.0)
+            self._partitions.update(assign_added(consumer, self.topic, self._partitions, 2.0))
         except KafkaException:
             return
-        topic = meta.topics.get(self.topic)
-        if topic is None or topic.error is not None:
-            return
-        new = sorted(set(topic.partitions) - self._partitions)
-        if new:
-            consumer.incremental_assign([_TP(self.topic, p, OFFSET_BEGINNING) for p in new])
-            self._partitions.update(new)
 
     def close(self) -> None:
         if self._consumer is not None:

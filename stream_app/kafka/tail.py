@@ -26,6 +26,19 @@ from stream_app.kafka.records import RawRecord
 log = logging.getLogger(__name__)
 
 
+def assign_added(consumer: Consumer, topic: str, known: set[int],
+                 timeout_s: float) -> list[int]:
+    """Assign, from their beginning, the partitions of `topic` not in `known`; the new
+    ones. KafkaException when the cluster cannot list the topic now."""
+    meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return []
+    new = sorted(set(meta.partitions) - known)
+    if new:
+        consumer.incremental_assign([_TP(topic, p, OFFSET_BEGINNING) for p in new])
+    return new
+
+
 @dataclass(frozen=True, slots=True)
 class TailBatch:
     """One poll: `records` in order, and `eof` = partition -> offset where its end was reached."""
@@ -74,22 +87,15 @@ class TailReader:
         stopped the scorer (exit 1) in the middle of an outage it would have
         ridden out.
         """
-        consumer = self._opened()
         try:
-            meta = consumer.list_topics(self.topic, timeout=timeout_s)
+            new = assign_added(self._opened(), self.topic, set(self._opened_at), timeout_s)
         except KafkaException as exc:
             self.failed_checks += 1
             log.warning("cannot list %s to look for new partitions (%s); looking again "
                         "at the next check", self.topic, exc)
             return []
         self.failed_checks = 0
-        topic = meta.topics.get(self.topic)
-        if topic is None or topic.error is not None:
-            return []
-        new = sorted(set(topic.partitions) - set(self._opened_at))
-        if new:
-            self._opened_at.update({p: (0, 0) for p in new})
-            consumer.incremental_assign([_TP(self.topic, p, OFFSET_BEGINNING) for p in new])
+        self._opened_at.update({p: (0, 0) for p in new})
         return new
 
     def renew(self) -> None:
