@@ -352,7 +352,9 @@ class DlqRecord:
     DLQ bound, see `value_truncated`; `value_size` is the original length).
     `reason` is a `stream_app.codec.DlqReason` value, kept as `str` here so
     this module does not depend on the codec. `ts` is when it was dead-lettered
-    (wall-clock ms); `partition` / `offset` are -1 when unknown.
+    (wall-clock ms); `partition` / `offset` are -1 when unknown. `headers` are the
+    source record's Kafka headers (as many as fit in the codec's bound), which the DLQ
+    record carries as its own so a trace id or a producer's tag is not lost with it.
     """
 
     source_topic: str
@@ -366,3 +368,4 @@ class DlqRecord:
     value_size: int
     ts: int
     stage: DlqStage
+    headers: Headers = ()

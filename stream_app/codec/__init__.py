@@ -60,12 +60,18 @@ from stream_app.codec.scoring import (
     encode_prediction,
     encode_score_request,
 )
-from stream_app.codec.wire import EVENT_MAX_BYTES, MESSAGE_MAX_BYTES
+from stream_app.codec.wire import (
+    EVENT_MAX_BYTES,
+    HEADERS_COPIED_MAX,
+    MESSAGE_MAX_BYTES,
+    copied_headers,
+)
 
 __all__ = [
     "decode_id_key",
     "DLQ_BYTES_MAX",
     "EVENT_MAX_BYTES",
+    "HEADERS_COPIED_MAX",
     "MESSAGE_MAX_BYTES",
     "META_KEY",
     "SCHEMA_DIR",
@@ -76,6 +82,7 @@ __all__ = [
     "EncodeError",
     "Schema",
     "SchemaError",
+    "copied_headers",
     "decode_changelog_rows",
     "decode_dlq",
     "decode_embedding",

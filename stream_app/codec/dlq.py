@@ -19,8 +19,15 @@ from stream_app.codec.exceptions import (
     bounded_detail,
 )
 from stream_app.codec.schemas import error_for, schema
-from stream_app.codec.wire import MESSAGE_MAX_BYTES, b64decode, b64encode, check_value, parse_object
-from stream_app.events import Coordinates, DlqRecord, DlqStage
+from stream_app.codec.wire import (
+    MESSAGE_MAX_BYTES,
+    b64decode,
+    b64encode,
+    check_value,
+    copied_headers,
+    parse_object,
+)
+from stream_app.events import Coordinates, DlqRecord, DlqStage, Headers
 
 DLQ_BYTES_MAX = 64 * 1024
 """Raw key / value bytes kept in a DLQ record; the rest is cut (`value_truncated`)."""
@@ -35,11 +42,13 @@ def dlq_record(
     *,
     ts: int,
     stage: DlqStage = "decode",
+    headers: Headers = (),
 ) -> DlqRecord:
     """The DLQ record for a record that failed with `error` (`ts`: now, wall-clock ms)."""
     return make_dlq_record(
         source_topic=where.topic, partition=where.partition, offset=where.offset,
         reason=error.reason, detail=error.detail, key=key, value=value, ts=ts, stage=stage,
+        headers=headers,
     )  # fmt: skip
 
 
@@ -54,8 +63,12 @@ def make_dlq_record(
     value: bytes | None,
     ts: int,
     stage: DlqStage,
+    headers: Headers = (),
 ) -> DlqRecord:
-    """Build a bounded DLQ record from raw bytes (for failures outside the codec too)."""
+    """Build a bounded DLQ record from raw bytes (for failures outside the codec too).
+
+    `headers`, the source record's, are cut as an answer's are (`copied_headers`).
+    """
     size = 0 if value is None else len(value)
     return DlqRecord(
         source_topic=source_topic,
@@ -69,6 +82,7 @@ def make_dlq_record(
         value_size=size,
         ts=ts,
         stage=stage,
+        headers=copied_headers(headers),
     )
 
 

@@ -16,12 +16,44 @@ from typing import Any
 import orjson
 
 from stream_app.codec.exceptions import DecodeError, DlqReason
+from stream_app.events import Headers
 
 KIB = 1024
 EVENT_MAX_BYTES = 64 * KIB
 """Clicks and purchases are small; anything bigger is refused before parsing."""
 MESSAGE_MAX_BYTES = 1024 * KIB
 """Score requests (up to 10000 candidates), predictions and embedding rows."""
+
+HEADERS_COPIED_MAX = 16 * 1024
+"""Bytes of a request's headers (names, values and HEADER_FRAMING each) copied onto its
+answer (and from a dead-lettered record onto its DLQ record), in order; the rest are left
+off. Answers are bounded by ANSWER_MAX_BYTES for
+their value: uncapped, a request with large headers made an answer the producer refuses,
+which stopped the scorer on that request after every restart (code review)."""
+
+
+HEADER_FRAMING = 10
+"""Most bytes a record header takes beyond its name and value (two varint lengths).
+Counted per header, so a request of 300,000 empty headers (600 KB of framing, nothing
+counted before) no longer makes an answer over the broker's limit (codec review)."""
+
+
+def copied_headers(headers: Headers) -> Headers:
+    """The leading headers that fit in HEADERS_COPIED_MAX; a null value stays null.
+
+    >>> copied_headers((("a", b"x" * 10), ("n", None), ("b", b"y" * HEADERS_COPIED_MAX)))
+    (('a', b'xxxxxxxxxx'), ('n', None))
+    >>> len(copied_headers((("", b""),) * 100_000)) == HEADERS_COPIED_MAX // HEADER_FRAMING
+    True
+    """
+    out, size = [], 0
+    for name, value in headers:
+        size += len(name.encode()) + (0 if value is None else len(value)) + HEADER_FRAMING
+        if size > HEADERS_COPIED_MAX:
+            break
+        out.append((name, value))
+    return tuple(out)
+
 
 _NON_FINITE = ("NaN", "Infinity")
 _SHOWN = reprlib.Repr()  # Python 3.11's takes no arguments

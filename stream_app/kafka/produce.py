@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stream_app.config import KafkaConfig
+from stream_app.events import Headers
 from stream_app.kafka.clients import make_producer
 from stream_app.kafka.exceptions import KafkaEdgeError
 
@@ -22,7 +23,7 @@ class Outgoing:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: Headers = ()
 
 
 def produce_waiting(producer: Producer, rec: Outgoing,

@@ -35,6 +35,7 @@ from confluent_kafka import (
 )
 
 from stream_app.config import KafkaConfig
+from stream_app.events import Headers
 from stream_app.kafka.clients import TRANSACTIONAL_DEFAULTS, make_producer, ms_setting
 from stream_app.kafka.consumer import GroupConsumer
 from stream_app.kafka.exceptions import BrokerUnavailable, FatalTransactionError
@@ -57,7 +58,7 @@ class OutRecord:
     topic: str
     key: bytes
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: Headers = ()
 
 
 class SpotCheck:

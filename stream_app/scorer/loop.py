@@ -33,7 +33,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from stream_app.codec import BugRun, DlqReason
+from stream_app.codec import BugRun, DlqReason, copied_headers
 from stream_app.config import KafkaConfig
 from stream_app.heap import freeze_survivors
 from stream_app.kafka.admin import AdminClient, admin_client, group_members, require_topics
@@ -55,7 +55,6 @@ from stream_app.serving.answers import (
 from stream_app.serving.batching import (
     CommitTracker,
     Pending,
-    copied_headers,
     due,
     next_offsets,
     take_batch,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from stream_app.codec import (
+    HEADERS_COPIED_MAX,
     DecodeError,
     DlqReason,
     EncodeError,
@@ -34,7 +35,7 @@ from stream_app.codec import decode_score_request as _decode_request
 from stream_app.codec.fastcheck import ROW_RECENT_ITEMS_MAX, fast_id
 from stream_app.config import TopicNames
 from stream_app.events import Coordinates, Headers, Prediction, ScoreRequest
-from stream_app.serving.batching import HEADERS_COPIED_MAX, Pending
+from stream_app.serving.batching import Pending
 from stream_app.serving.config import ScorerConfig
 from stream_app.serving.table import EmbeddingTable, ServingMix, TableError
 from stream_app.serving.topk import Ranking, rank
@@ -188,8 +189,9 @@ def _encoded(pred: Prediction) -> bytes:
 def _refusal(table: EmbeddingTable, p: Pending, err: DecodeError,
              topics: TopicNames, ready: bool) -> list[Out]:
     where = Coordinates(topic=p.topic, partition=p.partition, offset=p.offset)
-    dlq = dlq_record(where, p.key, p.value, err, ts=int(time.time() * 1000), stage="score")
-    records = [Out(topics.dlq, dlq_key(dlq), encode_dlq(dlq))]
+    dlq = dlq_record(where, p.key, p.value, err, ts=int(time.time() * 1000), stage="score",
+                     headers=p.headers)
+    records = [Out(topics.dlq, dlq_key(dlq), encode_dlq(dlq), dlq.headers)]
     if err.request_id is not None:
         pred = Prediction(request_id=err.request_id, user_id=_user_id(p.value), items=(),
                           model_version=table.model_version, fallback=False,

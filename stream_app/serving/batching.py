@@ -103,36 +103,6 @@ class Pending:
     headers: Headers = ()  # copied onto the answer (`copied_headers`)
 
 
-HEADERS_COPIED_MAX = 16 * 1024
-"""Bytes of a request's headers (names, values and HEADER_FRAMING each) copied onto its
-answer, in order; the rest are left off. Answers are bounded by ANSWER_MAX_BYTES for
-their value: uncapped, a request with large headers made an answer the producer refuses,
-which stopped the scorer on that request after every restart (code review)."""
-
-
-HEADER_FRAMING = 10
-"""Most bytes a record header takes beyond its name and value (two varint lengths).
-Counted per header, so a request of 300,000 empty headers (600 KB of framing, nothing
-counted before) no longer makes an answer over the broker's limit (codec review)."""
-
-
-def copied_headers(headers: Headers) -> Headers:
-    """The leading headers that fit in HEADERS_COPIED_MAX; a null value stays null.
-
-    >>> copied_headers((("a", b"x" * 10), ("n", None), ("b", b"y" * HEADERS_COPIED_MAX)))
-    (('a', b'xxxxxxxxxx'), ('n', None))
-    >>> len(copied_headers((("", b""),) * 100_000)) == HEADERS_COPIED_MAX // HEADER_FRAMING
-    True
-    """
-    out, size = [], 0
-    for name, value in headers:
-        size += len(name.encode()) + (0 if value is None else len(value)) + HEADER_FRAMING
-        if size > HEADERS_COPIED_MAX:
-            break
-        out.append((name, value))
-    return tuple(out)
-
-
 BATCH_BYTES_MAX = 4 * 1024 * 1024
 """Request bytes scored in one batch (at least one request). 256 requests of ~1 MiB each
 (5,000 candidates and excludes, k=1000) took 8.5 s as one batch, answering nothing else

@@ -211,14 +211,15 @@ def decode_batch(batch: Sequence[RawRecord], topics: TopicNames, *, now_ms: int,
                                   f"ts={event.ts} is {(event.ts - now_ms) / 1000:.0f}s in the "
                                   "future (over trainer.max_future_ms)")
         except DecodeError as err:
-            out.dlq.append(dlq_record(rec.coords, rec.key, rec.value, err, ts=now_ms))
+            out.dlq.append(dlq_record(rec.coords, rec.key, rec.value, err, ts=now_ms,
+                                      headers=rec.headers))
             continue
         except Exception as exc:  # noqa: BLE001 (a bug of ours must not stop the trainer
             # on this record at every restart; the record stays in the DLQ to replay)
             log.exception("decoding %s[%d]@%d raised: dead-lettered as decoder_error",
                           rec.topic, rec.partition, rec.offset)
             out.dlq.append(dlq_record(rec.coords, rec.key, rec.value, decoder_bug(exc),
-                                      ts=now_ms))
+                                      ts=now_ms, headers=rec.headers))
             continue
         out.segments[-1].append(event)
         out.records[-1].append(rec)
@@ -280,7 +281,7 @@ def plan_steps(segment_sizes: Sequence[int], *, step_max: int, eval_max: int) ->
 def train_dlq(rec: RawRecord, reason: DlqReason, detail: str, now_ms: int) -> DlqRecord:
     """A DLQ record for an event the learner refused (rate-limited, non-finite loss)."""
     return dlq_record(rec.coords, rec.key, rec.value, DecodeError(reason, detail),
-                      ts=now_ms, stage="train")
+                      ts=now_ms, stage="train", headers=rec.headers)
 
 
 def tombstones_to_publish(tombstones: Iterable[str], *, users: set[str],
@@ -376,5 +377,5 @@ def output_records(topics: TopicNames, blocks: Iterable[RowBlock],
            for block in blocks for ident, value in zip(block.ids, encode_rows(block))]
     out += [OutRecord(topics.embeddings, key.encode(), None) for key in tombstones]
     out.append(OutRecord(topics.embeddings, META_KEY, encode_meta(meta)))
-    out += [OutRecord(topics.dlq, dlq_key(d), encode_dlq(d)) for d in dlq]
+    out += [OutRecord(topics.dlq, dlq_key(d), encode_dlq(d), d.headers) for d in dlq]
     return out

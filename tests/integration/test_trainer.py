@@ -300,6 +300,20 @@ def test_an_idle_trainer_snapshots_its_last_batches_once(
     assert not runner.is_alive()
 
 
+def test_a_dead_letter_keeps_the_headers_of_its_source_record(kafka: KafkaConfig) -> None:
+    """A trace id or producer tag on a bad event must travel with it to `events-dlq`."""
+    tags = (("traceparent", b"00-4bf92f3577b34da6-00f067aa0ba902b7-01"), ("empty", None))
+    good = Event(event_id="e1", user_id="u1", item_id="i1", ts=T0, kind=EventKind.CLICK)
+    with EventProducer(kafka, client_id="test") as producer:
+        producer.send(Outgoing(kafka.topics.clicks, b"u1", b'{"event_id": "e0"}', headers=tags))
+        producer.send(Outgoing(kafka.topics.clicks, b"u1", encode_event(good), headers=tags))
+    run_until_idle(kafka, _cfg())
+    [dead] = read_topic(kafka.bootstrap_servers, kafka.topics.dlq)
+    assert decode_dlq(dead.value()).reason == "missing_field"
+    assert dead.headers() == list(tags)
+    assert latest_rows(kafka)["user:u1"] is not None  # the good one was learned
+
+
 def test_forget_publishes_a_tombstone(kafka: KafkaConfig) -> None:
     records = list(generate(200, n_users=10, n_items=20, seed=7))
     produce(kafka, records)

@@ -62,6 +62,18 @@ def test_a_score_that_overflows_float32_is_answered_with_an_error(
     assert (dlq.reason, dlq.stage, dlq.offset) == ("non_finite_score", "score", 0)
 
 
+def test_a_refused_request_is_dead_lettered_with_its_headers() -> None:
+    tags = (("traceparent", b"00-ab-01"), ("null", None))
+    bad = Pending(topic=TOPICS.score_requests, partition=0, offset=3, arrival=0.0,
+                  key=b"u", value=b'{"request_id": "r1", "user_id": "u", "k": 0}',
+                  headers=tags)
+    out = answer_batch(EmbeddingTable(device=DEVICE), [bad], topics=TOPICS, cfg=ScorerConfig(),
+                       ready=True)
+    [dead] = [r for r in out.records if r.topic == TOPICS.dlq]
+    assert decode_dlq(dead.value).stage == "score"
+    assert dead.headers == tags
+
+
 def test_a_prediction_over_the_size_bound_is_answered_with_an_error() -> None:
     table = EmbeddingTable(device=DEVICE)
     long_ids = [f"{n:04d}" + "x" * 236 for n in range(1004)]  # 240 characters, as ids may be

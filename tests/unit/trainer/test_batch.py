@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 
 import stream_app.trainer.batch
-from stream_app.codec import META_KEY, decode_dlq, decode_embedding, encode_event
+from stream_app.codec import (
+    HEADERS_COPIED_MAX,
+    META_KEY,
+    DlqReason,
+    decode_dlq,
+    decode_embedding,
+    encode_event,
+)
 from stream_app.config import KafkaConfig, TopicNames
 from stream_app.core import LearnerConfig
-from stream_app.events import EmbeddingRow, Event, EventKind, RowBlock
+from stream_app.events import EmbeddingRow, Event, EventKind, Headers, RowBlock
 from stream_app.kafka.event_time import EventTimeMerger
 from stream_app.kafka.records import RawRecord, next_offsets
 from stream_app.trainer import TrainerConfig, make_trainer
@@ -22,6 +29,7 @@ from stream_app.trainer.batch import (
     order_key,
     output_records,
     plan_steps,
+    train_dlq,
 )
 
 TOPICS = TopicNames(prefix="t.")
@@ -29,7 +37,7 @@ NOW = 1_700_000_000_000
 
 
 def _rec(offset: int, value: bytes | None, key: bytes | None = b"u1", topic: str = "t.clicks",
-         headers: tuple[tuple[str, bytes], ...] = ()) -> RawRecord:
+         headers: Headers = ()) -> RawRecord:
     return RawRecord(topic=topic, partition=1, offset=offset, key=key, value=value,
                      timestamp_ms=NOW, headers=headers)
 
@@ -151,6 +159,18 @@ def test_output_records_carry_rows_tombstones_meta_and_dlq() -> None:
     assert decode_embedding(out[0].key, out[0].value) == row
     assert out[1].value is None
     assert decode_dlq(out[3].value).reason == "not_object"
+
+
+def test_dead_letters_carry_the_source_records_headers_within_the_bound() -> None:
+    tags = (("traceparent", b"00-ab-01"), ("null", None))
+    big = (("a", b"x" * HEADERS_COPIED_MAX),)
+    out = decode_batch([_rec(0, b"[]", headers=tags), _rec(1, b"[]", headers=tags + big)],
+                       TOPICS, now_ms=NOW, max_future_ms=0)
+    refused = train_dlq(_rec(2, _event(2), headers=tags), DlqReason.RATE_LIMITED, "over", NOW)
+    assert [d.headers for d in [*out.dlq, refused]] == [tags, tags, tags]
+    records = output_records(TOPICS, [], [], {"model_version": "m", "updated_at": NOW},
+                             [*out.dlq, refused])
+    assert [r.headers for r in records if r.topic == TOPICS.dlq] == [tags, tags, tags]
 
 
 def test_a_batch_evaluates_whole_steps_until_eval_max_events_are_scored() -> None:
