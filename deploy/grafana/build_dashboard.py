@@ -45,8 +45,10 @@ def _row(title: str) -> dict[str, Any]:
 
 ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
     (_row("Overview"), [
-        _panel("Trainer up", [('up{job="stream-app-trainer"}', "{{instance}}")], "none",
-               "1 = scraped. See alert TrainerDown.", kind="stat"),
+        _panel("Trainer up", [('up{job="stream-app-trainer"}', "up {{instance}}"),
+                              ("stream_app_trainer_ready", "ready {{instance}}")], "none",
+               "up 1 = scraped; ready 0 = restoring. See alerts TrainerDown, TrainerNotReady.",
+               kind="stat"),
         _panel("Scorers ready", [("sum(stream_app_scorer_ready)", "ready"),
                                  ('count(up{job="stream-app-scorer"})', "replicas")],
                "none", "Ready scorer replicas out of all scraped.", kind="stat"),

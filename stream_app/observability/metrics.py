@@ -163,7 +163,8 @@ class TrainerMetrics(_ProcessMetrics):
             buckets=STEP_BUCKETS_S, registry=r)
         self.batch_seconds = Histogram(
             "stream_app_batch_seconds",
-            "One batch's work: from its poll's return to its commit or abort.",
+            "One batch's work: from its decoding to its commit or abort (the poll's wait and "
+            "the lag and first-fetch checks after it are not in it).",
             buckets=STEP_BUCKETS_S, registry=r)
         self.training_loss = Gauge(
             "stream_app_training_loss",
@@ -235,6 +236,10 @@ class TrainerMetrics(_ProcessMetrics):
         self.last_commit = Gauge(
             "stream_app_last_commit_timestamp_seconds",
             "Unix time of the trainer's last committed transaction (0: none yet).", registry=r)
+        self.ready = Gauge(
+            "stream_app_trainer_ready",
+            "1 while the trainer has restored and is learning (what /readyz answers); 0 while "
+            "it restores, at start or after a rebalance.", registry=r)
         self.snapshot_interval = Gauge(
             "stream_app_snapshot_interval_seconds",
             "How often a local snapshot is due (trainer.snapshot_interval_s); 0 when "

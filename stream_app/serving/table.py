@@ -18,6 +18,7 @@ matrices, and each user's recent items (most recent first) for
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,8 +108,12 @@ class EmbeddingTable:
             if slot is None:
                 slot = self._allocate(row.id)
             self._staged[slot] = (vector, float(row.bias))
-        if self.newest_updated_at is None or row.updated_at >= self.newest_updated_at:
-            self.newest_updated_at = row.updated_at
+        # Stamped no later than now: a row from a clock ahead (or a foreign writer's) held
+        # the newest time, and so the staleness gauge and the model version, for as long
+        # as it was ahead, hiding a scorer that had stopped reading (observability review).
+        stamp = min(row.updated_at, int(time.time() * 1000))
+        if self.newest_updated_at is None or stamp >= self.newest_updated_at:
+            self.newest_updated_at = stamp
             self.model_version = row.model_version
 
     def delete(self, entity: Entity, ident: str) -> None:

@@ -98,6 +98,7 @@ class Trainer(Ownership):
         self.device = resolve_device(cfg.device, "trainer.device")
         self.learner = Learner(learner_cfg, device=self.device)
         self.ready = False
+        metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)  # as /readyz, scraped
         self._own_writes = OwnWrites(kafka.client)  # whether a rebalance must restore
         self._own_tombstones = OwnTombstones()  # what an abort's restore may keep
         self._volatile: dict[str, Any] | None = None  # volatile_state() at the last commit

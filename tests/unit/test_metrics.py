@@ -19,7 +19,8 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream_app.config import ConfigError
+from stream_app.config import ConfigError, KafkaConfig
+from stream_app.core import LearnerConfig
 from stream_app.observability import (
     EvalModel,
     EventOutcome,
@@ -39,6 +40,7 @@ from stream_app.observability.metrics import (
     metric_objects,
 )
 from stream_app.observability.scorer_metrics import LATENCY_BUCKETS_S
+from stream_app.trainer import TrainerConfig, make_trainer
 from tests.integration.kafka_helpers import wait_until
 
 BOUNDED_LABELS = {"topic", "partition", "outcome", "reason", "table", "model", "k", "since",
@@ -419,3 +421,13 @@ def test_every_process_exposes_its_start_time_and_memory() -> None:
         text = generate_latest(metrics.registry).decode()
         assert "\nprocess_start_time_seconds " in text
         assert "\nprocess_resident_memory_bytes " in text
+
+
+def test_the_trainer_ready_gauge_reads_what_readyz_answers() -> None:
+    """A trainer stuck restoring had no series an alert could see (observability review)."""
+    trainer = make_trainer(KafkaConfig(bootstrap_servers="127.0.0.1:9"), TrainerConfig(),
+                           LearnerConfig(dim=4))
+    reg = trainer.metrics.registry
+    assert _value(reg, "stream_app_trainer_ready") == 0.0
+    trainer.ready = True
+    assert _value(reg, "stream_app_trainer_ready") == 1.0

@@ -5,6 +5,7 @@ and kept, so a record that stopped one scorer stopped every replica at every res
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -129,3 +130,20 @@ def test_a_meta_record_without_a_mix_or_a_tombstone_clears_it() -> None:
     assert apply_embedding(table, b"meta:trainer", _meta(MIX)) is None
     assert apply_embedding(table, b"meta:trainer", None) is None
     assert table.mix is None
+
+
+def test_a_row_from_a_clock_ahead_does_not_hold_the_newest_time_or_the_model_version() -> None:
+    """Its `updated_at` an hour ahead kept the staleness gauge below zero and the model
+    version pinned for that hour, hiding a scorer that had stopped reading (review)."""
+    def row(ident: str, version: str, updated_at: int) -> EmbeddingRow:
+        return EmbeddingRow(entity="item", id=ident, vector=np.ones(4, np.float32), bias=0.0,
+                            model_version=version, updates=1, updated_at=updated_at,
+                            last_event_ts=1)
+
+    table = EmbeddingTable(device=DEVICE)
+    before = int(time.time() * 1000)
+    table.upsert(row("a", "ahead", before + 3_600_000))
+    assert table.newest_updated_at is not None
+    assert before <= table.newest_updated_at <= int(time.time() * 1000)
+    table.upsert(row("b", "next", int(time.time() * 1000) + 1))  # a few ms ahead at most
+    assert table.model_version == "next"
