@@ -27,9 +27,9 @@ def add_commands(sub: Any) -> None:
                        "watch it learn live, ask for predictions, write a report",
                        description="Starts a local broker unless --bootstrap-servers (or "
                        "STREAM_APP_BOOTSTRAP_SERVERS) names one; every run uses fresh topics.")
-    p.add_argument("--data", type=Path, help="folder with ratings.dat.gz + movies.dat.gz "
-                   "(MovieLens 1M), or the ratings file; the synthetic stream is used when "
-                   "the path is not there")
+    p.add_argument("--data", type=Path, help="MovieLens folder (ratings.dat[.gz] of 1M or "
+                   "u.data of 100K; movies.dat[.gz] adds release times when there), or the "
+                   "ratings file; the synthetic stream is used when the path is not there")
     p.add_argument("--limit", type=int, default=300_000,
                    help="events to replay, first by event time (default 300000)")
     p.add_argument("--report-dir", type=Path, default=Path("demo-report"),
@@ -50,7 +50,8 @@ def add_commands(sub: Any) -> None:
                        "with the trainer's --stats-file output)")
     p.add_argument("run_dir", type=Path,
                    help="folder holding trainer-stats.jsonl, or a stats file itself")
-    p.add_argument("--out", type=Path, help="where to write the PNGs (default RUN_DIR)")
+    p.add_argument("--out", type=Path,
+                   help="where to write the PNGs (default RUN_DIR, or the folder of a stats file)")
     p.set_defaults(handler=_report)
 
 

@@ -31,7 +31,8 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("topics", help="create the product's topics (idempotent)")
     p.add_argument("action", choices=["create"])
-    p.add_argument("--partitions", type=int, default=3, help="partitions per topic (default 3)")
+    p.add_argument("--partitions", type=int, default=3,
+                   help="partitions of each topic but events-dlq, which gets 1 (default 3)")
     p.add_argument("--replication-factor", type=int, default=1, help="default 1")
     kafka_args(p)
     p.set_defaults(handler=_topics)
