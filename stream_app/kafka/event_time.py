@@ -36,7 +36,8 @@ handed out, so not committed: a crash meanwhile reads them again. A barrier
 whose partners do not come (a half that was never written, or two requests
 crossed in order) goes out alone after `BARRIER_WAIT_S` in which no partner
 partition had anything to hand out that was written (Kafka timestamp) before
-`BARRIER_SKEW_MS` after it, nor records on the broker not fetched yet.
+`BARRIER_SKEW_MS` after it, nor, while it has given nothing written after
+that, records on the broker not fetched yet.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ hold nothing else to hand out) before it goes out alone."""
 
 ORDER_WAIT_S = 2.0
 """How long, past the batch wait, records newer than a starved partition's last one are
-held back (`release_due`); a partition starved longer no longer holds the others."""
+held back (`release_due`). Counted from when the partition first ran dry at that last
+event time: one that keeps running dry without its time moving on (a flood of records
+without a readable time) no longer holds the others after it, where a clock restarted at
+every drain held them for as long as the flood lasted (consumer review)."""
 
 BARRIER_SKEW_MS = 60_000
 """A partner partition whose head was written (Kafka timestamp) this much after the
@@ -92,7 +96,8 @@ class EventTimeMerger:
         self._held_since: dict[Partition, float] = {}  # barrier heads without their partners
         self._behind: Collection[Partition] = ()
         self._last_time: dict[Partition, int] = {}  # event time of each partition's last record
-        self._starved_since: dict[Partition, float] = {}  # behind, with nothing queued
+        self._starved_since: dict[Partition, float] = {}  # ran dry at its current _last_time
+        self._newest_written: dict[Partition, int] = {}  # newest Kafka timestamp added
 
     def add(self, records: Iterable[RawRecord]) -> None:
         for rec in records:
@@ -100,8 +105,11 @@ class EventTimeMerger:
             et = self._event_time(rec)
             self._queues.setdefault(key, deque()).append((et, self._barrier(rec), rec))
             if et >= 0:  # unknown (bad input, a forget request) says nothing of what follows
+                if et > self._last_time.get(key, _NEVER):  # its frontier moves on
+                    self._starved_since.pop(key, None)
                 self._last_time[key] = et
-            self._starved_since.pop(key, None)
+            if rec.timestamp_ms > self._newest_written.get(key, _NEVER):
+                self._newest_written[key] = rec.timestamp_ms
 
     def queued(self, partition: Partition) -> int:
         return len(self._queues.get(partition, ()))
@@ -117,6 +125,7 @@ class EventTimeMerger:
             self._held_since.pop(p, None)
             self._last_time.pop(p, None)  # rewound: its next record is an older one
             self._starved_since.pop(p, None)
+            self._newest_written.pop(p, None)
             for r in self._partners(p):  # rewound: it may bring the partner again
                 self._held_since.pop(r, None)
 
@@ -138,11 +147,8 @@ class EventTimeMerger:
         (t[0]'s next record is likely no older than 10; after ORDER_WAIT_S, t[1] goes on.)
         """
         now = time.monotonic() if now is None else now
-        starved = {p for p in behind if not self._queues.get(p)}
-        for p in set(self._starved_since) - starved:
-            del self._starved_since[p]
-        holding = [p for p in starved
-                   if now - self._starved_since.setdefault(p, now) < ORDER_WAIT_S]
+        starved = [p for p in behind if not self._queues.get(p)]
+        holding = [p for p in starved if self._holds_others(p, now)]
         upto = min((self._last_time.get(p, _NEVER) for p in holding), default=_FOREVER)
         return self.release(limit, (), now, behind=behind, upto=upto)
 
@@ -207,10 +213,14 @@ class EventTimeMerger:
         """`upto`, lowered to the last event time of each `drained` partition still behind:
         its next record is likely no older, so newer ones wait for it (`release_due`)."""
         for p in drained:
-            if p in self._behind:
-                self._starved_since[p] = now
+            if p in self._behind and self._holds_others(p, now):
                 upto = min(upto, self._last_time.get(p, _NEVER))
         return upto
+
+    def _holds_others(self, p: Partition, now: float) -> bool:
+        """Whether the starved `p` still holds back records newer than its last one: for
+        ORDER_WAIT_S from when it first ran dry at that event time."""
+        return now - self._starved_since.setdefault(p, now) < ORDER_WAIT_S
 
     def _classify(self, p: Partition, now: float, heads: list[_Head], held: set[Partition],
                   *, push: bool = False) -> None:
@@ -254,11 +264,16 @@ class EventTimeMerger:
     def _partners_busy(self, p: Partition) -> bool:
         """Whether a partner partition has something else to hand out first."""
         head = self._queues[p][0][2]
+        after = head.timestamp_ms + BARRIER_SKEW_MS
         for r in self._partners(p):
             q = self._queues.get(r)
             if not q:
-                if r in self._behind:  # its next record, maybe the partner, is on the broker
+                # Its next record, maybe the partner, is on the broker; unless it already
+                # gave records written well after this half, which the partner (written
+                # with it) comes before. Without that, a live partner drained at every
+                # batch restarted the wait each time, and the half never went out.
+                if r in self._behind and self._newest_written.get(r, _NEVER) <= after:
                     return True
-            elif q[0][1] is None and q[0][2].timestamp_ms <= head.timestamp_ms + BARRIER_SKEW_MS:
+            elif q[0][1] is None and q[0][2].timestamp_ms <= after:
                 return True  # (a head written well after this half: the partner is not coming)
         return False

@@ -151,21 +151,23 @@ def check_forget_value(value: bytes | None, user: str) -> str | None:
     return request if isinstance(request, str) and request else None  # as `forget_request`
 
 
-def order_key(rec: RawRecord, latest_ms: int) -> int:
-    """`event_time`, except past `latest_ms` (the wall clock plus `trainer.max_future_ms`,
-    so decoding dead-letters the record): -1, first, like other bad input.
+def order_key(rec: RawRecord, now_ms: int, max_future_ms: int) -> int:
+    """`event_time`, but no later than `now_ms` (the wall clock); and past `now_ms +
+    max_future_ms` (`trainer.max_future_ms`, so decoding dead-letters the record): -1,
+    first, like other bad input.
 
-    Ordered by its own `ts`, such a record (a clock years off, microseconds for
-    milliseconds) would hold back every later record of its partition for as
-    long as other partitions have older ones queued: through a backlog, until
-    they all ran dry, and then the partition's events came in late.
+    Ordered by its own `ts`, a record from a clock ahead held back every later record of
+    its partition until the other partitions' events caught up with it: a clock years off
+    (microseconds for milliseconds) through a backlog, until they all ran dry, and one a
+    day ahead for that day of live traffic (consumer review). As now, it goes out with
+    what is being written now.
 
     >>> rec = RawRecord("clicks", 0, 7, b"u1", b'{"ts": 42}', 0)
-    >>> order_key(rec, latest_ms=100), order_key(rec, latest_ms=41)
-    (42, -1)
+    >>> order_key(rec, 100, 0), order_key(rec, 30, 20), order_key(rec, 30, 5)
+    (42, 30, -1)
     """
     ts = event_time(rec)
-    return -1 if ts > latest_ms else ts
+    return -1 if ts > now_ms + max_future_ms else min(ts, now_ms)
 
 
 @dataclass(slots=True)

@@ -164,7 +164,7 @@ class Trainer(Ownership):
 
     def _order_key(self, rec: RawRecord) -> int:
         """The consumer hands out partitions' records in this order (`order_key`)."""
-        return order_key(rec, latest_ms=int(time.time() * 1000) + self.cfg.max_future_ms)
+        return order_key(rec, int(time.time() * 1000), self.cfg.max_future_ms)
 
     def _loop(self, consumer: GroupConsumer, publisher: TransactionalPublisher) -> int:
         """Until stopped or idle (0), or until a partition is assigned but never fetched

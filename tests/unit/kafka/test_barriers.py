@@ -299,3 +299,17 @@ def test_a_pair_that_drains_a_partition_behind_holds_newer_records_after_the_wai
     m.add([rec("clicks", 0, 20, partition=1), rec("clicks", 1, 30, partition=1)])
     assert names(m.release_due(100, behind={C}, now=0.0)) == ["c0", "c1", "p0"]
     assert names(m.release_due(100, behind={C}, now=2.5)) == ["c0", "c1"]  # waited enough
+
+
+def test_a_lone_half_is_not_held_for_good_by_a_live_partner_drained_at_every_batch() -> None:
+    """The partner partition is live (behind: more on the broker) and every batch drains
+    it. Empty and behind, it restarted the wait at each batch, and clicks[0] never moved
+    again (consumer review); once it has given records written well after the half, its
+    next ones cannot bring the partner."""
+    m = merger()
+    m.add([rec("clicks", 0, 0, "L"), rec("clicks", 1, 1)])
+    released: list[str] = []
+    for second in range(120):
+        m.add([rec("purchases", second, 1000 * second)])
+        released += _poll(m, {C, P}, float(second))
+    assert "c0" in released and "c1" in released

@@ -118,3 +118,21 @@ def test_a_record_without_event_time_does_not_move_its_partitions_frontier() -> 
     assert coords(m.release_due(10, {("clicks", 0)}, now=0.0)) == [(0, 0), (0, 1)]
     m.add([rec(1, 0, 8)])  # a partition whose fetch came late, older than partition 0's last
     assert coords(m.release_due(10, {("clicks", 0)}, now=0.5)) == [(1, 0)]
+
+
+def test_a_flood_without_event_time_holds_the_others_only_for_the_order_wait() -> None:
+    """Partition 0 gets only records without a readable time (bad input), one a batch, and
+    each batch drains it. Its frontier stays at its last good record, and a clock restarted
+    at every drain held partition 1's newer records for as long as the flood lasted
+    (consumer review); counted from the first drain at that time, for ORDER_WAIT_S."""
+    m = by_ts()
+    behind = {("clicks", 0), ("clicks", 1)}
+    m.add([rec(0, 0, 10)])
+    released: list[RawRecord] = []
+    for step in range(20):  # a batch every 0.5 s
+        now = 0.5 * step
+        m.add([rec(0, step + 1, -1), rec(1, step, 100 + step)])
+        released += m.release(100, behind, now=now)
+        released += m.release_due(100, behind, now=now)
+    assert [r.offset for r in released if r.partition == 0] == list(range(21))
+    assert [r.offset for r in released if r.partition == 1] == list(range(20))

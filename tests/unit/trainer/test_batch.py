@@ -214,7 +214,7 @@ def test_a_record_past_the_future_allowance_does_not_hold_back_its_partition() -
                          value=b'{"ts": %d}' % ts, timestamp_ms=NOW)
 
     far = NOW + 10 * 86_400_000
-    merger = EventTimeMerger(lambda r: order_key(r, latest_ms=NOW + 86_400_000))
+    merger = EventTimeMerger(lambda r: order_key(r, NOW, 86_400_000))
     merger.add([rec(0, 0, NOW - 6), rec(0, 1, far), rec(0, 2, NOW - 4), rec(0, 3, NOW - 2)])
     merger.add([rec(1, 0, NOW - 5), rec(1, 1, NOW - 3), rec(1, 2, NOW - 1)])
     out = merger.release(10, waiting_for=[("t.clicks", 0), ("t.clicks", 1)])
@@ -230,5 +230,28 @@ def test_the_trainer_orders_by_order_key_with_its_future_allowance() -> None:
     def rec(ts: int) -> RawRecord:
         return RawRecord("t.clicks", 0, 0, b"u", b'{"ts": %d}' % ts, now)
 
-    assert trainer._order_key(rec(now + 30_000)) == now + 30_000
+    assert now <= trainer._order_key(rec(now + 30_000)) <= int(time.time() * 1000)  # as now
+    assert trainer._order_key(rec(now - 30_000)) == now - 30_000
     assert trainer._order_key(rec(now + 600_000)) == -1
+
+
+def test_a_record_from_a_clock_ahead_goes_out_as_now_among_live_records() -> None:
+    """Within the future allowance, its own ts (20 h ahead) held it, and every later record
+    of its partition, until the other partitions' live events caught up with it: 20 hours
+    (consumer review)."""
+    clock = [NOW]
+    merger = EventTimeMerger(lambda r: order_key(r, clock[0], 86_400_000))
+
+    def rec(partition: int, offset: int, ts: int) -> RawRecord:
+        return RawRecord(topic="t.clicks", partition=partition, offset=offset, key=b"u",
+                         value=b'{"ts": %d}' % ts, timestamp_ms=clock[0])
+
+    merger.add([rec(0, 0, NOW + 20 * 3_600_000)])
+    out: list[RawRecord] = []
+    behind = [("t.clicks", 0), ("t.clicks", 1)]
+    for step in range(1, 20):  # live: a record on each partition every 0.5 s
+        clock[0] = NOW + 500 * step
+        merger.add([rec(0, step, clock[0]), rec(1, step, clock[0])])
+        out += merger.release(100, behind, now=0.5 * step)
+        out += merger.release_due(100, behind, now=0.5 * step)
+    assert [r.offset for r in out if r.partition == 0][:3] == [0, 1, 2]
