@@ -31,6 +31,12 @@ from stream_app.kafka.settle import settle
 log = logging.getLogger(__name__)
 
 
+PAUSED_ENDS_EVERY_S = 10.0
+"""How often `lag` asks the broker for the ends of paused partitions. librdkafka's cached
+high watermark comes from fetch responses, and a paused partition is not fetched, so its
+lag froze at the pause while its backlog on the broker grew (consumer review)."""
+PAUSED_ENDS_TIMEOUT_S = 2.0
+
 CO_PARTITIONED_ASSIGNOR = "range"
 """Gives partition i of every subscribed topic to one member (its rebalances are eager)."""
 
@@ -76,6 +82,8 @@ class GroupConsumer:
         self._at_end: set[Partition] = set()
         self._ends_heard: dict[Partition, int] = {}  # where an end event said it ended
         self._paused: set[Partition] = set()
+        self._paused_ends: dict[Partition, int] = {}  # asked of the broker (`_ends_of_paused`)
+        self._paused_ends_at = -math.inf
         self._first_fetch = FirstFetch()
         self._on_assign = on_assign
         self._closing = False  # an assignment `close` meets is not handed on
@@ -282,8 +290,27 @@ class GroupConsumer:
         The high watermark is librdkafka's cached one (from fetch responses).
         """
         behind = lag_behind(self._consumer, [_TP(t, p) for t, p in self._assigned],
-                            starts_at_end=self._starts_at_end, ends_heard=self._ends_heard)
+                            starts_at_end=self._starts_at_end, ends_heard=self._ends_heard,
+                            ends=self._ends_of_paused())
         return {part: n + self._merger.queued(part) for part, n in behind.items()}
+
+    def _ends_of_paused(self) -> dict[Partition, int]:
+        """The broker's ends of the paused partitions, asked at most every
+        PAUSED_ENDS_EVERY_S (the last answer meanwhile, or when the broker does not
+        answer in PAUSED_ENDS_TIMEOUT_S)."""
+        if not self._paused:
+            return {}
+        now = time.monotonic()
+        if now - self._paused_ends_at >= PAUSED_ENDS_EVERY_S:
+            self._paused_ends_at = now
+            for topic in sorted({t for t, _ in self._paused}):
+                try:
+                    ends = self._watermarks.of(topic, PAUSED_ENDS_TIMEOUT_S)
+                except KafkaEdgeError as exc:
+                    log.debug("lag of paused partitions of %s: %s", topic, exc)
+                    continue
+                self._paused_ends.update({(topic, p): end for p, end in ends.items()})
+        return {p: self._paused_ends[p] for p in self._paused if p in self._paused_ends}
 
     def close(self) -> None:
         """Leave the group (revoking, so `on_revoke` may commit once more)."""
@@ -300,7 +327,8 @@ def starts_at_end(kafka: KafkaConfig, client_id: str, group_id: str) -> bool:
 
 
 def lag_behind(consumer: Consumer, parts: list[_TP], *, starts_at_end: bool,
-               ends_heard: Mapping[Partition, int]) -> dict[Partition, int]:
+               ends_heard: Mapping[Partition, int],
+               ends: Mapping[Partition, int] | None = None) -> dict[Partition, int]:
     """Records behind librdkafka's cached high watermark per partition.
 
     Before the first record the position is invalid. A partition whose end was
@@ -309,13 +337,16 @@ def lag_behind(consumer: Consumer, parts: list[_TP], *, starts_at_end: bool,
     every idle partition's whole log as lag (operator walkthrough). Otherwise
     count from where the reset policy starts, so a fresh backlog (or a
     partition librdkafka never fetches) shows as lag instead of vanishing, and
-    history skipped by `auto.offset.reset=latest` does not.
+    history skipped by `auto.offset.reset=latest` does not. `ends`: the broker's ends of
+    partitions librdkafka does not fetch (paused), whose cached watermark is stale.
     """
     out: dict[Partition, int] = {}
     if not parts:
         return out
     for tp in consumer.position(parts):
         low, high = consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+        if ends:
+            high = max(high, ends.get((tp.topic, tp.partition), -1))
         start = tp.offset
         if start < 0:
             start = ends_heard.get((tp.topic, tp.partition), high if starts_at_end else low)

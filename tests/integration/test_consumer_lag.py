@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka import TopicPartition as _TP
 
 from stream_app.config import KafkaConfig
+from stream_app.kafka import consumer as consumer_module
 from stream_app.kafka.consumer import GroupConsumer
 from stream_app.kafka.records import Partition
 from stream_app.kafka.request_consumer import RequestConsumer
+from tests.integration.kafka_helpers import wait_until
 
 PER_PARTITION = 40
 
@@ -97,3 +100,39 @@ def test_a_scorer_member_caught_up_at_its_committed_offsets_shows_no_lag(
         scorer_side.close()
     assert sum(got) == PER_PARTITION
     assert lag == {0: 0, 1: 0, 2: 0}
+
+
+def test_a_paused_partition_shows_the_backlog_growing_behind_it(
+        make_kafka: Callable[..., KafkaConfig], monkeypatch: pytest.MonkeyPatch) -> None:
+    """librdkafka does not fetch a paused partition, so its cached watermark, and the lag
+    gauge with it, froze at the pause while its backlog grew (consumer review)."""
+    monkeypatch.setattr(consumer_module, "PAUSED_ENDS_EVERY_S", 0.0)
+    kafka = make_kafka(partitions=1)
+    clicks, group = kafka.topics.clicks, f"{kafka.topic_prefix}paused"
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+
+    def send(n: int) -> None:
+        for i in range(n):
+            producer.produce(clicks, partition=0, key=b"u", value=b"%d" % i)
+        assert producer.flush(30) == 0
+
+    send(PER_PARTITION)
+    member = GroupConsumer(kafka, client_id="paused-test", group_id=group, topics=[clicks])
+    try:
+        got: list[int] = []
+
+        def poll() -> int:
+            got.append(len(member.poll_batch(100, 0.5)))
+            return got[-1]
+
+        assert wait_until(poll, timeout=30)  # joined, and reading
+        assert _lag_once_idle(poll, member.lag, clicks) == {0: 0}
+        assert sum(got) == PER_PARTITION
+        # Paused as `_bound_queues` pauses a partition queued far ahead of the others.
+        member.raw.pause([_TP(clicks, 0)])
+        member._paused.add((clicks, 0))  # noqa: SLF001
+        time.sleep(1.0)  # a fetch in flight at the pause (a 0.5 s long poll) still answers
+        send(100)
+        assert wait_until(lambda: member.lag()[(clicks, 0)] == 100, timeout=10)
+    finally:
+        member.close()
