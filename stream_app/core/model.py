@@ -194,7 +194,10 @@ def served_bias(config: LearnerConfig, items: Table, now_ms: int | None,
     logpop, released = items.logpop, items.released
     if rows is not None:
         logpop, released = logpop.index_select(0, rows), released.index_select(0, rows)
-    return config.pop_weight * logpop + release_prior(config, released, now_ms)
+    # An item learned only from events of weight 0 has no popularity (-inf), and
+    # pop_weight 0 times that was NaN: kept -inf, as `_item_bias` and the sampler do.
+    pop = torch.where(torch.isinf(logpop), logpop, config.pop_weight * logpop)
+    return pop + release_prior(config, released, now_ms)
 
 
 def release_flips(config: LearnerConfig, released: torch.Tensor, before_ms: int | None,

@@ -123,9 +123,6 @@ class Vocab:
             else:
                 self._wait(ids[j], seen)
                 rows[j] = COLD_ROW
-        dropped = []
-        while len(self.pending) > self.max_rows:
-            dropped.append(self.pending.popitem(last=False))
         protect = rows[rows > COLD_ROW]
         evicted = self._evict_idle(now_ms, protect)
         evicted_ts = self.last_ts[evicted]
@@ -156,6 +153,9 @@ class Vocab:
             else:  # no room: the rows left are in this batch, or newer than the id
                 rows[j] = COLD_ROW
                 self._wait(ids[j], seen_of[j])  # its events still count toward admission
+        dropped = []  # after every `_wait` of this batch, so the bound holds when it returns
+        while len(self.pending) > self.max_rows:
+            dropped.append(self.pending.popitem(last=False))
         new_ids = tuple(ids[j] for j in to_admit if j in admitted)
         return Admission(rows=rows, new_ids=new_ids, new_rows=np.array(new_rows, dtype=np.int64),
                          evicted_ids=tuple(evicted_ids), evicted_rows=evicted,

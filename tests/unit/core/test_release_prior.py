@@ -8,9 +8,9 @@ import io
 import torch
 
 from stream_app.core import Learner
-from stream_app.events import Event
+from stream_app.events import Event, EventKind
 from tests.device import DEVICE, assert_same
-from tests.unit.core.streams import T0, random_events, small_config
+from tests.unit.core.streams import T0, ev, random_events, small_config
 from tests.unit.core.test_learner_contract import _all_rows, _same_rows, _same_scores
 
 DAY = 86_400_000
@@ -93,3 +93,13 @@ def test_release_times_survive_the_changelog_and_snapshots() -> None:
 def test_boost_zero_turns_it_off() -> None:
     plain, released = _pair(release_boost=0.0)
     assert_same(plain.score_all(["u1"])[1], released.score_all(["u1"])[1])
+
+
+def test_recommend_has_no_nan_when_popularity_weighs_nothing() -> None:
+    """pop_weight 0 times the -inf popularity of an item learned only from weight-0 clicks
+    was NaN in recommend()'s scores (core review); it ranks last, as everywhere else."""
+    learner = Learner(small_config(pop_weight=0.0, click_weight=0.0), device=DEVICE)
+    learner.learn([ev("a", "u", "i1", T0, EventKind.PURCHASE), ev("b", "v", "i2", T0)])
+    top = learner.recommend(["w"], k=5)
+    assert top.item_ids[0][0] == "i1"
+    assert not torch.isnan(torch.as_tensor(top.scores)).any()

@@ -33,6 +33,17 @@ def test_ids_waiting_for_admission_are_bounded_by_the_cap_oldest_out_first() -> 
     assert dropped == [(f"x{n}", 1) for n in range(998)] and len(v) == 0
 
 
+def test_ids_turned_away_at_the_cap_stay_within_the_pending_bound() -> None:
+    """Ids over their threshold with no row left wait again, and were put back after the
+    bound was applied: 5 counts kept with a bound of 2 for a step (core review)."""
+    v = Vocab(max_rows=2, admission_threshold=2, idle_ttl_ms=0)
+    v.assign(["a", "b"], np.array([100, 100]), np.array([2, 2]), now_ms=100)
+    v.assign(["p", "q"], np.array([10, 10]), np.array([1, 1]), now_ms=100)
+    adm = v.assign(["x", "y", "z"], np.array([50] * 3), np.array([2] * 3), now_ms=100)
+    assert len(v) == 2 and len(v.pending) == 2  # the table keeps its newer a and b
+    assert [i for i, _ in adm.dropped_pending] == ["p", "q", "x"]  # oldest out first
+
+
 def test_ttl_evicts_idle_rows_in_event_time_and_reuses_them() -> None:
     v = Vocab(max_rows=10, admission_threshold=1, idle_ttl_ms=100)
     _assign(v, ["a", "b"], 0)
