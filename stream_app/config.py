@@ -108,7 +108,7 @@ class KafkaConfig:
                               "or set STREAM_APP_BOOTSTRAP_SERVERS")
         for server in self.bootstrap_servers.split(","):
             host, sep, port = server.strip().rpartition(":")
-            if not sep or not host or not port.isdigit():
+            if not sep or not host or not (port.isascii() and port.isdigit()):
                 raise ConfigError(f"bootstrap_servers entries must be HOST:PORT, got {server!r}")
             if not 1 <= int(port) <= 65535:  # librdkafka wraps it (99999 -> 34463), silently
                 raise ConfigError(f"bootstrap_servers port must be in 1..65535, got {server!r}")

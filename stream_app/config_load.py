@@ -41,7 +41,7 @@ def parse_kv(pairs: list[str] | None, what: str = "-X") -> dict[str, str]:
 def read_properties(path: Path) -> dict[str, str]:
     """A librdkafka settings file (`key=value` lines, `#` comments), like kcat -F."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM made the first key unknown
     except OSError as exc:
         raise ConfigError(f"cannot read --kafka-config {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
@@ -228,10 +228,27 @@ def _dotted(table: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     nested table, so nested keys are joined back with dots."""
     out: dict[str, str] = {}
     for key, value in table.items():
+        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = str(value).lower() if isinstance(value, bool) else str(value)
+            joined = _dotted(value, f"{name}.")
+            if joined.keys() & out.keys():  # `"linger.ms" = 1` beside `linger = {ms = 2}`
+                raise ConfigError(f"[kafka.client] sets {sorted(joined.keys() & out.keys())} "
+                                  "twice; keep one")
+            out.update(joined)
+            continue
+        if isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, int | str):
+            text = str(value)
+        else:  # a list or float became its Python text ("['PLAIN']"), silently
+            raise ConfigError(f"[kafka.client] {name} = {value!r}: librdkafka settings are "
+                              "strings, integers or booleans (a list is one string, "
+                              'comma-separated: "a,b")')
+        if "\0" in text:
+            raise ConfigError(f"[kafka.client] {name} holds a NUL character")
+        if name in out:
+            raise ConfigError(f"[kafka.client] sets {name} twice; keep one")
+        out[name] = text
     return out
 
 

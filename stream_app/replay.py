@@ -19,7 +19,13 @@ from typing import Literal
 from stream_app.config import ConfigError, KafkaConfig, TopicNames
 from stream_app.events import EventKind
 from stream_app.kafka.admin import require_topics
-from stream_app.kafka.produce import DeliveryError, EventProducer, Outgoing, TimedOut
+from stream_app.kafka.produce import (
+    DeliveryError,
+    EventProducer,
+    Outgoing,
+    TimedOut,
+    check_event_settings,
+)
 from stream_app.progress import Progress
 from stream_app.sources import RawRecord, SourceError, to_record
 from stream_app.sources.csv import read_csv
@@ -110,6 +116,7 @@ def produce_records(kafka: KafkaConfig, records: Iterable[RawRecord], *, total: 
     5 s to be delivered (`EventProducer.abandon`), and the user is told how
     many records the broker took, so they know where a re-run would pick up.
     """
+    check_event_settings(kafka)
     require_topics(kafka, [kafka.topics.clicks, kafka.topics.purchases])
     bar = Progress(label, total=total, stream=sys.stderr if progress else None)
     producer = EventProducer(kafka, client_id=f"stream-app-{label}")

@@ -118,6 +118,8 @@ def _spelled(user_value: Any, ours: Any) -> str:
     ('false', 'true', 'range')
     """
     text = str(user_value).strip().lower()
+    if ours == "all" and text == "-1":  # acks: librdkafka's other spelling of all
+        return "all"
     return _BOOLS.get(text, text) if isinstance(ours, bool) else text
 
 
@@ -238,10 +240,43 @@ class ClientLog:
             self._say(level, f"librdkafka {line}{more}")
 
 
+DURABLE_PRODUCER: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
+"""Enforced on the producers of events and forget requests: with `-X acks=0` librdkafka
+reports every record delivered without asking the broker, so a replay said "replayed N
+events" of records no broker took; without idempotence, retries may reorder or repeat a
+user's events (config review)."""
+
+USER_PARTITIONERS = frozenset({"consistent_random", "consistent", "murmur2_random", "murmur2"})
+"""Partitioners that put a user id (a non-empty key) where librdkafka's default or Java's
+does, as the trainer expects (`partitioners`)."""
+
+
+def check_user_partitioner(client: Mapping[str, str]) -> None:
+    """Refuse a partitioner that spreads one user's records over partitions (`random`,
+    `fnv1a`): the trainer would see their events and forget requests apart.
+
+    >>> check_user_partitioner({"partitioner": "murmur2_random"})
+    >>> check_user_partitioner({"topic.partitioner": "random"})
+    Traceback (most recent call last):
+    ...
+    stream_app.config.ConfigError: librdkafka setting topic.partitioner=random: ...
+    """
+    for key in ("partitioner", "topic.partitioner"):
+        value = str(client.get(key, "consistent_random")).strip().lower()
+        if value not in USER_PARTITIONERS:
+            raise ConfigError(
+                f"librdkafka setting {key}={value}: events and forget requests need a "
+                "partitioner that puts a user id where librdkafka's default or Java's does "
+                f"({', '.join(sorted(USER_PARTITIONERS))}), or a user's events are split "
+                "over partitions (README, Partitioner)")
+
+
 def producer_config(kafka: KafkaConfig, client_id: str, *,
-                    transactional_id: str | None = None, **extra: Any) -> dict[str, Any]:
-    """`extra` are more defaults (e.g. LATENCY_PRODUCER_DEFAULTS): a user value still wins."""
-    enforced: dict[str, Any] = _base(kafka, client_id)
+                    transactional_id: str | None = None,
+                    enforce: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """`extra` are more defaults (e.g. LATENCY_PRODUCER_DEFAULTS): a user value still wins;
+    `enforce` are not (a conflicting one raises)."""
+    enforced: dict[str, Any] = _base(kafka, client_id) | dict(enforce or {})
     defaults = PRODUCER_DEFAULTS
     if transactional_id is not None:
         enforced |= {"transactional.id": transactional_id, "enable.idempotence": True}
@@ -270,8 +305,10 @@ def consumer_config(kafka: KafkaConfig, client_id: str, group_id: str, *,
 
 
 def make_producer(kafka: KafkaConfig, client_id: str, *,
-                  transactional_id: str | None = None, **extra: Any) -> Producer:
-    conf = producer_config(kafka, client_id, transactional_id=transactional_id, **extra)
+                  transactional_id: str | None = None,
+                  enforce: Mapping[str, Any] | None = None, **extra: Any) -> Producer:
+    conf = producer_config(kafka, client_id, transactional_id=transactional_id,
+                           enforce=enforce, **extra)
     log.debug("producer config %s", redact({k: str(v) for k, v in conf.items()}))
     return created(Producer, conf)
 
@@ -318,6 +355,11 @@ def created(factory: Callable[[dict[str, Any]], T], conf: dict[str, Any]) -> T:
     except KafkaException as exc:
         raise ConfigError(f"librdkafka refused the client settings (-X, --kafka-config, "
                           f"[kafka.client]): {exc.args[0].str()}") from exc
+    except (TypeError, ValueError, AttributeError) as exc:
+        # confluent-kafka's own keys (`logger`, `*_cb`, `delivery.report.only.error`) want
+        # Python objects: as -X text they raised here, a traceback and exit 1.
+        raise ConfigError(f"the client settings (-X, --kafka-config, [kafka.client]) hold a "
+                          f"value confluent-kafka cannot take: {exc}") from exc
 
 
 LEAVE_GROUP_WAIT_S = 5.0

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stream_app.config import KafkaConfig
 from stream_app.events import Headers
-from stream_app.kafka.clients import make_producer
+from stream_app.kafka.clients import DURABLE_PRODUCER, check_user_partitioner, make_producer
 from stream_app.kafka.exceptions import KafkaEdgeError
 
 
@@ -81,11 +81,19 @@ class TimedOut(DeliveryError):
     """A record timed out undelivered (no broker took it): `send_all` stops there."""
 
 
+def check_event_settings(kafka: KafkaConfig) -> None:
+    """Refuse librdkafka settings an `EventProducer` cannot run with (`ConfigError`), without
+    a broker: called before the broker check, they read as "no broker" (exit 75) after it."""
+    check_user_partitioner(kafka.client)
+    make_producer(kafka, "check", enforce=DURABLE_PRODUCER)
+
+
 class EventProducer:
     """Produce records and count broker acknowledgements; `close()` flushes."""
 
     def __init__(self, kafka: KafkaConfig, client_id: str = "stream-app-producer") -> None:
-        self._producer: Producer = make_producer(kafka, client_id)
+        check_user_partitioner(kafka.client)
+        self._producer: Producer = make_producer(kafka, client_id, enforce=DURABLE_PRODUCER)
         self.acked = 0
         self.refused = 0  # the broker answered no (too large, not authorised ...)
         self.expired = 0  # waited out message.timeout.ms: no broker took them

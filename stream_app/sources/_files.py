@@ -12,9 +12,11 @@ import gzip
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, overload
+from typing import IO, Any, TypeVar, overload
 
 from stream_app.sources.records import SourceError
+
+T = TypeVar("T")
 
 READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
 """What reading a file can raise (gzip.BadGzipFile is an OSError)."""
@@ -80,6 +82,18 @@ def _first_undecodable(path: Path, encoding: str) -> int | None:
     except READ_ERRORS:
         return None
     return None
+
+
+def nonempty(path: Path, lines: Iterator[tuple[int, T]]) -> Iterator[tuple[int, T]]:
+    """`lines`, or a `SourceError` when the file holds none: an empty input (or a `.gz`
+    cut to nothing, which gunzips to nothing) replayed as "0 events", exit 0, like a
+    success (config review)."""
+    empty = True
+    for numbered in lines:
+        empty = False
+        yield numbered
+    if empty:
+        raise SourceError(path, 1, "the file is empty: there is nothing to replay")
 
 
 def _why(exc: BaseException) -> str:

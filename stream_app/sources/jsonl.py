@@ -16,7 +16,7 @@ from stream_app.codec import DecodeError, DlqReason, EncodeError, encode_event
 from stream_app.codec.events import event_from_object
 from stream_app.codec.wire import EVENT_MAX_BYTES, check_value, parse_object, shown
 from stream_app.events import Event, EventKind
-from stream_app.sources._files import numbered_lines
+from stream_app.sources._files import nonempty, numbered_lines
 from stream_app.sources.records import SourceError
 
 
@@ -37,7 +37,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     counted towards the size bound it refused a value of exactly the bound), and without
     a UTF-8 byte order mark before the first (editors on Windows write one; it is no
     JSON)."""
-    for number, line in numbered_lines(path):
+    for number, line in nonempty(path, numbered_lines(path)):
         line = line.rstrip(b"\r\n")
         if number == 1 and line.startswith((b"\xff\xfe", b"\xfe\xff")):
             raise SourceError(path, 1, "the file is UTF-16 (Windows PowerShell's > writes it), "

@@ -27,7 +27,7 @@ from typing import Literal
 from stream_app.codec.events import RELEASED_RANGE, TS_RANGE
 from stream_app.codec.fastcheck import ID_MAX_LEN
 from stream_app.events import Event, EventKind
-from stream_app.sources._files import numbered_lines
+from stream_app.sources._files import nonempty, numbered_lines
 from stream_app.sources.records import SourceError
 
 Rating = tuple[int, int, float, int]
@@ -104,6 +104,7 @@ def rating_events(
         if liked else [click]
 
 
+_ID = re.compile(r"[0-9]+")  # ASCII digits alone (the CSV reader's rule)
 BOM_LATIN1 = "\u00ef\u00bb\u00bf"
 """A UTF-8 byte order mark (an editor's) as latin-1 reads it."""
 
@@ -116,9 +117,12 @@ def _event_id(user: int, item: int, seconds: int, *, purchase: bool) -> str:
 
 def read_raw_ratings(path: Path) -> Iterator[Rating]:
     """(user, item, rating, ts seconds) per non-empty line, `::` or tab separated."""
-    for number, line in numbered_lines(path, encoding="latin-1"):
+    for number, line in nonempty(path, numbered_lines(path, encoding="latin-1")):
         line = line.strip()
         if number == 1:
+            if line.startswith(("\xff\xfe", "\xfe\xff")):  # UTF-16's BOM, as latin-1
+                raise SourceError(path, 1, "the file is UTF-16 (Windows PowerShell's > "
+                                  "writes it), not latin-1 or UTF-8: save it as UTF-8")
             line = line.removeprefix(BOM_LATIN1)
         if not line:
             continue
@@ -128,6 +132,9 @@ def read_raw_ratings(path: Path) -> Iterator[Rating]:
                               "line is UserID::MovieID::Rating::Timestamp (ML-1M and ML-10M "
                               "ratings.dat) or the same four separated by tabs (ML-100K "
                               "u.data)")
+        if not all(_ID.fullmatch(parts[n]) for n in (0, 1, 3)):  # int() took "1_0", "+1"
+            raise SourceError(path, number, f"bad field: UserID, MovieID and Timestamp are "
+                              f"digits, got {parts[0]!r}, {parts[1]!r}, {parts[3]!r}")
         try:  # stars in halves from ML-10M on
             user, item, seconds = int(parts[0]), int(parts[1]), int(parts[3])
             stars = float(parts[2])

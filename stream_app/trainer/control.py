@@ -18,7 +18,7 @@ import orjson
 from stream_app.codec.fastcheck import ID_MAX_LEN, fast_id
 from stream_app.config import ConfigError, KafkaConfig
 from stream_app.kafka.admin import require_topics
-from stream_app.kafka.produce import EventProducer, Outgoing
+from stream_app.kafka.produce import EventProducer, Outgoing, check_event_settings
 from stream_app.trainer.batch import CONTROL_HEADER
 
 
@@ -31,6 +31,7 @@ def send_forget(kafka: KafkaConfig, user_id: str) -> None:
                           "characters, no control characters)")
     # The broker, the credentials and the topics first: a send to a dead port or a missing
     # topic waited out its 60 s delivery timeout, then failed without saying why.
+    check_event_settings(kafka)
     require_topics(kafka, [kafka.topics.clicks, kafka.topics.purchases])
     value = orjson.dumps({"type": "forget", "user_id": user_id,
                           "request_id": uuid.uuid4().hex})

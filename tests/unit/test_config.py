@@ -143,7 +143,7 @@ def test_broker_start_refuses_a_bad_address_to_reuse_before_waiting_for_it(
     (["trainer", "--metrics-port", "0", "-X", "message.timeout.ms=600000"],
      "`message.timeout.ms` must be set <= `transaction.timeout.ms`"),
     (["scorer", "--metrics-port", "0", "-X", "acks=1"], "`acks` must be set to `all`"),
-    (["forget", "u1", "-X", "acks=1"], "`acks` must be set to `all`"),
+    (["forget", "u1", "-X", "acks=1"], "acks=1 conflicts with acks=all"),
     (["request", "u1", "-X", "acks=1"], "`acks` must be set to `all`"),
     (["generate", "--events", "5", "-X", "max.in.flight.requests.per.connection=10"],
      "`max.in.flight` must be set <= 5"),
@@ -263,6 +263,53 @@ def test_a_config_file_of_wrong_shape_or_types_fails_with_exit_2(
     err = capsys.readouterr().err
     assert "configuration error" in err
     assert re.search(message, err), err
+
+
+@pytest.mark.parametrize(("setting", "says"), [
+    ("enable.idempotence=false", "enable.idempotence=false conflicts"),
+    ("acks=1", "acks=1 conflicts with acks=all"),
+    ("partitioner=random", "partitioner=random: events and forget requests need"),
+    ("topic.partitioner=fnv1a", "topic.partitioner=fnv1a: events and forget requests need"),
+    ("delivery.report.only.error=true", "a value confluent-kafka cannot take"),
+    ("stats_cb=x", "a value confluent-kafka cannot take"),
+])
+def test_replay_refuses_settings_that_lose_split_or_crash_before_the_broker_check(
+        setting: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With `-X enable.idempotence=false -X acks=0` a replay said "replayed N events" of
+    records no broker took; `random` spread a user over partitions; a callback key as
+    text crashed with a traceback (config review)."""
+    events = tmp_path / "e.jsonl"
+    events.write_text('{"event_id": "e1", "user_id": "u1", "item_id": "i1", '
+                      '"ts": 1700000000000}\n')
+    assert main(["replay", str(events), "--bootstrap-servers", "127.0.0.1:1",
+                 "-X", setting]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_a_port_of_other_digits_than_ascii_is_refused() -> None:
+    """librdkafka read `127.0.0.1:٩٠٩٢` as port 0 ("no broker", exit 75)."""
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        KafkaConfig(bootstrap_servers="127.0.0.1:\u0669\u0660\u0669\u0662")
+
+
+@pytest.mark.parametrize(("client", "says"), [
+    ({"sasl": {"mechanisms": ["PLAIN"]}}, "strings, integers or booleans"),
+    ({"linger.ms": 1.5}, "strings, integers or booleans"),
+    ({"linger.ms": 1, "linger": {"ms": 2}}, "sets ['linger.ms'] twice"),
+])
+def test_kafka_client_values_of_another_shape_are_refused(client: dict[str, object],
+                                                          says: str) -> None:
+    """A list became its Python text ("['PLAIN']"), silently (config review)."""
+    with pytest.raises(ConfigError) as caught:
+        load_kafka({"kafka": {"client": client}}, {}, {}, {})
+    assert says in str(caught.value)
+
+
+def test_a_kafka_config_file_with_a_byte_order_mark_reads_its_first_key(
+        tmp_path: Path) -> None:
+    props = tmp_path / "k.properties"
+    props.write_bytes(b"\xef\xbb\xbfsecurity.protocol=SSL\n")
+    assert read_properties(props) == {"security.protocol": "SSL"}
 
 
 def test_dotted_librdkafka_keys_in_the_file_stay_dotted() -> None:

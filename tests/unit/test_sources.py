@@ -138,6 +138,34 @@ def test_a_file_that_is_not_ratings_says_what_a_ratings_line_is(tmp_path: Path) 
         list(read_ratings(path))
 
 
+@pytest.mark.parametrize("name", ["e.jsonl", "ratings.dat", "e.jsonl.gz"])
+def test_an_empty_input_is_an_error_not_a_replay_of_nothing(tmp_path: Path,
+                                                           name: str) -> None:
+    """An empty file (or a .gz cut to nothing) replayed "0 events", exit 0 (review)."""
+    path = tmp_path / name
+    path.write_bytes(b"")
+    read = read_ratings if name == "ratings.dat" else read_jsonl
+    with pytest.raises(SourceError, match="the file is empty"):
+        list(read(path))
+
+
+@pytest.mark.parametrize("line", ["1_0::1193::5::978300760", "+1::1193::5::978300760",
+                                  "1::1193::5::9_78300760"])
+def test_movielens_ids_are_ascii_digits_alone(tmp_path: Path, line: str) -> None:
+    """int() read "1_0" as user 10, merging two users' ratings (review)."""
+    path = tmp_path / "ratings.dat"
+    path.write_text(line + "\n")
+    with pytest.raises(SourceError, match="are digits"):
+        list(read_ratings(path))
+
+
+def test_a_utf16_ratings_file_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.dat"
+    path.write_bytes("1::1193::5::978300760\n".encode("utf-16"))
+    with pytest.raises(SourceError, match="UTF-16"):
+        list(read_ratings(path))
+
+
 def test_release_times_from_titles_ride_on_the_events() -> None:
     released = release_times(read_movies(DATA / "movies_small.dat"))
     assert released == {"1": 788_918_400_000, "2": 788_918_400_000,  # 1995-01-01 UTC
