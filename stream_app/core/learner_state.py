@@ -260,6 +260,11 @@ class LearnerState(LearnerFields):
         which entity comes first does not matter.
         """
         is_user = rows.entity == "user"
+        if is_user and self._tombstoned:
+            # A row after the tombstone: the user came back, as when one chunk of the
+            # restore holds both (only the row is read). Left tombstoned across chunks,
+            # what the volatile state keeps of them was dropped (core review).
+            self._tombstoned.difference_update(rows.ids)
         vocab = self._user_vocab if is_user else self._item_vocab
         vocab.overflow = max(RESTORE_OVERFLOW_MIN, int(vocab.max_rows * RESTORE_OVERFLOW))
         pending: dict[int, int] = {}  # table row -> index in `rows` of its latest row
