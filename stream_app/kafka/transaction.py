@@ -202,7 +202,24 @@ def _produce(producer: Producer, rec: OutRecord,
             if err.txn_requires_abort() or (err.code() == KafkaError._STATE  # noqa: SLF001
                                             and not err.fatal()):
                 raise AbortRequired(f"produce: {err.str()}", by_broker=True) from exc
-            raise FatalTransactionError(f"produce to {rec.topic} failed: {err.str()}") from exc
+            cause = _fatal_cause(producer, exc)
+            raise FatalTransactionError(f"produce to {rec.topic} failed: "
+                                        f"{cause.args[0].str()}") from cause
+
+
+def _fatal_cause(producer: Producer, exc: KafkaException) -> KafkaException:
+    """The error behind produce()'s `_FATAL`: librdkafka's produce() answers that code once
+    the producer failed fatally, while its transactional calls answer the failure itself.
+    A fence by the broker after a transaction outlived its timeout (a broker away that
+    long while produce() waited for room) thus read as an unknown fatal error: the trainer
+    exited 1 instead of starting its producer again (exactly-once review)."""
+    if exc.args[0].code() != KafkaError._FATAL:  # noqa: SLF001
+        return exc
+    try:
+        producer.abort_transaction(1.0)
+    except KafkaException as real:
+        return real
+    return exc
 
 
 REWIND_TRIES = 3

@@ -111,6 +111,7 @@ class Trainer(Ownership):
         self._progress = ProgressLine(every_s=PROGRESS_LOG_S, started=time.monotonic())
         self._batch_cap = cfg.batch_max  # lowered while batches near max.poll.interval.ms
         self._outcome_at = 0.0  # when the last batch's transaction committed or aborted
+        self._txn_seconds = 0.0  # how long that transaction took
         self._snapshot_at = time.monotonic()
         self._unsnapshotted = False  # a commit since the last snapshot was taken
         self._erasures = 0  # committed forgets and distrusting restores (`_snapshot`)
@@ -239,7 +240,8 @@ class Trainer(Ownership):
                                    spot_topic=self.topics.embeddings)
         published_ms = int(time.time() * 1000)
         self._outcome_at = time.monotonic()
-        self.metrics.transaction_seconds.observe(self._outcome_at - txn_start)
+        self._txn_seconds = self._outcome_at - txn_start
+        self.metrics.transaction_seconds.observe(self._txn_seconds)
         # Not the abort's back-off and restore below (restore_seconds): they put minutes
         # of recovery in the batch panel's p99.
         self.metrics.batch_seconds.observe(self._outcome_at - started)
@@ -292,13 +294,17 @@ class Trainer(Ownership):
 
     def _resize(self, taken: int, seconds: float, max_poll_interval_s: float) -> None:
         """Take fewer records a poll while batches near max.poll.interval.ms (`batch_cap`)."""
+        txn_timeout_s = self._txn_timeout_s()
         cap = next_batch_cap(self._batch_cap, configured=self.cfg.batch_max, taken=taken,
-                             seconds=seconds, max_poll_interval_s=max_poll_interval_s)
+                             seconds=seconds, max_poll_interval_s=max_poll_interval_s,
+                             txn_seconds=self._txn_seconds, txn_timeout_s=txn_timeout_s)
         if cap < self._batch_cap:
-            log.warning("a batch of %d records took %.1f s from its poll to its commit, over "
-                        "half of max.poll.interval.ms (%.0f s): taking at most %d records a "
-                        "poll until batches are faster (batch_max %d)", taken, seconds,
-                        max_poll_interval_s, cap, self.cfg.batch_max)
+            log.warning("a batch of %d records took %.1f s from its poll to its commit "
+                        "(%.1f s of it in its transaction), over half of max.poll.interval.ms "
+                        "(%.0f s) or of transaction.timeout.ms (%.0f s): taking at most %d "
+                        "records a poll until batches are faster (batch_max %d)", taken,
+                        seconds, self._txn_seconds, max_poll_interval_s, txn_timeout_s, cap,
+                        self.cfg.batch_max)
         elif cap > self._batch_cap:
             log.info("batches are fast again: taking at most %d records a poll (batch_max %d)",
                      cap, self.cfg.batch_max)

@@ -296,6 +296,40 @@ def test_a_producer_fenced_after_its_transaction_outlived_the_timeout_is_started
     assert fenced.calls == ["init", "commit", "purge"] and fresh.calls == ["init", "commit"]
 
 
+class _FatalAtProduce(_Txn):
+    """produce() answers _FATAL, as librdkafka's does after a fatal error; the
+    transactional calls answer the error itself (`cause`)."""
+
+    def __init__(self, cause: KafkaError) -> None:
+        super().__init__()
+        self.cause = cause
+
+    def produce(self, *_: Any, **__: Any) -> None:
+        self.calls.append("produce")
+        raise KafkaException(KafkaError(KafkaError._FATAL, "fatal", fatal=True))  # noqa: SLF001
+
+    def abort_transaction(self, *_: Any) -> None:
+        self.calls.append("abort")
+        raise KafkaException(self.cause)
+
+
+def test_a_fence_behind_a_fatal_produce_starts_the_producer_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fenced, fresh = _FatalAtProduce(FENCED), _Txn()
+    outcomes, raw = _publish(monkeypatch, [fenced, fresh], timeout_ms="0", batches=2)
+    assert outcomes == [TxnOutcome.ABORTED, TxnOutcome.COMMITTED]
+    assert raw.seeks == [("in", 0, 5)]
+
+
+def test_another_fatal_error_behind_a_fatal_produce_still_stops_the_trainer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream_app.kafka.exceptions import FatalTransactionError
+
+    other = KafkaError(KafkaError.INVALID_TRANSACTION_TIMEOUT, "bad", fatal=True)
+    with pytest.raises(FatalTransactionError, match="bad"):
+        _publish(monkeypatch, [_FatalAtProduce(other), _Txn()], timeout_ms="0", batches=1)
+
+
 @pytest.mark.parametrize(("error", "timeout_ms"), [
     (FENCED, "60000"),  # within the timeout: a newer instance has our transactional.id
     (KafkaError(KafkaError._FATAL, "fatal idempotence error", fatal=True), "0"),  # noqa: SLF001

@@ -49,3 +49,17 @@ def test_a_batch_short_of_the_cap_says_nothing_about_a_bigger_one() -> None:
 def test_a_slow_short_batch_halves_from_its_own_size() -> None:
     assert next_batch_cap(10_000, configured=10_000, taken=600, seconds=200.0,
                           max_poll_interval_s=INTERVAL_S) == 300
+
+
+def test_a_transaction_near_its_timeout_halves_the_cap_until_it_fits() -> None:
+    """Rows that take 4 ms each to publish: a 10,000-record batch's transaction ran past
+    transaction.timeout.ms (30 s) at every try, far under half the poll interval, and was
+    aborted and read again for ever (exactly-once review)."""
+    cap, seen = 10_000, []
+    for _ in range(20):
+        cap = next_batch_cap(cap, configured=10_000, taken=cap, seconds=0.004 * cap + 1,
+                             max_poll_interval_s=INTERVAL_S, txn_seconds=0.004 * cap,
+                             txn_timeout_s=30.0)
+        seen.append(cap)
+    assert seen[-1] == 2_500 and 0.004 * seen[-1] <= 15.0
+    assert seen[-5:] == [2_500] * 5  # settled: no swing back into a transaction too long
