@@ -22,6 +22,7 @@ from __future__ import annotations
 from stream_app.codec.changelog import decode_changelog_rows
 from stream_app.codec.dlq import (
     DLQ_BYTES_MAX,
+    DLQ_RECORD_MAX,
     decode_dlq,
     dlq_key,
     dlq_record,
@@ -70,6 +71,7 @@ from stream_app.codec.wire import (
 __all__ = [
     "decode_id_key",
     "DLQ_BYTES_MAX",
+    "DLQ_RECORD_MAX",
     "EVENT_MAX_BYTES",
     "HEADERS_COPIED_MAX",
     "MESSAGE_MAX_BYTES",

@@ -20,6 +20,7 @@ from stream_app.codec.exceptions import (
 )
 from stream_app.codec.schemas import error_for, schema
 from stream_app.codec.wire import (
+    HEADERS_COPIED_MAX,
     MESSAGE_MAX_BYTES,
     b64decode,
     b64encode,
@@ -31,6 +32,14 @@ from stream_app.events import Coordinates, DlqRecord, DlqStage, Headers
 
 DLQ_BYTES_MAX = 64 * 1024
 """Raw key / value bytes kept in a DLQ record; the rest is cut (`value_truncated`)."""
+_B64_MAX = 4 * ((DLQ_BYTES_MAX + 2) // 3)
+DLQ_RECORD_MAX = (2 * _B64_MAX + 6 * (DETAIL_MAX_CHARS + 2 * 249) + 1024
+                  + HEADERS_COPIED_MAX + 4096)
+"""Most bytes a DLQ record takes as the broker counts it: the key's and the value's base64,
+the detail and two topic names (each character escaped to six at worst), the other
+fields, the copied headers, its Kafka key and the batch's framing. The trainer and
+scorer check at start that `events-dlq` takes it: a DLQ record the topic refuses stopped
+the scorer on its request at every restart, and aborted the trainer's batch for ever."""
 _DLQ = schema("dlq-record")
 
 

@@ -33,7 +33,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from stream_app.codec import BugRun, DlqReason, copied_headers
+from stream_app.codec import DLQ_RECORD_MAX, BugRun, DlqReason, copied_headers
 from stream_app.config import KafkaConfig
 from stream_app.heap import freeze_survivors
 from stream_app.kafka.admin import AdminClient, admin_client, group_members, require_topics
@@ -141,7 +141,8 @@ class Scorer:
             self.metrics_port = server.port
             require_topics(self.kafka, [t.embeddings, t.score_requests, t.predictions, t.dlq],
                            compacted=[t.embeddings],
-                           record_room={t.predictions: ANSWER_RECORD_MAX})
+                           record_room={t.predictions: ANSWER_RECORD_MAX,
+                                        t.dlq: DLQ_RECORD_MAX})
             return self._serve()
 
     def _serve(self) -> int:

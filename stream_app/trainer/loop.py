@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stream_app.codec import BugRun, DlqReason
+from stream_app.codec import DLQ_RECORD_MAX, BugRun, DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.core import Learner, LearnerConfig
 from stream_app.device import resolve_device
@@ -128,7 +128,8 @@ class Trainer(Ownership):
         # a user's clicks and purchases) needs equal partition counts.
         inputs = [self.topics.clicks, self.topics.purchases]
         kept = require_topics(self.kafka, [*inputs, self.topics.embeddings, self.topics.dlq],
-                              co_partitioned=inputs, compacted=[self.topics.embeddings])
+                              co_partitioned=inputs, compacted=[self.topics.embeddings],
+                              record_room={self.topics.dlq: DLQ_RECORD_MAX})
         if self._snapshots is not None and self.topics.embeddings in kept:
             self._snapshots.cap_age(kept[self.topics.embeddings])
         # Step 0. init_transactions fences a zombie and aborts its open

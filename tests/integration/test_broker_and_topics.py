@@ -94,6 +94,22 @@ def test_a_topic_whose_records_must_be_smaller_than_ours_is_refused(make_kafka: 
         require_topics(kafka, [topic], record_room={topic: ANSWER_RECORD_MAX})
 
 
+def test_a_trainer_refuses_a_dead_letter_topic_that_takes_smaller_records(
+        make_kafka: object) -> None:
+    """A DLQ record the topic refuses aborted the trainer's batch at every try (and stopped
+    the scorer on its request at every restart): checked at the start (scorer review)."""
+    from stream_app.core import LearnerConfig
+    from stream_app.kafka.exceptions import TopicError
+    from stream_app.trainer import TrainerConfig, make_trainer
+
+    kafka: KafkaConfig = make_kafka()  # type: ignore[operator]
+    _set_topic_config(admin_client(kafka), kafka.topics.dlq, {"max.message.bytes": "100000"})
+    trainer = make_trainer(kafka, TrainerConfig(metrics_port=0, exit_when_idle=1.0),
+                           LearnerConfig(dim=4))
+    with pytest.raises(TopicError, match=f"{kafka.topics.dlq} has max.message.bytes=100000"):
+        trainer.run()
+
+
 def _set_topic_config(admin: AdminClient, topic: str, values: dict[str, str]) -> None:
     """Set `values` and wait until a describe shows them."""
     res = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[

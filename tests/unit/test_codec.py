@@ -14,6 +14,7 @@ import pytest
 
 from stream_app.codec import (
     DLQ_BYTES_MAX,
+    DLQ_RECORD_MAX,
     EVENT_MAX_BYTES,
     META_KEY,
     DecodeError,
@@ -25,6 +26,7 @@ from stream_app.codec import (
     decode_meta,
     decode_prediction,
     decode_score_request,
+    dlq_key,
     dlq_record,
     encode_dlq,
     encode_embedding,
@@ -425,6 +427,20 @@ def test_dlq_record_truncates_and_round_trips() -> None:
     assert record.value is not None and len(record.value) == DLQ_BYTES_MAX
     back = decode_dlq(encode_dlq(record))
     assert back == record and back.reason == "too_large" and back.stage == "decode"
+
+
+def test_the_largest_dlq_record_fits_the_room_the_processes_ask_of_the_topic() -> None:
+    """What `require_room` asks of events-dlq must hold the worst record: a huge key and
+    value, a detail of escaped characters, the longest topic name, the most headers."""
+    topic = "\x01" * 249
+    headers = tuple((f"h{n}", b"v" * 1000) for n in range(40))
+    error = DecodeError(DlqReason.SCHEMA, "\x02" * 5000)
+    record = dlq_record(Coordinates(topic=topic, partition=2**31 - 1, offset=2**63 - 1),
+                        b"k" * 2_000_000, b"v" * 3_000_000, error, ts=2**40, headers=headers)
+    value = encode_dlq(record)
+    framed = sum(len(k) + len(v or b"") + 10 for k, v in record.headers)
+    assert len(value) + len(dlq_key(record)) + framed + 100 <= DLQ_RECORD_MAX
+    assert len(value) > 175_000 and framed > 15_000  # near the bound, not far under it
 
 
 def test_dlq_of_a_keyless_tombstone() -> None:
