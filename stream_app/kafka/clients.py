@@ -288,6 +288,12 @@ def consumer_config(kafka: KafkaConfig, client_id: str, group_id: str, *,
                     read_committed: bool = True, enforce: Mapping[str, Any] | None = None,
                     **extra: Any) -> dict[str, Any]:
     """`extra` are defaults a user value overrides; `enforce` are not (a conflict raises)."""
+    reset = str(kafka.client.get("auto.offset.reset", "earliest")).strip().lower()
+    if reset == "error":  # an out-of-range offset then stops the partition, and nothing says
+        raise ConfigError(
+            "-X auto.offset.reset=error: a partition whose committed offset is gone (the "
+            "log's retention passed it) would stop being read, with no error to act on. "
+            "Use earliest (the default) or latest")
     protocol = str(kafka.client.get("group.protocol", "classic")).lower()
     if protocol != "classic":  # librdkafka's own refusal named session.timeout.ms
         raise ConfigError(

@@ -157,6 +157,16 @@ def test_producer_settings_librdkafka_refuses_are_refused_before_looking_for_a_b
 
 
 @pytest.mark.parametrize("command", ["scorer", "trainer"])
+def test_an_offset_reset_that_stops_a_partition_is_refused(
+        command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`error`: a partition whose committed offset the log's retention passed stopped
+    being read, with nothing to act on (config review)."""
+    assert main([command, "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "0",
+                 "-X", "auto.offset.reset=error"]) == 2
+    assert "auto.offset.reset=error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["scorer", "trainer"])
 def test_the_consumer_group_protocol_is_refused_with_what_to_do(
         command: str, capsys: pytest.CaptureFixture[str]) -> None:
     """librdkafka's own refusal named session.timeout.ms, a setting the user never gave."""
