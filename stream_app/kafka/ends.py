@@ -76,6 +76,27 @@ class Watermarks:
         finally:
             self.serve()
 
+    def ends_of(self, partitions: list[tuple[str, int]], timeout_s: float) -> dict[
+            tuple[str, int], int]:
+        """The true ends of `partitions` alone, within `timeout_s` in all (no metadata
+        request): those answered by then; a `KafkaEdgeError` when the first fails."""
+        deadline = time.monotonic() + timeout_s
+        out: dict[tuple[str, int], int] = {}
+        try:
+            if self._consumer is None:
+                self._consumer = make_consumer(self._kafka, self._client_id,
+                                               f"{self._client_id}-hwm", read_committed=False)
+            for topic, partition in partitions:
+                if time.monotonic() >= deadline:
+                    break
+                out[(topic, partition)] = self._consumer.get_watermark_offsets(
+                    _TP(topic, partition), timeout=max(0.05, deadline - time.monotonic()))[1]
+        except KafkaException as exc:
+            raise KafkaEdgeError(f"cannot read the end offsets of {partitions}: {exc}") from exc
+        finally:
+            self.serve()
+        return out
+
     def serve(self) -> None:
         """Serve the client's error and log lines (`clients.ClientLog`): nothing else polls
         it, and while queries are far apart they would wait, and pile up, in its queue."""

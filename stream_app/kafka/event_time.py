@@ -97,7 +97,9 @@ class EventTimeMerger:
         self._behind: Collection[Partition] = ()
         self._last_time: dict[Partition, int] = {}  # event time of each partition's last record
         self._starved_since: dict[Partition, float] = {}  # ran dry at its current _last_time
-        self._newest_written: dict[Partition, int] = {}  # newest Kafka timestamp added
+        # Per held barrier head, per partner partition: the newest Kafka timestamp of its
+        # records added since the hold began (`_partners_busy`).
+        self._partner_written: dict[Partition, dict[Partition, int]] = {}
 
     def add(self, records: Iterable[RawRecord]) -> None:
         for rec in records:
@@ -108,8 +110,8 @@ class EventTimeMerger:
                 if et > self._last_time.get(key, _NEVER):  # its frontier moves on
                     self._starved_since.pop(key, None)
                 self._last_time[key] = et
-            if rec.timestamp_ms > self._newest_written.get(key, _NEVER):
-                self._newest_written[key] = rec.timestamp_ms
+            if self._partner_written:
+                self._note_written(key, rec.timestamp_ms)
 
     def queued(self, partition: Partition) -> int:
         return len(self._queues.get(partition, ()))
@@ -125,9 +127,10 @@ class EventTimeMerger:
             self._held_since.pop(p, None)
             self._last_time.pop(p, None)  # rewound: its next record is an older one
             self._starved_since.pop(p, None)
-            self._newest_written.pop(p, None)
+            self._partner_written.pop(p, None)
             for r in self._partners(p):  # rewound: it may bring the partner again
                 self._held_since.pop(r, None)
+                self._partner_written.pop(r, None)
 
     def release_due(self, limit: int, behind: Collection[Partition],
                     now: float | None = None) -> list[RawRecord]:
@@ -147,6 +150,8 @@ class EventTimeMerger:
         (t[0]'s next record is likely no older than 10; after ORDER_WAIT_S, t[1] goes on.)
         """
         now = time.monotonic() if now is None else now
+        for p in [p for p in self._starved_since if p not in behind]:
+            del self._starved_since[p]  # caught up: its next dry spell starts a new wait
         starved = [p for p in behind if not self._queues.get(p)]
         holding = [p for p in starved if self._holds_others(p, now)]
         upto = min((self._last_time.get(p, _NEVER) for p in holding), default=_FOREVER)
@@ -200,6 +205,7 @@ class EventTimeMerger:
             for q in group:
                 out.append(self._queues[q].popleft()[2])
                 self._held_since.pop(q, None)
+                self._partner_written.pop(q, None)
             if any(q in waiting_for and not self._queues[q] for q in group):
                 break
             if upto is not None:
@@ -244,10 +250,21 @@ class EventTimeMerger:
 
     def _hold(self, p: Partition, now: float) -> bool:
         """Whether `p`'s unaligned barrier head keeps waiting for its partners."""
+        if p not in self._held_since:  # the hold begins: what partners give from now on
+            self._partner_written[p] = {}
         since = self._held_since.setdefault(p, now)
         if self._partners_busy(p):
             self._held_since[p] = since = now  # they may still bring the partner
         return now - since < BARRIER_WAIT_S
+
+    def _note_written(self, r: Partition, written_ms: int) -> None:
+        """A record of `r` came: for each held head `r` is a partner of, keep the newest
+        write time, none ahead of the wall clock (a producer's clock ahead, or one record
+        of it, must not let every later half go alone)."""
+        written_ms = min(written_ms, int(time.time() * 1000))
+        for p, seen in self._partner_written.items():
+            if p[1] == r[1] and p[0] != r[0] and written_ms > seen.get(r, _NEVER):
+                seen[r] = written_ms
 
     def _holds_partner(self, p: Partition, held: set[Partition]) -> bool:
         return any(r in held for r in self._partners(p))
@@ -272,7 +289,7 @@ class EventTimeMerger:
                 # gave records written well after this half, which the partner (written
                 # with it) comes before. Without that, a live partner drained at every
                 # batch restarted the wait each time, and the half never went out.
-                if r in self._behind and self._newest_written.get(r, _NEVER) <= after:
+                if r in self._behind and self._partner_written.get(p, {}).get(r, _NEVER) <= after:
                     return True
             elif q[0][1] is None and q[0][2].timestamp_ms <= after:
                 return True  # (a head written well after this half: the partner is not coming)

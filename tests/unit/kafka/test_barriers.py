@@ -313,3 +313,18 @@ def test_a_lone_half_is_not_held_for_good_by_a_live_partner_drained_at_every_bat
         m.add([rec("purchases", second, 1000 * second)])
         released += _poll(m, {C, P}, float(second))
     assert "c0" in released and "c1" in released
+
+
+def test_a_partner_record_written_ahead_before_the_hold_does_not_let_a_half_go_alone() -> None:
+    """Once the partner partition had given a record from a clock hours ahead, every later
+    half counted it as written after itself, and went out alone while its partner was
+    still on the broker, its partition's fetch stalled (review)."""
+    m = merger()
+    ahead = 20 * 3_600_000
+    m.add([rec("purchases", 0, ahead), rec("clicks", 0, 0)])
+    assert _poll(m, {C, P}, 0.0) == ["c0", "p0"]
+    m.add([rec("clicks", 1, 1000, "F"), rec("clicks", 2, 1001)])
+    for t in range(1, 30):  # purchases[0] behind, nothing fetched: the partner is coming
+        assert "c1" not in _poll(m, {P}, float(t))
+    m.add([rec("purchases", 1, 1000, "F")])
+    assert _poll(m, set(), 30.0) == ["c1", "p1", "c2"]

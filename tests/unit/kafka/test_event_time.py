@@ -136,3 +136,16 @@ def test_a_flood_without_event_time_holds_the_others_only_for_the_order_wait() -
         released += m.release_due(100, behind, now=now)
     assert [r.offset for r in released if r.partition == 0] == list(range(21))
     assert [r.offset for r in released if r.partition == 1] == list(range(20))
+
+
+def test_a_partition_caught_up_in_between_holds_the_others_again_when_it_runs_dry() -> None:
+    """Its wait was still counted from a dry spell an hour before, so a late record (no
+    newer than its last) ran it dry again without holding anything (review)."""
+    m = by_ts()
+    m.add([rec(0, 0, 100)])
+    m.release_due(10, behind={("clicks", 0)}, now=0.0)  # dry while behind: its wait starts
+    m.release_due(10, behind=set(), now=1.0)  # caught up
+    m.add([rec(0, 1, 90)])  # an hour later, a late record; then newer ones of partition 1
+    m.add([rec(1, 0, 150), rec(1, 1, 160)])
+    assert coords(m.release_due(10, behind={("clicks", 0)}, now=3600.0)) == [(0, 1)]
+    assert coords(m.release_due(10, behind={("clicks", 0)}, now=3602.5)) == [(1, 0), (1, 1)]
