@@ -300,12 +300,13 @@ class Trainer(Ownership):
                              seconds=seconds, max_poll_interval_s=max_poll_interval_s,
                              txn_seconds=self._txn_seconds, txn_timeout_s=txn_timeout_s)
         if cap < self._batch_cap:
-            log.warning("a batch of %d records took %.1f s from its poll to its commit "
-                        "(%.1f s of it in its transaction), over half of max.poll.interval.ms "
-                        "(%.0f s) or of transaction.timeout.ms (%.0f s): taking at most %d "
-                        "records a poll until batches are faster (batch_max %d)", taken,
-                        seconds, self._txn_seconds, max_poll_interval_s, txn_timeout_s, cap,
-                        self.cfg.batch_max)
+            over = (f"over half of max.poll.interval.ms ({max_poll_interval_s:.0f} s)"
+                    if seconds / max_poll_interval_s > self._txn_seconds / txn_timeout_s else
+                    f"{self._txn_seconds:.1f} s of it in its transaction, over half of "
+                    f"transaction.timeout.ms ({txn_timeout_s:.0f} s)")
+            log.warning("a batch of %d records took %.1f s from its poll to its commit, %s: "
+                        "taking at most %d records a poll until batches are faster "
+                        "(batch_max %d)", taken, seconds, over, cap, self.cfg.batch_max)
         elif cap > self._batch_cap:
             log.info("batches are fast again: taking at most %d records a poll (batch_max %d)",
                      cap, self.cfg.batch_max)
