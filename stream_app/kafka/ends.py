@@ -65,12 +65,15 @@ class Watermarks:
         self._kafka, self._client_id = kafka, client_id
         self._consumer: Consumer | None = None
 
+    def _client(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = make_consumer(self._kafka, self._client_id,
+                                           f"{self._client_id}-hwm", read_committed=False)
+        return self._consumer
+
     def of(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
         try:
-            if self._consumer is None:
-                self._consumer = make_consumer(self._kafka, self._client_id,
-                                               f"{self._client_id}-hwm", read_committed=False)
-            return end_offsets(self._consumer, topic, timeout_s)
+            return end_offsets(self._client(), topic, timeout_s)
         except KafkaException as exc:
             raise KafkaEdgeError(f"cannot read the end offsets of {topic}: {exc}") from exc
         finally:
@@ -79,17 +82,14 @@ class Watermarks:
     def ends_of(self, partitions: list[tuple[str, int]], timeout_s: float) -> dict[
             tuple[str, int], int]:
         """The true ends of `partitions` alone, within `timeout_s` in all (no metadata
-        request): those answered by then; a `KafkaEdgeError` when the first fails."""
+        request): those answered by then; a `KafkaEdgeError` when one fails."""
         deadline = time.monotonic() + timeout_s
         out: dict[tuple[str, int], int] = {}
         try:
-            if self._consumer is None:
-                self._consumer = make_consumer(self._kafka, self._client_id,
-                                               f"{self._client_id}-hwm", read_committed=False)
             for topic, partition in partitions:
                 if time.monotonic() >= deadline:
                     break
-                out[(topic, partition)] = self._consumer.get_watermark_offsets(
+                out[(topic, partition)] = self._client().get_watermark_offsets(
                     _TP(topic, partition), timeout=max(0.05, deadline - time.monotonic()))[1]
         except KafkaException as exc:
             raise KafkaEdgeError(f"cannot read the end offsets of {partitions}: {exc}") from exc
