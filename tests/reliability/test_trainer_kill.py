@@ -82,7 +82,9 @@ def prequential_hit_rate(trainer: TrainerProc) -> tuple[float, int]:
     records those batches held."""
     rows = [orjson.loads(line) for line in trainer.stats_path.read_bytes().splitlines()]
     rows = [r for r in rows if r["outcome"] == "committed"]
-    scored = [r for r in rows if r["hit_rate"] == r["hit_rate"]]
+    # A batch that evaluated nothing (one dead-lettered record) has no hit rate: NaN,
+    # which orjson writes as null.
+    scored = [r for r in rows if r["hit_rate"] is not None]
     return (float(sum(r["hit_rate"] * r["evaluated"] for r in scored)
                   / sum(r["evaluated"] for r in scored)), sum(r["events"] for r in rows))
 
