@@ -24,18 +24,23 @@ MVN_TIMEOUT_S = 900.0
 """One try's limit: the jars are ~100 MB; each try goes on from what ~/.m2 already holds."""
 MVN_READ_TIMEOUT_MS = 60_000
 """Maven 3.8 waits 30 minutes for a stalled response by default, printing nothing."""
+COPY_GOAL = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies"
+"""Named in full: a bare `dependency:` takes the version Maven's own version defaults to,
+so the same POM resolved differently on another Maven."""
 
 
 def ensure_jars(cache_dir: Path, kafka_home: Path | None) -> Path:
     """Return the folder of broker jars, resolving them from Maven Central once.
 
-    The folder's `.complete` holds the digest of the POM it was resolved from, so a
-    changed POM (another dependency version) resolves them again.
+    The folder is named by the digest of the POM it was resolved from: clones with
+    different POMs each get their own, rather than one replacing the jars under the
+    other's running broker, whose JVM opens jars lazily. Its `.complete` holds that
+    digest and is written last, so an interrupted resolve is never trusted.
     """
     if kafka_home is not None:
         return kafka_home / "libs"
-    libs = cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+    libs = cache_dir / f"kafka-{KAFKA_VERSION}-{digest[:12]}" / "libs"
     if _complete(libs, digest):
         return libs
     libs.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +49,8 @@ def ensure_jars(cache_dir: Path, kafka_home: Path | None) -> Path:
     with (libs.parent / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _complete(libs, digest):  # another process may have resolved them meanwhile
+            for stale in libs.parent.glob("libs-*"):  # what a killed resolve left
+                shutil.rmtree(stale, ignore_errors=True)
             _resolve(libs, digest)
     return libs
 
@@ -66,8 +73,18 @@ def _resolve(libs: Path, digest: str) -> None:
     timeouts = [f"-Dmaven.wagon.rto={MVN_READ_TIMEOUT_MS}",  # Maven 3.8's wagon transport
                 f"-Daether.connector.requestTimeout={MVN_READ_TIMEOUT_MS}",  # newer ones
                 f"-Daether.connector.connectTimeout={MVN_READ_TIMEOUT_MS // 2}"]
-    cmd = [mvn, "-q", "-B", *timeouts, "-f", str(POM), "dependency:copy-dependencies",
+    cmd = [mvn, "-q", "-B", *timeouts, "-f", str(POM), COPY_GOAL,
            f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"]
+    try:
+        _copy_dependencies(cmd, tmp)
+        (tmp / ".complete").write_text(digest)
+        shutil.rmtree(libs, ignore_errors=True)
+        tmp.rename(libs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when renamed
+
+
+def _copy_dependencies(cmd: list[str], tmp: Path) -> None:
     failure = ""
     for attempt in range(1, MVN_TRIES + 1):
         try:
@@ -82,10 +99,6 @@ def _resolve(libs: Path, digest: str) -> None:
         log.warning("resolving the Kafka jars, try %d of %d failed: %s", attempt, MVN_TRIES,
                     failure.splitlines()[0])
     else:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise BrokerError(f"could not resolve the Kafka jars from Maven Central in {MVN_TRIES} "
                           f"tries (set KAFKA_HOME to a Kafka distribution to skip this); last: "
                           f"{failure}")
-    (tmp / ".complete").write_text(digest)
-    shutil.rmtree(libs, ignore_errors=True)
-    tmp.rename(libs)

@@ -67,3 +67,47 @@ def test_two_processes_resolving_at_once_run_maven_once(bin_dir: Path, tmp_path:
     outs = [p.communicate(timeout=60)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0] and outs[0] == outs[1]
     assert len(calls.read_text().split()) == 1
+
+
+def test_a_resolve_cut_short_leaves_nothing_and_a_killed_ones_leftovers_go(
+        bin_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any exception inside the resolve (Ctrl-C included) used to leave its ~100 MB
+    `libs-*` folder in the cache for good, as does a resolve killed outright."""
+    _fake_mvn(bin_dir, 'touch "$out/kafka.jar"')
+
+    def interrupted(cmd: list[str], tmp: Path) -> None:
+        (tmp / "part.jar").touch()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(broker_jars, "_copy_dependencies", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        broker_jars.ensure_jars(tmp_path / "cache", None)
+    folder = next((tmp_path / "cache").glob("kafka-*"))
+    assert not list(folder.glob("libs*"))
+    (folder / "libs-killed").mkdir()  # what a SIGKILLed resolve leaves
+    monkeypatch.undo()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    libs = broker_jars.ensure_jars(tmp_path / "cache", None)
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "libs"] and libs.parent == folder
+
+
+def test_another_pom_gets_its_own_folder(
+        bin_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two clones with different POMs shared one folder by Kafka version: each resolve
+    replaced the jars under the other's running broker."""
+    calls = _fake_mvn(bin_dir, 'touch "$out/kafka.jar"')
+    first = broker_jars.ensure_jars(tmp_path / "cache", None)
+    other = tmp_path / "other-pom.xml"
+    other.write_text(broker_jars.POM.read_text() + "<!-- another dependency set -->\n")
+    monkeypatch.setattr(broker_jars, "POM", other)
+    second = broker_jars.ensure_jars(tmp_path / "cache", None)
+    assert second != first and (first / "kafka.jar").exists() and (second / "kafka.jar").exists()
+    assert len(calls.read_text().split()) == 2
+
+
+def test_maven_is_asked_for_a_pinned_plugin_version(bin_dir: Path, tmp_path: Path) -> None:
+    """A bare `dependency:copy-dependencies` takes whatever version the Maven at hand
+    defaults to."""
+    _fake_mvn(bin_dir, f'echo "$@" > "{bin_dir}/args"; touch "$out/kafka.jar"')
+    broker_jars.ensure_jars(tmp_path / "cache", None)
+    assert ":maven-dependency-plugin:3.8.1:copy-dependencies" in (bin_dir / "args").read_text()
