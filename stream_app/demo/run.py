@@ -33,6 +33,7 @@ from stream_app.config import ConfigError, KafkaConfig, make_folder
 from stream_app.demo import scrape
 from stream_app.demo.data import DemoInput, load_input
 from stream_app.demo.display import LiveDisplay, Shown, prediction_text
+from stream_app.demo.own_folder import own_folder
 from stream_app.demo.processes import Child, start_component, stop_all
 from stream_app.demo.replayer import Replayer
 from stream_app.demo.watch import Status, Watcher
@@ -82,26 +83,20 @@ class DemoOptions:
 
 
 @contextlib.contextmanager
-def local_broker(display: LiveDisplay) -> Iterator[tuple[str, bool]]:
-    """A broker under ~/.cache/stream-app/demo-broker, and whether we started it (then it
-    is stopped after, and its next start wipes its data)."""
-    # dies_with_caller: a demo killed by SIGKILL (an OOM kill, a CI timeout) left the
-    # broker running, and the next demo reused it and never stopped it.
-    settings = broker.BrokerSettings(port=0, state_dir=broker.default_cache_dir() / "demo-broker",
-                                     dies_with_caller=True)
-    existing = broker.running(settings)
-    if existing is not None:
-        display.note(f"reusing the demo broker at {existing.bootstrap_servers} (another demo's; "
-                     f"`stream-app broker stop --state-dir {settings.state_dir}` stops it)")
-        yield existing.bootstrap_servers, False
-        return
-    display.note("starting a local Kafka broker (KRaft, first run resolves its jars) ...")
-    started = broker.start(settings)
-    display.note(f"broker up at {started.bootstrap_servers} (log {started.log_file})")
-    try:
-        yield started.bootstrap_servers, True
-    finally:
-        broker.stop(settings)
+def local_broker(display: LiveDisplay) -> Iterator[str]:
+    """A broker of this run's own under ~/.cache/stream-app/demo-broker-*, stopped and its
+    folder deleted after (see `own_folder`: a shared one was stopped under a second demo)."""
+    with own_folder(broker.default_cache_dir(), "demo-broker-") as state_dir:
+        # dies_with_caller: a demo killed by SIGKILL (an OOM kill, a CI timeout) left the
+        # broker running.
+        settings = broker.BrokerSettings(port=0, state_dir=state_dir, dies_with_caller=True)
+        display.note("starting a local Kafka broker (KRaft, first run resolves its jars) ...")
+        started = broker.start(settings)
+        display.note(f"broker up at {started.bootstrap_servers}")
+        try:
+            yield started.bootstrap_servers
+        finally:
+            broker.stop(settings)
 
 
 def run_demo(opts: DemoOptions, kafka: KafkaConfig, *, start_broker: bool,
@@ -118,12 +113,11 @@ def run_demo(opts: DemoOptions, kafka: KafkaConfig, *, start_broker: bool,
         display.note(inp.note)
     display.note(f"input: {inp.description}")
     with contextlib.ExitStack() as stack:
-        ours = False
-        if start_broker:
-            bootstrap, ours = stack.enter_context(local_broker(display))
+        if start_broker:  # its topics go with it
+            bootstrap = stack.enter_context(local_broker(display))
             kafka = dataclasses.replace(kafka, bootstrap_servers=bootstrap)
         create_topics(kafka)
-        if not ours and not opts.keep_topics:
+        if not start_broker and not opts.keep_topics:
             stack.callback(delete_topics, kafka, list(kafka.topics.all()))
         display.note(f"topics {kafka.topics.prefix}* on {kafka.bootstrap_servers}")
         children: list[Child] = []
