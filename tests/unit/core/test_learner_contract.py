@@ -231,13 +231,18 @@ def test_accumulator_with_one_step_hands_back_the_same_gradient() -> None:
 def test_click_changes_next_recommendations() -> None:
     learner = _trained(VARIANTS[0])
     before = learner.rows(user_ids=["u1"], model_version="v", now_ms=0)[0]
-    stats = learner.learn([ev("c1", "u1", "i7", T0 + 10**6)])
+    every = len(learner.item_ids())
+    ranked_before = learner.recommend(["u1"], k=every, exclude_seen=False).item_ids[0]
+    clicked = ranked_before[0]  # u1's best item: the click must change the list
+    stats = learner.learn([ev("c1", "u1", clicked, T0 + 10**6)])
     after = learner.rows(user_ids=["u1"], model_version="v", now_ms=0)[0]
-    assert "u1" in stats.changed_user_ids and "i7" in stats.changed_item_ids
-    assert after.recent_items[0] == "i7"
+    assert "u1" in stats.changed_user_ids and clicked in stats.changed_item_ids
+    assert after.recent_items[0] == clicked
     assert not np.array_equal(before.vector, after.vector)
-    top = learner.recommend(["u1"], k=5)
-    assert "i7" not in top.item_ids[0]  # exclude_seen
+    ranked_after = learner.recommend(["u1"], k=every, exclude_seen=False).item_ids[0]
+    assert clicked in ranked_after and list(ranked_after) != list(ranked_before)
+    top = learner.recommend(["u1"], k=5).item_ids[0]
+    assert clicked not in top and len(top) == 5  # exclude_seen
     none = learner.recommend([], k=5)  # raised: a view of 0 rows cannot infer its -1
     assert len(none.item_ids) == 0
     assert learner.score_all([])[1].shape[0] == 0

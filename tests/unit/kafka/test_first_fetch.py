@@ -38,10 +38,11 @@ def test_only_partitions_the_cluster_serves_are_stuck_and_the_rest_wait_again() 
     ff = FirstFetch()
     ff.assigned([("t", 0), ("t", 1)], now=0.0)  # long ago (monotonic clock)
     cluster = _Cluster(leaders={0: 1, 1: -1})  # partition 1: no leader (an election)
+    asked_at = time.monotonic()  # the partition's wait restarts no earlier than this
     assert stuck(ff, cast(Any, cluster), after_s=1.0) == [("t", 0)]
     assert ff.silent(now=float("inf"), after_s=0) == [("t", 0), ("t", 1)]
-    # Partition 1's wait started again; partition 0's did not.
-    assert ff.silent(now=time.monotonic() + 0.5, after_s=1.0) == [("t", 0)]
+    # Partition 1's wait started again (at `stuck`'s time.monotonic()); partition 0's did not.
+    assert ff.silent(now=asked_at + 0.5, after_s=1.0) == [("t", 0)]
 
 
 def test_nothing_is_stuck_while_the_broker_is_away_and_nothing_is_asked_when_all_heard() -> None:

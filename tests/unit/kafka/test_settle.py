@@ -3,7 +3,6 @@ beats, outlasts a coordinator moving, and stops the trainer on an error it canno
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -46,20 +45,46 @@ def test_each_wait_is_short_and_followed_by_a_beat(monkeypatch: pytest.MonkeyPat
     assert len(beats) == 3 and max(fake.asked) == 0.5
 
 
+class Clock:
+    """`settle`'s clock: it moves only when an ask waits, so counts do not depend on how
+    busy the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class SlowUnstable(Unstable):
     """Each ask waits its whole timeout, as librdkafka's does while offsets are unstable."""
 
+    def __init__(self, clock: Clock, times: int) -> None:
+        super().__init__(times)
+        self.clock = clock
+
     def committed(self, parts: list[_TP], timeout: float) -> list[_TP]:
-        time.sleep(timeout)
+        self.clock.sleep(timeout)
         return super().committed(parts, timeout)
 
 
-def test_the_whole_timeout_still_ends_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(settle_module, "time", fake)
+    return fake
+
+
+def test_the_whole_timeout_still_ends_the_wait(monkeypatch: pytest.MonkeyPatch,
+                                               clock: Clock) -> None:
     monkeypatch.setattr(settle_module, "SETTLE_STEP_S", 0.05)
-    fake = SlowUnstable(times=10**6)
+    fake = SlowUnstable(clock, times=10**6)
     with pytest.raises(KafkaException):
         committed_within(fake, [_TP("t", 0)], 0.3, lambda: None)  # type: ignore[arg-type]
-    assert 3 <= len(fake.asked) <= 6  # several short asks (at least 0.1 s each), then done
+    assert fake.asked == [0.1] * 4  # short asks (at least 0.1 s each) past the deadline
 
 
 def test_an_error_a_wait_cannot_outlast_is_raised_at_once() -> None:
@@ -101,10 +126,10 @@ def test_settle_stops_on_an_error_it_cannot_outlast(per_partition: bool, error: 
 
 
 def test_settle_leaves_a_transaction_that_outlasts_its_wait(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
     """By then the broker has aborted a dead owner's transaction: logged, and the trainer
     goes on."""
     monkeypatch.setattr(settle_module, "SETTLE_STEP_S", 0.05)
-    fake = SlowUnstable(times=10**6)
+    fake = SlowUnstable(clock, times=10**6)
     settle(fake, timeout_s=0.3)
-    assert len(fake.asked) >= 3
+    assert fake.asked == [0.1] * 4

@@ -80,6 +80,20 @@ def test_exclusions_and_exclude_seen(world) -> None:  # type: ignore[no-untyped-
     check(pairs(got), brute(users["u0"], items, biases, 5, banned=banned | {"i1", "i2", "i3"}))
 
 
+def test_exclude_seen_drops_the_users_own_top_items(world) -> None:  # type: ignore[no-untyped-def]
+    """The fixture's recent items (i1-i3) rank far below u0's top 5, so the test above
+    passes with or without exclude_seen: here they are u0's 2nd and 4th best."""
+    table, items, biases, users = world
+    top = brute(users["u0"], items, biases, 5)
+    seen = (top[1][0], top[3][0])
+    table.upsert(user("u0", users["u0"], recent=seen))
+    dropped, kept = rank(table, [ScoreRequest(request_id="a", user_id="u0", k=5),
+                                 ScoreRequest(request_id="b", user_id="u0", k=5,
+                                              exclude_seen=False)])
+    check(pairs(dropped), brute(users["u0"], items, biases, 5, banned=set(seen)))
+    check(pairs(kept), top)
+
+
 def test_candidates_are_reranked(world) -> None:  # type: ignore[no-untyped-def]
     table, items, biases, users = world
     cands = ("i5", "i9", "i40", "nope", "i77", "i9", "i1")
