@@ -13,6 +13,12 @@ python3 - <<'PY' || { echo "bootstrap: Python >= 3.11 is required" >&2; exit 2; 
 import sys; sys.exit(sys.version_info < (3, 11))
 PY
 
+# One install at a time into a venv (two clones, or CI jobs, sharing the cache): two
+# pips at once can leave a half-written venv that the next run trusts.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
+
 # A venv whose python cannot import pip is what a failed `python3 -m venv` leaves
 # (Debian without python3-venv), or a cached venv whose base Python moved (another
 # pyenv patch release): make it again rather than fail the same way on every run.
@@ -31,3 +37,6 @@ if ! "$venv/bin/python" -c "import pip" >/dev/null 2>&1; then
 fi
 echo "bootstrap: installing stream_app (first time downloads torch, several GB; cached after)"
 "$venv/bin/python" -m pip install -q -c "$here/constraints.txt" -e "$here[test,demo]"
+# A pip killed mid-install can leave a package that pip then calls satisfied.
+"$venv/bin/python" -m pip check
+"$venv/bin/python" -c "import torch, confluent_kafka, prometheus_client, orjson, stream_app"

@@ -38,7 +38,7 @@ elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
   sudo=(sudo -n)
 else
   echo "sysdeps: missing ${missing[*]}; install them with:" >&2
-  echo "  sudo apt-get install ${missing[*]}" >&2
+  echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
   exit 1
 fi
 if ! command -v apt-get >/dev/null; then
@@ -47,8 +47,11 @@ if ! command -v apt-get >/dev/null; then
   exit 1
 fi
 echo "sysdeps: installing ${missing[*]}"
-"${sudo[@]}" apt-get update -q
+# A fresh VM's unattended upgrades hold dpkg's lock for minutes after boot: wait for it.
+lock=(-o DPkg::Lock::Timeout=600)
+"${sudo[@]}" apt-get "${lock[@]}" update -q
 # No recommended extras: Debian's prometheus package recommends node-exporter, a daemon.
 # Through env: sudo drops the caller's environment, DEBIAN_FRONTEND included.
-"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "${lock[@]}" install -y -q \
+  --no-install-recommends \
   "${missing[@]}"

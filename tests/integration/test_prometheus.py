@@ -25,6 +25,7 @@ from stream_app.client import ScoreClient
 from stream_app.config import KafkaConfig
 from stream_app.demo.processes import Child, free_port, start_component, stop_all
 from stream_app.events import ScoreRequest
+from stream_app.kafka.broker_process import pdeathsig_prefix
 from stream_app.replay import produce_records
 from stream_app.sources.generate import generate
 from tests.integration.kafka_helpers import wait_until
@@ -60,8 +61,8 @@ def prometheus_for(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Query]
         (tmp_path / "prometheus.yml").write_text(_config(targets))
         port = free_port()
         log = (tmp_path / "prometheus.log").open("wb")
-        procs.append(subprocess.Popen(  # noqa: S603
-            [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+        procs.append(subprocess.Popen(  # noqa: S603 (dies with pytest, even a SIGKILLed one)
+            [*pdeathsig_prefix(), binary, f"--config.file={tmp_path / 'prometheus.yml'}",
              f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         return lambda expr: _query(port, expr)
