@@ -105,6 +105,12 @@ class LearnerState(LearnerFields):
         for user in users:
             self._rate.forget(user)
 
+    @property
+    def forget_requests(self) -> int:
+        """Forget requests applied over the model's history (as of the last restore: the
+        last `meta:trainer` read)."""
+        return self._forget_requests
+
     def distrusted(self) -> int:
         """How many users the restore under way `distrust`ed (until `load_volatile_state`
         or the first step)."""

@@ -128,6 +128,7 @@ class Ownership:
         if tag is None and self._snapshots is not None:
             self.learner = Learner(self.learner_cfg, device=self.device)  # a failed load may
             # have filled part of it
+        forgets_in_file = None if tag is None else self.learner.forget_requests
         with transient(f"the restore ({reason})"):
             stats = restore(self.learner, self.kafka, client_id=self._client_id("restore"),
                             on_chunk=self._beat_or_stop,
@@ -135,7 +136,10 @@ class Ownership:
                             settle_s=MARKERS_WAIT_S if settle else 0.0,
                             instance_id=self.cfg.instance_id)
         kept_all = False
-        if self.learner.distrusted():  # a snapshot file from before may hold erased users
+        # The snapshot file may hold erased users: others' rows distrusted, or forgets
+        # committed after it was written (a stop before it was written again).
+        if self.learner.distrusted() or forgets_in_file not in (None,
+                                                                self.learner.forget_requests):
             self._erasures += 1
         if self._volatile is not None:  # this process committed: its own state is exact
             kept_all = self.learner.load_volatile_state(

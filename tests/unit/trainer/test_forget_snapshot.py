@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from stream_app.codec import decode_meta, is_meta_key
 from stream_app.kafka.records import RawRecord
 from stream_app.trainer.control import CONTROL_HEADER
+from stream_app.trainer.snapshot import SnapshotTag
 from tests.unit.core.streams import T0, small_config
 from tests.unit.trainer.test_abort_restore import _click, _committed, _trainer
 
@@ -102,4 +104,25 @@ def test_a_snapshot_that_fails_to_be_written_after_a_forget_is_deleted_at_the_st
     clicks = trainer.topics.clicks
     _committed(trainer, publisher, [_click(clicks, 0, "u", "e0"), _half(clicks, 1)])
     trainer._snapshot(consumer=None, stopping=True)  # noqa: SLF001
+    assert not trainer._snapshots.path.exists()  # noqa: SLF001
+
+
+def test_a_restart_from_a_snapshot_older_than_a_forget_deletes_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A trainer stopped (killed, OOM) after a forget committed and before its snapshot was
+    written again: restarted from that file plus the changelog after it, it erased the
+    user from the learner but kept the file, which still holds the user's events, until
+    some later write (never, on an idle trainer). Helper review of the forget path."""
+    trainer, publisher = _with_old_snapshot(monkeypatch, tmp_path)
+    clicks = trainer.topics.clicks
+    _committed(trainer, publisher, [_click(clicks, 0, "u", "e0")])
+    in_file = decode_meta(next(v for k, v in reversed(publisher.log) if is_meta_key(k)))
+    _committed(trainer, publisher, [_half(clicks, 1)])
+    trainer._erasures = trainer._snapshots.erasures = 0  # noqa: SLF001 (a new process)
+    tag = SnapshotTag(topic="t", topic_id="id", ends={0: 0}, written_ms=0)
+    monkeypatch.setattr(trainer._snapshots, "load_into",  # noqa: SLF001
+                        lambda learner: (learner.apply_global_state(in_file), tag)[1])
+    trainer._restore()  # noqa: SLF001
+    assert trainer.learner.forget_requests == in_file["forget_requests"] + 1
+    trainer._snapshot(consumer=None)  # noqa: SLF001
     assert not trainer._snapshots.path.exists()  # noqa: SLF001
