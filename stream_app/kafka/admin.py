@@ -108,6 +108,9 @@ def _listening(bootstrap: str) -> bool:
         return False
 
 
+COMPACTION_LAG_MAX_MS = 24 * 3600 * 1000
+
+
 def topic_specs(names: TopicNames, plan: TopicPlan) -> list[NewTopic]:
     """The product's topics. With 3+ replicas a write must reach a majority of them (2 of
     3, 3 of 5): our producers wait for every in-sync replica (acks=all, unless -X says
@@ -123,9 +126,12 @@ def topic_specs(names: TopicNames, plan: TopicPlan) -> list[NewTopic]:
     durable = {"min.insync.replicas": str(rf // 2 + 1)} if rf >= 3 else {}
     # Rows up to the codecs' 1 MiB with their keys: the broker's default (1,048,588) is
     # within a key's length of it.
+    # max.compaction.lag.ms: a forgotten user's older rows stay readable until the cleaner
+    # passes, and with a large table and few writes the dirty ratio alone could put that
+    # off for weeks; this bounds it at a day past the row's segment.
     compact = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
-               "segment.ms": "600000", "max.message.bytes": str(MESSAGE_MAX_BYTES + 64 * 1024),
-               **durable}
+               "segment.ms": "600000", "max.compaction.lag.ms": str(COMPACTION_LAG_MAX_MS),
+               "max.message.bytes": str(MESSAGE_MAX_BYTES + 64 * 1024), **durable}
     dlq = {"retention.ms": str(30 * 24 * 3600 * 1000), **durable}
     return [
         NewTopic(names.clicks, plan.event_partitions, rf, config=durable),

@@ -94,10 +94,16 @@ class UserRows:
         self._recent[slot] = recent
 
     def pop(self, user_id: str) -> None:
-        """Drop a user (tombstone); its slot goes to the next new user."""
+        """Drop a user (tombstone); its slot goes to the next new user. The slot's numbers
+        are zeroed: an erased user's vectors should not sit in memory (or a core dump)
+        until the slot is reused."""
         slot = self._slot.pop(user_id, None)
         if slot is not None:
             self._recent[slot] = ()
+            self._vectors[slot] = 0.0
+            self._id_vecs[slot] = 0.0
+            self._has_id[slot] = False
+            self._updates[slot] = 0
             self._free.append(slot)
 
     def _state(self, slot: int) -> UserState:

@@ -166,6 +166,9 @@ class Snapshots:
             raise ConfigError(f"trainer.snapshot_dir {folder!r} is not writable by this user")
         self.kafka = kafka
         self.path = Path(folder) / f"{transactional_id}.snapshot"  # one file per instance
+        # What a writer killed mid-write left (no writer of this instance runs yet): it
+        # holds users' state, erased ones' included, and nothing else would delete it.
+        self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
         self.client_id = f"{transactional_id}-snapshot"
         self.max_age_ms = int(max_age_s * 1000)
         self.on_written = on_written
@@ -202,7 +205,7 @@ class Snapshots:
         """
         try:
             found = read_snapshot(self.path)
-        except ValueError as exc:
+        except ValueError as exc:  # kept: the folder may be unreadable for a while
             log.warning("%s; restoring from the whole changelog", exc)
             return None
         if found is None:
@@ -217,18 +220,29 @@ class Snapshots:
         reason = why_unusable(tag, state, now=now, config=dataclasses.asdict(learner.config),
                               max_age_ms=self.max_age_ms)
         if reason is not None:
-            log.warning("snapshot %s not used: %s; restoring from the whole changelog",
-                        self.path, reason)
+            self._remove_unusable(f"snapshot {self.path} not used: {reason}")
             return None
         try:
             learner.load_state_dict(state)
         except Exception as exc:  # written by another version: restore without it, never crash
-            log.warning("snapshot %s does not load (%r); restoring from the whole changelog",
-                        self.path, exc)
+            self._remove_unusable(f"snapshot {self.path} does not load ({exc!r})")
             return None
         log.info("loaded snapshot %s; reading the changelog from offsets %s", self.path,
                  tag.ends)
         return tag
+
+    def _remove_unusable(self, why: str) -> None:
+        """A file this changelog can never use goes: it may hold users erased since, and
+        the next write replaces it anyway. After a write still running (a restore
+        inside the process): the file it lands is newer than the one judged."""
+        log.warning("%s; restoring from the whole changelog, and deleting it", why)
+        if self._writer is not None and self._writer.is_alive():
+            self._writer.join()
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("could not delete snapshot %s: %s; delete it by hand", self.path, exc)
 
     def write(self, learner: Learner, *, ends: dict[int, int], wait: bool,
               erasures: int = 0) -> bool:
@@ -279,6 +293,7 @@ class Snapshots:
         self.erasures = erasures
         try:
             self.path.unlink(missing_ok=True)
+            self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
             sync_folder(self.path.parent)
         except OSError as exc:
             log.error("could not delete snapshot %s (%s): %s; delete it by hand", self.path,

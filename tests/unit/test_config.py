@@ -725,3 +725,13 @@ def test_every_producer_and_the_changelog_take_the_largest_row_the_codecs_accept
         assert int(conf["message.max.bytes"]) >= room
     specs = {t.topic: t for t in topic_specs(TopicNames(), TopicPlan())}
     assert int(specs["embeddings"].config["max.message.bytes"]) >= room
+
+
+def test_an_erased_users_older_rows_are_compacted_within_a_day() -> None:
+    """With only the dirty ratio, a large table with few writes kept a forgotten user's older
+    rows readable for weeks (helper review of the forget path)."""
+    from stream_app.kafka.admin import TopicPlan, topic_specs
+
+    specs = {t.topic: t.config for t in topic_specs(TopicNames(), TopicPlan())}
+    assert int(specs["embeddings"]["max.compaction.lag.ms"]) == 24 * 3600 * 1000
+    assert int(specs["embeddings"]["segment.ms"]) <= 24 * 3600 * 1000

@@ -46,6 +46,8 @@ def test_states_are_copies_and_freed_slots_are_reused_clean() -> None:
     assert before.vector.tolist() == [1] * 3 and before.id_vec is not None
     assert before.id_vec.tolist() == [1] * 3
     users.pop("a")
+    # Nothing of an erased user stays in memory (helper review of the forget path).
+    assert not users._vectors[0].any() and not users._id_vecs[0].any()  # noqa: SLF001
     users.pop("a")  # a second tombstone is a no-op
     assert users.get("a") is None and "a" not in users and len(users) == 0
     users.put("b", _vec(3), (), 3, None)  # takes a's slot: no growth

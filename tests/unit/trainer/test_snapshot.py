@@ -287,8 +287,29 @@ def test_a_snapshot_that_does_not_load_falls_back_to_the_whole_changelog(tmp_pat
     del state["tables"]  # as if written by a version with another layout
     write_state(store.path, state, _tag())
     assert store.load_into(Learner(CONFIG, device=DEVICE)) is None
+    assert not store.path.exists()  # never usable, and it may hold users erased since
     write_state(store.path, learner.state_dict(), _tag())
     assert store.load_into(Learner(CONFIG, device=DEVICE)) == _tag()
+    assert store.path.exists()
+
+
+def test_a_snapshot_this_changelog_cannot_use_is_deleted_and_a_killed_writes_tmp_too(
+        tmp_path: Path) -> None:
+    """Refused (too old, another topic or configuration), it stayed on disk for good with
+    every user's state in it, erased users' included, as did the .tmp of a writer killed
+    mid-write (helper review of the forget path)."""
+    def store() -> _FixedTag:
+        return _FixedTag(KafkaConfig(bootstrap_servers="127.0.0.1:9092"),
+                         folder=str(tmp_path), transactional_id="t", max_age_s=60)
+
+    first = store()
+    write_state(first.path, Learner(CONFIG, device=DEVICE).state_dict(), _tag())
+    first.path.with_name("t.snapshot.tmp").write_bytes(b"half written, then killed")
+    restarted = store()
+    assert not (tmp_path / "t.snapshot.tmp").exists()
+    other = dataclasses.replace(CONFIG, lr=CONFIG.lr * 2)
+    assert restarted.load_into(Learner(other, device=DEVICE)) is None
+    assert not restarted.path.exists()
 
 
 def test_a_format_1_file_loads_and_an_unknown_format_is_refused(tmp_path: Path) -> None:
