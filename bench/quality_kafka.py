@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from prometheus_client import Counter
 
 from bench.common import bench_broker, fresh_topics, machine, write_json
 from bench.quality_offline import (
@@ -68,8 +69,13 @@ def through_kafka(kafka: KafkaConfig, events: list[Event], config: LearnerConfig
     t1 = time.perf_counter()
     cfg = TrainerConfig(group_id=f"q-{uuid.uuid4().hex[:6]}", batch_max=batch_max,
                         step_max=step_max, metrics_port=0, exit_when_idle=5.0, restore=False)
-    make_trainer(kafka, cfg, config).run()
+    trainer = make_trainer(kafka, cfg, config)
+    trainer.run()
     t2 = time.perf_counter()
+    read = events_read(trainer.metrics.events)
+    if sum(read.values()) != len(events):  # it stops after 5 s idle: a stall would pass
+        raise RuntimeError(f"the trainer read {sum(read.values())} of the {len(events)} "
+                           f"train events before it stopped ({read})")
     stop = threading.Event()
     scorer = Scorer(kafka, ScorerConfig(metrics_port=0, history_max=50), stop=stop)
     thread = threading.Thread(target=scorer.run, daemon=True)
@@ -100,8 +106,19 @@ def through_kafka(kafka: KafkaConfig, events: list[Event], config: LearnerConfig
                 scores[r, col[item.item_id]] = 1e6 - rank  # the scorer's order
     timing = {"produce_s": t1 - t0, "train_s": t2 - t1, "scorer_load_s": t_ready - t2,
               "score_s": t3 - t_ready, "answered": len(answers), "fallbacks": fallbacks,
-              "not_ready": not_ready}
+              "not_ready": not_ready, "events_applied": read.get("applied", 0)}
     return scores, timing
+
+
+def events_read(counter: Counter) -> dict[str, int]:
+    """The trainer's `stream_app_events_total`, summed over topics, by outcome."""
+    out: dict[str, int] = {}
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                outcome = sample.labels["outcome"]
+                out[outcome] = out.get(outcome, 0) + int(sample.value)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
