@@ -186,6 +186,10 @@ def running(settings: BrokerSettings) -> RunningBroker | None:
     return RunningBroker(pid=pid, bootstrap_servers=bootstrap, log_file=settings.log_file)
 
 
+PORT_TRIES = 3
+"""Starts of a broker on picked ports (`port=0`) before a taken port is an error."""
+
+
 def start(settings: BrokerSettings) -> RunningBroker:
     """Start the broker (or return the one already running from this state folder, if it
     listens as asked)."""
@@ -194,7 +198,18 @@ def start(settings: BrokerSettings) -> RunningBroker:
         if existing is not None:
             _check_same(existing, settings)
             return existing
-        return _start(settings)
+        for attempt in range(1, PORT_TRIES + 1):
+            try:
+                return _start(settings)
+            except BrokerError as exc:
+                # A free port is free when picked, and bound by the JVM seconds later:
+                # another process may take it first (tests in parallel, CI neighbours).
+                if settings.port or settings.keep_data or attempt == PORT_TRIES \
+                        or "already in use" not in str(exc):
+                    raise
+                log.warning("the port picked for the broker was taken before it could bind "
+                            "it; trying another (%d of %d)", attempt + 1, PORT_TRIES)
+        raise AssertionError("unreachable")
 
 
 def _check_same(existing: RunningBroker, settings: BrokerSettings) -> None:

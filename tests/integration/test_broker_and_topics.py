@@ -133,6 +133,28 @@ def test_broker_start_on_a_taken_port_fails_with_a_fix(tmp_path: Path,
     assert f"port {port} on 127.0.0.1 is already in use" in capsys.readouterr().err
 
 
+def test_a_picked_port_taken_before_the_broker_binds_it_is_picked_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A free port is bound by the JVM seconds after it is picked: a neighbour taking it
+    meanwhile failed the whole test session's broker (review of the fresh-machine path)."""
+    from stream_app.kafka import broker
+
+    real = broker.free_port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        picks = iter([taken])
+        monkeypatch.setattr(broker, "free_port",
+                            lambda **kw: next(picks, None) or real(**kw))
+        settings = broker.BrokerSettings(port=0, state_dir=tmp_path / "b", dies_with_caller=True)
+        try:
+            started = broker.start(settings)
+            assert not started.bootstrap_servers.endswith(f":{taken}")
+        finally:
+            broker.stop(settings)
+
+
 def test_unreachable_broker_fails_fast_with_try_again(capsys: pytest.CaptureFixture[str]) -> None:
     """Not 2, which tells a supervisor the configuration is wrong: a broker that is down
     (or not up yet) is what a later restart can meet."""
