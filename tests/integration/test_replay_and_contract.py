@@ -16,6 +16,7 @@ from stream_app.codec import (
     decode_dlq,
     decode_embedding,
     decode_event,
+    decode_meta,
     decode_prediction,
     decode_score_request,
     load_schemas,
@@ -42,6 +43,8 @@ def _key_for(name: str, example: dict[str, Any]) -> bytes:
         return str(example["request_id"]).encode()
     if name == "embedding":
         return f"{example['entity']}:{example['id']}".encode()
+    if name == "trainer-meta":
+        return b"meta:trainer"
     return b"dlq"
 
 
@@ -52,14 +55,15 @@ DECODERS: dict[str, Callable[[bytes, bytes], object]] = {
     "prediction": lambda k, v: decode_prediction(v),
     "embedding": lambda k, v: decode_embedding(k, v),
     "dlq-record": lambda k, v: decode_dlq(v),
+    "trainer-meta": lambda k, v: decode_meta(v),
 }
 
 
 def test_every_schema_example_round_trips_through_kafka(kafka: KafkaConfig) -> None:
     sent: list[tuple[str, bytes, bytes]] = []
-    for name, schema in load_schemas().items():
-        if name not in DECODERS:
-            continue
+    schemas = load_schemas()
+    assert set(schemas) == set(DECODERS)  # a schema added without a decoder here fails
+    for name, schema in schemas.items():
         for example in schema.examples:
             sent.append((name, _key_for(name, example), orjson.dumps(example)))
     assert {n for n, _, _ in sent} == set(DECODERS)

@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from stream_app.config import KafkaConfig
 from stream_app.kafka.clients import make_consumer, make_producer
 from stream_app.kafka.transaction import OutRecord, TxnOutcome, commit_batch
+from tests.integration.kafka_helpers import read_topic
 
 
 @pytest.mark.parametrize("rows", [50, 20_000])
@@ -37,10 +38,16 @@ def test_rows_the_topic_refuses_abort_the_batch_whatever_its_size(
         outcome = commit_batch(producer, consumer, records, [TopicPartition(small, 0, 1)],
                                starts={(small, 0): 0}, timeout_s=20)
         assert outcome is TxnOutcome.ABORTED
+        # Nothing of it is visible: no offset committed, no record read_committed.
+        assert consumer.committed([TopicPartition(small, 0)], timeout=10)[0].offset < 0
+        assert read_topic(kafka.bootstrap_servers, small) == []
         # The producer is usable again: the next transaction commits.
         ok = [OutRecord(kafka.topics.embeddings, b"user:u1", b"{}")]
         assert commit_batch(producer, consumer, ok, [], starts={},
                             timeout_s=20) is TxnOutcome.COMMITTED
+        assert [(m.key(), m.value()) for m in read_topic(kafka.bootstrap_servers,
+                                                         kafka.topics.embeddings)] \
+            == [(b"user:u1", b"{}")]
     finally:
         consumer.close()
 
@@ -72,6 +79,8 @@ def test_a_transaction_the_broker_timed_out_is_given_up_and_the_next_one_commits
         first = publisher.commit(consumer, slow(), {}, {})
         assert first is TxnOutcome.ABORTED
         assert publisher.commit(consumer, [row], {}, {}) is TxnOutcome.COMMITTED
+        # The given-up batch's row is not readable; the committed one's is, once.
+        assert len(read_topic(kafka.bootstrap_servers, kafka.topics.embeddings)) == 1
     finally:
         publisher.close()
         consumer.close()

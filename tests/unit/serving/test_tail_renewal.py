@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
@@ -71,3 +72,29 @@ def test_the_check_runs_at_most_every_grow_check_interval() -> None:
     for n in range(10):
         copy.report_lag(tail, start + GROW_CHECK_S + n)  # type: ignore[arg-type]
     assert (tail.failed_checks, tail.renewals) == (1, 0)
+
+
+def test_the_real_tail_counts_failed_checks_in_a_row_and_a_success_resets_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stand-in above resets its own count; this is `TailReader.grow`'s (test review)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    import stream_app.kafka.tail as tail_module
+    from stream_app.config import KafkaConfig
+    from stream_app.kafka.tail import TailReader
+
+    answers: list[bool] = [False, False, True, False]
+
+    def assign_added(*_a: object) -> list[int]:
+        if not answers.pop(0):
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))  # noqa: SLF001
+        return []
+
+    monkeypatch.setattr(tail_module, "assign_added", assign_added)
+    tail = TailReader(KafkaConfig(), "embeddings", client_id="t")
+    monkeypatch.setattr(tail, "_opened", lambda: None)
+    counts = []
+    for _ in range(4):
+        assert tail.grow() == []
+        counts.append(tail.failed_checks)
+    assert counts == [1, 2, 0, 1]
