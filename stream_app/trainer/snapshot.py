@@ -217,10 +217,17 @@ class Snapshots:
             log.warning("snapshot %s not checked (%s); restoring from the whole changelog",
                         self.path, exc)
             return None
-        reason = why_unusable(tag, state, now=now, config=dataclasses.asdict(learner.config),
-                              max_age_ms=self.max_age_ms)
+        config = dataclasses.asdict(learner.config)
+        reason = why_unusable(tag, state, now=now, config=config, max_age_ms=self.max_age_ms)
         if reason is not None:
-            self._remove_unusable(f"snapshot {self.path} not used: {reason}")
+            # Offsets ahead of the topic's ends may pass (a leader change); the rest lasts.
+            passing = why_unusable(tag, state, now=dataclasses.replace(now, ends=tag.ends),
+                                   config=config, max_age_ms=self.max_age_ms) is None
+            if passing:
+                log.warning("snapshot %s not used: %s; restoring from the whole changelog",
+                            self.path, reason)
+            else:
+                self._remove_unusable(f"snapshot {self.path} not used: {reason}")
             return None
         try:
             learner.load_state_dict(state)
@@ -233,14 +240,15 @@ class Snapshots:
 
     def _remove_unusable(self, why: str) -> None:
         """A file this changelog can never use goes: it may hold users erased since, and
-        the next write replaces it anyway. After a write still running (a restore
-        inside the process): the file it lands is newer than the one judged."""
-        log.warning("%s; restoring from the whole changelog, and deleting it", why)
+        the next write replaces it anyway. Not while a write runs (a restore inside
+        the process): the file it lands replaces the one judged."""
         if self._writer is not None and self._writer.is_alive():
-            self._writer.join()
+            log.warning("%s; restoring from the whole changelog", why)
             return
+        log.warning("%s; restoring from the whole changelog, and deleting it", why)
         try:
             self.path.unlink(missing_ok=True)
+            sync_folder(self.path.parent)
         except OSError as exc:
             log.error("could not delete snapshot %s: %s; delete it by hand", self.path, exc)
 
