@@ -39,7 +39,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=480.0,
                    help="seconds the trainer may take to catch up (default 480)")
     p.add_argument("--keep-topics", action="store_true",
-                   help="keep the run's topics on a reused broker (deleted by default)")
+                   help="keep the run's topics on the broker of --bootstrap-servers "
+                        "(deleted by default; a broker the demo starts goes with them)")
     p.add_argument("--device", help="trainer/scorer device: auto, cpu, cuda ...")
     p.add_argument("-L", dest="learner_settings", action="append", metavar="KEY=VALUE",
                    help="learner setting passed to the trainer, e.g. -L dim=32")

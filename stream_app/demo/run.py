@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -83,20 +84,24 @@ class DemoOptions:
 
 
 @contextlib.contextmanager
-def local_broker(display: LiveDisplay) -> Iterator[str]:
+def local_broker(display: LiveDisplay, report: Path) -> Iterator[str]:
     """A broker of this run's own under ~/.cache/stream-app/demo-broker-*, stopped and its
-    folder deleted after (see `own_folder`: a shared one was stopped under a second demo)."""
+    folder deleted after (see `own_folder`: a shared one was stopped under a second demo);
+    its log is kept in the `report` folder."""
     with own_folder(broker.default_cache_dir(), "demo-broker-") as state_dir:
         # dies_with_caller: a demo killed by SIGKILL (an OOM kill, a CI timeout) left the
         # broker running.
         settings = broker.BrokerSettings(port=0, state_dir=state_dir, dies_with_caller=True)
         display.note("starting a local Kafka broker (KRaft, first run resolves its jars) ...")
         started = broker.start(settings)
-        display.note(f"broker up at {started.bootstrap_servers}")
+        display.note(f"broker up at {started.bootstrap_servers} (log kept as "
+                     f"{report / 'broker.log'})")
         try:
             yield started.bootstrap_servers
         finally:
             broker.stop(settings)
+            with contextlib.suppress(OSError):
+                shutil.copyfile(settings.log_file, report / "broker.log")
 
 
 def run_demo(opts: DemoOptions, kafka: KafkaConfig, *, start_broker: bool,
@@ -114,7 +119,7 @@ def run_demo(opts: DemoOptions, kafka: KafkaConfig, *, start_broker: bool,
     display.note(f"input: {inp.description}")
     with contextlib.ExitStack() as stack:
         if start_broker:  # its topics go with it
-            bootstrap = stack.enter_context(local_broker(display))
+            bootstrap = stack.enter_context(local_broker(display, report))
             kafka = dataclasses.replace(kafka, bootstrap_servers=bootstrap)
         create_topics(kafka)
         if not start_broker and not opts.keep_topics:

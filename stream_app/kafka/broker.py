@@ -205,11 +205,20 @@ def start(settings: BrokerSettings) -> RunningBroker:
                 # A free port is free when picked, and bound by the JVM seconds later:
                 # another process may take it first (tests in parallel, CI neighbours).
                 if settings.port or settings.keep_data or attempt == PORT_TRIES \
-                        or "already in use" not in str(exc):
+                        or not ("already in use" in str(exc) or _bind_failed(settings)):
                     raise
                 log.warning("the port picked for the broker was taken before it could bind "
                             "it; trying another (%d of %d)", attempt + 1, PORT_TRIES)
         raise AssertionError("unreachable")
+
+
+def _bind_failed(settings: BrokerSettings) -> bool:
+    """Whether the broker's log says its port was taken (a JVM BindException), anywhere: the
+    shutdown it logs after may push it out of the error's tail."""
+    try:
+        return "Address already in use" in settings.log_file.read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def _check_same(existing: RunningBroker, settings: BrokerSettings) -> None:

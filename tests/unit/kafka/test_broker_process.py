@@ -234,3 +234,27 @@ def test_a_new_state_folder_is_private(tmp_path: Path) -> None:
     with locked(folder):
         pass
     assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_port_the_jvm_found_taken_is_picked_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JVM's BindException can sit far above the error's log tail (its shutdown logs
+    after it): the retry reads the whole log (review of this session's commits)."""
+    settings = BrokerSettings(port=0, state_dir=tmp_path)
+    tries: list[int] = []
+
+    def start_once(s: BrokerSettings) -> broker.RunningBroker:
+        tries.append(1)
+        if len(tries) == 1:
+            s.log_file.write_text("java.net.BindException: Address already in use\n"
+                                  + "shutting down\n" * 1000)
+            raise broker.BrokerError("the Kafka broker exited with 1; log ...: shutting down")
+        return broker.RunningBroker(pid=1, bootstrap_servers="127.0.0.1:1", log_file=s.log_file)
+
+    monkeypatch.setattr(broker, "_start", start_once)
+    assert broker.start(settings).bootstrap_servers == "127.0.0.1:1" and len(tries) == 2
+    tries.clear()
+    fixed = BrokerSettings(port=9092, state_dir=tmp_path)  # a port asked for: no retry
+    with pytest.raises(broker.BrokerError):
+        broker.start(fixed)
+    assert len(tries) == 1
