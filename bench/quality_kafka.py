@@ -73,7 +73,7 @@ def through_kafka(kafka: KafkaConfig, events: list[Event], config: LearnerConfig
     trainer.run()
     t2 = time.perf_counter()
     read = events_read(trainer.metrics.events)
-    if sum(read.values()) != len(events):  # it stops after 5 s idle: a stall would pass
+    if sum(read.values()) < len(events):  # it stops after 5 s idle: a stall would pass
         raise RuntimeError(f"the trainer read {sum(read.values())} of the {len(events)} "
                            f"train events before it stopped ({read})")
     stop = threading.Event()

@@ -5,6 +5,7 @@
 # ~/.cache/pip keeps the multi-GB torch wheel, so reinstalls are quick.
 set -euo pipefail
 venv="${1:?usage: bootstrap.sh VENV_DIR}"
+venv="${venv%/}"  # the lock file sits beside the venv, not in it
 here="$(cd "$(dirname "$0")/.." && pwd)"
 
 need() { command -v "$1" >/dev/null 2>&1 || { echo "bootstrap: $1 is required: $2" >&2; exit 2; }; }
@@ -16,8 +17,10 @@ PY
 # One install at a time into a venv (two clones, or CI jobs, sharing the cache): two
 # pips at once can leave a half-written venv that the next run trusts.
 mkdir -p "$(dirname "$venv")"
-exec 9>"$venv.lock"
-flock 9
+if command -v flock >/dev/null; then  # util-linux; elsewhere (macOS), one run at a time
+  exec 9>"$venv.lock"
+  flock 9
+fi
 
 # A venv whose python cannot import pip is what a failed `python3 -m venv` leaves
 # (Debian without python3-venv), or a cached venv whose base Python moved (another
@@ -38,5 +41,8 @@ fi
 echo "bootstrap: installing stream_app (first time downloads torch, several GB; cached after)"
 "$venv/bin/python" -m pip install -q -c "$here/constraints.txt" -e "$here[test,demo]"
 # A pip killed mid-install can leave a package that pip then calls satisfied.
-"$venv/bin/python" -m pip check
+"$venv/bin/python" -m pip check || {
+  echo "bootstrap: $venv is inconsistent (above); remove it (rm -rf $venv) and run again" >&2
+  exit 2
+}
 "$venv/bin/python" -c "import torch, confluent_kafka, prometheus_client, orjson, stream_app"

@@ -47,9 +47,15 @@ if ! command -v apt-get >/dev/null; then
   exit 1
 fi
 echo "sysdeps: installing ${missing[*]}"
-# A fresh VM's unattended upgrades hold dpkg's lock for minutes after boot: wait for it.
+# A fresh VM's unattended upgrades hold apt's locks for minutes after boot: wait for
+# dpkg's (install), and try `update`, whose lists lock that setting may not cover, again.
 lock=(-o DPkg::Lock::Timeout=600)
-"${sudo[@]}" apt-get "${lock[@]}" update -q
+for try in 1 2 3 4 5 6 7 8 9 10; do
+  "${sudo[@]}" apt-get "${lock[@]}" update -q && break
+  [ "$try" -lt 10 ] || exit 1
+  echo "sysdeps: apt-get update failed (another apt holding its lock?); again in 30 s" >&2
+  sleep 30
+done
 # No recommended extras: Debian's prometheus package recommends node-exporter, a daemon.
 # Through env: sudo drops the caller's environment, DEBIAN_FRONTEND included.
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "${lock[@]}" install -y -q \
