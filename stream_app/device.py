@@ -1,6 +1,7 @@
-"""Pick the torch device from a `device` setting ("auto" = CUDA when present).
+"""Pick the torch device from a `device` setting ("auto" = CUDA when present), and
+torch's intra-op thread count from a `threads` setting.
 
-Shared by the trainer and the scorer, so both read the setting the same way.
+Shared by the trainer and the scorer, so both read the settings the same way.
 """
 
 from __future__ import annotations
@@ -40,3 +41,23 @@ def resolve_device(name: str, setting: str = "device") -> torch.device:
         return device
     raise ConfigError(f"{setting}={name!r} is not available here; use auto, cpu, cuda or "
                       "cuda:N")
+
+
+THREADS_MAX = 1024
+"""More torch threads than any host has cores: 100,000 failed to start threads and then
+crashed the process (exit 139)."""
+
+
+def check_threads(threads: int | None, setting: str) -> None:
+    """A `threads` setting: unset (torch's default, one per core) or 1..THREADS_MAX."""
+    if threads is not None and not 1 <= threads <= THREADS_MAX:
+        raise ConfigError(f"{setting} must be 1..{THREADS_MAX} (or unset for torch's "
+                          f"default), got {threads}")
+
+
+def set_threads(n: int) -> None:
+    """`torch.set_num_threads(n)`: process-wide, so it is set once, at start.
+
+    >>> set_threads(torch.get_num_threads())
+    """
+    torch.set_num_threads(n)

@@ -28,6 +28,8 @@ def add_commands(sub: Any) -> None:
                    "--no-restore starts from an empty model, for a lone trainer: an aborted "
                    "transaction still restores the changelog, and partitions it takes over "
                    "in a group are not restored)")
+    p.add_argument("--threads", type=int,
+                   help="torch threads for learning (default: torch's, one per core)")
     p.add_argument("--stats-file", help="append one JSON line per batch (for `stream-app report`)")
     p.add_argument("--snapshot-dir", metavar="DIR",
                    help="keep a local snapshot of the model here, so a restart reads only "
@@ -52,9 +54,9 @@ def _trainer(args: argparse.Namespace) -> int:
 
     file = read_file(args.config)
     flags = {k: getattr(args, k, None) for k in (
-        "group_id", "device", "metrics_host", "metrics_port", "exit_when_idle", "instance_id",
-        "batch_max", "step_max", "batch_wait_ms", "restore", "stats_file", "stall_timeout_s",
-        "snapshot_dir", "snapshot_interval_s")}
+        "group_id", "device", "threads", "metrics_host", "metrics_port", "exit_when_idle",
+        "instance_id", "batch_max", "step_max", "batch_wait_ms", "restore", "stats_file",
+        "stall_timeout_s", "snapshot_dir", "snapshot_interval_s")}
     kafka = kafka_config(args, {"trainer": TrainerConfig, "learner": LearnerConfig})
     cfg = build(TrainerConfig, "trainer", file.get("trainer", {}), environment(), flags,
                 derived={"group_id": default_group_id(kafka, "trainer")})

@@ -11,13 +11,9 @@ import re
 from dataclasses import dataclass
 
 from stream_app.config import CONSUME_MAX, ConfigError, check_stall_timeout
+from stream_app.device import check_threads
 
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-THREADS_MAX = 1024
-"""More torch threads than any host has cores: 100,000 failed to start threads and then
-crashed the process (exit 139)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,9 +111,7 @@ class ScorerConfig:
                               f"got {self.exit_when_idle}")
         _positive("lag_interval_s", self.lag_interval_s)
         check_stall_timeout("scorer", self.stall_timeout_s, self.batch_wait_ms)
-        if self.threads is not None and not 1 <= self.threads <= THREADS_MAX:
-            raise ConfigError(f"scorer.threads must be 1..{THREADS_MAX} (or unset for torch's "
-                              f"default), got {self.threads}")
+        check_threads(self.threads, "scorer.threads")
 
 
 def _positive(name: str, value: float) -> None:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from stream_app.codec import DlqReason
 from stream_app.config import ConfigError, KafkaConfig
 from stream_app.core import LearnerConfig
+from stream_app.device import set_threads
 from stream_app.heap import freeze_survivors
 from stream_app.kafka.clients import Repeats
 from stream_app.observability import MetricsServer, TrainerMetrics
@@ -51,6 +52,8 @@ def run_trainer(kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConf
     stop_on_signals(stop)
     watchdog = Watchdog(cfg.stall_timeout_s, component="trainer")
     freeze_survivors()
+    if cfg.threads is not None:
+        set_threads(cfg.threads)
     trainer = make_trainer(kafka, cfg, learner_cfg, stop=stop, watchdog=watchdog)
 
     def ready() -> tuple[bool, str]:

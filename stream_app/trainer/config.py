@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from stream_app.config import CONSUME_MAX, ConfigError, check_stall_timeout
 from stream_app.core import LearnerConfig
+from stream_app.device import check_threads
 from stream_app.kafka.consumer import CO_PARTITIONED_ASSIGNOR
 from stream_app.trainer.own_writes import default_partitioner
 
@@ -42,6 +43,10 @@ class TrainerConfig:
     the longest legitimate step: a transaction's steps give up after 60 s and
     an abort may wait for the broker, hence the default of 120 s.
 
+    `threads`: torch intra-op threads (`torch.set_num_threads` at start); None keeps
+    torch's default (one per core). On a small machine shared with the broker, 1 avoids
+    fighting it for the cores (BENCHMARKS.md, Freshness).
+
     `snapshot_dir`: where to keep a local snapshot of the learner (off when
     unset), written every `snapshot_interval_s` (idle too, after changes) and at
     shutdown; a restore older than `snapshot_max_age_s` ignores it (and one older than
@@ -55,6 +60,7 @@ class TrainerConfig:
     step_max: int = 2000
     batch_wait_ms: int = 200
     device: str = "auto"
+    threads: int | None = None
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     exit_when_idle: float | None = None
@@ -93,6 +99,7 @@ class TrainerConfig:
             raise ConfigError(f"trainer.exit_when_idle must be > 0 seconds, got "
                               f"{self.exit_when_idle}")
         check_stall_timeout("trainer", self.stall_timeout_s, self.batch_wait_ms)
+        check_threads(self.threads, "trainer.threads")
         for name in ("snapshot_interval_s", "snapshot_max_age_s"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"trainer.{name} must be > 0 seconds, got "

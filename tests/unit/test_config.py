@@ -43,6 +43,11 @@ def test_bad_values_say_what_to_fix() -> None:
         build(TrainerConfig, "trainer", {}, {}, {"snapshot_dir": "snapshots", "restore": False})
     with pytest.raises(ConfigError, match="snapshot_interval_s must be > 0"):
         build(TrainerConfig, "trainer", {}, {"STREAM_APP_TRAINER_SNAPSHOT_INTERVAL_S": "0"}, {})
+    for threads in (0, 100_000):  # 100,000 torch threads crashed the scorer (exit 139)
+        with pytest.raises(ConfigError, match="trainer.threads must be 1..1024"):
+            build(TrainerConfig, "trainer", {}, {}, {"threads": threads})
+    assert build(TrainerConfig, "trainer", {}, {"STREAM_APP_TRAINER_THREADS": "1"},
+                 {}).threads == 1
     with pytest.raises(ConfigError, match="bootstrap_servers entries must be HOST:PORT"):
         KafkaConfig(bootstrap_servers="localhost")
     for port in ("0", "99999"):  # librdkafka took 99999 as 34463, and the CLI then said
