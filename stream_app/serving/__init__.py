@@ -5,8 +5,8 @@ Imports torch, never confluent_kafka; `stream_app.scorer` wires it to Kafka.
 
 from __future__ import annotations
 
+from stream_app.device import resolve_device, set_threads
 from stream_app.serving.config import ScorerConfig
-from stream_app.serving.device import resolve_device, set_threads
 from stream_app.serving.table import EmbeddingTable, TableError
 from stream_app.serving.topk import COLD_USER, UNKNOWN_USER, Ranking, explain, rank
 from stream_app.serving.users import UserState
