@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry
 
 from bench.common import bench_broker, fresh_topics, machine, write_json
 from bench.quality_offline import (
@@ -53,6 +53,7 @@ from stream_app.client import ScoreClient
 from stream_app.config import KafkaConfig
 from stream_app.core import LearnerConfig
 from stream_app.events import Event, ScoreRequest
+from stream_app.observability.recorder import snapshot
 from stream_app.replay import produce_records
 from stream_app.scorer import Scorer
 from stream_app.serving.config import ScorerConfig
@@ -72,7 +73,7 @@ def through_kafka(kafka: KafkaConfig, events: list[Event], config: LearnerConfig
     trainer = make_trainer(kafka, cfg, config)
     trainer.run()
     t2 = time.perf_counter()
-    read = events_read(trainer.metrics.events)
+    read = events_read(trainer.metrics.registry)
     if sum(read.values()) < len(events):  # it stops after 5 s idle: a stall would pass
         raise RuntimeError(f"the trainer read {sum(read.values())} of the {len(events)} "
                            f"train events before it stopped ({read})")
@@ -110,14 +111,12 @@ def through_kafka(kafka: KafkaConfig, events: list[Event], config: LearnerConfig
     return scores, timing
 
 
-def events_read(counter: Counter) -> dict[str, int]:
+def events_read(registry: CollectorRegistry) -> dict[str, int]:
     """The trainer's `stream_app_events_total`, summed over topics, by outcome."""
     out: dict[str, int] = {}
-    for metric in counter.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_total"):
-                outcome = sample.labels["outcome"]
-                out[outcome] = out.get(outcome, 0) + int(sample.value)
+    for sample in snapshot(registry, names={"stream_app_events_total"}):
+        outcome = sample["labels"]["outcome"]
+        out[outcome] = out.get(outcome, 0) + int(sample["value"])
     return out
 
 

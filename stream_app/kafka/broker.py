@@ -198,18 +198,18 @@ def start(settings: BrokerSettings) -> RunningBroker:
         if existing is not None:
             _check_same(existing, settings)
             return existing
-        for attempt in range(1, PORT_TRIES + 1):
+        for attempt in range(2, PORT_TRIES + 1):
             try:
                 return _start(settings)
             except BrokerError as exc:
                 # A free port is free when picked, and bound by the JVM seconds later:
                 # another process may take it first (tests in parallel, CI neighbours).
-                if settings.port or settings.keep_data or attempt == PORT_TRIES \
+                if settings.port or settings.keep_data \
                         or not ("already in use" in str(exc) or _bind_failed(settings)):
                     raise
                 log.warning("the port picked for the broker was taken before it could bind "
-                            "it; trying another (%d of %d)", attempt + 1, PORT_TRIES)
-        raise AssertionError("unreachable")
+                            "it; trying another (%d of %d)", attempt, PORT_TRIES)
+        return _start(settings)
 
 
 def _bind_failed(settings: BrokerSettings) -> bool:

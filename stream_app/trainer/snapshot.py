@@ -61,11 +61,16 @@ class SnapshotTag:
     written_ms: int
 
 
+def temp_of(path: Path) -> Path:
+    """Where `write_state` writes before its rename."""
+    return path.with_name(path.name + ".tmp")
+
+
 def write_state(path: Path, state: dict[str, Any], tag: SnapshotTag) -> None:
     """Write atomically (temp file, fsync, rename): a crash leaves the old one intact.
 
     Owner-only (0600): it holds every user's learned state."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_of(path)
     tmp.unlink(missing_ok=True)  # a left-over one may have wider permissions
     try:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
@@ -168,7 +173,7 @@ class Snapshots:
         self.path = Path(folder) / f"{transactional_id}.snapshot"  # one file per instance
         # What a writer killed mid-write left (no writer of this instance runs yet): it
         # holds users' state, erased ones' included, and nothing else would delete it.
-        self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
+        temp_of(self.path).unlink(missing_ok=True)
         self.client_id = f"{transactional_id}-snapshot"
         self.max_age_ms = int(max_age_s * 1000)
         self.on_written = on_written
@@ -301,7 +306,7 @@ class Snapshots:
         self.erasures = erasures
         try:
             self.path.unlink(missing_ok=True)
-            self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
+            temp_of(self.path).unlink(missing_ok=True)
             sync_folder(self.path.parent)
         except OSError as exc:
             log.error("could not delete snapshot %s (%s): %s; delete it by hand", self.path,

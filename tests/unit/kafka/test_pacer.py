@@ -6,17 +6,7 @@ import pytest
 
 from stream_app.kafka import produce
 from stream_app.kafka.produce import Pacer
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from tests.unit.kafka.fake_clock import FakeClock
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from stream_app.kafka import settle as settle_module
 from stream_app.kafka.consumer import GroupConsumer
 from stream_app.kafka.exceptions import BrokerError, KafkaEdgeError
 from stream_app.kafka.settle import committed_within
+from tests.unit.kafka.fake_clock import FakeClock
 
 
 class Unstable:
@@ -45,24 +46,10 @@ def test_each_wait_is_short_and_followed_by_a_beat(monkeypatch: pytest.MonkeyPat
     assert len(beats) == 3 and max(fake.asked) == 0.5
 
 
-class Clock:
-    """`settle`'s clock: it moves only when an ask waits, so counts do not depend on how
-    busy the machine is."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class SlowUnstable(Unstable):
     """Each ask waits its whole timeout, as librdkafka's does while offsets are unstable."""
 
-    def __init__(self, clock: Clock, times: int) -> None:
+    def __init__(self, clock: FakeClock, times: int) -> None:
         super().__init__(times)
         self.clock = clock
 
@@ -72,14 +59,14 @@ class SlowUnstable(Unstable):
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
     monkeypatch.setattr(settle_module, "time", fake)
     return fake
 
 
 def test_the_whole_timeout_still_ends_the_wait(monkeypatch: pytest.MonkeyPatch,
-                                               clock: Clock) -> None:
+                                               clock: FakeClock) -> None:
     monkeypatch.setattr(settle_module, "SETTLE_STEP_S", 0.05)
     fake = SlowUnstable(clock, times=10**6)
     with pytest.raises(KafkaException):
@@ -126,7 +113,7 @@ def test_settle_stops_on_an_error_it_cannot_outlast(per_partition: bool, error: 
 
 
 def test_settle_leaves_a_transaction_that_outlasts_its_wait(
-        monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
+        monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> None:
     """By then the broker has aborted a dead owner's transaction: logged, and the trainer
     goes on."""
     monkeypatch.setattr(settle_module, "SETTLE_STEP_S", 0.05)
