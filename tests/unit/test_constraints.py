@@ -1,4 +1,5 @@
-"""constraints.txt pins every dependency that `make venv` installs, within pyproject's ranges.
+"""constraints.txt pins every dependency that `make venv` and `make bench-deps` install,
+within pyproject's ranges.
 
 A dependency added to pyproject.toml but not to constraints.txt would be
 installed at whatever version is newest on the day, which is what the pins
@@ -15,7 +16,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
-INSTALLED_EXTRAS = ("test", "demo")  # what scripts/bootstrap.sh installs
+# What scripts/bootstrap.sh installs, and `make bench-deps` adds (the baselines' libraries).
+INSTALLED_EXTRAS = ("test", "demo", "bench")
 
 
 def pins() -> dict[str, Version]:
