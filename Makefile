@@ -4,6 +4,8 @@
 
 CACHE   ?= $(HOME)/.cache/stream-app
 VENV    ?= $(CACHE)/venv
+# The broker jars (and the demo's broker) follow CACHE too: stream_app reads this.
+export STREAM_APP_CACHE_DIR := $(abspath $(CACHE))
 PY      := $(VENV)/bin/python
 APP     := $(VENV)/bin/stream-app
 # The editable install points at one clone: the stamp names this clone's path

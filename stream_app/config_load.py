@@ -267,8 +267,9 @@ def check_sections(file_values: Mapping[str, Any]) -> None:
 
 
 SHARED_ENV = frozenset({"STREAM_APP_BOOTSTRAP_SERVERS", "STREAM_APP_TOPIC_PREFIX",
-                        "STREAM_APP_BROKER_SASL_PASSWORD"})
-"""Variables outside the sections: the `[kafka]` fields and the broker's password."""
+                        "STREAM_APP_BROKER_SASL_PASSWORD", "STREAM_APP_CACHE_DIR"})
+"""Variables outside the sections: the `[kafka]` fields, the broker's password, and the
+cache of the broker jars (`make CACHE=DIR` sets it)."""
 
 TEST_ENV_PREFIX = "STREAM_APP_TEST_"
 """The test suite's own variables (`STREAM_APP_TEST_DEVICE`): no command reads them."""

@@ -49,8 +49,14 @@ log = logging.getLogger(__name__)
 STORAGE_TOOL = "kafka.tools.StorageTool"
 
 
+CACHE_ENV = "STREAM_APP_CACHE_DIR"
+
+
 def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "stream-app"
+    """`STREAM_APP_CACHE_DIR`, else ~/.cache/stream-app: `make CACHE=DIR` sets the variable,
+    so the broker jars (and the demo's and the local broker's state) follow the venv there."""
+    given = os.environ.get(CACHE_ENV, "")
+    return Path(given).expanduser().absolute() if given else Path.home() / ".cache" / "stream-app"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

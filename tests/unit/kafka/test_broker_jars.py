@@ -111,3 +111,31 @@ def test_maven_is_asked_for_a_pinned_plugin_version(bin_dir: Path, tmp_path: Pat
     _fake_mvn(bin_dir, f'echo "$@" > "{bin_dir}/args"; touch "$out/kafka.jar"')
     broker_jars.ensure_jars(tmp_path / "cache", None)
     assert ":maven-dependency-plugin:3.8.1:copy-dependencies" in (bin_dir / "args").read_text()
+
+
+def test_the_cache_folder_follows_the_variable_that_make_sets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make test CACHE=DIR` moved the venv but left the jars (and the brokers' state) in
+    ~/.cache/stream-app; the Makefile now exports STREAM_APP_CACHE_DIR, which every
+    default reads, and the commands' environment check takes it as known."""
+    from stream_app.config_load import check_environment
+    from stream_app.kafka.broker import BrokerSettings, default_cache_dir
+    from stream_app.trainer import TrainerConfig
+
+    monkeypatch.setenv("STREAM_APP_CACHE_DIR", str(tmp_path / "cache"))
+    assert default_cache_dir() == tmp_path / "cache"
+    settings = BrokerSettings()
+    assert settings.cache_dir == tmp_path / "cache"
+    assert settings.state_dir == tmp_path / "cache" / "broker"
+    check_environment({"STREAM_APP_CACHE_DIR": str(tmp_path)}, {"trainer": TrainerConfig})
+    monkeypatch.setenv("STREAM_APP_CACHE_DIR", "")
+    assert default_cache_dir() == Path.home() / ".cache" / "stream-app"
+
+
+def test_the_makefile_exports_its_cache_folder(tmp_path: Path) -> None:
+    """What a recipe's shell sees: a rule added for the test prints the variable."""
+    root = Path(__file__).resolve().parents[3]
+    rule = 'print-cache-env: ; @echo "$$STREAM_APP_CACHE_DIR"'
+    out = subprocess.run(["make", "-s", "-C", str(root), f"CACHE={tmp_path}/c", "--eval", rule,
+                          "print-cache-env"], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"{tmp_path}/c"
