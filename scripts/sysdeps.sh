@@ -61,3 +61,11 @@ done
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "${lock[@]}" install -y -q \
   --no-install-recommends \
   "${missing[@]}"
+# Debian's prometheus package enables and starts a system service on :9090. The tests
+# run their own Prometheus on free ports; a tool installed for them leaves no daemon.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null \
+    && systemctl is-enabled --quiet prometheus 2>/dev/null; then
+  echo "sysdeps: stopping and disabling the prometheus service the package started" \
+       "(stream_app's tests run their own)"
+  "${sudo[@]}" systemctl disable --now prometheus || true
+fi
