@@ -13,11 +13,19 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from stream_app.kafka import broker
 from stream_app.kafka.admin import wait_for_broker
+
+ROOT = Path(__file__).resolve().parents[1]
+# The processes the tests start (trainer, scorer, demo, the CLI) import stream_app from
+# this checkout, as the tests themselves do: the venv is shared, and its editable install
+# points at whichever clone last ran `make venv`, which may be another one, meanwhile.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 
 @pytest.fixture(autouse=True)

@@ -42,3 +42,12 @@ def test_wheel_ships_the_schemas_and_the_codec_loads_them(tmp_path: Path) -> Non
     module_file, count = out.stdout.split()
     assert Path(module_file).is_relative_to(target)  # not the editable checkout
     assert int(count) == len(shipped)
+
+
+def test_the_processes_tests_start_import_this_checkout(tmp_path: Path) -> None:
+    """Two clones share the venv, whose editable install points at one of them: a trainer
+    the tests of the other started ran the first clone's code (tests/conftest.py)."""
+    probe = "import stream_app; print(stream_app.__file__)"
+    out = subprocess.run([sys.executable, "-c", probe], check=True, cwd=tmp_path,
+                         capture_output=True, text=True).stdout.strip()
+    assert Path(out).resolve() == ROOT / "stream_app" / "__init__.py"
