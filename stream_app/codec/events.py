@@ -24,7 +24,7 @@ from stream_app.codec.wire import (
     check_value,
     decode_key,
     id_str,
-    parse_object,
+    parse_input,
 )
 from stream_app.events import Event, EventKind
 
@@ -51,7 +51,7 @@ def decode_event(value: bytes | None, key: bytes | None, kind: EventKind) -> Eve
     """
     value = check_value(value, EVENT_MAX_BYTES)
     key_text = decode_key(key)
-    event = event_from_object(parse_object(value), kind)
+    event = event_from_object(parse_input(value), kind)
     check_key_matches(key_text, event.user_id, "user_id")
     return event
 
@@ -127,7 +127,7 @@ def _context_problem(value: Any) -> DlqReason | None:
 
 def parse_event(value: bytes | None, kind: EventKind) -> Event:
     """Like `decode_event` but without a Kafka key (files, replays)."""
-    return event_from_object(parse_object(check_value(value, EVENT_MAX_BYTES)), kind)
+    return event_from_object(parse_input(check_value(value, EVENT_MAX_BYTES)), kind)
 
 
 def event_from_object(obj: Any, kind: EventKind, *, fast: bool = True) -> Event:

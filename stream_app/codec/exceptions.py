@@ -25,6 +25,7 @@ class DlqReason(StrEnum):
     # Parsing.
     NOT_JSON = "not_json"  # not parseable JSON (truncated, garbage...)
     NON_FINITE = "non_finite"  # NaN / Infinity / a number that overflows a double
+    DUPLICATE_KEY = "duplicate_key"  # an object names a key twice (inputs only)
     NOT_OBJECT = "not_object"  # valid JSON but not an object (array, number, null...)
     # Schema.
     MISSING_FIELD = "missing_field"

@@ -20,6 +20,7 @@ from stream_app.codec.schemas import error_for, schema
 from stream_app.codec.wire import (
     MESSAGE_MAX_BYTES,
     check_key_matches,
+    check_unique_keys,
     check_value,
     decode_key,
     id_str,
@@ -42,6 +43,7 @@ def decode_score_request(value: bytes | None, key: bytes | None) -> ScoreRequest
     obj = parse_object(value)
     try:
         key_text = decode_key(key)
+        check_unique_keys(value, obj)
         request = _request_of(obj)
         check_key_matches(key_text, request.user_id, "user_id")
     except DecodeError as err:

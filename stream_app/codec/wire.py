@@ -2,12 +2,15 @@
 
 Order of checks (so a record gets one reason, the same one every time):
 missing value -> too large (before parsing) -> key missing / not UTF-8 ->
-value not UTF-8 / not JSON / non-finite -> not an object -> schema -> key mismatch.
+value not UTF-8 / not JSON / non-finite -> a repeated key (inputs) -> not an object ->
+schema -> key mismatch.
 """
 
 from __future__ import annotations
 
 import binascii
+import json
+import re
 import reprlib
 import sys
 import unicodedata
@@ -99,6 +102,79 @@ def parse_object(value: bytes) -> Any:
         return orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise parse_error(value, exc) from exc
+
+
+def parse_input(value: bytes) -> Any:
+    """`parse_object` for what users send (events, score requests): an object that names
+    a key twice is refused (`duplicate_key`) where orjson keeps the last value silently,
+    so `{"user_id": "u1", ..., "user_id": "u2"}` taught u2 whatever the sender meant."""
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise parse_error(value, exc) from exc
+    if type(obj) is not dict or value.count(b":") != len(obj):  # else no repeat: see below
+        check_unique_keys(value, obj)
+    return obj
+
+
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"([ \t\n\r]*+:)?', re.DOTALL)
+"""A JSON string token, and the colon that makes it a key. Scanned from the start of a
+valid document, matches begin only at a token's opening quote (a quote inside a string
+is always escaped), so the matches with a colon are exactly the keys as written."""
+
+
+def check_unique_keys(value: bytes, obj: Any) -> None:
+    r"""Refuse a document (valid JSON, already parsed as `obj`) whose objects repeat a key.
+
+    Exact, and one byte count in the common case: each key as written is followed by one
+    colon, and every other colon is inside a string, so colons >= written keys >= parsed
+    keys, the last two equal only without a repeat: a colon count equal to the parsed
+    keys proves there is none. Otherwise (a colon in an id or a value, or a repeat) the
+    written keys are counted token by token.
+
+    >>> check_unique_keys(b'{"a": {"b": 1}, "c": "x\\":"}', {"a": {"b": 1}, "c": 'x":'})
+    >>> check_unique_keys(b'{"a": 1, "a" : 2}', {"a": 2})
+    Traceback (most recent call last):
+    stream_app.codec.exceptions.DecodeError: duplicate_key: an object names key 'a' twice
+    """
+    if type(obj) is not dict and type(obj) is not list:
+        return
+    colons = value.count(b":")
+    if (type(obj) is dict and colons == len(obj)) or colons == _parsed_keys(obj):
+        return
+    written = sum(1 for m in _STRING.finditer(value) if m.group(1) is not None)
+    if written != _parsed_keys(obj):
+        key = _repeated_key(value)
+        named = "" if key is None else f" {shown(key)}"
+        raise DecodeError(DlqReason.DUPLICATE_KEY, f"an object names key{named} twice")
+
+
+def _parsed_keys(obj: Any) -> int:
+    """Keys in every object of a parsed document; by a stack, as it may nest 1,024 deep."""
+    count, stack = 0, [obj]
+    while stack:
+        item = stack.pop()
+        values = item.values() if type(item) is dict else item
+        count += len(item) if type(item) is dict else 0
+        stack.extend(v for v in values if type(v) is dict or type(v) is list)
+    return count
+
+
+def _repeated_key(value: bytes) -> str | None:
+    """The first key an object repeats, for the message (error path only)."""
+    found: list[str] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        if not found and len(set(keys)) < len(keys):
+            found.append(next(k for i, k in enumerate(keys) if k in keys[:i]))
+        return dict(pairs)
+
+    try:
+        json.loads(value, object_pairs_hook=pairs_hook)
+    except (ValueError, RecursionError):
+        return None
+    return found[0] if found else None
 
 
 def parse_error(value: bytes, exc: orjson.JSONDecodeError) -> DecodeError:

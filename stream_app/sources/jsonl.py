@@ -14,7 +14,7 @@ import orjson
 
 from stream_app.codec import DecodeError, DlqReason, EncodeError, encode_event
 from stream_app.codec.events import event_from_object
-from stream_app.codec.wire import EVENT_MAX_BYTES, check_value, parse_object, shown
+from stream_app.codec.wire import EVENT_MAX_BYTES, check_value, parse_input, shown
 from stream_app.events import Event, EventKind
 from stream_app.sources._files import nonempty, numbered_lines
 from stream_app.sources.records import SourceError
@@ -64,7 +64,7 @@ Held to it here, a line whose value the topic takes was refused."""
 
 def _event(line: bytes, kind: EventKind | None) -> Event:
     try:
-        obj = parse_object(check_value(line, LINE_MAX_BYTES))
+        obj = parse_input(check_value(line, LINE_MAX_BYTES))
     except DecodeError as err:
         if line.lstrip().startswith(b"["):  # the first line of a pretty-printed array
             raise DecodeError(err.reason, f"{err.detail}; a JSON array file is not JSON "

@@ -10,12 +10,15 @@ by spaces up to n bytes (JSON allows trailing whitespace).
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream_app.codec import (
     DecodeError,
@@ -28,6 +31,7 @@ from stream_app.codec import (
     decode_score_request,
     make_dlq_record,
 )
+from stream_app.codec.wire import check_unique_keys
 from stream_app.events import EventKind
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_inputs.jsonl"
@@ -120,3 +124,65 @@ def test_a_detail_cut_to_its_bound_says_how_much_was_left_out() -> None:
     record = make_dlq_record(source_topic="t", partition=0, offset=0, reason=DlqReason.SCHEMA,
                              detail="x" * 5000, key=None, value=b"v", ts=0, stage="decode")
     assert record.detail.endswith("... (4,003 more characters)") and len(record.detail) == 1024
+
+
+# Documents written pair by pair, so a key may repeat, with any JSON whitespace around
+# the colons and strings holding quotes, colons and backslashes: check_unique_keys must
+# refuse exactly those that stdlib json, keeping every pair, finds a repeat in.
+_keys = st.text(alphabet=st.sampled_from(['a', 'b', '"', ":", "\\", " ", "é"]), max_size=3)
+_ws = st.sampled_from(["", " ", "\n", "\t ", "\r\n"])
+_docs = st.recursive(
+    st.one_of(st.integers(-5, 5), _keys.map(lambda s: s), st.none()),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda items: ("list", items)),
+        st.lists(st.tuples(_keys, _ws, inner), max_size=4).map(lambda pairs: ("obj", pairs))),
+    max_leaves=12)
+
+
+def _written(doc: Any) -> str:
+    if isinstance(doc, tuple) and doc[0] == "list":
+        return "[" + ",".join(_written(d) for d in doc[1]) + "]"
+    if isinstance(doc, tuple):
+        return "{" + ",".join(f"{json.dumps(k)}{ws}:{ws}{_written(v)}"
+                              for k, ws, v in doc[1]) + "}"
+    return json.dumps(doc)
+
+
+def _repeats(text: str) -> bool:
+    found = []
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        found.append(len(set(keys)) < len(keys))
+        return dict(pairs)
+
+    json.loads(text, object_pairs_hook=hook)
+    return any(found)
+
+
+@settings(max_examples=400, deadline=None)
+@given(doc=st.tuples(_keys, _ws, _docs).map(lambda top: ("obj", [top, top]))
+       | _docs.filter(lambda d: isinstance(d, tuple)))
+def test_a_repeated_key_is_refused_exactly_when_an_object_has_one(doc: Any) -> None:
+    value = _written(doc).encode()
+    parsed = orjson.loads(value)
+    if _repeats(value.decode()):
+        with pytest.raises(DecodeError) as caught:
+            check_unique_keys(value, parsed)
+        assert caught.value.reason is DlqReason.DUPLICATE_KEY
+    else:
+        check_unique_keys(value, parsed)
+
+
+def test_keys_and_strings_that_look_like_repeats_are_accepted() -> None:
+    """Quotes, colons and escapes inside strings, and nested objects, fool a byte count."""
+    for value in (b'{"event_id":"e\\":","user_id":"u1","item_id":"i1","ts":1}',
+                  b'{"a":"\\":\\":","b":{"a":1,"b":[{"a":2}]}}',
+                  b'{"a" :1,"b":"\\":"}', b'{"":1,"\\"":2}', b'[{"a":1},{"a":1}]'):
+        check_unique_keys(value, orjson.loads(value))
+
+
+def test_a_request_naming_a_key_twice_keeps_its_id_for_the_error_answer() -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_score_request(b'{"request_id":"r1","user_id":"u1","k":5,"k":500}', b"u1")
+    assert caught.value.reason is DlqReason.DUPLICATE_KEY and caught.value.request_id == "r1"

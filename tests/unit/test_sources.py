@@ -212,6 +212,18 @@ def test_jsonl_stops_at_the_first_bad_line_with_its_reason() -> None:
     assert caught.value.line == 2 and caught.value.reason is DlqReason.EMPTY_ID
 
 
+def test_a_jsonl_line_that_names_a_field_twice_stops_the_read(tmp_path: Path) -> None:
+    """`replay` sent the last value as a clean event, one the topic itself refuses."""
+    path = tmp_path / "twice.jsonl"
+    path.write_bytes(b'{"kind":"click","event_id":"e1","user_id":"u1","item_id":"i1",'
+                     b'"ts":1700000000000}\n'
+                     b'{"kind":"click","event_id":"e2","user_id":"u1","item_id":"i1",'
+                     b'"ts":1700000000000,"item_id":"i2"}\n')
+    with pytest.raises(SourceError, match="'item_id' twice") as caught:
+        list(read_jsonl(path))
+    assert caught.value.line == 2 and caught.value.reason is DlqReason.DUPLICATE_KEY
+
+
 @pytest.mark.parametrize("line", [b'[{"kind":"click"}]', b'"hello"', b"3"])
 def test_a_jsonl_line_that_is_no_object_is_not_told_to_add_a_kind(
         tmp_path: Path, line: bytes) -> None:
