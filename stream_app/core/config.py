@@ -114,8 +114,8 @@ class LearnerConfig:
     max_items: int = 1_000_000
     # Guards.
     rate_cap_events: int = 0  # max events per user per window; 0 = off
-    rate_cap_window_ms: int = 60_000  # tumbling, in event time; an event older than the
-    # learner's clock counts in the clock's window
+    rate_cap_window_ms: int = 60_000  # tumbling, in event time; an event over 60 windows
+    # older than the learner's clock counts in the window 60 back (guards.screen)
     dedup_window: int = 100_000  # remember this many event ids
     max_time_jump_ms: int = 30 * DAY_MS  # refuse a few events this far ahead of the rest
     # of their step and of the clock (guards.far_ahead); 0 = off

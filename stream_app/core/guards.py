@@ -217,6 +217,11 @@ def far_ahead(ts: Sequence[int], clock_ms: int | None, max_jump_ms: int) -> set[
     return set(order[first:].tolist())
 
 
+RATE_GRACE_WINDOWS = 60
+"""An event up to this many rate windows older than the learner's clock counts in its
+own window (`screen`); an older one in the window this far back."""
+
+
 def screen(
     events: Sequence[Event], dedup: Deduplicator, rate: RateLimiter,
     far: Collection[int] = (), clock_ms: int | None = None
@@ -224,10 +229,15 @@ def screen(
     """Outcome per event (APPLIED for the ones to learn from), their indices, rate state.
 
     `far`: indices refused as far ahead (`far_ahead`), unless a copy of an
-    applied event. `clock_ms`: the learner's clock (its newest event time); an
-    event older than it counts against the rate cap in the clock's window, so a
-    bot stamping each burst with another past minute (every one newer than its
-    last) does not open a fresh window each time. Nothing is mutated; pass the returned state to
+    applied event. `clock_ms`: the learner's clock (its newest event time). An
+    event counts against the rate cap in its own window, or, when it is over
+    RATE_GRACE_WINDOWS windows older than the clock, in the window that far
+    back: a bot stamping each burst with another past minute (every one newer
+    than its last) opens at most that many fresh windows, once, and then gets
+    the cap per window of the stream's time. Charged to the clock's own window,
+    as before, a user on a partition read behind the others (a reassigned
+    backlog, an offline upload) was capped for the others' time: 5 a minute let
+    5 of 120 events over two hours through. Nothing is mutated; pass the returned state to
     `RateLimiter.commit` and the kept event ids to `Deduplicator.commit` once
     the batch is applied.
     """
@@ -236,6 +246,7 @@ def screen(
     if (rate.cap <= 0 and not far and len(unique) == len(ids)
             and not dedup.seen_any(unique)):
         return [Outcome.APPLIED] * len(ids), list(range(len(ids))), {}  # the common case
+    grace_ms = RATE_GRACE_WINDOWS * rate.window_ms
     outcomes: list[Outcome] = []
     keep: list[int] = []
     in_batch: dict[str, Content] = {}
@@ -252,7 +263,7 @@ def screen(
         if i in far:
             outcomes.append(Outcome.FAR_AHEAD)
             continue
-        at = ev.ts if clock_ms is None else max(ev.ts, clock_ms)
+        at = ev.ts if clock_ms is None else max(ev.ts, clock_ms - grace_ms)
         if not rate.allowed(ev.user_id, at, pending):
             outcomes.append(Outcome.RATE_LIMITED)
             continue

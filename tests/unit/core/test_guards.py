@@ -3,7 +3,7 @@ from __future__ import annotations
 import dataclasses
 
 from stream_app.core import Learner, Outcome
-from stream_app.core.guards import far_ahead
+from stream_app.core.guards import RATE_GRACE_WINDOWS, far_ahead
 from stream_app.events import EventKind
 from tests.device import DEVICE
 from tests.unit.core.streams import T0, ev, random_events, small_config
@@ -78,6 +78,33 @@ def test_rate_cap_holds_when_each_burst_is_stamped_with_another_past_minute() ->
     fresh = [ev(f"f{k}", "later", f"i{k % 7}", T0 + 60_000 * (k + 1)) for k in range(5)]
     assert learner.learn(fresh).n_applied == 5
 
+
+
+def test_a_user_read_behind_the_clock_is_capped_in_their_own_time() -> None:
+    """A partition read behind the others (a reassigned backlog): its users' events were
+    all charged to the clock's window, so 5 a minute let 5 of 30 through."""
+    learner = Learner(small_config(rate_cap_events=5, rate_cap_window_ms=60_000), device=DEVICE)
+    learner.learn([ev("n", "other", "i1", T0 + 45 * 60_000)])  # the clock, 45 min ahead
+    steady = [ev(f"s{k}", "behind", f"i{k % 7}", T0 + k * 60_000) for k in range(30)]
+    assert learner.learn(steady).n_applied == 30
+    # Over the cap within one of their own minutes, they are still capped.
+    burst = [ev(f"b{k}", "behind", f"i{k % 7}", T0 + 40 * 60_000 + k) for k in range(9)]
+    assert learner.learn(burst).n_applied == 5
+
+
+def test_backdated_bursts_open_at_most_the_grace_windows_once() -> None:
+    """The bot of the test above, stamping minutes over the last two hours: the older half
+    shares the window RATE_GRACE_WINDOWS back, the newer half gets one window each."""
+    learner = Learner(small_config(rate_cap_events=2, rate_cap_window_ms=60_000), device=DEVICE)
+    clock = T0 + 120 * 60_000
+    learner.learn([ev("n", "other", "i1", clock)])
+    backdated = [ev(f"b{k}", "bot", f"i{k % 7}", clock - (120 - k) * 60_000)
+                 for k in range(120)]
+    applied = learner.learn(backdated).n_applied
+    assert RATE_GRACE_WINDOWS <= applied <= 2 * (RATE_GRACE_WINDOWS + 1)
+    # and then no more than the cap per window of the stream's own time
+    again = [ev(f"c{k}", "bot", f"i{k % 7}", clock - (120 - k) * 60_000) for k in range(120)]
+    assert learner.learn(again).n_applied <= 2
 
 
 def test_far_ahead_picks_a_few_outliers_not_a_stream_that_moved_on() -> None:
