@@ -251,7 +251,10 @@ def apply_embedding(table: EmbeddingTable, key: bytes | None, value: bytes | Non
     """Apply one `embeddings` record; returns a refusal reason, or None when applied/ignored.
 
     `meta:trainer` is the trainer's own state and is skipped. A null value is a
-    tombstone: the row is removed (an item's slot is freed for reuse).
+    tombstone: the row is removed (an item's slot is freed for reuse). A refused row
+    removes its key's row too: kept, the older version it replaces went on being
+    served by a replica that had read it (an item pushed down still ranked first),
+    while one started after compaction had none, so replicas answered differently.
     """
     try:
         if is_meta_key(key):
@@ -262,13 +265,18 @@ def apply_embedding(table: EmbeddingTable, key: bytes | None, value: bytes | Non
             table.delete(*split_embedding_key(key))
         else:
             table.upsert(row)
+        return None
     except DecodeError as err:
-        return err.reason.value
+        reason = err.reason.value
     except TableError as err:
-        return f"table: {err}"
+        reason = f"table: {err}"
     except (ValueError, TypeError, OverflowError, IndexError, KeyError) as exc:
         # A value the decoder's checks let through and numpy or the table cannot hold:
         # skipped like any bad row. Raised, it stopped every replica at every restart,
         # since the compacted topic keeps the row (the known cases are checked above).
-        return f"unusable row: {exc!r}"
-    return None
+        reason = f"unusable row: {exc!r}"
+    try:
+        table.delete(*split_embedding_key(key))
+    except DecodeError:
+        pass  # no user:/item: key, so no row of it to remove
+    return reason

@@ -4,6 +4,7 @@ and kept, so a record that stopped one scorer stopped every replica at every res
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -147,3 +148,32 @@ def test_a_row_from_a_clock_ahead_does_not_hold_the_newest_time_or_the_model_ver
     assert before <= table.newest_updated_at <= int(time.time() * 1000)
     table.upsert(row("b", "next", int(time.time() * 1000) + 1))  # a few ms ahead at most
     assert table.model_version == "next"
+
+
+@pytest.mark.parametrize("newer", [
+    {"bias": -100.0, "vector": np.full(4, 1e6, np.float32)},  # norm 2e6: refused by the table
+    {"vector": np.ones(8, np.float32)},  # another dim
+])
+def test_a_refused_newer_version_removes_the_row_it_would_replace(newer: dict[str, Any]) -> None:
+    """The older version went on being served (an item the latest row pushes down still
+    ranked first), while a replica started after compaction had no row: they disagreed."""
+    def item(ident: str, **fields: Any) -> EmbeddingRow:
+        base: dict[str, Any] = {"vector": np.ones(4, np.float32), "bias": 0.0}
+        return EmbeddingRow(entity="item", id=ident, model_version="v", updates=1,
+                            updated_at=1, last_event_ts=1, **{**base, **fields})
+
+    table = EmbeddingTable(device=DEVICE)
+    for row in (item("a", bias=5.0), item("b", bias=1.0)):
+        assert apply_embedding(table, row.key.encode(), encode_embedding(row)) is None
+    user = EmbeddingRow(entity="user", id="u", vector=np.ones(4, np.float32), bias=0.0,
+                        model_version="v", updates=1, updated_at=1, last_event_ts=1,
+                        recent_items=("a",))
+    assert apply_embedding(table, b"user:u", encode_embedding(user)) is None
+    assert apply_embedding(table, b"item:a", encode_embedding(item("a", **newer))) is not None
+    table.flush()
+    assert table.n_items == 1 and "a" not in table.item_slot
+    # A refused user row goes too.
+    assert "u" in table.users
+    other_dim = dataclasses.replace(user, vector=np.ones(8, np.float32))
+    assert apply_embedding(table, b"user:u", encode_embedding(other_dim)) is not None
+    assert "u" not in table.users
