@@ -99,6 +99,7 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         self._tombstoned: set[str] = set()  # users whose tombstone a restore read
         self._foreign: set[str] = set()  # users a restore read another trainer's row of
         self._restore_evicted: tuple[list[str], list[str]] = ([], [])
+        self._restore_stale: list[str] = []  # users to republish (`_resolve_histories`)
         self._forget_requests = 0  # forget requests applied, over the learner's history
 
     # ------------------------------------------------------------------ learning
@@ -118,10 +119,22 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         self._purge_forgotten()
         stats = self._learn(events, t0)
         users, items = self._take_restore_evicted()  # after the step admitted its ids
-        if not users and not items:
+        stale = self._take_restore_stale(stats.changed_user_ids)
+        if not users and not items and not stale:
             return stats
         return dataclasses.replace(stats, evicted_user_ids=(*stats.evicted_user_ids, *users),
-                                   evicted_item_ids=(*stats.evicted_item_ids, *items))
+                                   evicted_item_ids=(*stats.evicted_item_ids, *items),
+                                   changed_user_ids=(*stats.changed_user_ids, *stale))
+
+    def _take_restore_stale(self, changed: Sequence[str]) -> tuple[str, ...]:
+        """Users whose restored recent items named items without a row, once, for the
+        next step to republish (those still holding a row and not changed anyway)."""
+        if not self._restore_stale:
+            return ()
+        skip, index = set(changed), self._user_vocab.index
+        out = tuple(u for u in dict.fromkeys(self._restore_stale) if u in index and u not in skip)
+        self._restore_stale = []
+        return out
 
     def _far(self, events: Sequence[Event]) -> set[int]:
         return far_ahead([e.ts for e in events], self._watermark_ms,
@@ -348,6 +361,15 @@ class Learner(LearnerOps, LearnerState, LearnerSnapshot):
         found = self._item_vocab.lookup([i for _, r in pending for i in r])
         owner = np.repeat(np.arange(len(users)), sizes)
         known = found > COLD_ROW
+        # A published user names only items with rows; one without a row now was evicted
+        # by this restore (caps lowered, other trainers' rows read) or after the user was
+        # published: the user's row in the changelog no longer matches the model, so the
+        # next step republishes it. Kept as read, a later re-admission of the item put it
+        # back in the history at the next restore, and scorers excluded it meanwhile.
+        lost = np.unique(owner[~known])
+        if len(lost):
+            ids = self._user_vocab.ids
+            self._restore_stale.extend(ids[r] or "" for r in users[lost].tolist())
         owner, found = owner[known], found[known]
         position = np.arange(len(owner)) - np.searchsorted(owner, owner)
         fits = position < length

@@ -40,6 +40,7 @@ class LearnerFields:
     _tombstoned: set[str]
     _foreign: set[str]
     _restore_evicted: tuple[list[str], list[str]]  # (users, items) a restore evicted
+    _restore_stale: list[str]  # users a restore left with fewer recent items than published
     _forget_requests: int
 
     def _resolve_deferred(self) -> None:  # implemented by Learner

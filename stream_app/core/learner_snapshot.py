@@ -91,7 +91,7 @@ class LearnerSnapshot(LearnerFields):
         owed = [list(ids) for ids in self._restore_evicted]
         return {"config": dataclasses.asdict(self.config), "global": self.global_state(),
                 "tables": tables, "vocabs": vocabs, "volatile": self.volatile_state(),
-                "restore_evicted": owed}
+                "restore_evicted": owed, "restore_stale_users": list(self._restore_stale)}
 
     def volatile_state(self) -> dict[str, Any]:
         """What rows do not carry, copied: the dedup window, the rate-cap counters, the
@@ -183,4 +183,5 @@ class LearnerSnapshot(LearnerFields):
         self._forgotten, self._tombstoned, self._foreign = set(), set(), set()
         users, items = state.get("restore_evicted", ([], []))  # older snapshots: none
         self._restore_evicted = (list(users), list(items))
+        self._restore_stale = list(state.get("restore_stale_users", []))
         self.load_volatile_state(state["volatile"])  # its own forget count: all of it loads

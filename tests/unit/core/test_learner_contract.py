@@ -386,6 +386,32 @@ def test_rows_a_restore_evicts_over_the_cap_are_reported_evicted_once(
     assert not again.evicted_user_ids and not again.evicted_item_ids
 
 
+def test_users_whose_items_a_restore_evicted_are_republished_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their changelog rows still named the evicted items: once one came back, the next
+    restore put it back in their histories, which the running model had lost."""
+    monkeypatch.setattr(learner_state, "RESTORE_OVERFLOW", 0.125)
+    monkeypatch.setattr(learner_state, "RESTORE_OVERFLOW_MIN", 0)
+    a = _trained(VARIANTS[0], n_batches=6)
+    rows = _all_rows(a)
+    small = Learner(small_config(**{**VARIANTS[0], "max_items": 12}), device=DEVICE)
+    small.apply_rows(rows)
+    small.finish_restore()
+    kept = set(small.item_ids())
+    stale = {r.id for r in rows if r.entity == "user" and set(r.recent_items) - kept}
+    assert stale
+    # A snapshot taken before that step (an idle trainer's stop) owes them too.
+    from_snapshot = Learner(small.config, device=DEVICE)
+    from_snapshot.load_state_dict(small.state_dict())
+    assert stale <= set(from_snapshot.learn([]).changed_user_ids)
+    first = small.learn([])
+    assert stale <= set(first.changed_user_ids)
+    republished = {r.id: r for r in small.rows(user_ids=sorted(stale), model_version="v",
+                                               now_ms=0)}
+    assert all(set(r.recent_items) <= kept for r in republished.values())
+    assert not small.learn([]).changed_user_ids  # once
+
+
 def test_integral_float_counts_from_another_writer_restore() -> None:
     """The schema's `integer` takes 6.0 (JSON has one number type): such a row decodes
     to an int count and restores like any other, alone or beside int counts."""
