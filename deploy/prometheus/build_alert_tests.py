@@ -283,9 +283,17 @@ CASES: list[Case] = [
         f"stream_app_scorer_staleness_seconds{{{S}}}": " ".join(["NaN"] * 21),
         _APPLIED: "0+100x20"},
          fires=[(SCORER, "Scorer scorer:9465 serves no embeddings at all")]),
+    # The trainer stopped committing at 20 m with input waiting: nothing is counted
+    # applied any more (events count at the commit that publishes their rows), and
+    # gated on applied events alone the alert never fired.
+    Case(alert="ScorerStale", eval_time="45m", series={
+        f"stream_app_scorer_staleness_seconds{{{S}}}": "5x20 60+60x40",
+        _APPLIED: "0+100x20 2000x40", _LAG: "0x20 500+100x40"},
+         fires=[(SCORER, "Scorer scorer:9465 serves embeddings 25m 0s old")]),
     # Nothing to learn from (idle traffic): old embeddings are expected, no alert.
     Case(alert="ScorerStale", eval_time="15m", series={
-        f"stream_app_scorer_staleness_seconds{{{S}}}": "400+60x20", _APPLIED: "100x20"}),
+        f"stream_app_scorer_staleness_seconds{{{S}}}": "400+60x20", _APPLIED: "100x20",
+        _LAG: "0x20"}),
 ]
 
 PENDING_AT = {"ScorerDown": "3m", "ScorerNotReady": "9m", "TrainerNotReady": "14m",
