@@ -119,7 +119,15 @@ class Ownership:
         `Learner.load_volatile_state`). `settle`: first wait (up to MARKERS_WAIT_S) for
         pending transactions, so the ends it records count their markers; pointless
         while other trainers commit all the time, since their rows make us restore
-        again anyway."""
+        again anyway. Not ready meanwhile (/readyz, `stream_app_trainer_ready`), whatever
+        the reason: an abort's restore, as long as a start's, read as ready."""
+        was, self.ready = self.ready, False
+        try:
+            return self._rebuild(reason, settle=settle)
+        finally:
+            self.ready = was
+
+    def _rebuild(self, reason: str, *, settle: bool) -> bool:
         started = time.monotonic()
         self.metrics.restores.labels(reason=reason).inc()
         self._own_writes.forget()  # until this restore completes
@@ -197,13 +205,9 @@ class Ownership:
                                 on_wait=lambda: self._beat_or_stop("settle"))
                 ends = consumer.ends_and_stable(self.topics.embeddings)
             if not self._own_writes.keeps_learner(*ends):
-                was, self.ready = self.ready, False  # /readyz says "restoring" meanwhile
                 log.info("partitions=%s newly assigned and the changelog is not ours alone "
                          "since the last restore: restoring", parts)
-                try:
-                    self._restore("rebalance", settle=whole)
-                finally:
-                    self.ready = was
+                self._restore("rebalance", settle=whole)
             else:
                 log.info("partitions=%s newly assigned; the changelog holds only our own "
                          "commits since the last restore: keeping the learner", parts)

@@ -171,3 +171,22 @@ def test_an_abort_keeps_the_event_ids_of_a_user_back_after_its_own_tombstone(
     _committed(trainer, publisher, [_click(clicks, 2, "u", "e2", "i2")])  # u is back
     again = [_click(clicks, 3, "v", "e3"), _click(clicks, 4, "u", "e2", "i2")]  # aborts once
     assert _committed(trainer, publisher, again).applied == 1  # e3; e2 is a copy
+
+
+def test_the_trainer_is_not_ready_while_an_abort_restores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """/readyz and stream_app_trainer_ready said ready through an abort's restore, as long
+    as a start's, and TrainerNotReady could not cover it (observability review)."""
+    trainer, publisher = _trainer(monkeypatch, small_config(), aborts=[True])
+    seen: list[bool] = []
+    inner = stream_app.trainer.ownership.restore
+
+    def watching(*args: Any, **kwargs: Any) -> RestoreStats:
+        seen.append(trainer.ready)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(stream_app.trainer.ownership, "restore", watching)
+    trainer.ready = True  # as after the start's restore
+    result = trainer.process([_click(trainer.topics.clicks, 0, "u", "e0")], None, publisher)
+    assert result.outcome is TxnOutcome.ABORTED
+    assert seen == [False] and trainer.ready
