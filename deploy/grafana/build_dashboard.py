@@ -110,11 +110,17 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
         _panel("Transaction aborts (15 m)", [(
             "sum(increase(stream_app_transaction_aborts_total[15m]))", "aborts")], "short",
                "Aborted batches in the last 15 min (alert TransactionAbortsHigh: > 5)."),
-        _panel("Restores by reason (15 m)", [(
-            "sum by (reason) (increase(stream_app_restores_total[15m]))", "{{reason}}")],
+        # A start is counted before the first scrape can see 0, so increase() misses it
+        # (the series reads 1 before and after a restart): starts are counted from the
+        # process start time instead.
+        _panel("Restores by reason (15 m)", [
+            ('sum by (reason) (increase(stream_app_restores_total{reason!="start"}[15m]))',
+             "{{reason}}"),
+            ('sum(changes(process_start_time_seconds{job="stream-app-trainer"}[15m]))',
+             "start")],
                "short", "Rebuilds of the trainer's learner from the changelog in the last "
-               "15 min: start, abort, or a rebalance when the changelog was not provably "
-               "its own since."),
+               "15 min: start (a trainer process starting), abort, or a rebalance when the "
+               "changelog was not provably its own since."),
         _panel("Last restore", [
             ("max by (instance) (stream_app_restore_seconds > 0)", "seconds {{instance}}"),
             ("max by (instance) (stream_app_restore_snapshot_age_seconds >= 0)",
