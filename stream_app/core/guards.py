@@ -118,6 +118,11 @@ class Deduplicator:
             del self._seen[self._order.popleft()]
 
 
+RATE_GRACE_WINDOWS = 60
+"""An event up to this many rate windows older than the learner's clock counts in its
+own window (`screen`); an older one in the window this far back."""
+
+
 class RateLimiter:
     """At most `cap` applied events per user per tumbling event-time window.
 
@@ -166,7 +171,10 @@ class RateLimiter:
     def commit(self, pending: dict[str, tuple[int, int]], watermark_ms: int) -> None:
         self._counts.update(pending)
         if len(self._counts) > 4 * max(len(pending), 1024):
-            live = watermark_ms // self.window_ms - 1
+            # Windows as far back as `screen` still charges events to (its grace) live
+            # on: dropped at the clock's, a user read behind it started again at zero
+            # whenever over ~4,000 users were tracked.
+            live = watermark_ms // self.window_ms - 1 - RATE_GRACE_WINDOWS
             self._counts = {u: wc for u, wc in self._counts.items() if wc[0] >= live}
 
 
@@ -217,11 +225,6 @@ def far_ahead(ts: Sequence[int], clock_ms: int | None, max_jump_ms: int) -> set[
     return set(order[first:].tolist())
 
 
-RATE_GRACE_WINDOWS = 60
-"""An event up to this many rate windows older than the learner's clock counts in its
-own window (`screen`); an older one in the window this far back."""
-
-
 def screen(
     events: Sequence[Event], dedup: Deduplicator, rate: RateLimiter,
     far: Collection[int] = (), clock_ms: int | None = None
@@ -237,7 +240,7 @@ def screen(
     the cap per window of the stream's time. Charged to the clock's own window,
     as before, a user on a partition read behind the others (a reassigned
     backlog, an offline upload) was capped for the others' time: 5 a minute let
-    5 of 120 events over two hours through. Nothing is mutated; pass the returned state to
+    5 of 30 events over 30 minutes through. Nothing is mutated; pass the returned state to
     `RateLimiter.commit` and the kept event ids to `Deduplicator.commit` once
     the batch is applied.
     """

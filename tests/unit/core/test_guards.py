@@ -160,3 +160,16 @@ def test_a_copy_of_a_refused_event_is_refused_again_not_counted_as_a_copy() -> N
                                   Outcome.RATE_LIMITED, Outcome.APPLIED)
     assert stats.outcomes[-2:] == (Outcome.FAR_AHEAD, Outcome.FAR_AHEAD)
     assert Outcome.DUPLICATE not in stats.outcomes and Outcome.ID_REUSED not in stats.outcomes
+
+
+def test_the_grace_holds_with_many_users_tracked() -> None:
+    """The cleanup of the rate counts kept only windows at the clock: past ~4,000 users
+    tracked, a user behind it started again at zero each step (23 of 30 through at 5)."""
+    learner = Learner(small_config(rate_cap_events=5, rate_cap_window_ms=60_000), device=DEVICE)
+    clock = T0 + 30 * 60_000
+    applied = 0
+    for step in range(10):
+        others = [ev(f"o{step}-{k}", f"o{step}-{k}", "i1", clock + step) for k in range(1_500)]
+        mine = [ev(f"m{step}-{k}", "behind", f"i{k}", T0 + 3 * step + k) for k in range(3)]
+        applied += learner.learn(others + mine).outcomes[-3:].count(Outcome.APPLIED)
+    assert applied == 5  # one minute of their own: the cap, however many others
