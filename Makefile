@@ -2,9 +2,10 @@
 # The venv (torch is ~5 GB) and the broker jars live outside the clone, in
 # ~/.cache/stream-app, so a second run does not reinstall them.
 
-CACHE   ?= $(HOME)/.cache/stream-app
+CACHE   ?= $(or $(STREAM_APP_CACHE_DIR),$(HOME)/.cache/stream-app)
 VENV    ?= $(CACHE)/venv
-# The broker jars (and the demo's broker) follow CACHE too: stream_app reads this.
+# The broker jars (and the demo's broker) follow CACHE too: stream_app reads this
+# (absolute: a process the tests start elsewhere resolves it alike; no spaces, as VENV).
 export STREAM_APP_CACHE_DIR := $(abspath $(CACHE))
 PY      := $(VENV)/bin/python
 APP     := $(VENV)/bin/stream-app
@@ -31,7 +32,7 @@ $(STAMP): | pyproject.toml constraints.txt scripts/bootstrap.sh
 
 # constraints.txt pins every installed package to what the venv holds now: run it
 # after upgrading a dependency there, then `make test`, and commit both.
-lock: venv
+lock: bench-deps
 	{ sed -n '/^#/p' constraints.txt; $(VENV)/bin/pip freeze --all --exclude-editable; } > constraints.tmp
 	mv constraints.tmp constraints.txt
 

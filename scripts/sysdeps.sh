@@ -38,7 +38,10 @@ elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
   sudo=(sudo -n)
 else
   echo "sysdeps: missing ${missing[*]}; install them with:" >&2
-  echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+  echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    echo "  sudo systemctl disable --now prometheus  # the package's service; tests run their own" >&2
+  fi
   exit 1
 fi
 if ! command -v apt-get >/dev/null; then

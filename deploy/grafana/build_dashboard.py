@@ -119,8 +119,9 @@ ROWS: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
             ('sum(changes(process_start_time_seconds{job="stream-app-trainer"}[15m]))',
              "start")],
                "short", "Rebuilds of the trainer's learner from the changelog in the last "
-               "15 min: start (a trainer process starting), abort, or a rebalance when the "
-               "changelog was not provably its own since."),
+               "15 min: start (counted as trainer processes starting: a new instance label "
+               "or a trainer run without restore counts differently), abort, or a "
+               "rebalance when the changelog was not provably its own since."),
         _panel("Last restore", [
             ("max by (instance) (stream_app_restore_seconds > 0)", "seconds {{instance}}"),
             ("max by (instance) (stream_app_restore_snapshot_age_seconds >= 0)",

@@ -82,8 +82,11 @@ def test_without_root_or_sudo_it_stops_and_prints_the_command(bin_dir: Path) -> 
     os.remove(bin_dir / "sudo")
     done, calls = run(bin_dir, "java", "kcat")
     assert done.returncode == 1 and calls == []
-    assert ("sudo apt-get update && sudo apt-get install -y default-jre-headless kcat"
-            in done.stderr)
+    assert ("sudo apt-get update && sudo apt-get install -y --no-install-recommends "
+            "default-jre-headless kcat" in done.stderr)
+    assert "systemctl" not in done.stderr
+    done, _ = run(bin_dir, "prometheus")
+    assert "sudo systemctl disable --now prometheus" in done.stderr
 
 
 def test_password_less_sudo_runs_apt_through_sudo(bin_dir: Path) -> None:

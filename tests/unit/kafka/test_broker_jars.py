@@ -139,3 +139,8 @@ def test_the_makefile_exports_its_cache_folder(tmp_path: Path) -> None:
     out = subprocess.run(["make", "-s", "-C", str(root), f"CACHE={tmp_path}/c", "--eval", rule,
                           "print-cache-env"], capture_output=True, text=True, check=True).stdout
     assert out.strip() == f"{tmp_path}/c"
+    # The variable set by the user is CACHE's default, not overridden by it.
+    env = {**os.environ, "STREAM_APP_CACHE_DIR": f"{tmp_path}/mine"}
+    out = subprocess.run(["make", "-s", "-C", str(root), "--eval", rule, "print-cache-env"],
+                         capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == f"{tmp_path}/mine"
