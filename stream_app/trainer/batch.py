@@ -28,7 +28,7 @@ from stream_app.codec import (
     encode_rows,
 )
 from stream_app.codec.fastcheck import fast_id, fast_int
-from stream_app.codec.wire import shown
+from stream_app.codec.wire import check_unique_keys, shown
 from stream_app.config import TopicNames
 from stream_app.events import DlqRecord, Event, EventKind, RowBlock
 from stream_app.kafka.partitioners import routed_by_a_known_partitioner
@@ -127,6 +127,9 @@ def check_forget_value(value: bytes | None, user: str) -> str | None:
     >>> check_forget_value(b'{"type": "forget", "user_id": 42}', "42")
     >>> check_forget_value(b'{"type": "forget", "request_id": "r9"}', "u1")
     'r9'
+    >>> check_forget_value(b'{"type": "forget", "user_id": "u1", "user_id": "u2"}', "u2")
+    Traceback (most recent call last):
+    stream_app.codec.exceptions.DecodeError: duplicate_key: an object names key 'user_id' twice
     >>> check_forget_value(b'{"event_id": "e1", "user_id": "u1"}', "u1")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -139,6 +142,9 @@ def check_forget_value(value: bytes | None, user: str) -> str | None:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(DlqReason.NOT_JSON, f"forget request: {exc}") from exc
+    # A repeated key hides what was meant: {"user_id": "u1", ..., "user_id": "u2"} keyed
+    # u2 passed the key check below, and an erasure cannot be undone.
+    check_unique_keys(value, obj)
     if not isinstance(obj, dict) or obj.get("type") != "forget":
         raise DecodeError(DlqReason.SCHEMA, "a record with the header stream-app-control: "
                           'forget must have the value {"type": "forget", "user_id": <its key>}; '
