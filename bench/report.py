@@ -150,7 +150,10 @@ def _codec(out: Path) -> list[str]:
             f"| decode_event (hand check, in use) | {_f(e['decode_event_fast'])} | "
             f"{r['decode_event_fast']:.1f}× |",
             f"| decode_event (schema only) | {_f(e['decode_event_schema'])} | "
-            f"{r['decode_event_schema']:.1f}× |", ""]
+            f"{r['decode_event_schema']:.1f}× |",
+            *[f"| decode_event, {name} (5,000 events) | {_f(v['decode_event_fast'])} | "
+              f"{v['ratio_vs_orjson']:.1f}× |" for name, v in d.get("shapes", {}).items()],
+            ""]
 
 
 def _freshness(out: Path) -> list[str]:
