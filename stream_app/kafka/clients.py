@@ -271,6 +271,18 @@ def check_user_partitioner(client: Mapping[str, str]) -> None:
                 "over partitions (README, Partitioner)")
 
 
+def check_message_room(kafka: KafkaConfig, need: int, what: str) -> None:
+    """ConfigError when our producers would refuse a record of `need` bytes (a -X
+    message.max.bytes under it): refused at produce() for good, the process stopped on
+    that record at every restart (the scorer on an answer; the trainer on a row or a
+    dead letter, so one large junk event stopped it). A value that is not a number is
+    librdkafka's to refuse."""
+    value = str(producer_config(kafka, "check")["message.max.bytes"]).strip()
+    if value.isascii() and value.isdigit() and int(value) < need:
+        raise ConfigError(f"-X message.max.bytes={value} is under the {need} bytes {what} "
+                          f"may take: raise it to at least {need}, or leave it unset")
+
+
 def producer_config(kafka: KafkaConfig, client_id: str, *,
                     transactional_id: str | None = None,
                     enforce: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:

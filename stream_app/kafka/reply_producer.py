@@ -12,23 +12,12 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from stream_app.config import ConfigError, KafkaConfig
+from stream_app.config import KafkaConfig
 from stream_app.events import Headers
-from stream_app.kafka.clients import LATENCY_PRODUCER_DEFAULTS, make_producer, producer_config
+from stream_app.kafka.clients import LATENCY_PRODUCER_DEFAULTS, make_producer
 from stream_app.kafka.exceptions import KafkaEdgeError
 
 OnDelivered = Callable[[str | None], None]
-
-
-def check_message_room(kafka: KafkaConfig, client_id: str, need: int) -> None:
-    """ConfigError when the answers' producer would refuse a record of `need` bytes (a -X
-    message.max.bytes under it): refused for good, the scorer stopped on that request at
-    every restart. A value that is not a number is librdkafka's to refuse."""
-    value = str(producer_config(kafka, client_id, **LATENCY_PRODUCER_DEFAULTS)[
-        "message.max.bytes"]).strip()
-    if value.isascii() and value.isdigit() and int(value) < need:
-        raise ConfigError(f"-X message.max.bytes={value} is under the {need} bytes an answer "
-                          f"may take: raise it to at least {need}, or leave it unset")
 
 
 class ReplyProducer:

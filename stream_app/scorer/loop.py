@@ -37,11 +37,11 @@ from stream_app.codec import DLQ_RECORD_MAX, BugRun, DlqReason, copied_headers
 from stream_app.config import KafkaConfig
 from stream_app.heap import freeze_survivors
 from stream_app.kafka.admin import AdminClient, admin_client, group_members, require_topics
-from stream_app.kafka.clients import REPORT_EOF, check_consumer_settings
+from stream_app.kafka.clients import REPORT_EOF, check_consumer_settings, check_message_room
 from stream_app.kafka.exceptions import KafkaEdgeError
 from stream_app.kafka.first_fetch import log_never_fetched
 from stream_app.kafka.records import Partition
-from stream_app.kafka.reply_producer import ReplyProducer, check_message_room
+from stream_app.kafka.reply_producer import ReplyProducer
 from stream_app.kafka.request_consumer import RequestConsumer
 from stream_app.kafka.tail import TailReader
 from stream_app.observability import MetricsServer, ScorerMetrics
@@ -131,7 +131,7 @@ class Scorer:
         # A -X setting that conflicts with an enforced one fails here, before the broker
         # checks, the metrics server and the clients (it failed after all three).
         check_consumer_settings(self.kafka, cid, self.cfg.group_id, enforce=REPORT_EOF)
-        check_message_room(self.kafka, f"{cid}-producer", ANSWER_RECORD_MAX)
+        check_message_room(self.kafka, ANSWER_RECORD_MAX, "an answer")
         if self.cfg.threads is not None:
             set_threads(self.cfg.threads)
         # The metrics address before the broker, as the trainer: a port in use was

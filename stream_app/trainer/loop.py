@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stream_app.codec import DLQ_RECORD_MAX, BugRun, DlqReason
+from stream_app.codec import DLQ_RECORD_MAX, MESSAGE_MAX_BYTES, BugRun, DlqReason
 from stream_app.config import KafkaConfig
 from stream_app.core import Learner, LearnerConfig
 from stream_app.device import resolve_device
@@ -24,6 +24,7 @@ from stream_app.kafka.clients import (
     TRANSACTIONAL_DEFAULTS,
     Repeats,
     check_consumer_settings,
+    check_message_room,
     check_producer_settings,
     ms_setting,
 )
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 ABORT_BACKOFF_CAP_S = 30.0
 PROGRESS_LOG_S = 60.0
 DECODER_ERRORS_MAX = 1_000
+ROW_RECORD_MAX = MESSAGE_MAX_BYTES + 4096
+"""The largest embeddings record: a row the schema allows, its key (at most 1 KiB) and
+the batch's framing."""
 """Records in a row whose decoding raised an unexpected error (`decoder_error`) after
 which the trainer stops rather than dead-letter more: one is a record that meets a bug,
 a run of them a broken build, which would drain the input into the DLQ, forget requests
@@ -80,6 +84,8 @@ class Trainer(Ownership):
         # server and the broker checks (with no broker it exited 75, "try again").
         check_consumer_settings(kafka, "check", cfg.group_id, enforce=REPORT_EOF)
         check_producer_settings(kafka, "check", transactional_id=cfg.transactional_id)
+        check_message_room(kafka, max(ROW_RECORD_MAX, DLQ_RECORD_MAX),
+                           "an embeddings row or a dead letter")
         for key, default in (("transaction.timeout.ms",
                               TRANSACTIONAL_DEFAULTS["transaction.timeout.ms"]),
                              ("max.poll.interval.ms", MAX_POLL_INTERVAL_MS)):

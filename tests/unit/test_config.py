@@ -92,13 +92,16 @@ def test_a_conflicting_setting_is_refused_before_looking_for_a_broker(
     assert "conflicts with" in capsys.readouterr().err
 
 
-def test_an_answer_producer_too_small_for_the_largest_answer_is_refused(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    """librdkafka refuses such an answer for good: the scorer stopped on that request, and
-    every restart met it again."""
-    assert main(["scorer", "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "0",
-                 "-X", "message.max.bytes=100000"]) == 2
-    assert "-X message.max.bytes=100000 is under the" in capsys.readouterr().err
+@pytest.mark.parametrize(("command", "limit"), [("scorer", 100_000), ("trainer", 100_000),
+                                               ("trainer", 1_048_576)])
+def test_a_producer_too_small_for_the_largest_record_is_refused(
+        capsys: pytest.CaptureFixture[str], command: str, limit: int) -> None:
+    """librdkafka refuses such a record at produce() for good: the scorer stopped on that
+    request, the trainer (exit 1, not abortable) on a row or a dead letter of that batch,
+    and every restart met it again; one large junk event was enough (CLI review)."""
+    assert main([command, "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "0",
+                 "-X", f"message.max.bytes={limit}"]) == 2
+    assert f"-X message.max.bytes={limit} is under the" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["scorer", "trainer"])
