@@ -10,6 +10,7 @@ from typing import Any
 
 from stream_app.cli.common import kafka_args, kafka_config
 from stream_app.cli.trainer import learner_config
+from stream_app.config import KafkaConfig
 from stream_app.config_load import environment, read_file
 from stream_app.signals import interrupted_status
 
@@ -93,7 +94,7 @@ def _demo(args: argparse.Namespace) -> int:
         logging.getLogger("stream_app.librdkafka").setLevel(logging.ERROR)
     kafka = kafka_config(args, _child_sections())
     prefix = demo_prefix(kafka.topic_prefix)
-    _check_children(args, prefix)
+    _check_children(args, dataclasses.replace(kafka, topic_prefix=prefix))
     given = args.bootstrap_servers or environment().get("STREAM_APP_BOOTSTRAP_SERVERS") \
         or read_file(args.config).get("kafka", {}).get("bootstrap_servers")
     opts = DemoOptions(
@@ -113,24 +114,32 @@ def _demo(args: argparse.Namespace) -> int:
         return interrupted_status(exc)
 
 
-def _check_children(args: argparse.Namespace, prefix: str) -> None:
-    """Refuse what the trainer and scorer it starts would refuse, before anything starts:
-    they found a bad -L, `STREAM_APP_TRAINER_*`/`_SCORER_*` value or device only after the
-    broker and topics were up, and the demo then exited 1, not 2 (helper reviews). Each
-    is built with the flags `run_demo` gives it."""
+def _check_children(args: argparse.Namespace, kafka: KafkaConfig) -> None:
+    """Refuse what the trainer, scorer and replay it starts would refuse, before anything
+    starts: they found a bad -L, `STREAM_APP_TRAINER_*`/`_SCORER_*` value, device or -X
+    setting only after the broker and topics were up, and the demo then exited 1, not 2
+    (helper reviews). Each is built with the flags `run_demo` gives it."""
     from stream_app.config_load import build
     from stream_app.device import resolve_device
+    from stream_app.kafka.produce import check_event_settings
+    from stream_app.scorer.loop import check_settings as check_scorer
+    from stream_app.trainer.loop import check_settings as check_trainer
 
     if args.device is not None:
         resolve_device(args.device, "--device")
     file, env, sections = read_file(args.config), environment(), _child_sections()
-    learner_config(args.learner_settings, file)
+    learner = learner_config(args.learner_settings, file)
     given = {"trainer": {"stats_file": "trainer-stats.jsonl"}, "scorer": {}}
     for section, extra in given.items():
-        flags = {"group_id": f"{prefix}{section}", "device": args.device, "metrics_port": 0,
-                 **extra}
+        flags = {"group_id": f"{kafka.topic_prefix}{section}", "device": args.device,
+                 "metrics_port": 0, **extra}
         cfg = build(sections[section], section, file.get(section, {}), env, flags)
         resolve_device(cfg.device, f"{section}.device")
+        if section == "trainer":
+            check_trainer(kafka, cfg, learner)
+        else:
+            check_scorer(kafka, cfg)
+    check_event_settings(kafka)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -79,6 +79,13 @@ JOIN_CHECK_S = 2.0
 the group still has members (replicas gone leave it within their session timeout)."""
 
 
+def check_settings(kafka: KafkaConfig, cfg: ScorerConfig) -> None:
+    """Refuse (ConfigError) -X settings the scorer cannot run with; the demo runs it for
+    the scorer it starts, before its broker and topics."""
+    check_consumer_settings(kafka, cfg.client_id, cfg.group_id, enforce=REPORT_EOF)
+    check_message_room(kafka, ANSWER_RECORD_MAX, "an answer")
+
+
 class Scorer:
     """In-process scorer: `run()` blocks until `stop` is set (or idle exit); thread-safe stop.
 
@@ -126,12 +133,11 @@ class Scorer:
     def run(self) -> int:
         """Serve until stopped; 0 on a clean stop, 1 if a prediction could not be delivered,
         EXIT_STALLED if a request partition is never fetched (`kafka.first_fetch`)."""
-        t, cid = self.topics, self.cfg.client_id
+        t = self.topics
         self.watchdog.beat("topics")  # each step below waits 10-20 s at most for the broker
         # A -X setting that conflicts with an enforced one fails here, before the broker
         # checks, the metrics server and the clients (it failed after all three).
-        check_consumer_settings(self.kafka, cid, self.cfg.group_id, enforce=REPORT_EOF)
-        check_message_room(self.kafka, ANSWER_RECORD_MAX, "an answer")
+        check_settings(self.kafka, self.cfg)
         if self.cfg.threads is not None:
             set_threads(self.cfg.threads)
         # The metrics address before the broker, as the trainer: a port in use was

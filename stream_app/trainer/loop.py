@@ -70,6 +70,22 @@ included, with its offsets committed."""
 """Longest pause between two tries of a batch whose transaction keeps aborting."""
 
 
+def check_settings(kafka: KafkaConfig, cfg: TrainerConfig, learner_cfg: LearnerConfig) -> None:
+    """Refuse (ConfigError) what the trainer cannot run with, before the metrics server and
+    the broker checks: with no broker a conflicting -X setting exited 75, "try again".
+    The demo runs it for the trainer it starts, before its broker and topics."""
+    check_with_learner(cfg, learner_cfg)
+    check_with_client(cfg, kafka.client)
+    check_consumer_settings(kafka, "check", cfg.group_id, enforce=REPORT_EOF)
+    check_producer_settings(kafka, "check", transactional_id=cfg.transactional_id)
+    check_message_room(kafka, max(ROW_RECORD_MAX, DLQ_RECORD_MAX),
+                       "an embeddings row or a dead letter")
+    for key, default in (("transaction.timeout.ms",
+                          TRANSACTIONAL_DEFAULTS["transaction.timeout.ms"]),
+                         ("max.poll.interval.ms", MAX_POLL_INTERVAL_MS)):
+        ms_setting(kafka, key, default)  # values our own timing reads: refused here too
+
+
 class Trainer(Ownership):
     """Wiring of Kafka edges and the learning core; see the module docstring. Restores,
     scope and snapshots are `Ownership`'s (`trainer.ownership`)."""
@@ -78,18 +94,7 @@ class Trainer(Ownership):
                  metrics: TrainerMetrics, stop: threading.Event | None = None,
                  on_batch: Callable[[BatchResult], None] | None = None,
                  watchdog: Heartbeat = NO_WATCHDOG) -> None:
-        check_with_learner(cfg, learner_cfg)
-        check_with_client(cfg, kafka.client)
-        # A -X setting that conflicts with an enforced one fails here, before the metrics
-        # server and the broker checks (with no broker it exited 75, "try again").
-        check_consumer_settings(kafka, "check", cfg.group_id, enforce=REPORT_EOF)
-        check_producer_settings(kafka, "check", transactional_id=cfg.transactional_id)
-        check_message_room(kafka, max(ROW_RECORD_MAX, DLQ_RECORD_MAX),
-                           "an embeddings row or a dead letter")
-        for key, default in (("transaction.timeout.ms",
-                              TRANSACTIONAL_DEFAULTS["transaction.timeout.ms"]),
-                             ("max.poll.interval.ms", MAX_POLL_INTERVAL_MS)):
-            ms_setting(kafka, key, default)  # values our own timing reads: refused here too
+        check_settings(kafka, cfg, learner_cfg)
         if cfg.stall_timeout_s <= STEP_TIMEOUT_S:
             log.warning("trainer.stall_timeout_s=%g is not over the %g s a transaction step "
                         "waits for the broker: a broker away that long (a leader election) "

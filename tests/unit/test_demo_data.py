@@ -75,6 +75,26 @@ def test_a_setting_the_demos_processes_would_refuse_stops_it_before_it_starts_an
     assert not (tmp_path / "report").exists()
 
 
+@pytest.mark.parametrize(("argv", "says"), [
+    (["-L", "idle_ttl_ms=1000"], "idle_ttl_ms"),  # the trainer's check against the learner
+    (["-X", "partition.assignment.strategy=roundrobin"], "partition.assignment.strategy"),
+    (["-X", "enable.auto.commit=true"], "enable.auto.commit"),
+    (["-X", "message.max.bytes=100000"], "message.max.bytes=100000 is under"),
+    (["-X", "partitioner=random"], "partitioner"),  # the replay's producer
+])
+def test_a_flag_the_demos_processes_would_refuse_stops_it_before_it_starts_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+        says: str) -> None:
+    """Each passed the demo's check, so with a broker the demo started it, created the
+    topics and exited 1 when its trainer exited 2 (CLI review)."""
+    from stream_app.cli import main
+
+    code = main(["demo", "--bootstrap-servers", "127.0.0.1:1", *argv,
+                 "--report-dir", str(tmp_path / "report")])
+    assert code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
+
+
 def test_the_up_front_check_builds_each_process_as_the_demo_starts_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the demo overrides is not refused (an empty stats file: the trainer gets the
@@ -82,10 +102,11 @@ def test_the_up_front_check_builds_each_process_as_the_demo_starts_it(
     a group id made too long by the demo's topic prefix (review of this session's diff)."""
     from stream_app.cli import build_parser
     from stream_app.cli.demo import _check_children
-    from stream_app.config import ConfigError
+    from stream_app.config import ConfigError, KafkaConfig
 
     def check(*argv: str, prefix: str = "demo-1-ab12.") -> None:
-        _check_children(build_parser().parse_args(["demo", *argv]), prefix)
+        _check_children(build_parser().parse_args(["demo", *argv]),
+                        KafkaConfig(topic_prefix=prefix))
 
     monkeypatch.setenv("STREAM_APP_TRAINER_STATS_FILE", "")
     check()
@@ -94,7 +115,7 @@ def test_the_up_front_check_builds_each_process_as_the_demo_starts_it(
     with pytest.raises(ConfigError, match="trainer.device"):
         check("--config", str(config))
     with pytest.raises(ConfigError, match="group_id"):
-        check(prefix="p" * 240 + ".")
+        check(prefix="p" * 199 + ".")
 
 
 def test_a_data_file_that_is_not_movielens_says_the_demo_takes_movielens(tmp_path: Path) -> None:
