@@ -59,8 +59,10 @@ def read_file(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        with path.open("rb") as f:
-            values = tomllib.load(f)
+        raw = path.read_bytes()
+        # A byte order mark (Windows editors save one) is invisible, and TOML refuses it
+        # as "Invalid statement at line 1, column 1", which says nothing of what to fix.
+        values = tomllib.loads(raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read --config {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:

@@ -743,3 +743,13 @@ def test_an_erased_users_older_rows_are_compacted_within_a_day() -> None:
     specs = {t.topic: t.config for t in topic_specs(TopicNames(), TopicPlan())}
     assert int(specs["embeddings"]["max.compaction.lag.ms"]) == 24 * 3600 * 1000
     assert int(specs["embeddings"]["segment.ms"]) <= 24 * 3600 * 1000
+
+
+def test_a_config_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """TOML refused it as "Invalid statement (at line 1, column 1)", an invisible cause
+    (CLI review); --kafka-config and the event files already took one."""
+    from stream_app.config_load import read_file
+
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf[trainer]\nbatch_max = 5\n")
+    assert read_file(path) == {"trainer": {"batch_max": 5}}
