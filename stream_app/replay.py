@@ -99,7 +99,20 @@ def file_records(path: Path, fmt: Format | None = None, *,
         events = read_jsonl(path, kind=kind)
     else:
         events = read_csv(path)
-    return (to_record(e) for e in itertools.islice(events, limit))
+    return _at_least_one(path, (to_record(e) for e in itertools.islice(events, limit)))
+
+
+def _at_least_one(path: Path, records: Iterator[RawRecord]) -> Iterator[RawRecord]:
+    """`records`, or a `SourceError` when there is none: a file of a CSV header, blank
+    lines or a byte order mark alone replayed "0 events", exit 0, like a success, where
+    an empty file was refused (CLI review)."""
+    empty = True
+    for rec in records:
+        empty = False
+        yield rec
+    if empty:
+        raise SourceError(path, 1, "no events in the file (a header, blank lines or a byte "
+                          "order mark only): there is nothing to replay")
 
 
 def outgoing(records: Iterable[RawRecord], topics: TopicNames) -> Iterator[Outgoing]:

@@ -743,3 +743,18 @@ def test_a_file_in_seconds_is_refused_with_what_to_fix(tmp_path: Path) -> None:
         list(file_records(path))
     path.write_text(line.format(100_000_000_000))  # the first millisecond taken
     assert len(list(file_records(path))) == 1
+
+
+@pytest.mark.parametrize(("name", "text"), [("hdr.csv", "kind,event_id,user_id,item_id,ts\n"),
+                                            ("blank.jsonl", "\n\n"),
+                                            ("bom.jsonl", "\ufeff\n")])
+def test_a_file_without_events_is_an_error_not_a_replay_of_nothing(
+        tmp_path: Path, name: str, text: str) -> None:
+    """A header, blank lines or a byte order mark alone replayed "0 events", exit 0, where
+    an empty file was refused (CLI review)."""
+    from stream_app.replay import file_records
+
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SourceError, match="no events in the file"):
+        list(file_records(path))
