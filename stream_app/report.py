@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from stream_app.codec.wire import shown
 from stream_app.config import ConfigError, make_folder
 
 if TYPE_CHECKING:
@@ -74,8 +75,9 @@ def load_stats(path: Path) -> Stats:
         raise ConfigError(f"{path} not found: run the trainer with --stats-file "
                           f"{path}, or point `stream-app report` at a demo report folder")
     rows: list[dict[str, Any]] = []
+    numbers: list[int] = []  # each row's line
     cut: list[int] = []
-    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+    for number, line in enumerate(_read(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -89,6 +91,7 @@ def load_stats(path: Path) -> Stats:
             raise ConfigError(f"{path}:{number}: not a JSON object")
         if row.get("outcome", "committed") == "committed":
             rows.append(row)
+            numbers.append(number)
     if cut and not rows:
         raise ConfigError(f"{path}:{cut[0]}: not JSON: not a trainer --stats-file?")
     if cut:
@@ -101,11 +104,27 @@ def load_stats(path: Path) -> Stats:
     if missing:
         raise ConfigError(f"{path} is not a trainer --stats-file: its first batch has no "
                           f"number for {', '.join(missing)}")
+    for number, row in zip(numbers, rows, strict=True):
+        wall = row.get("wall_ms")
+        if not isinstance(wall, int | float) or not math.isfinite(wall):
+            # The trainer always writes one: a null made a negative throughput bin, and a
+            # traceback (CLI review).
+            raise ConfigError(f"{path}:{number}: wall_ms is {shown(wall)}, not a time in ms: "
+                              "not a trainer --stats-file line?")
     try:
         return Stats({k: np.array([_float(r.get(k)) for r in rows]) for k in names})
     except (TypeError, ValueError) as exc:  # a batch with "loss": "x", say
         raise ConfigError(f"{path}: a batch has a value that is not a number ({exc}): "
                           "not a trainer --stats-file?") from exc
+
+
+def _read(path: Path) -> bytes:
+    """A run file's bytes; unreadable (permissions, a folder), a ConfigError that names it,
+    not a traceback (CLI review)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 PLOTTED = ("event_ts_max", "wall_ms", "events", "applied", "loss", "hit_rate",
@@ -300,7 +319,7 @@ def build_report(run_dir: Path, out: Path | None = None) -> list[Path]:
     stats = load_stats(stats_file)
     out = make_folder(out or run_dir, "report --out")
     metrics = run_dir / METRICS_FILE
-    page = metrics.read_text(errors="replace") if metrics.is_file() else None
+    page = _read(metrics).decode(errors="replace") if metrics.is_file() else None
     return [plot_loss(stats, out), plot_hit_rate(stats, out, _k(run_dir)),
             plot_freshness(stats, out, page), plot_throughput(stats, out)]
 
@@ -310,14 +329,15 @@ def _k(run_dir: Path) -> int | None:
     if not path.is_file():
         return None
     try:
-        run = orjson.loads(path.read_bytes())
+        run = orjson.loads(_read(path))
     except orjson.JSONDecodeError:
         run = None
     if not isinstance(run, dict):
         log.warning("%s is not a JSON object: plotting without its K", path)
         return None
     k = run.get("k")
-    return int(k) if isinstance(k, int | str) and str(k).isdigit() else None
+    text = str(k)  # isdigit() alone takes "²", which int() refuses
+    return int(k) if isinstance(k, int | str) and text.isascii() and text.isdigit() else None
 
 
 def summary(stats: Stats, last_share: float = 0.25) -> dict[str, float]:

@@ -234,3 +234,33 @@ def test_throughput_bars_span_several_commits() -> None:
     full = rate[:-1]  # the last bin is cut by the end of the run
     assert len(full) >= 5 and np.all(np.abs(full / (10_000 / 2.75) - 1) < 0.3)
 
+
+
+def test_unreadable_files_and_a_null_time_are_config_errors(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each was a traceback (PermissionError, or numpy refusing a negative bin): CLI review.
+    Root reads a mode-000 file, so the refusal is a stand-in here."""
+    from stream_app.report import RUN_FILE, _k
+
+    good = orjson.loads(orjson.dumps(dataclasses.asdict(_batches(1)[0])))
+    path = tmp_path / "trainer-stats.jsonl"
+    path.write_bytes(orjson.dumps(good) + b"\n" + orjson.dumps({**good, "wall_ms": None}))
+    with pytest.raises(ConfigError, match=r":2: wall_ms is None, not a time in ms"):
+        load_stats(path)
+    (tmp_path / RUN_FILE).write_text('{"k": 20}')
+
+    def refused(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    with pytest.raises(ConfigError, match="cannot read .*trainer-stats.jsonl: Permission"):
+        load_stats(path)
+    with pytest.raises(ConfigError, match="cannot read .*: Permission denied"):
+        _k(tmp_path)
+
+
+def test_a_k_of_digits_that_int_refuses_only_loses_the_k(tmp_path: Path) -> None:
+    from stream_app.report import RUN_FILE, _k
+
+    (tmp_path / RUN_FILE).write_text('{"k": "\\u00b2"}')  # "²": isdigit() but not int()
+    assert _k(tmp_path) is None
