@@ -212,8 +212,8 @@ def replay_generated(kafka: KafkaConfig, *, n_events: int, n_users: int, n_items
     if max(n_users, n_items) > GENERATE_IDS_MAX:  # arrays of that length are made first
         raise ConfigError(f"--users and --items must be at most {GENERATE_IDS_MAX:,}, "
                           f"got {n_users:,} and {n_items:,}")
-    if seed < 0:
-        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    if not 0 <= seed < 2**63:  # it is written into every event id (at most 256 characters)
+        raise ConfigError(f"--seed must be in 0..{2**63 - 1}, got {seed}")
     if not 0.0 <= malformed_share <= 1.0:  # NaN fails too
         raise ConfigError(f"--malformed-share must be within [0, 1], got {malformed_share}")
     check_rate(rate)

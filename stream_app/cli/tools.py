@@ -130,10 +130,10 @@ def _broker(args: argparse.Namespace) -> int:
 def _topics(args: argparse.Namespace) -> int:
     from stream_app.kafka.admin import TopicPlan, create_topics
 
-    for flag, value in (("--partitions", args.partitions),
-                        ("--replication-factor", args.replication_factor)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    for flag, value, most in (("--partitions", args.partitions, 2**31 - 1),
+                              ("--replication-factor", args.replication_factor, 2**15 - 1)):
+        if not 1 <= value <= most:  # Kafka's int32 and int16: past them, an OverflowError
+            raise ConfigError(f"{flag} must be in 1..{most}, got {value}")
     plan = TopicPlan(event_partitions=args.partitions, embeddings_partitions=args.partitions,
                      request_partitions=args.partitions,
                      replication_factor=args.replication_factor)

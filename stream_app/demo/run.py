@@ -53,6 +53,10 @@ class DemoError(RuntimeError):
     """The demo cannot go on; the message says what failed and where its log is."""
 
 
+DEMO_LIMIT_MAX = 10_000_000
+"""Events the demo replays at most: it holds them in memory (3e9 tried to build them)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DemoOptions:
     """What the demo replays, where it writes, and what it forwards to its children.
@@ -73,8 +77,10 @@ class DemoOptions:
     trainer_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.limit <= 0:
-            raise ConfigError(f"demo --limit must be > 0 events, got {self.limit}")
+        if not 0 < self.limit <= DEMO_LIMIT_MAX:  # the demo holds its events in memory
+            raise ConfigError(f"demo --limit must be 1..{DEMO_LIMIT_MAX:,} events, got "
+                              f"{self.limit:,}; for more, run a trainer and `stream-app "
+                              "replay` the file")
         if not 1 <= self.k <= 1000:
             raise ConfigError(f"demo --k must be in 1..1000, got {self.k}")
         if self.show_users < 0:

@@ -617,7 +617,24 @@ def test_messages_name_the_setting_once_and_the_flag_given(
     assert "configuration error: learner.lr must be > 0" in capsys.readouterr().err
     assert main(["topics", "create", "--partitions", "0", "--bootstrap-servers",
                  "127.0.0.1:1"]) == 2
-    assert "configuration error: --partitions must be >= 1, got 0" in capsys.readouterr().err
+    assert "configuration error: --partitions must be in 1..2147483647, got 0" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["topics", "create", "--partitions", "3000000000"], "--partitions must be in 1.."),
+    (["topics", "create", "--replication-factor", "40000"], "--replication-factor must be"),
+    (["generate", "--seed", "1" + "0" * 240], "--seed must be in 0.."),
+    (["demo", "--limit", "100000000000000000000"], "demo --limit must be 1..10,000,000"),
+])
+def test_numbers_past_what_the_command_can_hold_are_refused(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str],
+        says: str) -> None:
+    """Each was a traceback: OverflowError making the topics, an event id too long to
+    encode, or numpy refusing 1e20 events in memory (CLI review)."""
+    extra = ["--report-dir", str(tmp_path / "r")] if argv[0] == "demo" else []
+    assert main([*argv, "--bootstrap-servers", "127.0.0.1:1", *extra]) == 2
+    assert says in capsys.readouterr().err
 
 
 def test_replay_limits_past_a_64_bit_count_are_refused(

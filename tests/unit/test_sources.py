@@ -560,7 +560,7 @@ def test_replay_input_checks_before_any_broker(tmp_path: Path) -> None:
                      '{"event_id": "e2", "user_id": "u2", "item_id": "i1", "ts": 1700000000002}\n')
     assert [r.kind for r in file_records(plain, kind=EventKind.PURCHASE)] == \
         [EventKind.PURCHASE, EventKind.PURCHASE]
-    with pytest.raises(ConfigError, match="--seed must be >= 0"):
+    with pytest.raises(ConfigError, match="--seed must be in 0.."):
         replay_generated(KafkaConfig(bootstrap_servers="127.0.0.1:1"), n_events=1, n_users=1,
                          n_items=1, seed=-1, malformed_share=0, drift=False, rate=0,
                          progress=False)
