@@ -40,11 +40,12 @@ def utf8_text(value: str) -> str:
     return value
 
 
-def kafka_args(p: argparse.ArgumentParser) -> None:
+def kafka_args(p: argparse.ArgumentParser,
+               bootstrap_default: str = "default 127.0.0.1:9092") -> None:
     g = p.add_argument_group("kafka")
     g.add_argument("--config", type=Path, help="TOML config file ([kafka], [trainer], ...)")
-    g.add_argument("--bootstrap-servers", help="HOST:PORT list (env STREAM_APP_BOOTSTRAP_SERVERS; "
-                   "default 127.0.0.1:9092)")
+    g.add_argument("--bootstrap-servers", help="HOST:PORT list (env STREAM_APP_BOOTSTRAP_SERVERS "
+                   f"or [kafka] bootstrap_servers in --config; {bootstrap_default})")
     g.add_argument("--topic-prefix",
                    help="prefix of every topic name (env STREAM_APP_TOPIC_PREFIX)")
     g.add_argument("--kafka-config", type=Path, help="librdkafka settings file (key=value lines)")

@@ -26,8 +26,9 @@ def _child_sections() -> dict[str, type[Any]]:
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("demo", help="the whole product on this machine: replay MovieLens, "
                        "watch it learn live, ask for predictions, write a report",
-                       description="Starts a local broker unless --bootstrap-servers (or "
-                       "STREAM_APP_BOOTSTRAP_SERVERS) names one; every run uses fresh topics.")
+                       description="Starts a local broker unless --bootstrap-servers, "
+                       "STREAM_APP_BOOTSTRAP_SERVERS or [kafka] bootstrap_servers in --config "
+                       "names one; every run uses fresh topics.")
     p.add_argument("--data", type=Path, help="MovieLens folder (ratings.dat[.gz] of 1M or "
                    "u.data of 100K; movies.dat[.gz] adds release times when there), or the "
                    "ratings file; the synthetic stream is used when the path is not there")
@@ -45,7 +46,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--device", help="trainer/scorer device: auto, cpu, cuda ...")
     p.add_argument("-L", dest="learner_settings", action="append", metavar="KEY=VALUE",
                    help="learner setting passed to the trainer, e.g. -L dim=32")
-    kafka_args(p)
+    kafka_args(p, bootstrap_default="without one, the demo starts a broker of its own")
     p.set_defaults(handler=_demo)
 
     p = sub.add_parser("report", help="PNG plots of a run (demo report folder or a folder "

@@ -15,7 +15,8 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("broker", help="run a local single-node Kafka broker (KRaft)")
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--port", type=int, help="listener port on 127.0.0.1 (default 9092, 0 = free)")
-    p.add_argument("--state-dir", type=Path, help="data, pid and log (~/.cache/stream-app/broker)")
+    p.add_argument("--state-dir", type=Path, help="data, pid and log (default broker/ in "
+                   "the cache folder: STREAM_APP_CACHE_DIR, else ~/.cache/stream-app)")
     p.add_argument("--cache-dir", type=Path, help="where the broker jars are cached "
                    "(STREAM_APP_CACHE_DIR, else ~/.cache/stream-app)")
     p.add_argument("--bootstrap-servers", help="reuse this running broker instead of starting one")
