@@ -519,13 +519,13 @@ def test_partitions_coming_back_keep_the_learner_unless_another_writer_moved_the
     trainer = make_trainer(kafka, cfg, LEARNER)
     runner = threading.Thread(target=trainer.run, daemon=True)
     restoring_ready: list[tuple[str, bool]] = []  # (reason, /readyz's flag) per restore
-    restore = trainer._restore
+    rebuild = trainer._rebuild  # the restore's work, inside `_restore`'s not-ready flag
 
-    def spy(reason: str = "start", *, settle: bool = True) -> None:
+    def spy(reason: str, *, settle: bool) -> bool:
         restoring_ready.append((reason, trainer.ready))
-        restore(reason, settle=settle)
+        return rebuild(reason, settle=settle)
 
-    trainer._restore = spy  # type: ignore[method-assign]
+    trainer._rebuild = spy  # type: ignore[method-assign]
 
     def decisions() -> list[str]:
         """The trainer's choice on each assignment, in order (logged once it is made)."""
