@@ -97,7 +97,7 @@ class ScoreClient:
     def __init__(self, kafka: KafkaConfig, *, client_id: str = "stream-app-client") -> None:
         self.topics = kafka.topics
         # logger=None: a program may leave this client idle for hours, and a forwarded
-        # librdkafka line waits in the client's queue for a poll (`clients.ClientLog`).
+        # librdkafka line waits in the client's queue for a poll (`client_logs.ClientLog`).
         self._producer = make_producer(kafka, f"{client_id}-producer", logger=None,
                                        **LATENCY_PRODUCER_DEFAULTS)
         self._answers_in = ReplyReader(kafka, self.topics.predictions,

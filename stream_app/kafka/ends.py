@@ -98,7 +98,7 @@ class Watermarks:
         return out
 
     def serve(self) -> None:
-        """Serve the client's error and log lines (`clients.ClientLog`): nothing else polls
+        """Serve the client's error and log lines (`client_logs.ClientLog`): nothing else polls
         it, and while queries are far apart they would wait, and pile up, in its queue."""
         if self._consumer is not None:
             self._consumer.poll(0)  # no subscription: hands out no record

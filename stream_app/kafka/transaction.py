@@ -364,7 +364,7 @@ class TransactionalPublisher:
 
     def serve(self) -> None:
         """Serve the producer's callbacks between transactions: its error and librdkafka
-        log lines wait for a poll (`clients.ClientLog`), and an idle trainer made none."""
+        log lines wait for a poll (`client_logs.ClientLog`), and an idle trainer made none."""
         self._producer.poll(0)
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from stream_app.config import ConfigError, KafkaConfig
 from stream_app.core import LearnerConfig
 from stream_app.device import set_threads
 from stream_app.heap import freeze_survivors
-from stream_app.kafka.clients import Repeats
+from stream_app.kafka.client_logs import Repeats
 from stream_app.observability import MetricsServer, TrainerMetrics
 from stream_app.signals import stop_on_signals
 from stream_app.trainer.config import TrainerConfig

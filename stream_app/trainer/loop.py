@@ -18,11 +18,11 @@ from stream_app.config import KafkaConfig
 from stream_app.core import Learner, LearnerConfig
 from stream_app.device import resolve_device
 from stream_app.kafka.admin import require_topics
+from stream_app.kafka.client_logs import Repeats
 from stream_app.kafka.clients import (
     MAX_POLL_INTERVAL_MS,
     REPORT_EOF,
     TRANSACTIONAL_DEFAULTS,
-    Repeats,
     check_consumer_settings,
     check_message_room,
     check_producer_settings,

@@ -15,7 +15,7 @@ import numpy as np
 
 from stream_app.core import EvalStats
 from stream_app.events import DlqRecord, RowBlock
-from stream_app.kafka.clients import Repeats
+from stream_app.kafka.client_logs import Repeats
 from stream_app.kafka.partitioners import consistent_random, murmur2_random
 from stream_app.kafka.records import Partition, RawRecord
 from stream_app.observability.metrics import (

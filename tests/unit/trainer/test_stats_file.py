@@ -9,7 +9,7 @@ import math
 import orjson
 import pytest
 
-from stream_app.kafka.clients import Repeats
+from stream_app.kafka.client_logs import Repeats
 from stream_app.trainer import BatchResult, stats_writer
 from stream_app.trainer.result import TxnOutcome
 

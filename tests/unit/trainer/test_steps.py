@@ -14,7 +14,7 @@ from stream_app.codec import encode_event
 from stream_app.config import TopicNames
 from stream_app.core import Learner, LearnerConfig
 from stream_app.events import Event, EventKind
-from stream_app.kafka.clients import Repeats
+from stream_app.kafka.client_logs import Repeats
 from stream_app.kafka.records import RawRecord
 from stream_app.observability.metrics import EventOutcome, TrainerMetrics
 from stream_app.trainer.batch import CONTROL_HEADER, decode_batch, misrouted
