@@ -31,6 +31,8 @@ for tool in "$@"; do
   [[ " ${missing[*]:-} " == *" $package "* ]] || missing+=("$package")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
+prometheus_missing=false
+[[ " ${missing[*]} " == *" prometheus "* ]] && prometheus_missing=true
 
 if [ "$(id -u)" -eq 0 ]; then
   sudo=()
@@ -39,7 +41,7 @@ elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
 else
   echo "sysdeps: missing ${missing[*]}; install them with:" >&2
   echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
-  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+  if $prometheus_missing; then
     echo "  sudo systemctl disable --now prometheus  # the package's service; tests run their own" >&2
   fi
   exit 1
@@ -66,7 +68,7 @@ done
   "${missing[@]}"
 # Debian's prometheus package enables and starts a system service on :9090. The tests
 # run their own Prometheus on free ports; a tool installed for them leaves no daemon.
-if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null \
+if $prometheus_missing && command -v systemctl >/dev/null \
     && systemctl is-enabled --quiet prometheus 2>/dev/null; then
   echo "sysdeps: stopping and disabling the prometheus service the package started" \
        "(stream_app's tests run their own)"
